@@ -1,0 +1,59 @@
+/* RMSNorm as transformers' LlamaRMSNorm in fp32:
+ *   rstd = 1 / sqrt(mean(x^2) + eps);  y = w * (x * rstd)
+ * (the mean is accumulated in double, then rounded to fp32 as torch's fp32 result is).
+ * Backward, with g = dy * w and r = rstd:
+ *   dx = r * g - x * r^3 * mean(g * x)
+ *   dw += sum over rows of dy * x * r
+ * dx rows are independent (parallel over rows); dw is a reduction over rows, so it runs as
+ * a second pass parallel over column blocks with rows summed in order (deterministic). */
+#include <math.h>
+
+#include "kernels/cpu/cpu_ops.h"
+
+#define RMSNORM_COL_BLOCK 256
+
+void cpu_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *weight, int n_rows,
+                     int dim, float eps) {
+#pragma omp parallel for if ((size_t)n_rows * dim >= CPU_PARALLEL_MIN) schedule(static)
+    for (int r = 0; r < n_rows; r++) {
+        const float *xr = x + (size_t)r * dim;
+        float *yr = out + (size_t)r * dim;
+        double sum = 0.0;
+        for (int j = 0; j < dim; j++) sum += (double)xr[j] * xr[j];
+        float variance = (float)(sum / dim);
+        float rs = 1.0f / sqrtf(variance + eps);
+        rstd[r] = rs;
+        for (int j = 0; j < dim; j++) yr[j] = weight[j] * (xr[j] * rs);
+    }
+}
+
+void cpu_rmsnorm_bwd(float *dx, float *dweight, const float *dout, const float *x,
+                     const float *weight, const float *rstd, int n_rows, int dim) {
+    int parallel = (size_t)n_rows * dim >= CPU_PARALLEL_MIN;
+#pragma omp parallel for if (parallel) schedule(static)
+    for (int r = 0; r < n_rows; r++) {
+        const float *xr = x + (size_t)r * dim;
+        const float *dyr = dout + (size_t)r * dim;
+        float *dxr = dx + (size_t)r * dim;
+        float rs = rstd[r];
+        double gx = 0.0;
+        for (int j = 0; j < dim; j++) gx += (double)dyr[j] * weight[j] * xr[j];
+        float coef = (float)(gx / dim) * rs * rs * rs;
+        for (int j = 0; j < dim; j++) dxr[j] = rs * (dyr[j] * weight[j]) - coef * xr[j];
+    }
+    if (!dweight) return;
+    int n_blocks = (dim + RMSNORM_COL_BLOCK - 1) / RMSNORM_COL_BLOCK;
+#pragma omp parallel for if (parallel) schedule(static)
+    for (int blk = 0; blk < n_blocks; blk++) {
+        int c0 = blk * RMSNORM_COL_BLOCK;
+        int width = dim - c0 < RMSNORM_COL_BLOCK ? dim - c0 : RMSNORM_COL_BLOCK;
+        double acc[RMSNORM_COL_BLOCK] = {0};
+        for (int r = 0; r < n_rows; r++) {
+            const float *xr = x + (size_t)r * dim + c0;
+            const float *dyr = dout + (size_t)r * dim + c0;
+            float rs = rstd[r];
+            for (int j = 0; j < width; j++) acc[j] += (double)(dyr[j] * (xr[j] * rs));
+        }
+        for (int j = 0; j < width; j++) dweight[c0 + j] += (float)acc[j];
+    }
+}

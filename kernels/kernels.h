@@ -1,0 +1,125 @@
+/* kernels: the one backend-neutral table of compute operations the model calls.
+ *
+ * Every pointer argument is memory of the backend (host memory for the CPU backend,
+ * device memory for CUDA). All floating point tensors are fp32, row-major, contiguous
+ * unless a leading dimension (row stride, in elements) is given.
+ *
+ * Conventions every backend follows:
+ *  - activation gradients (dx, dq, ...) are WRITTEN (overwritten);
+ *  - parameter gradients (dweight, dtable) are ACCUMULATED (+=), so micro-batches add up;
+ *  - token layout is [n_tokens, features] with n_tokens = batch * seq, token t = b*seq + s.
+ * The CPU backend (kernels/cpu) is the reference; every other backend must agree with it.
+ * This module owns no global state: a backend is a const table. */
+#ifndef CTUNE_KERNELS_H
+#define CTUNE_KERNELS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "train/error.h"
+
+typedef struct kernels {
+    const char *name; /* "cpu", "cuda" */
+
+    /* ---- memory ---- */
+    void *(*alloc)(size_t bytes); /* zero-filled; NULL on failure */
+    void (*release)(void *ptr);
+    void (*zero)(void *ptr, size_t bytes);
+    void (*copy)(void *dst, const void *src, size_t bytes);           /* backend -> backend */
+    void (*upload)(void *dst, const void *host_src, size_t bytes);    /* host -> backend */
+    void (*download)(void *host_dst, const void *src, size_t bytes);  /* backend -> host */
+
+    /* ---- dense algebra ----
+     * C[m,n] = alpha * op(A) op(B) + beta * C; op(A) is [m,k], op(B) is [k,n].
+     * A is stored [m,k] (trans_a=false) or [k,m] (trans_a=true), row stride lda; same for B.
+     * A Linear layer y = x W^T is gemm(false, true, T, out, in, 1, x, in, W, in, 0, y, out). */
+    void (*gemm)(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a,
+                 int lda, const float *b, int ldb, float beta, float *c, int ldc);
+
+    /* ---- element-wise ---- */
+    void (*add)(float *out, const float *a, const float *b, size_t n); /* out = a + b (out may alias) */
+    void (*axpy)(float *y, float alpha, const float *x, size_t n);     /* y += alpha * x */
+    void (*scale)(float *x, float alpha, size_t n);                    /* x *= alpha */
+    /* Inverted dropout with a counter-based mask, identical on every backend:
+     * u_i = splitmix64(seed ^ splitmix64(offset + i)); keep_i = (u_i >> 40) * 2^-24 >= p;
+     * out_i = keep_i ? x_i / (1 - p) : 0. The same call on a gradient is its backward.
+     * splitmix64(z): z += 0x9E3779B97F4A7C15; z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9;
+     * z = (z ^ (z >> 27)) * 0x94D049BB133111EB; return z ^ (z >> 31). */
+    void (*dropout)(float *out, const float *x, float p, uint64_t seed, uint64_t offset, size_t n);
+    /* Sum of squares in double, result returned to the host (a reduction for grad norms). */
+    double (*sum_squares)(const float *x, size_t n);
+
+    /* ---- embedding: out[t,:] = table[ids[t],:]; backward accumulates rows into dtable ---- */
+    void (*embedding_fwd)(float *out, const float *table, const int32_t *ids, int n_tokens, int hidden);
+    void (*embedding_bwd)(float *dtable, const float *dout, const int32_t *ids, int n_tokens, int hidden);
+
+    /* ---- RMSNorm as in transformers' LlamaRMSNorm (fp32):
+     * rstd[r] = 1/sqrt(mean(x[r,:]^2) + eps); out = weight * (x * rstd).
+     * Backward writes dx and accumulates dweight (dweight may be NULL for a frozen weight). */
+    void (*rmsnorm_fwd)(float *out, float *rstd, const float *x, const float *weight, int n_rows,
+                        int dim, float eps);
+    void (*rmsnorm_bwd)(float *dx, float *dweight, const float *dout, const float *x,
+                        const float *weight, const float *rstd, int n_rows, int dim);
+
+    /* ---- RoPE, rotate_half convention (transformers' Llama), in place.
+     * x is [n_tokens, n_heads * head_dim]; half = head_dim/2; for j < half:
+     *   angle = positions[t] * inv_freq[j]; c = cos(angle), s = sin(angle) (computed in fp32)
+     *   x'[j] = x[j]*c - x[j+half]*s;  x'[j+half] = x[j+half]*c + x[j]*s.
+     * Backward applies the inverse rotation (angle -> -angle) to the gradient in place. */
+    void (*rope_fwd)(float *x, const int32_t *positions, const float *inv_freq, int n_tokens,
+                     int n_heads, int head_dim);
+    void (*rope_bwd)(float *dx, const int32_t *positions, const float *inv_freq, int n_tokens,
+                     int n_heads, int head_dim);
+
+    /* ---- SwiGLU: out = silu(gate) * up, silu(g) = g / (1 + exp(-g)); backward writes dgate, dup ---- */
+    void (*swiglu_fwd)(float *out, const float *gate, const float *up, size_t n);
+    void (*swiglu_bwd)(float *dgate, float *dup, const float *dout, const float *gate,
+                       const float *up, size_t n);
+
+    /* ---- causal grouped-query attention ----
+     * q, out: [batch*seq, n_heads*head_dim]; k, v: [batch*seq, n_kv_heads*head_dim];
+     * query head h uses kv head h / (n_heads / n_kv_heads) (transformers' repeat_kv).
+     * Query token s of sequence b attends to keys s' <= s of the same sequence, and, when
+     * doc_ids is not NULL, only to those with doc_ids[b*seq+s'] == doc_ids[b*seq+s]
+     * (packed documents never see each other). scores = q.k * scale, softmax in fp32.
+     * lse: [batch, n_heads, seq] log-sum-exp of the scaled scores, kept for the backward.
+     * Scores are never materialised beyond one row per thread (flash-attention style).
+     * Backward writes dq, dk, dv. */
+    void (*attention_fwd)(float *out, float *lse, const float *q, const float *k, const float *v,
+                          const int32_t *doc_ids, int batch, int seq, int n_heads, int n_kv_heads,
+                          int head_dim, float scale);
+    void (*attention_bwd)(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                          const float *k, const float *v, const float *out, const float *lse,
+                          const int32_t *doc_ids, int batch, int seq, int n_heads, int n_kv_heads,
+                          int head_dim, float scale);
+
+    /* ---- cross-entropy over a chunk of rows, fused forward + backward ----
+     * logits [n_rows, vocab]; for each row r with targets[r] >= 0:
+     *   loss[r] = logsumexp(logits[r,:]) - logits[r, targets[r]]
+     *   and, when grad_scale != 0, logits[r,:] is overwritten with
+     *   (softmax(logits[r,:]) - onehot(targets[r])) * grad_scale;
+     * rows with targets[r] < 0 get loss 0 and (when grad_scale != 0) a zero gradient row.
+     * With grad_scale == 0 the logits are left unchanged. loss is backend memory [n_rows]. */
+    void (*cross_entropy)(float *logits, float *loss, const int32_t *targets, int n_rows,
+                          int vocab, float grad_scale);
+
+    /* ---- AdamW (decoupled weight decay, as torch.optim.AdamW) on n elements:
+     * m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+     * p -= lr * (wd * p + (m / bias1) / (sqrt(v / bias2) + eps))
+     * where bias1 = 1 - b1^step, bias2 = 1 - b2^step (computed by the caller).
+     * torch applies the decay first: p *= (1 - lr*wd), then the Adam step; implement it so.
+     * Hyper-parameters are doubles, as torch forms its scalar factors (1 - b2, lr / bias1)
+     * in double from the recipe's decimals before rounding each once to fp32. */
+    void (*adamw)(float *param, const float *grad, float *m, float *v, size_t n, double lr,
+                  double beta1, double beta2, double eps, double weight_decay, double bias1,
+                  double bias2);
+} kernels;
+
+/* The CPU reference backend (OpenMP + BLAS). Always available. */
+const kernels *kernels_cpu(void);
+
+/* The CUDA backend. Fails with a clear message where no GPU (or no CUDA build) exists. */
+int kernels_cuda(const kernels **out, ct_error *err);
+
+#endif

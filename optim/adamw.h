@@ -1,0 +1,32 @@
+/* adamw: AdamW over the trainable parameters of a model (fp32 state m, v), as
+ * torch.optim.AdamW. The state is laid out in parameter order over the trainable
+ * parameters, so it can be saved and re-sharded by parameter name.
+ * Does not own: the learning-rate schedule (schedule.h) or clipping (clip.h). */
+#ifndef CTUNE_ADAMW_H
+#define CTUNE_ADAMW_H
+
+#include <stddef.h>
+
+#include "kernels/kernels.h"
+#include "train/error.h"
+#include "train/model.h"
+
+/* Doubles, as the recipe holds them: torch forms 1 - beta2 etc. from these decimals. */
+typedef struct adamw_hparams {
+    double beta1, beta2, eps, weight_decay;
+} adamw_hparams;
+
+typedef struct adamw_state {
+    const kernels *k;
+    size_t numel;  /* sum of trainable numel */
+    float *m, *v;  /* backend memory */
+    long step;     /* optimizer steps taken */
+} adamw_state;
+
+int adamw_create(adamw_state *s, const model *m, ct_error *err);
+void adamw_free(adamw_state *s);
+/* One step at learning rate lr on every trainable parameter; weight decay only where
+ * param->decay. Increments s->step first (bias corrections use the new step). */
+void adamw_step(adamw_state *s, model *m, const adamw_hparams *h, double lr);
+
+#endif

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The one test command: builds ctune and runs the whole test suite with ctest.
+#   scripts/test.sh             release build in build/, every test
+#   scripts/test.sh --sanitize  ASan + UBSan build in build-asan/, unit tests
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+if [ "${1:-}" = "--sanitize" ]; then
+  shift
+  CTUNE_BUILD_DIR="$root/build-asan" CTUNE_BUILD_TYPE=Debug scripts/build.sh -DCTUNE_SANITIZE=ON -DCTUNE_CUDA=OFF
+  cd build-asan
+  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -L unit "$@"
+else
+  scripts/build.sh
+  cd build
+  ctest --output-on-failure "$@"
+fi

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Integration: the command line's own behaviour — help, version, and clear errors (never a
+# crash) for bad recipes, overrides and arguments.
+set -uo pipefail
+src=${CTUNE_SOURCE_DIR:?}
+ctune=${CTUNE:?}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+passed=0
+failed=0
+# expect STATUS PATTERN -- command...: exit status and a pattern in stdout+stderr
+expect() {
+  local want=$1 pattern=$2
+  shift 3
+  local out status
+  out=$("$@" 2>&1)
+  status=$?
+  if [ "$status" -eq "$want" ] && grep -qE -- "$pattern" <<<"$out"; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    echo "FAIL: $* -> status $status (want $want), output:"
+    echo "$out" | head -5
+    echo "(wanted pattern: $pattern)"
+  fi
+}
+
+expect 0 "ctune [0-9]+\.[0-9]+" -- "$ctune" --version
+expect 0 "usage: ctune" -- "$ctune" --help
+expect 2 "unknown command 'trian'" -- "$ctune" trian
+for cmd in train init prep eval generate inspect; do
+  expect 0 "usage: ctune $cmd" -- "$ctune" "$cmd" --help
+done
+
+printf 'model:\n  path: m\ndata:\n  train: d.h5\noptim:\n  lrr: 0.1\n' > typo.yaml
+expect 1 "typo.yaml:6.*optim.lrr.*did you mean 'optim.lr'" -- "$ctune" train typo.yaml --dry-run
+printf 'model:\n  path: m\ndata:\n  train: d.h5\ntrain:\n  micro_batch_size: many\n' > type.yaml
+expect 1 "type.yaml:6.*train.micro_batch_size" -- "$ctune" train type.yaml --dry-run
+printf 'model: [unclosed\n' > broken.yaml
+expect 1 "broken.yaml:[0-9]+" -- "$ctune" train broken.yaml --dry-run
+printf 'model:\n  path: m\ndata:\n  train: d.h5\n' > ok.yaml
+expect 1 "override 'optim.lr=abc'" -- "$ctune" train ok.yaml optim.lr=abc --dry-run
+expect 1 "m/config.json" -- "$ctune" train ok.yaml --dry-run
+expect 1 "zero_stage" -- "$ctune" train "$src/configs/tiny/lora.yaml" model.path="$work/m" \
+  data.train="$work/t.h5" data.eval="$work/e.h5" data.synthetic_train_examples=64 \
+  data.synthetic_eval_examples=8 distributed.zero_stage=1 --dry-run
+expect 1 "needs a CUDA GPU|none can be used" -- "$ctune" train ok.yaml precision=bf16-mixed --dry-run
+
+expect 0 "wrote" -- "$ctune" init --preset tiny -o tiny
+expect 1 "already holds a model" -- "$ctune" init --preset tiny -o tiny
+expect 1 "preset|unknown" -- "$ctune" init --preset nope -o other
+expect 2 "seed" -- "$ctune" init --preset tiny -o x --seed -3
+expect 1 "missing|No such file|cannot" -- "$ctune" generate --model "$work/absent" --prompt hi
+printf 'garbage' > bad.safetensors
+expect 1 "bad.safetensors" -- "$ctune" inspect bad.safetensors
+expect 0 "model.embed_tokens.weight" -- "$ctune" inspect tiny/model.safetensors
+expect 0 "\+" -- "$ctune" generate --model tiny --prompt "1+1=" --max-new-tokens 3
+
+# The default dry run resolves the recipe and prints the plan.
+expect 0 "parameters: [0-9]+ total" -- "$ctune" train "$src/configs/tiny/lora.yaml" model.path="$work/tiny" \
+  data.train="$work/t.h5" data.eval="$work/e.h5" data.synthetic_train_examples=64 \
+  data.synthetic_eval_examples=8 --dry-run
+
+echo "cli: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,624 @@
+/* Tests of the CPU reference backend (kernels/cpu): every backward against central finite
+ * differences of L = sum(out * w) for random w, forwards against direct formulas or naive
+ * materialised references computed in double, dropout against a mask computed by an
+ * independent Python script, AdamW against torch.optim.AdamW (tests/fixtures). */
+#include <omp.h>
+#include <stdint.h>
+
+#include "kernels/kernels.h"
+#include "tests/check.h"
+
+static const kernels *K;
+static uint64_t rng_state = 0x2545F4914F6CDD1Dull;
+
+static float urand(float lo, float hi) {
+    rng_state ^= rng_state << 13, rng_state ^= rng_state >> 7, rng_state ^= rng_state << 17;
+    return lo + (hi - lo) * (float)((rng_state >> 40) * 0x1p-24);
+}
+static void fill(float *x, size_t n, float lo, float hi) {
+    for (size_t i = 0; i < n; i++) x[i] = urand(lo, hi);
+}
+static float *vec(size_t n, float lo, float hi) {
+    float *x = malloc((n ? n : 1) * sizeof(float));
+    fill(x, n, lo, hi);
+    return x;
+}
+static double weighted_sum(const float *out, const float *w, size_t n) {
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++) s += (double)out[i] * w[i];
+    return s;
+}
+
+/* Central differences of loss() w.r.t. every stride-th element of param (starting at
+ * element first), compared with the analytic gradient: |a - n| <= tol (|n| + 0.1 max|n|). */
+typedef double (*loss_fn)(void *ctx);
+static void check_grad(const char *what, float *param, size_t n, const float *analytic,
+                       loss_fn loss, void *ctx, float eps, double tol, size_t stride) {
+    size_t count = (n + stride - 1) / stride;
+    double *numeric = malloc(count * sizeof(double)), max_abs = 0.0;
+    for (size_t c = 0; c < count; c++) {
+        size_t i = c * stride;
+        float saved = param[i];
+        float plus = saved + eps, minus = saved - eps;
+        param[i] = plus;
+        double lp = loss(ctx);
+        param[i] = minus;
+        double lm = loss(ctx);
+        param[i] = saved;
+        numeric[c] = (lp - lm) / ((double)plus - minus);
+        if (fabs(numeric[c]) > max_abs) max_abs = fabs(numeric[c]);
+    }
+    size_t bad = 0, first_bad = 0;
+    for (size_t c = 0; c < count; c++) {
+        double a = analytic[c * stride], num = numeric[c];
+        if (!(fabs(a - num) <= tol * (fabs(num) + 0.1 * max_abs))) {
+            if (!bad) first_bad = c * stride;
+            bad++;
+        }
+    }
+    CHECK_MSG(bad == 0 && max_abs > 0, "%s: %zu of %zu gradients off; first [%zu] analytic %g numeric %g",
+              what, bad, count, first_bad, analytic[first_bad], numeric[first_bad / stride]);
+    free(numeric);
+}
+
+/* ------------------------------------------------------------------ memory, gemm */
+static void test_memory(void) {
+    float *buf = K->alloc(1000 * sizeof(float));
+    CHECK(buf != NULL && ((uintptr_t)buf % 64) == 0);
+    int zero = 1;
+    for (int i = 0; i < 1000; i++) zero &= buf[i] == 0.0f;
+    CHECK(zero);
+    float host[1000], back[1000], *other = K->alloc(1000 * sizeof(float));
+    fill(host, 1000, -1, 1);
+    K->upload(buf, host, sizeof host);
+    K->copy(other, buf, sizeof host);
+    K->download(back, other, sizeof host);
+    CHECK(memcmp(host, back, sizeof host) == 0);
+    K->zero(other, sizeof host);
+    CHECK(other[0] == 0.0f && other[999] == 0.0f);
+    void *empty = K->alloc(0);
+    CHECK(empty != NULL);
+    K->release(empty);
+    K->release(other);
+    K->release(buf);
+}
+
+static void test_gemm(void) {
+    const int m = 5, n = 7, k = 6, pad = 3, ldc = n + 2;
+    for (int combo = 0; combo < 4; combo++) {
+        bool ta = combo & 1, tb = combo & 2;
+        int lda = (ta ? m : k) + pad, ldb = (tb ? k : n) + pad;
+        float *a = vec((size_t)(ta ? k : m) * lda, -1, 1), *b = vec((size_t)(tb ? n : k) * ldb, -1, 1);
+        float *c = vec((size_t)m * ldc, -1, 1), *c0 = malloc((size_t)m * ldc * sizeof(float));
+        memcpy(c0, c, (size_t)m * ldc * sizeof(float));
+        K->gemm(ta, tb, m, n, k, 1.5f, a, lda, b, ldb, 0.5f, c, ldc);
+        double worst = 0.0;
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++) {
+                double acc = 0.0;
+                for (int p = 0; p < k; p++)
+                    acc += (double)(ta ? a[p * lda + i] : a[i * lda + p]) *
+                           (tb ? b[j * ldb + p] : b[p * ldb + j]);
+                double want = 1.5 * acc + 0.5 * c0[i * ldc + j];
+                worst = fmax(worst, fabs(c[i * ldc + j] - want));
+            }
+        CHECK_MSG(worst < 1e-5, "gemm ta=%d tb=%d max error %g", ta, tb, worst);
+        CHECK(c[ldc - 1] == c0[ldc - 1] && c[ldc - 2] == c0[ldc - 2]); /* padding untouched */
+        /* beta = 0: C is not read, so NaN there must not leak into the result */
+        for (int i = 0; i < m * ldc; i++) c[i] = NAN;
+        K->gemm(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+        CHECK(isfinite(c[0]) && isfinite(c[(m - 1) * ldc + n - 1]));
+        free(a), free(b), free(c), free(c0);
+    }
+}
+
+/* ------------------------------------------------------------------ element-wise */
+static void test_elementwise(void) {
+    const size_t n = 100003;
+    float *a = vec(n, -1, 1), *b = vec(n, -1, 1), *out = malloc(n * sizeof(float));
+    K->add(out, a, b, n);
+    CHECK(out[0] == a[0] + b[0] && out[n - 1] == a[n - 1] + b[n - 1]);
+    float a7 = a[7];
+    K->add(a, a, b, n); /* aliased output */
+    CHECK(a[7] == a7 + b[7]);
+    memcpy(out, b, n * sizeof(float));
+    K->axpy(out, 0.25f, a, n);
+    CHECK(out[n / 2] == b[n / 2] + 0.25f * a[n / 2]);
+    K->scale(out, -2.0f, n);
+    CHECK(out[n / 2] == -2.0f * (b[n / 2] + 0.25f * a[n / 2]));
+    free(a), free(b), free(out);
+}
+
+static void test_sum_squares(void) {
+    const size_t n = 4500001; /* > one group of 512 blocks of 8192, odd tail */
+    float *x = vec(n, -2, 2);
+    long double ref = 0.0L;
+    for (size_t i = 0; i < n; i++) ref += (long double)x[i] * x[i];
+    omp_set_num_threads(1);
+    double one = K->sum_squares(x, n);
+    omp_set_num_threads(2);
+    double two = K->sum_squares(x, n);
+    CHECK_MSG(fabs(two - (double)ref) <= 1e-12 * (double)ref, "%.17g vs %.17g", two, (double)ref);
+    CHECK(one == two); /* bitwise independent of the thread count */
+    CHECK(K->sum_squares(x, 0) == 0.0 && K->sum_squares(x, 1) == (double)x[0] * x[0]);
+    free(x);
+}
+
+/* Reads "key v1 v2 ..." from a fixture file into vals; returns how many were read. */
+static int read_fixture_line(const char *file, const char *key, double *vals, int max) {
+    char path[1024], line[8192];
+    FILE *f = fopen(check_source_path(file, path, sizeof path), "r");
+    if (!f) return 0;
+    size_t klen = strlen(key);
+    int count = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, key, klen) != 0 || line[klen] != ' ') continue;
+        char *p = line + klen, *end;
+        while (count < max) {
+            double d = strtod(p, &end);
+            if (end == p) break;
+            vals[count++] = d;
+            p = end;
+        }
+        break;
+    }
+    fclose(f);
+    return count;
+}
+
+static void test_dropout(void) {
+    /* Against tests/fixtures/dropout_mask.txt (scripts/gen_dropout_fixture.py). */
+    char path[1024], line[8192];
+    FILE *f = fopen(check_source_path("tests/fixtures/dropout_mask.txt", path, sizeof path), "r");
+    CHECK_MSG(f != NULL, "cannot open %s", path);
+    int cases = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        unsigned long long seed, offset;
+        double p;
+        int n;
+        if (sscanf(line, "case %llu %llu %lf %d", &seed, &offset, &p, &n) != 4) continue;
+        char top_line[8192], keep_line[8192];
+        if (!fgets(top_line, sizeof top_line, f) || !fgets(keep_line, sizeof keep_line, f)) break;
+        float ones[64], out[64];
+        for (int i = 0; i < 64; i++) ones[i] = 1.0f;
+        K->dropout(out, ones, (float)p, seed, offset, (size_t)n);
+        char *tp = top_line + 6, *kp = keep_line + 5;
+        int mismatches = 0;
+        for (int i = 0; i < n; i++) {
+            long top = strtol(tp, &tp, 10), keep = strtol(kp, &kp, 10);
+            float want = keep ? 1.0f / (1.0f - (float)p) : 0.0f;
+            mismatches += out[i] != want;
+            /* the exact 24-bit draw: p equal to it keeps the element, one step above drops it */
+            float kept, dropped;
+            K->dropout(&kept, ones, (float)(top * 0x1p-24), seed, offset + (uint64_t)i, 1);
+            K->dropout(&dropped, ones, (float)((top + 1) * 0x1p-24), seed, offset + (uint64_t)i, 1);
+            mismatches += kept == 0.0f || dropped != 0.0f;
+        }
+        CHECK_MSG(mismatches == 0, "dropout case seed %llu offset %llu: %d mismatches", seed,
+                  offset, mismatches);
+        cases++;
+    }
+    if (f) fclose(f);
+    CHECK(cases == 3);
+
+    const size_t n = 200000;
+    float *x = vec(n, 0.5f, 1.5f), *a = malloc(n * sizeof(float)), *b = malloc(n * sizeof(float));
+    K->dropout(a, x, 0.3f, 99, 5000, n);
+    size_t kept = 0, wrong_value = 0;
+    for (size_t i = 0; i < n; i++) {
+        kept += a[i] != 0.0f;
+        wrong_value += a[i] != 0.0f && a[i] != x[i] / 0.7f;
+    }
+    CHECK_MSG(fabs((double)kept / n - 0.7) < 0.005, "kept fraction %g", (double)kept / n);
+    CHECK(wrong_value == 0);
+    K->dropout(b, x, 0.3f, 99, 5000, n);
+    CHECK(memcmp(a, b, n * sizeof(float)) == 0);
+    K->dropout(b, x + 10, 0.3f, 99, 5010, n - 10); /* the mask is a function of offset + i */
+    CHECK(memcmp(a + 10, b, (n - 10) * sizeof(float)) == 0);
+    K->dropout(b, x, 0.3f, 100, 5000, n);
+    size_t differ = 0;
+    for (size_t i = 0; i < n; i++) differ += (a[i] == 0.0f) != (b[i] == 0.0f);
+    CHECK(differ > n / 4); /* another seed, another mask */
+    K->dropout(b, x, 0.0f, 1, 0, n);
+    CHECK(memcmp(b, x, n * sizeof(float)) == 0);
+    free(x), free(a), free(b);
+}
+
+/* ------------------------------------------------------------------ embedding */
+typedef struct embed_ctx {
+    float *table, *out, *w;
+    const int32_t *ids;
+    int n_tokens, hidden;
+} embed_ctx;
+static double embed_loss(void *p) {
+    embed_ctx *c = p;
+    K->embedding_fwd(c->out, c->table, c->ids, c->n_tokens, c->hidden);
+    return weighted_sum(c->out, c->w, (size_t)c->n_tokens * c->hidden);
+}
+
+static void test_embedding(void) {
+    const int32_t ids[] = {1, 4, 1, 1, 0, 5, 4, 1};
+    const int vocab = 6, n_tokens = 8;
+    for (int hidden = 5; hidden <= 130; hidden += 125) { /* 130: several column blocks */
+        size_t nt = (size_t)vocab * hidden, no = (size_t)n_tokens * hidden;
+        embed_ctx c = {vec(nt, -1, 1), malloc(no * sizeof(float)), vec(no, -1, 1), ids, n_tokens, hidden};
+        embed_loss(&c);
+        int same = 1;
+        for (int t = 0; t < n_tokens; t++)
+            same &= memcmp(c.out + (size_t)t * hidden, c.table + (size_t)ids[t] * hidden,
+                           hidden * sizeof(float)) == 0;
+        CHECK(same);
+        float *dtable = vec(nt, -1, 1), *before = malloc(nt * sizeof(float));
+        memcpy(before, dtable, nt * sizeof(float));
+        K->embedding_bwd(dtable, c.w, ids, n_tokens, hidden);
+        double worst = 0.0;
+        for (size_t i = 0; i < nt; i++) dtable[i] -= before[i]; /* accumulated, not written */
+        for (int v = 0; v < vocab; v++)
+            for (int j = 0; j < hidden; j++) {
+                double want = 0.0;
+                for (int t = 0; t < n_tokens; t++)
+                    if (ids[t] == v) want += c.w[(size_t)t * hidden + j];
+                worst = fmax(worst, fabs(dtable[(size_t)v * hidden + j] - want));
+            }
+        CHECK_MSG(worst < 1e-6, "embedding_bwd error %g", worst);
+        check_grad("embedding dtable", c.table, nt, dtable, embed_loss, &c, 1e-2f, 1e-2, 1);
+        free(c.table), free(c.out), free(c.w), free(dtable), free(before);
+    }
+}
+
+/* ------------------------------------------------------------------ rmsnorm */
+typedef struct rms_ctx {
+    float *x, *weight, *out, *rstd, *w;
+    int rows, dim;
+} rms_ctx;
+static double rms_loss(void *p) {
+    rms_ctx *c = p;
+    K->rmsnorm_fwd(c->out, c->rstd, c->x, c->weight, c->rows, c->dim, 1e-5f);
+    return weighted_sum(c->out, c->w, (size_t)c->rows * c->dim);
+}
+
+static void test_rmsnorm(void) {
+    const int rows = 3, dim = 270; /* dim spans two column blocks of the dweight pass */
+    size_t n = (size_t)rows * dim;
+    rms_ctx c = {vec(n, -2, 2), vec(dim, 0.5f, 1.5f), malloc(n * sizeof(float)),
+                 malloc(rows * sizeof(float)), vec(n, -1, 1), rows, dim};
+    rms_loss(&c);
+    double worst = 0.0;
+    for (int r = 0; r < rows; r++) {
+        double ms = 0.0;
+        for (int j = 0; j < dim; j++) ms += (double)c.x[r * dim + j] * c.x[r * dim + j];
+        double rs = 1.0 / sqrt(ms / dim + 1e-5);
+        CHECK_CLOSE(c.rstd[r], rs, 1e-6);
+        for (int j = 0; j < dim; j++)
+            worst = fmax(worst, fabs(c.out[r * dim + j] - c.weight[j] * c.x[r * dim + j] * rs));
+    }
+    CHECK_MSG(worst < 1e-5, "rmsnorm forward error %g", worst);
+    float *dx = malloc(n * sizeof(float)), *dx2 = malloc(n * sizeof(float));
+    float *dweight = malloc(dim * sizeof(float));
+    for (int j = 0; j < dim; j++) dweight[j] = 1.0f;
+    K->rmsnorm_bwd(dx, dweight, c.w, c.x, c.weight, c.rstd, rows, dim);
+    for (int j = 0; j < dim; j++) dweight[j] -= 1.0f; /* accumulated onto the 1s */
+    check_grad("rmsnorm dx", c.x, n, dx, rms_loss, &c, 1e-2f, 1e-2, 1);
+    check_grad("rmsnorm dweight", c.weight, dim, dweight, rms_loss, &c, 1e-2f, 1e-2, 1);
+    for (size_t j = 0; j < n; j++) dx2[j] = NAN;
+    K->rmsnorm_bwd(dx2, NULL, c.w, c.x, c.weight, c.rstd, rows, dim); /* frozen weight */
+    CHECK(memcmp(dx, dx2, n * sizeof(float)) == 0);
+    free(c.x), free(c.weight), free(c.out), free(c.rstd), free(c.w), free(dx), free(dx2), free(dweight);
+}
+
+/* ------------------------------------------------------------------ rope */
+typedef struct rope_ctx {
+    float *x, *work, *w, *inv_freq;
+    const int32_t *pos;
+    int n_tokens, n_heads, head_dim;
+} rope_ctx;
+static double rope_loss(void *p) {
+    rope_ctx *c = p;
+    size_t n = (size_t)c->n_tokens * c->n_heads * c->head_dim;
+    memcpy(c->work, c->x, n * sizeof(float));
+    K->rope_fwd(c->work, c->pos, c->inv_freq, c->n_tokens, c->n_heads, c->head_dim);
+    return weighted_sum(c->work, c->w, n);
+}
+
+static void test_rope(void) {
+    const int32_t pos[] = {0, 1, 2, 7, 100, 1000};
+    const int n_tokens = 6, n_heads = 3, d = 8, half = d / 2;
+    size_t n = (size_t)n_tokens * n_heads * d;
+    float inv_freq[4];
+    for (int j = 0; j < half; j++) inv_freq[j] = (float)pow(10000.0, -2.0 * j / d);
+    rope_ctx c = {vec(n, -1, 1), malloc(n * sizeof(float)), vec(n, -1, 1), inv_freq, pos,
+                  n_tokens, n_heads, d};
+    rope_loss(&c);
+    double worst = 0.0;
+    for (int t = 0; t < n_tokens; t++)
+        for (int h = 0; h < n_heads; h++)
+            for (int i = 0; i < d; i++) {
+                /* q' = q cos + rotate_half(q) sin, rotate_half(q) = cat(-q[d/2:], q[:d/2]) */
+                const float *x = c.x + ((size_t)t * n_heads + h) * d;
+                float angle = (float)pos[t] * inv_freq[i % half];
+                double rot = i < half ? -x[i + half] : x[i - half];
+                double want = x[i] * cos(angle) + rot * sin(angle);
+                worst = fmax(worst, fabs(c.work[((size_t)t * n_heads + h) * d + i] - want));
+            }
+    CHECK_MSG(worst < 1e-5, "rope forward error %g", worst);
+    K->rope_bwd(c.work, pos, inv_freq, n_tokens, n_heads, d); /* inverse rotation */
+    worst = 0.0;
+    for (size_t i = 0; i < n; i++) worst = fmax(worst, fabs(c.work[i] - c.x[i]));
+    CHECK_MSG(worst < 1e-6, "rope_bwd(rope_fwd(x)) - x = %g", worst);
+    float *dx = malloc(n * sizeof(float));
+    memcpy(dx, c.w, n * sizeof(float));
+    K->rope_bwd(dx, pos, inv_freq, n_tokens, n_heads, d);
+    check_grad("rope dx", c.x, n, dx, rope_loss, &c, 1e-2f, 1e-3, 1);
+    free(c.x), free(c.work), free(c.w), free(dx);
+}
+
+/* ------------------------------------------------------------------ swiglu */
+typedef struct swiglu_ctx {
+    float *gate, *up, *out, *w;
+    size_t n;
+} swiglu_ctx;
+static double swiglu_loss(void *p) {
+    swiglu_ctx *c = p;
+    K->swiglu_fwd(c->out, c->gate, c->up, c->n);
+    return weighted_sum(c->out, c->w, c->n);
+}
+
+static void test_swiglu(void) {
+    const size_t n = 96;
+    swiglu_ctx c = {vec(n, -5, 5), vec(n, -2, 2), malloc(n * sizeof(float)), vec(n, -1, 1), n};
+    swiglu_loss(&c);
+    double worst = 0.0;
+    for (size_t i = 0; i < n; i++)
+        worst = fmax(worst, fabs(c.out[i] - c.gate[i] / (1.0 + exp(-(double)c.gate[i])) * c.up[i]));
+    CHECK_MSG(worst < 1e-5, "swiglu forward error %g", worst);
+    float *dgate = malloc(n * sizeof(float)), *dup = malloc(n * sizeof(float));
+    K->swiglu_bwd(dgate, dup, c.w, c.gate, c.up, n);
+    check_grad("swiglu dgate", c.gate, n, dgate, swiglu_loss, &c, 1e-2f, 1e-2, 1);
+    check_grad("swiglu dup", c.up, n, dup, swiglu_loss, &c, 1e-2f, 1e-2, 1);
+    free(c.gate), free(c.up), free(c.out), free(c.w), free(dgate), free(dup);
+}
+
+/* ------------------------------------------------------------------ attention */
+typedef struct attn_ctx {
+    float *q, *k, *v, *out, *lse, *w;
+    const int32_t *doc;
+    int batch, seq, nh, nkv, d;
+    float scale;
+} attn_ctx;
+static double attn_loss(void *p) {
+    attn_ctx *c = p;
+    K->attention_fwd(c->out, c->lse, c->q, c->k, c->v, c->doc, c->batch, c->seq, c->nh, c->nkv,
+                     c->d, c->scale);
+    return weighted_sum(c->out, c->w, (size_t)c->batch * c->seq * c->nh * c->d);
+}
+
+/* The textbook computation in double, one materialised softmax row at a time; with dout
+ * it also returns the gradients (written into zeroed dq, dk, dv). */
+static void naive_attention(const attn_ctx *c, double *out, double *lse, const float *dout,
+                            double *dq, double *dk, double *dv) {
+    const int S = c->seq, H = c->nh, D = c->d, group = c->nh / c->nkv;
+    const size_t qs = (size_t)H * D, ks = (size_t)c->nkv * D;
+    double *prob = malloc(S * sizeof(double));
+    for (int b = 0; b < c->batch; b++)
+        for (int h = 0; h < H; h++)
+            for (int s = 0; s < S; s++) {
+                size_t qo = ((size_t)b * S + s) * qs + (size_t)h * D;
+                size_t kb = (size_t)b * S * ks + (size_t)(h / group) * D;
+                double mx = -INFINITY, sum = 0.0;
+                for (int j = 0; j < S; j++) {
+                    prob[j] = -INFINITY;
+                    if (j > s || (c->doc && c->doc[b * S + j] != c->doc[b * S + s])) continue;
+                    double sc = 0.0;
+                    for (int i = 0; i < D; i++) sc += (double)c->q[qo + i] * c->k[kb + j * ks + i];
+                    prob[j] = sc * c->scale;
+                    mx = fmax(mx, prob[j]);
+                }
+                for (int j = 0; j < S; j++) sum += exp(prob[j] - mx);
+                lse[((size_t)b * H + h) * S + s] = mx + log(sum);
+                for (int i = 0; i < D; i++) out[qo + i] = 0.0;
+                for (int j = 0; j < S; j++) {
+                    prob[j] = exp(prob[j] - mx) / sum;
+                    for (int i = 0; i < D; i++) out[qo + i] += prob[j] * c->v[kb + j * ks + i];
+                }
+                if (!dout) continue;
+                double Dsum = 0.0;
+                for (int i = 0; i < D; i++) Dsum += dout[qo + i] * out[qo + i];
+                for (int j = 0; j < S; j++) {
+                    if (prob[j] == 0.0) continue;
+                    double dp = 0.0;
+                    for (int i = 0; i < D; i++) dp += dout[qo + i] * c->v[kb + j * ks + i];
+                    double ds = prob[j] * (dp - Dsum) * c->scale;
+                    for (int i = 0; i < D; i++) {
+                        dq[qo + i] += ds * c->k[kb + j * ks + i];
+                        dk[kb + j * ks + i] += ds * c->q[qo + i];
+                        dv[kb + j * ks + i] += prob[j] * dout[qo + i];
+                    }
+                }
+            }
+    free(prob);
+}
+
+static double max_diff(const float *a, const double *b, size_t n) {
+    double worst = 0.0;
+    for (size_t i = 0; i < n; i++) worst = fmax(worst, fabs(a[i] - b[i]));
+    return worst;
+}
+
+/* fd_stride: check every fd_stride-th input element by finite differences. */
+static void run_attention_case(const char *name, int batch, int seq, int nh, int nkv, int d,
+                               const int32_t *doc, size_t fd_stride) {
+    size_t nq = (size_t)batch * seq * nh * d, nk = (size_t)batch * seq * nkv * d;
+    size_t nl = (size_t)batch * nh * seq;
+    attn_ctx c = {vec(nq, -2, 2), vec(nk, -1, 1), vec(nk, -1, 1), malloc(nq * sizeof(float)),
+                  malloc(nl * sizeof(float)), vec(nq, -1, 1), doc, batch, seq, nh, nkv, d,
+                  1.0f / sqrtf((float)d)};
+    attn_loss(&c);
+    double *ref = calloc(nq + nl + nq + 2 * nk, sizeof(double));
+    double *ref_lse = ref + nq, *ref_dq = ref_lse + nl, *ref_dk = ref_dq + nq, *ref_dv = ref_dk + nk;
+    naive_attention(&c, ref, ref_lse, c.w, ref_dq, ref_dk, ref_dv);
+    double err_out = max_diff(c.out, ref, nq), err_lse = max_diff(c.lse, ref_lse, nl);
+    CHECK_MSG(err_out < 1e-5 && err_lse < 1e-5, "%s forward: out error %g, lse error %g", name,
+              err_out, err_lse);
+
+    float *grads = malloc((nq + 2 * nk) * sizeof(float)), *dq = grads, *dk = dq + nq, *dv = dk + nk;
+    for (size_t i = 0; i < nq + 2 * nk; i++) grads[i] = NAN; /* all must be written */
+    K->attention_bwd(dq, dk, dv, c.w, c.q, c.k, c.v, c.out, c.lse, doc, batch, seq, nh, nkv, d, c.scale);
+    double err_dq = max_diff(dq, ref_dq, nq), err_dk = max_diff(dk, ref_dk, nk);
+    double err_dv = max_diff(dv, ref_dv, nk);
+    CHECK_MSG(err_dq < 1e-4 && err_dk < 1e-4 && err_dv < 1e-4,
+              "%s backward vs naive: dq %g dk %g dv %g", name, err_dq, err_dk, err_dv);
+    /* bitwise the same result on one thread as on two */
+    float *again = malloc((nq + 2 * nk) * sizeof(float));
+    omp_set_num_threads(1);
+    K->attention_bwd(again, again + nq, again + nq + nk, c.w, c.q, c.k, c.v, c.out, c.lse, doc,
+                     batch, seq, nh, nkv, d, c.scale);
+    omp_set_num_threads(2);
+    CHECK(memcmp(again, grads, (nq + 2 * nk) * sizeof(float)) == 0);
+    char what[128];
+    snprintf(what, sizeof what, "%s dq", name);
+    check_grad(what, c.q, nq, dq, attn_loss, &c, 1e-2f, 1e-2, fd_stride);
+    snprintf(what, sizeof what, "%s dk", name);
+    check_grad(what, c.k, nk, dk, attn_loss, &c, 1e-2f, 1e-2, fd_stride);
+    snprintf(what, sizeof what, "%s dv", name);
+    check_grad(what, c.v, nk, dv, attn_loss, &c, 1e-2f, 1e-2, fd_stride);
+
+    free(c.q), free(c.k), free(c.v), free(c.out), free(c.lse), free(c.w), free(ref), free(grads),
+        free(again);
+}
+
+static void test_attention(void) {
+    /* GQA: 4 query heads share 2 kv heads; batch 2 */
+    run_attention_case("attention", 2, 7, 4, 2, 8, NULL, 1);
+    const int32_t docs[] = {3, 3, 3, 4, 4, 4, 4, /* batch 1: */ 1, 2, 2, 2, 9, 9, 9};
+    run_attention_case("attention doc-masked", 2, 7, 4, 2, 8, docs, 1);
+    /* Longer than the 64-key tiles, a document boundary inside a tile, MQA (1 kv head). */
+    int32_t long_docs[150];
+    for (int s = 0; s < 150; s++) long_docs[s] = s < 70 ? 0 : 1;
+    run_attention_case("attention long", 1, 150, 4, 1, 16, long_docs, 97);
+}
+
+/* ------------------------------------------------------------------ cross-entropy */
+typedef struct ce_ctx {
+    float *logits, *work, *loss;
+    const int32_t *targets;
+    int rows, vocab;
+} ce_ctx;
+static double ce_loss(void *p) {
+    ce_ctx *c = p;
+    memcpy(c->work, c->logits, (size_t)c->rows * c->vocab * sizeof(float));
+    K->cross_entropy(c->work, c->loss, c->targets, c->rows, c->vocab, 0.0f);
+    double total = 0.0;
+    for (int r = 0; r < c->rows; r++) total += 0.5 * c->loss[r]; /* grad_scale 0.5 below */
+    return total;
+}
+
+static void test_cross_entropy(void) {
+    const int32_t targets[] = {3, 0, -1, 12, 7};
+    const int rows = 5, vocab = 13;
+    size_t n = (size_t)rows * vocab;
+    ce_ctx c = {vec(n, -3, 3), malloc(n * sizeof(float)), malloc(rows * sizeof(float)), targets,
+                rows, vocab};
+    ce_loss(&c);
+    CHECK(memcmp(c.work, c.logits, n * sizeof(float)) == 0); /* grad_scale 0: untouched */
+    for (int r = 0; r < rows; r++) {
+        double sum = 0.0;
+        for (int i = 0; i < vocab; i++) sum += exp(c.logits[r * vocab + i]);
+        double want = targets[r] < 0 ? 0.0 : log(sum) - c.logits[r * vocab + targets[r]];
+        CHECK_CLOSE(c.loss[r], want, 1e-6);
+    }
+    float *grad = malloc(n * sizeof(float));
+    memcpy(grad, c.logits, n * sizeof(float));
+    K->cross_entropy(grad, c.loss, targets, rows, vocab, 0.5f);
+    int ignored_zero = 1;
+    for (int i = 0; i < vocab; i++) ignored_zero &= grad[2 * vocab + i] == 0.0f;
+    CHECK(ignored_zero && c.loss[2] == 0.0f);
+    check_grad("cross_entropy dlogits", c.logits, n, grad, ce_loss, &c, 1e-2f, 1e-2, 1);
+
+    /* huge logits: max subtraction keeps it finite and shift-invariant */
+    float big[13], shifted[13], loss_big, loss_shifted;
+    const int32_t t3 = 3;
+    for (int i = 0; i < vocab; i++) big[i] = 1000.0f + c.logits[i], shifted[i] = c.logits[i];
+    K->cross_entropy(big, &loss_big, &t3, 1, vocab, 1.0f);
+    K->cross_entropy(shifted, &loss_shifted, &t3, 1, vocab, 1.0f);
+    CHECK(isfinite(loss_big) && fabsf(loss_big - loss_shifted) < 1e-3f);
+    double gsum = 0.0;
+    for (int i = 0; i < vocab; i++) gsum += big[i];
+    CHECK(fabs(gsum) < 1e-5); /* softmax - onehot sums to zero */
+    const int32_t bad = 13;   /* out of range: NaN loss, no out-of-bounds read */
+    K->cross_entropy(shifted, &loss_big, &bad, 1, vocab, 0.0f);
+    CHECK(isnan(loss_big));
+    free(c.logits), free(c.work), free(c.loss), free(grad);
+}
+
+/* ------------------------------------------------------------------ adamw */
+static int close_rel(double a, double b, double rel) { return fabs(a - b) <= rel * fabs(b) + 1e-30; }
+
+static void test_adamw(void) {
+    const char *fx = "tests/fixtures/adamw_steps.txt";
+    double lr, b1, b2, eps, wd, steps, p0[10];
+    int ok = read_fixture_line(fx, "lr", &lr, 1) + read_fixture_line(fx, "beta1", &b1, 1) +
+             read_fixture_line(fx, "beta2", &b2, 1) + read_fixture_line(fx, "eps", &eps, 1) +
+             read_fixture_line(fx, "weight_decay", &wd, 1) + read_fixture_line(fx, "steps", &steps, 1) +
+             read_fixture_line(fx, "param0", p0, 10);
+    CHECK_MSG(ok == 16, "%s: expected 6 scalars and 10 initial params, read %d values", fx, ok);
+    if (ok != 16) return;
+    float param[10], m[10] = {0}, v[10] = {0}, grad[10];
+    for (int i = 0; i < 10; i++) param[i] = (float)p0[i];
+    for (int step = 1; step <= (int)steps; step++) {
+        char key[32];
+        double g[10], want_p[10], want_m[10], want_v[10];
+        snprintf(key, sizeof key, "grad%d", step);
+        int got = read_fixture_line(fx, key, g, 10);
+        snprintf(key, sizeof key, "param%d", step);
+        got += read_fixture_line(fx, key, want_p, 10);
+        snprintf(key, sizeof key, "m%d", step);
+        got += read_fixture_line(fx, key, want_m, 10);
+        snprintf(key, sizeof key, "v%d", step);
+        got += read_fixture_line(fx, key, want_v, 10);
+        CHECK_MSG(got == 40, "%s: step %d has %d of 40 values", fx, step, got);
+        for (int i = 0; i < 10; i++) grad[i] = (float)g[i];
+        double bias1 = 1.0 - pow(b1, step), bias2 = 1.0 - pow(b2, step);
+        K->adamw(param, grad, m, v, 10, lr, b1, b2, eps, wd, bias1, bias2);
+        int bad = 0;
+        for (int i = 0; i < 10; i++)
+            bad += !close_rel(param[i], want_p[i], 1e-6) || !close_rel(m[i], want_m[i], 1e-6) ||
+                   !close_rel(v[i], want_v[i], 1e-6);
+        CHECK_MSG(bad == 0, "adamw step %d: %d of 10 elements differ from torch", step, bad);
+    }
+}
+
+/* ------------------------------------------------------------------ cuda selection */
+static void test_kernels_cuda(void) {
+    const kernels *cuda = K;
+    ct_error err = {{0}};
+    int rc = kernels_cuda(&cuda, &err);
+    CHECK(rc == -1 && cuda == NULL); /* no GPU on CI; on a GPU the kernels are not written yet */
+    CHECK_CONTAINS(err.msg, "CUDA");
+#ifdef CTUNE_HAVE_CUDA
+    CHECK_MSG(strstr(err.msg, "no CUDA GPU found (") || strstr(err.msg, "not implemented yet"),
+              "unexpected message '%s'", err.msg);
+#else
+    CHECK_CONTAINS(err.msg, "built without CUDA");
+#endif
+    printf("kernels_cuda: %s\n", err.msg);
+}
+
+int main(void) {
+    K = kernels_cpu();
+    CHECK(K != NULL && strcmp(K->name, "cpu") == 0);
+    omp_set_num_threads(2);
+    test_memory();
+    test_gemm();
+    test_elementwise();
+    test_sum_squares();
+    test_dropout();
+    test_embedding();
+    test_rmsnorm();
+    test_rope();
+    test_swiglu();
+    test_attention();
+    test_cross_entropy();
+    test_adamw();
+    test_kernels_cuda();
+    return check_summary("test_kernels_cpu");
+}

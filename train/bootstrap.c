@@ -1,0 +1,118 @@
+#include "train/bootstrap.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+#include "train/fsutil.h"
+#include "train/model.h"
+#include "train/safetensors.h"
+#include "train/synth.h"
+#include "train/tokenizer.h"
+
+/* The special tokens of byte-level preset models: ids 256, 257, 258 (see model presets). */
+static const char *const preset_bos = "<|begin_of_text|>";
+static const char *const preset_eos = "<|end_of_text|>";
+static const char *const preset_pad = "<|pad|>";
+
+static int write_weights(const char *path, model *m, ct_error *err) {
+    st_write_tensor *tensors = calloc((size_t)m->n_params, sizeof *tensors);
+    if (!tensors) return ct_fail(err, "out of memory");
+    int n = 0;
+    for (int i = 0; i < m->n_params; i++) {
+        const model_param *p = &m->params[i];
+        if (p->is_lora) continue;
+        tensors[n] = (st_write_tensor){.name = p->name, .dtype = ST_F32, .ndim = p->ndim, .data = p->data};
+        for (int d = 0; d < p->ndim; d++) tensors[n].shape[d] = p->shape[d];
+        n++;
+    }
+    int status = st_write(path, tensors, n, NULL, NULL, 0, err);
+    free(tensors);
+    return status;
+}
+
+static int write_generation_config(const char *dir, const model_config *cfg, ct_error *err) {
+    char path[4096], text[512];
+    snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    int len = snprintf(text, sizeof text,
+                       "{\n  \"bos_token_id\": %d,\n  \"do_sample\": false,\n  \"eos_token_id\": %d,\n"
+                       "  \"pad_token_id\": %d\n}\n",
+                       cfg->bos_token_id, cfg->n_eos > 0 ? cfg->eos_token_ids[0] : -1, cfg->pad_token_id);
+    return write_file_atomic(path, text, (size_t)len, err);
+}
+
+int bootstrap_model(const char *dir, const char *preset, uint64_t seed, ct_error *err) {
+    model_config cfg;
+    if (model_config_preset(&cfg, preset, err)) return -1;
+    model m;
+    if (model_create(&m, &cfg, NULL, kernels_cpu(), err)) {
+        model_config_free(&cfg);
+        return ct_error_prefix(err, "preset '%s'", preset);
+    }
+    model_init_weights(&m, seed);
+    char path[4096];
+    int status = make_dirs(dir, err);
+    if (!status) {
+        snprintf(path, sizeof path, "%s/model.safetensors", dir);
+        status = write_weights(path, &m, err);
+    }
+    if (!status) status = tokenizer_write_byte_level(dir, preset_bos, preset_eos, preset_pad, err);
+    if (!status) status = write_generation_config(dir, &cfg, err);
+    /* config.json last: its presence is what marks the folder complete. */
+    if (!status) {
+        snprintf(path, sizeof path, "%s/config.json", dir);
+        status = model_config_write(&cfg, path, err);
+    }
+    model_free(&m);
+    model_config_free(&cfg);
+    return status ? ct_error_prefix(err, "creating model folder %s", dir) : 0;
+}
+
+static int parent_dirs(const char *file, ct_error *err) {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", file);
+    char *slash = strrchr(dir, '/');
+    if (!slash) return 0;
+    *slash = '\0';
+    return dir[0] ? make_dirs(dir, err) : 0;
+}
+
+int bootstrap_synthetic_data(const recipe *r, ct_error *err) {
+    if (!r->data.synthetic_task[0]) return 0;
+    bool need_train = !path_exists(r->data.train);
+    bool need_eval = r->data.eval[0] && !path_exists(r->data.eval);
+    if (!need_train && !need_eval) return 0;
+
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", r->model.path);
+    model_config cfg;
+    if (model_config_load(&cfg, path, err)) return -1;
+    snprintf(path, sizeof path, "%s/tokenizer.json", r->model.path);
+    tokenizer *tok = NULL;
+    if (tokenizer_load(&tok, path, err)) {
+        model_config_free(&cfg);
+        return -1;
+    }
+    int eos = cfg.n_eos > 0 ? cfg.eos_token_ids[0] : -1;
+    int status = 0;
+    if (need_train) {
+        status = parent_dirs(r->data.train, err);
+        if (!status)
+            status = synth_write_dataset(r->data.train, tok, r->data.synthetic_task,
+                                         r->data.synthetic_digits, (uint64_t)r->data.synthetic_seed,
+                                         SYNTH_TRAIN, r->data.synthetic_train_examples,
+                                         cfg.bos_token_id, eos, err);
+    }
+    if (!status && need_eval) {
+        status = parent_dirs(r->data.eval, err);
+        if (!status)
+            status = synth_write_dataset(r->data.eval, tok, r->data.synthetic_task,
+                                         r->data.synthetic_digits, (uint64_t)r->data.synthetic_seed,
+                                         SYNTH_EVAL, r->data.synthetic_eval_examples,
+                                         cfg.bos_token_id, eos, err);
+    }
+    tokenizer_free(tok);
+    model_config_free(&cfg);
+    return status ? ct_error_prefix(err, "generating the synthetic '%s' task", r->data.synthetic_task) : 0;
+}

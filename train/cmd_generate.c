@@ -1,0 +1,129 @@
+/* ctune generate --model DIR [--adapter DIR] --prompt TEXT [options] */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "train/cli.h"
+#include "train/tokenizer.h"
+#include "train/trainer.h"
+
+static void generate_usage(FILE *out) {
+    fprintf(out,
+            "usage: ctune generate --model DIR [--adapter DIR] --prompt TEXT [options]\n"
+            "\n"
+            "Continues the prompt with the model (plus a PEFT LoRA adapter folder, e.g. a run's\n"
+            "final/) on the CPU and prints the completion.\n"
+            "\n"
+            "  --max-new-tokens N   tokens to generate at most (default 32); stops at EOS\n"
+            "  --temperature T      0 = greedy (default); > 0 samples from softmax(logits / T)\n"
+            "  --seed N             sampling seed (default 0)\n"
+            "  --no-special         do not add the tokenizer's special tokens (BOS) to the prompt\n");
+}
+
+static uint64_t next_random(uint64_t *state) {
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static int sample_logits(const float *logits, int vocab, double temperature, uint64_t *rng) {
+    if (temperature <= 0) return argmax_logits(logits, vocab);
+    int best = argmax_logits(logits, vocab);
+    double total = 0;
+    for (int i = 0; i < vocab; i++) total += exp((logits[i] - logits[best]) / temperature);
+    double u = (double)(next_random(rng) >> 11) * 0x1.0p-53 * total, acc = 0;
+    for (int i = 0; i < vocab; i++) {
+        acc += exp((logits[i] - logits[best]) / temperature);
+        if (u < acc) return i;
+    }
+    return best;
+}
+
+static int parse_number(const char *flag, const char *text, double min, double *out) {
+    char *end;
+    *out = strtod(text, &end);
+    if (!*text || *end || !(*out >= min)) {
+        fprintf(stderr, "ctune generate: %s: '%s' is not a number >= %g\n", flag, text, min);
+        return -1;
+    }
+    return 0;
+}
+
+int cmd_generate(int argc, char **argv) {
+    const char *model_dir = NULL, *adapter_dir = NULL, *prompt = NULL;
+    double max_new = 32, temperature = 0, seed = 0;
+    bool add_special = true;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        bool has_value = i + 1 < argc;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            generate_usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--model") && has_value) model_dir = argv[++i];
+        else if (!strcmp(a, "--adapter") && has_value) adapter_dir = argv[++i];
+        else if (!strcmp(a, "--prompt") && has_value) prompt = argv[++i];
+        else if (!strcmp(a, "--max-new-tokens") && has_value) {
+            if (parse_number(a, argv[++i], 1, &max_new)) return 2;
+        } else if (!strcmp(a, "--temperature") && has_value) {
+            if (parse_number(a, argv[++i], 0, &temperature)) return 2;
+        } else if (!strcmp(a, "--seed") && has_value) {
+            if (parse_number(a, argv[++i], 0, &seed)) return 2;
+        } else if (!strcmp(a, "--no-special")) add_special = false;
+        else {
+            fprintf(stderr, "ctune generate: unexpected argument '%s'\n\n", a);
+            generate_usage(stderr);
+            return 2;
+        }
+    }
+    if (!model_dir || !prompt) {
+        generate_usage(stderr);
+        return 2;
+    }
+    ct_error err = {{0}};
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tokenizer.json", model_dir);
+    tokenizer *tok = NULL;
+    model m;
+    bool model_ready = false;
+    int32_t *ids = NULL;
+    float *logits = NULL;
+    char *text = NULL;
+    size_t n_ids = 0, text_len = 0;
+    int status = tokenizer_load(&tok, path, &err);
+    if (!status) status = load_model_for_inference(&m, model_dir, adapter_dir, kernels_cpu(), &err);
+    model_ready = status == 0;
+    if (!status) status = tokenizer_encode(tok, prompt, strlen(prompt), add_special, &ids, &n_ids, &err);
+    if (!status && n_ids == 0) status = ct_fail(&err, "the prompt encodes to no tokens");
+    size_t capacity = n_ids + (size_t)max_new;
+    if (!status) {
+        int32_t *grown = realloc(ids, capacity * sizeof *ids);
+        logits = malloc((size_t)m.cfg.vocab_size * sizeof *logits);
+        if (grown) ids = grown;
+        if (!grown || !logits) status = ct_fail(&err, "out of memory");
+    }
+    if (!status) status = model_reserve(&m, 1, (int)capacity, &err);
+    size_t prompt_len = n_ids;
+    uint64_t rng = (uint64_t)seed;
+    while (!status && n_ids < capacity) {
+        status = model_last_logits(&m, ids, (int)n_ids, logits, &err);
+        if (status) break;
+        int next = sample_logits(logits, m.cfg.vocab_size, temperature, &rng);
+        bool eos = false;
+        for (int e = 0; e < m.cfg.n_eos; e++) eos |= next == m.cfg.eos_token_ids[e];
+        if (eos) break;
+        ids[n_ids++] = next;
+    }
+    if (!status)
+        status = tokenizer_decode(tok, ids + prompt_len, n_ids - prompt_len, true, &text, &text_len, &err);
+    if (!status) printf("%s%s\n", prompt, text);
+    else fprintf(stderr, "ctune generate: %s\n", err.msg);
+    free(text);
+    free(ids);
+    free(logits);
+    if (model_ready) model_free(&m);
+    tokenizer_free(tok);
+    return status ? 1 : 0;
+}

@@ -1,0 +1,69 @@
+/* data: the ctune HDF5 token dataset (format in docs/data.md), its writer, and the sampler
+ * that turns (seed, global sample index) into training sequences.
+ *
+ * A dataset is a list of documents; each document is token ids plus a per-token loss mask
+ * (1 = this token is predicted in the loss). The sampler is a pure function of
+ * (seed, epoch, global sample index), so any rank count and any resume point see the same
+ * sequence of samples without replaying anything.
+ * Does not own: tokenization (tokenizer.h), the synthetic tasks (synth.h). */
+#ifndef CTUNE_DATA_H
+#define CTUNE_DATA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "train/error.h"
+
+/* Identity of the tokenizer that produced a dataset, stored as HDF5 attributes. */
+typedef struct dataset_tokenizer_info {
+    char fingerprint[32];   /* tokenizer_fingerprint() */
+    char name[256];         /* free text, e.g. the tokenizer.json path */
+    int vocab_size;
+    int bos_id, eos_id, pad_id; /* -1 if none */
+} dataset_tokenizer_info;
+
+/* ---- writing (streaming; the file appears only when dataset_writer_finish succeeds) ---- */
+typedef struct dataset_writer dataset_writer;
+int dataset_writer_open(dataset_writer **out, const char *path,
+                        const dataset_tokenizer_info *info, ct_error *err);
+int dataset_writer_add(dataset_writer *w, const int32_t *ids, const uint8_t *loss_mask,
+                       size_t n_tokens, ct_error *err);
+/* Writes offsets and attributes, closes, renames into place. */
+int dataset_writer_finish(dataset_writer *w, ct_error *err);
+/* Removes the temporary file (after an error). */
+void dataset_writer_abort(dataset_writer *w);
+
+/* ---- reading ---- */
+typedef struct dataset {
+    char path[1024];
+    dataset_tokenizer_info tokenizer;
+    int64_t n_docs;
+    int64_t n_tokens;
+    int64_t *doc_offsets; /* [n_docs + 1] */
+    int32_t *tokens;      /* [n_tokens] */
+    uint8_t *loss_mask;   /* [n_tokens] */
+} dataset;
+
+/* Opens and validates (offsets monotone, ids in [0, vocab), mask 0/1); errors name the file
+ * and the dataset/attribute at fault. */
+int dataset_open(dataset *ds, const char *path, ct_error *err);
+void dataset_close(dataset *ds);
+
+/* Prints a human summary (documents, tokens, masked share, length stats, tokenizer). */
+int dataset_print_summary(const char *path, FILE *out, ct_error *err);
+
+/* Document index of global sample g: epoch = g / n_docs, and within an epoch a
+ * seed-and-epoch-keyed pseudo-random permutation of [0, n_docs) (pure function, O(1) memory). */
+int64_t data_sample_doc(uint64_t seed, int64_t n_docs, int64_t global_sample);
+
+/* Fills one micro-batch of `batch` rows for global samples first..first+batch-1 (one
+ * document per row, truncated to seq+1 tokens): input_ids[s] = doc[s],
+ * targets[s] = mask[s+1] ? doc[s+1] : -1, positions[s] = s; padding uses pad_id (or 0)
+ * with target -1. When shuffle is false, row i takes document (first + i) % n_docs
+ * (evaluation order). Arrays are [batch * seq]. */
+void data_fill_batch(const dataset *ds, uint64_t seed, bool shuffle, int64_t first, int batch,
+                     int seq, int32_t *input_ids, int32_t *targets, int32_t *positions);
+
+#endif

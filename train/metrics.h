@@ -1,0 +1,24 @@
+/* metrics: metrics.jsonl, one JSON object per line: training steps
+ * {"step","loss","lr","grad_norm","tokens","tok_s","elapsed_s"} and evaluations
+ * {"step","eval_loss","eval_tokens"[,"eval_accuracy"]}. Flushed per line, so a killed run
+ * keeps what it logged. */
+#ifndef CTUNE_METRICS_H
+#define CTUNE_METRICS_H
+
+#include <stdio.h>
+
+#include "train/error.h"
+
+typedef struct metrics_log {
+    FILE *file;
+} metrics_log;
+
+int metrics_open(metrics_log *log, const char *path, ct_error *err);
+void metrics_close(metrics_log *log);
+void metrics_step(metrics_log *log, int step, double loss, double lr, double grad_norm,
+                  long long tokens, double tokens_per_second, double elapsed_seconds);
+/* accuracy < 0 (or NAN) is left out. */
+void metrics_eval(metrics_log *log, int step, double eval_loss, long long eval_tokens,
+                  double accuracy);
+
+#endif

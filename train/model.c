@@ -1,0 +1,509 @@
+/* model: the named parameter list of a Llama-family model, its weight and gradient arenas,
+ * initialisation, loading from a Hugging Face folder, and the activation reservation.
+ * The forward/backward pass is in model_graph.c, config.json in model_config.c.
+ *
+ * Arena layout: the trainable parameters come first in the weight arena, in parameter
+ * order, so weight_arena[0, grad_numel) lines up element for element with grad_arena; the
+ * frozen parameters follow. Full fine-tuning makes every parameter trainable, so the weight
+ * arena is then simply in parameter (state_dict) order. */
+#include <cjson/cJSON.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "train/model_internal.h"
+#include "train/safetensors.h"
+
+/* ---------------------------------------------------------------- parameter list */
+
+static model_param *add_param(model *m, int ndim, int64_t d0, int64_t d1, bool trainable,
+                              bool decay, bool is_lora, const char *fmt, ...)
+    __attribute__((format(printf, 8, 9)));
+
+static model_param *add_param(model *m, int ndim, int64_t d0, int64_t d1, bool trainable,
+                              bool decay, bool is_lora, const char *fmt, ...) {
+    model_param *p = &m->params[m->n_params++];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p->name, sizeof p->name, fmt, ap);
+    va_end(ap);
+    p->ndim = ndim;
+    p->shape[0] = d0;
+    p->shape[1] = ndim == 2 ? d1 : 0;
+    p->numel = (size_t)d0 * (size_t)(ndim == 2 ? d1 : 1);
+    p->trainable = trainable;
+    p->decay = decay;
+    p->is_lora = is_lora;
+    return p;
+}
+
+static int validate_config(const model_config *c, ct_error *err) {
+    if (c->vocab_size <= 0 || c->hidden_size <= 0 || c->intermediate_size <= 0 ||
+        c->num_hidden_layers <= 0 || c->num_attention_heads <= 0 || c->num_key_value_heads <= 0 ||
+        c->head_dim <= 0)
+        return ct_fail(err, "model config: sizes must be positive (vocab %d, hidden %d, intermediate %d, "
+                       "layers %d, heads %d, kv heads %d, head_dim %d)", c->vocab_size, c->hidden_size,
+                       c->intermediate_size, c->num_hidden_layers, c->num_attention_heads,
+                       c->num_key_value_heads, c->head_dim);
+    if (c->num_attention_heads % c->num_key_value_heads != 0)
+        return ct_fail(err, "model config: num_attention_heads %d is not a multiple of num_key_value_heads %d",
+                       c->num_attention_heads, c->num_key_value_heads);
+    if (c->head_dim % 2 != 0) return ct_fail(err, "model config: head_dim %d must be even", c->head_dim);
+    if ((int64_t)c->num_attention_heads * c->head_dim > INT_MAX / 4)
+        return ct_fail(err, "model config: num_attention_heads * head_dim is too large");
+    if (!(c->rms_norm_eps > 0) || !(c->rope_theta > 0))
+        return ct_fail(err, "model config: rms_norm_eps and rope_theta must be positive");
+    return 0;
+}
+
+static int validate_lora(const lora_settings *l, ct_error *err) {
+    if (l->r < 1 || l->r > 65536) return ct_fail(err, "lora: r must be in 1..65536 (got %d)", l->r);
+    if (!isfinite(l->alpha)) return ct_fail(err, "lora: alpha must be a finite number");
+    if (!(l->dropout >= 0.0f && l->dropout < 1.0f))
+        return ct_fail(err, "lora: dropout must be in [0, 1) (got %g)", (double)l->dropout);
+    bool any = false;
+    for (int kind = 0; kind < LINEAR_KIND_COUNT; kind++) any = any || l->targets[kind];
+    if (!any) return ct_fail(err, "lora: no target modules");
+    return 0;
+}
+
+static void linear_dims(const model_config *c, linear_kind kind, int *in, int *out) {
+    int H = c->hidden_size, I = c->intermediate_size;
+    int qdim = c->num_attention_heads * c->head_dim, kvdim = c->num_key_value_heads * c->head_dim;
+    switch (kind) {
+    case LINEAR_Q: *in = H; *out = qdim; break;
+    case LINEAR_K:
+    case LINEAR_V: *in = H; *out = kvdim; break;
+    case LINEAR_O: *in = qdim; *out = H; break;
+    case LINEAR_GATE:
+    case LINEAR_UP: *in = H; *out = I; break;
+    default: *in = I; *out = H; break;
+    }
+}
+
+static void add_linear(model *m, int layer, linear_kind kind, bool has_bias) {
+    const bool full = !m->has_lora;
+    model_linear *lin = &m->layers[layer].lin[kind];
+    linear_dims(&m->cfg, kind, &lin->in, &lin->out);
+    const char *block = linear_kind_block(kind), *name = linear_kind_name(kind);
+    lin->weight = add_param(m, 2, lin->out, lin->in, full, true, false, "model.layers.%d.%s.%s.weight",
+                            layer, block, name);
+    if (has_bias)
+        lin->bias = add_param(m, 1, lin->out, 0, full, false, false, "model.layers.%d.%s.%s.bias",
+                              layer, block, name);
+    if (m->has_lora && m->lora.targets[kind]) {
+        lin->lora_a = add_param(m, 2, m->lora.r, lin->in, true, true, true,
+                                "model.layers.%d.%s.%s.lora_A.weight", layer, block, name);
+        lin->lora_b = add_param(m, 2, lin->out, m->lora.r, true, true, true,
+                                "model.layers.%d.%s.%s.lora_B.weight", layer, block, name);
+    }
+}
+
+/* transformers' state_dict order: embed_tokens; per layer self_attn (q, k, v, o, q_norm,
+ * k_norm), mlp (gate, up, down), input_layernorm, post_attention_layernorm; norm; lm_head. */
+static void build_params(model *m) {
+    const model_config *c = &m->cfg;
+    const bool full = !m->has_lora;
+    add_param(m, 2, c->vocab_size, c->hidden_size, full, true, false, "model.embed_tokens.weight");
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        model_layer *layer = &m->layers[l];
+        for (int kind = LINEAR_Q; kind <= LINEAR_O; kind++)
+            add_linear(m, l, kind, kind == LINEAR_O ? c->o_proj_bias : c->attention_bias);
+        if (c->qk_norm) {
+            layer->q_norm = add_param(m, 1, c->head_dim, 0, full, false, false,
+                                      "model.layers.%d.self_attn.q_norm.weight", l);
+            layer->k_norm = add_param(m, 1, c->head_dim, 0, full, false, false,
+                                      "model.layers.%d.self_attn.k_norm.weight", l);
+        }
+        for (int kind = LINEAR_GATE; kind <= LINEAR_DOWN; kind++) add_linear(m, l, kind, c->mlp_bias);
+        layer->input_norm = add_param(m, 1, c->hidden_size, 0, full, false, false,
+                                      "model.layers.%d.input_layernorm.weight", l);
+        layer->post_norm = add_param(m, 1, c->hidden_size, 0, full, false, false,
+                                     "model.layers.%d.post_attention_layernorm.weight", l);
+    }
+    add_param(m, 1, c->hidden_size, 0, full, false, false, "model.norm.weight");
+    if (!c->tie_word_embeddings)
+        add_param(m, 2, c->vocab_size, c->hidden_size, full, true, false, "lm_head.weight");
+}
+
+int model_create(model *m, const model_config *cfg, const lora_settings *lora, const kernels *k,
+                 ct_error *err) {
+    memset(m, 0, sizeof *m);
+    if (validate_config(cfg, err)) return -1;
+    if (lora && validate_lora(lora, err)) return -1;
+    m->cfg = *cfg;
+    m->cfg.raw_json = NULL;
+    m->k = k;
+    if (lora) {
+        m->has_lora = true;
+        m->lora = *lora;
+    }
+    if (cfg->raw_json) {
+        m->cfg.raw_json = cJSON_Duplicate((const cJSON *)cfg->raw_json, true);
+        if (!m->cfg.raw_json) return ct_fail(err, "model: out of memory copying config.json");
+    }
+    const int L = cfg->num_hidden_layers;
+    int capacity = 3 + L * (4 * LINEAR_KIND_COUNT + 4);
+    m->params = calloc((size_t)capacity, sizeof *m->params);
+    m->layers = calloc((size_t)L, sizeof *m->layers);
+    m->state = calloc(1, sizeof(model_state));
+    if (!m->params || !m->layers || !m->state) {
+        model_free(m);
+        return ct_fail(err, "model: out of memory for the parameter list");
+    }
+    build_params(m);
+
+    for (int i = 0; i < m->n_params; i++) {
+        m->weight_numel += m->params[i].numel;
+        if (m->params[i].trainable) m->grad_numel += m->params[i].numel;
+    }
+    m->weight_arena = k->alloc(m->weight_numel * sizeof(float));
+    if (m->grad_numel) m->grad_arena = k->alloc(m->grad_numel * sizeof(float));
+    if (!m->weight_arena || (m->grad_numel && !m->grad_arena)) {
+        size_t bytes = (m->weight_numel + m->grad_numel) * sizeof(float);
+        model_free(m);
+        return ct_fail(err, "model: cannot allocate %zu bytes of parameters and gradients on the %s backend",
+                       bytes, k->name);
+    }
+    size_t trainable_at = 0, frozen_at = m->grad_numel;
+    for (int i = 0; i < m->n_params; i++) {
+        model_param *p = &m->params[i];
+        if (p->trainable) {
+            p->data = m->weight_arena + trainable_at;
+            p->grad = m->grad_arena + trainable_at;
+            trainable_at += p->numel;
+        } else {
+            p->data = m->weight_arena + frozen_at;
+            frozen_at += p->numel;
+        }
+    }
+
+    model_state *s = m->state;
+    int half = cfg->head_dim / 2;
+    float *inv_freq = malloc((size_t)half * sizeof(float));
+    s->inv_freq = k->alloc((size_t)half * sizeof(float));
+    if (!inv_freq || !s->inv_freq) {
+        free(inv_freq);
+        model_free(m);
+        return ct_fail(err, "model: out of memory for the rotary tables");
+    }
+    model_rope_inv_freq(&m->cfg, inv_freq);
+    k->upload(s->inv_freq, inv_freq, (size_t)half * sizeof(float));
+    free(inv_freq);
+    return 0;
+}
+
+static void release_reservation(model *m) {
+    model_state *s = m->state;
+    if (!s) return;
+    if (s->float_arena) m->k->release(s->float_arena);
+    if (s->int_arena) m->k->release(s->int_arena);
+    free(s->acts);
+    free(s->host_positions);
+    free(s->host_loss);
+    float *inv_freq = s->inv_freq;
+    memset(s, 0, sizeof *s);
+    s->inv_freq = inv_freq;
+}
+
+void model_free(model *m) {
+    if (m->state) {
+        release_reservation(m);
+        model_state *s = m->state;
+        if (s->inv_freq) m->k->release(s->inv_freq);
+        free(s);
+    }
+    if (m->weight_arena) m->k->release(m->weight_arena);
+    if (m->grad_arena) m->k->release(m->grad_arena);
+    free(m->params);
+    free(m->layers);
+    model_config_free(&m->cfg);
+    memset(m, 0, sizeof *m);
+}
+
+model_param *model_find_param(model *m, const char *name) {
+    for (int i = 0; i < m->n_params; i++)
+        if (strcmp(m->params[i].name, name) == 0) return &m->params[i];
+    return NULL;
+}
+
+size_t model_count_params(const model *m, bool trainable_only) {
+    size_t n = 0;
+    for (int i = 0; i < m->n_params; i++)
+        if (!trainable_only || m->params[i].trainable) n += m->params[i].numel;
+    return n;
+}
+
+void model_zero_grads(model *m) {
+    if (m->grad_arena) m->k->zero(m->grad_arena, m->grad_numel * sizeof(float));
+}
+
+/* ---------------------------------------------------------------- initialisation */
+
+static uint64_t splitmix64_next(uint64_t *state) {
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* Uniform in (0, 1], 53 random bits. */
+static double uniform01(uint64_t *state) {
+    return ((double)(splitmix64_next(state) >> 11) + 1.0) * (1.0 / 9007199254740992.0);
+}
+
+/* Each parameter draws from its own stream keyed by its name, so a base weight is the
+ * same whether or not adapters (or other parameters) exist beside it. */
+static uint64_t param_stream(uint64_t seed, const char *name) {
+    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++) h = (h ^ *p) * 0x100000001b3ull;
+    uint64_t state = seed ^ h;
+    splitmix64_next(&state);
+    return state;
+}
+
+typedef enum { INIT_ZERO, INIT_ONE, INIT_NORMAL, INIT_UNIFORM } init_kind;
+
+/* Fills a parameter through a fixed host buffer (no allocation that could fail). */
+static void init_param(const model *m, model_param *p, init_kind kind, double scale, uint64_t seed,
+                       int64_t zero_row) {
+    enum { CHUNK = 4096 };
+    float host[CHUNK];
+    uint64_t state = param_stream(seed, p->name);
+    const size_t row = p->ndim == 2 ? (size_t)p->shape[1] : p->numel;
+    for (size_t start = 0; start < p->numel; start += CHUNK) {
+        size_t n = p->numel - start < CHUNK ? p->numel - start : CHUNK;
+        for (size_t i = 0; i < n; i += 2) {
+            float a = 0.0f, b = 0.0f;
+            if (kind == INIT_ONE) {
+                a = b = 1.0f;
+            } else if (kind == INIT_NORMAL) { /* Box-Muller: two normals per two uniforms */
+                double radius = sqrt(-2.0 * log(uniform01(&state)));
+                double angle = 2.0 * M_PI * uniform01(&state);
+                a = (float)(scale * radius * cos(angle));
+                b = (float)(scale * radius * sin(angle));
+            } else if (kind == INIT_UNIFORM) {
+                a = (float)(scale * (2.0 * uniform01(&state) - 1.0));
+                b = (float)(scale * (2.0 * uniform01(&state) - 1.0));
+            }
+            host[i] = a;
+            if (i + 1 < n) host[i + 1] = b;
+        }
+        for (size_t i = 0; i < n; i++)
+            if (zero_row >= 0 && (int64_t)((start + i) / row) == zero_row) host[i] = 0.0f;
+        m->k->upload(p->data + start, host, n * sizeof(float));
+    }
+}
+
+static bool ends_with(const char *s, const char *suffix) {
+    size_t ls = strlen(s), lx = strlen(suffix);
+    return ls >= lx && strcmp(s + ls - lx, suffix) == 0;
+}
+
+static void init_lora_param(const model *m, model_param *p, uint64_t seed) {
+    if (ends_with(p->name, ".lora_A.weight"))
+        init_param(m, p, INIT_UNIFORM, 1.0 / sqrt((double)p->shape[1]), seed, -1);
+    else
+        init_param(m, p, INIT_ZERO, 0.0, seed, -1);
+}
+
+void model_init_weights(model *m, uint64_t seed) {
+    const model_config *c = &m->cfg;
+    for (int i = 0; i < m->n_params; i++) {
+        model_param *p = &m->params[i];
+        if (p->is_lora) {
+            init_lora_param(m, p, seed);
+        } else if (p->ndim == 1) {
+            init_param(m, p, ends_with(p->name, ".bias") ? INIT_ZERO : INIT_ONE, 0.0, seed, -1);
+        } else {
+            /* nn.Embedding(padding_idx=pad_token_id) starts with a zero padding row. */
+            bool embed = strcmp(p->name, "model.embed_tokens.weight") == 0;
+            int64_t pad = embed && c->pad_token_id >= 0 && c->pad_token_id < c->vocab_size
+                              ? c->pad_token_id : -1;
+            init_param(m, p, INIT_NORMAL, c->initializer_range, seed, pad);
+        }
+    }
+}
+
+void model_init_lora(model *m, uint64_t seed) {
+    for (int i = 0; i < m->n_params; i++)
+        if (m->params[i].is_lora) init_lora_param(m, &m->params[i], seed);
+}
+
+/* ---------------------------------------------------------------- loading */
+
+static const char *file_of(const st_model_files *files, const st_tensor *t) {
+    for (int i = 0; i < files->n_files; i++)
+        if (st_find(&files->files[i], t->name) == t) return files->files[i].path;
+    return "?";
+}
+
+int model_load_weights(model *m, const char *dir, ct_error *err) {
+    st_model_files files;
+    memset(&files, 0, sizeof files);
+    if (st_model_open(&files, dir, err)) return -1;
+    size_t max_numel = 0;
+    for (int i = 0; i < m->n_params; i++)
+        if (!m->params[i].is_lora && m->params[i].numel > max_numel) max_numel = m->params[i].numel;
+    float *host = malloc(max_numel * sizeof(float));
+    if (!host) {
+        st_model_close(&files);
+        return ct_fail(err, "%s: out of memory (%zu bytes) staging weights", dir, max_numel * sizeof(float));
+    }
+    int status = 0;
+    for (int i = 0; i < m->n_params && status == 0; i++) {
+        model_param *p = &m->params[i];
+        if (p->is_lora) continue;
+        const st_tensor *t = st_model_find(&files, p->name);
+        if (!t) {
+            status = ct_fail(err, "%s: tensor '%s' is missing from the model weights", dir, p->name);
+            break;
+        }
+        bool same = t->ndim == p->ndim && t->shape[0] == p->shape[0] &&
+                    (p->ndim == 1 || t->shape[1] == p->shape[1]);
+        if (!same) {
+            char got[128] = "[", want[64];
+            for (int d = 0; d < t->ndim; d++) {
+                char dim[24];
+                snprintf(dim, sizeof dim, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
+                strncat(got, dim, sizeof got - strlen(got) - 2);
+            }
+            strcat(got, "]");
+            if (p->ndim == 2)
+                snprintf(want, sizeof want, "[%lld, %lld]", (long long)p->shape[0], (long long)p->shape[1]);
+            else
+                snprintf(want, sizeof want, "[%lld]", (long long)p->shape[0]);
+            status = ct_fail(err, "%s: tensor '%s' has shape %s but config.json implies %s",
+                             file_of(&files, t), p->name, got, want);
+            break;
+        }
+        if (st_read_f32(t, host, err)) {
+            status = ct_error_prefix(err, "%s: tensor '%s'", file_of(&files, t), p->name);
+            break;
+        }
+        m->k->upload(p->data, host, p->numel * sizeof(float));
+    }
+    free(host);
+    st_model_close(&files);
+    return status;
+}
+
+/* ---------------------------------------------------------------- activation reservation */
+
+typedef struct cursor {
+    float *base; /* NULL while only counting */
+    size_t used; /* floats */
+} cursor;
+
+/* 64-byte aligned slices, so vectorised kernels never straddle buffers. */
+static float *take(cursor *c, size_t n) {
+    float *p = c->base ? c->base + c->used : NULL;
+    c->used += (n + 15) & ~(size_t)15;
+    return p;
+}
+
+static int max_int(int a, int b) { return a > b ? a : b; }
+
+/* One layout for counting (base NULL, acts NULL) and for assigning the pointers. */
+static size_t plan_activations(model_state *s, const model_config *c, const lora_settings *lora,
+                               int T, float *base) {
+    cursor cur = {base, 0};
+    const size_t H = (size_t)c->hidden_size, I = (size_t)c->intermediate_size, t = (size_t)T;
+    const size_t nh = (size_t)c->num_attention_heads, nkv = (size_t)c->num_key_value_heads;
+    const size_t qdim = nh * (size_t)c->head_dim, kvdim = nkv * (size_t)c->head_dim;
+    const int L = c->num_hidden_layers;
+    const int rows = T < 256 ? T : 256;
+    model_state dummy;
+    memset(&dummy, 0, sizeof dummy);
+    if (!s) s = &dummy;
+    s->resid = take(&cur, (size_t)(L + 1) * t * H);
+    for (int l = 0; l < L; l++) {
+        layer_acts scratch_acts, *a = s->acts && base ? &s->acts[l] : &scratch_acts;
+        memset(a, 0, sizeof *a);
+        a->x_norm1 = take(&cur, t * H);
+        a->rstd1 = take(&cur, t);
+        if (c->qk_norm) {
+            a->q_pre = take(&cur, t * qdim);
+            a->rstd_q = take(&cur, t * nh);
+            a->k_pre = take(&cur, t * kvdim);
+            a->rstd_k = take(&cur, t * nkv);
+        }
+        a->q = take(&cur, t * qdim);
+        a->k = take(&cur, t * kvdim);
+        a->v = take(&cur, t * kvdim);
+        a->att = take(&cur, t * qdim);
+        a->lse = take(&cur, t * nh);
+        a->x_mid = take(&cur, t * H);
+        a->x_norm2 = take(&cur, t * H);
+        a->rstd2 = take(&cur, t);
+        a->gate = take(&cur, t * I);
+        a->up = take(&cur, t * I);
+        a->act = take(&cur, t * I);
+        for (int kind = 0; lora && kind < LINEAR_KIND_COUNT; kind++)
+            if (lora->targets[kind]) a->lora_u[kind] = take(&cur, t * (size_t)lora->r);
+    }
+    s->x_norm_final = take(&cur, t * H);
+    s->rstd_final = take(&cur, t);
+    s->logits = take(&cur, (size_t)rows * (size_t)c->vocab_size);
+    s->loss = take(&cur, t);
+    s->ones = take(&cur, t);
+    s->d_resid = take(&cur, t * H);
+    s->d_h1 = take(&cur, t * H);
+    s->d_h2 = take(&cur, t * H);
+    size_t wide = (size_t)max_int(max_int(c->intermediate_size, (int)qdim), c->hidden_size);
+    s->d_w1 = take(&cur, t * wide);
+    s->d_w2 = take(&cur, t * wide);
+    s->d_w3 = take(&cur, t * wide);
+    s->d_w4 = take(&cur, t * wide);
+    if (lora) {
+        s->lora_du = take(&cur, t * (size_t)lora->r);
+        s->lora_s1 = take(&cur, t * wide);
+        s->lora_s2 = take(&cur, t * wide);
+    }
+    s->logits_rows = rows;
+    return cur.used;
+}
+
+size_t model_activation_bytes(const model_config *cfg, const lora_settings *lora, int batch, int seq) {
+    size_t floats = plan_activations(NULL, cfg, lora, batch * seq, NULL);
+    return (floats + 4 * (size_t)batch * (size_t)seq) * sizeof(float);
+}
+
+int model_reserve(model *m, int max_batch, int seq, ct_error *err) {
+    const model_config *c = &m->cfg;
+    if (max_batch <= 0 || seq <= 0) return ct_fail(err, "model_reserve: batch %d and seq %d must be positive", max_batch, seq);
+    int widest = max_int(max_int(c->intermediate_size, c->num_attention_heads * c->head_dim), c->hidden_size);
+    if ((int64_t)max_batch * seq > INT_MAX / widest)
+        return ct_fail(err, "model_reserve: %d x %d tokens is too large for this model", max_batch, seq);
+    const int T = max_batch * seq;
+    release_reservation(m);
+    model_state *s = m->state;
+    const lora_settings *lora = m->has_lora ? &m->lora : NULL;
+    size_t floats = plan_activations(NULL, c, lora, T, NULL);
+    s->acts = calloc((size_t)c->num_hidden_layers, sizeof *s->acts);
+    s->host_positions = malloc((size_t)T * sizeof(int32_t));
+    s->host_loss = malloc((size_t)T * sizeof(float));
+    s->float_arena = m->k->alloc(floats * sizeof(float));
+    s->int_arena = m->k->alloc(4 * (size_t)T * sizeof(int32_t));
+    if (!s->acts || !s->host_positions || !s->host_loss || !s->float_arena || !s->int_arena) {
+        release_reservation(m);
+        return ct_fail(err, "model_reserve: cannot allocate %zu bytes of activations for %d x %d tokens on the %s backend",
+                       model_activation_bytes(c, lora, max_batch, seq), max_batch, seq, m->k->name);
+    }
+    plan_activations(s, c, lora, T, s->float_arena);
+    s->ids = s->int_arena;
+    s->targets = s->int_arena + T;
+    s->positions = s->int_arena + 2 * (size_t)T;
+    s->doc_ids = s->int_arena + 3 * (size_t)T;
+    s->reserved_tokens = T;
+    float ones[1024];
+    for (int i = 0; i < 1024; i++) ones[i] = 1.0f;
+    for (int start = 0; start < T; start += 1024) {
+        int n = T - start < 1024 ? T - start : 1024;
+        m->k->upload(s->ones + start, ones, (size_t)n * sizeof(float));
+    }
+    return 0;
+}

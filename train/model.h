@@ -1,0 +1,149 @@
+/* model: the Llama-family model — config.json, the named parameter list derived from it,
+ * loading weights from a Hugging Face folder, and the forward/backward pass of
+ * LlamaForCausalLM (with Qwen2 q/k/v biases and Qwen3 q/k norms) on any kernels backend.
+ *
+ * Every parameter is a named view into one contiguous arena (weights) and, when trainable,
+ * into one gradient arena, so an optimizer or collective covers all of them at once.
+ * LoRA adapters (peft/lora.h) are parameters too, named as transformers names the module
+ * plus ".lora_A.weight" / ".lora_B.weight" (without peft's "base_model.model." prefix).
+ * Activations and scratch are allocated once by model_reserve; nothing is allocated per step.
+ * Does not own: optimizer state, file layout of checkpoints (checkpoint.h, peft/lora.h). */
+#ifndef CTUNE_MODEL_H
+#define CTUNE_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/kernels.h"
+#include "peft/lora.h"
+#include "train/error.h"
+
+#define MODEL_MAX_EOS 8
+
+typedef enum { ROPE_SCALING_NONE, ROPE_SCALING_LLAMA3 } rope_scaling_type;
+
+typedef struct model_config {
+    char model_type[32];       /* llama, mistral, qwen2, qwen3 */
+    int vocab_size;
+    int hidden_size;
+    int intermediate_size;
+    int num_hidden_layers;
+    int num_attention_heads;
+    int num_key_value_heads;   /* default num_attention_heads */
+    int head_dim;              /* default hidden_size / num_attention_heads */
+    int max_position_embeddings;
+    double rms_norm_eps;
+    double rope_theta;
+    rope_scaling_type rope_scaling;
+    double rope_factor, rope_low_freq_factor, rope_high_freq_factor;
+    int rope_original_max_position_embeddings;
+    bool tie_word_embeddings;
+    bool attention_bias;       /* q/k/v (and o for llama) biases; qwen2: q/k/v only */
+    bool o_proj_bias;
+    bool mlp_bias;
+    bool qk_norm;              /* qwen3 */
+    double initializer_range;  /* default 0.02 */
+    int bos_token_id;          /* -1 if absent */
+    int n_eos;
+    int eos_token_ids[MODEL_MAX_EOS];
+    int pad_token_id;          /* -1 if absent */
+    char torch_dtype[16];      /* "float32", "bfloat16", "float16" */
+    void *raw_json;            /* cJSON* of the file read (kept so unknown keys survive a rewrite) */
+} model_config;
+
+/* Reads config.json; errors name the file and key. Accepts rope_parameters or legacy keys. */
+int model_config_load(model_config *cfg, const char *path, ct_error *err);
+/* Built-in configs: "tiny" (the default job's model), "bench-20m" (benchmark size). */
+int model_config_preset(model_config *cfg, const char *preset, ct_error *err);
+/* Writes config.json (legacy rope_theta/rope_scaling keys; unknown keys of a loaded file kept). */
+int model_config_write(const model_config *cfg, const char *path, ct_error *err);
+void model_config_free(model_config *cfg);
+/* inv_freq[head_dim/2] with llama3 scaling applied, fp32 as transformers computes it. */
+void model_rope_inv_freq(const model_config *cfg, float *inv_freq);
+
+typedef struct model_param {
+    char name[192];   /* transformers name, e.g. "model.layers.0.self_attn.q_proj.weight" */
+    int ndim;         /* 1 or 2 */
+    int64_t shape[2]; /* [out, in] for Linear weights */
+    size_t numel;
+    float *data;      /* backend memory */
+    float *grad;      /* backend memory; NULL when frozen */
+    bool trainable;
+    bool decay;       /* weight decay applies (2-D weights; not norms, biases) */
+    bool is_lora;
+} model_param;
+
+/* One micro-batch, host memory. targets[t] < 0 means "no loss here". positions restart at 0
+ * per sequence (or per packed document); doc_ids may be NULL (one document per row). */
+typedef struct model_batch {
+    const int32_t *input_ids; /* [batch*seq] */
+    const int32_t *targets;   /* [batch*seq] */
+    const int32_t *positions; /* [batch*seq] */
+    const int32_t *doc_ids;   /* [batch*seq] or NULL */
+    int batch;
+    int seq;
+} model_batch;
+
+typedef struct model_layer model_layer; /* internal pointers into the arenas */
+
+typedef struct model {
+    model_config cfg;
+    const kernels *k;
+    bool has_lora;
+    lora_settings lora;
+    int n_params;
+    model_param *params;
+    float *weight_arena;  /* all parameters, contiguous; the trainable ones first, in parameter
+                           * order, so weight_arena[i] and grad_arena[i] match for i < grad_numel */
+    float *grad_arena;    /* all trainable gradients, contiguous, in parameter order */
+    size_t weight_numel, grad_numel;
+    model_layer *layers;
+    void *state;          /* activations, scratch, rope tables: owned by model.c */
+} model;
+
+/* Builds the parameter list from the config (+ LoRA adapters when lora != NULL; then only
+ * adapters are trainable, otherwise every parameter is). Weights start at zero. */
+int model_create(model *m, const model_config *cfg, const lora_settings *lora,
+                 const kernels *k, ct_error *err);
+void model_free(model *m);
+
+/* transformers' initialisation: Linear/Embedding ~ N(0, initializer_range), norms = 1,
+ * biases = 0; LoRA A kaiming-uniform(a=sqrt(5)) i.e. U(-1/sqrt(in), 1/sqrt(in)), B = 0.
+ * Deterministic from seed. */
+void model_init_weights(model *m, uint64_t seed);
+/* Re-initialises only the LoRA adapters (peft's default), deterministic from seed. */
+void model_init_lora(model *m, uint64_t seed);
+/* Loads every base weight from a folder (model.safetensors or shards), any of F32/BF16/F16;
+ * a missing tensor or a shape mismatch is an error naming both. */
+int model_load_weights(model *m, const char *dir, ct_error *err);
+
+model_param *model_find_param(model *m, const char *name);
+size_t model_count_params(const model *m, bool trainable_only);
+
+/* Allocates activations for micro-batches up to max_batch x seq. Call once before steps.
+ * The reservation is in tokens: any batch with batch*seq <= max_batch*seq fits. Calling it
+ * again replaces the previous reservation. */
+int model_reserve(model *m, int max_batch, int seq, ct_error *err);
+/* Bytes model_reserve would allocate (for --dry-run memory estimates). */
+size_t model_activation_bytes(const model_config *cfg, const lora_settings *lora, int batch, int seq);
+
+void model_zero_grads(model *m);
+
+/* Forward pass; when backward, also the backward pass, ACCUMULATING into the gradients
+ * d(loss_sum * grad_scale)/dparam. LoRA dropout is active only when backward is true, its
+ * mask drawn from dropout_seed (kernels->dropout). Returns the sum of token losses over
+ * tokens with targets >= 0 and their count. backward with grad_scale 0 runs the training
+ * forward (dropout on) and leaves the gradients untouched. targets may be NULL (no loss),
+ * positions NULL (0..seq-1 in every row). Fails if batch*seq exceeds the reservation or an
+ * id is outside the vocabulary. */
+int model_step(model *m, const model_batch *batch, bool backward, float grad_scale,
+               uint64_t dropout_seed, double *loss_sum, long *n_loss_tokens, ct_error *err);
+
+/* Logits (host memory, [vocab]) of the last token of one sequence ids[0..n-1] (positions
+ * 0..n-1), no dropout. Used for generation and accuracy evaluation. Re-runs the whole
+ * sequence (no KV cache); grows the reservation to 1 x n when it holds fewer tokens (an
+ * allocation, so keep it out of the training step loop, or reserve enough up front). */
+int model_last_logits(model *m, const int32_t *ids, int n, float *logits, ct_error *err);
+
+#endif

@@ -1,0 +1,288 @@
+/* model_graph: the forward and backward pass of LlamaForCausalLM (Qwen2 biases, Qwen3 q/k
+ * norms) over the kernels table, with LoRA adapters inside the targeted Linears.
+ *
+ * Per decoder layer, T tokens, residual stream x [T,H]:
+ *   h  = RMSNorm(x) ;  q, k, v = h Wq^T, h Wk^T, h Wv^T (+ biases, + LoRA)
+ *   (qwen3: q, k = RMSNorm per head) ; q, k = RoPE(q, k)
+ *   x' = x + o_proj(attention(q, k, v))
+ *   out = x' + down(silu(gate(RMSNorm(x'))) * up(RMSNorm(x')))
+ * then logits = RMSNorm(x_L) W_vocab^T, W_vocab = lm_head or (tied) embed_tokens.
+ *
+ * The vocabulary projection and cross-entropy run in chunks of logits_rows rows, fused with
+ * their backward, so [T, V] logits never exist at once. Everything the backward needs is
+ * kept by the forward in the activation arena (model_reserve); LoRA dropout masks are
+ * recomputed from their seed instead of stored. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "peft/lora_math.h"
+#include "train/model_internal.h"
+
+static lora_apply adapter_of(const model *m, const model_linear *lin, int layer, int kind,
+                             uint64_t seed) {
+    lora_apply la = {
+        .k = m->k, .a = lin->lora_a->data, .b = lin->lora_b->data,
+        .da = lin->lora_a->grad, .db = lin->lora_b->grad,
+        .in = lin->in, .out = lin->out, .r = m->lora.r,
+        .scaling = lora_scaling(&m->lora), .dropout = m->lora.dropout,
+        .seed = seed, .offset = model_dropout_offset(layer, kind),
+    };
+    return la;
+}
+
+/* y [T,out] = x W^T (+ b) (+ LoRA). */
+static void linear_forward(const model *m, int layer, int kind, float *y, const float *x,
+                           int T, bool train, uint64_t seed) {
+    const kernels *k = m->k;
+    const model_state *s = m->state;
+    const model_linear *lin = &m->layers[layer].lin[kind];
+    k->gemm(false, true, T, lin->out, lin->in, 1.0f, x, lin->in, lin->weight->data, lin->in, 0.0f,
+            y, lin->out);
+    if (lin->bias) /* y += ones[T,1] b[1,out] */
+        k->gemm(false, false, T, lin->out, 1, 1.0f, s->ones, 1, lin->bias->data, lin->out, 1.0f, y,
+                lin->out);
+    if (lin->lora_a) {
+        lora_apply la = adapter_of(m, lin, layer, kind, seed);
+        lora_forward(&la, y, s->acts[layer].lora_u[kind], x, T, train, s->lora_s1);
+    }
+}
+
+/* From dy [T,out]: dW += dy^T x, db += ones^T dy (skipped when frozen), adapter grads, and
+ * dx = dy W (+ adapter path), written (dx_beta 0) or added (dx_beta 1); dx NULL skips it. */
+static void linear_backward(const model *m, int layer, int kind, float *dx, float dx_beta,
+                            const float *dy, const float *x, int T, uint64_t seed) {
+    const kernels *k = m->k;
+    const model_state *s = m->state;
+    const model_linear *lin = &m->layers[layer].lin[kind];
+    if (dx)
+        k->gemm(false, false, T, lin->in, lin->out, 1.0f, dy, lin->out, lin->weight->data, lin->in,
+                dx_beta, dx, lin->in);
+    if (lin->weight->grad)
+        k->gemm(true, false, lin->out, lin->in, T, 1.0f, dy, lin->out, x, lin->in, 1.0f,
+                lin->weight->grad, lin->in);
+    if (lin->bias && lin->bias->grad)
+        k->gemm(true, false, 1, lin->out, T, 1.0f, s->ones, 1, dy, lin->out, 1.0f, lin->bias->grad,
+                lin->out);
+    if (lin->lora_a) {
+        lora_apply la = adapter_of(m, lin, layer, kind, seed);
+        lora_backward(&la, dx, dy, x, s->acts[layer].lora_u[kind], T, true, s->lora_du, s->lora_s1,
+                      s->lora_s2);
+    }
+}
+
+static void forward(model *m, int batch, int seq, bool use_doc_ids, bool train, uint64_t seed) {
+    const kernels *k = m->k;
+    const model_config *c = &m->cfg;
+    model_state *s = m->state;
+    const int T = batch * seq, H = c->hidden_size, I = c->intermediate_size;
+    const int nh = c->num_attention_heads, nkv = c->num_key_value_heads, d = c->head_dim;
+    const float eps = (float)c->rms_norm_eps, scale = (float)(1.0 / sqrt((double)d));
+    const int32_t *doc_ids = use_doc_ids ? s->doc_ids : NULL;
+
+    k->embedding_fwd(s->resid, m->params[0].data, s->ids, T, H);
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        const model_layer *layer = &m->layers[l];
+        layer_acts *a = &s->acts[l];
+        float *x = s->resid + (size_t)l * T * H, *out = x + (size_t)T * H;
+        k->rmsnorm_fwd(a->x_norm1, a->rstd1, x, layer->input_norm->data, T, H, eps);
+        linear_forward(m, l, LINEAR_Q, c->qk_norm ? a->q_pre : a->q, a->x_norm1, T, train, seed);
+        linear_forward(m, l, LINEAR_K, c->qk_norm ? a->k_pre : a->k, a->x_norm1, T, train, seed);
+        linear_forward(m, l, LINEAR_V, a->v, a->x_norm1, T, train, seed);
+        if (c->qk_norm) {
+            k->rmsnorm_fwd(a->q, a->rstd_q, a->q_pre, layer->q_norm->data, T * nh, d, eps);
+            k->rmsnorm_fwd(a->k, a->rstd_k, a->k_pre, layer->k_norm->data, T * nkv, d, eps);
+        }
+        k->rope_fwd(a->q, s->positions, s->inv_freq, T, nh, d);
+        k->rope_fwd(a->k, s->positions, s->inv_freq, T, nkv, d);
+        k->attention_fwd(a->att, a->lse, a->q, a->k, a->v, doc_ids, batch, seq, nh, nkv, d, scale);
+        linear_forward(m, l, LINEAR_O, a->x_mid, a->att, T, train, seed);
+        k->add(a->x_mid, a->x_mid, x, (size_t)T * H);
+        k->rmsnorm_fwd(a->x_norm2, a->rstd2, a->x_mid, layer->post_norm->data, T, H, eps);
+        linear_forward(m, l, LINEAR_GATE, a->gate, a->x_norm2, T, train, seed);
+        linear_forward(m, l, LINEAR_UP, a->up, a->x_norm2, T, train, seed);
+        k->swiglu_fwd(a->act, a->gate, a->up, (size_t)T * I);
+        linear_forward(m, l, LINEAR_DOWN, out, a->act, T, train, seed);
+        k->add(out, out, a->x_mid, (size_t)T * H);
+    }
+    const model_param *final_norm = model_find_param(m, "model.norm.weight");
+    k->rmsnorm_fwd(s->x_norm_final, s->rstd_final, s->resid + (size_t)c->num_hidden_layers * T * H,
+                   final_norm->data, T, H, eps);
+}
+
+static bool layer_has_trainable(const model *m, int l) {
+    const model_layer *layer = &m->layers[l];
+    if (layer->input_norm->trainable || layer->post_norm->trainable) return true;
+    if (layer->q_norm && (layer->q_norm->trainable || layer->k_norm->trainable)) return true;
+    for (int kind = 0; kind < LINEAR_KIND_COUNT; kind++) {
+        const model_linear *lin = &layer->lin[kind];
+        if (lin->weight->trainable || (lin->bias && lin->bias->trainable) || lin->lora_a) return true;
+    }
+    return false;
+}
+
+/* Backward from s->d_h1 = d loss / d x_norm_final (already scaled by grad_scale). */
+static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t seed) {
+    const kernels *k = m->k;
+    const model_config *c = &m->cfg;
+    model_state *s = m->state;
+    const int T = batch * seq, H = c->hidden_size, I = c->intermediate_size, L = c->num_hidden_layers;
+    const int nh = c->num_attention_heads, nkv = c->num_key_value_heads, d = c->head_dim;
+    const float scale = (float)(1.0 / sqrt((double)d));
+    const int32_t *doc_ids = use_doc_ids ? s->doc_ids : NULL;
+    const size_t TH = (size_t)T * H;
+    model_param *embed = &m->params[0];
+    model_param *final_norm = model_find_param(m, "model.norm.weight");
+
+    /* The gradient into layer l's input is needed only if something below it trains. */
+    int first_trainable = L;
+    for (int l = L - 1; l >= 0; l--)
+        if (layer_has_trainable(m, l)) first_trainable = l;
+
+    k->rmsnorm_bwd(s->d_resid, final_norm->grad, s->d_h1, s->resid + (size_t)L * TH,
+                   final_norm->data, s->rstd_final, T, H);
+    for (int l = L - 1; l >= 0; l--) {
+        const model_layer *layer = &m->layers[l];
+        const layer_acts *a = &s->acts[l];
+        const float *x = s->resid + (size_t)l * TH;
+        const bool need_input_grad = embed->trainable || l > first_trainable;
+        if (!need_input_grad && l < first_trainable) break;
+
+        /* MLP: d_resid holds d out; out = x_mid + down(act). */
+        float *d_act = s->d_w1, *d_gate = s->d_w2, *d_up = s->d_w3;
+        linear_backward(m, l, LINEAR_DOWN, d_act, 0.0f, s->d_resid, a->act, T, seed);
+        k->swiglu_bwd(d_gate, d_up, d_act, a->gate, a->up, (size_t)T * I);
+        linear_backward(m, l, LINEAR_GATE, s->d_h1, 0.0f, d_gate, a->x_norm2, T, seed);
+        linear_backward(m, l, LINEAR_UP, s->d_h1, 1.0f, d_up, a->x_norm2, T, seed);
+        k->rmsnorm_bwd(s->d_h2, layer->post_norm->grad, s->d_h1, a->x_mid, layer->post_norm->data,
+                       a->rstd2, T, H);
+        k->axpy(s->d_resid, 1.0f, s->d_h2, TH);
+
+        /* Attention: d_resid holds d x_mid; x_mid = x + o(att). */
+        float *d_att = s->d_w1, *dq = s->d_w2, *dk = s->d_w3, *dv = s->d_w4;
+        linear_backward(m, l, LINEAR_O, d_att, 0.0f, s->d_resid, a->att, T, seed);
+        k->attention_bwd(dq, dk, dv, d_att, a->q, a->k, a->v, a->att, a->lse, doc_ids, batch, seq,
+                         nh, nkv, d, scale);
+        k->rope_bwd(dq, s->positions, s->inv_freq, T, nh, d);
+        k->rope_bwd(dk, s->positions, s->inv_freq, T, nkv, d);
+        const float *q_in = a->x_norm1;
+        if (c->qk_norm) { /* d_att is free again: it takes d q_pre; dq's buffer takes d k_pre */
+            k->rmsnorm_bwd(d_att, layer->q_norm->grad, dq, a->q_pre, layer->q_norm->data, a->rstd_q,
+                           T * nh, d);
+            k->rmsnorm_bwd(dq, layer->k_norm->grad, dk, a->k_pre, layer->k_norm->data, a->rstd_k,
+                           T * nkv, d);
+            dk = dq;
+            dq = d_att;
+        }
+        const bool need_dh = need_input_grad || layer->input_norm->trainable;
+        float *dh = need_dh ? s->d_h1 : NULL;
+        linear_backward(m, l, LINEAR_Q, dh, 0.0f, dq, q_in, T, seed);
+        linear_backward(m, l, LINEAR_K, dh, 1.0f, dk, q_in, T, seed);
+        linear_backward(m, l, LINEAR_V, dh, 1.0f, dv, q_in, T, seed);
+        if (need_dh) {
+            k->rmsnorm_bwd(s->d_h2, layer->input_norm->grad, s->d_h1, x, layer->input_norm->data,
+                           a->rstd1, T, H);
+            if (need_input_grad) k->axpy(s->d_resid, 1.0f, s->d_h2, TH);
+        }
+    }
+    if (embed->trainable) k->embedding_bwd(embed->grad, s->d_resid, s->ids, T, H);
+}
+
+/* Host-side checks and upload of one batch's integer inputs. */
+static int upload_batch(model *m, const model_batch *b, ct_error *err) {
+    model_state *s = m->state;
+    const int T = b->batch * b->seq, V = m->cfg.vocab_size;
+    for (int t = 0; t < T; t++) {
+        if (b->input_ids[t] < 0 || b->input_ids[t] >= V)
+            return ct_fail(err, "model_step: input_ids[%d] = %d is outside the vocabulary [0, %d)", t,
+                           b->input_ids[t], V);
+        if (b->targets && b->targets[t] >= V)
+            return ct_fail(err, "model_step: targets[%d] = %d is outside the vocabulary [0, %d)", t,
+                           b->targets[t], V);
+        if (b->positions && b->positions[t] < 0)
+            return ct_fail(err, "model_step: positions[%d] = %d is negative", t, b->positions[t]);
+    }
+    const int32_t *positions = b->positions;
+    if (!positions) {
+        for (int t = 0; t < T; t++) s->host_positions[t] = t % b->seq;
+        positions = s->host_positions;
+    }
+    const size_t bytes = (size_t)T * sizeof(int32_t);
+    m->k->upload(s->ids, b->input_ids, bytes);
+    m->k->upload(s->positions, positions, bytes);
+    if (b->doc_ids) m->k->upload(s->doc_ids, b->doc_ids, bytes);
+    if (b->targets) {
+        m->k->upload(s->targets, b->targets, bytes);
+    } else {
+        for (int t = 0; t < T; t++) s->host_positions[t] = -1; /* no targets: no loss */
+        m->k->upload(s->targets, s->host_positions, bytes);
+    }
+    return 0;
+}
+
+static const model_param *vocab_weight(model *m) {
+    return m->cfg.tie_word_embeddings ? &m->params[0] : model_find_param(m, "lm_head.weight");
+}
+
+int model_step(model *m, const model_batch *batch, bool backward_pass, float grad_scale,
+               uint64_t dropout_seed, double *loss_sum, long *n_loss_tokens, ct_error *err) {
+    model_state *s = m->state;
+    if (!batch || batch->batch <= 0 || batch->seq <= 0 || !batch->input_ids)
+        return ct_fail(err, "model_step: empty batch");
+    if (!s || !s->float_arena) return ct_fail(err, "model_step: call model_reserve first");
+    if ((int64_t)batch->batch * batch->seq > s->reserved_tokens)
+        return ct_fail(err, "model_step: batch %d x %d exceeds the %d tokens reserved by model_reserve",
+                       batch->batch, batch->seq, s->reserved_tokens);
+    if (upload_batch(m, batch, err)) return -1;
+    const kernels *k = m->k;
+    const int T = batch->batch * batch->seq, H = m->cfg.hidden_size, V = m->cfg.vocab_size;
+    const bool use_doc_ids = batch->doc_ids != NULL;
+    forward(m, batch->batch, batch->seq, use_doc_ids, backward_pass, dropout_seed);
+
+    /* A zero scale contributes nothing: skip the backward rather than add zeros. */
+    const bool do_backward = backward_pass && grad_scale != 0.0f;
+    const model_param *w = vocab_weight(m);
+    long count = 0;
+    for (int r0 = 0; r0 < T; r0 += s->logits_rows) {
+        const int n = T - r0 < s->logits_rows ? T - r0 : s->logits_rows;
+        int valid = 0;
+        for (int r = r0; batch->targets && r < r0 + n; r++) valid += batch->targets[r] >= 0;
+        count += valid;
+        if (valid == 0) { /* nothing to score: zero loss and zero gradient rows */
+            k->zero(s->loss + r0, (size_t)n * sizeof(float));
+            if (do_backward) k->zero(s->d_h1 + (size_t)r0 * H, (size_t)n * H * sizeof(float));
+            continue;
+        }
+        const float *xn = s->x_norm_final + (size_t)r0 * H;
+        k->gemm(false, true, n, V, H, 1.0f, xn, H, w->data, H, 0.0f, s->logits, V);
+        k->cross_entropy(s->logits, s->loss + r0, s->targets + r0, n, V, do_backward ? grad_scale : 0.0f);
+        if (!do_backward) continue;
+        k->gemm(false, false, n, H, V, 1.0f, s->logits, V, w->data, H, 0.0f, s->d_h1 + (size_t)r0 * H, H);
+        if (w->grad) k->gemm(true, false, V, H, n, 1.0f, s->logits, V, xn, H, 1.0f, w->grad, H);
+    }
+    k->download(s->host_loss, s->loss, (size_t)T * sizeof(float));
+    double sum = 0.0;
+    for (int t = 0; t < T; t++) sum += s->host_loss[t];
+    if (do_backward && count > 0) backward(m, batch->batch, batch->seq, use_doc_ids, dropout_seed);
+    if (loss_sum) *loss_sum = sum;
+    if (n_loss_tokens) *n_loss_tokens = count;
+    return 0;
+}
+
+int model_last_logits(model *m, const int32_t *ids, int n, float *logits, ct_error *err) {
+    if (n <= 0 || !ids) return ct_fail(err, "model_last_logits: empty sequence");
+    model_state *s = m->state;
+    if (!s->float_arena || s->reserved_tokens < n) {
+        /* Grows the reservation (an allocation): generation runs outside the step loop. */
+        if (model_reserve(m, 1, n, err)) return -1;
+    }
+    model_batch b = {.input_ids = ids, .targets = NULL, .positions = NULL, .doc_ids = NULL,
+                     .batch = 1, .seq = n};
+    if (upload_batch(m, &b, err)) return -1;
+    forward(m, 1, n, false, false, 0);
+    const int H = m->cfg.hidden_size, V = m->cfg.vocab_size;
+    m->k->gemm(false, true, 1, V, H, 1.0f, s->x_norm_final + (size_t)(n - 1) * H, H,
+               vocab_weight(m)->data, H, 0.0f, s->logits, V);
+    m->k->download(logits, s->logits, (size_t)V * sizeof(float));
+    return 0;
+}

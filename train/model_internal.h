@@ -1,0 +1,62 @@
+/* model_internal: what model.c (parameters, arenas, reservation) and model_graph.c (the
+ * forward/backward pass) share. Not part of the public model.h contract. */
+#ifndef CTUNE_MODEL_INTERNAL_H
+#define CTUNE_MODEL_INTERNAL_H
+
+#include "train/model.h"
+
+/* One Linear of a decoder layer: its base weight (and bias), and its adapter when targeted. */
+typedef struct model_linear {
+    model_param *weight;
+    model_param *bias;   /* NULL: no bias */
+    model_param *lora_a; /* NULL: not adapted */
+    model_param *lora_b;
+    int in, out;
+} model_linear;
+
+struct model_layer {
+    model_param *input_norm, *post_norm;
+    model_param *q_norm, *k_norm; /* NULL unless qk_norm */
+    model_linear lin[LINEAR_KIND_COUNT];
+};
+
+/* Saved activations of one decoder layer (pointers into the activation arena), T tokens. */
+typedef struct layer_acts {
+    float *x_norm1, *rstd1;        /* input RMSNorm output [T,H], 1/rms [T] */
+    float *q_pre, *rstd_q;         /* qk_norm only: projection before the norm, [T*nh] */
+    float *k_pre, *rstd_k;
+    float *q, *k, *v;              /* attention inputs after norm and RoPE */
+    float *att, *lse;              /* attention output [T,nh*d], log-sum-exp [T*nh] */
+    float *x_mid;                  /* residual stream after attention [T,H] */
+    float *x_norm2, *rstd2;
+    float *gate, *up, *act;        /* [T,I]; act = silu(gate) * up */
+    float *lora_u[LINEAR_KIND_COUNT]; /* dropout(x) A^T [T,r] of adapted linears */
+} layer_acts;
+
+typedef struct model_state {
+    float *inv_freq;        /* backend [head_dim/2] */
+    /* ---- everything below exists once model_reserve has run ---- */
+    int reserved_tokens;    /* batch*seq the buffers hold */
+    int logits_rows;        /* rows of one vocabulary-projection chunk */
+    float *float_arena;     /* backend: all float buffers below */
+    int32_t *int_arena;     /* backend: ids, targets, positions, doc_ids */
+    layer_acts *acts;       /* host array [num_hidden_layers] */
+    float *resid;           /* residual stream [(L+1), T, H]; slice l is layer l's input */
+    float *x_norm_final, *rstd_final;
+    float *logits;          /* [logits_rows, V] */
+    float *loss;            /* [T] */
+    float *ones;            /* [T] of 1.0: bias broadcast and bias gradients as GEMMs */
+    float *d_resid, *d_h1, *d_h2;          /* backward scratch [T,H] */
+    float *d_w1, *d_w2, *d_w3, *d_w4;      /* [T, max(I, nh*d, H)] */
+    float *lora_du, *lora_s1, *lora_s2;    /* [T,r], [T,max_in] x2 (also forward dropout) */
+    int32_t *ids, *targets, *positions, *doc_ids;
+    int32_t *host_positions;  /* host [T], for batches without positions */
+    float *host_loss;         /* host [T] */
+} model_state;
+
+/* Dropout stream offset of one (layer, module): disjoint ranges of 2^40 elements. */
+static inline uint64_t model_dropout_offset(int layer, int kind) {
+    return ((uint64_t)layer * 8u + (uint64_t)kind) << 40;
+}
+
+#endif

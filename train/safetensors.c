@@ -1,0 +1,858 @@
+/* safetensors reader (mmap + full validation), writer (reference layout, durable rename),
+ * fp16/bf16 conversions and model-folder opening. Rules and layout: shared/spec/INTEROP.md;
+ * user-facing summary: docs/safetensors.md. */
+#include "train/safetensors.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "train/fsutil.h"
+
+#define ST_MAX_HEADER 100000000ULL
+/* cJSON holds numbers as doubles: integers above 2^53 cannot be read exactly. No real file
+ * needs one (it would describe petabytes), so larger values are rejected, not rounded. */
+#define ST_MAX_EXACT_INT 9007199254740992.0
+
+/* bits per element and the rank the reference writer sorts by: its Rust Dtype enum order
+ * (roughly alignment; checked against safetensors 0.8 output by the fixture test). */
+static const struct {
+    const char *name;
+    int bits;
+    int sort_rank;
+} dtype_table[ST_DTYPE_COUNT] = {
+    [ST_BOOL] = {"BOOL", 8, 0},          [ST_F4] = {"F4", 4, 1},
+    [ST_F6_E2M3] = {"F6_E2M3", 6, 2},    [ST_F6_E3M2] = {"F6_E3M2", 6, 3},
+    [ST_U8] = {"U8", 8, 4},              [ST_I8] = {"I8", 8, 5},
+    [ST_F8_E5M2] = {"F8_E5M2", 8, 6},    [ST_F8_E4M3] = {"F8_E4M3", 8, 7},
+    [ST_F8_E8M0] = {"F8_E8M0", 8, 8},    [ST_F8_E4M3FNUZ] = {"F8_E4M3FNUZ", 8, 9},
+    [ST_F8_E5M2FNUZ] = {"F8_E5M2FNUZ", 8, 10}, [ST_I16] = {"I16", 16, 11},
+    [ST_U16] = {"U16", 16, 12},          [ST_F16] = {"F16", 16, 13},
+    [ST_BF16] = {"BF16", 16, 14},        [ST_I32] = {"I32", 32, 15},
+    [ST_U32] = {"U32", 32, 16},          [ST_F32] = {"F32", 32, 17},
+    [ST_C64] = {"C64", 64, 18},          [ST_F64] = {"F64", 64, 19},
+    [ST_I64] = {"I64", 64, 20},          [ST_U64] = {"U64", 64, 21},
+};
+
+const char *st_dtype_name(st_dtype dtype) {
+    return (unsigned)dtype < ST_DTYPE_COUNT ? dtype_table[dtype].name : "?";
+}
+
+int st_dtype_from_name(const char *name, st_dtype *out) {
+    for (int i = 0; name && i < ST_DTYPE_COUNT; i++) {
+        if (strcmp(name, dtype_table[i].name) == 0) {
+            *out = (st_dtype)i;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+int st_dtype_bits(st_dtype dtype) {
+    return (unsigned)dtype < ST_DTYPE_COUNT ? dtype_table[dtype].bits : 0;
+}
+
+/* ---- conversions ---- */
+
+static uint32_t f32_bits(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return u;
+}
+
+static float f32_from_bits(uint32_t u) {
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+uint16_t st_f32_to_bf16(float x) {
+    uint32_t u = f32_bits(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u); /* quiet NaN */
+    /* Adding 0x7fff plus the lowest kept bit rounds to nearest with ties to even; a carry
+     * into the exponent is the correct result (up to Inf on overflow). */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+uint16_t st_f32_to_f16(float x) {
+    uint32_t u = f32_bits(x);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+    uint32_t mag = u & 0x7fffffffu;
+    if (mag > 0x7f800000u) /* NaN: keep the top payload bits and force quiet, as F16C does */
+        return (uint16_t)(sign | 0x7e00u | ((mag >> 13) & 0x3ffu));
+    if (mag >= 0x38800000u) { /* at least 2^-14: a normal half, or overflow to Inf */
+        uint32_t rounded = (mag + 0xfffu + ((mag >> 13) & 1u)) >> 13;
+        uint32_t half = rounded - ((127u - 15u) << 10); /* rebias the exponent */
+        return (uint16_t)(sign | (half >= 0x7c00u ? 0x7c00u : half));
+    }
+    int exponent = (int)(mag >> 23);
+    if (exponent < 102) return sign; /* below 2^-25: rounds to zero */
+    /* Subnormal half: value = significand * 2^(exponent-150), in units of 2^-24. */
+    uint32_t significand = (mag & 0x7fffffu) | 0x800000u;
+    int shift = 126 - exponent; /* 14..24 */
+    uint32_t q = significand >> shift;
+    uint32_t rem = significand & ((1u << shift) - 1u), halfway = 1u << (shift - 1);
+    if (rem > halfway || (rem == halfway && (q & 1u))) q++; /* may carry into 2^-14: fine */
+    return (uint16_t)(sign | q);
+}
+
+float st_bf16_to_f32(uint16_t x) { return f32_from_bits((uint32_t)x << 16); }
+
+float st_f16_to_f32(uint16_t x) {
+    uint32_t sign = (uint32_t)(x & 0x8000u) << 16;
+    uint32_t exponent = (x >> 10) & 0x1fu, mantissa = x & 0x3ffu;
+    if (exponent == 0) { /* zero or subnormal: mantissa * 2^-24 is exact in fp32 */
+        float v = (float)mantissa * 0x1p-24f;
+        return sign ? -v : v;
+    }
+    if (exponent == 31) return f32_from_bits(sign | 0x7f800000u | (mantissa << 13));
+    return f32_from_bits(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+}
+
+int st_read_f32(const st_tensor *tensor, float *out, ct_error *err) {
+    const unsigned char *src = tensor->data;
+    switch (tensor->dtype) {
+    case ST_F32:
+        if (tensor->numel) memcpy(out, src, tensor->numel * sizeof(float));
+        return 0;
+    case ST_BF16:
+    case ST_F16:
+        for (uint64_t i = 0; i < tensor->numel; i++) {
+            uint16_t h;
+            memcpy(&h, src + 2 * i, sizeof h); /* the data may be unaligned */
+            out[i] = tensor->dtype == ST_BF16 ? st_bf16_to_f32(h) : st_f16_to_f32(h);
+        }
+        return 0;
+    default:
+        return ct_fail(err, "tensor '%s' has dtype %s; only F32, BF16 and F16 convert to fp32",
+                       tensor->name, st_dtype_name(tensor->dtype));
+    }
+}
+
+/* ---- reader ---- */
+
+static int fail_at(ct_error *err, const char *path, uint64_t byte, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int fail_at(ct_error *err, const char *path, uint64_t byte, const char *fmt, ...) {
+    char problem[1536];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(problem, sizeof problem, fmt, ap);
+    va_end(ap);
+    return ct_fail(err, "%s: byte %llu: %s", path, (unsigned long long)byte, problem);
+}
+
+/* Returns the index of the first byte that breaks UTF-8 (overlong forms, surrogates and code
+ * points above U+10FFFF included), or len when the text is valid. */
+static size_t utf8_invalid_at(const unsigned char *s, size_t len) {
+    size_t i = 0;
+    while (i < len) {
+        unsigned char c = s[i];
+        size_t n;
+        uint32_t cp, min;
+        if (c < 0x80) { i++; continue; }
+        if ((c & 0xe0) == 0xc0) { n = 2; cp = c & 0x1f; min = 0x80; }
+        else if ((c & 0xf0) == 0xe0) { n = 3; cp = c & 0x0f; min = 0x800; }
+        else if ((c & 0xf8) == 0xf0) { n = 4; cp = c & 0x07; min = 0x10000; }
+        else return i;
+        if (i + n > len) return i;
+        for (size_t k = 1; k < n; k++) {
+            if ((s[i + k] & 0xc0) != 0x80) return i;
+            cp = (cp << 6) | (s[i + k] & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return i;
+        i += n;
+    }
+    return len;
+}
+
+static int json_to_u64(const cJSON *item, uint64_t *out) {
+    if (!cJSON_IsNumber(item)) return -1;
+    double v = item->valuedouble;
+    if (!(v >= 0.0) || v > ST_MAX_EXACT_INT || v != (double)(uint64_t)v) return -1;
+    *out = (uint64_t)v;
+    return 0;
+}
+
+enum { SIZE_OK, SIZE_OVERFLOW, SIZE_PARTIAL_BYTE };
+
+/* numel and byte size of a shape; a zero dimension makes both 0 whatever the others are. */
+static int tensor_size(st_dtype dtype, int ndim, const int64_t *shape, uint64_t *numel,
+                       uint64_t *nbytes) {
+    uint64_t n = 1, bits = (uint64_t)dtype_table[dtype].bits;
+    *numel = *nbytes = 0;
+    for (int d = 0; d < ndim; d++)
+        if (shape[d] == 0) return SIZE_OK;
+    for (int d = 0; d < ndim; d++) {
+        if (n > UINT64_MAX / (uint64_t)shape[d]) return SIZE_OVERFLOW;
+        n *= (uint64_t)shape[d];
+    }
+    if (n > UINT64_MAX / bits) return SIZE_OVERFLOW;
+    *numel = n;
+    if (n * bits % 8 != 0) return SIZE_PARTIAL_BYTE;
+    *nbytes = n * bits / 8;
+    return SIZE_OK;
+}
+
+static void shape_text(const st_tensor *t, char *buf, size_t size) {
+    size_t used = (size_t)snprintf(buf, size, "[");
+    for (int d = 0; d < t->ndim && used < size; d++)
+        used += (size_t)snprintf(buf + used, size - used, "%s%lld", d ? ", " : "",
+                                 (long long)t->shape[d]);
+    if (used < size) snprintf(buf + used, size - used, "]");
+}
+
+/* Fills t from one header entry; begin/end are the tensor's data_offsets. */
+static int parse_tensor_entry(const cJSON *entry, st_tensor *t, uint64_t *begin, uint64_t *end,
+                              const char *path, ct_error *err) {
+    const char *name = t->name;
+    if (!cJSON_IsObject(entry))
+        return fail_at(err, path, 8, "tensor '%s': entry is not a JSON object", name);
+    const cJSON *dtype = cJSON_GetObjectItemCaseSensitive(entry, "dtype");
+    const cJSON *shape = cJSON_GetObjectItemCaseSensitive(entry, "shape");
+    const cJSON *offsets = cJSON_GetObjectItemCaseSensitive(entry, "data_offsets");
+    if (!dtype) return fail_at(err, path, 8, "tensor '%s': missing \"dtype\"", name);
+    if (!cJSON_IsString(dtype) || st_dtype_from_name(dtype->valuestring, &t->dtype) != 0)
+        return fail_at(err, path, 8, "tensor '%s': invalid dtype %s%s%s (expected one of BOOL, "
+                       "U8, I8, I16, U16, F16, BF16, I32, U32, F32, I64, U64, F64, C64, F8_*, F4, "
+                       "F6_*)", name, cJSON_IsString(dtype) ? "'" : "",
+                       cJSON_IsString(dtype) ? dtype->valuestring : "(not a string)",
+                       cJSON_IsString(dtype) ? "'" : "");
+    if (!shape) return fail_at(err, path, 8, "tensor '%s': missing \"shape\"", name);
+    if (!cJSON_IsArray(shape))
+        return fail_at(err, path, 8, "tensor '%s': \"shape\" is not an array", name);
+    int ndim = cJSON_GetArraySize(shape);
+    if (ndim > ST_MAX_DIMS)
+        return fail_at(err, path, 8, "tensor '%s': shape has %d dimensions, at most %d supported",
+                       name, ndim, ST_MAX_DIMS);
+    t->ndim = ndim;
+    for (int d = 0; d < ndim; d++) {
+        uint64_t dim;
+        if (json_to_u64(cJSON_GetArrayItem(shape, d), &dim) != 0)
+            return fail_at(err, path, 8, "tensor '%s': shape[%d] is not a non-negative integer "
+                           "(at most 2^53)", name, d);
+        t->shape[d] = (int64_t)dim;
+    }
+    if (!offsets) return fail_at(err, path, 8, "tensor '%s': missing \"data_offsets\"", name);
+    if (!cJSON_IsArray(offsets) || cJSON_GetArraySize(offsets) != 2 ||
+        json_to_u64(cJSON_GetArrayItem(offsets, 0), begin) != 0 ||
+        json_to_u64(cJSON_GetArrayItem(offsets, 1), end) != 0)
+        return fail_at(err, path, 8, "tensor '%s': \"data_offsets\" must be [begin, end] with "
+                       "non-negative integers", name);
+    if (*end < *begin)
+        return fail_at(err, path, 8, "tensor '%s': data_offsets [%llu, %llu] end before they "
+                       "begin", name, (unsigned long long)*begin, (unsigned long long)*end);
+    char shape_buf[256];
+    shape_text(t, shape_buf, sizeof shape_buf);
+    int size = tensor_size(t->dtype, ndim, t->shape, &t->numel, &t->nbytes);
+    if (size == SIZE_OVERFLOW)
+        return fail_at(err, path, 8, "tensor '%s': shape %s of %s overflows 64-bit size "
+                       "arithmetic", name, shape_buf, st_dtype_name(t->dtype));
+    if (size == SIZE_PARTIAL_BYTE)
+        return fail_at(err, path, 8, "tensor '%s': shape %s of %s is %llu bits, not a whole "
+                       "number of bytes", name, shape_buf, st_dtype_name(t->dtype),
+                       (unsigned long long)(t->numel * (uint64_t)st_dtype_bits(t->dtype)));
+    if (*end - *begin != t->nbytes)
+        return fail_at(err, path, 8, "tensor '%s': data_offsets [%llu, %llu] hold %llu bytes "
+                       "but shape %s of %s needs %llu", name, (unsigned long long)*begin,
+                       (unsigned long long)*end, (unsigned long long)(*end - *begin), shape_buf,
+                       st_dtype_name(t->dtype), (unsigned long long)t->nbytes);
+    return 0;
+}
+
+static int parse_metadata(const cJSON *meta, st_file *file, ct_error *err) {
+    if (cJSON_IsNull(meta)) return 0; /* the reference reader accepts null */
+    if (!cJSON_IsObject(meta))
+        return fail_at(err, file->path, 8, "\"__metadata__\" is not a JSON object");
+    int n = cJSON_GetArraySize(meta);
+    file->metadata_keys = calloc((size_t)n + 1, sizeof(char *));
+    file->metadata_values = calloc((size_t)n + 1, sizeof(char *));
+    if (!file->metadata_keys || !file->metadata_values) return ct_fail(err, "out of memory");
+    const cJSON *item;
+    cJSON_ArrayForEach(item, meta) {
+        if (!cJSON_IsString(item))
+            return fail_at(err, file->path, 8, "\"__metadata__\" value of '%s' is not a string",
+                           item->string);
+        file->metadata_keys[file->n_metadata] = strdup(item->string);
+        file->metadata_values[file->n_metadata] = strdup(item->valuestring);
+        file->n_metadata++;
+        if (!file->metadata_keys[file->n_metadata - 1] ||
+            !file->metadata_values[file->n_metadata - 1])
+            return ct_fail(err, "out of memory");
+    }
+    return 0;
+}
+
+typedef struct span {
+    uint64_t begin, end;
+    int index;
+} span;
+
+static int span_compare(const void *a, const void *b) {
+    const span *x = a, *y = b;
+    if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
+    if (x->end != y->end) return x->end < y->end ? -1 : 1;
+    return 0;
+}
+
+typedef struct named_index {
+    const char *name;
+    int index;
+} named_index;
+
+static int named_index_compare(const void *a, const void *b) {
+    return strcmp(((const named_index *)a)->name, ((const named_index *)b)->name);
+}
+
+static int build_name_order(st_file *file, ct_error *err) {
+    size_t n = (size_t)file->n_tensors;
+    named_index *order = malloc(sizeof *order * (n ? n : 1));
+    file->name_order = malloc(sizeof(int) * (n ? n : 1));
+    if (!order || !file->name_order) {
+        free(order);
+        return ct_fail(err, "out of memory");
+    }
+    for (size_t i = 0; i < n; i++) order[i] = (named_index){file->tensors[i].name, (int)i};
+    qsort(order, n, sizeof *order, named_index_compare);
+    int status = 0;
+    for (size_t i = 0; i < n; i++) {
+        file->name_order[i] = order[i].index;
+        if (i && status == 0 && strcmp(order[i].name, order[i - 1].name) == 0)
+            status = fail_at(err, file->path, 8, "tensor '%s' appears twice in the header",
+                             order[i].name);
+    }
+    free(order);
+    return status;
+}
+
+/* Everything after the mapping: header JSON, entries, data layout. */
+static int parse_and_validate(st_file *file, uint64_t header_len, ct_error *err) {
+    const char *path = file->path;
+    const unsigned char *header = (const unsigned char *)file->map + 8;
+    size_t bad = utf8_invalid_at(header, (size_t)header_len);
+    if (bad < header_len)
+        return fail_at(err, path, 8 + bad, "header is not valid UTF-8");
+    for (size_t i = 0; i < header_len; i++)
+        if (header[i] < 0x20 && header[i] != ' ' && header[i] != '\t' && header[i] != '\n' &&
+            header[i] != '\r')
+            return fail_at(err, path, 8 + i, "header is not valid JSON: control character 0x%02x",
+                           header[i]);
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts((const char *)header, (size_t)header_len, &end, 0);
+    if (!root) {
+        size_t at = end ? (size_t)(end - (const char *)header) : 0;
+        return fail_at(err, path, 8 + at, "header is not valid JSON");
+    }
+    int status = -1;
+    for (const char *p = end; p < (const char *)header + header_len; p++)
+        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
+            fail_at(err, path, 8 + (uint64_t)(p - (const char *)header),
+                    "header is not valid JSON: text after the closing brace");
+            goto done;
+        }
+    if (!cJSON_IsObject(root)) {
+        fail_at(err, path, 8, "header is not a JSON object");
+        goto done;
+    }
+    int n = 0;
+    const cJSON *item;
+    cJSON_ArrayForEach(item, root) if (strcmp(item->string, "__metadata__") != 0) n++;
+    file->tensors = calloc((size_t)(n > 0 ? n : 1), sizeof(st_tensor));
+    span *spans = calloc((size_t)(n > 0 ? n : 1), sizeof(span));
+    if (!file->tensors || !spans) {
+        free(spans);
+        ct_fail(err, "out of memory");
+        goto done;
+    }
+    cJSON_ArrayForEach(item, root) {
+        if (strcmp(item->string, "__metadata__") == 0) {
+            if (parse_metadata(item, file, err) != 0) goto done_spans;
+            continue;
+        }
+        st_tensor *t = &file->tensors[file->n_tensors];
+        t->name = strdup(item->string);
+        if (!t->name) {
+            ct_fail(err, "out of memory");
+            goto done_spans;
+        }
+        file->n_tensors++;
+        span *s = &spans[file->n_tensors - 1];
+        s->index = file->n_tensors - 1;
+        if (parse_tensor_entry(item, t, &s->begin, &s->end, path, err) != 0) goto done_spans;
+    }
+    if (build_name_order(file, err) != 0) goto done_spans;
+    qsort(spans, (size_t)n, sizeof(span), span_compare);
+    uint64_t data_start = 8 + header_len, expected = 0;
+    for (int i = 0; i < n; i++) {
+        const char *name = file->tensors[spans[i].index].name;
+        if (spans[i].begin != expected) {
+            if (i == 0)
+                fail_at(err, path, data_start, "first tensor '%s' starts at data offset %llu; the "
+                        "data must start at offset 0", name, (unsigned long long)spans[i].begin);
+            else if (spans[i].begin > expected)
+                fail_at(err, path, data_start + expected, "gap of %llu bytes between tensor '%s' "
+                        "(ends at offset %llu) and tensor '%s' (starts at offset %llu)",
+                        (unsigned long long)(spans[i].begin - expected),
+                        file->tensors[spans[i - 1].index].name, (unsigned long long)expected,
+                        name, (unsigned long long)spans[i].begin);
+            else
+                fail_at(err, path, data_start + spans[i].begin, "tensor '%s' data_offsets "
+                        "[%llu, %llu] overlap tensor '%s' which ends at offset %llu", name,
+                        (unsigned long long)spans[i].begin, (unsigned long long)spans[i].end,
+                        file->tensors[spans[i - 1].index].name, (unsigned long long)expected);
+            goto done_spans;
+        }
+        expected = spans[i].end;
+    }
+    uint64_t available = (uint64_t)file->map_size - data_start;
+    if (expected > available) {
+        fail_at(err, path, data_start, "tensor data needs %llu bytes but the file has %llu after "
+                "the header", (unsigned long long)expected, (unsigned long long)available);
+        goto done_spans;
+    }
+    if (expected < available) {
+        fail_at(err, path, data_start + expected, "%llu trailing bytes after the last tensor",
+                (unsigned long long)(available - expected));
+        goto done_spans;
+    }
+    for (int i = 0; i < n; i++)
+        file->tensors[spans[i].index].data = (const unsigned char *)file->map + data_start +
+                                             spans[i].begin;
+    status = 0;
+done_spans:
+    free(spans);
+done:
+    cJSON_Delete(root);
+    return status;
+}
+
+int st_open(st_file *file, const char *path, ct_error *err) {
+    memset(file, 0, sizeof *file);
+    file->path = strdup(path);
+    if (!file->path) return ct_fail(err, "out of memory");
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) {
+        ct_fail(err, "%s: cannot open: %s", path, strerror(errno));
+        st_close(file);
+        return -1;
+    }
+    struct stat info;
+    int status = -1;
+    if (fstat(fd, &info) != 0) {
+        ct_fail(err, "%s: cannot stat: %s", path, strerror(errno));
+    } else if (!S_ISREG(info.st_mode)) {
+        ct_fail(err, "%s: not a regular file", path);
+    } else if (info.st_size < 8) {
+        fail_at(err, path, 0, "file is %lld bytes, too short for the 8-byte header length",
+                (long long)info.st_size);
+    } else {
+        void *map = mmap(NULL, (size_t)info.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (map == MAP_FAILED) {
+            ct_fail(err, "%s: cannot map: %s", path, strerror(errno));
+        } else {
+            file->map = map;
+            file->map_size = (size_t)info.st_size;
+            status = 0;
+        }
+    }
+    close(fd); /* the mapping stays valid without the descriptor */
+    if (status == 0) {
+        const unsigned char *p = file->map;
+        uint64_t header_len = 0;
+        for (int i = 7; i >= 0; i--) header_len = (header_len << 8) | p[i];
+        if (header_len > ST_MAX_HEADER)
+            status = fail_at(err, path, 0, "header length %llu exceeds the limit of %llu bytes",
+                             (unsigned long long)header_len, ST_MAX_HEADER);
+        else if (header_len > file->map_size - 8)
+            status = fail_at(err, path, 0, "header length %llu exceeds file size %zu (needs "
+                             "%llu bytes)", (unsigned long long)header_len, file->map_size,
+                             (unsigned long long)(header_len + 8));
+        else
+            status = parse_and_validate(file, header_len, err);
+    }
+    if (status != 0) st_close(file);
+    return status;
+}
+
+void st_close(st_file *file) {
+    if (!file) return;
+    if (file->map) munmap(file->map, file->map_size);
+    for (int i = 0; i < file->n_tensors; i++) free(file->tensors[i].name);
+    for (int i = 0; i < file->n_metadata; i++) {
+        free(file->metadata_keys[i]);
+        free(file->metadata_values[i]);
+    }
+    free(file->tensors);
+    free(file->metadata_keys);
+    free(file->metadata_values);
+    free(file->name_order);
+    free(file->path);
+    memset(file, 0, sizeof *file);
+}
+
+const st_tensor *st_find(const st_file *file, const char *name) {
+    int lo = 0, hi = file->n_tensors - 1;
+    if (!file->name_order) return NULL;
+    while (lo <= hi) {
+        int mid = lo + (hi - lo) / 2;
+        const st_tensor *t = &file->tensors[file->name_order[mid]];
+        int c = strcmp(name, t->name);
+        if (c == 0) return t;
+        if (c < 0) hi = mid - 1;
+        else lo = mid + 1;
+    }
+    return NULL;
+}
+
+const char *st_metadata(const st_file *file, const char *key) {
+    for (int i = 0; i < file->n_metadata; i++)
+        if (strcmp(file->metadata_keys[i], key) == 0) return file->metadata_values[i];
+    return NULL;
+}
+
+/* ---- writer ---- */
+
+typedef struct text_buf {
+    char *data;
+    size_t len, cap;
+    int out_of_memory;
+} text_buf;
+
+static void tb_put(text_buf *b, const char *s, size_t n) {
+    if (b->out_of_memory) return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 1024;
+        while (cap < b->len + n + 1) cap *= 2;
+        char *grown = realloc(b->data, cap);
+        if (!grown) {
+            b->out_of_memory = 1;
+            return;
+        }
+        b->data = grown;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, s, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+}
+
+static void tb_str(text_buf *b, const char *s) { tb_put(b, s, strlen(s)); }
+
+static void tb_u64(text_buf *b, uint64_t v) {
+    char num[24];
+    tb_put(b, num, (size_t)snprintf(num, sizeof num, "%llu", (unsigned long long)v));
+}
+
+/* A JSON string escaped exactly as serde_json does, so headers match the reference bytes. */
+static void tb_json_string(text_buf *b, const char *s) {
+    tb_put(b, "\"", 1);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        char esc[8];
+        switch (*p) {
+        case '"': tb_put(b, "\\\"", 2); break;
+        case '\\': tb_put(b, "\\\\", 2); break;
+        case '\b': tb_put(b, "\\b", 2); break;
+        case '\f': tb_put(b, "\\f", 2); break;
+        case '\n': tb_put(b, "\\n", 2); break;
+        case '\r': tb_put(b, "\\r", 2); break;
+        case '\t': tb_put(b, "\\t", 2); break;
+        default:
+            if (*p < 0x20) tb_put(b, esc, (size_t)snprintf(esc, sizeof esc, "\\u%04x", *p));
+            else tb_put(b, (const char *)p, 1);
+        }
+    }
+    tb_put(b, "\"", 1);
+}
+
+typedef struct write_entry {
+    const st_write_tensor *tensor;
+    uint64_t nbytes;
+} write_entry;
+
+static int write_entry_compare(const void *a, const void *b) {
+    const st_write_tensor *x = ((const write_entry *)a)->tensor;
+    const st_write_tensor *y = ((const write_entry *)b)->tensor;
+    int rx = dtype_table[x->dtype].sort_rank, ry = dtype_table[y->dtype].sort_rank;
+    if (rx != ry) return rx > ry ? -1 : 1; /* larger alignment first, as the reference */
+    return strcmp(x->name, y->name);
+}
+
+static int check_write_tensor(const st_write_tensor *t, uint64_t *nbytes, const char *path,
+                              ct_error *err) {
+    if (!t->name || !t->name[0] || strcmp(t->name, "__metadata__") == 0)
+        return ct_fail(err, "%s: invalid tensor name '%s'", path, t->name ? t->name : "(null)");
+    if (utf8_invalid_at((const unsigned char *)t->name, strlen(t->name)) != strlen(t->name))
+        return ct_fail(err, "%s: tensor name '%s' is not valid UTF-8", path, t->name);
+    if ((unsigned)t->dtype >= ST_DTYPE_COUNT)
+        return ct_fail(err, "%s: tensor '%s': unknown dtype %d", path, t->name, (int)t->dtype);
+    if (t->ndim < 0 || t->ndim > ST_MAX_DIMS)
+        return ct_fail(err, "%s: tensor '%s': %d dimensions (0..%d allowed)", path, t->name,
+                       t->ndim, ST_MAX_DIMS);
+    for (int d = 0; d < t->ndim; d++)
+        if (t->shape[d] < 0 || (double)t->shape[d] > ST_MAX_EXACT_INT)
+            return ct_fail(err, "%s: tensor '%s': invalid shape[%d] = %lld", path, t->name, d,
+                           (long long)t->shape[d]);
+    uint64_t numel;
+    if (tensor_size(t->dtype, t->ndim, t->shape, &numel, nbytes) != SIZE_OK)
+        return ct_fail(err, "%s: tensor '%s': %llu elements of %s are not a whole number of "
+                       "bytes (or overflow)", path, t->name, (unsigned long long)numel,
+                       st_dtype_name(t->dtype));
+    if (*nbytes && !t->data) return ct_fail(err, "%s: tensor '%s' has no data", path, t->name);
+    return 0;
+}
+
+static int build_header(text_buf *b, const write_entry *entries, int n_tensors,
+                        const char *const *keys, const char *const *values, int n_metadata) {
+    int has_format = 0;
+    tb_str(b, "{\"__metadata__\":{");
+    for (int i = 0; i < n_metadata; i++) {
+        if (strcmp(keys[i], "format") == 0) has_format = 1;
+        if (i) tb_str(b, ",");
+        tb_json_string(b, keys[i]);
+        tb_str(b, ":");
+        tb_json_string(b, values[i]);
+    }
+    if (!has_format) tb_str(b, n_metadata ? ",\"format\":\"pt\"" : "\"format\":\"pt\"");
+    tb_str(b, "}");
+    uint64_t offset = 0;
+    for (int i = 0; i < n_tensors; i++) {
+        const st_write_tensor *t = entries[i].tensor;
+        tb_str(b, ",");
+        tb_json_string(b, t->name);
+        tb_str(b, ":{\"dtype\":\"");
+        tb_str(b, st_dtype_name(t->dtype));
+        tb_str(b, "\",\"shape\":[");
+        for (int d = 0; d < t->ndim; d++) {
+            if (d) tb_str(b, ",");
+            tb_u64(b, (uint64_t)t->shape[d]);
+        }
+        tb_str(b, "],\"data_offsets\":[");
+        tb_u64(b, offset);
+        tb_str(b, ",");
+        offset += entries[i].nbytes;
+        tb_u64(b, offset);
+        tb_str(b, "]}");
+    }
+    tb_str(b, "}");
+    while (b->len % 8 != 0) tb_str(b, " "); /* tensor data starts 8-byte aligned */
+    return b->out_of_memory ? -1 : 0;
+}
+
+static int write_all(int fd, const void *data, uint64_t size) {
+    const char *p = data;
+    while (size > 0) {
+        size_t chunk = size > (1u << 30) ? (1u << 30) : (size_t)size;
+        ssize_t n = write(fd, p, chunk);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return -1;
+        p += n;
+        size -= (uint64_t)n;
+    }
+    return 0;
+}
+
+static int check_write_inputs(const char *path, const st_write_tensor *tensors, int n_tensors,
+                              const char *const *keys, const char *const *values, int n_metadata,
+                              write_entry *entries, ct_error *err) {
+    for (int i = 0; i < n_metadata; i++) {
+        if (!keys[i] || !values[i])
+            return ct_fail(err, "%s: metadata entry %d is NULL", path, i);
+        for (int j = 0; j < i; j++)
+            if (strcmp(keys[i], keys[j]) == 0)
+                return ct_fail(err, "%s: metadata key '%s' given twice", path, keys[i]);
+        if (utf8_invalid_at((const unsigned char *)keys[i], strlen(keys[i])) != strlen(keys[i]) ||
+            utf8_invalid_at((const unsigned char *)values[i], strlen(values[i])) !=
+                strlen(values[i]))
+            return ct_fail(err, "%s: metadata entry '%s' is not valid UTF-8", path, keys[i]);
+    }
+    for (int i = 0; i < n_tensors; i++) {
+        entries[i].tensor = &tensors[i];
+        if (check_write_tensor(&tensors[i], &entries[i].nbytes, path, err) != 0) return -1;
+    }
+    qsort(entries, (size_t)n_tensors, sizeof *entries, write_entry_compare);
+    for (int i = 1; i < n_tensors; i++)
+        if (strcmp(entries[i].tensor->name, entries[i - 1].tensor->name) == 0)
+            return ct_fail(err, "%s: tensor '%s' given twice", path, entries[i].tensor->name);
+    return 0;
+}
+
+int st_write(const char *path, const st_write_tensor *tensors, int n_tensors,
+             const char *const *metadata_keys, const char *const *metadata_values,
+             int n_metadata, ct_error *err) {
+    if (n_tensors < 0 || n_metadata < 0) return ct_fail(err, "%s: negative count", path);
+    write_entry *entries = calloc((size_t)(n_tensors > 0 ? n_tensors : 1), sizeof *entries);
+    text_buf header = {0};
+    char tmp[4096];
+    int fd = -1, status = -1, created = 0;
+    if (!entries) return ct_fail(err, "out of memory");
+    if (check_write_inputs(path, tensors, n_tensors, metadata_keys, metadata_values, n_metadata,
+                           entries, err) != 0)
+        goto done;
+    if (build_header(&header, entries, n_tensors, metadata_keys, metadata_values, n_metadata)) {
+        ct_fail(err, "out of memory");
+        goto done;
+    }
+    if (header.len > ST_MAX_HEADER) {
+        ct_fail(err, "%s: header of %zu bytes exceeds the %llu-byte limit", path, header.len,
+                ST_MAX_HEADER);
+        goto done;
+    }
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
+        ct_fail(err, "%s: path too long", path);
+        goto done;
+    }
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) {
+        ct_fail(err, "cannot create %s: %s", tmp, strerror(errno));
+        goto done;
+    }
+    created = 1;
+    unsigned char length[8];
+    for (int i = 0; i < 8; i++) length[i] = (unsigned char)((uint64_t)header.len >> (8 * i));
+    int ok = write_all(fd, length, 8) == 0 && write_all(fd, header.data, header.len) == 0;
+    for (int i = 0; ok && i < n_tensors; i++)
+        ok = write_all(fd, entries[i].tensor->data, entries[i].nbytes) == 0;
+    if (!ok || fsync(fd) != 0) {
+        ct_fail(err, "cannot write %s: %s", tmp, strerror(errno));
+        goto done;
+    }
+    if (close(fd) != 0) {
+        fd = -1;
+        ct_fail(err, "cannot write %s: %s", tmp, strerror(errno));
+        goto done;
+    }
+    fd = -1;
+    if (rename(tmp, path) != 0) {
+        ct_fail(err, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
+        goto done;
+    }
+    created = 0;
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else if (slash == dir) dir[1] = '\0';
+    else *slash = '\0';
+    status = fsync_dir(dir, err);
+done:
+    if (fd >= 0) close(fd);
+    if (created) unlink(tmp); /* never leave a partial file behind */
+    free(header.data);
+    free(entries);
+    return status;
+}
+
+/* ---- a model folder's weights ---- */
+
+static int string_ptr_compare(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static int open_sharded(st_model_files *files, const char *dir, const char *index_path,
+                        ct_error *err) {
+    char *text = NULL;
+    size_t size = 0;
+    if (read_file(index_path, &text, &size, err) != 0) return -1;
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(text, size, &end, 0);
+    int status = -1;
+    const char **shards = NULL;
+    if (!root) {
+        ct_fail(err, "%s: byte %zu: not valid JSON", index_path, end ? (size_t)(end - text) : 0);
+        goto done;
+    }
+    const cJSON *map = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
+    int n = cJSON_GetArraySize(map);
+    if (!cJSON_IsObject(map) || n == 0) {
+        ct_fail(err, "%s: expected a non-empty \"weight_map\" object", index_path);
+        goto done;
+    }
+    shards = calloc((size_t)n, sizeof *shards);
+    files->files = calloc((size_t)n, sizeof(st_file));
+    if (!shards || !files->files) {
+        ct_fail(err, "out of memory");
+        goto done;
+    }
+    /* Distinct shard names, opened in file-name order so shard 1 comes first. */
+    int n_shards = 0;
+    const cJSON *entry;
+    cJSON_ArrayForEach(entry, map) {
+        const char *shard = cJSON_IsString(entry) ? entry->valuestring : NULL;
+        if (!shard || !shard[0] || strchr(shard, '/') || !strcmp(shard, ".") || !strcmp(shard, "..")) {
+            ct_fail(err, "%s: tensor '%s' maps to %s; expected a file name in %s", index_path,
+                    entry->string, shard ? shard : "a non-string", dir);
+            goto done;
+        }
+        int k = 0;
+        while (k < n_shards && strcmp(shards[k], shard) != 0) k++;
+        if (k == n_shards) shards[n_shards++] = shard;
+    }
+    qsort(shards, (size_t)n_shards, sizeof *shards, string_ptr_compare);
+    for (int k = 0; k < n_shards; k++) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", dir, shards[k]);
+        if (st_open(&files->files[k], path, err) != 0) {
+            ct_error_prefix(err, "%s: shard '%s'", index_path, shards[k]);
+            goto done;
+        }
+        files->n_files++;
+    }
+    cJSON_ArrayForEach(entry, map) {
+        const char **shard = bsearch(&entry->valuestring, shards, (size_t)n_shards,
+                                     sizeof *shards, string_ptr_compare);
+        if (!st_find(&files->files[shard - shards], entry->string)) {
+            ct_fail(err, "%s: tensor '%s' is mapped to shard '%s', which does not contain it",
+                    index_path, entry->string, entry->valuestring);
+            goto done;
+        }
+    }
+    status = 0;
+done:
+    cJSON_Delete(root);
+    free(text);
+    free(shards);
+    return status;
+}
+
+int st_model_open(st_model_files *files, const char *dir, ct_error *err) {
+    memset(files, 0, sizeof *files);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    int status;
+    if (path_exists(path)) {
+        files->files = calloc(1, sizeof(st_file));
+        if (!files->files) return ct_fail(err, "out of memory");
+        status = st_open(&files->files[0], path, err);
+        if (status == 0) files->n_files = 1;
+    } else {
+        snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+        if (!path_exists(path))
+            return ct_fail(err, "%s: no model.safetensors or model.safetensors.index.json", dir);
+        status = open_sharded(files, dir, path, err);
+    }
+    if (status != 0) st_model_close(files);
+    return status;
+}
+
+void st_model_close(st_model_files *files) {
+    if (!files) return;
+    for (int i = 0; i < files->n_files; i++) st_close(&files->files[i]);
+    free(files->files);
+    memset(files, 0, sizeof *files);
+}
+
+const st_tensor *st_model_find(const st_model_files *files, const char *name) {
+    for (int i = 0; i < files->n_files; i++) {
+        const st_tensor *t = st_find(&files->files[i], name);
+        if (t) return t;
+    }
+    return NULL;
+}

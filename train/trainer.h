@@ -1,0 +1,40 @@
+/* trainer: the training run — builds the model and data from a recipe, runs the
+ * data-parallel step loop (gradient accumulation up to the recipe's global batch, loss
+ * normalised by the loss tokens of the whole global batch), evaluates, logs metrics and
+ * writes hub-ready checkpoints. Also the evaluation helpers that generate and tests reuse.
+ * Does not own: parsing the command line (cmd_train.c), file formats (checkpoint.h). */
+#ifndef CTUNE_TRAINER_H
+#define CTUNE_TRAINER_H
+
+#include <stdbool.h>
+
+#include "train/checkpoint.h"
+#include "train/data.h"
+#include "train/dist.h"
+#include "train/error.h"
+#include "train/model.h"
+#include "train/recipe.h"
+
+/* Runs the recipe on the ranks of d. With dry_run, rank 0 prints the resolved recipe,
+ * parameter counts and a per-rank memory estimate, and nothing is trained.
+ * summary (may be NULL) receives the final numbers. Collective: every rank calls it. */
+int trainer_run(const recipe *r, const dist *d, bool dry_run, run_summary *summary, ct_error *err);
+
+/* Mean token loss over (up to max_batches micro-batches of) ds, in dataset order, split over
+ * ranks; *tokens = loss tokens counted. Collective. */
+int evaluate_loss(model *m, const dataset *ds, const dist *d, int micro_batch, int seq_len,
+                  int max_batches, double *mean_loss, long long *tokens, ct_error *err);
+
+/* Exact-match accuracy of greedy completions: for each document (up to max_examples), the
+ * tokens before the first loss token are the prompt, the loss tokens the answer. Collective. */
+int evaluate_accuracy(model *m, const dataset *ds, const dist *d, int max_examples,
+                      double *accuracy, ct_error *err);
+
+/* Loads a model folder (and optionally a PEFT adapter folder) for inference on backend k. */
+int load_model_for_inference(model *m, const char *model_dir, const char *adapter_dir,
+                             const kernels *k, ct_error *err);
+
+/* Index of the highest logit. */
+int argmax_logits(const float *logits, int vocab);
+
+#endif
