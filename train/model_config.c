@@ -272,6 +272,9 @@ int model_config_preset(model_config *cfg, const char *preset, ct_error *err) {
         cfg->num_key_value_heads = 2;
         cfg->max_position_embeddings = 256;
         cfg->tie_word_embeddings = true;
+        /* ~1/sqrt(hidden): transformers' 0.02 suits hidden sizes in the thousands; at 128 it
+         * caps the tied logits near +-2.6, which a frozen base (LoRA) can never sharpen. */
+        cfg->initializer_range = 0.08;
         cfg->bos_token_id = 256;
         cfg->n_eos = 1;
         cfg->eos_token_ids[0] = 257;
