@@ -3,7 +3,7 @@
 # The CUDA toolkit is optional: where nvcc exists the CUDA sources are compiled too.
 set -euo pipefail
 packages=(build-essential cmake pkg-config libopenmpi-dev openmpi-bin libyaml-dev
-          libhdf5-dev libcjson-dev libopenblas-dev libpcre2-dev)
+          libhdf5-dev libcjson-dev libopenblas-openmp-dev libpcre2-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
