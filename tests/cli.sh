@@ -62,5 +62,9 @@ expect 0 "parameters: [0-9]+ total" -- "$ctune" train "$src/configs/tiny/lora.ya
   data.train="$work/t.h5" data.eval="$work/e.h5" data.synthetic_train_examples=64 \
   data.synthetic_eval_examples=8 --dry-run
 
+expect 0 "documents" -- "$ctune" inspect "$work/t.h5"
+printf '\x89HDF\r\n\x1a\nnot really' > fake.h5
+expect 1 "fake.h5" -- "$ctune" inspect fake.h5
+
 echo "cli: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

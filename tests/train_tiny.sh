@@ -17,6 +17,14 @@ common=(model.path="$work/models/tiny" data.train="$work/data/train.h5" data.eva
   checkpoint.output_dir="$work/runs/lora" | tee lora.log
 "$ctune" train "$src/configs/tiny/full.yaml" "${common[@]}" checkpoint.output_dir="$work/runs/full" | tee full.log
 
+# Deterministic from the seed: the same short run twice gives the same bytes (LoRA dropout on).
+for i in 1 2; do
+  "$ctune" train "$src/configs/tiny/lora.yaml" "${common[@]}" train.max_steps=8 optim.warmup_steps=2 lora.dropout=0.1 \
+    checkpoint.every=0 checkpoint.output_dir="$work/runs/repeat$i" > /dev/null
+done
+cmp runs/repeat1/final/adapter_model.safetensors runs/repeat2/final/adapter_model.safetensors \
+  || { echo "FAIL: two runs with the same seed wrote different adapters"; exit 1; }
+
 for run in lora full; do
   for f in recipe.resolved.yaml metrics.jsonl summary.json final/README.md; do
     [ -s "runs/$run/$f" ] || { echo "FAIL: runs/$run/$f missing"; exit 1; }
