@@ -16,96 +16,68 @@
 
 #include "peft/lora.h"
 #include "train/fsutil.h"
+#include "train/jsonfile.h"
 #include "train/model.h"
 #include "train/safetensors.h"
+#include "train/textbuf.h"
 
 #define PEFT_PREFIX "base_model.model."
 #define ADAPTER_WEIGHTS "adapter_model.safetensors"
 #define ADAPTER_CONFIG "adapter_config.json"
 
-/* dir + "/" + file into path; false (with err set) when it does not fit. */
-static bool file_in(char *path, size_t size, const char *dir, const char *file, ct_error *err) {
-    int n = snprintf(path, size, "%s/%s", dir, file);
-    if (n >= 0 && (size_t)n < size) return true;
-    ct_fail(err, "%s: path too long", dir);
-    return false;
-}
-
 /* ---------------------------------------------------------------- JSON output ---- */
-
-static void json_string(FILE *f, const char *s) {
-    fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        switch (*p) {
-        case '"': fputs("\\\"", f); break;
-        case '\\': fputs("\\\\", f); break;
-        case '\n': fputs("\\n", f); break;
-        case '\r': fputs("\\r", f); break;
-        case '\t': fputs("\\t", f); break;
-        default:
-            if (*p < 0x20)
-                fprintf(f, "\\u%04x", *p);
-            else
-                fputc(*p, f);
-        }
-    }
-    fputc('"', f);
-}
 
 /* The shortest decimal that reads back as the same float, as Python's repr would print the
  * value the user wrote (0.05, not 0.05000000074505806); always with a '.' or exponent so
  * that it parses back as a float. */
-static void json_float(FILE *f, float x) {
+static void json_float(textbuf *b, float x) {
     char buf[48];
     for (int digits = 1; digits <= 9; digits++) {
         snprintf(buf, sizeof buf, "%.*g", digits, (double)x);
         if (strtof(buf, NULL) == x) break;
     }
     if (!strpbrk(buf, ".eEn")) strcat(buf, ".0");
-    fputs(buf, f);
+    textbuf_puts(b, buf);
 }
 
 /* lora_alpha: peft keeps what the user gave, usually an integer; write integral values as one. */
-static void json_number(FILE *f, float x) {
+static void json_number(textbuf *b, float x) {
     if (x == floorf(x) && fabsf(x) < 1e9f)
-        fprintf(f, "%lld", (long long)x);
+        textbuf_printf(b, "%lld", (long long)x);
     else
-        json_float(f, x);
+        json_float(b, x);
 }
 
 static int write_config(const char *path, const model *m, const char *base_model_name_or_path,
                         ct_error *err) {
     const lora_settings *s = &m->lora;
-    char *text = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&text, &len);
-    if (!f) return ct_fail(err, "%s: cannot allocate the JSON text", path);
-    fputs("{\n", f);
-    fputs("  \"alpha_pattern\": {},\n", f);
-    fputs("  \"base_model_name_or_path\": ", f);
+    textbuf b = {0};
+    textbuf_puts(&b, "{\n");
+    textbuf_puts(&b, "  \"alpha_pattern\": {},\n");
+    textbuf_puts(&b, "  \"base_model_name_or_path\": ");
     if (base_model_name_or_path)
-        json_string(f, base_model_name_or_path);
+        textbuf_json_string(&b, base_model_name_or_path);
     else
-        fputs("null", f);
-    fputs(",\n", f);
-    fputs("  \"bias\": \"none\",\n", f);
-    fputs("  \"fan_in_fan_out\": false,\n", f);
-    fputs("  \"inference_mode\": true,\n", f);
-    fputs("  \"init_lora_weights\": true,\n", f);
-    fputs("  \"layers_pattern\": null,\n", f);
-    fputs("  \"layers_to_transform\": null,\n", f);
-    fputs("  \"lora_alpha\": ", f);
-    json_number(f, s->alpha);
-    fputs(",\n", f);
-    fputs("  \"lora_dropout\": ", f);
-    json_float(f, s->dropout);
-    fputs(",\n", f);
-    fputs("  \"modules_to_save\": null,\n", f);
-    fputs("  \"peft_type\": \"LORA\",\n", f);
-    fprintf(f, "  \"r\": %d,\n", s->r);
-    fputs("  \"rank_pattern\": {},\n", f);
-    fputs("  \"revision\": null,\n", f);
-    fputs("  \"target_modules\": [", f);
+        textbuf_puts(&b, "null");
+    textbuf_puts(&b, ",\n");
+    textbuf_puts(&b, "  \"bias\": \"none\",\n");
+    textbuf_puts(&b, "  \"fan_in_fan_out\": false,\n");
+    textbuf_puts(&b, "  \"inference_mode\": true,\n");
+    textbuf_puts(&b, "  \"init_lora_weights\": true,\n");
+    textbuf_puts(&b, "  \"layers_pattern\": null,\n");
+    textbuf_puts(&b, "  \"layers_to_transform\": null,\n");
+    textbuf_puts(&b, "  \"lora_alpha\": ");
+    json_number(&b, s->alpha);
+    textbuf_puts(&b, ",\n");
+    textbuf_puts(&b, "  \"lora_dropout\": ");
+    json_float(&b, s->dropout);
+    textbuf_puts(&b, ",\n");
+    textbuf_puts(&b, "  \"modules_to_save\": null,\n");
+    textbuf_puts(&b, "  \"peft_type\": \"LORA\",\n");
+    textbuf_printf(&b, "  \"r\": %d,\n", s->r);
+    textbuf_puts(&b, "  \"rank_pattern\": {},\n");
+    textbuf_puts(&b, "  \"revision\": null,\n");
+    textbuf_puts(&b, "  \"target_modules\": [");
     /* Sorted by name, as peft writes its set of short module names. */
     const char *names[LINEAR_KIND_COUNT];
     int n = 0;
@@ -118,20 +90,17 @@ static int write_config(const char *path, const model *m, const char *base_model
             names[j - 1] = t;
         }
     for (int i = 0; i < n; i++) {
-        fputs(i ? ",\n    " : "\n    ", f);
-        json_string(f, names[i]);
+        textbuf_puts(&b, i ? ",\n    " : "\n    ");
+        textbuf_json_string(&b, names[i]);
     }
-    fputs(n ? "\n  ],\n" : "],\n", f);
-    fputs("  \"task_type\": \"CAUSAL_LM\",\n", f);
-    fputs("  \"use_dora\": false,\n", f);
-    fprintf(f, "  \"use_rslora\": %s\n", s->use_rslora ? "true" : "false");
-    fputs("}", f);
-    if (fclose(f) != 0 || !text) {
-        free(text);
-        return ct_fail(err, "%s: cannot build the JSON text", path);
-    }
-    int rc = write_file_atomic(path, text, len, err);
-    free(text);
+    textbuf_puts(&b, n ? "\n  ],\n" : "],\n");
+    textbuf_puts(&b, "  \"task_type\": \"CAUSAL_LM\",\n");
+    textbuf_puts(&b, "  \"use_dora\": false,\n");
+    textbuf_printf(&b, "  \"use_rslora\": %s\n", s->use_rslora ? "true" : "false");
+    textbuf_puts(&b, "}");
+    int rc = b.failed ? ct_fail(err, "%s: out of memory building the JSON text", path)
+                      : write_file_atomic(path, b.data, b.len, err);
+    textbuf_free(&b);
     return rc;
 }
 
@@ -141,58 +110,15 @@ int lora_write_adapter(const char *dir, struct model *m, const char *base_model_
     if (mkdir(dir, 0755) != 0 && errno != EEXIST)
         return ct_fail(err, "%s: cannot create directory: %s", dir, strerror(errno));
 
-    int n = 0;
-    size_t total = 0;
-    for (int i = 0; i < m->n_params; i++)
-        if (m->params[i].is_lora) {
-            n++;
-            total += m->params[i].numel;
-        }
-    if (n == 0) return ct_fail(err, "%s: the model has no LoRA parameters", dir);
-
-    /* The tensors may live on a device: bring them all to one host buffer first, since the
-     * writer needs every tensor at once. */
-    float *host = malloc((total ? total : 1) * sizeof(float));
-    st_write_tensor *tensors = calloc((size_t)n, sizeof *tensors);
-    char (*names)[sizeof m->params[0].name + sizeof PEFT_PREFIX] = calloc((size_t)n, sizeof *names);
-    int rc = -1;
-    if (!host || !tensors || !names) {
-        ct_fail(err, "%s: out of memory for %zu adapter values", dir, total);
-        goto done;
-    }
-    size_t offset = 0;
-    int t = 0;
-    for (int i = 0; i < m->n_params; i++) {
-        model_param *p = &m->params[i];
-        if (!p->is_lora) continue;
-        m->k->download(host + offset, p->data, p->numel * sizeof(float));
-        snprintf(names[t], sizeof names[t], PEFT_PREFIX "%s", p->name);
-        tensors[t] = (st_write_tensor){.name = names[t], .dtype = ST_F32, .ndim = p->ndim,
-                                       .data = host + offset};
-        for (int d = 0; d < p->ndim; d++) tensors[t].shape[d] = p->shape[d];
-        offset += p->numel;
-        t++;
-    }
     char path[4096];
-    if (!file_in(path, sizeof path, dir, ADAPTER_WEIGHTS, err)) goto done;
-    const char *meta_key = "format", *meta_value = "pt";
-    if (st_write(path, tensors, n, &meta_key, &meta_value, 1, err) != 0) goto done;
-    if (!file_in(path, sizeof path, dir, ADAPTER_CONFIG, err)) goto done;
-    rc = write_config(path, m, base_model_name_or_path, err);
-done:
-    free(names);
-    free(tensors);
-    free(host);
-    return rc;
+    if (path_join(path, sizeof path, dir, ADAPTER_WEIGHTS, err) ||
+        model_write_weights(m, path, true, PEFT_PREFIX, err) ||
+        path_join(path, sizeof path, dir, ADAPTER_CONFIG, err))
+        return -1;
+    return write_config(path, m, base_model_name_or_path, err);
 }
 
 /* ---------------------------------------------------------------- reading ---- */
-
-/* Byte offset of cJSON's parse error, for a message that points at the problem. */
-static long parse_error_offset(const char *text) {
-    const char *at = cJSON_GetErrorPtr();
-    return at && at >= text ? (long)(at - text) : -1;
-}
 
 static int expect_false_or_absent(const cJSON *root, const char *key, const char *path,
                                   const char *why, ct_error *err) {
@@ -284,19 +210,12 @@ static int parse_config(const cJSON *root, const char *path, lora_settings *s, c
 
 int lora_read_config(const char *dir, lora_settings *s, ct_error *err) {
     char path[4096];
-    if (!file_in(path, sizeof path, dir, ADAPTER_CONFIG, err)) return -1;
-    char *text;
-    if (read_file(path, &text, NULL, err) != 0) return -1;
-    cJSON *root = cJSON_Parse(text);
-    if (!root) {
-        long at = parse_error_offset(text);
-        free(text);
-        return ct_fail(err, "%s: byte %ld: invalid JSON", path, at);
-    }
+    if (path_join(path, sizeof path, dir, ADAPTER_CONFIG, err)) return -1;
+    cJSON *root;
+    if (jsonfile_read(path, &root, err)) return -1;
     lora_settings parsed = {0};
     int rc = parse_config(root, path, &parsed, err);
     cJSON_Delete(root);
-    free(text);
     if (rc == 0) *s = parsed;
     return rc;
 }
@@ -333,7 +252,7 @@ static const st_tensor *find_adapter_tensor(const st_file *file, const char *pat
 
 int lora_load_adapter(struct model *m, const char *dir, ct_error *err) {
     char path[4096];
-    if (!file_in(path, sizeof path, dir, ADAPTER_WEIGHTS, err)) return -1;
+    if (path_join(path, sizeof path, dir, ADAPTER_WEIGHTS, err)) return -1;
     st_file file;
     if (st_open(&file, path, err) != 0) return -1;
 

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "tests/check.h"
+#include "train/fsutil.h"
 #include "train/recipe.h"
 
 static char tmpdir[256];
@@ -584,16 +585,9 @@ static void check_configs_in(const char *dir) {
 }
 
 static char *read_all(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    size_t got = fread(buf, 1, (size_t)n, f);
-    buf[got] = '\0';
-    fclose(f);
-    return buf;
+    char *data = NULL;
+    ct_error err;
+    return read_file(path, &data, NULL, &err) == 0 ? data : NULL;
 }
 
 static void test_docs_match_schema(void) {

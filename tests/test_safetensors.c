@@ -488,7 +488,8 @@ static void test_sharded(void) {
     CHECK_CONTAINS(err.msg, "expected a file name");
     write_bytes(index_path, "{\"weight_map\":", 14);
     CHECK(st_model_open(&files, broken, &err) == -1);
-    CHECK_CONTAINS(err.msg, "not valid JSON");
+    CHECK_CONTAINS(err.msg, "model.safetensors.index.json: byte ");
+    CHECK_CONTAINS(err.msg, "invalid JSON");
 
     /* A single-file folder, and an empty one. */
     char single[512], empty[512], from[1024], to[600];

@@ -10,23 +10,13 @@
 #include <unistd.h>
 
 #include "tests/check.h"
+#include "train/fsutil.h"
 #include "train/tokenizer.h"
 
 static char *slurp(const char *path, size_t *size) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    if (buf) buf[n] = '\0';
-    if (size) *size = (size_t)n;
-    return buf;
+    char *data = NULL;
+    ct_error err;
+    return read_file(path, &data, size, &err) == 0 ? data : NULL;
 }
 
 static void spit(const char *path, const char *text) {

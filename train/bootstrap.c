@@ -16,22 +16,6 @@ static const char *const preset_bos = "<|begin_of_text|>";
 static const char *const preset_eos = "<|end_of_text|>";
 static const char *const preset_pad = "<|pad|>";
 
-static int write_weights(const char *path, model *m, ct_error *err) {
-    st_write_tensor *tensors = calloc((size_t)m->n_params, sizeof *tensors);
-    if (!tensors) return ct_fail(err, "out of memory");
-    int n = 0;
-    for (int i = 0; i < m->n_params; i++) {
-        const model_param *p = &m->params[i];
-        if (p->is_lora) continue;
-        tensors[n] = (st_write_tensor){.name = p->name, .dtype = ST_F32, .ndim = p->ndim, .data = p->data};
-        for (int d = 0; d < p->ndim; d++) tensors[n].shape[d] = p->shape[d];
-        n++;
-    }
-    int status = st_write(path, tensors, n, NULL, NULL, 0, err);
-    free(tensors);
-    return status;
-}
-
 static int write_generation_config(const char *dir, const model_config *cfg, ct_error *err) {
     char path[4096], text[512];
     snprintf(path, sizeof path, "%s/generation_config.json", dir);
@@ -55,7 +39,7 @@ int bootstrap_model(const char *dir, const char *preset, uint64_t seed, ct_error
     int status = make_dirs(dir, err);
     if (!status) {
         snprintf(path, sizeof path, "%s/model.safetensors", dir);
-        status = write_weights(path, &m, err);
+        status = model_write_weights(&m, path, false, "", err);
     }
     if (!status) status = tokenizer_write_byte_level(dir, preset_bos, preset_eos, preset_pad, err);
     if (!status) status = write_generation_config(dir, &cfg, err);
@@ -69,13 +53,17 @@ int bootstrap_model(const char *dir, const char *preset, uint64_t seed, ct_error
     return status ? ct_error_prefix(err, "creating model folder %s", dir) : 0;
 }
 
-static int parent_dirs(const char *file, ct_error *err) {
+/* One split of the recipe's synthetic task, into path (its folder created if needed). */
+static int write_synthetic_split(const recipe *r, const char *path, synth_split split,
+                                 int examples, const tokenizer *tok, const model_config *cfg,
+                                 ct_error *err) {
     char dir[4096];
-    snprintf(dir, sizeof dir, "%s", file);
-    char *slash = strrchr(dir, '/');
-    if (!slash) return 0;
-    *slash = '\0';
-    return dir[0] ? make_dirs(dir, err) : 0;
+    path_parent(path, dir, sizeof dir);
+    if (make_dirs(dir, err)) return -1;
+    int eos = cfg->n_eos > 0 ? cfg->eos_token_ids[0] : -1;
+    return synth_write_dataset(path, tok, r->data.synthetic_task, r->data.synthetic_digits,
+                               (uint64_t)r->data.synthetic_seed, split, examples,
+                               cfg->bos_token_id, eos, err);
 }
 
 int bootstrap_synthetic_data(const recipe *r, ct_error *err) {
@@ -94,24 +82,13 @@ int bootstrap_synthetic_data(const recipe *r, ct_error *err) {
         model_config_free(&cfg);
         return -1;
     }
-    int eos = cfg.n_eos > 0 ? cfg.eos_token_ids[0] : -1;
     int status = 0;
-    if (need_train) {
-        status = parent_dirs(r->data.train, err);
-        if (!status)
-            status = synth_write_dataset(r->data.train, tok, r->data.synthetic_task,
-                                         r->data.synthetic_digits, (uint64_t)r->data.synthetic_seed,
-                                         SYNTH_TRAIN, r->data.synthetic_train_examples,
-                                         cfg.bos_token_id, eos, err);
-    }
-    if (!status && need_eval) {
-        status = parent_dirs(r->data.eval, err);
-        if (!status)
-            status = synth_write_dataset(r->data.eval, tok, r->data.synthetic_task,
-                                         r->data.synthetic_digits, (uint64_t)r->data.synthetic_seed,
-                                         SYNTH_EVAL, r->data.synthetic_eval_examples,
-                                         cfg.bos_token_id, eos, err);
-    }
+    if (need_train)
+        status = write_synthetic_split(r, r->data.train, SYNTH_TRAIN,
+                                       r->data.synthetic_train_examples, tok, &cfg, err);
+    if (!status && need_eval)
+        status = write_synthetic_split(r, r->data.eval, SYNTH_EVAL,
+                                       r->data.synthetic_eval_examples, tok, &cfg, err);
     tokenizer_free(tok);
     model_config_free(&cfg);
     return status ? ct_error_prefix(err, "generating the synthetic '%s' task", r->data.synthetic_task) : 0;

@@ -8,7 +8,6 @@
 #include "train/checkpoint.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,36 +22,9 @@
 
 /* ------------------------------------------------------------- file system ---- */
 
-static void parent_of(const char *path, char *out, size_t size) {
-    snprintf(out, size, "%s", path);
-    char *slash = strrchr(out, '/');
-    if (!slash)
-        snprintf(out, size, ".");
-    else if (slash == out)
-        out[1] = '\0';
-    else
-        *slash = '\0';
-}
-
 static bool is_regular_file(const char *path) {
     struct stat st;
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
-}
-
-/* For files written by others' writers (config.json) that do not fsync themselves. */
-static int fsync_file(const char *path, ct_error *err) {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return ct_fail(err, "%s: cannot open to fsync: %s", path, strerror(errno));
-    int rc = fsync(fd);
-    int saved = errno;
-    close(fd);
-    return rc == 0 ? 0 : ct_fail(err, "%s: fsync failed: %s", path, strerror(saved));
-}
-
-/* "<prefix>/<name>" into out; false when it does not fit. */
-static bool join_path(char *out, size_t size, const char *prefix, const char *name) {
-    int n = snprintf(out, size, "%s/%s", prefix, name);
-    return n >= 0 && (size_t)n < size;
 }
 
 /* ------------------------------------------------------------- folder content ---- */
@@ -65,72 +37,28 @@ static const char *const BASE_FILES[] = {
 };
 
 static int write_full(const char *dir, model *m, const char *base_dir, ct_error *err) {
-    int n = 0;
-    size_t total = 0;
-    for (int i = 0; i < m->n_params; i++) {
-        const model_param *p = &m->params[i];
-        /* Tied embeddings: transformers expects no lm_head.weight in the file. */
-        if (p->is_lora || (m->cfg.tie_word_embeddings && strcmp(p->name, "lm_head.weight") == 0))
-            continue;
-        n++;
-        total += p->numel;
-    }
-    if (n == 0) return ct_fail(err, "%s: the model has no parameters to write", dir);
-    float *host = malloc(total * sizeof(float));
-    st_write_tensor *tensors = calloc((size_t)n, sizeof *tensors);
-    int rc = -1;
-    if (!host || !tensors) {
-        ct_fail(err, "%s: out of memory for %zu weights (host copy for writing)", dir, total);
-        goto done;
-    }
-    size_t offset = 0;
-    int t = 0;
-    for (int i = 0; i < m->n_params; i++) {
-        const model_param *p = &m->params[i];
-        if (p->is_lora || (m->cfg.tie_word_embeddings && strcmp(p->name, "lm_head.weight") == 0))
-            continue;
-        m->k->download(host + offset, p->data, p->numel * sizeof(float));
-        tensors[t] = (st_write_tensor){.name = p->name, .dtype = ST_F32, .ndim = p->ndim,
-                                       .data = host + offset};
-        for (int d = 0; d < p->ndim; d++) tensors[t].shape[d] = p->shape[d];
-        offset += p->numel;
-        t++;
-    }
     char path[PATH_CAP];
-    if (!join_path(path, sizeof path, dir, "model.safetensors")) {
-        ct_fail(err, "%s: path too long", dir);
-        goto done;
-    }
-    const char *meta_key = "format", *meta_value = "pt";
-    if (st_write(path, tensors, n, &meta_key, &meta_value, 1, err) != 0) goto done;
+    if (path_join(path, sizeof path, dir, "model.safetensors", err) ||
+        model_write_weights(m, path, false, "", err))
+        return -1;
 
     /* The weights are fp32 whatever the base was stored in; say so, or transformers would
      * load them into the base's dtype. */
     model_config cfg = m->cfg;
     snprintf(cfg.torch_dtype, sizeof cfg.torch_dtype, "float32");
-    if (!join_path(path, sizeof path, dir, "config.json")) {
-        ct_fail(err, "%s: path too long", dir);
-        goto done;
-    }
-    if (model_config_write(&cfg, path, err) != 0 || fsync_file(path, err) != 0) goto done;
+    if (path_join(path, sizeof path, dir, "config.json", err) ||
+        model_config_write(&cfg, path, err))
+        return -1;
 
-    if (base_dir && *base_dir) {
-        for (size_t i = 0; i < sizeof BASE_FILES / sizeof BASE_FILES[0]; i++) {
-            char src[PATH_CAP];
-            if (!join_path(src, sizeof src, base_dir, BASE_FILES[i]) || !is_regular_file(src))
-                continue;
-            if (!join_path(path, sizeof path, dir, BASE_FILES[i])) {
-                ct_fail(err, "%s: path too long", dir);
-                goto done;
-            }
-            if (copy_file(src, path, err) != 0) goto done;
-        }
+    if (!base_dir || !*base_dir) return 0;
+    for (size_t i = 0; i < sizeof BASE_FILES / sizeof BASE_FILES[0]; i++) {
+        char src[PATH_CAP];
+        if (path_join(src, sizeof src, base_dir, BASE_FILES[i], NULL) || !is_regular_file(src))
+            continue;
+        if (path_join(path, sizeof path, dir, BASE_FILES[i], err) || copy_file(src, path, err))
+            return -1;
     }
-    rc = 0;
-done:
-    free(tensors);
-    free(host);
-    return rc;
+    return 0;
 }
 
 int checkpoint_write_hub(const char *dir, model *m, const recipe *r, const char *base_dir,
@@ -145,7 +73,7 @@ int checkpoint_write_hub(const char *dir, model *m, const recipe *r, const char 
         return ct_fail(err, "%s: refusing to replace this directory with a checkpoint", dir);
 
     char parent[PATH_CAP], tmp[PATH_CAP + 32], old[PATH_CAP + 32];
-    parent_of(target, parent, sizeof parent);
+    path_parent(target, parent, sizeof parent);
     snprintf(tmp, sizeof tmp, "%s.tmp-%ld", target, (long)getpid());
     snprintf(old, sizeof old, "%s.old-%ld", target, (long)getpid());
     if (make_dirs(parent, err) != 0) return ct_error_prefix(err, "checkpoint %s", target);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "train/cli.h"
+#include "train/splitmix.h"
 #include "train/tokenizer.h"
 #include "train/trainer.h"
 
@@ -22,19 +23,12 @@ static void generate_usage(FILE *out) {
             "  --no-special         do not add the tokenizer's special tokens (BOS) to the prompt\n");
 }
 
-static uint64_t next_random(uint64_t *state) {
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 static int sample_logits(const float *logits, int vocab, double temperature, uint64_t *rng) {
     if (temperature <= 0) return argmax_logits(logits, vocab);
     int best = argmax_logits(logits, vocab);
     double total = 0;
     for (int i = 0; i < vocab; i++) total += exp((logits[i] - logits[best]) / temperature);
-    double u = (double)(next_random(rng) >> 11) * 0x1.0p-53 * total, acc = 0;
+    double u = (double)(splitmix64_next(rng) >> 11) * 0x1.0p-53 * total, acc = 0;
     for (int i = 0; i < vocab; i++) {
         acc += exp((logits[i] - logits[best]) / temperature);
         if (u < acc) return i;

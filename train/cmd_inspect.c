@@ -38,14 +38,6 @@ static void human_bytes(unsigned long long bytes, char *buf, size_t size) {
     else snprintf(buf, size, "%.2f %s", v, units[u]);
 }
 
-static void format_shape(const st_tensor *t, char *buf, size_t size) {
-    size_t used = (size_t)snprintf(buf, size, "[");
-    for (int d = 0; d < t->ndim && used < size; d++)
-        used += (size_t)snprintf(buf + used, size - used, "%s%lld", d ? ", " : "",
-                                 (long long)t->shape[d]);
-    if (used < size) snprintf(buf + used, size - used, "]");
-}
-
 static void print_totals(const char *label, const totals *sum) {
     char human[32];
     human_bytes(sum->bytes, human, sizeof human);
@@ -67,7 +59,7 @@ static void print_file(const st_file *file, totals *grand) {
     for (int i = 0; i < file->n_tensors; i++) {
         int len = (int)strlen(file->tensors[i].name);
         if (len > name_width) name_width = len;
-        format_shape(&file->tensors[i], shape, sizeof shape);
+        st_shape_text(&file->tensors[i], shape, sizeof shape);
         if ((int)strlen(shape) > shape_width) shape_width = (int)strlen(shape);
     }
     printf("  %-*s  %-11s  %-*s  %12s\n", name_width, "tensor", "dtype", shape_width, "shape",
@@ -75,7 +67,7 @@ static void print_file(const st_file *file, totals *grand) {
     totals sum = {0, 0, 0};
     for (int i = 0; i < file->n_tensors; i++) {
         const st_tensor *t = &file->tensors[i];
-        format_shape(t, shape, sizeof shape);
+        st_shape_text(t, shape, sizeof shape);
         printf("  %-*s  %-11s  %-*s  %12llu\n", name_width, t->name, st_dtype_name(t->dtype),
                shape_width, shape, (unsigned long long)t->nbytes);
         sum.tensors++;

@@ -15,6 +15,7 @@
 
 #include "train/cli.h"
 #include "train/data.h"
+#include "train/jsonfile.h"
 #include "train/synth.h"
 #include "train/tokenizer.h"
 
@@ -141,20 +142,11 @@ static int parse_args(int argc, char **argv, prep_options *o) {
 
 /* ---------------------------------------------------------------- special token ids */
 
+/* An optional file: absent or unreadable means "no ids from here". */
 static cJSON *load_json_file(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *text = n >= 0 ? malloc((size_t)n + 1) : NULL;
-    cJSON *root = NULL;
-    if (text && fread(text, 1, (size_t)n, f) == (size_t)n) {
-        text[n] = '\0';
-        root = cJSON_Parse(text);
-    }
-    free(text);
-    fclose(f);
+    cJSON *root;
+    ct_error ignored;
+    jsonfile_read(path, &root, &ignored);
     return root;
 }
 

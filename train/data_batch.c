@@ -1,13 +1,7 @@
 /* data_batch: the sampler (global sample index -> document) and micro-batch assembly.
  * Both are pure functions of their arguments, so any rank count and any resume point agree. */
 #include "train/data.h"
-
-static uint64_t splitmix64(uint64_t x) {
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
+#include "train/splitmix.h"
 
 /* A keyed permutation of [0, n): a 4-round balanced Feistel network on the smallest
  * power-of-four domain >= n (each round is a bijection whatever the round function), with

@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,34 +60,48 @@ int remove_tree(const char *path, ct_error *err) {
     return 0;
 }
 
+/* Reads until EOF rather than trusting the size, so pipes, /proc files and a file that grows
+ * meanwhile are read whole. A regular file's size sizes the buffer with one spare byte beyond
+ * the NUL, so the read that finds EOF needs no second buffer. */
 int read_file(const char *path, char **data, size_t *size, ct_error *err) {
     *data = NULL;
     FILE *f = fopen(path, "rb");
-    if (!f) return ct_fail(err, "%s: %s", path, strerror(errno));
-    if (fseek(f, 0, SEEK_END) != 0) {
+    if (!f) return ct_fail(err, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    bool known = fstat(fileno(f), &st) == 0;
+    if (known && S_ISDIR(st.st_mode)) {
         fclose(f);
-        return ct_fail(err, "%s: cannot seek", path);
+        return ct_fail(err, "%s: is a directory, expected a file", path);
     }
-    long length = ftell(f);
-    rewind(f);
-    if (length < 0) {
-        fclose(f);
-        return ct_fail(err, "%s: cannot tell size", path);
+    size_t cap = 65536, len = 0;
+    if (known && S_ISREG(st.st_mode) && st.st_size > 0 && (uintmax_t)st.st_size < SIZE_MAX / 2)
+        cap = (size_t)st.st_size + 2;
+    char *buf = malloc(cap);
+    while (buf) {
+        size_t got = fread(buf + len, 1, cap - len - 1, f);
+        len += got;
+        if (got == 0) break;
+        if (len + 1 == cap) { /* full: double */
+            char *grown = cap < SIZE_MAX / 2 ? realloc(buf, cap * 2) : NULL;
+            if (!grown) free(buf);
+            buf = grown;
+            cap *= 2;
+        }
     }
-    char *buf = malloc((size_t)length + 1);
     if (!buf) {
         fclose(f);
-        return ct_fail(err, "%s: out of memory for %ld bytes", path, length);
+        return ct_fail(err, "%s: out of memory reading the file (%zu bytes so far)", path, len);
     }
-    size_t got = fread(buf, 1, (size_t)length, f);
+    bool failed = ferror(f);
+    int saved = errno;
     fclose(f);
-    if (got != (size_t)length) {
+    if (failed) {
         free(buf);
-        return ct_fail(err, "%s: short read (%zu of %ld bytes)", path, got, length);
+        return ct_fail(err, "%s: read error: %s", path, strerror(saved));
     }
-    buf[length] = '\0';
+    buf[len] = '\0';
     *data = buf;
-    if (size) *size = (size_t)length;
+    if (size) *size = len;
     return 0;
 }
 
@@ -98,7 +113,12 @@ int fsync_dir(const char *dir, ct_error *err) {
     return 0;
 }
 
-static void parent_dir(const char *path, char *out, size_t size) {
+int path_join(char *out, size_t size, const char *dir, const char *name, ct_error *err) {
+    int n = snprintf(out, size, "%s/%s", dir, name);
+    return n >= 0 && (size_t)n < size ? 0 : ct_fail(err, "%s: path too long", dir);
+}
+
+void path_parent(const char *path, char *out, size_t size) {
     snprintf(out, size, "%s", path);
     char *slash = strrchr(out, '/');
     if (!slash) snprintf(out, size, ".");
@@ -106,37 +126,62 @@ static void parent_dir(const char *path, char *out, size_t size) {
     else *slash = '\0';
 }
 
-int write_file_atomic(const char *path, const void *data, size_t size, ct_error *err) {
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) return ct_fail(err, "cannot create %s: %s", tmp, strerror(errno));
+int atomic_file_open(atomic_file *f, const char *path, ct_error *err) {
+    f->fd = -1;
+    if (snprintf(f->path, sizeof f->path, "%s", path) >= (int)sizeof f->path ||
+        snprintf(f->tmp, sizeof f->tmp, "%s.tmp", path) >= (int)sizeof f->tmp)
+        return ct_fail(err, "%s: path too long", path);
+    f->fd = open(f->tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (f->fd < 0) return ct_fail(err, "cannot create %s: %s", f->tmp, strerror(errno));
+    return 0;
+}
+
+void atomic_file_abort(atomic_file *f) {
+    if (f->fd < 0) return;
+    close(f->fd);
+    unlink(f->tmp);
+    f->fd = -1;
+}
+
+int atomic_file_write(atomic_file *f, const void *data, size_t size, ct_error *err) {
     const char *p = data;
-    size_t left = size;
-    while (left > 0) {
-        ssize_t n = write(fd, p, left);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            int saved = errno;
-            close(fd);
-            unlink(tmp);
-            return ct_fail(err, "cannot write %s: %s", tmp, strerror(saved));
+    while (size > 0) {
+        ssize_t n = write(f->fd, p, size);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            int saved = n < 0 ? errno : EIO;
+            atomic_file_abort(f);
+            return ct_fail(err, "cannot write %s: %s", f->tmp, strerror(saved));
         }
         p += n;
-        left -= (size_t)n;
+        size -= (size_t)n;
     }
-    if (fsync(fd) != 0 || close(fd) != 0) {
-        unlink(tmp);
-        return ct_fail(err, "cannot sync %s: %s", tmp, strerror(errno));
+    return 0;
+}
+
+int atomic_file_commit(atomic_file *f, ct_error *err) {
+    int synced = fsync(f->fd), saved = errno;
+    int closed = close(f->fd);
+    f->fd = -1;
+    if (synced != 0 || closed != 0) {
+        if (synced == 0) saved = errno;
+        unlink(f->tmp);
+        return ct_fail(err, "cannot sync %s: %s", f->tmp, strerror(saved));
     }
-    if (rename(tmp, path) != 0) {
+    if (rename(f->tmp, f->path) != 0) {
         int saved = errno;
-        unlink(tmp);
-        return ct_fail(err, "cannot rename %s to %s: %s", tmp, path, strerror(saved));
+        unlink(f->tmp);
+        return ct_fail(err, "cannot rename %s to %s: %s", f->tmp, f->path, strerror(saved));
     }
     char dir[4096];
-    parent_dir(path, dir, sizeof dir);
+    path_parent(f->path, dir, sizeof dir);
     return fsync_dir(dir, err);
+}
+
+int write_file_atomic(const char *path, const void *data, size_t size, ct_error *err) {
+    atomic_file f;
+    if (atomic_file_open(&f, path, err) || atomic_file_write(&f, data, size, err)) return -1;
+    return atomic_file_commit(&f, err);
 }
 
 int copy_file(const char *from, const char *to, ct_error *err) {

@@ -16,6 +16,7 @@
 
 #include "train/model_internal.h"
 #include "train/safetensors.h"
+#include "train/splitmix.h"
 
 /* ---------------------------------------------------------------- parameter list */
 
@@ -243,13 +244,6 @@ void model_zero_grads(model *m) {
 
 /* ---------------------------------------------------------------- initialisation */
 
-static uint64_t splitmix64_next(uint64_t *state) {
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 /* Uniform in (0, 1], 53 random bits. */
 static double uniform01(uint64_t *state) {
     return ((double)(splitmix64_next(state) >> 11) + 1.0) * (1.0 / 9007199254740992.0);
@@ -365,13 +359,8 @@ int model_load_weights(model *m, const char *dir, ct_error *err) {
         bool same = t->ndim == p->ndim && t->shape[0] == p->shape[0] &&
                     (p->ndim == 1 || t->shape[1] == p->shape[1]);
         if (!same) {
-            char got[128] = "[", want[64];
-            for (int d = 0; d < t->ndim; d++) {
-                char dim[24];
-                snprintf(dim, sizeof dim, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
-                strncat(got, dim, sizeof got - strlen(got) - 2);
-            }
-            strcat(got, "]");
+            char got[128], want[64];
+            st_shape_text(t, got, sizeof got);
             if (p->ndim == 2)
                 snprintf(want, sizeof want, "[%lld, %lld]", (long long)p->shape[0], (long long)p->shape[1]);
             else
@@ -389,6 +378,53 @@ int model_load_weights(model *m, const char *dir, ct_error *err) {
     free(host);
     st_model_close(&files);
     return status;
+}
+
+int model_write_weights(const model *m, const char *path, bool lora, const char *name_prefix,
+                        ct_error *err) {
+    int n = 0;
+    size_t total = 0;
+    for (int i = 0; i < m->n_params; i++) {
+        if (m->params[i].is_lora != lora) continue;
+        n++;
+        total += m->params[i].numel;
+    }
+    if (n == 0)
+        return ct_fail(err, "%s: the model has no %s to write", path,
+                       lora ? "LoRA parameters" : "base weights");
+    /* The parameters may live on a device and the writer needs every tensor at once: one
+     * host copy of them all. */
+    float *host = malloc((total ? total : 1) * sizeof(float));
+    st_write_tensor *tensors = calloc((size_t)n, sizeof *tensors);
+    char (*names)[sizeof m->params[0].name + 64] = calloc((size_t)n, sizeof *names);
+    int rc = -1;
+    if (!host || !tensors || !names) {
+        ct_fail(err, "%s: out of memory for a host copy of %zu weights", path, total);
+        goto done;
+    }
+    size_t offset = 0;
+    int t = 0;
+    for (int i = 0; i < m->n_params; i++) {
+        const model_param *p = &m->params[i];
+        if (p->is_lora != lora) continue;
+        if (snprintf(names[t], sizeof names[t], "%s%s", name_prefix, p->name) >= (int)sizeof names[t]) {
+            ct_fail(err, "%s: tensor name '%s%s' too long", path, name_prefix, p->name);
+            goto done;
+        }
+        m->k->download(host + offset, p->data, p->numel * sizeof(float));
+        tensors[t] = (st_write_tensor){.name = names[t], .dtype = ST_F32, .ndim = p->ndim,
+                                       .data = host + offset};
+        for (int d = 0; d < p->ndim; d++) tensors[t].shape[d] = p->shape[d];
+        offset += p->numel;
+        t++;
+    }
+    const char *meta_key = "format", *meta_value = "pt";
+    rc = st_write(path, tensors, n, &meta_key, &meta_value, 1, err);
+done:
+    free(names);
+    free(tensors);
+    free(host);
+    return rc;
 }
 
 /* ---------------------------------------------------------------- activation reservation */

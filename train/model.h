@@ -117,6 +117,11 @@ void model_init_lora(model *m, uint64_t seed);
 /* Loads every base weight from a folder (model.safetensors or shards), any of F32/BF16/F16;
  * a missing tensor or a shape mismatch is an error naming both. */
 int model_load_weights(model *m, const char *dir, ct_error *err);
+/* Writes the base weights (lora false) or the LoRA adapters (lora true) to one fp32
+ * safetensors file with metadata {"format": "pt"}, each tensor named name_prefix + its
+ * parameter name. */
+int model_write_weights(const model *m, const char *path, bool lora, const char *name_prefix,
+                        ct_error *err);
 
 model_param *model_find_param(model *m, const char *name);
 size_t model_count_params(const model *m, bool trainable_only);

@@ -2,13 +2,15 @@
  * inverse frequencies it implies. Defaults follow transformers' config classes per
  * model_type (LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config). */
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "train/fsutil.h"
+#include "train/jsonfile.h"
 #include "train/model.h"
+#include "train/textbuf.h"
 
 /* ---------------------------------------------------------------- reading helpers */
 
@@ -215,40 +217,8 @@ static int parse_config(model_config *cfg, const cJSON *root, const char *path, 
 
 int model_config_load(model_config *cfg, const char *path, ct_error *err) {
     memset(cfg, 0, sizeof *cfg);
-    FILE *f = fopen(path, "rb");
-    if (!f) return ct_fail(err, "%s: cannot open: %s", path, strerror(errno));
-    char *text = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len + 4096 + 1 > cap) {
-            cap = cap ? cap * 2 : 16384;
-            char *grown = realloc(text, cap);
-            if (!grown) {
-                free(text);
-                fclose(f);
-                return ct_fail(err, "%s: out of memory reading the file", path);
-            }
-            text = grown;
-        }
-        size_t got = fread(text + len, 1, cap - len - 1, f);
-        len += got;
-        if (got == 0) break;
-    }
-    int read_error = ferror(f);
-    fclose(f);
-    if (read_error) {
-        free(text);
-        return ct_fail(err, "%s: read error", path);
-    }
-    text[len] = '\0';
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, false);
-    if (!root) {
-        size_t offset = end && end >= text ? (size_t)(end - text) : 0;
-        free(text);
-        return ct_fail(err, "%s: byte %zu: invalid JSON", path, offset);
-    }
-    free(text);
+    cJSON *root;
+    if (jsonfile_read(path, &root, err)) return -1;
     if (parse_config(cfg, root, path, err)) {
         cJSON_Delete(root);
         memset(cfg, 0, sizeof *cfg);
@@ -263,40 +233,33 @@ int model_config_preset(model_config *cfg, const char *preset, ct_error *err) {
     snprintf(cfg->model_type, sizeof cfg->model_type, "llama");
     set_type_defaults(cfg);
     if (strcmp(preset, "tiny") == 0) {
-        /* Byte-level vocabulary: 256 bytes, then bos 256, eos 257, pad 258. */
-        cfg->vocab_size = 259;
+        cfg->vocab_size = 259; /* the 256 bytes, then the special tokens */
         cfg->hidden_size = 128;
         cfg->intermediate_size = 384;
         cfg->num_hidden_layers = 4;
         cfg->num_attention_heads = 4;
-        cfg->num_key_value_heads = 2;
         cfg->max_position_embeddings = 256;
-        cfg->tie_word_embeddings = true;
         /* ~1/sqrt(hidden): transformers' 0.02 suits hidden sizes in the thousands; at 128 it
          * caps the tied logits near +-2.6, which a frozen base (LoRA) can never sharpen. */
         cfg->initializer_range = 0.08;
-        cfg->bos_token_id = 256;
-        cfg->n_eos = 1;
-        cfg->eos_token_ids[0] = 257;
-        cfg->pad_token_id = 258;
     } else if (strcmp(preset, "bench-20m") == 0) {
+        /* ~21.7M parameters when tied like SmolLM, the benchmark's intended size. */
         cfg->vocab_size = 32000;
         cfg->hidden_size = 384;
         cfg->intermediate_size = 1024;
         cfg->num_hidden_layers = 6;
         cfg->num_attention_heads = 6;
-        cfg->num_key_value_heads = 2;
         cfg->max_position_embeddings = 2048;
-        /* Tied like SmolLM: ~21.7M parameters, the benchmark's intended size. The byte-level
-         * tokenizer of preset folders puts its special tokens at 256..258 here too. */
-        cfg->tie_word_embeddings = true;
-        cfg->bos_token_id = 256;
-        cfg->n_eos = 1;
-        cfg->eos_token_ids[0] = 257;
-        cfg->pad_token_id = 258;
     } else {
         return ct_fail(err, "unknown model preset '%s' (expected tiny or bench-20m)", preset);
     }
+    cfg->num_key_value_heads = 2;
+    cfg->tie_word_embeddings = true;
+    /* The byte-level tokenizer of preset folders: bos 256, eos 257, pad 258. */
+    cfg->bos_token_id = 256;
+    cfg->n_eos = 1;
+    cfg->eos_token_ids[0] = 257;
+    cfg->pad_token_id = 258;
     cfg->head_dim = cfg->hidden_size / cfg->num_attention_heads;
     return 0;
 }
@@ -333,32 +296,6 @@ void model_rope_inv_freq(const model_config *cfg, float *inv_freq) {
 
 /* ---------------------------------------------------------------- writing */
 
-typedef struct text_buf {
-    char *data;
-    size_t len, cap;
-    bool failed;
-} text_buf;
-
-static void buf_put(text_buf *b, const char *s, size_t n) {
-    if (b->failed) return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (b->len + n + 1 > cap) cap *= 2;
-        char *grown = realloc(b->data, cap);
-        if (!grown) {
-            b->failed = true;
-            return;
-        }
-        b->data = grown;
-        b->cap = cap;
-    }
-    memcpy(b->data + b->len, s, n);
-    b->len += n;
-    b->data[b->len] = '\0';
-}
-
-static void buf_puts(text_buf *b, const char *s) { buf_put(b, s, strlen(s)); }
-
 /* Python's repr of a float: the shortest digits that read back as the same double, fixed
  * notation for exponents -4..15 (always with a '.'), otherwise scientific ("1e-05"). Keys
  * that transformers types as float must be written so ("10000.0", not "10000"). */
@@ -384,53 +321,35 @@ static void format_float(double v, char *out, size_t size) {
     if (!strchr(out, '.')) strncat(out, ".0", size - strlen(out) - 1);
 }
 
-static void put_string(text_buf *b, const char *s) {
-    buf_puts(b, "\"");
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        char esc[8];
-        if (*p == '"' || *p == '\\') {
-            esc[0] = '\\';
-            esc[1] = (char)*p;
-            buf_put(b, esc, 2);
-        } else if (*p < 0x20) {
-            snprintf(esc, sizeof esc, "\\u%04x", *p);
-            buf_puts(b, esc);
-        } else {
-            buf_put(b, (const char *)p, 1);
-        }
-    }
-    buf_puts(b, "\"");
-}
-
 static int compare_keys(const void *a, const void *b) {
     return strcmp((*(const cJSON *const *)a)->string, (*(const cJSON *const *)b)->string);
 }
 
-static void indent(text_buf *b, int depth) {
-    for (int i = 0; i < depth; i++) buf_puts(b, "  ");
+static void indent(textbuf *b, int depth) {
+    for (int i = 0; i < depth; i++) textbuf_puts(b, "  ");
 }
 
 /* json.dumps(indent=2, sort_keys=True) layout, as transformers writes config.json. */
-static void put_value(text_buf *b, const cJSON *item, int depth) {
+static void put_value(textbuf *b, const cJSON *item, int depth) {
     char num[64];
     if (cJSON_IsRaw(item)) {
-        buf_puts(b, item->valuestring);
+        textbuf_puts(b, item->valuestring);
     } else if (cJSON_IsNull(item)) {
-        buf_puts(b, "null");
+        textbuf_puts(b, "null");
     } else if (cJSON_IsBool(item)) {
-        buf_puts(b, cJSON_IsTrue(item) ? "true" : "false");
+        textbuf_puts(b, cJSON_IsTrue(item) ? "true" : "false");
     } else if (cJSON_IsNumber(item)) {
         double v = item->valuedouble;
         if (v == floor(v) && fabs(v) < 1e15) snprintf(num, sizeof num, "%.0f", v);
         else format_float(v, num, sizeof num);
-        buf_puts(b, num);
+        textbuf_puts(b, num);
     } else if (cJSON_IsString(item)) {
-        put_string(b, item->valuestring);
+        textbuf_json_string(b, item->valuestring);
     } else if (cJSON_IsArray(item) || cJSON_IsObject(item)) {
         bool object = cJSON_IsObject(item);
         int n = cJSON_GetArraySize(item);
         if (n == 0) {
-            buf_puts(b, object ? "{}" : "[]");
+            textbuf_puts(b, object ? "{}" : "[]");
             return;
         }
         const cJSON **children = malloc(sizeof *children * (size_t)n);
@@ -442,18 +361,18 @@ static void put_value(text_buf *b, const cJSON *item, int depth) {
         const cJSON *child;
         cJSON_ArrayForEach(child, item) children[i++] = child;
         if (object) qsort(children, (size_t)n, sizeof *children, compare_keys);
-        buf_puts(b, object ? "{\n" : "[\n");
+        textbuf_puts(b, object ? "{\n" : "[\n");
         for (i = 0; i < n; i++) {
             indent(b, depth + 1);
             if (object) {
-                put_string(b, children[i]->string);
-                buf_puts(b, ": ");
+                textbuf_json_string(b, children[i]->string);
+                textbuf_puts(b, ": ");
             }
             put_value(b, children[i], depth + 1);
-            buf_puts(b, i + 1 < n ? ",\n" : "\n");
+            textbuf_puts(b, i + 1 < n ? ",\n" : "\n");
         }
         indent(b, depth);
-        buf_puts(b, object ? "}" : "]");
+        textbuf_puts(b, object ? "}" : "]");
         free(children);
     }
 }
@@ -529,23 +448,12 @@ int model_config_write(const model_config *cfg, const char *path, ct_error *err)
                            !cJSON_GetObjectItemCaseSensitive(root, "torch_dtype");
     set_item(root, new_style_dtype ? "dtype" : "torch_dtype", cJSON_CreateString(cfg->torch_dtype));
 
-    text_buf b = {0};
+    textbuf b = {0};
     put_value(&b, root, 0);
-    buf_puts(&b, "\n");
+    textbuf_puts(&b, "\n");
     cJSON_Delete(root);
-    if (b.failed) {
-        free(b.data);
-        return ct_fail(err, "%s: out of memory formatting config.json", path);
-    }
-    FILE *f = fopen(path, "wb");
-    if (!f) {
-        free(b.data);
-        return ct_fail(err, "%s: cannot create: %s", path, strerror(errno));
-    }
-    size_t written = fwrite(b.data, 1, b.len, f);
-    int close_status = fclose(f);
-    free(b.data);
-    if (written != b.len || close_status != 0)
-        return ct_fail(err, "%s: write failed: %s", path, strerror(errno));
-    return 0;
+    int rc = b.failed ? ct_fail(err, "%s: out of memory formatting config.json", path)
+                      : write_file_atomic(path, b.data, b.len, err);
+    textbuf_free(&b);
+    return rc;
 }

@@ -1,6 +1,6 @@
-/* safetensors reader (mmap + full validation), writer (reference layout, durable rename),
- * fp16/bf16 conversions and model-folder opening. Rules and layout: shared/spec/INTEROP.md;
- * user-facing summary: docs/safetensors.md. */
+/* safetensors reader (mmap + full validation), the dtype table and model-folder opening; the
+ * writer and the fp16/bf16 conversions live in safetensors_write.c. Rules and layout:
+ * shared/spec/INTEROP.md; user-facing summary: docs/safetensors.md. */
 #include "train/safetensors.h"
 
 #include <cjson/cJSON.h>
@@ -15,13 +15,11 @@
 #include <unistd.h>
 
 #include "train/fsutil.h"
+#include "train/jsonfile.h"
+#include "train/safetensors_internal.h"
+#include "train/utf8.h"
 
-#define ST_MAX_HEADER 100000000ULL
-/* cJSON holds numbers as doubles: integers above 2^53 cannot be read exactly. No real file
- * needs one (it would describe petabytes), so larger values are rejected, not rounded. */
-#define ST_MAX_EXACT_INT 9007199254740992.0
-
-/* bits per element and the rank the reference writer sorts by: its Rust Dtype enum order
+/* Bits per element and the rank the reference writer sorts by: its Rust Dtype enum order
  * (roughly alignment; checked against safetensors 0.8 output by the fixture test). */
 static const struct {
     const char *name;
@@ -59,63 +57,7 @@ int st_dtype_bits(st_dtype dtype) {
     return (unsigned)dtype < ST_DTYPE_COUNT ? dtype_table[dtype].bits : 0;
 }
 
-/* ---- conversions ---- */
-
-static uint32_t f32_bits(float x) {
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    return u;
-}
-
-static float f32_from_bits(uint32_t u) {
-    float x;
-    memcpy(&x, &u, sizeof x);
-    return x;
-}
-
-uint16_t st_f32_to_bf16(float x) {
-    uint32_t u = f32_bits(x);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u); /* quiet NaN */
-    /* Adding 0x7fff plus the lowest kept bit rounds to nearest with ties to even; a carry
-     * into the exponent is the correct result (up to Inf on overflow). */
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
-uint16_t st_f32_to_f16(float x) {
-    uint32_t u = f32_bits(x);
-    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
-    uint32_t mag = u & 0x7fffffffu;
-    if (mag > 0x7f800000u) /* NaN: keep the top payload bits and force quiet, as F16C does */
-        return (uint16_t)(sign | 0x7e00u | ((mag >> 13) & 0x3ffu));
-    if (mag >= 0x38800000u) { /* at least 2^-14: a normal half, or overflow to Inf */
-        uint32_t rounded = (mag + 0xfffu + ((mag >> 13) & 1u)) >> 13;
-        uint32_t half = rounded - ((127u - 15u) << 10); /* rebias the exponent */
-        return (uint16_t)(sign | (half >= 0x7c00u ? 0x7c00u : half));
-    }
-    int exponent = (int)(mag >> 23);
-    if (exponent < 102) return sign; /* below 2^-25: rounds to zero */
-    /* Subnormal half: value = significand * 2^(exponent-150), in units of 2^-24. */
-    uint32_t significand = (mag & 0x7fffffu) | 0x800000u;
-    int shift = 126 - exponent; /* 14..24 */
-    uint32_t q = significand >> shift;
-    uint32_t rem = significand & ((1u << shift) - 1u), halfway = 1u << (shift - 1);
-    if (rem > halfway || (rem == halfway && (q & 1u))) q++; /* may carry into 2^-14: fine */
-    return (uint16_t)(sign | q);
-}
-
-float st_bf16_to_f32(uint16_t x) { return f32_from_bits((uint32_t)x << 16); }
-
-float st_f16_to_f32(uint16_t x) {
-    uint32_t sign = (uint32_t)(x & 0x8000u) << 16;
-    uint32_t exponent = (x >> 10) & 0x1fu, mantissa = x & 0x3ffu;
-    if (exponent == 0) { /* zero or subnormal: mantissa * 2^-24 is exact in fp32 */
-        float v = (float)mantissa * 0x1p-24f;
-        return sign ? -v : v;
-    }
-    if (exponent == 31) return f32_from_bits(sign | 0x7f800000u | (mantissa << 13));
-    return f32_from_bits(sign | ((exponent + 112u) << 23) | (mantissa << 13));
-}
+int st_dtype_sort_rank(st_dtype dtype) { return dtype_table[dtype].sort_rank; }
 
 int st_read_f32(const st_tensor *tensor, float *out, ct_error *err) {
     const unsigned char *src = tensor->data;
@@ -150,30 +92,6 @@ static int fail_at(ct_error *err, const char *path, uint64_t byte, const char *f
     return ct_fail(err, "%s: byte %llu: %s", path, (unsigned long long)byte, problem);
 }
 
-/* Returns the index of the first byte that breaks UTF-8 (overlong forms, surrogates and code
- * points above U+10FFFF included), or len when the text is valid. */
-static size_t utf8_invalid_at(const unsigned char *s, size_t len) {
-    size_t i = 0;
-    while (i < len) {
-        unsigned char c = s[i];
-        size_t n;
-        uint32_t cp, min;
-        if (c < 0x80) { i++; continue; }
-        if ((c & 0xe0) == 0xc0) { n = 2; cp = c & 0x1f; min = 0x80; }
-        else if ((c & 0xf0) == 0xe0) { n = 3; cp = c & 0x0f; min = 0x800; }
-        else if ((c & 0xf8) == 0xf0) { n = 4; cp = c & 0x07; min = 0x10000; }
-        else return i;
-        if (i + n > len) return i;
-        for (size_t k = 1; k < n; k++) {
-            if ((s[i + k] & 0xc0) != 0x80) return i;
-            cp = (cp << 6) | (s[i + k] & 0x3f);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return i;
-        i += n;
-    }
-    return len;
-}
-
 static int json_to_u64(const cJSON *item, uint64_t *out) {
     if (!cJSON_IsNumber(item)) return -1;
     double v = item->valuedouble;
@@ -182,27 +100,24 @@ static int json_to_u64(const cJSON *item, uint64_t *out) {
     return 0;
 }
 
-enum { SIZE_OK, SIZE_OVERFLOW, SIZE_PARTIAL_BYTE };
-
-/* numel and byte size of a shape; a zero dimension makes both 0 whatever the others are. */
-static int tensor_size(st_dtype dtype, int ndim, const int64_t *shape, uint64_t *numel,
-                       uint64_t *nbytes) {
+int st_tensor_size(st_dtype dtype, int ndim, const int64_t *shape, uint64_t *numel,
+                   uint64_t *nbytes) {
     uint64_t n = 1, bits = (uint64_t)dtype_table[dtype].bits;
     *numel = *nbytes = 0;
     for (int d = 0; d < ndim; d++)
-        if (shape[d] == 0) return SIZE_OK;
+        if (shape[d] == 0) return ST_SIZE_OK;
     for (int d = 0; d < ndim; d++) {
-        if (n > UINT64_MAX / (uint64_t)shape[d]) return SIZE_OVERFLOW;
+        if (n > UINT64_MAX / (uint64_t)shape[d]) return ST_SIZE_OVERFLOW;
         n *= (uint64_t)shape[d];
     }
-    if (n > UINT64_MAX / bits) return SIZE_OVERFLOW;
+    if (n > UINT64_MAX / bits) return ST_SIZE_OVERFLOW;
     *numel = n;
-    if (n * bits % 8 != 0) return SIZE_PARTIAL_BYTE;
+    if (n * bits % 8 != 0) return ST_SIZE_PARTIAL_BYTE;
     *nbytes = n * bits / 8;
-    return SIZE_OK;
+    return ST_SIZE_OK;
 }
 
-static void shape_text(const st_tensor *t, char *buf, size_t size) {
+void st_shape_text(const st_tensor *t, char *buf, size_t size) {
     size_t used = (size_t)snprintf(buf, size, "[");
     for (int d = 0; d < t->ndim && used < size; d++)
         used += (size_t)snprintf(buf + used, size - used, "%s%lld", d ? ", " : "",
@@ -251,12 +166,12 @@ static int parse_tensor_entry(const cJSON *entry, st_tensor *t, uint64_t *begin,
         return fail_at(err, path, 8, "tensor '%s': data_offsets [%llu, %llu] end before they "
                        "begin", name, (unsigned long long)*begin, (unsigned long long)*end);
     char shape_buf[256];
-    shape_text(t, shape_buf, sizeof shape_buf);
-    int size = tensor_size(t->dtype, ndim, t->shape, &t->numel, &t->nbytes);
-    if (size == SIZE_OVERFLOW)
+    st_shape_text(t, shape_buf, sizeof shape_buf);
+    int size = st_tensor_size(t->dtype, ndim, t->shape, &t->numel, &t->nbytes);
+    if (size == ST_SIZE_OVERFLOW)
         return fail_at(err, path, 8, "tensor '%s': shape %s of %s overflows 64-bit size "
                        "arithmetic", name, shape_buf, st_dtype_name(t->dtype));
-    if (size == SIZE_PARTIAL_BYTE)
+    if (size == ST_SIZE_PARTIAL_BYTE)
         return fail_at(err, path, 8, "tensor '%s': shape %s of %s is %llu bits, not a whole "
                        "number of bytes", name, shape_buf, st_dtype_name(t->dtype),
                        (unsigned long long)(t->numel * (uint64_t)st_dtype_bits(t->dtype)));
@@ -518,238 +433,6 @@ const char *st_metadata(const st_file *file, const char *key) {
     return NULL;
 }
 
-/* ---- writer ---- */
-
-typedef struct text_buf {
-    char *data;
-    size_t len, cap;
-    int out_of_memory;
-} text_buf;
-
-static void tb_put(text_buf *b, const char *s, size_t n) {
-    if (b->out_of_memory) return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 1024;
-        while (cap < b->len + n + 1) cap *= 2;
-        char *grown = realloc(b->data, cap);
-        if (!grown) {
-            b->out_of_memory = 1;
-            return;
-        }
-        b->data = grown;
-        b->cap = cap;
-    }
-    memcpy(b->data + b->len, s, n);
-    b->len += n;
-    b->data[b->len] = '\0';
-}
-
-static void tb_str(text_buf *b, const char *s) { tb_put(b, s, strlen(s)); }
-
-static void tb_u64(text_buf *b, uint64_t v) {
-    char num[24];
-    tb_put(b, num, (size_t)snprintf(num, sizeof num, "%llu", (unsigned long long)v));
-}
-
-/* A JSON string escaped exactly as serde_json does, so headers match the reference bytes. */
-static void tb_json_string(text_buf *b, const char *s) {
-    tb_put(b, "\"", 1);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        char esc[8];
-        switch (*p) {
-        case '"': tb_put(b, "\\\"", 2); break;
-        case '\\': tb_put(b, "\\\\", 2); break;
-        case '\b': tb_put(b, "\\b", 2); break;
-        case '\f': tb_put(b, "\\f", 2); break;
-        case '\n': tb_put(b, "\\n", 2); break;
-        case '\r': tb_put(b, "\\r", 2); break;
-        case '\t': tb_put(b, "\\t", 2); break;
-        default:
-            if (*p < 0x20) tb_put(b, esc, (size_t)snprintf(esc, sizeof esc, "\\u%04x", *p));
-            else tb_put(b, (const char *)p, 1);
-        }
-    }
-    tb_put(b, "\"", 1);
-}
-
-typedef struct write_entry {
-    const st_write_tensor *tensor;
-    uint64_t nbytes;
-} write_entry;
-
-static int write_entry_compare(const void *a, const void *b) {
-    const st_write_tensor *x = ((const write_entry *)a)->tensor;
-    const st_write_tensor *y = ((const write_entry *)b)->tensor;
-    int rx = dtype_table[x->dtype].sort_rank, ry = dtype_table[y->dtype].sort_rank;
-    if (rx != ry) return rx > ry ? -1 : 1; /* larger alignment first, as the reference */
-    return strcmp(x->name, y->name);
-}
-
-static int check_write_tensor(const st_write_tensor *t, uint64_t *nbytes, const char *path,
-                              ct_error *err) {
-    if (!t->name || !t->name[0] || strcmp(t->name, "__metadata__") == 0)
-        return ct_fail(err, "%s: invalid tensor name '%s'", path, t->name ? t->name : "(null)");
-    if (utf8_invalid_at((const unsigned char *)t->name, strlen(t->name)) != strlen(t->name))
-        return ct_fail(err, "%s: tensor name '%s' is not valid UTF-8", path, t->name);
-    if ((unsigned)t->dtype >= ST_DTYPE_COUNT)
-        return ct_fail(err, "%s: tensor '%s': unknown dtype %d", path, t->name, (int)t->dtype);
-    if (t->ndim < 0 || t->ndim > ST_MAX_DIMS)
-        return ct_fail(err, "%s: tensor '%s': %d dimensions (0..%d allowed)", path, t->name,
-                       t->ndim, ST_MAX_DIMS);
-    for (int d = 0; d < t->ndim; d++)
-        if (t->shape[d] < 0 || (double)t->shape[d] > ST_MAX_EXACT_INT)
-            return ct_fail(err, "%s: tensor '%s': invalid shape[%d] = %lld", path, t->name, d,
-                           (long long)t->shape[d]);
-    uint64_t numel;
-    if (tensor_size(t->dtype, t->ndim, t->shape, &numel, nbytes) != SIZE_OK)
-        return ct_fail(err, "%s: tensor '%s': %llu elements of %s are not a whole number of "
-                       "bytes (or overflow)", path, t->name, (unsigned long long)numel,
-                       st_dtype_name(t->dtype));
-    if (*nbytes && !t->data) return ct_fail(err, "%s: tensor '%s' has no data", path, t->name);
-    return 0;
-}
-
-static int build_header(text_buf *b, const write_entry *entries, int n_tensors,
-                        const char *const *keys, const char *const *values, int n_metadata) {
-    int has_format = 0;
-    tb_str(b, "{\"__metadata__\":{");
-    for (int i = 0; i < n_metadata; i++) {
-        if (strcmp(keys[i], "format") == 0) has_format = 1;
-        if (i) tb_str(b, ",");
-        tb_json_string(b, keys[i]);
-        tb_str(b, ":");
-        tb_json_string(b, values[i]);
-    }
-    if (!has_format) tb_str(b, n_metadata ? ",\"format\":\"pt\"" : "\"format\":\"pt\"");
-    tb_str(b, "}");
-    uint64_t offset = 0;
-    for (int i = 0; i < n_tensors; i++) {
-        const st_write_tensor *t = entries[i].tensor;
-        tb_str(b, ",");
-        tb_json_string(b, t->name);
-        tb_str(b, ":{\"dtype\":\"");
-        tb_str(b, st_dtype_name(t->dtype));
-        tb_str(b, "\",\"shape\":[");
-        for (int d = 0; d < t->ndim; d++) {
-            if (d) tb_str(b, ",");
-            tb_u64(b, (uint64_t)t->shape[d]);
-        }
-        tb_str(b, "],\"data_offsets\":[");
-        tb_u64(b, offset);
-        tb_str(b, ",");
-        offset += entries[i].nbytes;
-        tb_u64(b, offset);
-        tb_str(b, "]}");
-    }
-    tb_str(b, "}");
-    while (b->len % 8 != 0) tb_str(b, " "); /* tensor data starts 8-byte aligned */
-    return b->out_of_memory ? -1 : 0;
-}
-
-static int write_all(int fd, const void *data, uint64_t size) {
-    const char *p = data;
-    while (size > 0) {
-        size_t chunk = size > (1u << 30) ? (1u << 30) : (size_t)size;
-        ssize_t n = write(fd, p, chunk);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return -1;
-        p += n;
-        size -= (uint64_t)n;
-    }
-    return 0;
-}
-
-static int check_write_inputs(const char *path, const st_write_tensor *tensors, int n_tensors,
-                              const char *const *keys, const char *const *values, int n_metadata,
-                              write_entry *entries, ct_error *err) {
-    for (int i = 0; i < n_metadata; i++) {
-        if (!keys[i] || !values[i])
-            return ct_fail(err, "%s: metadata entry %d is NULL", path, i);
-        for (int j = 0; j < i; j++)
-            if (strcmp(keys[i], keys[j]) == 0)
-                return ct_fail(err, "%s: metadata key '%s' given twice", path, keys[i]);
-        if (utf8_invalid_at((const unsigned char *)keys[i], strlen(keys[i])) != strlen(keys[i]) ||
-            utf8_invalid_at((const unsigned char *)values[i], strlen(values[i])) !=
-                strlen(values[i]))
-            return ct_fail(err, "%s: metadata entry '%s' is not valid UTF-8", path, keys[i]);
-    }
-    for (int i = 0; i < n_tensors; i++) {
-        entries[i].tensor = &tensors[i];
-        if (check_write_tensor(&tensors[i], &entries[i].nbytes, path, err) != 0) return -1;
-    }
-    qsort(entries, (size_t)n_tensors, sizeof *entries, write_entry_compare);
-    for (int i = 1; i < n_tensors; i++)
-        if (strcmp(entries[i].tensor->name, entries[i - 1].tensor->name) == 0)
-            return ct_fail(err, "%s: tensor '%s' given twice", path, entries[i].tensor->name);
-    return 0;
-}
-
-int st_write(const char *path, const st_write_tensor *tensors, int n_tensors,
-             const char *const *metadata_keys, const char *const *metadata_values,
-             int n_metadata, ct_error *err) {
-    if (n_tensors < 0 || n_metadata < 0) return ct_fail(err, "%s: negative count", path);
-    write_entry *entries = calloc((size_t)(n_tensors > 0 ? n_tensors : 1), sizeof *entries);
-    text_buf header = {0};
-    char tmp[4096];
-    int fd = -1, status = -1, created = 0;
-    if (!entries) return ct_fail(err, "out of memory");
-    if (check_write_inputs(path, tensors, n_tensors, metadata_keys, metadata_values, n_metadata,
-                           entries, err) != 0)
-        goto done;
-    if (build_header(&header, entries, n_tensors, metadata_keys, metadata_values, n_metadata)) {
-        ct_fail(err, "out of memory");
-        goto done;
-    }
-    if (header.len > ST_MAX_HEADER) {
-        ct_fail(err, "%s: header of %zu bytes exceeds the %llu-byte limit", path, header.len,
-                ST_MAX_HEADER);
-        goto done;
-    }
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
-        ct_fail(err, "%s: path too long", path);
-        goto done;
-    }
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) {
-        ct_fail(err, "cannot create %s: %s", tmp, strerror(errno));
-        goto done;
-    }
-    created = 1;
-    unsigned char length[8];
-    for (int i = 0; i < 8; i++) length[i] = (unsigned char)((uint64_t)header.len >> (8 * i));
-    int ok = write_all(fd, length, 8) == 0 && write_all(fd, header.data, header.len) == 0;
-    for (int i = 0; ok && i < n_tensors; i++)
-        ok = write_all(fd, entries[i].tensor->data, entries[i].nbytes) == 0;
-    if (!ok || fsync(fd) != 0) {
-        ct_fail(err, "cannot write %s: %s", tmp, strerror(errno));
-        goto done;
-    }
-    if (close(fd) != 0) {
-        fd = -1;
-        ct_fail(err, "cannot write %s: %s", tmp, strerror(errno));
-        goto done;
-    }
-    fd = -1;
-    if (rename(tmp, path) != 0) {
-        ct_fail(err, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
-        goto done;
-    }
-    created = 0;
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (!slash) snprintf(dir, sizeof dir, ".");
-    else if (slash == dir) dir[1] = '\0';
-    else *slash = '\0';
-    status = fsync_dir(dir, err);
-done:
-    if (fd >= 0) close(fd);
-    if (created) unlink(tmp); /* never leave a partial file behind */
-    free(header.data);
-    free(entries);
-    return status;
-}
-
 /* ---- a model folder's weights ---- */
 
 static int string_ptr_compare(const void *a, const void *b) {
@@ -758,17 +441,10 @@ static int string_ptr_compare(const void *a, const void *b) {
 
 static int open_sharded(st_model_files *files, const char *dir, const char *index_path,
                         ct_error *err) {
-    char *text = NULL;
-    size_t size = 0;
-    if (read_file(index_path, &text, &size, err) != 0) return -1;
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(text, size, &end, 0);
+    cJSON *root;
+    if (jsonfile_read(index_path, &root, err) != 0) return -1;
     int status = -1;
     const char **shards = NULL;
-    if (!root) {
-        ct_fail(err, "%s: byte %zu: not valid JSON", index_path, end ? (size_t)(end - text) : 0);
-        goto done;
-    }
     const cJSON *map = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
     int n = cJSON_GetArraySize(map);
     if (!cJSON_IsObject(map) || n == 0) {
@@ -817,7 +493,6 @@ static int open_sharded(st_model_files *files, const char *dir, const char *inde
     status = 0;
 done:
     cJSON_Delete(root);
-    free(text);
     free(shards);
     return status;
 }

@@ -58,6 +58,9 @@ void st_close(st_file *file);
 const st_tensor *st_find(const st_file *file, const char *name);
 const char *st_metadata(const st_file *file, const char *key); /* NULL if absent */
 
+/* The shape as text, "[2, 3]" ("[]" for a scalar), cut short if size is too small. */
+void st_shape_text(const st_tensor *tensor, char *buf, size_t size);
+
 /* Converts a F32/BF16/F16 tensor to fp32 into out (numel floats). Other dtypes fail. */
 int st_read_f32(const st_tensor *tensor, float *out, ct_error *err);
 

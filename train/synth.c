@@ -9,17 +9,11 @@
 #include <string.h>
 
 #include "train/data.h"
+#include "train/splitmix.h"
 #include "train/synth.h"
 
 #define MAX_DIGITS 18       /* 10^18 + 10^18 still fits in 64 bits */
 #define MAX_REDRAWS 100000  /* an eval split with no held-out problem gives up here */
-
-static uint64_t splitmix64(uint64_t x) {
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
 
 typedef struct synth_rng { uint64_t state; } synth_rng;
 
@@ -30,13 +24,7 @@ static synth_rng rng_for(uint64_t seed, synth_split split, int64_t index, uint64
     return (synth_rng){splitmix64(k ^ (redraw * 0xd1b54a32d192ed03ull))};
 }
 
-static uint64_t rng_next(synth_rng *r) {
-    r->state += 0x9e3779b97f4a7c15ull;
-    uint64_t x = r->state;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
+static uint64_t rng_next(synth_rng *r) { return splitmix64_next(&r->state); }
 
 /* Uniform in [0, n) without modulo bias. */
 static uint64_t rng_below(synth_rng *r, uint64_t n) {

@@ -2,52 +2,15 @@
  * tokenizer_pipeline.c) and the public encode entry point; the stages themselves run in
  * tokenizer_split.c (added tokens, normalizers, pre-tokenizers) and tokenizer_bpe.c (BPE). */
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "train/jsonfile.h"
 #include "train/tokenizer_impl.h"
 
 #define MAX_VOCAB (1 << 24) /* ids beyond this are a corrupt file, not a big vocabulary */
-
-/* Reads a whole file; the buffer is NUL-terminated. */
-static char *read_file(const char *path, size_t *size, ct_error *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        ct_fail(err, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len + 65536 + 1 > cap) {
-            cap = cap ? cap * 2 : 1 << 20;
-            char *grown = realloc(buf, cap);
-            if (!grown) {
-                free(buf);
-                fclose(f);
-                ct_fail(err, "%s: out of memory reading the file", path);
-                return NULL;
-            }
-            buf = grown;
-        }
-        size_t got = fread(buf + len, 1, cap - len - 1, f);
-        len += got;
-        if (got == 0) break;
-    }
-    bool failed = ferror(f);
-    fclose(f);
-    if (failed) {
-        free(buf);
-        ct_fail(err, "%s: read error", path);
-        return NULL;
-    }
-    buf[len] = '\0';
-    *size = len;
-    return buf;
-}
 
 /* ---------------------------------------------------------------- JSON helpers */
 
@@ -140,7 +103,7 @@ static int load_merges(tokenizer *tok, const cJSON *merges, int32_t **pairs, ct_
     if (tok_mergemap_init(&tok->merges, n, err)) return -1;
     *pairs = malloc((n ? n : 1) * 2 * sizeof **pairs);
     if (!*pairs) return ct_fail(err, "%s: out of memory for %zu merges", tok->path, n);
-    tok_bytes joined = {0};
+    textbuf joined = {0};
     size_t rank = 0;
     for (const cJSON *m = merges->child; m; m = m->next, rank++) {
         const char *a, *b;
@@ -310,20 +273,8 @@ static int load_json(tokenizer *tok, const cJSON *root, ct_error *err) {
 
 int tokenizer_load(tokenizer **out, const char *path, ct_error *err) {
     *out = NULL;
-    size_t size;
-    char *text = read_file(path, &size, err);
-    if (!text) return -1;
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(text, size, &end, false);
-    if (!root) {
-        size_t offset = end ? (size_t)(end - text) : 0, line = 1, column = 1;
-        for (size_t i = 0; i < offset && i < size; i++, column++)
-            if (text[i] == '\n') line++, column = 0;
-        free(text);
-        return ct_fail(err, "%s: byte %zu (line %zu, column %zu): invalid JSON", path, offset,
-                       line, column);
-    }
-    free(text);
+    cJSON *root;
+    if (jsonfile_read(path, &root, err)) return -1;
     tokenizer *tok = calloc(1, sizeof *tok);
     if (!tok) {
         cJSON_Delete(root);
@@ -369,7 +320,7 @@ int tokenizer_encode(const tokenizer *tok, const char *text, size_t len, bool ad
     *n_ids = 0;
     for (size_t i = 0; i < len;) {
         uint32_t cp;
-        int clen = tok_utf8_next((const unsigned char *)text + i, len - i, &cp);
+        int clen = utf8_next((const unsigned char *)text + i, len - i, &cp);
         if (clen <= 0) return ct_fail(err, "byte %zu: invalid UTF-8", i);
         i += (size_t)clen;
     }

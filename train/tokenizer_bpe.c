@@ -21,19 +21,15 @@ int tok_ids_push(tok_ids *v, int32_t id, ct_error *err) {
     return 0;
 }
 
-int tok_bytes_append(tok_bytes *b, const char *s, size_t n, ct_error *err) {
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1) cap *= 2;
-        char *data = realloc(b->data, cap);
-        if (!data) return ct_fail(err, "out of memory growing a text buffer to %zu bytes", cap);
-        b->data = data;
-        b->cap = cap;
-    }
-    if (n) memcpy(b->data + b->len, s, n);
-    b->len += n;
-    b->data[b->len] = '\0';
-    return 0;
+int tok_bytes_append(textbuf *b, const char *s, size_t n, ct_error *err) {
+    textbuf_put(b, s, n);
+    return b->failed ? ct_fail(err, "out of memory growing a text buffer past %zu bytes", b->len) : 0;
+}
+
+const char *tok_find(const char *s, size_t n, const char *needle, size_t len) {
+    for (size_t i = 0; len <= n && i <= n - len; i++)
+        if (memcmp(s + i, needle, len) == 0) return s + i;
+    return NULL;
 }
 
 /* ---------------------------------------------------------------- hashing */
@@ -166,44 +162,14 @@ void tok_byte_alphabet_init(tok_byte_alphabet *a) {
 
 /* ---------------------------------------------------------------- UTF-8 */
 
-/* Well-formed UTF-8 per Unicode table 3-7 (no overlongs, surrogates or values > U+10FFFF). */
-int tok_utf8_next(const unsigned char *s, size_t n, uint32_t *cp) {
-    if (n == 0) return 0;
-    unsigned c = s[0];
-    if (c < 0x80) {
-        *cp = c;
-        return 1;
-    }
-    int len;
-    unsigned lo = 0x80, hi = 0xbf;
-    if (c >= 0xc2 && c <= 0xdf) len = 2;
-    else if (c >= 0xe0 && c <= 0xef) {
-        len = 3;
-        if (c == 0xe0) lo = 0xa0;
-        if (c == 0xed) hi = 0x9f;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        len = 4;
-        if (c == 0xf0) lo = 0x90;
-        if (c == 0xf4) hi = 0x8f;
-    } else return 0;
-    if ((size_t)len > n) return 0;
-    if (s[1] < lo || s[1] > hi) return 0;
-    for (int i = 2; i < len; i++)
-        if (s[i] < 0x80 || s[i] > 0xbf) return 0;
-    uint32_t v = c & (0xff >> (len + 1));
-    for (int i = 1; i < len; i++) v = (v << 6) | (s[i] & 0x3f);
-    *cp = v;
-    return len;
-}
-
 /* Each maximal prefix of a would-be sequence that cannot complete becomes one U+FFFD
  * (the "substitution of maximal subparts" that Rust's String::from_utf8_lossy uses). */
-int tok_utf8_lossy_append(tok_bytes *out, const unsigned char *s, size_t n, ct_error *err) {
+int tok_utf8_lossy_append(textbuf *out, const unsigned char *s, size_t n, ct_error *err) {
     static const char replacement[] = "\xef\xbf\xbd";
     size_t i = 0, run = 0; /* run: start of the pending valid stretch */
     while (i < n) {
         uint32_t cp;
-        int len = tok_utf8_next(s + i, n - i, &cp);
+        int len = utf8_next(s + i, n - i, &cp);
         if (len > 0) {
             i += (size_t)len;
             continue;
@@ -311,7 +277,7 @@ static int initial_symbols(tok_encode_ctx *ctx, const char *s, size_t n, size_t 
     int32_t pending_unk_len = -1;
     for (size_t i = 0; i < n;) {
         uint32_t cp;
-        int clen = tok_utf8_next((const unsigned char *)s + i, n - i, &cp);
+        int clen = utf8_next((const unsigned char *)s + i, n - i, &cp);
         if (clen <= 0) clen = 1; /* cannot happen: input was validated */
         bool first = i == 0, last = i + (size_t)clen >= n;
         const char *key = s + i;

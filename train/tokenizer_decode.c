@@ -8,7 +8,7 @@
 
 /* A list of strings in one buffer: token i is data[at[i] .. at[i+1]). */
 typedef struct tok_list {
-    tok_bytes buf;
+    textbuf buf;
     size_t *at;
     size_t n, cap;
 } tok_list;
@@ -46,14 +46,14 @@ static const char *token_of(const tok_list *l, size_t i, size_t *len) {
 /* ByteLevel: every token whose characters are all byte-level symbols becomes those bytes,
  * others stay as they are; the whole becomes one string, invalid UTF-8 replaced. */
 static int step_byte_level(const tokenizer *tok, const tok_list *in, tok_list *out, ct_error *err) {
-    tok_bytes raw = {0};
+    textbuf raw = {0};
     int rc = 0;
     for (size_t t = 0; t < in->n && !rc; t++) {
         size_t n, start = raw.len;
         const char *s = token_of(in, t, &n);
         for (size_t i = 0; i < n && !rc;) {
             uint32_t cp;
-            int clen = tok_utf8_next((const unsigned char *)s + i, n - i, &cp);
+            int clen = utf8_next((const unsigned char *)s + i, n - i, &cp);
             if (clen <= 0 || cp >= 324 || tok->alphabet.byte_of[cp] < 0) {
                 raw.len = start;
                 rc = tok_bytes_append(&raw, s, n, err);
@@ -64,7 +64,7 @@ static int step_byte_level(const tokenizer *tok, const tok_list *in, tok_list *o
             i += (size_t)clen;
         }
     }
-    tok_bytes text = {0};
+    textbuf text = {0};
     if (!rc) rc = tok_utf8_lossy_append(&text, (const unsigned char *)raw.data, raw.len, err);
     if (!rc) rc = list_push(out, text.data ? text.data : "", text.len, err);
     free(raw.data);
@@ -89,12 +89,11 @@ static int step_replace(const tok_dec *d, pcre2_match_data *match, const tok_lis
                     if (end > n) start = end = n;
                 }
             } else if (d->pattern_len) {
-                for (size_t k = i; k + d->pattern_len <= n; k++)
-                    if (memcmp(s + k, d->pattern, d->pattern_len) == 0) {
-                        start = k;
-                        end = k + d->pattern_len;
-                        break;
-                    }
+                const char *hit = tok_find(s + i, n - i, d->pattern, d->pattern_len);
+                if (hit) {
+                    start = (size_t)(hit - s);
+                    end = start + d->pattern_len;
+                }
             }
             if (tok_bytes_append(&out->buf, s + i, start - i, err)) return -1;
             if (start == n) break;
@@ -109,7 +108,7 @@ static int step_replace(const tok_dec *d, pcre2_match_data *match, const tok_lis
 /* ByteFallback: runs of <0xXX> tokens become their bytes; a run that is not valid UTF-8
  * becomes one U+FFFD per byte. */
 static int step_byte_fallback(const tok_list *in, tok_list *out, ct_error *err) {
-    tok_bytes run = {0};
+    textbuf run = {0};
     int rc = 0;
     for (size_t t = 0; t <= in->n && !rc; t++) {
         size_t n = 0;
@@ -127,7 +126,7 @@ static int step_byte_fallback(const tok_list *in, tok_list *out, ct_error *err) 
             bool valid = true;
             for (size_t i = 0; i < run.len && valid;) {
                 uint32_t cp;
-                int clen = tok_utf8_next((const unsigned char *)run.data + i, run.len - i, &cp);
+                int clen = utf8_next((const unsigned char *)run.data + i, run.len - i, &cp);
                 valid = clen > 0;
                 i += clen > 0 ? (size_t)clen : 0;
             }
@@ -207,7 +206,7 @@ int tokenizer_decode(const tokenizer *tok, const int32_t *ids, size_t n_ids, boo
     *len = 0;
     tok_list lists[2];
     memset(lists, 0, sizeof lists);
-    tok_bytes out = {0};
+    textbuf out = {0};
     pcre2_match_data *match = pcre2_match_data_create(16, NULL);
     int rc = match ? 0 : ct_fail(err, "out of memory");
     for (size_t i = 0; i < n_ids && !rc; i++) {

@@ -16,13 +16,17 @@
 #include <stdint.h>
 
 #include "train/error.h"
+#include "train/textbuf.h"
 #include "train/tokenizer.h"
+#include "train/utf8.h"
 
 /* ---- growable vectors ---- */
 typedef struct tok_ids { int32_t *data; size_t len, cap; } tok_ids;
-typedef struct tok_bytes { char *data; size_t len, cap; } tok_bytes;
 int tok_ids_push(tok_ids *v, int32_t id, ct_error *err);
-int tok_bytes_append(tok_bytes *b, const char *s, size_t n, ct_error *err);
+/* textbuf_put that reports running out of memory through err. */
+int tok_bytes_append(textbuf *b, const char *s, size_t n, ct_error *err);
+/* The first occurrence of needle (len > 0) in s[0, n), or NULL: memmem, which C11 lacks. */
+const char *tok_find(const char *s, size_t n, const char *needle, size_t len);
 
 /* ---- string -> id map (open addressing; keys live in the owner's string table) ---- */
 typedef struct tok_strmap {
@@ -55,10 +59,8 @@ typedef struct tok_byte_alphabet {
 void tok_byte_alphabet_init(tok_byte_alphabet *a);
 
 /* ---- UTF-8 ---- */
-/* Length of the valid UTF-8 sequence at s (1..4), or 0 if invalid; *cp gets the code point. */
-int tok_utf8_next(const unsigned char *s, size_t n, uint32_t *cp);
 /* Appends bytes replacing invalid sequences with U+FFFD like Rust's from_utf8_lossy. */
-int tok_utf8_lossy_append(tok_bytes *out, const unsigned char *s, size_t n, ct_error *err);
+int tok_utf8_lossy_append(textbuf *out, const unsigned char *s, size_t n, ct_error *err);
 bool tok_is_unicode_space(uint32_t cp);
 
 /* ---- the tokenizer ---- */
@@ -158,7 +160,7 @@ struct tokenizer {
 
 typedef struct tok_range { size_t start, end; bool is_match; } tok_range;
 typedef struct tok_depth {
-    tok_bytes prefixed, mapped;
+    textbuf prefixed, mapped;
     tok_range *ranges;
     size_t n_ranges, ranges_cap;
 } tok_depth;
@@ -172,14 +174,14 @@ typedef struct tok_encode_ctx {
     pcre2_match_context *match_ctx;
     const char *text;         /* the whole input, for error offsets */
     size_t text_len;
-    tok_bytes norm[2];        /* normalizer output (ping-pong) */
+    textbuf norm[2];          /* normalizer output (ping-pong) */
     struct tok_depth *depth;  /* scratch per pre-tokenizer step (steps recurse) */
     /* BPE working memory */
     struct tok_symbol *symbols;
     size_t symbols_cap;
     struct tok_heap_item *heap;
     size_t heap_cap;
-    tok_bytes word;
+    textbuf word;
     ct_error *err;
 } tok_encode_ctx;
 

@@ -158,7 +158,7 @@ size_t tok_nfc_quick_check(const char *s, size_t n) {
     uint32_t last_class = 0;
     for (size_t i = 0; i < n;) {
         uint32_t cp;
-        int len = tok_utf8_next((const unsigned char *)s + i, n - i, &cp);
+        int len = utf8_next((const unsigned char *)s + i, n - i, &cp);
         if (len <= 0) return i + 1;
         if (cp >= 0x300) { /* everything below is NFC_Quick_Check=Yes with class 0 */
             uint32_t cls = lookup(combining_class, sizeof combining_class / sizeof *combining_class, cp);

@@ -131,8 +131,8 @@ static int load_metaspace(tokenizer *tok, const cJSON *node, const char *where, 
         tok_json_bool(tok, node, where, "split", true, &step.split, err))
         return -1;
     uint32_t cp;
-    if (!replacement || tok_utf8_next((const unsigned char *)replacement, strlen(replacement), &cp) !=
-                            (int)strlen(replacement))
+    if (!replacement || utf8_next((const unsigned char *)replacement, strlen(replacement), &cp) !=
+                        (int)strlen(replacement))
         return ct_fail(err, "%s: %s.replacement: expected one character", tok->path, where);
     /* Files older than prepend_scheme carry add_prefix_space instead. */
     step.prepend = add_prefix_space ? PREPEND_ALWAYS : PREPEND_NEVER;
@@ -326,7 +326,7 @@ static int load_decoder(tokenizer *tok, const cJSON *node, const char *where, ct
         if (tok_json_string(tok, node, where, "content", &content, err)) return -1;
         if (!content || !cJSON_IsNumber(start) || !cJSON_IsNumber(stop) || start->valueint < 0 ||
             stop->valueint < 0 ||
-            tok_utf8_next((const unsigned char *)content, strlen(content), &step.strip_char) != (int)strlen(content))
+            utf8_next((const unsigned char *)content, strlen(content), &step.strip_char) != (int)strlen(content))
             return ct_fail(err, "%s: %s: expected {\"content\": one character, \"start\": n, \"stop\": n}",
                            tok->path, where);
         step.strip_start = start->valueint;

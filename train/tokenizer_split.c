@@ -15,7 +15,7 @@
 #define SPACE_CLASS "\\t-\\r\\p{Z}\\x{85}"
 
 pcre2_code *tok_compile_regex(const char *pattern, size_t len, ct_error *err) {
-    tok_bytes rewritten = {0};
+    textbuf rewritten = {0};
     bool in_class = false;
     for (size_t i = 0; i < len; i++) {
         char c = pattern[i];
@@ -117,9 +117,7 @@ static int find_matches(tok_encode_ctx *ctx, const tok_pretok *step, tok_depth *
             if (!found) break;
         } else {
             if (step->literal_len == 0) break;
-            const char *hit = NULL;
-            for (size_t i = from; i + step->literal_len <= n && !hit; i++)
-                if (memcmp(s + i, step->literal, step->literal_len) == 0) hit = s + i;
+            const char *hit = tok_find(s + from, n - from, step->literal, step->literal_len);
             if (!hit) break;
             start = (size_t)(hit - s);
             end = start + step->literal_len;
@@ -131,7 +129,7 @@ static int find_matches(tok_encode_ctx *ctx, const tok_pretok *step, tok_depth *
             from = end;
         } else { /* step over one character after an empty match */
             uint32_t cp;
-            int clen = end < n ? tok_utf8_next((const unsigned char *)s + end, n - end, &cp) : 1;
+            int clen = end < n ? utf8_next((const unsigned char *)s + end, n - end, &cp) : 1;
             from = end + (size_t)(clen > 0 ? clen : 1);
         }
     }
@@ -372,7 +370,7 @@ static int split_added(tok_encode_ctx *ctx, const tok_added_set *set, bool norma
             while (i > 0) {
                 size_t c = last_char_start(s, i);
                 uint32_t cp;
-                if (tok_utf8_next((const unsigned char *)s + c, i - c, &cp) <= 0 ||
+                if (utf8_next((const unsigned char *)s + c, i - c, &cp) <= 0 ||
                     !tok_is_unicode_space(cp))
                     break;
                 i = c;
@@ -383,7 +381,7 @@ static int split_added(tok_encode_ctx *ctx, const tok_added_set *set, bool norma
             uint32_t cp;
             int clen;
             while (stop < n &&
-                   (clen = tok_utf8_next((const unsigned char *)s + stop, n - stop, &cp)) > 0 &&
+                   (clen = utf8_next((const unsigned char *)s + stop, n - stop, &cp)) > 0 &&
                    tok_is_unicode_space(cp))
                 stop += (size_t)clen;
         }
@@ -408,7 +406,7 @@ static int nfc_check(tok_encode_ctx *ctx, const char *s, size_t n) {
     size_t bad = tok_nfc_quick_check(s, n);
     if (!bad) return 0;
     uint32_t cp = 0;
-    tok_utf8_next((const unsigned char *)s + bad - 1, n - (bad - 1), &cp);
+    utf8_next((const unsigned char *)s + bad - 1, n - (bad - 1), &cp);
     bool in_input = s >= ctx->text && s <= ctx->text + ctx->text_len;
     char where[64] = "the normalized text";
     if (in_input) snprintf(where, sizeof where, "byte %zu", (size_t)(s - ctx->text) + bad - 1);
@@ -419,7 +417,7 @@ static int nfc_check(tok_encode_ctx *ctx, const char *s, size_t n) {
 }
 
 /* Replace: every match of the pattern becomes the content. */
-static int replace_all(tok_encode_ctx *ctx, const tok_norm *step, const char *s, size_t n, tok_bytes *out) {
+static int replace_all(tok_encode_ctx *ctx, const tok_norm *step, const char *s, size_t n, textbuf *out) {
     size_t i = 0;
     while (i <= n) {
         size_t start = n, end = n;
@@ -429,12 +427,11 @@ static int replace_all(tok_encode_ctx *ctx, const tok_norm *step, const char *s,
             if (!found) start = end = n;
             else if (end == start) end = start + 1 <= n ? start + 1 : n; /* empty match */
         } else if (step->pattern_len) {
-            for (size_t k = i; k + step->pattern_len <= n; k++)
-                if (memcmp(s + k, step->pattern, step->pattern_len) == 0) {
-                    start = k;
-                    end = k + step->pattern_len;
-                    break;
-                }
+            const char *hit = tok_find(s + i, n - i, step->pattern, step->pattern_len);
+            if (hit) {
+                start = (size_t)(hit - s);
+                end = start + step->pattern_len;
+            }
         }
         if (tok_bytes_append(out, s + i, start - i, ctx->err)) return -1;
         if (start >= n) break;
@@ -449,7 +446,7 @@ static int after_normalizing(tok_encode_ctx *ctx, const char *s, size_t n, bool 
     int next = 0;
     for (size_t k = 0; k < tok->n_norm; k++) {
         const tok_norm *step = &tok->norm[k];
-        tok_bytes *out = &ctx->norm[next];
+        textbuf *out = &ctx->norm[next];
         out->len = 0;
         if (step->kind == NORM_NFC) {
             if (nfc_check(ctx, s, n)) return -1;

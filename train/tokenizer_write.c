@@ -1,11 +1,11 @@
 /* tokenizer_write: the tokenizer fingerprint, and the writer of the byte-level tokenizer that
  * `ctune init` models use (loadable by tokenizers and transformers' AutoTokenizer). */
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "train/fsutil.h"
 #include "train/tokenizer_impl.h"
 
 /* ---------------------------------------------------------------- fingerprint */
@@ -57,27 +57,18 @@ void tok_compute_fingerprint(tokenizer *tok, const int32_t *merge_pairs, size_t 
 static const char no_length_limit[] = "1000000000000000019884624838656";
 
 static int write_json(const char *dir, const char *name, cJSON *root, ct_error *err) {
-    char path[1200], tmp[1210];
+    char path[1200];
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
     char *text = root ? cJSON_Print(root) : NULL;
     cJSON_Delete(root);
     if (!text) return ct_fail(err, "%s: out of memory serialising JSON", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) {
-        free(text);
-        return ct_fail(err, "%s: cannot create: %s", tmp, strerror(errno));
-    }
-    size_t n = strlen(text);
-    bool ok = fwrite(text, 1, n, f) == n && fputc('\n', f) != EOF;
-    ok = (fclose(f) == 0) && ok;
+    atomic_file file;
+    int rc = atomic_file_open(&file, path, err);
+    if (!rc) rc = atomic_file_write(&file, text, strlen(text), err);
+    if (!rc) rc = atomic_file_write(&file, "\n", 1, err);
+    if (!rc) rc = atomic_file_commit(&file, err);
     free(text);
-    if (!ok || rename(tmp, path) != 0) {
-        int e = errno;
-        remove(tmp);
-        return ct_fail(err, "%s: cannot write: %s", path, strerror(e));
-    }
-    return 0;
+    return rc;
 }
 
 static cJSON *added_token_json(int id, const char *content) {
