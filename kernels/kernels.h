@@ -84,7 +84,7 @@ typedef struct kernels {
      * doc_ids is not NULL, only to those with doc_ids[b*seq+s'] == doc_ids[b*seq+s]
      * (packed documents never see each other). scores = q.k * scale, softmax in fp32.
      * lse: [batch, n_heads, seq] log-sum-exp of the scaled scores, kept for the backward.
-     * Scores are never materialised beyond one row per thread (flash-attention style).
+     * Scores are never materialised beyond a tile per thread (flash-attention style).
      * Backward writes dq, dk, dv. */
     void (*attention_fwd)(float *out, float *lse, const float *q, const float *k, const float *v,
                           const int32_t *doc_ids, int batch, int seq, int n_heads, int n_kv_heads,

@@ -18,8 +18,9 @@ typedef struct adamw_hparams {
 
 typedef struct adamw_state {
     const kernels *k;
-    size_t numel;  /* sum of trainable numel */
-    float *m, *v;  /* backend memory */
+    size_t begin;  /* flat trainable index of m[0], v[0] (0 unless a ZeRO shard) */
+    size_t numel;  /* values held: all trainable ones, or the shard's */
+    float *m, *v;  /* backend memory; NULL for an empty shard */
     long step;     /* optimizer steps taken */
 } adamw_state;
 
@@ -28,5 +29,14 @@ void adamw_free(adamw_state *s);
 /* One step at learning rate lr on every trainable parameter; weight decay only where
  * param->decay. Increments s->step first (bias corrections use the new step). */
 void adamw_step(adamw_state *s, model *m, const adamw_hparams *h, double lr);
+
+/* State for the slice [begin, end) of the flat trainable range only (a ZeRO shard; the flat
+ * range is the trainable parameters in model order, as m->grad_arena). An empty slice is
+ * valid and allocates nothing. */
+int adamw_create_range(adamw_state *s, const model *m, size_t begin, size_t end, ct_error *err);
+/* One step on the slice of s: parameters from m, gradients from grad (backend memory,
+ * grad[0] is flat index s->begin). Each value is updated exactly as adamw_step would, so a
+ * sharded update gives the same bits as a whole one. Increments s->step first. */
+void adamw_step_range(adamw_state *s, model *m, const adamw_hparams *h, double lr, const float *grad);
 
 #endif

@@ -13,12 +13,17 @@ double grad_global_norm(const model *m) {
     return sqrt(sum);
 }
 
-double grad_clip(model *m, double max_norm) {
-    double norm = grad_global_norm(m);
+double clip_coefficient(double norm, double max_norm) {
     /* A non-finite norm means an overflow: scaling would turn every gradient into NaN or 0,
      * so leave them for the caller, which skips the step (fp16 loss scaling) or stops. */
-    if (max_norm <= 0.0 || !isfinite(norm)) return norm;
+    if (max_norm <= 0.0 || !isfinite(norm)) return 1.0;
     double coef = max_norm / (norm + 1e-6);
+    return coef < 1.0 ? coef : 1.0;
+}
+
+double grad_clip(model *m, double max_norm) {
+    double norm = grad_global_norm(m);
+    double coef = clip_coefficient(norm, max_norm);
     if (coef < 1.0) {
         for (int i = 0; i < m->n_params; i++) {
             model_param *p = &m->params[i];
@@ -26,4 +31,21 @@ double grad_clip(model *m, double max_norm) {
         }
     }
     return norm;
+}
+
+size_t clip_block_count(size_t numel) {
+    return (numel + CLIP_NORM_BLOCK - 1) / CLIP_NORM_BLOCK;
+}
+
+void clip_block_sums(const kernels *k, const float *grad, size_t begin, size_t end, double *sums) {
+    for (size_t start = begin; start < end; start += CLIP_NORM_BLOCK) {
+        size_t len = end - start < CLIP_NORM_BLOCK ? end - start : CLIP_NORM_BLOCK;
+        sums[start / CLIP_NORM_BLOCK] = k->sum_squares(grad + (start - begin), len);
+    }
+}
+
+double clip_norm_from_blocks(const double *sums, size_t n_blocks) {
+    double total = 0.0;
+    for (size_t b = 0; b < n_blocks; b++) total += sums[b];
+    return sqrt(total);
 }

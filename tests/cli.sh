@@ -42,7 +42,10 @@ expect 1 "broken.yaml:[0-9]+" -- "$ctune" train broken.yaml --dry-run
 printf 'model:\n  path: m\ndata:\n  train: d.h5\n' > ok.yaml
 expect 1 "override 'optim.lr=abc'" -- "$ctune" train ok.yaml optim.lr=abc --dry-run
 expect 1 "m/config.json" -- "$ctune" train ok.yaml --dry-run
-expect 1 "zero_stage" -- "$ctune" train "$src/configs/tiny/lora.yaml" model.path="$work/m" \
+expect 1 "nccl is not available yet" -- "$ctune" train "$src/configs/tiny/lora.yaml" model.path="$work/m" \
+  data.train="$work/t.h5" data.eval="$work/e.h5" data.synthetic_train_examples=64 \
+  data.synthetic_eval_examples=8 distributed.backend=nccl --dry-run
+expect 0 "ZeRO stage 1" -- "$ctune" train "$src/configs/tiny/lora.yaml" model.path="$work/m" \
   data.train="$work/t.h5" data.eval="$work/e.h5" data.synthetic_train_examples=64 \
   data.synthetic_eval_examples=8 distributed.zero_stage=1 --dry-run
 expect 1 "needs a CUDA GPU|none can be used" -- "$ctune" train ok.yaml precision=bf16-mixed --dry-run

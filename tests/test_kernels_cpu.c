@@ -5,6 +5,7 @@
 #include <omp.h>
 #include <stdint.h>
 
+#include "kernels/cpu/cpu_ops.h"
 #include "kernels/kernels.h"
 #include "tests/check.h"
 
@@ -378,6 +379,44 @@ static void test_swiglu(void) {
     free(c.gate), free(c.up), free(c.out), free(c.w), free(dgate), free(dup);
 }
 
+/* ------------------------------------------------------------------ cpu_expf */
+/* The softmaxes' vectorisable expf against exp in double, in ulp of the float result:
+ * every 509th float of [-1, 1] (where the polynomial alone decides) and a
+ * strided sweep of the whole domain (where the exponent bits do too). */
+static double expf_ulp_error(float x) {
+    double want = exp((double)x);
+    int e;
+    frexp(want, &e);
+    return fabs(cpu_expf(x) - want) / ldexp(1.0, e - 24);
+}
+static void test_cpu_expf(void) {
+    double worst = 0.0;
+    float worst_x = 0.0f;
+    uint32_t bits_lo, bits_hi;
+    const float near_lo = -1.0f, near_hi = 1.0f;
+    memcpy(&bits_lo, &near_lo, 4), memcpy(&bits_hi, &near_hi, 4);
+    for (uint32_t u = 0x80000000u; u < bits_lo; u += 509) { /* [-1, -0] */
+        float x;
+        memcpy(&x, &u, 4);
+        double err = expf_ulp_error(x);
+        if (err > worst) worst = err, worst_x = x;
+    }
+    for (uint32_t u = 0; u < bits_hi; u += 509) { /* [0, 1] */
+        float x;
+        memcpy(&x, &u, 4);
+        double err = expf_ulp_error(x);
+        if (err > worst) worst = err, worst_x = x;
+    }
+    for (int i = 0; i <= 2000000; i++) {
+        float x = -87.33f + (float)i * (175.63f / 2000000.0f);
+        double err = expf_ulp_error(x);
+        if (err > worst) worst = err, worst_x = x;
+    }
+    CHECK_MSG(worst <= 2.0, "cpu_expf: %.3f ulp off at x = %.9g", worst, worst_x);
+    CHECK(cpu_expf(0.0f) == 1.0f && cpu_expf(-INFINITY) == 0.0f && cpu_expf(-100.0f) == 0.0f);
+    CHECK(isnan(cpu_expf(NAN)) && cpu_expf(-87.3f) > 0.0f);
+}
+
 /* ------------------------------------------------------------------ attention */
 typedef struct attn_ctx {
     float *q, *k, *v, *out, *lse, *w;
@@ -474,6 +513,20 @@ static void run_attention_case(const char *name, int batch, int seq, int nh, int
                      batch, seq, nh, nkv, d, c.scale);
     omp_set_num_threads(2);
     CHECK(memcmp(again, grads, (nq + 2 * nk) * sizeof(float)) == 0);
+    /* and on three (the backward cuts its work differently for more threads than
+     * (batch, kv head) pairs), forward included */
+    float *out3 = malloc((nq + nl) * sizeof(float));
+    omp_set_num_threads(3);
+    K->attention_bwd(again, again + nq, again + nq + nk, c.w, c.q, c.k, c.v, c.out, c.lse, doc,
+                     batch, seq, nh, nkv, d, c.scale);
+    K->attention_fwd(out3, out3 + nq, c.q, c.k, c.v, doc, batch, seq, nh, nkv, d, c.scale);
+    omp_set_num_threads(2);
+    CHECK_MSG(memcmp(again, grads, (nq + 2 * nk) * sizeof(float)) == 0,
+              "%s backward differs on 3 threads", name);
+    CHECK_MSG(memcmp(out3, c.out, nq * sizeof(float)) == 0 &&
+                  memcmp(out3 + nq, c.lse, nl * sizeof(float)) == 0,
+              "%s forward differs on 3 threads", name);
+    free(out3);
     char what[128];
     snprintf(what, sizeof what, "%s dq", name);
     check_grad(what, c.q, nq, dq, attn_loss, &c, 1e-2f, 1e-2, fd_stride);
@@ -495,6 +548,12 @@ static void test_attention(void) {
     int32_t long_docs[150];
     for (int s = 0; s < 150; s++) long_docs[s] = s < 70 ? 0 : 1;
     run_attention_case("attention long", 1, 150, 4, 1, 16, long_docs, 97);
+    /* Several query blocks and key tiles with a ragged last one, at a real head size; one
+     * sequence holds many short documents (whole tiles hidden), the other none. */
+    int32_t many_docs[2 * 200];
+    for (int s = 0; s < 200; s++) many_docs[s] = s / 23, many_docs[200 + s] = 5;
+    run_attention_case("attention blocks", 2, 200, 6, 2, 64, NULL, 1999);
+    run_attention_case("attention blocks doc-masked", 2, 200, 6, 2, 64, many_docs, 1999);
 }
 
 /* ------------------------------------------------------------------ cross-entropy */
@@ -547,6 +606,30 @@ static void test_cross_entropy(void) {
     const int32_t bad = 13;   /* out of range: NaN loss, no out-of-bounds read */
     K->cross_entropy(shifted, &loss_big, &bad, 1, vocab, 0.0f);
     CHECK(isnan(loss_big));
+
+    /* a wide vocabulary against softmax in double, loss and every gradient entry */
+    const int wide_rows = 3, wide_vocab = 5003;
+    const int32_t wide_targets[] = {0, 5002, 1234};
+    size_t wn = (size_t)wide_rows * wide_vocab;
+    float *wide = vec(wn, -30, 30), *wide_grad = malloc(wn * sizeof(float)), wide_loss[3];
+    memcpy(wide_grad, wide, wn * sizeof(float));
+    K->cross_entropy(wide_grad, wide_loss, wide_targets, wide_rows, wide_vocab, 0.25f);
+    double worst_loss = 0.0, worst_grad = 0.0;
+    for (int r = 0; r < wide_rows; r++) {
+        const float *z = wide + (size_t)r * wide_vocab;
+        double mx = -INFINITY, sum = 0.0;
+        for (int i = 0; i < wide_vocab; i++) mx = fmax(mx, z[i]);
+        for (int i = 0; i < wide_vocab; i++) sum += exp(z[i] - mx);
+        double want = mx + log(sum) - z[wide_targets[r]];
+        worst_loss = fmax(worst_loss, fabs(wide_loss[r] - want) / want);
+        for (int i = 0; i < wide_vocab; i++) {
+            double g = 0.25 * (exp(z[i] - mx) / sum - (i == wide_targets[r]));
+            worst_grad = fmax(worst_grad, fabs(wide_grad[(size_t)r * wide_vocab + i] - g));
+        }
+    }
+    CHECK_MSG(worst_loss < 1e-6 && worst_grad < 1e-7, "cross_entropy wide: loss rel %g grad %g",
+              worst_loss, worst_grad);
+    free(wide), free(wide_grad);
     free(c.logits), free(c.work), free(c.loss), free(grad);
 }
 
@@ -616,6 +699,7 @@ int main(void) {
     test_rmsnorm();
     test_rope();
     test_swiglu();
+    test_cpu_expf();
     test_attention();
     test_cross_entropy();
     test_adamw();

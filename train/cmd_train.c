@@ -16,7 +16,10 @@ static void train_usage(FILE *out) {
             "Trains as the recipe says (keys: docs/recipes.md). key=value overrides a recipe key,\n"
             "e.g. optim.lr=1e-4 lora.r=8 lora.target_modules=[q_proj,v_proj].\n"
             "Writes <checkpoint.output_dir>/: recipe.resolved.yaml, metrics.jsonl, summary.json,\n"
-            "checkpoints/step-N/ and final/ (hub folders peft/transformers load as they are).\n"
+            "checkpoints/step-N/ (hub folder + state/ for resume) and final/ (hub folders\n"
+            "peft/transformers load as they are). checkpoint.resume=auto continues a run from its\n"
+            "newest complete checkpoint, on any number of ranks. SIGTERM or SIGUSR1 writes a\n"
+            "checkpoint and exits with status 75 (for Slurm --requeue).\n"
             "\n"
             "  --dry-run   print the resolved recipe, parameter counts and a memory estimate; exit\n"
             "  --help      this text\n");
@@ -58,6 +61,10 @@ int cmd_train(int argc, char **argv) {
     /* Every rank read the same files, but agree anyway so one message is printed. */
     if (dist_agree(&d, status, &err) == 0) status = trainer_run(&r, &d, dry_run, NULL, &err);
     else status = -1;
+    if (status == TRAINER_PREEMPTED) {
+        dist_finalize(&d);
+        return CTUNE_EXIT_PREEMPTED;
+    }
     if (status && d.rank == 0) fprintf(stderr, "ctune train: error: %s\n", err.msg);
     dist_finalize(&d);
     return status ? 1 : 0;

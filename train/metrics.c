@@ -1,6 +1,12 @@
 #include "train/metrics.h"
 
+#include "train/fsutil.h"
+#include "train/textbuf.h"
+
 #include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <math.h>
 #include <string.h>
 
@@ -10,15 +16,41 @@ int metrics_open(metrics_log *log, const char *path, ct_error *err) {
     return 0;
 }
 
+int metrics_open_resumed(metrics_log *log, const char *path, long last_step, ct_error *err) {
+    char *old = NULL;
+    size_t size = 0;
+    textbuf kept = {0};
+    if (path_exists(path) && read_file(path, &old, &size, err)) return -1;
+    for (char *line = old; line && *line;) {
+        char *end = strchr(line, '\n');
+        size_t len = end ? (size_t)(end - line + 1) : strlen(line);
+        long step = 0;
+        /* Every line starts with {"step":N (metrics_step and metrics_eval write it first). */
+        if (sscanf(line, "{\"step\":%ld", &step) == 1 && step <= last_step) textbuf_put(&kept, line, len);
+        line += len;
+    }
+    free(old);
+    int status = kept.failed ? ct_fail(err, "%s: out of memory", path)
+                             : write_file_atomic(path, kept.data ? kept.data : "", kept.len, err);
+    textbuf_free(&kept);
+    if (status) return -1;
+    log->file = fopen(path, "a");
+    if (!log->file) return ct_fail(err, "%s: cannot open for appending: %s", path, strerror(errno));
+    return 0;
+}
+
 void metrics_close(metrics_log *log) {
     if (log->file) fclose(log->file);
     log->file = NULL;
 }
 
 /* JSON has no NaN or Infinity; a diverged loss is logged as null so every line still parses. */
+/* Losses, norms and rates with 17 digits (exact: runs are compared bit for bit through this
+ * file); timings with 8. */
 static void write_number(FILE *f, const char *key, double value) {
+    bool timing = !strcmp(key, "tok_s") || !strcmp(key, "elapsed_s");
     if (isfinite(value))
-        fprintf(f, ",\"%s\":%.8g", key, value);
+        fprintf(f, ",\"%s\":%.*g", key, timing ? 8 : 17, value);
     else
         fprintf(f, ",\"%s\":null", key);
 }

@@ -14,6 +14,9 @@ typedef struct metrics_log {
 } metrics_log;
 
 int metrics_open(metrics_log *log, const char *path, ct_error *err);
+/* For a resumed run: keeps the lines of steps <= last_step (those after it are redone) and
+ * appends from there. A missing file starts empty. */
+int metrics_open_resumed(metrics_log *log, const char *path, long last_step, ct_error *err);
 void metrics_close(metrics_log *log);
 void metrics_step(metrics_log *log, int step, double loss, double lr, double grad_norm,
                   long long tokens, double tokens_per_second, double elapsed_seconds);

@@ -85,6 +85,7 @@ typedef struct recipe {
     struct {
         int zero_stage;                /* 0 (default) | 1 | 2 */
         recipe_dist_backend backend;   /* auto (default) | mpi | nccl */
+        double timeout_s;              /* a collective taking longer aborts the job; default 1800 */
     } distributed;
 
     struct {
@@ -92,6 +93,7 @@ typedef struct recipe {
         int every;                        /* steps between checkpoints; 0 = final only */
         int keep_last;                    /* default 2 */
         char license[64];                 /* model card license, default "apache-2.0" */
+        char resume[RECIPE_PATH_MAX];     /* "none" (default) | "auto" | a checkpoint folder */
     } checkpoint;
 } recipe;
 

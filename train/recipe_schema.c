@@ -120,6 +120,10 @@ const recipe_key SCHEMA_KEYS[] = {
      IRANGE(0, 2), .doc = "0: replicate; 1: shard optimizer state; 2: also shard gradients"},
     {.path = "distributed.backend", .type = KEY_ENUM, AT(distributed.backend), .def = "auto",
      .choices = BACKENDS, .doc = "collectives: auto picks nccl on cuda, mpi on cpu"},
+    {.path = "distributed.timeout_s", .type = KEY_DOUBLE, AT(distributed.timeout_s), .def = "1800.0",
+     DRANGE(0, INFINITY), .dmin_open = true,
+     .doc = "seconds a collective may wait for the other ranks before the job is aborted with "
+            "the rank and the operation named"},
     {.path = "checkpoint.output_dir", .type = KEY_STRING, AT(checkpoint.output_dir), .def = "",
      .def_note = "`runs/<name>`", .doc = "run directory (metrics, checkpoints, final model)"},
     {.path = "checkpoint.every", .type = KEY_INT, AT(checkpoint.every), .def = "0",
@@ -128,6 +132,9 @@ const recipe_key SCHEMA_KEYS[] = {
      IRANGE(1, INT_MAX), .doc = "step checkpoints kept on disk (older ones are removed)"},
     {.path = "checkpoint.license", .type = KEY_STRING, AT(checkpoint.license),
      .def = "apache-2.0", .doc = "license in the model card"},
+    {.path = "checkpoint.resume", .type = KEY_STRING, AT(checkpoint.resume), .def = "none",
+     .doc = "none: start fresh; auto: continue from the newest complete checkpoint in "
+            "output_dir (fresh when there is none); or the path of a step-N checkpoint folder"},
 };
 /* clang-format on */
 #define N_KEYS (sizeof SCHEMA_KEYS / sizeof SCHEMA_KEYS[0])

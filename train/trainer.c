@@ -3,30 +3,25 @@
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "optim/adamw.h"
-#include "optim/clip.h"
 #include "optim/schedule.h"
+#include "optim/zero.h"
 #include "train/bootstrap.h"
 #include "train/fsutil.h"
 #include "train/metrics.h"
 #include "train/tokenizer.h"
+#include "train/train_state.h"
 
 static double now_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-int argmax_logits(const float *logits, int vocab) {
-    int best = 0;
-    for (int i = 1; i < vocab; i++)
-        if (logits[i] > logits[best]) best = i;
-    return best;
 }
 
 /* Precision other than fp32 needs the CUDA backend; device auto falls back to the CPU. */
@@ -62,27 +57,6 @@ static int lora_from_recipe(const recipe *r, lora_settings *s, ct_error *err) {
     return 0;
 }
 
-int load_model_for_inference(model *m, const char *model_dir, const char *adapter_dir,
-                             const kernels *k, ct_error *err) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/config.json", model_dir);
-    model_config cfg;
-    if (model_config_load(&cfg, path, err)) return -1;
-    lora_settings lora;
-    if (adapter_dir && lora_read_config(adapter_dir, &lora, err)) {
-        model_config_free(&cfg);
-        return -1;
-    }
-    int status = model_create(m, &cfg, adapter_dir ? &lora : NULL, k, err);
-    model_config_free(&cfg);
-    if (status) return -1;
-    if (model_load_weights(m, model_dir, err) || (adapter_dir && lora_load_adapter(m, adapter_dir, err))) {
-        model_free(m);
-        return -1;
-    }
-    return 0;
-}
-
 /* The dataset must have been made with the model's tokenizer (when the model has one). */
 static int check_dataset_tokenizer(const dataset *ds, const char *model_dir, ct_error *err) {
     char path[4096];
@@ -101,88 +75,39 @@ static int check_dataset_tokenizer(const dataset *ds, const char *model_dir, ct_
     return status;
 }
 
-int evaluate_loss(model *m, const dataset *ds, const dist *d, int micro_batch, int seq_len,
-                  int max_batches, double *mean_loss, long long *tokens, ct_error *err) {
-    long long n_batches = (ds->n_docs + micro_batch - 1) / micro_batch;
-    if (max_batches > 0 && n_batches > max_batches) n_batches = max_batches;
-    size_t n = (size_t)micro_batch * (size_t)seq_len;
-    int32_t *ids = malloc(n * sizeof *ids), *targets = malloc(n * sizeof *targets),
-            *positions = malloc(n * sizeof *positions);
-    /* Per-batch sums, summed in batch order after the reduction: the result is the same
-     * bits on any number of ranks. */
-    double *sums = calloc(2 * (size_t)n_batches + 2, sizeof *sums);
-    int status = (ids && targets && positions && sums) ? 0 : ct_fail(err, "out of memory for evaluation");
-    for (long long b = d->rank; status == 0 && b < n_batches; b += d->world_size) {
-        int rows = micro_batch;
-        if ((b + 1) * micro_batch > ds->n_docs) rows = (int)(ds->n_docs - b * micro_batch);
-        data_fill_batch(ds, 0, false, b * micro_batch, rows, seq_len, ids, targets, positions);
-        model_batch batch = {ids, targets, positions, NULL, rows, seq_len};
-        long count = 0;
-        status = model_step(m, &batch, false, 0.0f, 0, &sums[2 * b], &count, err);
-        sums[2 * b + 1] = (double)count;
+/* Test hook (docs/distributed.md): CTUNE_TEST_FAIL_RANK=R CTUNE_TEST_FAIL_STEP=S make rank R
+ * fail at step S (1-based), or, with CTUNE_TEST_FAIL_SLEEP_S=N, sleep N seconds there
+ * instead, so that tests can show that one rank's failure or hang stops the whole job. */
+typedef struct test_hook {
+    int rank, step;
+    double sleep_s;
+    int kill_at_checkpoint; /* CTUNE_TEST_KILL_AT_CHECKPOINT=S: rank 0 SIGKILLs itself while
+                             * writing the checkpoint of step S (hub folder written, state not) */
+} test_hook;
+
+static test_hook test_hook_from_env(void) {
+    test_hook h = {-1, -1, 0, -1};
+    const char *kill_step = getenv("CTUNE_TEST_KILL_AT_CHECKPOINT");
+    if (kill_step) h.kill_at_checkpoint = atoi(kill_step);
+    const char *rank = getenv("CTUNE_TEST_FAIL_RANK"), *step = getenv("CTUNE_TEST_FAIL_STEP");
+    const char *sleep_s = getenv("CTUNE_TEST_FAIL_SLEEP_S");
+    if (rank && step) {
+        h.rank = atoi(rank);
+        h.step = atoi(step);
+        h.sleep_s = sleep_s ? atof(sleep_s) : 0;
     }
-    free(ids);
-    free(targets);
-    free(positions);
-    if (dist_agree(d, status, err) || dist_sum_doubles(d, sums, 2 * (size_t)n_batches, err)) {
-        free(sums);
-        return -1;
-    }
-    double loss_sum = 0, count = 0;
-    for (long long b = 0; b < n_batches; b++) {
-        loss_sum += sums[2 * b];
-        count += sums[2 * b + 1];
-    }
-    free(sums);
-    *mean_loss = count > 0 ? loss_sum / count : NAN;
-    if (tokens) *tokens = (long long)count;
-    return 0;
+    return h;
 }
 
-int evaluate_accuracy(model *m, const dataset *ds, const dist *d, int max_examples,
-                      double *accuracy, ct_error *err) {
-    long long n_docs = ds->n_docs;
-    if (max_examples > 0 && n_docs > max_examples) n_docs = max_examples;
-    int vocab = m->cfg.vocab_size;
-    float *logits = malloc((size_t)vocab * sizeof *logits);
-    int32_t *seq = NULL;
-    size_t seq_cap = 0;
-    double counts[2] = {0, 0}; /* correct, total */
-    int status = logits ? 0 : ct_fail(err, "out of memory for logits");
-    for (long long doc = d->rank; status == 0 && doc < n_docs; doc += d->world_size) {
-        int64_t begin = ds->doc_offsets[doc], end = ds->doc_offsets[doc + 1];
-        int64_t prompt_len = 0;
-        while (begin + prompt_len < end && !ds->loss_mask[begin + prompt_len]) prompt_len++;
-        int64_t length = end - begin;
-        if (prompt_len == 0 || prompt_len == length) continue; /* no prompt/answer split */
-        if ((size_t)length > seq_cap) {
-            seq_cap = (size_t)length;
-            int32_t *grown = realloc(seq, seq_cap * sizeof *seq);
-            if (!grown) {
-                status = ct_fail(err, "out of memory");
-                break;
-            }
-            seq = grown;
-        }
-        memcpy(seq, ds->tokens + begin, (size_t)prompt_len * sizeof *seq);
-        bool correct = true;
-        for (int64_t t = prompt_len; t < length && status == 0; t++) {
-            status = model_last_logits(m, seq, (int)t, logits, err);
-            int next = argmax_logits(logits, vocab);
-            if (next != ds->tokens[begin + t]) {
-                correct = false;
-                break;
-            }
-            seq[t] = next;
-        }
-        counts[0] += correct ? 1 : 0;
-        counts[1] += 1;
+static int apply_test_hook(const test_hook *h, const dist *d, int step, ct_error *err) {
+    if (h->rank != d->rank || h->step != step) return 0;
+    if (h->sleep_s <= 0)
+        return ct_fail(err, "test hook CTUNE_TEST_FAIL_RANK=%d CTUNE_TEST_FAIL_STEP=%d: simulated failure",
+                       h->rank, h->step);
+    fprintf(stderr, "ctune: rank %d: test hook: sleeping %g s at step %d\n", d->rank, h->sleep_s, step);
+    struct timespec ts = {(time_t)h->sleep_s, (long)((h->sleep_s - (double)(time_t)h->sleep_s) * 1e9)};
+    while (nanosleep(&ts, &ts) != 0) {
     }
-    free(logits);
-    free(seq);
-    if (dist_agree(d, status, err)) return -1;
-    if (dist_sum_doubles(d, counts, 2, err)) return -1;
-    *accuracy = counts[1] > 0 ? counts[0] / counts[1] : NAN;
     return 0;
 }
 
@@ -197,8 +122,15 @@ typedef struct run {
     bool train_open, eval_open;
     int accum_steps;
     int32_t *ids, *targets, *positions; /* accum_steps micro-batches of this rank */
-    adamw_state opt;
+    double *micro_losses;               /* loss sum of each micro-batch of the global batch */
+    zero_optimizer opt;
+    int start_step;            /* first step to run (> 0 after a resume) */
+    long long resumed_tokens;  /* loss tokens seen before the resume */
+    double resumed_wall;       /* wall seconds spent before the resume */
+    char resumed_from[4096];
+    bool preempted;            /* the loop stopped early on SIGTERM/SIGUSR1 */
     bool opt_ready;
+    test_hook hook;
     metrics_log metrics;
     char base_dir[4096];
 } run;
@@ -253,11 +185,32 @@ static int open_data(run *x, ct_error *err) {
     return 0;
 }
 
+/* One line per rank (the first and last few on big worlds): parse-friendly exact bytes. */
+static void print_memory(const run *x, size_t total, size_t trainable, size_t act_bytes) {
+    const recipe *r = x->r;
+    const int world = x->d->world_size, stage = r->distributed.zero_stage;
+    printf("  ZeRO stage %d: %s; micro-batches %s\n", stage,
+           stage == 0 ? "AdamW state replicated on every rank"
+           : stage == 1 ? "AdamW state sharded over ranks"
+                        : "AdamW state and reduced gradients sharded over ranks",
+           stage == 2 ? "interleaved over ranks (j = a x ranks + rank)" : "in contiguous blocks per rank");
+    printf("  memory per rank (estimate, bytes):\n");
+    for (int rank = 0; rank < world; rank++) {
+        if (world > 8 && rank == 4) printf("    ...\n");
+        if (world > 8 && rank >= 4 && rank < world - 4) continue;
+        zero_memory mem;
+        zero_memory_estimate(stage, total, trainable, world, rank, x->accum_steps, &mem);
+        size_t sum = mem.param_bytes + mem.grad_bytes + mem.optim_bytes + act_bytes + mem.comm_bytes;
+        printf("    rank %d: parameters %zu, gradients %zu, optimizer state %zu, activations %zu, "
+               "communication %zu, total %zu (%.1f MiB); updates %zu of %zu trainable values\n",
+               rank, mem.param_bytes, mem.grad_bytes, mem.optim_bytes, act_bytes, mem.comm_bytes, sum,
+               (double)sum / (1024.0 * 1024.0), mem.shard_numel, trainable);
+    }
+}
+
 static void print_plan(const run *x, bool dry_run) {
     const recipe *r = x->r;
     size_t total = model_count_params(&x->m, false), trainable = model_count_params(&x->m, true);
-    size_t param_bytes = total * sizeof(float), grad_bytes = trainable * sizeof(float);
-    size_t optim_bytes = 2 * trainable * sizeof(float);
     size_t act_bytes = model_activation_bytes(&x->m.cfg, x->m.has_lora ? &x->m.lora : NULL,
                                               r->train.micro_batch_size, r->data.seq_len);
     if (dry_run) {
@@ -278,11 +231,7 @@ static void print_plan(const run *x, bool dry_run) {
            (long long)x->train.n_tokens);
     if (x->eval_open) printf("; eval %s (%lld documents)", r->data.eval, (long long)x->eval.n_docs);
     printf("\n");
-    double mib = 1024.0 * 1024.0;
-    printf("  memory per rank (estimate): weights %.1f MiB, gradients %.1f MiB, optimizer %.1f MiB, "
-           "activations %.1f MiB, total %.1f MiB\n",
-           (double)param_bytes / mib, (double)grad_bytes / mib, (double)optim_bytes / mib,
-           (double)act_bytes / mib, (double)(param_bytes + grad_bytes + optim_bytes + act_bytes) / mib);
+    print_memory(x, total, trainable, act_bytes);
 }
 
 /* Numbers with %.17g so that a saved eval loss can be compared bit for bit. */
@@ -318,17 +267,72 @@ static int write_resolved_recipe(const run *x, ct_error *err) {
     return status;
 }
 
-/* Periodic hub folders under checkpoints/, pruned to keep_last. */
-static int write_periodic_checkpoint(run *x, int step, const run_summary *s, ct_error *err) {
+/* Pre-emption (SIGTERM, or SIGUSR1 that Slurm sends before a time limit) only sets this flag;
+ * the step loop reads it between steps, on every rank together, then checkpoints and exits.
+ * A signal handler can reach nothing else: this is the trainer's one process-wide variable. */
+static volatile sig_atomic_t preempt_signal = 0;
+static void on_preempt(int sig) { preempt_signal = sig; }
+
+/* A checkpoint at step: the hub folder (rank 0), then the training state (every rank writes
+ * its own part; complete only when rank 0 commits), then pruning to keep_last. */
+static int write_checkpoint(run *x, int step, const run_summary *s, ct_error *err) {
     const recipe *r = x->r;
+    const dist *d = x->d;
     char dir[4096];
-    snprintf(dir, sizeof dir, "%s/checkpoints/step-%06d", r->checkpoint.output_dir, step);
-    if (checkpoint_write_hub(dir, &x->m, r, x->base_dir, s, err)) return -1;
-    int old_step = step - r->checkpoint.every * r->checkpoint.keep_last;
-    if (r->checkpoint.keep_last > 0 && old_step > 0) {
-        snprintf(dir, sizeof dir, "%s/checkpoints/step-%06d", r->checkpoint.output_dir, old_step);
-        if (remove_tree(dir, err)) return -1;
+    if (train_state_checkpoint_dir(r->checkpoint.output_dir, step, dir, sizeof dir, err)) return -1;
+    int status = d->rank == 0 ? checkpoint_write_hub(dir, &x->m, r, x->base_dir, s, err) : 0;
+    if (dist_agree(d, status, err)) return -1;
+    if (x->hook.kill_at_checkpoint == step && d->rank == 0) raise(SIGKILL);
+    train_state_meta meta;
+    train_state_meta_init(&meta);
+    train_state_set_recipe(&meta, r);
+    meta.step = step;
+    meta.optimizer_step = x->opt.adam.step;
+    meta.next_sample = (long long)step * r->train.global_batch_size;
+    meta.tokens_seen = s->tokens_seen;
+    meta.seed = r->train.seed;
+    meta.wall_seconds = s->wall_seconds;
+    meta.zero_stage = x->opt.stage;
+    /* ZeRO-0 replicates the moments: each rank still writes an even slice, in parallel. */
+    size_t begin = x->opt.begin, end = x->opt.end;
+    float *exp_avg = x->opt.adam.m, *exp_avg_sq = x->opt.adam.v;
+    if (x->opt.stage == 0) {
+        train_state_even_shard(x->opt.numel, d->rank, d->world_size, &begin, &end);
+        exp_avg += begin;
+        exp_avg_sq += begin;
     }
+    if (train_state_save(dir, &meta, &x->m, exp_avg, exp_avg_sq, begin, end, d, err)) return -1;
+    status = d->rank == 0 ? train_state_prune(r->checkpoint.output_dir, r->checkpoint.keep_last, err) : 0;
+    return dist_agree(d, status, err);
+}
+
+/* checkpoint.resume: none | auto (newest complete checkpoint, if any) | a checkpoint folder.
+ * Fills the trainable parameters, this rank's AdamW moments and the step to continue from;
+ * the sampler and dropout are functions of (seed, step, index), so nothing else is needed. */
+static int resume_run(run *x, ct_error *err) {
+    const recipe *r = x->r;
+    const char *how = r->checkpoint.resume;
+    if (!how[0] || !strcmp(how, "none")) return 0;
+    char dir[4096];
+    if (!strcmp(how, "auto")) {
+        long step = -1;
+        if (train_state_find_latest(r->checkpoint.output_dir, dir, sizeof dir, &step, err)) return -1;
+        if (step < 0) return 0; /* nothing to resume: a fresh start */
+    } else {
+        snprintf(dir, sizeof dir, "%s", how);
+    }
+    train_state_meta meta;
+    if (train_state_read_meta(dir, &meta, err)) return -1;
+    if (train_state_check_recipe(&meta, r, dir, err)) return -1;
+    bool replicated = x->opt.stage == 0;
+    if (train_state_load(dir, &meta, &x->m, x->opt.adam.m, x->opt.adam.v, replicated ? 0 : x->opt.begin,
+                         replicated ? x->opt.numel : x->opt.end, err))
+        return -1;
+    x->opt.adam.step = meta.optimizer_step;
+    x->start_step = (int)meta.step;
+    x->resumed_tokens = meta.tokens_seen;
+    x->resumed_wall = meta.wall_seconds;
+    snprintf(x->resumed_from, sizeof x->resumed_from, "%s", dir);
     return 0;
 }
 
@@ -339,6 +343,23 @@ static void format_duration(double seconds, char *out, size_t size) {
     else snprintf(out, size, "%lds", s);
 }
 
+/* Forward and backward of this rank's a-th micro-batch of the step into the zeroed gradient
+ * buffer; its loss sum goes to the slot of its global index. */
+static int micro_batch_step(run *x, int step, int a, float grad_scale, ct_error *err) {
+    const recipe *r = x->r;
+    const int micro = r->train.micro_batch_size, seq = r->data.seq_len;
+    if (a == 0 && apply_test_hook(&x->hook, x->d, step + 1, err)) return -1;
+    size_t o = (size_t)a * micro * seq;
+    model_batch batch = {x->ids + o, x->targets + o, x->positions + o, NULL, micro, seq};
+    long long j = zero_micro_batch_index(&x->opt, a);
+    long long first = step * (long long)r->train.global_batch_size + j * micro;
+    /* A function of (seed, step, j) only: the same mask on any number of ranks. */
+    uint64_t dropout_seed = (uint64_t)r->train.seed * 0x9E3779B97F4A7C15ull ^ (uint64_t)first;
+    long count = 0;
+    model_zero_grads(&x->m);
+    return model_step(&x->m, &batch, true, grad_scale, dropout_seed, &x->micro_losses[j], &count, err);
+}
+
 static int train_loop(run *x, run_summary *summary, ct_error *err) {
     const recipe *r = x->r;
     const dist *d = x->d;
@@ -347,15 +368,18 @@ static int train_loop(run *x, run_summary *summary, ct_error *err) {
     const long long global_batch = r->train.global_batch_size;
     lr_schedule schedule = lr_schedule_from_recipe(r);
     adamw_hparams hp = {r->optim.beta1, r->optim.beta2, r->optim.eps, r->optim.weight_decay};
+    const long long n_micro = (long long)x->accum_steps * d->world_size;
     double start = now_seconds(), last_log = start;
-    long long tokens_seen = 0, processed_since_log = 0;
+    long long tokens_seen = x->resumed_tokens, processed_since_log = 0;
     double last_loss = NAN, eval_loss = NAN;
-    for (int step = 0; step < r->train.max_steps; step++) {
-        /* This rank's samples of the global batch: micro-batch a holds global samples
-         * step*G + (a*world + rank)*micro + [0, micro). */
+    int steps_done = x->start_step;
+    x->preempted = false;
+    for (int step = x->start_step; step < r->train.max_steps; step++) {
+        /* Micro-batch a of this rank is global micro-batch j (optim/zero.h): samples
+         * step*G + j*micro + [0, micro), whatever the number of ranks. */
         long long local_tokens = 0;
         for (int a = 0; a < x->accum_steps; a++) {
-            long long first = step * global_batch + ((long long)a * d->world_size + d->rank) * micro;
+            long long first = step * global_batch + zero_micro_batch_index(&x->opt, a) * micro;
             size_t o = (size_t)a * micro_tokens;
             data_fill_batch(&x->train, (uint64_t)r->train.seed, true, first, micro, seq, x->ids + o,
                             x->targets + o, x->positions + o);
@@ -365,25 +389,22 @@ static int train_loop(run *x, run_summary *summary, ct_error *err) {
         long long global_tokens = local_tokens;
         if (dist_sum_longs(d, &global_tokens, 1, err)) return -1;
         float grad_scale = global_tokens > 0 ? 1.0f / (float)global_tokens : 0.0f;
-        model_zero_grads(&x->m);
-        double loss_sum = 0;
+        memset(x->micro_losses, 0, (size_t)n_micro * sizeof *x->micro_losses);
         int status = 0;
-        for (int a = 0; a < x->accum_steps && status == 0; a++) {
-            size_t o = (size_t)a * micro_tokens;
-            model_batch batch = {x->ids + o, x->targets + o, x->positions + o, NULL, micro, seq};
-            long long first = step * global_batch + ((long long)a * d->world_size + d->rank) * micro;
-            uint64_t dropout_seed = (uint64_t)r->train.seed * 0x9E3779B97F4A7C15ull ^ (uint64_t)first;
-            double part = 0;
-            long count = 0;
-            status = model_step(&x->m, &batch, true, grad_scale, dropout_seed, &part, &count, err);
-            loss_sum += part;
+        for (int a = 0; a < x->accum_steps; a++) {
+            if (!status) status = micro_batch_step(x, step, a, grad_scale, err);
+            /* Stage 2 reduces every micro-batch across ranks, so the ranks agree on each. */
+            if (x->opt.stage == 2 && dist_agree(d, status, err)) return -1;
+            if (!status && zero_accumulate(&x->opt, &x->m, err)) return -1;
         }
-        if (dist_agree(d, status, err)) return -1;
-        if (dist_sum_floats(d, x->m.grad_arena, x->m.grad_numel, err)) return -1;
-        if (dist_sum_doubles(d, &loss_sum, 1, err)) return -1;
-        double grad_norm = grad_clip(&x->m, r->optim.grad_clip);
+        if (x->opt.stage != 2 && dist_agree(d, status, err)) return -1;
+        /* One rank wrote each micro-batch's loss and the others add 0: exact in any order;
+         * then the sum runs in global micro-batch order, the same on any world size. */
+        if (dist_sum_doubles(d, x->micro_losses, (size_t)n_micro, err)) return -1;
+        double loss_sum = 0, grad_norm = 0;
+        for (long long j = 0; j < n_micro; j++) loss_sum += x->micro_losses[j];
         double lr = lr_at_step(&schedule, step);
-        adamw_step(&x->opt, &x->m, &hp, lr);
+        if (zero_step(&x->opt, &x->m, &hp, lr, r->optim.grad_clip, &grad_norm, err)) return -1;
 
         last_loss = global_tokens > 0 ? loss_sum / (double)global_tokens : NAN;
         tokens_seen += global_tokens;
@@ -416,25 +437,38 @@ static int train_loop(run *x, run_summary *summary, ct_error *err) {
                 metrics_eval(&x->metrics, step + 1, eval_loss, eval_tokens, NAN);
             }
         }
-        if (r->checkpoint.every > 0 && (step + 1) % r->checkpoint.every == 0 && step + 1 < r->train.max_steps) {
+        steps_done = step + 1;
+        /* Pre-emption: every rank learns of a signal any rank got, at the same step. */
+        long long signalled = preempt_signal != 0;
+        if (dist_sum_longs(d, &signalled, 1, err)) return -1;
+        bool periodic = r->checkpoint.every > 0 && (step + 1) % r->checkpoint.every == 0 &&
+                        step + 1 < r->train.max_steps;
+        if (periodic || signalled) {
             run_summary s = {.steps = step + 1, .train_loss = last_loss, .eval_loss = eval_loss,
                              .eval_accuracy = NAN, .tokens_seen = tokens_seen, .world_size = d->world_size,
-                             .wall_seconds = now - start};
-            status = d->rank == 0 ? write_periodic_checkpoint(x, step + 1, &s, err) : 0;
-            if (dist_agree(d, status, err)) return -1;
+                             .wall_seconds = x->resumed_wall + now - start};
+            if (write_checkpoint(x, step + 1, &s, err)) return -1;
+        }
+        if (signalled) {
+            if (d->rank == 0)
+                printf("ctune: pre-empted by a signal at step %d; checkpoint written, resume with "
+                       "checkpoint.resume=auto\n", step + 1);
+            x->preempted = true;
+            break;
         }
     }
     double wall = now_seconds() - start;
-    *summary = (run_summary){.steps = r->train.max_steps, .train_loss = last_loss, .eval_loss = NAN,
+    *summary = (run_summary){.steps = steps_done, .train_loss = last_loss, .eval_loss = NAN,
                              .eval_accuracy = NAN, .tokens_seen = tokens_seen, .world_size = d->world_size,
                              .wall_seconds = wall};
-    double processed = (double)r->train.max_steps * (double)global_batch * seq;
+    double processed = (double)(steps_done - x->start_step) * (double)global_batch * seq;
     summary->tokens_per_second = wall > 0 ? processed / wall : 0;
     return 0;
 }
 
 static void close_run(run *x) {
-    if (x->opt_ready) adamw_free(&x->opt);
+    if (x->opt_ready) zero_free(&x->opt);
+    free(x->micro_losses);
     if (x->model_ready) model_free(&x->m);
     if (x->train_open) dataset_close(&x->train);
     if (x->eval_open) dataset_close(&x->eval);
@@ -454,12 +488,13 @@ int trainer_run(const recipe *r, const dist *d, bool dry_run, run_summary *summa
     omp_set_num_threads(threads);
     openblas_set_num_threads(threads);
 
-    int status = select_backend(r, &x.k, err);
-    if (!status && r->distributed.zero_stage != 0)
-        status = ct_fail(err, "%s: distributed.zero_stage %d is not available yet (only 0: replicated optimizer state)",
-                         r->source, r->distributed.zero_stage);
+    x.hook = test_hook_from_env();
+    int status = dist_set_timeout(d, r->distributed.timeout_s, err);
+    if (!status) status = select_backend(r, &x.k, err);
     if (!status && r->distributed.backend == DIST_BACKEND_NCCL)
-        status = ct_fail(err, "%s: distributed.backend nccl needs the CUDA backend, which is not available yet", r->source);
+        status = ct_fail(err, "%s: distributed.backend nccl is not available yet: the NCCL back end comes "
+                              "with the CUDA kernels; on CPU ranks use distributed.backend: mpi (or auto)",
+                         r->source);
     if (dist_agree(d, status, err)) return -1;
     /* Same inputs on every rank, so every rank fails alike: no agreement round needed. */
     if (recipe_grad_accum_steps(r, d->world_size, &x.accum_steps, err)) return -1;
@@ -485,22 +520,43 @@ int trainer_run(const recipe *r, const dist *d, bool dry_run, run_summary *summa
     x.positions = malloc(batch_tokens * sizeof *x.positions);
     if (!x.ids || !x.targets || !x.positions) status = ct_fail(err, "out of memory for %zu batch tokens", batch_tokens);
     if (!status) status = model_reserve(&x.m, r->train.micro_batch_size, r->data.seq_len, err);
-    if (!status) status = adamw_create(&x.opt, &x.m, err);
+    size_t n_micro = (size_t)x.accum_steps * (size_t)d->world_size;
+    x.micro_losses = calloc(n_micro, sizeof *x.micro_losses);
+    if (!status && !x.micro_losses) status = ct_fail(err, "out of memory");
+    if (!status) status = zero_create(&x.opt, &x.m, d, r->distributed.zero_stage, x.accum_steps, err);
     x.opt_ready = status == 0;
+    if (!status) status = resume_run(&x, err);
+    if (dist_agree(d, status, err)) {
+        close_run(&x);
+        return -1;
+    }
     if (!status && d->rank == 0) {
         char path[4096];
+        if (x.resumed_from[0])
+            printf("ctune: resumed from %s at step %d of %d\n", x.resumed_from, x.start_step, r->train.max_steps);
         status = make_dirs(r->checkpoint.output_dir, err);
         if (!status) status = write_resolved_recipe(&x, err);
         snprintf(path, sizeof path, "%s/metrics.jsonl", r->checkpoint.output_dir);
-        if (!status) status = metrics_open(&x.metrics, path, err);
+        if (!status)
+            status = x.resumed_from[0] ? metrics_open_resumed(&x.metrics, path, x.start_step, err)
+                                       : metrics_open(&x.metrics, path, err);
     }
     if (dist_agree(d, status, err)) {
         close_run(&x);
         return -1;
     }
 
+    struct sigaction preempt = {.sa_handler = on_preempt};
+    sigemptyset(&preempt.sa_mask);
+    sigaction(SIGTERM, &preempt, NULL);
+    sigaction(SIGUSR1, &preempt, NULL);
     run_summary s;
     status = train_loop(&x, &s, err);
+    if (!status && x.preempted) {
+        close_run(&x);
+        return TRAINER_PREEMPTED;
+    }
+    s.wall_seconds += x.resumed_wall;
     if (!status && x.eval_open) {
         long long eval_tokens = 0;
         status = evaluate_loss(&x.m, &x.eval, d, r->train.micro_batch_size, r->data.seq_len,
@@ -514,19 +570,24 @@ int trainer_run(const recipe *r, const dist *d, bool dry_run, run_summary *summa
             metrics_eval(&x.metrics, s.steps, s.eval_loss, eval_tokens, s.eval_accuracy);
         }
     }
-    if (!status && d->rank == 0) {
-        char dir[4096];
-        snprintf(dir, sizeof dir, "%s/final", r->checkpoint.output_dir);
-        status = checkpoint_write_hub(dir, &x.m, r, x.base_dir, &s, err);
-        if (!status) status = write_summary_json(r->checkpoint.output_dir, &s, err);
-        if (!status) {
-            char wall[32];
-            format_duration(s.wall_seconds, wall, sizeof wall);
-            printf("done: %d steps in %s (%.0f tok/s); final train loss %.4f; wrote %s\n", s.steps, wall,
-                   s.tokens_per_second, s.train_loss, dir);
+    /* The loop and the evaluations fail on every rank together, with the agreed message; only
+     * the final write (rank 0) still needs an agreement. */
+    if (!status) {
+        int local = 0;
+        if (d->rank == 0) {
+            char dir[4096];
+            snprintf(dir, sizeof dir, "%s/final", r->checkpoint.output_dir);
+            local = checkpoint_write_hub(dir, &x.m, r, x.base_dir, &s, err);
+            if (!local) local = write_summary_json(r->checkpoint.output_dir, &s, err);
+            if (!local) {
+                char wall[32];
+                format_duration(s.wall_seconds, wall, sizeof wall);
+                printf("done: %d steps in %s (%.0f tok/s); final train loss %.4f; wrote %s\n", s.steps,
+                       wall, s.tokens_per_second, s.train_loss, dir);
+            }
         }
+        status = dist_agree(d, local, err);
     }
-    status = dist_agree(d, status, err);
     if (!status && summary) *summary = s;
     close_run(&x);
     return status;

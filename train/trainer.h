@@ -15,6 +15,11 @@
 #include "train/model.h"
 #include "train/recipe.h"
 
+/* trainer_run's return value when SIGTERM/SIGUSR1 stopped the run after writing a checkpoint
+ * (ctune train then exits with CTUNE_EXIT_PREEMPTED so a requeued job resumes). */
+#define TRAINER_PREEMPTED 1
+#define CTUNE_EXIT_PREEMPTED 75
+
 /* Runs the recipe on the ranks of d. With dry_run, rank 0 prints the resolved recipe,
  * parameter counts and a per-rank memory estimate, and nothing is trained.
  * summary (may be NULL) receives the final numbers. Collective: every rank calls it. */

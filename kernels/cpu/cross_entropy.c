@@ -4,8 +4,12 @@
  * exponentials in double (vocabularies reach 150k entries). Rows with a negative target
  * are ignored (loss 0, zero gradient). A target >= vocab is a caller bug the kernel
  * cannot report: it yields a NaN loss rather than reading out of bounds, so it surfaces.
+ * Each row takes three vectorised passes over its logits (max; exponentials and their sum,
+ * stored in place when a gradient is wanted; the scaling), with the row resident in cache
+ * after the first, and exp(z - max) is computed once per logit (cpu_expf).
  * Rows are independent: parallel over rows. */
 #include <math.h>
+#include <string.h>
 
 #include "kernels/cpu/cpu_ops.h"
 
@@ -17,21 +21,32 @@ void cpu_cross_entropy(float *logits, float *loss, const int32_t *targets, int n
         int32_t target = targets[r];
         if (target < 0) {
             loss[r] = 0.0f;
-            if (grad_scale != 0.0f)
-                for (int i = 0; i < vocab; i++) z[i] = 0.0f;
+            if (grad_scale != 0.0f) memset(z, 0, (size_t)vocab * sizeof(float));
             continue;
         }
         float zmax = -INFINITY;
-        for (int i = 0; i < vocab; i++)
-            if (z[i] > zmax) zmax = z[i];
+#pragma omp simd reduction(max : zmax)
+        for (int i = 0; i < vocab; i++) zmax = z[i] > zmax ? z[i] : zmax;
+        const float z_target = target < vocab ? z[target] : NAN;
         double sum = 0.0;
-        for (int i = 0; i < vocab; i++) sum += expf(z[i] - zmax);
+        if (grad_scale == 0.0f) {
+#pragma omp simd reduction(+ : sum)
+            for (int i = 0; i < vocab; i++) sum += cpu_expf(z[i] - zmax);
+        } else {
+#pragma omp simd reduction(+ : sum)
+            for (int i = 0; i < vocab; i++) {
+                float e = cpu_expf(z[i] - zmax);
+                z[i] = e;
+                sum += e;
+            }
+        }
         /* Kept relative to the max: z - zmax is exact for the large entries, whereas
          * z - lse rounded at |z| ~ 1000 would lose 6e-5 of every probability. */
-        loss[r] = target < vocab ? (float)(((double)zmax - z[target]) + log(sum)) : NAN;
+        loss[r] = (float)(((double)zmax - z_target) + log(sum));
         if (grad_scale == 0.0f) continue;
-        const double scale_over_sum = grad_scale / sum;
-        for (int i = 0; i < vocab; i++) z[i] = (float)(expf(z[i] - zmax) * scale_over_sum);
+        const float scale_over_sum = (float)(grad_scale / sum);
+#pragma omp simd
+        for (int i = 0; i < vocab; i++) z[i] *= scale_over_sum;
         if (target < vocab) z[target] -= grad_scale;
     }
 }

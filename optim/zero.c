@@ -1,0 +1,185 @@
+#include "optim/zero.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "optim/clip.h"
+
+void zero_shard_offsets(size_t numel, int world_size, size_t *offsets) {
+    size_t n_blocks = clip_block_count(numel);
+    for (int r = 0; r <= world_size; r++) {
+        /* Rounded down: the extra blocks go to the high ranks, so the last rank, which gets
+         * the partial block, is never short by more than one block. */
+        size_t start = (size_t)r * n_blocks / (size_t)world_size * CLIP_NORM_BLOCK;
+        offsets[r] = start < numel ? start : numel;
+    }
+}
+
+/* Leaf i (0-based) merges its trailing one bits of i and parks the result at that level
+ * unless it is the last leaf; the deepest level parked decides the count. */
+int zero_tree_levels(int n_leaves) {
+    int levels = 0;
+    for (int i = 0; i + 1 < n_leaves; i++) {
+        int level = 0;
+        for (int c = i; c & 1; c >>= 1) level++;
+        if (level + 1 > levels) levels = level + 1;
+    }
+    return levels;
+}
+
+void zero_memory_estimate(int stage, size_t total_numel, size_t trainable_numel, int world_size,
+                          int rank, int accum_steps, zero_memory *out) {
+    memset(out, 0, sizeof *out);
+    if (world_size < 1 || rank < 0 || rank >= world_size) return;
+    size_t *offsets = malloc(((size_t)world_size + 1) * sizeof *offsets);
+    if (!offsets) return;
+    zero_shard_offsets(trainable_numel, world_size, offsets);
+    size_t shard = offsets[rank + 1] - offsets[rank], max_shard = 0;
+    for (int r = 0; r < world_size; r++)
+        if (offsets[r + 1] - offsets[r] > max_shard) max_shard = offsets[r + 1] - offsets[r];
+    free(offsets);
+    size_t levels = (size_t)zero_tree_levels(accum_steps), f = sizeof(float);
+    out->param_bytes = total_numel * f;
+    out->shard_numel = stage == 0 ? trainable_numel : shard;
+    /* Stages 0, 1: the backward output, its parked partial sums (full size), and the reduced
+     * gradient in place. Stage 2: the backward output, plus shard-sized reduced gradient and
+     * partial sums. */
+    if (stage == 2) out->grad_bytes = trainable_numel * f + (1 + levels) * shard * f;
+    else out->grad_bytes = (1 + levels) * trainable_numel * f;
+    out->optim_bytes = 2 * out->shard_numel * f;
+    out->comm_bytes = dist_scratch_bytes(world_size, max_shard);
+}
+
+void zero_free(zero_optimizer *z) {
+    if (z->k) {
+        for (int l = 0; l < z->n_levels && z->levels; l++)
+            if (z->levels[l]) z->k->release(z->levels[l]);
+        if (z->reduced) z->k->release(z->reduced);
+    }
+    adamw_free(&z->adam);
+    free(z->levels);
+    free(z->offsets);
+    free(z->block_sums);
+    memset(z, 0, sizeof *z);
+}
+
+/* The collectives of the MPI back end read and write host memory, and the step relies on the
+ * trainable weights lining up with the gradient arena (model.h). */
+static int check_model(const model *m, const dist *d, ct_error *err) {
+    if (m->grad_numel == 0 || !m->grad_arena) return ct_fail(err, "zero: the model has no trainable parameters");
+    if (d->world_size > 1 && m->k != kernels_cpu())
+        return ct_fail(err, "zero: the MPI collectives need the CPU backend; GPU ranks need the NCCL "
+                            "back end, which is not available yet");
+    for (int i = 0; i < m->n_params; i++) {
+        const model_param *p = &m->params[i];
+        if (p->trainable && p->grad && p->data - m->weight_arena != p->grad - m->grad_arena)
+            return ct_fail(err, "zero: trainable weight %s is not at the offset of its gradient", p->name);
+    }
+    return 0;
+}
+
+int zero_create(zero_optimizer *z, const model *m, const dist *d, int stage, int accum_steps,
+                ct_error *err) {
+    memset(z, 0, sizeof *z);
+    if (stage < 0 || stage > 2) return ct_fail(err, "zero: stage %d is not 0, 1 or 2", stage);
+    if (accum_steps < 1) return ct_fail(err, "zero: %d accumulation steps", accum_steps);
+    if (check_model(m, d, err)) return -1;
+    z->stage = stage;
+    z->d = d;
+    z->k = m->k;
+    z->accum_steps = accum_steps;
+    z->numel = m->grad_numel;
+    z->offsets = malloc(((size_t)d->world_size + 1) * sizeof *z->offsets);
+    z->block_sums = calloc(clip_block_count(z->numel), sizeof *z->block_sums);
+    z->n_levels = zero_tree_levels(accum_steps);
+    z->levels = calloc((size_t)z->n_levels + 1, sizeof *z->levels);
+    if (!z->offsets || !z->block_sums || !z->levels) {
+        zero_free(z);
+        return ct_fail(err, "zero: out of memory");
+    }
+    zero_shard_offsets(z->numel, d->world_size, z->offsets);
+    z->begin = z->offsets[d->rank];
+    z->end = z->offsets[d->rank + 1];
+    size_t shard = z->end - z->begin;
+    z->level_numel = stage == 2 ? shard : z->numel;
+    int status = stage == 0 ? adamw_create_range(&z->adam, m, 0, z->numel, err)
+                            : adamw_create_range(&z->adam, m, z->begin, z->end, err);
+    if (!status && stage == 2 && shard > 0 && !(z->reduced = z->k->alloc(shard * sizeof(float))))
+        status = ct_fail(err, "zero: cannot allocate %zu bytes for the reduced gradient shard",
+                         shard * sizeof(float));
+    for (int l = 0; !status && l < z->n_levels && z->level_numel > 0; l++)
+        if (!(z->levels[l] = z->k->alloc(z->level_numel * sizeof(float))))
+            status = ct_fail(err, "zero: cannot allocate %zu bytes for gradient partial sums",
+                             z->level_numel * sizeof(float));
+    if (status) zero_free(z);
+    return status;
+}
+
+long long zero_micro_batch_index(const zero_optimizer *z, int a) {
+    if (z->stage == 2) return (long long)a * z->d->world_size + z->d->rank;
+    return (long long)z->d->rank * z->accum_steps + a;
+}
+
+/* Feeds leaf (the newest micro-batch's gradient, n values) into the binary-counter stack.
+ * Before leaf i, level l is parked exactly when bit l of i is set; the leaf absorbs the parked
+ * sums of its trailing one bits (older = left operand), then parks, or on the last leaf
+ * absorbs whatever is still parked, smallest (newest) first. This is DIST_TREE. */
+static void tree_add_leaf(zero_optimizer *z, float *leaf, size_t n) {
+    const kernels *k = z->k;
+    int i = z->leaves++, level = 0;
+    for (int c = i; c & 1; c >>= 1, level++)
+        if (n) k->add(leaf, z->levels[level], leaf, n);
+    if (z->leaves < z->accum_steps) {
+        if (n) k->copy(z->levels[level], leaf, n * sizeof(float));
+        return;
+    }
+    for (int l = level + 1; (i >> l) != 0; l++)
+        if (((i >> l) & 1) && n) k->add(leaf, z->levels[l], leaf, n);
+}
+
+int zero_accumulate(zero_optimizer *z, model *m, ct_error *err) {
+    if (z->leaves >= z->accum_steps)
+        return ct_fail(err, "zero: micro-batch %d of a step with %d", z->leaves + 1, z->accum_steps);
+    if (z->stage != 2) {
+        tree_add_leaf(z, m->grad_arena, z->numel);
+        return 0;
+    }
+    if (dist_reduce_scatter_floats(z->d, m->grad_arena, z->reduced, z->offsets, err)) return -1;
+    tree_add_leaf(z, z->reduced, z->end - z->begin);
+    return 0;
+}
+
+int zero_step(zero_optimizer *z, model *m, const adamw_hparams *h, double lr, double max_norm,
+              double *grad_norm, ct_error *err) {
+    if (z->leaves != z->accum_steps)
+        return ct_fail(err, "zero: step after %d of %d micro-batches", z->leaves, z->accum_steps);
+    z->leaves = 0;
+    const dist *d = z->d;
+    const size_t n_blocks = clip_block_count(z->numel);
+    /* The reduced gradient of this rank's values; element 0 is flat index `first`. */
+    float *grad;
+    size_t first, count;
+    if (z->stage == 2) {
+        grad = z->reduced;
+        first = z->begin;
+        count = z->end - z->begin;
+    } else {
+        if (dist_reduce_scatter_floats(d, m->grad_arena, m->grad_arena + z->begin, z->offsets, err))
+            return -1;
+        if (z->stage == 0 && dist_all_gather_floats(d, m->grad_arena, z->offsets, err)) return -1;
+        first = z->stage == 0 ? 0 : z->begin;
+        count = z->stage == 0 ? z->numel : z->end - z->begin;
+        grad = m->grad_arena + first;
+    }
+    /* Every block is measured by exactly one rank (its owner; in stage 0 every rank measures
+     * all), and the others add +0: the all-reduce cannot change a bit. */
+    memset(z->block_sums, 0, n_blocks * sizeof *z->block_sums);
+    clip_block_sums(z->k, grad, first, first + count, z->block_sums);
+    if (z->stage != 0 && dist_sum_doubles(d, z->block_sums, n_blocks, err)) return -1;
+    *grad_norm = clip_norm_from_blocks(z->block_sums, n_blocks);
+    double coef = clip_coefficient(*grad_norm, max_norm);
+    if (coef < 1.0 && count > 0) z->k->scale(grad, (float)coef, count);
+    adamw_step_range(&z->adam, m, h, lr, grad);
+    if (z->stage != 0 && dist_all_gather_floats(d, m->weight_arena, z->offsets, err)) return -1;
+    return 0;
+}

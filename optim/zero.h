@@ -1,0 +1,94 @@
+/* zero: the data-parallel optimizer step — how the gradients of a global batch are summed
+ * (one fixed tree over micro-batches and ranks), the gradient norm and clipping, and AdamW
+ * with its state replicated (ZeRO stage 0) or sharded over the ranks (stages 1 and 2),
+ * followed by the all-gather of the updated parameters.
+ *
+ *  stage 0: every rank holds the whole reduced gradient and the whole AdamW state and updates
+ *           every parameter (reduce-scatter + all-gather of the gradient = an all-reduce).
+ *  stage 1: AdamW m and v only for the rank's shard of the flat trainable range; gradients are
+ *           reduce-scattered into the shard (in place in the full gradient buffer), the rank
+ *           updates its shard, the parameters are all-gathered.
+ *  stage 2: also the reduced gradient and its partial sums exist only for the shard: every
+ *           micro-batch's gradient is reduce-scattered as soon as it is computed.
+ * On the CPU (fp32) the parameters are the master weights; every rank keeps all of them
+ * because its forward pass needs them, so what shrinks with the rank count is the AdamW
+ * state (and, in stage 2, the gradient sums).
+ *
+ * Same bits at any rank count: the global batch is G/micro micro-batches j = 0, 1, ...;
+ * their gradients are added in the DIST_TREE order over j (train/dist.h). Stages 0 and 1 give
+ * rank r the contiguous micro-batches j = r*accum + a and reduce the local sum across ranks;
+ * stage 2 gives it j = a*world + r and reduces each micro-batch across ranks first. Both
+ * build the same tree when the accumulation count (stages 0, 1) or the world size (stage 2)
+ * is a power of two; otherwise the results agree to rounding. Shards are whole
+ * CLIP_NORM_BLOCK blocks, so the blocked gradient norm (optim/clip.h) is the same bits too.
+ * Does not own: the forward/backward (model.h), the communicator (train/dist.h). */
+#ifndef CTUNE_ZERO_H
+#define CTUNE_ZERO_H
+
+#include <stddef.h>
+
+#include "optim/adamw.h"
+#include "train/dist.h"
+#include "train/error.h"
+#include "train/model.h"
+
+/* Bytes a rank holds, by kind (an estimate for --dry-run and the run log). */
+typedef struct zero_memory {
+    size_t param_bytes;  /* every weight (fp32; the master copy on the CPU) */
+    size_t grad_bytes;   /* backward output, partial sums of the accumulation, reduced gradient */
+    size_t optim_bytes;  /* AdamW m and v of the values this rank updates */
+    size_t comm_bytes;   /* scratch of the collectives */
+    size_t shard_numel;  /* trainable values this rank updates */
+} zero_memory;
+
+/* Shard boundaries: offsets[world_size + 1] over numel values, each shard whole
+ * CLIP_NORM_BLOCK blocks (the last may end short), as even as whole blocks allow; when there
+ * are fewer blocks than ranks, the low ranks own nothing. */
+void zero_shard_offsets(size_t numel, int world_size, size_t *offsets);
+/* Partial-sum buffers the accumulation tree over n_leaves micro-batches keeps. */
+int zero_tree_levels(int n_leaves);
+void zero_memory_estimate(int stage, size_t total_numel, size_t trainable_numel, int world_size,
+                          int rank, int accum_steps, zero_memory *out);
+
+typedef struct zero_optimizer {
+    int stage;
+    const dist *d;
+    const kernels *k;
+    int accum_steps;
+    size_t numel;        /* flat trainable values (model grad_numel) */
+    size_t *offsets;     /* [world_size + 1] shard boundaries */
+    size_t begin, end;   /* this rank's shard */
+    adamw_state adam;    /* m, v of [begin, end) (stages 1, 2) or of everything (stage 0) */
+    float *reduced;      /* stage 2: the shard's reduced gradient; stages 0, 1 reduce into the
+                          * model's gradient buffer instead */
+    int n_levels;        /* levels[l] parks a sum of 2^l micro-batches */
+    float **levels;
+    size_t level_numel;  /* numel (stages 0, 1) or the shard's size (stage 2) */
+    int leaves;          /* micro-batches added in the current step */
+    double *block_sums;  /* per-block sums of squares of the gradient */
+} zero_optimizer;
+
+/* For model m (trainable values first in the weight arena, as model.h lays them out) on the
+ * ranks of d. Not collective. */
+int zero_create(zero_optimizer *z, const model *m, const dist *d, int stage, int accum_steps,
+                ct_error *err);
+void zero_free(zero_optimizer *z);
+
+/* Global index (0 .. world*accum - 1) of this rank's a-th micro-batch of a step: the global
+ * samples it holds are j*micro + [0, micro) of the step's batch, and its dropout mask is a
+ * function of j, never of the rank. */
+long long zero_micro_batch_index(const zero_optimizer *z, int a);
+
+/* Adds the gradient of the next micro-batch (a = 0, 1, ... in order), which model_step has
+ * just computed into the zeroed m->grad_arena, to the step's sum. Stage 2 reduce-scatters it
+ * across ranks, so it is collective there: call it only after the ranks agreed that the
+ * micro-batch succeeded. */
+int zero_accumulate(zero_optimizer *z, model *m, ct_error *err);
+
+/* After the last micro-batch: sums the gradient across ranks, measures its norm (returned in
+ * *grad_norm, before clipping), clips to max_norm (<= 0: no clipping), applies AdamW at lr to
+ * this rank's values and all-gathers the parameters. Collective. */
+int zero_step(zero_optimizer *z, model *m, const adamw_hparams *h, double lr, double max_norm,
+              double *grad_norm, ct_error *err);
+
+#endif

@@ -1,0 +1,308 @@
+/* test_zero: the pieces that make data-parallel training give the same bits on any number
+ * of ranks — the fixed summation tree (against a recursive definition written here), shard
+ * layout, the accumulation of micro-batch gradients in optim/zero.c, the blocked gradient
+ * norm, AdamW on shards against AdamW on everything, and memory estimates that fall as 1/N.
+ *
+ * Run plainly it tests one process. Run as `mpirun -np N test_zero --mpi` (tests/
+ * dist_equivalence.sh does) it tests the reduce-scatter and all-gather of train/dist.c between
+ * real ranks, with uneven and empty parts and parts large enough to take several rounds. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+#include "optim/adamw.h"
+#include "optim/clip.h"
+#include "optim/zero.h"
+#include "tests/check.h"
+#include "train/dist.h"
+#include "train/model.h"
+#include "train/splitmix.h"
+
+/* Values spread over many binades, so that a different order of additions changes bits. */
+static void fill_random(float *x, size_t n, uint64_t seed) {
+    for (size_t i = 0; i < n; i++) {
+        uint64_t u = splitmix64(seed ^ splitmix64(i));
+        double unit = (double)(u >> 11) * 0x1p-53 - 0.5;
+        int exponent = (int)((u >> 3) % 21) - 10;
+        x[i] = (float)ldexp(unit, exponent);
+    }
+}
+
+/* DIST_TREE as train/dist.h defines it: T(n) = T(first p) + T(rest), p the largest power of
+ * two below n. Written recursively, independently of the iterative versions under test. */
+static void reference_tree(float *out, float *const *leaves, int n, size_t len) {
+    if (n == 1) {
+        memcpy(out, leaves[0], len * sizeof *out);
+        return;
+    }
+    int p = 1;
+    while (p * 2 < n) p *= 2;
+    float *left = malloc(len * sizeof *left), *right = malloc(len * sizeof *right);
+    reference_tree(left, leaves, p, len);
+    reference_tree(right, leaves + p, n - p, len);
+    for (size_t i = 0; i < len; i++) out[i] = left[i] + right[i];
+    free(left);
+    free(right);
+}
+
+static void test_tree_sum_inplace(void) {
+    const size_t len = 257;
+    int order_mattered = 0;
+    for (int n = 1; n <= 19; n++) {
+        float *x = malloc((size_t)n * len * sizeof *x), *want = malloc(len * sizeof *want);
+        float **leaves = malloc((size_t)n * sizeof *leaves);
+        for (int i = 0; i < n; i++) {
+            leaves[i] = malloc(len * sizeof(float));
+            fill_random(leaves[i], len, 1000u + (uint64_t)i);
+            memcpy(x + (size_t)i * len, leaves[i], len * sizeof(float));
+        }
+        reference_tree(want, leaves, n, len);
+        dist_tree_sum_inplace(x, n, len, len);
+        CHECK_MSG(memcmp(x, want, len * sizeof *x) == 0, "dist_tree_sum_inplace differs from DIST_TREE at n=%d", n);
+        /* The test can fail: a left-to-right sum gives other bits. */
+        for (size_t j = 0; j < len; j++) {
+            float sequential = leaves[0][j];
+            for (int i = 1; i < n; i++) sequential += leaves[i][j];
+            if (sequential != want[j]) order_mattered++;
+        }
+        for (int i = 0; i < n; i++) free(leaves[i]);
+        free(leaves);
+        free(x);
+        free(want);
+    }
+    CHECK_MSG(order_mattered > 100, "only %d sums depended on the order; the data is too tame", order_mattered);
+}
+
+static void test_shard_offsets(void) {
+    const size_t B = CLIP_NORM_BLOCK;
+    const size_t sizes[] = {1, B - 1, B, B + 1, 3 * B, 10 * B + 17, 155648, 820736};
+    const int worlds[] = {1, 2, 3, 4, 7, 8};
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
+        for (size_t w = 0; w < sizeof worlds / sizeof worlds[0]; w++) {
+            size_t numel = sizes[s], offsets[9];
+            int world = worlds[w];
+            zero_shard_offsets(numel, world, offsets);
+            bool ok = offsets[0] == 0 && offsets[world] == numel;
+            size_t smallest = numel, largest = 0;
+            for (int r = 0; r < world; r++) {
+                size_t len = offsets[r + 1] - offsets[r];
+                ok = ok && offsets[r + 1] >= offsets[r];
+                ok = ok && (offsets[r] % B == 0 || offsets[r] == numel); /* whole blocks */
+                if (len < smallest) smallest = len;
+                if (len > largest) largest = len;
+            }
+            CHECK_MSG(ok, "offsets of %zu values over %d ranks", numel, world);
+            CHECK_MSG(largest - smallest <= B, "%zu values over %d ranks: shards %zu..%zu", numel, world,
+                      smallest, largest);
+        }
+}
+
+static void test_tree_levels(void) {
+    CHECK(zero_tree_levels(1) == 0);
+    CHECK(zero_tree_levels(2) == 1);
+    CHECK(zero_tree_levels(3) == 2);
+    CHECK(zero_tree_levels(4) == 2);
+    CHECK(zero_tree_levels(5) == 3);
+    CHECK(zero_tree_levels(8) == 3);
+    CHECK(zero_tree_levels(9) == 4);
+}
+
+static int tiny_model(model *m) {
+    ct_error err = {{0}};
+    model_config cfg;
+    if (model_config_preset(&cfg, "tiny", &err)) return -1;
+    /* Smaller than the preset, still several CLIP_NORM_BLOCK blocks of trainable values. */
+    cfg.vocab_size = 96;
+    cfg.hidden_size = 32;
+    cfg.intermediate_size = 80;
+    cfg.num_hidden_layers = 2;
+    cfg.num_attention_heads = 4;
+    cfg.num_key_value_heads = 2;
+    cfg.head_dim = 8;
+    int status = model_create(m, &cfg, NULL, kernels_cpu(), &err);
+    model_config_free(&cfg);
+    if (status) fprintf(stderr, "%s\n", err.msg);
+    return status;
+}
+
+/* One process, any stage: gradients fed micro-batch by micro-batch come out summed in the
+ * DIST_TREE order, their norm is the blocked norm, and (lr 0, no clipping) weights stay. */
+static void test_accumulation(model *m, int stage, int accum) {
+    const size_t n = m->grad_numel;
+    dist d = {.rank = 0, .world_size = 1, .local_rank = 0, .local_size = 1};
+    zero_optimizer z;
+    ct_error err = {{0}};
+    CHECK_MSG(zero_create(&z, m, &d, stage, accum, &err) == 0, "%s", err.msg);
+    float **leaves = malloc((size_t)accum * sizeof *leaves);
+    for (int a = 0; a < accum; a++) {
+        leaves[a] = malloc(n * sizeof(float));
+        fill_random(leaves[a], n, 77u * (uint64_t)(a + 1));
+        memcpy(m->grad_arena, leaves[a], n * sizeof(float));
+        CHECK(zero_accumulate(&z, m, &err) == 0);
+        CHECK(zero_micro_batch_index(&z, a) == a);
+    }
+    float *want = malloc(n * sizeof *want);
+    reference_tree(want, leaves, accum, n);
+    float *before = malloc(n * sizeof *before);
+    memcpy(before, m->weight_arena, n * sizeof *before);
+    adamw_hparams h = {0.9, 0.999, 1e-8, 0.0};
+    double norm = -1;
+    CHECK(zero_step(&z, m, &h, 0.0, 0.0, &norm, &err) == 0);
+    const float *got = stage == 2 ? z.reduced : m->grad_arena;
+    CHECK_MSG(memcmp(got, want, n * sizeof *want) == 0, "stage %d, %d micro-batches: sum not in DIST_TREE order",
+              stage, accum);
+    double blocks = 0, plain = 0;
+    for (size_t start = 0; start < n; start += CLIP_NORM_BLOCK) {
+        size_t len = n - start < CLIP_NORM_BLOCK ? n - start : CLIP_NORM_BLOCK;
+        blocks += m->k->sum_squares(want + start, len);
+    }
+    for (size_t i = 0; i < n; i++) plain += (double)want[i] * want[i];
+    CHECK_MSG(norm == sqrt(blocks), "stage %d: norm %.17g, blocked %.17g", stage, norm, sqrt(blocks));
+    CHECK_CLOSE(norm, sqrt(plain), 1e-12);
+    CHECK(memcmp(before, m->weight_arena, n * sizeof *before) == 0);
+    /* A step needs all its micro-batches. */
+    CHECK(zero_step(&z, m, &h, 0.0, 0.0, &norm, &err) == -1);
+    for (int a = 0; a < accum; a++) free(leaves[a]);
+    free(leaves);
+    free(want);
+    free(before);
+    zero_free(&z);
+}
+
+/* AdamW over three slices that cut through parameters equals AdamW over everything. */
+static void test_adamw_shards(model *m) {
+    const size_t n = m->grad_numel;
+    const size_t cuts[4] = {0, n / 3 + 5, 2 * n / 3 + 11, n};
+    ct_error err = {{0}};
+    fill_random(m->weight_arena, n, 5);
+    float *weights0 = malloc(n * sizeof(float)), *whole = malloc(n * sizeof(float));
+    memcpy(weights0, m->weight_arena, n * sizeof(float));
+    adamw_hparams h = {0.9, 0.95, 1e-8, 0.1};
+    adamw_state all, part[3];
+    CHECK(adamw_create(&all, m, &err) == 0);
+    for (int i = 0; i < 3; i++) CHECK(adamw_create_range(&part[i], m, cuts[i], cuts[i + 1], &err) == 0);
+    for (int step = 1; step <= 3; step++) {
+        fill_random(m->grad_arena, n, 100u + (uint64_t)step);
+        memcpy(m->weight_arena, step == 1 ? weights0 : whole, n * sizeof(float));
+        adamw_step(&all, m, &h, 1e-3 * step);
+        memcpy(whole, m->weight_arena, n * sizeof(float));
+    }
+    memcpy(m->weight_arena, weights0, n * sizeof(float));
+    for (int step = 1; step <= 3; step++) {
+        fill_random(m->grad_arena, n, 100u + (uint64_t)step);
+        for (int i = 0; i < 3; i++) adamw_step_range(&part[i], m, &h, 1e-3 * step, m->grad_arena + cuts[i]);
+    }
+    CHECK(memcmp(whole, m->weight_arena, n * sizeof(float)) == 0);
+    for (int i = 0; i < 3; i++) {
+        CHECK(memcmp(all.m + cuts[i], part[i].m, (cuts[i + 1] - cuts[i]) * sizeof(float)) == 0);
+        CHECK(memcmp(all.v + cuts[i], part[i].v, (cuts[i + 1] - cuts[i]) * sizeof(float)) == 0);
+        CHECK(part[i].step == 3 && part[i].begin == cuts[i]);
+        adamw_free(&part[i]);
+    }
+    adamw_state empty;
+    CHECK(adamw_create_range(&empty, m, n, n, &err) == 0 && empty.m == NULL);
+    CHECK(adamw_create_range(&empty, m, 0, n + 1, &err) == -1);
+    adamw_free(&all);
+    free(weights0);
+    free(whole);
+}
+
+static void test_memory_estimate(void) {
+    const size_t total = 1000000, trainable = 155648; /* 38 blocks */
+    zero_memory one;
+    zero_memory_estimate(0, total, trainable, 1, 0, 4, &one);
+    CHECK(one.optim_bytes == 2 * trainable * sizeof(float));
+    CHECK(one.grad_bytes == 3 * trainable * sizeof(float)); /* backward output + 2 levels */
+    for (int world = 2; world <= 4; world *= 2)
+        for (int stage = 0; stage <= 2; stage++) {
+            size_t sum = 0, largest = 0;
+            for (int rank = 0; rank < world; rank++) {
+                zero_memory mem;
+                zero_memory_estimate(stage, total, trainable, world, rank, 4 / world, &mem);
+                CHECK(mem.param_bytes == total * sizeof(float));
+                sum += mem.optim_bytes;
+                if (mem.optim_bytes > largest) largest = mem.optim_bytes;
+            }
+            if (stage == 0) CHECK(largest == one.optim_bytes);
+            else {
+                CHECK(sum == one.optim_bytes); /* shards partition the state */
+                CHECK(largest <= one.optim_bytes / world + 2 * CLIP_NORM_BLOCK * sizeof(float));
+            }
+        }
+}
+
+/* ---- between ranks (--mpi) ---- */
+
+static void test_collectives(const dist *d, size_t part_scale) {
+    const int world = d->world_size;
+    size_t *offsets = malloc(((size_t)world + 1) * sizeof *offsets);
+    offsets[0] = 0;
+    for (int r = 0; r < world; r++) /* uneven parts; rank 1's is empty */
+        offsets[r + 1] = offsets[r] + (r == 1 ? 0 : part_scale + (size_t)r * 7919);
+    const size_t n = offsets[world];
+    float **inputs = malloc((size_t)world * sizeof *inputs);
+    for (int r = 0; r < world; r++) {
+        inputs[r] = malloc(n * sizeof(float));
+        fill_random(inputs[r], n, 4242u + (uint64_t)r);
+    }
+    size_t mine = offsets[d->rank + 1] - offsets[d->rank];
+    float *want = malloc((n > 0 ? n : 1) * sizeof *want);
+    reference_tree(want, inputs, world, n);
+    ct_error err = {{0}};
+    float *out = malloc((mine > 0 ? mine : 1) * sizeof *out);
+    CHECK_MSG(dist_reduce_scatter_floats(d, inputs[d->rank], out, offsets, &err) == 0, "%s", err.msg);
+    CHECK_MSG(memcmp(out, want + offsets[d->rank], mine * sizeof *out) == 0,
+              "rank %d: reduce-scatter differs from DIST_TREE over ranks", d->rank);
+    float *inplace = malloc(n * sizeof *inplace);
+    memcpy(inplace, inputs[d->rank], n * sizeof *inplace);
+    CHECK(dist_reduce_scatter_floats(d, inplace, inplace + offsets[d->rank], offsets, &err) == 0);
+    CHECK(memcmp(inplace + offsets[d->rank], want + offsets[d->rank], mine * sizeof *out) == 0);
+    /* All-gather the reduced parts: everyone ends with the whole sum. */
+    CHECK(dist_all_gather_floats(d, inplace, offsets, &err) == 0);
+    CHECK_MSG(memcmp(inplace, want, n * sizeof *want) == 0, "rank %d: all-gather", d->rank);
+    for (int r = 0; r < world; r++) free(inputs[r]);
+    free(inputs);
+    free(want);
+    free(out);
+    free(inplace);
+    free(offsets);
+}
+
+static int run_mpi(int argc, char **argv) {
+    dist d;
+    ct_error err = {{0}};
+    if (dist_init(&d, &argc, &argv, &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+    CHECK(dist_set_timeout(&d, 120, &err) == 0);
+    test_collectives(&d, 1000);
+    /* Parts over the per-round limit (4M floats shared by the ranks): several rounds. */
+    test_collectives(&d, ((size_t)1 << 22) / (size_t)d.world_size + 12345);
+    char name[64];
+    snprintf(name, sizeof name, "test_zero --mpi (rank %d of %d)", d.rank, d.world_size);
+    int status = check_summary(name);
+    dist_finalize(&d);
+    return status;
+}
+
+int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "--mpi") == 0) return run_mpi(argc, argv);
+    test_tree_sum_inplace();
+    test_shard_offsets();
+    test_tree_levels();
+    test_memory_estimate();
+    model m;
+    if (tiny_model(&m) == 0) {
+        const int accums[] = {1, 2, 3, 4, 5, 7, 8};
+        for (int stage = 0; stage <= 2; stage++)
+            for (size_t i = 0; i < sizeof accums / sizeof accums[0]; i++) test_accumulation(&m, stage, accums[i]);
+        test_adamw_shards(&m);
+        model_free(&m);
+    } else {
+        CHECK(!"cannot build the tiny model");
+    }
+    return check_summary("test_zero");
+}
