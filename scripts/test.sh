@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The one test command: builds ctune and runs the whole test suite with ctest.
-#   scripts/test.sh             release build in build/, every test
+#   scripts/test.sh             installs what is missing (apt), release build in build/, every test
 #   scripts/test.sh --sanitize  ASan + UBSan build in build-asan/, unit tests
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+# Dependencies first (no-ops when present): the build's, and Slurm + munge for tests/slurm.sh.
+scripts/install_deps.sh
+scripts/install_test_deps.sh
 if [ "${1:-}" = "--sanitize" ]; then
   shift
   CTUNE_BUILD_DIR="$root/build-asan" CTUNE_BUILD_TYPE=Debug scripts/build.sh -DCTUNE_SANITIZE=ON -DCTUNE_CUDA=OFF

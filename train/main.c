@@ -18,6 +18,8 @@ static void print_usage(FILE *out) {
             "  generate  --model DIR [--adapter DIR] --prompt TEXT   sample from a model\n"
             "  eval      --model DIR [--adapter DIR] --data FILE.h5   loss (and accuracy) on a dataset\n"
             "  inspect   FILE                          show a safetensors file or an HDF5 dataset\n"
+            "  sweep     SWEEP.yaml [--slurm]          run a grid/random sweep of recipes (or a Slurm job array)\n"
+            "  report    RUN_DIR... [-o PREFIX]        compare runs: table (Markdown, CSV) and loss curves (PNG)\n"
             "\n"
             "  ctune <command> --help   options of a command\n"
             "  ctune --version          the version\n");
@@ -43,6 +45,7 @@ int main(int argc, char **argv) {
     } commands[] = {
         {"train", cmd_train},       {"init", cmd_init},       {"prep", cmd_prep},
         {"generate", cmd_generate}, {"inspect", cmd_inspect}, {"eval", cmd_eval},
+        {"sweep", cmd_sweep},       {"report", cmd_report},
     };
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(command, commands[i].name)) return commands[i].run(argc - 1, argv + 1);
