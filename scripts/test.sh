@@ -6,8 +6,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 # Dependencies first (no-ops when present): the build's, and Slurm + munge for tests/slurm.sh.
-scripts/install_deps.sh
-scripts/install_test_deps.sh
+scripts/install_deps.sh --test
 if [ "${1:-}" = "--sanitize" ]; then
   shift
   CTUNE_BUILD_DIR="$root/build-asan" CTUNE_BUILD_TYPE=Debug scripts/build.sh -DCTUNE_SANITIZE=ON -DCTUNE_CUDA=OFF

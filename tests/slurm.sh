@@ -32,7 +32,7 @@ t0=$(date +%s)
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
   command -v apt-get >/dev/null || skip "slurm-wlm and munge are not installed and apt-get is missing"
   echo "slurm: installing slurm-wlm and munge"
-  timeout 300 "$src/scripts/install_test_deps.sh" >install.log 2>&1 ||
+  timeout 300 "$src/scripts/install_deps.sh" --test >install.log 2>&1 ||
     skip "slurm-wlm and munge are not installed and could not be installed: $(tail -n 1 install.log)"
 fi
 
