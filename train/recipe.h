@@ -55,6 +55,7 @@ typedef struct recipe {
         int synthetic_eval_examples;  /* default 256 */
         int synthetic_digits;         /* default 3 (addition operands / reversal length) */
         long long synthetic_seed;     /* default 1234 */
+        bool pack;                    /* pack documents into sequences (document-masked attention) */
     } data;
 
     struct {
@@ -93,6 +94,7 @@ typedef struct recipe {
         int every;                        /* steps between checkpoints; 0 = final only */
         int keep_last;                    /* default 2 */
         char license[64];                 /* model card license, default "apache-2.0" */
+        long long max_shard_bytes;        /* full-model output: shard beyond this size (5e9) */
         char resume[RECIPE_PATH_MAX];     /* "none" (default) | "auto" | a checkpoint folder */
     } checkpoint;
 } recipe;

@@ -76,6 +76,9 @@ const recipe_key SCHEMA_KEYS[] = {
      IRANGE(1, 9), .doc = "addition: most digits per operand; reversal: strings of up to 2x this"},
     {.path = "data.synthetic_seed", .type = KEY_INT64, AT(data.synthetic_seed), .def = "1234",
      IRANGE(0, LLONG_MAX), .doc = "seed of the generated problems"},
+    {.path = "data.pack", .type = KEY_BOOL, AT(data.pack), .def = "false",
+     .doc = "pack several documents into each sequence; attention never crosses a document "
+            "boundary and positions restart per document"},
     {.path = "train.micro_batch_size", .type = KEY_INT, AT(train.micro_batch_size), .def = "8",
      IRANGE(1, 65536), .doc = "sequences per forward/backward pass on one rank"},
     {.path = "train.global_batch_size", .type = KEY_INT, AT(train.global_batch_size), .def = "32",
@@ -132,6 +135,10 @@ const recipe_key SCHEMA_KEYS[] = {
      IRANGE(1, INT_MAX), .doc = "step checkpoints kept on disk (older ones are removed)"},
     {.path = "checkpoint.license", .type = KEY_STRING, AT(checkpoint.license),
      .def = "apache-2.0", .doc = "license in the model card"},
+    {.path = "checkpoint.max_shard_bytes", .type = KEY_INT64, AT(checkpoint.max_shard_bytes),
+     .def = "5000000000", IRANGE(1, LLONG_MAX),
+     .doc = "full fine-tuning output: safetensors shards of at most this many bytes "
+            "(model-0000k-of-0000n.safetensors + index), as transformers' max_shard_size"},
     {.path = "checkpoint.resume", .type = KEY_STRING, AT(checkpoint.resume), .def = "none",
      .doc = "none: start fresh; auto: continue from the newest complete checkpoint in "
             "output_dir (fresh when there is none); or the path of a step-N checkpoint folder"},
