@@ -49,4 +49,10 @@ int lora_write_adapter(const char *dir, struct model *m, const char *base_model_
 int lora_read_config(const char *dir, lora_settings *s, ct_error *err);
 int lora_load_adapter(struct model *m, const char *dir, ct_error *err);
 
+/* W += scaling * B A in place: weight [out, in], lora_a [r, in], lora_b [out, r], all fp32;
+ * each element is computed in double and rounded to fp32 once (for merging an adapter into
+ * its base, as peft's merge_and_unload). */
+void lora_merge_weight(float *weight, const float *lora_a, const float *lora_b, int out, int in,
+                       int r, float scaling);
+
 #endif

@@ -29,7 +29,7 @@ expect() {
 expect 0 "ctune [0-9]+\.[0-9]+" -- "$ctune" --version
 expect 0 "usage: ctune" -- "$ctune" --help
 expect 2 "unknown command 'trian'" -- "$ctune" trian
-for cmd in train init prep eval generate inspect; do
+for cmd in train init prep eval generate inspect merge sweep report; do
   expect 0 "usage: ctune $cmd" -- "$ctune" "$cmd" --help
 done
 

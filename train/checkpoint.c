@@ -36,20 +36,8 @@ static const char *const BASE_FILES[] = {
     "generation_config.json", "chat_template.jinja",
 };
 
-static int write_full(const char *dir, model *m, const char *base_dir, ct_error *err) {
+int checkpoint_copy_base_files(const char *dir, const char *base_dir, ct_error *err) {
     char path[PATH_CAP];
-    if (path_join(path, sizeof path, dir, "model.safetensors", err) ||
-        model_write_weights(m, path, false, "", err))
-        return -1;
-
-    /* The weights are fp32 whatever the base was stored in; say so, or transformers would
-     * load them into the base's dtype. */
-    model_config cfg = m->cfg;
-    snprintf(cfg.torch_dtype, sizeof cfg.torch_dtype, "float32");
-    if (path_join(path, sizeof path, dir, "config.json", err) ||
-        model_config_write(&cfg, path, err))
-        return -1;
-
     if (!base_dir || !*base_dir) return 0;
     for (size_t i = 0; i < sizeof BASE_FILES / sizeof BASE_FILES[0]; i++) {
         char src[PATH_CAP];
@@ -61,8 +49,91 @@ static int write_full(const char *dir, model *m, const char *base_dir, ct_error 
     return 0;
 }
 
+typedef struct base_weights {
+    const model *m;
+    const int *param_of; /* tensor index -> parameter index */
+} base_weights;
+
+static int fetch_param(void *ctx, int index, void *out, ct_error *err) {
+    (void)err;
+    const base_weights *w = ctx;
+    const model_param *p = &w->m->params[w->param_of[index]];
+    w->m->k->download(out, p->data, p->numel * sizeof(float));
+    return 0;
+}
+
+/* The base weights in parameter (state-dict) order, fp32, one tensor in host memory at a
+ * time, in one file or shards of at most max_shard_bytes. */
+static int write_weights(const char *dir, const model *m, long long max_shard_bytes,
+                         ct_error *err) {
+    st_write_tensor *tensors = calloc((size_t)m->n_params, sizeof *tensors);
+    int *param_of = calloc((size_t)m->n_params, sizeof *param_of);
+    int n = 0, rc = -1;
+    if (!tensors || !param_of) {
+        ct_fail(err, "out of memory");
+        goto done;
+    }
+    for (int i = 0; i < m->n_params; i++) {
+        const model_param *p = &m->params[i];
+        if (p->is_lora) continue;
+        tensors[n] = (st_write_tensor){.name = p->name, .dtype = ST_F32, .ndim = p->ndim};
+        for (int d = 0; d < p->ndim; d++) tensors[n].shape[d] = p->shape[d];
+        param_of[n++] = i;
+    }
+    base_weights w = {m, param_of};
+    rc = st_write_model(dir, tensors, n, max_shard_bytes, fetch_param, &w, err);
+done:
+    free(param_of);
+    free(tensors);
+    return rc;
+}
+
+static int write_full(const char *dir, model *m, const recipe *r, const char *base_dir,
+                      ct_error *err) {
+    char path[PATH_CAP];
+    long long max_shard = r && r->checkpoint.max_shard_bytes > 0 ? r->checkpoint.max_shard_bytes
+                                                                  : 5000000000LL;
+    if (write_weights(dir, m, max_shard, err)) return -1;
+
+    /* The weights are fp32 whatever the base was stored in; say so, or transformers would
+     * load them into the base's dtype. */
+    model_config cfg = m->cfg;
+    snprintf(cfg.torch_dtype, sizeof cfg.torch_dtype, "float32");
+    if (path_join(path, sizeof path, dir, "config.json", err) ||
+        model_config_write(&cfg, path, err))
+        return -1;
+    return checkpoint_copy_base_files(dir, base_dir, err);
+}
+
+typedef struct hub_content {
+    model *m;
+    const recipe *r;
+    const char *base_dir;
+    const run_summary *summary;
+} hub_content;
+
+static int fill_hub(const char *tmp, void *ctx, ct_error *err) {
+    hub_content *c = ctx;
+    int rc;
+    if (c->m->has_lora) {
+        char base_id[PATH_CAP];
+        checkpoint_base_model_id(c->m, c->base_dir, true, base_id, sizeof base_id);
+        rc = lora_write_adapter(tmp, c->m, base_id[0] ? base_id : NULL, err);
+    } else {
+        rc = write_full(tmp, c->m, c->r, c->base_dir, err);
+    }
+    if (rc == 0) rc = checkpoint_write_card(tmp, c->m, c->r, c->base_dir, c->summary, err);
+    return rc;
+}
+
 int checkpoint_write_hub(const char *dir, model *m, const recipe *r, const char *base_dir,
                          const run_summary *summary, ct_error *err) {
+    hub_content content = {m, r, base_dir, summary};
+    return checkpoint_write_folder(dir, fill_hub, &content, err);
+}
+
+int checkpoint_write_folder(const char *dir, checkpoint_fill_fn fill, void *ctx,
+                            ct_error *err) {
     char target[PATH_CAP];
     if (!dir || !*dir) return ct_fail(err, "checkpoint: empty output directory");
     if ((size_t)snprintf(target, sizeof target, "%s", dir) >= sizeof target - 32)
@@ -82,15 +153,7 @@ int checkpoint_write_hub(const char *dir, model *m, const recipe *r, const char 
     if (mkdir(tmp, 0755) != 0)
         return ct_fail(err, "%s: cannot create directory: %s", tmp, strerror(errno));
 
-    int rc;
-    if (m->has_lora) {
-        char base_id[PATH_CAP];
-        checkpoint_base_model_id(m, base_dir, true, base_id, sizeof base_id);
-        rc = lora_write_adapter(tmp, m, base_id[0] ? base_id : NULL, err);
-    } else {
-        rc = write_full(tmp, m, base_dir, err);
-    }
-    if (rc == 0) rc = checkpoint_write_card(tmp, m, r, base_dir, summary, err);
+    int rc = fill(tmp, ctx, err);
     if (rc == 0) rc = fsync_dir(tmp, err);
     if (rc != 0) {
         ct_error cleanup;

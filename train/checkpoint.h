@@ -1,5 +1,6 @@
 /* checkpoint: hub-ready output folders. A LoRA run writes adapter_model.safetensors +
- * adapter_config.json (peft's format); a full run writes model.safetensors + config.json
+ * adapter_config.json (peft's format); a full run writes model.safetensors (or shards beyond
+ * checkpoint.max_shard_bytes, with model.safetensors.index.json) + config.json
  * + the base's tokenizer files (+ generation_config.json when the base has one). Both get a
  * README.md model card with YAML front matter (base_model, library_name, license, tags,
  * datasets, pipeline_tag, model-index with the eval loss) and a body with the recipe and
@@ -31,6 +32,15 @@ typedef struct run_summary {
  * started from (tokenizer files are copied from it; its name is the card's base_model). */
 int checkpoint_write_hub(const char *dir, model *m, const recipe *r, const char *base_dir,
                          const run_summary *summary, ct_error *err);
+
+/* Builds a folder atomically: fill writes the content into a fresh temporary folder
+ * ("<dir>.tmp-<pid>"), which is fsynced and then swapped in for dir. */
+typedef int (*checkpoint_fill_fn)(const char *tmp_dir, void *ctx, ct_error *err);
+int checkpoint_write_folder(const char *dir, checkpoint_fill_fn fill, void *ctx, ct_error *err);
+
+/* Copies the base's tokenizer files, generation_config.json and chat_template.jinja (those
+ * that exist) into dir. */
+int checkpoint_copy_base_files(const char *dir, const char *base_dir, ct_error *err);
 
 /* Writes only README.md (the model card) into an existing folder. */
 int checkpoint_write_card(const char *dir, const model *m, const recipe *r, const char *base_dir,

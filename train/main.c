@@ -17,6 +17,7 @@ static void print_usage(FILE *out) {
             "  prep      --tokenizer T IN.jsonl -o OUT.h5  tokenize data into a ctune dataset\n"
             "  generate  --model DIR [--adapter DIR] --prompt TEXT   sample from a model\n"
             "  eval      --model DIR [--adapter DIR] --data FILE.h5   loss (and accuracy) on a dataset\n"
+            "  merge     ADAPTER --base DIR -o OUT     merge a LoRA adapter into its base (full model)\n"
             "  inspect   FILE                          show a safetensors file or an HDF5 dataset\n"
             "  sweep     SWEEP.yaml [--slurm]          run a grid/random sweep of recipes (or a Slurm job array)\n"
             "  report    RUN_DIR... [-o PREFIX]        compare runs: table (Markdown, CSV) and loss curves (PNG)\n"
@@ -45,7 +46,7 @@ int main(int argc, char **argv) {
     } commands[] = {
         {"train", cmd_train},       {"init", cmd_init},       {"prep", cmd_prep},
         {"generate", cmd_generate}, {"inspect", cmd_inspect}, {"eval", cmd_eval},
-        {"sweep", cmd_sweep},       {"report", cmd_report},
+        {"sweep", cmd_sweep},       {"report", cmd_report},   {"merge", cmd_merge},
     };
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(command, commands[i].name)) return commands[i].run(argc - 1, argv + 1);

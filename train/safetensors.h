@@ -79,6 +79,33 @@ int st_write(const char *path, const st_write_tensor *tensors, int n_tensors,
              const char *const *metadata_keys, const char *const *metadata_values,
              int n_metadata, ct_error *err);
 
+/* Streaming writer: the header is computed from the descriptors (their data is ignored), then
+ * the tensors are given one at a time in header order, so only one needs to be in memory.
+ * st_writer_next says which descriptor (index into the array given to open) comes next, -1
+ * when all are written. The output is byte-identical to st_write's for the same tensors.
+ * finish fsyncs and renames path + ".tmp" over path and frees the writer; abort removes the
+ * temporary file and frees it. */
+typedef struct st_writer st_writer;
+int st_writer_open(st_writer **writer, const char *path, const st_write_tensor *tensors,
+                   int n_tensors, const char *const *metadata_keys,
+                   const char *const *metadata_values, int n_metadata, ct_error *err);
+int st_writer_next(const st_writer *writer);
+int st_writer_put(st_writer *writer, const char *name, const void *data, ct_error *err);
+int st_writer_finish(st_writer *writer, ct_error *err);
+void st_writer_abort(st_writer *writer);
+
+/* Fills out with the bytes of tensors[index] (numel * bits / 8). */
+typedef int (*st_fetch_fn)(void *ctx, int index, void *out, ct_error *err);
+
+/* Writes a model's weights into the folder dir, tensors in state-dict order (their data is
+ * ignored; fetch supplies each one in turn into a buffer the size of the largest tensor):
+ * dir/model.safetensors when the total fits in max_shard_bytes, otherwise
+ * model-0000k-of-0000n.safetensors split greedily in the given order (a tensor larger than
+ * the limit gets its own shard) plus model.safetensors.index.json, as transformers writes
+ * them. Metadata {"format": "pt"}. */
+int st_write_model(const char *dir, const st_write_tensor *tensors, int n_tensors,
+                   long long max_shard_bytes, st_fetch_fn fetch, void *ctx, ct_error *err);
+
 /* fp32 -> bf16 / fp16 with round-to-nearest-even (as torch's .to()), and back. */
 uint16_t st_f32_to_bf16(float x);
 uint16_t st_f32_to_f16(float x);
