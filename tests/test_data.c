@@ -541,9 +541,13 @@ static void test_prep(void) {
     dataset_close(&ds);
     remove(output);
 
-    char *argv_bad[] = {"prep", "--tokenizer", tok_arg, "--format", "chat", input, "-o", output};
+    char *argv_bad[] = {"prep", "--tokenizer", tok_arg, "--format", "yaml", input, "-o", output};
     CHECK(run_prep(argv_bad, 8, errbuf, sizeof errbuf) == 2);
-    CHECK_CONTAINS(errbuf, "not supported yet");
+    CHECK_CONTAINS(errbuf, "not supported");
+    /* --format chat on a text line: a malformed line (chat itself: test_chat_template). */
+    argv_bad[4] = "chat";
+    CHECK(run_prep(argv_bad, 8, errbuf, sizeof errbuf) == 1);
+    CHECK_CONTAINS(errbuf, "in.jsonl:1: missing \"messages\"");
     char *argv_missing[] = {"prep", input, "-o", output};
     CHECK(run_prep(argv_missing, 4, errbuf, sizeof errbuf) == 2);
     CHECK_CONTAINS(errbuf, "--tokenizer is required");

@@ -13,6 +13,7 @@
 #include <omp.h>
 #endif
 
+#include "train/chat_template.h"
 #include "train/cli.h"
 #include "train/data.h"
 #include "train/jsonfile.h"
@@ -30,16 +31,25 @@ static void prep_usage(FILE *out) {
             "\n"
             "Tokenizes a JSON Lines file into a ctune HDF5 dataset (format: docs/data.md).\n"
             "Each line is {\"text\": ...} (loss on every token) or {\"prompt\": ..., \"completion\": ...}\n"
-            "(loss on the completion only); an eos token ends every document. The output file\n"
-            "appears only if every line was good (or --skip-bad was given).\n"
+            "(loss on the completion only) or {\"messages\": [{\"role\": ..., \"content\": ...}, ...]}\n"
+            "(a chat, rendered with --template; loss on the assistant turns only); an eos token\n"
+            "ends every document. The output file appears only if every line was good (or\n"
+            "--skip-bad was given).\n"
             "\n"
             "  --tokenizer PATH      tokenizer.json, or a model folder holding one\n"
-            "  --format F            text | prompt-completion | auto (default auto: per line)\n"
+            "  --format F            text | prompt-completion | chat | auto (default auto: per line)\n"
+            "  --template T          chat template: chatml | llama3 (default: the one the\n"
+            "                        tokenizer_config.json chat_template uses, if built in)\n"
+            "  --train-on-inputs     chat: loss on every token, not only the assistant turns\n"
             "  --bos-id N            prepend token N to every document (-1: never). Default: the\n"
             "                        BOS the tokenizer's post-processor adds, if any\n"
             "  --eos-id N            end-of-document token. Default: eos_token of the folder's\n"
             "                        tokenizer_config.json, else eos_token_id of its config.json\n"
             "  --pad-id N            recorded padding token (default: from the same files, or none)\n"
+            "  --val-ratio R         put a share R (0 <= R < 1) of the documents into --val-output,\n"
+            "                        chosen by a hash of each document's tokens keyed by --val-seed\n"
+            "  --val-seed S          key of the split (default 0)\n"
+            "  --val-output VAL.h5   the validation dataset to write (with --val-ratio)\n"
             "  --skip-bad            skip malformed lines (reported and counted) instead of failing\n"
             "  --threads N           tokenizer threads (default: OMP_NUM_THREADS or all cores)\n"
             "  -o, --output OUT.h5   the dataset to write\n"
@@ -52,12 +62,14 @@ static void prep_usage(FILE *out) {
             "  --split train|eval    disjoint problem sets for training and evaluation (default train)\n");
 }
 
-typedef enum { FORMAT_AUTO, FORMAT_TEXT, FORMAT_PROMPT_COMPLETION } prep_format;
+typedef enum { FORMAT_AUTO, FORMAT_TEXT, FORMAT_PROMPT_COMPLETION, FORMAT_CHAT } prep_format;
 
 typedef struct prep_options {
-    const char *tokenizer_arg, *input, *output, *synthetic, *split;
+    const char *tokenizer_arg, *input, *output, *synthetic, *split, *template_name, *val_output;
+    double val_ratio;
+    long long val_seed;
     prep_format format;
-    bool have_bos, have_eos, have_pad, skip_bad;
+    bool have_bos, have_eos, have_pad, skip_bad, train_on_inputs;
     long long bos_id, eos_id, pad_id, examples, digits, seed, threads;
 } prep_options;
 
@@ -82,7 +94,7 @@ static int parse_args(int argc, char **argv, prep_options *o) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         bool takes_value = a[0] == '-' && a[1] && strcmp(a, "--help") && strcmp(a, "-h") &&
-                           strcmp(a, "--skip-bad");
+                           strcmp(a, "--skip-bad") && strcmp(a, "--train-on-inputs");
         if (takes_value && !v) {
             fprintf(stderr, "ctune prep: %s needs a value\n", a);
             return 2;
@@ -92,6 +104,18 @@ static int parse_args(int argc, char **argv, prep_options *o) {
             prep_usage(stdout);
             return 1;
         } else if (!strcmp(a, "--skip-bad")) o->skip_bad = true;
+        else if (!strcmp(a, "--train-on-inputs")) o->train_on_inputs = true;
+        else if (!strcmp(a, "--template")) o->template_name = v;
+        else if (!strcmp(a, "--val-output")) o->val_output = v;
+        else if (!strcmp(a, "--val-seed")) bad = parse_ll(a, v, 0, &o->val_seed);
+        else if (!strcmp(a, "--val-ratio")) {
+            char *end;
+            o->val_ratio = strtod(v, &end);
+            if (!*v || *end || !(o->val_ratio >= 0.0 && o->val_ratio < 1.0)) {
+                fprintf(stderr, "ctune prep: --val-ratio: '%s' is not a number in [0, 1)\n", v);
+                return 2;
+            }
+        }
         else if (!strcmp(a, "--tokenizer")) o->tokenizer_arg = v;
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) o->output = v;
         else if (!strcmp(a, "--synthetic")) o->synthetic = v;
@@ -106,10 +130,11 @@ static int parse_args(int argc, char **argv, prep_options *o) {
         else if (!strcmp(a, "--format")) {
             if (!strcmp(v, "text")) o->format = FORMAT_TEXT;
             else if (!strcmp(v, "prompt-completion")) o->format = FORMAT_PROMPT_COMPLETION;
+            else if (!strcmp(v, "chat")) o->format = FORMAT_CHAT;
             else if (!strcmp(v, "auto")) o->format = FORMAT_AUTO;
             else {
-                fprintf(stderr, "ctune prep: --format: '%s' is not supported%s (expected text, "
-                        "prompt-completion or auto)\n", v, !strcmp(v, "chat") ? " yet" : "");
+                fprintf(stderr, "ctune prep: --format: '%s' is not supported (expected text, "
+                        "prompt-completion, chat or auto)\n", v);
                 return 2;
             }
         } else if (a[0] == '-' && a[1]) {
@@ -132,6 +157,9 @@ static int parse_args(int argc, char **argv, prep_options *o) {
     else if (o->synthetic && !o->examples) problem = "--synthetic needs --examples N";
     else if (!o->synthetic && !o->input) problem = "an input .jsonl file is required";
     else if (strcmp(o->split, "train") && strcmp(o->split, "eval")) problem = "--split must be train or eval";
+    else if ((o->val_ratio > 0) != (o->val_output != NULL)) problem = "--val-ratio R > 0 and --val-output go together";
+    else if (o->val_output && o->synthetic) problem = "--val-ratio is for input files (synthetic tasks have --split)";
+    else if (o->val_output && !strcmp(o->val_output, o->output)) problem = "--val-output must differ from -o";
     if (problem) {
         fprintf(stderr, "ctune prep: %s\n\n", problem);
         prep_usage(stderr);
@@ -201,11 +229,37 @@ static int resolve_special_ids(const prep_options *o, const char *model_dir, con
     return 0;
 }
 
+/* --template, else the built-in template that tokenizer_config.json's chat_template uses (when
+ * its markers are tokens of this tokenizer); *have false when there is none. */
+static int resolve_template(const prep_options *o, const char *model_dir, const tokenizer *tok,
+                            chat_template *t, bool *have, ct_error *err) {
+    chat_template_kind kind;
+    *have = false;
+    if (o->template_name) {
+        if (chat_template_parse(o->template_name, &kind, err) || chat_template_init(t, kind, tok, err))
+            return ct_error_prefix(err, "--template");
+        *have = true;
+        return 0;
+    }
+    char path[4200];
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", model_dir);
+    cJSON *tcfg = load_json_file(path);
+    const cJSON *jinja = cJSON_GetObjectItemCaseSensitive(tcfg, "chat_template");
+    ct_error ignored;
+    if (cJSON_IsString(jinja) && chat_template_detect(jinja->valuestring, &kind) == 0 &&
+        chat_template_init(t, kind, tok, &ignored) == 0)
+        *have = true;
+    cJSON_Delete(tcfg);
+    return 0;
+}
+
 /* ---------------------------------------------------------------- JSONL */
 
 typedef struct prep_job {
     long line;
     char *first, *second;    /* text, or prompt + completion */
+    chat_message *messages;  /* a chat (strings owned by the job) */
+    int n_messages;
     int32_t *ids;
     uint8_t *mask;
     size_t n;
@@ -214,11 +268,38 @@ typedef struct prep_job {
 } prep_job;
 
 static void job_clear(prep_job *j) {
+    for (int i = 0; i < j->n_messages; i++) {
+        free((char *)j->messages[i].role);
+        free((char *)j->messages[i].content);
+    }
+    free(j->messages);
     free(j->first);
     free(j->second);
     free(j->ids);
     free(j->mask);
     memset(j, 0, sizeof *j);
+}
+
+/* {"messages": [{"role": R, "content": C}, ...]} into job->messages. */
+static int parse_messages(const cJSON *messages, prep_job *job) {
+    if (!messages) return ct_fail(&job->err, "missing \"messages\"");
+    if (!cJSON_IsArray(messages) || !messages->child)
+        return ct_fail(&job->err, "\"messages\" must be a non-empty array");
+    int n = cJSON_GetArraySize(messages);
+    job->messages = calloc((size_t)n, sizeof *job->messages);
+    if (!job->messages) return ct_fail(&job->err, "out of memory");
+    int i = 0;
+    for (const cJSON *m = messages->child; m; m = m->next, i++) {
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+        if (!cJSON_IsObject(m) || !cJSON_IsString(role) || !cJSON_IsString(content))
+            return ct_fail(&job->err, "messages[%d]: expected {\"role\": string, \"content\": string}", i);
+        job->messages[i].role = strdup(role->valuestring);
+        job->messages[i].content = strdup(content->valuestring);
+        job->n_messages = i + 1;
+        if (!job->messages[i].role || !job->messages[i].content) return ct_fail(&job->err, "out of memory");
+    }
+    return 0;
 }
 
 /* Parses one line into the job; 1 = blank line, -1 = malformed (job->err says why). */
@@ -244,17 +325,21 @@ static int parse_line(char *line, size_t len, prep_format format, prep_job *job)
     const cJSON *text = cJSON_GetObjectItemCaseSensitive(root, "text");
     const cJSON *prompt = cJSON_GetObjectItemCaseSensitive(root, "prompt");
     const cJSON *completion = cJSON_GetObjectItemCaseSensitive(root, "completion");
+    const cJSON *messages = cJSON_GetObjectItemCaseSensitive(root, "messages");
     int rc = 0;
     bool as_text = format == FORMAT_TEXT || (format == FORMAT_AUTO && text);
+    bool as_chat = format == FORMAT_CHAT || (format == FORMAT_AUTO && !text && messages);
     if (!cJSON_IsObject(root)) {
         rc = ct_fail(&job->err, "expected a JSON object");
+    } else if (as_chat) {
+        rc = parse_messages(messages, job);
     } else if (as_text) {
         if (!cJSON_IsString(text))
             rc = ct_fail(&job->err, text ? "\"text\" must be a string" : "missing \"text\"");
         else if (!(job->first = strdup(text->valuestring)))
             rc = ct_fail(&job->err, "out of memory");
     } else if (format == FORMAT_AUTO && !prompt && !completion) {
-        rc = ct_fail(&job->err, "expected a \"text\" field, or \"prompt\" and \"completion\"");
+        rc = ct_fail(&job->err, "expected a \"text\" field, \"prompt\" and \"completion\", or \"messages\"");
     } else if (!cJSON_IsString(prompt) || !cJSON_IsString(completion)) {
         const char *which = !cJSON_IsString(prompt) ? "prompt" : "completion";
         bool present = !cJSON_IsString(prompt) ? prompt != NULL : completion != NULL;
@@ -265,6 +350,42 @@ static int parse_line(char *line, size_t len, prep_format format, prep_job *job)
     }
     cJSON_Delete(root);
     return rc;
+}
+
+/* A chat: [bos (chatml only)] the template's rendering [eos unless it already ends with it];
+ * the eos shares the loss of the last turn's end marker (1 after an assistant turn). */
+static int encode_chat(const tokenizer *tok, const special_ids *sp, const chat_template *tmpl,
+                       bool train_on_inputs, prep_job *job) {
+    if (!tmpl) return ct_fail(&job->err, "a chat line needs a template: pass --template chatml|llama3");
+    int32_t *ids = NULL;
+    uint8_t *mask = NULL;
+    size_t n = 0;
+    if (chat_template_encode(tmpl, tok, job->messages, job->n_messages, train_on_inputs, &ids, &mask,
+                             &n, &job->err))
+        return -1;
+    bool bos = tmpl->kind == CHAT_TEMPLATE_CHATML && sp->bos >= 0;
+    bool eos = ids[n - 1] != sp->eos;
+    job->ids = malloc((n + 2) * sizeof *job->ids);
+    job->mask = malloc(n + 2);
+    if (!job->ids || !job->mask) {
+        free(ids);
+        free(mask);
+        return ct_fail(&job->err, "out of memory");
+    }
+    size_t k = 0;
+    if (bos) job->ids[k] = sp->bos, job->mask[k++] = 0;
+    for (size_t i = 0; i < n; i++) job->ids[k] = ids[i], job->mask[k++] = mask[i];
+    uint8_t last_turn_loss = 0;
+    for (size_t i = n; i-- > 0;)
+        if (ids[i] == tmpl->turn_end) {
+            last_turn_loss = mask[i];
+            break;
+        }
+    if (eos) job->ids[k] = sp->eos, job->mask[k++] = last_turn_loss;
+    job->n = k;
+    free(ids);
+    free(mask);
+    return 0;
 }
 
 /* [bos] first second eos; loss on everything after bos for text, on second + eos otherwise. */
@@ -297,25 +418,31 @@ static int encode_job(const tokenizer *tok, const special_ids *sp, prep_job *job
 }
 
 typedef struct prep_stats {
-    long documents, skipped;
-    long long tokens;
+    long documents, skipped, val_documents;
+    long long tokens, val_tokens;
     bool line_error;         /* the failure was a bad input line (--skip-bad would skip it) */
 } prep_stats;
 
 /* Tokenizes the batch in parallel, then writes (or skips) its documents in input order. */
 static int run_batch(const prep_options *o, const tokenizer *tok, const special_ids *sp,
-                     prep_job *jobs, int n, dataset_writer *w, prep_stats *st, ct_error *err) {
+                     const chat_template *tmpl, prep_job *jobs, int n, dataset_writer *w,
+                     dataset_writer *val_w, prep_stats *st, ct_error *err) {
 #ifdef _OPENMP
     int threads = o->threads > 0 ? (int)o->threads : omp_get_max_threads();
 #pragma omp parallel for schedule(dynamic, 16) num_threads(threads)
 #endif
     for (int i = 0; i < n; i++)
-        if (jobs[i].rc == 0) jobs[i].rc = encode_job(tok, sp, &jobs[i]);
+        if (jobs[i].rc == 0)
+            jobs[i].rc = jobs[i].messages ? encode_chat(tok, sp, tmpl, o->train_on_inputs, &jobs[i])
+                                          : encode_job(tok, sp, &jobs[i]);
     for (int i = 0; i < n; i++) {
         prep_job *j = &jobs[i];
-        if (j->rc == 0 && dataset_writer_add(w, j->ids, j->mask, j->n, &j->err) == 0) {
+        bool val = j->rc == 0 && val_w && data_in_validation(j->ids, j->n, (uint64_t)o->val_seed, o->val_ratio);
+        if (j->rc == 0 && dataset_writer_add(val ? val_w : w, j->ids, j->mask, j->n, &j->err) == 0) {
             st->documents++;
             st->tokens += (long long)j->n;
+            st->val_documents += val;
+            st->val_tokens += val ? (long long)j->n : 0;
             continue;
         }
         if (!o->skip_bad) {
@@ -329,7 +456,8 @@ static int run_batch(const prep_options *o, const tokenizer *tok, const special_
 }
 
 static int prep_jsonl(const prep_options *o, const tokenizer *tok, const special_ids *sp,
-                      dataset_writer *w, prep_stats *st, ct_error *err) {
+                      const chat_template *tmpl, dataset_writer *w, dataset_writer *val_w,
+                      prep_stats *st, ct_error *err) {
     bool from_stdin = strcmp(o->input, "-") == 0;
     FILE *in = from_stdin ? stdin : fopen(o->input, "rb");
     if (!in) return ct_fail(err, "%s: cannot open: %s", o->input, strerror(errno));
@@ -350,17 +478,20 @@ static int prep_jsonl(const prep_options *o, const tokenizer *tok, const special
         j->rc = parsed;
         batch_bytes += (size_t)got;
         if (++n == BATCH_LINES || batch_bytes >= BATCH_BYTES) {
-            rc = run_batch(o, tok, sp, jobs, n, w, st, err);
+            rc = run_batch(o, tok, sp, tmpl, jobs, n, w, val_w, st, err);
             for (int i = 0; i < n; i++) job_clear(&jobs[i]);
             n = 0;
             batch_bytes = 0;
         }
     }
     if (!rc && ferror(in)) rc = ct_fail(err, "%s: read error after line %ld", o->input, line_no);
-    if (!rc && n) rc = run_batch(o, tok, sp, jobs, n, w, st, err);
+    if (!rc && n) rc = run_batch(o, tok, sp, tmpl, jobs, n, w, val_w, st, err);
     for (int i = 0; jobs && i < n; i++) job_clear(&jobs[i]);
     if (!rc && st->documents == 0)
         rc = ct_fail(err, "%s: no documents (%ld lines, %ld skipped)", o->input, line_no, st->skipped);
+    if (!rc && val_w && (st->val_documents == 0 || st->val_documents == st->documents))
+        rc = ct_fail(err, "%s: --val-ratio %g leaves the %s split empty (%ld documents)", o->input,
+                     o->val_ratio, st->val_documents ? "training" : "validation", st->documents);
     free(jobs);
     free(line);
     if (!from_stdin) fclose(in);
@@ -401,7 +532,10 @@ int cmd_prep(int argc, char **argv) {
     ct_error err = {{0}};
     tokenizer *tok = NULL;
     special_ids sp;
-    if (tokenizer_load(&tok, file, &err) || resolve_special_ids(&o, dir, tok, &sp, &err)) {
+    chat_template tmpl;
+    bool have_template = false;
+    if (tokenizer_load(&tok, file, &err) || resolve_special_ids(&o, dir, tok, &sp, &err) ||
+        resolve_template(&o, dir, tok, &tmpl, &have_template, &err)) {
         fprintf(stderr, "ctune prep: %s\n", err.msg);
         tokenizer_free(tok);
         return 1;
@@ -417,11 +551,23 @@ int cmd_prep(int argc, char **argv) {
                                        .bos_id = sp.bos, .eos_id = sp.eos, .pad_id = sp.pad};
         snprintf(info.fingerprint, sizeof info.fingerprint, "%s", tokenizer_fingerprint(tok));
         snprintf(info.name, sizeof info.name, "%.255s", file);
-        dataset_writer *w = NULL;
+        dataset_writer *w = NULL, *val_w = NULL;
         rc = dataset_writer_open(&w, o.output, &info, &err);
-        if (!rc) rc = prep_jsonl(&o, tok, &sp, w, &st, &err);
-        if (!rc) rc = dataset_writer_finish(w, &err);
-        else if (w) dataset_writer_abort(w);
+        if (!rc && o.val_output) rc = dataset_writer_open(&val_w, o.val_output, &info, &err);
+        if (!rc) rc = prep_jsonl(&o, tok, &sp, have_template ? &tmpl : NULL, w, val_w, &st, &err);
+        if (rc) {
+            if (w) dataset_writer_abort(w);
+            if (val_w) dataset_writer_abort(val_w);
+        } else {
+            /* Both files or neither: a failed second finish removes the first. */
+            if (val_w && dataset_writer_finish(val_w, &err)) {
+                rc = -1;
+                dataset_writer_abort(w);
+            } else if (dataset_writer_finish(w, &err)) {
+                rc = -1;
+                if (val_w) remove(o.val_output);
+            }
+        }
     }
     tokenizer_free(tok);
     if (rc) {
@@ -436,9 +582,14 @@ int cmd_prep(int argc, char **argv) {
         printf(" (%ld documents, %lld tokens, %.0f tokens/s; %ld malformed lines skipped)", st.documents,
                st.tokens, secs > 0 ? (double)st.tokens / secs : 0.0, st.skipped);
     printf("\n");
-    if (dataset_print_summary(o.output, stdout, &err)) {
-        fprintf(stderr, "ctune prep: reading back %s: %s\n", o.output, err.msg);
-        return 1;
-    }
+    if (o.val_output)
+        printf("validation split (ratio %g, seed %lld): %ld documents, %lld tokens -> %s\n", o.val_ratio,
+               o.val_seed, st.val_documents, st.val_tokens, o.val_output);
+    const char *outputs[2] = {o.output, o.val_output};
+    for (int i = 0; i < 2 && outputs[i]; i++)
+        if (dataset_print_summary(outputs[i], stdout, &err)) {
+            fprintf(stderr, "ctune prep: reading back %s: %s\n", outputs[i], err.msg);
+            return 1;
+        }
     return 0;
 }

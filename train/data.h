@@ -66,4 +66,33 @@ int64_t data_sample_doc(uint64_t seed, int64_t n_docs, int64_t global_sample);
 void data_fill_batch(const dataset *ds, uint64_t seed, bool shuffle, int64_t first, int batch,
                      int seq, int32_t *input_ids, int32_t *targets, int32_t *positions);
 
+/* ---- packing (recipe data.pack) ----
+ * Packed row r (a global row index, like a global sample index above) considers the
+ * documents of global samples r*K .. r*K+K-1 (data_sample_doc order, so one epoch still
+ * visits every document once) and places them greedily, in that order, into seq input
+ * slots: the first is always placed (truncated to seq+1 tokens, the last of those only a
+ * target); each later one is placed whole if its length is at most the room left + 1 (its
+ * final token then serves only as the target of the one before), and skipped otherwise (a
+ * document is never split across rows). Each placed document gets doc_ids = its index in
+ * the row (0, 1, ...) and positions 0, 1, ...; its last placed input predicts nothing
+ * (target -1), so no target crosses a boundary. Padding takes the next doc id, pad_id and
+ * target -1. A row is a pure function of (dataset, seed, K, seq, r): the same bits on any
+ * rank count. */
+
+/* K for packing: max(1, floor(seq / mean document length)), a function of the dataset and
+ * seq only (so every rank computes the same value). */
+int data_pack_docs_per_row(const dataset *ds, int seq);
+
+/* Fills `batch` packed rows for global rows first..first+batch-1 (see above). Arrays are
+ * [batch * seq]. */
+void data_fill_packed_batch(const dataset *ds, uint64_t seed, int docs_per_row, int64_t first,
+                            int batch, int seq, int32_t *input_ids, int32_t *targets,
+                            int32_t *positions, int32_t *doc_ids);
+
+/* The validation split of `ctune prep --val-ratio`: true when the document's keyed hash,
+ * splitmix64(FNV-1a-64 of its token ids (little-endian int32) ^ splitmix64(seed)) scaled to
+ * [0, 1) by its top 53 bits, is below ratio. A pure function of content and seed, so the
+ * same document always lands in the same split (duplicates never straddle it). */
+bool data_in_validation(const int32_t *ids, size_t n_ids, uint64_t seed, double ratio);
+
 #endif

@@ -53,3 +53,65 @@ void data_fill_batch(const dataset *ds, uint64_t seed, bool shuffle, int64_t fir
         }
     }
 }
+
+int data_pack_docs_per_row(const dataset *ds, int seq) {
+    if (ds->n_docs <= 0 || ds->n_tokens <= 0) return 1;
+    double mean = (double)ds->n_tokens / (double)ds->n_docs;
+    double k = (double)seq / mean;
+    if (k < 1.0) return 1;
+    if (k > (double)seq) return seq; /* documents of < 1 token on average: bound the scan */
+    return (int)k;
+}
+
+void data_fill_packed_batch(const dataset *ds, uint64_t seed, int docs_per_row, int64_t first,
+                            int batch, int seq, int32_t *input_ids, int32_t *targets,
+                            int32_t *positions, int32_t *doc_ids) {
+    int32_t pad = ds->tokenizer.pad_id >= 0 ? ds->tokenizer.pad_id : 0;
+    if (docs_per_row < 1) docs_per_row = 1;
+    for (int row = 0; row < batch; row++) {
+        int64_t g0 = (first + row) * (int64_t)docs_per_row;
+        size_t at = (size_t)row * (size_t)seq;
+        int used = 0, placed = 0;
+        for (int c = 0; c < docs_per_row && used < seq; c++) {
+            int64_t doc = data_sample_doc(seed, ds->n_docs, g0 + c);
+            int64_t begin = ds->doc_offsets[doc];
+            int64_t len = ds->doc_offsets[doc + 1] - begin;
+            int64_t room = seq - used;
+            if (len > room + 1) {
+                if (placed > 0) continue;  /* never split: skip what does not fit */
+                len = room + 1;            /* the first document is truncated instead */
+            }
+            const int32_t *tokens = ds->tokens + begin;
+            const uint8_t *mask = ds->loss_mask + begin;
+            int64_t n_inputs = len < room ? len : room;
+            for (int64_t s = 0; s < n_inputs; s++) {
+                bool has_target = s + 1 < len && mask[s + 1];
+                input_ids[at + used + s] = tokens[s];
+                targets[at + used + s] = has_target ? tokens[s + 1] : -1;
+                positions[at + used + s] = (int32_t)s;
+                doc_ids[at + used + s] = placed;
+            }
+            used += (int)n_inputs;
+            placed++;
+        }
+        for (int s = used; s < seq; s++) {
+            input_ids[at + s] = pad;
+            targets[at + s] = -1;
+            positions[at + s] = s - used;
+            doc_ids[at + s] = placed;
+        }
+    }
+}
+
+bool data_in_validation(const int32_t *ids, size_t n_ids, uint64_t seed, double ratio) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n_ids; i++) {
+        uint32_t v = (uint32_t)ids[i];
+        for (int b = 0; b < 4; b++) {
+            h ^= (v >> (8 * b)) & 0xffu;
+            h *= 0x100000001b3ull;
+        }
+    }
+    uint64_t x = splitmix64(h ^ splitmix64(seed));
+    return (double)(x >> 11) * 0x1.0p-53 < ratio;
+}

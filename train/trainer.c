@@ -122,6 +122,8 @@ typedef struct run {
     bool train_open, eval_open;
     int accum_steps;
     int32_t *ids, *targets, *positions; /* accum_steps micro-batches of this rank */
+    int32_t *doc_ids;                   /* same shape; only with data.pack */
+    int pack_docs_per_row;              /* data_pack_docs_per_row, when packing */
     double *micro_losses;               /* loss sum of each micro-batch of the global batch */
     zero_optimizer opt;
     int start_step;            /* first step to run (> 0 after a resume) */
@@ -230,6 +232,8 @@ static void print_plan(const run *x, bool dry_run) {
     printf("  data: %s (%lld documents, %lld tokens)", r->data.train, (long long)x->train.n_docs,
            (long long)x->train.n_tokens);
     if (x->eval_open) printf("; eval %s (%lld documents)", r->data.eval, (long long)x->eval.n_docs);
+    if (r->data.pack)
+        printf("; packed, up to %d documents per row", data_pack_docs_per_row(&x->train, r->data.seq_len));
     printf("\n");
     print_memory(x, total, trainable, act_bytes);
 }
@@ -350,7 +354,8 @@ static int micro_batch_step(run *x, int step, int a, float grad_scale, ct_error 
     const int micro = r->train.micro_batch_size, seq = r->data.seq_len;
     if (a == 0 && apply_test_hook(&x->hook, x->d, step + 1, err)) return -1;
     size_t o = (size_t)a * micro * seq;
-    model_batch batch = {x->ids + o, x->targets + o, x->positions + o, NULL, micro, seq};
+    model_batch batch = {x->ids + o, x->targets + o, x->positions + o,
+                         x->doc_ids ? x->doc_ids + o : NULL, micro, seq};
     long long j = zero_micro_batch_index(&x->opt, a);
     long long first = step * (long long)r->train.global_batch_size + j * micro;
     /* A function of (seed, step, j) only: the same mask on any number of ranks. */
@@ -381,8 +386,14 @@ static int train_loop(run *x, run_summary *summary, ct_error *err) {
         for (int a = 0; a < x->accum_steps; a++) {
             long long first = step * global_batch + zero_micro_batch_index(&x->opt, a) * micro;
             size_t o = (size_t)a * micro_tokens;
-            data_fill_batch(&x->train, (uint64_t)r->train.seed, true, first, micro, seq, x->ids + o,
-                            x->targets + o, x->positions + o);
+            /* Packed: first is the global row index, so rows too are rank-count invariant. */
+            if (x->doc_ids)
+                data_fill_packed_batch(&x->train, (uint64_t)r->train.seed, x->pack_docs_per_row, first,
+                                       micro, seq, x->ids + o, x->targets + o, x->positions + o,
+                                       x->doc_ids + o);
+            else
+                data_fill_batch(&x->train, (uint64_t)r->train.seed, true, first, micro, seq, x->ids + o,
+                                x->targets + o, x->positions + o);
             for (size_t t = 0; t < micro_tokens; t++) local_tokens += x->targets[o + t] >= 0;
         }
         /* Loss = sum over the global batch / its loss tokens: the scale must be global. */
@@ -475,6 +486,7 @@ static void close_run(run *x) {
     free(x->ids);
     free(x->targets);
     free(x->positions);
+    free(x->doc_ids);
     if (x->metrics.file) metrics_close(&x->metrics);
 }
 
@@ -518,7 +530,11 @@ int trainer_run(const recipe *r, const dist *d, bool dry_run, run_summary *summa
     x.ids = malloc(batch_tokens * sizeof *x.ids);
     x.targets = malloc(batch_tokens * sizeof *x.targets);
     x.positions = malloc(batch_tokens * sizeof *x.positions);
-    if (!x.ids || !x.targets || !x.positions) status = ct_fail(err, "out of memory for %zu batch tokens", batch_tokens);
+    if (r->data.pack) {
+        x.doc_ids = malloc(batch_tokens * sizeof *x.doc_ids);
+        x.pack_docs_per_row = data_pack_docs_per_row(&x.train, r->data.seq_len);
+    }
+    if (!x.ids || !x.targets || !x.positions || (r->data.pack && !x.doc_ids)) status = ct_fail(err, "out of memory for %zu batch tokens", batch_tokens);
     if (!status) status = model_reserve(&x.m, r->train.micro_batch_size, r->data.seq_len, err);
     size_t n_micro = (size_t)x.accum_steps * (size_t)d->world_size;
     x.micro_losses = calloc(n_micro, sizeof *x.micro_losses);
