@@ -39,8 +39,10 @@ static hid_t create_extendible(hid_t file, const char *name, hid_t type, ct_erro
     hid_t space = H5Screate_simple(1, &dims, &maxdims);
     hid_t plist = H5Pcreate(H5P_DATASET_CREATE);
     hid_t ds = -1;
+    /* No modification times in object headers: the same input gives the same bytes. */
     if (space >= 0 && plist >= 0 && H5Pset_chunk(plist, 1, &chunk) >= 0 &&
-        H5Pset_shuffle(plist) >= 0 && H5Pset_deflate(plist, 4) >= 0)
+        H5Pset_shuffle(plist) >= 0 && H5Pset_deflate(plist, 4) >= 0 &&
+        H5Pset_obj_track_times(plist, 0) >= 0)
         ds = H5Dcreate2(file, name, type, space, H5P_DEFAULT, plist, H5P_DEFAULT);
     if (plist >= 0) H5Pclose(plist);
     if (space >= 0) H5Sclose(space);
@@ -85,7 +87,10 @@ int dataset_writer_open(dataset_writer **out, const char *path, const dataset_to
         dataset_writer_abort(w);
         return ct_fail(err, "%s: out of memory", path);
     }
-    w->file = H5Fcreate(w->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t fcpl = H5Pcreate(H5P_FILE_CREATE);
+    if (fcpl >= 0) H5Pset_obj_track_times(fcpl, 0);
+    w->file = H5Fcreate(w->tmp, H5F_ACC_TRUNC, fcpl >= 0 ? fcpl : H5P_DEFAULT, H5P_DEFAULT);
+    if (fcpl >= 0) H5Pclose(fcpl);
     if (w->file < 0) {
         int e = errno;
         dataset_writer_abort(w);
@@ -184,7 +189,8 @@ static int write_offsets(dataset_writer *w, ct_error *err) {
     hid_t ds = -1;
     int rc = -1;
     if (space >= 0 && plist >= 0 && H5Pset_chunk(plist, 1, &chunk) >= 0 &&
-        H5Pset_shuffle(plist) >= 0 && H5Pset_deflate(plist, 4) >= 0)
+        H5Pset_shuffle(plist) >= 0 && H5Pset_deflate(plist, 4) >= 0 &&
+        H5Pset_obj_track_times(plist, 0) >= 0)
         ds = H5Dcreate2(w->file, "/doc_offsets", H5T_STD_I64LE, space, H5P_DEFAULT, plist, H5P_DEFAULT);
     if (ds >= 0 && H5Dwrite(ds, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, w->offsets) >= 0)
         rc = 0;
