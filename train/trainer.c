@@ -503,6 +503,10 @@ int trainer_run(const recipe *r, const dist *d, bool dry_run, run_summary *summa
     x.hook = test_hook_from_env();
     int status = dist_set_timeout(d, r->distributed.timeout_s, err);
     if (!status) status = select_backend(r, &x.k, err);
+    if (!status && r->train.activation_checkpointing)
+        status = ct_fail(err, "%s: train.activation_checkpointing is not available yet: every layer's "
+                              "activations are kept (the dry run shows their size)",
+                         r->source);
     if (!status && r->distributed.backend == DIST_BACKEND_NCCL)
         status = ct_fail(err, "%s: distributed.backend nccl is not available yet: the NCCL back end comes "
                               "with the CUDA kernels; on CPU ranks use distributed.backend: mpi (or auto)",
