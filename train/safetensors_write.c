@@ -164,41 +164,6 @@ static int check_write_inputs(const char *path, const st_write_tensor *tensors, 
     return 0;
 }
 
-int st_write(const char *path, const st_write_tensor *tensors, int n_tensors,
-             const char *const *metadata_keys, const char *const *metadata_values,
-             int n_metadata, ct_error *err) {
-    if (n_tensors < 0 || n_metadata < 0) return ct_fail(err, "%s: negative count", path);
-    write_entry *entries = calloc((size_t)(n_tensors > 0 ? n_tensors : 1), sizeof *entries);
-    if (!entries) return ct_fail(err, "out of memory");
-    textbuf header = {0};
-    int status = -1;
-    if (check_write_inputs(path, tensors, n_tensors, metadata_keys, metadata_values, n_metadata,
-                           true, entries, err) != 0)
-        goto done;
-    if (build_header(&header, entries, n_tensors, metadata_keys, metadata_values, n_metadata)) {
-        ct_fail(err, "out of memory");
-        goto done;
-    }
-    if (header.len > ST_MAX_HEADER) {
-        ct_fail(err, "%s: header of %zu bytes exceeds the %llu-byte limit", path, header.len,
-                ST_MAX_HEADER);
-        goto done;
-    }
-    unsigned char length[8];
-    for (int i = 0; i < 8; i++) length[i] = (unsigned char)((uint64_t)header.len >> (8 * i));
-    atomic_file file;
-    if (atomic_file_open(&file, path, err) || atomic_file_write(&file, length, 8, err) ||
-        atomic_file_write(&file, header.data, header.len, err))
-        goto done;
-    for (int i = 0; i < n_tensors; i++)
-        if (atomic_file_write(&file, entries[i].tensor->data, entries[i].nbytes, err)) goto done;
-    status = atomic_file_commit(&file, err);
-done:
-    textbuf_free(&header);
-    free(entries);
-    return status;
-}
-
 /* ---- streaming writer ---- */
 
 struct st_writer {
@@ -220,9 +185,12 @@ void st_writer_abort(st_writer *w) {
     free(w);
 }
 
-int st_writer_open(st_writer **out, const char *path, const st_write_tensor *tensors,
-                   int n_tensors, const char *const *metadata_keys,
-                   const char *const *metadata_values, int n_metadata, ct_error *err) {
+/* need_data: every descriptor must carry its data now (st_write), so that a missing buffer is
+ * reported before anything is written. */
+static int writer_open(st_writer **out, const char *path, const st_write_tensor *tensors,
+                       int n_tensors, const char *const *metadata_keys,
+                       const char *const *metadata_values, int n_metadata, bool need_data,
+                       ct_error *err) {
     *out = NULL;
     if (n_tensors < 0 || n_metadata < 0) return ct_fail(err, "%s: negative count", path);
     size_t count = (size_t)(n_tensors > 0 ? n_tensors : 1);
@@ -237,7 +205,7 @@ int st_writer_open(st_writer **out, const char *path, const st_write_tensor *ten
     if (!w->order || !w->names || !w->nbytes) goto oom;
     w->n_tensors = n_tensors;
     if (check_write_inputs(path, tensors, n_tensors, metadata_keys, metadata_values, n_metadata,
-                           false, entries, err) != 0)
+                           need_data, entries, err) != 0)
         goto fail;
     for (int i = 0; i < n_tensors; i++) {
         w->order[i] = (int)(entries[i].tensor - tensors);
@@ -267,6 +235,13 @@ fail:
     free(entries);
     st_writer_abort(w);
     return -1;
+}
+
+int st_writer_open(st_writer **out, const char *path, const st_write_tensor *tensors,
+                   int n_tensors, const char *const *metadata_keys,
+                   const char *const *metadata_values, int n_metadata, ct_error *err) {
+    return writer_open(out, path, tensors, n_tensors, metadata_keys, metadata_values, n_metadata,
+                       false, err);
 }
 
 int st_writer_next(const st_writer *w) {
@@ -311,6 +286,24 @@ int st_writer_finish(st_writer *w, ct_error *err) {
     }
     st_writer_abort(w); /* frees; the commit already happened or the file is removed */
     return rc;
+}
+
+/* The whole-file writer is the streaming one fed from the descriptors: one header builder,
+ * one write path. */
+int st_write(const char *path, const st_write_tensor *tensors, int n_tensors,
+             const char *const *metadata_keys, const char *const *metadata_values,
+             int n_metadata, ct_error *err) {
+    st_writer *w;
+    if (writer_open(&w, path, tensors, n_tensors, metadata_keys, metadata_values, n_metadata, true,
+                    err))
+        return -1;
+    for (int i = st_writer_next(w); i >= 0; i = st_writer_next(w)) {
+        if (st_writer_put(w, tensors[i].name, tensors[i].data, err)) {
+            st_writer_abort(w);
+            return -1;
+        }
+    }
+    return st_writer_finish(w, err);
 }
 
 /* ---- a model folder, one file or shards ---- */
