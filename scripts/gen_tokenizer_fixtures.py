@@ -22,8 +22,11 @@ Expected ids and decoded strings for a varied corpus come from `tokenizers` itse
 from ctune, and are written to expected_<tokenizer>.json and expected_variants.json.
 
 Run with the project venv:  /opt/ctune-venv/bin/python scripts/gen_tokenizer_fixtures.py
-Output: tests/fixtures/tokenizer/ (each file < 60 KB, committed; CI has no Python).
+Output: tests/fixtures/tokenizer/ (each file < 60 KB, committed; CI has no Python), or the
+folder given by --out-dir (tests/interop_tokenizer.sh regenerates them with the installed
+`tokenizers` and runs test_tokenizer on that folder).
 """
+import argparse
 import json
 import os
 
@@ -203,15 +206,21 @@ def qwen2_style():
     return data
 
 
-def sentencepiece_style(limit_alphabet=None, byte_fallback=True):
-    """BPE over Metaspace words (no merge crosses a word), SentencePiece conventions."""
+def sentencepiece_style(ascii_alphabet=False, byte_fallback=True):
+    """BPE over Metaspace words (no merge crosses a word), SentencePiece conventions.
+
+    ascii_alphabet trains on the corpus without its non-ASCII characters, so those become
+    <unk> (the trainer's limit_alphabet would do it too, but breaks frequency ties at random:
+    the fixture changed from run to run)."""
     tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=byte_fallback, fuse_unk=True))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always",
                                                  split=True)
-    kwargs = {"limit_alphabet": limit_alphabet} if limit_alphabet else {}
     trainer = trainers.BpeTrainer(vocab_size=620, min_frequency=1, show_progress=False,
-                                  special_tokens=["<unk>", "<s>", "</s>"], **kwargs)
-    tok.train_from_iterator(TRAIN_CORPUS.split("\n"), trainer)
+                                  special_tokens=["<unk>", "<s>", "</s>"])
+    lines = TRAIN_CORPUS.split("\n")
+    if ascii_alphabet:
+        lines = ["".join(ch for ch in line if ord(ch) < 128) for line in lines]
+    tok.train_from_iterator(lines, trainer)
     data = json.loads(tok.to_str())
     bos = data["model"]["vocab"]["<s>"]
     data["post_processor"] = json.loads(processors.TemplateProcessing(
@@ -234,7 +243,7 @@ def llama2_style():
 
 
 def metaspace_style():
-    data = sentencepiece_style(limit_alphabet=60, byte_fallback=False)
+    data = sentencepiece_style(ascii_alphabet=True, byte_fallback=False)
     data["pre_tokenizer"] = json.loads(pre_tokenizers.Metaspace(
         replacement="\u2581", prepend_scheme="first", split=False).__getstate__())
     data["decoder"] = json.loads(decoders.Metaspace(
@@ -376,4 +385,7 @@ def main():
             f.write(text)
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out-dir", default=OUT, help=f"where to write (default {OUT})")
+    OUT = parser.parse_args().out_dir
     main()

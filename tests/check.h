@@ -5,6 +5,7 @@
 #define CTUNE_TEST_CHECK_H
 
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +59,45 @@ static inline const char *check_source_path(const char *relative, char *buf, siz
     const char *root = getenv("CTUNE_SOURCE_DIR");
     snprintf(buf, size, "%s/%s", root ? root : ".", relative);
     return buf;
+}
+
+/* Writes text to path (a failed open or write is a failed check). */
+static inline void check_write_text(const char *path, const char *text) {
+    FILE *f = fopen(path, "wb");
+    CHECK_MSG(f != NULL, "cannot create %s", path);
+    if (!f) return;
+    CHECK_MSG(fputs(text, f) >= 0, "cannot write %s", path);
+    CHECK_MSG(fclose(f) == 0, "cannot close %s", path);
+}
+
+/* The whole file, NUL-terminated (size without the NUL, may be NULL); NULL if unreadable.
+ * Caller frees. */
+static inline char *check_slurp(const char *path, size_t *size) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    size_t cap = 4096, len = 0;
+    char *data = malloc(cap);
+    while (data) {
+        len += fread(data + len, 1, cap - len - 1, f);
+        if (len < cap - 1) break;
+        char *bigger = realloc(data, cap * 2);
+        if (!bigger) {
+            free(data);
+            data = NULL;
+            break;
+        }
+        data = bigger;
+        cap *= 2;
+    }
+    bool failed = ferror(f);
+    fclose(f);
+    if (!data || failed) {
+        free(data);
+        return NULL;
+    }
+    data[len] = '\0';
+    if (size) *size = len;
+    return data;
 }
 
 #endif

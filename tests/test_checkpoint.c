@@ -30,21 +30,6 @@ static const char *at(char *buf, const char *name) {
     return buf;
 }
 
-static void write_text(const char *path, const char *text) {
-    FILE *f = fopen(path, "w");
-    if (f) {
-        fputs(text, f);
-        fclose(f);
-    }
-}
-
-static char *slurp(const char *path) {
-    char *data = NULL;
-    ct_error err;
-    if (read_file(path, &data, NULL, &err) != 0) return NULL;
-    return data;
-}
-
 static bool is_file(const char *path) {
     struct stat st;
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
@@ -65,11 +50,11 @@ static void make_base(const char *dir, const char *extra) {
     char path[1500], text[2048];
     snprintf(text, sizeof text, TINY_CONFIG, extra);
     snprintf(path, sizeof path, "%s/config.json", dir);
-    write_text(path, text);
+    check_write_text(path, text);
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
-    write_text(path, "{\"version\": \"1.0\", \"model\": {\"type\": \"BPE\"}}\n");
+    check_write_text(path, "{\"version\": \"1.0\", \"model\": {\"type\": \"BPE\"}}\n");
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
-    write_text(path, "{\"bos_token\": \"<s>\"}\n");
+    check_write_text(path, "{\"bos_token\": \"<s>\"}\n");
 }
 
 static void recipe_for(recipe *r, recipe_method method) {
@@ -164,8 +149,8 @@ static void test_full(const kernels *k, bool keep) {
     CHECK(back.tie_word_embeddings && back.num_key_value_heads == 1);
     model_config_free(&back);
 
-    char *copied = slurp(strcat(strcpy(path, dir), "/tokenizer.json"));
-    char *original = slurp(strcat(strcpy(path, base), "/tokenizer.json"));
+    char *copied = check_slurp(strcat(strcpy(path, dir), "/tokenizer.json"), NULL);
+    char *original = check_slurp(strcat(strcpy(path, base), "/tokenizer.json"), NULL);
     CHECK(copied && original && strcmp(copied, original) == 0);
     free(copied);
     free(original);
@@ -173,7 +158,7 @@ static void test_full(const kernels *k, bool keep) {
     CHECK(!is_file(strcat(strcpy(path, dir), "/generation_config.json"))); /* base has none */
     CHECK(!is_file(strcat(strcpy(path, dir), "/adapter_config.json")));
 
-    char *readme = slurp(strcat(strcpy(path, dir), "/README.md"));
+    char *readme = check_slurp(strcat(strcpy(path, dir), "/README.md"), NULL);
     char fm[8192];
     front_matter(readme, fm, sizeof fm);
     CHECK_CONTAINS(fm, "base_model: \"tiny-base\"\n");
@@ -228,9 +213,9 @@ static void rewrite_adapter(const char *dir, const char *out_dir, const char *dr
     ct_error err;
     make_dirs(out_dir, &err);
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    char *config = slurp(path);
+    char *config = check_slurp(path, NULL);
     snprintf(path, sizeof path, "%s/adapter_config.json", out_dir);
-    if (config) write_text(path, config);
+    if (config) check_write_text(path, config);
     free(config);
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
     st_file file;
@@ -287,7 +272,7 @@ static void test_lora(const kernels *k, bool keep) {
     }
 
     /* adapter_config.json: peft's fields, keys sorted, indent 2. */
-    char *config_text = slurp(strcat(strcpy(path, dir), "/adapter_config.json"));
+    char *config_text = check_slurp(strcat(strcpy(path, dir), "/adapter_config.json"), NULL);
     CHECK(config_text && strncmp(config_text, "{\n  \"alpha_pattern\": {},\n", 25) == 0);
     cJSON *config = config_text ? cJSON_Parse(config_text) : NULL;
     CHECK(config != NULL);
@@ -367,26 +352,26 @@ static void test_lora(const kernels *k, bool keep) {
 
     /* Config errors name the file and the key. */
     make_dirs(at(other, "bad-config"), &err);
-    write_text(strcat(strcpy(path, other), "/adapter_config.json"),
+    check_write_text(strcat(strcpy(path, other), "/adapter_config.json"),
                "{\"peft_type\": \"LORA\", \"r\": \"four\", \"lora_alpha\": 8, \"target_modules\": [\"q_proj\"]}");
     CHECK(lora_read_config(other, &read, &err) == -1);
     CHECK_CONTAINS(err.msg, "adapter_config.json");
     CHECK_CONTAINS(err.msg, "'r'");
-    write_text(path, "{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 8}");
+    check_write_text(path, "{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 8}");
     CHECK(lora_read_config(other, &read, &err) == -1);
     CHECK_CONTAINS(err.msg, "target_modules");
-    write_text(path, "{\"r\": 4, \"lora_alpha\": 8, \"target_modules\": [\"q_proj\"], \"use_dora\": true}");
+    check_write_text(path, "{\"r\": 4, \"lora_alpha\": 8, \"target_modules\": [\"q_proj\"], \"use_dora\": true}");
     CHECK(lora_read_config(other, &read, &err) == -1);
     CHECK_CONTAINS(err.msg, "use_dora");
-    write_text(path, "{\"r\": 4, \"lora_alpha\": 8, \"target_modules\": [\"qq_proj\"]}");
+    check_write_text(path, "{\"r\": 4, \"lora_alpha\": 8, \"target_modules\": [\"qq_proj\"]}");
     CHECK(lora_read_config(other, &read, &err) == -1);
     CHECK_CONTAINS(err.msg, "qq_proj");
-    write_text(path, "{\"r\": 4, \"lora_alpha\": 8,");
+    check_write_text(path, "{\"r\": 4, \"lora_alpha\": 8,");
     CHECK(lora_read_config(other, &read, &err) == -1);
     CHECK_CONTAINS(err.msg, "invalid JSON");
 
     /* The card: front matter with the fields the Hub reads, then the recipe. */
-    char *readme = slurp(strcat(strcpy(path, dir), "/README.md"));
+    char *readme = check_slurp(strcat(strcpy(path, dir), "/README.md"), NULL);
     char fm[8192];
     front_matter(readme, fm, sizeof fm);
     CHECK(readme && strncmp(readme, "---\n", 4) == 0);
@@ -406,7 +391,7 @@ static void test_lora(const kernels *k, bool keep) {
     free(readme);
 
     /* Writing again replaces the folder as a whole; nothing is left beside it. */
-    write_text(strcat(strcpy(path, dir), "/stale.txt"), "from an older checkpoint\n");
+    check_write_text(strcat(strcpy(path, dir), "/stale.txt"), "from an older checkpoint\n");
     randomize_lora_b(&m, 1234);
     CHECK_MSG(checkpoint_write_hub(dir, &m, &r, base, &s, &err) == 0, "%s", err.msg);
     CHECK(!is_file(path));
@@ -456,7 +441,7 @@ static void test_card_base_model(const kernels *k) {
     snprintf(r.checkpoint.license, sizeof r.checkpoint.license, "mit");
     run_summary s = {.steps = 1, .train_loss = NAN, .eval_loss = NAN, .eval_accuracy = NAN};
     CHECK_MSG(checkpoint_write_hub(at(dir, "hub-lora"), &m, &r, base, &s, &err) == 0, "%s", err.msg);
-    char *readme = slurp(strcat(strcpy(path, dir), "/README.md"));
+    char *readme = check_slurp(strcat(strcpy(path, dir), "/README.md"), NULL);
     char fm[8192];
     front_matter(readme, fm, sizeof fm);
     CHECK_CONTAINS(fm, "base_model: \"HuggingFaceTB/SmolLM2-135M\"\n");
@@ -465,7 +450,7 @@ static void test_card_base_model(const kernels *k) {
     CHECK(strstr(fm, "model-index") == NULL); /* nothing measured */
     CHECK(strstr(fm, "datasets") == NULL);
     free(readme);
-    char *config = slurp(strcat(strcpy(path, dir), "/adapter_config.json"));
+    char *config = check_slurp(strcat(strcpy(path, dir), "/adapter_config.json"), NULL);
     CHECK(config && strstr(config, "\"base_model_name_or_path\": \"HuggingFaceTB/SmolLM2-135M\""));
     free(config);
     model_free(&m);
@@ -494,7 +479,7 @@ static void test_metrics(void) {
     CHECK(metrics_open(&log, at(path, "metrics.jsonl"), &err) == 0);
     metrics_step(&log, 1, 2.5, 1e-4, 0.75, 4096, 12345.678, 0.5);
     /* Flushed per line: the line is on disk before the log is closed. */
-    char *early = slurp(path);
+    char *early = check_slurp(path, NULL);
     CHECK(early && strchr(early, '\n'));
     free(early);
     metrics_step(&log, 2, NAN, 1e-4, INFINITY, 8192, 12000.0, 1.0);
@@ -503,7 +488,7 @@ static void test_metrics(void) {
     metrics_close(&log);
     metrics_step(&log, 3, 1.0, 1.0, 1.0, 1, 1.0, 1.0); /* closed: ignored, no crash */
 
-    char *text = slurp(path);
+    char *text = check_slurp(path, NULL);
     CHECK(text != NULL);
     if (!text) return;
     cJSON *lines[4] = {0};

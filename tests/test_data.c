@@ -465,19 +465,13 @@ static int run_prep(char **argv, int argc, char *errbuf, size_t size) {
     return rc;
 }
 
-static void write_text(const char *path, const char *text) {
-    FILE *f = fopen(path, "w");
-    fputs(text, f);
-    fclose(f);
-}
-
 static void test_prep(void) {
     char input[1100], output[1100], tmp[1200], tok_arg[1100], errbuf[8192];
     tmp_path(input, sizeof input, "in.jsonl");
     tmp_path(output, sizeof output, "out.h5");
     snprintf(tmp, sizeof tmp, "%s.tmp", output);
     snprintf(tok_arg, sizeof tok_arg, "%s", tmpdir); /* a model folder */
-    write_text(input, "{\"text\": \"ab\"}\n"
+    check_write_text(input, "{\"text\": \"ab\"}\n"
                       "{\"prompt\": \"1+1=\", \"completion\": \"2\"}\n"
                       "{\"text\": \"broken\n"
                       "{\"text\": \"xyz\"}\n");
@@ -506,11 +500,11 @@ static void test_prep(void) {
     /* --format text refuses a prompt/completion line; explicit ids override the folder. */
     char *argv_text[] = {"prep", "--tokenizer", tok_arg, "--format", "text", "--bos-id", "-1", "--eos-id", "10",
                          input, "-o", output};
-    write_text(input, "{\"text\": \"q\"}\n\n{\"prompt\": \"a\", \"completion\": \"b\"}\n");
+    check_write_text(input, "{\"text\": \"q\"}\n\n{\"prompt\": \"a\", \"completion\": \"b\"}\n");
     CHECK(run_prep(argv_text, 12, errbuf, sizeof errbuf) == 1);
     CHECK_CONTAINS(errbuf, "in.jsonl:3: missing \"text\"");
     CHECK(!exists(output));
-    write_text(input, "{\"text\": \"q\"}\n\n   \n{\"text\": \"\\u00e9\"}\n");
+    check_write_text(input, "{\"text\": \"q\"}\n\n   \n{\"text\": \"\\u00e9\"}\n");
     CHECK(run_prep(argv_text, 12, errbuf, sizeof errbuf) == 0);
     CHECK(dataset_open(&ds, output, &err) == 0);
     const int32_t want2[] = {'q', 10, 0xc3, 0xa9, 10};
@@ -519,16 +513,16 @@ static void test_prep(void) {
     dataset_close(&ds);
     remove(output);
 
-    write_text(input, "[1, 2]\n");
+    check_write_text(input, "[1, 2]\n");
     CHECK(run_prep(argv, 6, errbuf, sizeof errbuf) == 1);
     CHECK_CONTAINS(errbuf, "in.jsonl:1: expected a JSON object");
-    write_text(input, "{\"text\": \"a\"}\n{\"text\": \"b\"} {\"text\": \"c\"}\n");
+    check_write_text(input, "{\"text\": \"a\"}\n{\"text\": \"b\"} {\"text\": \"c\"}\n");
     CHECK(run_prep(argv, 6, errbuf, sizeof errbuf) == 1);
     CHECK_CONTAINS(errbuf, "in.jsonl:2: column 15: unexpected text after the JSON value");
-    write_text(input, "{\"text\": \"ok \xff\"}\n");
+    check_write_text(input, "{\"text\": \"ok \xff\"}\n");
     CHECK(run_prep(argv, 6, errbuf, sizeof errbuf) == 1);
     CHECK_CONTAINS(errbuf, "in.jsonl:1: \"text\": byte 3: invalid UTF-8");
-    write_text(input, "{\"prompt\": \"a\", \"completion\": 3}\n");
+    check_write_text(input, "{\"prompt\": \"a\", \"completion\": 3}\n");
     CHECK(run_prep(argv, 6, errbuf, sizeof errbuf) == 1);
     CHECK_CONTAINS(errbuf, "in.jsonl:1: \"completion\" must be a string");
 

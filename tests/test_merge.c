@@ -27,21 +27,6 @@ static const char *at(char *buf, const char *name) {
     return buf;
 }
 
-static void write_text(const char *path, const char *text) {
-    FILE *f = fopen(path, "w");
-    if (f) {
-        fputs(text, f);
-        fclose(f);
-    }
-}
-
-static char *slurp(const char *path, size_t *size) {
-    char *data = NULL;
-    ct_error err;
-    if (read_file(path, &data, size, &err) != 0) return NULL;
-    return data;
-}
-
 static bool is_file(const char *dir, const char *name) {
     char path[2000];
     snprintf(path, sizeof path, "%s/%s", dir, name);
@@ -79,11 +64,11 @@ static void make_base(const char *dir, long long shard_bytes, model *m, const ke
     at(src, "src");
     make_dirs(src, &err);
     snprintf(path, sizeof path, "%s/config.json", src);
-    write_text(path, TINY_CONFIG);
+    check_write_text(path, TINY_CONFIG);
     snprintf(path, sizeof path, "%s/tokenizer.json", src);
-    write_text(path, "{\"version\": \"1.0\", \"model\": {\"type\": \"BPE\"}}\n");
+    check_write_text(path, "{\"version\": \"1.0\", \"model\": {\"type\": \"BPE\"}}\n");
     snprintf(path, sizeof path, "%s/generation_config.json", src);
-    write_text(path, "{\"do_sample\": false}\n");
+    check_write_text(path, "{\"do_sample\": false}\n");
     model_config cfg;
     snprintf(path, sizeof path, "%s/config.json", src);
     CHECK_MSG(model_config_load(&cfg, path, &err) == 0, "%s", err.msg);
@@ -111,7 +96,7 @@ static void test_sharded(const kernels *k) {
     make_base(dir, limit, &m, k);
     CHECK(!is_file(dir, "model.safetensors"));
     snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
-    char *text = slurp(path, NULL);
+    char *text = check_slurp(path, NULL);
     const char *opening = "{\n  \"metadata\": {\n    \"total_size\": ";
     CHECK(text && strncmp(text, opening, strlen(opening)) == 0);
     CHECK(text && strstr(text, "\n  },\n  \"weight_map\": {\n    \"lm_head.weight\": \"model-"));
@@ -217,7 +202,7 @@ static void test_stream_writer(void) {
     CHECK(put == n);
     CHECK_MSG(w && st_writer_finish(w, &err) == 0, "%s", err.msg);
     size_t size_a = 0, size_b = 0;
-    char *bytes_a = slurp(a, &size_a), *bytes_b = slurp(b, &size_b);
+    char *bytes_a = check_slurp(a, &size_a), *bytes_b = check_slurp(b, &size_b);
     CHECK(bytes_a && bytes_b && size_a == size_b && size_a > 8 &&
           memcmp(bytes_a, bytes_b, size_a) == 0);
     free(bytes_a);
@@ -252,7 +237,7 @@ static int run_merge(char **argv, int argc, char *err_text, size_t size) {
     fflush(stderr);
     dup2(saved, 2);
     close(saved);
-    char *text = slurp(path, NULL);
+    char *text = check_slurp(path, NULL);
     snprintf(err_text, size, "%s", text ? text : "");
     free(text);
     return rc;
@@ -363,7 +348,7 @@ static void test_merge(const kernels *k) {
     CHECK(is_file(out, "tokenizer.json") && is_file(out, "generation_config.json"));
     CHECK(is_file(out, "model.safetensors.index.json") && !is_file(out, "adapter_config.json"));
     snprintf(path, sizeof path, "%s/README.md", out);
-    char *card = slurp(path, NULL);
+    char *card = check_slurp(path, NULL);
     CHECK(card && strncmp(card, "---\nbase_model: \"merge-base\"\n", 29) == 0);
     CHECK(card && strstr(card, "library_name: transformers\n") && strstr(card, adapter));
     free(card);
@@ -429,9 +414,9 @@ static void test_merge(const kernels *k) {
     at(partial, "config-only");
     make_dirs(partial, &err);
     snprintf(path, sizeof path, "%s/adapter_config.json", adapter);
-    char *config = slurp(path, NULL);
+    char *config = check_slurp(path, NULL);
     snprintf(path, sizeof path, "%s/adapter_config.json", partial);
-    if (config) write_text(path, config);
+    if (config) check_write_text(path, config);
     free(config);
     char *argv_partial[] = {"merge", partial, "--base", base, "-o", bad_out};
     CHECK(run_merge(argv_partial, 6, msg, sizeof msg) == 1);

@@ -537,7 +537,7 @@ static void test_param_lists(void) {
     CHECK(model_find_param(&m, "lm_head.weight") == NULL); /* tied */
     /* 32000*384 embedding + 6 layers of (2*384*384 + 2*128*384 + 3*384*1024 + 2*384) + 384 */
     CHECK(model_count_params(&m, false) == 32000u * 384 + 6u * (2 * 384 * 384 + 2 * 128 * 384 + 3 * 384 * 1024 + 2 * 384) + 384);
-    CHECK(model_activation_bytes(&c, NULL, 2, 64) > model_activation_bytes(&c, NULL, 1, 64));
+    CHECK(model_activation_bytes(&c, NULL, 2, 64, false) > model_activation_bytes(&c, NULL, 1, 64, false));
     printf("bench-20m: %zu parameters\n", model_count_params(&m, false));
     model_free(&m);
     CHECK(model_config_preset(&c, "huge", &err) == -1);
@@ -609,6 +609,57 @@ static void test_errors(void) {
           strcmp(linear_kind_block(LINEAR_DOWN), "mlp") == 0);
 }
 
+/* ---------------------------------------------------------------- activation checkpointing */
+
+/* Recomputing each layer in the backward gives the same loss and the same gradient bits as
+ * keeping every layer's activations, for full fine-tuning and for LoRA with dropout (the
+ * recomputed forward must redraw the same masks), on packed rows; and needs less memory. */
+static void test_activation_checkpointing(void) {
+    model_config c;
+    small_config(&c);
+    c.num_hidden_layers = 3;
+    ct_error err;
+    lora_settings lora = {.r = 2, .alpha = 4.0f, .dropout = 0.3f};
+    const char *all[] = {"all-linear"};
+    CHECK(lora_parse_targets(&lora, all, 1, &err) == 0);
+    model_batch b = {.input_ids = fd_ids, .targets = fd_targets, .positions = fd_positions,
+                     .doc_ids = fd_docs, .batch = 2, .seq = 7};
+    for (int variant = 0; variant < 2; variant++) {
+        const lora_settings *ls = variant ? &lora : NULL;
+        float *grads[2] = {NULL, NULL};
+        double loss[2] = {0, 0};
+        size_t numel = 0;
+        for (int ckpt = 0; ckpt < 2; ckpt++) {
+            model m;
+            CHECK_MSG(model_create(&m, &c, ls, K, &err) == 0, "%s", err.msg);
+            m.activation_checkpointing = ckpt;
+            CHECK_MSG(model_reserve(&m, 2, 7, &err) == 0, "%s", err.msg);
+            randomize_model(&m, 21);
+            model_zero_grads(&m);
+            long count = 0;
+            /* Two micro-batches: the second recomputes over buffers the first left behind. */
+            CHECK(model_step(&m, &b, true, 0.5f, 99, &loss[ckpt], &count, &err) == 0);
+            CHECK(model_step(&m, &b, true, 0.5f, 100, &loss[ckpt], &count, &err) == 0);
+            numel = m.grad_numel;
+            grads[ckpt] = malloc(numel * sizeof(float));
+            K->download(grads[ckpt], m.grad_arena, numel * sizeof(float));
+            model_free(&m);
+        }
+        CHECK_MSG(loss[0] == loss[1], "%s: loss %.17g vs %.17g", variant ? "lora" : "full", loss[0], loss[1]);
+        CHECK_MSG(memcmp(grads[0], grads[1], numel * sizeof(float)) == 0,
+                  "%s: checkpointed gradients differ (rel %.3g)", variant ? "lora" : "full",
+                  rel_error(grads[1], grads[0], numel));
+        double norm = 0;
+        for (size_t i = 0; i < numel; i++) norm += (double)grads[0][i] * grads[0][i];
+        CHECK(norm > 0);
+        free(grads[0]);
+        free(grads[1]);
+        size_t kept = model_activation_bytes(&c, ls, 8, 64, false);
+        size_t recomputed = model_activation_bytes(&c, ls, 8, 64, true);
+        CHECK_MSG(recomputed < kept * 2 / 3, "%zu vs %zu bytes", recomputed, kept);
+    }
+}
+
 int main(void) {
     K = kernels_cpu();
     test_param_lists();
@@ -620,6 +671,7 @@ int main(void) {
     test_lora_fixture();
     test_finite_differences();
     test_determinism();
+    test_activation_checkpointing();
 
     /* The same references on the CUDA backend, where there is one (CI has none). */
     ct_error err;
@@ -632,6 +684,7 @@ int main(void) {
         test_fixture("qwen3");
         test_lora_fixture();
         test_finite_differences();
+        test_activation_checkpointing();
     } else {
         printf("CUDA pass skipped: %s\n", err.msg);
     }

@@ -18,18 +18,10 @@ static char tmpdir[256];
 
 #define MINIMAL "model:\n  path: models/tiny\ndata:\n  train: data/train.h5\n"
 
-static void write_text(const char *path, const char *text) {
-    FILE *f = fopen(path, "wb");
-    CHECK(f != NULL);
-    if (!f) return;
-    fputs(text, f);
-    fclose(f);
-}
-
 static int load_text(const char *name, const char *text, recipe *r, ct_error *err) {
     char path[512];
     snprintf(path, sizeof path, "%s/%s", tmpdir, name);
-    write_text(path, text);
+    check_write_text(path, text);
     return recipe_load(r, path, err);
 }
 
@@ -97,7 +89,7 @@ static void test_minimal_and_derived(void) {
     snprintf(dir, sizeof dir, "%s/tiny", tmpdir);
     mkdir(dir, 0755);
     snprintf(path, sizeof path, "%s/lora.yaml", dir);
-    write_text(path, "# comment only lines are fine\n" MINIMAL);
+    check_write_text(path, "# comment only lines are fine\n" MINIMAL);
     recipe r;
     ct_error err = {{0}};
     CHECK_MSG(recipe_load(&r, path, &err) == 0, "%s", err.msg);
@@ -376,7 +368,7 @@ static void test_overrides(void) {
      * may come from the command line and batch sizes may change together. */
     char path[512];
     snprintf(path, sizeof path, "%s/partial.yaml", tmpdir);
-    write_text(path, "data:\n  train: t.h5\n");
+    check_write_text(path, "data:\n  train: t.h5\n");
     char *ovs[] = {"model.path=models/x", "train.global_batch_size=30", "train.micro_batch_size=10",
                    "name=partial-run"};
     CHECK_MSG(recipe_load_with_overrides(&r, path, ovs, 4, &err) == 0, "%s", err.msg);
@@ -475,7 +467,7 @@ static void test_round_trip(void) {
     char *text = write_to_string(&r);
     char path[512];
     snprintf(path, sizeof path, "%s/resolved.yaml", tmpdir);
-    write_text(path, text);
+    check_write_text(path, text);
     recipe back;
     ct_error err = {{0}};
     CHECK_MSG(recipe_load(&back, path, &err) == 0, "%s\n%s", err.msg, text);
@@ -584,15 +576,9 @@ static void check_configs_in(const char *dir) {
     closedir(d);
 }
 
-static char *read_all(const char *path) {
-    char *data = NULL;
-    ct_error err;
-    return read_file(path, &data, NULL, &err) == 0 ? data : NULL;
-}
-
 static void test_docs_match_schema(void) {
     char path[PATH_MAX];
-    char *doc = read_all(check_source_path("docs/recipes.md", path, sizeof path));
+    char *doc = check_slurp(check_source_path("docs/recipes.md", path, sizeof path), NULL);
     CHECK_MSG(doc != NULL, "cannot read %s", path);
     if (!doc) return;
     char *ref = NULL;
@@ -604,7 +590,7 @@ static void test_docs_match_schema(void) {
     bool found = strstr(doc, ref) != NULL;
     CHECK_MSG(found, "docs/recipes.md does not contain the reference from the schema; the current "
                      "one is in recipe_reference.md (build dir)");
-    if (!found) write_text("recipe_reference.md", ref);
+    if (!found) check_write_text("recipe_reference.md", ref);
     CHECK_CONTAINS(ref, "| `optim.lr` | number | `1e-3` | > 0 | peak learning rate |");
     CHECK_CONTAINS(ref, "| `train.micro_batch_size` | integer | `8` | [1, 65536] |");
 

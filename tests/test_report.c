@@ -80,14 +80,6 @@ static void test_png_container(void) {
     free(flat);
 }
 
-static void write_text(const char *path, const char *text) {
-    FILE *f = fopen(path, "wb");
-    CHECK(f != NULL);
-    if (!f) return;
-    fputs(text, f);
-    fclose(f);
-}
-
 /* A run directory as `ctune train` leaves it; summary NULL: unfinished. */
 static void make_run(const char *name, const char *lr_text, int r_rank, const char *metrics, const char *summary) {
     char dir[512], path[600];
@@ -99,17 +91,17 @@ static void make_run(const char *name, const char *lr_text, int r_rank, const ch
     char text[1200];
     snprintf(text, sizeof text, "name: \"%s\"\nmodel: {path: m}\ndata: {train: t.h5}\noptim: {lr: %s}\nlora: {r: %d}\n"
              "checkpoint: {output_dir: \"%s\"}\n", name, lr_text, r_rank, dir);
-    write_text(path, text);
+    check_write_text(path, text);
     CHECK_MSG(recipe_load(&r, path, &err) == 0, "%s", err.msg);
     snprintf(path, sizeof path, "%s/recipe.resolved.yaml", dir);
     FILE *f = fopen(path, "w");
     CHECK(f && recipe_write(&r, f, &err) == 0);
     if (f) fclose(f);
     snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
-    write_text(path, metrics);
+    check_write_text(path, metrics);
     if (summary) {
         snprintf(path, sizeof path, "%s/summary.json", dir);
-        write_text(path, summary);
+        check_write_text(path, summary);
     }
 }
 

@@ -218,18 +218,10 @@ static void test_parse_errors(void) {
     sweep_free(&s);
 }
 
-static void write_text(const char *path, const char *text) {
-    FILE *f = fopen(path, "wb");
-    CHECK(f != NULL);
-    if (!f) return;
-    fputs(text, f);
-    fclose(f);
-}
-
 static void test_point_recipes(void) {
     char base[512], text[2048], out[512];
     snprintf(base, sizeof base, "%s/base.yaml", tmpdir);
-    write_text(base, "name: b\nmodel:\n  path: models/tiny\ndata:\n  train: t.h5\noptim:\n  lr: 0.5\n");
+    check_write_text(base, "name: b\nmodel:\n  path: models/tiny\ndata:\n  train: t.h5\noptim:\n  lr: 0.5\n");
     snprintf(out, sizeof out, "%s/out", tmpdir);
     snprintf(text, sizeof text,
              "base: %s\nname: lr\noutput_dir: %s\noverrides:\n  train.max_steps: 7\n"

@@ -26,6 +26,19 @@ static void spit(const char *path, const char *text) {
     fclose(f);
 }
 
+/* The fixture folder: tests/fixtures/tokenizer, or CTUNE_TOKENIZER_FIXTURES (fixtures
+ * regenerated with the installed `tokenizers` by tests/interop_tokenizer.sh). */
+static const char *fixture_path(const char *name, char *buf, size_t size) {
+    const char *dir = getenv("CTUNE_TOKENIZER_FIXTURES");
+    if (dir && dir[0]) {
+        snprintf(buf, size, "%s/%s", dir, name);
+        return buf;
+    }
+    char rel[256];
+    snprintf(rel, sizeof rel, "tests/fixtures/tokenizer/%s", name);
+    return check_source_path(rel, buf, size);
+}
+
 /* ---- fixture tokenizers, loaded once ---- */
 #define N_FIXTURES 5
 static const char *const names[N_FIXTURES] = {"gpt2.json", "llama3.json", "qwen2.json", "llama2.json",
@@ -36,10 +49,9 @@ static tokenizer *fixture(const char *name) {
     for (int i = 0; i < N_FIXTURES; i++) {
         if (strcmp(names[i], name) != 0) continue;
         if (!loaded[i]) {
-            char rel[128], path[1024];
-            snprintf(rel, sizeof rel, "tests/fixtures/tokenizer/%s", name);
+            char path[1024];
             ct_error err = {{0}};
-            int rc = tokenizer_load(&loaded[i], check_source_path(rel, path, sizeof path), &err);
+            int rc = tokenizer_load(&loaded[i], fixture_path(name, path, sizeof path), &err);
             CHECK_MSG(rc == 0, "loading %s: %s", name, err.msg);
         }
         return loaded[i];
@@ -161,9 +173,8 @@ static void check_variant(const cJSON *c, const char *tmpdir) {
     const char *find = cJSON_GetObjectItem(c, "find")->valuestring;
     const char *step = cJSON_GetObjectItem(c, "step")->valuestring;
     const char *text = cJSON_GetObjectItem(c, "text")->valuestring;
-    char rel[128], path[1024];
-    snprintf(rel, sizeof rel, "tests/fixtures/tokenizer/%s", base_name);
-    char *base = slurp(check_source_path(rel, path, sizeof path), NULL);
+    char path[1024];
+    char *base = slurp(fixture_path(base_name, path, sizeof path), NULL);
     char *at = base ? strstr(base, find) : NULL;
     CHECK_MSG(at != NULL, "%s does not contain %s", base_name, find);
     if (!at) {
@@ -314,9 +325,9 @@ static void check_byte_level_writer(const char *dir) {
 }
 
 static cJSON *load_expected(const char *stem) {
-    char rel[128], path[1024];
-    snprintf(rel, sizeof rel, "tests/fixtures/tokenizer/expected_%s.json", stem);
-    char *text = slurp(check_source_path(rel, path, sizeof path), NULL);
+    char name[128], path[1024];
+    snprintf(name, sizeof name, "expected_%s.json", stem);
+    char *text = slurp(fixture_path(name, path, sizeof path), NULL);
     CHECK_MSG(text != NULL, "cannot read %s", path);
     cJSON *json = text ? cJSON_Parse(text) : NULL;
     free(text);

@@ -445,7 +445,7 @@ static int max_int(int a, int b) { return a > b ? a : b; }
 
 /* One layout for counting (base NULL, acts NULL) and for assigning the pointers. */
 static size_t plan_activations(model_state *s, const model_config *c, const lora_settings *lora,
-                               int T, float *base) {
+                               int T, bool checkpointing, float *base) {
     cursor cur = {base, 0};
     const size_t H = (size_t)c->hidden_size, I = (size_t)c->intermediate_size, t = (size_t)T;
     const size_t nh = (size_t)c->num_attention_heads, nkv = (size_t)c->num_key_value_heads;
@@ -458,6 +458,10 @@ static size_t plan_activations(model_state *s, const model_config *c, const lora
     s->resid = take(&cur, (size_t)(L + 1) * t * H);
     for (int l = 0; l < L; l++) {
         layer_acts scratch_acts, *a = s->acts && base ? &s->acts[l] : &scratch_acts;
+        if (checkpointing && l > 0) { /* every layer shares layer 0's buffers */
+            if (a != &scratch_acts) *a = s->acts[0];
+            continue;
+        }
         memset(a, 0, sizeof *a);
         a->x_norm1 = take(&cur, t * H);
         a->rstd1 = take(&cur, t);
@@ -503,8 +507,9 @@ static size_t plan_activations(model_state *s, const model_config *c, const lora
     return cur.used;
 }
 
-size_t model_activation_bytes(const model_config *cfg, const lora_settings *lora, int batch, int seq) {
-    size_t floats = plan_activations(NULL, cfg, lora, batch * seq, NULL);
+size_t model_activation_bytes(const model_config *cfg, const lora_settings *lora, int batch, int seq,
+                              bool activation_checkpointing) {
+    size_t floats = plan_activations(NULL, cfg, lora, batch * seq, activation_checkpointing, NULL);
     return (floats + 4 * (size_t)batch * (size_t)seq) * sizeof(float);
 }
 
@@ -518,7 +523,7 @@ int model_reserve(model *m, int max_batch, int seq, ct_error *err) {
     release_reservation(m);
     model_state *s = m->state;
     const lora_settings *lora = m->has_lora ? &m->lora : NULL;
-    size_t floats = plan_activations(NULL, c, lora, T, NULL);
+    size_t floats = plan_activations(NULL, c, lora, T, m->activation_checkpointing, NULL);
     s->acts = calloc((size_t)c->num_hidden_layers, sizeof *s->acts);
     s->host_positions = malloc((size_t)T * sizeof(int32_t));
     s->host_loss = malloc((size_t)T * sizeof(float));
@@ -527,9 +532,10 @@ int model_reserve(model *m, int max_batch, int seq, ct_error *err) {
     if (!s->acts || !s->host_positions || !s->host_loss || !s->float_arena || !s->int_arena) {
         release_reservation(m);
         return ct_fail(err, "model_reserve: cannot allocate %zu bytes of activations for %d x %d tokens on the %s backend",
-                       model_activation_bytes(c, lora, max_batch, seq), max_batch, seq, m->k->name);
+                       model_activation_bytes(c, lora, max_batch, seq, m->activation_checkpointing),
+                       max_batch, seq, m->k->name);
     }
-    plan_activations(s, c, lora, T, s->float_arena);
+    plan_activations(s, c, lora, T, m->activation_checkpointing, s->float_arena);
     s->ids = s->int_arena;
     s->targets = s->int_arena + T;
     s->positions = s->int_arena + 2 * (size_t)T;

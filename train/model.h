@@ -100,6 +100,10 @@ typedef struct model {
     size_t weight_numel, grad_numel;
     model_layer *layers;
     void *state;          /* activations, scratch, rope tables: owned by model.c */
+    /* Keep only each layer's input and recompute the layer's activations in the backward
+     * pass (one layer's worth of memory instead of all of them, ~1 extra forward). The
+     * gradients are the same bits either way. Set before model_reserve. */
+    bool activation_checkpointing;
 } model;
 
 /* Builds the parameter list from the config (+ LoRA adapters when lora != NULL; then only
@@ -131,7 +135,8 @@ size_t model_count_params(const model *m, bool trainable_only);
  * again replaces the previous reservation. */
 int model_reserve(model *m, int max_batch, int seq, ct_error *err);
 /* Bytes model_reserve would allocate (for --dry-run memory estimates). */
-size_t model_activation_bytes(const model_config *cfg, const lora_settings *lora, int batch, int seq);
+size_t model_activation_bytes(const model_config *cfg, const lora_settings *lora, int batch, int seq,
+                              bool activation_checkpointing);
 
 void model_zero_grads(model *m);
 

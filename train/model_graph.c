@@ -10,7 +10,8 @@
  *
  * The vocabulary projection and cross-entropy run in chunks of logits_rows rows, fused with
  * their backward, so [T, V] logits never exist at once. Everything the backward needs is
- * kept by the forward in the activation arena (model_reserve); LoRA dropout masks are
+ * kept by the forward in the activation arena (model_reserve), or, with activation
+ * checkpointing, recomputed layer by layer from the residual stream; LoRA dropout masks are
  * recomputed from their seed instead of stored. */
 #include <math.h>
 #include <stdlib.h>
@@ -71,43 +72,49 @@ static void linear_backward(const model *m, int layer, int kind, float *dx, floa
     }
 }
 
-static void forward(model *m, int batch, int seq, bool use_doc_ids, bool train, uint64_t seed) {
+/* Decoder layer l: reads resid slice l, writes slice l + 1 and the layer's saved activations. */
+static void layer_forward(model *m, int l, int batch, int seq, const int32_t *doc_ids, bool train,
+                          uint64_t seed) {
     const kernels *k = m->k;
     const model_config *c = &m->cfg;
     model_state *s = m->state;
     const int T = batch * seq, H = c->hidden_size, I = c->intermediate_size;
     const int nh = c->num_attention_heads, nkv = c->num_key_value_heads, d = c->head_dim;
     const float eps = (float)c->rms_norm_eps, scale = (float)(1.0 / sqrt((double)d));
-    const int32_t *doc_ids = use_doc_ids ? s->doc_ids : NULL;
-
-    k->embedding_fwd(s->resid, m->params[0].data, s->ids, T, H);
-    for (int l = 0; l < c->num_hidden_layers; l++) {
-        const model_layer *layer = &m->layers[l];
-        layer_acts *a = &s->acts[l];
-        float *x = s->resid + (size_t)l * T * H, *out = x + (size_t)T * H;
-        k->rmsnorm_fwd(a->x_norm1, a->rstd1, x, layer->input_norm->data, T, H, eps);
-        linear_forward(m, l, LINEAR_Q, c->qk_norm ? a->q_pre : a->q, a->x_norm1, T, train, seed);
-        linear_forward(m, l, LINEAR_K, c->qk_norm ? a->k_pre : a->k, a->x_norm1, T, train, seed);
-        linear_forward(m, l, LINEAR_V, a->v, a->x_norm1, T, train, seed);
-        if (c->qk_norm) {
-            k->rmsnorm_fwd(a->q, a->rstd_q, a->q_pre, layer->q_norm->data, T * nh, d, eps);
-            k->rmsnorm_fwd(a->k, a->rstd_k, a->k_pre, layer->k_norm->data, T * nkv, d, eps);
-        }
-        k->rope_fwd(a->q, s->positions, s->inv_freq, T, nh, d);
-        k->rope_fwd(a->k, s->positions, s->inv_freq, T, nkv, d);
-        k->attention_fwd(a->att, a->lse, a->q, a->k, a->v, doc_ids, batch, seq, nh, nkv, d, scale);
-        linear_forward(m, l, LINEAR_O, a->x_mid, a->att, T, train, seed);
-        k->add(a->x_mid, a->x_mid, x, (size_t)T * H);
-        k->rmsnorm_fwd(a->x_norm2, a->rstd2, a->x_mid, layer->post_norm->data, T, H, eps);
-        linear_forward(m, l, LINEAR_GATE, a->gate, a->x_norm2, T, train, seed);
-        linear_forward(m, l, LINEAR_UP, a->up, a->x_norm2, T, train, seed);
-        k->swiglu_fwd(a->act, a->gate, a->up, (size_t)T * I);
-        linear_forward(m, l, LINEAR_DOWN, out, a->act, T, train, seed);
-        k->add(out, out, a->x_mid, (size_t)T * H);
+    const model_layer *layer = &m->layers[l];
+    layer_acts *a = &s->acts[l];
+    float *x = s->resid + (size_t)l * T * H, *out = x + (size_t)T * H;
+    k->rmsnorm_fwd(a->x_norm1, a->rstd1, x, layer->input_norm->data, T, H, eps);
+    linear_forward(m, l, LINEAR_Q, c->qk_norm ? a->q_pre : a->q, a->x_norm1, T, train, seed);
+    linear_forward(m, l, LINEAR_K, c->qk_norm ? a->k_pre : a->k, a->x_norm1, T, train, seed);
+    linear_forward(m, l, LINEAR_V, a->v, a->x_norm1, T, train, seed);
+    if (c->qk_norm) {
+        k->rmsnorm_fwd(a->q, a->rstd_q, a->q_pre, layer->q_norm->data, T * nh, d, eps);
+        k->rmsnorm_fwd(a->k, a->rstd_k, a->k_pre, layer->k_norm->data, T * nkv, d, eps);
     }
+    k->rope_fwd(a->q, s->positions, s->inv_freq, T, nh, d);
+    k->rope_fwd(a->k, s->positions, s->inv_freq, T, nkv, d);
+    k->attention_fwd(a->att, a->lse, a->q, a->k, a->v, doc_ids, batch, seq, nh, nkv, d, scale);
+    linear_forward(m, l, LINEAR_O, a->x_mid, a->att, T, train, seed);
+    k->add(a->x_mid, a->x_mid, x, (size_t)T * H);
+    k->rmsnorm_fwd(a->x_norm2, a->rstd2, a->x_mid, layer->post_norm->data, T, H, eps);
+    linear_forward(m, l, LINEAR_GATE, a->gate, a->x_norm2, T, train, seed);
+    linear_forward(m, l, LINEAR_UP, a->up, a->x_norm2, T, train, seed);
+    k->swiglu_fwd(a->act, a->gate, a->up, (size_t)T * I);
+    linear_forward(m, l, LINEAR_DOWN, out, a->act, T, train, seed);
+    k->add(out, out, a->x_mid, (size_t)T * H);
+}
+
+static void forward(model *m, int batch, int seq, bool use_doc_ids, bool train, uint64_t seed) {
+    const model_config *c = &m->cfg;
+    model_state *s = m->state;
+    const int T = batch * seq, H = c->hidden_size;
+    m->k->embedding_fwd(s->resid, m->params[0].data, s->ids, T, H);
+    for (int l = 0; l < c->num_hidden_layers; l++)
+        layer_forward(m, l, batch, seq, use_doc_ids ? s->doc_ids : NULL, train, seed);
     const model_param *final_norm = model_find_param(m, "model.norm.weight");
-    k->rmsnorm_fwd(s->x_norm_final, s->rstd_final, s->resid + (size_t)c->num_hidden_layers * T * H,
-                   final_norm->data, T, H, eps);
+    m->k->rmsnorm_fwd(s->x_norm_final, s->rstd_final, s->resid + (size_t)c->num_hidden_layers * T * H,
+                      final_norm->data, T, H, (float)c->rms_norm_eps);
 }
 
 static bool layer_has_trainable(const model *m, int l) {
@@ -147,6 +154,9 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
         const float *x = s->resid + (size_t)l * TH;
         const bool need_input_grad = embed->trainable || l > first_trainable;
         if (!need_input_grad && l < first_trainable) break;
+        /* Checkpointed: the shared buffers hold the top layer's activations from the forward;
+         * every other layer is recomputed from its saved input, with the same dropout masks. */
+        if (m->activation_checkpointing && l < L - 1) layer_forward(m, l, batch, seq, doc_ids, true, seed);
 
         /* MLP: d_resid holds d out; out = x_mid + down(act). */
         float *d_act = s->d_w1, *d_gate = s->d_w2, *d_up = s->d_w3;

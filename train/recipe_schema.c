@@ -96,7 +96,7 @@ const recipe_key SCHEMA_KEYS[] = {
      IRANGE(1, INT_MAX), .doc = "steps between progress lines on rank 0"},
     {.path = "train.activation_checkpointing", .type = KEY_BOOL,
      AT(train.activation_checkpointing), .def = "false",
-     .doc = "recompute layer activations in backward to save memory (not available yet: true is refused at train time)"},
+     .doc = "keep only each layer's input and recompute its activations in the backward pass: one layer's activations in memory instead of all, for about one extra forward pass; same gradients, bit for bit"},
     {.path = "optim.lr", .type = KEY_DOUBLE, AT(optim.lr), .def = "1e-3", DRANGE(0, INFINITY),
      .dmin_open = true, .doc = "peak learning rate"},
     {.path = "optim.weight_decay", .type = KEY_DOUBLE, AT(optim.weight_decay), .def = "0.0",

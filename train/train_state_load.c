@@ -295,8 +295,13 @@ static int list_steps(const char *output_dir, step_entry **out, int *n_out, ct_e
     int status = 0;
     while ((entry = readdir(dir)) != NULL) {
         long step;
-        if (!parse_step_name(entry->d_name, &step)) continue;
-        snprintf(path, sizeof path, "%s/%s", root, entry->d_name);
+        /* A name too long for step_entry is not one ctune wrote. */
+        if (!parse_step_name(entry->d_name, &step) || strlen(entry->d_name) >= sizeof list->name)
+            continue;
+        if (path_join(path, sizeof path, root, entry->d_name, err)) {
+            status = -1;
+            break;
+        }
         if (!path_is_dir(path)) continue;
         if (n == cap) {
             cap = cap ? 2 * cap : 16;
@@ -309,7 +314,7 @@ static int list_steps(const char *output_dir, step_entry **out, int *n_out, ct_e
         }
         list[n].step = step;
         list[n].complete = train_state_is_complete(path);
-        snprintf(list[n].name, sizeof list[n].name, "%s", entry->d_name);
+        memcpy(list[n].name, entry->d_name, strlen(entry->d_name) + 1);
         n++;
     }
     closedir(dir);
@@ -386,8 +391,8 @@ int train_state_prune(const char *output_dir, int keep_last, ct_error *err) {
             strcmp(entry->d_name + len - 9, ".deleting") != 0)
             continue;
         char path[4400];
-        snprintf(path, sizeof path, "%s/%s", root, entry->d_name);
-        status = remove_tree(path, err);
+        status = path_join(path, sizeof path, root, entry->d_name, err);
+        if (!status) status = remove_tree(path, err);
     }
     closedir(dir);
     return status ? -1 : fsync_dir(root, err);

@@ -214,7 +214,8 @@ static void print_plan(const run *x, bool dry_run) {
     const recipe *r = x->r;
     size_t total = model_count_params(&x->m, false), trainable = model_count_params(&x->m, true);
     size_t act_bytes = model_activation_bytes(&x->m.cfg, x->m.has_lora ? &x->m.lora : NULL,
-                                              r->train.micro_batch_size, r->data.seq_len);
+                                              r->train.micro_batch_size, r->data.seq_len,
+                                              r->train.activation_checkpointing);
     if (dry_run) {
         ct_error err;
         printf("# resolved recipe\n");
@@ -503,10 +504,6 @@ int trainer_run(const recipe *r, const dist *d, bool dry_run, run_summary *summa
     x.hook = test_hook_from_env();
     int status = dist_set_timeout(d, r->distributed.timeout_s, err);
     if (!status) status = select_backend(r, &x.k, err);
-    if (!status && r->train.activation_checkpointing)
-        status = ct_fail(err, "%s: train.activation_checkpointing is not available yet: every layer's "
-                              "activations are kept (the dry run shows their size)",
-                         r->source);
     if (!status && r->distributed.backend == DIST_BACKEND_NCCL)
         status = ct_fail(err, "%s: distributed.backend nccl is not available yet: the NCCL back end comes "
                               "with the CUDA kernels; on CPU ranks use distributed.backend: mpi (or auto)",
@@ -539,6 +536,7 @@ int trainer_run(const recipe *r, const dist *d, bool dry_run, run_summary *summa
         x.pack_docs_per_row = data_pack_docs_per_row(&x.train, r->data.seq_len);
     }
     if (!x.ids || !x.targets || !x.positions || (r->data.pack && !x.doc_ids)) status = ct_fail(err, "out of memory for %zu batch tokens", batch_tokens);
+    x.m.activation_checkpointing = r->train.activation_checkpointing;
     if (!status) status = model_reserve(&x.m, r->train.micro_batch_size, r->data.seq_len, err);
     size_t n_micro = (size_t)x.accum_steps * (size_t)d->world_size;
     x.micro_losses = calloc(n_micro, sizeof *x.micro_losses);
