@@ -20,6 +20,8 @@ import os
 import sys
 import warnings
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # hub_card.py
+
 
 def fail(message):
     print(f"check_hub_folder: {message}", file=sys.stderr)
@@ -27,39 +29,17 @@ def fail(message):
 
 
 def check_card(folder, kind):
-    import yaml
-    from huggingface_hub import ModelCard
+    """The card checks of scripts/hub_card.py, short of requiring a Hub id as base_model
+    (a base made locally has none until it is pushed)."""
+    import hub_card
 
-    path = os.path.join(folder, "README.md")
-    if not os.path.isfile(path):
-        fail(f"{path}: missing")
-    text = open(path, encoding="utf-8").read()
-    if not text.startswith("---\n"):
-        fail(f"{path}: does not start with a '---' front matter line")
-    end = text.find("\n---\n", 4)
-    if end < 0:
-        fail(f"{path}: front matter has no closing '---' line")
-    meta = yaml.safe_load(text[4:end])
-    if not isinstance(meta, dict):
-        fail(f"{path}: front matter is not a mapping")
-    want_library = "peft" if kind == "lora" else "transformers"
-    if meta.get("library_name") != want_library:
-        fail(f"{path}: library_name {meta.get('library_name')!r}, expected {want_library!r}")
-    if meta.get("pipeline_tag") != "text-generation":
-        fail(f"{path}: pipeline_tag {meta.get('pipeline_tag')!r}")
-    for key in ("base_model", "license", "tags"):
-        if key not in meta:
-            fail(f"{path}: front matter lacks '{key}'")
-    if kind == "lora" and f"base_model:adapter:{meta['base_model']}" not in meta["tags"]:
-        fail(f"{path}: tags lack base_model:adapter:{meta['base_model']}")
-    card = ModelCard.load(path)  # parses model-index into eval results; raises if malformed
-    results = card.data.eval_results or []
-    return {
-        "base_model": meta["base_model"],
-        "library_name": meta["library_name"],
-        "tags": meta["tags"],
-        "eval_results": {r.metric_type: r.metric_value for r in results},
-    }
+    try:
+        card = hub_card.check(folder, hub_base=False)
+    except hub_card.CardError as e:
+        fail(str(e))
+    if card["kind"] != kind:
+        fail(f"{folder}: a {card['kind']} folder, expected {kind}")
+    return card
 
 
 def check_adapter_config(folder):
@@ -72,8 +52,13 @@ def check_adapter_config(folder):
 
 
 def load_lora(folder, base):
+    """PeftModel.from_pretrained on a float32 base, failing where peft would only warn.
+
+    Returns (model, missing, unexpected): adapter keys the model expects but the file lacks,
+    and keys the file has that the model does not use. Every adapter tensor loaded must also
+    equal the file's bit for bit (a silently converted or ignored tensor is a failure)."""
     import torch
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from peft import PeftModel, get_peft_model_state_dict
     from peft.utils import load_peft_weights
     from transformers import AutoModelForCausalLM
 
@@ -84,15 +69,18 @@ def load_lora(folder, base):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-        lora_config = LoraConfig.from_pretrained(folder)
-        model = get_peft_model(model, lora_config)
-        result = set_peft_model_state_dict(model, load_peft_weights(folder, device="cpu"))
+        model = PeftModel.from_pretrained(model, folder)
     for w in caught:
-        if "missing adapter keys" in str(w.message) or "unexpected" in str(w.message).lower():
-            fail(f"peft warned: {w.message}")
-    # missing_keys covers the whole model; only adapter weights must come from the file.
-    missing = [k for k in result.missing_keys if "lora_" in k]
-    unexpected = list(result.unexpected_keys)
+        text = str(w.message)
+        if "missing adapter keys" in text or "unexpected" in text.lower():
+            fail(f"peft warned: {text}")
+    stored = load_peft_weights(folder, device="cpu")
+    loaded = get_peft_model_state_dict(model)
+    missing = sorted(set(loaded) - set(stored))
+    unexpected = sorted(set(stored) - set(loaded))
+    for key in sorted(set(stored) & set(loaded)):
+        if stored[key].shape != loaded[key].shape or not torch.equal(stored[key].float(), loaded[key].float()):
+            fail(f"{folder}: adapter tensor {key} loaded as something else than the file holds")
     return model, missing, unexpected
 
 
@@ -105,6 +93,15 @@ def load_full(folder):
     unexpected = list(info.get("unexpected_keys", []))
     mismatched = [str(x) for x in info.get("mismatched_keys", [])]
     return model, missing, unexpected + mismatched
+
+
+def sequence_logits(model, ids):
+    """[len(ids), vocab] float32 logits of one sequence, eval mode (no dropout)."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        return model(torch.tensor([ids], dtype=torch.long)).logits[0].float()
 
 
 def main():
@@ -126,9 +123,7 @@ def main():
         fail(f"{args.folder}: missing keys {missing}, unexpected or mismatched keys {unexpected}")
 
     ids = [int(x) for x in args.ids.split(",") if x.strip()]
-    model.eval()
-    with torch.no_grad():
-        logits = model(torch.tensor([ids], dtype=torch.long)).logits[0].float()
+    logits = sequence_logits(model, ids)
     print(json.dumps({"kind": kind, "missing": missing, "unexpected": unexpected, "card": card,
                       "logits": logits.tolist()}))
 

@@ -1,15 +1,21 @@
-/* ctune eval --model DIR [--adapter DIR] --data FILE.h5 [options] */
+/* ctune eval --model DIR [--adapter DIR] --data FILE.h5 [options]
+ * ctune eval --model DIR [--adapter DIR] --ids 1,2,3 --logits-out FILE.json */
+#include <errno.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "train/cli.h"
+#include "train/fsutil.h"
+#include "train/textbuf.h"
 #include "train/trainer.h"
 
 static void eval_usage(FILE *out) {
     fprintf(out,
             "usage: ctune eval --model DIR [--adapter DIR] --data FILE.h5 [options]\n"
+            "       ctune eval --model DIR [--adapter DIR] --ids 1,2,3 --logits-out FILE.json\n"
             "       mpirun -np N ctune eval ...\n"
             "\n"
             "Mean token loss of a model (plus an optional PEFT LoRA adapter) on a ctune dataset,\n"
@@ -21,7 +27,12 @@ static void eval_usage(FILE *out) {
             "  --micro-batch N   sequences per forward pass (default 8)\n"
             "  --max-batches N   evaluate at most N micro-batches (default all)\n"
             "  --accuracy        also measure answer accuracy (prompt = tokens before the loss)\n"
-            "Prints one JSON object: {\"eval_loss\", \"eval_tokens\"[, \"eval_accuracy\"]}.\n");
+            "Prints one JSON object: {\"eval_loss\", \"eval_tokens\"[, \"eval_accuracy\"]}.\n"
+            "\n"
+            "  --ids I,J,...      instead of a dataset: one sequence of token ids (no BOS added)\n"
+            "  --logits-out FILE  with --ids: write {\"ids\": [...], \"logits\": [[vocab floats]\n"
+            "                     per position]} (fp32 CPU forward, no dropout; '-' = stdout),\n"
+            "                     to compare with another implementation's logits\n");
 }
 
 static int parse_count(const char *flag, const char *text, int min, int *out) {
@@ -35,8 +46,102 @@ static int parse_count(const char *flag, const char *text, int min, int *out) {
     return 0;
 }
 
+/* "1,2,3" -> ids. Range against the vocabulary is checked once the model is loaded. */
+static int parse_ids(const char *text, int32_t **ids, int *n, ct_error *err) {
+    size_t cap = 1;
+    for (const char *c = text; *c; c++) cap += *c == ',';
+    *ids = malloc(cap * sizeof **ids);
+    if (!*ids) return ct_fail(err, "--ids: out of memory");
+    *n = 0;
+    const char *p = text;
+    for (;;) {
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        /* strtol skips leading blanks; an item must start with a digit or a minus sign. */
+        bool number = end != p && (*p == '-' || (*p >= '0' && *p <= '9')) && (*end == ',' || !*end);
+        if (!number || errno || v < 0 || v > INT32_MAX) {
+            int len = (int)strcspn(p, ",");
+            int offset = (int)(p - text);
+            if (!*text) return ct_fail(err, "--ids: empty; expected comma-separated token ids like 1,2,3");
+            if (number)
+                return ct_fail(err, "--ids: item %d at character %d ('%.*s') is not a token id (%s)", *n + 1,
+                               offset, len, p, v < 0 ? "negative" : "too large");
+            if (len == 0) return ct_fail(err, "--ids: item %d at character %d is empty", *n + 1, offset);
+            return ct_fail(err, "--ids: item %d at character %d ('%.*s') is not an integer", *n + 1, offset,
+                           len, p);
+        }
+        (*ids)[(*n)++] = (int32_t)v;
+        if (!*end) return 0;
+        p = end + 1;
+    }
+}
+
+/* Logits at every position of one sequence. The model is causal, so the logits at position t
+ * are those of the last token of the prefix ids[0..t]: model_last_logits on each prefix
+ * (n forwards; --ids sequences are short, this is a checking tool). */
+static int write_sequence_logits(model *m, const int32_t *ids, int n, const char *out_path,
+                                 ct_error *err) {
+    const int vocab = m->cfg.vocab_size;
+    for (int t = 0; t < n; t++)
+        if (ids[t] >= vocab)
+            return ct_fail(err, "--ids: item %d is %d, outside the model's vocabulary [0, %d)", t + 1,
+                           (int)ids[t], vocab);
+    float *logits = malloc((size_t)vocab * sizeof *logits);
+    if (!logits) return ct_fail(err, "out of memory");
+    int status = model_reserve(m, 1, n, err);
+    textbuf json = {0};
+    textbuf_puts(&json, "{\"ids\": [");
+    for (int t = 0; t < n; t++) textbuf_printf(&json, "%s%d", t ? ", " : "", (int)ids[t]);
+    textbuf_puts(&json, "], \"logits\": [");
+    for (int t = 0; t < n && !status; t++) {
+        status = model_last_logits(m, ids, t + 1, logits, err);
+        textbuf_puts(&json, t ? ",\n  [" : "\n  [");
+        for (int v = 0; v < vocab && !status; v++) {
+            const char *sep = v ? ", " : "";
+            /* Python's json reads these spellings of the non-finite values. */
+            if (isnan(logits[v])) textbuf_printf(&json, "%sNaN", sep);
+            else if (isinf(logits[v])) textbuf_printf(&json, "%s%sInfinity", sep, logits[v] < 0 ? "-" : "");
+            else textbuf_printf(&json, "%s%.9g", sep, (double)logits[v]);
+        }
+        textbuf_puts(&json, "]");
+    }
+    textbuf_puts(&json, "]}\n");
+    if (!status && json.failed) status = ct_fail(err, "out of memory");
+    if (!status) {
+        if (!strcmp(out_path, "-")) {
+            if (fwrite(json.data, 1, json.len, stdout) != json.len || fflush(stdout))
+                status = ct_fail(err, "writing the logits to stdout failed");
+        } else if (write_file_atomic(out_path, json.data, json.len, err)) {
+            status = -1;
+        }
+    }
+    textbuf_free(&json);
+    free(logits);
+    return status;
+}
+
+/* --ids mode: one sequence's logits, on one process (no dataset, nothing to split). */
+static int eval_logits(const char *model_dir, const char *adapter_dir, const char *ids_text,
+                       const char *out_path) {
+    ct_error err = {{0}};
+    int32_t *ids = NULL;
+    int n = 0;
+    model m;
+    bool have_model = false;
+    int status = parse_ids(ids_text, &ids, &n, &err);
+    if (!status) status = load_model_for_inference(&m, model_dir, adapter_dir, kernels_cpu(), &err);
+    have_model = !status;
+    if (!status) status = write_sequence_logits(&m, ids, n, out_path, &err);
+    if (status) fprintf(stderr, "ctune eval: %s\n", err.msg);
+    if (have_model) model_free(&m);
+    free(ids);
+    return status ? 1 : 0;
+}
+
 int cmd_eval(int argc, char **argv) {
     const char *model_dir = NULL, *adapter_dir = NULL, *data_path = NULL;
+    const char *ids_text = NULL, *logits_out = NULL;
     int seq_len = 256, micro = 8, max_batches = 0;
     bool accuracy = false;
     for (int i = 1; i < argc; i++) {
@@ -48,6 +153,8 @@ int cmd_eval(int argc, char **argv) {
         } else if (!strcmp(a, "--model") && has_value) model_dir = argv[++i];
         else if (!strcmp(a, "--adapter") && has_value) adapter_dir = argv[++i];
         else if (!strcmp(a, "--data") && has_value) data_path = argv[++i];
+        else if (!strcmp(a, "--ids") && has_value) ids_text = argv[++i];
+        else if (!strcmp(a, "--logits-out") && has_value) logits_out = argv[++i];
         else if (!strcmp(a, "--seq-len") && has_value) {
             if (parse_count(a, argv[++i], 2, &seq_len)) return 2;
         } else if (!strcmp(a, "--micro-batch") && has_value) {
@@ -60,6 +167,21 @@ int cmd_eval(int argc, char **argv) {
             eval_usage(stderr);
             return 2;
         }
+    }
+    if (ids_text || logits_out) {
+        if (!ids_text || !logits_out) {
+            fprintf(stderr, "ctune eval: --ids and --logits-out go together\n");
+            return 2;
+        }
+        if (data_path || accuracy) {
+            fprintf(stderr, "ctune eval: --ids computes logits; it does not take --data or --accuracy\n");
+            return 2;
+        }
+        if (!model_dir) {
+            eval_usage(stderr);
+            return 2;
+        }
+        return eval_logits(model_dir, adapter_dir, ids_text, logits_out);
     }
     if (!model_dir || !data_path) {
         eval_usage(stderr);
