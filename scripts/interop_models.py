@@ -125,6 +125,18 @@ def safetensors_folder(folder):
     return tensors
 
 
+SHARD_BYTES = 100_000
+
+
+def require_sharded(folder):
+    index_path = os.path.join(folder, "model.safetensors.index.json")
+    require(os.path.isfile(index_path), f"{folder}: expected shards and model.safetensors.index.json")
+    shards = set(json.load(open(index_path))["weight_map"].values())
+    require(len(shards) > 1, f"{index_path}: expected several shards, got {sorted(shards)}")
+    require(not os.path.exists(os.path.join(folder, "model.safetensors")),
+            f"{folder}: both model.safetensors and an index")
+
+
 def train(args, recipe, model_dir, data_dir, out_dir, extra=()):
     overrides = [f"model.path={model_dir}", f"data.train={data_dir}/train.h5", f"data.eval={data_dir}/eval.h5",
                  "data.synthetic_train_examples=2000", "data.synthetic_eval_examples=32",
@@ -172,7 +184,10 @@ def check_model(args, name, config, preset_dir, seed):
     lora_diff = compare_logits(f"{name} LoRA (peft)", peft_logits, ctune_adapter_logits)
 
     # b. full fine-tuning
-    full_final = train(args, "full.yaml", base_dir, data_dir, os.path.join(work, "full"))
+    # Shards of ~100 kB: the index path of transformers' loader, not only model.safetensors.
+    full_final = train(args, "full.yaml", base_dir, data_dir, os.path.join(work, "full"),
+                       extra=[f"checkpoint.max_shard_bytes={SHARD_BYTES}"])
+    require_sharded(full_final)
     hub.check_card(full_final, "full")
     full_model, missing, unexpected = hub.load_full(full_final)
     require(not missing and not unexpected,
@@ -184,7 +199,9 @@ def check_model(args, name, config, preset_dir, seed):
 
     # c. merge
     merged_dir = os.path.join(work, "merged")
-    run([args.ctune, "merge", lora_final, "--base", base_dir, "-o", merged_dir], "ctune merge")
+    run([args.ctune, "merge", lora_final, "--base", base_dir, "-o", merged_dir,
+         "--max-shard-bytes", str(SHARD_BYTES)], "ctune merge")
+    require_sharded(merged_dir)
     merged_model, missing, unexpected = hub.load_full(merged_dir)
     require(not missing and not unexpected,
             f"{name} merged: transformers reports missing {missing} and unexpected or mismatched {unexpected}")
