@@ -8,7 +8,6 @@
 set -euo pipefail
 src=${CTUNE_SOURCE_DIR:?}
 ctune=${CTUNE:?}
-python=${CTUNE_PYTHON:-}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -37,12 +36,6 @@ if data["ids"] != [256, 7, 258] or shape != [259] * 3 or not all(math.isfinite(v
 PY
 echo "ok   ctune eval --ids: errors and output shape"
 
-if [ -z "$python" ]; then
-  echo "SKIPPED: CTUNE_PYTHON is not set (scripts/python_env.sh makes a virtual environment with the peers)"
-  exit 0
-fi
-if ! "$python" -c 'import torch, transformers, peft, safetensors, huggingface_hub, yaml' 2>/dev/null; then
-  echo "SKIPPED: $python cannot import torch, transformers, peft, safetensors, huggingface_hub and yaml"
-  exit 0
-fi
+source "$CTUNE_SOURCE_DIR/tests/tools/python.sh"
+require_python torch transformers peft safetensors huggingface_hub yaml
 "$python" "$src/scripts/interop_models.py" --ctune "$ctune" --source "$src" --work "$work/interop"

@@ -10,15 +10,8 @@
 set -euo pipefail
 src=${CTUNE_SOURCE_DIR:?}
 tool=${CTUNE_TOOLS_DIR:?}/st_roundtrip
-python=${CTUNE_PYTHON:-}
-if [ -z "$python" ]; then
-  echo "SKIPPED: CTUNE_PYTHON is not set (scripts/python_env.sh makes a virtual environment with the peers)"
-  exit 0
-fi
-if ! "$python" -c 'import safetensors, torch, numpy' 2>/dev/null; then
-  echo "SKIPPED: $python cannot import safetensors, torch and numpy"
-  exit 0
-fi
+source "$CTUNE_SOURCE_DIR/tests/tools/python.sh"
+require_python safetensors torch numpy
 [ -x "$tool" ] || { echo "FAIL: $tool is not built"; exit 1; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -9,15 +9,8 @@
 set -euo pipefail
 src=${CTUNE_SOURCE_DIR:?}
 test_tokenizer=${CTUNE_BUILD_DIR:?}/test_tokenizer
-python=${CTUNE_PYTHON:-}
-if [ -z "$python" ]; then
-  echo "SKIPPED: CTUNE_PYTHON is not set (scripts/python_env.sh makes a virtual environment with the peers)"
-  exit 0
-fi
-if ! "$python" -c 'import tokenizers' 2>/dev/null; then
-  echo "SKIPPED: $python cannot import tokenizers"
-  exit 0
-fi
+source "$CTUNE_SOURCE_DIR/tests/tools/python.sh"
+require_python tokenizers
 [ -x "$test_tokenizer" ] || { echo "FAIL: $test_tokenizer is not built"; exit 1; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -6,11 +6,8 @@
 set -euo pipefail
 src=${CTUNE_SOURCE_DIR:?}
 ctune=${CTUNE:?}
-python=${CTUNE_PYTHON:-}
-if [ -z "$python" ] || ! "$python" -c 'import huggingface_hub, yaml' 2>/dev/null; then
-  echo "SKIPPED: CTUNE_PYTHON with huggingface_hub and yaml is not set (scripts/python_env.sh makes one)"
-  exit 0
-fi
+source "$CTUNE_SOURCE_DIR/tests/tools/python.sh"
+require_python huggingface_hub yaml
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
