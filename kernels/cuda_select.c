@@ -1,15 +1,45 @@
 /* kernels_cuda: hands out the CUDA backend table, or says clearly why there is none.
  * Built without nvcc this reports that; built with it, it asks the CUDA runtime for a
  * device first, because a CUDA build routinely runs on machines without a GPU or driver
- * (CI), where the first runtime call fails ("CUDA driver version is insufficient ..."). */
+ * (CI), where the first runtime call fails ("CUDA driver version is insufficient ..."),
+ * then creates the cuBLAS handle so that a broken installation fails here, not in gemm.
+ * The table is assembled here, in C, from the functions of kernels/cuda (cuda_ops.h).
+ * It uses the device current at the first call (a rank calls cudaSetDevice before). */
 #include <stddef.h>
 
+#include "kernels/cuda/cuda_status.h"
 #include "kernels/kernels.h"
 
 #ifdef CTUNE_HAVE_CUDA
-/* Defined in kernels/cuda/device.cu. Returns the number of devices (>= 0), or -1 with the
- * CUDA runtime's error string in msg when the runtime cannot be used at all. */
-int ctune_cuda_device_count(char *msg, size_t msg_size);
+#include "kernels/cuda/cuda_ops.h"
+
+static const kernels cuda_backend = {
+    .name = "cuda",
+    .alloc = cuda_alloc,
+    .release = cuda_release,
+    .zero = cuda_zero,
+    .copy = cuda_copy,
+    .upload = cuda_upload,
+    .download = cuda_download,
+    .gemm = cuda_gemm,
+    .add = cuda_add,
+    .axpy = cuda_axpy,
+    .scale = cuda_scale,
+    .dropout = cuda_dropout,
+    .sum_squares = cuda_sum_squares,
+    .embedding_fwd = cuda_embedding_fwd,
+    .embedding_bwd = cuda_embedding_bwd,
+    .rmsnorm_fwd = cuda_rmsnorm_fwd,
+    .rmsnorm_bwd = cuda_rmsnorm_bwd,
+    .rope_fwd = cuda_rope_fwd,
+    .rope_bwd = cuda_rope_bwd,
+    .swiglu_fwd = cuda_swiglu_fwd,
+    .swiglu_bwd = cuda_swiglu_bwd,
+    .attention_fwd = cuda_attention_fwd,
+    .attention_bwd = cuda_attention_bwd,
+    .cross_entropy = cuda_cross_entropy,
+    .adamw = cuda_adamw,
+};
 #endif
 
 int kernels_cuda(const kernels **out, ct_error *err) {
@@ -19,12 +49,23 @@ int kernels_cuda(const kernels **out, ct_error *err) {
     int count = ctune_cuda_device_count(cuda_msg, sizeof cuda_msg);
     if (count < 0) return ct_fail(err, "no CUDA GPU found (%s)", cuda_msg);
     if (count == 0) return ct_fail(err, "no CUDA GPU found (the CUDA runtime reports 0 devices)");
-    return ct_fail(err,
-                   "found %d CUDA GPU(s), but the CUDA kernels are not implemented yet; "
-                   "use the cpu backend",
-                   count);
+    if (ctune_cuda_init(cuda_msg, sizeof cuda_msg) != 0)
+        return ct_fail(err, "found %d CUDA GPU(s), but %s", count, cuda_msg);
+    if (out) *out = &cuda_backend;
+    return 0;
 #else
     return ct_fail(err, "this ctune was built without CUDA (nvcc was not found at configure "
                         "time); use the cpu backend");
 #endif
+}
+
+int kernels_cuda_status(ct_error *err) {
+#ifdef CTUNE_HAVE_CUDA
+    char cuda_msg[1024] = "";
+    if (ctune_cuda_take_error(cuda_msg, sizeof cuda_msg) != 0)
+        return ct_fail(err, "CUDA backend: %s", cuda_msg);
+#else
+    (void)err;
+#endif
+    return 0;
 }

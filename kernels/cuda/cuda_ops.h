@@ -1,0 +1,81 @@
+/* cuda_ops: the functions behind the CUDA backend table (assembled in kernels/cuda_select.c)
+ * and the backend's error state. Semantics are those of kernels/kernels.h; every op mirrors
+ * the arithmetic of its kernels/cpu counterpart and is checked against it by
+ * tests/test_kernels_cuda.c. Plain C declarations, shared by the C and CUDA sources. */
+#ifndef CTUNE_CUDA_OPS_H
+#define CTUNE_CUDA_OPS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- device.cu: probe, lazily created cuBLAS handle, sticky error state ---- */
+
+/* Number of devices (>= 0), or -1 with the CUDA runtime's message in msg. */
+int ctune_cuda_device_count(char *msg, size_t msg_size);
+/* Creates the process's cuBLAS handle once (thread-safe); 0, or -1 with a message. */
+int ctune_cuda_init(char *msg, size_t msg_size);
+/* Waits for the device, then moves the first recorded failure (if any) into msg and
+ * clears it. Returns 0 when nothing failed since the last call, -1 otherwise. */
+int ctune_cuda_take_error(char *msg, size_t msg_size);
+
+/* ---- the table's operations ---- */
+void *cuda_alloc(size_t bytes);
+void cuda_release(void *ptr);
+void cuda_zero(void *ptr, size_t bytes);
+void cuda_copy(void *dst, const void *src, size_t bytes);
+void cuda_upload(void *dst, const void *host_src, size_t bytes);
+void cuda_download(void *host_dst, const void *src, size_t bytes);
+
+void cuda_gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a,
+               int lda, const float *b, int ldb, float beta, float *c, int ldc);
+
+void cuda_add(float *out, const float *a, const float *b, size_t n);
+void cuda_axpy(float *y, float alpha, const float *x, size_t n);
+void cuda_scale(float *x, float alpha, size_t n);
+void cuda_dropout(float *out, const float *x, float p, uint64_t seed, uint64_t offset, size_t n);
+double cuda_sum_squares(const float *x, size_t n);
+
+void cuda_embedding_fwd(float *out, const float *table, const int32_t *ids, int n_tokens,
+                        int hidden);
+void cuda_embedding_bwd(float *dtable, const float *dout, const int32_t *ids, int n_tokens,
+                        int hidden);
+
+void cuda_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *weight, int n_rows,
+                      int dim, float eps);
+void cuda_rmsnorm_bwd(float *dx, float *dweight, const float *dout, const float *x,
+                      const float *weight, const float *rstd, int n_rows, int dim);
+
+void cuda_rope_fwd(float *x, const int32_t *positions, const float *inv_freq, int n_tokens,
+                   int n_heads, int head_dim);
+void cuda_rope_bwd(float *dx, const int32_t *positions, const float *inv_freq, int n_tokens,
+                   int n_heads, int head_dim);
+
+void cuda_swiglu_fwd(float *out, const float *gate, const float *up, size_t n);
+void cuda_swiglu_bwd(float *dgate, float *dup, const float *dout, const float *gate,
+                     const float *up, size_t n);
+
+void cuda_attention_fwd(float *out, float *lse, const float *q, const float *k, const float *v,
+                        const int32_t *doc_ids, int batch, int seq, int n_heads, int n_kv_heads,
+                        int head_dim, float scale);
+void cuda_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                        const float *k, const float *v, const float *out, const float *lse,
+                        const int32_t *doc_ids, int batch, int seq, int n_heads, int n_kv_heads,
+                        int head_dim, float scale);
+
+void cuda_cross_entropy(float *logits, float *loss, const int32_t *targets, int n_rows,
+                        int vocab, float grad_scale);
+
+void cuda_adamw(float *param, const float *grad, float *m, float *v, size_t n, double lr,
+                double beta1, double beta2, double eps, double weight_decay, double bias1,
+                double bias2);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

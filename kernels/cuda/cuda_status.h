@@ -1,0 +1,19 @@
+/* cuda_status: how CUDA failures reach a caller of the kernel table.
+ *
+ * The table's functions return void (kernels/kernels.h), and kernel launches are
+ * asynchronous anyway, so the CUDA backend records the FIRST failed CUDA or cuBLAS call
+ * ("kernels/cuda/gemm.cu:52: cublasSgemm: CUBLAS_STATUS_INVALID_VALUE") in one
+ * process-wide slot and carries on; later ops may then compute garbage. A caller checks
+ * at the points where it would act on results anyway (after a step, before a checkpoint).
+ * The slot is the backend's only mutable state besides the cuBLAS handle (device.cu). */
+#ifndef CTUNE_CUDA_STATUS_H
+#define CTUNE_CUDA_STATUS_H
+
+#include "train/error.h"
+
+/* Waits for the device to finish the work queued so far, then returns 0 when no CUDA
+ * call failed since the last check, or -1 with the first failure in err (and clears it).
+ * Without CUDA in the build it returns 0. */
+int kernels_cuda_status(ct_error *err);
+
+#endif

@@ -1,0 +1,45 @@
+// Embedding lookup: out[t,:] = table[ids[t],:]; backward dtable[ids[t],:] += dout[t,:]
+// (kernels/cpu/embedding.c). The ids are trusted (the data layer checks them).
+//
+// The backward is deterministic without atomics: repeated ids make rows collide, so, as on
+// the CPU, a thread owns one column and walks the tokens in order; every element adds its
+// contributions in token order, the same order (and so the same bits) as the CPU backend.
+// Its parallelism is `hidden` threads, enough for an fp32 path; a faster scheme (sorting
+// tokens by id, then segmented sums) is future work for the mixed-precision path.
+#include <stdint.h>
+
+#include "kernels/cuda/cuda_common.cuh"
+
+__global__ void embedding_fwd_kernel(float *out, const float *table, const int32_t *ids,
+                                     int n_tokens, int hidden) {
+    size_t total = (size_t)n_tokens * hidden;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        size_t t = i / hidden, c = i % hidden;
+        out[i] = table[(size_t)ids[t] * hidden + c];
+    }
+}
+
+__global__ void embedding_bwd_kernel(float *dtable, const float *dout, const int32_t *ids,
+                                     int n_tokens, int hidden) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= hidden) return;
+    for (int t = 0; t < n_tokens; t++)
+        dtable[(size_t)ids[t] * hidden + c] += dout[(size_t)t * hidden + c];
+}
+
+extern "C" void cuda_embedding_fwd(float *out, const float *table, const int32_t *ids,
+                                   int n_tokens, int hidden) {
+    if (n_tokens <= 0 || hidden <= 0) return;
+    embedding_fwd_kernel<<<cuda_grid_for((size_t)n_tokens * hidden), CUDA_THREADS>>>(
+        out, table, ids, n_tokens, hidden);
+    CUDA_CHECK_LAUNCH();
+}
+
+extern "C" void cuda_embedding_bwd(float *dtable, const float *dout, const int32_t *ids,
+                                   int n_tokens, int hidden) {
+    if (n_tokens <= 0 || hidden <= 0) return;
+    unsigned int blocks = (unsigned int)((hidden + CUDA_THREADS - 1) / CUDA_THREADS);
+    embedding_bwd_kernel<<<blocks, CUDA_THREADS>>>(dtable, dout, ids, n_tokens, hidden);
+    CUDA_CHECK_LAUNCH();
+}

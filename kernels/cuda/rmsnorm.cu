@@ -1,0 +1,91 @@
+// RMSNorm as transformers' LlamaRMSNorm in fp32, mirroring kernels/cpu/rmsnorm.c:
+//   rstd = 1 / sqrt(mean(x^2) + eps)  (sum in double, mean rounded to fp32);  y = w (x rstd)
+// Backward, g = dy w, r = rstd:  dx = r g - x r^3 mean(g x);  dw += sum_rows dy (x r).
+// One block per row for the row reductions (fixed-tree double sums). dw is a reduction
+// over rows, done without atomics in two passes: partial sums (in double) over fixed
+// chunks of RMS_ROW_CHUNK rows, then the chunks added in order; deterministic.
+#include <cuda_runtime.h>
+
+#include "kernels/cuda/cuda_common.cuh"
+
+#define RMS_ROW_CHUNK 64
+
+__global__ void rmsnorm_fwd_kernel(float *out, float *rstd, const float *x, const float *weight,
+                                   int dim, float eps) {
+    __shared__ double scratch[CUDA_THREADS];
+    const size_t row = blockIdx.x;
+    const float *xr = x + row * dim;
+    float *yr = out + row * dim;
+    double acc = 0.0;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) acc += (double)xr[j] * xr[j];
+    double sum = block_sum(acc, scratch);
+    float variance = (float)(sum / dim);
+    float rs = 1.0f / sqrtf(variance + eps);  // IEEE sqrt and division (no fast math)
+    if (threadIdx.x == 0) rstd[row] = rs;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) yr[j] = weight[j] * (xr[j] * rs);
+}
+
+__global__ void rmsnorm_bwd_dx_kernel(float *dx, const float *dout, const float *x,
+                                      const float *weight, const float *rstd, int dim) {
+    __shared__ double scratch[CUDA_THREADS];
+    const size_t row = blockIdx.x;
+    const float *xr = x + row * dim, *dyr = dout + row * dim;
+    float *dxr = dx + row * dim;
+    const float rs = rstd[row];
+    double acc = 0.0;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) acc += (double)dyr[j] * weight[j] * xr[j];
+    double gx = block_sum(acc, scratch);
+    float coef = (float)(gx / dim) * rs * rs * rs;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x)
+        dxr[j] = __fmul_rn(rs, dyr[j] * weight[j]) - __fmul_rn(coef, xr[j]);
+}
+
+// partial[chunk, c] = sum over the chunk's rows, in row order, of dy (x r).
+__global__ void rmsnorm_dw_partial_kernel(double *partial, const float *dout, const float *x,
+                                          const float *rstd, int n_rows, int dim) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= dim) return;
+    const int r0 = blockIdx.y * RMS_ROW_CHUNK;
+    const int r1 = r0 + RMS_ROW_CHUNK < n_rows ? r0 + RMS_ROW_CHUNK : n_rows;
+    double acc = 0.0;
+    for (int r = r0; r < r1; r++) {
+        size_t i = (size_t)r * dim + c;
+        acc += (double)(dout[i] * (x[i] * rstd[r]));
+    }
+    partial[(size_t)blockIdx.y * dim + c] = acc;
+}
+
+__global__ void rmsnorm_dw_sum_kernel(float *dweight, const double *partial, int n_chunks,
+                                      int dim) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= dim) return;
+    double acc = 0.0;
+    for (int chunk = 0; chunk < n_chunks; chunk++) acc += partial[(size_t)chunk * dim + c];
+    dweight[c] += (float)acc;
+}
+
+extern "C" void cuda_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *weight,
+                                 int n_rows, int dim, float eps) {
+    if (n_rows <= 0 || dim <= 0) return;
+    rmsnorm_fwd_kernel<<<n_rows, CUDA_THREADS>>>(out, rstd, x, weight, dim, eps);
+    CUDA_CHECK_LAUNCH();
+}
+
+extern "C" void cuda_rmsnorm_bwd(float *dx, float *dweight, const float *dout, const float *x,
+                                 const float *weight, const float *rstd, int n_rows, int dim) {
+    if (n_rows <= 0 || dim <= 0) return;
+    rmsnorm_bwd_dx_kernel<<<n_rows, CUDA_THREADS>>>(dx, dout, x, weight, rstd, dim);
+    CUDA_CHECK_LAUNCH();
+    if (!dweight) return;
+    const int n_chunks = (n_rows + RMS_ROW_CHUNK - 1) / RMS_ROW_CHUNK;
+    double *partial = NULL;
+    CUDA_CHECK(cudaMallocAsync((void **)&partial, (size_t)n_chunks * dim * sizeof(double), 0));
+    if (!partial) return;
+    const unsigned int col_blocks = (unsigned int)((dim + CUDA_THREADS - 1) / CUDA_THREADS);
+    rmsnorm_dw_partial_kernel<<<dim3(col_blocks, (unsigned int)n_chunks), CUDA_THREADS>>>(
+        partial, dout, x, rstd, n_rows, dim);
+    CUDA_CHECK_LAUNCH();
+    rmsnorm_dw_sum_kernel<<<col_blocks, CUDA_THREADS>>>(dweight, partial, n_chunks, dim);
+    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaFreeAsync(partial, 0));
+}
