@@ -63,13 +63,11 @@ void zero_free(zero_optimizer *z) {
     memset(z, 0, sizeof *z);
 }
 
-/* The collectives of the MPI back end read and write host memory, and the step relies on the
- * trainable weights lining up with the gradient arena (model.h). */
+/* The step relies on the trainable weights lining up with the gradient arena (model.h). The
+ * collectives take the model's backend memory (on_backend), so any backend works. */
 static int check_model(const model *m, const dist *d, ct_error *err) {
+    (void)d;
     if (m->grad_numel == 0 || !m->grad_arena) return ct_fail(err, "zero: the model has no trainable parameters");
-    if (d->world_size > 1 && m->k != kernels_cpu())
-        return ct_fail(err, "zero: the MPI collectives need the CPU backend; GPU ranks need the NCCL "
-                            "back end, which is not available yet");
     for (int i = 0; i < m->n_params; i++) {
         const model_param *p = &m->params[i];
         if (p->trainable && p->grad && p->data - m->weight_arena != p->grad - m->grad_arena)
@@ -137,6 +135,13 @@ static void tree_add_leaf(zero_optimizer *z, float *leaf, size_t n) {
         if (((i >> l) & 1) && n) k->add(leaf, z->levels[l], leaf, n);
 }
 
+/* The communicator as the float collectives need it: they move the model's backend memory. */
+static dist on_backend(const zero_optimizer *z) {
+    dist d = *z->d;
+    d.memory = z->k;
+    return d;
+}
+
 int zero_accumulate(zero_optimizer *z, model *m, ct_error *err) {
     if (z->leaves >= z->accum_steps)
         return ct_fail(err, "zero: micro-batch %d of a step with %d", z->leaves + 1, z->accum_steps);
@@ -144,7 +149,8 @@ int zero_accumulate(zero_optimizer *z, model *m, ct_error *err) {
         tree_add_leaf(z, m->grad_arena, z->numel);
         return 0;
     }
-    if (dist_reduce_scatter_floats(z->d, m->grad_arena, z->reduced, z->offsets, err)) return -1;
+    const dist d = on_backend(z);
+    if (dist_reduce_scatter_floats(&d, m->grad_arena, z->reduced, z->offsets, err)) return -1;
     tree_add_leaf(z, z->reduced, z->end - z->begin);
     return 0;
 }
@@ -154,7 +160,7 @@ int zero_step(zero_optimizer *z, model *m, const adamw_hparams *h, double lr, do
     if (z->leaves != z->accum_steps)
         return ct_fail(err, "zero: step after %d of %d micro-batches", z->leaves, z->accum_steps);
     z->leaves = 0;
-    const dist *d = z->d;
+    const dist comm = on_backend(z), *d = &comm;
     const size_t n_blocks = clip_block_count(z->numel);
     /* The reduced gradient of this rank's values; element 0 is flat index `first`. */
     float *grad;

@@ -9,6 +9,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kernels/kernels.h"
+
 /* Reduce-scatter and all-gather move at most this many floats per peer per round, so their
  * scratch stays bounded (and MPI's int counts never overflow) whatever the model size. */
 #define DIST_ROUND_FLOATS ((size_t)1 << 22)
@@ -307,11 +309,26 @@ static int prepare_rounds(const dist *d, const size_t *offsets, size_t *round, s
     return 0;
 }
 
+/* Host scratch <-> the collective's buffers, which may be a backend's (GPU) memory. */
+static void floats_to_host(const dist *d, float *host, const float *src, size_t n) {
+    if (d->memory) d->memory->download(host, src, n * sizeof(float));
+    else memcpy(host, src, n * sizeof(float));
+}
+
+static void floats_from_host(const dist *d, float *dst, const float *host, size_t n) {
+    if (d->memory) d->memory->upload(dst, host, n * sizeof(float));
+    else memcpy(dst, host, n * sizeof(float));
+}
+
 int dist_reduce_scatter_floats(const dist *d, const float *in, float *out, const size_t *offsets,
                                ct_error *err) {
     const int world = d->world_size, me = d->rank;
     if (world == 1) {
-        if (out != in + offsets[0]) memmove(out, in + offsets[0], (offsets[1] - offsets[0]) * sizeof(float));
+        size_t n = offsets[1] - offsets[0];
+        if (out == in + offsets[0] || n == 0) return 0;
+        /* out is a separate buffer (ZeRO 2's shard), or in place: never a partial overlap. */
+        if (d->memory) d->memory->copy(out, in + offsets[0], n * sizeof(float));
+        else memmove(out, in + offsets[0], n * sizeof(float));
         return 0;
     }
     size_t round, max_part;
@@ -322,7 +339,7 @@ int dist_reduce_scatter_floats(const dist *d, const float *in, float *out, const
     for (size_t done = 0; done < max_part; done += round) {
         for (int r = 0; r < world; r++) {
             size_t len = part_length(offsets, r, done, round);
-            if (len) memcpy(rt->send + (size_t)r * round, in + offsets[r] + done, len * sizeof(float));
+            if (len) floats_to_host(d, rt->send + (size_t)r * round, in + offsets[r] + done, len);
             rt->counts[r] = (int)len;
             rt->displs[r] = (int)((size_t)r * round);
         }
@@ -339,7 +356,7 @@ int dist_reduce_scatter_floats(const dist *d, const float *in, float *out, const
         dist_tree_sum_inplace(rt->recv, world, round, mine);
         /* When out aliases in, this round's slice was packed above and later rounds read
          * only further slices. */
-        if (mine) memcpy(out + done, rt->recv, mine * sizeof(float));
+        if (mine) floats_from_host(d, out + done, rt->recv, mine);
     }
     return 0;
 }
@@ -352,7 +369,7 @@ int dist_all_gather_floats(const dist *d, float *values, const size_t *offsets, 
     dist_runtime *rt = d->rt;
     for (size_t done = 0; done < max_part; done += round) {
         size_t mine = part_length(offsets, me, done, round);
-        if (mine) memcpy(rt->send, values + offsets[me] + done, mine * sizeof(float));
+        if (mine) floats_to_host(d, rt->send, values + offsets[me] + done, mine);
         for (int r = 0; r < world; r++) {
             rt->recv_counts[r] = (int)part_length(offsets, r, done, round);
             rt->recv_displs[r] = (int)((size_t)r * round);
@@ -363,8 +380,9 @@ int dist_all_gather_floats(const dist *d, float *values, const size_t *offsets, 
         watch_end(d);
         if (mpi_check(rc, "all-gather", err)) return -1;
         for (int r = 0; r < world; r++)
-            memcpy(values + offsets[r] + done, rt->recv + (size_t)r * round,
-                   (size_t)rt->recv_counts[r] * sizeof(float));
+            if (rt->recv_counts[r])
+                floats_from_host(d, values + offsets[r] + done, rt->recv + (size_t)r * round,
+                                 (size_t)rt->recv_counts[r]);
     }
     return 0;
 }

@@ -29,6 +29,10 @@ typedef struct dist {
     int local_size;
     bool owns_mpi;       /* this module called MPI_Init and must finalize */
     dist_runtime *rt;    /* set by dist_init; collectives between ranks need it */
+    /* Where the buffers of dist_reduce_scatter_floats and dist_all_gather_floats live: a
+     * kernels backend (GPU memory is staged through host scratch with its download/upload;
+     * MPI never sees a device pointer), or NULL for host memory (the default). */
+    const struct kernels *memory;
 } dist;
 
 /* Initialises MPI (singleton runs without mpirun work too) and fills the ranks. */
@@ -67,11 +71,11 @@ void dist_tree_sum_inplace(float *x, int n, size_t stride, size_t len);
 
 /* out = sum over ranks of in[offsets[rank] ..  offsets[rank+1]), the ranks' values added in
  * the DIST_TREE order of ranks. Every rank passes its whole vector in (offsets[world_size]
- * floats). out may be in + offsets[rank] (in place). Host memory; collective. */
+ * floats). out may be in + offsets[rank] (in place). Memory of d->memory; collective. */
 int dist_reduce_scatter_floats(const dist *d, const float *in, float *out, const size_t *offsets,
                                ct_error *err);
 /* In place: rank r provides values[offsets[r] .. offsets[r+1]); afterwards every rank holds
- * every part. Host memory; collective. */
+ * every part. Memory of d->memory; collective. */
 int dist_all_gather_floats(const dist *d, float *values, const size_t *offsets, ct_error *err);
 
 /* Bytes of scratch the two calls above keep on a rank (for memory estimates), when the
