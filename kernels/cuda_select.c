@@ -69,3 +69,22 @@ int kernels_cuda_status(ct_error *err) {
 #endif
     return 0;
 }
+
+int kernels_cuda_bind_rank(int local_rank, int *device, ct_error *err) {
+    if (device) *device = -1;
+#ifdef CTUNE_HAVE_CUDA
+    char cuda_msg[512] = "";
+    int count = ctune_cuda_device_count(cuda_msg, sizeof cuda_msg);
+    if (count < 0) return ct_fail(err, "no CUDA GPU found (%s)", cuda_msg);
+    if (count == 0) return ct_fail(err, "no CUDA GPU found (the CUDA runtime reports 0 devices)");
+    int index = (local_rank < 0 ? 0 : local_rank) % count;
+    if (ctune_cuda_set_device(index, cuda_msg, sizeof cuda_msg) != 0)
+        return ct_fail(err, "local rank %d: %s", local_rank, cuda_msg);
+    if (device) *device = index;
+    return 0;
+#else
+    (void)local_rank;
+    return ct_fail(err, "this ctune was built without CUDA (nvcc was not found at configure "
+                        "time); use the cpu backend");
+#endif
+}

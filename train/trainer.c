@@ -26,7 +26,7 @@ static double now_seconds(void) {
 }
 
 /* Precision other than fp32 needs the CUDA backend; device auto falls back to the CPU. */
-static int select_backend(const recipe *r, const kernels **k, ct_error *err) {
+static int select_backend(const recipe *r, const dist *d, const kernels **k, ct_error *err) {
     bool needs_gpu = r->precision != PRECISION_FP32;
     if (r->device == DEVICE_CPU) {
         if (needs_gpu)
@@ -36,7 +36,8 @@ static int select_backend(const recipe *r, const kernels **k, ct_error *err) {
         return 0;
     }
     ct_error cuda_err;
-    if (kernels_cuda(k, &cuda_err) == 0) {
+    int device = -1;
+    if (kernels_cuda_bind_rank(d->local_rank, &device, &cuda_err) == 0 && kernels_cuda(k, &cuda_err) == 0) {
         /* The CUDA table computes in fp32; bf16/fp16 kernels are issue 4's next step. */
         if (needs_gpu)
             return ct_fail(err, "%s: precision '%s' is not available yet: the CUDA backend computes in fp32 "
@@ -514,7 +515,7 @@ int trainer_run(const recipe *r, const dist *d, bool dry_run, run_summary *summa
 
     x.hook = test_hook_from_env();
     int status = dist_set_timeout(d, r->distributed.timeout_s, err);
-    if (!status) status = select_backend(r, &x.k, err);
+    if (!status) status = select_backend(r, d, &x.k, err);
     if (!status && r->distributed.backend == DIST_BACKEND_NCCL)
         status = ct_fail(err, "%s: distributed.backend nccl is not available yet: the NCCL back end comes "
                               "with the CUDA kernels; on CPU ranks use distributed.backend: mpi (or auto)",

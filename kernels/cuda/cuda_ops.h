@@ -17,6 +17,8 @@ extern "C" {
 
 /* Number of devices (>= 0), or -1 with the CUDA runtime's message in msg. */
 int ctune_cuda_device_count(char *msg, size_t msg_size);
+/* Makes device index current for this thread; 0, or -1 with the runtime's message. */
+int ctune_cuda_set_device(int index, char *msg, size_t msg_size);
 /* Creates the process's cuBLAS handle once (thread-safe); 0, or -1 with a message. */
 int ctune_cuda_init(char *msg, size_t msg_size);
 /* Waits for the device, then moves the first recorded failure (if any) into msg and

@@ -61,6 +61,16 @@ extern "C" int ctune_cuda_take_error(char *msg, size_t msg_size) {
     return rc;
 }
 
+extern "C" int ctune_cuda_set_device(int index, char *msg, size_t msg_size) {
+    cudaError_t status = cudaSetDevice(index);
+    if (status != cudaSuccess) {
+        snprintf(msg, msg_size, "cudaSetDevice(%d): %s", index, cudaGetErrorString(status));
+        cudaGetLastError();
+        return -1;
+    }
+    return 0;
+}
+
 // ---- the cuBLAS handle ----
 static pthread_once_t handle_once = PTHREAD_ONCE_INIT;
 static cublasHandle_t handle = NULL;
