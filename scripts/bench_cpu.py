@@ -9,7 +9,6 @@ import json
 import os
 import platform
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -21,14 +20,9 @@ WARMUP = 3
 STEPS = 10
 
 
-def child_peak_mib():
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
-
-
-def run_ctune(ctune, work, method, threads):
-    model = os.path.join(work, "model")
-    recipe = os.path.join(work, f"{method}.yaml")
-    with open(recipe, "w") as f:
+def write_recipe(path, *, model, method, data, seq, micro, max_steps, output_dir, extra=""):
+    """A ctune recipe for a benchmark run; `extra` is appended YAML (top-level keys)."""
+    with open(path, "w") as f:
         f.write(f"""model:
   path: {model}
 method: {method}
@@ -37,34 +31,64 @@ lora:
   alpha: 32
   target_modules: all-linear
 data:
-  train: {work}/data.h5
-  seq_len: {SEQ}
+  train: {data}
+  seq_len: {seq}
 train:
-  micro_batch_size: {MICRO}
-  global_batch_size: {MICRO}
-  max_steps: {WARMUP + STEPS}
+  micro_batch_size: {micro}
+  global_batch_size: {micro}
+  max_steps: {max_steps}
   log_every: 1000
 optim:
   lr: 1.0e-4
   schedule: constant
 checkpoint:
-  output_dir: {work}/run-{method}
-""")
+  output_dir: {output_dir}
+{extra}""")
+    return path
+
+
+def wait_measured(proc, poll=None, interval=0.05):
+    """Waits for a Popen child; returns (exit status, its own peak resident MiB). wait4 gives
+    the rusage of that child alone (RUSAGE_CHILDREN would be the max over all children so
+    far). `poll()`, when given, runs every `interval` seconds while the child lives."""
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG if poll else 0)
+        if pid == proc.pid:
+            break
+        poll()
+        time.sleep(interval)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_maxrss / 1024.0
+
+
+def read_step_metrics(path):
+    """The step lines of a ctune metrics.jsonl (eval lines have no "loss")."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(l) for l in f if '"loss"' in l]
+
+
+def timed_tokens_per_second(steps, warmup, micro, seq):
+    """Tokens/s over the steps after `warmup` (>= 1), from ctune's per-step elapsed_s."""
+    timed = len(steps) - warmup
+    if warmup < 1 or timed < 1:
+        return None
+    return timed * micro * seq / (steps[-1]["elapsed_s"] - steps[warmup - 1]["elapsed_s"])
+
+
+def run_ctune(ctune, work, method, threads):
+    recipe = write_recipe(os.path.join(work, f"{method}.yaml"), model=os.path.join(work, "model"),
+                          method=method, data=f"{work}/data.h5", seq=SEQ, micro=MICRO,
+                          max_steps=WARMUP + STEPS, output_dir=f"{work}/run-{method}")
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    # A fresh process per measurement: RUSAGE_CHILDREN is the max over all children so far,
-    # so wrap the run in a python that reports only its own child.
-    code = ("import resource,subprocess,sys;"
-            "r=subprocess.run(sys.argv[1:]);"
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024.0, file=sys.stderr);"
-            "sys.exit(r.returncode)")
-    proc = subprocess.run([sys.executable, "-c", code, ctune, "train", recipe], env=env,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"ctune failed:\n{proc.stdout}\n{proc.stderr}")
-    peak = float(proc.stderr.strip().splitlines()[-1])
-    steps = [json.loads(l) for l in open(f"{work}/run-{method}/metrics.jsonl") if '"loss"' in l]
-    elapsed = steps[-1]["elapsed_s"] - steps[WARMUP - 1]["elapsed_s"]
-    return STEPS * MICRO * SEQ / elapsed, peak, steps[-1]["loss"]
+    with open(f"{work}/{method}.log", "w") as log:
+        proc = subprocess.Popen([ctune, "train", recipe], env=env, stdout=log, stderr=subprocess.STDOUT)
+        rc, peak = wait_measured(proc)
+    if rc != 0:
+        sys.exit(f"ctune failed:\n{open(f'{work}/{method}.log').read()}")
+    steps = read_step_metrics(f"{work}/run-{method}/metrics.jsonl")
+    return timed_tokens_per_second(steps, WARMUP, MICRO, SEQ), peak, steps[-1]["loss"]
 
 
 TORCH_CHILD = r"""
