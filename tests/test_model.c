@@ -176,6 +176,17 @@ static void compare_logits(model *m, reference *r, const char *label) {
         }
     }
     CHECK_MSG(worst < 1e-4, "%s: logits relative error %.3g", label, worst);
+    /* Every position in one forward pass, and from a later first position. */
+    float *all = malloc((size_t)seq * V * sizeof(float));
+    for (int b = 0; b < 2; b++) {
+        const int first = b ? seq / 2 : 0;
+        CHECK_MSG(model_logits(m, r->ids + (size_t)b * seq, seq, first, all, &err) == 0, "%s", err.msg);
+        double e = rel_error(all, r->logits + ((size_t)b * seq + first) * V, (size_t)(seq - first) * V);
+        CHECK_MSG(e < 1e-4, "%s: model_logits row %d on: relative error %.3g", label, first, e);
+    }
+    CHECK(model_logits(m, r->ids, seq, seq, all, &err) == -1);
+    CHECK_CONTAINS(err.msg, "first position");
+    free(all);
     free(logits);
 }
 

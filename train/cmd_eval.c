@@ -77,9 +77,7 @@ static int parse_ids(const char *text, int32_t **ids, int *n, ct_error *err) {
     }
 }
 
-/* Logits at every position of one sequence. The model is causal, so the logits at position t
- * are those of the last token of the prefix ids[0..t]: model_last_logits on each prefix
- * (n forwards; --ids sequences are short, this is a checking tool). */
+/* Logits at every position of one sequence (one forward pass). */
 static int write_sequence_logits(model *m, const int32_t *ids, int n, const char *out_path,
                                  ct_error *err) {
     const int vocab = m->cfg.vocab_size;
@@ -87,22 +85,22 @@ static int write_sequence_logits(model *m, const int32_t *ids, int n, const char
         if (ids[t] >= vocab)
             return ct_fail(err, "--ids: item %d is %d, outside the model's vocabulary [0, %d)", t + 1,
                            (int)ids[t], vocab);
-    float *logits = malloc((size_t)vocab * sizeof *logits);
-    if (!logits) return ct_fail(err, "out of memory");
-    int status = model_reserve(m, 1, n, err);
+    float *logits = malloc((size_t)n * (size_t)vocab * sizeof *logits);
+    if (!logits) return ct_fail(err, "out of memory for %d x %d logits", n, vocab);
+    int status = model_logits(m, ids, n, 0, logits, err);
     textbuf json = {0};
     textbuf_puts(&json, "{\"ids\": [");
     for (int t = 0; t < n; t++) textbuf_printf(&json, "%s%d", t ? ", " : "", (int)ids[t]);
     textbuf_puts(&json, "], \"logits\": [");
     for (int t = 0; t < n && !status; t++) {
-        status = model_last_logits(m, ids, t + 1, logits, err);
+        const float *row = logits + (size_t)t * vocab;
         textbuf_puts(&json, t ? ",\n  [" : "\n  [");
-        for (int v = 0; v < vocab && !status; v++) {
+        for (int v = 0; v < vocab; v++) {
             const char *sep = v ? ", " : "";
             /* Python's json reads these spellings of the non-finite values. */
-            if (isnan(logits[v])) textbuf_printf(&json, "%sNaN", sep);
-            else if (isinf(logits[v])) textbuf_printf(&json, "%s%sInfinity", sep, logits[v] < 0 ? "-" : "");
-            else textbuf_printf(&json, "%s%.9g", sep, (double)logits[v]);
+            if (isnan(row[v])) textbuf_printf(&json, "%sNaN", sep);
+            else if (isinf(row[v])) textbuf_printf(&json, "%s%sInfinity", sep, row[v] < 0 ? "-" : "");
+            else textbuf_printf(&json, "%s%.9g", sep, (double)row[v]);
         }
         textbuf_puts(&json, "]");
     }

@@ -155,5 +155,8 @@ int model_step(model *m, const model_batch *batch, bool backward, float grad_sca
  * sequence (no KV cache); grows the reservation to 1 x n when it holds fewer tokens (an
  * allocation, so keep it out of the training step loop, or reserve enough up front). */
 int model_last_logits(model *m, const int32_t *ids, int n, float *logits, ct_error *err);
+/* The same for every position from first to n-1 (one forward pass): logits is host memory
+ * [n - first, vocab]. */
+int model_logits(model *m, const int32_t *ids, int n, int first, float *logits, ct_error *err);
 
 #endif

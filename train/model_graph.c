@@ -279,8 +279,9 @@ int model_step(model *m, const model_batch *batch, bool backward_pass, float gra
     return 0;
 }
 
-int model_last_logits(model *m, const int32_t *ids, int n, float *logits, ct_error *err) {
-    if (n <= 0 || !ids) return ct_fail(err, "model_last_logits: empty sequence");
+int model_logits(model *m, const int32_t *ids, int n, int first, float *logits, ct_error *err) {
+    if (n <= 0 || !ids) return ct_fail(err, "model_logits: empty sequence");
+    if (first < 0 || first >= n) return ct_fail(err, "model_logits: first position %d outside [0, %d)", first, n);
     model_state *s = m->state;
     if (!s->float_arena || s->reserved_tokens < n) {
         /* Grows the reservation (an allocation): generation runs outside the step loop. */
@@ -291,8 +292,16 @@ int model_last_logits(model *m, const int32_t *ids, int n, float *logits, ct_err
     if (upload_batch(m, &b, err)) return -1;
     forward(m, 1, n, false, false, 0);
     const int H = m->cfg.hidden_size, V = m->cfg.vocab_size;
-    m->k->gemm(false, true, 1, V, H, 1.0f, s->x_norm_final + (size_t)(n - 1) * H, H,
-               vocab_weight(m)->data, H, 0.0f, s->logits, V);
-    m->k->download(logits, s->logits, (size_t)V * sizeof(float));
+    for (int r0 = first; r0 < n; r0 += s->logits_rows) {
+        const int rows = n - r0 < s->logits_rows ? n - r0 : s->logits_rows;
+        m->k->gemm(false, true, rows, V, H, 1.0f, s->x_norm_final + (size_t)r0 * H, H,
+                   vocab_weight(m)->data, H, 0.0f, s->logits, V);
+        m->k->download(logits + (size_t)(r0 - first) * V, s->logits, (size_t)rows * V * sizeof(float));
+    }
     return 0;
+}
+
+int model_last_logits(model *m, const int32_t *ids, int n, float *logits, ct_error *err) {
+    if (n <= 0 || !ids) return ct_fail(err, "model_last_logits: empty sequence");
+    return model_logits(m, ids, n, n - 1, logits, err);
 }
