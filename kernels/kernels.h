@@ -119,6 +119,10 @@ typedef struct kernels {
 /* The CPU reference backend (OpenMP + BLAS). Always available. */
 const kernels *kernels_cpu(void);
 
+/* Test backend: the CPU kernels behind pointers the host cannot dereference (kernels/shadow.c),
+ * so a run on it proves that nothing above the table touches backend memory directly. */
+const kernels *kernels_shadow(void);
+
 /* The CUDA backend. Fails with a clear message where no GPU (or no CUDA build) exists. */
 int kernels_cuda(const kernels **out, ct_error *err);
 

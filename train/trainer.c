@@ -28,6 +28,11 @@ static double now_seconds(void) {
 /* Precision other than fp32 needs the CUDA backend; device auto falls back to the CPU. */
 static int select_backend(const recipe *r, const dist *d, const kernels **k, ct_error *err) {
     bool needs_gpu = r->precision != PRECISION_FP32;
+    const char *shadow = getenv("CTUNE_TEST_SHADOW_MEMORY");
+    if (shadow && !strcmp(shadow, "1") && !needs_gpu) { /* test hook: GPU-like memory on the CPU */
+        *k = kernels_shadow();
+        return 0;
+    }
     if (r->device == DEVICE_CPU) {
         if (needs_gpu)
             return ct_fail(err, "%s: precision '%s' needs a CUDA GPU; use precision: fp32 with device: cpu",

@@ -1,0 +1,123 @@
+/* kernels_shadow: the CPU backend behind pointers the host cannot use.
+ *
+ * A test backend for what a GPU run needs from everything above the kernel table: that no
+ * code (model, optimizer, collectives, checkpoints, evaluation) touches backend memory
+ * except through the table. Every buffer it hands out is a CPU-backend buffer seen through
+ * an address shifted by 2^44 bytes, which no process here maps: a direct read or write
+ * crashes, while the table's functions shift the pointers back and run the CPU kernels,
+ * so results are the CPU backend's bits. Selected by the trainer only under the test
+ * variable CTUNE_TEST_SHADOW_MEMORY=1 (docs/distributed.md lists the test hooks). */
+#include <stdint.h>
+
+#include "kernels/cpu/cpu_ops.h"
+#include "kernels/kernels.h"
+
+#define SHADOW_OFFSET ((uintptr_t)1 << 44)
+
+/* NULL stays NULL (optional arguments such as a frozen dweight or absent doc_ids). */
+#define REAL(T, p) ((T)((p) ? (uintptr_t)(p) - SHADOW_OFFSET : 0))
+#define RF(p) REAL(float *, p)
+#define RCF(p) REAL(const float *, p)
+#define RCI(p) REAL(const int32_t *, p)
+
+static void *shadow_alloc(size_t bytes) {
+    void *p = cpu_alloc(bytes);
+    return p ? (void *)((uintptr_t)p + SHADOW_OFFSET) : NULL;
+}
+static void shadow_release(void *p) { cpu_release(REAL(void *, p)); }
+static void shadow_zero(void *p, size_t bytes) { cpu_zero(REAL(void *, p), bytes); }
+static void shadow_copy(void *dst, const void *src, size_t bytes) {
+    cpu_copy(REAL(void *, dst), REAL(const void *, src), bytes);
+}
+static void shadow_upload(void *dst, const void *host, size_t bytes) { cpu_copy(REAL(void *, dst), host, bytes); }
+static void shadow_download(void *host, const void *src, size_t bytes) {
+    cpu_copy(host, REAL(const void *, src), bytes);
+}
+static void shadow_gemm(bool ta, bool tb, int m, int n, int k, float alpha, const float *a, int lda,
+                        const float *b, int ldb, float beta, float *c, int ldc) {
+    cpu_gemm(ta, tb, m, n, k, alpha, RCF(a), lda, RCF(b), ldb, beta, RF(c), ldc);
+}
+static void shadow_add(float *out, const float *a, const float *b, size_t n) { cpu_add(RF(out), RCF(a), RCF(b), n); }
+static void shadow_axpy(float *y, float alpha, const float *x, size_t n) { cpu_axpy(RF(y), alpha, RCF(x), n); }
+static void shadow_scale(float *x, float alpha, size_t n) { cpu_scale(RF(x), alpha, n); }
+static void shadow_dropout(float *out, const float *x, float p, uint64_t seed, uint64_t offset, size_t n) {
+    cpu_dropout(RF(out), RCF(x), p, seed, offset, n);
+}
+static double shadow_sum_squares(const float *x, size_t n) { return cpu_sum_squares(RCF(x), n); }
+static void shadow_embedding_fwd(float *out, const float *table, const int32_t *ids, int n, int h) {
+    cpu_embedding_fwd(RF(out), RCF(table), RCI(ids), n, h);
+}
+static void shadow_embedding_bwd(float *dtable, const float *dout, const int32_t *ids, int n, int h) {
+    cpu_embedding_bwd(RF(dtable), RCF(dout), RCI(ids), n, h);
+}
+static void shadow_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int rows, int dim,
+                               float eps) {
+    cpu_rmsnorm_fwd(RF(out), RF(rstd), RCF(x), RCF(w), rows, dim, eps);
+}
+static void shadow_rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, const float *w,
+                               const float *rstd, int rows, int dim) {
+    cpu_rmsnorm_bwd(RF(dx), RF(dw), RCF(dout), RCF(x), RCF(w), RCF(rstd), rows, dim);
+}
+static void shadow_rope_fwd(float *x, const int32_t *pos, const float *inv_freq, int n, int heads, int d) {
+    cpu_rope_fwd(RF(x), RCI(pos), RCF(inv_freq), n, heads, d);
+}
+static void shadow_rope_bwd(float *dx, const int32_t *pos, const float *inv_freq, int n, int heads, int d) {
+    cpu_rope_bwd(RF(dx), RCI(pos), RCF(inv_freq), n, heads, d);
+}
+static void shadow_swiglu_fwd(float *out, const float *gate, const float *up, size_t n) {
+    cpu_swiglu_fwd(RF(out), RCF(gate), RCF(up), n);
+}
+static void shadow_swiglu_bwd(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                              size_t n) {
+    cpu_swiglu_bwd(RF(dgate), RF(dup), RCF(dout), RCF(gate), RCF(up), n);
+}
+static void shadow_attention_fwd(float *out, float *lse, const float *q, const float *k, const float *v,
+                                 const int32_t *doc_ids, int batch, int seq, int nh, int nkv, int d,
+                                 float scale) {
+    cpu_attention_fwd(RF(out), RF(lse), RCF(q), RCF(k), RCF(v), RCI(doc_ids), batch, seq, nh, nkv, d, scale);
+}
+static void shadow_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                 const float *k, const float *v, const float *out, const float *lse,
+                                 const int32_t *doc_ids, int batch, int seq, int nh, int nkv, int d,
+                                 float scale) {
+    cpu_attention_bwd(RF(dq), RF(dk), RF(dv), RCF(dout), RCF(q), RCF(k), RCF(v), RCF(out), RCF(lse),
+                      RCI(doc_ids), batch, seq, nh, nkv, d, scale);
+}
+static void shadow_cross_entropy(float *logits, float *loss, const int32_t *targets, int rows, int vocab,
+                                 float grad_scale) {
+    cpu_cross_entropy(RF(logits), RF(loss), RCI(targets), rows, vocab, grad_scale);
+}
+static void shadow_adamw(float *param, const float *grad, float *m, float *v, size_t n, double lr, double b1,
+                         double b2, double eps, double wd, double bias1, double bias2) {
+    cpu_adamw(RF(param), RCF(grad), RF(m), RF(v), n, lr, b1, b2, eps, wd, bias1, bias2);
+}
+
+static const kernels shadow_backend = {
+    .name = "cpu-shadow",
+    .alloc = shadow_alloc,
+    .release = shadow_release,
+    .zero = shadow_zero,
+    .copy = shadow_copy,
+    .upload = shadow_upload,
+    .download = shadow_download,
+    .gemm = shadow_gemm,
+    .add = shadow_add,
+    .axpy = shadow_axpy,
+    .scale = shadow_scale,
+    .dropout = shadow_dropout,
+    .sum_squares = shadow_sum_squares,
+    .embedding_fwd = shadow_embedding_fwd,
+    .embedding_bwd = shadow_embedding_bwd,
+    .rmsnorm_fwd = shadow_rmsnorm_fwd,
+    .rmsnorm_bwd = shadow_rmsnorm_bwd,
+    .rope_fwd = shadow_rope_fwd,
+    .rope_bwd = shadow_rope_bwd,
+    .swiglu_fwd = shadow_swiglu_fwd,
+    .swiglu_bwd = shadow_swiglu_bwd,
+    .attention_fwd = shadow_attention_fwd,
+    .attention_bwd = shadow_attention_bwd,
+    .cross_entropy = shadow_cross_entropy,
+    .adamw = shadow_adamw,
+};
+
+const kernels *kernels_shadow(void) { return &shadow_backend; }
