@@ -6,6 +6,7 @@
  * json.dumps(indent=2, sort_keys=True) prints them. Only those keys are written: newer peft
  * versions fill the rest with defaults, older ones reject keys they do not know. */
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -144,7 +145,9 @@ static int parse_config(const cJSON *root, const char *path, lora_settings *s, c
 
     item = cJSON_GetObjectItemCaseSensitive(root, "lora_alpha");
     if (!item) return ct_fail(err, "%s: key 'lora_alpha' is missing", path);
-    if (!cJSON_IsNumber(item)) return ct_fail(err, "%s: key 'lora_alpha': expected a number", path);
+    /* 1e999 parses as infinity; a double beyond FLT_MAX would become one as a float. */
+    if (!cJSON_IsNumber(item) || !(fabs(item->valuedouble) <= FLT_MAX))
+        return ct_fail(err, "%s: key 'lora_alpha': expected a finite number", path);
     s->alpha = (float)item->valuedouble;
 
     s->dropout = 0.0f;

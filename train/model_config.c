@@ -215,10 +215,33 @@ static int parse_config(model_config *cfg, const cJSON *root, const char *path, 
     return 0;
 }
 
+/* The dotted path of the first number that overflowed to infinity (1e999), or false. Such a
+ * number in a key ctune does not read would be kept and written back as Infinity, which
+ * Python reads but cJSON does not: the file ctune writes would not load again. */
+static bool find_infinite(const cJSON *item, char *where, size_t size) {
+    if (cJSON_IsNumber(item) && !isfinite(item->valuedouble)) return true;
+    int index = 0;
+    size_t used = strlen(where);
+    for (const cJSON *c = item->child; c && (cJSON_IsObject(item) || cJSON_IsArray(item)); c = c->next, index++) {
+        if (cJSON_IsObject(item))
+            snprintf(where + used, size - used, "%s%.64s", used ? "." : "", c->string);
+        else
+            snprintf(where + used, size - used, "[%d]", index);
+        if (find_infinite(c, where, size)) return true;
+        where[used] = '\0';
+    }
+    return false;
+}
+
 int model_config_load(model_config *cfg, const char *path, ct_error *err) {
     memset(cfg, 0, sizeof *cfg);
     cJSON *root;
     if (jsonfile_read(path, &root, err)) return -1;
+    char where[512] = "";
+    if (cJSON_IsObject(root) && find_infinite(root, where, sizeof where)) {
+        cJSON_Delete(root);
+        return ct_fail(err, "%s: '%s' is a number beyond the range of a double", path, where);
+    }
     if (parse_config(cfg, root, path, err)) {
         cJSON_Delete(root);
         memset(cfg, 0, sizeof *cfg);

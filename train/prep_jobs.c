@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "train/jsonfile.h"
 #include "train/prep_internal.h"
 
 void prep_job_clear(prep_job *j) {
@@ -60,6 +61,11 @@ int prep_parse_line(char *line, size_t len, prep_format format, prep_job *job) {
         cJSON_Delete(root);
         return ct_fail(&job->err, "column %zu: unexpected text after the JSON value (one object per line)",
                        rest + 1);
+    }
+    char dup[256];
+    if (jsonfile_duplicate_key(root, dup, sizeof dup)) {
+        cJSON_Delete(root);
+        return ct_fail(&job->err, "duplicate key '%s' (JSON readers disagree on which value wins)", dup);
     }
     const cJSON *text = cJSON_GetObjectItemCaseSensitive(root, "text");
     const cJSON *prompt = cJSON_GetObjectItemCaseSensitive(root, "prompt");

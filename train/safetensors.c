@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -287,10 +288,27 @@ static int parse_and_validate(st_file *file, uint64_t header_len, ct_error *err)
         ct_fail(err, "out of memory");
         goto done;
     }
+    /* A repeated key: cJSON keeps both and finds the first, the reference keeps the last
+     * (__metadata__) or refuses the file (a tensor entry's fields); here it is an error. */
+    bool seen_metadata = false;
+    char dup[256];
     cJSON_ArrayForEach(item, root) {
         if (strcmp(item->string, "__metadata__") == 0) {
+            if (seen_metadata) {
+                fail_at(err, path, 8, "\"__metadata__\" appears twice in the header");
+                goto done_spans;
+            }
+            seen_metadata = true;
+            if (jsonfile_duplicate_key(item, dup, sizeof dup) != 0) {
+                fail_at(err, path, 8, "\"__metadata__\" key '%s' appears twice", dup);
+                goto done_spans;
+            }
             if (parse_metadata(item, file, err) != 0) goto done_spans;
             continue;
+        }
+        if (jsonfile_duplicate_key(item, dup, sizeof dup) != 0) {
+            fail_at(err, path, 8, "tensor '%s': key '%s' appears twice", item->string, dup);
+            goto done_spans;
         }
         st_tensor *t = &file->tensors[file->n_tensors];
         t->name = strdup(item->string);
@@ -457,7 +475,8 @@ static int open_sharded(st_model_files *files, const char *dir, const char *inde
         ct_fail(err, "out of memory");
         goto done;
     }
-    /* Distinct shard names, opened in file-name order so shard 1 comes first. */
+    /* Distinct shard names, opened in file-name order so shard 1 comes first. Sorted, then
+     * deduplicated: a scan per entry would be quadratic in a weight_map of 100k names. */
     int n_shards = 0;
     const cJSON *entry;
     cJSON_ArrayForEach(entry, map) {
@@ -467,11 +486,13 @@ static int open_sharded(st_model_files *files, const char *dir, const char *inde
                     entry->string, shard ? shard : "a non-string", dir);
             goto done;
         }
-        int k = 0;
-        while (k < n_shards && strcmp(shards[k], shard) != 0) k++;
-        if (k == n_shards) shards[n_shards++] = shard;
+        shards[n_shards++] = shard;
     }
     qsort(shards, (size_t)n_shards, sizeof *shards, string_ptr_compare);
+    int n_distinct = 0;
+    for (int k = 0; k < n_shards; k++)
+        if (n_distinct == 0 || strcmp(shards[n_distinct - 1], shards[k]) != 0) shards[n_distinct++] = shards[k];
+    n_shards = n_distinct;
     for (int k = 0; k < n_shards; k++) {
         char path[4096];
         snprintf(path, sizeof path, "%s/%s", dir, shards[k]);

@@ -507,9 +507,10 @@ int sweep_load(sweep_spec *s, const char *path, ct_error *err) {
     char *text;
     size_t size;
     if (read_file(path, &text, &size, err)) return -1;
-    if (strlen(text) != size) {
+    size_t nul_at = strlen(text);
+    if (nul_at != size) {
         free(text);
-        return ct_fail(err, "%s: byte %zu: NUL byte in a YAML file", path, strlen(text));
+        return ct_fail(err, "%s: byte %zu: NUL byte in a YAML file", path, nul_at);
     }
     int rc = sweep_load_string(s, text, path, err);
     free(text);
