@@ -302,6 +302,5 @@ int model_logits(model *m, const int32_t *ids, int n, int first, float *logits, 
 }
 
 int model_last_logits(model *m, const int32_t *ids, int n, float *logits, ct_error *err) {
-    if (n <= 0 || !ids) return ct_fail(err, "model_last_logits: empty sequence");
-    return model_logits(m, ids, n, n - 1, logits, err);
+    return model_logits(m, ids, n, n - 1, logits, err); /* model_logits refuses n <= 0 first */
 }
