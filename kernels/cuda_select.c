@@ -38,6 +38,9 @@ static const kernels cuda_backend = {
     .attention_fwd = cuda_attention_fwd,
     .attention_bwd = cuda_attention_bwd,
     .cross_entropy = cuda_cross_entropy,
+    .to_half = cuda_to_half,
+    .from_half = cuda_from_half,
+    .gemm_half = cuda_gemm_half,
     .adamw = cuda_adamw,
 };
 #endif

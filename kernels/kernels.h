@@ -19,6 +19,9 @@
 
 #include "train/error.h"
 
+/* 16-bit storage formats of mixed precision (kernels.to_half, from_half, gemm_half). */
+typedef enum { KERNELS_BF16 = 1, KERNELS_FP16 = 2 } kernels_half_format;
+
 typedef struct kernels {
     const char *name; /* "cpu", "cuda" */
 
@@ -103,6 +106,22 @@ typedef struct kernels {
      * With grad_scale == 0 the logits are left unchanged. loss is backend memory [n_rows]. */
     void (*cross_entropy)(float *logits, float *loss, const int32_t *targets, int n_rows,
                           int vocab, float grad_scale);
+
+    /* ---- 16-bit tensors for bf16-mixed / fp16-mixed precision ----
+     * A 16-bit tensor holds uint16_t bit patterns of fmt: KERNELS_BF16 (bfloat16, 8 exponent
+     * and 7 mantissa bits) or KERNELS_FP16 (IEEE 754 binary16).
+     * to_half rounds to nearest, ties to even, as torch's x.to(torch.bfloat16 / torch.float16):
+     * fp16 overflows to +-inf (what fp16 loss scaling detects) and underflows gradually through
+     * its subnormals; infinities stay infinite; NaN stays a NaN (its payload bits may differ
+     * between backends). from_half is exact. out and x never alias. */
+    void (*to_half)(uint16_t *out, const float *x, size_t n, kernels_half_format fmt);
+    void (*from_half)(float *out, const uint16_t *x, size_t n, kernels_half_format fmt);
+    /* gemm (same layout, transposes, leading dimensions and beta == 0 rule) with A and B in
+     * 16-bit format fmt and C in fp32. A product of two 16-bit values is exact in fp32 and the
+     * sums are fp32 (tensor cores on a GPU), so backends differ only in summation order. */
+    void (*gemm_half)(kernels_half_format fmt, bool trans_a, bool trans_b, int m, int n, int k,
+                      float alpha, const uint16_t *a, int lda, const uint16_t *b, int ldb, float beta,
+                      float *c, int ldc);
 
     /* ---- AdamW (decoupled weight decay, as torch.optim.AdamW) on n elements:
      * m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;

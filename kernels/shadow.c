@@ -19,6 +19,8 @@
 #define RF(p) REAL(float *, p)
 #define RCF(p) REAL(const float *, p)
 #define RCI(p) REAL(const int32_t *, p)
+#define RH(p) REAL(uint16_t *, p)
+#define RCH(p) REAL(const uint16_t *, p)
 
 static void *shadow_alloc(size_t bytes) {
     void *p = cpu_alloc(bytes);
@@ -87,6 +89,17 @@ static void shadow_cross_entropy(float *logits, float *loss, const int32_t *targ
                                  float grad_scale) {
     cpu_cross_entropy(RF(logits), RF(loss), RCI(targets), rows, vocab, grad_scale);
 }
+static void shadow_to_half(uint16_t *out, const float *x, size_t n, kernels_half_format fmt) {
+    cpu_to_half(RH(out), RCF(x), n, fmt);
+}
+static void shadow_from_half(float *out, const uint16_t *x, size_t n, kernels_half_format fmt) {
+    cpu_from_half(RF(out), RCH(x), n, fmt);
+}
+static void shadow_gemm_half(kernels_half_format fmt, bool ta, bool tb, int m, int n, int k, float alpha,
+                             const uint16_t *a, int lda, const uint16_t *b, int ldb, float beta, float *c,
+                             int ldc) {
+    cpu_gemm_half(fmt, ta, tb, m, n, k, alpha, RCH(a), lda, RCH(b), ldb, beta, RF(c), ldc);
+}
 static void shadow_adamw(float *param, const float *grad, float *m, float *v, size_t n, double lr, double b1,
                          double b2, double eps, double wd, double bias1, double bias2) {
     cpu_adamw(RF(param), RCF(grad), RF(m), RF(v), n, lr, b1, b2, eps, wd, bias1, bias2);
@@ -117,6 +130,9 @@ static const kernels shadow_backend = {
     .attention_fwd = shadow_attention_fwd,
     .attention_bwd = shadow_attention_bwd,
     .cross_entropy = shadow_cross_entropy,
+    .to_half = shadow_to_half,
+    .from_half = shadow_from_half,
+    .gemm_half = shadow_gemm_half,
     .adamw = shadow_adamw,
 };
 

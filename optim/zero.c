@@ -1,5 +1,6 @@
 #include "optim/zero.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -156,7 +157,8 @@ int zero_accumulate(zero_optimizer *z, model *m, ct_error *err) {
 }
 
 int zero_step(zero_optimizer *z, model *m, const adamw_hparams *h, double lr, double max_norm,
-              double *grad_norm, ct_error *err) {
+              double loss_scale, double *grad_norm, bool *skipped, ct_error *err) {
+    *skipped = false;
     if (z->leaves != z->accum_steps)
         return ct_fail(err, "zero: step after %d of %d micro-batches", z->leaves, z->accum_steps);
     z->leaves = 0;
@@ -182,10 +184,17 @@ int zero_step(zero_optimizer *z, model *m, const adamw_hparams *h, double lr, do
     memset(z->block_sums, 0, n_blocks * sizeof *z->block_sums);
     clip_block_sums(z->k, grad, first, first + count, z->block_sums);
     if (z->stage != 0 && dist_sum_doubles(d, z->block_sums, n_blocks, err)) return -1;
-    *grad_norm = clip_norm_from_blocks(z->block_sums, n_blocks);
-    double coef = clip_coefficient(*grad_norm, max_norm);
-    if (coef < 1.0 && count > 0) z->k->scale(grad, (float)coef, count);
+    *grad_norm = clip_norm_from_blocks(z->block_sums, n_blocks) / loss_scale;
+    if (!isfinite(*grad_norm)) {
+        *skipped = true;
+        return 0;
+    }
+    /* Unscaling and clipping are one multiplication; with a power-of-two scale and no
+     * clipping it is exact. */
+    double coef = clip_coefficient(*grad_norm, max_norm) / loss_scale;
+    if (coef != 1.0 && count > 0) z->k->scale(grad, (float)coef, count);
     adamw_step_range(&z->adam, m, h, lr, grad);
     if (z->stage != 0 && dist_all_gather_floats(d, m->weight_arena, z->offsets, err)) return -1;
+    model_weights_changed(m, true);
     return 0;
 }

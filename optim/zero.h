@@ -85,10 +85,14 @@ long long zero_micro_batch_index(const zero_optimizer *z, int a);
  * micro-batch succeeded. */
 int zero_accumulate(zero_optimizer *z, model *m, ct_error *err);
 
-/* After the last micro-batch: sums the gradient across ranks, measures its norm (returned in
- * *grad_norm, before clipping), clips to max_norm (<= 0: no clipping), applies AdamW at lr to
- * this rank's values and all-gathers the parameters. Collective. */
+/* After the last micro-batch: sums the gradient across ranks, measures its norm, divides the
+ * gradient by loss_scale (fp16 loss scaling; 1 otherwise) and clips it to max_norm (<= 0: no
+ * clipping), in one pass, applies AdamW at lr to this rank's values, all-gathers the
+ * parameters and tells the model its trainable weights changed. *grad_norm is the norm of
+ * the unscaled gradient before clipping. A non-finite norm (an overflow) changes nothing:
+ * *skipped is set and the caller decides (skip the step under fp16, else stop). Collective;
+ * every rank gets the same norm and the same decision. */
 int zero_step(zero_optimizer *z, model *m, const adamw_hparams *h, double lr, double max_norm,
-              double *grad_norm, ct_error *err);
+              double loss_scale, double *grad_norm, bool *skipped, ct_error *err);
 
 #endif

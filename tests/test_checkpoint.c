@@ -477,16 +477,16 @@ static void test_metrics(void) {
     metrics_log log;
     ct_error err = {{0}};
     CHECK(metrics_open(&log, at(path, "metrics.jsonl"), &err) == 0);
-    metrics_step(&log, 1, 2.5, 1e-4, 0.75, 4096, 12345.678, 0.5);
+    metrics_step(&log, 1, 2.5, 1e-4, 0.75, 4096, 12345.678, 0.5, 0.0, false);
     /* Flushed per line: the line is on disk before the log is closed. */
     char *early = check_slurp(path, NULL);
     CHECK(early && strchr(early, '\n'));
     free(early);
-    metrics_step(&log, 2, NAN, 1e-4, INFINITY, 8192, 12000.0, 1.0);
+    metrics_step(&log, 2, NAN, 1e-4, INFINITY, 8192, 12000.0, 1.0, 32768.0, true);
     metrics_eval(&log, 2, 1.125, 640, NAN);
     metrics_eval(&log, 2, 1.125, 640, 0.5);
     metrics_close(&log);
-    metrics_step(&log, 3, 1.0, 1.0, 1.0, 1, 1.0, 1.0); /* closed: ignored, no crash */
+    metrics_step(&log, 3, 1.0, 1.0, 1.0, 1, 1.0, 1.0, 0.0, false); /* closed: ignored, no crash */
 
     char *text = check_slurp(path, NULL);
     CHECK(text != NULL);
@@ -505,6 +505,11 @@ static void test_metrics(void) {
         CHECK(cJSON_GetObjectItem(lines[0], "grad_norm")->valuedouble == 0.75);
         CHECK(cJSON_IsNull(cJSON_GetObjectItem(lines[1], "loss")));
         CHECK(cJSON_IsNull(cJSON_GetObjectItem(lines[1], "grad_norm")));
+        /* fp16 loss scaling: the scale and the skip flag only where given */
+        CHECK(cJSON_GetObjectItem(lines[0], "loss_scale") == NULL);
+        CHECK(cJSON_GetObjectItem(lines[0], "skipped") == NULL);
+        CHECK(cJSON_GetObjectItem(lines[1], "loss_scale")->valuedouble == 32768.0);
+        CHECK(cJSON_IsTrue(cJSON_GetObjectItem(lines[1], "skipped")));
         CHECK(cJSON_GetObjectItem(lines[2], "eval_loss")->valuedouble == 1.125);
         CHECK(cJSON_GetObjectItem(lines[2], "eval_tokens")->valueint == 640);
         CHECK(cJSON_GetObjectItem(lines[2], "eval_accuracy") == NULL);

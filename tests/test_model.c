@@ -548,7 +548,7 @@ static void test_param_lists(void) {
     CHECK(model_find_param(&m, "lm_head.weight") == NULL); /* tied */
     /* 32000*384 embedding + 6 layers of (2*384*384 + 2*128*384 + 3*384*1024 + 2*384) + 384 */
     CHECK(model_count_params(&m, false) == 32000u * 384 + 6u * (2 * 384 * 384 + 2 * 128 * 384 + 3 * 384 * 1024 + 2 * 384) + 384);
-    CHECK(model_activation_bytes(&c, NULL, 2, 64, false) > model_activation_bytes(&c, NULL, 1, 64, false));
+    CHECK(model_activation_bytes(&c, NULL, 2, 64, false, MODEL_FP32) > model_activation_bytes(&c, NULL, 1, 64, false, MODEL_FP32));
     printf("bench-20m: %zu parameters\n", model_count_params(&m, false));
     model_free(&m);
     CHECK(model_config_preset(&c, "huge", &err) == -1);
@@ -665,8 +665,8 @@ static void test_activation_checkpointing(void) {
         CHECK(norm > 0);
         free(grads[0]);
         free(grads[1]);
-        size_t kept = model_activation_bytes(&c, ls, 8, 64, false);
-        size_t recomputed = model_activation_bytes(&c, ls, 8, 64, true);
+        size_t kept = model_activation_bytes(&c, ls, 8, 64, false, MODEL_FP32);
+        size_t recomputed = model_activation_bytes(&c, ls, 8, 64, true, MODEL_FP32);
         CHECK_MSG(recomputed < kept * 2 / 3, "%zu vs %zu bytes", recomputed, kept);
     }
 }

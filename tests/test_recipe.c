@@ -288,8 +288,10 @@ static void test_load_errors(void) {
         "batch.yaml: train.global_batch_size (30) is not a multiple of train.micro_batch_size (8)");
     EXPECT_ERROR("eval.yaml", MINIMAL "train:\n  eval_every: 10\n",
                  "eval.yaml: train.eval_every is 10 but data.eval is empty");
-    EXPECT_ERROR("cpu_bf16.yaml", MINIMAL "device: cpu\nprecision: bf16-mixed\n",
-                 "cpu_bf16.yaml: precision bf16-mixed needs device cuda");
+    EXPECT_ERROR("scale.yaml", MINIMAL "precision: fp16-mixed\noptim:\n  loss_scale_init: 0.5\n",
+                 "optim.loss_scale_init");
+    EXPECT_ERROR("interval.yaml", MINIMAL "optim:\n  loss_scale_growth_interval: 0\n",
+                 "optim.loss_scale_growth_interval");
     EXPECT_ERROR("cpu_nccl.yaml", MINIMAL "device: cpu\ndistributed:\n  backend: nccl\n",
                  "cpu_nccl.yaml: distributed.backend nccl needs device cuda");
 

@@ -6,6 +6,7 @@
  * Run plainly it tests one process. Run as `mpirun -np N test_zero --mpi` (tests/
  * dist_equivalence.sh does) it tests the reduce-scatter and all-gather of train/dist.c between
  * real ranks, with uneven and empty parts and parts large enough to take several rounds. */
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -149,7 +150,9 @@ static void test_accumulation(model *m, int stage, int accum) {
     memcpy(before, m->weight_arena, n * sizeof *before);
     adamw_hparams h = {0.9, 0.999, 1e-8, 0.0};
     double norm = -1;
-    CHECK(zero_step(&z, m, &h, 0.0, 0.0, &norm, &err) == 0);
+    bool skipped = true;
+    CHECK(zero_step(&z, m, &h, 0.0, 0.0, 1.0, &norm, &skipped, &err) == 0);
+    CHECK(!skipped);
     const float *got = stage == 2 ? z.reduced : m->grad_arena;
     CHECK_MSG(memcmp(got, want, n * sizeof *want) == 0, "stage %d, %d micro-batches: sum not in DIST_TREE order",
               stage, accum);
@@ -163,7 +166,7 @@ static void test_accumulation(model *m, int stage, int accum) {
     CHECK_CLOSE(norm, sqrt(plain), 1e-12);
     CHECK(memcmp(before, m->weight_arena, n * sizeof *before) == 0);
     /* A step needs all its micro-batches. */
-    CHECK(zero_step(&z, m, &h, 0.0, 0.0, &norm, &err) == -1);
+    CHECK(zero_step(&z, m, &h, 0.0, 0.0, 1.0, &norm, &skipped, &err) == -1);
     for (int a = 0; a < accum; a++) free(leaves[a]);
     free(leaves);
     free(want);
@@ -288,6 +291,60 @@ static int run_mpi(int argc, char **argv) {
     return status;
 }
 
+/* One AdamW step from gradient g at loss scale S: fills the gradient with g * S, steps, and
+ * returns the updated weights (and the norm and skip flag) with the weights restored. */
+static float *scaled_step(model *m, const float *g, double S, double clip, double *norm, bool *skipped,
+                          long *adam_steps) {
+    const size_t n = m->grad_numel;
+    dist d = {.rank = 0, .world_size = 1, .local_rank = 0, .local_size = 1};
+    zero_optimizer z;
+    ct_error err = {{0}};
+    CHECK_MSG(zero_create(&z, m, &d, 1, 1, &err) == 0, "%s", err.msg);
+    float *before = malloc(n * sizeof *before), *after = malloc(n * sizeof *after);
+    memcpy(before, m->weight_arena, n * sizeof *before);
+    for (size_t i = 0; i < n; i++) m->grad_arena[i] = (float)(g[i] * S);
+    CHECK(zero_accumulate(&z, m, &err) == 0);
+    adamw_hparams h = {0.9, 0.999, 1e-8, 0.01};
+    CHECK_MSG(zero_step(&z, m, &h, 1e-2, clip, S, norm, skipped, &err) == 0, "%s", err.msg);
+    *adam_steps = z.adam.step;
+    memcpy(after, m->weight_arena, n * sizeof *after);
+    memcpy(m->weight_arena, before, n * sizeof *before);
+    free(before);
+    zero_free(&z);
+    return after;
+}
+
+/* fp16 loss scaling in the step: a power-of-two scale is divided out exactly (same update
+ * as the unscaled gradient, with and without clipping, same reported norm); a non-finite
+ * gradient changes no weight and takes no AdamW step. */
+static void test_loss_scale_step(model *m) {
+    const size_t n = m->grad_numel;
+    float *g = malloc(n * sizeof *g);
+    fill_random(g, n, 4242);
+    for (int clipped = 0; clipped <= 1; clipped++) {
+        double clip = clipped ? 1e-3 : 0.0, n1 = 0, n2 = 0;
+        bool s1 = true, s2 = true;
+        long steps1 = 0, steps2 = 0;
+        float *plain = scaled_step(m, g, 1.0, clip, &n1, &s1, &steps1);
+        float *scaled = scaled_step(m, g, 65536.0, clip, &n2, &s2, &steps2);
+        CHECK(!s1 && !s2 && steps1 == 1 && steps2 == 1);
+        CHECK_MSG(n1 == n2, "norm %.17g unscaled, %.17g from the scaled gradient", n1, n2);
+        CHECK_MSG(memcmp(plain, scaled, n * sizeof *plain) == 0, "clip %g: scaled step differs", clip);
+        CHECK(memcmp(plain, m->weight_arena, n * sizeof *plain) != 0); /* the step did something */
+        free(plain);
+        free(scaled);
+    }
+    g[n / 2] = INFINITY;
+    double norm = 0;
+    bool skipped = false;
+    long steps = -1;
+    float *after = scaled_step(m, g, 1024.0, 1.0, &norm, &skipped, &steps);
+    CHECK(skipped && !isfinite(norm) && steps == 0);
+    CHECK(memcmp(after, m->weight_arena, n * sizeof *after) == 0);
+    free(after);
+    free(g);
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "--mpi") == 0) return run_mpi(argc, argv);
     test_tree_sum_inplace();
@@ -300,6 +357,7 @@ int main(int argc, char **argv) {
         for (int stage = 0; stage <= 2; stage++)
             for (size_t i = 0; i < sizeof accums / sizeof accums[0]; i++) test_accumulation(&m, stage, accums[i]);
         test_adamw_shards(&m);
+        test_loss_scale_step(&m);
         model_free(&m);
     } else {
         CHECK(!"cannot build the tiny model");

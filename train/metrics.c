@@ -56,7 +56,8 @@ static void write_number(FILE *f, const char *key, double value) {
 }
 
 void metrics_step(metrics_log *log, int step, double loss, double lr, double grad_norm,
-                  long long tokens, double tokens_per_second, double elapsed_seconds) {
+                  long long tokens, double tokens_per_second, double elapsed_seconds,
+                  double loss_scale, bool skipped) {
     if (!log || !log->file) return;
     FILE *f = log->file;
     fprintf(f, "{\"step\":%d", step);
@@ -66,6 +67,8 @@ void metrics_step(metrics_log *log, int step, double loss, double lr, double gra
     fprintf(f, ",\"tokens\":%lld", tokens);
     write_number(f, "tok_s", tokens_per_second);
     write_number(f, "elapsed_s", elapsed_seconds);
+    if (loss_scale > 0) write_number(f, "loss_scale", loss_scale);
+    if (skipped) fputs(",\"skipped\":true", f);
     fputs("}\n", f);
     fflush(f);
 }

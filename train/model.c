@@ -197,6 +197,64 @@ int model_create(model *m, const model_config *cfg, const lora_settings *lora, c
     return 0;
 }
 
+/* ---------------------------------------------------------------- mixed precision */
+
+kernels_half_format model_half_format(model_precision p) {
+    return p == MODEL_FP16_MIXED ? KERNELS_FP16 : KERNELS_BF16;
+}
+
+/* The weights a GEMM reads: Linear weights, lm_head, and embed_tokens when it is tied (then
+ * also the vocabulary projection). LoRA adapters stay fp32. */
+static bool is_gemm_weight(const model *m, const model_param *p) {
+    if (p->is_lora || p->ndim != 2) return false;
+    if (!strcmp(p->name, "model.embed_tokens.weight")) return m->cfg.tie_word_embeddings;
+    return true;
+}
+
+int model_set_precision(model *m, model_precision p, ct_error *err) {
+    if (m->half_arena) m->k->release(m->half_arena);
+    m->half_arena = NULL;
+    m->half_numel = 0;
+    for (int i = 0; i < m->n_params; i++) m->params[i].half = NULL;
+    m->precision = MODEL_FP32;
+    m->half_stale_frozen = m->half_stale_trainable = false;
+    if (p == MODEL_FP32) return 0;
+    size_t total = 0;
+    for (int i = 0; i < m->n_params; i++)
+        if (is_gemm_weight(m, &m->params[i])) total += m->params[i].numel;
+    if (!(m->half_arena = m->k->alloc((total ? total : 1) * sizeof(uint16_t))))
+        return ct_fail(err, "model: cannot allocate %zu bytes of 16-bit weight copies on the %s backend",
+                       total * sizeof(uint16_t), m->k->name);
+    size_t at = 0;
+    for (int i = 0; i < m->n_params; i++) {
+        model_param *q = &m->params[i];
+        if (!is_gemm_weight(m, q)) continue;
+        q->half = m->half_arena + at;
+        at += q->numel;
+    }
+    m->half_numel = total;
+    m->precision = p;
+    m->half_stale_frozen = m->half_stale_trainable = true;
+    return 0;
+}
+
+void model_weights_changed(model *m, bool trainable_only) {
+    if (m->precision == MODEL_FP32) return;
+    m->half_stale_trainable = true;
+    if (!trainable_only) m->half_stale_frozen = true;
+}
+
+void model_refresh_half(model *m) {
+    if (!m->half_stale_frozen && !m->half_stale_trainable) return;
+    const kernels_half_format fmt = model_half_format(m->precision);
+    for (int i = 0; i < m->n_params; i++) {
+        model_param *p = &m->params[i];
+        if (p->half && (p->trainable ? m->half_stale_trainable : m->half_stale_frozen))
+            m->k->to_half(p->half, p->data, p->numel, fmt);
+    }
+    m->half_stale_frozen = m->half_stale_trainable = false;
+}
+
 static void release_reservation(model *m) {
     model_state *s = m->state;
     if (!s) return;
@@ -219,6 +277,7 @@ void model_free(model *m) {
     }
     if (m->weight_arena) m->k->release(m->weight_arena);
     if (m->grad_arena) m->k->release(m->grad_arena);
+    if (m->half_arena) m->k->release(m->half_arena);
     free(m->params);
     free(m->layers);
     model_config_free(&m->cfg);
@@ -320,11 +379,13 @@ void model_init_weights(model *m, uint64_t seed) {
             init_param(m, p, INIT_NORMAL, c->initializer_range, seed, pad);
         }
     }
+    model_weights_changed(m, false);
 }
 
 void model_init_lora(model *m, uint64_t seed) {
     for (int i = 0; i < m->n_params; i++)
         if (m->params[i].is_lora) init_lora_param(m, &m->params[i], seed);
+    model_weights_changed(m, true);
 }
 
 /* ---------------------------------------------------------------- loading */
@@ -377,6 +438,7 @@ int model_load_weights(model *m, const char *dir, ct_error *err) {
     }
     free(host);
     st_model_close(&files);
+    model_weights_changed(m, false);
     return status;
 }
 
@@ -445,7 +507,7 @@ static int max_int(int a, int b) { return a > b ? a : b; }
 
 /* One layout for counting (base NULL, acts NULL) and for assigning the pointers. */
 static size_t plan_activations(model_state *s, const model_config *c, const lora_settings *lora,
-                               int T, bool checkpointing, float *base) {
+                               int T, bool checkpointing, bool mixed, float *base) {
     cursor cur = {base, 0};
     const size_t H = (size_t)c->hidden_size, I = (size_t)c->intermediate_size, t = (size_t)T;
     const size_t nh = (size_t)c->num_attention_heads, nkv = (size_t)c->num_key_value_heads;
@@ -503,13 +565,19 @@ static size_t plan_activations(model_state *s, const model_config *c, const lora
         s->lora_s1 = take(&cur, t * wide);
         s->lora_s2 = take(&cur, t * wide);
     }
+    if (mixed) { /* 16-bit GEMM operands: an input [T, in] and an output gradient or logits chunk */
+        size_t dy = t * wide > (size_t)rows * (size_t)c->vocab_size ? t * wide : (size_t)rows * (size_t)c->vocab_size;
+        s->half_x = (uint16_t *)take(&cur, (t * wide + 1) / 2);
+        s->half_dy = (uint16_t *)take(&cur, (dy + 1) / 2);
+    }
     s->logits_rows = rows;
     return cur.used;
 }
 
 size_t model_activation_bytes(const model_config *cfg, const lora_settings *lora, int batch, int seq,
-                              bool activation_checkpointing) {
-    size_t floats = plan_activations(NULL, cfg, lora, batch * seq, activation_checkpointing, NULL);
+                              bool activation_checkpointing, model_precision precision) {
+    size_t floats = plan_activations(NULL, cfg, lora, batch * seq, activation_checkpointing,
+                                     precision != MODEL_FP32, NULL);
     return (floats + 4 * (size_t)batch * (size_t)seq) * sizeof(float);
 }
 
@@ -523,7 +591,8 @@ int model_reserve(model *m, int max_batch, int seq, ct_error *err) {
     release_reservation(m);
     model_state *s = m->state;
     const lora_settings *lora = m->has_lora ? &m->lora : NULL;
-    size_t floats = plan_activations(NULL, c, lora, T, m->activation_checkpointing, NULL);
+    const bool mixed = m->precision != MODEL_FP32;
+    size_t floats = plan_activations(NULL, c, lora, T, m->activation_checkpointing, mixed, NULL);
     s->acts = calloc((size_t)c->num_hidden_layers, sizeof *s->acts);
     s->host_positions = malloc((size_t)T * sizeof(int32_t));
     s->host_loss = malloc((size_t)T * sizeof(float));
@@ -532,10 +601,11 @@ int model_reserve(model *m, int max_batch, int seq, ct_error *err) {
     if (!s->acts || !s->host_positions || !s->host_loss || !s->float_arena || !s->int_arena) {
         release_reservation(m);
         return ct_fail(err, "model_reserve: cannot allocate %zu bytes of activations for %d x %d tokens on the %s backend",
-                       model_activation_bytes(c, lora, max_batch, seq, m->activation_checkpointing),
+                       model_activation_bytes(c, lora, max_batch, seq, m->activation_checkpointing,
+                                              m->precision),
                        max_batch, seq, m->k->name);
     }
-    plan_activations(s, c, lora, T, m->activation_checkpointing, s->float_arena);
+    plan_activations(s, c, lora, T, m->activation_checkpointing, mixed, s->float_arena);
     s->ids = s->int_arena;
     s->targets = s->int_arena + T;
     s->positions = s->int_arena + 2 * (size_t)T;

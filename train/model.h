@@ -62,6 +62,13 @@ void model_config_free(model_config *cfg);
 /* inv_freq[head_dim/2] with llama3 scaling applied, fp32 as transformers computes it. */
 void model_rope_inv_freq(const model_config *cfg, float *inv_freq);
 
+/* Compute precision of the GEMMs. Mixed: every Linear (and the vocabulary projection) runs
+ * on 16-bit copies of its weight and of its input / output gradient, with fp32 products
+ * and sums into fp32 outputs (kernels.gemm_half); everything else, the saved activations,
+ * the gradients and the weights themselves (the optimizer's master copy) stay fp32.
+ * LoRA adapters stay fp32 (rank-r products cost little and keep the update exact). */
+typedef enum { MODEL_FP32, MODEL_BF16_MIXED, MODEL_FP16_MIXED } model_precision;
+
 typedef struct model_param {
     char name[192];   /* transformers name, e.g. "model.layers.0.self_attn.q_proj.weight" */
     int ndim;         /* 1 or 2 */
@@ -72,6 +79,8 @@ typedef struct model_param {
     bool trainable;
     bool decay;       /* weight decay applies (2-D weights; not norms, biases) */
     bool is_lora;
+    uint16_t *half;   /* backend: the 16-bit copy mixed-precision GEMMs read (a Linear weight,
+                       * lm_head or a tied embedding); NULL in fp32 and for other parameters */
 } model_param;
 
 /* One micro-batch, host memory. targets[t] < 0 means "no loss here". positions restart at 0
@@ -104,7 +113,22 @@ typedef struct model {
      * pass (one layer's worth of memory instead of all of them, ~1 extra forward). The
      * gradients are the same bits either way. Set before model_reserve. */
     bool activation_checkpointing;
+    model_precision precision; /* model_set_precision; MODEL_FP32 after model_create */
+    uint16_t *half_arena;      /* backend: every param's 16-bit copy (mixed precision only) */
+    size_t half_numel;
+    bool half_stale_frozen;    /* copies of frozen / trainable weights need refreshing from */
+    bool half_stale_trainable; /* the fp32 weights before the next GEMM (model_weights_changed) */
 } model;
+
+/* Switches the GEMMs to precision p: allocates (or frees) the 16-bit weight copies. Call
+ * before model_reserve (the reservation holds 16-bit scratch in mixed precision). */
+int model_set_precision(model *m, model_precision p, ct_error *err);
+/* Tells the model its fp32 weights changed outside model.c (an optimizer step, a loaded
+ * training state): the 16-bit copies of the trainable weights (or of all, when
+ * trainable_only is false) are refreshed before the next forward. No-op in fp32. */
+void model_weights_changed(model *m, bool trainable_only);
+/* The 16-bit format of a mixed precision. */
+kernels_half_format model_half_format(model_precision p);
 
 /* Builds the parameter list from the config (+ LoRA adapters when lora != NULL; then only
  * adapters are trainable, otherwise every parameter is). Weights start at zero. */
@@ -136,7 +160,7 @@ size_t model_count_params(const model *m, bool trainable_only);
 int model_reserve(model *m, int max_batch, int seq, ct_error *err);
 /* Bytes model_reserve would allocate (for --dry-run memory estimates). */
 size_t model_activation_bytes(const model_config *cfg, const lora_settings *lora, int batch, int seq,
-                              bool activation_checkpointing);
+                              bool activation_checkpointing, model_precision precision);
 
 void model_zero_grads(model *m);
 

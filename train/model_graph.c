@@ -32,14 +32,45 @@ static lora_apply adapter_of(const model *m, const model_linear *lin, int layer,
     return la;
 }
 
-/* y [T,out] = x W^T (+ b) (+ LoRA). */
+/* C = alpha op(A) op(B) + beta C with A an activation (or its gradient) and B a weight, in
+ * the model's precision: fp32 operands, or (mixed) the 16-bit copies ha / the weight's half.
+ * The fp32 output and everything around it do not depend on the precision. */
+static void weight_gemm(const model *m, bool trans_a, bool trans_b, int M, int N, int K, const float *a,
+                        const uint16_t *ha, int lda, const model_param *w, float beta, float *c, int ldc) {
+    if (m->precision == MODEL_FP32)
+        m->k->gemm(trans_a, trans_b, M, N, K, 1.0f, a, lda, w->data, (int)w->shape[1], beta, c, ldc);
+    else
+        m->k->gemm_half(model_half_format(m->precision), trans_a, trans_b, M, N, K, 1.0f, ha, lda,
+                        w->half, (int)w->shape[1], beta, c, ldc);
+}
+
+/* dW += dy^T x for a weight of shape [out, in], from [T,out] dy and [T,in] x (or their
+ * 16-bit copies in mixed precision). */
+static void weight_grad_gemm(const model *m, const model_param *w, int T, const float *dy,
+                             const uint16_t *hdy, const float *x, const uint16_t *hx) {
+    const int out = (int)w->shape[0], in = (int)w->shape[1];
+    if (m->precision == MODEL_FP32)
+        m->k->gemm(true, false, out, in, T, 1.0f, dy, out, x, in, 1.0f, w->grad, in);
+    else
+        m->k->gemm_half(model_half_format(m->precision), true, false, out, in, T, 1.0f, hdy, out, hx,
+                        in, 1.0f, w->grad, in);
+}
+
+/* The 16-bit copy of an activation [n values] for the next GEMMs (into buf), or NULL in fp32,
+ * where the GEMMs read x itself. */
+static const uint16_t *half_of(const model *m, uint16_t *buf, const float *x, size_t n) {
+    if (m->precision == MODEL_FP32) return NULL;
+    m->k->to_half(buf, x, n, model_half_format(m->precision));
+    return buf;
+}
+
+/* y [T,out] = x W^T (+ b) (+ LoRA); hx is x's 16-bit copy in mixed precision (else NULL). */
 static void linear_forward(const model *m, int layer, int kind, float *y, const float *x,
-                           int T, bool train, uint64_t seed) {
+                           const uint16_t *hx, int T, bool train, uint64_t seed) {
     const kernels *k = m->k;
     const model_state *s = m->state;
     const model_linear *lin = &m->layers[layer].lin[kind];
-    k->gemm(false, true, T, lin->out, lin->in, 1.0f, x, lin->in, lin->weight->data, lin->in, 0.0f,
-            y, lin->out);
+    weight_gemm(m, false, true, T, lin->out, lin->in, x, hx, lin->in, lin->weight, 0.0f, y, lin->out);
     if (lin->bias) /* y += ones[T,1] b[1,out] */
         k->gemm(false, false, T, lin->out, 1, 1.0f, s->ones, 1, lin->bias->data, lin->out, 1.0f, y,
                 lin->out);
@@ -50,18 +81,17 @@ static void linear_forward(const model *m, int layer, int kind, float *y, const 
 }
 
 /* From dy [T,out]: dW += dy^T x, db += ones^T dy (skipped when frozen), adapter grads, and
- * dx = dy W (+ adapter path), written (dx_beta 0) or added (dx_beta 1); dx NULL skips it. */
+ * dx = dy W (+ adapter path), written (dx_beta 0) or added (dx_beta 1); dx NULL skips it.
+ * Mixed precision: hx is x's 16-bit copy (needed only when the weight trains), dy is
+ * rounded here. */
 static void linear_backward(const model *m, int layer, int kind, float *dx, float dx_beta,
-                            const float *dy, const float *x, int T, uint64_t seed) {
+                            const float *dy, const float *x, const uint16_t *hx, int T, uint64_t seed) {
     const kernels *k = m->k;
     const model_state *s = m->state;
     const model_linear *lin = &m->layers[layer].lin[kind];
-    if (dx)
-        k->gemm(false, false, T, lin->in, lin->out, 1.0f, dy, lin->out, lin->weight->data, lin->in,
-                dx_beta, dx, lin->in);
-    if (lin->weight->grad)
-        k->gemm(true, false, lin->out, lin->in, T, 1.0f, dy, lin->out, x, lin->in, 1.0f,
-                lin->weight->grad, lin->in);
+    const uint16_t *hdy = dx || lin->weight->grad ? half_of(m, s->half_dy, dy, (size_t)T * lin->out) : NULL;
+    if (dx) weight_gemm(m, false, false, T, lin->in, lin->out, dy, hdy, lin->out, lin->weight, dx_beta, dx, lin->in);
+    if (lin->weight->grad) weight_grad_gemm(m, lin->weight, T, dy, hdy, x, hx);
     if (lin->bias && lin->bias->grad)
         k->gemm(true, false, 1, lin->out, T, 1.0f, s->ones, 1, dy, lin->out, 1.0f, lin->bias->grad,
                 lin->out);
@@ -85,9 +115,10 @@ static void layer_forward(model *m, int l, int batch, int seq, const int32_t *do
     layer_acts *a = &s->acts[l];
     float *x = s->resid + (size_t)l * T * H, *out = x + (size_t)T * H;
     k->rmsnorm_fwd(a->x_norm1, a->rstd1, x, layer->input_norm->data, T, H, eps);
-    linear_forward(m, l, LINEAR_Q, c->qk_norm ? a->q_pre : a->q, a->x_norm1, T, train, seed);
-    linear_forward(m, l, LINEAR_K, c->qk_norm ? a->k_pre : a->k, a->x_norm1, T, train, seed);
-    linear_forward(m, l, LINEAR_V, a->v, a->x_norm1, T, train, seed);
+    const uint16_t *hx = half_of(m, s->half_x, a->x_norm1, (size_t)T * H);
+    linear_forward(m, l, LINEAR_Q, c->qk_norm ? a->q_pre : a->q, a->x_norm1, hx, T, train, seed);
+    linear_forward(m, l, LINEAR_K, c->qk_norm ? a->k_pre : a->k, a->x_norm1, hx, T, train, seed);
+    linear_forward(m, l, LINEAR_V, a->v, a->x_norm1, hx, T, train, seed);
     if (c->qk_norm) {
         k->rmsnorm_fwd(a->q, a->rstd_q, a->q_pre, layer->q_norm->data, T * nh, d, eps);
         k->rmsnorm_fwd(a->k, a->rstd_k, a->k_pre, layer->k_norm->data, T * nkv, d, eps);
@@ -95,13 +126,16 @@ static void layer_forward(model *m, int l, int batch, int seq, const int32_t *do
     k->rope_fwd(a->q, s->positions, s->inv_freq, T, nh, d);
     k->rope_fwd(a->k, s->positions, s->inv_freq, T, nkv, d);
     k->attention_fwd(a->att, a->lse, a->q, a->k, a->v, doc_ids, batch, seq, nh, nkv, d, scale);
-    linear_forward(m, l, LINEAR_O, a->x_mid, a->att, T, train, seed);
+    hx = half_of(m, s->half_x, a->att, (size_t)T * nh * d);
+    linear_forward(m, l, LINEAR_O, a->x_mid, a->att, hx, T, train, seed);
     k->add(a->x_mid, a->x_mid, x, (size_t)T * H);
     k->rmsnorm_fwd(a->x_norm2, a->rstd2, a->x_mid, layer->post_norm->data, T, H, eps);
-    linear_forward(m, l, LINEAR_GATE, a->gate, a->x_norm2, T, train, seed);
-    linear_forward(m, l, LINEAR_UP, a->up, a->x_norm2, T, train, seed);
+    hx = half_of(m, s->half_x, a->x_norm2, (size_t)T * H);
+    linear_forward(m, l, LINEAR_GATE, a->gate, a->x_norm2, hx, T, train, seed);
+    linear_forward(m, l, LINEAR_UP, a->up, a->x_norm2, hx, T, train, seed);
     k->swiglu_fwd(a->act, a->gate, a->up, (size_t)T * I);
-    linear_forward(m, l, LINEAR_DOWN, out, a->act, T, train, seed);
+    hx = half_of(m, s->half_x, a->act, (size_t)T * I);
+    linear_forward(m, l, LINEAR_DOWN, out, a->act, hx, T, train, seed);
     k->add(out, out, a->x_mid, (size_t)T * H);
 }
 
@@ -109,12 +143,21 @@ static void forward(model *m, int batch, int seq, bool use_doc_ids, bool train, 
     const model_config *c = &m->cfg;
     model_state *s = m->state;
     const int T = batch * seq, H = c->hidden_size;
+    model_refresh_half(m);
     m->k->embedding_fwd(s->resid, m->params[0].data, s->ids, T, H);
     for (int l = 0; l < c->num_hidden_layers; l++)
         layer_forward(m, l, batch, seq, use_doc_ids ? s->doc_ids : NULL, train, seed);
     const model_param *final_norm = model_find_param(m, "model.norm.weight");
     m->k->rmsnorm_fwd(s->x_norm_final, s->rstd_final, s->resid + (size_t)c->num_hidden_layers * T * H,
                       final_norm->data, T, H, (float)c->rms_norm_eps);
+}
+
+/* Whether a base weight of linears first..last (in linear_kind order) trains: only then does
+ * the backward need the layer input's 16-bit copy. */
+static bool weights_train(const model_layer *layer, int first, int last) {
+    for (int kind = first; kind <= last; kind++)
+        if (layer->lin[kind].weight->grad) return true;
+    return false;
 }
 
 static bool layer_has_trainable(const model *m, int l) {
@@ -160,17 +203,21 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
 
         /* MLP: d_resid holds d out; out = x_mid + down(act). */
         float *d_act = s->d_w1, *d_gate = s->d_w2, *d_up = s->d_w3;
-        linear_backward(m, l, LINEAR_DOWN, d_act, 0.0f, s->d_resid, a->act, T, seed);
+        const uint16_t *hx = weights_train(layer, LINEAR_DOWN, LINEAR_DOWN)
+                                 ? half_of(m, s->half_x, a->act, (size_t)T * I) : NULL;
+        linear_backward(m, l, LINEAR_DOWN, d_act, 0.0f, s->d_resid, a->act, hx, T, seed);
         k->swiglu_bwd(d_gate, d_up, d_act, a->gate, a->up, (size_t)T * I);
-        linear_backward(m, l, LINEAR_GATE, s->d_h1, 0.0f, d_gate, a->x_norm2, T, seed);
-        linear_backward(m, l, LINEAR_UP, s->d_h1, 1.0f, d_up, a->x_norm2, T, seed);
+        hx = weights_train(layer, LINEAR_GATE, LINEAR_UP) ? half_of(m, s->half_x, a->x_norm2, TH) : NULL;
+        linear_backward(m, l, LINEAR_GATE, s->d_h1, 0.0f, d_gate, a->x_norm2, hx, T, seed);
+        linear_backward(m, l, LINEAR_UP, s->d_h1, 1.0f, d_up, a->x_norm2, hx, T, seed);
         k->rmsnorm_bwd(s->d_h2, layer->post_norm->grad, s->d_h1, a->x_mid, layer->post_norm->data,
                        a->rstd2, T, H);
         k->axpy(s->d_resid, 1.0f, s->d_h2, TH);
 
         /* Attention: d_resid holds d x_mid; x_mid = x + o(att). */
         float *d_att = s->d_w1, *dq = s->d_w2, *dk = s->d_w3, *dv = s->d_w4;
-        linear_backward(m, l, LINEAR_O, d_att, 0.0f, s->d_resid, a->att, T, seed);
+        hx = weights_train(layer, LINEAR_O, LINEAR_O) ? half_of(m, s->half_x, a->att, (size_t)T * nh * d) : NULL;
+        linear_backward(m, l, LINEAR_O, d_att, 0.0f, s->d_resid, a->att, hx, T, seed);
         k->attention_bwd(dq, dk, dv, d_att, a->q, a->k, a->v, a->att, a->lse, doc_ids, batch, seq,
                          nh, nkv, d, scale);
         k->rope_bwd(dq, s->positions, s->inv_freq, T, nh, d);
@@ -186,9 +233,10 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
         }
         const bool need_dh = need_input_grad || layer->input_norm->trainable;
         float *dh = need_dh ? s->d_h1 : NULL;
-        linear_backward(m, l, LINEAR_Q, dh, 0.0f, dq, q_in, T, seed);
-        linear_backward(m, l, LINEAR_K, dh, 1.0f, dk, q_in, T, seed);
-        linear_backward(m, l, LINEAR_V, dh, 1.0f, dv, q_in, T, seed);
+        hx = weights_train(layer, LINEAR_Q, LINEAR_V) ? half_of(m, s->half_x, q_in, TH) : NULL;
+        linear_backward(m, l, LINEAR_Q, dh, 0.0f, dq, q_in, hx, T, seed);
+        linear_backward(m, l, LINEAR_K, dh, 1.0f, dk, q_in, hx, T, seed);
+        linear_backward(m, l, LINEAR_V, dh, 1.0f, dv, q_in, hx, T, seed);
         if (need_dh) {
             k->rmsnorm_bwd(s->d_h2, layer->input_norm->grad, s->d_h1, x, layer->input_norm->data,
                            a->rstd1, T, H);
@@ -264,11 +312,13 @@ int model_step(model *m, const model_batch *batch, bool backward_pass, float gra
             continue;
         }
         const float *xn = s->x_norm_final + (size_t)r0 * H;
-        k->gemm(false, true, n, V, H, 1.0f, xn, H, w->data, H, 0.0f, s->logits, V);
+        const uint16_t *hxn = half_of(m, s->half_x, xn, (size_t)n * H);
+        weight_gemm(m, false, true, n, V, H, xn, hxn, H, w, 0.0f, s->logits, V);
         k->cross_entropy(s->logits, s->loss + r0, s->targets + r0, n, V, do_backward ? grad_scale : 0.0f);
         if (!do_backward) continue;
-        k->gemm(false, false, n, H, V, 1.0f, s->logits, V, w->data, H, 0.0f, s->d_h1 + (size_t)r0 * H, H);
-        if (w->grad) k->gemm(true, false, V, H, n, 1.0f, s->logits, V, xn, H, 1.0f, w->grad, H);
+        const uint16_t *hdl = half_of(m, s->half_dy, s->logits, (size_t)n * V);
+        weight_gemm(m, false, false, n, H, V, s->logits, hdl, V, w, 0.0f, s->d_h1 + (size_t)r0 * H, H);
+        if (w->grad) weight_grad_gemm(m, w, n, s->logits, hdl, xn, hxn);
     }
     k->download(s->host_loss, s->loss, (size_t)T * sizeof(float));
     double sum = 0.0;
@@ -294,8 +344,9 @@ int model_logits(model *m, const int32_t *ids, int n, int first, float *logits, 
     const int H = m->cfg.hidden_size, V = m->cfg.vocab_size;
     for (int r0 = first; r0 < n; r0 += s->logits_rows) {
         const int rows = n - r0 < s->logits_rows ? n - r0 : s->logits_rows;
-        m->k->gemm(false, true, rows, V, H, 1.0f, s->x_norm_final + (size_t)r0 * H, H,
-                   vocab_weight(m)->data, H, 0.0f, s->logits, V);
+        const float *xn = s->x_norm_final + (size_t)r0 * H;
+        weight_gemm(m, false, true, rows, V, H, xn, half_of(m, s->half_x, xn, (size_t)rows * H), H,
+                    vocab_weight(m), 0.0f, s->logits, V);
         m->k->download(logits + (size_t)(r0 - first) * V, s->logits, (size_t)rows * V * sizeof(float));
     }
     return 0;

@@ -49,10 +49,15 @@ typedef struct model_state {
     float *d_resid, *d_h1, *d_h2;          /* backward scratch [T,H] */
     float *d_w1, *d_w2, *d_w3, *d_w4;      /* [T, max(I, nh*d, H)] */
     float *lora_du, *lora_s1, *lora_s2;    /* [T,r], [T,max_in] x2 (also forward dropout) */
+    uint16_t *half_x, *half_dy; /* mixed precision: 16-bit GEMM input [T, max width] and output
+                                 * gradient [max(T x max width, logits rows x V)] */
     int32_t *ids, *targets, *positions, *doc_ids;
     int32_t *host_positions;  /* host [T], for batches without positions */
     float *host_loss;         /* host [T] */
 } model_state;
+
+/* Re-rounds the 16-bit weight copies marked stale (model_weights_changed) from fp32. */
+void model_refresh_half(model *m);
 
 /* Dropout stream offset of one (layer, module): disjoint ranges of 2^40 elements. */
 static inline uint64_t model_dropout_offset(int layer, int kind) {

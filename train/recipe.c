@@ -340,11 +340,6 @@ int recipe_validate(const recipe *r, ct_error *err) {
                        "%s: train.eval_every is %d but data.eval is empty (set data.eval, or "
                        "train.eval_every: 0)",
                        src, r->train.eval_every);
-    if (r->device == DEVICE_CPU && r->precision != PRECISION_FP32)
-        return ct_fail(err,
-                       "%s: precision %s needs device cuda or auto (the CPU backend computes "
-                       "in fp32)",
-                       src, recipe_precision_name(r->precision));
     if (r->device == DEVICE_CPU && r->distributed.backend == DIST_BACKEND_NCCL)
         return ct_fail(err, "%s: distributed.backend nccl needs device cuda or auto", src);
     return 0;

@@ -78,6 +78,8 @@ typedef struct recipe {
         recipe_schedule schedule; /* constant | linear | cosine (default) */
         int warmup_steps;       /* default 0 */
         double min_lr_ratio;    /* floor of the decay as a fraction of lr, default 0.0 */
+        double loss_scale_init; /* fp16-mixed: first dynamic loss scale, default 65536 */
+        int loss_scale_growth_interval; /* fp16-mixed: good steps before the scale doubles, 2000 */
     } optim;
 
     recipe_precision precision; /* fp32 (default) | bf16-mixed | fp16-mixed */

@@ -115,8 +115,17 @@ const recipe_key SCHEMA_KEYS[] = {
      IRANGE(0, INT_MAX), .doc = "linear warmup from 0 to lr over this many steps"},
     {.path = "optim.min_lr_ratio", .type = KEY_DOUBLE, AT(optim.min_lr_ratio), .def = "0.0",
      DRANGE(0, 1), .doc = "floor of the decay, as a fraction of lr"},
+    {.path = "optim.loss_scale_init", .type = KEY_DOUBLE, AT(optim.loss_scale_init), .def = "65536.0",
+     DRANGE(1, 1e30), .doc = "fp16-mixed: the first dynamic loss scale (a power of two keeps the "
+                             "unscaling exact); halved on every overflow, which skips that step"},
+    {.path = "optim.loss_scale_growth_interval", .type = KEY_INT,
+     AT(optim.loss_scale_growth_interval), .def = "2000", IRANGE(1, INT_MAX),
+     .doc = "fp16-mixed: consecutive steps without overflow before the loss scale doubles"},
     {.path = "precision", .type = KEY_ENUM, AT(precision), .def = "fp32", .choices = PRECISIONS,
-     .doc = "fp32, or bf16/fp16 weights and activations with fp32 master weights (GPU)"},
+     .doc = "fp32; or bf16-mixed / fp16-mixed: every matrix product on 16-bit copies of its "
+            "operands with fp32 sums, fp32 master weights and optimizer state (fp16-mixed adds "
+            "dynamic loss scaling). Made for the GPU; on the CPU it rounds the same way, slower "
+            "than fp32, to check a recipe or compare against the GPU"},
     {.path = "device", .type = KEY_ENUM, AT(device), .def = "auto", .choices = DEVICES,
      .doc = "auto: cuda when a GPU is visible, else cpu"},
     {.path = "distributed.zero_stage", .type = KEY_INT, AT(distributed.zero_stage), .def = "0",

@@ -11,6 +11,7 @@
 
 #include "kernels/cuda/cuda_status.h"
 #include "optim/adamw.h"
+#include "optim/loss_scale.h"
 #include "optim/schedule.h"
 #include "optim/zero.h"
 #include "train/bootstrap.h"
@@ -25,37 +26,32 @@ static double now_seconds(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* Precision other than fp32 needs the CUDA backend; device auto falls back to the CPU. */
+/* device auto takes the GPU when one can be used and falls back to the CPU; every precision
+ * runs on both (mixed precision on the CPU rounds as the GPU does, to check, not to be fast). */
 static int select_backend(const recipe *r, const dist *d, const kernels **k, ct_error *err) {
-    bool needs_gpu = r->precision != PRECISION_FP32;
     const char *shadow = getenv("CTUNE_TEST_SHADOW_MEMORY");
-    if (shadow && !strcmp(shadow, "1") && !needs_gpu) { /* test hook: GPU-like memory on the CPU */
+    if (shadow && !strcmp(shadow, "1")) { /* test hook: GPU-like memory on the CPU */
         *k = kernels_shadow();
         return 0;
     }
     if (r->device == DEVICE_CPU) {
-        if (needs_gpu)
-            return ct_fail(err, "%s: precision '%s' needs a CUDA GPU; use precision: fp32 with device: cpu",
-                           r->source, recipe_precision_name(r->precision));
         *k = kernels_cpu();
         return 0;
     }
     ct_error cuda_err;
     int device = -1;
-    if (kernels_cuda_bind_rank(d->local_rank, &device, &cuda_err) == 0 && kernels_cuda(k, &cuda_err) == 0) {
-        /* The CUDA table computes in fp32; bf16/fp16 kernels are issue 4's next step. */
-        if (needs_gpu)
-            return ct_fail(err, "%s: precision '%s' is not available yet: the CUDA backend computes in fp32 "
-                                "(use precision: fp32)",
-                           r->source, recipe_precision_name(r->precision));
+    if (kernels_cuda_bind_rank(d->local_rank, &device, &cuda_err) == 0 && kernels_cuda(k, &cuda_err) == 0)
         return 0;
-    }
-    if (r->device == DEVICE_CUDA || needs_gpu)
-        return ct_fail(err, "%s: the recipe asks for a GPU (device: %s, precision: %s) but none can be used: %s",
-                       r->source, recipe_device_name(r->device), recipe_precision_name(r->precision),
-                       cuda_err.msg);
+    if (r->device == DEVICE_CUDA)
+        return ct_fail(err, "%s: the recipe asks for a GPU (device: cuda) but none can be used: %s "
+                            "(device: auto falls back to the CPU)",
+                       r->source, cuda_err.msg);
     *k = kernels_cpu();
     return 0;
+}
+
+static model_precision model_precision_of(recipe_precision p) {
+    return p == PRECISION_BF16_MIXED ? MODEL_BF16_MIXED : p == PRECISION_FP16_MIXED ? MODEL_FP16_MIXED : MODEL_FP32;
 }
 
 static int lora_from_recipe(const recipe *r, lora_settings *s, ct_error *err) {
@@ -140,6 +136,7 @@ typedef struct run {
     int pack_docs_per_row;              /* data_pack_docs_per_row, when packing */
     double *micro_losses;               /* loss sum of each micro-batch of the global batch */
     zero_optimizer opt;
+    loss_scaler scaler;        /* fp16-mixed dynamic loss scale (identity otherwise) */
     int start_step;            /* first step to run (> 0 after a resume) */
     long long resumed_tokens;  /* loss tokens seen before the resume */
     double resumed_wall;       /* wall seconds spent before the resume */
@@ -182,6 +179,7 @@ static int build_model(run *x, ct_error *err) {
     model_config_free(&cfg);
     if (status) return -1;
     x->model_ready = true;
+    if (model_set_precision(&x->m, model_precision_of(r->precision), err)) return -1;
     if (model_load_weights(&x->m, r->model.path, err)) return -1;
     if (x->m.has_lora) model_init_lora(&x->m, (uint64_t)r->train.seed);
     return 0;
@@ -203,6 +201,7 @@ static int open_data(run *x, ct_error *err) {
 
 /* One line per rank (the first and last few on big worlds): parse-friendly exact bytes. */
 static void print_memory(const run *x, size_t total, size_t trainable, size_t act_bytes) {
+    const size_t half_bytes = x->m.half_numel * sizeof(uint16_t);
     const recipe *r = x->r;
     const int world = x->d->world_size, stage = r->distributed.zero_stage;
     printf("  ZeRO stage %d: %s; micro-batches %s\n", stage,
@@ -216,10 +215,11 @@ static void print_memory(const run *x, size_t total, size_t trainable, size_t ac
         if (world > 8 && rank >= 4 && rank < world - 4) continue;
         zero_memory mem;
         zero_memory_estimate(stage, total, trainable, world, rank, x->accum_steps, &mem);
-        size_t sum = mem.param_bytes + mem.grad_bytes + mem.optim_bytes + act_bytes + mem.comm_bytes;
+        size_t params = mem.param_bytes + half_bytes;
+        size_t sum = params + mem.grad_bytes + mem.optim_bytes + act_bytes + mem.comm_bytes;
         printf("    rank %d: parameters %zu, gradients %zu, optimizer state %zu, activations %zu, "
                "communication %zu, total %zu (%.1f MiB); updates %zu of %zu trainable values\n",
-               rank, mem.param_bytes, mem.grad_bytes, mem.optim_bytes, act_bytes, mem.comm_bytes, sum,
+               rank, params, mem.grad_bytes, mem.optim_bytes, act_bytes, mem.comm_bytes, sum,
                (double)sum / (1024.0 * 1024.0), mem.shard_numel, trainable);
     }
 }
@@ -229,7 +229,7 @@ static void print_plan(const run *x, bool dry_run) {
     size_t total = model_count_params(&x->m, false), trainable = model_count_params(&x->m, true);
     size_t act_bytes = model_activation_bytes(&x->m.cfg, x->m.has_lora ? &x->m.lora : NULL,
                                               r->train.micro_batch_size, r->data.seq_len,
-                                              r->train.activation_checkpointing);
+                                              r->train.activation_checkpointing, x->m.precision);
     if (dry_run) {
         ct_error err;
         printf("# resolved recipe\n");
@@ -241,6 +241,17 @@ static void print_plan(const run *x, bool dry_run) {
            dist_threads_per_rank(x->d));
     printf("  parameters: %zu total, %zu trainable (%.3f%%)\n", total, trainable,
            total ? 100.0 * (double)trainable / (double)total : 0.0);
+    if (r->precision != PRECISION_FP32) {
+        printf("  precision: %s: matrix products on %s copies (%zu weights), fp32 master weights, "
+               "gradients and optimizer state",
+               recipe_precision_name(r->precision), r->precision == PRECISION_FP16_MIXED ? "fp16" : "bf16",
+               x->m.half_numel);
+        if (r->precision == PRECISION_FP16_MIXED)
+            printf("; dynamic loss scale from %g, doubled after %d good steps", r->optim.loss_scale_init,
+                   r->optim.loss_scale_growth_interval);
+        if (!strcmp(x->k->name, "cpu")) printf(" (emulated on the CPU: slower than fp32)");
+        printf("\n");
+    }
     printf("  batch: global %d = micro %d x ranks %d x accumulation %d; seq_len %d\n",
            r->train.global_batch_size, r->train.micro_batch_size, x->d->world_size, x->accum_steps,
            r->data.seq_len);
@@ -312,6 +323,8 @@ static int write_checkpoint(run *x, int step, const run_summary *s, ct_error *er
     meta.seed = r->train.seed;
     meta.wall_seconds = s->wall_seconds;
     meta.zero_stage = x->opt.stage;
+    meta.loss_scale = x->scaler.scale;
+    meta.loss_scale_good_steps = x->scaler.good_steps;
     /* ZeRO-0 replicates the moments: each rank still writes an even slice, in parallel. */
     size_t begin = x->opt.begin, end = x->opt.end;
     float *exp_avg = x->opt.adam.m, *exp_avg_sq = x->opt.adam.v;
@@ -348,6 +361,13 @@ static int resume_run(run *x, ct_error *err) {
                          replicated ? x->opt.numel : x->opt.end, err))
         return -1;
     x->opt.adam.step = meta.optimizer_step;
+    model_weights_changed(&x->m, true);
+    /* fp16 continues the checkpoint's loss scale; a checkpoint of an fp32/bf16 run has scale 1
+     * and then the recipe's first scale applies. */
+    if (x->scaler.enabled && meta.loss_scale != 1.0) {
+        x->scaler.scale = meta.loss_scale;
+        x->scaler.good_steps = meta.loss_scale_good_steps;
+    }
     x->start_step = (int)meta.step;
     x->resumed_tokens = meta.tokens_seen;
     x->resumed_wall = meta.wall_seconds;
@@ -414,7 +434,10 @@ static int train_loop(run *x, run_summary *summary, ct_error *err) {
         /* Loss = sum over the global batch / its loss tokens: the scale must be global. */
         long long global_tokens = local_tokens;
         if (dist_sum_longs(d, &global_tokens, 1, err)) return -1;
-        float grad_scale = global_tokens > 0 ? 1.0f / (float)global_tokens : 0.0f;
+        const double loss_scale = x->scaler.scale; /* 1 unless fp16-mixed */
+        float grad_scale = global_tokens <= 0 ? 0.0f
+                           : x->scaler.enabled ? (float)(loss_scale / (double)global_tokens)
+                                               : 1.0f / (float)global_tokens;
         memset(x->micro_losses, 0, (size_t)n_micro * sizeof *x->micro_losses);
         int status = 0;
         for (int a = 0; a < x->accum_steps; a++) {
@@ -430,7 +453,15 @@ static int train_loop(run *x, run_summary *summary, ct_error *err) {
         double loss_sum = 0, grad_norm = 0;
         for (long long j = 0; j < n_micro; j++) loss_sum += x->micro_losses[j];
         double lr = lr_at_step(&schedule, step);
-        if (zero_step(&x->opt, &x->m, &hp, lr, r->optim.grad_clip, &grad_norm, err)) return -1;
+        bool skipped = false;
+        if (zero_step(&x->opt, &x->m, &hp, lr, r->optim.grad_clip, loss_scale, &grad_norm, &skipped, err))
+            return -1;
+        /* Every rank has the same norm, so the same decision. */
+        if (skipped && !x->scaler.enabled)
+            return ct_fail(err, "step %d: the gradient norm is %g: a NaN or infinity in the gradients "
+                                "(training diverged; try a lower optim.lr, warmup or optim.grad_clip)",
+                           step + 1, grad_norm);
+        loss_scaler_update(&x->scaler, skipped ? INFINITY : grad_norm);
         /* The CUDA table's functions cannot fail visibly: its first error is collected here,
          * once per step, where the step's loss has synchronised with the device anyway. */
         if (!strcmp(x->k->name, "cuda") && dist_agree(d, kernels_cuda_status(err), err)) return -1;
@@ -440,14 +471,19 @@ static int train_loop(run *x, run_summary *summary, ct_error *err) {
         processed_since_log += (long long)micro_tokens * x->accum_steps * d->world_size;
         double now = now_seconds();
         double tok_s = processed_since_log / (now - last_log > 1e-9 ? now - last_log : 1e-9);
-        if (d->rank == 0) metrics_step(&x->metrics, step + 1, last_loss, lr, grad_norm, global_tokens, tok_s, now - start);
+        if (d->rank == 0)
+            metrics_step(&x->metrics, step + 1, last_loss, lr, grad_norm, global_tokens, tok_s, now - start,
+                         x->scaler.enabled ? loss_scale : 0.0, skipped);
         bool log_now = (step + 1) % r->train.log_every == 0 || step == 0 || step + 1 == r->train.max_steps;
         if (d->rank == 0 && log_now) {
             char eta[32];
             format_duration((now - start) / (step + 1) * (r->train.max_steps - step - 1), eta, sizeof eta);
-            printf("step %*d/%d | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s | eta %s\n",
+            char scale[64] = "";
+            if (x->scaler.enabled)
+                snprintf(scale, sizeof scale, " | loss scale %g%s", loss_scale, skipped ? " (overflow: step skipped)" : "");
+            printf("step %*d/%d | loss %.4f | lr %.3e | grad_norm %.3f%s | %.0f tok/s | eta %s\n",
                    (int)snprintf(NULL, 0, "%d", r->train.max_steps), step + 1, r->train.max_steps,
-                   last_loss, lr, grad_norm, tok_s, eta);
+                   last_loss, lr, grad_norm, scale, tok_s, eta);
             fflush(stdout);
         }
         if (log_now) {
@@ -560,6 +596,8 @@ int trainer_run(const recipe *r, const dist *d, bool dry_run, run_summary *summa
     if (!status && !x.micro_losses) status = ct_fail(err, "out of memory");
     if (!status) status = zero_create(&x.opt, &x.m, d, r->distributed.zero_stage, x.accum_steps, err);
     x.opt_ready = status == 0;
+    loss_scaler_init(&x.scaler, r->precision == PRECISION_FP16_MIXED, r->optim.loss_scale_init,
+                     r->optim.loss_scale_growth_interval);
     if (!status) status = resume_run(&x, err);
     if (dist_agree(d, status, err)) {
         close_run(&x);

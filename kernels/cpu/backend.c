@@ -27,6 +27,9 @@ static const kernels cpu_backend = {
     .attention_fwd = cpu_attention_fwd,
     .attention_bwd = cpu_attention_bwd,
     .cross_entropy = cpu_cross_entropy,
+    .to_half = cpu_to_half,
+    .from_half = cpu_from_half,
+    .gemm_half = cpu_gemm_half,
     .adamw = cpu_adamw,
 };
 

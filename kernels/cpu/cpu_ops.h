@@ -9,6 +9,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "kernels/kernels.h"
+
 /* Arrays shorter than this run on one thread: spawning a team costs more than the work. */
 #define CPU_PARALLEL_MIN 32768
 
@@ -102,6 +104,13 @@ void cpu_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const
 /* cross_entropy.c */
 void cpu_cross_entropy(float *logits, float *loss, const int32_t *targets, int n_rows, int vocab,
                        float grad_scale);
+
+/* half.c */
+void cpu_to_half(uint16_t *out, const float *x, size_t n, kernels_half_format fmt);
+void cpu_from_half(float *out, const uint16_t *x, size_t n, kernels_half_format fmt);
+void cpu_gemm_half(kernels_half_format fmt, bool trans_a, bool trans_b, int m, int n, int k,
+                   float alpha, const uint16_t *a, int lda, const uint16_t *b, int ldb, float beta,
+                   float *c, int ldc);
 
 /* adamw.c */
 void cpu_adamw(float *param, const float *grad, float *m, float *v, size_t n, double lr,

@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels/kernels.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -71,6 +73,13 @@ void cuda_attention_bwd(float *dq, float *dk, float *dv, const float *dout, cons
 
 void cuda_cross_entropy(float *logits, float *loss, const int32_t *targets, int n_rows,
                         int vocab, float grad_scale);
+
+/* half.cu: casts to and from bf16/fp16 bit patterns, and gemm on 16-bit A, B via cuBLASLt */
+void cuda_to_half(uint16_t *out, const float *x, size_t n, kernels_half_format fmt);
+void cuda_from_half(float *out, const uint16_t *x, size_t n, kernels_half_format fmt);
+void cuda_gemm_half(kernels_half_format fmt, bool trans_a, bool trans_b, int m, int n, int k,
+                    float alpha, const uint16_t *a, int lda, const uint16_t *b, int ldb,
+                    float beta, float *c, int ldc);
 
 void cuda_adamw(float *param, const float *grad, float *m, float *v, size_t n, double lr,
                 double beta1, double beta2, double eps, double weight_decay, double bias1,

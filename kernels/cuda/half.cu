@@ -1,0 +1,294 @@
+// half: the 16-bit ops of mixed precision (kernels.h: to_half, from_half, gemm_half),
+// mirroring kernels/cpu/half.c.
+//
+// Casts. __float2bfloat16_rn / __float2half_rn are the PTX cvt.rn conversions: round to
+// nearest, ties to even, without .satfinite, so fp16 overflows to +-inf as torch does
+// (what fp16 loss scaling detects); fp32 subnormals are converted, not flushed (the
+// backend is never built with -ftz / --use_fast_math), and fp16 underflows gradually
+// through its subnormals. NaN stays NaN (the hardware returns the canonical NaN, so the
+// payload may differ from the CPU's, which the contract allows). Widening is exact.
+//
+// gemm_half: cuBLASLt, A and B as CUDA_R_16BF / CUDA_R_16F, C = D in CUDA_R_32F,
+// CUBLAS_COMPUTE_32F with fp32 scalars: tensor cores multiply the 16-bit values (each
+// product exact in fp32) and accumulate in fp32, so the result differs from the CPU's only
+// in summation order. No pedantic math here: tensor cores are the point of this path.
+// Row-major is handled as in gemm.cu: row-major C = op(A) op(B) is column-major
+// C^T = op(B)^T op(A)^T, so B goes first with n and m swapped, each operand keeps its own
+// transpose flag, and leading dimensions pass through. A layout describes the matrix as
+// stored: B (not transposed) is row-major [k, n] = column-major n x k, transposed it is
+// k x n; A (not transposed) is column-major k x m, transposed m x k; C is n x m.
+// cuBLASLt, like BLAS, does not read C when beta == 0, so NaN in C does not propagate
+// (tests/test_kernels_cuda.c poisons C with NaN to hold it to that).
+//
+// Process-wide state, and why: the table carries no context (see device.cu), so the
+// cuBLASLt handle and its workspace are created once under pthread_once on the device
+// current at the first gemm_half, like the cuBLAS handle; a small cache of matmul plans
+// (descriptors + the heuristic's algorithm) spares the heuristic query on every call of a
+// training step, which repeats the same few shapes. The cache is guarded by a mutex held
+// through cublasLtMatmul (which only enqueues), so an entry is never evicted while in use.
+// Every op runs on the default stream, so consecutive matmuls share the workspace safely.
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "kernels/cuda/cuda_common.cuh"
+
+#define GRID_STRIDE_LOOP(i, n)                                                    \
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n);     \
+         i += (size_t)gridDim.x * blockDim.x)
+
+// ------------------------------------------------------------------ casts
+
+__global__ void to_bf16_kernel(uint16_t *out, const float *x, size_t n) {
+    GRID_STRIDE_LOOP(i, n) out[i] = __bfloat16_as_ushort(__float2bfloat16_rn(x[i]));
+}
+
+__global__ void to_fp16_kernel(uint16_t *out, const float *x, size_t n) {
+    GRID_STRIDE_LOOP(i, n) out[i] = __half_as_ushort(__float2half_rn(x[i]));
+}
+
+__global__ void from_bf16_kernel(float *out, const uint16_t *x, size_t n) {
+    GRID_STRIDE_LOOP(i, n) out[i] = __bfloat162float(__ushort_as_bfloat16(x[i]));
+}
+
+__global__ void from_fp16_kernel(float *out, const uint16_t *x, size_t n) {
+    GRID_STRIDE_LOOP(i, n) out[i] = __half2float(__ushort_as_half(x[i]));
+}
+
+static bool known_format(kernels_half_format fmt, const char *op, int line) {
+    if (fmt == KERNELS_BF16 || fmt == KERNELS_FP16) return true;
+    char message[96];
+    snprintf(message, sizeof message, "unknown 16-bit format %d (expected KERNELS_BF16 or "
+             "KERNELS_FP16)", (int)fmt);
+    ctune_cuda_record(__FILE__, line, op, message);
+    return false;
+}
+
+extern "C" void cuda_to_half(uint16_t *out, const float *x, size_t n, kernels_half_format fmt) {
+    if (!known_format(fmt, "to_half", __LINE__) || !n) return;
+    if (fmt == KERNELS_BF16)
+        to_bf16_kernel<<<cuda_grid_for(n), CUDA_THREADS>>>(out, x, n);
+    else
+        to_fp16_kernel<<<cuda_grid_for(n), CUDA_THREADS>>>(out, x, n);
+    CUDA_CHECK_LAUNCH();
+}
+
+extern "C" void cuda_from_half(float *out, const uint16_t *x, size_t n, kernels_half_format fmt) {
+    if (!known_format(fmt, "from_half", __LINE__) || !n) return;
+    if (fmt == KERNELS_BF16)
+        from_bf16_kernel<<<cuda_grid_for(n), CUDA_THREADS>>>(out, x, n);
+    else
+        from_fp16_kernel<<<cuda_grid_for(n), CUDA_THREADS>>>(out, x, n);
+    CUDA_CHECK_LAUNCH();
+}
+
+// ------------------------------------------------------------------ gemm_half
+
+// k == 0: an empty product, C = beta C, with beta == 0 not reading C (a copy of gemm.cu's
+// kernel: without separable compilation a kernel is launched from its own source file).
+__global__ void gemm_half_scale_kernel(float *c, int m, int n, int ldc, float beta) {
+    size_t total = (size_t)m * n;
+    GRID_STRIDE_LOOP(i, total) {
+        float *cij = c + (i / n) * (size_t)ldc + i % n;
+        *cij = beta == 0.0f ? 0.0f : beta * *cij;
+    }
+}
+
+// 32 MiB: NVIDIA's recommended cuBLAS workspace on Hopper (4 MiB would do on Ampere), where
+// split-K / stream-K algorithms need it; allocated once, so nothing is allocated per call.
+#define LT_WORKSPACE_BYTES ((size_t)32 << 20)
+#define LT_PLAN_SLOTS 64
+
+static pthread_once_t lt_once = PTHREAD_ONCE_INIT;
+static cublasLtHandle_t lt_handle = NULL;
+static cublasStatus_t lt_status = CUBLAS_STATUS_NOT_INITIALIZED;
+static void *lt_workspace = NULL;
+static size_t lt_workspace_bytes = 0;
+
+static void create_lt(void) {
+    cublasLtHandle_t created = NULL;
+    lt_status = cublasLtCreate(&created);
+    if (lt_status != CUBLAS_STATUS_SUCCESS) return;
+    lt_handle = created;
+    // Without a workspace cuBLASLt still works (fewer algorithms), so a failed allocation
+    // degrades instead of failing; its error is cleared so no later check reports it.
+    if (cudaMalloc(&lt_workspace, LT_WORKSPACE_BYTES) == cudaSuccess) {
+        lt_workspace_bytes = LT_WORKSPACE_BYTES;
+    } else {
+        lt_workspace = NULL;
+        cudaGetLastError();
+    }
+}
+
+// Everything the heuristic's choice depends on; alpha and beta are not among them.
+typedef struct lt_plan_key {
+    int fmt, trans_a, trans_b, m, n, k, lda, ldb, ldc;
+    int align_a, align_b, align_c; // bytes, powers of two up to 256
+} lt_plan_key;
+
+typedef struct lt_plan {
+    bool used;
+    lt_plan_key key;
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t layout_a, layout_b, layout_c; // as cuBLASLt sees them (swapped)
+    cublasLtMatmulAlgo_t algo;
+    size_t workspace_bytes;
+} lt_plan;
+
+static pthread_mutex_t plan_lock = PTHREAD_MUTEX_INITIALIZER;
+static lt_plan plans[LT_PLAN_SLOTS];
+static int plan_next_victim = 0; // round robin once every slot is taken
+
+// cuBLASLt assumes 256-byte aligned pointers unless told otherwise; a view into a larger
+// buffer (a row block, one matrix of a batch) may be aligned to no more than its element.
+static int pointer_alignment(const void *ptr) {
+    uintptr_t address = (uintptr_t)ptr;
+    int align = 256;
+    while (align > 1 && address % (uintptr_t)align != 0) align /= 2;
+    return align;
+}
+
+static void destroy_plan(lt_plan *plan) {
+    if (plan->layout_c) cublasLtMatrixLayoutDestroy(plan->layout_c);
+    if (plan->layout_b) cublasLtMatrixLayoutDestroy(plan->layout_b);
+    if (plan->layout_a) cublasLtMatrixLayoutDestroy(plan->layout_a);
+    if (plan->op) cublasLtMatmulDescDestroy(plan->op);
+    memset(plan, 0, sizeof *plan);
+}
+
+#define LT_TRY(call)                                                                     \
+    do {                                                                                 \
+        cublasStatus_t lt_try_status_ = (call);                                          \
+        if (lt_try_status_ != CUBLAS_STATUS_SUCCESS) {                                   \
+            ctune_cuda_record(__FILE__, __LINE__, #call,                                 \
+                              cublasGetStatusString(lt_try_status_));                    \
+            return false;                                                                \
+        }                                                                                \
+    } while (0)
+
+// Fills plan (zeroed by the caller) for key: descriptors in cuBLASLt's column-major view
+// (see the top of the file) and the heuristic's best algorithm. false: failure recorded;
+// the caller destroys what was created.
+static bool build_plan(lt_plan *plan, const lt_plan_key *key) {
+    const cudaDataType_t half_type = key->fmt == KERNELS_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+    // cuBLASLt's A is our B, its B our A, its m our n.
+    const cublasOperation_t op_first = key->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cublasOperation_t op_second = key->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    LT_TRY(cublasLtMatmulDescCreate(&plan->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    LT_TRY(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSA, &op_first,
+                                          sizeof op_first));
+    LT_TRY(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSB, &op_second,
+                                          sizeof op_second));
+    const uint64_t n = (uint64_t)key->n, m = (uint64_t)key->m, k = (uint64_t)key->k;
+    LT_TRY(cublasLtMatrixLayoutCreate(&plan->layout_a, half_type, key->trans_b ? k : n,
+                                      key->trans_b ? n : k, key->ldb));
+    LT_TRY(cublasLtMatrixLayoutCreate(&plan->layout_b, half_type, key->trans_a ? m : k,
+                                      key->trans_a ? k : m, key->lda));
+    LT_TRY(cublasLtMatrixLayoutCreate(&plan->layout_c, CUDA_R_32F, n, m, key->ldc));
+
+    cublasLtMatmulPreference_t pref = NULL;
+    LT_TRY(cublasLtMatmulPreferenceCreate(&pref));
+    const uint32_t align_first = (uint32_t)key->align_b, align_second = (uint32_t)key->align_a;
+    const uint32_t align_c = (uint32_t)key->align_c;
+    cublasLtMatmulHeuristicResult_t result;
+    memset(&result, 0, sizeof result);
+    int found = 0;
+    cublasStatus_t status = cublasLtMatmulPreferenceSetAttribute(
+        pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &lt_workspace_bytes,
+        sizeof lt_workspace_bytes);
+    const struct { cublasLtMatmulPreferenceAttributes_t attr; const uint32_t *value; } aligns[] = {
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_first},
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_second},
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c},
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c},
+    };
+    for (int i = 0; i < 4 && status == CUBLAS_STATUS_SUCCESS; i++)
+        status = cublasLtMatmulPreferenceSetAttribute(pref, aligns[i].attr, aligns[i].value,
+                                                      sizeof *aligns[i].value);
+    if (status == CUBLAS_STATUS_SUCCESS)
+        status = cublasLtMatmulAlgoGetHeuristic(lt_handle, plan->op, plan->layout_a,
+                                                plan->layout_b, plan->layout_c, plan->layout_c,
+                                                pref, 1, &result, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (status == CUBLAS_STATUS_SUCCESS && (found < 1 || result.state != CUBLAS_STATUS_SUCCESS))
+        status = CUBLAS_STATUS_NOT_SUPPORTED;
+    if (status != CUBLAS_STATUS_SUCCESS) {
+        char message[256];
+        snprintf(message, sizeof message,
+                 "%s (no algorithm for %s gemm_half ta %d tb %d m %d n %d k %d lda %d ldb %d "
+                 "ldc %d)",
+                 cublasGetStatusString(status), key->fmt == KERNELS_BF16 ? "bf16" : "fp16",
+                 key->trans_a, key->trans_b, key->m, key->n, key->k, key->lda, key->ldb, key->ldc);
+        ctune_cuda_record(__FILE__, __LINE__, "cublasLtMatmulAlgoGetHeuristic", message);
+        return false;
+    }
+    plan->algo = result.algo;
+    plan->workspace_bytes = result.workspaceSize;
+    return true;
+}
+
+// The plan for key, from the cache or newly built into a slot; NULL: failure recorded.
+// Called with plan_lock held.
+static lt_plan *find_plan(const lt_plan_key *key) {
+    int free_slot = -1;
+    for (int i = 0; i < LT_PLAN_SLOTS; i++) {
+        if (plans[i].used && memcmp(&plans[i].key, key, sizeof *key) == 0) return &plans[i];
+        if (!plans[i].used && free_slot < 0) free_slot = i;
+    }
+    if (free_slot < 0) {
+        free_slot = plan_next_victim;
+        plan_next_victim = (plan_next_victim + 1) % LT_PLAN_SLOTS;
+        destroy_plan(&plans[free_slot]);
+    }
+    lt_plan *plan = &plans[free_slot];
+    if (!build_plan(plan, key)) {
+        destroy_plan(plan);
+        return NULL;
+    }
+    plan->key = *key;
+    plan->used = true;
+    return plan;
+}
+
+extern "C" void cuda_gemm_half(kernels_half_format fmt, bool trans_a, bool trans_b, int m,
+                               int n, int k, float alpha, const uint16_t *a, int lda,
+                               const uint16_t *b, int ldb, float beta, float *c, int ldc) {
+    if (!known_format(fmt, "gemm_half", __LINE__) || m <= 0 || n <= 0) return;
+    if (k <= 0) {
+        gemm_half_scale_kernel<<<cuda_grid_for((size_t)m * n), CUDA_THREADS>>>(c, m, n, ldc, beta);
+        CUDA_CHECK_LAUNCH();
+        return;
+    }
+    pthread_once(&lt_once, create_lt);
+    if (lt_status != CUBLAS_STATUS_SUCCESS) {
+        ctune_cuda_record(__FILE__, __LINE__, "cublasLtCreate", cublasGetStatusString(lt_status));
+        return;
+    }
+    lt_plan_key key;
+    memset(&key, 0, sizeof key); // memcmp compares the whole struct
+    key.fmt = (int)fmt;
+    key.trans_a = trans_a;
+    key.trans_b = trans_b;
+    key.m = m, key.n = n, key.k = k;
+    key.lda = lda, key.ldb = ldb, key.ldc = ldc;
+    key.align_a = pointer_alignment(a);
+    key.align_b = pointer_alignment(b);
+    key.align_c = pointer_alignment(c);
+
+    pthread_mutex_lock(&plan_lock);
+    lt_plan *plan = find_plan(&key);
+    if (plan) {
+        void *workspace = plan->workspace_bytes ? lt_workspace : NULL;
+        cublasStatus_t status = cublasLtMatmul(
+            lt_handle, plan->op, &alpha, b, plan->layout_a, a, plan->layout_b, &beta, c,
+            plan->layout_c, c, plan->layout_c, &plan->algo, workspace, plan->workspace_bytes, 0);
+        if (status != CUBLAS_STATUS_SUCCESS)
+            ctune_cuda_record(__FILE__, __LINE__, "cublasLtMatmul", cublasGetStatusString(status));
+    }
+    pthread_mutex_unlock(&plan_lock);
+}
