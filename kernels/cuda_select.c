@@ -41,6 +41,8 @@ static const kernels cuda_backend = {
     .to_half = cuda_to_half,
     .from_half = cuda_from_half,
     .gemm_half = cuda_gemm_half,
+    .attention_fwd_half = cuda_attention_fwd_half,
+    .attention_bwd_half = cuda_attention_bwd_half,
     .adamw = cuda_adamw,
 };
 #endif

@@ -123,6 +123,23 @@ typedef struct kernels {
                       float alpha, const uint16_t *a, int lda, const uint16_t *b, int ldb, float beta,
                       float *c, int ldc);
 
+    /* ---- attention with 16-bit matrix-product operands (mixed precision; tensor cores) ----
+     * attention_fwd / attention_bwd (same arguments, layouts and outputs, all fp32 buffers)
+     * computed as in bf16/fp16 flash attention: q, k, v (and dout, in the backward) are
+     * rounded to fmt, every product of the score and output matrices takes 16-bit operands
+     * and sums in fp32, softmax statistics (max, sum, lse) and D = rowsum(dout * out) are
+     * fp32. The probabilities P and the score gradients dS are rounded to fmt where they
+     * enter a product (a backend may round P relative to a per-tile running maximum). The
+     * CPU reference rounds q, k, v, dout and computes the rest in fp32 (P and dS exact), so
+     * backends agree to the rounding of P and dS: ||gpu - cpu|| / ||cpu|| < 1e-2. */
+    void (*attention_fwd_half)(kernels_half_format fmt, float *out, float *lse, const float *q,
+                               const float *k, const float *v, const int32_t *doc_ids, int batch,
+                               int seq, int n_heads, int n_kv_heads, int head_dim, float scale);
+    void (*attention_bwd_half)(kernels_half_format fmt, float *dq, float *dk, float *dv,
+                               const float *dout, const float *q, const float *k, const float *v,
+                               const float *out, const float *lse, const int32_t *doc_ids, int batch,
+                               int seq, int n_heads, int n_kv_heads, int head_dim, float scale);
+
     /* ---- AdamW (decoupled weight decay, as torch.optim.AdamW) on n elements:
      * m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
      * p -= lr * (wd * p + (m / bias1) / (sqrt(v / bias2) + eps))

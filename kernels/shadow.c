@@ -100,6 +100,19 @@ static void shadow_gemm_half(kernels_half_format fmt, bool ta, bool tb, int m, i
                              int ldc) {
     cpu_gemm_half(fmt, ta, tb, m, n, k, alpha, RCH(a), lda, RCH(b), ldb, beta, RF(c), ldc);
 }
+static void shadow_attention_fwd_half(kernels_half_format fmt, float *out, float *lse, const float *q,
+                                      const float *k, const float *v, const int32_t *doc_ids, int batch,
+                                      int seq, int nh, int nkv, int d, float scale) {
+    cpu_attention_fwd_half(fmt, RF(out), RF(lse), RCF(q), RCF(k), RCF(v), RCI(doc_ids), batch, seq, nh,
+                           nkv, d, scale);
+}
+static void shadow_attention_bwd_half(kernels_half_format fmt, float *dq, float *dk, float *dv,
+                                      const float *dout, const float *q, const float *k, const float *v,
+                                      const float *out, const float *lse, const int32_t *doc_ids,
+                                      int batch, int seq, int nh, int nkv, int d, float scale) {
+    cpu_attention_bwd_half(fmt, RF(dq), RF(dk), RF(dv), RCF(dout), RCF(q), RCF(k), RCF(v), RCF(out),
+                           RCF(lse), RCI(doc_ids), batch, seq, nh, nkv, d, scale);
+}
 static void shadow_adamw(float *param, const float *grad, float *m, float *v, size_t n, double lr, double b1,
                          double b2, double eps, double wd, double bias1, double bias2) {
     cpu_adamw(RF(param), RCF(grad), RF(m), RF(v), n, lr, b1, b2, eps, wd, bias1, bias2);
@@ -133,6 +146,8 @@ static const kernels shadow_backend = {
     .to_half = shadow_to_half,
     .from_half = shadow_from_half,
     .gemm_half = shadow_gemm_half,
+    .attention_fwd_half = shadow_attention_fwd_half,
+    .attention_bwd_half = shadow_attention_bwd_half,
     .adamw = shadow_adamw,
 };
 

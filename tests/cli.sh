@@ -48,7 +48,11 @@ expect 1 "nccl is not available yet" -- "$ctune" train "$src/configs/tiny/lora.y
 expect 0 "ZeRO stage 1" -- "$ctune" train "$src/configs/tiny/lora.yaml" model.path="$work/m" \
   data.train="$work/t.h5" data.eval="$work/e.h5" data.synthetic_train_examples=64 \
   data.synthetic_eval_examples=8 distributed.zero_stage=1 --dry-run
-expect 1 "needs a CUDA GPU|none can be used" -- "$ctune" train ok.yaml precision=bf16-mixed --dry-run
+# device cuda without a usable GPU says so (on a GPU machine the missing model is reported instead)
+expect 1 "asks for a GPU \(device: cuda\) but none can be used|m/config.json" -- "$ctune" train ok.yaml device=cuda --dry-run
+expect 0 "precision: fp16-mixed: matrix products on fp16 copies" -- "$ctune" train "$src/configs/tiny/lora.yaml" \
+  model.path="$work/m" data.train="$work/t.h5" data.eval="$work/e.h5" data.synthetic_train_examples=64 \
+  data.synthetic_eval_examples=8 precision=fp16-mixed device=cpu --dry-run
 
 expect 0 "wrote" -- "$ctune" init --preset tiny -o tiny
 expect 1 "already holds a model" -- "$ctune" init --preset tiny -o tiny

@@ -58,8 +58,7 @@ static int fetch_param(void *ctx, int index, void *out, ct_error *err) {
     (void)err;
     const base_weights *w = ctx;
     const model_param *p = &w->m->params[w->param_of[index]];
-    w->m->k->download(out, p->data, p->numel * sizeof(float));
-    return 0;
+    return model_param_download(w->m, p, out);
 }
 
 /* The base weights in parameter (state-dict) order, fp32, one tensor in host memory at a

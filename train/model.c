@@ -211,7 +211,51 @@ static bool is_gemm_weight(const model *m, const model_param *p) {
     return true;
 }
 
+/* A frozen GEMM weight needs no fp32 value in mixed precision: nothing updates it and only
+ * GEMMs read it, so its 16-bit copy is the weight (half the memory of a frozen base). The
+ * embedding table keeps fp32 (the lookup reads it) even when tied. */
+static bool half_only(const model *m, const model_param *p) {
+    return !p->trainable && is_gemm_weight(m, p) && strcmp(p->name, "model.embed_tokens.weight") != 0;
+}
+
+/* Moves the weights into a new arena laid out for the precision m->precision is about to
+ * take (mixed: half_only weights leave the fp32 arena; fp32: they come back, widened from
+ * their 16-bit values). The trainable range stays first and in place (it lines up with the
+ * gradients). half_from is the old 16-bit arena's values to widen, NULL when none. */
+static int relayout_weights(model *m, bool mixed, ct_error *err) {
+    size_t numel = 0;
+    for (int i = 0; i < m->n_params; i++)
+        if (!(mixed && half_only(m, &m->params[i]))) numel += m->params[i].numel;
+    float *arena = m->k->alloc((numel ? numel : 1) * sizeof(float));
+    if (!arena)
+        return ct_fail(err, "model: cannot allocate %zu bytes of parameters on the %s backend",
+                       numel * sizeof(float), m->k->name);
+    if (m->grad_numel) m->k->copy(arena, m->weight_arena, m->grad_numel * sizeof(float));
+    size_t at = m->grad_numel;
+    for (int i = 0; i < m->n_params; i++) {
+        model_param *p = &m->params[i];
+        if (p->trainable) {
+            p->data = arena + (p->data - m->weight_arena);
+            continue;
+        }
+        if (mixed && half_only(m, p)) {
+            p->data = NULL;
+            continue;
+        }
+        float *dst = arena + at;
+        at += p->numel;
+        if (p->data) m->k->copy(dst, p->data, p->numel * sizeof(float));
+        else m->k->from_half(dst, p->half, p->numel, model_half_format(m->precision));
+        p->data = dst;
+    }
+    if (m->weight_arena) m->k->release(m->weight_arena);
+    m->weight_arena = arena;
+    m->weight_numel = numel;
+    return 0;
+}
+
 int model_set_precision(model *m, model_precision p, ct_error *err) {
+    if (m->precision != MODEL_FP32 && relayout_weights(m, false, err)) return -1;
     if (m->half_arena) m->k->release(m->half_arena);
     m->half_arena = NULL;
     m->half_numel = 0;
@@ -231,11 +275,58 @@ int model_set_precision(model *m, model_precision p, ct_error *err) {
         if (!is_gemm_weight(m, q)) continue;
         q->half = m->half_arena + at;
         at += q->numel;
+        m->k->to_half(q->half, q->data, q->numel, model_half_format(p));
     }
     m->half_numel = total;
     m->precision = p;
-    m->half_stale_frozen = m->half_stale_trainable = true;
+    if (relayout_weights(m, true, err)) { /* nothing moved: back to plain fp32 */
+        m->k->release(m->half_arena);
+        m->half_arena = NULL;
+        m->half_numel = 0;
+        for (int i = 0; i < m->n_params; i++) m->params[i].half = NULL;
+        m->precision = MODEL_FP32;
+        return -1;
+    }
     return 0;
+}
+
+/* 16-bit-only weights move between the host and the backend as 16-bit values, converted on
+ * the host by the CPU reference conversions (bit-identical to every backend's: a kernels
+ * contract), in chunks of HOST_CHUNK through a fixed buffer. */
+enum { HOST_CHUNK = 4096 };
+
+int model_param_download(const model *m, const model_param *p, float *host) {
+    if (p->data) {
+        m->k->download(host, p->data, p->numel * sizeof(float));
+        return 0;
+    }
+    uint16_t bits[HOST_CHUNK];
+    for (size_t start = 0; start < p->numel; start += HOST_CHUNK) {
+        size_t n = p->numel - start < HOST_CHUNK ? p->numel - start : HOST_CHUNK;
+        m->k->download(bits, p->half + start, n * sizeof(uint16_t));
+        kernels_cpu()->from_half(host + start, bits, n, model_half_format(m->precision));
+    }
+    return 0;
+}
+
+static void param_upload(const model *m, model_param *p, size_t offset, const float *host, size_t n);
+
+void model_param_upload(const model *m, model_param *p, const float *host) {
+    param_upload(m, p, 0, host, p->numel);
+}
+
+/* Host fp32 values into a parameter: its fp32 data, or (16-bit-only) its 16-bit copy. */
+static void param_upload(const model *m, model_param *p, size_t offset, const float *host, size_t n) {
+    if (p->data) {
+        m->k->upload(p->data + offset, host, n * sizeof(float));
+        return;
+    }
+    uint16_t bits[HOST_CHUNK];
+    for (size_t start = 0; start < n; start += HOST_CHUNK) {
+        size_t len = n - start < HOST_CHUNK ? n - start : HOST_CHUNK;
+        kernels_cpu()->to_half(bits, host + start, len, model_half_format(m->precision));
+        m->k->upload(p->half + offset + start, bits, len * sizeof(uint16_t));
+    }
 }
 
 void model_weights_changed(model *m, bool trainable_only) {
@@ -249,7 +340,7 @@ void model_refresh_half(model *m) {
     const kernels_half_format fmt = model_half_format(m->precision);
     for (int i = 0; i < m->n_params; i++) {
         model_param *p = &m->params[i];
-        if (p->half && (p->trainable ? m->half_stale_trainable : m->half_stale_frozen))
+        if (p->half && p->data && (p->trainable ? m->half_stale_trainable : m->half_stale_frozen))
             m->k->to_half(p->half, p->data, p->numel, fmt);
     }
     m->half_stale_frozen = m->half_stale_trainable = false;
@@ -347,7 +438,7 @@ static void init_param(const model *m, model_param *p, init_kind kind, double sc
         }
         for (size_t i = 0; i < n; i++)
             if (zero_row >= 0 && (int64_t)((start + i) / row) == zero_row) host[i] = 0.0f;
-        m->k->upload(p->data + start, host, n * sizeof(float));
+        param_upload(m, p, start, host, n);
     }
 }
 
@@ -434,7 +525,7 @@ int model_load_weights(model *m, const char *dir, ct_error *err) {
             status = ct_error_prefix(err, "%s: tensor '%s'", file_of(&files, t), p->name);
             break;
         }
-        m->k->upload(p->data, host, p->numel * sizeof(float));
+        param_upload(m, p, 0, host, p->numel);
     }
     free(host);
     st_model_close(&files);
@@ -473,7 +564,7 @@ int model_write_weights(const model *m, const char *path, bool lora, const char 
             ct_fail(err, "%s: tensor name '%s%s' too long", path, name_prefix, p->name);
             goto done;
         }
-        m->k->download(host + offset, p->data, p->numel * sizeof(float));
+        model_param_download(m, p, host + offset);
         tensors[t] = (st_write_tensor){.name = names[t], .dtype = ST_F32, .ndim = p->ndim,
                                        .data = host + offset};
         for (int d = 0; d < p->ndim; d++) tensors[t].shape[d] = p->shape[d];

@@ -74,7 +74,8 @@ typedef struct model_param {
     int ndim;         /* 1 or 2 */
     int64_t shape[2]; /* [out, in] for Linear weights */
     size_t numel;
-    float *data;      /* backend memory */
+    float *data;      /* backend memory; NULL for a frozen Linear weight or lm_head in mixed
+                       * precision, whose 16-bit copy (half) is then the only one */
     float *grad;      /* backend memory; NULL when frozen */
     bool trainable;
     bool decay;       /* weight decay applies (2-D weights; not norms, biases) */
@@ -120,13 +121,21 @@ typedef struct model {
     bool half_stale_trainable; /* the fp32 weights before the next GEMM (model_weights_changed) */
 } model;
 
-/* Switches the GEMMs to precision p: allocates (or frees) the 16-bit weight copies. Call
- * before model_reserve (the reservation holds 16-bit scratch in mixed precision). */
+/* Switches the GEMMs to precision p: allocates (or frees) the 16-bit weight copies, rounded
+ * from the current weights. In mixed precision the frozen GEMM weights (a LoRA base) keep
+ * only their 16-bit copy (their fp32 memory is freed; going back to fp32 widens them).
+ * Call before model_reserve (the reservation holds 16-bit scratch in mixed precision). */
 int model_set_precision(model *m, model_precision p, ct_error *err);
 /* Tells the model its fp32 weights changed outside model.c (an optimizer step, a loaded
  * training state): the 16-bit copies of the trainable weights (or of all, when
  * trainable_only is false) are refreshed before the next forward. No-op in fp32. */
 void model_weights_changed(model *m, bool trainable_only);
+/* A parameter's values as fp32 in host memory [numel] (widened from 16 bits where the
+ * parameter has no fp32 data). Use it rather than p->data for frozen weights. */
+int model_param_download(const model *m, const model_param *p, float *host);
+/* Sets a parameter from fp32 host values [numel] (rounded to 16 bits where it has no fp32
+ * data). Call model_weights_changed afterwards for weights that do have a 16-bit copy. */
+void model_param_upload(const model *m, model_param *p, const float *host);
 /* The 16-bit format of a mixed precision. */
 kernels_half_format model_half_format(model_precision p);
 

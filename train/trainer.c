@@ -214,7 +214,8 @@ static void print_memory(const run *x, size_t total, size_t trainable, size_t ac
         if (world > 8 && rank == 4) printf("    ...\n");
         if (world > 8 && rank >= 4 && rank < world - 4) continue;
         zero_memory mem;
-        zero_memory_estimate(stage, total, trainable, world, rank, x->accum_steps, &mem);
+        /* fp32 values held (a mixed-precision LoRA base only in 16 bits) plus 16-bit copies */
+        zero_memory_estimate(stage, x->m.weight_numel, trainable, world, rank, x->accum_steps, &mem);
         size_t params = mem.param_bytes + half_bytes;
         size_t sum = params + mem.grad_bytes + mem.optim_bytes + act_bytes + mem.comm_bytes;
         printf("    rank %d: parameters %zu, gradients %zu, optimizer state %zu, activations %zu, "

@@ -30,6 +30,8 @@ static const kernels cpu_backend = {
     .to_half = cpu_to_half,
     .from_half = cpu_from_half,
     .gemm_half = cpu_gemm_half,
+    .attention_fwd_half = cpu_attention_fwd_half,
+    .attention_bwd_half = cpu_attention_bwd_half,
     .adamw = cpu_adamw,
 };
 

@@ -1,0 +1,685 @@
+// Causal grouped-query attention on tensor cores (kernels.h: attention_fwd_half /
+// attention_bwd_half), FlashAttention-2 style, with the semantics of attention.cu (masks,
+// GQA, lse layout [batch, n_heads, seq]) and the arithmetic of bf16/fp16 flash attention:
+// q, k, v, dout are rounded to the 16-bit format while tiles are loaded into shared memory
+// (the tensors stay fp32 in global memory); every matrix product is a WMMA 16x16x16 product
+// of 16-bit operands summed in fp32; softmax statistics, lse and D = rowsum(dout * out) are
+// fp32; P and dS are rounded to the format where they enter a product (P relative to the
+// running row maximum of the forward).
+//
+// Tiling. A block has tile/16 warps; warp w owns rows [16w, 16w+16) of the block's tile
+// (queries in the forward and dq, keys in dk/dv) and the block streams tiles of the other
+// side (tile rows each) through shared memory. tile is 64, or 32 where the 64-row layout
+// does not fit the device's shared memory (head_dim above 128 on every GPU, and on A100 for
+// the backward already at 128). The head dimension is padded with zeros to dp, a multiple
+// of 16; rows past seq are zero and masked. Per streamed tile a warp
+//   S  = Q K^T          (16 x tile, fp32, into shared memory: WMMA hides which lane holds
+//                        which element, so the softmax reads the scores back from there)
+//   softmax / dS        (row by row in fp32, written to shared memory in 16 bits)
+//   acc += P V, dS K... (fp32 accumulators in shared memory, loaded into fragments,
+//                        updated, stored back; the forward rescales its rows in place when
+//                        the running maximum grows)
+// Masked entries are exact zeros in P and dS, so padded rows and columns add nothing and
+// never make NaN; padded rows are never written out.
+//
+// Backward: D in a small pre-kernel (dout rounded as the other kernels see it); dq in one
+// kernel over query tiles (key tiles ascending); dk, dv in another over key tiles of a kv
+// head (the group's query heads, then query tiles, ascending). Every output row has one
+// writer and a fixed summation order: no atomics, the same bits every run.
+//
+// Shapes the kernels do not take (head_dim > 256, or a tile layout too large for the
+// device's shared memory) run the fp32 kernels of attention.cu on device copies of the
+// inputs rounded to the format: slower, same contract. attention.cu records the shapes no
+// attention can run (n_heads not a multiple of n_kv_heads, head_dim > 256).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <mma.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "kernels/cuda/cuda_common.cuh"
+
+using namespace nvcuda;
+
+#define AH_MAX_D 256
+#define AH_FRAG 16  // WMMA fragment edge
+#define AH_FULL_MASK 0xffffffffu
+
+// ------------------------------------------------------------------ formats
+
+template <typename T>
+struct half_ops;
+
+template <>
+struct half_ops<__nv_bfloat16> {
+    typedef __nv_bfloat162 pair;
+    static __device__ __forceinline__ __nv_bfloat16 from(float x) { return __float2bfloat16_rn(x); }
+    static __device__ __forceinline__ pair from2(float a, float b) { return __floats2bfloat162_rn(a, b); }
+    static __device__ __forceinline__ float to(__nv_bfloat16 x) { return __bfloat162float(x); }
+};
+
+template <>
+struct half_ops<__half> {
+    typedef __half2 pair;
+    static __device__ __forceinline__ __half from(float x) { return __float2half_rn(x); }
+    static __device__ __forceinline__ pair from2(float a, float b) { return __floats2half2_rn(a, b); }
+    static __device__ __forceinline__ float to(__half x) { return __half2float(x); }
+};
+
+// ------------------------------------------------------------------ shape and layout
+
+struct ah_shape {
+    int batch, seq, n_heads, n_kv, d, group;
+    int dp;    // head_dim rounded up to a multiple of 16
+    int tile;  // rows of a block's tile and of a streamed tile (64 or 32)
+    size_t q_stride, kv_stride;  // row strides of q/out and k/v, in elements
+    const int32_t *doc_ids;
+    float scale;
+};
+
+// Leading dimensions in shared memory. WMMA wants multiples of 8 (16-bit) and 4 (fp32)
+// elements; the extra 8 or 4 shift consecutive rows across banks.
+__host__ __device__ inline int ld_half(int dp) { return dp + 8; }
+__host__ __device__ inline int ld_acc(int dp) { return dp + 4; }
+__host__ __device__ inline int ld_score(int tile) { return tile + 4; }
+__host__ __device__ inline int ld_prob(int tile) { return tile + 8; }
+
+// Regions start at multiples of 128 bytes (WMMA pointers need 32).
+__host__ __device__ inline size_t ah_align(size_t bytes) { return (bytes + 127) & ~(size_t)127; }
+
+struct ah_sizes {
+    size_t half_tile, acc_tile, score_tile, prob_tile, row_ints, row_floats;
+};
+
+__host__ __device__ inline ah_sizes region_sizes(int tile, int dp) {
+    ah_sizes z;
+    z.half_tile = ah_align((size_t)tile * ld_half(dp) * 2);
+    z.acc_tile = ah_align((size_t)tile * ld_acc(dp) * sizeof(float));
+    z.score_tile = ah_align((size_t)tile * ld_score(tile) * sizeof(float));
+    z.prob_tile = ah_align((size_t)tile * ld_prob(tile) * 2);
+    z.row_ints = ah_align((size_t)tile * sizeof(int32_t));
+    z.row_floats = ah_align((size_t)tile * sizeof(float));
+    return z;
+}
+
+// Bytes of dynamic shared memory: forward Q K V, O, S, P, two doc rows; dq Q dO K V, dQ,
+// S dP, dS, doc rows, lse D; dk/dv K V Q dO, dK dV, S dP, P dS, doc rows, lse D.
+static size_t fwd_bytes(int tile, int dp) {
+    const ah_sizes z = region_sizes(tile, dp);
+    return 3 * z.half_tile + z.acc_tile + z.score_tile + z.prob_tile + 2 * z.row_ints;
+}
+static size_t dq_bytes(int tile, int dp) {
+    const ah_sizes z = region_sizes(tile, dp);
+    return 4 * z.half_tile + z.acc_tile + 2 * z.score_tile + z.prob_tile + 2 * z.row_ints +
+           2 * z.row_floats;
+}
+static size_t dkv_bytes(int tile, int dp) {
+    const ah_sizes z = region_sizes(tile, dp);
+    return 4 * z.half_tile + 2 * z.acc_tile + 2 * z.score_tile + 2 * z.prob_tile +
+           2 * z.row_ints + 2 * z.row_floats;
+}
+
+// Hands out consecutive regions of the block's dynamic shared memory.
+struct smem_cursor {
+    unsigned char *next;
+    template <typename U>
+    __device__ U *take(size_t bytes) {
+        U *p = reinterpret_cast<U *>(next);
+        next += bytes;
+        return p;
+    }
+};
+
+// ------------------------------------------------------------------ device helpers
+
+__device__ inline float ah_warp_max(float x) {
+    for (int o = 16; o > 0; o /= 2) x = fmaxf(x, __shfl_xor_sync(AH_FULL_MASK, x, o));
+    return x;
+}
+
+__device__ inline float ah_warp_sum(float x) {
+    for (int o = 16; o > 0; o /= 2) x += __shfl_xor_sync(AH_FULL_MASK, x, o);
+    return x;
+}
+
+// Rows [r0, r0+tile) of one head of a [batch*seq, stride] fp32 tensor, rounded to T, into
+// shared memory with row stride ld; rows past seq and columns past d are zero. Threads
+// take consecutive column pairs, so a warp reads consecutive addresses of a row.
+template <typename T>
+__device__ void load_tile_half(T *dst, int ld, const float *src, size_t stride,
+                               const ah_shape &sh, int b, int r0, int head) {
+    const int pairs = sh.dp / 2;
+    for (int e = threadIdx.x; e < sh.tile * pairs; e += blockDim.x) {
+        const int r = e / pairs, x = 2 * (e % pairs), s = r0 + r;
+        float lo = 0.0f, hi = 0.0f;
+        if (s < sh.seq) {
+            const float *row = src + ((size_t)b * sh.seq + s) * stride + (size_t)head * sh.d;
+            if (x < sh.d) lo = row[x];
+            if (x + 1 < sh.d) hi = row[x + 1];
+        }
+        *reinterpret_cast<typename half_ops<T>::pair *>(dst + (size_t)r * ld + x) =
+            half_ops<T>::from2(lo, hi);
+    }
+}
+
+// Document ids of rows [r0, r0+tile) (-1 past the end, which no visible pair uses).
+__device__ void load_docs_half(int32_t *dst, const ah_shape &sh, int b, int r0) {
+    for (int r = threadIdx.x; r < sh.tile; r += blockDim.x) {
+        const int s = r0 + r;
+        dst[r] = sh.doc_ids && s < sh.seq ? sh.doc_ids[(size_t)b * sh.seq + s] : -1;
+    }
+}
+
+// lse and D of query rows [i0, i0+tile) of head h (0 past the end: those rows are masked).
+__device__ void load_row_stats(float *row_lse, float *row_D, const float *lse, const float *D,
+                               const ah_shape &sh, int b, int h, int i0) {
+    for (int r = threadIdx.x; r < sh.tile; r += blockDim.x) {
+        const int s = i0 + r;
+        const size_t stat = ((size_t)b * sh.n_heads + h) * sh.seq + s;
+        row_lse[r] = s < sh.seq ? lse[stat] : 0.0f;
+        row_D[r] = s < sh.seq ? D[stat] : 0.0f;
+    }
+}
+
+__device__ inline bool ah_visible(const ah_shape &sh, int query, int key, int32_t query_doc,
+                                  int32_t key_doc) {
+    return query < sh.seq && key <= query && (!sh.doc_ids || query_doc == key_doc);
+}
+
+// C[16 x tile] (fp32, row stride ldc) = A[16 x dp] B^T, where A's rows and B's rows
+// (tile of them) are stored row-major with stride lda / ldb: B read as a col-major
+// matrix is B^T. Used for Q K^T, dO V^T, K Q^T and V dO^T.
+template <typename T>
+__device__ void product_abt(float *c, int ldc, const T *a, int lda, const T *b, int ldb, int dp,
+                            int tile) {
+    for (int n = 0; n < tile; n += AH_FRAG) {
+        wmma::fragment<wmma::accumulator, AH_FRAG, AH_FRAG, AH_FRAG, float> acc;
+        wmma::fill_fragment(acc, 0.0f);
+        for (int kk = 0; kk < dp; kk += AH_FRAG) {
+            wmma::fragment<wmma::matrix_a, AH_FRAG, AH_FRAG, AH_FRAG, T, wmma::row_major> fa;
+            wmma::fragment<wmma::matrix_b, AH_FRAG, AH_FRAG, AH_FRAG, T, wmma::col_major> fb;
+            wmma::load_matrix_sync(fa, a + kk, lda);
+            wmma::load_matrix_sync(fb, b + (size_t)n * ldb + kk, ldb);
+            wmma::mma_sync(acc, fa, fb, acc);
+        }
+        wmma::store_matrix_sync(c + n, acc, ldc, wmma::mem_row_major);
+    }
+}
+
+// acc[16 x dp] (fp32 in shared memory, stride ldacc) += A[16 x tile] B[tile x dp], A and B
+// row-major 16-bit. Used for P V, dS K, P^T dO and dS^T Q.
+template <typename T>
+__device__ void accumulate_ab(float *acc_rows, int ldacc, const T *a, int lda, const T *b,
+                              int ldb, int dp, int tile) {
+    for (int n = 0; n < dp; n += AH_FRAG) {
+        wmma::fragment<wmma::accumulator, AH_FRAG, AH_FRAG, AH_FRAG, float> acc;
+        wmma::load_matrix_sync(acc, acc_rows + n, ldacc, wmma::mem_row_major);
+        for (int kk = 0; kk < tile; kk += AH_FRAG) {
+            wmma::fragment<wmma::matrix_a, AH_FRAG, AH_FRAG, AH_FRAG, T, wmma::row_major> fa;
+            wmma::fragment<wmma::matrix_b, AH_FRAG, AH_FRAG, AH_FRAG, T, wmma::row_major> fb;
+            wmma::load_matrix_sync(fa, a + kk, lda);
+            wmma::load_matrix_sync(fb, b + (size_t)kk * ldb + n, ldb);
+            wmma::mma_sync(acc, fa, fb, acc);
+        }
+        wmma::store_matrix_sync(acc_rows + n, acc, ldacc, wmma::mem_row_major);
+    }
+}
+
+__device__ void zero_floats(float *x, size_t n) {
+    for (size_t i = threadIdx.x; i < n; i += blockDim.x) x[i] = 0.0f;
+}
+
+// ------------------------------------------------------------------ forward
+
+// One block per (query tile, head, sequence); late (long) query tiles first.
+template <typename T>
+__global__ void __launch_bounds__(128)
+    attention_fwd_half_kernel(float *out, float *lse, const float *q, const float *k,
+                              const float *v, ah_shape sh) {
+    extern __shared__ __align__(128) unsigned char ah_smem[];
+    const int tile = sh.tile, dp = sh.dp;
+    const int ldh = ld_half(dp), ldf = ld_acc(dp), lds = ld_score(tile), ldp = ld_prob(tile);
+    const ah_sizes z = region_sizes(tile, dp);
+    smem_cursor cur = {ah_smem};
+    T *Qs = cur.take<T>(z.half_tile), *Ks = cur.take<T>(z.half_tile), *Vs = cur.take<T>(z.half_tile);
+    float *Os = cur.take<float>(z.acc_tile), *Ss = cur.take<float>(z.score_tile);
+    T *Ps = cur.take<T>(z.prob_tile);
+    int32_t *qdoc = cur.take<int32_t>(z.row_ints), *kdoc = cur.take<int32_t>(z.row_ints);
+
+    const int n_tiles = (sh.seq + tile - 1) / tile;
+    const int i0 = (n_tiles - 1 - (int)blockIdx.x) * tile;
+    const int h = blockIdx.y, b = blockIdx.z, g = h / sh.group;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, row0 = warp * AH_FRAG;
+    const int first_query = i0 + row0;  // of this warp
+
+    load_tile_half(Qs, ldh, q, sh.q_stride, sh, b, i0, h);
+    load_docs_half(qdoc, sh, b, i0);
+    zero_floats(Os, (size_t)tile * ldf);
+    float m[AH_FRAG], l[AH_FRAG];
+#pragma unroll
+    for (int rr = 0; rr < AH_FRAG; rr++) {
+        m[rr] = -INFINITY;
+        l[rr] = 0.0f;
+    }
+    const int last_query = min(i0 + tile, sh.seq) - 1;
+    for (int j0 = 0; j0 <= last_query; j0 += tile) {
+        __syncthreads();  // the previous K, V are consumed (and Q, O, qdoc are ready)
+        load_tile_half(Ks, ldh, k, sh.kv_stride, sh, b, j0, g);
+        load_tile_half(Vs, ldh, v, sh.kv_stride, sh, b, j0, g);
+        load_docs_half(kdoc, sh, b, j0);
+        __syncthreads();
+        // A warp whose rows are all padding, or all before this key tile, has P = 0 here.
+        if (first_query >= sh.seq || j0 > first_query + AH_FRAG - 1) continue;
+        product_abt(Ss + row0 * lds, lds, Qs + row0 * ldh, ldh, Ks, ldh, dp, tile);
+        __syncwarp();
+#pragma unroll
+        for (int rr = 0; rr < AH_FRAG; rr++) {
+            const int r = row0 + rr, s = i0 + r;
+            float score[2];
+            float tile_max = -INFINITY;
+#pragma unroll
+            for (int part = 0; part < 2; part++) {
+                const int c = lane + 32 * part;
+                score[part] = -INFINITY;
+                if (c < tile && ah_visible(sh, s, j0 + c, qdoc[r], kdoc[c]))
+                    score[part] = sh.scale * Ss[r * lds + c];
+                tile_max = fmaxf(tile_max, score[part]);
+            }
+            tile_max = ah_warp_max(tile_max);
+            float p_sum = 0.0f;
+            const float m_new = fmaxf(m[rr], tile_max);  // -inf while nothing was visible
+#pragma unroll
+            for (int part = 0; part < 2; part++) {
+                const int c = lane + 32 * part;
+                if (c >= tile) continue;
+                const float p = score[part] == -INFINITY ? 0.0f : expf(score[part] - m_new);
+                p_sum += p;
+                Ps[r * ldp + c] = half_ops<T>::from(p);
+            }
+            if (tile_max == -INFINITY) continue;  // warp-uniform: P row is zero, no change
+            if (m_new != m[rr] && l[rr] != 0.0f) {
+                // Rescale what was summed under the old maximum.
+                const float corr = expf(m[rr] - m_new);
+                l[rr] *= corr;
+                for (int x = lane; x < dp; x += 32) Os[r * ldf + x] *= corr;
+            }
+            m[rr] = m_new;
+            l[rr] += ah_warp_sum(p_sum);
+        }
+        __syncwarp();
+        accumulate_ab(Os + row0 * ldf, ldf, Ps + row0 * ldp, ldp, Vs, ldh, dp, tile);
+    }
+    __syncwarp();
+#pragma unroll
+    for (int rr = 0; rr < AH_FRAG; rr++) {
+        const int r = row0 + rr, s = i0 + r;
+        if (s >= sh.seq) continue;
+        // Key s = query s is always visible, so l >= 1 here.
+        const float inv = 1.0f / l[rr];
+        float *orow = out + ((size_t)b * sh.seq + s) * sh.q_stride + (size_t)h * sh.d;
+        for (int x = lane; x < sh.d; x += 32) orow[x] = Os[r * ldf + x] * inv;
+        if (lane == 0) lse[((size_t)b * sh.n_heads + h) * sh.seq + s] = m[rr] + logf(l[rr]);
+    }
+}
+
+// ------------------------------------------------------------------ backward
+
+// D[b, h, s] = round(dout_s) . out_s in fp32, one warp per row (dout as the other
+// backward kernels see it).
+template <typename T>
+__global__ void attention_half_row_dots_kernel(float *D, const float *dout, const float *out,
+                                               ah_shape sh) {
+    const size_t rows = (size_t)sh.batch * sh.n_heads * sh.seq;
+    const size_t warp_id = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (warp_id >= rows) return;  // whole warps leave together
+    const int s = (int)(warp_id % sh.seq), h = (int)(warp_id / sh.seq % sh.n_heads);
+    const int b = (int)(warp_id / ((size_t)sh.seq * sh.n_heads));
+    const size_t off = ((size_t)b * sh.seq + s) * sh.q_stride + (size_t)h * sh.d;
+    float sum = 0.0f;
+    for (int x = lane; x < sh.d; x += 32)
+        sum += half_ops<T>::to(half_ops<T>::from(dout[off + x])) * out[off + x];
+    sum = ah_warp_sum(sum);
+    if (lane == 0) D[warp_id] = sum;  // warp_id is ((b * n_heads) + h) * seq + s
+}
+
+// dq = scale dS K: one block per (query tile, head, sequence), key tiles ascending.
+template <typename T>
+__global__ void __launch_bounds__(128)
+    attention_bwd_dq_half_kernel(float *dq, const float *dout, const float *q, const float *k,
+                                 const float *v, const float *lse, const float *D, ah_shape sh) {
+    extern __shared__ __align__(128) unsigned char ah_smem[];
+    const int tile = sh.tile, dp = sh.dp;
+    const int ldh = ld_half(dp), ldf = ld_acc(dp), lds = ld_score(tile), ldp = ld_prob(tile);
+    const ah_sizes z = region_sizes(tile, dp);
+    smem_cursor cur = {ah_smem};
+    T *Qs = cur.take<T>(z.half_tile), *dOs = cur.take<T>(z.half_tile);
+    T *Ks = cur.take<T>(z.half_tile), *Vs = cur.take<T>(z.half_tile);
+    float *dQs = cur.take<float>(z.acc_tile);
+    float *Ss = cur.take<float>(z.score_tile), *dPs = cur.take<float>(z.score_tile);
+    T *dSs = cur.take<T>(z.prob_tile);
+    int32_t *qdoc = cur.take<int32_t>(z.row_ints), *kdoc = cur.take<int32_t>(z.row_ints);
+    float *row_lse = cur.take<float>(z.row_floats), *row_D = cur.take<float>(z.row_floats);
+
+    const int n_tiles = (sh.seq + tile - 1) / tile;
+    const int i0 = (n_tiles - 1 - (int)blockIdx.x) * tile;
+    const int h = blockIdx.y, b = blockIdx.z, g = h / sh.group;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, row0 = warp * AH_FRAG;
+    const int first_query = i0 + row0;
+
+    load_tile_half(Qs, ldh, q, sh.q_stride, sh, b, i0, h);
+    load_tile_half(dOs, ldh, dout, sh.q_stride, sh, b, i0, h);
+    load_docs_half(qdoc, sh, b, i0);
+    load_row_stats(row_lse, row_D, lse, D, sh, b, h, i0);
+    zero_floats(dQs, (size_t)tile * ldf);
+    const int last_query = min(i0 + tile, sh.seq) - 1;
+    for (int j0 = 0; j0 <= last_query; j0 += tile) {
+        __syncthreads();
+        load_tile_half(Ks, ldh, k, sh.kv_stride, sh, b, j0, g);
+        load_tile_half(Vs, ldh, v, sh.kv_stride, sh, b, j0, g);
+        load_docs_half(kdoc, sh, b, j0);
+        __syncthreads();
+        if (first_query >= sh.seq || j0 > first_query + AH_FRAG - 1) continue;  // dS = 0
+        product_abt(Ss + row0 * lds, lds, Qs + row0 * ldh, ldh, Ks, ldh, dp, tile);
+        product_abt(dPs + row0 * lds, lds, dOs + row0 * ldh, ldh, Vs, ldh, dp, tile);
+        __syncwarp();
+        for (int e = lane; e < AH_FRAG * tile; e += 32) {
+            const int r = row0 + e / tile, c = e % tile;
+            float ds = 0.0f;
+            if (ah_visible(sh, i0 + r, j0 + c, qdoc[r], kdoc[c])) {
+                const float p = expf(sh.scale * Ss[r * lds + c] - row_lse[r]);
+                ds = p * (dPs[r * lds + c] - row_D[r]);
+            }
+            dSs[r * ldp + c] = half_ops<T>::from(ds);
+        }
+        __syncwarp();
+        accumulate_ab(dQs + row0 * ldf, ldf, dSs + row0 * ldp, ldp, Ks, ldh, dp, tile);
+    }
+    __syncwarp();
+    for (int rr = 0; rr < AH_FRAG; rr++) {
+        const int r = row0 + rr, s = i0 + r;
+        if (s >= sh.seq) break;
+        float *row = dq + ((size_t)b * sh.seq + s) * sh.q_stride + (size_t)h * sh.d;
+        for (int x = lane; x < sh.d; x += 32) row[x] = sh.scale * dQs[r * ldf + x];
+    }
+}
+
+// dk = scale dS^T Q, dv = P^T dO: one block per (key tile, kv head, sequence), looping
+// over the query heads of the group, then the query tiles from the key tile on.
+template <typename T>
+__global__ void __launch_bounds__(128)
+    attention_bwd_dkv_half_kernel(float *dk, float *dv, const float *dout, const float *q,
+                                  const float *k, const float *v, const float *lse,
+                                  const float *D, ah_shape sh) {
+    extern __shared__ __align__(128) unsigned char ah_smem[];
+    const int tile = sh.tile, dp = sh.dp;
+    const int ldh = ld_half(dp), ldf = ld_acc(dp), lds = ld_score(tile), ldp = ld_prob(tile);
+    const ah_sizes z = region_sizes(tile, dp);
+    smem_cursor cur = {ah_smem};
+    T *Ks = cur.take<T>(z.half_tile), *Vs = cur.take<T>(z.half_tile);
+    T *Qs = cur.take<T>(z.half_tile), *dOs = cur.take<T>(z.half_tile);
+    float *dKs = cur.take<float>(z.acc_tile), *dVs = cur.take<float>(z.acc_tile);
+    float *Ss = cur.take<float>(z.score_tile), *dPs = cur.take<float>(z.score_tile);
+    T *Ps = cur.take<T>(z.prob_tile), *dSs = cur.take<T>(z.prob_tile);
+    int32_t *qdoc = cur.take<int32_t>(z.row_ints), *kdoc = cur.take<int32_t>(z.row_ints);
+    float *row_lse = cur.take<float>(z.row_floats), *row_D = cur.take<float>(z.row_floats);
+
+    const int j0 = blockIdx.x * tile, g = blockIdx.y, b = blockIdx.z;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, row0 = warp * AH_FRAG;
+    const int first_key = j0 + row0;  // of this warp
+
+    load_tile_half(Ks, ldh, k, sh.kv_stride, sh, b, j0, g);
+    load_tile_half(Vs, ldh, v, sh.kv_stride, sh, b, j0, g);
+    load_docs_half(kdoc, sh, b, j0);
+    zero_floats(dKs, (size_t)tile * ldf);
+    zero_floats(dVs, (size_t)tile * ldf);
+    for (int h = g * sh.group; h < (g + 1) * sh.group; h++) {
+        // Query tiles are aligned with key tiles and as long: earlier ones see no key here.
+        for (int i0 = j0; i0 < sh.seq; i0 += tile) {
+            __syncthreads();
+            load_tile_half(Qs, ldh, q, sh.q_stride, sh, b, i0, h);
+            load_tile_half(dOs, ldh, dout, sh.q_stride, sh, b, i0, h);
+            load_docs_half(qdoc, sh, b, i0);
+            load_row_stats(row_lse, row_D, lse, D, sh, b, h, i0);
+            __syncthreads();
+            // Keys all padding, or all after the tile's last query: P = dS = 0.
+            if (first_key >= sh.seq || first_key > min(i0 + tile, sh.seq) - 1) continue;
+            product_abt(Ss + row0 * lds, lds, Ks + row0 * ldh, ldh, Qs, ldh, dp, tile);
+            product_abt(dPs + row0 * lds, lds, Vs + row0 * ldh, ldh, dOs, ldh, dp, tile);
+            __syncwarp();
+            for (int e = lane; e < AH_FRAG * tile; e += 32) {
+                const int r = row0 + e / tile, c = e % tile;  // key row r, query column c
+                float p = 0.0f, ds = 0.0f;
+                if (ah_visible(sh, i0 + c, j0 + r, qdoc[c], kdoc[r])) {
+                    p = expf(sh.scale * Ss[r * lds + c] - row_lse[c]);
+                    ds = p * (dPs[r * lds + c] - row_D[c]);
+                }
+                Ps[r * ldp + c] = half_ops<T>::from(p);
+                dSs[r * ldp + c] = half_ops<T>::from(ds);
+            }
+            __syncwarp();
+            accumulate_ab(dVs + row0 * ldf, ldf, Ps + row0 * ldp, ldp, dOs, ldh, dp, tile);
+            accumulate_ab(dKs + row0 * ldf, ldf, dSs + row0 * ldp, ldp, Qs, ldh, dp, tile);
+        }
+    }
+    __syncwarp();
+    for (int rr = 0; rr < AH_FRAG; rr++) {
+        const int r = row0 + rr, j = j0 + r;
+        if (j >= sh.seq) break;
+        const size_t off = ((size_t)b * sh.seq + j) * sh.kv_stride + (size_t)g * sh.d;
+        for (int x = lane; x < sh.d; x += 32) {
+            dk[off + x] = sh.scale * dKs[r * ldf + x];
+            dv[off + x] = dVs[r * ldf + x];
+        }
+    }
+}
+
+// ------------------------------------------------------------------ fallback: fp32 kernels
+
+// x rounded to T and widened back: what the tensor-core kernels read, in fp32.
+template <typename T>
+__global__ void round_trip_kernel(float *out, const float *x, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        out[i] = half_ops<T>::to(half_ops<T>::from(x[i]));
+}
+
+// A stream-ordered device copy of x rounded to fmt; NULL (recorded) when allocation fails.
+static float *rounded_copy(kernels_half_format fmt, const float *x, size_t n) {
+    float *copy = NULL;
+    CUDA_CHECK(cudaMallocAsync((void **)&copy, (n ? n : 1) * sizeof(float), 0));
+    if (!copy) return NULL;
+    if (fmt == KERNELS_BF16)
+        round_trip_kernel<__nv_bfloat16><<<cuda_grid_for(n), CUDA_THREADS>>>(copy, x, n);
+    else
+        round_trip_kernel<__half><<<cuda_grid_for(n), CUDA_THREADS>>>(copy, x, n);
+    CUDA_CHECK_LAUNCH();
+    return copy;
+}
+
+static void release_copies(float **copies, int n) {
+    for (int i = 0; i < n; i++)
+        if (copies[i]) CUDA_CHECK(cudaFreeAsync(copies[i], 0));
+}
+
+static bool sizes_positive(int batch, int seq, int n_heads, int n_kv_heads, int head_dim) {
+    return batch > 0 && seq > 0 && n_heads > 0 && n_kv_heads > 0 && head_dim > 0;
+}
+
+static void fallback_fwd(kernels_half_format fmt, float *out, float *lse, const float *q,
+                         const float *k, const float *v, const int32_t *doc_ids, int batch,
+                         int seq, int n_heads, int n_kv_heads, int head_dim, float scale) {
+    if (!sizes_positive(batch, seq, n_heads, n_kv_heads, head_dim)) {
+        // Nothing to round: attention.cu does nothing for an empty batch or records the shape.
+        cuda_attention_fwd(out, lse, q, k, v, doc_ids, batch, seq, n_heads, n_kv_heads,
+                           head_dim, scale);
+        return;
+    }
+    const size_t tokens = (size_t)batch * seq;
+    float *copies[3] = {rounded_copy(fmt, q, tokens * n_heads * head_dim),
+                        rounded_copy(fmt, k, tokens * n_kv_heads * head_dim),
+                        rounded_copy(fmt, v, tokens * n_kv_heads * head_dim)};
+    if (copies[0] && copies[1] && copies[2])
+        cuda_attention_fwd(out, lse, copies[0], copies[1], copies[2], doc_ids, batch, seq,
+                           n_heads, n_kv_heads, head_dim, scale);
+    release_copies(copies, 3);
+}
+
+static void fallback_bwd(kernels_half_format fmt, float *dq, float *dk, float *dv,
+                         const float *dout, const float *q, const float *k, const float *v,
+                         const float *out, const float *lse, const int32_t *doc_ids, int batch,
+                         int seq, int n_heads, int n_kv_heads, int head_dim, float scale) {
+    if (!sizes_positive(batch, seq, n_heads, n_kv_heads, head_dim)) {
+        cuda_attention_bwd(dq, dk, dv, dout, q, k, v, out, lse, doc_ids, batch, seq, n_heads,
+                           n_kv_heads, head_dim, scale);
+        return;
+    }
+    const size_t tokens = (size_t)batch * seq;
+    const size_t q_n = tokens * n_heads * head_dim, kv_n = tokens * n_kv_heads * head_dim;
+    float *copies[4] = {rounded_copy(fmt, dout, q_n), rounded_copy(fmt, q, q_n),
+                        rounded_copy(fmt, k, kv_n), rounded_copy(fmt, v, kv_n)};
+    if (copies[0] && copies[1] && copies[2] && copies[3])
+        cuda_attention_bwd(dq, dk, dv, copies[0], copies[1], copies[2], copies[3], out, lse,
+                           doc_ids, batch, seq, n_heads, n_kv_heads, head_dim, scale);
+    release_copies(copies, 4);
+}
+
+// ------------------------------------------------------------------ launchers
+
+static bool known_half_format(kernels_half_format fmt, const char *op) {
+    if (fmt == KERNELS_BF16 || fmt == KERNELS_FP16) return true;
+    char message[96];
+    snprintf(message, sizeof message,
+             "unknown 16-bit format %d (expected KERNELS_BF16 or KERNELS_FP16)", (int)fmt);
+    ctune_cuda_record(__FILE__, __LINE__, op, message);
+    return false;
+}
+
+// Largest dynamic shared memory a block of the current device may opt in to (0 if the
+// query fails, which is recorded and sends the call to the fallback).
+static size_t device_smem_limit(void) {
+    int device = 0, bytes = 0;
+    CUDA_CHECK(cudaGetDevice(&device));
+    CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    return bytes > 0 ? (size_t)bytes : 0;
+}
+
+// Fills sh for the tensor-core kernels: false for the shapes they do not take (the caller
+// falls back). The tile is the largest of 64 and 32 whose layout (bytes_of) fits.
+static bool half_shape(ah_shape *sh, size_t (*bytes_of)(int, int), size_t *bytes,
+                       const int32_t *doc_ids, int batch, int seq, int n_heads, int n_kv_heads,
+                       int head_dim, float scale) {
+    if (!sizes_positive(batch, seq, n_heads, n_kv_heads, head_dim)) return false;
+    if (n_heads % n_kv_heads != 0 || head_dim > AH_MAX_D || batch > 65535 || n_heads > 65535)
+        return false;
+    const int dp = (head_dim + AH_FRAG - 1) / AH_FRAG * AH_FRAG;
+    const size_t limit = device_smem_limit();
+    int tile = 64;
+    if (bytes_of(tile, dp) > limit) tile = 32;
+    if (bytes_of(tile, dp) > limit) return false;
+    sh->batch = batch;
+    sh->seq = seq;
+    sh->n_heads = n_heads;
+    sh->n_kv = n_kv_heads;
+    sh->d = head_dim;
+    sh->group = n_heads / n_kv_heads;
+    sh->dp = dp;
+    sh->tile = tile;
+    sh->q_stride = (size_t)n_heads * head_dim;
+    sh->kv_stride = (size_t)n_kv_heads * head_dim;
+    sh->doc_ids = doc_ids;
+    sh->scale = scale;
+    *bytes = bytes_of(tile, dp);
+    return true;
+}
+
+template <typename Kernel>
+static void allow_half_smem(Kernel kernel, size_t bytes) {
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+}
+
+template <typename T>
+static void launch_fwd(float *out, float *lse, const float *q, const float *k, const float *v,
+                       const ah_shape &sh, size_t bytes) {
+    allow_half_smem(attention_fwd_half_kernel<T>, bytes);
+    const dim3 grid((unsigned)((sh.seq + sh.tile - 1) / sh.tile), (unsigned)sh.n_heads,
+                    (unsigned)sh.batch);
+    attention_fwd_half_kernel<T><<<grid, sh.tile / AH_FRAG * 32, bytes>>>(out, lse, q, k, v, sh);
+    CUDA_CHECK_LAUNCH();
+}
+
+template <typename T>
+static void launch_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                       const float *k, const float *v, const float *out, const float *lse,
+                       const ah_shape &dq_sh, size_t dq_smem, const ah_shape &dkv_sh,
+                       size_t dkv_smem) {
+    const size_t rows = (size_t)dq_sh.batch * dq_sh.n_heads * dq_sh.seq;
+    float *D = NULL;
+    CUDA_CHECK(cudaMallocAsync((void **)&D, rows * sizeof(float), 0));
+    if (!D) return;
+    const size_t dot_threads = rows * 32;
+    attention_half_row_dots_kernel<T>
+        <<<(unsigned)((dot_threads + CUDA_THREADS - 1) / CUDA_THREADS), CUDA_THREADS>>>(
+            D, dout, out, dq_sh);
+    CUDA_CHECK_LAUNCH();
+
+    allow_half_smem(attention_bwd_dq_half_kernel<T>, dq_smem);
+    const dim3 dq_grid((unsigned)((dq_sh.seq + dq_sh.tile - 1) / dq_sh.tile),
+                       (unsigned)dq_sh.n_heads, (unsigned)dq_sh.batch);
+    attention_bwd_dq_half_kernel<T><<<dq_grid, dq_sh.tile / AH_FRAG * 32, dq_smem>>>(
+        dq, dout, q, k, v, lse, D, dq_sh);
+    CUDA_CHECK_LAUNCH();
+
+    allow_half_smem(attention_bwd_dkv_half_kernel<T>, dkv_smem);
+    const dim3 dkv_grid((unsigned)((dkv_sh.seq + dkv_sh.tile - 1) / dkv_sh.tile),
+                        (unsigned)dkv_sh.n_kv, (unsigned)dkv_sh.batch);
+    attention_bwd_dkv_half_kernel<T><<<dkv_grid, dkv_sh.tile / AH_FRAG * 32, dkv_smem>>>(
+        dk, dv, dout, q, k, v, lse, D, dkv_sh);
+    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaFreeAsync(D, 0));
+}
+
+extern "C" void cuda_attention_fwd_half(kernels_half_format fmt, float *out, float *lse,
+                                        const float *q, const float *k, const float *v,
+                                        const int32_t *doc_ids, int batch, int seq, int n_heads,
+                                        int n_kv_heads, int head_dim, float scale) {
+    if (!known_half_format(fmt, "attention_fwd_half")) return;
+    ah_shape sh;
+    size_t bytes = 0;
+    if (!half_shape(&sh, fwd_bytes, &bytes, doc_ids, batch, seq, n_heads, n_kv_heads, head_dim,
+                    scale)) {
+        fallback_fwd(fmt, out, lse, q, k, v, doc_ids, batch, seq, n_heads, n_kv_heads, head_dim,
+                     scale);
+        return;
+    }
+    if (fmt == KERNELS_BF16)
+        launch_fwd<__nv_bfloat16>(out, lse, q, k, v, sh, bytes);
+    else
+        launch_fwd<__half>(out, lse, q, k, v, sh, bytes);
+}
+
+extern "C" void cuda_attention_bwd_half(kernels_half_format fmt, float *dq, float *dk, float *dv,
+                                        const float *dout, const float *q, const float *k,
+                                        const float *v, const float *out, const float *lse,
+                                        const int32_t *doc_ids, int batch, int seq, int n_heads,
+                                        int n_kv_heads, int head_dim, float scale) {
+    if (!known_half_format(fmt, "attention_bwd_half")) return;
+    ah_shape dq_sh, dkv_sh;
+    size_t dq_smem = 0, dkv_smem = 0;
+    if (!half_shape(&dq_sh, dq_bytes, &dq_smem, doc_ids, batch, seq, n_heads, n_kv_heads,
+                    head_dim, scale) ||
+        !half_shape(&dkv_sh, dkv_bytes, &dkv_smem, doc_ids, batch, seq, n_heads, n_kv_heads,
+                    head_dim, scale)) {
+        fallback_bwd(fmt, dq, dk, dv, dout, q, k, v, out, lse, doc_ids, batch, seq, n_heads,
+                     n_kv_heads, head_dim, scale);
+        return;
+    }
+    if (fmt == KERNELS_BF16)
+        launch_bwd<__nv_bfloat16>(dq, dk, dv, dout, q, k, v, out, lse, dq_sh, dq_smem, dkv_sh,
+                                  dkv_smem);
+    else
+        launch_bwd<__half>(dq, dk, dv, dout, q, k, v, out, lse, dq_sh, dq_smem, dkv_sh,
+                           dkv_smem);
+}

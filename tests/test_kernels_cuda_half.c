@@ -1,0 +1,341 @@
+/* The 16-bit kernels of the CUDA backend against the CPU reference (label gpu; exit 77 =
+ * skipped where no GPU is usable); the fp32 ops are in test_kernels_cuda.c. to_half must give
+ * the CPU's bits (any NaN for a NaN) on 200k random fp32 patterns over every exponent plus
+ * values whose rounding the formats define (ties to even, overflow, fp16 subnormals);
+ * from_half must widen all 65536 patterns exactly. gemm_half agrees with the CPU to 1e-4
+ * relative (both take exact products of the 16-bit inputs and sum in fp32, in different
+ * orders), leaves padding and the elements before an unaligned view untouched, and survives
+ * eviction from its plan cache. Outputs are poisoned with NaN first, and after every op the
+ * backend's sticky error state (kernels/cuda/cuda_status.h) must be clean. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/kernels.h"
+#include "tests/check.h"
+
+static const kernels *C; /* the CPU reference */
+static const kernels *G; /* the CUDA backend */
+static uint64_t rng_state;
+
+static void seed(uint64_t s) { rng_state = s * 0x9E3779B97F4A7C15ull + 1; }
+static uint64_t next_u64(void) {
+    rng_state ^= rng_state << 13, rng_state ^= rng_state >> 7, rng_state ^= rng_state << 17;
+    return rng_state;
+}
+static float urand(float lo, float hi) {
+    return lo + (hi - lo) * (float)((next_u64() >> 40) * 0x1p-24);
+}
+static float *host_rand(size_t n, float lo, float hi) {
+    float *x = malloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) x[i] = urand(lo, hi);
+    return x;
+}
+static float *host_nan(size_t n) {
+    float *x = malloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) x[i] = NAN;
+    return x;
+}
+static float *host_copy(const float *x, size_t n) {
+    float *y = malloc((n ? n : 1) * sizeof(float));
+    memcpy(y, x, n * sizeof(float));
+    return y;
+}
+static void *dev_from(const void *host, size_t bytes) {
+    void *d = G->alloc(bytes);
+    if (d && bytes) G->upload(d, host, bytes);
+    return d;
+}
+static float *dev_nan(size_t n) {
+    float *h = host_nan(n), *d = dev_from(h, n * sizeof(float));
+    free(h);
+    return d;
+}
+
+/* The backend's error state must be clean after every op. */
+static void check_status(const char *what) {
+    ct_error err = {{0}};
+    int rc = kernels_cuda_status(&err);
+    CHECK_MSG(rc == 0, "%s: %s", what, err.msg);
+}
+
+/* ------------------------------------------------------------------ 16-bit casts */
+static uint32_t f2u(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return u;
+}
+static float u2f(uint32_t u) {
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+static bool half_is_nan(uint16_t h, kernels_half_format fmt) {
+    return fmt == KERNELS_BF16 ? (h & 0x7F80u) == 0x7F80u && (h & 0x7Fu) != 0
+                               : (h & 0x7C00u) == 0x7C00u && (h & 0x3FFu) != 0;
+}
+static const char *fmt_name(kernels_half_format fmt) {
+    return fmt == KERNELS_BF16 ? "bf16" : "fp16";
+}
+
+/* fp32 values whose rounding is known from the formats' definitions alone (independent of
+ * both backends): ties to even, overflow, the subnormal boundaries of fp16. */
+typedef struct half_known { uint32_t in; uint16_t bf16, fp16; } half_known;
+static const half_known known_values[] = {
+    {0x3F800000u, 0x3F80, 0x3C00}, /* 1 */
+    {0xBF800000u, 0xBF80, 0xBC00}, /* -1 */
+    {0x00000000u, 0x0000, 0x0000}, {0x80000000u, 0x8000, 0x8000}, /* +-0 */
+    {0x3F808000u, 0x3F80, 0x3C04}, /* 1 + 2^-8: bf16 tie, even is down */
+    {0x3F818000u, 0x3F82, 0x3C0C}, /* 1 + 3*2^-8: bf16 tie, even is up */
+    {0x3F801000u, 0x3F80, 0x3C00}, /* 1 + 2^-11: fp16 tie, even is down */
+    {0x3F803000u, 0x3F80, 0x3C02}, /* 1 + 3*2^-11: fp16 tie, even is up */
+    {0x3F801001u, 0x3F80, 0x3C01}, /* just above the fp16 tie */
+    {0x477FE000u, 0x4780, 0x7BFF}, /* 65504, the largest fp16 */
+    {0x477FEFFFu, 0x4780, 0x7BFF}, /* just below 65520 */
+    {0x477FF000u, 0x4780, 0x7C00}, /* 65520: the fp16 tie above 65504 rounds to inf */
+    {0xC7800000u, 0xC780, 0xFC00}, /* -65536 overflows fp16 to -inf */
+    {0x7F7FFFFFu, 0x7F80, 0x7C00}, /* FLT_MAX: inf in both */
+    {0x7F7F7FFFu, 0x7F7F, 0x7C00}, /* below bf16's tie to inf: stays finite */
+    {0x7F800000u, 0x7F80, 0x7C00}, {0xFF800000u, 0xFF80, 0xFC00}, /* +-inf */
+    {0x33800000u, 0x3380, 0x0001}, /* 2^-24, the smallest fp16 subnormal */
+    {0x33000000u, 0x3300, 0x0000}, /* 2^-25: fp16 tie to 0 */
+    {0x33000001u, 0x3300, 0x0001}, /* just above: rounds up to 2^-24 */
+    {0x33C00000u, 0x33C0, 0x0002}, /* 3*2^-25: fp16 tie, even is 2*2^-24 */
+    {0x387FC000u, 0x3880, 0x03FF}, /* 2^-14 - 2^-24, the largest fp16 subnormal */
+    {0x387FE000u, 0x3880, 0x0400}, /* 2^-14 - 2^-25: its tie with 2^-14, even is the normal */
+    {0x00000001u, 0x0000, 0x0000}, /* fp32's smallest subnormal */
+    {0x00400000u, 0x0040, 0x0000}, /* fp32 subnormal 2^-127: a bf16 subnormal */
+    {0x80408000u, 0x8040, 0x8000}, /* negative subnormal tie (bf16), even is down */
+};
+
+/* Random fp32 bit patterns over every exponent (zeros, subnormals, fp16 overflow, inf, NaN
+ * with payloads), then the known values. */
+static float *cast_inputs(size_t *count) {
+    const size_t n_known = sizeof known_values / sizeof known_values[0], n_random = 200003;
+    float *x = malloc((n_random + n_known) * sizeof(float));
+    for (size_t i = 0; i < n_random; i++) {
+        uint32_t u = (uint32_t)(next_u64() >> 32);
+        /* Half the draws concentrate on fp16's exponent range and its edges. */
+        if (i % 2) u = (u & 0x807FFFFFu) | ((uint32_t)(95 + next_u64() % 55) << 23);
+        x[i] = u2f(u);
+    }
+    for (size_t i = 0; i < n_known; i++) x[n_random + i] = u2f(known_values[i].in);
+    *count = n_random + n_known;
+    return x;
+}
+
+static void half_cast_case(kernels_half_format fmt) {
+    size_t n;
+    float *x = cast_inputs(&n);
+    uint16_t *ref = malloc(n * sizeof(uint16_t)), *got = malloc(n * sizeof(uint16_t));
+    memset(ref, 0xFF, n * sizeof(uint16_t)); /* 0xFFFF is a NaN: poison in both formats */
+    float *dx = dev_from(x, n * sizeof(float));
+    uint16_t *dout = dev_from(ref, n * sizeof(uint16_t));
+    C->to_half(ref, x, n, fmt);
+    G->to_half(dout, dx, n, fmt);
+    G->download(got, dout, n * sizeof(uint16_t));
+    char what[64];
+    snprintf(what, sizeof what, "to_half %s", fmt_name(fmt));
+    check_status(what);
+    size_t bad = 0, first_bad = n;
+    for (size_t i = 0; i < n; i++) {
+        bool same = isnan(x[i]) ? half_is_nan(got[i], fmt) && half_is_nan(ref[i], fmt)
+                                : got[i] == ref[i];
+        if (!same && bad++ == 0) first_bad = i;
+    }
+    CHECK_MSG(bad == 0, "%s: %zu of %zu differ, first %08x -> gpu %04x cpu %04x", what, bad, n,
+              first_bad < n ? f2u(x[first_bad]) : 0u, first_bad < n ? got[first_bad] : 0u,
+              first_bad < n ? ref[first_bad] : 0u);
+    const size_t n_known = sizeof known_values / sizeof known_values[0];
+    for (size_t i = 0; i < n_known; i++) {
+        uint16_t want = fmt == KERNELS_BF16 ? known_values[i].bf16 : known_values[i].fp16;
+        CHECK_MSG(got[n - n_known + i] == want, "%s of %08x: gpu %04x, expected %04x", what,
+                  known_values[i].in, got[n - n_known + i], want);
+    }
+
+    /* Widening: every 16-bit pattern, exact (NaN stays NaN). */
+    const size_t all = 65536;
+    uint16_t *h = malloc(all * sizeof(uint16_t));
+    for (size_t i = 0; i < all; i++) h[i] = (uint16_t)i;
+    float *wide = host_nan(all), *wide_got = malloc(all * sizeof(float));
+    uint16_t *dh = dev_from(h, all * sizeof(uint16_t));
+    float *dwide = dev_nan(all);
+    C->from_half(wide, h, all, fmt);
+    G->from_half(dwide, dh, all, fmt);
+    G->download(wide_got, dwide, all * sizeof(float));
+    snprintf(what, sizeof what, "from_half %s", fmt_name(fmt));
+    check_status(what);
+    bad = 0, first_bad = all;
+    for (size_t i = 0; i < all; i++) {
+        bool same = half_is_nan(h[i], fmt) ? isnan(wide_got[i]) && isnan(wide[i])
+                                           : f2u(wide_got[i]) == f2u(wide[i]);
+        if (!same && bad++ == 0) first_bad = i;
+    }
+    CHECK_MSG(bad == 0, "%s: %zu of 65536 patterns differ, first %04zx -> gpu %08x cpu %08x",
+              what, bad, first_bad, first_bad < all ? f2u(wide_got[first_bad]) : 0u,
+              first_bad < all ? f2u(wide[first_bad]) : 0u);
+    /* Independent spot checks: 1.0, the largest fp16, a subnormal. */
+    const float one = wide_got[fmt == KERNELS_BF16 ? 0x3F80 : 0x3C00];
+    CHECK_MSG(one == 1.0f, "%s: 1.0 widened to %g", what, one);
+    if (fmt == KERNELS_FP16) {
+        CHECK_MSG(wide_got[0x7BFF] == 65504.0f, "%s: 0x7bff -> %g", what, wide_got[0x7BFF]);
+        CHECK_MSG(wide_got[0x8001] == -0x1p-24f, "%s: 0x8001 -> %g", what, wide_got[0x8001]);
+    } else {
+        CHECK_MSG(wide_got[0x0001] == 0x1p-133f, "%s: 0x0001 -> %g", what, wide_got[0x0001]);
+    }
+    G->release(dx);
+    G->release(dout);
+    G->release(dh);
+    G->release(dwide);
+    free(x);
+    free(ref);
+    free(got);
+    free(h);
+    free(wide);
+    free(wide_got);
+}
+
+static void test_half_casts(void) {
+    seed(12);
+    half_cast_case(KERNELS_BF16);
+    half_cast_case(KERNELS_FP16);
+}
+
+/* ------------------------------------------------------------------ gemm_half */
+/* A 16-bit matrix of rows x ld elements with values uniform in [-1, 1], rounded to fmt. */
+static uint16_t *half_rand(size_t n, kernels_half_format fmt) {
+    float *x = host_rand(n, -1, 1);
+    uint16_t *h = malloc((n ? n : 1) * sizeof(uint16_t));
+    C->to_half(h, x, n, fmt);
+    free(x);
+    return h;
+}
+
+/* offset: elements by which A, B and C start past their allocation (a view that is
+ * aligned to its element size only). repeat: run the GPU op again (its cached plan). */
+typedef struct gemm_half_case_t {
+    kernels_half_format fmt;
+    bool ta, tb;
+    int m, n, k, pad, offset;
+    float alpha, beta;
+} gemm_half_case_t;
+
+static void gemm_half_case(const gemm_half_case_t *tc, int repeat) {
+    const int m = tc->m, n = tc->n, k = tc->k, off = tc->offset;
+    const int lda = (tc->ta ? m : k) + tc->pad, ldb = (tc->tb ? k : n) + tc->pad, ldc = n + tc->pad;
+    const size_t a_n = (size_t)(tc->ta ? k : m) * lda + off;
+    const size_t b_n = (size_t)(tc->tb ? n : k) * ldb + off;
+    const size_t c_n = (size_t)m * ldc + off;
+    uint16_t *a = half_rand(a_n, tc->fmt), *b = half_rand(b_n, tc->fmt);
+    /* beta == 0: C starts as NaN on both backends and must not be read. */
+    float *c0 = tc->beta == 0.0f ? host_nan(c_n) : host_rand(c_n, -1, 1);
+    float *c = host_copy(c0, c_n), *got = malloc(c_n * sizeof(float));
+    uint16_t *da = dev_from(a, a_n * sizeof(uint16_t)), *db = dev_from(b, b_n * sizeof(uint16_t));
+    float *dc = dev_from(c0, c_n * sizeof(float));
+    C->gemm_half(tc->fmt, tc->ta, tc->tb, m, n, k, tc->alpha, a + off, lda, b + off, ldb, tc->beta,
+                 c + off, ldc);
+    char what[160];
+    snprintf(what, sizeof what, "gemm_half %s ta %d tb %d m %d n %d k %d pad %d offset %d beta %g",
+             fmt_name(tc->fmt), tc->ta, tc->tb, m, n, k, tc->pad, off, tc->beta);
+    for (int run = 0; run <= repeat; run++) {
+        if (run) G->upload(dc, c0, c_n * sizeof(float));
+        G->gemm_half(tc->fmt, tc->ta, tc->tb, m, n, k, tc->alpha, da + off, lda, db + off, ldb,
+                     tc->beta, dc + off, ldc);
+        G->download(got, dc, c_n * sizeof(float));
+        check_status(what);
+        /* The m x n block within the tolerance; everything else (padding, the elements
+         * before the view) untouched. */
+        double diff = 0, norm = 0;
+        int finite = 1, outside_changed = 0;
+        for (size_t at = 0; at < c_n; at++) {
+            size_t rel_at = at - (size_t)off;
+            bool inside = at >= (size_t)off && (int)(rel_at / ldc) < m && (int)(rel_at % ldc) < n;
+            if (!inside) {
+                outside_changed |= f2u(got[at]) != f2u(c0[at]);
+                continue;
+            }
+            finite &= isfinite(got[at]) != 0;
+            diff += ((double)got[at] - c[at]) * ((double)got[at] - c[at]);
+            norm += (double)c[at] * c[at];
+        }
+        double rel = norm > 0 ? sqrt(diff / norm) : sqrt(diff);
+        CHECK_MSG(finite && rel < 1e-4 && !outside_changed, "%s run %d: rel %.3g%s%s", what, run,
+                  rel, finite ? "" : " (non-finite)", outside_changed ? " (wrote outside C)" : "");
+    }
+    G->release(da);
+    G->release(db);
+    G->release(dc);
+    free(a);
+    free(b);
+    free(c0);
+    free(c);
+    free(got);
+}
+
+static void test_gemm_half(void) {
+    seed(13);
+    const int shapes[][3] = {{1, 1, 1},      {17, 33, 9},  {64, 48, 128},
+                             {130, 7, 65},   {5, 300, 257}, {256, 192, 512}};
+    const kernels_half_format fmts[] = {KERNELS_BF16, KERNELS_FP16};
+    for (int f = 0; f < 2; f++)
+        for (int s = 0; s < 6; s++)
+            for (int t = 0; t < 4; t++) {
+                const int *sh = shapes[s];
+                gemm_half_case_t tc = {fmts[f], t & 1, t >> 1, sh[0], sh[1], sh[2],
+                                       0, 0, 1.0f, 0.0f};
+                gemm_half_case(&tc, s == 2); /* one shape a second time, from the plan cache */
+                tc.pad = 3, tc.alpha = 0.7f, tc.beta = 0.5f;
+                gemm_half_case(&tc, 0);
+                tc.offset = 1, tc.alpha = -1.3f, tc.beta = 0.0f; /* 2- and 4-byte aligned views */
+                gemm_half_case(&tc, 0);
+            }
+    for (int f = 0; f < 2; f++) {
+        gemm_half_case_t empty0 = {fmts[f], false, true, 9, 11, 0, 2, 0, 1.0f, 0.0f};
+        gemm_half_case(&empty0, 0); /* empty product, beta 0 */
+        gemm_half_case_t empty1 = {fmts[f], true, false, 9, 11, 0, 1, 0, 1.0f, 0.25f};
+        gemm_half_case(&empty1, 0); /* empty product, C scaled */
+    }
+    /* More distinct shapes than the plan cache holds: evicted plans must not be reused. */
+    for (int i = 1; i <= 80; i++) {
+        gemm_half_case_t tc = {KERNELS_BF16, false, true, i, 8 + i % 5, 16 + i % 3,
+                               0, 0, 1.0f, 0.0f};
+        gemm_half_case(&tc, 0);
+    }
+    gemm_half_case_t first = {KERNELS_BF16, false, true, 1, 9, 17, 0, 0, 1.0f, 0.0f};
+    gemm_half_case(&first, 1); /* the first of them again, after its eviction */
+}
+
+/* An unknown format is recorded (naming the op and the format) and nothing runs. */
+static void test_half_errors(void) {
+    float *x = dev_nan(4);
+    uint16_t *h = G->alloc(4 * sizeof(uint16_t));
+    G->to_half(h, x, 4, (kernels_half_format)3);
+    ct_error err = {{0}};
+    CHECK(kernels_cuda_status(&err) == -1);
+    CHECK_CONTAINS(err.msg, "to_half");
+    CHECK_CONTAINS(err.msg, "format 3");
+    G->gemm_half((kernels_half_format)0, false, false, 2, 2, 1, 1.0f, h, 1, h, 2, 0.0f, x, 2);
+    ct_error err2 = {{0}};
+    CHECK(kernels_cuda_status(&err2) == -1);
+    CHECK_CONTAINS(err2.msg, "gemm_half");
+    G->release(x);
+    G->release(h);
+}
+
+int main(void) {
+    ct_error err = {{0}};
+    C = kernels_cpu();
+    if (kernels_cuda(&G, &err) != 0) {
+        printf("SKIPPED: %s\n", err.msg);
+        return 77;
+    }
+    CHECK(G != NULL && strcmp(G->name, "cuda") == 0);
+    test_half_casts();
+    test_gemm_half();
+    test_half_errors();
+    check_status("end of tests");
+    return check_summary("test_kernels_cuda_half");
+}

@@ -1,0 +1,290 @@
+/* test_model_mixed: the model in bf16-mixed and fp16-mixed precision (model_set_precision).
+ *
+ * What must hold: losses and every gradient stay within 16-bit tolerance of the fp32 model
+ * with the same weights, yet differ from it (the rounding really happens); the 16-bit weight
+ * copies follow the fp32 weights exactly when model_weights_changed says so (trainable only, or
+ * all); activation checkpointing gives the same bits in mixed precision too; going back to
+ * fp32 gives the fp32 bits again; the reservation grows by the 16-bit scratch. Where a GPU
+ * exists, the CUDA backend's mixed precision agrees with the CPU's to 16-bit tolerance. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tests/check.h"
+#include "train/model.h"
+
+static double rel_error(const float *a, const float *b, size_t n) {
+    double diff = 0.0, ref = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        diff += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        ref += (double)b[i] * b[i];
+    }
+    return ref > 0 ? sqrt(diff / ref) : sqrt(diff);
+}
+
+/* Two layers, GQA, Qwen2-style biases, qk norms; tied embeddings or an lm_head. */
+static void mixed_config(model_config *c, bool tied) {
+    model_config_preset(c, "tiny", NULL);
+    c->vocab_size = 37;
+    c->hidden_size = 32;
+    c->intermediate_size = 48;
+    c->num_hidden_layers = 2;
+    c->num_attention_heads = 4;
+    c->num_key_value_heads = 2;
+    c->head_dim = 8;
+    c->attention_bias = c->qk_norm = true;
+    c->tie_word_embeddings = tied;
+    c->pad_token_id = c->bos_token_id = -1;
+    c->n_eos = 0;
+}
+
+/* Deterministic weights: norms around 1, everything else uniform in +-scale. */
+static void fill_weights(model *m, uint64_t seed) {
+    uint64_t state = seed;
+    for (int i = 0; i < m->n_params; i++) {
+        model_param *p = &m->params[i];
+        bool norm = p->ndim == 1 && strstr(p->name, "norm");
+        float *host = malloc(p->numel * sizeof(float));
+        for (size_t j = 0; j < p->numel; j++) {
+            state = state * 6364136223846793005ull + 1442695040888963407ull;
+            float u = (float)(state >> 40) / 16777216.0f * 2.0f - 1.0f;
+            host[j] = norm ? 1.0f + 0.3f * u : (p->is_lora ? 0.2f : 0.4f) * u;
+        }
+        model_param_upload(m, p, host);
+        free(host);
+    }
+    model_weights_changed(m, false);
+}
+
+static const int32_t ids[16] = {3, 17, 8, 1, 28, 5, 12, 9, 0, 22, 14, 6, 19, 2, 33, 30};
+static const int32_t targets[16] = {17, 8, -1, 28, 5, 12, 7, -1, 22, 14, 6, 19, 2, 11, 30, 4};
+static const int32_t positions[16] = {0, 1, 2, 0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 6, 7};
+static const int32_t docs[16] = {0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0};
+static const model_batch batch = {.input_ids = ids, .targets = targets, .positions = positions,
+                                  .doc_ids = docs, .batch = 2, .seq = 8};
+
+typedef struct result {
+    double loss;
+    float *grads;
+    size_t numel;
+} result;
+
+/* A model of the given precision and weights: the loss and gradients of two micro-batches
+ * (different dropout seeds) accumulated. */
+static result run(const kernels *k, bool lora, bool tied, model_precision precision, bool checkpointing,
+                  uint64_t weight_seed) {
+    model_config c;
+    mixed_config(&c, tied);
+    lora_settings ls = {.r = 4, .alpha = 8.0f, .dropout = 0.2f};
+    const char *all[] = {"all-linear"};
+    ct_error err = {{0}};
+    CHECK(lora_parse_targets(&ls, all, 1, &err) == 0);
+    model m;
+    result r = {0, NULL, 0};
+    CHECK_MSG(model_create(&m, &c, lora ? &ls : NULL, k, &err) == 0, "%s", err.msg);
+    CHECK_MSG(model_set_precision(&m, precision, &err) == 0, "%s", err.msg);
+    m.activation_checkpointing = checkpointing;
+    CHECK_MSG(model_reserve(&m, 2, 8, &err) == 0, "%s", err.msg);
+    fill_weights(&m, weight_seed);
+    model_zero_grads(&m);
+    double a = 0, b = 0;
+    long n = 0;
+    CHECK_MSG(model_step(&m, &batch, true, 0.5f, 7, &a, &n, &err) == 0, "%s", err.msg);
+    CHECK_MSG(model_step(&m, &batch, true, 0.5f, 8, &b, &n, &err) == 0, "%s", err.msg);
+    r.loss = a + b;
+    r.numel = m.grad_numel;
+    r.grads = malloc(r.numel * sizeof(float));
+    k->download(r.grads, m.grad_arena, r.numel * sizeof(float));
+    model_free(&m);
+    return r;
+}
+
+static const char *precision_name(model_precision p) {
+    return p == MODEL_BF16_MIXED ? "bf16-mixed" : p == MODEL_FP16_MIXED ? "fp16-mixed" : "fp32";
+}
+
+/* 16-bit tolerance against fp32, and not equal to it. bf16 keeps 8 significant bits (relative
+ * rounding 2^-9), fp16 11. On this random model (loss ~125 over 28 tokens: large logits, so
+ * sensitive gradients) the measured relative errors are: loss 4e-4..9e-4 (bf16), 4e-5..2e-4
+ * (fp16); gradients 1.1e-2..1.7e-2 (bf16), 1.4e-3..2.4e-3 (fp16), i.e. ~8x = 2^3 apart, the
+ * three mantissa bits between the formats. Bounds: ~3x the worst measured; and bf16 must be
+ * at least 3x further from fp32 than fp16 (the format, not some other error, dominates). */
+static void test_against_fp32(void) {
+    const model_precision precisions[] = {MODEL_BF16_MIXED, MODEL_FP16_MIXED};
+    for (int lora = 0; lora <= 1; lora++)
+        for (int tied = 0; tied <= 1; tied++) {
+            result ref = run(kernels_cpu(), lora, tied, MODEL_FP32, false, 5);
+            double grad_rels[2] = {0, 0};
+            for (int i = 0; i < 2; i++) {
+                model_precision p = precisions[i];
+                const double loss_tol = p == MODEL_BF16_MIXED ? 3e-3 : 6e-4;
+                const double grad_tol = p == MODEL_BF16_MIXED ? 5e-2 : 7e-3;
+                result got = run(kernels_cpu(), lora, tied, p, false, 5);
+                double loss_rel = fabs(got.loss - ref.loss) / fabs(ref.loss);
+                double grad_rel = rel_error(got.grads, ref.grads, ref.numel);
+                grad_rels[i] = grad_rel;
+                printf("%s %s%s: loss %.9g vs fp32 %.9g (rel %.2e), gradients rel %.2e\n", precision_name(p),
+                       lora ? "lora" : "full", tied ? " tied" : "", got.loss, ref.loss, loss_rel, grad_rel);
+                CHECK_MSG(loss_rel < loss_tol && loss_rel > 0, "%s %s: loss rel %.3g", precision_name(p),
+                          lora ? "lora" : "full", loss_rel);
+                CHECK_MSG(grad_rel < grad_tol && grad_rel > 1e-7, "%s %s: gradient rel %.3g", precision_name(p),
+                          lora ? "lora" : "full", grad_rel);
+                /* Checkpointing recomputes through the same 16-bit scratch: same bits. */
+                result ckpt = run(kernels_cpu(), lora, tied, p, true, 5);
+                CHECK(ckpt.loss == got.loss);
+                CHECK_MSG(memcmp(ckpt.grads, got.grads, got.numel * sizeof(float)) == 0,
+                          "%s %s: activation checkpointing changed the gradients", precision_name(p),
+                          lora ? "lora" : "full");
+                free(ckpt.grads);
+                free(got.grads);
+            }
+            CHECK_MSG(grad_rels[0] > 3 * grad_rels[1], "bf16 %.3g vs fp16 %.3g", grad_rels[0], grad_rels[1]);
+            free(ref.grads);
+        }
+}
+
+static double forward_loss(model *m) {
+    double loss = 0;
+    long n = 0;
+    ct_error err = {{0}};
+    CHECK_MSG(model_step(m, &batch, false, 1.0f, 0, &loss, &n, &err) == 0, "%s", err.msg);
+    return loss;
+}
+
+static void nudge(model *m, model_param *p) {
+    float *host = malloc(p->numel * sizeof(float));
+    model_param_download(m, p, host);
+    for (size_t i = 0; i < p->numel; i++) host[i] = host[i] * 1.5f + 0.01f;
+    model_param_upload(m, p, host);
+    free(host);
+}
+
+/* The copies follow the fp32 weights when, and only as far as, model_weights_changed says. */
+static void test_weight_copies(void) {
+    model_config c;
+    mixed_config(&c, false);
+    ct_error err = {{0}};
+    model m, fresh;
+    CHECK(model_create(&m, &c, NULL, kernels_cpu(), &err) == 0);
+    CHECK(model_create(&fresh, &c, NULL, kernels_cpu(), &err) == 0);
+    CHECK(model_set_precision(&m, MODEL_BF16_MIXED, &err) == 0);
+    CHECK(model_set_precision(&fresh, MODEL_BF16_MIXED, &err) == 0);
+    CHECK(model_reserve(&m, 2, 8, &err) == 0 && model_reserve(&fresh, 2, 8, &err) == 0);
+    /* Every Linear weight and the lm_head have a copy; embeddings (untied), norms, biases not. */
+    size_t expected = 0;
+    for (int i = 0; i < m.n_params; i++) {
+        const model_param *p = &m.params[i];
+        bool gemm = p->ndim == 2 && strcmp(p->name, "model.embed_tokens.weight") != 0;
+        CHECK_MSG((p->half != NULL) == gemm, "%s: 16-bit copy %s", p->name, p->half ? "present" : "missing");
+        if (gemm) expected += p->numel;
+    }
+    CHECK(m.half_numel == expected);
+    fill_weights(&m, 9);
+    double before = forward_loss(&m);
+    model_param *q = model_find_param(&m, "model.layers.1.self_attn.q_proj.weight");
+    nudge(&m, q);
+    CHECK_MSG(forward_loss(&m) == before, "a changed weight reached the GEMMs without model_weights_changed");
+    model_weights_changed(&m, true); /* full fine-tuning: every weight trains */
+    double after = forward_loss(&m);
+    CHECK(after != before);
+    fill_weights(&fresh, 9);
+    nudge(&fresh, model_find_param(&fresh, "model.layers.1.self_attn.q_proj.weight"));
+    model_weights_changed(&fresh, false);
+    CHECK_MSG(forward_loss(&fresh) == after, "refreshed copies differ from a fresh model's");
+    /* Back to fp32: the fp32 bits, the copies gone. */
+    CHECK(model_set_precision(&m, MODEL_FP32, &err) == 0);
+    CHECK(m.half_arena == NULL && m.half_numel == 0 && q->half == NULL);
+    CHECK(model_reserve(&m, 2, 8, &err) == 0);
+    model plain;
+    CHECK(model_create(&plain, &c, NULL, kernels_cpu(), &err) == 0);
+    CHECK(model_reserve(&plain, 2, 8, &err) == 0);
+    fill_weights(&plain, 9);
+    nudge(&plain, model_find_param(&plain, "model.layers.1.self_attn.q_proj.weight"));
+    CHECK(forward_loss(&plain) == forward_loss(&m));
+    model_free(&plain);
+    model_free(&fresh);
+    model_free(&m);
+
+    /* LoRA: the frozen base lives only in 16 bits (no fp32 copy): setting it writes the
+     * rounded values, effective at once; reading it back widens them. */
+    lora_settings ls = {.r = 2, .alpha = 4.0f};
+    const char *targets[] = {"q_proj"};
+    CHECK(lora_parse_targets(&ls, targets, 1, &err) == 0);
+    CHECK(model_create(&m, &c, &ls, kernels_cpu(), &err) == 0);
+    const size_t fp32_numel = m.weight_numel;
+    CHECK(model_set_precision(&m, MODEL_FP16_MIXED, &err) == 0);
+    CHECK(model_reserve(&m, 2, 8, &err) == 0);
+    fill_weights(&m, 3);
+    size_t only16 = 0;
+    for (int i = 0; i < m.n_params; i++) {
+        const model_param *p = &m.params[i];
+        CHECK(!p->is_lora || (p->half == NULL && p->data != NULL));
+        bool base_gemm = !p->is_lora && p->ndim == 2 && strcmp(p->name, "model.embed_tokens.weight") != 0;
+        CHECK_MSG(base_gemm == (p->data == NULL), "%s: fp32 data %s", p->name, p->data ? "kept" : "dropped");
+        if (base_gemm) only16 += p->numel;
+    }
+    CHECK(only16 > 0 && m.weight_numel == fp32_numel - only16);
+    model_param *up = model_find_param(&m, "model.layers.0.mlp.up_proj.weight");
+    float *want = malloc(up->numel * sizeof(float)), *got = malloc(up->numel * sizeof(float));
+    model_param_download(&m, up, want);
+    for (size_t i = 0; i < up->numel; i++) want[i] = want[i] * 1.5f + 0.01f;
+    before = forward_loss(&m);
+    model_param_upload(&m, up, want);
+    CHECK(forward_loss(&m) != before);
+    model_param_download(&m, up, got);
+    uint16_t bits;
+    int exact = 0;
+    for (size_t i = 0; i < up->numel; i++) {
+        float rounded;
+        kernels_cpu()->to_half(&bits, &want[i], 1, KERNELS_FP16);
+        kernels_cpu()->from_half(&rounded, &bits, 1, KERNELS_FP16);
+        exact += got[i] == rounded;
+    }
+    CHECK_MSG(exact == (int)up->numel, "%d of %zu values read back as their fp16 rounding", exact, up->numel);
+    /* Back to fp32: the widened 16-bit values become the fp32 weights. */
+    CHECK(model_set_precision(&m, MODEL_FP32, &err) == 0);
+    CHECK(m.weight_numel == fp32_numel && up->data != NULL);
+    float *widened = malloc(up->numel * sizeof(float));
+    m.k->download(widened, up->data, up->numel * sizeof(float));
+    CHECK(memcmp(widened, got, up->numel * sizeof(float)) == 0);
+    free(widened);
+    free(want);
+    free(got);
+    model_free(&m);
+
+    /* The reservation holds the 16-bit scratch. */
+    CHECK(model_activation_bytes(&c, NULL, 2, 8, false, MODEL_BF16_MIXED) >
+          model_activation_bytes(&c, NULL, 2, 8, false, MODEL_FP32));
+    model_config_free(&c);
+}
+
+/* The CUDA backend's mixed precision against the CPU's (same roundings of every GEMM operand;
+ * sums in another order, attention possibly on tensor cores): 16-bit tolerance. */
+static void test_cuda_against_cpu(const kernels *cuda) {
+    const model_precision precisions[] = {MODEL_BF16_MIXED, MODEL_FP16_MIXED};
+    for (int lora = 0; lora <= 1; lora++)
+        for (int i = 0; i < 2; i++) {
+            result cpu = run(kernels_cpu(), lora, true, precisions[i], false, 13);
+            result gpu = run(cuda, lora, true, precisions[i], false, 13);
+            double loss_rel = fabs(gpu.loss - cpu.loss) / fabs(cpu.loss);
+            double grad_rel = rel_error(gpu.grads, cpu.grads, cpu.numel);
+            printf("cuda %s %s: loss rel %.2e, gradients rel %.2e\n", precision_name(precisions[i]),
+                   lora ? "lora" : "full", loss_rel, grad_rel);
+            CHECK(loss_rel < 3e-3);
+            CHECK(grad_rel < 5e-2); /* at most the distance between bf16-mixed and fp32 */
+            free(cpu.grads);
+            free(gpu.grads);
+        }
+}
+
+int main(void) {
+    test_against_fp32();
+    test_weight_copies();
+    ct_error err;
+    const kernels *cuda = NULL;
+    if (kernels_cuda(&cuda, &err) == 0) test_cuda_against_cpu(cuda);
+    else printf("CUDA pass skipped: %s\n", err.msg);
+    return check_summary("test_model_mixed");
+}
