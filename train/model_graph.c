@@ -125,7 +125,11 @@ static void layer_forward(model *m, int l, int batch, int seq, const int32_t *do
     }
     k->rope_fwd(a->q, s->positions, s->inv_freq, T, nh, d);
     k->rope_fwd(a->k, s->positions, s->inv_freq, T, nkv, d);
-    k->attention_fwd(a->att, a->lse, a->q, a->k, a->v, doc_ids, batch, seq, nh, nkv, d, scale);
+    if (m->precision == MODEL_FP32)
+        k->attention_fwd(a->att, a->lse, a->q, a->k, a->v, doc_ids, batch, seq, nh, nkv, d, scale);
+    else /* 16-bit products as flash attention in bf16/fp16 (tensor cores on a GPU) */
+        k->attention_fwd_half(model_half_format(m->precision), a->att, a->lse, a->q, a->k, a->v, doc_ids,
+                              batch, seq, nh, nkv, d, scale);
     hx = half_of(m, s->half_x, a->att, (size_t)T * nh * d);
     linear_forward(m, l, LINEAR_O, a->x_mid, a->att, hx, T, train, seed);
     k->add(a->x_mid, a->x_mid, x, (size_t)T * H);
@@ -218,8 +222,12 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
         float *d_att = s->d_w1, *dq = s->d_w2, *dk = s->d_w3, *dv = s->d_w4;
         hx = weights_train(layer, LINEAR_O, LINEAR_O) ? half_of(m, s->half_x, a->att, (size_t)T * nh * d) : NULL;
         linear_backward(m, l, LINEAR_O, d_att, 0.0f, s->d_resid, a->att, hx, T, seed);
-        k->attention_bwd(dq, dk, dv, d_att, a->q, a->k, a->v, a->att, a->lse, doc_ids, batch, seq,
-                         nh, nkv, d, scale);
+        if (m->precision == MODEL_FP32)
+            k->attention_bwd(dq, dk, dv, d_att, a->q, a->k, a->v, a->att, a->lse, doc_ids, batch, seq,
+                             nh, nkv, d, scale);
+        else
+            k->attention_bwd_half(model_half_format(m->precision), dq, dk, dv, d_att, a->q, a->k, a->v,
+                                  a->att, a->lse, doc_ids, batch, seq, nh, nkv, d, scale);
         k->rope_bwd(dq, s->positions, s->inv_freq, T, nh, d);
         k->rope_bwd(dk, s->positions, s->inv_freq, T, nkv, d);
         const float *q_in = a->x_norm1;
@@ -320,10 +328,12 @@ int model_step(model *m, const model_batch *batch, bool backward_pass, float gra
         weight_gemm(m, false, false, n, H, V, s->logits, hdl, V, w, 0.0f, s->d_h1 + (size_t)r0 * H, H);
         if (w->grad) weight_grad_gemm(m, w, n, s->logits, hdl, xn, hxn);
     }
+    /* The backward is queued before the losses are fetched: on a GPU the download waits for
+     * the device, and waiting here, not between forward and backward, keeps it busy. */
+    if (do_backward && count > 0) backward(m, batch->batch, batch->seq, use_doc_ids, dropout_seed);
     k->download(s->host_loss, s->loss, (size_t)T * sizeof(float));
     double sum = 0.0;
     for (int t = 0; t < T; t++) sum += s->host_loss[t];
-    if (do_backward && count > 0) backward(m, batch->batch, batch->seq, use_doc_ids, dropout_seed);
     if (loss_sum) *loss_sum = sum;
     if (n_loss_tokens) *n_loss_tokens = count;
     return 0;

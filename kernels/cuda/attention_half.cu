@@ -10,9 +10,10 @@
 // Tiling. A block has tile/16 warps; warp w owns rows [16w, 16w+16) of the block's tile
 // (queries in the forward and dq, keys in dk/dv) and the block streams tiles of the other
 // side (tile rows each) through shared memory. tile is 64, or 32 where the 64-row layout
-// does not fit the device's shared memory (head_dim above 128 on every GPU, and on A100 for
-// the backward already at 128). The head dimension is padded with zeros to dp, a multiple
-// of 16; rows past seq are zero and masked. Per streamed tile a warp
+// does not fit the device's opt-in shared memory (docs/kernels.md lists the sizes: e.g. the
+// backward at head_dim 256, and dk/dv at 128 on A100). The head dimension is padded with
+// zeros to dp, a multiple of 16 (any head_dim up to 256, odd ones too); rows past seq are
+// zero and masked. Per streamed tile a warp
 //   S  = Q K^T          (16 x tile, fp32, into shared memory: WMMA hides which lane holds
 //                        which element, so the softmax reads the scores back from there)
 //   softmax / dS        (row by row in fp32, written to shared memory in 16 bits)
@@ -26,6 +27,11 @@
 // kernel over query tiles (key tiles ascending); dk, dv in another over key tiles of a kv
 // head (the group's query heads, then query tiles, ascending). Every output row has one
 // writer and a fixed summation order: no atomics, the same bits every run.
+//
+// A 64-query tile holds 4 warps: little latency hiding where a block needs most of an SM's
+// shared memory (dk/dv at head_dim 128), and the accumulators round-trip through shared
+// memory every tile. Correctness first; register accumulators (mma.sync) and pipelined
+// tile loads are the next steps for speed.
 //
 // Shapes the kernels do not take (head_dim > 256, or a tile layout too large for the
 // device's shared memory) run the fp32 kernels of attention.cu on device copies of the
