@@ -27,6 +27,7 @@ static const kernels cuda_backend = {
     .scale = cuda_scale,
     .dropout = cuda_dropout,
     .sum_squares = cuda_sum_squares,
+    .sum_squares_blocks = cuda_sum_squares_blocks,
     .embedding_fwd = cuda_embedding_fwd,
     .embedding_bwd = cuda_embedding_bwd,
     .rmsnorm_fwd = cuda_rmsnorm_fwd,

@@ -52,6 +52,10 @@ typedef struct kernels {
     void (*dropout)(float *out, const float *x, float p, uint64_t seed, uint64_t offset, size_t n);
     /* Sum of squares in double, result returned to the host (a reduction for grad norms). */
     double (*sum_squares)(const float *x, size_t n);
+    /* The same per block, with one round trip for all: host_sums[b] = sum_squares(x + b*block,
+     * min(block, n - b*block)) for every b < ceil(n / block), bit for bit what sum_squares
+     * gives on that block (gradient norms over millions of blocks without a sync each). */
+    void (*sum_squares_blocks)(const float *x, size_t n, size_t block, double *host_sums);
 
     /* ---- embedding: out[t,:] = table[ids[t],:]; backward accumulates rows into dtable ---- */
     void (*embedding_fwd)(float *out, const float *table, const int32_t *ids, int n_tokens, int hidden);

@@ -46,6 +46,9 @@ static void shadow_dropout(float *out, const float *x, float p, uint64_t seed, u
     cpu_dropout(RF(out), RCF(x), p, seed, offset, n);
 }
 static double shadow_sum_squares(const float *x, size_t n) { return cpu_sum_squares(RCF(x), n); }
+static void shadow_sum_squares_blocks(const float *x, size_t n, size_t block, double *host_sums) {
+    cpu_sum_squares_blocks(RCF(x), n, block, host_sums);
+}
 static void shadow_embedding_fwd(float *out, const float *table, const int32_t *ids, int n, int h) {
     cpu_embedding_fwd(RF(out), RCF(table), RCI(ids), n, h);
 }
@@ -132,6 +135,7 @@ static const kernels shadow_backend = {
     .scale = shadow_scale,
     .dropout = shadow_dropout,
     .sum_squares = shadow_sum_squares,
+    .sum_squares_blocks = shadow_sum_squares_blocks,
     .embedding_fwd = shadow_embedding_fwd,
     .embedding_bwd = shadow_embedding_bwd,
     .rmsnorm_fwd = shadow_rmsnorm_fwd,

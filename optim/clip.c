@@ -38,10 +38,7 @@ size_t clip_block_count(size_t numel) {
 }
 
 void clip_block_sums(const kernels *k, const float *grad, size_t begin, size_t end, double *sums) {
-    for (size_t start = begin; start < end; start += CLIP_NORM_BLOCK) {
-        size_t len = end - start < CLIP_NORM_BLOCK ? end - start : CLIP_NORM_BLOCK;
-        sums[start / CLIP_NORM_BLOCK] = k->sum_squares(grad + (start - begin), len);
-    }
+    if (end > begin) k->sum_squares_blocks(grad, end - begin, CLIP_NORM_BLOCK, sums + begin / CLIP_NORM_BLOCK);
 }
 
 double clip_norm_from_blocks(const double *sums, size_t n_blocks) {

@@ -3,27 +3,33 @@
 # machine; scripts/gpu_session.sh run calls it after the kernel tests. Every run is the tiny
 # default job (configs/tiny/{lora,full}.yaml) shortened to --steps steps, eval off.
 #
-#   a. curves    CPU fp32 vs GPU fp32: every step's loss within 1e-4 relative. CPU
-#                bf16-mixed / fp16-mixed (which round as the GPU does) vs the GPU's: every
-#                step within 1e-2. GPU bf16-mixed and fp16-mixed vs CPU fp32: every mean of
-#                10 steps within 10% and the mean of the last 20 steps within 5%.
+#   a. curves    CPU fp32 vs GPU fp32: each of the first 20 steps' losses within 1e-4
+#                relative, then every mean of 10 steps within 5% and the mean of the last 20
+#                steps within 3%. CPU bf16-mixed / fp16-mixed (which round as the GPU does)
+#                vs the GPU's: the first 20 steps within 1e-2, then 10-step means within 10%,
+#                the last 20 within 5%. GPU bf16-mixed and fp16-mixed vs CPU fp32: 10-step
+#                means within 10%, the last 20 within 5%.
 #   b. resume    on the GPU, full bf16-mixed and LoRA fp16-mixed (loss scale in the state):
 #                stopped after the checkpoint at steps/2 and resumed = straight, byte for byte.
 #   c. ranks     on the GPU, 1 rank vs 2 ranks sharing it (distributed.backend mpi: the
 #                collectives stage through host memory): full bf16-mixed ZeRO 0 and LoRA
 #                fp16-mixed ZeRO 1 write the same bytes.
 #
-# Why these bounds (measured with the CPU emulation, docs/benchmarks/gpu-notes.md): fp32 on
-# both sides differs only in summation order (cuBLAS without TF32, our fixed-order kernels);
-# regrouping the same fp32 sums on the CPU (micro-batch 16 instead of 32) moves 200 steps'
-# losses by ~1e-6 or less, so 1e-4 leaves 100x for the GPU's other orders. The same
-# regrouping under bf16-mixed moves them by well under 1e-2 (a 16-bit rounding that flips
-# changes one activation by 2^-8 relative). Against fp32, bf16 is a different trajectory, not
-# a rounding of the same one: per-step losses (64 sequences) differ by up to 13% at the
-# steepest part of the curve, 10-step means by at most 5.2% (bf16) and 4.4% (fp16), the last
-# 20 steps' means by 3.6%: the bounds are about twice those.
+# Why these bounds (measured on the CPU, 200 steps; docs/benchmarks/gpu-notes.md): training
+# is chaotic, so no per-step bound holds for a whole run. Regrouping the same fp32 sums (micro
+# batch 16 instead of 32: same math, other rounding) moves the losses by <= 5e-8 over the
+# first 20 steps, 1e-4 by step 60-100 and up to 5% per step after; 10-step means stay within
+# 1.4%, the last 20 steps within 1.1%. The GPU sums in other orders everywhere (forward too),
+# so it starts further apart (~1e-7): 1e-4 over 20 steps, 5% and 3% after leave >= 3x. The
+# same regrouping under bf16-mixed moves the first 20 steps by 2e-4 (a flipped 16-bit
+# rounding changes a value by 2^-8), hence 1e-2. Against fp32, bf16 is another trajectory:
+# CPU bf16-mixed / fp16-mixed vs CPU fp32 differ per step by up to 13%, in 10-step means by
+# up to 5.2%, in the last 20 steps by up to 3.6%: 10% and 5% are about twice that.
 #
 #   scripts/gpu_e2e.sh [--cpu-only] [--steps N] [--ctune PATH] [--jobs N] [--run-timeout S]
+#                      [--time-limit S]
+#   --time-limit S  no run goes on past S seconds from the start (a check whose runs were
+#                cut short FAILs, saying so); gpu_session.sh gives what is left of its budget.
 #   --cpu-only   no GPU: the CPU runs, mixed vs fp32 on the CPU (check a), and resume and
 #                rank counts with device cpu (b, c); proves the script where no GPU is lent.
 # ctune: --ctune, else $CTUNE, else $CTUNE_BUILD_DIR/ctune, build-gpu/ctune, build/ctune.
@@ -36,6 +42,7 @@ steps=200
 ctune=${CTUNE:-}
 jobs=$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))
 run_timeout=300
+time_limit=0
 while [ $# -gt 0 ]; do
   case "$1" in
   --cpu-only) cpu_only=1 ;;
@@ -43,6 +50,7 @@ while [ $# -gt 0 ]; do
   --ctune) ctune=$2; shift ;;
   --jobs) jobs=$2; shift ;;
   --run-timeout) run_timeout=$2; shift ;;
+  --time-limit) time_limit=$2; shift ;;
   -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
   *) echo "gpu_e2e.sh: unknown argument '$1' (--help)" >&2; exit 2 ;;
   esac
@@ -61,6 +69,13 @@ half=$((steps / 2))
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+# Interrupted: stop the runs too, by the ids train() records.
+stop_runs() {
+  local f
+  for f in "$work"/pids/*; do [ -f "$f" ] && kill -TERM "$(cat "$f")"; done 2>/dev/null
+  exit 130
+}
+trap stop_runs INT TERM
 logs=${OUT:+$OUT/e2e}
 logs=${logs:-$(mktemp -d /tmp/gpu_e2e-logs.XXXXXX)}
 mkdir -p "$logs"
@@ -83,12 +98,24 @@ common=(model.path="$work/models/tiny" data.train="$work/data/train.h5" data.eva
 train() {
   local name=$1 device=$2 method=$3 precision=$4
   shift 4
-  local launcher=()
+  local launcher=() limit=$run_timeout
   [ "${RANKS:-1}" -gt 1 ] && launcher=("$root/scripts/mpirun.sh" -np "$RANKS")
-  timeout "$run_timeout" "${launcher[@]}" "$ctune" train "$root/configs/tiny/$method.yaml" "${common[@]}" \
+  if [ "$time_limit" -gt 0 ]; then
+    local left=$((began + time_limit - $(date +%s)))
+    [ "$left" -lt "$limit" ] && limit=$left
+    if [ "$limit" -le 5 ]; then
+      echo "gpu_e2e.sh: out of time (--time-limit $time_limit): $name not run" >> "$logs/$name.log"
+      return 124
+    fi
+  fi
+  timeout -k 5 "$limit" "${launcher[@]}" "$ctune" train "$root/configs/tiny/$method.yaml" "${common[@]}" \
     device="$device" precision="$precision" checkpoint.output_dir="$work/runs/$name" "$@" \
-    >> "$logs/$name.log" 2>&1
+    >> "$logs/$name.log" 2>&1 &
+  local pid=$!
+  mkdir -p "$work/pids" && echo "$pid" > "$work/pids/$name"
+  wait "$pid"
   local status=$?
+  rm -f "$work/pids/$name"
   mkdir -p "$logs/$name"
   cp "$work/runs/$name/metrics.jsonl" "$work/runs/$name/summary.json" "$logs/$name/" 2>/dev/null
   return $status
@@ -97,10 +124,10 @@ train() {
 # losses RUN: "step loss" per line from the run's metrics.jsonl.
 losses() { sed -n 's/^{"step":\([0-9]*\),"loss":\([^,}]*\).*/\1 \2/p' "$work/runs/$1/metrics.jsonl" 2>/dev/null; }
 
-# per_step REF GOT BOUND LABEL: every step's |got - ref| / |ref| <= BOUND, all steps present.
+# per_step REF GOT BOUND LABEL: |got - ref| / |ref| <= BOUND at each of the first 20 steps.
 per_step() {
   local line
-  line=$(awk -v n="$steps" -v bound="$3" '
+  line=$(awk -v n=20 -v bound="$3" '
     NR == FNR { ref[$1] = $2; next }
     { got[$1] = $2 }
     END {
@@ -113,21 +140,23 @@ per_step() {
         if (rel > worst || rel != rel) { worst = rel; at = s }
       }
       ok = missing == 0 && worst <= bound
-      printf "%s worst %.3g at step %d (bound %g)%s\n", ok ? "ok" : "bad", worst, at, bound,
+      printf "%s steps 1-%d worst %.3g at step %d (bound %g)%s\n", ok ? "ok" : "bad", n, worst, at, bound,
              missing ? sprintf(", %d of %d steps missing", missing, n) : ""
     }' <(losses "$1") <(losses "$2"))
   case "$line" in ok*) pass "$4: ${line#ok }" ;; *) fail "$4: ${line#bad }" ;; esac
 }
 
-# curve REF GOT LABEL: means of 10 steps within 10%, the mean of the last 20 within 5%.
+# curve REF GOT WINDOWS LAST LABEL: means of 10 steps within WINDOWS (relative), the mean of
+# the last 20 steps within LAST.
 curve() {
   local line
-  line=$(awk -v n="$steps" '
+  line=$(awk -v n="$steps" -v wbound="$3" -v lbound="$4" '
     NR == FNR { ref[$1] = $2; next }
     { got[$1] = $2 }
     END {
       worst = 0; at = 0; missing = 0
       for (s = 1; s <= n; s++) if (!(s in ref) || !(s in got)) missing++
+      if (missing) { printf "bad %d of %d steps missing\n", missing, n; exit }
       for (w = 1; w + 9 <= n; w += 10) {
         a = 0; b = 0
         for (s = w; s < w + 10; s++) { a += got[s]; b += ref[s] }
@@ -137,12 +166,11 @@ curve() {
       a = 0; b = 0
       for (s = n - 19; s <= n; s++) { a += got[s]; b += ref[s] }
       last = (a - b) / b; if (last < 0) last = -last
-      ok = missing == 0 && worst <= 0.10 && last <= 0.05
-      printf "%s 10-step means worst %.2f%% (steps %d-%d, bound 10%%), last 20 steps %.4f vs %.4f: %.2f%% (bound 5%%)%s\n",
-             ok ? "ok" : "bad", 100 * worst, at, at + 9, a / 20, b / 20, 100 * last,
-             missing ? sprintf(", %d of %d steps missing", missing, n) : ""
+      ok = worst <= wbound && last <= lbound
+      printf "%s 10-step means worst %.2f%% (steps %d-%d, bound %g%%), last 20 steps %.4f vs %.4f: %.2f%% (bound %g%%)\n",
+             ok ? "ok" : "bad", 100 * worst, at, at + 9, 100 * wbound, a / 20, b / 20, 100 * last, 100 * lbound
     }' <(losses "$1") <(losses "$2"))
-  case "$line" in ok*) pass "$3: ${line#ok }" ;; *) fail "$3: ${line#bad }" ;; esac
+  case "$line" in ok*) pass "$5: ${line#ok }" ;; *) fail "$5: ${line#bad }" ;; esac
 }
 
 # weights_of RUN: the run's final weights file.
@@ -204,12 +232,10 @@ train prepare cpu lora fp32 --dry-run > /dev/null ||
   { cat "$logs/prepare.log"; echo "FAIL preparing the tiny model and data"; exit 1; }
 
 # The CPU references, in the background while the GPU runs.
-declare -A cpu_pid=()
 for method in lora full; do
   for precision in fp32 bf16-mixed fp16-mixed; do
-    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do sleep 1; done
     OMP_NUM_THREADS=$cpu_threads train "cpu-$method-$precision" cpu "$method" "$precision" &
-    cpu_pid[$method-$precision]=$!
   done
 done
 
@@ -218,7 +244,7 @@ done
 dev=cuda
 [ "$cpu_only" = 1 ] && dev=cpu
 [ "$cpu_only" = 1 ] || echo "== GPU runs ($(elapsed))"
-gpu_ok() { # gpu_ok NAME: a GPU run finished; else its failure is printed once
+finished() { # finished NAME: the run wrote its final folder; else its failure is printed
   [ -f "$work/runs/$1/final/README.md" ] && return 0
   fail "$1: the run did not finish (log: $logs/$1.log): $(grep -m1 -i error "$logs/$1.log" || tail -1 "$logs/$1.log")"
   return 1
@@ -232,24 +258,29 @@ if [ "$cpu_only" = 0 ]; then
 fi
 
 echo "== waiting for the CPU runs ($(elapsed))"
-cpu_failed=0
-for key in "${!cpu_pid[@]}"; do
-  wait "${cpu_pid[$key]}" || { cpu_failed=1; fail "cpu-$key: the run did not finish (log: $logs/cpu-$key.log)"; }
+wait
+for method in lora full; do
+  for precision in fp32 bf16-mixed fp16-mixed; do finished "cpu-$method-$precision"; done
 done
 echo "== a. loss curves ($(elapsed))"
 for method in lora full; do
   if [ "$cpu_only" = 1 ]; then
     skip "$method: CPU fp32 vs GPU fp32, CPU vs GPU bf16-mixed/fp16-mixed (no GPU: --cpu-only)"
     for precision in bf16-mixed fp16-mixed; do
-      curve "cpu-$method-fp32" "cpu-$method-$precision" "$method: CPU $precision vs CPU fp32 (the bound GPU $precision must meet)"
+      curve "cpu-$method-fp32" "cpu-$method-$precision" 0.10 0.05 \
+        "$method: CPU $precision vs CPU fp32 (the bound GPU $precision must meet)"
     done
     continue
   fi
-  gpu_ok "gpu-$method-fp32" && per_step "cpu-$method-fp32" "gpu-$method-fp32" 1e-4 "$method: GPU fp32 vs CPU fp32, per step"
+  if finished "gpu-$method-fp32"; then
+    per_step "cpu-$method-fp32" "gpu-$method-fp32" 1e-4 "$method: GPU fp32 vs CPU fp32, per step"
+    curve "cpu-$method-fp32" "gpu-$method-fp32" 0.05 0.03 "$method: GPU fp32 vs CPU fp32, curve"
+  fi
   for precision in bf16-mixed fp16-mixed; do
-    gpu_ok "gpu-$method-$precision" || continue
+    finished "gpu-$method-$precision" || continue
     per_step "cpu-$method-$precision" "gpu-$method-$precision" 1e-2 "$method: GPU $precision vs CPU $precision, per step"
-    curve "cpu-$method-fp32" "gpu-$method-$precision" "$method: GPU $precision vs CPU fp32"
+    curve "cpu-$method-$precision" "gpu-$method-$precision" 0.10 0.05 "$method: GPU $precision vs CPU $precision, curve"
+    curve "cpu-$method-fp32" "gpu-$method-$precision" 0.10 0.05 "$method: GPU $precision vs CPU fp32, curve"
   done
 done
 
@@ -258,7 +289,6 @@ echo "== b. resume on $dev ($(elapsed))"
 for pair in full:bf16-mixed lora:fp16-mixed; do
   method=${pair%%:*} precision=${pair#*:}
   ref=$dev-$method-$precision name=resume-$method-$precision
-  [ "$dev" = cpu ] && ref=cpu-$method-$precision
   [ -f "$work/runs/$ref/final/README.md" ] || { fail "$name: no straight run $ref to compare with"; continue; }
   CTUNE_TEST_FAIL_RANK=0 CTUNE_TEST_FAIL_STEP=$((half + 1)) OMP_NUM_THREADS=2 \
     train "$name" "$dev" "$method" "$precision" && fail "$name: the test hook did not stop the run"
@@ -273,7 +303,6 @@ echo "== c. rank counts on $dev ($(elapsed))"
 for spec in full:bf16-mixed:0 lora:fp16-mixed:1; do
   IFS=: read -r method precision stage <<< "$spec"
   ref=$dev-$method-$precision name=ranks2-$method-$precision
-  [ "$dev" = cpu ] && ref=cpu-$method-$precision
   [ -f "$work/runs/$ref/final/README.md" ] || { fail "$name: no 1-rank run $ref to compare with"; continue; }
   RANKS=2 OMP_NUM_THREADS=1 train "$name" "$dev" "$method" "$precision" distributed.backend=mpi \
     distributed.zero_stage="$stage" || { fail "$name: the 2-rank run failed (log: $logs/$name.log)"; continue; }

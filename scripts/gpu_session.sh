@@ -6,11 +6,21 @@
 #   scripts/gpu_session.sh fetch      HERE (Debian, registry reachable): downloads the .deb
 #                                     files of the C dependencies into build-debs/ (ignored
 #                                     by git through /build*/, so the device tool can carry it).
-#   scripts/gpu_session.sh run [cmd]  THERE (carry build-debs): unpacks every .deb into a
+#   scripts/gpu_session.sh run [--no-e2e] [--no-tests] [cmd...]
+#                                     THERE (carry build-debs): unpacks every .deb into a
 #                                     private prefix (never into /), configures and builds
 #                                     ctune against it, runs `ctest -L gpu`, test_model and
-#                                     test_pack, then the optional benchmark command; all
-#                                     logs go to $OUT (or <build>/logs without $OUT).
+#                                     test_pack, then scripts/gpu_e2e.sh (the tiny runs: GPU
+#                                     vs CPU loss curves, resume, rank counts; --no-e2e skips
+#                                     it, --no-tests skips every test), then the optional
+#                                     benchmark command; all logs go to $OUT (or <build>/logs
+#                                     without $OUT), gpu_e2e.sh's runs to $OUT/e2e.
+#
+# One device command may run 10 minutes: `run` alone (build, tests, e2e) is budgeted for
+# about 9 on an H100 machine (16 cores): gpu_e2e.sh gets what is left of 9 minutes after the
+# build and tests (at least 2), and stops its runs when that is spent. Run the benchmark as
+# a second command on the still-warm machine (the build is kept):
+#   scripts/gpu_session.sh run --no-tests scripts/bench_gpu.sh
 #
 # What is fetched: the -dev packages and their runtime libraries, plus the closure of the
 # shared libraries those load, minus what every image with a compiler has (libc, libm,
@@ -19,6 +29,8 @@
 #   CTUNE_PREFIX     where run unpacks them (default: /tmp/ctune-deps)
 #   CTUNE_CUDA_ARCH  CMAKE_CUDA_ARCHITECTURES for run (default: 90a)
 #   CTUNE_RUN_BUILD  build folder for run (default: build-gpu)
+#   CTUNE_E2E_STEPS  steps per gpu_e2e.sh run (default 200)
+#   CTUNE_RUN_BUDGET_S  seconds the whole run may take before gpu_e2e.sh is cut off (540)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -82,6 +94,15 @@ fetch() {
 }
 
 run() {
+    local started=$SECONDS e2e=1 tests=1
+    while [ $# -gt 0 ]; do
+        case "$1" in
+        --no-e2e) e2e=0 ;;
+        --no-tests) tests=0 e2e=0 ;;
+        *) break ;;
+        esac
+        shift
+    done
     local build=${CTUNE_RUN_BUILD:-$ROOT/build-gpu}
     local out=${OUT:-$build/logs}
     mkdir -p "$out"
@@ -140,11 +161,27 @@ run() {
     grep -E "warning:|error:" "$out/build.log" || echo "(no warnings)"
 
     local status=0
-    echo "== ctest -L gpu"
-    (cd "$build" && ctest -L gpu --output-on-failure) 2>&1 | tee "$out/ctest_gpu.log" || status=1
-    echo "== test_model, test_pack (their CUDA passes run where a GPU is usable)"
-    (cd "$build" && ctest -R '^(test_model|test_pack)$' --output-on-failure) 2>&1 |
-        tee "$out/ctest_model.log" || status=1
+    echo "== built after $((SECONDS - started)) s"
+    if [ "$tests" = 1 ]; then
+        echo "== ctest -L gpu"
+        (cd "$build" && ctest -L gpu --output-on-failure) 2>&1 | tee "$out/ctest_gpu.log" || status=1
+        echo "== test_model, test_pack (their CUDA passes run where a GPU is usable)"
+        (cd "$build" && ctest -R '^(test_model|test_pack)$' --output-on-failure) 2>&1 |
+            tee "$out/ctest_model.log" || status=1
+        echo "== tests done after $((SECONDS - started)) s"
+    fi
+    if [ "$e2e" = 1 ]; then
+        local left=$(( ${CTUNE_RUN_BUDGET_S:-540} - (SECONDS - started) ))
+        [ "$left" -lt 120 ] && left=120
+        echo "== gpu_e2e.sh (at most $left s)"
+        # gpu_e2e.sh keeps to its --time-limit itself; the outer timeout only guards a hang.
+        local e2e_status=0
+        OUT=$out timeout -k 10 $((left + 60)) "$ROOT/scripts/gpu_e2e.sh" --ctune "$build/ctune" \
+            --steps "${CTUNE_E2E_STEPS:-200}" --time-limit "$left" 2>&1 | tee "$out/e2e.log" ||
+            e2e_status=${PIPESTATUS[0]}
+        [ "$e2e_status" = 0 ] || status=1
+        [ "$e2e_status" = 124 ] && echo "gpu_e2e.sh: killed after $((left + 60)) s"
+    fi
     if [ $# -gt 0 ]; then
         echo "== benchmark: $*"
         (cd "$ROOT" && CTUNE_BUILD_DIR=$build "$@") 2>&1 | tee "$out/benchmark.log" || status=1
@@ -156,5 +193,5 @@ run() {
 case "${1:-}" in
 fetch) fetch ;;
 run) shift; run "$@" ;;
-*) echo "usage: $0 fetch | run [benchmark command...]" >&2; exit 2 ;;
+*) echo "usage: $0 fetch | run [--no-e2e] [--no-tests] [benchmark command...]" >&2; exit 2 ;;
 esac

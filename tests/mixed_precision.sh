@@ -24,7 +24,7 @@ if ! command -v python3 > /dev/null; then
 fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cd "$work"
+cd "$work" || exit 1
 mpi="$src/scripts/mpirun.sh"
 passed=0
 failed=0

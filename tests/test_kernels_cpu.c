@@ -143,6 +143,15 @@ static void test_sum_squares(void) {
     CHECK_MSG(fabs(two - (double)ref) <= 1e-12 * (double)ref, "%.17g vs %.17g", two, (double)ref);
     CHECK(one == two); /* bitwise independent of the thread count */
     CHECK(K->sum_squares(x, 0) == 0.0 && K->sum_squares(x, 1) == (double)x[0] * x[0]);
+    /* Per block in one call: the bits of sum_squares on each block, short last block too. */
+    const size_t blocks_n = 3 * 4096 + 123, block = 4096;
+    double sums[5] = {-1, -1, -1, -1, -7};
+    K->sum_squares_blocks(x, blocks_n, block, sums);
+    for (int b = 0; b < 4; b++) {
+        size_t len = blocks_n - b * block < block ? blocks_n - b * block : block;
+        CHECK_MSG(sums[b] == K->sum_squares(x + b * block, len), "block %d", b);
+    }
+    CHECK(sums[4] == -7); /* nothing past the last block */
     free(x);
 }
 

@@ -16,6 +16,7 @@ static const kernels cpu_backend = {
     .scale = cpu_scale,
     .dropout = cpu_dropout,
     .sum_squares = cpu_sum_squares,
+    .sum_squares_blocks = cpu_sum_squares_blocks,
     .embedding_fwd = cpu_embedding_fwd,
     .embedding_bwd = cpu_embedding_bwd,
     .rmsnorm_fwd = cpu_rmsnorm_fwd,

@@ -68,6 +68,7 @@ void cpu_axpy(float *y, float alpha, const float *x, size_t n);
 void cpu_scale(float *x, float alpha, size_t n);
 void cpu_dropout(float *out, const float *x, float p, uint64_t seed, uint64_t offset, size_t n);
 double cpu_sum_squares(const float *x, size_t n);
+void cpu_sum_squares_blocks(const float *x, size_t n, size_t block, double *host_sums);
 
 /* embedding.c */
 void cpu_embedding_fwd(float *out, const float *table, const int32_t *ids, int n_tokens,

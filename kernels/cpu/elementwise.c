@@ -61,6 +61,12 @@ static double sum_squares_block(const float *x, size_t n) {
     return (acc0 + acc1) + (acc2 + acc3);
 }
 
+void cpu_sum_squares_blocks(const float *x, size_t n, size_t block, double *host_sums) {
+    size_t n_blocks = block ? (n + block - 1) / block : 0;
+    for (size_t b = 0; b < n_blocks; b++)
+        host_sums[b] = cpu_sum_squares(x + b * block, n - b * block < block ? n - b * block : block);
+}
+
 double cpu_sum_squares(const float *x, size_t n) {
     double total = 0.0;
     size_t n_blocks = (n + SUMSQ_BLOCK - 1) / SUMSQ_BLOCK;

@@ -111,3 +111,52 @@ extern "C" double cuda_sum_squares(const float *x, size_t n) {
     CUDA_CHECK(cudaFreeAsync(partial, 0));
     return fetched;
 }
+
+// Many sum_squares at once (gradient-norm blocks): CUDA block b reproduces cuda_sum_squares on
+// x[b*block, ...) operation for operation, so the bits are the same. With len <= SUMSQ_BLOCKS
+// * CUDA_THREADS every thread of the partial kernel sees at most one element, partial j is the
+// block_sum of chunk j's squares (0.0 + a == a), the partials past the last chunk are zeros,
+// and the one-block tree over SUMSQ_BLOCKS partials adds those zeros exactly; here the 256
+// threads walk the same halving tree over the same SUMSQ_BLOCKS slots.
+__global__ void sum_squares_blocks_kernel(double *sums, const float *x, size_t n, size_t block) {
+    __shared__ double scratch[CUDA_THREADS];
+    __shared__ double partial[SUMSQ_BLOCKS];
+    const size_t start = (size_t)blockIdx.x * block;
+    const size_t len = n - start < block ? n - start : block;
+    for (unsigned int j = threadIdx.x; j < SUMSQ_BLOCKS; j += blockDim.x) partial[j] = 0.0;
+    __syncthreads();
+    const unsigned int chunks = (unsigned int)((len + CUDA_THREADS - 1) / CUDA_THREADS);
+    for (unsigned int c = 0; c < chunks; c++) {
+        size_t i = (size_t)c * CUDA_THREADS + threadIdx.x;
+        double sq = i < len ? (double)x[start + i] * x[start + i] : 0.0;
+        double total = block_sum(sq, scratch);
+        if (threadIdx.x == 0) partial[c] = total;
+    }
+    __syncthreads();
+    for (unsigned int stride = SUMSQ_BLOCKS / 2; stride > 0; stride /= 2) {
+        for (unsigned int j = threadIdx.x; j < stride; j += blockDim.x) partial[j] += partial[j + stride];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) sums[blockIdx.x] = partial[0];
+}
+
+extern "C" void cuda_sum_squares_blocks(const float *x, size_t n, size_t block, double *host_sums) {
+    if (!n || !block) return;
+    const size_t n_blocks = (n + block - 1) / block;
+    if (block > (size_t)SUMSQ_BLOCKS * CUDA_THREADS || n_blocks > 0x7fffffffu) {
+        // Blocks too long to reproduce in one CUDA block: one sum_squares each (slow, exact).
+        for (size_t b = 0; b < n_blocks; b++)
+            host_sums[b] = cuda_sum_squares(x + b * block, n - b * block < block ? n - b * block : block);
+        return;
+    }
+    double *sums = NULL;
+    CUDA_CHECK(cudaMallocAsync((void **)&sums, n_blocks * sizeof(double), 0));
+    if (!sums) {
+        for (size_t b = 0; b < n_blocks; b++) host_sums[b] = NAN;
+        return;
+    }
+    sum_squares_blocks_kernel<<<(unsigned int)n_blocks, CUDA_THREADS>>>(sums, x, n, block);
+    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaMemcpy(host_sums, sums, n_blocks * sizeof(double), cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaFreeAsync(sums, 0));
+}
