@@ -35,10 +35,8 @@ COMMON = dict(rope_theta=500000.0, rms_norm_eps=1e-5, max_position_embeddings=13
               tie_word_embeddings=True, hidden_act="silu", attention_bias=False, mlp_bias=False,
               rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
                             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
-# Dense bf16 tensor-core peak of H100 SXM / H200 (the issue's reference), and their fp32
-# (no tensor cores, no TF32) peak, which bounds an fp32 run.
+# Dense bf16 tensor-core peak of H100 SXM / H200 (the issue's reference).
 PEAK_BF16 = 989e12
-PEAK_FP32 = 67e12
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 MAKE_MODEL = r"""
@@ -241,7 +239,7 @@ def flops_per_token(params, cfg, seq):
 def run_ctune(args, ctune, work, method, precision, ckpt, sampler):
     """One ctune training run. Killed (SIGKILL: SIGTERM would make it checkpoint) once its
     last step is logged, so that the final save is not waited for."""
-    tag = f"{method}-{precision}"
+    tag = f"{method}-{precision}" + ("-ckpt" if ckpt else "")  # each run its own folder and metrics
     out_dir = f"{work}/run-{tag}"
     recipe = write_recipe(f"{work}/{tag}.yaml", model=f"{work}/model", method=method,
                           data=f"{work}/data.h5", seq=args.seq, micro=args.batch,
@@ -434,27 +432,28 @@ def main():
         if cuda:
             say(f"# MFU = tokens/s x FLOPs per token / {peak / 1e12:.0f} TFLOP/s (dense bf16"
                 + (", H100/H200 SXM)" if not args.peak_tflops else ", --peak-tflops)")
-                + ("" if peak_known else " -- device not recognised, MFU against H100's peak")
-                + f"; fp32 rows also against fp32 non-tensor-core {PEAK_FP32 / 1e12:.0f} TFLOP/s")
+                + ("" if peak_known else " -- device not recognised, MFU against H100's peak"))
             say("# memory: max of nvidia-smi memory.used (sampled every 100 ms) minus the idle value "
                 "before launch, both sides (CUDA context and allocator cache included); HF also "
                 "torch.cuda.max_memory_allocated")
             say("# HF bf16 = autocast bf16, SDPA, fused AdamW; full: fp32 master weights; LoRA: base loaded "
                 "in bf16, adapters fp32 (peft default)")
+            say("# ctune bf16-mixed: bf16 GEMM operands (cuBLASLt, fp32 accumulation), fp32 master weights "
+                "and AdamW state; LoRA also runs with the other activation checkpointing setting")
         else:
             say("# MFU: n/a on CPU; memory: peak resident set (ru_maxrss) of each process")
         say("# first step: seconds from launching the process to the end of the first optimizer step")
 
-        results = {}
+        # results[method]: the ctune row the targets count, its HF peers, and for LoRA the
+        # other activation checkpointing setting (the memory it saves, the speed it costs).
+        results, extra_ctune = {}, {}
         notes = []
+        # On the GPU both sides train in bf16 (ctune bf16-mixed: bf16 GEMM operands on tensor
+        # cores, fp32 master weights); the CPU smoke run compares fp32 with fp32 (ctune's
+        # bf16-mixed on the CPU only emulates the GPU's rounding, slowly).
+        precision = "bf16-mixed" if cuda else "fp32"
         for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
-            precision = "bf16-mixed" if cuda else "fp32"
             error, estimate = ctune_plan(args, ctune, work, method, precision, False)
-            if error and "not available yet" in error:
-                notes.append(f"{method}: ctune refused precision bf16-mixed ({error.splitlines()[-1][:160]}); "
-                             f"ran fp32. The comparison that counts (bf16 vs bf16) is not available yet.")
-                precision = "fp32"
-                error, estimate = ctune_plan(args, ctune, work, method, precision, False)
             ckpt = args.activation_checkpointing == "on"
             if cuda and args.activation_checkpointing == "auto" and estimate and estimate / 2**20 > 0.9 * gpu_total:
                 ckpt = True
@@ -469,8 +468,10 @@ def main():
                     r = dict(run_ctune(args, ctune, work, method, precision, True, sampler),
                              note=f"without activation checkpointing: {r['error']}, out of memory")
                 rows.append(("ctune", r))
-            hf_precisions = (["bf16"] if precision == "bf16-mixed" else ["bf16", "fp32"]) if cuda else ["fp32"]
-            for p in hf_precisions:
+                if method == "lora":
+                    other = not r.get("ckpt")
+                    extra_ctune[method] = run_ctune(args, ctune, work, method, precision, other, sampler)
+            for p in (["bf16"] if cuda else ["fp32"]):
                 rows.append((f"transformers {info['transformers']}" + (" + peft" if method == "lora" else ""),
                              run_hf(args, work, method, p, sampler)))
             results[method] = rows
@@ -478,12 +479,12 @@ def main():
         say(f"{'method':<6} {'side':<27} {'precision':<15} {'tok/s':>9} {'MFU':>14} {'peak MiB':>9} "
             f"{'alloc MiB':>9} {'1st step s':>10}")
         for method, rows in results.items():
+            if method in extra_ctune:
+                rows = rows[:1] + [("ctune", extra_ctune[method])] + rows[1:]
             for side, r in rows:
                 mfu = "n/a"
                 if cuda and method == "full" and r.get("tok_s"):
                     mfu = f"{100 * r['tok_s'] * fpt / peak:.1f}%"
-                    if r["precision"] == "fp32":
-                        mfu += f" ({100 * r['tok_s'] * fpt / PEAK_FP32:.0f}%)"
                 elif method == "lora":
                     mfu = "-"
                 prec = r["precision"] + ("+ckpt" if r.get("ckpt") else "")
@@ -503,7 +504,6 @@ def main():
             c = rows[0][1]
             for side, h in rows[1:]:
                 hp = h["precision"]
-                same = (c["precision"] == "fp32") == (hp == "fp32")
                 label = f"{method} ctune {c['precision']} vs HF {hp}"
                 if not (c.get("tok_s") and h.get("tok_s")):
                     say(f"{label}: n/a (a side has no measurement)")
@@ -515,22 +515,28 @@ def main():
                         line += f" (x{c['mem_mib'] / h['peak_alloc_mib']:.2f} of HF's max_memory_allocated)"
                 if c.get("first_step_s") and h.get("first_step_s"):
                     line += f", time to first step x{c['first_step_s'] / h['first_step_s']:.2f}"
-                if not same:
-                    line += "  [different precisions: interim only]"
                 say(line)
+        for method, other in extra_ctune.items():
+            c = results[method][0][1]
+            on, off = (c, other) if c.get("ckpt") else (other, c)
+            line = f"{method} ctune activation checkpointing on vs off:"
+            if on.get("mem_mib") and off.get("mem_mib"):
+                line += f" peak memory {on['mem_mib']:.0f} vs {off['mem_mib']:.0f} MiB (x{on['mem_mib'] / off['mem_mib']:.2f})"
+            else:
+                line += " peak memory n/a (a run has no measurement)"
+            if on.get("tok_s") and off.get("tok_s"):
+                line += f", tokens/s x{on['tok_s'] / off['tok_s']:.2f}"
+            say(line)
         if cuda:
             say("# targets (issue 4), counted only ctune bf16-mixed vs HF bf16:")
             c = results["full"][0][1] if "full" in results else None
-            if c and c["precision"] == "bf16-mixed" and c.get("tok_s"):
+            if c and c.get("tok_s"):
                 mfu = c["tok_s"] * fpt / peak
                 say(f"  full fine-tuning MFU >= 50%: {100 * mfu:.1f}% -> {verdict(mfu >= 0.5)}")
-            elif c and c["precision"] == "bf16-mixed":
-                say("  full fine-tuning MFU >= 50%: ctune has no measurement")
             else:
-                say("  full fine-tuning MFU >= 50%: not available yet (ctune ran " +
-                    (c["precision"] if c else "nothing") + ")")
+                say("  full fine-tuning MFU >= 50%: ctune has no measurement" + ("" if c else " (not run)"))
             lora = results.get("lora")
-            if lora and lora[0][1]["precision"] == "bf16-mixed":
+            if lora:
                 c = lora[0][1]
                 h = next((r for _, r in lora[1:] if r["precision"] == "bf16"), {})
                 if c.get("tok_s") and h.get("tok_s") and c.get("mem_mib") and h.get("mem_mib"):
@@ -540,8 +546,7 @@ def main():
                 else:
                     say("  LoRA targets: a side has no measurement")
             else:
-                say("  LoRA >= 2x tokens/s, <= 0.6x peak memory: not available yet (ctune ran "
-                    + (lora[0][1]["precision"] if lora else "nothing") + ")")
+                say("  LoRA >= 2x tokens/s, <= 0.6x peak memory: LoRA not run")
         say(f"# total benchmark time {time.time() - began:.0f} s")
     finally:
         holder.cleanup()

@@ -77,6 +77,21 @@ grep -q "resumed from .*step-000010 at step 10" scaler-resumed.log && ok "resume
 cmp -s runs/scaler/final/adapter_model.safetensors runs/scaler-resumed/final/adapter_model.safetensors \
   && ok "fp16-mixed: 20 straight = 10 + 10 resumed (adapter bytes)" \
   || bad "fp16-mixed: resumed adapter differs from the straight run's"
+# A saved scale of exactly 1 is a scale too (regression: it was taken for "not fp16"): the
+# resumed run must continue the good-step count and double at step 16 as the straight run does.
+unit=(optim.loss_scale_init=1 optim.loss_scale_growth_interval=15 checkpoint.every=10)
+run unit-scale 1 lora fp16-mixed "${unit[@]}"
+CTUNE_TEST_FAIL_RANK=0 CTUNE_TEST_FAIL_STEP=11 "$ctune" train "$src/configs/tiny/lora.yaml" "${common[@]}" \
+  precision=fp16-mixed "${unit[@]}" checkpoint.output_dir=runs/unit-scale-resumed > unit-scale-stopped.log 2>&1 \
+  && bad "the test hook did not stop the scale-1 run at step 11"
+run unit-scale-resumed 1 lora fp16-mixed "${unit[@]}" checkpoint.resume=auto
+grep -q "resumed from .*step-000010 at step 10" unit-scale-resumed.log && ok "scale-1 run resumed at step 10" \
+  || bad "the scale-1 run did not resume at step 10"
+cmp -s runs/unit-scale/final/adapter_model.safetensors runs/unit-scale-resumed/final/adapter_model.safetensors \
+  && ok "fp16-mixed from scale 1: 20 straight = 10 + 10 resumed (adapter bytes)" \
+  || bad "fp16-mixed from scale 1: the resumed run lost the loss-scale state"
+grep -q '"step":16,.*"loss_scale":2' runs/unit-scale-resumed/metrics.jsonl \
+  && ok "the resumed run doubled the scale at step 16" || bad "the resumed run did not double the scale at step 16"
 # The 2-rank scaler: every rank must take the same skip decisions.
 run scaler-2r-z1 2 lora fp16-mixed "${scaler[@]}" distributed.zero_stage=1
 # ---- 5. shadow backend ----

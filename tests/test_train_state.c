@@ -157,6 +157,7 @@ static void example_meta(train_state_meta *meta, const model *m) {
     meta->optimizer_step = 198;
     meta->next_sample = 6400;
     meta->tokens_seen = (1LL << 40) + 3;
+    meta->loss_scaling = true;
     meta->loss_scale = 32768.0;
     meta->loss_scale_good_steps = 17;
     meta->wall_seconds = 12.25;
@@ -217,7 +218,7 @@ static void test_resharding(const char *root) {
     CHECK(train_state_read_meta(dir, &back, &err) == 0);
     CHECK(back.step == 200 && back.optimizer_step == 198 && back.next_sample == 6400);
     CHECK(back.tokens_seen == (1LL << 40) + 3 && back.seed == 1234 && back.loss_scale == 32768.0);
-    CHECK(back.loss_scale_good_steps == 17 && back.wall_seconds == 12.25);
+    CHECK(back.loss_scale_good_steps == 17 && back.wall_seconds == 12.25 && back.loss_scaling);
     CHECK(back.world_size == 3 && back.zero_stage == 1 && back.trainable_numel == trainable(&m));
     CHECK(back.n_keys == meta.n_keys && back.version == TRAIN_STATE_VERSION);
 
@@ -346,6 +347,14 @@ static void test_damage(const char *root) {
     snprintf(cmd, sizeof cmd, "sed -i 's/\"version\": 1/\"version\": 2/' '%s'", meta_path);
     CHECK(system(cmd) == 0);
     expect_load_error(dir, "meta.json", "version 2");
+    snprintf(cmd, sizeof cmd, "sed -i 's/\"version\": 2/\"version\": 1/; s/\"loss_scale\": [0-9.e+]*/\"loss_scale\": -1/' '%s'",
+             meta_path);
+    CHECK(system(cmd) == 0);
+    expect_load_error(dir, "meta.json", "key 'loss_scale': expected a positive finite number");
+    snprintf(cmd, sizeof cmd, "sed -i 's/\"loss_scale\": -1/\"loss_scale\": 2/; s/\"loss_scaling\": true/\"loss_scaling\": 1/' '%s'",
+             meta_path);
+    CHECK(system(cmd) == 0);
+    expect_load_error(dir, "meta.json", "key 'loss_scaling': expected true or false");
     CHECK(truncate(meta_path, 40) == 0);
     expect_load_error(dir, "meta.json", "invalid JSON");
 

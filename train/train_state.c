@@ -4,6 +4,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -189,6 +190,7 @@ int ts_write_meta(const char *path, const train_state_meta *meta, const train_st
     put_int(&b, "tokens_seen", meta->tokens_seen);
     /* A string: seeds go up to 2^63 and JSON readers hold numbers as doubles. */
     textbuf_printf(&b, "  \"seed\": \"%lld\",\n", meta->seed);
+    textbuf_printf(&b, "  \"loss_scaling\": %s,\n", meta->loss_scaling ? "true" : "false");
     textbuf_printf(&b, "  \"loss_scale\": %.17g,\n", meta->loss_scale);
     put_int(&b, "loss_scale_good_steps", meta->loss_scale_good_steps);
     textbuf_printf(&b, "  \"wall_seconds\": %.17g,\n", meta->wall_seconds);
@@ -263,6 +265,13 @@ static int parse_meta(const cJSON *root, const char *path, train_state_meta *met
         get_double(root, "loss_scale", &meta->loss_scale, path, err) ||
         get_double(root, "wall_seconds", &meta->wall_seconds, path, err))
         return -1;
+    if (!(meta->loss_scale > 0) || !isfinite(meta->loss_scale))
+        return ct_fail(err, "%s: key 'loss_scale': expected a positive finite number", path);
+    /* Absent in states written before fp16 loss scaling existed: those never scaled. */
+    const cJSON *scaling = cJSON_GetObjectItemCaseSensitive(root, "loss_scaling");
+    if (scaling && !cJSON_IsBool(scaling))
+        return ct_fail(err, "%s: key 'loss_scaling': expected true or false", path);
+    meta->loss_scaling = cJSON_IsTrue(scaling);
     meta->step = (long)v[1];
     meta->optimizer_step = (long)v[2];
     meta->next_sample = v[3];

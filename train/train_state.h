@@ -49,6 +49,7 @@ typedef struct train_state_meta {
     long long next_sample;       /* sampler position: global index of the next sample */
     long long tokens_seen;       /* loss tokens trained on so far */
     long long seed;              /* the recipe's train.seed (also among the fixed keys) */
+    bool loss_scaling;           /* the run that wrote it scaled its loss (fp16-mixed) */
     double loss_scale;           /* fp16-mixed dynamic loss scale; 1 otherwise */
     long loss_scale_good_steps;  /* steps since the scale last changed */
     double wall_seconds;         /* training time spent before this checkpoint */

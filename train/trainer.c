@@ -324,6 +324,7 @@ static int write_checkpoint(run *x, int step, const run_summary *s, ct_error *er
     meta.seed = r->train.seed;
     meta.wall_seconds = s->wall_seconds;
     meta.zero_stage = x->opt.stage;
+    meta.loss_scaling = x->scaler.enabled;
     meta.loss_scale = x->scaler.scale;
     meta.loss_scale_good_steps = x->scaler.good_steps;
     /* ZeRO-0 replicates the moments: each rank still writes an even slice, in parallel. */
@@ -363,9 +364,9 @@ static int resume_run(run *x, ct_error *err) {
         return -1;
     x->opt.adam.step = meta.optimizer_step;
     model_weights_changed(&x->m, true);
-    /* fp16 continues the checkpoint's loss scale; a checkpoint of an fp32/bf16 run has scale 1
-     * and then the recipe's first scale applies. */
-    if (x->scaler.enabled && meta.loss_scale != 1.0) {
+    /* fp16 continues the checkpoint's loss scale; after an fp32/bf16 checkpoint the recipe's
+     * first scale applies. */
+    if (x->scaler.enabled && meta.loss_scaling) {
         x->scaler.scale = meta.loss_scale;
         x->scaler.good_steps = meta.loss_scale_good_steps;
     }
