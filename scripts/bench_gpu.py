@@ -381,7 +381,8 @@ def main():
                     help="ctune's; auto: on when its --dry-run estimate exceeds 90%% of the GPU")
     ap.add_argument("--run-timeout", type=float, default=200, help="seconds per training run")
     ap.add_argument("--peak-tflops", type=float, help="bf16 dense peak for MFU (default: H100/H200 989)")
-    ap.add_argument("--out", help="raw output file (default docs/benchmarks/gpu-<device>-YYYYMMDD.txt)")
+    ap.add_argument("--out", help="raw output file (default gpu-<device>-YYYYMMDD.txt in $OUT if set, "
+                                  "else in docs/benchmarks/)")
     ap.add_argument("--work-dir", help="where the model and data go (default: a temporary folder)")
     args = ap.parse_args()
     if args.warmup < 1 or args.steps < 1:
@@ -390,7 +391,8 @@ def main():
     cfg = dict(PRESETS[args.preset], **COMMON)
     cuda = args.device == "cuda"
     name = device_name(args)
-    out = args.out or os.path.join(root, "docs", "benchmarks",
+    # On the device machine only $OUT comes back: the raw file goes there when it is set.
+    out = args.out or os.path.join(os.environ.get("OUT") or os.path.join(root, "docs", "benchmarks"),
                                    f"gpu-{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}-{time.strftime('%Y%m%d')}.txt")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     say = Tee(out)

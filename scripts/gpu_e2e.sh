@@ -8,7 +8,7 @@
 #                steps within 3%. CPU bf16-mixed / fp16-mixed (which round as the GPU does)
 #                vs the GPU's: the first 20 steps within 1e-2, then 10-step means within 10%,
 #                the last 20 within 5%. GPU bf16-mixed and fp16-mixed vs CPU fp32: 10-step
-#                means within 10%, the last 20 within 5%.
+#                means within 12%, the last 20 within 10%.
 #   b. resume    on the GPU, full bf16-mixed and LoRA fp16-mixed (loss scale in the state):
 #                stopped after the checkpoint at steps/2 and resumed = straight, byte for byte.
 #   c. ranks     on the GPU, 1 rank vs 2 ranks sharing it (distributed.backend mpi: the
@@ -22,9 +22,10 @@
 # 1.4%, the last 20 steps within 1.1%. The GPU sums in other orders everywhere (forward too),
 # so it starts further apart (~1e-7): 1e-4 over 20 steps, 5% and 3% after leave >= 3x. The
 # same regrouping under bf16-mixed moves the first 20 steps by 2e-4 (a flipped 16-bit
-# rounding changes a value by 2^-8), hence 1e-2. Against fp32, bf16 is another trajectory:
-# CPU bf16-mixed / fp16-mixed vs CPU fp32 differ per step by up to 13%, in 10-step means by
-# up to 5.2%, in the last 20 steps by up to 3.6%: 10% and 5% are about twice that.
+# rounding changes a value by 2^-8), hence 1e-2. Against fp32, 16-bit training is another
+# trajectory (and a LoRA base kept in 16 bits another model): CPU bf16-mixed / fp16-mixed vs
+# CPU fp32 differ per step by up to 13%, in 10-step means by up to 6.0%, in the last 20 steps
+# by up to 5.1%: 12% and 10% are about twice that.
 #
 #   scripts/gpu_e2e.sh [--cpu-only] [--steps N] [--ctune PATH] [--jobs N] [--run-timeout S]
 #                      [--time-limit S] [--global-batch N]
@@ -145,7 +146,7 @@ per_step() {
     NR == FNR { ref[$1] = $2; next }
     { got[$1] = $2 }
     END {
-      worst = 0; at = 0; missing = 0
+      worst = 0; at = 1; missing = 0
       for (s = 1; s <= n; s++) {
         if (!(s in ref) || !(s in got)) { missing++; continue }
         d = got[s] - ref[s]; if (d < 0) d = -d
@@ -168,7 +169,7 @@ curve() {
     NR == FNR { ref[$1] = $2; next }
     { got[$1] = $2 }
     END {
-      worst = 0; at = 0; missing = 0
+      worst = 0; at = 1; missing = 0
       for (s = 1; s <= n; s++) if (!(s in ref) || !(s in got)) missing++
       if (missing) { printf "bad %d of %d steps missing\n", missing, n; exit }
       for (w = 1; w + 9 <= n; w += 10) {
@@ -281,7 +282,7 @@ for method in lora full; do
   if [ "$cpu_only" = 1 ]; then
     skip "$method: CPU fp32 vs GPU fp32, CPU vs GPU bf16-mixed/fp16-mixed (no GPU: --cpu-only)"
     for precision in bf16-mixed fp16-mixed; do
-      curve "cpu-$method-fp32" "cpu-$method-$precision" 0.10 0.05 \
+      curve "cpu-$method-fp32" "cpu-$method-$precision" 0.12 0.10 \
         "$method: CPU $precision vs CPU fp32 (the bound GPU $precision must meet)"
     done
     continue
@@ -294,7 +295,7 @@ for method in lora full; do
     finished "gpu-$method-$precision" || continue
     per_step "cpu-$method-$precision" "gpu-$method-$precision" 1e-2 "$method: GPU $precision vs CPU $precision, per step"
     curve "cpu-$method-$precision" "gpu-$method-$precision" 0.10 0.05 "$method: GPU $precision vs CPU $precision, curve"
-    curve "cpu-$method-fp32" "gpu-$method-$precision" 0.10 0.05 "$method: GPU $precision vs CPU fp32, curve"
+    curve "cpu-$method-fp32" "gpu-$method-$precision" 0.12 0.10 "$method: GPU $precision vs CPU fp32, curve"
   done
 done
 

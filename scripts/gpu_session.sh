@@ -180,7 +180,7 @@ run() {
             --steps "${CTUNE_E2E_STEPS:-200}" --time-limit "$left" 2>&1 | tee "$out/e2e.log" ||
             e2e_status=${PIPESTATUS[0]}
         [ "$e2e_status" = 0 ] || status=1
-        [ "$e2e_status" = 124 ] && echo "gpu_e2e.sh: killed after $((left + 60)) s"
+        if [ "$e2e_status" = 124 ]; then echo "gpu_e2e.sh: killed after $((left + 60)) s"; fi
     fi
     if [ $# -gt 0 ]; then
         echo "== benchmark: $*"

@@ -483,9 +483,12 @@ static int train_loop(run *x, run_summary *summary, ct_error *err) {
             char scale[64] = "";
             if (x->scaler.enabled)
                 snprintf(scale, sizeof scale, " | loss scale %g%s", loss_scale, skipped ? " (overflow: step skipped)" : "");
-            printf("step %*d/%d | loss %.4f | lr %.3e | grad_norm %.3f%s | %.0f tok/s | eta %s\n",
+            char norm[32];
+            if (skipped) snprintf(norm, sizeof norm, "overflow");
+            else snprintf(norm, sizeof norm, "%.3f", grad_norm);
+            printf("step %*d/%d | loss %.4f | lr %.3e | grad_norm %s%s | %.0f tok/s | eta %s\n",
                    (int)snprintf(NULL, 0, "%d", r->train.max_steps), step + 1, r->train.max_steps,
-                   last_loss, lr, grad_norm, scale, tok_s, eta);
+                   last_loss, lr, norm, scale, tok_s, eta);
             fflush(stdout);
         }
         if (log_now) {
