@@ -202,6 +202,29 @@ static void test_elementwise(void) {
         check_status("sum_squares");
         CHECK_MSG(fabs(got - want) <= 1e-12 * want, "sum_squares n %zu: %.17g vs %.17g", n, got,
                   want);
+        /* Blocked (gradient norms): the bits of the GPU's own sum_squares on every block, short
+         * last block included, and close to the CPU's; nothing written past the last block. */
+        const size_t blocks[] = {1, 255, 4096, 131072};
+        for (size_t bi = 0; bi < sizeof blocks / sizeof blocks[0]; bi++) {
+            const size_t block = blocks[bi], n_blocks = (n + block - 1) / block;
+            double *sums = malloc((n_blocks + 1) * sizeof(double)), *cpu = malloc((n_blocks + 1) * sizeof(double));
+            sums[n_blocks] = cpu[n_blocks] = -7.0;
+            G->sum_squares_blocks(dsq, n, block, sums);
+            C->sum_squares_blocks(sq, n, block, cpu);
+            check_status("sum_squares_blocks");
+            int same = 0, close = 0;
+            for (size_t b = 0; b < n_blocks; b++) {
+                size_t len = n - b * block < block ? n - b * block : block;
+                same += sums[b] == G->sum_squares(dsq + b * block, len);
+                close += fabs(sums[b] - cpu[b]) <= 1e-12 * cpu[b];
+                if (n_blocks > 64 && b == 31) b = n_blocks - 33; /* first and last 32 blocks */
+            }
+            int checked = n_blocks > 64 ? 64 : (int)n_blocks;
+            CHECK_MSG(same == checked && close == checked && sums[n_blocks] == -7.0,
+                      "sum_squares_blocks n %zu block %zu: %d/%d same bits, %d close", n, block, same, checked, close);
+            free(sums);
+            free(cpu);
+        }
         G->release(da);
         G->release(db);
         G->release(dout);
