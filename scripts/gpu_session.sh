@@ -9,7 +9,7 @@
 #   scripts/gpu_session.sh run [--no-e2e] [--no-tests] [cmd...]
 #                                     THERE (carry build-debs): unpacks every .deb into a
 #                                     private prefix (never into /), configures and builds
-#                                     ctune against it, runs `ctest -L gpu`, test_model and
+#                                     ctune against it, runs `ctest -L gpu`, test_model(_mixed) and
 #                                     test_pack, then scripts/gpu_e2e.sh (the tiny runs: GPU
 #                                     vs CPU loss curves, resume, rank counts; --no-e2e skips
 #                                     it, --no-tests skips every test), then the optional
@@ -165,8 +165,8 @@ run() {
     if [ "$tests" = 1 ]; then
         echo "== ctest -L gpu"
         (cd "$build" && ctest -L gpu --output-on-failure) 2>&1 | tee "$out/ctest_gpu.log" || status=1
-        echo "== test_model, test_pack (their CUDA passes run where a GPU is usable)"
-        (cd "$build" && ctest -R '^(test_model|test_pack)$' --output-on-failure) 2>&1 |
+        echo "== test_model, test_model_mixed, test_pack (their CUDA passes run where a GPU is usable)"
+        (cd "$build" && ctest -R '^(test_model|test_model_mixed|test_pack)$' --output-on-failure) 2>&1 |
             tee "$out/ctest_model.log" || status=1
         echo "== tests done after $((SECONDS - started)) s"
     fi

@@ -12,81 +12,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/cuda/cuda_status.h"
-#include "kernels/kernels.h"
-#include "tests/check.h"
+#include "tests/kernel_compare.h"
 
 static const kernels *C; /* the CPU reference */
 static const kernels *G; /* the CUDA backend */
-static uint64_t rng_state;
-
-static void seed(uint64_t s) { rng_state = s * 0x9E3779B97F4A7C15ull + 1; }
-static uint64_t next_u64(void) {
-    rng_state ^= rng_state << 13, rng_state ^= rng_state >> 7, rng_state ^= rng_state << 17;
-    return rng_state;
-}
-static float urand(float lo, float hi) {
-    return lo + (hi - lo) * (float)((next_u64() >> 40) * 0x1p-24);
-}
-static float *host_rand(size_t n, float lo, float hi) {
-    float *x = malloc((n ? n : 1) * sizeof(float));
-    for (size_t i = 0; i < n; i++) x[i] = urand(lo, hi);
-    return x;
-}
-static float *host_nan(size_t n) {
-    float *x = malloc((n ? n : 1) * sizeof(float));
-    for (size_t i = 0; i < n; i++) x[i] = NAN;
-    return x;
-}
-static float *host_copy(const float *x, size_t n) {
-    float *y = malloc((n ? n : 1) * sizeof(float));
-    memcpy(y, x, n * sizeof(float));
-    return y;
-}
-static void *dev_from(const void *host, size_t bytes) {
-    void *d = G->alloc(bytes);
-    if (d && bytes) G->upload(d, host, bytes);
-    return d;
-}
-static float *dev_nan(size_t n) {
-    float *h = host_nan(n), *d = dev_from(h, n * sizeof(float));
-    free(h);
-    return d;
-}
-
-/* The backend's error state must be clean after every op. */
-static void check_status(const char *what) {
-    ct_error err = {{0}};
-    int rc = kernels_cuda_status(&err);
-    CHECK_MSG(rc == 0, "%s: %s", what, err.msg);
-}
-
-/* ||dev - ref|| / ||ref|| < tol (NaN anywhere fails); ref all zero: max |dev| <= tol. */
-static void compare(const char *what, const float *dev, const float *ref, size_t n, double tol) {
-    float *got = malloc((n ? n : 1) * sizeof(float));
-    G->download(got, dev, n * sizeof(float));
-    check_status(what);
-    double diff = 0.0, norm = 0.0;
-    size_t first_bad = n;
-    for (size_t i = 0; i < n; i++) {
-        double e = (double)got[i] - ref[i];
-        if (!isfinite(got[i]) && first_bad == n) first_bad = i;
-        diff += e * e;
-        norm += (double)ref[i] * ref[i];
-    }
-    double rel = norm > 0 ? sqrt(diff / norm) : sqrt(diff);
-    CHECK_MSG(first_bad == n && rel < tol, "%s: n %zu rel err %.3g (tol %g)%s%zu", what, n, rel,
-              tol, first_bad < n ? ", first non-finite at " : "", first_bad < n ? first_bad : 0);
-    free(got);
-}
-
-static void compare_exact(const char *what, const void *dev, const void *ref, size_t bytes) {
-    unsigned char *got = malloc(bytes ? bytes : 1);
-    G->download(got, dev, bytes);
-    check_status(what);
-    CHECK_MSG(memcmp(got, ref, bytes) == 0, "%s: %zu bytes differ from the CPU", what, bytes);
-    free(got);
-}
 
 /* ------------------------------------------------------------------ memory */
 static void test_memory(void) {
@@ -104,20 +33,20 @@ static void test_memory(void) {
 
     float *x = host_rand(n, -1, 1), *ref = host_copy(x, n);
     G->upload(d, x, n * sizeof(float));
-    compare_exact("upload/download", d, x, n * sizeof(float));
+    compare_exact(G, "upload/download", d, x, n * sizeof(float));
     /* Overlapping copies have memmove semantics, as on the CPU. */
     C->copy(ref + 10, ref, 500 * sizeof(float));
     G->copy(d + 10, d, 500 * sizeof(float));
-    compare_exact("copy overlapping forward", d, ref, n * sizeof(float));
+    compare_exact(G, "copy overlapping forward", d, ref, n * sizeof(float));
     C->copy(ref, ref + 7, 600 * sizeof(float));
     G->copy(d, d + 7, 600 * sizeof(float));
-    compare_exact("copy overlapping backward", d, ref, n * sizeof(float));
-    float *d2 = dev_nan(n);
+    compare_exact(G, "copy overlapping backward", d, ref, n * sizeof(float));
+    float *d2 = dev_nan(G, n);
     G->copy(d2, d, n * sizeof(float));
-    compare_exact("copy", d2, ref, n * sizeof(float));
+    compare_exact(G, "copy", d2, ref, n * sizeof(float));
     C->zero(ref + 3, 100 * sizeof(float));
     G->zero(d2 + 3, 100 * sizeof(float));
-    compare_exact("zero", d2, ref, n * sizeof(float));
+    compare_exact(G, "zero", d2, ref, n * sizeof(float));
     G->release(d);
     G->release(d2);
     free(x);
@@ -133,14 +62,12 @@ static void gemm_case(bool ta, bool tb, int m, int n, int k, int pad, float alph
     float *a = host_rand(a_n, -1, 1), *b = host_rand(b_n, -1, 1);
     /* beta == 0: C starts as NaN on both backends and must not be read. */
     float *c = beta == 0.0f ? host_nan(c_n) : host_rand(c_n, -1, 1);
-    float *da = dev_from(a, a_n * sizeof(float)), *db = dev_from(b, b_n * sizeof(float));
-    float *dc = dev_from(c, c_n * sizeof(float));
+    float *da = dev_from(G, a, a_n * sizeof(float)), *db = dev_from(G, b, b_n * sizeof(float));
+    float *dc = dev_from(G, c, c_n * sizeof(float));
     C->gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     G->gemm(ta, tb, m, n, k, alpha, da, lda, db, ldb, beta, dc, ldc);
     /* Padding columns are never written: compare the m x n block only. */
-    float *got = malloc(c_n * sizeof(float));
-    G->download(got, dc, c_n * sizeof(float));
-    check_status("gemm");
+    float *got = download_checked(G, "gemm", dc, c_n * sizeof(float));
     double diff = 0, norm = 0;
     int finite = 1;
     for (int i = 0; i < m; i++)
@@ -182,22 +109,22 @@ static void test_elementwise(void) {
     for (int s = 0; s < 3; s++) {
         const size_t n = sizes[s], bytes = n * sizeof(float);
         float *a = host_rand(n, -2, 2), *b = host_rand(n, -2, 2), *out = host_nan(n);
-        float *da = dev_from(a, bytes), *db = dev_from(b, bytes), *dout = dev_nan(n);
+        float *da = dev_from(G, a, bytes), *db = dev_from(G, b, bytes), *dout = dev_nan(G, n);
         C->add(out, a, b, n);
         G->add(dout, da, db, n);
-        compare("add", dout, out, n, 1e-7);
+        compare(G, "add", dout, out, n, 1e-7);
         float *ref = host_copy(a, n);
         C->add(ref, ref, b, n); /* aliased output */
         G->add(da, da, db, n);
-        compare("add aliased", da, ref, n, 1e-7);
+        compare(G, "add aliased", da, ref, n, 1e-7);
         C->axpy(ref, -0.37f, b, n);
         G->axpy(da, -0.37f, db, n);
-        compare("axpy", da, ref, n, 1e-7);
+        compare(G, "axpy", da, ref, n, 1e-7);
         C->scale(ref, 1.9f, n);
         G->scale(da, 1.9f, n);
-        compare("scale", da, ref, n, 1e-7);
+        compare(G, "scale", da, ref, n, 1e-7);
 
-        float *sq = host_rand(n, -3, 3), *dsq = dev_from(sq, bytes);
+        float *sq = host_rand(n, -3, 3), *dsq = dev_from(G, sq, bytes);
         double want = C->sum_squares(sq, n), got = G->sum_squares(dsq, n);
         check_status("sum_squares");
         CHECK_MSG(fabs(got - want) <= 1e-12 * want, "sum_squares n %zu: %.17g vs %.17g", n, got,
@@ -246,12 +173,12 @@ static void test_dropout(void) {
     for (int c = 0; c < 6; c++) {
         const size_t n = cases[c].n, bytes = n * sizeof(float);
         float *x = host_rand(n, -2, 2), *out = host_nan(n);
-        float *dx = dev_from(x, bytes), *dout = dev_nan(n);
+        float *dx = dev_from(G, x, bytes), *dout = dev_nan(G, n);
         C->dropout(out, x, cases[c].p, cases[c].seed, cases[c].offset, n);
         G->dropout(dout, dx, cases[c].p, cases[c].seed, cases[c].offset, n);
         char what[96];
         snprintf(what, sizeof what, "dropout n %zu p %g", n, cases[c].p);
-        compare_exact(what, dout, out, bytes); /* same mask, same division: same bits */
+        compare_exact(G, what, dout, out, bytes); /* same mask, same division: same bits */
         G->release(dx);
         G->release(dout);
         free(x);
@@ -270,16 +197,16 @@ static void test_embedding(void) {
         for (int t = 0; t < n_tokens; t++) ids[t] = (int32_t)(next_u64() % (uint64_t)vocab);
         if (n_tokens > 3) ids[3] = ids[1]; /* a repeated id accumulates twice */
         float *table = host_rand(table_n, -1, 1), *out = host_nan(out_n);
-        int32_t *dids = dev_from(ids, n_tokens * sizeof(int32_t));
-        float *dtable = dev_from(table, table_n * sizeof(float)), *dout = dev_nan(out_n);
+        int32_t *dids = dev_from(G, ids, n_tokens * sizeof(int32_t));
+        float *dtable = dev_from(G, table, table_n * sizeof(float)), *dout = dev_nan(G, out_n);
         C->embedding_fwd(out, table, ids, n_tokens, hidden);
         G->embedding_fwd(dout, dtable, dids, n_tokens, hidden);
-        compare_exact("embedding_fwd", dout, out, out_n * sizeof(float));
+        compare_exact(G, "embedding_fwd", dout, out, out_n * sizeof(float));
 
-        float *grad = host_rand(out_n, -1, 1), *dgrad = dev_from(grad, out_n * sizeof(float));
+        float *grad = host_rand(out_n, -1, 1), *dgrad = dev_from(G, grad, out_n * sizeof(float));
         C->embedding_bwd(table, grad, ids, n_tokens, hidden); /* accumulates onto the table */
         G->embedding_bwd(dtable, dgrad, dids, n_tokens, hidden);
-        compare("embedding_bwd", dtable, table, table_n, 1e-6);
+        compare(G, "embedding_bwd", dtable, table, table_n, 1e-6);
         G->release(dids);
         G->release(dtable);
         G->release(dout);
@@ -300,27 +227,27 @@ static void test_rmsnorm(void) {
         const size_t n = (size_t)rows * dim, bytes = n * sizeof(float);
         float *x = host_rand(n, -2, 2), *w = host_rand(dim, 0.5f, 1.5f);
         float *out = host_nan(n), *rstd = host_nan(rows);
-        float *dx_ = dev_from(x, bytes), *dw = dev_from(w, dim * sizeof(float));
-        float *dout = dev_nan(n), *drstd = dev_nan(rows);
+        float *dx_ = dev_from(G, x, bytes), *dw = dev_from(G, w, dim * sizeof(float));
+        float *dout = dev_nan(G, n), *drstd = dev_nan(G, rows);
         C->rmsnorm_fwd(out, rstd, x, w, rows, dim, 1e-5f);
         G->rmsnorm_fwd(dout, drstd, dx_, dw, rows, dim, 1e-5f);
-        compare("rmsnorm_fwd out", dout, out, n, 1e-6);
-        compare("rmsnorm_fwd rstd", drstd, rstd, rows, 1e-6);
+        compare(G, "rmsnorm_fwd out", dout, out, n, 1e-6);
+        compare(G, "rmsnorm_fwd rstd", drstd, rstd, rows, 1e-6);
 
         float *gy = host_rand(n, -1, 1), *gx = host_nan(n), *gw = host_rand(dim, -1, 1);
-        float *dgy = dev_from(gy, bytes), *dgx = dev_nan(n);
-        float *dgw = dev_from(gw, dim * sizeof(float));
+        float *dgy = dev_from(G, gy, bytes), *dgx = dev_nan(G, n);
+        float *dgw = dev_from(G, gw, dim * sizeof(float));
         /* The backward reads the CPU's rstd on both sides, so only the backward is compared. */
         G->upload(drstd, rstd, rows * sizeof(float));
         C->rmsnorm_bwd(gx, gw, gy, x, w, rstd, rows, dim);
         G->rmsnorm_bwd(dgx, dgw, dgy, dx_, dw, drstd, rows, dim);
-        compare("rmsnorm_bwd dx", dgx, gx, n, 1e-5);
-        compare("rmsnorm_bwd dweight (accumulated)", dgw, gw, dim, 1e-5);
+        compare(G, "rmsnorm_bwd dx", dgx, gx, n, 1e-5);
+        compare(G, "rmsnorm_bwd dweight (accumulated)", dgw, gw, dim, 1e-5);
         float *gx2 = host_nan(n);
         G->upload(dgx, gx2, bytes);
         C->rmsnorm_bwd(gx2, NULL, gy, x, w, rstd, rows, dim);
         G->rmsnorm_bwd(dgx, NULL, dgy, dx_, dw, drstd, rows, dim); /* frozen weight */
-        compare("rmsnorm_bwd dx (dweight NULL)", dgx, gx2, n, 1e-5);
+        compare(G, "rmsnorm_bwd dx (dweight NULL)", dgx, gx2, n, 1e-5);
         void *dev[] = {dx_, dw, dout, drstd, dgy, dgx, dgw};
         for (int i = 0; i < 7; i++) G->release(dev[i]);
         float *host[] = {x, w, out, rstd, gy, gx, gw, gx2};
@@ -340,16 +267,16 @@ static void test_rope(void) {
         float *inv_freq = malloc((d / 2) * sizeof(float));
         for (int j = 0; j < d / 2; j++) inv_freq[j] = powf(500000.0f, -2.0f * j / d);
         float *x = host_rand(n, -2, 2);
-        float *dxv = dev_from(x, bytes), *dinv = dev_from(inv_freq, (d / 2) * sizeof(float));
-        int32_t *dpos = dev_from(pos, tokens * sizeof(int32_t));
+        float *dxv = dev_from(G, x, bytes), *dinv = dev_from(G, inv_freq, (d / 2) * sizeof(float));
+        int32_t *dpos = dev_from(G, pos, tokens * sizeof(int32_t));
         C->rope_fwd(x, pos, inv_freq, tokens, heads, d);
         G->rope_fwd(dxv, dpos, dinv, tokens, heads, d);
-        compare("rope_fwd", dxv, x, n, 1e-5);
+        compare(G, "rope_fwd", dxv, x, n, 1e-5);
         float *g = host_rand(n, -1, 1);
         G->upload(dxv, g, bytes);
         C->rope_bwd(g, pos, inv_freq, tokens, heads, d);
         G->rope_bwd(dxv, dpos, dinv, tokens, heads, d);
-        compare("rope_bwd", dxv, g, n, 1e-5);
+        compare(G, "rope_bwd", dxv, g, n, 1e-5);
         G->release(dxv);
         G->release(dinv);
         G->release(dpos);
@@ -368,16 +295,16 @@ static void test_swiglu(void) {
         const size_t n = sizes[s], bytes = n * sizeof(float);
         float *gate = host_rand(n, -6, 6), *up = host_rand(n, -2, 2), *gy = host_rand(n, -1, 1);
         float *out = host_nan(n), *dgate = host_nan(n), *dup = host_nan(n);
-        float *d_gate = dev_from(gate, bytes), *d_up = dev_from(up, bytes);
-        float *d_gy = dev_from(gy, bytes), *d_out = dev_nan(n), *d_dgate = dev_nan(n),
-              *d_dup = dev_nan(n);
+        float *d_gate = dev_from(G, gate, bytes), *d_up = dev_from(G, up, bytes);
+        float *d_gy = dev_from(G, gy, bytes), *d_out = dev_nan(G, n), *d_dgate = dev_nan(G, n),
+              *d_dup = dev_nan(G, n);
         C->swiglu_fwd(out, gate, up, n);
         G->swiglu_fwd(d_out, d_gate, d_up, n);
-        compare("swiglu_fwd", d_out, out, n, 1e-6);
+        compare(G, "swiglu_fwd", d_out, out, n, 1e-6);
         C->swiglu_bwd(dgate, dup, gy, gate, up, n);
         G->swiglu_bwd(d_dgate, d_dup, d_gy, d_gate, d_up, n);
-        compare("swiglu_bwd dgate", d_dgate, dgate, n, 1e-6);
-        compare("swiglu_bwd dup", d_dup, dup, n, 1e-6);
+        compare(G, "swiglu_bwd dgate", d_dgate, dgate, n, 1e-6);
+        compare(G, "swiglu_bwd dup", d_dup, dup, n, 1e-6);
         void *dev[] = {d_gate, d_up, d_gy, d_out, d_dgate, d_dup};
         for (int i = 0; i < 6; i++) G->release(dev[i]);
         float *host[] = {gate, up, gy, out, dgate, dup};
@@ -386,84 +313,52 @@ static void test_swiglu(void) {
 }
 
 /* ------------------------------------------------------------------ attention */
-typedef struct attn_case {
-    int batch, seq, n_heads, n_kv, d;
-    int doc_len; /* 0: no doc_ids; else documents of random length 1..doc_len */
-} attn_case;
-
 static void attention_case(const attn_case *tc) {
     const int batch = tc->batch, seq = tc->seq, nh = tc->n_heads, nkv = tc->n_kv, d = tc->d;
-    const size_t tokens = (size_t)batch * seq, q_n = tokens * nh * d, kv_n = tokens * nkv * d;
-    const size_t lse_n = (size_t)batch * nh * seq;
-    const float scale = 1.0f / sqrtf((float)d);
-    float *q = host_rand(q_n, -2, 2), *k = host_rand(kv_n, -2, 2), *v = host_rand(kv_n, -1, 1);
-    int32_t *doc = NULL, *d_doc = NULL;
-    if (tc->doc_len) {
-        doc = malloc(tokens * sizeof(int32_t));
-        for (int b = 0; b < batch; b++) {
-            int id = 0, left = 0;
-            for (int s = 0; s < seq; s++) {
-                if (left == 0) id++, left = 1 + (int)(next_u64() % (uint64_t)tc->doc_len);
-                doc[(size_t)b * seq + s] = id;
-                left--;
-            }
-        }
-        d_doc = dev_from(doc, tokens * sizeof(int32_t));
-    }
-    float *out = host_nan(q_n), *lse = host_nan(lse_n);
-    float *dq_ = dev_from(q, q_n * sizeof(float)), *dk_ = dev_from(k, kv_n * sizeof(float));
-    float *dv_ = dev_from(v, kv_n * sizeof(float)), *d_out = dev_nan(q_n), *d_lse = dev_nan(lse_n);
+    attn_problem p = attn_problem_make(G, tc);
+    const size_t q_n = p.q_n, kv_n = p.kv_n;
     char what[160];
     const int len = snprintf(what, sizeof what, "attention b %d seq %d heads %d/%d d %d docs %d: ",
                              batch, seq, nh, nkv, d, tc->doc_len);
-    C->attention_fwd(out, lse, q, k, v, doc, batch, seq, nh, nkv, d, scale);
-    G->attention_fwd(d_out, d_lse, dq_, dk_, dv_, d_doc, batch, seq, nh, nkv, d, scale);
+    C->attention_fwd(p.out, p.lse, p.q, p.k, p.v, p.doc, batch, seq, nh, nkv, d, p.scale);
+    G->attention_fwd(p.d_out, p.d_lse, p.d_q, p.d_k, p.d_v, p.d_doc, batch, seq, nh, nkv, d,
+                     p.scale);
     snprintf(what + len, sizeof what - len, "out");
-    compare(what, d_out, out, q_n, 1e-5);
+    compare(G, what, p.d_out, p.out, q_n, 1e-5);
     snprintf(what + len, sizeof what - len, "lse");
-    compare(what, d_lse, lse, lse_n, 1e-5);
+    compare(G, what, p.d_lse, p.lse, p.lse_n, 1e-5);
 
-    /* The backward on both sides from the CPU's out and lse, so it is compared alone. */
-    float *gy = host_rand(q_n, -1, 1), *gq = host_nan(q_n), *gk = host_nan(kv_n),
-          *gv = host_nan(kv_n);
-    float *d_gy = dev_from(gy, q_n * sizeof(float)), *d_gq = dev_nan(q_n), *d_gk = dev_nan(kv_n),
-          *d_gv = dev_nan(kv_n);
-    G->upload(d_out, out, q_n * sizeof(float));
-    G->upload(d_lse, lse, lse_n * sizeof(float));
-    C->attention_bwd(gq, gk, gv, gy, q, k, v, out, lse, doc, batch, seq, nh, nkv, d, scale);
-    G->attention_bwd(d_gq, d_gk, d_gv, d_gy, dq_, dk_, dv_, d_out, d_lse, d_doc, batch, seq, nh,
-                     nkv, d, scale);
+    attn_problem_upload_cpu_forward(G, &p);
+    C->attention_bwd(p.gq, p.gk, p.gv, p.gy, p.q, p.k, p.v, p.out, p.lse, p.doc, batch, seq, nh,
+                     nkv, d, p.scale);
+    G->attention_bwd(p.d_gq, p.d_gk, p.d_gv, p.d_gy, p.d_q, p.d_k, p.d_v, p.d_out, p.d_lse,
+                     p.d_doc, batch, seq, nh, nkv, d, p.scale);
     /* One token: softmax is constant, dq and dk are 0 up to rounding noise on both sides, so
      * they are compared with zero (absolutely, at 1e-5 of dv's size), not with each other. */
     double dv_norm = 0.0;
-    for (size_t i = 0; i < kv_n; i++) dv_norm += (double)gv[i] * gv[i];
+    for (size_t i = 0; i < kv_n; i++) dv_norm += (double)p.gv[i] * p.gv[i];
     if (seq == 1) {
-        for (size_t i = 0; i < q_n; i++) gq[i] = 0.0f;
-        for (size_t i = 0; i < kv_n; i++) gk[i] = 0.0f;
+        for (size_t i = 0; i < q_n; i++) p.gq[i] = 0.0f;
+        for (size_t i = 0; i < kv_n; i++) p.gk[i] = 0.0f;
     }
     const double dqk_tol = seq == 1 ? 1e-5 * (sqrt(dv_norm) + 1.0) : 1e-5;
     snprintf(what + len, sizeof what - len, "dq");
-    compare(what, d_gq, gq, q_n, dqk_tol);
+    compare(G, what, p.d_gq, p.gq, q_n, dqk_tol);
     snprintf(what + len, sizeof what - len, "dk");
-    compare(what, d_gk, gk, kv_n, dqk_tol);
+    compare(G, what, p.d_gk, p.gk, kv_n, dqk_tol);
     snprintf(what + len, sizeof what - len, "dv");
-    compare(what, d_gv, gv, kv_n, 1e-5);
+    compare(G, what, p.d_gv, p.gv, kv_n, 1e-5);
 
     /* No atomics: a second run gives the same bits. */
-    float *again = dev_nan(q_n), *first = malloc(q_n * sizeof(float));
-    G->download(first, d_gq, q_n * sizeof(float));
-    G->attention_bwd(again, d_gk, d_gv, d_gy, dq_, dk_, dv_, d_out, d_lse, d_doc, batch, seq, nh,
-                     nkv, d, scale);
+    snprintf(what + len, sizeof what - len, "dq download");
+    float *first = download_checked(G, what, p.d_gq, q_n * sizeof(float)), *again = dev_nan(G, q_n);
+    G->attention_bwd(again, p.d_gk, p.d_gv, p.d_gy, p.d_q, p.d_k, p.d_v, p.d_out, p.d_lse,
+                     p.d_doc, batch, seq, nh, nkv, d, p.scale);
     snprintf(what + len, sizeof what - len, "dq repeats bitwise");
-    compare_exact(what, again, first, q_n * sizeof(float));
+    compare_exact(G, what, again, first, q_n * sizeof(float));
     G->release(again);
     free(first);
-
-    void *dev[] = {d_doc, dq_, dk_, dv_, d_out, d_lse, d_gy, d_gq, d_gk, d_gv};
-    for (int i = 0; i < 10; i++) G->release(dev[i]);
-    float *host[] = {q, k, v, out, lse, gy, gq, gk, gv};
-    for (int i = 0; i < 9; i++) free(host[i]);
-    free(doc);
+    attn_problem_free(G, &p);
 }
 
 static void test_attention(void) {
@@ -491,19 +386,19 @@ static void test_cross_entropy(void) {
         int32_t *targets = malloc(rows * sizeof(int32_t));
         for (int r = 0; r < rows; r++) targets[r] = (int32_t)(next_u64() % (uint64_t)vocab);
         if (rows > 2) targets[2] = -100; /* ignored row */
-        int32_t *d_targets = dev_from(targets, rows * sizeof(int32_t));
+        int32_t *d_targets = dev_from(G, targets, rows * sizeof(int32_t));
         for (int with_grad = 0; with_grad < 2; with_grad++) {
             float grad_scale = with_grad ? 1.0f / 37.0f : 0.0f;
             float *logits = host_rand(n, -20, 20), *loss = host_nan(rows);
-            float *d_logits = dev_from(logits, bytes), *d_loss = dev_nan(rows);
+            float *d_logits = dev_from(G, logits, bytes), *d_loss = dev_nan(G, rows);
             C->cross_entropy(logits, loss, targets, rows, vocab, grad_scale);
             G->cross_entropy(d_logits, d_loss, d_targets, rows, vocab, grad_scale);
-            compare(with_grad ? "cross_entropy loss (grad)" : "cross_entropy loss", d_loss, loss,
+            compare(G, with_grad ? "cross_entropy loss (grad)" : "cross_entropy loss", d_loss, loss,
                     rows, 1e-5);
             if (with_grad)
-                compare("cross_entropy gradient", d_logits, logits, n, 1e-5);
+                compare(G, "cross_entropy gradient", d_logits, logits, n, 1e-5);
             else /* grad_scale 0 leaves the logits untouched */
-                compare_exact("cross_entropy logits unchanged", d_logits, logits, bytes);
+                compare_exact(G, "cross_entropy logits unchanged", d_logits, logits, bytes);
             G->release(d_logits);
             G->release(d_loss);
             free(logits);
@@ -519,16 +414,16 @@ static void test_adamw(void) {
     seed(11);
     const size_t n = 10007, bytes = n * sizeof(float);
     float *p = host_rand(n, -1, 1), *m = host_rand(n, -0.01f, 0.01f), *v = host_rand(n, 0, 1e-4f);
-    float *dp = dev_from(p, bytes), *dm = dev_from(m, bytes), *dv = dev_from(v, bytes);
+    float *dp = dev_from(G, p, bytes), *dm = dev_from(G, m, bytes), *dv = dev_from(G, v, bytes);
     const double lr = 3e-4, b1 = 0.9, b2 = 0.999, eps = 1e-8, wd = 0.1;
     for (int step = 1; step <= 3; step++) {
-        float *g = host_rand(n, -1, 1), *dg = dev_from(g, bytes);
+        float *g = host_rand(n, -1, 1), *dg = dev_from(G, g, bytes);
         const double bias1 = 1.0 - pow(b1, step), bias2 = 1.0 - pow(b2, step);
         C->adamw(p, g, m, v, n, lr, b1, b2, eps, wd, bias1, bias2);
         G->adamw(dp, dg, dm, dv, n, lr, b1, b2, eps, wd, bias1, bias2);
-        compare("adamw param", dp, p, n, 1e-6);
-        compare("adamw m", dm, m, n, 1e-6);
-        compare("adamw v", dv, v, n, 1e-6);
+        compare(G, "adamw param", dp, p, n, 1e-6);
+        compare(G, "adamw m", dm, m, n, 1e-6);
+        compare(G, "adamw v", dv, v, n, 1e-6);
         G->release(dg);
         free(g);
     }
@@ -545,7 +440,7 @@ static void test_adamw(void) {
  * cleared; nothing is written. */
 static void test_error_state(void) {
     const int d = 300; /* above the supported 256 */
-    float *x = dev_nan((size_t)2 * d), *lse = dev_nan(2);
+    float *x = dev_nan(G, (size_t)2 * d), *lse = dev_nan(G, 2);
     G->attention_fwd(x, lse, x, x, x, NULL, 1, 2, 1, 1, d, 1.0f);
     ct_error err = {{0}};
     CHECK(kernels_cuda_status(&err) == -1);
@@ -558,13 +453,7 @@ static void test_error_state(void) {
 }
 
 int main(void) {
-    ct_error err = {{0}};
-    C = kernels_cpu();
-    if (kernels_cuda(&G, &err) != 0) {
-        printf("SKIPPED: %s\n", err.msg);
-        return 77;
-    }
-    CHECK(G != NULL && strcmp(G->name, "cuda") == 0);
+    if (!open_backends(&C, &G)) return 77;
     test_memory();
     test_gemm();
     test_elementwise();

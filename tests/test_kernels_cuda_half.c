@@ -13,54 +13,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/cuda/cuda_status.h"
-#include "kernels/kernels.h"
-#include "tests/check.h"
+#include "tests/kernel_compare.h"
 
 static const kernels *C; /* the CPU reference */
 static const kernels *G; /* the CUDA backend */
-static uint64_t rng_state;
-
-static void seed(uint64_t s) { rng_state = s * 0x9E3779B97F4A7C15ull + 1; }
-static uint64_t next_u64(void) {
-    rng_state ^= rng_state << 13, rng_state ^= rng_state >> 7, rng_state ^= rng_state << 17;
-    return rng_state;
-}
-static float urand(float lo, float hi) {
-    return lo + (hi - lo) * (float)((next_u64() >> 40) * 0x1p-24);
-}
-static float *host_rand(size_t n, float lo, float hi) {
-    float *x = malloc((n ? n : 1) * sizeof(float));
-    for (size_t i = 0; i < n; i++) x[i] = urand(lo, hi);
-    return x;
-}
-static float *host_nan(size_t n) {
-    float *x = malloc((n ? n : 1) * sizeof(float));
-    for (size_t i = 0; i < n; i++) x[i] = NAN;
-    return x;
-}
-static float *host_copy(const float *x, size_t n) {
-    float *y = malloc((n ? n : 1) * sizeof(float));
-    memcpy(y, x, n * sizeof(float));
-    return y;
-}
-static void *dev_from(const void *host, size_t bytes) {
-    void *d = G->alloc(bytes);
-    if (d && bytes) G->upload(d, host, bytes);
-    return d;
-}
-static float *dev_nan(size_t n) {
-    float *h = host_nan(n), *d = dev_from(h, n * sizeof(float));
-    free(h);
-    return d;
-}
-
-/* The backend's error state must be clean after every op. */
-static void check_status(const char *what) {
-    ct_error err = {{0}};
-    int rc = kernels_cuda_status(&err);
-    CHECK_MSG(rc == 0, "%s: %s", what, err.msg);
-}
 
 /* ------------------------------------------------------------------ 16-bit casts */
 static uint32_t f2u(float x) {
@@ -76,9 +32,6 @@ static float u2f(uint32_t u) {
 static bool half_is_nan(uint16_t h, kernels_half_format fmt) {
     return fmt == KERNELS_BF16 ? (h & 0x7F80u) == 0x7F80u && (h & 0x7Fu) != 0
                                : (h & 0x7C00u) == 0x7C00u && (h & 0x3FFu) != 0;
-}
-static const char *fmt_name(kernels_half_format fmt) {
-    return fmt == KERNELS_BF16 ? "bf16" : "fp16";
 }
 
 /* fp32 values whose rounding is known from the formats' definitions alone (independent of
@@ -132,8 +85,8 @@ static void half_cast_case(kernels_half_format fmt) {
     float *x = cast_inputs(&n);
     uint16_t *ref = malloc(n * sizeof(uint16_t)), *got = malloc(n * sizeof(uint16_t));
     memset(ref, 0xFF, n * sizeof(uint16_t)); /* 0xFFFF is a NaN: poison in both formats */
-    float *dx = dev_from(x, n * sizeof(float));
-    uint16_t *dout = dev_from(ref, n * sizeof(uint16_t));
+    float *dx = dev_from(G, x, n * sizeof(float));
+    uint16_t *dout = dev_from(G, ref, n * sizeof(uint16_t));
     C->to_half(ref, x, n, fmt);
     G->to_half(dout, dx, n, fmt);
     G->download(got, dout, n * sizeof(uint16_t));
@@ -161,8 +114,8 @@ static void half_cast_case(kernels_half_format fmt) {
     uint16_t *h = malloc(all * sizeof(uint16_t));
     for (size_t i = 0; i < all; i++) h[i] = (uint16_t)i;
     float *wide = host_nan(all), *wide_got = malloc(all * sizeof(float));
-    uint16_t *dh = dev_from(h, all * sizeof(uint16_t));
-    float *dwide = dev_nan(all);
+    uint16_t *dh = dev_from(G, h, all * sizeof(uint16_t));
+    float *dwide = dev_nan(G, all);
     C->from_half(wide, h, all, fmt);
     G->from_half(dwide, dh, all, fmt);
     G->download(wide_got, dwide, all * sizeof(float));
@@ -233,8 +186,9 @@ static void gemm_half_case(const gemm_half_case_t *tc, int repeat) {
     /* beta == 0: C starts as NaN on both backends and must not be read. */
     float *c0 = tc->beta == 0.0f ? host_nan(c_n) : host_rand(c_n, -1, 1);
     float *c = host_copy(c0, c_n), *got = malloc(c_n * sizeof(float));
-    uint16_t *da = dev_from(a, a_n * sizeof(uint16_t)), *db = dev_from(b, b_n * sizeof(uint16_t));
-    float *dc = dev_from(c0, c_n * sizeof(float));
+    uint16_t *da = dev_from(G, a, a_n * sizeof(uint16_t));
+    uint16_t *db = dev_from(G, b, b_n * sizeof(uint16_t));
+    float *dc = dev_from(G, c0, c_n * sizeof(float));
     C->gemm_half(tc->fmt, tc->ta, tc->tb, m, n, k, tc->alpha, a + off, lda, b + off, ldb, tc->beta,
                  c + off, ldc);
     char what[160];
@@ -310,7 +264,7 @@ static void test_gemm_half(void) {
 
 /* An unknown format is recorded (naming the op and the format) and nothing runs. */
 static void test_half_errors(void) {
-    float *x = dev_nan(4);
+    float *x = dev_nan(G, 4);
     uint16_t *h = G->alloc(4 * sizeof(uint16_t));
     G->to_half(h, x, 4, (kernels_half_format)3);
     ct_error err = {{0}};
@@ -326,13 +280,7 @@ static void test_half_errors(void) {
 }
 
 int main(void) {
-    ct_error err = {{0}};
-    C = kernels_cpu();
-    if (kernels_cuda(&G, &err) != 0) {
-        printf("SKIPPED: %s\n", err.msg);
-        return 77;
-    }
-    CHECK(G != NULL && strcmp(G->name, "cuda") == 0);
+    if (!open_backends(&C, &G)) return 77;
     test_half_casts();
     test_gemm_half();
     test_half_errors();
