@@ -57,9 +57,13 @@ typedef struct kernels {
      * gives on that block (gradient norms over millions of blocks without a sync each). */
     void (*sum_squares_blocks)(const float *x, size_t n, size_t block, double *host_sums);
 
-    /* ---- embedding: out[t,:] = table[ids[t],:]; backward accumulates rows into dtable ---- */
+    /* ---- embedding: out[t,:] = table[ids[t],:]; backward accumulates rows into dtable ----
+     * Every element of dtable adds its tokens' contributions in token order. order is NULL or
+     * the token indices sorted by (ids[t], t) (backend memory): with it a backend can give
+     * each distinct id its own threads; the result is the same bits either way. */
     void (*embedding_fwd)(float *out, const float *table, const int32_t *ids, int n_tokens, int hidden);
-    void (*embedding_bwd)(float *dtable, const float *dout, const int32_t *ids, int n_tokens, int hidden);
+    void (*embedding_bwd)(float *dtable, const float *dout, const int32_t *ids, const int32_t *order,
+                          int n_tokens, int hidden);
 
     /* ---- RMSNorm as in transformers' LlamaRMSNorm (fp32):
      * rstd[r] = 1/sqrt(mean(x[r,:]^2) + eps); out = weight * (x * rstd).

@@ -52,8 +52,9 @@ static void shadow_sum_squares_blocks(const float *x, size_t n, size_t block, do
 static void shadow_embedding_fwd(float *out, const float *table, const int32_t *ids, int n, int h) {
     cpu_embedding_fwd(RF(out), RCF(table), RCI(ids), n, h);
 }
-static void shadow_embedding_bwd(float *dtable, const float *dout, const int32_t *ids, int n, int h) {
-    cpu_embedding_bwd(RF(dtable), RCF(dout), RCI(ids), n, h);
+static void shadow_embedding_bwd(float *dtable, const float *dout, const int32_t *ids, const int32_t *order,
+                                 int n, int h) {
+    cpu_embedding_bwd(RF(dtable), RCF(dout), RCI(ids), RCI(order), n, h);
 }
 static void shadow_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int rows, int dim,
                                float eps) {

@@ -10,6 +10,7 @@
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/kernels.h"
 #include "tests/check.h"
+#include "tests/half_bits.h"
 
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
 
@@ -19,20 +20,6 @@ static uint32_t rand32(void) {
 }
 static float urand(float lo, float hi) { return lo + (hi - lo) * (float)((rand32() >> 8) * 0x1p-24); }
 
-static uint32_t bits_of(float x) {
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    return u;
-}
-static float float_of(uint32_t u) {
-    float x;
-    memcpy(&x, &u, sizeof x);
-    return x;
-}
-static bool half_is_nan(uint16_t h, kernels_half_format fmt) {
-    return fmt == KERNELS_BF16 ? (h & 0x7F80u) == 0x7F80u && (h & 0x7Fu) != 0
-                               : (h & 0x7C00u) == 0x7C00u && (h & 0x3FFu) != 0;
-}
 static const char *fmt_name(kernels_half_format fmt) { return fmt == KERNELS_BF16 ? "bf16" : "fp16"; }
 
 /* ---- torch's bits ---- */

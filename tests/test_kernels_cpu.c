@@ -261,7 +261,7 @@ static void test_embedding(void) {
         CHECK(same);
         float *dtable = vec(nt, -1, 1), *before = malloc(nt * sizeof(float));
         memcpy(before, dtable, nt * sizeof(float));
-        K->embedding_bwd(dtable, c.w, ids, n_tokens, hidden);
+        K->embedding_bwd(dtable, c.w, ids, NULL, n_tokens, hidden);
         double worst = 0.0;
         for (size_t i = 0; i < nt; i++) dtable[i] -= before[i]; /* accumulated, not written */
         for (int v = 0; v < vocab; v++)

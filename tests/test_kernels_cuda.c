@@ -204,9 +204,28 @@ static void test_embedding(void) {
         compare_exact(G, "embedding_fwd", dout, out, out_n * sizeof(float));
 
         float *grad = host_rand(out_n, -1, 1), *dgrad = dev_from(G, grad, out_n * sizeof(float));
-        C->embedding_bwd(table, grad, ids, n_tokens, hidden); /* accumulates onto the table */
-        G->embedding_bwd(dtable, dgrad, dids, n_tokens, hidden);
+        float *before = host_copy(table, table_n);
+        C->embedding_bwd(table, grad, ids, NULL, n_tokens, hidden); /* accumulates onto the table */
+        G->embedding_bwd(dtable, dgrad, dids, NULL, n_tokens, hidden);
         compare(G, "embedding_bwd", dtable, table, table_n, 1e-6);
+        /* With the tokens sorted by (id, t): the same bits as the column walk. */
+        int32_t *order = malloc(n_tokens * sizeof(int32_t));
+        for (int t = 0; t < n_tokens; t++) order[t] = t;
+        for (int i = 1; i < n_tokens; i++) /* insertion sort by (id, t): stable */
+            for (int j = i; j > 0 && ids[order[j - 1]] > ids[order[j]]; j--) {
+                int32_t tmp = order[j];
+                order[j] = order[j - 1];
+                order[j - 1] = tmp;
+            }
+        float *unsorted = download_checked(G, "embedding_bwd", dtable, table_n * sizeof(float));
+        int32_t *dorder = dev_from(G, order, n_tokens * sizeof(int32_t));
+        G->upload(dtable, before, table_n * sizeof(float));
+        G->embedding_bwd(dtable, dgrad, dids, dorder, n_tokens, hidden);
+        compare_exact(G, "embedding_bwd sorted", dtable, unsorted, table_n * sizeof(float));
+        G->release(dorder);
+        free(order);
+        free(unsorted);
+        free(before);
         G->release(dids);
         G->release(dtable);
         G->release(dout);

@@ -13,26 +13,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tests/half_bits.h"
 #include "tests/kernel_compare.h"
 
 static const kernels *C; /* the CPU reference */
 static const kernels *G; /* the CUDA backend */
 
 /* ------------------------------------------------------------------ 16-bit casts */
-static uint32_t f2u(float x) {
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    return u;
-}
-static float u2f(uint32_t u) {
-    float x;
-    memcpy(&x, &u, sizeof x);
-    return x;
-}
-static bool half_is_nan(uint16_t h, kernels_half_format fmt) {
-    return fmt == KERNELS_BF16 ? (h & 0x7F80u) == 0x7F80u && (h & 0x7Fu) != 0
-                               : (h & 0x7C00u) == 0x7C00u && (h & 0x3FFu) != 0;
-}
 
 /* fp32 values whose rounding is known from the formats' definitions alone (independent of
  * both backends): ties to even, overflow, the subnormal boundaries of fp16. */
@@ -73,9 +60,9 @@ static float *cast_inputs(size_t *count) {
         uint32_t u = (uint32_t)(next_u64() >> 32);
         /* Half the draws concentrate on fp16's exponent range and its edges. */
         if (i % 2) u = (u & 0x807FFFFFu) | ((uint32_t)(95 + next_u64() % 55) << 23);
-        x[i] = u2f(u);
+        x[i] = float_of(u);
     }
-    for (size_t i = 0; i < n_known; i++) x[n_random + i] = u2f(known_values[i].in);
+    for (size_t i = 0; i < n_known; i++) x[n_random + i] = float_of(known_values[i].in);
     *count = n_random + n_known;
     return x;
 }
@@ -100,7 +87,7 @@ static void half_cast_case(kernels_half_format fmt) {
         if (!same && bad++ == 0) first_bad = i;
     }
     CHECK_MSG(bad == 0, "%s: %zu of %zu differ, first %08x -> gpu %04x cpu %04x", what, bad, n,
-              first_bad < n ? f2u(x[first_bad]) : 0u, first_bad < n ? got[first_bad] : 0u,
+              first_bad < n ? bits_of(x[first_bad]) : 0u, first_bad < n ? got[first_bad] : 0u,
               first_bad < n ? ref[first_bad] : 0u);
     const size_t n_known = sizeof known_values / sizeof known_values[0];
     for (size_t i = 0; i < n_known; i++) {
@@ -124,12 +111,12 @@ static void half_cast_case(kernels_half_format fmt) {
     bad = 0, first_bad = all;
     for (size_t i = 0; i < all; i++) {
         bool same = half_is_nan(h[i], fmt) ? isnan(wide_got[i]) && isnan(wide[i])
-                                           : f2u(wide_got[i]) == f2u(wide[i]);
+                                           : bits_of(wide_got[i]) == bits_of(wide[i]);
         if (!same && bad++ == 0) first_bad = i;
     }
     CHECK_MSG(bad == 0, "%s: %zu of 65536 patterns differ, first %04zx -> gpu %08x cpu %08x",
-              what, bad, first_bad, first_bad < all ? f2u(wide_got[first_bad]) : 0u,
-              first_bad < all ? f2u(wide[first_bad]) : 0u);
+              what, bad, first_bad, first_bad < all ? bits_of(wide_got[first_bad]) : 0u,
+              first_bad < all ? bits_of(wide[first_bad]) : 0u);
     /* Independent spot checks: 1.0, the largest fp16, a subnormal. */
     const float one = wide_got[fmt == KERNELS_BF16 ? 0x3F80 : 0x3C00];
     CHECK_MSG(one == 1.0f, "%s: 1.0 widened to %g", what, one);
@@ -208,7 +195,7 @@ static void gemm_half_case(const gemm_half_case_t *tc, int repeat) {
             size_t rel_at = at - (size_t)off;
             bool inside = at >= (size_t)off && (int)(rel_at / ldc) < m && (int)(rel_at % ldc) < n;
             if (!inside) {
-                outside_changed |= f2u(got[at]) != f2u(c0[at]);
+                outside_changed |= bits_of(got[at]) != bits_of(c0[at]);
                 continue;
             }
             finite &= isfinite(got[at]) != 0;

@@ -353,6 +353,7 @@ static void release_reservation(model *m) {
     if (s->int_arena) m->k->release(s->int_arena);
     free(s->acts);
     free(s->host_positions);
+    free(s->host_id_keys);
     free(s->host_loss);
     float *inv_freq = s->inv_freq;
     memset(s, 0, sizeof *s);
@@ -669,7 +670,7 @@ size_t model_activation_bytes(const model_config *cfg, const lora_settings *lora
                               bool activation_checkpointing, model_precision precision) {
     size_t floats = plan_activations(NULL, cfg, lora, batch * seq, activation_checkpointing,
                                      precision != MODEL_FP32, NULL);
-    return (floats + 4 * (size_t)batch * (size_t)seq) * sizeof(float);
+    return (floats + 5 * (size_t)batch * (size_t)seq) * sizeof(float);
 }
 
 int model_reserve(model *m, int max_batch, int seq, ct_error *err) {
@@ -686,10 +687,11 @@ int model_reserve(model *m, int max_batch, int seq, ct_error *err) {
     size_t floats = plan_activations(NULL, c, lora, T, m->activation_checkpointing, mixed, NULL);
     s->acts = calloc((size_t)c->num_hidden_layers, sizeof *s->acts);
     s->host_positions = malloc((size_t)T * sizeof(int32_t));
+    s->host_id_keys = malloc((size_t)T * sizeof(uint64_t));
     s->host_loss = malloc((size_t)T * sizeof(float));
     s->float_arena = m->k->alloc(floats * sizeof(float));
-    s->int_arena = m->k->alloc(4 * (size_t)T * sizeof(int32_t));
-    if (!s->acts || !s->host_positions || !s->host_loss || !s->float_arena || !s->int_arena) {
+    s->int_arena = m->k->alloc(5 * (size_t)T * sizeof(int32_t));
+    if (!s->acts || !s->host_positions || !s->host_id_keys || !s->host_loss || !s->float_arena || !s->int_arena) {
         release_reservation(m);
         return ct_fail(err, "model_reserve: cannot allocate %zu bytes of activations for %d x %d tokens on the %s backend",
                        model_activation_bytes(c, lora, max_batch, seq, m->activation_checkpointing,
@@ -701,6 +703,7 @@ int model_reserve(model *m, int max_batch, int seq, ct_error *err) {
     s->targets = s->int_arena + T;
     s->positions = s->int_arena + 2 * (size_t)T;
     s->doc_ids = s->int_arena + 3 * (size_t)T;
+    s->id_order = s->int_arena + 4 * (size_t)T;
     s->reserved_tokens = T;
     float ones[1024];
     for (int i = 0; i < 1024; i++) ones[i] = 1.0f;

@@ -251,7 +251,22 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
             if (need_input_grad) k->axpy(s->d_resid, 1.0f, s->d_h2, TH);
         }
     }
-    if (embed->trainable) k->embedding_bwd(embed->grad, s->d_resid, s->ids, T, H);
+    if (embed->trainable) k->embedding_bwd(embed->grad, s->d_resid, s->ids, s->id_order, T, H);
+}
+
+static int compare_keys(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The tokens sorted by (id, t), for the embedding backward (kernels.h): keys are unique, so
+ * qsort's instability cannot matter. Uses host_positions, free again once uploaded. */
+static void upload_id_order(model *m, const int32_t *ids, int T) {
+    model_state *s = m->state;
+    for (int t = 0; t < T; t++) s->host_id_keys[t] = (uint64_t)(uint32_t)ids[t] << 32 | (uint32_t)t;
+    qsort(s->host_id_keys, (size_t)T, sizeof *s->host_id_keys, compare_keys);
+    for (int t = 0; t < T; t++) s->host_positions[t] = (int32_t)(s->host_id_keys[t] & 0xffffffffu);
+    m->k->upload(s->id_order, s->host_positions, (size_t)T * sizeof(int32_t));
 }
 
 /* Host-side checks and upload of one batch's integer inputs. */
@@ -276,6 +291,7 @@ static int upload_batch(model *m, const model_batch *b, ct_error *err) {
     const size_t bytes = (size_t)T * sizeof(int32_t);
     m->k->upload(s->ids, b->input_ids, bytes);
     m->k->upload(s->positions, positions, bytes);
+    if (m->params[0].trainable) upload_id_order(m, b->input_ids, T);
     if (b->doc_ids) m->k->upload(s->doc_ids, b->doc_ids, bytes);
     if (b->targets) {
         m->k->upload(s->targets, b->targets, bytes);

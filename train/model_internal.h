@@ -39,7 +39,7 @@ typedef struct model_state {
     int reserved_tokens;    /* batch*seq the buffers hold */
     int logits_rows;        /* rows of one vocabulary-projection chunk */
     float *float_arena;     /* backend: all float buffers below */
-    int32_t *int_arena;     /* backend: ids, targets, positions, doc_ids */
+    int32_t *int_arena;     /* backend: ids, targets, positions, doc_ids, id_order */
     layer_acts *acts;       /* host array [num_hidden_layers] */
     float *resid;           /* residual stream [(L+1), T, H]; slice l is layer l's input */
     float *x_norm_final, *rstd_final;
@@ -52,7 +52,9 @@ typedef struct model_state {
     uint16_t *half_x, *half_dy; /* mixed precision: 16-bit GEMM input [T, max width] and output
                                  * gradient [max(T x max width, logits rows x V)] */
     int32_t *ids, *targets, *positions, *doc_ids;
-    int32_t *host_positions;  /* host [T], for batches without positions */
+    int32_t *id_order;        /* token indices sorted by (id, t), for a trainable embedding */
+    uint64_t *host_id_keys;   /* host [T], the sort's (id << 32 | t) keys */
+    int32_t *host_positions;  /* host [T], for batches without positions (and the id order) */
     float *host_loss;         /* host [T] */
 } model_state;
 

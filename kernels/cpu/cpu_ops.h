@@ -73,8 +73,8 @@ void cpu_sum_squares_blocks(const float *x, size_t n, size_t block, double *host
 /* embedding.c */
 void cpu_embedding_fwd(float *out, const float *table, const int32_t *ids, int n_tokens,
                        int hidden);
-void cpu_embedding_bwd(float *dtable, const float *dout, const int32_t *ids, int n_tokens,
-                       int hidden);
+void cpu_embedding_bwd(float *dtable, const float *dout, const int32_t *ids, const int32_t *order,
+                       int n_tokens, int hidden);
 
 /* rmsnorm.c */
 void cpu_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *weight, int n_rows,

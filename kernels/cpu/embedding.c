@@ -19,8 +19,9 @@ void cpu_embedding_fwd(float *out, const float *table, const int32_t *ids, int n
 /* Repeated ids make rows collide, so threads split the hidden dimension instead of the
  * tokens: each thread owns a column range and walks the tokens in order. No races, and
  * every element sums its contributions in token order whatever the thread count. */
-void cpu_embedding_bwd(float *dtable, const float *dout, const int32_t *ids, int n_tokens,
-                       int hidden) {
+void cpu_embedding_bwd(float *dtable, const float *dout, const int32_t *ids, const int32_t *order,
+                       int n_tokens, int hidden) {
+    (void)order; /* the column split is parallel already */
     int n_blocks = (hidden + EMBED_COL_BLOCK - 1) / EMBED_COL_BLOCK;
 #pragma omp parallel for if ((size_t)n_tokens * hidden >= CPU_PARALLEL_MIN) schedule(static)
     for (int blk = 0; blk < n_blocks; blk++) {

@@ -47,8 +47,8 @@ void cuda_sum_squares_blocks(const float *x, size_t n, size_t block, double *hos
 
 void cuda_embedding_fwd(float *out, const float *table, const int32_t *ids, int n_tokens,
                         int hidden);
-void cuda_embedding_bwd(float *dtable, const float *dout, const int32_t *ids, int n_tokens,
-                        int hidden);
+void cuda_embedding_bwd(float *dtable, const float *dout, const int32_t *ids, const int32_t *order,
+                        int n_tokens, int hidden);
 
 void cuda_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *weight, int n_rows,
                       int dim, float eps);

@@ -1,11 +1,13 @@
 // Embedding lookup: out[t,:] = table[ids[t],:]; backward dtable[ids[t],:] += dout[t,:]
 // (kernels/cpu/embedding.c). The ids are trusted (the data layer checks them).
 //
-// The backward is deterministic without atomics: repeated ids make rows collide, so, as on
-// the CPU, a thread owns one column and walks the tokens in order; every element adds its
-// contributions in token order, the same order (and so the same bits) as the CPU backend.
-// Its parallelism is `hidden` threads, enough for an fp32 path; a faster scheme (sorting
-// tokens by id, then segmented sums) is future work for the mixed-precision path.
+// The backward is deterministic without atomics: repeated ids make rows collide, so every
+// element adds its contributions in token order, the same order (and so the same bits) as
+// the CPU backend. Without an order, a thread owns one column and walks all the tokens
+// (`hidden` threads, each n_tokens long: slow for long batches). With the tokens sorted by
+// (id, t), a thread owns one column of one distinct id and walks only that id's tokens,
+// still in token order, accumulating in a register: the same additions, n_ids x hidden
+// threads.
 #include <stdint.h>
 
 #include "kernels/cuda/cuda_common.cuh"
@@ -28,6 +30,23 @@ __global__ void embedding_bwd_kernel(float *dtable, const float *dout, const int
         dtable[(size_t)ids[t] * hidden + c] += dout[(size_t)t * hidden + c];
 }
 
+// Thread (p, c): if position p of the sorted order starts a run of equal ids, it sums column c
+// of that run into the row.
+__global__ void embedding_bwd_sorted_kernel(float *dtable, const float *dout, const int32_t *ids,
+                                            const int32_t *order, int n_tokens, int hidden) {
+    size_t total = (size_t)n_tokens * hidden;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        int p = (int)(i / hidden), c = (int)(i % hidden);
+        int id = ids[order[p]];
+        if (p > 0 && ids[order[p - 1]] == id) continue;
+        float *cell = dtable + (size_t)id * hidden + c;
+        float acc = *cell;
+        for (int q = p; q < n_tokens && ids[order[q]] == id; q++) acc += dout[(size_t)order[q] * hidden + c];
+        *cell = acc;
+    }
+}
+
 extern "C" void cuda_embedding_fwd(float *out, const float *table, const int32_t *ids,
                                    int n_tokens, int hidden) {
     if (n_tokens <= 0 || hidden <= 0) return;
@@ -37,8 +56,14 @@ extern "C" void cuda_embedding_fwd(float *out, const float *table, const int32_t
 }
 
 extern "C" void cuda_embedding_bwd(float *dtable, const float *dout, const int32_t *ids,
-                                   int n_tokens, int hidden) {
+                                   const int32_t *order, int n_tokens, int hidden) {
     if (n_tokens <= 0 || hidden <= 0) return;
+    if (order) {
+        embedding_bwd_sorted_kernel<<<cuda_grid_for((size_t)n_tokens * hidden), CUDA_THREADS>>>(
+            dtable, dout, ids, order, n_tokens, hidden);
+        CUDA_CHECK_LAUNCH();
+        return;
+    }
     unsigned int blocks = (unsigned int)((hidden + CUDA_THREADS - 1) / CUDA_THREADS);
     embedding_bwd_kernel<<<blocks, CUDA_THREADS>>>(dtable, dout, ids, n_tokens, hidden);
     CUDA_CHECK_LAUNCH();
