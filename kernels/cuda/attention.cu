@@ -43,18 +43,6 @@ struct att_shape {
     float scale;
 };
 
-__device__ inline float warp_max(float x) {
-    for (int o = 16; o > 0; o /= 2) x = fmaxf(x, __shfl_xor_sync(FULL_MASK, x, o));
-    return x;
-}
-
-// The xor butterfly leaves bitwise the same sum in every lane (each step adds the same
-// two values, in either order).
-__device__ inline float warp_sum(float x) {
-    for (int o = 16; o > 0; o /= 2) x += __shfl_xor_sync(FULL_MASK, x, o);
-    return x;
-}
-
 __device__ inline float dot_row(const float *a, const float *b, int d) {
     float sum = 0.0f;
     for (int x = 0; x < d; x++) sum += a[x] * b[x];

@@ -140,16 +140,6 @@ struct smem_cursor {
 
 // ------------------------------------------------------------------ device helpers
 
-__device__ inline float ah_warp_max(float x) {
-    for (int o = 16; o > 0; o /= 2) x = fmaxf(x, __shfl_xor_sync(AH_FULL_MASK, x, o));
-    return x;
-}
-
-__device__ inline float ah_warp_sum(float x) {
-    for (int o = 16; o > 0; o /= 2) x += __shfl_xor_sync(AH_FULL_MASK, x, o);
-    return x;
-}
-
 // Rows [r0, r0+tile) of one head of a [batch*seq, stride] fp32 tensor, rounded to T, into
 // shared memory with row stride ld; rows past seq and columns past d are zero. Threads
 // take consecutive column pairs, so a warp reads consecutive addresses of a row.
@@ -293,7 +283,7 @@ __global__ void __launch_bounds__(128)
                     score[part] = sh.scale * Ss[r * lds + c];
                 tile_max = fmaxf(tile_max, score[part]);
             }
-            tile_max = ah_warp_max(tile_max);
+            tile_max = warp_max(tile_max);
             float p_sum = 0.0f;
             const float m_new = fmaxf(m[rr], tile_max);  // -inf while nothing was visible
 #pragma unroll
@@ -312,7 +302,7 @@ __global__ void __launch_bounds__(128)
                 for (int x = lane; x < dp; x += 32) Os[r * ldf + x] *= corr;
             }
             m[rr] = m_new;
-            l[rr] += ah_warp_sum(p_sum);
+            l[rr] += warp_sum(p_sum);
         }
         __syncwarp();
         accumulate_ab(Os + row0 * ldf, ldf, Ps + row0 * ldp, ldp, Vs, ldh, dp, tile);
@@ -347,7 +337,7 @@ __global__ void attention_half_row_dots_kernel(float *D, const float *dout, cons
     float sum = 0.0f;
     for (int x = lane; x < sh.d; x += 32)
         sum += half_ops<T>::to(half_ops<T>::from(dout[off + x])) * out[off + x];
-    sum = ah_warp_sum(sum);
+    sum = warp_sum(sum);
     if (lane == 0) D[warp_id] = sum;  // warp_id is ((b * n_heads) + h) * seq + s
 }
 

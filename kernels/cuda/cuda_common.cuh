@@ -51,6 +51,20 @@ __device__ inline T block_sum(T value, T *scratch) {
     return total;
 }
 
+#define CUDA_FULL_MASK 0xffffffffu
+
+// Butterfly reductions over a warp: every lane ends with bitwise the same result (each step
+// combines the same two values, in either order).
+__device__ inline float warp_max(float x) {
+    for (int o = 16; o > 0; o /= 2) x = fmaxf(x, __shfl_xor_sync(CUDA_FULL_MASK, x, o));
+    return x;
+}
+
+__device__ inline float warp_sum(float x) {
+    for (int o = 16; o > 0; o /= 2) x += __shfl_xor_sync(CUDA_FULL_MASK, x, o);
+    return x;
+}
+
 __device__ inline float block_max(float value, float *scratch) {
     scratch[threadIdx.x] = value;
     __syncthreads();
