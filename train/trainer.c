@@ -200,7 +200,7 @@ static int open_data(run *x, ct_error *err) {
 }
 
 /* One line per rank (the first and last few on big worlds): parse-friendly exact bytes. */
-static void print_memory(const run *x, size_t total, size_t trainable, size_t act_bytes) {
+static void print_memory(const run *x, size_t trainable, size_t act_bytes) {
     const size_t half_bytes = x->m.half_numel * sizeof(uint16_t);
     const recipe *r = x->r;
     const int world = x->d->world_size, stage = r->distributed.zero_stage;
@@ -262,7 +262,7 @@ static void print_plan(const run *x, bool dry_run) {
     if (r->data.pack)
         printf("; packed, up to %d documents per row", data_pack_docs_per_row(&x->train, r->data.seq_len));
     printf("\n");
-    print_memory(x, total, trainable, act_bytes);
+    print_memory(x, trainable, act_bytes);
 }
 
 /* Numbers with %.17g so that a saved eval loss can be compared bit for bit. */
@@ -458,15 +458,16 @@ static int train_loop(run *x, run_summary *summary, ct_error *err) {
         bool skipped = false;
         if (zero_step(&x->opt, &x->m, &hp, lr, r->optim.grad_clip, loss_scale, &grad_norm, &skipped, err))
             return -1;
+        /* The CUDA table's functions cannot fail visibly: its first error is collected here,
+         * once per step, where the step's loss has synchronised with the device anyway, and
+         * before a NaN it may have caused is reported as divergence. */
+        if (!strcmp(x->k->name, "cuda") && dist_agree(d, kernels_cuda_status(err), err)) return -1;
         /* Every rank has the same norm, so the same decision. */
         if (skipped && !x->scaler.enabled)
             return ct_fail(err, "step %d: the gradient norm is %g: a NaN or infinity in the gradients "
                                 "(training diverged; try a lower optim.lr, warmup or optim.grad_clip)",
                            step + 1, grad_norm);
         loss_scaler_update(&x->scaler, skipped ? INFINITY : grad_norm);
-        /* The CUDA table's functions cannot fail visibly: its first error is collected here,
-         * once per step, where the step's loss has synchronised with the device anyway. */
-        if (!strcmp(x->k->name, "cuda") && dist_agree(d, kernels_cuda_status(err), err)) return -1;
 
         last_loss = global_tokens > 0 ? loss_sum / (double)global_tokens : NAN;
         tokens_seen += global_tokens;
