@@ -221,7 +221,7 @@ static bool half_only(const model *m, const model_param *p) {
 /* Moves the weights into a new arena laid out for the precision m->precision is about to
  * take (mixed: half_only weights leave the fp32 arena; fp32: they come back, widened from
  * their 16-bit values). The trainable range stays first and in place (it lines up with the
- * gradients). half_from is the old 16-bit arena's values to widen, NULL when none. */
+ * gradients). Both arenas exist for a moment (the trainer switches before loading). */
 static int relayout_weights(model *m, bool mixed, ct_error *err) {
     size_t numel = 0;
     for (int i = 0; i < m->n_params; i++)
