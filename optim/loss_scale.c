@@ -9,6 +9,8 @@ void loss_scaler_init(loss_scaler *s, bool enabled, double init_scale, long grow
     s->growth_interval = growth_interval > 0 ? growth_interval : 1;
 }
 
+bool loss_scaler_exhausted(const loss_scaler *s) { return s->enabled && s->scale < LOSS_SCALE_MIN; }
+
 bool loss_scaler_update(loss_scaler *s, double scaled_grad_norm) {
     if (!s->enabled) return false;
     if (!isfinite(scaled_grad_norm)) {

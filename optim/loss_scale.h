@@ -25,4 +25,12 @@ void loss_scaler_init(loss_scaler *s, bool enabled, double init_scale, long grow
  * overflow): returns true when the step must be skipped, and updates the scale. */
 bool loss_scaler_update(loss_scaler *s, double scaled_grad_norm);
 
+/* Below this scale, overflows are not the loss scale's doing: the activations or the
+ * unscaled gradients themselves exceed fp16's range, and halving further only silences the
+ * gradients. torch's GradScaler would go on skipping every step; ctune stops instead. */
+#define LOSS_SCALE_MIN 0x1p-8
+
+/* The scale has fallen below LOSS_SCALE_MIN: fp16 cannot hold this training. */
+bool loss_scaler_exhausted(const loss_scaler *s);
+
 #endif

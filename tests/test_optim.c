@@ -9,6 +9,7 @@
 #include "kernels/kernels.h"
 #include "optim/adamw.h"
 #include "optim/clip.h"
+#include "optim/loss_scale.h"
 #include "optim/schedule.h"
 #include "tests/check.h"
 #include "train/recipe.h"
@@ -307,7 +308,32 @@ static void test_clip(void) {
     fixture_free(&fx);
 }
 
+/* GradScaler's rule: halve and skip on overflow, double after growth_interval good steps in
+ * a row (the count restarts at every change); disabled = identity; exhausted below the floor. */
+static void test_loss_scaler(void) {
+    loss_scaler off;
+    loss_scaler_init(&off, false, 65536.0, 10);
+    CHECK(off.scale == 1.0 && !loss_scaler_update(&off, INFINITY) && off.scale == 1.0);
+    CHECK(!loss_scaler_exhausted(&off));
+    loss_scaler s;
+    loss_scaler_init(&s, true, 1024.0, 3);
+    CHECK(s.scale == 1024.0 && s.good_steps == 0);
+    CHECK(!loss_scaler_update(&s, 5.0) && !loss_scaler_update(&s, 5.0) && s.scale == 1024.0 && s.good_steps == 2);
+    CHECK(!loss_scaler_update(&s, 5.0) && s.scale == 2048.0 && s.good_steps == 0); /* third good step */
+    CHECK(loss_scaler_update(&s, NAN) && s.scale == 1024.0 && s.good_steps == 0);
+    CHECK(!loss_scaler_update(&s, 1.0) && !loss_scaler_update(&s, 1.0) && s.good_steps == 2);
+    CHECK(loss_scaler_update(&s, INFINITY) && s.scale == 512.0 && s.good_steps == 0); /* count restarts */
+    CHECK(!loss_scaler_exhausted(&s));
+    int halvings = 0;
+    while (!loss_scaler_exhausted(&s) && halvings < 100) {
+        CHECK(loss_scaler_update(&s, INFINITY));
+        halvings++;
+    }
+    CHECK_MSG(halvings == 18 && s.scale == 0x1p-9, "%d halvings from 512 to %g", halvings, s.scale);
+}
+
 int main(void) {
+    test_loss_scaler();
     test_adamw();
     test_schedules();
     test_clip();

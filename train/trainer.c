@@ -468,6 +468,10 @@ static int train_loop(run *x, run_summary *summary, ct_error *err) {
                                 "(training diverged; try a lower optim.lr, warmup or optim.grad_clip)",
                            step + 1, grad_norm);
         loss_scaler_update(&x->scaler, skipped ? INFINITY : grad_norm);
+        if (loss_scaler_exhausted(&x->scaler))
+            return ct_fail(err, "step %d: fp16-mixed overflowed even at loss scale %g: the activations or "
+                                "gradients exceed fp16's range (65504); use precision: bf16-mixed",
+                           step + 1, loss_scale);
 
         last_loss = global_tokens > 0 ? loss_sum / (double)global_tokens : NAN;
         tokens_seen += global_tokens;
