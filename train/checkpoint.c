@@ -58,7 +58,8 @@ static int fetch_param(void *ctx, int index, void *out, ct_error *err) {
     (void)err;
     const base_weights *w = ctx;
     const model_param *p = &w->m->params[w->param_of[index]];
-    return model_param_download(w->m, p, out);
+    model_param_download(w->m, p, out);
+    return 0;
 }
 
 /* The base weights in parameter (state-dict) order, fp32, one tensor in host memory at a

@@ -295,10 +295,10 @@ int model_set_precision(model *m, model_precision p, ct_error *err) {
  * contract), in chunks of HOST_CHUNK through a fixed buffer. */
 enum { HOST_CHUNK = 4096 };
 
-int model_param_download(const model *m, const model_param *p, float *host) {
+void model_param_download(const model *m, const model_param *p, float *host) {
     if (p->data) {
         m->k->download(host, p->data, p->numel * sizeof(float));
-        return 0;
+        return;
     }
     uint16_t bits[HOST_CHUNK];
     for (size_t start = 0; start < p->numel; start += HOST_CHUNK) {
@@ -306,13 +306,6 @@ int model_param_download(const model *m, const model_param *p, float *host) {
         m->k->download(bits, p->half + start, n * sizeof(uint16_t));
         kernels_cpu()->from_half(host + start, bits, n, model_half_format(m->precision));
     }
-    return 0;
-}
-
-static void param_upload(const model *m, model_param *p, size_t offset, const float *host, size_t n);
-
-void model_param_upload(const model *m, model_param *p, const float *host) {
-    param_upload(m, p, 0, host, p->numel);
 }
 
 /* Host fp32 values into a parameter: its fp32 data, or (16-bit-only) its 16-bit copy. */
@@ -327,6 +320,10 @@ static void param_upload(const model *m, model_param *p, size_t offset, const fl
         kernels_cpu()->to_half(bits, host + start, len, model_half_format(m->precision));
         m->k->upload(p->half + offset + start, bits, len * sizeof(uint16_t));
     }
+}
+
+void model_param_upload(const model *m, model_param *p, const float *host) {
+    param_upload(m, p, 0, host, p->numel);
 }
 
 void model_weights_changed(model *m, bool trainable_only) {

@@ -132,7 +132,7 @@ int model_set_precision(model *m, model_precision p, ct_error *err);
 void model_weights_changed(model *m, bool trainable_only);
 /* A parameter's values as fp32 in host memory [numel] (widened from 16 bits where the
  * parameter has no fp32 data). Use it rather than p->data for frozen weights. */
-int model_param_download(const model *m, const model_param *p, float *host);
+void model_param_download(const model *m, const model_param *p, float *host);
 /* Sets a parameter from fp32 host values [numel] (rounded to 16 bits where it has no fp32
  * data). Call model_weights_changed afterwards for weights that do have a 16-bit copy. */
 void model_param_upload(const model *m, model_param *p, const float *host);
