@@ -247,6 +247,8 @@ def run_ctune(args, ctune, work, method, precision, ckpt, sampler):
                           extra=f"precision: {precision}\ndevice: {args.device}\n")
     overrides = ["train.activation_checkpointing=true"] if ckpt else []
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    if args.profile:
+        env["CTUNE_PROFILE"] = "1"
     baseline = settled_baseline(sampler) if sampler else None
     result = {"precision": precision, "ckpt": ckpt}
     log_path = f"{work}/{tag}.log"
@@ -265,7 +267,8 @@ def run_ctune(args, ctune, work, method, precision, ckpt, sampler):
             n = len(read_step_metrics(metrics)) if os.path.exists(metrics) else 0
             if n >= 1 and state["first"] is None:
                 state["first"] = time.time() - launched
-            if n >= total or time.time() - launched > args.run_timeout:
+            # A profiled run prints its table after the last step: it is let finish.
+            if (n >= total and not args.profile) or time.time() - launched > args.run_timeout:
                 state["done"] = True
                 os.kill(proc.pid, signal.SIGKILL)
 
@@ -282,6 +285,10 @@ def run_ctune(args, ctune, work, method, precision, ckpt, sampler):
             result["error"] += f" (tok/s over {len(steps) - args.warmup} timed steps)"
     else:
         result["tok_s"] = timed_tokens_per_second(steps, args.warmup, args.batch, args.seq)
+    if args.profile:
+        text = open(log_path).read()
+        m = re.search(r"^profile \(CTUNE_PROFILE.*?outside the ops.*?$", text, re.S | re.M)
+        result["profile"] = m.group(0) if m else "(no profile in the log: the run ended early)"
     result["first_step_s"] = state["first"]
     result["loss"] = steps[-1]["loss"] if steps else None
     result["mem_mib"] = (peak - baseline) if sampler and peak is not None else (None if sampler else rss)
@@ -384,6 +391,10 @@ def main():
     ap.add_argument("--out", help="raw output file (default gpu-<device>-YYYYMMDD.txt in $OUT if set, "
                                   "else in docs/benchmarks/)")
     ap.add_argument("--work-dir", help="where the model and data go (default: a temporary folder)")
+    ap.add_argument("--profile", action="store_true",
+                    help="ctune runs under CTUNE_PROFILE=1 (a device wait after every op: slower) and "
+                         "their op tables go into the raw output")
+    ap.add_argument("--no-peer", action="store_true", help="skip the Hugging Face runs")
     args = ap.parse_args()
     if args.warmup < 1 or args.steps < 1:
         sys.exit("--warmup and --steps must be at least 1")
@@ -393,7 +404,8 @@ def main():
     name = device_name(args)
     # On the device machine only $OUT comes back: the raw file goes there when it is set.
     out = args.out or os.path.join(os.environ.get("OUT") or os.path.join(root, "docs", "benchmarks"),
-                                   f"gpu-{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}-{time.strftime('%Y%m%d')}.txt")
+                                   f"gpu-{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}-{time.strftime('%Y%m%d')}"
+                                   + ("-profile" if args.profile else "") + ".txt")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     say = Tee(out)
     sampler = GpuMemorySampler(gpu_for_smi()) if cuda else None
@@ -473,7 +485,7 @@ def main():
                 if method == "lora":
                     other = not r.get("ckpt")
                     extra_ctune[method] = run_ctune(args, ctune, work, method, precision, other, sampler)
-            for p in (["bf16"] if cuda else ["fp32"]):
+            for p in ([] if args.no_peer else ["bf16"] if cuda else ["fp32"]):
                 rows.append((f"transformers {info['transformers']}" + (" + peft" if method == "lora" else ""),
                              run_hf(args, work, method, p, sampler)))
             results[method] = rows
@@ -500,6 +512,12 @@ def main():
                             print("\n".join(r["log"].strip().splitlines()[-15:]), file=sys.stderr)
         for n in notes:
             say(f"# note: {n}")
+        for method, rows in results.items():
+            runs = [r for side, r in rows if side == "ctune"] + ([extra_ctune[method]] if method in extra_ctune else [])
+            for r in runs:
+                if r.get("profile"):
+                    say(f"# {method} ctune {r['precision']}{'+ckpt' if r.get('ckpt') else ''}, op by op:")
+                    say(r["profile"])
 
         say("# ratios ctune / transformers, same run, same device, same batch and sequence")
         for method, rows in results.items():

@@ -108,8 +108,9 @@ run() {
     mkdir -p "$out"
     exec > >(tee "$out/session.log") 2>&1
     echo "== machine"
-    (cat /etc/os-release | head -4; ldd --version | head -1; nvidia-smi || true; nvcc --version | tail -2;
-     cmake --version | head -1) 2>&1
+    # sed, not head: under pipefail a writer cut off by head fails with SIGPIPE.
+    (sed -n 1,4p /etc/os-release; ldd --version | sed -n 1p; nvidia-smi || true; nvcc --version | tail -2;
+     cmake --version | sed -n 1p) 2>&1 || true
 
     echo "== unpacking $(ls "$DEBS"/*.deb | wc -l) packages into $PREFIX"
     mkdir -p "$PREFIX"

@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "kernels/cuda/cuda_status.h"
+#include "kernels/profile.h"
 #include "optim/adamw.h"
 #include "optim/loss_scale.h"
 #include "optim/schedule.h"
@@ -143,6 +144,7 @@ typedef struct run {
     char resumed_from[4096];
     bool preempted;            /* the loop stopped early on SIGTERM/SIGUSR1 */
     bool opt_ready;
+    bool profiling;            /* CTUNE_PROFILE=1: x.k is kernels/profile.h's timing wrapper */
     test_hook hook;
     metrics_log metrics;
     char base_dir[4096];
@@ -411,7 +413,7 @@ static int train_loop(run *x, run_summary *summary, ct_error *err) {
     lr_schedule schedule = lr_schedule_from_recipe(r);
     adamw_hparams hp = {r->optim.beta1, r->optim.beta2, r->optim.eps, r->optim.weight_decay};
     const long long n_micro = (long long)x->accum_steps * d->world_size;
-    double start = now_seconds(), last_log = start;
+    double start = now_seconds(), last_log = start, profile_start = start;
     long long tokens_seen = x->resumed_tokens, processed_since_log = 0;
     double last_loss = NAN, eval_loss = NAN;
     int steps_done = x->start_step;
@@ -513,6 +515,10 @@ static int train_loop(run *x, run_summary *summary, ct_error *err) {
             }
         }
         steps_done = step + 1;
+        if (x->profiling && step == x->start_step) { /* the first step pays for plans and caches */
+            kernels_profile_reset();
+            profile_start = now_seconds();
+        }
         /* Pre-emption: every rank learns of a signal any rank got, at the same step. */
         long long signalled = preempt_signal != 0;
         if (dist_sum_longs(d, &signalled, 1, err)) return -1;
@@ -533,6 +539,8 @@ static int train_loop(run *x, run_summary *summary, ct_error *err) {
         }
     }
     double wall = now_seconds() - start;
+    if (x->profiling && d->rank == 0 && steps_done - x->start_step > 1)
+        kernels_profile_report(stdout, steps_done - x->start_step - 1, now_seconds() - profile_start);
     *summary = (run_summary){.steps = steps_done, .train_loss = last_loss, .eval_loss = NAN,
                              .eval_accuracy = NAN, .tokens_seen = tokens_seen, .world_size = d->world_size,
                              .wall_seconds = wall};
@@ -552,6 +560,7 @@ static void close_run(run *x) {
     free(x->positions);
     free(x->doc_ids);
     if (x->metrics.file) metrics_close(&x->metrics);
+    if (x->profiling) kernels_profile_stop(); /* after every release through the wrapper */
 }
 
 int trainer_run(const recipe *r, const dist *d, bool dry_run, run_summary *summary, ct_error *err) {
@@ -567,6 +576,11 @@ int trainer_run(const recipe *r, const dist *d, bool dry_run, run_summary *summa
     x.hook = test_hook_from_env();
     int status = dist_set_timeout(d, r->distributed.timeout_s, err);
     if (!status) status = select_backend(r, d, &x.k, err);
+    const char *profile = getenv("CTUNE_PROFILE");
+    if (!status && profile && !strcmp(profile, "1") && !dry_run) {
+        status = kernels_profile_start(x.k, &x.k, err);
+        x.profiling = status == 0;
+    }
     if (!status && r->distributed.backend == DIST_BACKEND_NCCL)
         status = ct_fail(err, "%s: distributed.backend nccl is not available yet: the NCCL back end comes "
                               "with the CUDA kernels; on CPU ranks use distributed.backend: mpi (or auto)",

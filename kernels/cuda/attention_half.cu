@@ -45,6 +45,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "kernels/cuda/attention_mma.cuh"
 #include "kernels/cuda/cuda_common.cuh"
 
 using namespace nvcuda;
@@ -61,6 +62,7 @@ struct half_ops;
 template <>
 struct half_ops<__nv_bfloat16> {
     typedef __nv_bfloat162 pair;
+    static const bool is_bf16 = true;
     static __device__ __forceinline__ __nv_bfloat16 from(float x) { return __float2bfloat16_rn(x); }
     static __device__ __forceinline__ pair from2(float a, float b) { return __floats2bfloat162_rn(a, b); }
     static __device__ __forceinline__ float to(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -69,6 +71,7 @@ struct half_ops<__nv_bfloat16> {
 template <>
 struct half_ops<__half> {
     typedef __half2 pair;
+    static const bool is_bf16 = false;
     static __device__ __forceinline__ __half from(float x) { return __float2half_rn(x); }
     static __device__ __forceinline__ pair from2(float a, float b) { return __floats2half2_rn(a, b); }
     static __device__ __forceinline__ float to(__half x) { return __half2float(x); }
@@ -620,6 +623,12 @@ static void launch_bwd(float *dq, float *dk, float *dv, const float *dout, const
         <<<(unsigned)((dot_threads + CUDA_THREADS - 1) / CUDA_THREADS), CUDA_THREADS>>>(
             D, dout, out, dq_sh);
     CUDA_CHECK_LAUNCH();
+    const kernels_half_format fmt = half_ops<T>::is_bf16 ? KERNELS_BF16 : KERNELS_FP16;
+    if (attention_mma_bwd(fmt, dq, dk, dv, dout, q, k, v, lse, D, dq_sh.doc_ids, dq_sh.batch, dq_sh.seq,
+                          dq_sh.n_heads, dq_sh.n_kv, dq_sh.d, dq_sh.scale)) {
+        CUDA_CHECK(cudaFreeAsync(D, 0));
+        return;
+    }
 
     allow_half_smem(attention_bwd_dq_half_kernel<T>, dq_smem);
     const dim3 dq_grid((unsigned)((dq_sh.seq + dq_sh.tile - 1) / dq_sh.tile),
@@ -642,6 +651,8 @@ extern "C" void cuda_attention_fwd_half(kernels_half_format fmt, float *out, flo
                                         const int32_t *doc_ids, int batch, int seq, int n_heads,
                                         int n_kv_heads, int head_dim, float scale) {
     if (!known_half_format(fmt, "attention_fwd_half")) return;
+    if (attention_mma_fwd(fmt, out, lse, q, k, v, doc_ids, batch, seq, n_heads, n_kv_heads, head_dim, scale))
+        return;
     ah_shape sh;
     size_t bytes = 0;
     if (!half_shape(&sh, fwd_bytes, &bytes, doc_ids, batch, seq, n_heads, n_kv_heads, head_dim,

@@ -1,0 +1,563 @@
+// attention_mma: causal grouped-query attention on tensor cores with register accumulators,
+// FlashAttention-2 style (mma.sync.m16n8k16, bf16 or fp16 operands, fp32 sums), for head
+// sizes 64 and 128. Same contract and arithmetic as attention_half.cu's WMMA kernels (which
+// take every other shape): q, k, v, dout are rounded to the format while a tile is loaded;
+// softmax statistics, lse and D are fp32; P (relative to the running row maximum in the
+// forward) and dS are rounded where they enter a product.
+//
+// Why it is fast where the WMMA kernels are not (H100, Llama-3.2-1B shapes: those ran at
+// 9-14 TFLOP/s): mma.sync fixes which lane holds which element of a product, so scores,
+// softmax and the output accumulators stay in registers (the WMMA kernels round-trip them
+// through shared memory every tile), and the score fragment of S = Q K^T is, element for
+// element, the operand fragment P of P V (FlashAttention-2's register reuse).
+//
+// Tiling: a block has 4 warps and a tile of 64 rows (16 per warp: queries in the forward and
+// dq, keys in dk/dv) and streams tiles of 64 rows of the other side through shared memory,
+// in 16-bit, natural (row-major) where a product reads the tile's rows as B^T and
+// transposed where it reads them as B. Every output element has one writer and a fixed
+// summation order (keys ascending; in dk/dv the group's heads, then queries ascending):
+// no atomics, the same bits every run. Exponentials are exp2 of scores pre-scaled by
+// scale * log2(e).
+//
+// Fragment layouts of mma.m16n8k16 (PTX ISA, "Matrix fragments for mma.m16n8k16"), lane =
+// 4 * gid + tig: A (16 x 16, row-major) a0 = (gid, 2tig..2tig+1), a1 = (gid+8, same),
+// a2 = (gid, 2tig+8..), a3 = (gid+8, 2tig+8..); B (16 x 8) b0 = (k 2tig..2tig+1, n gid),
+// b1 = (k 2tig+8.., n gid); C (16 x 8, fp32) c0, c1 = (gid, 2tig, 2tig+1), c2, c3 = (gid+8, ..).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdint.h>
+
+#include "kernels/cuda/attention_mma.cuh"
+#include "kernels/cuda/cuda_common.cuh"
+
+#define AM_ROWS 64                // rows of a block's tile and of a streamed tile
+#define AM_THREADS 128            // 4 warps of 16 rows
+#define AM_LDT (AM_ROWS + 8)      // row stride of a transposed tile (+8: no bank conflicts)
+#define AM_LOG2E 1.4426950408889634f
+#define AM_LN2 0.6931471805599453f
+
+struct am_shape {
+    int batch, seq, n_heads, n_kv, d, group;
+    size_t q_stride, kv_stride;  // row strides of q/out and k/v, in elements
+    const int32_t *doc_ids;
+    float scale, scale_log2;     // scale, and scale * log2(e)
+};
+
+// ------------------------------------------------------------------ formats
+
+template <typename T>
+struct am_format;
+
+template <>
+struct am_format<__nv_bfloat16> {
+    static __device__ __forceinline__ __nv_bfloat16 one(float x) { return __float2bfloat16_rn(x); }
+    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+        __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);  // lo in the low 16 bits
+        return *reinterpret_cast<uint32_t *>(&p);
+    }
+    static __device__ __forceinline__ void mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+            "{%8,%9}, {%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+};
+
+template <>
+struct am_format<__half> {
+    static __device__ __forceinline__ __half one(float x) { return __float2half_rn(x); }
+    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+        __half2 p = __floats2half2_rn(lo, hi);
+        return *reinterpret_cast<uint32_t *>(&p);
+    }
+    static __device__ __forceinline__ void mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+            "{%8,%9}, {%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+};
+
+// ------------------------------------------------------------------ tiles and fragments
+
+// Rows [r0, r0+64) of one head of a [batch*seq, stride] fp32 tensor, rounded to T, into nat
+// (row-major, stride DP+8) and/or tr (transposed, tr[c * AM_LDT + r]); NULL skips one. Rows
+// past seq are zero. Reads are float4 (the launcher checks 16-byte alignment).
+template <typename T, int DP>
+__device__ void am_load(T *nat, T *tr, const float *src, size_t stride, const am_shape &sh, int b,
+                        int r0, int head) {
+    constexpr int Q4 = DP / 4;
+    for (int e = threadIdx.x; e < AM_ROWS * Q4; e += AM_THREADS) {
+        const int r = e / Q4, c = 4 * (e % Q4), s = r0 + r;
+        float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (s < sh.seq)
+            x = *reinterpret_cast<const float4 *>(src + ((size_t)b * sh.seq + s) * stride +
+                                                  (size_t)head * sh.d + c);
+        if (nat) {
+            uint2 w;
+            w.x = am_format<T>::pack(x.x, x.y);
+            w.y = am_format<T>::pack(x.z, x.w);
+            *reinterpret_cast<uint2 *>(nat + r * (DP + 8) + c) = w;
+        }
+        if (tr) {
+            tr[(c + 0) * AM_LDT + r] = am_format<T>::one(x.x);
+            tr[(c + 1) * AM_LDT + r] = am_format<T>::one(x.y);
+            tr[(c + 2) * AM_LDT + r] = am_format<T>::one(x.z);
+            tr[(c + 3) * AM_LDT + r] = am_format<T>::one(x.w);
+        }
+    }
+}
+
+// Document ids of rows [r0, r0+64) (-1 past the end, where no visible pair looks).
+__device__ void am_load_docs(int32_t *dst, const am_shape &sh, int b, int r0) {
+    for (int r = threadIdx.x; r < AM_ROWS; r += AM_THREADS) {
+        const int s = r0 + r;
+        dst[r] = sh.doc_ids && s < sh.seq ? sh.doc_ids[(size_t)b * sh.seq + s] : -1;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t am_ld32(const T *p) {
+    return *reinterpret_cast<const uint32_t *>(p);
+}
+
+// A fragment: rows [r0, r0+16), columns [k0, k0+16) of a row-major tile with stride ld.
+template <typename T>
+__device__ __forceinline__ void am_frag_a(uint32_t a[4], const T *x, int ld, int r0, int k0, int gid,
+                                          int tig) {
+    const T *p = x + (r0 + gid) * ld + k0 + 2 * tig;
+    a[0] = am_ld32(p);
+    a[1] = am_ld32(p + 8 * ld);
+    a[2] = am_ld32(p + 8);
+    a[3] = am_ld32(p + 8 * ld + 8);
+}
+
+// B fragment with B[k][n] = x[n][k] (x row-major, stride ld): n in [n0, n0+8), k in [k0, k0+16).
+template <typename T>
+__device__ __forceinline__ void am_frag_b(uint32_t &b0, uint32_t &b1, const T *x, int ld, int n0, int k0,
+                                          int gid, int tig) {
+    const T *p = x + (n0 + gid) * ld + k0 + 2 * tig;
+    b0 = am_ld32(p);
+    b1 = am_ld32(p + 8);
+}
+
+// The A fragment of columns [16kc, 16kc+16) of a 16 x 64 fp32 accumulator (8 n-tiles of 8):
+// the accumulator's layout is the operand's, so this is a rounding, not a shuffle.
+template <typename T>
+__device__ __forceinline__ void am_acc_to_a(uint32_t a[4], const float c[8][4], int kc) {
+    a[0] = am_format<T>::pack(c[2 * kc][0], c[2 * kc][1]);
+    a[1] = am_format<T>::pack(c[2 * kc][2], c[2 * kc][3]);
+    a[2] = am_format<T>::pack(c[2 * kc + 1][0], c[2 * kc + 1][1]);
+    a[3] = am_format<T>::pack(c[2 * kc + 1][2], c[2 * kc + 1][3]);
+}
+
+// acc[16 x 64] = A[16 x DP] B^T, A rows [r0, r0+16) of a (row-major, stride DP+8) and B's 64
+// rows those of bt (same layout): Q K^T, dO V^T, K Q^T, V dO^T.
+template <typename T, int DP>
+__device__ __forceinline__ void am_product_abt(float acc[8][4], const T *a, int r0, const T *bt, int gid,
+                                               int tig) {
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[nt][e] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < DP; kk += 16) {
+        uint32_t fa[4];
+        am_frag_a(fa, a, DP + 8, r0, kk, gid, tig);
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) {
+            uint32_t b0, b1;
+            am_frag_b(b0, b1, bt, DP + 8, nt * 8, kk, gid, tig);
+            am_format<T>::mma(acc[nt], fa, b0, b1);
+        }
+    }
+}
+
+// out[16 x DP] += A[16 x 64] B, A the 16-bit rounding of acc (P or dS), B given transposed
+// (tr: DP rows of 64, stride AM_LDT): P V, dS K, P^T dO, dS^T Q.
+template <typename T, int DP>
+__device__ __forceinline__ void am_accumulate(float out[DP / 8][4], const float acc[8][4], const T *tr,
+                                              int gid, int tig) {
+#pragma unroll
+    for (int kc = 0; kc < 4; kc++) {
+        uint32_t fa[4];
+        am_acc_to_a<T>(fa, acc, kc);
+#pragma unroll
+        for (int dn = 0; dn < DP / 8; dn++) {
+            uint32_t b0, b1;
+            am_frag_b(b0, b1, tr, AM_LDT, dn * 8, kc * 16, gid, tig);
+            am_format<T>::mma(out[dn], fa, b0, b1);
+        }
+    }
+}
+
+__device__ __forceinline__ bool am_visible(const am_shape &sh, int query, int key, int32_t query_doc,
+                                           int32_t key_doc) {
+    return query < sh.seq && key <= query && (!sh.doc_ids || query_doc == key_doc);
+}
+
+// Column (within a 64-wide tile) of element e of n-tile nt of a thread's accumulator.
+__device__ __forceinline__ int am_col(int nt, int e, int tig) { return nt * 8 + 2 * tig + (e & 1); }
+
+// Writes a thread's two rows of a 16 x DP accumulator times factor (rows past seq skipped).
+template <int DP>
+__device__ __forceinline__ void am_store_rows(float *dst, size_t stride, size_t col0, const am_shape &sh,
+                                              int b, const int rows[2], const float acc[DP / 8][4],
+                                              float factor, int tig) {
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        if (rows[r] >= sh.seq) continue;
+        float *row = dst + ((size_t)b * sh.seq + rows[r]) * stride + col0;
+#pragma unroll
+        for (int dn = 0; dn < DP / 8; dn++)
+            *reinterpret_cast<float2 *>(row + dn * 8 + 2 * tig) =
+                make_float2(acc[dn][2 * r] * factor, acc[dn][2 * r + 1] * factor);
+    }
+}
+
+// ------------------------------------------------------------------ forward
+
+// One block per (query tile, head, sequence), late (long) query tiles first.
+template <typename T, int DP>
+__global__ void __launch_bounds__(AM_THREADS)
+    am_fwd_kernel(float *out, float *lse, const float *q, const float *k, const float *v, am_shape sh) {
+    extern __shared__ __align__(16) unsigned char am_smem[];
+    constexpr int LD = DP + 8;
+    T *Qs = reinterpret_cast<T *>(am_smem);
+    T *Ks = Qs + AM_ROWS * LD;
+    T *Vt = Ks + AM_ROWS * LD;
+    int32_t *qdoc = reinterpret_cast<int32_t *>(Vt + DP * AM_LDT);
+    int32_t *kdoc = qdoc + AM_ROWS;
+
+    const int n_tiles = (sh.seq + AM_ROWS - 1) / AM_ROWS;
+    const int i0 = (n_tiles - 1 - (int)blockIdx.x) * AM_ROWS;
+    const int h = blockIdx.y, b = blockIdx.z, g = h / sh.group;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane >> 2, tig = lane & 3;
+    const int row0 = warp * 16;
+    const int rows[2] = {i0 + row0 + gid, i0 + row0 + gid + 8};
+    const int warp_first = i0 + row0, warp_last = min(warp_first + 15, sh.seq - 1);
+
+    am_load<T, DP>(Qs, nullptr, q, sh.q_stride, sh, b, i0, h);
+    am_load_docs(qdoc, sh, b, i0);
+    __syncthreads();
+    const int32_t qd[2] = {qdoc[row0 + gid], qdoc[row0 + gid + 8]};
+
+    float o[DP / 8][4];
+#pragma unroll
+    for (int dn = 0; dn < DP / 8; dn++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) o[dn][e] = 0.0f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // per thread: partial sums
+    const int last_query = min(i0 + AM_ROWS, sh.seq) - 1;
+    for (int j0 = 0; j0 <= last_query; j0 += AM_ROWS) {
+        __syncthreads();  // the previous K, V are consumed
+        am_load<T, DP>(Ks, nullptr, k, sh.kv_stride, sh, b, j0, g);
+        am_load<T, DP>(nullptr, Vt, v, sh.kv_stride, sh, b, j0, g);
+        am_load_docs(kdoc, sh, b, j0);
+        __syncthreads();
+        // Rows all padding, or all before this key tile: P = 0 (warp-uniform).
+        if (warp_first >= sh.seq || j0 > warp_last) continue;
+        float s[8][4];
+        am_product_abt<T, DP>(s, Qs, row0, Ks, gid, tig);
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int r = e >> 1, c = am_col(nt, e, tig);
+                const bool vis = am_visible(sh, rows[r], j0 + c, qd[r], kdoc[c]);
+                s[nt][e] = vis ? s[nt][e] * sh.scale_log2 : -INFINITY;
+                mx[r] = fmaxf(mx[r], s[nt][e]);
+            }
+        float corr[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            // The row's 4 threads (same gid) hold its 64 columns.
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(CUDA_FULL_MASK, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(CUDA_FULL_MASK, mx[r], 2));
+            const float m_new = fmaxf(m[r], mx[r]);
+            corr[r] = m[r] == -INFINITY ? 0.0f : exp2f(m[r] - m_new);  // nothing summed yet: 0
+            m[r] = m_new;
+            l[r] *= corr[r];
+        }
+#pragma unroll
+        for (int dn = 0; dn < DP / 8; dn++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) o[dn][e] *= corr[e >> 1];
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int r = e >> 1;
+                const float p = s[nt][e] == -INFINITY ? 0.0f : exp2f(s[nt][e] - m[r]);
+                s[nt][e] = p;
+                l[r] += p;
+            }
+        am_accumulate<T, DP>(o, s, Vt, gid, tig);
+    }
+    float inv[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l[r] += __shfl_xor_sync(CUDA_FULL_MASK, l[r], 1);
+        l[r] += __shfl_xor_sync(CUDA_FULL_MASK, l[r], 2);
+        // Key s = query s is always visible, so l >= 1 on every real row.
+        inv[r] = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+    }
+    // Each row's factor differs: store the two rows separately.
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        if (rows[r] >= sh.seq) continue;
+        float *orow = out + ((size_t)b * sh.seq + rows[r]) * sh.q_stride + (size_t)h * sh.d;
+#pragma unroll
+        for (int dn = 0; dn < DP / 8; dn++)
+            *reinterpret_cast<float2 *>(orow + dn * 8 + 2 * tig) =
+                make_float2(o[dn][2 * r] * inv[r], o[dn][2 * r + 1] * inv[r]);
+        if (tig == 0) lse[((size_t)b * sh.n_heads + h) * sh.seq + rows[r]] = m[r] * AM_LN2 + logf(l[r]);
+    }
+}
+
+// ------------------------------------------------------------------ backward
+
+// dq = scale dS K: one block per (query tile, head, sequence), key tiles ascending.
+template <typename T, int DP>
+__global__ void __launch_bounds__(AM_THREADS)
+    am_dq_kernel(float *dq, const float *dout, const float *q, const float *k, const float *v,
+                 const float *lse, const float *D, am_shape sh) {
+    extern __shared__ __align__(16) unsigned char am_smem[];
+    constexpr int LD = DP + 8;
+    T *Qs = reinterpret_cast<T *>(am_smem);
+    T *dOs = Qs + AM_ROWS * LD;
+    T *Ks = dOs + AM_ROWS * LD;
+    T *Vs = Ks + AM_ROWS * LD;
+    T *Kt = Vs + AM_ROWS * LD;
+    int32_t *qdoc = reinterpret_cast<int32_t *>(Kt + DP * AM_LDT);
+    int32_t *kdoc = qdoc + AM_ROWS;
+
+    const int n_tiles = (sh.seq + AM_ROWS - 1) / AM_ROWS;
+    const int i0 = (n_tiles - 1 - (int)blockIdx.x) * AM_ROWS;
+    const int h = blockIdx.y, b = blockIdx.z, g = h / sh.group;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane >> 2, tig = lane & 3;
+    const int row0 = warp * 16;
+    const int rows[2] = {i0 + row0 + gid, i0 + row0 + gid + 8};
+    const int warp_first = i0 + row0, warp_last = min(warp_first + 15, sh.seq - 1);
+
+    am_load<T, DP>(Qs, nullptr, q, sh.q_stride, sh, b, i0, h);
+    am_load<T, DP>(dOs, nullptr, dout, sh.q_stride, sh, b, i0, h);
+    am_load_docs(qdoc, sh, b, i0);
+    float row_lse[2], row_D[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const size_t stat = ((size_t)b * sh.n_heads + h) * sh.seq + rows[r];
+        row_lse[r] = rows[r] < sh.seq ? lse[stat] * AM_LOG2E : 0.0f;
+        row_D[r] = rows[r] < sh.seq ? D[stat] : 0.0f;
+    }
+    __syncthreads();
+    const int32_t qd[2] = {qdoc[row0 + gid], qdoc[row0 + gid + 8]};
+
+    float acc[DP / 8][4];
+#pragma unroll
+    for (int dn = 0; dn < DP / 8; dn++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[dn][e] = 0.0f;
+    const int last_query = min(i0 + AM_ROWS, sh.seq) - 1;
+    for (int j0 = 0; j0 <= last_query; j0 += AM_ROWS) {
+        __syncthreads();
+        am_load<T, DP>(Ks, Kt, k, sh.kv_stride, sh, b, j0, g);
+        am_load<T, DP>(Vs, nullptr, v, sh.kv_stride, sh, b, j0, g);
+        am_load_docs(kdoc, sh, b, j0);
+        __syncthreads();
+        if (warp_first >= sh.seq || j0 > warp_last) continue;  // dS = 0
+        float s[8][4], dp[8][4];
+        am_product_abt<T, DP>(s, Qs, row0, Ks, gid, tig);
+        am_product_abt<T, DP>(dp, dOs, row0, Vs, gid, tig);
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int r = e >> 1, c = am_col(nt, e, tig);
+                float ds = 0.0f;
+                if (am_visible(sh, rows[r], j0 + c, qd[r], kdoc[c])) {
+                    const float p = exp2f(s[nt][e] * sh.scale_log2 - row_lse[r]);
+                    ds = p * (dp[nt][e] - row_D[r]);
+                }
+                s[nt][e] = ds;
+            }
+        am_accumulate<T, DP>(acc, s, Kt, gid, tig);
+    }
+    am_store_rows<DP>(dq, sh.q_stride, (size_t)h * sh.d, sh, b, rows, acc, sh.scale, tig);
+}
+
+// dk = scale dS^T Q, dv = P^T dO: one block per (key tile, kv head, sequence), over the
+// group's query heads, then the query tiles from the key tile on.
+template <typename T, int DP>
+__global__ void __launch_bounds__(AM_THREADS)
+    am_dkv_kernel(float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v,
+                  const float *lse, const float *D, am_shape sh) {
+    extern __shared__ __align__(16) unsigned char am_smem[];
+    constexpr int LD = DP + 8;
+    T *Ks = reinterpret_cast<T *>(am_smem);
+    T *Vs = Ks + AM_ROWS * LD;
+    T *Qs = Vs + AM_ROWS * LD;
+    T *dOs = Qs + AM_ROWS * LD;
+    T *Qt = dOs + AM_ROWS * LD;
+    T *dOt = Qt + DP * AM_LDT;
+    int32_t *kdoc = reinterpret_cast<int32_t *>(dOt + DP * AM_LDT);
+    int32_t *qdoc = kdoc + AM_ROWS;
+    float *col_lse = reinterpret_cast<float *>(qdoc + AM_ROWS);
+    float *col_D = col_lse + AM_ROWS;
+
+    const int j0 = blockIdx.x * AM_ROWS, g = blockIdx.y, b = blockIdx.z;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane >> 2, tig = lane & 3;
+    const int row0 = warp * 16;
+    const int keys[2] = {j0 + row0 + gid, j0 + row0 + gid + 8};
+    const int warp_first = j0 + row0;
+
+    am_load<T, DP>(Ks, nullptr, k, sh.kv_stride, sh, b, j0, g);
+    am_load<T, DP>(Vs, nullptr, v, sh.kv_stride, sh, b, j0, g);
+    am_load_docs(kdoc, sh, b, j0);
+    __syncthreads();
+    const int32_t kd[2] = {kdoc[row0 + gid], kdoc[row0 + gid + 8]};
+
+    float dK[DP / 8][4], dV[DP / 8][4];
+#pragma unroll
+    for (int dn = 0; dn < DP / 8; dn++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dK[dn][e] = dV[dn][e] = 0.0f;
+    for (int h = g * sh.group; h < (g + 1) * sh.group; h++) {
+        // Query tiles are aligned with key tiles and as long: earlier ones see no key here.
+        for (int i0 = j0; i0 < sh.seq; i0 += AM_ROWS) {
+            __syncthreads();
+            am_load<T, DP>(Qs, Qt, q, sh.q_stride, sh, b, i0, h);
+            am_load<T, DP>(dOs, dOt, dout, sh.q_stride, sh, b, i0, h);
+            am_load_docs(qdoc, sh, b, i0);
+            for (int c = threadIdx.x; c < AM_ROWS; c += AM_THREADS) {
+                const int s = i0 + c;
+                const size_t stat = ((size_t)b * sh.n_heads + h) * sh.seq + s;
+                col_lse[c] = s < sh.seq ? lse[stat] * AM_LOG2E : 0.0f;
+                col_D[c] = s < sh.seq ? D[stat] : 0.0f;
+            }
+            __syncthreads();
+            // Keys all padding, or all after the tile's last query: P = dS = 0.
+            if (warp_first >= sh.seq || warp_first > min(i0 + AM_ROWS, sh.seq) - 1) continue;
+            float s[8][4], dp[8][4];
+            am_product_abt<T, DP>(s, Ks, row0, Qs, gid, tig);
+            am_product_abt<T, DP>(dp, Vs, row0, dOs, gid, tig);
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int r = e >> 1, c = am_col(nt, e, tig);  // key row r, query column c
+                    float p = 0.0f, ds = 0.0f;
+                    if (am_visible(sh, i0 + c, keys[r], qdoc[c], kd[r])) {
+                        p = exp2f(s[nt][e] * sh.scale_log2 - col_lse[c]);
+                        ds = p * (dp[nt][e] - col_D[c]);
+                    }
+                    s[nt][e] = p;
+                    dp[nt][e] = ds;
+                }
+            am_accumulate<T, DP>(dV, s, dOt, gid, tig);
+            am_accumulate<T, DP>(dK, dp, Qt, gid, tig);
+        }
+    }
+    am_store_rows<DP>(dk, sh.kv_stride, (size_t)g * sh.d, sh, b, keys, dK, sh.scale, tig);
+    am_store_rows<DP>(dv, sh.kv_stride, (size_t)g * sh.d, sh, b, keys, dV, 1.0f, tig);
+}
+
+// ------------------------------------------------------------------ launchers
+
+template <int DP>
+static size_t am_tile_bytes(int natural, int transposed, int int_rows) {
+    return (size_t)natural * AM_ROWS * (DP + 8) * 2 + (size_t)transposed * DP * AM_LDT * 2 +
+           (size_t)int_rows * AM_ROWS * 4;
+}
+
+static bool am_aligned(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+// Fills sh; false for the shapes this path does not take.
+static bool am_shape_of(am_shape *sh, const int32_t *doc_ids, int batch, int seq, int n_heads, int n_kv_heads,
+                        int head_dim, float scale) {
+    if (head_dim != 64 && head_dim != 128) return false;
+    if (batch <= 0 || seq <= 0 || n_heads <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads != 0) return false;
+    if (batch > 65535 || n_heads > 65535) return false;
+    sh->batch = batch;
+    sh->seq = seq;
+    sh->n_heads = n_heads;
+    sh->n_kv = n_kv_heads;
+    sh->d = head_dim;
+    sh->group = n_heads / n_kv_heads;
+    sh->q_stride = (size_t)n_heads * head_dim;
+    sh->kv_stride = (size_t)n_kv_heads * head_dim;
+    sh->doc_ids = doc_ids;
+    sh->scale = scale;
+    sh->scale_log2 = scale * AM_LOG2E;
+    return true;
+}
+
+template <typename Kernel>
+static bool am_allow_smem(Kernel kernel, size_t bytes) {
+    int device = 0, limit = 0;
+    CUDA_CHECK(cudaGetDevice(&device));
+    CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    if (bytes > (size_t)limit) return false;
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+    return true;
+}
+
+template <typename T, int DP>
+static bool am_fwd(float *out, float *lse, const float *q, const float *k, const float *v, const am_shape &sh) {
+    const size_t bytes = am_tile_bytes<DP>(2, 1, 2);
+    if (!am_allow_smem(am_fwd_kernel<T, DP>, bytes)) return false;
+    const dim3 grid((unsigned)((sh.seq + AM_ROWS - 1) / AM_ROWS), (unsigned)sh.n_heads, (unsigned)sh.batch);
+    am_fwd_kernel<T, DP><<<grid, AM_THREADS, bytes>>>(out, lse, q, k, v, sh);
+    CUDA_CHECK_LAUNCH();
+    return true;
+}
+
+template <typename T, int DP>
+static bool am_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                   const float *v, const float *lse, const float *D, const am_shape &sh) {
+    const size_t dq_smem = am_tile_bytes<DP>(4, 1, 2), dkv_smem = am_tile_bytes<DP>(4, 2, 4);
+    if (!am_allow_smem(am_dq_kernel<T, DP>, dq_smem) || !am_allow_smem(am_dkv_kernel<T, DP>, dkv_smem))
+        return false;
+    const unsigned tiles = (unsigned)((sh.seq + AM_ROWS - 1) / AM_ROWS);
+    am_dq_kernel<T, DP><<<dim3(tiles, (unsigned)sh.n_heads, (unsigned)sh.batch), AM_THREADS, dq_smem>>>(
+        dq, dout, q, k, v, lse, D, sh);
+    CUDA_CHECK_LAUNCH();
+    am_dkv_kernel<T, DP><<<dim3(tiles, (unsigned)sh.n_kv, (unsigned)sh.batch), AM_THREADS, dkv_smem>>>(
+        dk, dv, dout, q, k, v, lse, D, sh);
+    CUDA_CHECK_LAUNCH();
+    return true;
+}
+
+bool attention_mma_fwd(kernels_half_format fmt, float *out, float *lse, const float *q, const float *k,
+                       const float *v, const int32_t *doc_ids, int batch, int seq, int n_heads, int n_kv_heads,
+                       int head_dim, float scale) {
+    am_shape sh;
+    if (!am_shape_of(&sh, doc_ids, batch, seq, n_heads, n_kv_heads, head_dim, scale)) return false;
+    if (!am_aligned(out) || !am_aligned(q) || !am_aligned(k) || !am_aligned(v)) return false;
+    const bool bf16 = fmt == KERNELS_BF16;
+    if (head_dim == 64)
+        return bf16 ? am_fwd<__nv_bfloat16, 64>(out, lse, q, k, v, sh) : am_fwd<__half, 64>(out, lse, q, k, v, sh);
+    return bf16 ? am_fwd<__nv_bfloat16, 128>(out, lse, q, k, v, sh) : am_fwd<__half, 128>(out, lse, q, k, v, sh);
+}
+
+bool attention_mma_bwd(kernels_half_format fmt, float *dq, float *dk, float *dv, const float *dout,
+                       const float *q, const float *k, const float *v, const float *lse, const float *D,
+                       const int32_t *doc_ids, int batch, int seq, int n_heads, int n_kv_heads, int head_dim,
+                       float scale) {
+    am_shape sh;
+    if (!am_shape_of(&sh, doc_ids, batch, seq, n_heads, n_kv_heads, head_dim, scale)) return false;
+    const void *pointers[] = {dq, dk, dv, dout, q, k, v};
+    for (const void *p : pointers)
+        if (!am_aligned(p)) return false;
+    const bool bf16 = fmt == KERNELS_BF16;
+    if (head_dim == 64)
+        return bf16 ? am_bwd<__nv_bfloat16, 64>(dq, dk, dv, dout, q, k, v, lse, D, sh)
+                    : am_bwd<__half, 64>(dq, dk, dv, dout, q, k, v, lse, D, sh);
+    return bf16 ? am_bwd<__nv_bfloat16, 128>(dq, dk, dv, dout, q, k, v, lse, D, sh)
+                : am_bwd<__half, 128>(dq, dk, dv, dout, q, k, v, lse, D, sh);
+}

@@ -1,0 +1,308 @@
+/* kernels_profile: every op of a backend timed, with a wait for the device after each. */
+#include "kernels/profile.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define PROFILE_MAX_ROWS 512
+#define PROFILE_KEY 96
+#define PROFILE_CALIBRATION_WAITS 64
+
+typedef struct {
+    char key[PROFILE_KEY];
+    long long calls;
+    double seconds;
+    double flops; /* matrix-product FLOPs of all calls (0: not a product) */
+    double bytes; /* bytes every call must move at least (0: not counted) */
+} profile_row;
+
+/* The wrapper's state: the table functions take no context (kernels.h), so it lives here. */
+static struct {
+    bool running;
+    const kernels *inner;
+    kernels table;
+    void *probe;        /* 4 bytes of backend memory downloaded to wait for the device */
+    double empty_wait;  /* seconds one wait costs with nothing queued */
+    int n_rows;
+    profile_row rows[PROFILE_MAX_ROWS];
+    long long dropped; /* calls whose key found no free row */
+} prof;
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void wait_device(void) {
+    float sink;
+    prof.inner->download(&sink, prof.probe, sizeof sink);
+}
+
+/* Waits for what earlier ops queued, so the timed op starts on an idle device. */
+static double begin(void) {
+    wait_device();
+    return now_seconds();
+}
+
+static void end(double t0, const char *key, double flops, double bytes) {
+    wait_device();
+    double t = now_seconds() - t0 - prof.empty_wait;
+    if (t < 0) t = 0;
+    for (int i = 0; i < prof.n_rows; i++) {
+        profile_row *row = &prof.rows[i];
+        if (strcmp(row->key, key) != 0) continue;
+        row->calls++;
+        row->seconds += t;
+        row->flops += flops;
+        row->bytes += bytes;
+        return;
+    }
+    if (prof.n_rows == PROFILE_MAX_ROWS) {
+        prof.dropped++;
+        return;
+    }
+    profile_row *row = &prof.rows[prof.n_rows++];
+    snprintf(row->key, sizeof row->key, "%s", key);
+    row->calls = 1;
+    row->seconds = t;
+    row->flops = flops;
+    row->bytes = bytes;
+}
+
+#define TIMED(flops, bytes, call, ...)                      \
+    do {                                                    \
+        char key_[PROFILE_KEY];                             \
+        snprintf(key_, sizeof key_, __VA_ARGS__);           \
+        double t0_ = begin();                               \
+        call;                                               \
+        end(t0_, key_, (double)(flops), (double)(bytes));   \
+    } while (0)
+
+static const char *fmt_name(kernels_half_format fmt) { return fmt == KERNELS_BF16 ? "bf16" : "fp16"; }
+
+static char tr(bool t) { return t ? 'T' : 'N'; }
+
+/* ---- memory ---- */
+static void *p_alloc(size_t bytes) {
+    void *p = NULL;
+    TIMED(0, 0, p = prof.inner->alloc(bytes), "alloc");
+    return p;
+}
+static void p_release(void *p) { TIMED(0, 0, prof.inner->release(p), "release"); }
+static void p_zero(void *p, size_t bytes) { TIMED(0, bytes, prof.inner->zero(p, bytes), "zero"); }
+static void p_copy(void *d, const void *s, size_t bytes) {
+    TIMED(0, 2.0 * bytes, prof.inner->copy(d, s, bytes), "copy");
+}
+static void p_upload(void *d, const void *h, size_t bytes) {
+    TIMED(0, bytes, prof.inner->upload(d, h, bytes), "upload");
+}
+static void p_download(void *h, const void *s, size_t bytes) {
+    TIMED(0, bytes, prof.inner->download(h, s, bytes), "download");
+}
+
+/* ---- algebra and element-wise ---- */
+static void p_gemm(bool ta, bool tb, int m, int n, int k, float alpha, const float *a, int lda, const float *b,
+                   int ldb, float beta, float *c, int ldc) {
+    TIMED(2.0 * m * n * k, 0, prof.inner->gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc),
+          "gemm fp32 %c%c m %d n %d k %d", tr(ta), tr(tb), m, n, k);
+}
+static void p_add(float *out, const float *a, const float *b, size_t n) {
+    TIMED(0, 12.0 * n, prof.inner->add(out, a, b, n), "add");
+}
+static void p_axpy(float *y, float alpha, const float *x, size_t n) {
+    TIMED(0, 12.0 * n, prof.inner->axpy(y, alpha, x, n), "axpy");
+}
+static void p_scale(float *x, float alpha, size_t n) { TIMED(0, 8.0 * n, prof.inner->scale(x, alpha, n), "scale"); }
+static void p_dropout(float *out, const float *x, float p, uint64_t seed, uint64_t offset, size_t n) {
+    TIMED(0, 8.0 * n, prof.inner->dropout(out, x, p, seed, offset, n), "dropout");
+}
+static double p_sum_squares(const float *x, size_t n) {
+    double s = 0;
+    TIMED(0, 4.0 * n, s = prof.inner->sum_squares(x, n), "sum_squares");
+    return s;
+}
+static void p_sum_squares_blocks(const float *x, size_t n, size_t block, double *sums) {
+    TIMED(0, 4.0 * n, prof.inner->sum_squares_blocks(x, n, block, sums), "sum_squares_blocks");
+}
+static void p_embedding_fwd(float *out, const float *table, const int32_t *ids, int n, int h) {
+    TIMED(0, 8.0 * n * h, prof.inner->embedding_fwd(out, table, ids, n, h), "embedding_fwd");
+}
+static void p_embedding_bwd(float *dtable, const float *dout, const int32_t *ids, const int32_t *order, int n,
+                            int h) {
+    TIMED(0, 12.0 * n * h, prof.inner->embedding_bwd(dtable, dout, ids, order, n, h), "embedding_bwd%s",
+          order ? " (sorted)" : "");
+}
+static void p_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int rows, int dim, float eps) {
+    TIMED(0, 8.0 * rows * dim, prof.inner->rmsnorm_fwd(out, rstd, x, w, rows, dim, eps), "rmsnorm_fwd");
+}
+static void p_rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, const float *w,
+                          const float *rstd, int rows, int dim) {
+    TIMED(0, 12.0 * rows * dim, prof.inner->rmsnorm_bwd(dx, dw, dout, x, w, rstd, rows, dim), "rmsnorm_bwd%s",
+          dw ? "" : " (frozen weight)");
+}
+static void p_rope_fwd(float *x, const int32_t *pos, const float *inv_freq, int n, int heads, int d) {
+    TIMED(0, 8.0 * n * heads * d, prof.inner->rope_fwd(x, pos, inv_freq, n, heads, d), "rope_fwd");
+}
+static void p_rope_bwd(float *dx, const int32_t *pos, const float *inv_freq, int n, int heads, int d) {
+    TIMED(0, 8.0 * n * heads * d, prof.inner->rope_bwd(dx, pos, inv_freq, n, heads, d), "rope_bwd");
+}
+static void p_swiglu_fwd(float *out, const float *gate, const float *up, size_t n) {
+    TIMED(0, 12.0 * n, prof.inner->swiglu_fwd(out, gate, up, n), "swiglu_fwd");
+}
+static void p_swiglu_bwd(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                         size_t n) {
+    TIMED(0, 20.0 * n, prof.inner->swiglu_bwd(dgate, dup, dout, gate, up, n), "swiglu_bwd");
+}
+
+/* ---- attention: FLOPs of the causal half of the score and output products ---- */
+static double attention_flops(int batch, int seq, int heads, int d) {
+    return 2.0 * batch * heads * (double)seq * seq * d; /* QK^T and PV, each 2*s*s*d, halved */
+}
+static void p_attention_fwd(float *out, float *lse, const float *q, const float *k, const float *v,
+                            const int32_t *doc, int b, int s, int nh, int nkv, int d, float scale) {
+    TIMED(attention_flops(b, s, nh, d), 0,
+          prof.inner->attention_fwd(out, lse, q, k, v, doc, b, s, nh, nkv, d, scale),
+          "attention_fwd fp32 b %d s %d h %d/%d d %d", b, s, nh, nkv, d);
+}
+static void p_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                            const float *v, const float *out, const float *lse, const int32_t *doc, int b,
+                            int s, int nh, int nkv, int d, float scale) {
+    TIMED(2.5 * attention_flops(b, s, nh, d), 0,
+          prof.inner->attention_bwd(dq, dk, dv, dout, q, k, v, out, lse, doc, b, s, nh, nkv, d, scale),
+          "attention_bwd fp32 b %d s %d h %d/%d d %d", b, s, nh, nkv, d);
+}
+static void p_cross_entropy(float *logits, float *loss, const int32_t *targets, int rows, int vocab,
+                            float grad_scale) {
+    TIMED(0, (grad_scale != 0 ? 8.0 : 4.0) * rows * vocab,
+          prof.inner->cross_entropy(logits, loss, targets, rows, vocab, grad_scale),
+          "cross_entropy rows %d vocab %d", rows, vocab);
+}
+
+/* ---- 16-bit ---- */
+static void p_to_half(uint16_t *out, const float *x, size_t n, kernels_half_format fmt) {
+    TIMED(0, 6.0 * n, prof.inner->to_half(out, x, n, fmt), "to_half %s", fmt_name(fmt));
+}
+static void p_from_half(float *out, const uint16_t *x, size_t n, kernels_half_format fmt) {
+    TIMED(0, 6.0 * n, prof.inner->from_half(out, x, n, fmt), "from_half %s", fmt_name(fmt));
+}
+static void p_gemm_half(kernels_half_format fmt, bool ta, bool tb, int m, int n, int k, float alpha,
+                        const uint16_t *a, int lda, const uint16_t *b, int ldb, float beta, float *c, int ldc) {
+    TIMED(2.0 * m * n * k, 0, prof.inner->gemm_half(fmt, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc),
+          "gemm_half %s %c%c m %d n %d k %d%s", fmt_name(fmt), tr(ta), tr(tb), m, n, k, beta != 0 ? " +C" : "");
+}
+static void p_attention_fwd_half(kernels_half_format fmt, float *out, float *lse, const float *q, const float *k,
+                                 const float *v, const int32_t *doc, int b, int s, int nh, int nkv, int d,
+                                 float scale) {
+    TIMED(attention_flops(b, s, nh, d), 0,
+          prof.inner->attention_fwd_half(fmt, out, lse, q, k, v, doc, b, s, nh, nkv, d, scale),
+          "attention_fwd %s b %d s %d h %d/%d d %d", fmt_name(fmt), b, s, nh, nkv, d);
+}
+static void p_attention_bwd_half(kernels_half_format fmt, float *dq, float *dk, float *dv, const float *dout,
+                                 const float *q, const float *k, const float *v, const float *out,
+                                 const float *lse, const int32_t *doc, int b, int s, int nh, int nkv, int d,
+                                 float scale) {
+    TIMED(2.5 * attention_flops(b, s, nh, d), 0,
+          prof.inner->attention_bwd_half(fmt, dq, dk, dv, dout, q, k, v, out, lse, doc, b, s, nh, nkv, d, scale),
+          "attention_bwd %s b %d s %d h %d/%d d %d", fmt_name(fmt), b, s, nh, nkv, d);
+}
+static void p_adamw(float *param, const float *grad, float *m, float *v, size_t n, double lr, double b1, double b2,
+                    double eps, double wd, double bias1, double bias2) {
+    TIMED(0, 28.0 * n, prof.inner->adamw(param, grad, m, v, n, lr, b1, b2, eps, wd, bias1, bias2), "adamw");
+}
+
+int kernels_profile_start(const kernels *inner, const kernels **out, ct_error *err) {
+    if (prof.running) return ct_fail(err, "kernels_profile_start: a profile is already running");
+    void *probe = inner->alloc(sizeof(float));
+    if (!probe) return ct_fail(err, "kernels_profile_start: cannot allocate 4 bytes on backend %s", inner->name);
+    memset(&prof, 0, sizeof prof);
+    prof.running = true;
+    prof.inner = inner;
+    prof.probe = probe;
+    /* The cost of a wait alone: the least of several, as the noise only adds. */
+    wait_device();
+    prof.empty_wait = 1e30;
+    for (int i = 0; i < PROFILE_CALIBRATION_WAITS; i++) {
+        double t0 = now_seconds();
+        wait_device();
+        double t = now_seconds() - t0;
+        if (t < prof.empty_wait) prof.empty_wait = t;
+    }
+    prof.table = (kernels){
+        .name = inner->name,
+        .alloc = p_alloc,
+        .release = p_release,
+        .zero = p_zero,
+        .copy = p_copy,
+        .upload = p_upload,
+        .download = p_download,
+        .gemm = p_gemm,
+        .add = p_add,
+        .axpy = p_axpy,
+        .scale = p_scale,
+        .dropout = p_dropout,
+        .sum_squares = p_sum_squares,
+        .sum_squares_blocks = p_sum_squares_blocks,
+        .embedding_fwd = p_embedding_fwd,
+        .embedding_bwd = p_embedding_bwd,
+        .rmsnorm_fwd = p_rmsnorm_fwd,
+        .rmsnorm_bwd = p_rmsnorm_bwd,
+        .rope_fwd = p_rope_fwd,
+        .rope_bwd = p_rope_bwd,
+        .swiglu_fwd = p_swiglu_fwd,
+        .swiglu_bwd = p_swiglu_bwd,
+        .attention_fwd = p_attention_fwd,
+        .attention_bwd = p_attention_bwd,
+        .cross_entropy = p_cross_entropy,
+        .to_half = p_to_half,
+        .from_half = p_from_half,
+        .gemm_half = p_gemm_half,
+        .attention_fwd_half = p_attention_fwd_half,
+        .attention_bwd_half = p_attention_bwd_half,
+        .adamw = p_adamw,
+    };
+    *out = &prof.table;
+    return 0;
+}
+
+void kernels_profile_reset(void) {
+    prof.n_rows = 0;
+    prof.dropped = 0;
+}
+
+static int slower_first(const void *a, const void *b) {
+    double x = ((const profile_row *)a)->seconds, y = ((const profile_row *)b)->seconds;
+    return (x < y) - (x > y);
+}
+
+void kernels_profile_report(FILE *out, int steps, double wall_s) {
+    if (!prof.running || steps <= 0) return;
+    qsort(prof.rows, (size_t)prof.n_rows, sizeof prof.rows[0], slower_first);
+    double total = 0;
+    for (int i = 0; i < prof.n_rows; i++) total += prof.rows[i].seconds;
+    fprintf(out, "profile (CTUNE_PROFILE=1, backend %s): %d step(s), %.1f ms of wall time per step, of which "
+                 "%.1f ms in ops (a wait after each; one empty wait, %.1f us, subtracted per call)\n",
+            prof.inner->name, steps, 1e3 * wall_s / steps, 1e3 * total / steps, 1e6 * prof.empty_wait);
+    fprintf(out, "%10s %6s %9s %10s %8s %8s  %s\n", "ms/step", "%ops", "calls/st", "us/call", "TFLOP/s", "GB/s",
+            "op");
+    for (int i = 0; i < prof.n_rows; i++) {
+        const profile_row *row = &prof.rows[i];
+        char tflops[16] = "", gbs[16] = "";
+        if (row->flops > 0 && row->seconds > 0) snprintf(tflops, sizeof tflops, "%.1f", row->flops / row->seconds / 1e12);
+        if (row->bytes > 0 && row->seconds > 0) snprintf(gbs, sizeof gbs, "%.0f", row->bytes / row->seconds / 1e9);
+        fprintf(out, "%10.2f %6.1f %9.1f %10.1f %8s %8s  %s\n", 1e3 * row->seconds / steps,
+                total > 0 ? 100 * row->seconds / total : 0, (double)row->calls / steps,
+                1e6 * row->seconds / (double)row->calls, tflops, gbs, row->key);
+    }
+    fprintf(out, "%10.2f %6s %9s %10s %8s %8s  outside the ops (host work, waits)\n",
+            1e3 * (wall_s - total) / steps, "", "", "", "", "");
+    if (prof.dropped) fprintf(out, "(%lld calls not counted: more than %d distinct ops)\n", prof.dropped, PROFILE_MAX_ROWS);
+    fflush(out);
+}
+
+void kernels_profile_stop(void) {
+    if (!prof.running) return;
+    prof.inner->release(prof.probe);
+    memset(&prof, 0, sizeof prof);
+}
