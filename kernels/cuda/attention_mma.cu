@@ -13,8 +13,8 @@
 //
 // Tiling: a block has 4 warps and a tile of 64 rows (16 per warp: queries in the forward and
 // dq, keys in dk/dv) and streams tiles of 64 rows of the other side through shared memory,
-// in 16-bit, natural (row-major) where a product reads the tile's rows as B^T and
-// transposed where it reads them as B. Every output element has one writer and a fixed
+// in 16-bit, row-major; fragments come from shared memory through ldmatrix (.trans where a
+// product reads the tile as B rather than B^T). Every output element has one writer and a fixed
 // summation order (keys ascending; in dk/dv the group's heads, then queries ascending):
 // no atomics, the same bits every run. Exponentials are exp2 of scores pre-scaled by
 // scale * log2(e).
@@ -34,7 +34,6 @@
 
 #define AM_ROWS 64                // rows of a block's tile and of a streamed tile
 #define AM_THREADS 128            // 4 warps of 16 rows
-#define AM_LDT (AM_ROWS + 8)      // row stride of a transposed tile (+8: no bank conflicts)
 #define AM_LOG2E 1.4426950408889634f
 #define AM_LN2 0.6931471805599453f
 
@@ -85,11 +84,11 @@ struct am_format<__half> {
 // ------------------------------------------------------------------ tiles and fragments
 
 // Rows [r0, r0+64) of one head of a [batch*seq, stride] fp32 tensor, rounded to T, into nat
-// (row-major, stride DP+8) and/or tr (transposed, tr[c * AM_LDT + r]); NULL skips one. Rows
-// past seq are zero. Reads are float4 (the launcher checks 16-byte alignment).
+// (row-major, stride DP+8: the 16-byte rows of an 8 x 8 ldmatrix block fall in distinct
+// banks). Rows past seq are zero. Reads are float4 (the launcher checks 16-byte alignment).
 template <typename T, int DP>
-__device__ void am_load(T *nat, T *tr, const float *src, size_t stride, const am_shape &sh, int b,
-                        int r0, int head) {
+__device__ void am_load(T *nat, const float *src, size_t stride, const am_shape &sh, int b, int r0,
+                        int head) {
     constexpr int Q4 = DP / 4;
     for (int e = threadIdx.x; e < AM_ROWS * Q4; e += AM_THREADS) {
         const int r = e / Q4, c = 4 * (e % Q4), s = r0 + r;
@@ -97,18 +96,10 @@ __device__ void am_load(T *nat, T *tr, const float *src, size_t stride, const am
         if (s < sh.seq)
             x = *reinterpret_cast<const float4 *>(src + ((size_t)b * sh.seq + s) * stride +
                                                   (size_t)head * sh.d + c);
-        if (nat) {
-            uint2 w;
-            w.x = am_format<T>::pack(x.x, x.y);
-            w.y = am_format<T>::pack(x.z, x.w);
-            *reinterpret_cast<uint2 *>(nat + r * (DP + 8) + c) = w;
-        }
-        if (tr) {
-            tr[(c + 0) * AM_LDT + r] = am_format<T>::one(x.x);
-            tr[(c + 1) * AM_LDT + r] = am_format<T>::one(x.y);
-            tr[(c + 2) * AM_LDT + r] = am_format<T>::one(x.z);
-            tr[(c + 3) * AM_LDT + r] = am_format<T>::one(x.w);
-        }
+        uint2 w;
+        w.x = am_format<T>::pack(x.x, x.y);
+        w.y = am_format<T>::pack(x.z, x.w);
+        *reinterpret_cast<uint2 *>(nat + r * (DP + 8) + c) = w;
     }
 }
 
@@ -120,29 +111,39 @@ __device__ void am_load_docs(int32_t *dst, const am_shape &sh, int b, int r0) {
     }
 }
 
-template <typename T>
-__device__ __forceinline__ uint32_t am_ld32(const T *p) {
-    return *reinterpret_cast<const uint32_t *>(p);
+// ldmatrix: four 8 x 8 blocks of 16-bit values; lanes 8i..8i+7 give the row addresses of
+// block i, and register i of every lane receives its share of block i (transposed with .trans).
+__device__ __forceinline__ void am_ldsm(uint32_t r[4], const void *p) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+__device__ __forceinline__ void am_ldsm_trans(uint32_t r[4], const void *p) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
 }
 
-// A fragment: rows [r0, r0+16), columns [k0, k0+16) of a row-major tile with stride ld.
+// A fragment: rows [r0, r0+16), columns [k0, k0+16) of a row-major tile with stride ld
+// (blocks: rows r0 / r0+8 at columns k0, then the same at k0+8: a0..a3).
 template <typename T>
-__device__ __forceinline__ void am_frag_a(uint32_t a[4], const T *x, int ld, int r0, int k0, int gid,
-                                          int tig) {
-    const T *p = x + (r0 + gid) * ld + k0 + 2 * tig;
-    a[0] = am_ld32(p);
-    a[1] = am_ld32(p + 8 * ld);
-    a[2] = am_ld32(p + 8);
-    a[3] = am_ld32(p + 8 * ld + 8);
+__device__ __forceinline__ void am_frag_a(uint32_t a[4], const T *x, int ld, int r0, int k0, int lane) {
+    am_ldsm(a, x + (r0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ld + k0 + (lane >> 4) * 8);
 }
 
-// B fragment with B[k][n] = x[n][k] (x row-major, stride ld): n in [n0, n0+8), k in [k0, k0+16).
+// B fragments of two n-tiles [n0, n0+8) and [n0+8, n0+16), k in [k0, k0+16), where
+// B[k][n] = x[n][k] (x row-major, stride ld): b = {b0, b1} of n0, then {b0, b1} of n0+8.
 template <typename T>
-__device__ __forceinline__ void am_frag_b(uint32_t &b0, uint32_t &b1, const T *x, int ld, int n0, int k0,
-                                          int gid, int tig) {
-    const T *p = x + (n0 + gid) * ld + k0 + 2 * tig;
-    b0 = am_ld32(p);
-    b1 = am_ld32(p + 8);
+__device__ __forceinline__ void am_frag_bt(uint32_t b[4], const T *x, int ld, int n0, int k0, int lane) {
+    am_ldsm(b, x + (n0 + (lane & 7) + (lane >> 4) * 8) * ld + k0 + ((lane >> 3) & 1) * 8);
+}
+
+// The same where B[k][n] = y[k][n] (y row-major, stride ld): transposed on load.
+template <typename T>
+__device__ __forceinline__ void am_frag_b(uint32_t b[4], const T *y, int ld, int n0, int k0, int lane) {
+    am_ldsm_trans(b, y + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ld + n0 + (lane >> 4) * 8);
 }
 
 // The A fragment of columns [16kc, 16kc+16) of a 16 x 64 fp32 accumulator (8 n-tiles of 8):
@@ -158,8 +159,7 @@ __device__ __forceinline__ void am_acc_to_a(uint32_t a[4], const float c[8][4], 
 // acc[16 x 64] = A[16 x DP] B^T, A rows [r0, r0+16) of a (row-major, stride DP+8) and B's 64
 // rows those of bt (same layout): Q K^T, dO V^T, K Q^T, V dO^T.
 template <typename T, int DP>
-__device__ __forceinline__ void am_product_abt(float acc[8][4], const T *a, int r0, const T *bt, int gid,
-                                               int tig) {
+__device__ __forceinline__ void am_product_abt(float acc[8][4], const T *a, int r0, const T *bt, int lane) {
 #pragma unroll
     for (int nt = 0; nt < 8; nt++)
 #pragma unroll
@@ -167,30 +167,32 @@ __device__ __forceinline__ void am_product_abt(float acc[8][4], const T *a, int 
 #pragma unroll
     for (int kk = 0; kk < DP; kk += 16) {
         uint32_t fa[4];
-        am_frag_a(fa, a, DP + 8, r0, kk, gid, tig);
+        am_frag_a(fa, a, DP + 8, r0, kk, lane);
 #pragma unroll
-        for (int nt = 0; nt < 8; nt++) {
-            uint32_t b0, b1;
-            am_frag_b(b0, b1, bt, DP + 8, nt * 8, kk, gid, tig);
-            am_format<T>::mma(acc[nt], fa, b0, b1);
+        for (int nt = 0; nt < 8; nt += 2) {
+            uint32_t fb[4];
+            am_frag_bt(fb, bt, DP + 8, nt * 8, kk, lane);
+            am_format<T>::mma(acc[nt], fa, fb[0], fb[1]);
+            am_format<T>::mma(acc[nt + 1], fa, fb[2], fb[3]);
         }
     }
 }
 
-// out[16 x DP] += A[16 x 64] B, A the 16-bit rounding of acc (P or dS), B given transposed
-// (tr: DP rows of 64, stride AM_LDT): P V, dS K, P^T dO, dS^T Q.
+// out[16 x DP] += A[16 x 64] B, A the 16-bit rounding of acc (P or dS) and B the 64 rows of
+// y (row-major, stride DP+8): P V, dS K, P^T dO, dS^T Q.
 template <typename T, int DP>
-__device__ __forceinline__ void am_accumulate(float out[DP / 8][4], const float acc[8][4], const T *tr,
-                                              int gid, int tig) {
+__device__ __forceinline__ void am_accumulate(float out[DP / 8][4], const float acc[8][4], const T *y,
+                                              int lane) {
 #pragma unroll
     for (int kc = 0; kc < 4; kc++) {
         uint32_t fa[4];
         am_acc_to_a<T>(fa, acc, kc);
 #pragma unroll
-        for (int dn = 0; dn < DP / 8; dn++) {
-            uint32_t b0, b1;
-            am_frag_b(b0, b1, tr, AM_LDT, dn * 8, kc * 16, gid, tig);
-            am_format<T>::mma(out[dn], fa, b0, b1);
+        for (int dn = 0; dn < DP / 8; dn += 2) {
+            uint32_t fb[4];
+            am_frag_b(fb, y, DP + 8, dn * 8, kc * 16, lane);
+            am_format<T>::mma(out[dn], fa, fb[0], fb[1]);
+            am_format<T>::mma(out[dn + 1], fa, fb[2], fb[3]);
         }
     }
 }
@@ -229,8 +231,8 @@ __global__ void __launch_bounds__(AM_THREADS)
     constexpr int LD = DP + 8;
     T *Qs = reinterpret_cast<T *>(am_smem);
     T *Ks = Qs + AM_ROWS * LD;
-    T *Vt = Ks + AM_ROWS * LD;
-    int32_t *qdoc = reinterpret_cast<int32_t *>(Vt + DP * AM_LDT);
+    T *Vs = Ks + AM_ROWS * LD;
+    int32_t *qdoc = reinterpret_cast<int32_t *>(Vs + AM_ROWS * LD);
     int32_t *kdoc = qdoc + AM_ROWS;
 
     const int n_tiles = (sh.seq + AM_ROWS - 1) / AM_ROWS;
@@ -241,7 +243,7 @@ __global__ void __launch_bounds__(AM_THREADS)
     const int rows[2] = {i0 + row0 + gid, i0 + row0 + gid + 8};
     const int warp_first = i0 + row0, warp_last = min(warp_first + 15, sh.seq - 1);
 
-    am_load<T, DP>(Qs, nullptr, q, sh.q_stride, sh, b, i0, h);
+    am_load<T, DP>(Qs, q, sh.q_stride, sh, b, i0, h);
     am_load_docs(qdoc, sh, b, i0);
     __syncthreads();
     const int32_t qd[2] = {qdoc[row0 + gid], qdoc[row0 + gid + 8]};
@@ -255,14 +257,14 @@ __global__ void __launch_bounds__(AM_THREADS)
     const int last_query = min(i0 + AM_ROWS, sh.seq) - 1;
     for (int j0 = 0; j0 <= last_query; j0 += AM_ROWS) {
         __syncthreads();  // the previous K, V are consumed
-        am_load<T, DP>(Ks, nullptr, k, sh.kv_stride, sh, b, j0, g);
-        am_load<T, DP>(nullptr, Vt, v, sh.kv_stride, sh, b, j0, g);
+        am_load<T, DP>(Ks, k, sh.kv_stride, sh, b, j0, g);
+        am_load<T, DP>(Vs, v, sh.kv_stride, sh, b, j0, g);
         am_load_docs(kdoc, sh, b, j0);
         __syncthreads();
         // Rows all padding, or all before this key tile: P = 0 (warp-uniform).
         if (warp_first >= sh.seq || j0 > warp_last) continue;
         float s[8][4];
-        am_product_abt<T, DP>(s, Qs, row0, Ks, gid, tig);
+        am_product_abt<T, DP>(s, Qs, row0, Ks, lane);
         float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
@@ -297,7 +299,7 @@ __global__ void __launch_bounds__(AM_THREADS)
                 s[nt][e] = p;
                 l[r] += p;
             }
-        am_accumulate<T, DP>(o, s, Vt, gid, tig);
+        am_accumulate<T, DP>(o, s, Vs, lane);
     }
     float inv[2];
 #pragma unroll
@@ -333,8 +335,7 @@ __global__ void __launch_bounds__(AM_THREADS)
     T *dOs = Qs + AM_ROWS * LD;
     T *Ks = dOs + AM_ROWS * LD;
     T *Vs = Ks + AM_ROWS * LD;
-    T *Kt = Vs + AM_ROWS * LD;
-    int32_t *qdoc = reinterpret_cast<int32_t *>(Kt + DP * AM_LDT);
+    int32_t *qdoc = reinterpret_cast<int32_t *>(Vs + AM_ROWS * LD);
     int32_t *kdoc = qdoc + AM_ROWS;
 
     const int n_tiles = (sh.seq + AM_ROWS - 1) / AM_ROWS;
@@ -345,8 +346,8 @@ __global__ void __launch_bounds__(AM_THREADS)
     const int rows[2] = {i0 + row0 + gid, i0 + row0 + gid + 8};
     const int warp_first = i0 + row0, warp_last = min(warp_first + 15, sh.seq - 1);
 
-    am_load<T, DP>(Qs, nullptr, q, sh.q_stride, sh, b, i0, h);
-    am_load<T, DP>(dOs, nullptr, dout, sh.q_stride, sh, b, i0, h);
+    am_load<T, DP>(Qs, q, sh.q_stride, sh, b, i0, h);
+    am_load<T, DP>(dOs, dout, sh.q_stride, sh, b, i0, h);
     am_load_docs(qdoc, sh, b, i0);
     float row_lse[2], row_D[2];
 #pragma unroll
@@ -366,14 +367,14 @@ __global__ void __launch_bounds__(AM_THREADS)
     const int last_query = min(i0 + AM_ROWS, sh.seq) - 1;
     for (int j0 = 0; j0 <= last_query; j0 += AM_ROWS) {
         __syncthreads();
-        am_load<T, DP>(Ks, Kt, k, sh.kv_stride, sh, b, j0, g);
-        am_load<T, DP>(Vs, nullptr, v, sh.kv_stride, sh, b, j0, g);
+        am_load<T, DP>(Ks, k, sh.kv_stride, sh, b, j0, g);
+        am_load<T, DP>(Vs, v, sh.kv_stride, sh, b, j0, g);
         am_load_docs(kdoc, sh, b, j0);
         __syncthreads();
         if (warp_first >= sh.seq || j0 > warp_last) continue;  // dS = 0
         float s[8][4], dp[8][4];
-        am_product_abt<T, DP>(s, Qs, row0, Ks, gid, tig);
-        am_product_abt<T, DP>(dp, dOs, row0, Vs, gid, tig);
+        am_product_abt<T, DP>(s, Qs, row0, Ks, lane);
+        am_product_abt<T, DP>(dp, dOs, row0, Vs, lane);
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
 #pragma unroll
@@ -386,7 +387,7 @@ __global__ void __launch_bounds__(AM_THREADS)
                 }
                 s[nt][e] = ds;
             }
-        am_accumulate<T, DP>(acc, s, Kt, gid, tig);
+        am_accumulate<T, DP>(acc, s, Ks, lane);
     }
     am_store_rows<DP>(dq, sh.q_stride, (size_t)h * sh.d, sh, b, rows, acc, sh.scale, tig);
 }
@@ -403,9 +404,7 @@ __global__ void __launch_bounds__(AM_THREADS)
     T *Vs = Ks + AM_ROWS * LD;
     T *Qs = Vs + AM_ROWS * LD;
     T *dOs = Qs + AM_ROWS * LD;
-    T *Qt = dOs + AM_ROWS * LD;
-    T *dOt = Qt + DP * AM_LDT;
-    int32_t *kdoc = reinterpret_cast<int32_t *>(dOt + DP * AM_LDT);
+    int32_t *kdoc = reinterpret_cast<int32_t *>(dOs + AM_ROWS * LD);
     int32_t *qdoc = kdoc + AM_ROWS;
     float *col_lse = reinterpret_cast<float *>(qdoc + AM_ROWS);
     float *col_D = col_lse + AM_ROWS;
@@ -416,8 +415,8 @@ __global__ void __launch_bounds__(AM_THREADS)
     const int keys[2] = {j0 + row0 + gid, j0 + row0 + gid + 8};
     const int warp_first = j0 + row0;
 
-    am_load<T, DP>(Ks, nullptr, k, sh.kv_stride, sh, b, j0, g);
-    am_load<T, DP>(Vs, nullptr, v, sh.kv_stride, sh, b, j0, g);
+    am_load<T, DP>(Ks, k, sh.kv_stride, sh, b, j0, g);
+    am_load<T, DP>(Vs, v, sh.kv_stride, sh, b, j0, g);
     am_load_docs(kdoc, sh, b, j0);
     __syncthreads();
     const int32_t kd[2] = {kdoc[row0 + gid], kdoc[row0 + gid + 8]};
@@ -431,8 +430,8 @@ __global__ void __launch_bounds__(AM_THREADS)
         // Query tiles are aligned with key tiles and as long: earlier ones see no key here.
         for (int i0 = j0; i0 < sh.seq; i0 += AM_ROWS) {
             __syncthreads();
-            am_load<T, DP>(Qs, Qt, q, sh.q_stride, sh, b, i0, h);
-            am_load<T, DP>(dOs, dOt, dout, sh.q_stride, sh, b, i0, h);
+            am_load<T, DP>(Qs, q, sh.q_stride, sh, b, i0, h);
+            am_load<T, DP>(dOs, dout, sh.q_stride, sh, b, i0, h);
             am_load_docs(qdoc, sh, b, i0);
             for (int c = threadIdx.x; c < AM_ROWS; c += AM_THREADS) {
                 const int s = i0 + c;
@@ -444,8 +443,8 @@ __global__ void __launch_bounds__(AM_THREADS)
             // Keys all padding, or all after the tile's last query: P = dS = 0.
             if (warp_first >= sh.seq || warp_first > min(i0 + AM_ROWS, sh.seq) - 1) continue;
             float s[8][4], dp[8][4];
-            am_product_abt<T, DP>(s, Ks, row0, Qs, gid, tig);
-            am_product_abt<T, DP>(dp, Vs, row0, dOs, gid, tig);
+            am_product_abt<T, DP>(s, Ks, row0, Qs, lane);
+            am_product_abt<T, DP>(dp, Vs, row0, dOs, lane);
 #pragma unroll
             for (int nt = 0; nt < 8; nt++)
 #pragma unroll
@@ -459,8 +458,8 @@ __global__ void __launch_bounds__(AM_THREADS)
                     s[nt][e] = p;
                     dp[nt][e] = ds;
                 }
-            am_accumulate<T, DP>(dV, s, dOt, gid, tig);
-            am_accumulate<T, DP>(dK, dp, Qt, gid, tig);
+            am_accumulate<T, DP>(dV, s, dOs, lane);
+            am_accumulate<T, DP>(dK, dp, Qs, lane);
         }
     }
     am_store_rows<DP>(dk, sh.kv_stride, (size_t)g * sh.d, sh, b, keys, dK, sh.scale, tig);
@@ -470,9 +469,8 @@ __global__ void __launch_bounds__(AM_THREADS)
 // ------------------------------------------------------------------ launchers
 
 template <int DP>
-static size_t am_tile_bytes(int natural, int transposed, int int_rows) {
-    return (size_t)natural * AM_ROWS * (DP + 8) * 2 + (size_t)transposed * DP * AM_LDT * 2 +
-           (size_t)int_rows * AM_ROWS * 4;
+static size_t am_tile_bytes(int tiles, int int_rows) {
+    return (size_t)tiles * AM_ROWS * (DP + 8) * 2 + (size_t)int_rows * AM_ROWS * 4;
 }
 
 static bool am_aligned(const void *p) { return ((uintptr_t)p & 15) == 0; }
@@ -509,7 +507,7 @@ static bool am_allow_smem(Kernel kernel, size_t bytes) {
 
 template <typename T, int DP>
 static bool am_fwd(float *out, float *lse, const float *q, const float *k, const float *v, const am_shape &sh) {
-    const size_t bytes = am_tile_bytes<DP>(2, 1, 2);
+    const size_t bytes = am_tile_bytes<DP>(3, 2);
     if (!am_allow_smem(am_fwd_kernel<T, DP>, bytes)) return false;
     const dim3 grid((unsigned)((sh.seq + AM_ROWS - 1) / AM_ROWS), (unsigned)sh.n_heads, (unsigned)sh.batch);
     am_fwd_kernel<T, DP><<<grid, AM_THREADS, bytes>>>(out, lse, q, k, v, sh);
@@ -520,7 +518,7 @@ static bool am_fwd(float *out, float *lse, const float *q, const float *k, const
 template <typename T, int DP>
 static bool am_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                    const float *v, const float *lse, const float *D, const am_shape &sh) {
-    const size_t dq_smem = am_tile_bytes<DP>(4, 1, 2), dkv_smem = am_tile_bytes<DP>(4, 2, 4);
+    const size_t dq_smem = am_tile_bytes<DP>(4, 2), dkv_smem = am_tile_bytes<DP>(4, 4);
     if (!am_allow_smem(am_dq_kernel<T, DP>, dq_smem) || !am_allow_smem(am_dkv_kernel<T, DP>, dkv_smem))
         return false;
     const unsigned tiles = (unsigned)((sh.seq + AM_ROWS - 1) / AM_ROWS);
