@@ -69,6 +69,20 @@ expect 0 "parameters: [0-9]+ total" -- "$ctune" train "$src/configs/tiny/lora.ya
   data.train="$work/t.h5" data.eval="$work/e.h5" data.synthetic_train_examples=64 \
   data.synthetic_eval_examples=8 --dry-run
 
+# CTUNE_PROFILE=1: a table of the ops of the steps after the first (docs/kernels.md).
+out=$(CTUNE_PROFILE=1 "$ctune" train "$src/configs/tiny/lora.yaml" model.path="$work/tiny" data.train="$work/t.h5" \
+  data.eval="$work/e.h5" data.synthetic_train_examples=64 data.synthetic_eval_examples=8 train.max_steps=3 optim.warmup_steps=1 \
+  train.global_batch_size=8 train.micro_batch_size=8 train.eval_every=0 checkpoint.output_dir="$work/profiled" 2>&1)
+if grep -qE "^profile \(CTUNE_PROFILE=1, backend cpu\): 2 step\(s\)" <<<"$out" &&
+   grep -qE "^ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +attention_fwd fp32 b 8 s [0-9]+ h" <<<"$out" &&
+   grep -qE "^ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +adamw$" <<<"$out"; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1))
+  echo "FAIL: CTUNE_PROFILE=1 ctune train printed no op table (or not the expected rows):"
+  echo "$out" | tail -30
+fi
+
 expect 0 "documents" -- "$ctune" inspect "$work/t.h5"
 printf '\x89HDF\r\n\x1a\nnot really' > fake.h5
 expect 1 "fake.h5" -- "$ctune" inspect fake.h5
