@@ -1,7 +1,8 @@
 // attention_mma: causal grouped-query attention on tensor cores with register accumulators,
 // FlashAttention-2 style (mma.sync.m16n8k16, bf16 or fp16 operands, fp32 sums), for head
 // sizes 64 and 128. Same contract and arithmetic as attention_half.cu's WMMA kernels (which
-// take every other shape): q, k, v, dout are rounded to the format while a tile is loaded;
+// take every other shape): q, k, v, dout are rounded to the format (here once, into
+// stream-ordered scratch, so the kernels move half the bytes and stream them with cp.async);
 // softmax statistics, lse and D are fp32; P (relative to the running row maximum in the
 // forward) and dS are rounded where they enter a product.
 //
@@ -12,8 +13,8 @@
 // element, the operand fragment P of P V (FlashAttention-2's register reuse).
 //
 // Tiling: a block has 4 warps and a tile of 64 rows (16 per warp: queries in the forward and
-// dq, keys in dk/dv) and streams tiles of 64 rows of the other side through shared memory,
-// in 16-bit, row-major; fragments come from shared memory through ldmatrix (.trans where a
+// dq, keys in dk/dv) and streams tiles of 64 rows of the other side through two shared-memory
+// buffers (tile t+1 is copied while tile t is multiplied), 16-bit, row-major; fragments come from shared memory through ldmatrix (.trans where a
 // product reads the tile as B rather than B^T). Every output element has one writer and a fixed
 // summation order (keys ascending; in dk/dv the group's heads, then queries ascending):
 // no atomics, the same bits every run. Exponentials are exp2 of scores pre-scaled by
@@ -83,23 +84,29 @@ struct am_format<__half> {
 
 // ------------------------------------------------------------------ tiles and fragments
 
-// Rows [r0, r0+64) of one head of a [batch*seq, stride] fp32 tensor, rounded to T, into nat
+// Asynchronous 16-byte copy global -> shared (cp.async, sm_80+), zero-filled when !valid.
+__device__ __forceinline__ void am_cp16(void *smem, const void *gmem, bool valid) {
+    const unsigned dst = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void am_cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+// Waits until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void am_cp_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Starts copying rows [r0, r0+64) of one head of a [batch*seq, stride] 16-bit tensor into nat
 // (row-major, stride DP+8: the 16-byte rows of an 8 x 8 ldmatrix block fall in distinct
-// banks). Rows past seq are zero. Reads are float4 (the launcher checks 16-byte alignment).
+// banks); rows past seq become zero. Complete after am_cp_wait and a barrier.
 template <typename T, int DP>
-__device__ void am_load(T *nat, const float *src, size_t stride, const am_shape &sh, int b, int r0,
-                        int head) {
-    constexpr int Q4 = DP / 4;
-    for (int e = threadIdx.x; e < AM_ROWS * Q4; e += AM_THREADS) {
-        const int r = e / Q4, c = 4 * (e % Q4), s = r0 + r;
-        float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (s < sh.seq)
-            x = *reinterpret_cast<const float4 *>(src + ((size_t)b * sh.seq + s) * stride +
-                                                  (size_t)head * sh.d + c);
-        uint2 w;
-        w.x = am_format<T>::pack(x.x, x.y);
-        w.y = am_format<T>::pack(x.z, x.w);
-        *reinterpret_cast<uint2 *>(nat + r * (DP + 8) + c) = w;
+__device__ void am_load(T *nat, const T *src, size_t stride, const am_shape &sh, int b, int r0, int head) {
+    constexpr int C8 = DP / 8;  // 16-byte pieces per row
+    for (int e = threadIdx.x; e < AM_ROWS * C8; e += AM_THREADS) {
+        const int r = e / C8, c = 8 * (e % C8), s = r0 + r;
+        const bool valid = s < sh.seq;
+        const T *from = valid ? src + ((size_t)b * sh.seq + s) * stride + (size_t)head * sh.d + c : src;
+        am_cp16(nat + r * (DP + 8) + c, from, valid);
     }
 }
 
@@ -223,17 +230,18 @@ __device__ __forceinline__ void am_store_rows(float *dst, size_t stride, size_t 
 
 // ------------------------------------------------------------------ forward
 
-// One block per (query tile, head, sequence), late (long) query tiles first.
+// One block per (query tile, head, sequence), late (long) query tiles first. K and V tiles
+// are double-buffered: the copy of tile t+1 runs while tile t is multiplied.
 template <typename T, int DP>
 __global__ void __launch_bounds__(AM_THREADS)
-    am_fwd_kernel(float *out, float *lse, const float *q, const float *k, const float *v, am_shape sh) {
+    am_fwd_kernel(float *out, float *lse, const T *q, const T *k, const T *v, am_shape sh) {
     extern __shared__ __align__(16) unsigned char am_smem[];
-    constexpr int LD = DP + 8;
+    constexpr int TILE = AM_ROWS * (DP + 8);
     T *Qs = reinterpret_cast<T *>(am_smem);
-    T *Ks = Qs + AM_ROWS * LD;
-    T *Vs = Ks + AM_ROWS * LD;
-    int32_t *qdoc = reinterpret_cast<int32_t *>(Vs + AM_ROWS * LD);
-    int32_t *kdoc = qdoc + AM_ROWS;
+    T *Ks = Qs + TILE;      // two buffers
+    T *Vs = Ks + 2 * TILE;  // two buffers
+    int32_t *qdoc = reinterpret_cast<int32_t *>(Vs + 2 * TILE);
+    int32_t *kdoc = qdoc + AM_ROWS;  // two buffers
 
     const int n_tiles = (sh.seq + AM_ROWS - 1) / AM_ROWS;
     const int i0 = (n_tiles - 1 - (int)blockIdx.x) * AM_ROWS;
@@ -242,11 +250,15 @@ __global__ void __launch_bounds__(AM_THREADS)
     const int row0 = warp * 16;
     const int rows[2] = {i0 + row0 + gid, i0 + row0 + gid + 8};
     const int warp_first = i0 + row0, warp_last = min(warp_first + 15, sh.seq - 1);
+    const int last_query = min(i0 + AM_ROWS, sh.seq) - 1;
+    const int n_kv = last_query / AM_ROWS + 1;  // key tiles 0 .. the diagonal one
 
     am_load<T, DP>(Qs, q, sh.q_stride, sh, b, i0, h);
     am_load_docs(qdoc, sh, b, i0);
-    __syncthreads();
-    const int32_t qd[2] = {qdoc[row0 + gid], qdoc[row0 + gid + 8]};
+    am_load<T, DP>(Ks, k, sh.kv_stride, sh, b, 0, g);
+    am_load<T, DP>(Vs, v, sh.kv_stride, sh, b, 0, g);
+    am_load_docs(kdoc, sh, b, 0);
+    am_cp_commit();
 
     float o[DP / 8][4];
 #pragma unroll
@@ -254,52 +266,60 @@ __global__ void __launch_bounds__(AM_THREADS)
 #pragma unroll
         for (int e = 0; e < 4; e++) o[dn][e] = 0.0f;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // per thread: partial sums
-    const int last_query = min(i0 + AM_ROWS, sh.seq) - 1;
-    for (int j0 = 0; j0 <= last_query; j0 += AM_ROWS) {
-        __syncthreads();  // the previous K, V are consumed
-        am_load<T, DP>(Ks, k, sh.kv_stride, sh, b, j0, g);
-        am_load<T, DP>(Vs, v, sh.kv_stride, sh, b, j0, g);
-        am_load_docs(kdoc, sh, b, j0);
+    for (int t = 0; t < n_kv; t++) {
+        const int j0 = t * AM_ROWS, cur = t & 1;
+        if (t + 1 < n_kv) {  // the other buffers were released by the barrier ending t-1
+            am_load<T, DP>(Ks + (cur ^ 1) * TILE, k, sh.kv_stride, sh, b, j0 + AM_ROWS, g);
+            am_load<T, DP>(Vs + (cur ^ 1) * TILE, v, sh.kv_stride, sh, b, j0 + AM_ROWS, g);
+            am_load_docs(kdoc + (cur ^ 1) * AM_ROWS, sh, b, j0 + AM_ROWS);
+        }
+        am_cp_commit();
+        am_cp_wait<1>();  // tile t (and Q) landed
         __syncthreads();
         // Rows all padding, or all before this key tile: P = 0 (warp-uniform).
-        if (warp_first >= sh.seq || j0 > warp_last) continue;
-        float s[8][4];
-        am_product_abt<T, DP>(s, Qs, row0, Ks, lane);
-        float mx[2] = {-INFINITY, -INFINITY};
+        if (warp_first < sh.seq && j0 <= warp_last) {
+            const T *Kt = Ks + cur * TILE, *Vt = Vs + cur * TILE;
+            const int32_t *kd = kdoc + cur * AM_ROWS;
+            const int32_t qd[2] = {qdoc[row0 + gid], qdoc[row0 + gid + 8]};
+            float s[8][4];
+            am_product_abt<T, DP>(s, Qs, row0, Kt, lane);
+            float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-        for (int nt = 0; nt < 8; nt++)
+            for (int nt = 0; nt < 8; nt++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int r = e >> 1, c = am_col(nt, e, tig);
-                const bool vis = am_visible(sh, rows[r], j0 + c, qd[r], kdoc[c]);
-                s[nt][e] = vis ? s[nt][e] * sh.scale_log2 : -INFINITY;
-                mx[r] = fmaxf(mx[r], s[nt][e]);
+                for (int e = 0; e < 4; e++) {
+                    const int r = e >> 1, c = am_col(nt, e, tig);
+                    const bool vis = am_visible(sh, rows[r], j0 + c, qd[r], kd[c]);
+                    s[nt][e] = vis ? s[nt][e] * sh.scale_log2 : -INFINITY;
+                    mx[r] = fmaxf(mx[r], s[nt][e]);
+                }
+            float corr[2];
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                // The row's 4 threads (same gid) hold its 64 columns.
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(CUDA_FULL_MASK, mx[r], 1));
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(CUDA_FULL_MASK, mx[r], 2));
+                const float m_new = fmaxf(m[r], mx[r]);
+                corr[r] = m[r] == -INFINITY ? 0.0f : exp2f(m[r] - m_new);  // nothing summed yet: 0
+                m[r] = m_new;
+                l[r] *= corr[r];
             }
-        float corr[2];
 #pragma unroll
-        for (int r = 0; r < 2; r++) {
-            // The row's 4 threads (same gid) hold its 64 columns.
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(CUDA_FULL_MASK, mx[r], 1));
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(CUDA_FULL_MASK, mx[r], 2));
-            const float m_new = fmaxf(m[r], mx[r]);
-            corr[r] = m[r] == -INFINITY ? 0.0f : exp2f(m[r] - m_new);  // nothing summed yet: 0
-            m[r] = m_new;
-            l[r] *= corr[r];
+            for (int dn = 0; dn < DP / 8; dn++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) o[dn][e] *= corr[e >> 1];
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int r = e >> 1;
+                    const float p = s[nt][e] == -INFINITY ? 0.0f : exp2f(s[nt][e] - m[r]);
+                    s[nt][e] = p;
+                    l[r] += p;
+                }
+            am_accumulate<T, DP>(o, s, Vt, lane);
         }
-#pragma unroll
-        for (int dn = 0; dn < DP / 8; dn++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) o[dn][e] *= corr[e >> 1];
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int r = e >> 1;
-                const float p = s[nt][e] == -INFINITY ? 0.0f : exp2f(s[nt][e] - m[r]);
-                s[nt][e] = p;
-                l[r] += p;
-            }
-        am_accumulate<T, DP>(o, s, Vs, lane);
+        __syncthreads();  // buffers cur are free for tile t+2
     }
     float inv[2];
 #pragma unroll
@@ -309,7 +329,6 @@ __global__ void __launch_bounds__(AM_THREADS)
         // Key s = query s is always visible, so l >= 1 on every real row.
         inv[r] = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
     }
-    // Each row's factor differs: store the two rows separately.
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         if (rows[r] >= sh.seq) continue;
@@ -324,19 +343,20 @@ __global__ void __launch_bounds__(AM_THREADS)
 
 // ------------------------------------------------------------------ backward
 
-// dq = scale dS K: one block per (query tile, head, sequence), key tiles ascending.
+// dq = scale dS K: one block per (query tile, head, sequence), key tiles ascending, K and V
+// double-buffered.
 template <typename T, int DP>
 __global__ void __launch_bounds__(AM_THREADS)
-    am_dq_kernel(float *dq, const float *dout, const float *q, const float *k, const float *v,
-                 const float *lse, const float *D, am_shape sh) {
+    am_dq_kernel(float *dq, const T *dout, const T *q, const T *k, const T *v, const float *lse,
+                 const float *D, am_shape sh) {
     extern __shared__ __align__(16) unsigned char am_smem[];
-    constexpr int LD = DP + 8;
+    constexpr int TILE = AM_ROWS * (DP + 8);
     T *Qs = reinterpret_cast<T *>(am_smem);
-    T *dOs = Qs + AM_ROWS * LD;
-    T *Ks = dOs + AM_ROWS * LD;
-    T *Vs = Ks + AM_ROWS * LD;
-    int32_t *qdoc = reinterpret_cast<int32_t *>(Vs + AM_ROWS * LD);
-    int32_t *kdoc = qdoc + AM_ROWS;
+    T *dOs = Qs + TILE;
+    T *Ks = dOs + TILE;     // two buffers
+    T *Vs = Ks + 2 * TILE;  // two buffers
+    int32_t *qdoc = reinterpret_cast<int32_t *>(Vs + 2 * TILE);
+    int32_t *kdoc = qdoc + AM_ROWS;  // two buffers
 
     const int n_tiles = (sh.seq + AM_ROWS - 1) / AM_ROWS;
     const int i0 = (n_tiles - 1 - (int)blockIdx.x) * AM_ROWS;
@@ -345,10 +365,16 @@ __global__ void __launch_bounds__(AM_THREADS)
     const int row0 = warp * 16;
     const int rows[2] = {i0 + row0 + gid, i0 + row0 + gid + 8};
     const int warp_first = i0 + row0, warp_last = min(warp_first + 15, sh.seq - 1);
+    const int last_query = min(i0 + AM_ROWS, sh.seq) - 1;
+    const int n_kv = last_query / AM_ROWS + 1;
 
     am_load<T, DP>(Qs, q, sh.q_stride, sh, b, i0, h);
     am_load<T, DP>(dOs, dout, sh.q_stride, sh, b, i0, h);
     am_load_docs(qdoc, sh, b, i0);
+    am_load<T, DP>(Ks, k, sh.kv_stride, sh, b, 0, g);
+    am_load<T, DP>(Vs, v, sh.kv_stride, sh, b, 0, g);
+    am_load_docs(kdoc, sh, b, 0);
+    am_cp_commit();
     float row_lse[2], row_D[2];
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -356,111 +382,131 @@ __global__ void __launch_bounds__(AM_THREADS)
         row_lse[r] = rows[r] < sh.seq ? lse[stat] * AM_LOG2E : 0.0f;
         row_D[r] = rows[r] < sh.seq ? D[stat] : 0.0f;
     }
-    __syncthreads();
-    const int32_t qd[2] = {qdoc[row0 + gid], qdoc[row0 + gid + 8]};
 
     float acc[DP / 8][4];
 #pragma unroll
     for (int dn = 0; dn < DP / 8; dn++)
 #pragma unroll
         for (int e = 0; e < 4; e++) acc[dn][e] = 0.0f;
-    const int last_query = min(i0 + AM_ROWS, sh.seq) - 1;
-    for (int j0 = 0; j0 <= last_query; j0 += AM_ROWS) {
+    for (int t = 0; t < n_kv; t++) {
+        const int j0 = t * AM_ROWS, cur = t & 1;
+        if (t + 1 < n_kv) {
+            am_load<T, DP>(Ks + (cur ^ 1) * TILE, k, sh.kv_stride, sh, b, j0 + AM_ROWS, g);
+            am_load<T, DP>(Vs + (cur ^ 1) * TILE, v, sh.kv_stride, sh, b, j0 + AM_ROWS, g);
+            am_load_docs(kdoc + (cur ^ 1) * AM_ROWS, sh, b, j0 + AM_ROWS);
+        }
+        am_cp_commit();
+        am_cp_wait<1>();
         __syncthreads();
-        am_load<T, DP>(Ks, k, sh.kv_stride, sh, b, j0, g);
-        am_load<T, DP>(Vs, v, sh.kv_stride, sh, b, j0, g);
-        am_load_docs(kdoc, sh, b, j0);
-        __syncthreads();
-        if (warp_first >= sh.seq || j0 > warp_last) continue;  // dS = 0
-        float s[8][4], dp[8][4];
-        am_product_abt<T, DP>(s, Qs, row0, Ks, lane);
-        am_product_abt<T, DP>(dp, dOs, row0, Vs, lane);
+        if (warp_first < sh.seq && j0 <= warp_last) {  // else dS = 0
+            const T *Kt = Ks + cur * TILE, *Vt = Vs + cur * TILE;
+            const int32_t *kd = kdoc + cur * AM_ROWS;
+            const int32_t qd[2] = {qdoc[row0 + gid], qdoc[row0 + gid + 8]};
+            float s[8][4], dp[8][4];
+            am_product_abt<T, DP>(s, Qs, row0, Kt, lane);
+            am_product_abt<T, DP>(dp, dOs, row0, Vt, lane);
 #pragma unroll
-        for (int nt = 0; nt < 8; nt++)
+            for (int nt = 0; nt < 8; nt++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int r = e >> 1, c = am_col(nt, e, tig);
-                float ds = 0.0f;
-                if (am_visible(sh, rows[r], j0 + c, qd[r], kdoc[c])) {
-                    const float p = exp2f(s[nt][e] * sh.scale_log2 - row_lse[r]);
-                    ds = p * (dp[nt][e] - row_D[r]);
+                for (int e = 0; e < 4; e++) {
+                    const int r = e >> 1, c = am_col(nt, e, tig);
+                    float ds = 0.0f;
+                    if (am_visible(sh, rows[r], j0 + c, qd[r], kd[c])) {
+                        const float p = exp2f(s[nt][e] * sh.scale_log2 - row_lse[r]);
+                        ds = p * (dp[nt][e] - row_D[r]);
+                    }
+                    s[nt][e] = ds;
                 }
-                s[nt][e] = ds;
-            }
-        am_accumulate<T, DP>(acc, s, Ks, lane);
+            am_accumulate<T, DP>(acc, s, Kt, lane);
+        }
+        __syncthreads();
     }
     am_store_rows<DP>(dq, sh.q_stride, (size_t)h * sh.d, sh, b, rows, acc, sh.scale, tig);
 }
 
 // dk = scale dS^T Q, dv = P^T dO: one block per (key tile, kv head, sequence), over the
-// group's query heads, then the query tiles from the key tile on.
+// group's query heads, then the query tiles from the key tile on; Q, dO (and their rows'
+// documents, lse and D) double-buffered.
 template <typename T, int DP>
 __global__ void __launch_bounds__(AM_THREADS)
-    am_dkv_kernel(float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v,
-                  const float *lse, const float *D, am_shape sh) {
+    am_dkv_kernel(float *dk, float *dv, const T *dout, const T *q, const T *k, const T *v, const float *lse,
+                  const float *D, am_shape sh) {
     extern __shared__ __align__(16) unsigned char am_smem[];
-    constexpr int LD = DP + 8;
+    constexpr int TILE = AM_ROWS * (DP + 8);
     T *Ks = reinterpret_cast<T *>(am_smem);
-    T *Vs = Ks + AM_ROWS * LD;
-    T *Qs = Vs + AM_ROWS * LD;
-    T *dOs = Qs + AM_ROWS * LD;
-    int32_t *kdoc = reinterpret_cast<int32_t *>(dOs + AM_ROWS * LD);
-    int32_t *qdoc = kdoc + AM_ROWS;
-    float *col_lse = reinterpret_cast<float *>(qdoc + AM_ROWS);
-    float *col_D = col_lse + AM_ROWS;
+    T *Vs = Ks + TILE;
+    T *Qs = Vs + TILE;        // two buffers
+    T *dOs = Qs + 2 * TILE;   // two buffers
+    int32_t *kdoc = reinterpret_cast<int32_t *>(dOs + 2 * TILE);
+    int32_t *qdoc = kdoc + AM_ROWS;                                 // two buffers
+    float *col_lse = reinterpret_cast<float *>(qdoc + 2 * AM_ROWS);  // two buffers
+    float *col_D = col_lse + 2 * AM_ROWS;                           // two buffers
 
+    const int n_tiles = (sh.seq + AM_ROWS - 1) / AM_ROWS;
     const int j0 = blockIdx.x * AM_ROWS, g = blockIdx.y, b = blockIdx.z;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane >> 2, tig = lane & 3;
     const int row0 = warp * 16;
     const int keys[2] = {j0 + row0 + gid, j0 + row0 + gid + 8};
     const int warp_first = j0 + row0;
+    // Query tiles are aligned with key tiles and as long: earlier ones see no key here.
+    const int n_q = n_tiles - (int)blockIdx.x, n_steps = sh.group * n_q;
 
+    // Step u: head g * group + u / n_q, query tile j0 + (u % n_q) * 64, into buffer u & 1.
+    auto load_step = [&](int u) {
+        const int h = g * sh.group + u / n_q, i0 = j0 + (u % n_q) * AM_ROWS, buf = u & 1;
+        am_load<T, DP>(Qs + buf * TILE, q, sh.q_stride, sh, b, i0, h);
+        am_load<T, DP>(dOs + buf * TILE, dout, sh.q_stride, sh, b, i0, h);
+        am_load_docs(qdoc + buf * AM_ROWS, sh, b, i0);
+        for (int c = threadIdx.x; c < AM_ROWS; c += AM_THREADS) {
+            const int s = i0 + c;
+            const size_t stat = ((size_t)b * sh.n_heads + h) * sh.seq + s;
+            col_lse[buf * AM_ROWS + c] = s < sh.seq ? lse[stat] * AM_LOG2E : 0.0f;
+            col_D[buf * AM_ROWS + c] = s < sh.seq ? D[stat] : 0.0f;
+        }
+    };
     am_load<T, DP>(Ks, k, sh.kv_stride, sh, b, j0, g);
     am_load<T, DP>(Vs, v, sh.kv_stride, sh, b, j0, g);
     am_load_docs(kdoc, sh, b, j0);
-    __syncthreads();
-    const int32_t kd[2] = {kdoc[row0 + gid], kdoc[row0 + gid + 8]};
+    load_step(0);
+    am_cp_commit();
 
     float dK[DP / 8][4], dV[DP / 8][4];
 #pragma unroll
     for (int dn = 0; dn < DP / 8; dn++)
 #pragma unroll
         for (int e = 0; e < 4; e++) dK[dn][e] = dV[dn][e] = 0.0f;
-    for (int h = g * sh.group; h < (g + 1) * sh.group; h++) {
-        // Query tiles are aligned with key tiles and as long: earlier ones see no key here.
-        for (int i0 = j0; i0 < sh.seq; i0 += AM_ROWS) {
-            __syncthreads();
-            am_load<T, DP>(Qs, q, sh.q_stride, sh, b, i0, h);
-            am_load<T, DP>(dOs, dout, sh.q_stride, sh, b, i0, h);
-            am_load_docs(qdoc, sh, b, i0);
-            for (int c = threadIdx.x; c < AM_ROWS; c += AM_THREADS) {
-                const int s = i0 + c;
-                const size_t stat = ((size_t)b * sh.n_heads + h) * sh.seq + s;
-                col_lse[c] = s < sh.seq ? lse[stat] * AM_LOG2E : 0.0f;
-                col_D[c] = s < sh.seq ? D[stat] : 0.0f;
-            }
-            __syncthreads();
-            // Keys all padding, or all after the tile's last query: P = dS = 0.
-            if (warp_first >= sh.seq || warp_first > min(i0 + AM_ROWS, sh.seq) - 1) continue;
+    for (int u = 0; u < n_steps; u++) {
+        const int i0 = j0 + (u % n_q) * AM_ROWS, cur = u & 1;
+        if (u + 1 < n_steps) load_step(u + 1);
+        am_cp_commit();
+        am_cp_wait<1>();
+        __syncthreads();
+        // Keys all padding, or all after the tile's last query: P = dS = 0.
+        if (warp_first < sh.seq && warp_first <= min(i0 + AM_ROWS, sh.seq) - 1) {
+            const T *Qt = Qs + cur * TILE, *dOt = dOs + cur * TILE;
+            const int32_t *qd = qdoc + cur * AM_ROWS;
+            const float *cl = col_lse + cur * AM_ROWS, *cD = col_D + cur * AM_ROWS;
+            const int32_t kd[2] = {kdoc[row0 + gid], kdoc[row0 + gid + 8]};
             float s[8][4], dp[8][4];
-            am_product_abt<T, DP>(s, Ks, row0, Qs, lane);
-            am_product_abt<T, DP>(dp, Vs, row0, dOs, lane);
+            am_product_abt<T, DP>(s, Ks, row0, Qt, lane);
+            am_product_abt<T, DP>(dp, Vs, row0, dOt, lane);
 #pragma unroll
             for (int nt = 0; nt < 8; nt++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     const int r = e >> 1, c = am_col(nt, e, tig);  // key row r, query column c
                     float p = 0.0f, ds = 0.0f;
-                    if (am_visible(sh, i0 + c, keys[r], qdoc[c], kd[r])) {
-                        p = exp2f(s[nt][e] * sh.scale_log2 - col_lse[c]);
-                        ds = p * (dp[nt][e] - col_D[c]);
+                    if (am_visible(sh, i0 + c, keys[r], qd[c], kd[r])) {
+                        p = exp2f(s[nt][e] * sh.scale_log2 - cl[c]);
+                        ds = p * (dp[nt][e] - cD[c]);
                     }
                     s[nt][e] = p;
                     dp[nt][e] = ds;
                 }
-            am_accumulate<T, DP>(dV, s, dOs, lane);
-            am_accumulate<T, DP>(dK, dp, Qs, lane);
+            am_accumulate<T, DP>(dV, s, dOt, lane);
+            am_accumulate<T, DP>(dK, dp, Qt, lane);
         }
+        __syncthreads();
     }
     am_store_rows<DP>(dk, sh.kv_stride, (size_t)g * sh.d, sh, b, keys, dK, sh.scale, tig);
     am_store_rows<DP>(dv, sh.kv_stride, (size_t)g * sh.d, sh, b, keys, dV, 1.0f, tig);
@@ -472,8 +518,6 @@ template <int DP>
 static size_t am_tile_bytes(int tiles, int int_rows) {
     return (size_t)tiles * AM_ROWS * (DP + 8) * 2 + (size_t)int_rows * AM_ROWS * 4;
 }
-
-static bool am_aligned(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
 // Fills sh; false for the shapes this path does not take.
 static bool am_shape_of(am_shape *sh, const int32_t *doc_ids, int batch, int seq, int n_heads, int n_kv_heads,
@@ -505,29 +549,73 @@ static bool am_allow_smem(Kernel kernel, size_t bytes) {
     return true;
 }
 
+// The inputs rounded to the format once, into stream-ordered scratch (the kernels then move
+// half the bytes, and cp.async can stream them): count tensors of sizes n[i].
+struct am_rounded {
+    uint16_t *data[4];
+    int count;
+};
+
+static bool am_round_inputs(am_rounded *r, kernels_half_format fmt, const float *const *x, const size_t *n,
+                            int count) {
+    r->count = 0;
+    for (int i = 0; i < count; i++) {
+        r->data[i] = NULL;
+        CUDA_CHECK(cudaMallocAsync((void **)&r->data[i], n[i] * sizeof(uint16_t), 0));
+        if (!r->data[i]) return false;
+        r->count = i + 1;
+        cuda_to_half(r->data[i], x[i], n[i], fmt);
+    }
+    return true;
+}
+
+static void am_release(am_rounded *r) {
+    for (int i = 0; i < r->count; i++) CUDA_CHECK(cudaFreeAsync(r->data[i], 0));
+    r->count = 0;
+}
+
 template <typename T, int DP>
-static bool am_fwd(float *out, float *lse, const float *q, const float *k, const float *v, const am_shape &sh) {
-    const size_t bytes = am_tile_bytes<DP>(3, 2);
+static bool am_fwd(kernels_half_format fmt, float *out, float *lse, const float *q, const float *k,
+                   const float *v, const am_shape &sh) {
+    const size_t bytes = am_tile_bytes<DP>(5, 3);
     if (!am_allow_smem(am_fwd_kernel<T, DP>, bytes)) return false;
-    const dim3 grid((unsigned)((sh.seq + AM_ROWS - 1) / AM_ROWS), (unsigned)sh.n_heads, (unsigned)sh.batch);
-    am_fwd_kernel<T, DP><<<grid, AM_THREADS, bytes>>>(out, lse, q, k, v, sh);
-    CUDA_CHECK_LAUNCH();
+    const size_t tokens = (size_t)sh.batch * sh.seq;
+    const float *inputs[3] = {q, k, v};
+    const size_t sizes[3] = {tokens * sh.q_stride, tokens * sh.kv_stride, tokens * sh.kv_stride};
+    am_rounded r;
+    if (am_round_inputs(&r, fmt, inputs, sizes, 3)) {
+        const dim3 grid((unsigned)((sh.seq + AM_ROWS - 1) / AM_ROWS), (unsigned)sh.n_heads, (unsigned)sh.batch);
+        am_fwd_kernel<T, DP><<<grid, AM_THREADS, bytes>>>(out, lse, (const T *)r.data[0], (const T *)r.data[1],
+                                                          (const T *)r.data[2], sh);
+        CUDA_CHECK_LAUNCH();
+    }
+    am_release(&r);  // a failed allocation is recorded: the run stops with its message
     return true;
 }
 
 template <typename T, int DP>
-static bool am_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
-                   const float *v, const float *lse, const float *D, const am_shape &sh) {
-    const size_t dq_smem = am_tile_bytes<DP>(4, 2), dkv_smem = am_tile_bytes<DP>(4, 4);
+static bool am_bwd(kernels_half_format fmt, float *dq, float *dk, float *dv, const float *dout, const float *q,
+                   const float *k, const float *v, const float *lse, const float *D, const am_shape &sh) {
+    const size_t dq_smem = am_tile_bytes<DP>(6, 3), dkv_smem = am_tile_bytes<DP>(6, 7);
     if (!am_allow_smem(am_dq_kernel<T, DP>, dq_smem) || !am_allow_smem(am_dkv_kernel<T, DP>, dkv_smem))
         return false;
-    const unsigned tiles = (unsigned)((sh.seq + AM_ROWS - 1) / AM_ROWS);
-    am_dq_kernel<T, DP><<<dim3(tiles, (unsigned)sh.n_heads, (unsigned)sh.batch), AM_THREADS, dq_smem>>>(
-        dq, dout, q, k, v, lse, D, sh);
-    CUDA_CHECK_LAUNCH();
-    am_dkv_kernel<T, DP><<<dim3(tiles, (unsigned)sh.n_kv, (unsigned)sh.batch), AM_THREADS, dkv_smem>>>(
-        dk, dv, dout, q, k, v, lse, D, sh);
-    CUDA_CHECK_LAUNCH();
+    const size_t tokens = (size_t)sh.batch * sh.seq;
+    const float *inputs[4] = {dout, q, k, v};
+    const size_t sizes[4] = {tokens * sh.q_stride, tokens * sh.q_stride, tokens * sh.kv_stride,
+                             tokens * sh.kv_stride};
+    am_rounded r;
+    if (am_round_inputs(&r, fmt, inputs, sizes, 4)) {
+        const T *hdo = (const T *)r.data[0], *hq = (const T *)r.data[1], *hk = (const T *)r.data[2],
+                *hv = (const T *)r.data[3];
+        const unsigned tiles = (unsigned)((sh.seq + AM_ROWS - 1) / AM_ROWS);
+        am_dq_kernel<T, DP><<<dim3(tiles, (unsigned)sh.n_heads, (unsigned)sh.batch), AM_THREADS, dq_smem>>>(
+            dq, hdo, hq, hk, hv, lse, D, sh);
+        CUDA_CHECK_LAUNCH();
+        am_dkv_kernel<T, DP><<<dim3(tiles, (unsigned)sh.n_kv, (unsigned)sh.batch), AM_THREADS, dkv_smem>>>(
+            dk, dv, hdo, hq, hk, hv, lse, D, sh);
+        CUDA_CHECK_LAUNCH();
+    }
+    am_release(&r);
     return true;
 }
 
@@ -536,11 +624,12 @@ bool attention_mma_fwd(kernels_half_format fmt, float *out, float *lse, const fl
                        int head_dim, float scale) {
     am_shape sh;
     if (!am_shape_of(&sh, doc_ids, batch, seq, n_heads, n_kv_heads, head_dim, scale)) return false;
-    if (!am_aligned(out) || !am_aligned(q) || !am_aligned(k) || !am_aligned(v)) return false;
     const bool bf16 = fmt == KERNELS_BF16;
     if (head_dim == 64)
-        return bf16 ? am_fwd<__nv_bfloat16, 64>(out, lse, q, k, v, sh) : am_fwd<__half, 64>(out, lse, q, k, v, sh);
-    return bf16 ? am_fwd<__nv_bfloat16, 128>(out, lse, q, k, v, sh) : am_fwd<__half, 128>(out, lse, q, k, v, sh);
+        return bf16 ? am_fwd<__nv_bfloat16, 64>(fmt, out, lse, q, k, v, sh)
+                    : am_fwd<__half, 64>(fmt, out, lse, q, k, v, sh);
+    return bf16 ? am_fwd<__nv_bfloat16, 128>(fmt, out, lse, q, k, v, sh)
+                : am_fwd<__half, 128>(fmt, out, lse, q, k, v, sh);
 }
 
 bool attention_mma_bwd(kernels_half_format fmt, float *dq, float *dk, float *dv, const float *dout,
@@ -549,13 +638,10 @@ bool attention_mma_bwd(kernels_half_format fmt, float *dq, float *dk, float *dv,
                        float scale) {
     am_shape sh;
     if (!am_shape_of(&sh, doc_ids, batch, seq, n_heads, n_kv_heads, head_dim, scale)) return false;
-    const void *pointers[] = {dq, dk, dv, dout, q, k, v};
-    for (const void *p : pointers)
-        if (!am_aligned(p)) return false;
     const bool bf16 = fmt == KERNELS_BF16;
     if (head_dim == 64)
-        return bf16 ? am_bwd<__nv_bfloat16, 64>(dq, dk, dv, dout, q, k, v, lse, D, sh)
-                    : am_bwd<__half, 64>(dq, dk, dv, dout, q, k, v, lse, D, sh);
-    return bf16 ? am_bwd<__nv_bfloat16, 128>(dq, dk, dv, dout, q, k, v, lse, D, sh)
-                : am_bwd<__half, 128>(dq, dk, dv, dout, q, k, v, lse, D, sh);
+        return bf16 ? am_bwd<__nv_bfloat16, 64>(fmt, dq, dk, dv, dout, q, k, v, lse, D, sh)
+                    : am_bwd<__half, 64>(fmt, dq, dk, dv, dout, q, k, v, lse, D, sh);
+    return bf16 ? am_bwd<__nv_bfloat16, 128>(fmt, dq, dk, dv, dout, q, k, v, lse, D, sh)
+                : am_bwd<__half, 128>(fmt, dq, dk, dv, dout, q, k, v, lse, D, sh);
 }
