@@ -18,8 +18,10 @@
 #
 # One device command may run 10 minutes: `run` alone (build, tests, e2e) is budgeted for
 # about 9 on an H100 machine (16 cores): gpu_e2e.sh gets what is left of 9 minutes after the
-# build and tests (at least 2), and stops its runs when that is spent. Run the benchmark as
-# a second command on the still-warm machine (the build is kept):
+# build and tests (at least 2), and stops its runs when that is spent. The benchmark can be
+# a second command (the machine is usually handed back between calls, and the build takes
+# ~25 s again), or the same one with --no-e2e: docs/benchmarks/gpu-notes.md has the
+# one-command round the first GPU session used.
 #   scripts/gpu_session.sh run --no-tests scripts/bench_gpu.sh
 #
 # What is fetched: the -dev packages and their runtime libraries, plus the closure of the

@@ -24,8 +24,9 @@ static double rel_error(const float *a, const float *b, size_t n) {
     return ref > 0 ? sqrt(diff / ref) : sqrt(diff);
 }
 
-/* Two layers, GQA, Qwen2-style biases, qk norms; tied embeddings or an lm_head. */
-static void mixed_config(model_config *c, bool tied) {
+/* Two layers, GQA, Qwen2-style biases, qk norms; tied embeddings or an lm_head; head_dim 8,
+ * or 64 to put the CUDA backend's attention on its mma.sync path (attention_mma.cu). */
+static void mixed_config(model_config *c, bool tied, int head_dim) {
     model_config_preset(c, "tiny", NULL);
     c->vocab_size = 37;
     c->hidden_size = 32;
@@ -33,7 +34,7 @@ static void mixed_config(model_config *c, bool tied) {
     c->num_hidden_layers = 2;
     c->num_attention_heads = 4;
     c->num_key_value_heads = 2;
-    c->head_dim = 8;
+    c->head_dim = head_dim;
     c->attention_bias = c->qk_norm = true;
     c->tie_word_embeddings = tied;
     c->pad_token_id = c->bos_token_id = -1;
@@ -74,9 +75,9 @@ typedef struct result {
 /* A model of the given precision and weights: the loss and gradients of two micro-batches
  * (different dropout seeds) accumulated. */
 static result run(const kernels *k, bool lora, bool tied, model_precision precision, bool checkpointing,
-                  uint64_t weight_seed) {
+                  uint64_t weight_seed, int head_dim) {
     model_config c;
-    mixed_config(&c, tied);
+    mixed_config(&c, tied, head_dim);
     lora_settings ls = {.r = 4, .alpha = 8.0f, .dropout = 0.2f};
     const char *all[] = {"all-linear"};
     ct_error err = {{0}};
@@ -115,13 +116,13 @@ static void test_against_fp32(void) {
     const model_precision precisions[] = {MODEL_BF16_MIXED, MODEL_FP16_MIXED};
     for (int lora = 0; lora <= 1; lora++)
         for (int tied = 0; tied <= 1; tied++) {
-            result ref = run(kernels_cpu(), lora, tied, MODEL_FP32, false, 5);
+            result ref = run(kernels_cpu(), lora, tied, MODEL_FP32, false, 5, 8);
             double grad_rels[2] = {0, 0};
             for (int i = 0; i < 2; i++) {
                 model_precision p = precisions[i];
                 const double loss_tol = p == MODEL_BF16_MIXED ? 3e-3 : 6e-4;
                 const double grad_tol = p == MODEL_BF16_MIXED ? 5e-2 : 7e-3;
-                result got = run(kernels_cpu(), lora, tied, p, false, 5);
+                result got = run(kernels_cpu(), lora, tied, p, false, 5, 8);
                 double loss_rel = fabs(got.loss - ref.loss) / fabs(ref.loss);
                 double grad_rel = rel_error(got.grads, ref.grads, ref.numel);
                 grad_rels[i] = grad_rel;
@@ -132,7 +133,7 @@ static void test_against_fp32(void) {
                 CHECK_MSG(grad_rel < grad_tol && grad_rel > 1e-7, "%s %s: gradient rel %.3g", precision_name(p),
                           lora ? "lora" : "full", grad_rel);
                 /* Checkpointing recomputes through the same 16-bit scratch: same bits. */
-                result ckpt = run(kernels_cpu(), lora, tied, p, true, 5);
+                result ckpt = run(kernels_cpu(), lora, tied, p, true, 5, 8);
                 CHECK(ckpt.loss == got.loss);
                 CHECK_MSG(memcmp(ckpt.grads, got.grads, got.numel * sizeof(float)) == 0,
                           "%s %s: activation checkpointing changed the gradients", precision_name(p),
@@ -164,7 +165,7 @@ static void nudge(model *m, model_param *p) {
 /* The copies follow the fp32 weights when, and only as far as, model_weights_changed says. */
 static void test_weight_copies(void) {
     model_config c;
-    mixed_config(&c, false);
+    mixed_config(&c, false, 8);
     ct_error err = {{0}};
     model m, fresh;
     CHECK(model_create(&m, &c, NULL, kernels_cpu(), &err) == 0);
@@ -264,19 +265,21 @@ static void test_weight_copies(void) {
  * sums in another order, attention possibly on tensor cores): 16-bit tolerance. */
 static void test_cuda_against_cpu(const kernels *cuda) {
     const model_precision precisions[] = {MODEL_BF16_MIXED, MODEL_FP16_MIXED};
-    for (int lora = 0; lora <= 1; lora++)
-        for (int i = 0; i < 2; i++) {
-            result cpu = run(kernels_cpu(), lora, true, precisions[i], false, 13);
-            result gpu = run(cuda, lora, true, precisions[i], false, 13);
-            double loss_rel = fabs(gpu.loss - cpu.loss) / fabs(cpu.loss);
-            double grad_rel = rel_error(gpu.grads, cpu.grads, cpu.numel);
-            printf("cuda %s %s: loss rel %.2e, gradients rel %.2e\n", precision_name(precisions[i]),
-                   lora ? "lora" : "full", loss_rel, grad_rel);
-            CHECK(loss_rel < 3e-3);
-            CHECK(grad_rel < 5e-2); /* at most the distance between bf16-mixed and fp32 */
-            free(cpu.grads);
-            free(gpu.grads);
-        }
+    const int head_dims[] = {8, 64}; /* WMMA and mma.sync attention */
+    for (int case_index = 0; case_index < 8; case_index++) {
+        const int head_dim = head_dims[case_index / 4], lora = case_index / 2 % 2;
+        const model_precision precision = precisions[case_index % 2];
+        result cpu = run(kernels_cpu(), lora, true, precision, false, 13, head_dim);
+        result gpu = run(cuda, lora, true, precision, false, 13, head_dim);
+        double loss_rel = fabs(gpu.loss - cpu.loss) / fabs(cpu.loss);
+        double grad_rel = rel_error(gpu.grads, cpu.grads, cpu.numel);
+        printf("cuda %s %s head_dim %d: loss rel %.2e, gradients rel %.2e\n", precision_name(precision),
+               lora ? "lora" : "full", head_dim, loss_rel, grad_rel);
+        CHECK(loss_rel < 3e-3);
+        CHECK(grad_rel < 5e-2); /* at most the distance between bf16-mixed and fp32 */
+        free(cpu.grads);
+        free(gpu.grads);
+    }
 }
 
 int main(void) {
