@@ -228,6 +228,35 @@ __device__ __forceinline__ void am_store_rows(float *dst, size_t stride, size_t 
     }
 }
 
+// A block over a query tile (forward, dq): which tile, head and sequence, and this thread's
+// place in it. Late (long) query tiles are launched first.
+struct am_query_block {
+    int i0, h, b, g;             // first query, head, sequence, kv head
+    int lane, gid, tig, row0;    // lane, its row group and column pair, the warp's first row
+    int rows[2];                 // this thread's two query rows
+    int warp_first, warp_last;   // the warp's first query and its last one before seq
+    int n_kv;                    // key tiles up to the diagonal one
+};
+
+__device__ __forceinline__ am_query_block am_query_block_of(const am_shape &sh) {
+    am_query_block qb;
+    const int n_tiles = (sh.seq + AM_ROWS - 1) / AM_ROWS;
+    qb.i0 = (n_tiles - 1 - (int)blockIdx.x) * AM_ROWS;
+    qb.h = blockIdx.y;
+    qb.b = blockIdx.z;
+    qb.g = qb.h / sh.group;
+    qb.lane = threadIdx.x % 32;
+    qb.gid = qb.lane >> 2;
+    qb.tig = qb.lane & 3;
+    qb.row0 = threadIdx.x / 32 * 16;
+    qb.rows[0] = qb.i0 + qb.row0 + qb.gid;
+    qb.rows[1] = qb.rows[0] + 8;
+    qb.warp_first = qb.i0 + qb.row0;
+    qb.warp_last = min(qb.warp_first + 15, sh.seq - 1);
+    qb.n_kv = (min(qb.i0 + AM_ROWS, sh.seq) - 1) / AM_ROWS + 1;
+    return qb;
+}
+
 // ------------------------------------------------------------------ forward
 
 // One block per (query tile, head, sequence), late (long) query tiles first. K and V tiles
@@ -242,16 +271,10 @@ __global__ void __launch_bounds__(AM_THREADS)
     T *Vs = Ks + 2 * TILE;  // two buffers
     int32_t *qdoc = reinterpret_cast<int32_t *>(Vs + 2 * TILE);
     int32_t *kdoc = qdoc + AM_ROWS;  // two buffers
-
-    const int n_tiles = (sh.seq + AM_ROWS - 1) / AM_ROWS;
-    const int i0 = (n_tiles - 1 - (int)blockIdx.x) * AM_ROWS;
-    const int h = blockIdx.y, b = blockIdx.z, g = h / sh.group;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane >> 2, tig = lane & 3;
-    const int row0 = warp * 16;
-    const int rows[2] = {i0 + row0 + gid, i0 + row0 + gid + 8};
-    const int warp_first = i0 + row0, warp_last = min(warp_first + 15, sh.seq - 1);
-    const int last_query = min(i0 + AM_ROWS, sh.seq) - 1;
-    const int n_kv = last_query / AM_ROWS + 1;  // key tiles 0 .. the diagonal one
+    const am_query_block qb = am_query_block_of(sh);
+    const int i0 = qb.i0, h = qb.h, b = qb.b, g = qb.g, lane = qb.lane, gid = qb.gid, tig = qb.tig;
+    const int row0 = qb.row0, warp_first = qb.warp_first, warp_last = qb.warp_last, n_kv = qb.n_kv;
+    const int *rows = qb.rows;
 
     am_load<T, DP>(Qs, q, sh.q_stride, sh, b, i0, h);
     am_load_docs(qdoc, sh, b, i0);
@@ -357,16 +380,10 @@ __global__ void __launch_bounds__(AM_THREADS)
     T *Vs = Ks + 2 * TILE;  // two buffers
     int32_t *qdoc = reinterpret_cast<int32_t *>(Vs + 2 * TILE);
     int32_t *kdoc = qdoc + AM_ROWS;  // two buffers
-
-    const int n_tiles = (sh.seq + AM_ROWS - 1) / AM_ROWS;
-    const int i0 = (n_tiles - 1 - (int)blockIdx.x) * AM_ROWS;
-    const int h = blockIdx.y, b = blockIdx.z, g = h / sh.group;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane >> 2, tig = lane & 3;
-    const int row0 = warp * 16;
-    const int rows[2] = {i0 + row0 + gid, i0 + row0 + gid + 8};
-    const int warp_first = i0 + row0, warp_last = min(warp_first + 15, sh.seq - 1);
-    const int last_query = min(i0 + AM_ROWS, sh.seq) - 1;
-    const int n_kv = last_query / AM_ROWS + 1;
+    const am_query_block qb = am_query_block_of(sh);
+    const int i0 = qb.i0, h = qb.h, b = qb.b, g = qb.g, lane = qb.lane, gid = qb.gid, tig = qb.tig;
+    const int row0 = qb.row0, warp_first = qb.warp_first, warp_last = qb.warp_last, n_kv = qb.n_kv;
+    const int *rows = qb.rows;
 
     am_load<T, DP>(Qs, q, sh.q_stride, sh, b, i0, h);
     am_load<T, DP>(dOs, dout, sh.q_stride, sh, b, i0, h);
