@@ -22,6 +22,21 @@
 /* 16-bit storage formats of mixed precision (kernels.to_half, from_half, gemm_half). */
 typedef enum { KERNELS_BF16 = 1, KERNELS_FP16 = 2 } kernels_half_format;
 
+/* One AdamW update's settings (kernels.adamw). Hyper-parameters are doubles, as torch forms
+ * its scalar factors (1 - b2, lr / bias1) in double from the recipe's decimals before
+ * rounding each once to fp32; bias1 = 1 - b1^step and bias2 = 1 - b2^step. */
+typedef struct kernels_adamw_step {
+    double lr, beta1, beta2, eps, weight_decay, bias1, bias2;
+    /* Every gradient is multiplied by this in fp32 before use (unscaling a loss scale and
+     * clipping): the bits of scale(grad, grad_scale) then the update; the gradient buffer is
+     * left as it was. 1 multiplies nothing. */
+    float grad_scale;
+    /* NULL, or the parameter's 16-bit copy: half[i] = to_half(param[i]) after the update,
+     * in half_format (mixed precision's GEMM operands, without a separate cast pass). */
+    uint16_t *half;
+    kernels_half_format half_format;
+} kernels_adamw_step;
+
 typedef struct kernels {
     const char *name; /* "cpu", "cuda" */
 
@@ -148,16 +163,14 @@ typedef struct kernels {
                                const float *out, const float *lse, const int32_t *doc_ids, int batch,
                                int seq, int n_heads, int n_kv_heads, int head_dim, float scale);
 
-    /* ---- AdamW (decoupled weight decay, as torch.optim.AdamW) on n elements:
+    /* ---- AdamW (decoupled weight decay, as torch.optim.AdamW) on n elements, with
+     * g = grad * st->grad_scale:
      * m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
-     * p -= lr * (wd * p + (m / bias1) / (sqrt(v / bias2) + eps))
-     * where bias1 = 1 - b1^step, bias2 = 1 - b2^step (computed by the caller).
+     * p -= lr * (wd * p + (m / bias1) / (sqrt(v / bias2) + eps)).
      * torch applies the decay first: p *= (1 - lr*wd), then the Adam step; implement it so.
-     * Hyper-parameters are doubles, as torch forms its scalar factors (1 - b2, lr / bias1)
-     * in double from the recipe's decimals before rounding each once to fp32. */
-    void (*adamw)(float *param, const float *grad, float *m, float *v, size_t n, double lr,
-                  double beta1, double beta2, double eps, double weight_decay, double bias1,
-                  double bias2);
+     * With st->half, the updated parameters' 16-bit copies are written too. */
+    void (*adamw)(float *param, const float *grad, float *m, float *v, size_t n,
+                  const kernels_adamw_step *st);
 } kernels;
 
 /* The CPU reference backend (OpenMP + BLAS). Always available. */

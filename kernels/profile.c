@@ -207,9 +207,9 @@ static void p_attention_bwd_half(kernels_half_format fmt, float *dq, float *dk, 
           prof.inner->attention_bwd_half(fmt, dq, dk, dv, dout, q, k, v, out, lse, doc, b, s, nh, nkv, d, scale),
           "attention_bwd %s b %d s %d h %d/%d d %d", fmt_name(fmt), b, s, nh, nkv, d);
 }
-static void p_adamw(float *param, const float *grad, float *m, float *v, size_t n, double lr, double b1, double b2,
-                    double eps, double wd, double bias1, double bias2) {
-    TIMED(0, 28.0 * n, prof.inner->adamw(param, grad, m, v, n, lr, b1, b2, eps, wd, bias1, bias2), "adamw");
+static void p_adamw(float *param, const float *grad, float *m, float *v, size_t n, const kernels_adamw_step *st) {
+    TIMED(0, (st->half ? 30.0 : 28.0) * n, prof.inner->adamw(param, grad, m, v, n, st), "adamw%s",
+          st->half ? " (+16-bit copy)" : "");
 }
 
 int kernels_profile_start(const kernels *inner, const kernels **out, ct_error *err) {

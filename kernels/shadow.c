@@ -117,9 +117,11 @@ static void shadow_attention_bwd_half(kernels_half_format fmt, float *dq, float 
     cpu_attention_bwd_half(fmt, RF(dq), RF(dk), RF(dv), RCF(dout), RCF(q), RCF(k), RCF(v), RCF(out),
                            RCF(lse), RCI(doc_ids), batch, seq, nh, nkv, d, scale);
 }
-static void shadow_adamw(float *param, const float *grad, float *m, float *v, size_t n, double lr, double b1,
-                         double b2, double eps, double wd, double bias1, double bias2) {
-    cpu_adamw(RF(param), RCF(grad), RF(m), RF(v), n, lr, b1, b2, eps, wd, bias1, bias2);
+static void shadow_adamw(float *param, const float *grad, float *m, float *v, size_t n,
+                         const kernels_adamw_step *st) {
+    kernels_adamw_step real = *st;
+    real.half = RH(st->half);
+    cpu_adamw(RF(param), RCF(grad), RF(m), RF(v), n, &real);
 }
 
 static const kernels shadow_backend = {

@@ -22,10 +22,23 @@ int adamw_create_range(adamw_state *s, const model *m, size_t begin, size_t end,
     return allocate_moments(s, err);
 }
 
-void adamw_step_range(adamw_state *s, model *m, const adamw_hparams *h, double lr, const float *grad) {
+/* The kernel's settings for parameter p at this step; its 16-bit copy (mixed precision) is
+ * written by the update itself, from element `skip` of p on. */
+static kernels_adamw_step step_settings(const adamw_state *s, const model *m, const model_param *p,
+                                        const adamw_hparams *h, double lr, float grad_scale, size_t skip) {
+    return (kernels_adamw_step){
+        .lr = lr, .beta1 = h->beta1, .beta2 = h->beta2, .eps = h->eps,
+        .weight_decay = p->decay ? h->weight_decay : 0.0,
+        .bias1 = 1.0 - pow(h->beta1, (double)s->step), .bias2 = 1.0 - pow(h->beta2, (double)s->step),
+        .grad_scale = grad_scale,
+        .half = p->half && m->precision != MODEL_FP32 ? p->half + skip : NULL,
+        .half_format = model_half_format(m->precision),
+    };
+}
+
+void adamw_step_range(adamw_state *s, model *m, const adamw_hparams *h, double lr, const float *grad,
+                      float grad_scale) {
     s->step++;
-    double bias1 = 1.0 - pow(h->beta1, (double)s->step);
-    double bias2 = 1.0 - pow(h->beta2, (double)s->step);
     const size_t begin = s->begin, end = s->begin + s->numel;
     for (int i = 0; i < m->n_params && s->numel > 0; i++) {
         model_param *p = &m->params[i];
@@ -34,9 +47,9 @@ void adamw_step_range(adamw_state *s, model *m, const adamw_hparams *h, double l
         size_t first = (size_t)(p->grad - m->grad_arena), last = first + p->numel;
         size_t lo = first > begin ? first : begin, hi = last < end ? last : end;
         if (lo >= hi) continue;
-        double decay = p->decay ? h->weight_decay : 0.0;
+        kernels_adamw_step st = step_settings(s, m, p, h, lr, grad_scale, lo - first);
         s->k->adamw(p->data + (lo - first), grad + (lo - begin), s->m + (lo - begin), s->v + (lo - begin),
-                    hi - lo, lr, h->beta1, h->beta2, h->eps, decay, bias1, bias2);
+                    hi - lo, &st);
     }
 }
 
@@ -60,18 +73,15 @@ void adamw_free(adamw_state *s) {
 }
 
 void adamw_step(adamw_state *s, model *m, const adamw_hparams *h, double lr) {
+    /* Bias corrections in double (step_settings): beta^step underflows gracefully and
+     * 1 - beta^step keeps its relative precision for small steps, where it matters most. */
     s->step++;
-    /* Bias corrections in double: beta^step underflows gracefully and 1 - beta^step keeps
-     * its relative precision for small steps, where it matters most. */
-    double bias1 = 1.0 - pow(h->beta1, (double)s->step);
-    double bias2 = 1.0 - pow(h->beta2, (double)s->step);
     size_t offset = 0;
     for (int i = 0; i < m->n_params; i++) {
         model_param *p = &m->params[i];
         if (!p->trainable) continue;
-        double decay = p->decay ? h->weight_decay : 0.0;
-        s->k->adamw(p->data, p->grad, s->m + offset, s->v + offset, p->numel, lr, h->beta1,
-                    h->beta2, h->eps, decay, bias1, bias2);
+        kernels_adamw_step st = step_settings(s, m, p, h, lr, 1.0f, 0);
+        s->k->adamw(p->data, p->grad, s->m + offset, s->v + offset, p->numel, &st);
         offset += p->numel;
     }
 }

@@ -27,7 +27,9 @@ typedef struct adamw_state {
 int adamw_create(adamw_state *s, const model *m, ct_error *err);
 void adamw_free(adamw_state *s);
 /* One step at learning rate lr on every trainable parameter; weight decay only where
- * param->decay. Increments s->step first (bias corrections use the new step). */
+ * param->decay. Increments s->step first (bias corrections use the new step). In mixed
+ * precision the update also writes each parameter's 16-bit copy (so the trainable copies are
+ * fresh: model_weights_changed_except(m, 0, m->grad_numel)). */
 void adamw_step(adamw_state *s, model *m, const adamw_hparams *h, double lr);
 
 /* State for the slice [begin, end) of the flat trainable range only (a ZeRO shard; the flat
@@ -35,8 +37,11 @@ void adamw_step(adamw_state *s, model *m, const adamw_hparams *h, double lr);
  * valid and allocates nothing. */
 int adamw_create_range(adamw_state *s, const model *m, size_t begin, size_t end, ct_error *err);
 /* One step on the slice of s: parameters from m, gradients from grad (backend memory,
- * grad[0] is flat index s->begin). Each value is updated exactly as adamw_step would, so a
- * sharded update gives the same bits as a whole one. Increments s->step first. */
-void adamw_step_range(adamw_state *s, model *m, const adamw_hparams *h, double lr, const float *grad);
+ * grad[0] is flat index s->begin) multiplied by grad_scale (unscaling and clipping; 1: none)
+ * as they are read. Each value is updated exactly as adamw_step would, so a sharded update
+ * gives the same bits as a whole one; the slice's 16-bit copies are written too (mixed
+ * precision). Increments s->step first. */
+void adamw_step_range(adamw_state *s, model *m, const adamw_hparams *h, double lr, const float *grad,
+                      float grad_scale);
 
 #endif

@@ -189,12 +189,13 @@ int zero_step(zero_optimizer *z, model *m, const adamw_hparams *h, double lr, do
         *skipped = true;
         return 0;
     }
-    /* Unscaling and clipping are one multiplication; with a power-of-two scale and no
-     * clipping it is exact. */
+    /* Unscaling and clipping are one multiplication, made by AdamW as it reads each gradient;
+     * with a power-of-two scale and no clipping it is exact. */
     double coef = clip_coefficient(*grad_norm, max_norm) / loss_scale;
-    if (coef != 1.0 && count > 0) z->k->scale(grad, (float)coef, count);
-    adamw_step_range(&z->adam, m, h, lr, grad);
+    adamw_step_range(&z->adam, m, h, lr, grad, (float)coef);
     if (z->stage != 0 && dist_all_gather_floats(d, m->weight_arena, z->offsets, err)) return -1;
-    model_weights_changed(m, true);
+    /* AdamW wrote the 16-bit copies of the values this rank updated; the gathered rest are
+     * re-rounded before the next GEMM. */
+    model_weights_changed_except(m, first, first + count);
     return 0;
 }

@@ -671,12 +671,48 @@ static void test_adamw(void) {
         CHECK_MSG(got == 40, "%s: step %d has %d of 40 values", fx, step, got);
         for (int i = 0; i < 10; i++) grad[i] = (float)g[i];
         double bias1 = 1.0 - pow(b1, step), bias2 = 1.0 - pow(b2, step);
-        K->adamw(param, grad, m, v, 10, lr, b1, b2, eps, wd, bias1, bias2);
+        kernels_adamw_step st = {lr, b1, b2, eps, wd, bias1, bias2, 1.0f, NULL, KERNELS_BF16};
+        K->adamw(param, grad, m, v, 10, &st);
         int bad = 0;
         for (int i = 0; i < 10; i++)
             bad += !close_rel(param[i], want_p[i], 1e-6) || !close_rel(m[i], want_m[i], 1e-6) ||
                    !close_rel(v[i], want_v[i], 1e-6);
         CHECK_MSG(bad == 0, "adamw step %d: %d of 10 elements differ from torch", step, bad);
+    }
+}
+
+/* grad_scale gives the bits of scaling the gradients first; half gets the updated values'
+ * 16-bit rounding, in either format; the gradient buffer is left alone. */
+static void test_adamw_scale_and_half(void) {
+    enum { N = 4099 };
+    static float p1[N], p2[N], m1[N], m2[N], v1[N], v2[N], g[N], g_scaled[N], g_copy[N], want_half[N];
+    static uint16_t half[N];
+    uint64_t state = 77;
+    for (int i = 0; i < N; i++) {
+        state = state * 6364136223846793005ull + 1442695040888963407ull;
+        float u = (float)(state >> 40) / 16777216.0f * 2.0f - 1.0f;
+        p1[i] = p2[i] = u;
+        m1[i] = m2[i] = 0.01f * u;
+        v1[i] = v2[i] = 1e-4f * u * u;
+        g[i] = g_copy[i] = 3.0f * u + 0.125f;
+    }
+    const float scale = 0.3f;
+    for (int i = 0; i < N; i++) g_scaled[i] = g[i];
+    K->scale(g_scaled, scale, N);
+    const kernels_half_format formats[2] = {KERNELS_BF16, KERNELS_FP16};
+    for (int f = 0; f < 2; f++) {
+        kernels_adamw_step plain = {1e-3, 0.9, 0.999, 1e-8, 0.1, 0.1, 0.001, 1.0f, NULL, formats[f]};
+        kernels_adamw_step fused = plain;
+        fused.grad_scale = scale;
+        fused.half = half;
+        K->adamw(p1, g_scaled, m1, v1, N, &plain);
+        K->adamw(p2, g, m2, v2, N, &fused);
+        CHECK_MSG(memcmp(p1, p2, sizeof p1) == 0 && memcmp(m1, m2, sizeof m1) == 0 && memcmp(v1, v2, sizeof v1) == 0,
+                  "adamw with grad_scale differs from scale then adamw (format %d)", f);
+        CHECK_MSG(memcmp(g, g_copy, sizeof g) == 0, "adamw changed its gradient buffer");
+        uint16_t *want = (uint16_t *)want_half;
+        K->to_half(want, p2, N, formats[f]);
+        CHECK_MSG(memcmp(half, want, N * sizeof(uint16_t)) == 0, "adamw's 16-bit copy is not to_half of the update");
     }
 }
 
@@ -721,6 +757,7 @@ int main(void) {
     test_attention();
     test_cross_entropy();
     test_adamw();
+    test_adamw_scale_and_half();
     test_kernels_cuda();
     return check_summary("test_kernels_cpu");
 }

@@ -434,18 +434,33 @@ static void test_adamw(void) {
     const size_t n = 10007, bytes = n * sizeof(float);
     float *p = host_rand(n, -1, 1), *m = host_rand(n, -0.01f, 0.01f), *v = host_rand(n, 0, 1e-4f);
     float *dp = dev_from(G, p, bytes), *dm = dev_from(G, m, bytes), *dv = dev_from(G, v, bytes);
+    uint16_t *half = malloc(n * sizeof *half), *half_gpu = malloc(n * sizeof *half_gpu);
+    uint16_t *dhalf = G->alloc(n * sizeof *dhalf);
     const double lr = 3e-4, b1 = 0.9, b2 = 0.999, eps = 1e-8, wd = 0.1;
+    /* Step 1 plain, 2 with a gradient scale and a bf16 copy, 3 with an fp16 copy. */
     for (int step = 1; step <= 3; step++) {
         float *g = host_rand(n, -1, 1), *dg = dev_from(G, g, bytes);
-        const double bias1 = 1.0 - pow(b1, step), bias2 = 1.0 - pow(b2, step);
-        C->adamw(p, g, m, v, n, lr, b1, b2, eps, wd, bias1, bias2);
-        G->adamw(dp, dg, dm, dv, n, lr, b1, b2, eps, wd, bias1, bias2);
+        kernels_adamw_step st = {lr, b1, b2, eps, wd, 1.0 - pow(b1, step), 1.0 - pow(b2, step),
+                                 step == 1 ? 1.0f : 0.37f, NULL, step == 2 ? KERNELS_BF16 : KERNELS_FP16};
+        kernels_adamw_step st_gpu = st;
+        if (step > 1) st.half = half, st_gpu.half = dhalf;
+        C->adamw(p, g, m, v, n, &st);
+        G->adamw(dp, dg, dm, dv, n, &st_gpu);
         compare(G, "adamw param", dp, p, n, 1e-6);
         compare(G, "adamw m", dm, m, n, 1e-6);
         compare(G, "adamw v", dv, v, n, 1e-6);
+        if (step > 1) {
+            G->download(half_gpu, dhalf, n * sizeof *dhalf);
+            size_t differ = 0;
+            for (size_t i = 0; i < n; i++) differ += half[i] != half_gpu[i];
+            CHECK_MSG(differ == 0, "adamw step %d: %zu of %zu 16-bit copies differ from the CPU's", step, differ, n);
+        }
         G->release(dg);
         free(g);
     }
+    G->release(dhalf);
+    free(half);
+    free(half_gpu);
     G->release(dp);
     G->release(dm);
     G->release(dv);

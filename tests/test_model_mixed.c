@@ -261,6 +261,42 @@ static void test_weight_copies(void) {
     model_config_free(&c);
 }
 
+/* An optimizer that wrote some 16-bit copies itself (AdamW does, model_weights_changed_except):
+ * the next refresh re-rounds only the rest; two updates before a refresh re-round everything. */
+static void test_partial_refresh(void) {
+    model_config c;
+    mixed_config(&c, false, 8);
+    ct_error err = {{0}};
+    model m;
+    CHECK(model_create(&m, &c, NULL, kernels_cpu(), &err) == 0);
+    CHECK(model_set_precision(&m, MODEL_BF16_MIXED, &err) == 0);
+    CHECK(model_reserve(&m, 2, 8, &err) == 0);
+    fill_weights(&m, 4);
+    forward_loss(&m);
+    model_param *q = model_find_param(&m, "model.layers.1.self_attn.q_proj.weight");
+    const size_t n = q->numel, first = (size_t)(q->grad - m.grad_arena), cut = n / 3;
+    uint16_t *old = malloc(n * sizeof *old), *want = malloc(n * sizeof *want);
+    memcpy(old, q->half, n * sizeof *old); /* the CPU backend's memory is the host's */
+    nudge(&m, q);
+    model_weights_changed_except(&m, first + cut, first + n + 100); /* past q's end: clamped */
+    forward_loss(&m);
+    kernels_cpu()->to_half(want, q->data, n, KERNELS_BF16);
+    CHECK_MSG(memcmp(q->half, want, cut * sizeof *want) == 0, "the values outside the fresh range were not re-rounded");
+    CHECK_MSG(memcmp(q->half + cut, old + cut, (n - cut) * sizeof *old) == 0,
+              "the values the optimizer wrote were rounded again");
+    CHECK(memcmp(want + cut, old + cut, (n - cut) * sizeof *old) != 0); /* the nudge changed them */
+    nudge(&m, q);
+    model_weights_changed_except(&m, first, first + n);
+    model_weights_changed_except(&m, first, first + n);
+    forward_loss(&m);
+    kernels_cpu()->to_half(want, q->data, n, KERNELS_BF16);
+    CHECK_MSG(memcmp(q->half, want, n * sizeof *want) == 0, "two updates before a refresh left copies stale");
+    free(old);
+    free(want);
+    model_free(&m);
+    model_config_free(&c);
+}
+
 /* The CUDA backend's mixed precision against the CPU's (same roundings of every GEMM operand;
  * sums in another order, attention possibly on tensor cores): 16-bit tolerance. */
 static void test_cuda_against_cpu(const kernels *cuda) {
@@ -285,6 +321,7 @@ static void test_cuda_against_cpu(const kernels *cuda) {
 int main(void) {
     test_against_fp32();
     test_weight_copies();
+    test_partial_refresh();
     ct_error err;
     const kernels *cuda = NULL;
     if (kernels_cuda(&cuda, &err) == 0) test_cuda_against_cpu(cuda);

@@ -195,7 +195,7 @@ static void test_adamw_shards(model *m) {
     memcpy(m->weight_arena, weights0, n * sizeof(float));
     for (int step = 1; step <= 3; step++) {
         fill_random(m->grad_arena, n, 100u + (uint64_t)step);
-        for (int i = 0; i < 3; i++) adamw_step_range(&part[i], m, &h, 1e-3 * step, m->grad_arena + cuts[i]);
+        for (int i = 0; i < 3; i++) adamw_step_range(&part[i], m, &h, 1e-3 * step, m->grad_arena + cuts[i], 1.0f);
     }
     CHECK(memcmp(whole, m->weight_arena, n * sizeof(float)) == 0);
     for (int i = 0; i < 3; i++) {

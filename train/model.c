@@ -329,18 +329,46 @@ void model_param_upload(const model *m, model_param *p, const float *host) {
 void model_weights_changed(model *m, bool trainable_only) {
     if (m->precision == MODEL_FP32) return;
     m->half_stale_trainable = true;
+    m->half_fresh_begin = m->half_fresh_end = 0;
     if (!trainable_only) m->half_stale_frozen = true;
+}
+
+void model_weights_changed_except(model *m, size_t begin, size_t end) {
+    if (m->precision == MODEL_FP32) return;
+    /* Two updates before a refresh: the first one's fresh range is stale again. */
+    if (m->half_stale_trainable && m->half_fresh_begin < m->half_fresh_end) begin = end = 0;
+    m->half_stale_trainable = true;
+    m->half_fresh_begin = begin;
+    m->half_fresh_end = end > begin ? end : begin;
+}
+
+/* Rounds p's values [lo, hi) (indices into p) to its 16-bit copy. */
+static void refresh_range(model *m, model_param *p, size_t lo, size_t hi) {
+    if (hi > lo) m->k->to_half(p->half + lo, p->data + lo, hi - lo, model_half_format(m->precision));
 }
 
 void model_refresh_half(model *m) {
     if (!m->half_stale_frozen && !m->half_stale_trainable) return;
-    const kernels_half_format fmt = model_half_format(m->precision);
     for (int i = 0; i < m->n_params; i++) {
         model_param *p = &m->params[i];
-        if (p->half && p->data && (p->trainable ? m->half_stale_trainable : m->half_stale_frozen))
-            m->k->to_half(p->half, p->data, p->numel, fmt);
+        if (!p->half || !p->data || !(p->trainable ? m->half_stale_trainable : m->half_stale_frozen)) continue;
+        if (!p->trainable || !p->grad) {
+            refresh_range(m, p, 0, p->numel);
+            continue;
+        }
+        /* Skip the part the optimizer wrote: the values of [fresh_begin, fresh_end) in p. */
+        size_t first = (size_t)(p->grad - m->grad_arena), last = first + p->numel;
+        size_t lo = m->half_fresh_begin > first ? m->half_fresh_begin : first;
+        size_t hi = m->half_fresh_end < last ? m->half_fresh_end : last;
+        if (lo >= hi) {
+            refresh_range(m, p, 0, p->numel);
+            continue;
+        }
+        refresh_range(m, p, 0, lo - first);
+        refresh_range(m, p, hi - first, p->numel);
     }
     m->half_stale_frozen = m->half_stale_trainable = false;
+    m->half_fresh_begin = m->half_fresh_end = 0;
 }
 
 static void release_reservation(model *m) {

@@ -119,6 +119,8 @@ typedef struct model {
     size_t half_numel;
     bool half_stale_frozen;    /* copies of frozen / trainable weights need refreshing from */
     bool half_stale_trainable; /* the fp32 weights before the next GEMM (model_weights_changed) */
+    size_t half_fresh_begin;   /* ... except the trainable values [begin, end) (flat index as */
+    size_t half_fresh_end;     /* grad_arena), written by the optimizer itself */
 } model;
 
 /* Switches the GEMMs to precision p: allocates (or frees) the 16-bit weight copies, rounded
@@ -130,13 +132,17 @@ int model_set_precision(model *m, model_precision p, ct_error *err);
  * training state): the 16-bit copies of the trainable weights (or of all, when
  * trainable_only is false) are refreshed before the next forward. No-op in fp32. */
 void model_weights_changed(model *m, bool trainable_only);
+/* The same for the trainable weights, where the copies of the values [begin, end) (flat
+ * trainable index, as grad_arena) were already written with the update (AdamW does it): only
+ * the rest is re-rounded. */
+void model_weights_changed_except(model *m, size_t begin, size_t end);
 /* A parameter's values as fp32 in host memory [numel] (widened from 16 bits where the
  * parameter has no fp32 data). Use it rather than p->data for frozen weights. */
 void model_param_download(const model *m, const model_param *p, float *host);
 /* Sets a parameter from fp32 host values [numel] (rounded to 16 bits where it has no fp32
  * data). Call model_weights_changed afterwards for weights that do have a 16-bit copy. */
 void model_param_upload(const model *m, model_param *p, const float *host);
-/* The 16-bit format of a mixed precision. */
+/* The 16-bit format of a mixed precision (KERNELS_BF16 for MODEL_FP32, where none is used). */
 kernels_half_format model_half_format(model_precision p);
 
 /* Builds the parameter list from the config (+ LoRA adapters when lora != NULL; then only

@@ -1,4 +1,4 @@
-/* AdamW, step for step as torch.optim.AdamW (single-tensor path):
+/* AdamW, step for step as torch.optim.AdamW (single-tensor path), on g = grad * grad_scale:
  *   p *= 1 - lr*wd                       (decoupled decay, applied first)
  *   m += (1 - b1) (g - m)                (torch's lerp, = b1 m + (1-b1) g)
  *   v  = b2 v + ((1 - b2) g) g
@@ -7,23 +7,22 @@
  *
  * torch forms the scalar factors (1 - b2, lr / bias1, ...) in double from the Python
  * floats the user wrote, then rounds each once to fp32; the table passes doubles so we can
- * do the same. */
+ * do the same. With st->half the updated values are rounded to their 16-bit copy after. */
 #include <math.h>
 
 #include "kernels/cpu/cpu_ops.h"
 
-void cpu_adamw(float *param, const float *grad, float *m, float *v, size_t n, double lr,
-               double beta1, double beta2, double eps, double weight_decay, double bias1,
-               double bias2) {
-    const float decay = (float)(1.0 - lr * weight_decay);
-    const float one_minus_b1 = (float)(1.0 - beta1);
-    const float one_minus_b2 = (float)(1.0 - beta2);
-    const float beta2_f = (float)beta2, eps_f = (float)eps;
-    const float step_size = (float)(lr / bias1);
-    const float bias2_sqrt = (float)sqrt(bias2);
+void cpu_adamw(float *param, const float *grad, float *m, float *v, size_t n, const kernels_adamw_step *st) {
+    const float decay = (float)(1.0 - st->lr * st->weight_decay);
+    const float one_minus_b1 = (float)(1.0 - st->beta1);
+    const float one_minus_b2 = (float)(1.0 - st->beta2);
+    const float beta2_f = (float)st->beta2, eps_f = (float)st->eps;
+    const float step_size = (float)(st->lr / st->bias1);
+    const float bias2_sqrt = (float)sqrt(st->bias2);
+    const float grad_scale = st->grad_scale;
 #pragma omp parallel for if (n >= CPU_PARALLEL_MIN) schedule(static)
     for (size_t i = 0; i < n; i++) {
-        float g = grad[i];
+        float g = grad_scale == 1.0f ? grad[i] : grad[i] * grad_scale;
         float p = param[i] * decay;
         float mi = m[i] + one_minus_b1 * (g - m[i]);
         float vi = v[i] * beta2_f + one_minus_b2 * g * g; /* addcmul: (value * t1) * t2 */
@@ -32,4 +31,5 @@ void cpu_adamw(float *param, const float *grad, float *m, float *v, size_t n, do
         m[i] = mi;
         v[i] = vi;
     }
+    if (st->half) cpu_to_half(st->half, param, n, st->half_format);
 }

@@ -123,8 +123,6 @@ void cpu_gemm_half(kernels_half_format fmt, bool trans_a, bool trans_b, int m, i
                    float *c, int ldc);
 
 /* adamw.c */
-void cpu_adamw(float *param, const float *grad, float *m, float *v, size_t n, double lr,
-               double beta1, double beta2, double eps, double weight_decay, double bias1,
-               double bias2);
+void cpu_adamw(float *param, const float *grad, float *m, float *v, size_t n, const kernels_adamw_step *st);
 
 #endif

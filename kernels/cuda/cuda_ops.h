@@ -92,9 +92,7 @@ void cuda_gemm_half(kernels_half_format fmt, bool trans_a, bool trans_b, int m, 
                     float alpha, const uint16_t *a, int lda, const uint16_t *b, int ldb,
                     float beta, float *c, int ldc);
 
-void cuda_adamw(float *param, const float *grad, float *m, float *v, size_t n, double lr,
-                double beta1, double beta2, double eps, double weight_decay, double bias1,
-                double bias2);
+void cuda_adamw(float *param, const float *grad, float *m, float *v, size_t n, const kernels_adamw_step *st);
 
 #ifdef __cplusplus
 }
