@@ -302,6 +302,7 @@ int lora_load_adapter(struct model *m, const char *dir, ct_error *err) {
         if (!t || st_read_f32(t, host, err) != 0) goto done;
         m->k->upload(p->data, host, p->numel * sizeof(float));
     }
+    model_weights_changed(m, true); /* mixed precision: the adapters' 16-bit copies */
     rc = 0;
 done:
     free(host);

@@ -49,44 +49,75 @@ int lora_parse_targets(lora_settings *s, const char *const *names, int n_names, 
     return 0;
 }
 
-void lora_forward(const lora_apply *l, float *y, float *u, const float *x, int n_tokens,
-                  bool train, float *x_scratch) {
-    const kernels *k = l->k;
-    const float *xd = x;
-    if (train && l->dropout > 0.0f) {
-        k->dropout(x_scratch, x, l->dropout, l->seed, l->offset, (size_t)n_tokens * l->in);
-        xd = x_scratch;
-    }
-    k->gemm(false, true, n_tokens, l->r, l->in, 1.0f, xd, l->in, l->a, l->in, 0.0f, u, l->r);
-    k->gemm(false, true, n_tokens, l->out, l->r, l->scaling, u, l->r, l->b, l->r, 1.0f, y, l->out);
+/* C = alpha op(A) op(B) + beta C, with A and B (fp32) or their 16-bit copies ha, hb. */
+static void adapter_gemm(const lora_apply *l, bool ta, bool tb, int m, int n, int k, float alpha, const float *a,
+                         const uint16_t *ha, int lda, const float *b, const uint16_t *hb, int ldb, float beta,
+                         float *c, int ldc) {
+    if (l->half)
+        l->k->gemm_half(l->half->fmt, ta, tb, m, n, k, alpha, ha, lda, hb, ldb, beta, c, ldc);
+    else
+        l->k->gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
-void lora_backward(const lora_apply *l, float *dx, const float *dy, const float *x,
-                   const float *u, int n_tokens, bool train, float *du, float *scratch1,
-                   float *scratch2) {
+/* The adapter input as a product reads it: dropout(x) in x_scratch when it applies, and in
+ * mixed precision its 16-bit rounding (hx itself without dropout). */
+static const float *adapter_input(const lora_apply *l, const float *x, const uint16_t *hx, int T, bool drop,
+                                  float *x_scratch, const uint16_t **hxd) {
+    *hxd = hx;
+    if (!drop) return x;
+    l->k->dropout(x_scratch, x, l->dropout, l->seed, l->offset, (size_t)T * l->in);
+    if (l->half) {
+        l->k->to_half(l->half->in, x_scratch, (size_t)T * l->in, l->half->fmt);
+        *hxd = l->half->in;
+    }
+    return x_scratch;
+}
+
+/* The 16-bit rounding of a [T, r] value (u or du) in mixed precision, else NULL. */
+static const uint16_t *rounded_r(const lora_apply *l, const float *x, int T) {
+    if (!l->half) return NULL;
+    l->k->to_half(l->half->r, x, (size_t)T * l->r, l->half->fmt);
+    return l->half->r;
+}
+
+void lora_forward(const lora_apply *l, float *y, float *u, const float *x, const uint16_t *hx,
+                  int n_tokens, bool train, float *x_scratch) {
+    const int T = n_tokens;
+    const uint16_t *hxd;
+    const float *xd = adapter_input(l, x, hx, T, train && l->dropout > 0.0f, x_scratch, &hxd);
+    const uint16_t *ha = l->half ? l->half->a : NULL, *hb = l->half ? l->half->b : NULL;
+    adapter_gemm(l, false, true, T, l->r, l->in, 1.0f, xd, hxd, l->in, l->a, ha, l->in, 0.0f, u, l->r);
+    const uint16_t *hu = rounded_r(l, u, T);
+    adapter_gemm(l, false, true, T, l->out, l->r, l->scaling, u, hu, l->r, l->b, hb, l->r, 1.0f, y, l->out);
+}
+
+void lora_backward(const lora_apply *l, float *dx, const float *dy, const uint16_t *hdy,
+                   const float *x, const uint16_t *hx, const float *u, int n_tokens, bool train,
+                   float *du, float *scratch1, float *scratch2) {
     const kernels *k = l->k;
     const int T = n_tokens;
     const bool drop = train && l->dropout > 0.0f;
-    if (l->db)
-        k->gemm(true, false, l->out, l->r, T, l->scaling, dy, l->out, u, l->r, 1.0f, l->db, l->r);
+    const uint16_t *ha = l->half ? l->half->a : NULL, *hb = l->half ? l->half->b : NULL;
+    if (l->db) {
+        const uint16_t *hu = rounded_r(l, u, T);
+        adapter_gemm(l, true, false, l->out, l->r, T, l->scaling, dy, hdy, l->out, u, hu, l->r, 1.0f, l->db, l->r);
+    }
     if (!l->da && !dx) return;
-    k->gemm(false, false, T, l->r, l->out, l->scaling, dy, l->out, l->b, l->r, 0.0f, du, l->r);
+    adapter_gemm(l, false, false, T, l->r, l->out, l->scaling, dy, hdy, l->out, l->b, hb, l->r, 0.0f, du, l->r);
+    const uint16_t *hdu = rounded_r(l, du, T);
     if (l->da) {
-        const float *xd = x;
-        if (drop) {
-            k->dropout(scratch1, x, l->dropout, l->seed, l->offset, (size_t)T * l->in);
-            xd = scratch1;
-        }
-        k->gemm(true, false, l->r, l->in, T, 1.0f, du, l->r, xd, l->in, 1.0f, l->da, l->in);
+        const uint16_t *hxd;
+        const float *xd = adapter_input(l, x, hx, T, drop, scratch1, &hxd);
+        adapter_gemm(l, true, false, l->r, l->in, T, 1.0f, du, hdu, l->r, xd, hxd, l->in, 1.0f, l->da, l->in);
     }
     if (dx) {
         if (drop) {
             /* The mask's backward is the same mask (with the same 1/(1-p)) on the gradient. */
-            k->gemm(false, false, T, l->in, l->r, 1.0f, du, l->r, l->a, l->in, 0.0f, scratch1, l->in);
+            adapter_gemm(l, false, false, T, l->in, l->r, 1.0f, du, hdu, l->r, l->a, ha, l->in, 0.0f, scratch1, l->in);
             k->dropout(scratch2, scratch1, l->dropout, l->seed, l->offset, (size_t)T * l->in);
             k->axpy(dx, 1.0f, scratch2, (size_t)T * l->in);
         } else {
-            k->gemm(false, false, T, l->in, l->r, 1.0f, du, l->r, l->a, l->in, 1.0f, dx, l->in);
+            adapter_gemm(l, false, false, T, l->in, l->r, 1.0f, du, hdu, l->r, l->a, ha, l->in, 1.0f, dx, l->in);
         }
     }
 }

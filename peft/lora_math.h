@@ -14,6 +14,12 @@
  * The dropout mask is never stored: kernels->dropout is counter-based, so the backward
  * redraws the identical mask from (seed, offset). Matches peft's
  * lora_B(lora_A(dropout(x))) * scaling to float32 rounding.
+ *
+ * Mixed precision (half != NULL): every product above takes 16-bit operands (gemm_half, fp32
+ * sums, fp32 results), as peft's adapters run under torch.autocast: dropout(x), A, B, u, dy
+ * and du are rounded to the format where they enter a product (A and B through their 16-bit
+ * copies, which AdamW keeps; x and dy through the base Linear's rounded copies when there is
+ * no dropout). The adapters' master weights, gradients and u stay fp32.
  * Does not own: the adapter tensors (model.h arenas) or the activation buffers. */
 #ifndef CTUNE_LORA_MATH_H
 #define CTUNE_LORA_MATH_H
@@ -23,10 +29,19 @@
 
 #include "kernels/kernels.h"
 
+/* The 16-bit side of an adapter in mixed precision. */
+typedef struct lora_half {
+    kernels_half_format fmt;
+    const uint16_t *a, *b; /* A's and B's 16-bit copies */
+    uint16_t *in;          /* scratch [T, in] for dropout(x) rounded (NULL without dropout) */
+    uint16_t *r;           /* scratch [T, r] for u or du rounded */
+} lora_half;
+
 typedef struct lora_apply {
     const kernels *k;
     const float *a;  /* A [r, in] */
     const float *b;  /* B [out, r] */
+    const lora_half *half; /* NULL: fp32 products */
     float *da, *db;  /* gradients (accumulated); NULL when frozen */
     int in, out, r;
     float scaling;
@@ -35,15 +50,17 @@ typedef struct lora_apply {
 } lora_apply;
 
 /* y [T,out] += scaling * (dropout(x) A^T) B^T and u [T,r] = dropout(x) A^T.
- * Dropout only when train; x_scratch [T,in] holds dropout(x) when it applies. */
-void lora_forward(const lora_apply *l, float *y, float *u, const float *x, int n_tokens,
-                  bool train, float *x_scratch);
+ * Dropout only when train; x_scratch [T,in] holds dropout(x) when it applies. hx: x rounded
+ * to 16 bits (mixed precision; read only without dropout), else NULL. */
+void lora_forward(const lora_apply *l, float *y, float *u, const float *x, const uint16_t *hx,
+                  int n_tokens, bool train, float *x_scratch);
 
 /* Accumulates da, db (when non-NULL) and, when dx is non-NULL, adds the adapter's input
  * gradient into dx. du [T,r], scratch1 and scratch2 [T,in] are caller-provided scratch.
- * train must equal the forward's. */
-void lora_backward(const lora_apply *l, float *dx, const float *dy, const float *x,
-                   const float *u, int n_tokens, bool train, float *du, float *scratch1,
-                   float *scratch2);
+ * train must equal the forward's. Mixed precision: hdy is dy rounded and hx x rounded (read
+ * only without dropout and when da is wanted). */
+void lora_backward(const lora_apply *l, float *dx, const float *dy, const uint16_t *hdy,
+                   const float *x, const uint16_t *hx, const float *u, int n_tokens, bool train,
+                   float *du, float *scratch1, float *scratch2);
 
 #endif

@@ -426,12 +426,17 @@ def main():
         n_docs = max(64, args.batch * (args.warmup + args.steps))
         make_data(ctune, work, cfg["vocab_size"], args.seq, n_docs)
         rev = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        # The device machine's copy carries the session's starting .git with the current files:
+        # say when the sources differ from that commit (the notes then name the real one).
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        rev_label = (rev.stdout.strip() or "?") + (" + uncommitted changes" if dirty else "")
         params, fpt = info["params"], flops_per_token(info["params"], cfg, args.seq)
         say(f"# ctune GPU benchmark {time.strftime('%Y-%m-%d %H:%M')} (scripts/bench_gpu.sh "
             f"--device {args.device} --preset {args.preset} --seq {args.seq} --batch {args.batch} "
             f"--steps {args.steps} --warmup {args.warmup})")
         say(f"# device: {name}" + (f", {gpu_total:.0f} MiB" if cuda else f", {args.threads} threads per side"))
-        say(f"# ctune {rev.stdout.strip() or '?'} ({ctune}); torch {info['torch']}, transformers "
+        say(f"# ctune {rev_label} ({ctune}); torch {info['torch']}, transformers "
             f"{info['transformers']}, peft {info['peft']}")
         say(f"# model: random init, preset {args.preset}: hidden {cfg['hidden_size']}, layers "
             f"{cfg['num_hidden_layers']}, heads {cfg['num_attention_heads']}/{cfg['num_key_value_heads']} kv, "

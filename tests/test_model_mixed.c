@@ -209,7 +209,8 @@ static void test_weight_copies(void) {
     model_free(&m);
 
     /* LoRA: the frozen base lives only in 16 bits (no fp32 copy): setting it writes the
-     * rounded values, effective at once; reading it back widens them. */
+     * rounded values, effective at once; reading it back widens them. The adapters train:
+     * fp32 masters with 16-bit copies for their products. */
     lora_settings ls = {.r = 2, .alpha = 4.0f};
     const char *targets[] = {"q_proj"};
     CHECK(lora_parse_targets(&ls, targets, 1, &err) == 0);
@@ -221,7 +222,7 @@ static void test_weight_copies(void) {
     size_t only16 = 0;
     for (int i = 0; i < m.n_params; i++) {
         const model_param *p = &m.params[i];
-        CHECK(!p->is_lora || (p->half == NULL && p->data != NULL));
+        CHECK(!p->is_lora || (p->half != NULL && p->data != NULL)); /* adapters: fp32 master + copy */
         bool base_gemm = !p->is_lora && p->ndim == 2 && strcmp(p->name, "model.embed_tokens.weight") != 0;
         CHECK_MSG(base_gemm == (p->data == NULL), "%s: fp32 data %s", p->name, p->data ? "kept" : "dropped");
         if (base_gemm) only16 += p->numel;

@@ -203,10 +203,10 @@ kernels_half_format model_half_format(model_precision p) {
     return p == MODEL_FP16_MIXED ? KERNELS_FP16 : KERNELS_BF16;
 }
 
-/* The weights a GEMM reads: Linear weights, lm_head, and embed_tokens when it is tied (then
- * also the vocabulary projection). LoRA adapters stay fp32. */
+/* The weights a GEMM reads: Linear weights, LoRA adapters, lm_head, and embed_tokens when it
+ * is tied (then also the vocabulary projection). */
 static bool is_gemm_weight(const model *m, const model_param *p) {
-    if (p->is_lora || p->ndim != 2) return false;
+    if (p->ndim != 2) return false;
     if (!strcmp(p->name, "model.embed_tokens.weight")) return m->cfg.tie_word_embeddings;
     return true;
 }
@@ -697,6 +697,10 @@ static size_t plan_activations(model_state *s, const model_config *c, const lora
         size_t dy = t * wide > (size_t)rows * (size_t)c->vocab_size ? t * wide : (size_t)rows * (size_t)c->vocab_size;
         s->half_x = (uint16_t *)take(&cur, (t * wide + 1) / 2);
         s->half_dy = (uint16_t *)take(&cur, (dy + 1) / 2);
+        if (lora) { /* the adapters' 16-bit operands (peft/lora_math.h) */
+            s->half_lora_r = (uint16_t *)take(&cur, (t * (size_t)lora->r + 1) / 2);
+            if (lora->dropout > 0.0f) s->half_lora_in = (uint16_t *)take(&cur, (t * wide + 1) / 2);
+        }
     }
     s->logits_rows = rows;
     return cur.used;

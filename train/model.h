@@ -66,7 +66,8 @@ void model_rope_inv_freq(const model_config *cfg, float *inv_freq);
  * on 16-bit copies of its weight and of its input / output gradient, with fp32 products
  * and sums into fp32 outputs (kernels.gemm_half); everything else, the saved activations,
  * the gradients and the weights themselves (the optimizer's master copy) stay fp32.
- * LoRA adapters stay fp32 (rank-r products cost little and keep the update exact). */
+ * LoRA adapters keep fp32 masters and gradients; their products take 16-bit operands too
+ * (peft/lora_math.h), as peft's adapters under torch.autocast. */
 typedef enum { MODEL_FP32, MODEL_BF16_MIXED, MODEL_FP16_MIXED } model_precision;
 
 typedef struct model_param {

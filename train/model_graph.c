@@ -20,10 +20,15 @@
 #include "peft/lora_math.h"
 #include "train/model_internal.h"
 
-static lora_apply adapter_of(const model *m, const model_linear *lin, int layer, int kind,
-                             uint64_t seed) {
+/* The adapter of a Linear; in mixed precision its 16-bit side is filled into *half. */
+static lora_apply adapter_of(const model *m, const model_linear *lin, int layer, int kind, uint64_t seed,
+                             lora_half *half) {
+    const model_state *s = m->state;
+    *half = (lora_half){.fmt = model_half_format(m->precision), .a = lin->lora_a->half, .b = lin->lora_b->half,
+                        .in = s->half_lora_in, .r = s->half_lora_r};
     lora_apply la = {
         .k = m->k, .a = lin->lora_a->data, .b = lin->lora_b->data,
+        .half = m->precision == MODEL_FP32 ? NULL : half,
         .da = lin->lora_a->grad, .db = lin->lora_b->grad,
         .in = lin->in, .out = lin->out, .r = m->lora.r,
         .scaling = lora_scaling(&m->lora), .dropout = m->lora.dropout,
@@ -75,29 +80,32 @@ static void linear_forward(const model *m, int layer, int kind, float *y, const 
         k->gemm(false, false, T, lin->out, 1, 1.0f, s->ones, 1, lin->bias->data, lin->out, 1.0f, y,
                 lin->out);
     if (lin->lora_a) {
-        lora_apply la = adapter_of(m, lin, layer, kind, seed);
-        lora_forward(&la, y, s->acts[layer].lora_u[kind], x, T, train, s->lora_s1);
+        lora_half half;
+        lora_apply la = adapter_of(m, lin, layer, kind, seed, &half);
+        lora_forward(&la, y, s->acts[layer].lora_u[kind], x, hx, T, train, s->lora_s1);
     }
 }
 
 /* From dy [T,out]: dW += dy^T x, db += ones^T dy (skipped when frozen), adapter grads, and
  * dx = dy W (+ adapter path), written (dx_beta 0) or added (dx_beta 1); dx NULL skips it.
- * Mixed precision: hx is x's 16-bit copy (needed only when the weight trains), dy is
- * rounded here. */
+ * Mixed precision: hx is x's 16-bit copy (needed only when the weight trains, or an adapter
+ * without dropout reads it: needs_half_input), dy is rounded here. */
 static void linear_backward(const model *m, int layer, int kind, float *dx, float dx_beta,
                             const float *dy, const float *x, const uint16_t *hx, int T, uint64_t seed) {
     const kernels *k = m->k;
     const model_state *s = m->state;
     const model_linear *lin = &m->layers[layer].lin[kind];
-    const uint16_t *hdy = dx || lin->weight->grad ? half_of(m, s->half_dy, dy, (size_t)T * lin->out) : NULL;
+    const uint16_t *hdy =
+        dx || lin->weight->grad || lin->lora_a ? half_of(m, s->half_dy, dy, (size_t)T * lin->out) : NULL;
     if (dx) weight_gemm(m, false, false, T, lin->in, lin->out, dy, hdy, lin->out, lin->weight, dx_beta, dx, lin->in);
     if (lin->weight->grad) weight_grad_gemm(m, lin->weight, T, dy, hdy, x, hx);
     if (lin->bias && lin->bias->grad)
         k->gemm(true, false, 1, lin->out, T, 1.0f, s->ones, 1, dy, lin->out, 1.0f, lin->bias->grad,
                 lin->out);
     if (lin->lora_a) {
-        lora_apply la = adapter_of(m, lin, layer, kind, seed);
-        lora_backward(&la, dx, dy, x, s->acts[layer].lora_u[kind], T, true, s->lora_du, s->lora_s1,
+        lora_half half;
+        lora_apply la = adapter_of(m, lin, layer, kind, seed, &half);
+        lora_backward(&la, dx, dy, hdy, x, hx, s->acts[layer].lora_u[kind], T, true, s->lora_du, s->lora_s1,
                       s->lora_s2);
     }
 }
@@ -164,6 +172,16 @@ static bool weights_train(const model_layer *layer, int first, int last) {
     return false;
 }
 
+/* Mixed precision: whether the backward of Linears [first, last] reads their input's 16-bit
+ * copy (a trainable weight's gradient, or an adapter's dA without dropout). */
+static bool needs_half_input(const model *m, const model_layer *layer, int first, int last) {
+    if (weights_train(layer, first, last)) return true;
+    if (m->lora.dropout > 0.0f) return false; /* the adapters round dropout(x) themselves */
+    for (int kind = first; kind <= last; kind++)
+        if (layer->lin[kind].lora_a && layer->lin[kind].lora_a->grad) return true;
+    return false;
+}
+
 static bool layer_has_trainable(const model *m, int l) {
     const model_layer *layer = &m->layers[l];
     if (layer->input_norm->trainable || layer->post_norm->trainable) return true;
@@ -207,11 +225,11 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
 
         /* MLP: d_resid holds d out; out = x_mid + down(act). */
         float *d_act = s->d_w1, *d_gate = s->d_w2, *d_up = s->d_w3;
-        const uint16_t *hx = weights_train(layer, LINEAR_DOWN, LINEAR_DOWN)
+        const uint16_t *hx = needs_half_input(m, layer, LINEAR_DOWN, LINEAR_DOWN)
                                  ? half_of(m, s->half_x, a->act, (size_t)T * I) : NULL;
         linear_backward(m, l, LINEAR_DOWN, d_act, 0.0f, s->d_resid, a->act, hx, T, seed);
         k->swiglu_bwd(d_gate, d_up, d_act, a->gate, a->up, (size_t)T * I);
-        hx = weights_train(layer, LINEAR_GATE, LINEAR_UP) ? half_of(m, s->half_x, a->x_norm2, TH) : NULL;
+        hx = needs_half_input(m, layer, LINEAR_GATE, LINEAR_UP) ? half_of(m, s->half_x, a->x_norm2, TH) : NULL;
         linear_backward(m, l, LINEAR_GATE, s->d_h1, 0.0f, d_gate, a->x_norm2, hx, T, seed);
         linear_backward(m, l, LINEAR_UP, s->d_h1, 1.0f, d_up, a->x_norm2, hx, T, seed);
         k->rmsnorm_bwd(s->d_h2, layer->post_norm->grad, s->d_h1, a->x_mid, layer->post_norm->data,
@@ -220,7 +238,7 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
 
         /* Attention: d_resid holds d x_mid; x_mid = x + o(att). */
         float *d_att = s->d_w1, *dq = s->d_w2, *dk = s->d_w3, *dv = s->d_w4;
-        hx = weights_train(layer, LINEAR_O, LINEAR_O) ? half_of(m, s->half_x, a->att, (size_t)T * nh * d) : NULL;
+        hx = needs_half_input(m, layer, LINEAR_O, LINEAR_O) ? half_of(m, s->half_x, a->att, (size_t)T * nh * d) : NULL;
         linear_backward(m, l, LINEAR_O, d_att, 0.0f, s->d_resid, a->att, hx, T, seed);
         if (m->precision == MODEL_FP32)
             k->attention_bwd(dq, dk, dv, d_att, a->q, a->k, a->v, a->att, a->lse, doc_ids, batch, seq,
@@ -241,7 +259,7 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
         }
         const bool need_dh = need_input_grad || layer->input_norm->trainable;
         float *dh = need_dh ? s->d_h1 : NULL;
-        hx = weights_train(layer, LINEAR_Q, LINEAR_V) ? half_of(m, s->half_x, q_in, TH) : NULL;
+        hx = needs_half_input(m, layer, LINEAR_Q, LINEAR_V) ? half_of(m, s->half_x, q_in, TH) : NULL;
         linear_backward(m, l, LINEAR_Q, dh, 0.0f, dq, q_in, hx, T, seed);
         linear_backward(m, l, LINEAR_K, dh, 1.0f, dk, q_in, hx, T, seed);
         linear_backward(m, l, LINEAR_V, dh, 1.0f, dv, q_in, hx, T, seed);

@@ -51,6 +51,8 @@ typedef struct model_state {
     float *lora_du, *lora_s1, *lora_s2;    /* [T,r], [T,max_in] x2 (also forward dropout) */
     uint16_t *half_x, *half_dy; /* mixed precision: 16-bit GEMM input [T, max width] and output
                                  * gradient [max(T x max width, logits rows x V)] */
+    uint16_t *half_lora_in;     /* mixed LoRA with dropout: the dropped input, [T, max width] */
+    uint16_t *half_lora_r;      /* mixed LoRA: u or du rounded, [T, r] */
     int32_t *ids, *targets, *positions, *doc_ids;
     int32_t *id_order;        /* token indices sorted by (id, t), for a trainable embedding */
     uint64_t *host_id_keys;   /* host [T], the sort's (id << 32 | t) keys */
