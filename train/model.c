@@ -646,6 +646,11 @@ static size_t plan_activations(model_state *s, const model_config *c, const lora
     memset(&dummy, 0, sizeof dummy);
     if (!s) s = &dummy;
     s->resid = take(&cur, (size_t)(L + 1) * t * H);
+    /* layer_acts.h_norm1: saved GEMM inputs in 16 bits, their fp32 values in shared scratch
+     * (x_norm1 and x_norm2 are never live at once). */
+    const bool half_inputs = mixed && !(lora && lora->dropout > 0.0f);
+    float *shared_norm = half_inputs ? take(&cur, t * H) : NULL;
+    float *shared_act = half_inputs ? take(&cur, t * I) : NULL;
     for (int l = 0; l < L; l++) {
         layer_acts scratch_acts, *a = s->acts && base ? &s->acts[l] : &scratch_acts;
         if (checkpointing && l > 0) { /* every layer shares layer 0's buffers */
@@ -653,7 +658,12 @@ static size_t plan_activations(model_state *s, const model_config *c, const lora
             continue;
         }
         memset(a, 0, sizeof *a);
-        a->x_norm1 = take(&cur, t * H);
+        if (half_inputs) {
+            a->h_norm1 = (uint16_t *)take(&cur, (t * H + 1) / 2);
+            a->h_norm2 = (uint16_t *)take(&cur, (t * H + 1) / 2);
+            a->h_act = (uint16_t *)take(&cur, (t * I + 1) / 2);
+        }
+        a->x_norm1 = half_inputs ? shared_norm : take(&cur, t * H);
         a->rstd1 = take(&cur, t);
         if (c->qk_norm) {
             a->q_pre = take(&cur, t * qdim);
@@ -667,11 +677,11 @@ static size_t plan_activations(model_state *s, const model_config *c, const lora
         a->att = take(&cur, t * qdim);
         a->lse = take(&cur, t * nh);
         a->x_mid = take(&cur, t * H);
-        a->x_norm2 = take(&cur, t * H);
+        a->x_norm2 = half_inputs ? shared_norm : take(&cur, t * H);
         a->rstd2 = take(&cur, t);
         a->gate = take(&cur, t * I);
         a->up = take(&cur, t * I);
-        a->act = take(&cur, t * I);
+        a->act = half_inputs ? shared_act : take(&cur, t * I);
         for (int kind = 0; lora && kind < LINEAR_KIND_COUNT; kind++)
             if (lora->targets[kind]) a->lora_u[kind] = take(&cur, t * (size_t)lora->r);
     }

@@ -123,7 +123,7 @@ static void layer_forward(model *m, int l, int batch, int seq, const int32_t *do
     layer_acts *a = &s->acts[l];
     float *x = s->resid + (size_t)l * T * H, *out = x + (size_t)T * H;
     k->rmsnorm_fwd(a->x_norm1, a->rstd1, x, layer->input_norm->data, T, H, eps);
-    const uint16_t *hx = half_of(m, s->half_x, a->x_norm1, (size_t)T * H);
+    const uint16_t *hx = half_of(m, a->h_norm1 ? a->h_norm1 : s->half_x, a->x_norm1, (size_t)T * H);
     linear_forward(m, l, LINEAR_Q, c->qk_norm ? a->q_pre : a->q, a->x_norm1, hx, T, train, seed);
     linear_forward(m, l, LINEAR_K, c->qk_norm ? a->k_pre : a->k, a->x_norm1, hx, T, train, seed);
     linear_forward(m, l, LINEAR_V, a->v, a->x_norm1, hx, T, train, seed);
@@ -142,11 +142,11 @@ static void layer_forward(model *m, int l, int batch, int seq, const int32_t *do
     linear_forward(m, l, LINEAR_O, a->x_mid, a->att, hx, T, train, seed);
     k->add(a->x_mid, a->x_mid, x, (size_t)T * H);
     k->rmsnorm_fwd(a->x_norm2, a->rstd2, a->x_mid, layer->post_norm->data, T, H, eps);
-    hx = half_of(m, s->half_x, a->x_norm2, (size_t)T * H);
+    hx = half_of(m, a->h_norm2 ? a->h_norm2 : s->half_x, a->x_norm2, (size_t)T * H);
     linear_forward(m, l, LINEAR_GATE, a->gate, a->x_norm2, hx, T, train, seed);
     linear_forward(m, l, LINEAR_UP, a->up, a->x_norm2, hx, T, train, seed);
     k->swiglu_fwd(a->act, a->gate, a->up, (size_t)T * I);
-    hx = half_of(m, s->half_x, a->act, (size_t)T * I);
+    hx = half_of(m, a->h_act ? a->h_act : s->half_x, a->act, (size_t)T * I);
     linear_forward(m, l, LINEAR_DOWN, out, a->act, hx, T, train, seed);
     k->add(out, out, a->x_mid, (size_t)T * H);
 }
@@ -225,11 +225,13 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
 
         /* MLP: d_resid holds d out; out = x_mid + down(act). */
         float *d_act = s->d_w1, *d_gate = s->d_w2, *d_up = s->d_w3;
-        const uint16_t *hx = needs_half_input(m, layer, LINEAR_DOWN, LINEAR_DOWN)
+        const uint16_t *hx = a->h_act ? a->h_act
+                             : needs_half_input(m, layer, LINEAR_DOWN, LINEAR_DOWN)
                                  ? half_of(m, s->half_x, a->act, (size_t)T * I) : NULL;
         linear_backward(m, l, LINEAR_DOWN, d_act, 0.0f, s->d_resid, a->act, hx, T, seed);
         k->swiglu_bwd(d_gate, d_up, d_act, a->gate, a->up, (size_t)T * I);
-        hx = needs_half_input(m, layer, LINEAR_GATE, LINEAR_UP) ? half_of(m, s->half_x, a->x_norm2, TH) : NULL;
+        hx = a->h_norm2 ? a->h_norm2
+             : needs_half_input(m, layer, LINEAR_GATE, LINEAR_UP) ? half_of(m, s->half_x, a->x_norm2, TH) : NULL;
         linear_backward(m, l, LINEAR_GATE, s->d_h1, 0.0f, d_gate, a->x_norm2, hx, T, seed);
         linear_backward(m, l, LINEAR_UP, s->d_h1, 1.0f, d_up, a->x_norm2, hx, T, seed);
         k->rmsnorm_bwd(s->d_h2, layer->post_norm->grad, s->d_h1, a->x_mid, layer->post_norm->data,
@@ -259,7 +261,8 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
         }
         const bool need_dh = need_input_grad || layer->input_norm->trainable;
         float *dh = need_dh ? s->d_h1 : NULL;
-        hx = needs_half_input(m, layer, LINEAR_Q, LINEAR_V) ? half_of(m, s->half_x, q_in, TH) : NULL;
+        hx = a->h_norm1 ? a->h_norm1
+             : needs_half_input(m, layer, LINEAR_Q, LINEAR_V) ? half_of(m, s->half_x, q_in, TH) : NULL;
         linear_backward(m, l, LINEAR_Q, dh, 0.0f, dq, q_in, hx, T, seed);
         linear_backward(m, l, LINEAR_K, dh, 1.0f, dk, q_in, hx, T, seed);
         linear_backward(m, l, LINEAR_V, dh, 1.0f, dv, q_in, hx, T, seed);

@@ -31,6 +31,10 @@ typedef struct layer_acts {
     float *x_norm2, *rstd2;
     float *gate, *up, *act;        /* [T,I]; act = silu(gate) * up */
     float *lora_u[LINEAR_KIND_COUNT]; /* dropout(x) A^T [T,r] of adapted linears */
+    /* Mixed precision without adapter dropout: the backward reads x_norm1, x_norm2 and act
+     * only as GEMM operands, so the layer keeps their 16-bit roundings (made once, in the
+     * forward) and the fp32 values live in scratch shared by all layers. NULL otherwise. */
+    uint16_t *h_norm1, *h_norm2, *h_act;
 } layer_acts;
 
 typedef struct model_state {
