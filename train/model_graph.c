@@ -182,6 +182,16 @@ static bool needs_half_input(const model *m, const model_layer *layer, int first
     return false;
 }
 
+/* The 16-bit copy of the input x [n values] of Linears [first, last] for their backward: the
+ * one the forward saved (layer_acts.h_norm1, ...), else x rounded into scratch when a
+ * gradient reads it, else NULL (fp32, or nothing reads it). */
+static const uint16_t *backward_input(const model *m, const model_layer *layer, int first, int last,
+                                      const uint16_t *saved, const float *x, size_t n) {
+    if (saved) return saved;
+    const model_state *s = m->state;
+    return needs_half_input(m, layer, first, last) ? half_of(m, s->half_x, x, n) : NULL;
+}
+
 static bool layer_has_trainable(const model *m, int l) {
     const model_layer *layer = &m->layers[l];
     if (layer->input_norm->trainable || layer->post_norm->trainable) return true;
@@ -225,13 +235,10 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
 
         /* MLP: d_resid holds d out; out = x_mid + down(act). */
         float *d_act = s->d_w1, *d_gate = s->d_w2, *d_up = s->d_w3;
-        const uint16_t *hx = a->h_act ? a->h_act
-                             : needs_half_input(m, layer, LINEAR_DOWN, LINEAR_DOWN)
-                                 ? half_of(m, s->half_x, a->act, (size_t)T * I) : NULL;
+        const uint16_t *hx = backward_input(m, layer, LINEAR_DOWN, LINEAR_DOWN, a->h_act, a->act, (size_t)T * I);
         linear_backward(m, l, LINEAR_DOWN, d_act, 0.0f, s->d_resid, a->act, hx, T, seed);
         k->swiglu_bwd(d_gate, d_up, d_act, a->gate, a->up, (size_t)T * I);
-        hx = a->h_norm2 ? a->h_norm2
-             : needs_half_input(m, layer, LINEAR_GATE, LINEAR_UP) ? half_of(m, s->half_x, a->x_norm2, TH) : NULL;
+        hx = backward_input(m, layer, LINEAR_GATE, LINEAR_UP, a->h_norm2, a->x_norm2, TH);
         linear_backward(m, l, LINEAR_GATE, s->d_h1, 0.0f, d_gate, a->x_norm2, hx, T, seed);
         linear_backward(m, l, LINEAR_UP, s->d_h1, 1.0f, d_up, a->x_norm2, hx, T, seed);
         k->rmsnorm_bwd(s->d_h2, layer->post_norm->grad, s->d_h1, a->x_mid, layer->post_norm->data,
@@ -240,7 +247,7 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
 
         /* Attention: d_resid holds d x_mid; x_mid = x + o(att). */
         float *d_att = s->d_w1, *dq = s->d_w2, *dk = s->d_w3, *dv = s->d_w4;
-        hx = needs_half_input(m, layer, LINEAR_O, LINEAR_O) ? half_of(m, s->half_x, a->att, (size_t)T * nh * d) : NULL;
+        hx = backward_input(m, layer, LINEAR_O, LINEAR_O, NULL, a->att, (size_t)T * nh * d);
         linear_backward(m, l, LINEAR_O, d_att, 0.0f, s->d_resid, a->att, hx, T, seed);
         if (m->precision == MODEL_FP32)
             k->attention_bwd(dq, dk, dv, d_att, a->q, a->k, a->v, a->att, a->lse, doc_ids, batch, seq,
@@ -261,8 +268,7 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
         }
         const bool need_dh = need_input_grad || layer->input_norm->trainable;
         float *dh = need_dh ? s->d_h1 : NULL;
-        hx = a->h_norm1 ? a->h_norm1
-             : needs_half_input(m, layer, LINEAR_Q, LINEAR_V) ? half_of(m, s->half_x, q_in, TH) : NULL;
+        hx = backward_input(m, layer, LINEAR_Q, LINEAR_V, a->h_norm1, q_in, TH);
         linear_backward(m, l, LINEAR_Q, dh, 0.0f, dq, q_in, hx, T, seed);
         linear_backward(m, l, LINEAR_K, dh, 1.0f, dk, q_in, hx, T, seed);
         linear_backward(m, l, LINEAR_V, dh, 1.0f, dv, q_in, hx, T, seed);
