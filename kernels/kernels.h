@@ -146,6 +146,32 @@ typedef struct kernels {
                       float alpha, const uint16_t *a, int lda, const uint16_t *b, int ldb, float beta,
                       float *c, int ldc);
 
+    /* ---- producers of 16-bit GEMM operands (mixed precision) ----
+     * Each writes in one pass what its fp32 op followed by to_half would write, so a tensor
+     * read only as a GEMM operand never round-trips through fp32 memory.
+     * rmsnorm_fwd_half: rmsnorm_fwd's rstd and out_half = to_half(out); out (the fp32
+     * values) is written too unless NULL. */
+    void (*rmsnorm_fwd_half)(kernels_half_format fmt, uint16_t *out_half, float *out, float *rstd,
+                             const float *x, const float *weight, int n_rows, int dim, float eps);
+    /* SwiGLU on 16-bit inputs, as under torch.autocast, where gate and up are the bf16/fp16
+     * outputs of their projections: gate_half = to_half(gate), up_half = to_half(up) (kept
+     * for the backward), then with g, u their widened values, out = silu(g) * u in
+     * swiglu_fwd's fp32 arithmetic, out_half = to_half(out); out is written unless NULL. */
+    void (*swiglu_fwd_half)(kernels_half_format fmt, uint16_t *out_half, float *out,
+                            uint16_t *gate_half, uint16_t *up_half, const float *gate,
+                            const float *up, size_t n);
+    /* swiglu_bwd's arithmetic on the widened gate_half and up_half, dgate and dup written
+     * only as their 16-bit roundings (they are read only as GEMM operands). */
+    void (*swiglu_bwd_half)(kernels_half_format fmt, uint16_t *dgate_half, uint16_t *dup_half,
+                            const float *dout, const uint16_t *gate_half, const uint16_t *up_half,
+                            size_t n);
+    /* cross_entropy with the gradient in 16 bits: loss exactly as cross_entropy gives it;
+     * when grad_scale != 0, dlogits_half = to_half(the gradient cross_entropy would write
+     * into logits); with grad_scale == 0 dlogits_half is not written. logits are only read. */
+    void (*cross_entropy_half)(kernels_half_format fmt, uint16_t *dlogits_half, const float *logits,
+                               float *loss, const int32_t *targets, int n_rows, int vocab,
+                               float grad_scale);
+
     /* ---- attention with 16-bit matrix-product operands (mixed precision; tensor cores) ----
      * attention_fwd / attention_bwd (same arguments, layouts and outputs, all fp32 buffers)
      * computed as in bf16/fp16 flash attention: q, k, v (and dout, in the backward) are

@@ -3,7 +3,8 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+
+#include "train/clock.h"
 
 #define PROFILE_MAX_ROWS 512
 #define PROFILE_KEY 96
@@ -29,12 +30,6 @@ static struct {
     long long dropped; /* calls whose key found no free row */
 } prof;
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void wait_device(void) {
     float sink;
     prof.inner->download(&sink, prof.probe, sizeof sink);
@@ -43,12 +38,12 @@ static void wait_device(void) {
 /* Waits for what earlier ops queued, so the timed op starts on an idle device. */
 static double begin(void) {
     wait_device();
-    return now_seconds();
+    return ct_monotonic_seconds();
 }
 
 static void end(double t0, const char *key, double flops, double bytes) {
     wait_device();
-    double t = now_seconds() - t0 - prof.empty_wait;
+    double t = ct_monotonic_seconds() - t0 - prof.empty_wait;
     if (t < 0) t = 0;
     for (int i = 0; i < prof.n_rows; i++) {
         profile_row *row = &prof.rows[i];
@@ -192,6 +187,28 @@ static void p_gemm_half(kernels_half_format fmt, bool ta, bool tb, int m, int n,
     TIMED(2.0 * m * n * k, 0, prof.inner->gemm_half(fmt, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc),
           "gemm_half %s %c%c m %d n %d k %d%s", fmt_name(fmt), tr(ta), tr(tb), m, n, k, beta != 0 ? " +C" : "");
 }
+/* Bytes moved by the producers of 16-bit operands: fp32 in, 16-bit (and optional fp32) out. */
+static void p_rmsnorm_fwd_half(kernels_half_format fmt, uint16_t *oh, float *out, float *rstd, const float *x,
+                               const float *w, int rows, int dim, float eps) {
+    TIMED(0, (out ? 10.0 : 6.0) * rows * dim, prof.inner->rmsnorm_fwd_half(fmt, oh, out, rstd, x, w, rows, dim, eps),
+          "rmsnorm_fwd_half %s%s", fmt_name(fmt), out ? " +fp32" : "");
+}
+static void p_swiglu_fwd_half(kernels_half_format fmt, uint16_t *oh, float *out, uint16_t *gh, uint16_t *uh,
+                              const float *gate, const float *up, size_t n) {
+    TIMED(0, (out ? 18.0 : 14.0) * n, prof.inner->swiglu_fwd_half(fmt, oh, out, gh, uh, gate, up, n),
+          "swiglu_fwd_half %s%s", fmt_name(fmt), out ? " +fp32" : "");
+}
+static void p_swiglu_bwd_half(kernels_half_format fmt, uint16_t *dgh, uint16_t *duh, const float *dout,
+                              const uint16_t *gh, const uint16_t *uh, size_t n) {
+    TIMED(0, 12.0 * n, prof.inner->swiglu_bwd_half(fmt, dgh, duh, dout, gh, uh, n), "swiglu_bwd_half %s",
+          fmt_name(fmt));
+}
+static void p_cross_entropy_half(kernels_half_format fmt, uint16_t *dh, const float *logits, float *loss,
+                                 const int32_t *targets, int rows, int vocab, float grad_scale) {
+    TIMED(0, (grad_scale != 0 ? 6.0 : 4.0) * rows * vocab,
+          prof.inner->cross_entropy_half(fmt, dh, logits, loss, targets, rows, vocab, grad_scale),
+          "cross_entropy_half %s rows %d vocab %d", fmt_name(fmt), rows, vocab);
+}
 static void p_attention_fwd_half(kernels_half_format fmt, float *out, float *lse, const float *q, const float *k,
                                  const float *v, const int32_t *doc, int b, int s, int nh, int nkv, int d,
                                  float scale) {
@@ -224,9 +241,9 @@ int kernels_profile_start(const kernels *inner, const kernels **out, ct_error *e
     wait_device();
     prof.empty_wait = 1e30;
     for (int i = 0; i < PROFILE_CALIBRATION_WAITS; i++) {
-        double t0 = now_seconds();
+        double t0 = ct_monotonic_seconds();
         wait_device();
-        double t = now_seconds() - t0;
+        double t = ct_monotonic_seconds() - t0;
         if (t < prof.empty_wait) prof.empty_wait = t;
     }
     prof.table = (kernels){
@@ -258,6 +275,10 @@ int kernels_profile_start(const kernels *inner, const kernels **out, ct_error *e
         .to_half = p_to_half,
         .from_half = p_from_half,
         .gemm_half = p_gemm_half,
+        .rmsnorm_fwd_half = p_rmsnorm_fwd_half,
+        .swiglu_fwd_half = p_swiglu_fwd_half,
+        .swiglu_bwd_half = p_swiglu_bwd_half,
+        .cross_entropy_half = p_cross_entropy_half,
         .attention_fwd_half = p_attention_fwd_half,
         .attention_bwd_half = p_attention_bwd_half,
         .adamw = p_adamw,

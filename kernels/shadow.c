@@ -104,6 +104,24 @@ static void shadow_gemm_half(kernels_half_format fmt, bool ta, bool tb, int m, i
                              int ldc) {
     cpu_gemm_half(fmt, ta, tb, m, n, k, alpha, RCH(a), lda, RCH(b), ldb, beta, RF(c), ldc);
 }
+static void shadow_rmsnorm_fwd_half(kernels_half_format fmt, uint16_t *out_half, float *out, float *rstd,
+                                    const float *x, const float *w, int rows, int dim, float eps) {
+    cpu_rmsnorm_fwd_half(fmt, RH(out_half), RF(out), RF(rstd), RCF(x), RCF(w), rows, dim, eps);
+}
+static void shadow_swiglu_fwd_half(kernels_half_format fmt, uint16_t *out_half, float *out, uint16_t *gate_half,
+                                   uint16_t *up_half, const float *gate, const float *up, size_t n) {
+    cpu_swiglu_fwd_half(fmt, RH(out_half), RF(out), RH(gate_half), RH(up_half), RCF(gate), RCF(up), n);
+}
+static void shadow_swiglu_bwd_half(kernels_half_format fmt, uint16_t *dgate_half, uint16_t *dup_half,
+                                   const float *dout, const uint16_t *gate_half, const uint16_t *up_half,
+                                   size_t n) {
+    cpu_swiglu_bwd_half(fmt, RH(dgate_half), RH(dup_half), RCF(dout), RCH(gate_half), RCH(up_half), n);
+}
+static void shadow_cross_entropy_half(kernels_half_format fmt, uint16_t *dlogits_half, const float *logits,
+                                      float *loss, const int32_t *targets, int rows, int vocab,
+                                      float grad_scale) {
+    cpu_cross_entropy_half(fmt, RH(dlogits_half), RCF(logits), RF(loss), RCI(targets), rows, vocab, grad_scale);
+}
 static void shadow_attention_fwd_half(kernels_half_format fmt, float *out, float *lse, const float *q,
                                       const float *k, const float *v, const int32_t *doc_ids, int batch,
                                       int seq, int nh, int nkv, int d, float scale) {
@@ -153,6 +171,10 @@ static const kernels shadow_backend = {
     .to_half = shadow_to_half,
     .from_half = shadow_from_half,
     .gemm_half = shadow_gemm_half,
+    .rmsnorm_fwd_half = shadow_rmsnorm_fwd_half,
+    .swiglu_fwd_half = shadow_swiglu_fwd_half,
+    .swiglu_bwd_half = shadow_swiglu_bwd_half,
+    .cross_entropy_half = shadow_cross_entropy_half,
     .attention_fwd_half = shadow_attention_fwd_half,
     .attention_bwd_half = shadow_attention_bwd_half,
     .adamw = shadow_adamw,

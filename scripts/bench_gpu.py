@@ -394,6 +394,9 @@ def main():
     ap.add_argument("--profile", action="store_true",
                     help="ctune runs under CTUNE_PROFILE=1 (a device wait after every op: slower) and "
                          "their op tables go into the raw output")
+    ap.add_argument("--precision", choices=["fp32", "bf16-mixed", "fp16-mixed"],
+                    help="ctune's precision (default: bf16-mixed on cuda, fp32 on cpu; a CPU run "
+                         "in bf16-mixed with --profile counts the GPU's ops per step)")
     ap.add_argument("--no-peer", action="store_true", help="skip the Hugging Face runs")
     args = ap.parse_args()
     if args.warmup < 1 or args.steps < 1:
@@ -470,7 +473,7 @@ def main():
         # On the GPU both sides train in bf16 (ctune bf16-mixed: bf16 GEMM operands on tensor
         # cores, fp32 master weights); the CPU smoke run compares fp32 with fp32 (ctune's
         # bf16-mixed on the CPU only emulates the GPU's rounding, slowly).
-        precision = "bf16-mixed" if cuda else "fp32"
+        precision = args.precision or ("bf16-mixed" if cuda else "fp32")
         for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
             error, estimate = ctune_plan(args, ctune, work, method, precision, False)
             ckpt = args.activation_checkpointing == "on"

@@ -1,8 +1,9 @@
 /* kernel_compare: what the GPU kernel tests (tests/test_kernels_cuda*.c) share to check a
  * backend against the CPU reference: a seeded RNG for inputs, host buffers (random,
  * NaN-poisoned, copies), backend buffers made from them, the CUDA backend's sticky error
- * state, comparisons of a backend buffer with a host reference, opening the backends (or
- * skipping), and random attention problems.
+ * state, comparisons of a backend buffer with a host reference (fp32 by norm, 16-bit by units
+ * in the last place, or bytes), opening the backends (or skipping), and random attention
+ * problems.
  *
  * It holds no backend: the table under test is passed in (`backend`), so the same checks run
  * against any table (the shadow backend included). Failures are counted CHECKs (check.h).
@@ -20,6 +21,7 @@
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/kernels.h"
 #include "tests/check.h"
+#include "tests/half_bits.h"
 
 /* The one piece of mutable state: the xorshift64 RNG of the including test file. Every test
  * function calls seed() first, so its inputs depend on its own seed only, not on which tests
@@ -113,6 +115,38 @@ static inline void compare_exact(const kernels *backend, const char *what, const
         if (got[i] != want[i] && differ++ == 0) first = i;
     CHECK_MSG(differ == 0, "%s: %zu of %zu bytes differ from the expected ones, first at byte %zu",
               what, differ, bytes, first);
+    free(got);
+}
+
+/* Distance in units in the last place between two 16-bit patterns of one format, counted
+ * through zero (bf16 and fp16 are both sign-magnitude, so the magnitude bits order the
+ * values): +0 and -0 are 0 apart, the largest finite value and inf 1. NaN is 0 from NaN and
+ * far from everything else. */
+static inline long half_ulps(uint16_t a, uint16_t b, kernels_half_format fmt) {
+    if (half_is_nan(a, fmt) || half_is_nan(b, fmt))
+        return half_is_nan(a, fmt) && half_is_nan(b, fmt) ? 0 : 1L << 20;
+    long ka = a & 0x8000u ? -(long)(a & 0x7FFFu) : (long)a;
+    long kb = b & 0x8000u ? -(long)(b & 0x7FFFu) : (long)b;
+    return ka > kb ? ka - kb : kb - ka;
+}
+
+/* A backend's 16-bit output against the CPU's roundings of (nearly) the same fp32 values:
+ * every element within 1 ulp (two fp32 values closer than a 16-bit ulp round at most one
+ * step apart) and at most 1% of them (at least one) not identical. An unwritten element
+ * keeps its NaN poison and fails. */
+static inline void compare_half(const kernels *backend, const char *what, const uint16_t *dev,
+                                const uint16_t *ref, size_t n, kernels_half_format fmt) {
+    uint16_t *got = download_checked(backend, what, dev, n * sizeof(uint16_t));
+    size_t differ = 0, worst_at = 0;
+    long worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        long d = half_ulps(got[i], ref[i], fmt);
+        differ += d != 0;
+        if (d > worst) worst = d, worst_at = i;
+    }
+    CHECK_MSG(worst <= 1 && differ <= (n + 99) / 100,
+              "%s: n %zu, %zu not identical, worst %ld ulp at %zu (got %04x, cpu %04x)", what, n,
+              differ, worst, worst_at, n ? got[worst_at] : 0u, n ? ref[worst_at] : 0u);
     free(got);
 }
 

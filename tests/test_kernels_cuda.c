@@ -5,7 +5,8 @@
  * write stays NaN and fails the comparison), then ||cuda - cpu|| / ||cpu|| < 1e-5
  * (dropout: identical bits; AdamW: 1e-6; pure copies: exact). After every op the backend's
  * sticky error state (kernels/cuda/cuda_status.h) must be clean. The 16-bit ops (to_half,
- * from_half, gemm_half) are tested in test_kernels_cuda_half.c. */
+ * from_half, gemm_half) are tested in test_kernels_cuda_half.c, the fused producers of 16-bit
+ * operands (rmsnorm_fwd_half, swiglu_*_half, cross_entropy_half) in test_kernels_cuda_fused.c. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -105,8 +106,8 @@ static void test_gemm(void) {
 /* ------------------------------------------------------------------ element-wise */
 static void test_elementwise(void) {
     seed(3);
-    const size_t sizes[] = {1, 1000, 100003};
-    for (int s = 0; s < 3; s++) {
+    const size_t sizes[] = {1, 1000, 100003, 300007};
+    for (int s = 0; s < 4; s++) {
         const size_t n = sizes[s], bytes = n * sizeof(float);
         float *a = host_rand(n, -2, 2), *b = host_rand(n, -2, 2), *out = host_nan(n);
         float *da = dev_from(G, a, bytes), *db = dev_from(G, b, bytes), *dout = dev_nan(G, n);
@@ -130,8 +131,10 @@ static void test_elementwise(void) {
         CHECK_MSG(fabs(got - want) <= 1e-12 * want, "sum_squares n %zu: %.17g vs %.17g", n, got,
                   want);
         /* Blocked (gradient norms): the bits of the GPU's own sum_squares on every block, short
-         * last block included, and close to the CPU's; nothing written past the last block. */
-        const size_t blocks[] = {1, 255, 4096, 131072};
+         * last block included, and close to the CPU's; nothing written past the last block.
+         * Block lengths off multiples of 32 and 256 (partial warps and chunks), near and at the
+         * longest the one-pass kernel takes (512 chunks of 256), and one past it (fallback). */
+        const size_t blocks[] = {1, 31, 255, 1000, 4096, 4113, 130000, 131071, 131072, 131073};
         for (size_t bi = 0; bi < sizeof blocks / sizeof blocks[0]; bi++) {
             const size_t block = blocks[bi], n_blocks = (n + block - 1) / block;
             double *sums = malloc((n_blocks + 1) * sizeof(double)), *cpu = malloc((n_blocks + 1) * sizeof(double));

@@ -2,11 +2,12 @@
  * skipped where no GPU is usable); the fp32 ops are in test_kernels_cuda.c. to_half must give
  * the CPU's bits (any NaN for a NaN) on 200k random fp32 patterns over every exponent plus
  * values whose rounding the formats define (ties to even, overflow, fp16 subnormals);
- * from_half must widen all 65536 patterns exactly. gemm_half agrees with the CPU to 1e-4
- * relative (both take exact products of the 16-bit inputs and sum in fp32, in different
- * orders), leaves padding and the elements before an unaligned view untouched, and survives
- * eviction from its plan cache. Outputs are poisoned with NaN first, and after every op the
- * backend's sticky error state (kernels/cuda/cuda_status.h) must be clean. */
+ * from_half must widen all 65536 patterns exactly; both keep those bits on short and odd
+ * lengths and on views off a 16-byte boundary, writing nothing outside. gemm_half agrees with
+ * the CPU to 1e-4 relative (both take exact products of the 16-bit inputs and sum in fp32, in
+ * different orders), leaves padding and the elements before an unaligned view untouched,
+ * and survives eviction from its plan cache. Outputs are poisoned with NaN first, and after
+ * every op the backend's sticky error state (kernels/cuda/cuda_status.h) must be clean. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -144,6 +145,78 @@ static void test_half_casts(void) {
     half_cast_case(KERNELS_FP16);
 }
 
+/* Short and odd lengths, and views that start off a 16-byte boundary (together: a scalar head
+ * then aligned groups of four; by different amounts: all scalar), in both directions: the
+ * CPU's bits inside the view, and nothing written outside it (poison 0xFF bytes around). */
+static void half_cast_view_case(kernels_half_format fmt, size_t n, size_t x_off, size_t out_off) {
+    const size_t pad = 4, x_total = n + 2 * pad, out_total = n + 2 * pad;
+    float *x = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) /* finite values over fp16's range and past it */
+        x[i] = float_of(((uint32_t)(next_u64() >> 32) & 0x807FFFFFu) |
+                        ((uint32_t)(95 + next_u64() % 55) << 23));
+    uint16_t *h = malloc(n * sizeof(uint16_t));
+    float *wide = malloc(n * sizeof(float));
+    C->to_half(h, x, n, fmt);
+    C->from_half(wide, h, n, fmt);
+
+    unsigned char *poison = malloc(x_total * sizeof(float));
+    memset(poison, 0xFF, x_total * sizeof(float));
+    float *dx = dev_from(G, poison, x_total * sizeof(float));
+    uint16_t *dh = dev_from(G, poison, out_total * sizeof(uint16_t));
+    G->upload(dx + x_off, x, n * sizeof(float));
+    G->to_half(dh + out_off, dx + x_off, n, fmt);
+    uint16_t *got_h = malloc(out_total * sizeof(uint16_t));
+    char what[96];
+    snprintf(what, sizeof what, "to_half %s n %zu offsets %zu/%zu", fmt_name(fmt), n, x_off,
+             out_off);
+    G->download(got_h, dh, out_total * sizeof(uint16_t));
+    check_status(what);
+    size_t bad = 0;
+    for (size_t i = 0; i < out_total; i++) {
+        bool inside = i >= out_off && i < out_off + n;
+        bad += got_h[i] != (inside ? h[i - out_off] : 0xFFFFu);
+    }
+    CHECK_MSG(bad == 0, "%s: %zu of %zu elements wrong (view or margin)", what, bad, out_total);
+
+    /* Widening, the roles swapped: 16-bit input at x_off, fp32 output at out_off. */
+    uint16_t *dh_in = dev_from(G, poison, x_total * sizeof(uint16_t));
+    float *dwide = dev_from(G, poison, out_total * sizeof(float));
+    G->upload(dh_in + x_off, h, n * sizeof(uint16_t));
+    G->from_half(dwide + out_off, dh_in + x_off, n, fmt);
+    float *got_w = malloc(out_total * sizeof(float));
+    snprintf(what, sizeof what, "from_half %s n %zu offsets %zu/%zu", fmt_name(fmt), n, x_off,
+             out_off);
+    G->download(got_w, dwide, out_total * sizeof(float));
+    check_status(what);
+    bad = 0;
+    for (size_t i = 0; i < out_total; i++) {
+        bool inside = i >= out_off && i < out_off + n;
+        bad += bits_of(got_w[i]) != (inside ? bits_of(wide[i - out_off]) : 0xFFFFFFFFu);
+    }
+    CHECK_MSG(bad == 0, "%s: %zu of %zu elements wrong (view or margin)", what, bad, out_total);
+    G->release(dx);
+    G->release(dh);
+    G->release(dh_in);
+    G->release(dwide);
+    free(x);
+    free(h);
+    free(wide);
+    free(poison);
+    free(got_h);
+    free(got_w);
+}
+
+static void test_half_cast_views(void) {
+    seed(14);
+    const size_t sizes[] = {1, 2, 3, 5, 7, 8, 1001, 4099};
+    const size_t offsets[][2] = {{0, 0}, {1, 1}, {3, 3}, {1, 0}, {2, 3}, {0, 1}};
+    for (int f = 0; f < 2; f++)
+        for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
+            for (size_t o = 0; o < sizeof offsets / sizeof offsets[0]; o++)
+                half_cast_view_case(f ? KERNELS_FP16 : KERNELS_BF16, sizes[s], offsets[o][0],
+                                    offsets[o][1]);
+}
+
 /* ------------------------------------------------------------------ gemm_half */
 /* A 16-bit matrix of rows x ld elements with values uniform in [-1, 1], rounded to fmt. */
 static uint16_t *half_rand(size_t n, kernels_half_format fmt) {
@@ -269,6 +342,7 @@ static void test_half_errors(void) {
 int main(void) {
     if (!open_backends(&C, &G)) return 77;
     test_half_casts();
+    test_half_cast_views();
     test_gemm_half();
     test_half_errors();
     check_status("end of tests");

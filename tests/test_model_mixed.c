@@ -256,12 +256,23 @@ static void test_weight_copies(void) {
     free(got);
     model_free(&m);
 
-    /* The reservation holds the 16-bit scratch; the GEMM-only activations are kept in 16 bits
-     * (a quarter less at Llama sizes), except under LoRA dropout, which needs their fp32. */
-    CHECK(model_activation_bytes(&c, NULL, 2, 8, false, MODEL_BF16_MIXED) >
-          model_activation_bytes(&c, NULL, 2, 8, false, MODEL_FP32));
+    /* The GEMM-only activations are kept in 16 bits, except under LoRA dropout, which needs
+     * their fp32. Exactly: per layer the two norm outputs [T,H], gate, up and act [T,I] take
+     * 2 bytes a value instead of 4 (gate and up's fp32 borrow backward scratch), less the
+     * 16-bit scratch: a GEMM input [T, wide], an output gradient or logits chunk, ones [T]. */
     model_config big = c;
     big.hidden_size = 256, big.intermediate_size = 1024, big.num_hidden_layers = 8;
+    {
+        const size_t T = 128, H = 256, I = 1024, V = (size_t)big.vocab_size;
+        size_t wide = (size_t)(big.num_attention_heads * big.head_dim);
+        wide = wide > I ? wide : I;
+        const size_t saved = (size_t)big.num_hidden_layers * (2 * T * H + 3 * T * I) * 2;
+        const size_t scratch = (T * wide + (T * wide > T * V ? T * wide : T * V) + T) * 2;
+        size_t b32 = model_activation_bytes(&big, NULL, 2, 64, false, MODEL_FP32);
+        size_t b16 = model_activation_bytes(&big, NULL, 2, 64, false, MODEL_BF16_MIXED);
+        CHECK_MSG(b32 - b16 == saved - scratch, "fp32 %zu - mixed %zu bytes = %zu, expected %zu - %zu", b32, b16,
+                  b32 - b16, saved, scratch);
+    }
     lora_settings no_drop = ls, drop = ls;
     no_drop.dropout = 0.0f, drop.dropout = 0.1f;
     size_t kept16 = model_activation_bytes(&big, &no_drop, 2, 64, false, MODEL_BF16_MIXED);

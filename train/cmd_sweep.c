@@ -7,11 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "train/bootstrap.h"
 #include "train/cli.h"
+#include "train/clock.h"
 #include "train/fsutil.h"
 #include "train/sweep.h"
 
@@ -33,12 +33,6 @@ static void sweep_usage(FILE *out) {
             "                   (split at spaces)\n"
             "  --force          run points again even when they have finished\n"
             "  --help           this text\n");
-}
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 /* This binary's absolute path, so that children and Slurm tasks run the same ctune. */
@@ -119,10 +113,10 @@ static int run_locally(const sweep_spec *s, sweep_point *points, int n, char *mp
         snprintf(log_path, sizeof log_path, "%s/train.log", p->dir);
         printf("[%d/%d] %s ... ", i + 1, n, p->name);
         fflush(stdout);
-        double start = now_seconds();
+        double start = ct_monotonic_seconds();
         int rc = run_child(prefix, n_prefix, exe, recipe_path, log_path, err);
         if (rc < 0) return -1;
-        p->seconds = now_seconds() - start;
+        p->seconds = ct_monotonic_seconds() - start;
         p->exit_status = rc;
         bool ok = rc == 0 && finished(p);
         snprintf(p->status, sizeof p->status, "%s", ok ? "ok" : "failed");

@@ -646,11 +646,26 @@ static size_t plan_activations(model_state *s, const model_config *c, const lora
     memset(&dummy, 0, sizeof dummy);
     if (!s) s = &dummy;
     s->resid = take(&cur, (size_t)(L + 1) * t * H);
-    /* layer_acts.h_norm1: saved GEMM inputs in 16 bits, their fp32 values in shared scratch
-     * (x_norm1 and x_norm2 are never live at once). */
+    /* Backward scratch first: in mixed precision the forward borrows two of its buffers. */
+    s->d_resid = take(&cur, t * H);
+    s->d_h1 = take(&cur, t * H);
+    s->d_h2 = take(&cur, t * H);
+    size_t wide = (size_t)max_int(max_int(c->intermediate_size, (int)qdim), c->hidden_size);
+    s->d_w1 = take(&cur, t * wide);
+    s->d_w2 = take(&cur, t * wide);
+    s->d_w3 = take(&cur, t * wide);
+    s->d_w4 = take(&cur, t * wide);
+    /* Mixed precision keeps gate and up only as their 16-bit roundings (layer_acts.h_gate),
+     * as torch.autocast does: their fp32 GEMM outputs live in d_w2 / d_w3 from the GEMM to
+     * swiglu_fwd_half, and the MLP's 16-bit gradients there from swiglu_bwd_half to their
+     * GEMMs. Both windows are free of the backward's own use of those buffers (a checkpointed
+     * layer's forward runs before its backward starts; the fp32 dgate/dup exist only in fp32). */
+    float *mlp_gate = mixed ? s->d_w2 : NULL, *mlp_up = mixed ? s->d_w3 : NULL;
+    s->half_dgate = mixed ? (uint16_t *)s->d_w2 : NULL;
+    s->half_dup = mixed ? (uint16_t *)s->d_w3 : NULL;
+    /* layer_acts.h_norm1: saved GEMM inputs in 16 bits, written by their producers; their
+     * fp32 values are not kept (nothing but those GEMMs reads them). */
     const bool half_inputs = mixed && !(lora && lora->dropout > 0.0f);
-    float *shared_norm = half_inputs ? take(&cur, t * H) : NULL;
-    float *shared_act = half_inputs ? take(&cur, t * I) : NULL;
     for (int l = 0; l < L; l++) {
         layer_acts scratch_acts, *a = s->acts && base ? &s->acts[l] : &scratch_acts;
         if (checkpointing && l > 0) { /* every layer shares layer 0's buffers */
@@ -663,7 +678,11 @@ static size_t plan_activations(model_state *s, const model_config *c, const lora
             a->h_norm2 = (uint16_t *)take(&cur, (t * H + 1) / 2);
             a->h_act = (uint16_t *)take(&cur, (t * I + 1) / 2);
         }
-        a->x_norm1 = half_inputs ? shared_norm : take(&cur, t * H);
+        if (mixed) {
+            a->h_gate = (uint16_t *)take(&cur, (t * I + 1) / 2);
+            a->h_up = (uint16_t *)take(&cur, (t * I + 1) / 2);
+        }
+        a->x_norm1 = half_inputs ? NULL : take(&cur, t * H);
         a->rstd1 = take(&cur, t);
         if (c->qk_norm) {
             a->q_pre = take(&cur, t * qdim);
@@ -677,11 +696,11 @@ static size_t plan_activations(model_state *s, const model_config *c, const lora
         a->att = take(&cur, t * qdim);
         a->lse = take(&cur, t * nh);
         a->x_mid = take(&cur, t * H);
-        a->x_norm2 = half_inputs ? shared_norm : take(&cur, t * H);
+        a->x_norm2 = half_inputs ? NULL : take(&cur, t * H);
         a->rstd2 = take(&cur, t);
-        a->gate = take(&cur, t * I);
-        a->up = take(&cur, t * I);
-        a->act = half_inputs ? shared_act : take(&cur, t * I);
+        a->gate = mixed ? mlp_gate : take(&cur, t * I);
+        a->up = mixed ? mlp_up : take(&cur, t * I);
+        a->act = half_inputs ? NULL : take(&cur, t * I);
         for (int kind = 0; lora && kind < LINEAR_KIND_COUNT; kind++)
             if (lora->targets[kind]) a->lora_u[kind] = take(&cur, t * (size_t)lora->r);
     }
@@ -690,14 +709,6 @@ static size_t plan_activations(model_state *s, const model_config *c, const lora
     s->logits = take(&cur, (size_t)rows * (size_t)c->vocab_size);
     s->loss = take(&cur, t);
     s->ones = take(&cur, t);
-    s->d_resid = take(&cur, t * H);
-    s->d_h1 = take(&cur, t * H);
-    s->d_h2 = take(&cur, t * H);
-    size_t wide = (size_t)max_int(max_int(c->intermediate_size, (int)qdim), c->hidden_size);
-    s->d_w1 = take(&cur, t * wide);
-    s->d_w2 = take(&cur, t * wide);
-    s->d_w3 = take(&cur, t * wide);
-    s->d_w4 = take(&cur, t * wide);
     if (lora) {
         s->lora_du = take(&cur, t * (size_t)lora->r);
         s->lora_s1 = take(&cur, t * wide);
@@ -707,6 +718,7 @@ static size_t plan_activations(model_state *s, const model_config *c, const lora
         size_t dy = t * wide > (size_t)rows * (size_t)c->vocab_size ? t * wide : (size_t)rows * (size_t)c->vocab_size;
         s->half_x = (uint16_t *)take(&cur, (t * wide + 1) / 2);
         s->half_dy = (uint16_t *)take(&cur, (dy + 1) / 2);
+        s->half_ones = (uint16_t *)take(&cur, (t + 1) / 2);
         if (lora) { /* the adapters' 16-bit operands (peft/lora_math.h) */
             s->half_lora_r = (uint16_t *)take(&cur, (t * (size_t)lora->r + 1) / 2);
             if (lora->dropout > 0.0f) s->half_lora_in = (uint16_t *)take(&cur, (t * wide + 1) / 2);
@@ -761,5 +773,6 @@ int model_reserve(model *m, int max_batch, int seq, ct_error *err) {
         int n = T - start < 1024 ? T - start : 1024;
         m->k->upload(s->ones + start, ones, (size_t)n * sizeof(float));
     }
+    if (mixed) m->k->to_half(s->half_ones, s->ones, (size_t)T, model_half_format(m->precision));
     return 0;
 }

@@ -89,25 +89,46 @@ static void linear_forward(const model *m, int layer, int kind, float *y, const 
 /* From dy [T,out]: dW += dy^T x, db += ones^T dy (skipped when frozen), adapter grads, and
  * dx = dy W (+ adapter path), written (dx_beta 0) or added (dx_beta 1); dx NULL skips it.
  * Mixed precision: hx is x's 16-bit copy (needed only when the weight trains, or an adapter
- * without dropout reads it: needs_half_input), dy is rounded here. */
+ * without dropout reads it: needs_half_input); dy's is given as hdy when its producer wrote
+ * one (dy is then NULL: every product, the bias gradient too, reads the 16-bit values, as
+ * torch.autocast's bf16 backward does), else dy is rounded here. */
 static void linear_backward(const model *m, int layer, int kind, float *dx, float dx_beta,
-                            const float *dy, const float *x, const uint16_t *hx, int T, uint64_t seed) {
+                            const float *dy, const uint16_t *hdy, const float *x, const uint16_t *hx, int T,
+                            uint64_t seed) {
     const kernels *k = m->k;
     const model_state *s = m->state;
     const model_linear *lin = &m->layers[layer].lin[kind];
-    const uint16_t *hdy =
-        dx || lin->weight->grad || lin->lora_a ? half_of(m, s->half_dy, dy, (size_t)T * lin->out) : NULL;
+    if (!hdy && (dx || lin->weight->grad || lin->lora_a)) hdy = half_of(m, s->half_dy, dy, (size_t)T * lin->out);
     if (dx) weight_gemm(m, false, false, T, lin->in, lin->out, dy, hdy, lin->out, lin->weight, dx_beta, dx, lin->in);
     if (lin->weight->grad) weight_grad_gemm(m, lin->weight, T, dy, hdy, x, hx);
-    if (lin->bias && lin->bias->grad)
-        k->gemm(true, false, 1, lin->out, T, 1.0f, s->ones, 1, dy, lin->out, 1.0f, lin->bias->grad,
-                lin->out);
+    if (lin->bias && lin->bias->grad) {
+        if (dy)
+            k->gemm(true, false, 1, lin->out, T, 1.0f, s->ones, 1, dy, lin->out, 1.0f, lin->bias->grad, lin->out);
+        else
+            k->gemm_half(model_half_format(m->precision), true, false, 1, lin->out, T, 1.0f, s->half_ones, 1, hdy,
+                         lin->out, 1.0f, lin->bias->grad, lin->out);
+    }
     if (lin->lora_a) {
         lora_half half;
         lora_apply la = adapter_of(m, lin, layer, kind, seed, &half);
         lora_backward(&la, dx, dy, hdy, x, hx, s->acts[layer].lora_u[kind], T, true, s->lora_du, s->lora_s1,
                       s->lora_s2);
     }
+}
+
+/* RMSNorm whose output feeds Linears: out [rows, dim] (NULL: not kept) and rstd, and in mixed
+ * precision the 16-bit copy the GEMMs read, written by the norm itself into saved (the
+ * layer's copy) or else scratch. Returns that copy (NULL in fp32). */
+static const uint16_t *norm_for_linears(const model *m, uint16_t *saved, float *out, float *rstd, const float *x,
+                                        const float *weight, int rows, int dim, float eps) {
+    if (m->precision == MODEL_FP32) {
+        m->k->rmsnorm_fwd(out, rstd, x, weight, rows, dim, eps);
+        return NULL;
+    }
+    const model_state *s = m->state;
+    uint16_t *h = saved ? saved : s->half_x;
+    m->k->rmsnorm_fwd_half(model_half_format(m->precision), h, out, rstd, x, weight, rows, dim, eps);
+    return h;
 }
 
 /* Decoder layer l: reads resid slice l, writes slice l + 1 and the layer's saved activations. */
@@ -122,8 +143,7 @@ static void layer_forward(model *m, int l, int batch, int seq, const int32_t *do
     const model_layer *layer = &m->layers[l];
     layer_acts *a = &s->acts[l];
     float *x = s->resid + (size_t)l * T * H, *out = x + (size_t)T * H;
-    k->rmsnorm_fwd(a->x_norm1, a->rstd1, x, layer->input_norm->data, T, H, eps);
-    const uint16_t *hx = half_of(m, a->h_norm1 ? a->h_norm1 : s->half_x, a->x_norm1, (size_t)T * H);
+    const uint16_t *hx = norm_for_linears(m, a->h_norm1, a->x_norm1, a->rstd1, x, layer->input_norm->data, T, H, eps);
     linear_forward(m, l, LINEAR_Q, c->qk_norm ? a->q_pre : a->q, a->x_norm1, hx, T, train, seed);
     linear_forward(m, l, LINEAR_K, c->qk_norm ? a->k_pre : a->k, a->x_norm1, hx, T, train, seed);
     linear_forward(m, l, LINEAR_V, a->v, a->x_norm1, hx, T, train, seed);
@@ -141,17 +161,24 @@ static void layer_forward(model *m, int l, int batch, int seq, const int32_t *do
     hx = half_of(m, s->half_x, a->att, (size_t)T * nh * d);
     linear_forward(m, l, LINEAR_O, a->x_mid, a->att, hx, T, train, seed);
     k->add(a->x_mid, a->x_mid, x, (size_t)T * H);
-    k->rmsnorm_fwd(a->x_norm2, a->rstd2, a->x_mid, layer->post_norm->data, T, H, eps);
-    hx = half_of(m, a->h_norm2 ? a->h_norm2 : s->half_x, a->x_norm2, (size_t)T * H);
+    hx = norm_for_linears(m, a->h_norm2, a->x_norm2, a->rstd2, a->x_mid, layer->post_norm->data, T, H, eps);
     linear_forward(m, l, LINEAR_GATE, a->gate, a->x_norm2, hx, T, train, seed);
     linear_forward(m, l, LINEAR_UP, a->up, a->x_norm2, hx, T, train, seed);
-    k->swiglu_fwd(a->act, a->gate, a->up, (size_t)T * I);
-    hx = half_of(m, a->h_act ? a->h_act : s->half_x, a->act, (size_t)T * I);
+    if (m->precision == MODEL_FP32) {
+        k->swiglu_fwd(a->act, a->gate, a->up, (size_t)T * I);
+    } else { /* gate and up rounded (and kept so), act's 16-bit copy written with act */
+        uint16_t *h_act = a->h_act ? a->h_act : s->half_x;
+        k->swiglu_fwd_half(model_half_format(m->precision), h_act, a->act, a->h_gate, a->h_up, a->gate, a->up,
+                           (size_t)T * I);
+        hx = h_act;
+    }
     linear_forward(m, l, LINEAR_DOWN, out, a->act, hx, T, train, seed);
     k->add(out, out, a->x_mid, (size_t)T * H);
 }
 
-static void forward(model *m, int batch, int seq, bool use_doc_ids, bool train, uint64_t seed) {
+/* Returns the final norm's 16-bit copy [T,H] for the vocabulary projection (mixed precision;
+ * in scratch that nothing else writes before the logits chunks), else NULL. */
+static const uint16_t *forward(model *m, int batch, int seq, bool use_doc_ids, bool train, uint64_t seed) {
     const model_config *c = &m->cfg;
     model_state *s = m->state;
     const int T = batch * seq, H = c->hidden_size;
@@ -160,8 +187,8 @@ static void forward(model *m, int batch, int seq, bool use_doc_ids, bool train, 
     for (int l = 0; l < c->num_hidden_layers; l++)
         layer_forward(m, l, batch, seq, use_doc_ids ? s->doc_ids : NULL, train, seed);
     const model_param *final_norm = model_find_param(m, "model.norm.weight");
-    m->k->rmsnorm_fwd(s->x_norm_final, s->rstd_final, s->resid + (size_t)c->num_hidden_layers * T * H,
-                      final_norm->data, T, H, (float)c->rms_norm_eps);
+    return norm_for_linears(m, NULL, s->x_norm_final, s->rstd_final, s->resid + (size_t)c->num_hidden_layers * T * H,
+                            final_norm->data, T, H, (float)c->rms_norm_eps);
 }
 
 /* Whether a base weight of linears first..last (in linear_kind order) trains: only then does
@@ -236,11 +263,18 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
         /* MLP: d_resid holds d out; out = x_mid + down(act). */
         float *d_act = s->d_w1, *d_gate = s->d_w2, *d_up = s->d_w3;
         const uint16_t *hx = backward_input(m, layer, LINEAR_DOWN, LINEAR_DOWN, a->h_act, a->act, (size_t)T * I);
-        linear_backward(m, l, LINEAR_DOWN, d_act, 0.0f, s->d_resid, a->act, hx, T, seed);
-        k->swiglu_bwd(d_gate, d_up, d_act, a->gate, a->up, (size_t)T * I);
+        linear_backward(m, l, LINEAR_DOWN, d_act, 0.0f, s->d_resid, NULL, a->act, hx, T, seed);
+        const uint16_t *hd_gate = NULL, *hd_up = NULL;
+        if (m->precision == MODEL_FP32) {
+            k->swiglu_bwd(d_gate, d_up, d_act, a->gate, a->up, (size_t)T * I);
+        } else { /* on the 16-bit gate and up the forward used; gradients only in 16 bits */
+            k->swiglu_bwd_half(model_half_format(m->precision), s->half_dgate, s->half_dup, d_act, a->h_gate,
+                               a->h_up, (size_t)T * I);
+            hd_gate = s->half_dgate, hd_up = s->half_dup, d_gate = d_up = NULL;
+        }
         hx = backward_input(m, layer, LINEAR_GATE, LINEAR_UP, a->h_norm2, a->x_norm2, TH);
-        linear_backward(m, l, LINEAR_GATE, s->d_h1, 0.0f, d_gate, a->x_norm2, hx, T, seed);
-        linear_backward(m, l, LINEAR_UP, s->d_h1, 1.0f, d_up, a->x_norm2, hx, T, seed);
+        linear_backward(m, l, LINEAR_GATE, s->d_h1, 0.0f, d_gate, hd_gate, a->x_norm2, hx, T, seed);
+        linear_backward(m, l, LINEAR_UP, s->d_h1, 1.0f, d_up, hd_up, a->x_norm2, hx, T, seed);
         k->rmsnorm_bwd(s->d_h2, layer->post_norm->grad, s->d_h1, a->x_mid, layer->post_norm->data,
                        a->rstd2, T, H);
         k->axpy(s->d_resid, 1.0f, s->d_h2, TH);
@@ -248,7 +282,7 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
         /* Attention: d_resid holds d x_mid; x_mid = x + o(att). */
         float *d_att = s->d_w1, *dq = s->d_w2, *dk = s->d_w3, *dv = s->d_w4;
         hx = backward_input(m, layer, LINEAR_O, LINEAR_O, NULL, a->att, (size_t)T * nh * d);
-        linear_backward(m, l, LINEAR_O, d_att, 0.0f, s->d_resid, a->att, hx, T, seed);
+        linear_backward(m, l, LINEAR_O, d_att, 0.0f, s->d_resid, NULL, a->att, hx, T, seed);
         if (m->precision == MODEL_FP32)
             k->attention_bwd(dq, dk, dv, d_att, a->q, a->k, a->v, a->att, a->lse, doc_ids, batch, seq,
                              nh, nkv, d, scale);
@@ -269,9 +303,9 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
         const bool need_dh = need_input_grad || layer->input_norm->trainable;
         float *dh = need_dh ? s->d_h1 : NULL;
         hx = backward_input(m, layer, LINEAR_Q, LINEAR_V, a->h_norm1, q_in, TH);
-        linear_backward(m, l, LINEAR_Q, dh, 0.0f, dq, q_in, hx, T, seed);
-        linear_backward(m, l, LINEAR_K, dh, 1.0f, dk, q_in, hx, T, seed);
-        linear_backward(m, l, LINEAR_V, dh, 1.0f, dv, q_in, hx, T, seed);
+        linear_backward(m, l, LINEAR_Q, dh, 0.0f, dq, NULL, q_in, hx, T, seed);
+        linear_backward(m, l, LINEAR_K, dh, 1.0f, dk, NULL, q_in, hx, T, seed);
+        linear_backward(m, l, LINEAR_V, dh, 1.0f, dv, NULL, q_in, hx, T, seed);
         if (need_dh) {
             k->rmsnorm_bwd(s->d_h2, layer->input_norm->grad, s->d_h1, x, layer->input_norm->data,
                            a->rstd1, T, H);
@@ -346,7 +380,7 @@ int model_step(model *m, const model_batch *batch, bool backward_pass, float gra
     const kernels *k = m->k;
     const int T = batch->batch * batch->seq, H = m->cfg.hidden_size, V = m->cfg.vocab_size;
     const bool use_doc_ids = batch->doc_ids != NULL;
-    forward(m, batch->batch, batch->seq, use_doc_ids, backward_pass, dropout_seed);
+    const uint16_t *h_final = forward(m, batch->batch, batch->seq, use_doc_ids, backward_pass, dropout_seed);
 
     /* A zero scale contributes nothing: skip the backward rather than add zeros. */
     const bool do_backward = backward_pass && grad_scale != 0.0f;
@@ -363,11 +397,16 @@ int model_step(model *m, const model_batch *batch, bool backward_pass, float gra
             continue;
         }
         const float *xn = s->x_norm_final + (size_t)r0 * H;
-        const uint16_t *hxn = half_of(m, s->half_x, xn, (size_t)n * H);
+        const uint16_t *hxn = h_final ? h_final + (size_t)r0 * H : NULL;
         weight_gemm(m, false, true, n, V, H, xn, hxn, H, w, 0.0f, s->logits, V);
-        k->cross_entropy(s->logits, s->loss + r0, s->targets + r0, n, V, do_backward ? grad_scale : 0.0f);
-        if (!do_backward) continue;
-        const uint16_t *hdl = half_of(m, s->half_dy, s->logits, (size_t)n * V);
+        if (!do_backward || !h_final) {
+            k->cross_entropy(s->logits, s->loss + r0, s->targets + r0, n, V, do_backward ? grad_scale : 0.0f);
+            if (!do_backward) continue;
+        } else { /* the logits' gradient only in 16 bits: the GEMMs below are all that read it */
+            k->cross_entropy_half(model_half_format(m->precision), s->half_dy, s->logits, s->loss + r0,
+                                  s->targets + r0, n, V, grad_scale);
+        }
+        const uint16_t *hdl = h_final ? s->half_dy : NULL;
         weight_gemm(m, false, false, n, H, V, s->logits, hdl, V, w, 0.0f, s->d_h1 + (size_t)r0 * H, H);
         if (w->grad) weight_grad_gemm(m, w, n, s->logits, hdl, xn, hxn);
     }
@@ -393,12 +432,12 @@ int model_logits(model *m, const int32_t *ids, int n, int first, float *logits, 
     model_batch b = {.input_ids = ids, .targets = NULL, .positions = NULL, .doc_ids = NULL,
                      .batch = 1, .seq = n};
     if (upload_batch(m, &b, err)) return -1;
-    forward(m, 1, n, false, false, 0);
+    const uint16_t *h_final = forward(m, 1, n, false, false, 0);
     const int H = m->cfg.hidden_size, V = m->cfg.vocab_size;
     for (int r0 = first; r0 < n; r0 += s->logits_rows) {
         const int rows = n - r0 < s->logits_rows ? n - r0 : s->logits_rows;
         const float *xn = s->x_norm_final + (size_t)r0 * H;
-        weight_gemm(m, false, true, rows, V, H, xn, half_of(m, s->half_x, xn, (size_t)rows * H), H,
+        weight_gemm(m, false, true, rows, V, H, xn, h_final ? h_final + (size_t)r0 * H : NULL, H,
                     vocab_weight(m), 0.0f, s->logits, V);
         m->k->download(logits + (size_t)(r0 - first) * V, s->logits, (size_t)rows * V * sizeof(float));
     }

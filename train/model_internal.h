@@ -29,12 +29,15 @@ typedef struct layer_acts {
     float *att, *lse;              /* attention output [T,nh*d], log-sum-exp [T*nh] */
     float *x_mid;                  /* residual stream after attention [T,H] */
     float *x_norm2, *rstd2;
-    float *gate, *up, *act;        /* [T,I]; act = silu(gate) * up */
+    float *gate, *up, *act;        /* [T,I]; act = silu(gate) * up (mixed: see below) */
     float *lora_u[LINEAR_KIND_COUNT]; /* dropout(x) A^T [T,r] of adapted linears */
     /* Mixed precision without adapter dropout: the backward reads x_norm1, x_norm2 and act
-     * only as GEMM operands, so the layer keeps their 16-bit roundings (made once, in the
-     * forward) and the fp32 values live in scratch shared by all layers. NULL otherwise. */
+     * only as GEMM operands, so the layer keeps only their 16-bit roundings, written by
+     * RMSNorm and SwiGLU themselves (x_norm1, x_norm2, act NULL). NULL otherwise. */
     uint16_t *h_norm1, *h_norm2, *h_act;
+    /* Mixed precision: gate and up as the 16-bit values SwiGLU reads in both directions (as
+     * under torch.autocast); gate and up then point at shared fp32 scratch. NULL in fp32. */
+    uint16_t *h_gate, *h_up;
 } layer_acts;
 
 typedef struct model_state {
@@ -55,6 +58,8 @@ typedef struct model_state {
     float *lora_du, *lora_s1, *lora_s2;    /* [T,r], [T,max_in] x2 (also forward dropout) */
     uint16_t *half_x, *half_dy; /* mixed precision: 16-bit GEMM input [T, max width] and output
                                  * gradient [max(T x max width, logits rows x V)] */
+    uint16_t *half_ones;        /* mixed: [T] of 1.0, for bias gradients of 16-bit-only dy */
+    uint16_t *half_dgate, *half_dup; /* mixed: the MLP's 16-bit gradients [T,I] (in d_w2, d_w3) */
     uint16_t *half_lora_in;     /* mixed LoRA with dropout: the dropped input, [T, max width] */
     uint16_t *half_lora_r;      /* mixed LoRA: u or du rounded, [T, r] */
     int32_t *ids, *targets, *positions, *doc_ids;

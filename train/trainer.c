@@ -16,16 +16,11 @@
 #include "optim/schedule.h"
 #include "optim/zero.h"
 #include "train/bootstrap.h"
+#include "train/clock.h"
 #include "train/fsutil.h"
 #include "train/metrics.h"
 #include "train/tokenizer.h"
 #include "train/train_state.h"
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* device auto takes the GPU when one can be used and falls back to the CPU; every precision
  * runs on both (mixed precision on the CPU rounds as the GPU does, to check, not to be fast). */
@@ -413,7 +408,7 @@ static int train_loop(run *x, run_summary *summary, ct_error *err) {
     lr_schedule schedule = lr_schedule_from_recipe(r);
     adamw_hparams hp = {r->optim.beta1, r->optim.beta2, r->optim.eps, r->optim.weight_decay};
     const long long n_micro = (long long)x->accum_steps * d->world_size;
-    double start = now_seconds(), last_log = start, profile_start = start;
+    double start = ct_monotonic_seconds(), last_log = start, profile_start = start;
     long long tokens_seen = x->resumed_tokens, processed_since_log = 0;
     double last_loss = NAN, eval_loss = NAN;
     int steps_done = x->start_step;
@@ -478,7 +473,7 @@ static int train_loop(run *x, run_summary *summary, ct_error *err) {
         last_loss = global_tokens > 0 ? loss_sum / (double)global_tokens : NAN;
         tokens_seen += global_tokens;
         processed_since_log += (long long)micro_tokens * x->accum_steps * d->world_size;
-        double now = now_seconds();
+        double now = ct_monotonic_seconds();
         double tok_s = processed_since_log / (now - last_log > 1e-9 ? now - last_log : 1e-9);
         if (d->rank == 0)
             metrics_step(&x->metrics, step + 1, last_loss, lr, grad_norm, global_tokens, tok_s, now - start,
@@ -517,7 +512,7 @@ static int train_loop(run *x, run_summary *summary, ct_error *err) {
         steps_done = step + 1;
         if (x->profiling && step == x->start_step) { /* the first step pays for plans and caches */
             kernels_profile_reset();
-            profile_start = now_seconds();
+            profile_start = ct_monotonic_seconds();
         }
         /* Pre-emption: every rank learns of a signal any rank got, at the same step. */
         long long signalled = preempt_signal != 0;
@@ -538,9 +533,9 @@ static int train_loop(run *x, run_summary *summary, ct_error *err) {
             break;
         }
     }
-    double wall = now_seconds() - start;
+    double wall = ct_monotonic_seconds() - start;
     if (x->profiling && d->rank == 0 && steps_done - x->start_step > 1)
-        kernels_profile_report(stdout, steps_done - x->start_step - 1, now_seconds() - profile_start);
+        kernels_profile_report(stdout, steps_done - x->start_step - 1, ct_monotonic_seconds() - profile_start);
     *summary = (run_summary){.steps = steps_done, .train_loss = last_loss, .eval_loss = NAN,
                              .eval_accuracy = NAN, .tokens_seen = tokens_seen, .world_size = d->world_size,
                              .wall_seconds = wall};

@@ -81,6 +81,8 @@ void cpu_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *weigh
                      int dim, float eps);
 void cpu_rmsnorm_bwd(float *dx, float *dweight, const float *dout, const float *x,
                      const float *weight, const float *rstd, int n_rows, int dim);
+void cpu_rmsnorm_fwd_half(kernels_half_format fmt, uint16_t *out_half, float *out, float *rstd,
+                          const float *x, const float *weight, int n_rows, int dim, float eps);
 
 /* rope.c */
 void cpu_rope_fwd(float *x, const int32_t *positions, const float *inv_freq, int n_tokens,
@@ -92,6 +94,11 @@ void cpu_rope_bwd(float *dx, const int32_t *positions, const float *inv_freq, in
 void cpu_swiglu_fwd(float *out, const float *gate, const float *up, size_t n);
 void cpu_swiglu_bwd(float *dgate, float *dup, const float *dout, const float *gate,
                     const float *up, size_t n);
+void cpu_swiglu_fwd_half(kernels_half_format fmt, uint16_t *out_half, float *out, uint16_t *gate_half,
+                         uint16_t *up_half, const float *gate, const float *up, size_t n);
+void cpu_swiglu_bwd_half(kernels_half_format fmt, uint16_t *dgate_half, uint16_t *dup_half,
+                         const float *dout, const uint16_t *gate_half, const uint16_t *up_half,
+                         size_t n);
 
 /* attention.c */
 void cpu_attention_fwd(float *out, float *lse, const float *q, const float *k, const float *v,
@@ -114,6 +121,9 @@ void cpu_attention_bwd_half(kernels_half_format fmt, float *dq, float *dk, float
 /* cross_entropy.c */
 void cpu_cross_entropy(float *logits, float *loss, const int32_t *targets, int n_rows, int vocab,
                        float grad_scale);
+void cpu_cross_entropy_half(kernels_half_format fmt, uint16_t *dlogits_half, const float *logits,
+                            float *loss, const int32_t *targets, int n_rows, int vocab,
+                            float grad_scale);
 
 /* half.c */
 void cpu_to_half(uint16_t *out, const float *x, size_t n, kernels_half_format fmt);

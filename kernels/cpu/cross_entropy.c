@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/half_round.h"
 
 void cpu_cross_entropy(float *logits, float *loss, const int32_t *targets, int n_rows, int vocab,
                        float grad_scale) {
@@ -48,5 +49,45 @@ void cpu_cross_entropy(float *logits, float *loss, const int32_t *targets, int n
 #pragma omp simd
         for (int i = 0; i < vocab; i++) z[i] *= scale_over_sum;
         if (target < vocab) z[target] -= grad_scale;
+    }
+}
+
+#define CE_HALF_BLOCK 512
+
+/* The same rows with the gradient written only as 16-bit values: the max and the double sum
+ * as above (no store), then each exp(z - max) recomputed (cpu_expf is a pure function, so
+ * the same bits), scaled and rounded; the loss is the same expression on the same values. */
+void cpu_cross_entropy_half(kernels_half_format fmt, uint16_t *dlogits_half, const float *logits,
+                            float *loss, const int32_t *targets, int n_rows, int vocab,
+                            float grad_scale) {
+#pragma omp parallel for if ((size_t)n_rows * vocab >= CPU_PARALLEL_MIN) schedule(static)
+    for (int r = 0; r < n_rows; r++) {
+        const float *z = logits + (size_t)r * vocab;
+        uint16_t *dz = dlogits_half + (size_t)r * vocab;
+        int32_t target = targets[r];
+        if (target < 0) {
+            loss[r] = 0.0f;
+            if (grad_scale != 0.0f) memset(dz, 0, (size_t)vocab * sizeof(uint16_t));
+            continue;
+        }
+        float zmax = -INFINITY;
+#pragma omp simd reduction(max : zmax)
+        for (int i = 0; i < vocab; i++) zmax = z[i] > zmax ? z[i] : zmax;
+        const float z_target = target < vocab ? z[target] : NAN;
+        double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+        for (int i = 0; i < vocab; i++) sum += cpu_expf(z[i] - zmax);
+        loss[r] = (float)(((double)zmax - z_target) + log(sum));
+        if (grad_scale == 0.0f) continue;
+        const float scale_over_sum = (float)(grad_scale / sum);
+        float block[CE_HALF_BLOCK]; /* vectorisable exp, then the rounding */
+        for (int i0 = 0; i0 < vocab; i0 += CE_HALF_BLOCK) {
+            const int len = vocab - i0 < CE_HALF_BLOCK ? vocab - i0 : CE_HALF_BLOCK;
+#pragma omp simd
+            for (int i = 0; i < len; i++) block[i] = cpu_expf(z[i0 + i] - zmax) * scale_over_sum;
+            /* two roundings, as "z *= s" then "z[t] -= grad_scale" */
+            if (target >= i0 && target < i0 + len) block[target - i0] -= grad_scale;
+            for (int i = 0; i < len; i++) dz[i0 + i] = cpu_half_from_float(block[i], fmt);
+        }
     }
 }

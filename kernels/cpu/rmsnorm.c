@@ -9,8 +9,16 @@
 #include <math.h>
 
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/half_round.h"
 
 #define RMSNORM_COL_BLOCK 256
+
+static float row_rstd(const float *xr, int dim, float eps) {
+    double sum = 0.0;
+    for (int j = 0; j < dim; j++) sum += (double)xr[j] * xr[j];
+    float variance = (float)(sum / dim);
+    return 1.0f / sqrtf(variance + eps);
+}
 
 void cpu_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *weight, int n_rows,
                      int dim, float eps) {
@@ -18,12 +26,25 @@ void cpu_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *weigh
     for (int r = 0; r < n_rows; r++) {
         const float *xr = x + (size_t)r * dim;
         float *yr = out + (size_t)r * dim;
-        double sum = 0.0;
-        for (int j = 0; j < dim; j++) sum += (double)xr[j] * xr[j];
-        float variance = (float)(sum / dim);
-        float rs = 1.0f / sqrtf(variance + eps);
+        float rs = row_rstd(xr, dim, eps);
         rstd[r] = rs;
         for (int j = 0; j < dim; j++) yr[j] = weight[j] * (xr[j] * rs);
+    }
+}
+
+void cpu_rmsnorm_fwd_half(kernels_half_format fmt, uint16_t *out_half, float *out, float *rstd,
+                          const float *x, const float *weight, int n_rows, int dim, float eps) {
+#pragma omp parallel for if ((size_t)n_rows * dim >= CPU_PARALLEL_MIN) schedule(static)
+    for (int r = 0; r < n_rows; r++) {
+        const float *xr = x + (size_t)r * dim;
+        uint16_t *hr = out_half + (size_t)r * dim;
+        float rs = row_rstd(xr, dim, eps);
+        rstd[r] = rs;
+        for (int j = 0; j < dim; j++) {
+            float y = weight[j] * (xr[j] * rs);
+            if (out) out[(size_t)r * dim + j] = y;
+            hr[j] = cpu_half_from_float(y, fmt);
+        }
     }
 }
 

@@ -1,27 +1,61 @@
 /* SwiGLU: out = silu(g) * u, silu(g) = g * sigmoid(g), sigmoid(g) = 1 / (1 + exp(-g)).
  * Backward: dup = dout * silu(g);
  *           dgate = dout * u * sigmoid(g) * (1 + g * (1 - sigmoid(g))).
- * Each element is read before it is written, so dgate may alias gate and dup may alias up. */
+ * Each element is read before it is written, so dgate may alias gate and dup may alias up.
+ * The *_half variants run the same per-element arithmetic (one function each, so the bits
+ * cannot drift apart) on 16-bit inputs or outputs. */
 #include <math.h>
 
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/half_round.h"
+
+static inline float swiglu_value(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
+static inline void swiglu_grads(float g, float u, float dy, float *dg, float *du) {
+    float sig = 1.0f / (1.0f + expf(-g));
+    float silu = g * sig;
+    *dg = dy * u * sig * (1.0f + g * (1.0f - sig));
+    *du = dy * silu;
+}
 
 void cpu_swiglu_fwd(float *out, const float *gate, const float *up, size_t n) {
 #pragma omp parallel for if (n >= CPU_PARALLEL_MIN) schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
-    }
+    for (size_t i = 0; i < n; i++) out[i] = swiglu_value(gate[i], up[i]);
 }
 
 void cpu_swiglu_bwd(float *dgate, float *dup, const float *dout, const float *gate,
                     const float *up, size_t n) {
 #pragma omp parallel for if (n >= CPU_PARALLEL_MIN) schedule(static)
     for (size_t i = 0; i < n; i++) {
-        float g = gate[i], u = up[i], dy = dout[i];
-        float sig = 1.0f / (1.0f + expf(-g));
-        float silu = g * sig;
-        dgate[i] = dy * u * sig * (1.0f + g * (1.0f - sig));
-        dup[i] = dy * silu;
+        float dg, du;
+        swiglu_grads(gate[i], up[i], dout[i], &dg, &du);
+        dgate[i] = dg;
+        dup[i] = du;
+    }
+}
+
+void cpu_swiglu_fwd_half(kernels_half_format fmt, uint16_t *out_half, float *out, uint16_t *gate_half,
+                         uint16_t *up_half, const float *gate, const float *up, size_t n) {
+#pragma omp parallel for if (n >= CPU_PARALLEL_MIN) schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        uint16_t hg = cpu_half_from_float(gate[i], fmt), hu = cpu_half_from_float(up[i], fmt);
+        gate_half[i] = hg;
+        up_half[i] = hu;
+        float y = swiglu_value(cpu_float_from_half(hg, fmt), cpu_float_from_half(hu, fmt));
+        if (out) out[i] = y;
+        out_half[i] = cpu_half_from_float(y, fmt);
+    }
+}
+
+void cpu_swiglu_bwd_half(kernels_half_format fmt, uint16_t *dgate_half, uint16_t *dup_half,
+                         const float *dout, const uint16_t *gate_half, const uint16_t *up_half,
+                         size_t n) {
+#pragma omp parallel for if (n >= CPU_PARALLEL_MIN) schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float dg, du;
+        swiglu_grads(cpu_float_from_half(gate_half[i], fmt), cpu_float_from_half(up_half[i], fmt),
+                     dout[i], &dg, &du);
+        dgate_half[i] = cpu_half_from_float(dg, fmt);
+        dup_half[i] = cpu_half_from_float(du, fmt);
     }
 }

@@ -556,25 +556,17 @@ static bool known_half_format(kernels_half_format fmt, const char *op) {
     return false;
 }
 
-// Largest dynamic shared memory a block of the current device may opt in to (0 if the
-// query fails, which is recorded and sends the call to the fallback).
-static size_t device_smem_limit(void) {
-    int device = 0, bytes = 0;
-    CUDA_CHECK(cudaGetDevice(&device));
-    CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    return bytes > 0 ? (size_t)bytes : 0;
-}
-
-// Fills sh for the tensor-core kernels: false for the shapes they do not take (the caller
-// falls back). The tile is the largest of 64 and 32 whose layout (bytes_of) fits.
-static bool half_shape(ah_shape *sh, size_t (*bytes_of)(int, int), size_t *bytes,
-                       const int32_t *doc_ids, int batch, int seq, int n_heads, int n_kv_heads,
-                       int head_dim, float scale) {
+// Fills sh for the tensor-core kernel `kernel`: false for the shapes it does not take (the
+// caller falls back). The tile is the largest of 64 and 32 whose layout (bytes_of) fits in
+// what the kernel may use on this device (opted in here, once per device).
+static bool half_shape(ah_shape *sh, size_t (*bytes_of)(int, int), const void *kernel,
+                       size_t *bytes, const int32_t *doc_ids, int batch, int seq, int n_heads,
+                       int n_kv_heads, int head_dim, float scale) {
     if (!sizes_positive(batch, seq, n_heads, n_kv_heads, head_dim)) return false;
     if (n_heads % n_kv_heads != 0 || head_dim > AH_MAX_D || batch > 65535 || n_heads > 65535)
         return false;
     const int dp = (head_dim + AH_FRAG - 1) / AH_FRAG * AH_FRAG;
-    const size_t limit = device_smem_limit();
+    const size_t limit = cuda_smem_opt_in(kernel);
     int tile = 64;
     if (bytes_of(tile, dp) > limit) tile = 32;
     if (bytes_of(tile, dp) > limit) return false;
@@ -594,15 +586,9 @@ static bool half_shape(ah_shape *sh, size_t (*bytes_of)(int, int), size_t *bytes
     return true;
 }
 
-template <typename Kernel>
-static void allow_half_smem(Kernel kernel, size_t bytes) {
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-}
-
 template <typename T>
 static void launch_fwd(float *out, float *lse, const float *q, const float *k, const float *v,
                        const ah_shape &sh, size_t bytes) {
-    allow_half_smem(attention_fwd_half_kernel<T>, bytes);
     const dim3 grid((unsigned)((sh.seq + sh.tile - 1) / sh.tile), (unsigned)sh.n_heads,
                     (unsigned)sh.batch);
     attention_fwd_half_kernel<T><<<grid, sh.tile / AH_FRAG * 32, bytes>>>(out, lse, q, k, v, sh);
@@ -630,14 +616,12 @@ static void launch_bwd(float *dq, float *dk, float *dv, const float *dout, const
         return;
     }
 
-    allow_half_smem(attention_bwd_dq_half_kernel<T>, dq_smem);
     const dim3 dq_grid((unsigned)((dq_sh.seq + dq_sh.tile - 1) / dq_sh.tile),
                        (unsigned)dq_sh.n_heads, (unsigned)dq_sh.batch);
     attention_bwd_dq_half_kernel<T><<<dq_grid, dq_sh.tile / AH_FRAG * 32, dq_smem>>>(
         dq, dout, q, k, v, lse, D, dq_sh);
     CUDA_CHECK_LAUNCH();
 
-    allow_half_smem(attention_bwd_dkv_half_kernel<T>, dkv_smem);
     const dim3 dkv_grid((unsigned)((dkv_sh.seq + dkv_sh.tile - 1) / dkv_sh.tile),
                         (unsigned)dkv_sh.n_kv, (unsigned)dkv_sh.batch);
     attention_bwd_dkv_half_kernel<T><<<dkv_grid, dkv_sh.tile / AH_FRAG * 32, dkv_smem>>>(
@@ -655,13 +639,16 @@ extern "C" void cuda_attention_fwd_half(kernels_half_format fmt, float *out, flo
         return;
     ah_shape sh;
     size_t bytes = 0;
-    if (!half_shape(&sh, fwd_bytes, &bytes, doc_ids, batch, seq, n_heads, n_kv_heads, head_dim,
-                    scale)) {
+    const bool bf16 = fmt == KERNELS_BF16;
+    const void *kernel = bf16 ? (const void *)attention_fwd_half_kernel<__nv_bfloat16>
+                              : (const void *)attention_fwd_half_kernel<__half>;
+    if (!half_shape(&sh, fwd_bytes, kernel, &bytes, doc_ids, batch, seq, n_heads, n_kv_heads,
+                    head_dim, scale)) {
         fallback_fwd(fmt, out, lse, q, k, v, doc_ids, batch, seq, n_heads, n_kv_heads, head_dim,
                      scale);
         return;
     }
-    if (fmt == KERNELS_BF16)
+    if (bf16)
         launch_fwd<__nv_bfloat16>(out, lse, q, k, v, sh, bytes);
     else
         launch_fwd<__half>(out, lse, q, k, v, sh, bytes);
@@ -675,15 +662,20 @@ extern "C" void cuda_attention_bwd_half(kernels_half_format fmt, float *dq, floa
     if (!known_half_format(fmt, "attention_bwd_half")) return;
     ah_shape dq_sh, dkv_sh;
     size_t dq_smem = 0, dkv_smem = 0;
-    if (!half_shape(&dq_sh, dq_bytes, &dq_smem, doc_ids, batch, seq, n_heads, n_kv_heads,
-                    head_dim, scale) ||
-        !half_shape(&dkv_sh, dkv_bytes, &dkv_smem, doc_ids, batch, seq, n_heads, n_kv_heads,
-                    head_dim, scale)) {
+    const bool bf16 = fmt == KERNELS_BF16;
+    const void *dq_kernel = bf16 ? (const void *)attention_bwd_dq_half_kernel<__nv_bfloat16>
+                                 : (const void *)attention_bwd_dq_half_kernel<__half>;
+    const void *dkv_kernel = bf16 ? (const void *)attention_bwd_dkv_half_kernel<__nv_bfloat16>
+                                  : (const void *)attention_bwd_dkv_half_kernel<__half>;
+    if (!half_shape(&dq_sh, dq_bytes, dq_kernel, &dq_smem, doc_ids, batch, seq, n_heads,
+                    n_kv_heads, head_dim, scale) ||
+        !half_shape(&dkv_sh, dkv_bytes, dkv_kernel, &dkv_smem, doc_ids, batch, seq, n_heads,
+                    n_kv_heads, head_dim, scale)) {
         fallback_bwd(fmt, dq, dk, dv, dout, q, k, v, out, lse, doc_ids, batch, seq, n_heads,
                      n_kv_heads, head_dim, scale);
         return;
     }
-    if (fmt == KERNELS_BF16)
+    if (bf16)
         launch_bwd<__nv_bfloat16>(dq, dk, dv, dout, q, k, v, out, lse, dq_sh, dq_smem, dkv_sh,
                                   dkv_smem);
     else

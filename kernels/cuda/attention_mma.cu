@@ -209,6 +209,14 @@ __device__ __forceinline__ bool am_visible(const am_shape &sh, int query, int ke
     return query < sh.seq && key <= query && (!sh.doc_ids || query_doc == key_doc);
 }
 
+// Whether a warp's 16 query rows from warp_first see every key of the 64-key tile from j0:
+// no documents, every row real, the tile's last key at or before the first row. Then no
+// element needs the mask (most tiles of a long sequence: all but the diagonal ones), and
+// the kernels skip its per-element arithmetic; the result is the same bits either way.
+__device__ __forceinline__ bool am_tile_unmasked(const am_shape &sh, int warp_first, int j0) {
+    return !sh.doc_ids && warp_first + 15 < sh.seq && j0 + AM_ROWS - 1 <= warp_first;
+}
+
 // Column (within a 64-wide tile) of element e of n-tile nt of a thread's accumulator.
 __device__ __forceinline__ int am_col(int nt, int e, int tig) { return nt * 8 + 2 * tig + (e & 1); }
 
@@ -306,16 +314,27 @@ __global__ void __launch_bounds__(AM_THREADS)
             const int32_t qd[2] = {qdoc[row0 + gid], qdoc[row0 + gid + 8]};
             float s[8][4];
             am_product_abt<T, DP>(s, Qs, row0, Kt, lane);
+            const bool full = am_tile_unmasked(sh, warp_first, j0);
             float mx[2] = {-INFINITY, -INFINITY};
+            if (full) {
 #pragma unroll
-            for (int nt = 0; nt < 8; nt++)
+                for (int nt = 0; nt < 8; nt++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int r = e >> 1, c = am_col(nt, e, tig);
-                    const bool vis = am_visible(sh, rows[r], j0 + c, qd[r], kd[c]);
-                    s[nt][e] = vis ? s[nt][e] * sh.scale_log2 : -INFINITY;
-                    mx[r] = fmaxf(mx[r], s[nt][e]);
-                }
+                    for (int e = 0; e < 4; e++) {
+                        s[nt][e] *= sh.scale_log2;
+                        mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
+                    }
+            } else {
+#pragma unroll
+                for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int r = e >> 1, c = am_col(nt, e, tig);
+                        const bool vis = am_visible(sh, rows[r], j0 + c, qd[r], kd[c]);
+                        s[nt][e] = vis ? s[nt][e] * sh.scale_log2 : -INFINITY;
+                        mx[r] = fmaxf(mx[r], s[nt][e]);
+                    }
+            }
             float corr[2];
 #pragma unroll
             for (int r = 0; r < 2; r++) {
@@ -331,12 +350,13 @@ __global__ void __launch_bounds__(AM_THREADS)
             for (int dn = 0; dn < DP / 8; dn++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) o[dn][e] *= corr[e >> 1];
+            // In a full tile every score and the row maxima are finite: no -inf guard.
 #pragma unroll
             for (int nt = 0; nt < 8; nt++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     const int r = e >> 1;
-                    const float p = s[nt][e] == -INFINITY ? 0.0f : exp2f(s[nt][e] - m[r]);
+                    const float p = !full && s[nt][e] == -INFINITY ? 0.0f : exp2f(s[nt][e] - m[r]);
                     s[nt][e] = p;
                     l[r] += p;
                 }
@@ -422,13 +442,14 @@ __global__ void __launch_bounds__(AM_THREADS)
             float s[8][4], dp[8][4];
             am_product_abt<T, DP>(s, Qs, row0, Kt, lane);
             am_product_abt<T, DP>(dp, dOs, row0, Vt, lane);
+            const bool full = am_tile_unmasked(sh, warp_first, j0);
 #pragma unroll
             for (int nt = 0; nt < 8; nt++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     const int r = e >> 1, c = am_col(nt, e, tig);
                     float ds = 0.0f;
-                    if (am_visible(sh, rows[r], j0 + c, qd[r], kd[c])) {
+                    if (full || am_visible(sh, rows[r], j0 + c, qd[r], kd[c])) {
                         const float p = exp2f(s[nt][e] * sh.scale_log2 - row_lse[r]);
                         ds = p * (dp[nt][e] - row_D[r]);
                     }
@@ -507,19 +528,35 @@ __global__ void __launch_bounds__(AM_THREADS)
             float s[8][4], dp[8][4];
             am_product_abt<T, DP>(s, Ks, row0, Qt, lane);
             am_product_abt<T, DP>(dp, Vs, row0, dOt, lane);
+            // Transposed (the warp's 16 keys against the tile's 64 queries): unmasked when every
+            // query is real and at or after the warp's last key. Not at head_dim 128, where the
+            // kernel already uses 255 registers and a second loop body made ptxas spill.
+            const bool full = DP == 64 && !sh.doc_ids && i0 + AM_ROWS <= sh.seq && warp_first + 15 <= i0;
+            if (full) {
 #pragma unroll
-            for (int nt = 0; nt < 8; nt++)
+                for (int nt = 0; nt < 8; nt++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int r = e >> 1, c = am_col(nt, e, tig);  // key row r, query column c
-                    float p = 0.0f, ds = 0.0f;
-                    if (am_visible(sh, i0 + c, keys[r], qd[c], kd[r])) {
-                        p = exp2f(s[nt][e] * sh.scale_log2 - cl[c]);
-                        ds = p * (dp[nt][e] - cD[c]);
+                    for (int e = 0; e < 4; e++) {
+                        const int c = am_col(nt, e, tig);
+                        const float p = exp2f(s[nt][e] * sh.scale_log2 - cl[c]);
+                        dp[nt][e] = p * (dp[nt][e] - cD[c]);
+                        s[nt][e] = p;
                     }
-                    s[nt][e] = p;
-                    dp[nt][e] = ds;
-                }
+            } else {
+#pragma unroll
+                for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int r = e >> 1, c = am_col(nt, e, tig);  // key row r, query column c
+                        float p = 0.0f, ds = 0.0f;
+                        if (am_visible(sh, i0 + c, keys[r], qd[c], kd[r])) {
+                            p = exp2f(s[nt][e] * sh.scale_log2 - cl[c]);
+                            ds = p * (dp[nt][e] - cD[c]);
+                        }
+                        s[nt][e] = p;
+                        dp[nt][e] = ds;
+                    }
+            }
             am_accumulate<T, DP>(dV, s, dOt, lane);
             am_accumulate<T, DP>(dK, dp, Qt, lane);
         }
@@ -556,14 +593,10 @@ static bool am_shape_of(am_shape *sh, const int32_t *doc_ids, int batch, int seq
     return true;
 }
 
+// Whether the kernel may take `bytes` of dynamic shared memory here (opt-in cached per device).
 template <typename Kernel>
 static bool am_allow_smem(Kernel kernel, size_t bytes) {
-    int device = 0, limit = 0;
-    CUDA_CHECK(cudaGetDevice(&device));
-    CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    if (bytes > (size_t)limit) return false;
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-    return true;
+    return bytes <= cuda_smem_opt_in((const void *)kernel);
 }
 
 // The inputs rounded to the format once, into stream-ordered scratch (the kernels then move

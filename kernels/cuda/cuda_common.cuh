@@ -1,11 +1,16 @@
 // cuda_common: what every kernels/cuda source shares: the checking macros that feed the
-// sticky error slot (cuda_status.h), grid sizing for grid-stride loops, and the
-// fixed-order block reductions (same input and launch shape -> same bits, every run).
+// sticky error slot (cuda_status.h), grid sizing for grid-stride loops, the fixed-order
+// block reductions (same input and launch shape -> same bits, every run), vectorised
+// element-wise launches, and the once-per-device shared-memory opt-in of big-tile kernels.
 #ifndef CTUNE_CUDA_COMMON_CUH
 #define CTUNE_CUDA_COMMON_CUH
 
 #include <cuda_runtime.h>
+#include <pthread.h>
 #include <stddef.h>
+#include <stdint.h>
+
+#include <initializer_list>
 
 #include "kernels/cuda/cuda_ops.h"
 
@@ -76,6 +81,101 @@ __device__ inline float block_max(float value, float *scratch) {
     float total = scratch[0];
     __syncthreads();
     return total;
+}
+
+// ---- vectorised element-wise kernels
+// A kernel over [0, n) moves 16 bytes per fp32 access (float4) and 8 per 16-bit access
+// (four values) where every pointer allows: `head` scalar elements until all of them sit
+// on a 4-element boundary together, `groups` aligned groups of 4, and the scalar rest
+// (fewer than 4 at the end). Pointers whose misalignments differ (or that are not aligned to
+// their own element) make every element scalar. Which path an element takes never changes
+// its value: the op computes each element with the same scalar code either way.
+struct cuda_vec4_plan {
+    size_t head, groups, scalars;  // scalars = head + the tail
+};
+
+static inline cuda_vec4_plan cuda_vec4_plan_for(size_t n, std::initializer_list<const void *> f32,
+                                                std::initializer_list<const void *> h16) {
+    int phase = -1;  // the common element offset mod 4; -1 unset, -2 none
+    auto visit = [&phase](const void *p, uintptr_t elem) {
+        if (!p || phase == -2) return;
+        const uintptr_t a = (uintptr_t)p;
+        const int here = a % elem ? -2 : (int)((a / elem) % 4);
+        phase = phase == -1 || phase == here ? here : -2;
+    };
+    for (const void *p : f32) visit(p, 4);
+    for (const void *p : h16) visit(p, 2);
+    cuda_vec4_plan plan;
+    plan.head = phase < 0 ? n : (size_t)((4 - phase) % 4);
+    if (plan.head > n) plan.head = n;
+    plan.groups = (n - plan.head) / 4;
+    plan.scalars = n - 4 * plan.groups;
+    return plan;
+}
+
+// Op provides __device__ one(i) (element i) and four(i) (elements i..i+3, i aligned).
+template <class Op>
+__global__ void cuda_vec4_kernel(Op op, cuda_vec4_plan plan) {
+    const size_t first = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    const size_t stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t g = first; g < plan.groups; g += stride) op.four(plan.head + 4 * g);
+    for (size_t j = first; j < plan.scalars; j += stride)
+        op.one(j < plan.head ? j : j + 4 * plan.groups);
+}
+
+// The caller checks the launch (CUDA_CHECK_LAUNCH), so a failure names its file.
+template <class Op>
+static inline void cuda_vec4_launch(const Op &op, const cuda_vec4_plan &plan) {
+    const size_t work = plan.groups > plan.scalars ? plan.groups : plan.scalars;
+    if (!work) return;
+    cuda_vec4_kernel<Op><<<cuda_grid_for(work), CUDA_THREADS>>>(op, plan);
+}
+
+// ---- dynamic shared memory beyond 48 KiB
+// A kernel may use more than 48 KiB of dynamic shared memory only after an opt-in
+// (cudaFuncSetAttribute), which is per kernel and per device and costs driver calls, as does
+// the query of the device's limit. Both are done once per (kernel, device): the opt-in is
+// set to all the dynamic shared memory the device allows the kernel, so it holds for every
+// later launch the caller checks against the returned size. Process-wide state, like
+// half.cu's cuBLASLt cache and for the same reason (the table carries no context): a mutex
+// guards the few entries (one per kernel instantiation and device); a full table only stops
+// caching (correct, slower); two threads racing on one kernel set the same value twice.
+// Each including source has its own table (a static in a header), which is all it needs.
+// Returns the bytes a launch of kernel may request on the current device; 0 when a call
+// failed (recorded), which the callers treat as "does not fit".
+#define CUDA_SMEM_CACHE_SLOTS 64
+
+static inline size_t cuda_smem_opt_in(const void *kernel) {
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    static struct { const void *kernel; int device; size_t bytes; } done[CUDA_SMEM_CACHE_SLOTS];
+    static int used = 0;
+    int device = 0;
+    size_t bytes = 0;
+    CUDA_CHECK(cudaGetDevice(&device));
+    pthread_mutex_lock(&lock);
+    for (int i = 0; i < used && !bytes; i++)
+        if (done[i].kernel == kernel && done[i].device == device) bytes = done[i].bytes;
+    pthread_mutex_unlock(&lock);
+    if (bytes) return bytes;
+    int limit = 0;
+    cudaFuncAttributes attr;
+    cudaError_t status =
+        cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    if (status == cudaSuccess) status = cudaFuncGetAttributes(&attr, kernel);
+    if (status == cudaSuccess && (size_t)limit > attr.sharedSizeBytes) {
+        bytes = (size_t)limit - attr.sharedSizeBytes;  // static and dynamic share the limit
+        status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      (int)bytes);
+    }
+    if (status != cudaSuccess) {
+        ctune_cuda_record(__FILE__, __LINE__, "shared memory opt-in", cudaGetErrorString(status));
+        return 0;
+    }
+    if (!bytes) return 0;
+    pthread_mutex_lock(&lock);
+    if (used < CUDA_SMEM_CACHE_SLOTS) done[used++] = {kernel, device, bytes};
+    pthread_mutex_unlock(&lock);
+    return bytes;
 }
 
 #endif

@@ -54,6 +54,8 @@ void cuda_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *weig
                       int dim, float eps);
 void cuda_rmsnorm_bwd(float *dx, float *dweight, const float *dout, const float *x,
                       const float *weight, const float *rstd, int n_rows, int dim);
+void cuda_rmsnorm_fwd_half(kernels_half_format fmt, uint16_t *out_half, float *out, float *rstd,
+                           const float *x, const float *weight, int n_rows, int dim, float eps);
 
 void cuda_rope_fwd(float *x, const int32_t *positions, const float *inv_freq, int n_tokens,
                    int n_heads, int head_dim);
@@ -63,6 +65,12 @@ void cuda_rope_bwd(float *dx, const int32_t *positions, const float *inv_freq, i
 void cuda_swiglu_fwd(float *out, const float *gate, const float *up, size_t n);
 void cuda_swiglu_bwd(float *dgate, float *dup, const float *dout, const float *gate,
                      const float *up, size_t n);
+void cuda_swiglu_fwd_half(kernels_half_format fmt, uint16_t *out_half, float *out,
+                          uint16_t *gate_half, uint16_t *up_half, const float *gate,
+                          const float *up, size_t n);
+void cuda_swiglu_bwd_half(kernels_half_format fmt, uint16_t *dgate_half, uint16_t *dup_half,
+                          const float *dout, const uint16_t *gate_half, const uint16_t *up_half,
+                          size_t n);
 
 void cuda_attention_fwd(float *out, float *lse, const float *q, const float *k, const float *v,
                         const int32_t *doc_ids, int batch, int seq, int n_heads, int n_kv_heads,
@@ -84,6 +92,9 @@ void cuda_attention_bwd_half(kernels_half_format fmt, float *dq, float *dk, floa
 
 void cuda_cross_entropy(float *logits, float *loss, const int32_t *targets, int n_rows,
                         int vocab, float grad_scale);
+void cuda_cross_entropy_half(kernels_half_format fmt, uint16_t *dlogits_half, const float *logits,
+                             float *loss, const int32_t *targets, int n_rows, int vocab,
+                             float grad_scale);
 
 /* half.cu: casts to and from bf16/fp16 bit patterns, and gemm on 16-bit A, B via cuBLASLt */
 void cuda_to_half(uint16_t *out, const float *x, size_t n, kernels_half_format fmt);

@@ -113,24 +113,57 @@ extern "C" double cuda_sum_squares(const float *x, size_t n) {
 }
 
 // Many sum_squares at once (gradient-norm blocks): CUDA block b reproduces cuda_sum_squares on
-// x[b*block, ...) operation for operation, so the bits are the same. With len <= SUMSQ_BLOCKS
+// x[b*block, ...) addition for addition, so the bits are the same. With len <= SUMSQ_BLOCKS
 // * CUDA_THREADS every thread of the partial kernel sees at most one element, partial j is the
 // block_sum of chunk j's squares (0.0 + a == a), the partials past the last chunk are zeros,
 // and the one-block tree over SUMSQ_BLOCKS partials adds those zeros exactly; here the 256
 // threads walk the same halving tree over the same SUMSQ_BLOCKS slots.
+//
+// Each chunk (256 elements, zero-padded past len) is reduced by one warp in registers, the 8
+// warps taking chunks w, w+8, ... concurrently, with no barrier until the final tree. Why
+// that is block_sum's result bit for bit: block_sum over 256 threads, thread t holding s[t],
+// does for stride S = 128, 64, ..., 1: s[t] = s[t] + s[t+S] for every t < S. Give lane l of
+// the warp v[j] = s[l + 32j], j = 0..7 (element c*256 + l + 32j, the element thread l + 32j
+// of block c of the partial kernel squares). Then
+//   S = 128: t < 128 is j < 4, and t + 128 is slot j + 4 of the same lane: v[j] += v[j+4];
+//   S = 64:  j < 2, t + 64 is slot j + 2:                                  v[j] += v[j+2];
+//   S = 32:  j = 0, t + 32 is slot 1:                                      v[0] += v[1];
+// leaving s[l] = v[0] in lane l for l < 32. For S = 16, ..., 1, s[l] + s[l+S] for l < S is
+// v[0] + (lane l+S's v[0]), which __shfl_down_sync(v[0], S) delivers: lane l+S < 2S held
+// the value of the previous level (by induction, lanes below 2S are exact after each step;
+// what lanes >= S compute is never read again). Every addition has the same two operands in
+// the same order as block_sum's, so lane 0 ends with block_sum's total: partial[c]. (nvcc
+// may fuse a square into the addition after it, here or in the other kernels; the square of
+// an fp32 value is exact in double, so an FMA rounds the same sum and no bit changes.)
+#define SUMSQ_WARPS (CUDA_THREADS / 32)
+
 __global__ void sum_squares_blocks_kernel(double *sums, const float *x, size_t n, size_t block) {
-    __shared__ double scratch[CUDA_THREADS];
     __shared__ double partial[SUMSQ_BLOCKS];
     const size_t start = (size_t)blockIdx.x * block;
     const size_t len = n - start < block ? n - start : block;
-    for (unsigned int j = threadIdx.x; j < SUMSQ_BLOCKS; j += blockDim.x) partial[j] = 0.0;
-    __syncthreads();
     const unsigned int chunks = (unsigned int)((len + CUDA_THREADS - 1) / CUDA_THREADS);
-    for (unsigned int c = 0; c < chunks; c++) {
-        size_t i = (size_t)c * CUDA_THREADS + threadIdx.x;
-        double sq = i < len ? (double)x[start + i] * x[start + i] : 0.0;
-        double total = block_sum(sq, scratch);
-        if (threadIdx.x == 0) partial[c] = total;
+    const unsigned int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    // Slots no chunk fills; disjoint from the warps' slots, so no barrier between the two.
+    for (unsigned int j = chunks + threadIdx.x; j < SUMSQ_BLOCKS; j += blockDim.x)
+        partial[j] = 0.0;
+    for (unsigned int c = warp; c < chunks; c += SUMSQ_WARPS) {
+        const float *xc = x + start + (size_t)c * CUDA_THREADS;
+        const size_t avail = len - (size_t)c * CUDA_THREADS;
+        double v[8];
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const size_t i = lane + 32 * j;
+            v[j] = i < avail ? (double)xc[i] * xc[i] : 0.0;
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++) v[j] += v[j + 4];
+        v[0] += v[2];
+        v[1] += v[3];
+        v[0] += v[1];
+#pragma unroll
+        for (int offset = 16; offset > 0; offset /= 2)
+            v[0] += __shfl_down_sync(CUDA_FULL_MASK, v[0], offset);
+        if (lane == 0) partial[c] = v[0];
     }
     __syncthreads();
     for (unsigned int stride = SUMSQ_BLOCKS / 2; stride > 0; stride /= 2) {

@@ -1,7 +1,8 @@
 // half: the 16-bit ops of mixed precision (kernels.h: to_half, from_half, gemm_half),
 // mirroring kernels/cpu/half.c.
 //
-// Casts. __float2bfloat16_rn / __float2half_rn are the PTX cvt.rn conversions: round to
+// Casts (the conversions live in half_bits.cuh, shared with every fused 16-bit producer).
+// __float2bfloat16_rn / __float2half_rn are the PTX cvt.rn conversions: round to
 // nearest, ties to even, without .satfinite, so fp16 overflows to +-inf as torch does
 // (what fp16 loss scaling detects); fp32 subnormals are converted, not flushed (the
 // backend is never built with -ftz / --use_fast_math), and fp16 underflows gradually
@@ -37,6 +38,7 @@
 #include <string.h>
 
 #include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/half_bits.cuh"
 
 #define GRID_STRIDE_LOOP(i, n)                                                    \
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n);     \
@@ -44,46 +46,53 @@
 
 // ------------------------------------------------------------------ casts
 
-__global__ void to_bf16_kernel(uint16_t *out, const float *x, size_t n) {
-    GRID_STRIDE_LOOP(i, n) out[i] = __bfloat16_as_ushort(__float2bfloat16_rn(x[i]));
-}
+// Vectorised (cuda_common.cuh: cuda_vec4_plan): a float4 in and four 16-bit values out as
+// one 8-byte store where the pointers allow, one element at a time otherwise. Every element
+// goes through half_bits / half_widen (half_bits.cuh), the one rounding every 16-bit
+// producer of this backend uses, so the path taken never changes a bit.
+template <kernels_half_format F>
+struct to_half_op {
+    uint16_t *out;
+    const float *x;
+    __device__ void one(size_t i) const { out[i] = half_bits<F>(x[i]); }
+    __device__ void four(size_t i) const {
+        const float4 v = *reinterpret_cast<const float4 *>(x + i);
+        *reinterpret_cast<uint2 *>(out + i) = half_bits4<F>(v.x, v.y, v.z, v.w);
+    }
+};
 
-__global__ void to_fp16_kernel(uint16_t *out, const float *x, size_t n) {
-    GRID_STRIDE_LOOP(i, n) out[i] = __half_as_ushort(__float2half_rn(x[i]));
-}
-
-__global__ void from_bf16_kernel(float *out, const uint16_t *x, size_t n) {
-    GRID_STRIDE_LOOP(i, n) out[i] = __bfloat162float(__ushort_as_bfloat16(x[i]));
-}
-
-__global__ void from_fp16_kernel(float *out, const uint16_t *x, size_t n) {
-    GRID_STRIDE_LOOP(i, n) out[i] = __half2float(__ushort_as_half(x[i]));
-}
+template <kernels_half_format F>
+struct from_half_op {
+    float *out;
+    const uint16_t *x;
+    __device__ void one(size_t i) const { out[i] = half_widen<F>(x[i]); }
+    __device__ void four(size_t i) const {
+        const uint2 w = *reinterpret_cast<const uint2 *>(x + i);
+        *reinterpret_cast<float4 *>(out + i) = half_widen4<F>(w);
+    }
+};
 
 static bool known_format(kernels_half_format fmt, const char *op, int line) {
-    if (fmt == KERNELS_BF16 || fmt == KERNELS_FP16) return true;
-    char message[96];
-    snprintf(message, sizeof message, "unknown 16-bit format %d (expected KERNELS_BF16 or "
-             "KERNELS_FP16)", (int)fmt);
-    ctune_cuda_record(__FILE__, line, op, message);
-    return false;
+    return cuda_known_half_format(fmt, op, __FILE__, line);
 }
 
 extern "C" void cuda_to_half(uint16_t *out, const float *x, size_t n, kernels_half_format fmt) {
     if (!known_format(fmt, "to_half", __LINE__) || !n) return;
+    const cuda_vec4_plan plan = cuda_vec4_plan_for(n, {x}, {out});
     if (fmt == KERNELS_BF16)
-        to_bf16_kernel<<<cuda_grid_for(n), CUDA_THREADS>>>(out, x, n);
+        cuda_vec4_launch(to_half_op<KERNELS_BF16>{out, x}, plan);
     else
-        to_fp16_kernel<<<cuda_grid_for(n), CUDA_THREADS>>>(out, x, n);
+        cuda_vec4_launch(to_half_op<KERNELS_FP16>{out, x}, plan);
     CUDA_CHECK_LAUNCH();
 }
 
 extern "C" void cuda_from_half(float *out, const uint16_t *x, size_t n, kernels_half_format fmt) {
     if (!known_format(fmt, "from_half", __LINE__) || !n) return;
+    const cuda_vec4_plan plan = cuda_vec4_plan_for(n, {out}, {x});
     if (fmt == KERNELS_BF16)
-        from_bf16_kernel<<<cuda_grid_for(n), CUDA_THREADS>>>(out, x, n);
+        cuda_vec4_launch(from_half_op<KERNELS_BF16>{out, x}, plan);
     else
-        from_fp16_kernel<<<cuda_grid_for(n), CUDA_THREADS>>>(out, x, n);
+        cuda_vec4_launch(from_half_op<KERNELS_FP16>{out, x}, plan);
     CUDA_CHECK_LAUNCH();
 }
 

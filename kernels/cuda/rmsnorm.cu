@@ -4,25 +4,32 @@
 // One block per row for the row reductions (fixed-tree double sums). dw is a reduction
 // over rows, done without atomics in two passes: partial sums (in double) over fixed
 // chunks of RMS_ROW_CHUNK rows, then the chunks added in order; deterministic.
+// rmsnorm_fwd_half is the same kernel with a store that rounds y to 16 bits (half_bits.cuh,
+// to_half's rounding) and keeps the fp32 y only when asked: rstd and every y are computed by
+// the same instructions as rmsnorm_fwd's, so out_half is to_half(rmsnorm_fwd's out) bit for
+// bit (y = w (x r) is two products, nothing for the compiler to contract).
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/half_bits.cuh"
 
 #define RMS_ROW_CHUNK 64
 
-__global__ void rmsnorm_fwd_kernel(float *out, float *rstd, const float *x, const float *weight,
+// Store: f32_store or half_store<F> (half_bits.cuh), taking (element index, y).
+template <class Store>
+__global__ void rmsnorm_fwd_kernel(Store store, float *rstd, const float *x, const float *weight,
                                    int dim, float eps) {
     __shared__ double scratch[CUDA_THREADS];
     const size_t row = blockIdx.x;
     const float *xr = x + row * dim;
-    float *yr = out + row * dim;
     double acc = 0.0;
     for (int j = threadIdx.x; j < dim; j += blockDim.x) acc += (double)xr[j] * xr[j];
     double sum = block_sum(acc, scratch);
     float variance = (float)(sum / dim);
     float rs = 1.0f / sqrtf(variance + eps);  // IEEE sqrt and division (no fast math)
     if (threadIdx.x == 0) rstd[row] = rs;
-    for (int j = threadIdx.x; j < dim; j += blockDim.x) yr[j] = weight[j] * (xr[j] * rs);
+    for (int j = threadIdx.x; j < dim; j += blockDim.x)
+        store(row * dim + j, weight[j] * (xr[j] * rs));
 }
 
 __global__ void rmsnorm_bwd_dx_kernel(float *dx, const float *dout, const float *x,
@@ -67,7 +74,21 @@ __global__ void rmsnorm_dw_sum_kernel(float *dweight, const double *partial, int
 extern "C" void cuda_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *weight,
                                  int n_rows, int dim, float eps) {
     if (n_rows <= 0 || dim <= 0) return;
-    rmsnorm_fwd_kernel<<<n_rows, CUDA_THREADS>>>(out, rstd, x, weight, dim, eps);
+    rmsnorm_fwd_kernel<<<n_rows, CUDA_THREADS>>>(f32_store{out}, rstd, x, weight, dim, eps);
+    CUDA_CHECK_LAUNCH();
+}
+
+extern "C" void cuda_rmsnorm_fwd_half(kernels_half_format fmt, uint16_t *out_half, float *out,
+                                      float *rstd, const float *x, const float *weight,
+                                      int n_rows, int dim, float eps) {
+    if (!cuda_known_half_format(fmt, "rmsnorm_fwd_half", __FILE__, __LINE__)) return;
+    if (n_rows <= 0 || dim <= 0) return;
+    if (fmt == KERNELS_BF16)
+        rmsnorm_fwd_kernel<<<n_rows, CUDA_THREADS>>>(half_store<KERNELS_BF16>{out_half, out}, rstd,
+                                                     x, weight, dim, eps);
+    else
+        rmsnorm_fwd_kernel<<<n_rows, CUDA_THREADS>>>(half_store<KERNELS_FP16>{out_half, out}, rstd,
+                                                     x, weight, dim, eps);
     CUDA_CHECK_LAUNCH();
 }
 

@@ -1,0 +1,184 @@
+/* Tests of the producers of 16-bit GEMM operands on the CPU reference backend (kernels.h:
+ * rmsnorm_fwd_half, swiglu_fwd_half, swiglu_bwd_half, cross_entropy_half). Each must write,
+ * bit for bit, what the fp32 op (itself checked against torch and finite differences in
+ * test_kernels_cpu.c) followed by to_half writes, in both formats, with the optional fp32
+ * outputs present and absent, outputs poisoned first so an unwritten element fails. fp16's
+ * overflow to inf (what loss scaling detects) must survive the fusion. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+#include "tests/check.h"
+
+static const kernels *K;
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+
+static float urand(float lo, float hi) {
+    rng_state ^= rng_state << 13, rng_state ^= rng_state >> 7, rng_state ^= rng_state << 17;
+    return lo + (hi - lo) * (float)((rng_state >> 40) * 0x1p-24);
+}
+static float *vec(size_t n, float lo, float hi) {
+    float *x = malloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) x[i] = urand(lo, hi);
+    return x;
+}
+static uint16_t *halves(size_t n) {
+    uint16_t *h = malloc((n ? n : 1) * sizeof(uint16_t));
+    memset(h, 0xA5, (n ? n : 1) * sizeof(uint16_t)); /* poison: 0xA5A5 is no value written here */
+    return h;
+}
+static float *poisoned(size_t n) {
+    float *x = malloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) x[i] = NAN;
+    return x;
+}
+static const char *fmt_name(kernels_half_format fmt) { return fmt == KERNELS_BF16 ? "bf16" : "fp16"; }
+
+/* Index of the first differing element, or -1. */
+static long first_diff(const void *a, const void *b, size_t n, size_t size) {
+    for (size_t i = 0; i < n; i++)
+        if (memcmp((const char *)a + i * size, (const char *)b + i * size, size)) return (long)i;
+    return -1;
+}
+#define CHECK_SAME(what, a, b, n)                                                                  \
+    do {                                                                                           \
+        long d_ = first_diff((a), (b), (n), sizeof *(a));                                          \
+        CHECK_MSG(d_ < 0, "%s: element %ld differs", (what), d_);                                  \
+    } while (0)
+
+static size_t count_bits(const uint16_t *h, size_t n, uint16_t mask, uint16_t value) {
+    size_t c = 0;
+    for (size_t i = 0; i < n; i++) c += (h[i] & mask) == value;
+    return c;
+}
+
+static void test_rmsnorm(kernels_half_format fmt) {
+    const int rows = 7, dim = 300;
+    const size_t n = (size_t)rows * dim;
+    float *x = vec(n, -3, 3), *w = vec(dim, -2, 2);
+    w[5] = 6.0e4f; /* fp16: 6e4 * |x rstd| passes 65504 on some rows -> inf */
+    float *ref = poisoned(n), *ref_rstd = poisoned(rows), *out = poisoned(n), *rstd = poisoned(rows);
+    uint16_t *ref_h = halves(n), *got_h = halves(n);
+    K->rmsnorm_fwd(ref, ref_rstd, x, w, rows, dim, 1e-5f);
+    K->to_half(ref_h, ref, n, fmt);
+    char what[96];
+    for (int with_out = 1; with_out >= 0; with_out--) {
+        memset(got_h, 0xA5, n * sizeof *got_h);
+        for (size_t i = 0; i < n; i++) out[i] = NAN;
+        K->rmsnorm_fwd_half(fmt, got_h, with_out ? out : NULL, rstd, x, w, rows, dim, 1e-5f);
+        snprintf(what, sizeof what, "rmsnorm_fwd_half %s%s: 16-bit", fmt_name(fmt), with_out ? " +fp32" : "");
+        CHECK_SAME(what, got_h, ref_h, n);
+        CHECK_SAME("rmsnorm_fwd_half rstd", rstd, ref_rstd, (size_t)rows);
+        if (with_out) CHECK_SAME("rmsnorm_fwd_half fp32 out", out, ref, n);
+        else CHECK_MSG(isnan(out[0]) && isnan(out[n - 1]), "rmsnorm_fwd_half wrote out = NULL's buffer");
+    }
+    if (fmt == KERNELS_FP16)
+        CHECK_MSG(count_bits(got_h, n, 0x7FFF, 0x7C00) > 0, "fp16 rmsnorm: no overflow to inf exercised");
+    free(x), free(w), free(ref), free(ref_rstd), free(out), free(rstd), free(ref_h), free(got_h);
+}
+
+static void test_swiglu(kernels_half_format fmt) {
+    const size_t n = 1001;
+    float *gate = vec(n, -8, 8), *up = vec(n, -3, 3), *dout = vec(n, -2, 2);
+    up[3] = 7.0e4f; /* rounds to fp16 inf: its product must be inf or NaN as the widened path gives */
+    gate[3] = 2.0f;
+    /* Reference: round the inputs, widen, run the fp32 ops, round the outputs. */
+    uint16_t *hg = halves(n), *hu = halves(n), *ref_h = halves(n);
+    float *g = poisoned(n), *u = poisoned(n), *ref = poisoned(n);
+    K->to_half(hg, gate, n, fmt);
+    K->to_half(hu, up, n, fmt);
+    K->from_half(g, hg, n, fmt);
+    K->from_half(u, hu, n, fmt);
+    K->swiglu_fwd(ref, g, u, n);
+    K->to_half(ref_h, ref, n, fmt);
+    uint16_t *got_g = halves(n), *got_u = halves(n), *got_h = halves(n);
+    float *out = poisoned(n);
+    char what[96];
+    for (int with_out = 1; with_out >= 0; with_out--) {
+        memset(got_h, 0xA5, n * sizeof *got_h);
+        memset(got_g, 0xA5, n * sizeof *got_g);
+        memset(got_u, 0xA5, n * sizeof *got_u);
+        for (size_t i = 0; i < n; i++) out[i] = NAN;
+        K->swiglu_fwd_half(fmt, got_h, with_out ? out : NULL, got_g, got_u, gate, up, n);
+        snprintf(what, sizeof what, "swiglu_fwd_half %s%s", fmt_name(fmt), with_out ? " +fp32" : "");
+        CHECK_SAME(what, got_h, ref_h, n);
+        CHECK_SAME("swiglu_fwd_half gate rounding", got_g, hg, n);
+        CHECK_SAME("swiglu_fwd_half up rounding", got_u, hu, n);
+        if (with_out) CHECK_SAME("swiglu_fwd_half fp32 out", out, ref, n);
+        else CHECK_MSG(isnan(out[0]), "swiglu_fwd_half wrote out = NULL's buffer");
+    }
+    /* It is the rounded inputs that matter: the fp32 op on unrounded inputs differs. */
+    float *exact = poisoned(n);
+    K->swiglu_fwd(exact, gate, up, n);
+    uint16_t *exact_h = halves(n);
+    K->to_half(exact_h, exact, n, fmt);
+    CHECK_MSG(first_diff(exact_h, got_h, n, sizeof *got_h) >= 0, "swiglu_fwd_half %s: same as unrounded inputs",
+              fmt_name(fmt));
+
+    uint16_t *ref_dg = halves(n), *ref_du = halves(n), *got_dg = halves(n), *got_du = halves(n);
+    float *dg = poisoned(n), *du = poisoned(n);
+    K->swiglu_bwd(dg, du, dout, g, u, n);
+    K->to_half(ref_dg, dg, n, fmt);
+    K->to_half(ref_du, du, n, fmt);
+    K->swiglu_bwd_half(fmt, got_dg, got_du, dout, hg, hu, n);
+    snprintf(what, sizeof what, "swiglu_bwd_half %s dgate", fmt_name(fmt));
+    CHECK_SAME(what, got_dg, ref_dg, n);
+    snprintf(what, sizeof what, "swiglu_bwd_half %s dup", fmt_name(fmt));
+    CHECK_SAME(what, got_du, ref_du, n);
+    free(gate), free(up), free(dout), free(hg), free(hu), free(ref_h), free(g), free(u), free(ref);
+    free(got_g), free(got_u), free(got_h), free(out), free(exact), free(exact_h);
+    free(ref_dg), free(ref_du), free(got_dg), free(got_du), free(dg), free(du);
+}
+
+static void test_cross_entropy(kernels_half_format fmt) {
+    const int rows = 6, vocab = 1031;
+    const size_t n = (size_t)rows * vocab;
+    float *logits = vec(n, -6, 6);
+    int32_t targets[6] = {5, -1, 1030, 0, 77, -1};
+    for (int r = 0; r < rows; r++) logits[(size_t)r * vocab + 11] = 9.0f; /* a clear favourite */
+    const float scales[3] = {0.0f, 1.0f / 512.0f, 65536.0f * 4.0f}; /* fp16: the last overflows */
+    char what[96];
+    for (int si = 0; si < 3; si++) {
+        const float gs = scales[si];
+        float *ref = malloc(n * sizeof(float)), *ref_loss = poisoned(rows), *loss = poisoned(rows);
+        memcpy(ref, logits, n * sizeof(float));
+        K->cross_entropy(ref, ref_loss, targets, rows, vocab, gs);
+        uint16_t *ref_h = halves(n), *got_h = halves(n);
+        float *kept = malloc(n * sizeof(float));
+        memcpy(kept, logits, n * sizeof(float));
+        K->cross_entropy_half(fmt, got_h, logits, loss, targets, rows, vocab, gs);
+        snprintf(what, sizeof what, "cross_entropy_half %s scale %g: loss", fmt_name(fmt), gs);
+        CHECK_SAME(what, loss, ref_loss, (size_t)rows);
+        CHECK_SAME("cross_entropy_half leaves the logits", logits, kept, n);
+        CHECK(loss[1] == 0.0f && loss[5] == 0.0f && loss[0] > 0.0f);
+        if (gs == 0.0f) {
+            CHECK_MSG(count_bits(got_h, n, 0xFFFF, 0xA5A5) == n, "cross_entropy_half wrote a gradient at scale 0");
+        } else {
+            K->to_half(ref_h, ref, n, fmt);
+            snprintf(what, sizeof what, "cross_entropy_half %s scale %g: gradient", fmt_name(fmt), gs);
+            CHECK_SAME(what, got_h, ref_h, n);
+            CHECK_MSG(count_bits(got_h + vocab, (size_t)vocab, 0xFFFF, 0) == (size_t)vocab,
+                      "cross_entropy_half: ignored row not zero");
+            if (fmt == KERNELS_FP16 && gs > 65504.0f)
+                CHECK_MSG(count_bits(got_h, n, 0xFFFF, 0xFC00) > 0, "fp16 cross_entropy: no -inf at the targets");
+        }
+        free(ref), free(ref_loss), free(loss), free(ref_h), free(got_h), free(kept);
+    }
+    free(logits);
+}
+
+int main(void) {
+    K = kernels_cpu();
+    const kernels_half_format fmts[2] = {KERNELS_BF16, KERNELS_FP16};
+    for (int f = 0; f < 2; f++) {
+        test_rmsnorm(fmts[f]);
+        test_swiglu(fmts[f]);
+        test_cross_entropy(fmts[f]);
+    }
+    /* The shadow backend routes every new entry to the same CPU code (a NULL slot crashes). */
+    K = kernels_shadow();
+    CHECK(K->rmsnorm_fwd_half && K->swiglu_fwd_half && K->swiglu_bwd_half && K->cross_entropy_half);
+    return check_summary("test_half_producers");
+}

@@ -1,0 +1,380 @@
+/* The CUDA backend's producers of 16-bit GEMM operands (kernels.h: rmsnorm_fwd_half,
+ * swiglu_fwd_half, swiglu_bwd_half, cross_entropy_half), label gpu, exit 77 = skipped where
+ * no GPU is usable. Every case runs in both formats with every output poisoned first (all
+ * bytes 0xFF: a NaN in fp32, bf16 and fp16), and checks three things:
+ *  (a) against the CPU reference: fp32 outputs to the relative tolerance of
+ *      test_kernels_cuda.c, 16-bit outputs within 1 ulp and at most 1% not identical
+ *      (kernel_compare.h: compare_half), the roundings of inputs exactly;
+ *  (b) on the device, bit for bit: the fused op's 16-bit output is to_half of the fp32 op's
+ *      output (swiglu: on the widened 16-bit inputs), the fp32 outputs and rstd / loss are the
+ *      fp32 op's;
+ *  (c) the optional fp32 output absent (NULL) changes nothing else; cross_entropy_half leaves
+ *      the logits as they were and, with grad_scale 0, the 16-bit buffer too.
+ * Buffers are views into padded allocations: nothing may be written outside a view, and
+ * views that start off a 16-byte boundary (together, or by different amounts) take the
+ * kernels' scalar paths. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tests/kernel_compare.h"
+
+static const kernels *C; /* the CPU reference */
+static const kernels *G; /* the CUDA backend */
+
+/* ------------------------------------------------------------------ padded device views */
+#define PAD 4 /* elements of margin on each side of a view */
+
+typedef struct dbuf {
+    unsigned char *base;
+    size_t n, size, off; /* the view: n elements of `size` bytes from element off */
+} dbuf;
+
+static void *at(dbuf b) { return b.base + b.off * b.size; }
+
+static dbuf db_poison(size_t n, size_t size, size_t off) {
+    dbuf b = {NULL, n, size, off};
+    const size_t bytes = (n + 2 * PAD) * size;
+    unsigned char *h = malloc(bytes);
+    memset(h, 0xFF, bytes);
+    b.base = dev_from(G, h, bytes);
+    free(h);
+    return b;
+}
+
+static dbuf db_input(const void *host, size_t n, size_t size, size_t off) {
+    dbuf b = db_poison(n, size, off);
+    if (n) G->upload(at(b), host, n * size);
+    return b;
+}
+
+static void db_free(dbuf b) { G->release(b.base); }
+
+/* The view's contents (the caller frees). */
+static void *db_get(const char *what, dbuf b) {
+    return download_checked(G, what, at(b), b.n * b.size);
+}
+
+/* Nothing written outside the view. */
+static void db_check_margins(const char *what, dbuf b) {
+    const size_t bytes = (b.n + 2 * PAD) * b.size;
+    unsigned char *h = download_checked(G, what, b.base, bytes);
+    size_t changed = 0;
+    for (size_t i = 0; i < bytes; i++) {
+        const bool inside = i >= b.off * b.size && i < (b.off + b.n) * b.size;
+        changed += !inside && h[i] != 0xFF;
+    }
+    CHECK_MSG(changed == 0, "%s: %zu bytes written outside the view", what, changed);
+    free(h);
+}
+
+static uint16_t *host_poison16(size_t n) {
+    uint16_t *h = malloc((n ? n : 1) * sizeof(uint16_t));
+    memset(h, 0xFF, (n ? n : 1) * sizeof(uint16_t));
+    return h;
+}
+
+/* The device's to_half of a device fp32 view (host copy; the caller frees). */
+static uint16_t *device_rounding(const char *what, const float *dev, size_t n,
+                                 kernels_half_format fmt) {
+    dbuf t = db_poison(n, 2, 0);
+    G->to_half(at(t), dev, n, fmt);
+    uint16_t *h = db_get(what, t);
+    db_free(t);
+    return h;
+}
+
+static const kernels_half_format formats[2] = {KERNELS_BF16, KERNELS_FP16};
+
+/* ------------------------------------------------------------------ rmsnorm_fwd_half */
+static void rmsnorm_case(int rows, int dim, kernels_half_format fmt) {
+    const size_t n = (size_t)rows * dim;
+    const float eps = 1e-5f;
+    char what[128];
+    const int len = snprintf(what, sizeof what, "rmsnorm_fwd_half %s rows %d dim %d: ",
+                             fmt_name(fmt), rows, dim);
+    float *x = host_rand(n, -2, 2), *w = host_rand(dim, 0.5f, 1.5f);
+    float *out = host_nan(n), *rstd = host_nan(rows);
+    uint16_t *half = host_poison16(n);
+    C->rmsnorm_fwd_half(fmt, half, out, rstd, x, w, rows, dim, eps);
+
+    dbuf dx = db_input(x, n, 4, 0), dw = db_input(w, dim, 4, 0);
+    dbuf dout = db_poison(n, 4, 0), dhalf = db_poison(n, 2, 0), drstd = db_poison(rows, 4, 0);
+    G->rmsnorm_fwd_half(fmt, at(dhalf), at(dout), at(drstd), at(dx), at(dw), rows, dim, eps);
+    snprintf(what + len, sizeof what - len, "out vs cpu");
+    compare(G, what, at(dout), out, n, 1e-6);
+    snprintf(what + len, sizeof what - len, "rstd vs cpu");
+    compare(G, what, at(drstd), rstd, rows, 1e-6);
+    snprintf(what + len, sizeof what - len, "out_half vs cpu");
+    compare_half(G, what, at(dhalf), half, n, fmt);
+
+    /* (b) rmsnorm_fwd then to_half on the device. */
+    dbuf ref_out = db_poison(n, 4, 0), ref_rstd = db_poison(rows, 4, 0);
+    G->rmsnorm_fwd(at(ref_out), at(ref_rstd), at(dx), at(dw), rows, dim, eps);
+    snprintf(what + len, sizeof what - len, "fp32 reference");
+    float *want_out = db_get(what, ref_out), *want_rstd = db_get(what, ref_rstd);
+    uint16_t *want_half = device_rounding(what, at(ref_out), n, fmt);
+    snprintf(what + len, sizeof what - len, "out == rmsnorm_fwd");
+    compare_exact(G, what, at(dout), want_out, n * 4);
+    snprintf(what + len, sizeof what - len, "rstd == rmsnorm_fwd");
+    compare_exact(G, what, at(drstd), want_rstd, rows * 4);
+    snprintf(what + len, sizeof what - len, "out_half == to_half(rmsnorm_fwd)");
+    compare_exact(G, what, at(dhalf), want_half, n * 2);
+
+    /* (c) without the fp32 output. */
+    dbuf dhalf2 = db_poison(n, 2, 0), drstd2 = db_poison(rows, 4, 0);
+    G->rmsnorm_fwd_half(fmt, at(dhalf2), NULL, at(drstd2), at(dx), at(dw), rows, dim, eps);
+    snprintf(what + len, sizeof what - len, "out NULL: out_half");
+    compare_exact(G, what, at(dhalf2), want_half, n * 2);
+    snprintf(what + len, sizeof what - len, "out NULL: rstd");
+    compare_exact(G, what, at(drstd2), want_rstd, rows * 4);
+    snprintf(what + len, sizeof what - len, "margins");
+    db_check_margins(what, dout), db_check_margins(what, dhalf), db_check_margins(what, drstd);
+
+    dbuf dev[] = {dx, dw, dout, dhalf, drstd, ref_out, ref_rstd, dhalf2, drstd2};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) db_free(dev[i]);
+    void *host[] = {x, w, out, rstd, half, want_out, want_rstd, want_half};
+    for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
+}
+
+static void test_rmsnorm_fwd_half(void) {
+    seed(21);
+    const int shapes[][2] = {{1, 1}, {5, 7}, {3, 2049}, {16, 2048}, {70, 1000}, {2, 4097}};
+    for (int f = 0; f < 2; f++)
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+            rmsnorm_case(shapes[s][0], shapes[s][1], formats[f]);
+}
+
+/* ------------------------------------------------------------------ swiglu_fwd_half */
+/* in_off / out_off: where the input / output views start in their padded buffers. */
+static void swiglu_fwd_case(size_t n, kernels_half_format fmt, size_t in_off, size_t out_off) {
+    char what[128];
+    const int len = snprintf(what, sizeof what, "swiglu_fwd_half %s n %zu offsets %zu/%zu: ",
+                             fmt_name(fmt), n, in_off, out_off);
+    float *gate = host_rand(n, -6, 6), *up = host_rand(n, -2, 2), *out = host_nan(n);
+    uint16_t *half = host_poison16(n), *gate_half = host_poison16(n), *up_half = host_poison16(n);
+    C->swiglu_fwd_half(fmt, half, out, gate_half, up_half, gate, up, n);
+
+    dbuf dgate = db_input(gate, n, 4, in_off), dup = db_input(up, n, 4, in_off);
+    dbuf dout = db_poison(n, 4, out_off), dhalf = db_poison(n, 2, out_off);
+    dbuf dgh = db_poison(n, 2, out_off), duh = db_poison(n, 2, out_off);
+    G->swiglu_fwd_half(fmt, at(dhalf), at(dout), at(dgh), at(duh), at(dgate), at(dup), n);
+    snprintf(what + len, sizeof what - len, "gate_half == cpu");
+    compare_exact(G, what, at(dgh), gate_half, n * 2);
+    snprintf(what + len, sizeof what - len, "up_half == cpu");
+    compare_exact(G, what, at(duh), up_half, n * 2);
+    snprintf(what + len, sizeof what - len, "out vs cpu");
+    compare(G, what, at(dout), out, n, 1e-6);
+    snprintf(what + len, sizeof what - len, "out_half vs cpu");
+    compare_half(G, what, at(dhalf), half, n, fmt);
+
+    /* (b) swiglu_fwd on from_half(to_half(gate)), from_half(to_half(up)), then to_half. */
+    dbuf gh = db_poison(n, 2, 0), uh = db_poison(n, 2, 0), gw = db_poison(n, 4, 0);
+    dbuf uw = db_poison(n, 4, 0), y = db_poison(n, 4, 0);
+    G->to_half(at(gh), at(dgate), n, fmt);
+    G->to_half(at(uh), at(dup), n, fmt);
+    G->from_half(at(gw), at(gh), n, fmt);
+    G->from_half(at(uw), at(uh), n, fmt);
+    G->swiglu_fwd(at(y), at(gw), at(uw), n);
+    snprintf(what + len, sizeof what - len, "fp32 reference");
+    float *want_out = db_get(what, y);
+    uint16_t *want_half = device_rounding(what, at(y), n, fmt);
+    uint16_t *want_gh = db_get(what, gh), *want_uh = db_get(what, uh);
+    snprintf(what + len, sizeof what - len, "out == swiglu_fwd(widened)");
+    compare_exact(G, what, at(dout), want_out, n * 4);
+    snprintf(what + len, sizeof what - len, "out_half == to_half(swiglu_fwd(widened))");
+    compare_exact(G, what, at(dhalf), want_half, n * 2);
+    snprintf(what + len, sizeof what - len, "gate_half == to_half(gate)");
+    compare_exact(G, what, at(dgh), want_gh, n * 2);
+    snprintf(what + len, sizeof what - len, "up_half == to_half(up)");
+    compare_exact(G, what, at(duh), want_uh, n * 2);
+
+    /* (c) without the fp32 output. */
+    dbuf dhalf2 = db_poison(n, 2, out_off), dgh2 = db_poison(n, 2, out_off);
+    dbuf duh2 = db_poison(n, 2, out_off);
+    G->swiglu_fwd_half(fmt, at(dhalf2), NULL, at(dgh2), at(duh2), at(dgate), at(dup), n);
+    snprintf(what + len, sizeof what - len, "out NULL: out_half");
+    compare_exact(G, what, at(dhalf2), want_half, n * 2);
+    snprintf(what + len, sizeof what - len, "out NULL: gate_half");
+    compare_exact(G, what, at(dgh2), want_gh, n * 2);
+    snprintf(what + len, sizeof what - len, "out NULL: up_half");
+    compare_exact(G, what, at(duh2), want_uh, n * 2);
+    snprintf(what + len, sizeof what - len, "margins");
+    dbuf written[] = {dout, dhalf, dgh, duh, dhalf2, dgh2, duh2};
+    for (size_t i = 0; i < sizeof written / sizeof written[0]; i++)
+        db_check_margins(what, written[i]);
+
+    dbuf dev[] = {dgate, dup, dout, dhalf, dgh, duh, gh, uh, gw, uw, y, dhalf2, dgh2, duh2};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) db_free(dev[i]);
+    void *host[] = {gate, up, out, half, gate_half, up_half, want_out, want_half, want_gh, want_uh};
+    for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
+}
+
+/* ------------------------------------------------------------------ swiglu_bwd_half */
+/* 1 + g (1 - sigmoid(g)) in dgate crosses zero at g = -1.27846: near there fp32 cancellation
+ * leaves CPU and GPU (different expf, FMA) more than a 16-bit ulp apart, so the cases
+ * compared with the CPU keep gate out of [-1.29, -1.27]; near_root draws gate only there and
+ * checks (b) alone, the bits against the device's own swiglu_bwd. */
+static void swiglu_bwd_case(size_t n, kernels_half_format fmt, size_t in_off, size_t out_off,
+                            bool near_root) {
+    char what[128];
+    const int len = snprintf(what, sizeof what, "swiglu_bwd_half %s n %zu offsets %zu/%zu%s: ",
+                             fmt_name(fmt), n, in_off, out_off, near_root ? " near root" : "");
+    float *gate = near_root ? host_rand(n, -1.29f, -1.27f) : host_rand(n, -6, 6);
+    float *up = host_rand(n, -2, 2), *dy = host_rand(n, -1, 1);
+    for (size_t i = 0; i < n && !near_root; i++)
+        if (gate[i] > -1.29f && gate[i] < -1.27f) gate[i] += 0.05f;
+    uint16_t *gate_half = host_poison16(n), *up_half = host_poison16(n);
+    C->to_half(gate_half, gate, n, fmt);
+    C->to_half(up_half, up, n, fmt);
+    uint16_t *dgate = host_poison16(n), *dup = host_poison16(n);
+    C->swiglu_bwd_half(fmt, dgate, dup, dy, gate_half, up_half, n);
+
+    dbuf dgh = db_input(gate_half, n, 2, in_off), duh = db_input(up_half, n, 2, in_off);
+    dbuf ddy = db_input(dy, n, 4, in_off);
+    dbuf ddg = db_poison(n, 2, out_off), ddu = db_poison(n, 2, out_off);
+    G->swiglu_bwd_half(fmt, at(ddg), at(ddu), at(ddy), at(dgh), at(duh), n);
+    if (!near_root) {
+        snprintf(what + len, sizeof what - len, "dgate_half vs cpu");
+        compare_half(G, what, at(ddg), dgate, n, fmt);
+    }
+    snprintf(what + len, sizeof what - len, "dup_half vs cpu");
+    compare_half(G, what, at(ddu), dup, n, fmt);
+
+    /* (b) swiglu_bwd on the widened inputs, then to_half. */
+    dbuf gw = db_poison(n, 4, 0), uw = db_poison(n, 4, 0);
+    dbuf dg = db_poison(n, 4, 0), du = db_poison(n, 4, 0);
+    G->from_half(at(gw), at(dgh), n, fmt);
+    G->from_half(at(uw), at(duh), n, fmt);
+    G->swiglu_bwd(at(dg), at(du), at(ddy), at(gw), at(uw), n);
+    snprintf(what + len, sizeof what - len, "fp32 reference");
+    uint16_t *want_dg = device_rounding(what, at(dg), n, fmt);
+    uint16_t *want_du = device_rounding(what, at(du), n, fmt);
+    snprintf(what + len, sizeof what - len, "dgate_half == to_half(swiglu_bwd(widened))");
+    compare_exact(G, what, at(ddg), want_dg, n * 2);
+    snprintf(what + len, sizeof what - len, "dup_half == to_half(swiglu_bwd(widened))");
+    compare_exact(G, what, at(ddu), want_du, n * 2);
+    snprintf(what + len, sizeof what - len, "margins");
+    db_check_margins(what, ddg), db_check_margins(what, ddu);
+
+    dbuf dev[] = {dgh, duh, ddy, ddg, ddu, gw, uw, dg, du};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) db_free(dev[i]);
+    void *host[] = {gate, up, dy, gate_half, up_half, dgate, dup, want_dg, want_du};
+    for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
+}
+
+static void test_swiglu_half(void) {
+    seed(22);
+    const size_t sizes[] = {1, 3, 5, 999, 1001, 4099, 65537};
+    for (int f = 0; f < 2; f++) {
+        for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+            swiglu_fwd_case(sizes[s], formats[f], 0, 0);
+            swiglu_bwd_case(sizes[s], formats[f], 0, 0, false);
+        }
+        /* Views off a 16-byte boundary: together (a scalar head, then aligned groups) and by
+         * different amounts (all scalar). */
+        const size_t offsets[][2] = {{1, 1}, {3, 3}, {1, 2}, {0, 3}};
+        for (int o = 0; o < 4; o++) {
+            swiglu_fwd_case(1001, formats[f], offsets[o][0], offsets[o][1]);
+            swiglu_bwd_case(1001, formats[f], offsets[o][0], offsets[o][1], false);
+        }
+        swiglu_bwd_case(4099, formats[f], 0, 0, true);
+    }
+}
+
+/* ------------------------------------------------------------------ cross_entropy_half */
+static void cross_entropy_case(int rows, int vocab, kernels_half_format fmt, float grad_scale,
+                               float spread) {
+    const size_t n = (size_t)rows * vocab;
+    char what[160];
+    const int len = snprintf(what, sizeof what, "cross_entropy_half %s rows %d vocab %d scale %g: ",
+                             fmt_name(fmt), rows, vocab, grad_scale);
+    int32_t *targets = malloc(rows * sizeof(int32_t));
+    for (int r = 0; r < rows; r++) targets[r] = (int32_t)(next_u64() % (uint64_t)vocab);
+    if (rows > 2) targets[2] = -100; /* ignored rows */
+    if (rows > 4) targets[rows - 1] = -1;
+    float *logits = host_rand(n, -spread, spread), *loss = host_nan(rows);
+    uint16_t *grad = host_poison16(n);
+    C->cross_entropy_half(fmt, grad, logits, loss, targets, rows, vocab, grad_scale);
+
+    dbuf dt = db_input(targets, rows, 4, 0), dl = db_input(logits, n, 4, 0);
+    dbuf dloss = db_poison(rows, 4, 0), dgrad = db_poison(n, 2, 0);
+    G->cross_entropy_half(fmt, at(dgrad), at(dl), at(dloss), at(dt), rows, vocab, grad_scale);
+    snprintf(what + len, sizeof what - len, "loss vs cpu");
+    compare(G, what, at(dloss), loss, rows, 1e-5);
+    snprintf(what + len, sizeof what - len, "logits unchanged");
+    compare_exact(G, what, at(dl), logits, n * 4);
+    if (grad_scale != 0.0f) {
+        snprintf(what + len, sizeof what - len, "gradient vs cpu");
+        compare_half(G, what, at(dgrad), grad, n, fmt);
+    } else { /* no gradient: the 16-bit buffer is not written (the CPU's grad is the poison) */
+        snprintf(what + len, sizeof what - len, "no gradient: buffer untouched");
+        compare_exact(G, what, at(dgrad), grad, n * 2);
+    }
+
+    /* (b) cross_entropy in place on a copy, then to_half. */
+    dbuf copy = db_input(logits, n, 4, 0), copy_loss = db_poison(rows, 4, 0);
+    G->cross_entropy(at(copy), at(copy_loss), at(dt), rows, vocab, grad_scale);
+    snprintf(what + len, sizeof what - len, "fp32 reference");
+    float *want_loss = db_get(what, copy_loss);
+    snprintf(what + len, sizeof what - len, "loss == cross_entropy");
+    compare_exact(G, what, at(dloss), want_loss, rows * 4);
+    if (grad_scale != 0.0f) {
+        uint16_t *want = device_rounding(what, at(copy), n, fmt);
+        snprintf(what + len, sizeof what - len, "gradient == to_half(cross_entropy)");
+        compare_exact(G, what, at(dgrad), want, n * 2);
+        free(want);
+    }
+    snprintf(what + len, sizeof what - len, "margins");
+    db_check_margins(what, dloss), db_check_margins(what, dgrad);
+
+    dbuf dev[] = {dt, dl, dloss, dgrad, copy, copy_loss};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) db_free(dev[i]);
+    free(targets), free(logits), free(loss), free(grad), free(want_loss);
+}
+
+static void test_cross_entropy_half(void) {
+    seed(23);
+    /* Logits within +-8 keep every probability away from 1, where p - 1 at the target
+     * cancels (fp32 noise larger than a 16-bit ulp between CPU and GPU). */
+    const int shapes[][2] = {{1, 1}, {3, 7}, {33, 128}, {5, 1001}, {7, 5003}, {4, 32000}};
+    for (int f = 0; f < 2; f++)
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+            const int rows = shapes[s][0], vocab = shapes[s][1];
+            const float spread = vocab < 10 ? 3.0f : 8.0f;
+            cross_entropy_case(rows, vocab, formats[f], 1.0f / 37.0f, spread);
+            cross_entropy_case(rows, vocab, formats[f], 0.0f, spread);
+        }
+    /* A loss scale that overflows fp16 (to +-inf, what the scaler detects) and not bf16. */
+    cross_entropy_case(6, 1001, KERNELS_FP16, 65536.0f * 256.0f, 4.0f);
+    cross_entropy_case(6, 1001, KERNELS_BF16, 65536.0f * 256.0f, 4.0f);
+}
+
+/* An unknown format is recorded, naming the op, and nothing runs. */
+static void test_fused_errors(void) {
+    dbuf h = db_poison(4, 2, 0), x = db_poison(4, 4, 0);
+    G->swiglu_bwd_half((kernels_half_format)7, at(h), at(h), at(x), at(h), at(h), 4);
+    ct_error err = {{0}};
+    CHECK(kernels_cuda_status(&err) == -1);
+    CHECK_CONTAINS(err.msg, "swiglu_bwd_half");
+    CHECK_CONTAINS(err.msg, "format 7");
+    db_free(h), db_free(x);
+}
+
+int main(void) {
+    if (!open_backends(&C, &G)) return 77;
+    const kernels *both[2] = {C, G};
+    for (int b = 0; b < 2; b++)
+        CHECK_MSG(both[b]->rmsnorm_fwd_half && both[b]->swiglu_fwd_half &&
+                      both[b]->swiglu_bwd_half && both[b]->cross_entropy_half,
+                  "the %s backend lacks one of the 16-bit producers", both[b]->name);
+    if (check_failed_count) return check_summary("test_kernels_cuda_fused");
+    test_rmsnorm_fwd_half();
+    test_swiglu_half();
+    test_cross_entropy_half();
+    test_fused_errors();
+    check_status("end of tests");
+    return check_summary("test_kernels_cuda_fused");
+}
