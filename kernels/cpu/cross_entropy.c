@@ -14,6 +14,26 @@
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/half_round.h"
 
+static float row_max(const float *z, int vocab) {
+    float zmax = -INFINITY;
+#pragma omp simd reduction(max : zmax)
+    for (int i = 0; i < vocab; i++) zmax = z[i] > zmax ? z[i] : zmax;
+    return zmax;
+}
+
+static double row_exp_sum(const float *z, int vocab, float zmax) {
+    double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+    for (int i = 0; i < vocab; i++) sum += cpu_expf(z[i] - zmax);
+    return sum;
+}
+
+/* Kept relative to the max: z - zmax is exact for the large entries, whereas z - lse rounded
+ * at |z| ~ 1000 would lose 6e-5 of every probability. z_target: read before any store. */
+static float row_loss(float zmax, float z_target, double sum) {
+    return (float)(((double)zmax - z_target) + log(sum));
+}
+
 void cpu_cross_entropy(float *logits, float *loss, const int32_t *targets, int n_rows, int vocab,
                        float grad_scale) {
 #pragma omp parallel for if ((size_t)n_rows * vocab >= CPU_PARALLEL_MIN) schedule(static)
@@ -25,15 +45,12 @@ void cpu_cross_entropy(float *logits, float *loss, const int32_t *targets, int n
             if (grad_scale != 0.0f) memset(z, 0, (size_t)vocab * sizeof(float));
             continue;
         }
-        float zmax = -INFINITY;
-#pragma omp simd reduction(max : zmax)
-        for (int i = 0; i < vocab; i++) zmax = z[i] > zmax ? z[i] : zmax;
+        const float zmax = row_max(z, vocab);
         const float z_target = target < vocab ? z[target] : NAN;
         double sum = 0.0;
         if (grad_scale == 0.0f) {
-#pragma omp simd reduction(+ : sum)
-            for (int i = 0; i < vocab; i++) sum += cpu_expf(z[i] - zmax);
-        } else {
+            sum = row_exp_sum(z, vocab, zmax);
+        } else { /* one pass: each exponential stored for the scaling below */
 #pragma omp simd reduction(+ : sum)
             for (int i = 0; i < vocab; i++) {
                 float e = cpu_expf(z[i] - zmax);
@@ -41,9 +58,7 @@ void cpu_cross_entropy(float *logits, float *loss, const int32_t *targets, int n
                 sum += e;
             }
         }
-        /* Kept relative to the max: z - zmax is exact for the large entries, whereas
-         * z - lse rounded at |z| ~ 1000 would lose 6e-5 of every probability. */
-        loss[r] = (float)(((double)zmax - z_target) + log(sum));
+        loss[r] = row_loss(zmax, z_target, sum);
         if (grad_scale == 0.0f) continue;
         const float scale_over_sum = (float)(grad_scale / sum);
 #pragma omp simd
@@ -70,14 +85,9 @@ void cpu_cross_entropy_half(kernels_half_format fmt, uint16_t *dlogits_half, con
             if (grad_scale != 0.0f) memset(dz, 0, (size_t)vocab * sizeof(uint16_t));
             continue;
         }
-        float zmax = -INFINITY;
-#pragma omp simd reduction(max : zmax)
-        for (int i = 0; i < vocab; i++) zmax = z[i] > zmax ? z[i] : zmax;
-        const float z_target = target < vocab ? z[target] : NAN;
-        double sum = 0.0;
-#pragma omp simd reduction(+ : sum)
-        for (int i = 0; i < vocab; i++) sum += cpu_expf(z[i] - zmax);
-        loss[r] = (float)(((double)zmax - z_target) + log(sum));
+        const float zmax = row_max(z, vocab);
+        const double sum = row_exp_sum(z, vocab, zmax);
+        loss[r] = row_loss(zmax, target < vocab ? z[target] : NAN, sum);
         if (grad_scale == 0.0f) continue;
         const float scale_over_sum = (float)(grad_scale / sum);
         float block[CE_HALF_BLOCK]; /* vectorisable exp, then the rounding */
