@@ -47,6 +47,7 @@
 
 #include "kernels/cuda/attention_mma.cuh"
 #include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/half_bits.cuh"
 
 using namespace nvcuda;
 
@@ -547,15 +548,6 @@ static void fallback_bwd(kernels_half_format fmt, float *dq, float *dk, float *d
 
 // ------------------------------------------------------------------ launchers
 
-static bool known_half_format(kernels_half_format fmt, const char *op) {
-    if (fmt == KERNELS_BF16 || fmt == KERNELS_FP16) return true;
-    char message[96];
-    snprintf(message, sizeof message,
-             "unknown 16-bit format %d (expected KERNELS_BF16 or KERNELS_FP16)", (int)fmt);
-    ctune_cuda_record(__FILE__, __LINE__, op, message);
-    return false;
-}
-
 // Fills sh for the tensor-core kernel `kernel`: false for the shapes it does not take (the
 // caller falls back). The tile is the largest of 64 and 32 whose layout (bytes_of) fits in
 // what the kernel may use on this device (opted in here, once per device).
@@ -634,7 +626,7 @@ extern "C" void cuda_attention_fwd_half(kernels_half_format fmt, float *out, flo
                                         const float *q, const float *k, const float *v,
                                         const int32_t *doc_ids, int batch, int seq, int n_heads,
                                         int n_kv_heads, int head_dim, float scale) {
-    if (!known_half_format(fmt, "attention_fwd_half")) return;
+    if (!cuda_known_half_format(fmt, "attention_fwd_half", __FILE__, __LINE__)) return;
     if (attention_mma_fwd(fmt, out, lse, q, k, v, doc_ids, batch, seq, n_heads, n_kv_heads, head_dim, scale))
         return;
     ah_shape sh;
@@ -659,7 +651,7 @@ extern "C" void cuda_attention_bwd_half(kernels_half_format fmt, float *dq, floa
                                         const float *v, const float *out, const float *lse,
                                         const int32_t *doc_ids, int batch, int seq, int n_heads,
                                         int n_kv_heads, int head_dim, float scale) {
-    if (!known_half_format(fmt, "attention_bwd_half")) return;
+    if (!cuda_known_half_format(fmt, "attention_bwd_half", __FILE__, __LINE__)) return;
     ah_shape dq_sh, dkv_sh;
     size_t dq_smem = 0, dkv_smem = 0;
     const bool bf16 = fmt == KERNELS_BF16;

@@ -41,6 +41,11 @@ static inline unsigned int cuda_grid_for(size_t n) {
     return (unsigned int)blocks;
 }
 
+// Element i of [0, n) for every thread of such a grid, i ascending by the grid's size.
+#define GRID_STRIDE_LOOP(i, n)                                                    \
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n);     \
+         i += (size_t)gridDim.x * blockDim.x)
+
 // Sum over a block of blockDim.x threads (a power of two, at most 1024) in a fixed tree
 // order; every thread gets the result. scratch holds blockDim.x values.
 template <typename T>

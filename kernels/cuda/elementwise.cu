@@ -7,10 +7,6 @@
 
 #include "kernels/cuda/cuda_common.cuh"
 
-#define GRID_STRIDE_LOOP(i, n)                                                    \
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n);     \
-         i += (size_t)gridDim.x * blockDim.x)
-
 __global__ void add_kernel(float *out, const float *a, const float *b, size_t n) {
     GRID_STRIDE_LOOP(i, n) out[i] = a[i] + b[i];
 }

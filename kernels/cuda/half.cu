@@ -40,10 +40,6 @@
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/half_bits.cuh"
 
-#define GRID_STRIDE_LOOP(i, n)                                                    \
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n);     \
-         i += (size_t)gridDim.x * blockDim.x)
-
 // ------------------------------------------------------------------ casts
 
 // Vectorised (cuda_common.cuh: cuda_vec4_plan): a float4 in and four 16-bit values out as
