@@ -41,6 +41,7 @@ static const kernels cuda_backend = {
     .cross_entropy = cuda_cross_entropy,
     .to_half = cuda_to_half,
     .from_half = cuda_from_half,
+    .to_half_2d = cuda_to_half_2d,
     .gemm_half = cuda_gemm_half,
     .rmsnorm_fwd_half = cuda_rmsnorm_fwd_half,
     .swiglu_fwd_half = cuda_swiglu_fwd_half,

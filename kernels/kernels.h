@@ -139,6 +139,13 @@ typedef struct kernels {
      * between backends). from_half is exact. out and x never alias. */
     void (*to_half)(uint16_t *out, const float *x, size_t n, kernels_half_format fmt);
     void (*from_half)(float *out, const uint16_t *x, size_t n, kernels_half_format fmt);
+    /* to_half on a [rows, cols] block with row strides ld_out and ld_x (>= cols), each value
+     * first multiplied by scale in fp32 (scale 1 changes no bit):
+     * out[i*ld_out + j] = to_half(scale * x[i*ld_x + j]); out's other elements are untouched.
+     * Places a GEMM operand beside another inside one 16-bit matrix (a LoRA adapter's u next
+     * to its Linear's input, A and scaling * B beside the base weight: model_graph.c). */
+    void (*to_half_2d)(kernels_half_format fmt, uint16_t *out, int ld_out, const float *x, int ld_x,
+                       int rows, int cols, float scale);
     /* gemm (same layout, transposes, leading dimensions and beta == 0 rule) with A and B in
      * 16-bit format fmt and C in fp32. A product of two 16-bit values is exact in fp32 and the
      * sums are fp32 (tensor cores on a GPU), so backends differ only in summation order. */
@@ -149,9 +156,10 @@ typedef struct kernels {
     /* ---- producers of 16-bit GEMM operands (mixed precision) ----
      * Each writes in one pass what its fp32 op followed by to_half would write, so a tensor
      * read only as a GEMM operand never round-trips through fp32 memory.
-     * rmsnorm_fwd_half: rmsnorm_fwd's rstd and out_half = to_half(out); out (the fp32
-     * values) is written too unless NULL. */
-    void (*rmsnorm_fwd_half)(kernels_half_format fmt, uint16_t *out_half, float *out, float *rstd,
+     * rmsnorm_fwd_half: rmsnorm_fwd's rstd and out_half = to_half(out), out_half's rows
+     * ld_half (>= dim) apart (the columns between are untouched); out (the fp32 values,
+     * contiguous) is written too unless NULL. */
+    void (*rmsnorm_fwd_half)(kernels_half_format fmt, uint16_t *out_half, int ld_half, float *out, float *rstd,
                              const float *x, const float *weight, int n_rows, int dim, float eps);
     /* SwiGLU on 16-bit inputs, as under torch.autocast, where gate and up are the bf16/fp16
      * outputs of their projections: gate_half = to_half(gate), up_half = to_half(up) (kept

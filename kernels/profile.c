@@ -182,15 +182,22 @@ static void p_to_half(uint16_t *out, const float *x, size_t n, kernels_half_form
 static void p_from_half(float *out, const uint16_t *x, size_t n, kernels_half_format fmt) {
     TIMED(0, 6.0 * n, prof.inner->from_half(out, x, n, fmt), "from_half %s", fmt_name(fmt));
 }
+/* Only the block moves: 4 bytes read and 2 written per element, whatever the strides. */
+static void p_to_half_2d(kernels_half_format fmt, uint16_t *out, int ld_out, const float *x, int ld_x, int rows,
+                         int cols, float scale) {
+    TIMED(0, 6.0 * rows * cols, prof.inner->to_half_2d(fmt, out, ld_out, x, ld_x, rows, cols, scale),
+          "to_half_2d %s", fmt_name(fmt));
+}
 static void p_gemm_half(kernels_half_format fmt, bool ta, bool tb, int m, int n, int k, float alpha,
                         const uint16_t *a, int lda, const uint16_t *b, int ldb, float beta, float *c, int ldc) {
     TIMED(2.0 * m * n * k, 0, prof.inner->gemm_half(fmt, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc),
           "gemm_half %s %c%c m %d n %d k %d%s", fmt_name(fmt), tr(ta), tr(tb), m, n, k, beta != 0 ? " +C" : "");
 }
 /* Bytes moved by the producers of 16-bit operands: fp32 in, 16-bit (and optional fp32) out. */
-static void p_rmsnorm_fwd_half(kernels_half_format fmt, uint16_t *oh, float *out, float *rstd, const float *x,
-                               const float *w, int rows, int dim, float eps) {
-    TIMED(0, (out ? 10.0 : 6.0) * rows * dim, prof.inner->rmsnorm_fwd_half(fmt, oh, out, rstd, x, w, rows, dim, eps),
+static void p_rmsnorm_fwd_half(kernels_half_format fmt, uint16_t *oh, int ld_half, float *out, float *rstd,
+                               const float *x, const float *w, int rows, int dim, float eps) {
+    TIMED(0, (out ? 10.0 : 6.0) * rows * dim,
+          prof.inner->rmsnorm_fwd_half(fmt, oh, ld_half, out, rstd, x, w, rows, dim, eps),
           "rmsnorm_fwd_half %s%s", fmt_name(fmt), out ? " +fp32" : "");
 }
 static void p_swiglu_fwd_half(kernels_half_format fmt, uint16_t *oh, float *out, uint16_t *gh, uint16_t *uh,
@@ -274,6 +281,7 @@ int kernels_profile_start(const kernels *inner, const kernels **out, ct_error *e
         .cross_entropy = p_cross_entropy,
         .to_half = p_to_half,
         .from_half = p_from_half,
+        .to_half_2d = p_to_half_2d,
         .gemm_half = p_gemm_half,
         .rmsnorm_fwd_half = p_rmsnorm_fwd_half,
         .swiglu_fwd_half = p_swiglu_fwd_half,

@@ -99,14 +99,18 @@ static void shadow_to_half(uint16_t *out, const float *x, size_t n, kernels_half
 static void shadow_from_half(float *out, const uint16_t *x, size_t n, kernels_half_format fmt) {
     cpu_from_half(RF(out), RCH(x), n, fmt);
 }
+static void shadow_to_half_2d(kernels_half_format fmt, uint16_t *out, int ld_out, const float *x, int ld_x,
+                              int rows, int cols, float scale) {
+    cpu_to_half_2d(fmt, RH(out), ld_out, RCF(x), ld_x, rows, cols, scale);
+}
 static void shadow_gemm_half(kernels_half_format fmt, bool ta, bool tb, int m, int n, int k, float alpha,
                              const uint16_t *a, int lda, const uint16_t *b, int ldb, float beta, float *c,
                              int ldc) {
     cpu_gemm_half(fmt, ta, tb, m, n, k, alpha, RCH(a), lda, RCH(b), ldb, beta, RF(c), ldc);
 }
-static void shadow_rmsnorm_fwd_half(kernels_half_format fmt, uint16_t *out_half, float *out, float *rstd,
-                                    const float *x, const float *w, int rows, int dim, float eps) {
-    cpu_rmsnorm_fwd_half(fmt, RH(out_half), RF(out), RF(rstd), RCF(x), RCF(w), rows, dim, eps);
+static void shadow_rmsnorm_fwd_half(kernels_half_format fmt, uint16_t *out_half, int ld_half, float *out,
+                                    float *rstd, const float *x, const float *w, int rows, int dim, float eps) {
+    cpu_rmsnorm_fwd_half(fmt, RH(out_half), ld_half, RF(out), RF(rstd), RCF(x), RCF(w), rows, dim, eps);
 }
 static void shadow_swiglu_fwd_half(kernels_half_format fmt, uint16_t *out_half, float *out, uint16_t *gate_half,
                                    uint16_t *up_half, const float *gate, const float *up, size_t n) {
@@ -170,6 +174,7 @@ static const kernels shadow_backend = {
     .cross_entropy = shadow_cross_entropy,
     .to_half = shadow_to_half,
     .from_half = shadow_from_half,
+    .to_half_2d = shadow_to_half_2d,
     .gemm_half = shadow_gemm_half,
     .rmsnorm_fwd_half = shadow_rmsnorm_fwd_half,
     .swiglu_fwd_half = shadow_swiglu_fwd_half,

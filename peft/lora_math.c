@@ -73,6 +73,15 @@ static const float *adapter_input(const lora_apply *l, const float *x, const uin
     return x_scratch;
 }
 
+/* Row strides of the operands as a product reads them: the 16-bit copies of A and B (and
+ * of x, unless it is the contiguous dropout scratch) in mixed precision, else the fp32
+ * tensors' own. */
+static int lda_of(const lora_apply *l) { return l->half ? l->half->lda : l->in; }
+static int ldb_of(const lora_apply *l) { return l->half ? l->half->ldb : l->r; }
+static int ldx_of(const lora_apply *l, bool drop) { return l->half && !drop ? l->half->ldx : l->in; }
+/* The factor a product with B's copy takes: scaling, unless the copy already holds it. */
+static float b_alpha(const lora_apply *l) { return l->half && l->half->b_scaled ? 1.0f : l->scaling; }
+
 /* The 16-bit rounding of a [T, r] value (u or du) in mixed precision, else NULL. */
 static const uint16_t *rounded_r(const lora_apply *l, const float *x, int T) {
     if (!l->half) return NULL;
@@ -84,11 +93,13 @@ void lora_forward(const lora_apply *l, float *y, float *u, const float *x, const
                   int n_tokens, bool train, float *x_scratch) {
     const int T = n_tokens;
     const uint16_t *hxd;
-    const float *xd = adapter_input(l, x, hx, T, train && l->dropout > 0.0f, x_scratch, &hxd);
+    const bool drop = train && l->dropout > 0.0f;
+    const float *xd = adapter_input(l, x, hx, T, drop, x_scratch, &hxd);
     const uint16_t *ha = l->half ? l->half->a : NULL, *hb = l->half ? l->half->b : NULL;
-    adapter_gemm(l, false, true, T, l->r, l->in, 1.0f, xd, hxd, l->in, l->a, ha, l->in, 0.0f, u, l->r);
+    adapter_gemm(l, false, true, T, l->r, l->in, 1.0f, xd, hxd, ldx_of(l, drop), l->a, ha, lda_of(l), 0.0f, u,
+                 l->r);
     const uint16_t *hu = rounded_r(l, u, T);
-    adapter_gemm(l, false, true, T, l->out, l->r, l->scaling, u, hu, l->r, l->b, hb, l->r, 1.0f, y, l->out);
+    adapter_gemm(l, false, true, T, l->out, l->r, b_alpha(l), u, hu, l->r, l->b, hb, ldb_of(l), 1.0f, y, l->out);
 }
 
 void lora_backward(const lora_apply *l, float *dx, const float *dy, const uint16_t *hdy,
@@ -103,21 +114,50 @@ void lora_backward(const lora_apply *l, float *dx, const float *dy, const uint16
         adapter_gemm(l, true, false, l->out, l->r, T, l->scaling, dy, hdy, l->out, u, hu, l->r, 1.0f, l->db, l->r);
     }
     if (!l->da && !dx) return;
-    adapter_gemm(l, false, false, T, l->r, l->out, l->scaling, dy, hdy, l->out, l->b, hb, l->r, 0.0f, du, l->r);
+    adapter_gemm(l, false, false, T, l->r, l->out, b_alpha(l), dy, hdy, l->out, l->b, hb, ldb_of(l), 0.0f, du,
+                 l->r);
     const uint16_t *hdu = rounded_r(l, du, T);
     if (l->da) {
         const uint16_t *hxd;
         const float *xd = adapter_input(l, x, hx, T, drop, scratch1, &hxd);
-        adapter_gemm(l, true, false, l->r, l->in, T, 1.0f, du, hdu, l->r, xd, hxd, l->in, 1.0f, l->da, l->in);
+        adapter_gemm(l, true, false, l->r, l->in, T, 1.0f, du, hdu, l->r, xd, hxd, ldx_of(l, drop), 1.0f, l->da,
+                     l->in);
     }
     if (dx) {
         if (drop) {
             /* The mask's backward is the same mask (with the same 1/(1-p)) on the gradient. */
-            adapter_gemm(l, false, false, T, l->in, l->r, 1.0f, du, hdu, l->r, l->a, ha, l->in, 0.0f, scratch1, l->in);
+            adapter_gemm(l, false, false, T, l->in, l->r, 1.0f, du, hdu, l->r, l->a, ha, lda_of(l), 0.0f, scratch1,
+                         l->in);
             k->dropout(scratch2, scratch1, l->dropout, l->seed, l->offset, (size_t)T * l->in);
             k->axpy(dx, 1.0f, scratch2, (size_t)T * l->in);
         } else {
-            adapter_gemm(l, false, false, T, l->in, l->r, 1.0f, du, hdu, l->r, l->a, ha, l->in, 1.0f, dx, l->in);
+            adapter_gemm(l, false, false, T, l->in, l->r, 1.0f, du, hdu, l->r, l->a, ha, lda_of(l), 1.0f, dx, l->in);
         }
     }
+}
+
+void lora_fused_u(const lora_apply *l, float *u, const float *x, const uint16_t *hx, uint16_t *hu, int n_tokens,
+                  bool train, float *x_scratch) {
+    const lora_half *h = l->half;
+    const bool drop = train && l->dropout > 0.0f;
+    const uint16_t *hxd;
+    adapter_input(l, x, hx, n_tokens, drop, x_scratch, &hxd);
+    l->k->gemm_half(h->fmt, false, true, n_tokens, l->r, l->in, 1.0f, hxd, ldx_of(l, drop), h->a, h->lda, 0.0f, u,
+                    l->r);
+    l->k->to_half_2d(h->fmt, hu, h->ldx, u, l->r, n_tokens, l->r, 1.0f);
+}
+
+void lora_fused_backward(const lora_apply *l, uint16_t *hdy, int ldy, const uint16_t *hx, const float *u,
+                         int n_tokens, bool want_du, float *du) {
+    const lora_half *h = l->half;
+    const int T = n_tokens;
+    if (l->db) {
+        const uint16_t *hu = rounded_r(l, u, T);
+        l->k->gemm_half(h->fmt, true, false, l->out, l->r, T, l->scaling, hdy, ldy, hu, l->r, 1.0f, l->db, l->r);
+    }
+    if (!l->da && !want_du) return;
+    l->k->gemm_half(h->fmt, false, false, T, l->r, l->out, 1.0f, hdy, ldy, h->b, h->ldb, 0.0f, du, l->r);
+    uint16_t *hdu = hdy + l->out;
+    l->k->to_half_2d(h->fmt, hdu, ldy, du, l->r, T, l->r, 1.0f);
+    if (l->da) l->k->gemm_half(h->fmt, true, false, l->r, l->in, T, 1.0f, hdu, ldy, hx, h->ldx, 1.0f, l->da, l->in);
 }

@@ -18,8 +18,10 @@
  * Mixed precision (half != NULL): every product above takes 16-bit operands (gemm_half, fp32
  * sums, fp32 results), as peft's adapters run under torch.autocast: dropout(x), A, B, u, dy
  * and du are rounded to the format where they enter a product (A and B through their 16-bit
- * copies, which AdamW keeps; x and dy through the base Linear's rounded copies when there is
- * no dropout). The adapters' master weights, gradients and u stay fp32.
+ * copies, which AdamW keeps or, fused, which sit inside the base weight's copy; x and dy
+ * through the base Linear's rounded copies when there is no dropout). The adapters' master
+ * weights, gradients and u stay fp32. lora_fused_u / lora_fused_backward are the pieces left
+ * when the base GEMMs take the adapter in (train/model_internal.h).
  * Does not own: the adapter tensors (model.h arenas) or the activation buffers. */
 #ifndef CTUNE_LORA_MATH_H
 #define CTUNE_LORA_MATH_H
@@ -32,7 +34,10 @@
 /* The 16-bit side of an adapter in mixed precision. */
 typedef struct lora_half {
     kernels_half_format fmt;
-    const uint16_t *a, *b; /* A's and B's 16-bit copies */
+    const uint16_t *a, *b; /* A's and B's 16-bit copies, rows lda and ldb apart */
+    int lda, ldb;
+    bool b_scaled;         /* b holds scaling * B (the fused layout: train/model_internal.h) */
+    int ldx;               /* row stride of the 16-bit input hx the caller passes */
     uint16_t *in;          /* scratch [T, in] for dropout(x) rounded (NULL without dropout) */
     uint16_t *r;           /* scratch [T, r] for u or du rounded */
 } lora_half;
@@ -62,5 +67,20 @@ void lora_forward(const lora_apply *l, float *y, float *u, const float *x, const
 void lora_backward(const lora_apply *l, float *dx, const float *dy, const uint16_t *hdy,
                    const float *x, const uint16_t *hx, const float *u, int n_tokens, bool train,
                    float *du, float *scratch1, float *scratch2);
+
+/* The adapter inside its base Linear's GEMMs (train/model_internal.h; mixed precision,
+ * half->b_scaled). lora_fused_u: u [T,r] = dropout(x) A^T, as lora_forward computes it (from
+ * hx, rows half->ldx apart, without dropout), kept in fp32 for the backward, and its rounding
+ * written into hu (rows half->ldx apart: the columns of x's copy that the base GEMM reads
+ * after x). */
+void lora_fused_u(const lora_apply *l, float *u, const float *x, const uint16_t *hx, uint16_t *hu, int n_tokens,
+                  bool train, float *x_scratch);
+
+/* Without dropout, from dy's 16-bit copy hdy (rows ldy >= out + r apart): dB += scaling dy^T u (when
+ * trainable) and, when dA is trainable or want_du, du = dy (scaling B) rounded into hdy's
+ * columns out..out+r, then dA += du^T x from hx (rows half->ldx apart). du is fp32 scratch
+ * [T, r]. The caller's GEMM [dy | du] [W ; A] then adds du A into dx. */
+void lora_fused_backward(const lora_apply *l, uint16_t *hdy, int ldy, const uint16_t *hx, const float *u,
+                         int n_tokens, bool want_du, float *du);
 
 #endif

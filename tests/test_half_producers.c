@@ -1,9 +1,11 @@
 /* Tests of the producers of 16-bit GEMM operands on the CPU reference backend (kernels.h:
- * rmsnorm_fwd_half, swiglu_fwd_half, swiglu_bwd_half, cross_entropy_half). Each must write,
- * bit for bit, what the fp32 op (itself checked against torch and finite differences in
- * test_kernels_cpu.c) followed by to_half writes, in both formats, with the optional fp32
- * outputs present and absent, outputs poisoned first so an unwritten element fails. fp16's
- * overflow to inf (what loss scaling detects) must survive the fusion. */
+ * rmsnorm_fwd_half, swiglu_fwd_half, swiglu_bwd_half, cross_entropy_half, and the strided
+ * cast to_half_2d). Each must write, bit for bit, what the fp32 op (itself checked against
+ * torch and finite differences in test_kernels_cpu.c) followed by to_half writes, in both
+ * formats, with the optional fp32 outputs present and absent, outputs poisoned first so an
+ * unwritten element fails. fp16's overflow to inf (what loss scaling detects) must survive
+ * the fusion. Strided 16-bit outputs (rmsnorm_fwd_half's ld_half, to_half_2d's ld_out) must
+ * leave every element outside their block with its poison. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -11,6 +13,7 @@
 
 #include "kernels/kernels.h"
 #include "tests/check.h"
+#include "tests/half_bits.h"
 
 static const kernels *K;
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
@@ -67,7 +70,7 @@ static void test_rmsnorm(kernels_half_format fmt) {
     for (int with_out = 1; with_out >= 0; with_out--) {
         memset(got_h, 0xA5, n * sizeof *got_h);
         for (size_t i = 0; i < n; i++) out[i] = NAN;
-        K->rmsnorm_fwd_half(fmt, got_h, with_out ? out : NULL, rstd, x, w, rows, dim, 1e-5f);
+        K->rmsnorm_fwd_half(fmt, got_h, dim, with_out ? out : NULL, rstd, x, w, rows, dim, 1e-5f);
         snprintf(what, sizeof what, "rmsnorm_fwd_half %s%s: 16-bit", fmt_name(fmt), with_out ? " +fp32" : "");
         CHECK_SAME(what, got_h, ref_h, n);
         CHECK_SAME("rmsnorm_fwd_half rstd", rstd, ref_rstd, (size_t)rows);
@@ -76,7 +79,91 @@ static void test_rmsnorm(kernels_half_format fmt) {
     }
     if (fmt == KERNELS_FP16)
         CHECK_MSG(count_bits(got_h, n, 0x7FFF, 0x7C00) > 0, "fp16 rmsnorm: no overflow to inf exercised");
-    free(x), free(w), free(ref), free(ref_rstd), free(out), free(rstd), free(ref_h), free(got_h);
+
+    /* Rows ld_half apart (an odd gap, so rows start at every alignment): each row holds the
+     * contiguous call's bits, the gaps keep their poison. */
+    const int ld = dim + 13;
+    const size_t n_ld = (size_t)rows * ld;
+    uint16_t *got_ld = halves(n_ld);
+    for (int with_out = 1; with_out >= 0; with_out--) {
+        memset(got_ld, 0xA5, n_ld * sizeof *got_ld);
+        for (size_t i = 0; i < n; i++) out[i] = NAN, rstd[i % rows] = NAN;
+        K->rmsnorm_fwd_half(fmt, got_ld, ld, with_out ? out : NULL, rstd, x, w, rows, dim, 1e-5f);
+        for (int r = 0; r < rows; r++) {
+            snprintf(what, sizeof what, "rmsnorm_fwd_half %s ld_half %d%s: row %d", fmt_name(fmt), ld,
+                     with_out ? " +fp32" : "", r);
+            CHECK_SAME(what, got_ld + (size_t)r * ld, ref_h + (size_t)r * dim, (size_t)dim);
+            CHECK_MSG(count_bits(got_ld + (size_t)r * ld + dim, (size_t)(ld - dim), 0xFFFF, 0xA5A5) ==
+                          (size_t)(ld - dim), "%s: gap written", what);
+        }
+        CHECK_SAME("rmsnorm_fwd_half ld_half: rstd", rstd, ref_rstd, (size_t)rows);
+        if (with_out) CHECK_SAME("rmsnorm_fwd_half ld_half: fp32 out stays contiguous", out, ref, n);
+        else CHECK_MSG(isnan(out[0]) && isnan(out[n - 1]), "rmsnorm_fwd_half ld_half wrote out = NULL's buffer");
+    }
+    free(x), free(w), free(ref), free(ref_rstd), free(out), free(rstd), free(ref_h), free(got_h), free(got_ld);
+}
+
+/* to_half_2d on a [rows, cols] block of x (row stride ld_x) into a poisoned buffer at column
+ * col0 (row stride ld_out): inside the block, to_half of scale * x row by row; outside it,
+ * the poison. */
+static void to_half_2d_case(kernels_half_format fmt, int rows, int cols, int ld_x, int ld_out, int col0,
+                            float scale) {
+    const size_t nx = (size_t)(rows ? rows : 1) * ld_x, nout = (size_t)(rows ? rows : 1) * ld_out;
+    float *x = vec(nx, -3, 3);
+    /* Values at the edges of the formats: fp16 overflow (65520 -> inf, 65519 -> 65504, also
+     * after scale 2.5 for 3e4), fp16 subnormals, bf16 of an fp32 subnormal, infinities, a tie. */
+    const uint32_t special[] = {0x477FF000u, 0x477FEF00u, 0x46EA6000u, 0xC7C35000u, 0x33800001u,
+                                0x00123456u, 0x7F800000u, 0xFF800000u, 0x3F808000u, 0x80000000u};
+    const int n_special = (int)(sizeof special / sizeof special[0]);
+    for (int i = 0; i < n_special && i < rows * cols; i++)
+        x[(size_t)(i % rows) * ld_x + (size_t)(i / rows) % (size_t)cols] = float_of(special[i]);
+    float *kept = malloc(nx * sizeof(float));
+    memcpy(kept, x, nx * sizeof(float));
+    uint16_t *got = halves(nout), *row_ref = halves((size_t)cols);
+    float *scaled = vec((size_t)cols, 0, 1);
+    K->to_half_2d(fmt, got + col0, ld_out, x, ld_x, rows, cols, scale);
+    char what[128];
+    snprintf(what, sizeof what, "to_half_2d %s rows %d cols %d ld %d/%d col %d scale %g", fmt_name(fmt), rows,
+             cols, ld_x, ld_out, col0, scale);
+    for (int i = 0; i < rows; i++) {
+        const float *xr = x + (size_t)i * ld_x;
+        if (scale == 1.0f) {
+            K->to_half(row_ref, xr, (size_t)cols, fmt);
+        } else {
+            for (int j = 0; j < cols; j++) scaled[j] = scale * xr[j];
+            K->to_half(row_ref, scaled, (size_t)cols, fmt);
+        }
+        CHECK_SAME(what, got + (size_t)i * ld_out + col0, row_ref, (size_t)cols);
+    }
+    size_t untouched = 0;
+    for (size_t k = 0; k < nout; k++) {
+        const size_t i = k / (size_t)ld_out, j = k % (size_t)ld_out;
+        const bool inside = i < (size_t)rows && j >= (size_t)col0 && j < (size_t)col0 + (size_t)cols;
+        untouched += !inside && got[k] == 0xA5A5u;
+    }
+    const size_t outside = nout - (size_t)rows * cols;
+    CHECK_MSG(untouched == outside, "%s: %zu of %zu elements outside the block written", what, outside - untouched,
+              outside);
+    CHECK_MSG(memcmp(x, kept, nx * sizeof(float)) == 0, "%s: x changed", what);
+    if (fmt == KERNELS_FP16 && rows * cols >= 2 && scale == 1.0f)
+        CHECK_MSG(count_bits(got + col0, 1, 0x7FFF, 0x7C00) == 1, "%s: 65520 did not overflow to inf", what);
+    free(x), free(kept), free(got), free(row_ref), free(scaled);
+}
+
+static void test_to_half_2d(kernels_half_format fmt) {
+    to_half_2d_case(fmt, 7, 37, 37, 37, 0, 1.0f);   /* contiguous, equals to_half of it all */
+    to_half_2d_case(fmt, 7, 37, 41, 53, 5, 1.0f);   /* strided, beside other columns */
+    to_half_2d_case(fmt, 9, 16, 16, 2064, 2048, 1.0f); /* a LoRA rank beside a Linear's input */
+    to_half_2d_case(fmt, 7, 37, 41, 53, 5, 2.5f);   /* scaled: to_half of the fp32 products */
+    to_half_2d_case(fmt, 300, 120, 130, 131, 3, 2.5f); /* past CPU_PARALLEL_MIN: threads split rows */
+    to_half_2d_case(fmt, 0, 37, 41, 53, 5, 1.0f);   /* nothing to write */
+    to_half_2d_case(fmt, 7, 0, 41, 53, 5, 1.0f);
+    /* scale 1 is to_half itself, NaN included (same function on the CPU: same NaN bits). */
+    float x[3] = {NAN, -NAN, 1.0f};
+    uint16_t a[3], b[3];
+    K->to_half(a, x, 3, fmt);
+    K->to_half_2d(fmt, b, 3, x, 3, 1, 3, 1.0f);
+    CHECK_SAME("to_half_2d of NaN at scale 1", b, a, 3);
 }
 
 static void test_swiglu(kernels_half_format fmt) {
@@ -169,6 +256,32 @@ static void test_cross_entropy(kernels_half_format fmt) {
     free(logits);
 }
 
+/* Through the shadow backend's shifted pointers: the strided writes land where the CPU's do. */
+static void test_shadow_strided(void) {
+    const kernels *cpu = kernels_cpu(), *sh = kernels_shadow();
+    const int rows = 5, cols = 11, ld = 16, dim = 11;
+    float *x = vec((size_t)rows * ld, -3, 3), *w = vec((size_t)dim, -2, 2);
+    uint16_t *want = halves((size_t)rows * ld), *got = halves((size_t)rows * ld);
+    float rstd[5];
+    float *dx = sh->alloc((size_t)rows * ld * sizeof(float)), *dw = sh->alloc((size_t)dim * sizeof(float));
+    float *drstd = sh->alloc((size_t)rows * sizeof(float));
+    uint16_t *dh = sh->alloc((size_t)rows * ld * sizeof(uint16_t));
+    sh->upload(dx, x, (size_t)rows * ld * sizeof(float));
+    sh->upload(dw, w, (size_t)dim * sizeof(float));
+    sh->upload(dh, want, (size_t)rows * ld * sizeof(uint16_t));
+    cpu->to_half_2d(KERNELS_FP16, want + 2, ld, x, ld, rows, cols, 0.5f);
+    sh->to_half_2d(KERNELS_FP16, dh + 2, ld, dx, ld, rows, cols, 0.5f);
+    sh->download(got, dh, (size_t)rows * ld * sizeof(uint16_t));
+    CHECK_SAME("shadow to_half_2d", got, want, (size_t)rows * ld);
+    /* rmsnorm on the first dim columns of x's rows (contiguous x: rows of dim). */
+    cpu->rmsnorm_fwd_half(KERNELS_BF16, want + 1, ld, NULL, rstd, x, w, rows, dim, 1e-5f);
+    sh->rmsnorm_fwd_half(KERNELS_BF16, dh + 1, ld, NULL, drstd, dx, dw, rows, dim, 1e-5f);
+    sh->download(got, dh, (size_t)rows * ld * sizeof(uint16_t));
+    CHECK_SAME("shadow rmsnorm_fwd_half ld_half", got, want, (size_t)rows * ld);
+    sh->release(dx), sh->release(dw), sh->release(drstd), sh->release(dh);
+    free(x), free(w), free(want), free(got);
+}
+
 int main(void) {
     K = kernels_cpu();
     const kernels_half_format fmts[2] = {KERNELS_BF16, KERNELS_FP16};
@@ -176,9 +289,12 @@ int main(void) {
         test_rmsnorm(fmts[f]);
         test_swiglu(fmts[f]);
         test_cross_entropy(fmts[f]);
+        test_to_half_2d(fmts[f]);
     }
     /* The shadow backend routes every new entry to the same CPU code (a NULL slot crashes). */
     K = kernels_shadow();
-    CHECK(K->rmsnorm_fwd_half && K->swiglu_fwd_half && K->swiglu_bwd_half && K->cross_entropy_half);
+    CHECK(K->rmsnorm_fwd_half && K->swiglu_fwd_half && K->swiglu_bwd_half && K->cross_entropy_half &&
+          K->to_half_2d);
+    test_shadow_strided();
     return check_summary("test_half_producers");
 }

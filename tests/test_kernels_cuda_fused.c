@@ -1,7 +1,8 @@
 /* The CUDA backend's producers of 16-bit GEMM operands (kernels.h: rmsnorm_fwd_half,
- * swiglu_fwd_half, swiglu_bwd_half, cross_entropy_half), label gpu, exit 77 = skipped where
- * no GPU is usable. Every case runs in both formats with every output poisoned first (all
- * bytes 0xFF: a NaN in fp32, bf16 and fp16), and checks three things:
+ * swiglu_fwd_half, swiglu_bwd_half, cross_entropy_half, and the strided cast to_half_2d),
+ * label gpu, exit 77 = skipped where no GPU is usable. Every case runs in both formats with
+ * every output poisoned first (all bytes 0xFF: a NaN in fp32, bf16 and fp16), and checks
+ * three things:
  *  (a) against the CPU reference: fp32 outputs to the relative tolerance of
  *      test_kernels_cuda.c, 16-bit outputs within 1 ulp and at most 1% not identical
  *      (kernel_compare.h: compare_half), the roundings of inputs exactly;
@@ -12,7 +13,8 @@
  *      the logits as they were and, with grad_scale 0, the 16-bit buffer too.
  * Buffers are views into padded allocations: nothing may be written outside a view, and
  * views that start off a 16-byte boundary (together, or by different amounts) take the
- * kernels' scalar paths. */
+ * kernels' scalar paths. Strided 16-bit outputs (rmsnorm_fwd_half's ld_half, to_half_2d's
+ * ld_out) keep the poison between their rows; to_half_2d is the CPU's bits exactly. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -98,11 +100,11 @@ static void rmsnorm_case(int rows, int dim, kernels_half_format fmt) {
     float *x = host_rand(n, -2, 2), *w = host_rand(dim, 0.5f, 1.5f);
     float *out = host_nan(n), *rstd = host_nan(rows);
     uint16_t *half = host_poison16(n);
-    C->rmsnorm_fwd_half(fmt, half, out, rstd, x, w, rows, dim, eps);
+    C->rmsnorm_fwd_half(fmt, half, dim, out, rstd, x, w, rows, dim, eps);
 
     dbuf dx = db_input(x, n, 4, 0), dw = db_input(w, dim, 4, 0);
     dbuf dout = db_poison(n, 4, 0), dhalf = db_poison(n, 2, 0), drstd = db_poison(rows, 4, 0);
-    G->rmsnorm_fwd_half(fmt, at(dhalf), at(dout), at(drstd), at(dx), at(dw), rows, dim, eps);
+    G->rmsnorm_fwd_half(fmt, at(dhalf), dim, at(dout), at(drstd), at(dx), at(dw), rows, dim, eps);
     snprintf(what + len, sizeof what - len, "out vs cpu");
     compare(G, what, at(dout), out, n, 1e-6);
     snprintf(what + len, sizeof what - len, "rstd vs cpu");
@@ -125,7 +127,7 @@ static void rmsnorm_case(int rows, int dim, kernels_half_format fmt) {
 
     /* (c) without the fp32 output. */
     dbuf dhalf2 = db_poison(n, 2, 0), drstd2 = db_poison(rows, 4, 0);
-    G->rmsnorm_fwd_half(fmt, at(dhalf2), NULL, at(drstd2), at(dx), at(dw), rows, dim, eps);
+    G->rmsnorm_fwd_half(fmt, at(dhalf2), dim, NULL, at(drstd2), at(dx), at(dw), rows, dim, eps);
     snprintf(what + len, sizeof what - len, "out NULL: out_half");
     compare_exact(G, what, at(dhalf2), want_half, n * 2);
     snprintf(what + len, sizeof what - len, "out NULL: rstd");
@@ -139,12 +141,111 @@ static void rmsnorm_case(int rows, int dim, kernels_half_format fmt) {
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
 }
 
+/* 16-bit rows ld_half apart, the view starting off at element off: against the CPU (same
+ * tolerance as above), and bit for bit the device's contiguous call row by row, with the
+ * poison kept between rows. */
+static void rmsnorm_ld_case(int rows, int dim, int ld, size_t off, kernels_half_format fmt) {
+    const size_t n = (size_t)rows * dim, n_ld = (size_t)rows * ld;
+    const float eps = 1e-5f;
+    char what[128];
+    const int len = snprintf(what, sizeof what,
+                             "rmsnorm_fwd_half %s rows %d dim %d ld %d off %zu: ", fmt_name(fmt),
+                             rows, dim, ld, off);
+    float *x = host_rand(n, -2, 2), *w = host_rand(dim, 0.5f, 1.5f);
+    float *out = host_nan(n), *rstd = host_nan(rows);
+    uint16_t *half = host_poison16(n_ld);
+    C->rmsnorm_fwd_half(fmt, half, ld, out, rstd, x, w, rows, dim, eps);
+
+    dbuf dx = db_input(x, n, 4, 0), dw = db_input(w, dim, 4, 0);
+    dbuf dout = db_poison(n, 4, 0), dhalf = db_poison(n_ld, 2, off), drstd = db_poison(rows, 4, 0);
+    G->rmsnorm_fwd_half(fmt, at(dhalf), ld, at(dout), at(drstd), at(dx), at(dw), rows, dim, eps);
+    snprintf(what + len, sizeof what - len, "out vs cpu");
+    compare(G, what, at(dout), out, n, 1e-6);
+    snprintf(what + len, sizeof what - len, "rstd vs cpu");
+    compare(G, what, at(drstd), rstd, rows, 1e-6);
+    snprintf(what + len, sizeof what - len, "out_half vs cpu"); /* gaps: poison on both sides */
+    compare_half(G, what, at(dhalf), half, n_ld, fmt);
+
+    dbuf dense = db_poison(n, 2, 0), drstd2 = db_poison(rows, 4, 0);
+    G->rmsnorm_fwd_half(fmt, at(dense), dim, NULL, at(drstd2), at(dx), at(dw), rows, dim, eps);
+    snprintf(what + len, sizeof what - len, "contiguous call");
+    uint16_t *rows_half = db_get(what, dense), *want = host_poison16(n_ld);
+    for (int r = 0; r < rows; r++)
+        memcpy(want + (size_t)r * ld, rows_half + (size_t)r * dim, (size_t)dim * sizeof(uint16_t));
+    snprintf(what + len, sizeof what - len, "out_half == contiguous call's rows, gaps untouched");
+    compare_exact(G, what, at(dhalf), want, n_ld * 2);
+    snprintf(what + len, sizeof what - len, "margins");
+    db_check_margins(what, dhalf), db_check_margins(what, dout);
+
+    dbuf dev[] = {dx, dw, dout, dhalf, drstd, dense, drstd2};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) db_free(dev[i]);
+    void *host[] = {x, w, out, rstd, half, rows_half, want};
+    for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
+}
+
 static void test_rmsnorm_fwd_half(void) {
     seed(21);
     const int shapes[][2] = {{1, 1}, {5, 7}, {3, 2049}, {16, 2048}, {70, 1000}, {2, 4097}};
-    for (int f = 0; f < 2; f++)
+    for (int f = 0; f < 2; f++) {
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
             rmsnorm_case(shapes[s][0], shapes[s][1], formats[f]);
+        /* A LoRA rank's columns beside each row (aligned rows), an odd gap, an odd start. */
+        rmsnorm_ld_case(16, 2048, 2048 + 16, 0, formats[f]);
+        rmsnorm_ld_case(5, 1000, 1003, 0, formats[f]);
+        rmsnorm_ld_case(3, 2049, 2060, 1, formats[f]);
+    }
+}
+
+/* ------------------------------------------------------------------ to_half_2d */
+/* A [rows, cols] block of x (row stride ld_x, view from element x_off) into a 16-bit buffer
+ * (row stride ld_out, view from element out_off) at column col0: the CPU's bits exactly
+ * (finite values over fp16's range and past it, and infinities: no NaN, whose payload may
+ * differ), every other element of the view and its margins untouched. */
+static void to_half_2d_case(kernels_half_format fmt, int rows, int cols, int ld_x, int ld_out,
+                            int col0, size_t x_off, size_t out_off, float scale) {
+    const size_t nx = (size_t)rows * ld_x, nout = (size_t)rows * ld_out;
+    char what[160];
+    snprintf(what, sizeof what,
+             "to_half_2d %s rows %d cols %d ld %d/%d col %d offsets %zu/%zu scale %g",
+             fmt_name(fmt), rows, cols, ld_x, ld_out, col0, x_off, out_off, scale);
+    float *x = malloc((nx ? nx : 1) * sizeof(float));
+    for (size_t i = 0; i < nx; i++)
+        x[i] = float_of(((uint32_t)(next_u64() >> 32) & 0x807FFFFFu) |
+                        ((uint32_t)(95 + next_u64() % 55) << 23));
+    if (nx > 2) x[1] = INFINITY, x[2] = -INFINITY;
+    uint16_t *want = host_poison16(nout);
+    C->to_half_2d(fmt, want + col0, ld_out, x, ld_x, rows, cols, scale);
+
+    dbuf dx = db_input(x, nx, 4, x_off), dout = db_poison(nout, 2, out_off);
+    G->to_half_2d(fmt, (uint16_t *)at(dout) + col0, ld_out, at(dx), ld_x, rows, cols, scale);
+    compare_exact(G, what, at(dout), want, nout * 2);
+    db_check_margins(what, dout);
+    db_free(dx), db_free(dout);
+    free(x), free(want);
+}
+
+static void test_to_half_2d(void) {
+    seed(24);
+    for (int f = 0; f < 2; f++) {
+        const kernels_half_format fmt = formats[f];
+        for (int si = 0; si < 2; si++) {
+            const float scale = si ? 2.5f : 1.0f;
+            to_half_2d_case(fmt, 7, 37, 37, 37, 0, 0, 0, scale);      /* contiguous, odd cols */
+            to_half_2d_case(fmt, 7, 37, 41, 53, 5, 0, 0, scale);      /* strided, odd */
+            to_half_2d_case(fmt, 9, 37, 41, 53, 5, 3, 1, scale);      /* unaligned starts */
+            to_half_2d_case(fmt, 33, 16, 16, 2064, 2048, 0, 0, scale); /* groups of 4 */
+            to_half_2d_case(fmt, 33, 16, 16, 2064, 2048, 1, 0, scale); /* x off: scalar */
+            to_half_2d_case(fmt, 33, 16, 16, 2064, 2048, 0, 2, scale); /* out off: scalar */
+            to_half_2d_case(fmt, 33, 16, 20, 2066, 2048, 0, 0, scale); /* ld_out odd: scalar */
+            to_half_2d_case(fmt, 1000, 2048, 2048, 2048 + 16, 0, 0, 0, scale);
+            to_half_2d_case(fmt, 1, 1, 1, 1, 0, 0, 0, scale);
+            to_half_2d_case(fmt, 0, 5, 5, 8, 1, 0, 0, scale); /* nothing to write */
+            to_half_2d_case(fmt, 5, 0, 5, 8, 1, 0, 0, scale);
+        }
+    }
+    /* More rows than the capped grid covers (the row loop strides), and many narrow rows. */
+    to_half_2d_case(KERNELS_BF16, 100, 170001, 170001, 170003, 1, 0, 0, 1.0f);
+    to_half_2d_case(KERNELS_FP16, 70000, 3, 3, 5, 2, 0, 0, 2.5f);
 }
 
 /* ------------------------------------------------------------------ swiglu_fwd_half */
@@ -360,6 +461,10 @@ static void test_fused_errors(void) {
     CHECK(kernels_cuda_status(&err) == -1);
     CHECK_CONTAINS(err.msg, "swiglu_bwd_half");
     CHECK_CONTAINS(err.msg, "format 7");
+    G->to_half_2d((kernels_half_format)0, at(h), 2, at(x), 2, 2, 2, 1.0f);
+    ct_error err2 = {{0}};
+    CHECK(kernels_cuda_status(&err2) == -1);
+    CHECK_CONTAINS(err2.msg, "to_half_2d");
     db_free(h), db_free(x);
 }
 
@@ -368,12 +473,14 @@ int main(void) {
     const kernels *both[2] = {C, G};
     for (int b = 0; b < 2; b++)
         CHECK_MSG(both[b]->rmsnorm_fwd_half && both[b]->swiglu_fwd_half &&
-                      both[b]->swiglu_bwd_half && both[b]->cross_entropy_half,
+                      both[b]->swiglu_bwd_half && both[b]->cross_entropy_half &&
+                      both[b]->to_half_2d,
                   "the %s backend lacks one of the 16-bit producers", both[b]->name);
     if (check_failed_count) return check_summary("test_kernels_cuda_fused");
     test_rmsnorm_fwd_half();
     test_swiglu_half();
     test_cross_entropy_half();
+    test_to_half_2d();
     test_fused_errors();
     check_status("end of tests");
     return check_summary("test_kernels_cuda_fused");

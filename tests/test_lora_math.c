@@ -56,7 +56,7 @@ static void run_adapter(const kernels *k, const inputs *in, bool mixed, kernels_
     k->to_half(hb, in->b, OUT * R, fmt);
     k->to_half(hx, in->x, T * IN, fmt);
     k->to_half(hdy, in->dy, T * OUT, fmt);
-    lora_half half = {.fmt = fmt, .a = ha, .b = hb, .in = scratch_in, .r = scratch_r};
+    lora_half half = {.fmt = fmt, .a = ha, .b = hb, .lda = IN, .ldb = R, .ldx = IN, .in = scratch_in, .r = scratch_r};
     memset(out, 0, sizeof *out);
     lora_apply la = {.k = k, .a = in->a, .b = in->b, .da = out->da, .db = out->db, .in = IN, .out = OUT, .r = R,
                      .scaling = SCALING, .dropout = dropout, .seed = SEED, .offset = OFFSET,
@@ -178,6 +178,124 @@ static void test_mixed(const kernels *k, kernels_half_format fmt, float dropout)
               "%s dropout %g: mixed equals fp32", name, dropout);
 }
 
+/* The fused forms (train/model_internal.h): the adapter in slot 1 of a padded base weight
+ * [W 0 sB; A 0 0], its u written beside x (whose slot 0 holds another adapter's finite u),
+ * y = [x | u] [W | sB]^T and dx = [dy | du] [W ; A] as single GEMMs. Checked against double
+ * sums of the same 16-bit operands (each rounding made here), and dB against lora_backward
+ * bit for bit (the same product). */
+static void test_fused(const kernels *k, kernels_half_format fmt) {
+    enum { UCOL = IN + R, LDX = IN + 2 * R, LDW = UCOL + R, LDY = OUT + R };
+    static inputs in;
+    make_inputs(&in);
+    static float w[OUT * IN], sb[OUT * R], u[T * R], y[T * OUT], du[T * R], da[R * IN], db[OUT * R];
+    static float dx[T * IN], wide[T * LDX];
+    fill(w, OUT * IN, 8, 0.3f);
+    for (int i = 0; i < OUT * R; i++) sb[i] = SCALING * in.b[i];
+    static uint16_t hw[(OUT + R) * LDW], hx[T * LDX], hdy[T * LDY], scratch_r[T * R];
+    memset(hw, 0, sizeof hw);
+    k->to_half_2d(fmt, hw, LDW, w, IN, OUT, IN, 1.0f);
+    k->to_half_2d(fmt, hw + OUT * LDW, LDW, in.a, IN, R, IN, 1.0f);
+    k->to_half_2d(fmt, hw + UCOL, LDW, in.b, R, OUT, R, SCALING);
+    fill(wide, T * LDX, 9, 1.0f); /* slot 0: some other adapter's u */
+    k->to_half(hx, wide, T * LDX, fmt);
+    k->to_half_2d(fmt, hx, LDX, in.x, IN, T, IN, 1.0f);
+    k->to_half_2d(fmt, hdy, LDY, in.dy, OUT, T, OUT, 1.0f);
+    lora_half half = {.fmt = fmt, .a = hw + OUT * LDW, .b = hw + UCOL, .lda = LDW, .ldb = LDW, .b_scaled = true,
+                      .ldx = LDX, .r = scratch_r};
+    memset(da, 0, sizeof da);
+    memset(db, 0, sizeof db);
+    lora_apply la = {.k = k, .a = in.a, .b = in.b, .da = da, .db = db, .in = IN, .out = OUT, .r = R,
+                     .scaling = SCALING, .half = &half};
+    lora_fused_u(&la, u, in.x, hx, hx + UCOL, T, true, NULL);
+    k->gemm_half(fmt, false, true, T, OUT, UCOL + R, 1.0f, hx, LDX, hw, LDW, 0.0f, y, OUT);
+    lora_fused_backward(&la, hdy, LDY, hx, u, T, true, du);
+    memcpy(dx, in.dx0, sizeof dx);
+    k->gemm_half(fmt, false, false, T, IN, OUT + R, 1.0f, hdy, LDY, hw, LDW, 1.0f, dx, IN);
+
+    /* The 16-bit operands as the products must have read them, widened. */
+    static float xr[T * IN], ar[R * IN], sbr[OUT * R], wr[OUT * IN], dyr[T * OUT], ur[T * R], dur[T * R];
+    memcpy(xr, in.x, sizeof xr);
+    memcpy(ar, in.a, sizeof ar);
+    memcpy(sbr, sb, sizeof sbr);
+    memcpy(wr, w, sizeof wr);
+    memcpy(dyr, in.dy, sizeof dyr);
+    memcpy(ur, u, sizeof ur);
+    memcpy(dur, du, sizeof dur);
+    float *all[] = {xr, ar, sbr, wr, dyr, ur, dur};
+    const size_t sizes[] = {T * IN, R * IN, OUT * R, OUT * IN, T * OUT, T * R, T * R};
+    for (int i = 0; i < 7; i++) round_trip(k, all[i], sizes[i], fmt);
+    const char *name = fmt == KERNELS_BF16 ? "bf16" : "fp16";
+    /* u and its rounding beside x; slot 0 and x itself untouched */
+    uint16_t bits;
+    int bad = 0;
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < LDX; j++) {
+            float v = j < IN ? in.x[t * IN + j] : j < UCOL ? wide[t * LDX + j] : u[t * R + j - UCOL];
+            k->to_half(&bits, &v, 1, fmt);
+            bad += bits != hx[t * LDX + j];
+        }
+    CHECK_MSG(bad == 0, "%s fused: x's copy with u beside it: %d elements differ", name, bad);
+    static double ref_u[T * R], ref_y[T * OUT], ref_du[T * R], ref_da[R * IN], ref_db[OUT * R], ref_dx[T * IN];
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < R; j++) {
+            double acc = 0;
+            for (int i = 0; i < IN; i++) acc += (double)xr[t * IN + i] * ar[j * IN + i];
+            ref_u[t * R + j] = acc;
+        }
+    for (int t = 0; t < T; t++)
+        for (int o = 0; o < OUT; o++) {
+            double acc = 0;
+            for (int i = 0; i < IN; i++) acc += (double)xr[t * IN + i] * wr[o * IN + i];
+            for (int j = 0; j < R; j++) acc += (double)ur[t * R + j] * sbr[o * R + j];
+            ref_y[t * OUT + o] = acc;
+        }
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < R; j++) {
+            double acc = 0;
+            for (int o = 0; o < OUT; o++) acc += (double)dyr[t * OUT + o] * sbr[o * R + j];
+            ref_du[t * R + j] = acc;
+        }
+    for (int j = 0; j < R; j++)
+        for (int i = 0; i < IN; i++) {
+            double acc = 0;
+            for (int t = 0; t < T; t++) acc += (double)dur[t * R + j] * xr[t * IN + i];
+            ref_da[j * IN + i] = acc;
+        }
+    for (int o = 0; o < OUT; o++)
+        for (int j = 0; j < R; j++) {
+            double acc = 0;
+            for (int t = 0; t < T; t++) acc += (double)dyr[t * OUT + o] * ur[t * R + j];
+            ref_db[o * R + j] = SCALING * acc;
+        }
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < IN; i++) {
+            double acc = in.dx0[t * IN + i];
+            for (int o = 0; o < OUT; o++) acc += (double)dyr[t * OUT + o] * wr[o * IN + i];
+            for (int j = 0; j < R; j++) acc += (double)dur[t * R + j] * ar[j * IN + i];
+            ref_dx[t * IN + i] = acc;
+        }
+    CHECK_MSG(rel_diff(u, ref_u, T * R) < 1e-6, "%s fused: u", name);
+    CHECK_MSG(rel_diff(y, ref_y, T * OUT) < 1e-6, "%s fused: y = [x | u] [W | sB]^T", name);
+    CHECK_MSG(rel_diff(du, ref_du, T * R) < 1e-6, "%s fused: du = dy (sB)", name);
+    CHECK_MSG(rel_diff(da, ref_da, R * IN) < 1e-6, "%s fused: dA", name);
+    CHECK_MSG(rel_diff(db, ref_db, OUT * R) < 1e-6, "%s fused: dB", name);
+    CHECK_MSG(rel_diff(dx, ref_dx, T * IN) < 1e-6, "%s fused: dx = [dy | du] [W ; A]", name);
+    /* du beside dy: its rounding, dy's copy untouched */
+    bad = 0;
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < LDY; j++) {
+            float v = j < OUT ? in.dy[t * OUT + j] : du[t * R + j - OUT];
+            k->to_half(&bits, &v, 1, fmt);
+            bad += bits != hdy[t * LDY + j];
+        }
+    CHECK_MSG(bad == 0, "%s fused: dy's copy with du beside it: %d elements differ", name, bad);
+    /* dB is the unfused path's product exactly */
+    static outputs sep;
+    run_adapter(k, &in, true, fmt, 0.0f, &sep);
+    CHECK_MSG(memcmp(sep.db, db, sizeof db) == 0 && memcmp(sep.u, u, sizeof u) == 0, "%s fused: dB or u differ from "
+              "lora_forward / lora_backward", name);
+}
+
 int main(void) {
     const kernels *k = kernels_cpu();
     test_fp32(k);
@@ -185,6 +303,7 @@ int main(void) {
     for (int f = 0; f < 2; f++) {
         test_mixed(k, formats[f], 0.0f);
         test_mixed(k, formats[f], DROPOUT);
+        test_fused(k, formats[f]);
     }
     return check_summary("test_lora_math");
 }

@@ -72,19 +72,29 @@ typedef struct result {
     size_t numel;
 } result;
 
+/* How a run's adapters are set up: none (full fine-tuning); with dropout (mixed precision:
+ * inside the base GEMMs in the forward, their own products in the backward); without (inside
+ * both, train/model_internal.h); or either kept separate (model.lora_unfused). */
+typedef enum { FULL, LORA_DROPOUT, LORA_FUSED, LORA_UNFUSED, LORA_DROPOUT_UNFUSED } run_mode;
+static const char *const mode_names[] = {"full", "lora dropout", "lora fused", "lora unfused",
+                                         "lora dropout unfused"};
+
 /* A model of the given precision and weights: the loss and gradients of two micro-batches
  * (different dropout seeds) accumulated. */
-static result run(const kernels *k, bool lora, bool tied, model_precision precision, bool checkpointing,
+static result run(const kernels *k, run_mode mode, bool tied, model_precision precision, bool checkpointing,
                   uint64_t weight_seed, int head_dim) {
     model_config c;
     mixed_config(&c, tied, head_dim);
-    lora_settings ls = {.r = 4, .alpha = 8.0f, .dropout = 0.2f};
+    const bool lora = mode != FULL;
+    const bool dropout = mode == LORA_DROPOUT || mode == LORA_DROPOUT_UNFUSED;
+    lora_settings ls = {.r = 4, .alpha = 8.0f, .dropout = dropout ? 0.2f : 0.0f};
     const char *all[] = {"all-linear"};
     ct_error err = {{0}};
     CHECK(lora_parse_targets(&ls, all, 1, &err) == 0);
     model m;
     result r = {0, NULL, 0};
     CHECK_MSG(model_create(&m, &c, lora ? &ls : NULL, k, &err) == 0, "%s", err.msg);
+    m.lora_unfused = mode == LORA_UNFUSED || mode == LORA_DROPOUT_UNFUSED;
     CHECK_MSG(model_set_precision(&m, precision, &err) == 0, "%s", err.msg);
     m.activation_checkpointing = checkpointing;
     CHECK_MSG(model_reserve(&m, 2, 8, &err) == 0, "%s", err.msg);
@@ -114,36 +124,68 @@ static const char *precision_name(model_precision p) {
  * at least 3x further from fp32 than fp16 (the format, not some other error, dominates). */
 static void test_against_fp32(void) {
     const model_precision precisions[] = {MODEL_BF16_MIXED, MODEL_FP16_MIXED};
-    for (int lora = 0; lora <= 1; lora++)
+    for (run_mode mode = FULL; mode <= LORA_FUSED; mode++)
         for (int tied = 0; tied <= 1; tied++) {
-            result ref = run(kernels_cpu(), lora, tied, MODEL_FP32, false, 5, 8);
+            const char *what = mode_names[mode];
+            result ref = run(kernels_cpu(), mode, tied, MODEL_FP32, false, 5, 8);
             double grad_rels[2] = {0, 0};
             for (int i = 0; i < 2; i++) {
                 model_precision p = precisions[i];
                 const double loss_tol = p == MODEL_BF16_MIXED ? 3e-3 : 6e-4;
                 const double grad_tol = p == MODEL_BF16_MIXED ? 5e-2 : 7e-3;
-                result got = run(kernels_cpu(), lora, tied, p, false, 5, 8);
+                result got = run(kernels_cpu(), mode, tied, p, false, 5, 8);
                 double loss_rel = fabs(got.loss - ref.loss) / fabs(ref.loss);
                 double grad_rel = rel_error(got.grads, ref.grads, ref.numel);
                 grad_rels[i] = grad_rel;
                 printf("%s %s%s: loss %.9g vs fp32 %.9g (rel %.2e), gradients rel %.2e\n", precision_name(p),
-                       lora ? "lora" : "full", tied ? " tied" : "", got.loss, ref.loss, loss_rel, grad_rel);
-                CHECK_MSG(loss_rel < loss_tol && loss_rel > 0, "%s %s: loss rel %.3g", precision_name(p),
-                          lora ? "lora" : "full", loss_rel);
+                       what, tied ? " tied" : "", got.loss, ref.loss, loss_rel, grad_rel);
+                CHECK_MSG(loss_rel < loss_tol && loss_rel > 0, "%s %s: loss rel %.3g", precision_name(p), what,
+                          loss_rel);
                 CHECK_MSG(grad_rel < grad_tol && grad_rel > 1e-7, "%s %s: gradient rel %.3g", precision_name(p),
-                          lora ? "lora" : "full", grad_rel);
+                          what, grad_rel);
                 /* Checkpointing recomputes through the same 16-bit scratch: same bits. */
-                result ckpt = run(kernels_cpu(), lora, tied, p, true, 5, 8);
+                result ckpt = run(kernels_cpu(), mode, tied, p, true, 5, 8);
                 CHECK(ckpt.loss == got.loss);
                 CHECK_MSG(memcmp(ckpt.grads, got.grads, got.numel * sizeof(float)) == 0,
-                          "%s %s: activation checkpointing changed the gradients", precision_name(p),
-                          lora ? "lora" : "full");
+                          "%s %s: activation checkpointing changed the gradients", precision_name(p), what);
                 free(ckpt.grads);
                 free(got.grads);
             }
             CHECK_MSG(grad_rels[0] > 3 * grad_rels[1], "bf16 %.3g vs fp16 %.3g", grad_rels[0], grad_rels[1]);
             free(ref.grads);
         }
+}
+
+/* Fused LoRA (train/model_internal.h) against the same adapters run separately: the same
+ * 16-bit operands (scaling 2: round(2 B) = 2 round(B)) but one fp32 sum for the base and the
+ * adapter instead of two, so only the fp32 roundings of y and dx differ, and what the later
+ * 16-bit roundings make of them: far closer than either is to fp32. */
+static void test_fused_vs_unfused(void) {
+    const model_precision precisions[] = {MODEL_BF16_MIXED, MODEL_FP16_MIXED};
+    for (int case_index = 0; case_index < 8; case_index++) {
+        const model_precision p = precisions[case_index % 2];
+        const bool tied = case_index / 2 % 2, dropout = case_index / 4;
+        const run_mode fused_mode = dropout ? LORA_DROPOUT : LORA_FUSED;
+        const run_mode sep_mode = dropout ? LORA_DROPOUT_UNFUSED : LORA_UNFUSED;
+        result ref = run(kernels_cpu(), fused_mode, tied, MODEL_FP32, false, 5, 8);
+        result fused = run(kernels_cpu(), fused_mode, tied, p, false, 5, 8);
+        result sep = run(kernels_cpu(), sep_mode, tied, p, false, 5, 8);
+        const double loss_rel = fabs(fused.loss - sep.loss) / fabs(sep.loss);
+        const double grad_rel = rel_error(fused.grads, sep.grads, sep.numel);
+        const double sep_rel = rel_error(sep.grads, ref.grads, ref.numel);
+        printf("%s %s%s fused vs unfused: loss rel %.2e, gradients rel %.2e (unfused vs fp32 %.2e)\n",
+               precision_name(p), mode_names[fused_mode], tied ? " tied" : "", loss_rel, grad_rel, sep_rel);
+        /* bf16 products have 16 significant bits: at this width their fp32 sums are often
+         * exact in any grouping, and here they all are (the same bits); fp16's are not, and
+         * one flipped fp16 rounding moves this sensitive model's loss visibly. Measured
+         * (fp16): 5e-5..1.3e-4 without dropout, 3.5e-4..3.7e-4 with (vs 1.6e-3..2e-3 from fp32;
+         * the forward losses of one micro-batch agree to 0..4.5e-5). */
+        CHECK_MSG(grad_rel < sep_rel / 3 && loss_rel < 1e-4 && (p == MODEL_BF16_MIXED || grad_rel > 0),
+                  "%s fused vs unfused: gradients %.3g, loss %.3g", precision_name(p), grad_rel, loss_rel);
+        free(ref.grads);
+        free(fused.grads);
+        free(sep.grads);
+    }
 }
 
 static double forward_loss(model *m) {
@@ -210,8 +252,10 @@ static void test_weight_copies(void) {
 
     /* LoRA: the frozen base lives only in 16 bits (no fp32 copy): setting it writes the
      * rounded values, effective at once; reading it back widens them. The adapters train:
-     * fp32 masters with 16-bit copies for their products. */
-    lora_settings ls = {.r = 2, .alpha = 4.0f};
+     * fp32 masters, whose 16-bit copies (fused LoRA, no dropout) live inside their base
+     * weight's padded copy [W 0 sB; A 0 0] (train/model_internal.h), so q_proj's copy is
+     * wider and taller than the weight and up_proj's (not adapted) is plain. */
+    lora_settings ls = {.r = 2, .alpha = 3.0f};
     const char *targets[] = {"q_proj"};
     CHECK(lora_parse_targets(&ls, targets, 1, &err) == 0);
     CHECK(model_create(&m, &c, &ls, kernels_cpu(), &err) == 0);
@@ -219,41 +263,91 @@ static void test_weight_copies(void) {
     CHECK(model_set_precision(&m, MODEL_FP16_MIXED, &err) == 0);
     CHECK(model_reserve(&m, 2, 8, &err) == 0);
     fill_weights(&m, 3);
-    size_t only16 = 0;
+    size_t only16 = 0, padding = 0;
     for (int i = 0; i < m.n_params; i++) {
         const model_param *p = &m.params[i];
-        CHECK(!p->is_lora || (p->half != NULL && p->data != NULL)); /* adapters: fp32 master + copy */
+        CHECK_MSG(!p->is_lora || (p->half == NULL && p->data != NULL), "%s: fp32 master, no copy of its own", p->name);
         bool base_gemm = !p->is_lora && p->ndim == 2 && strcmp(p->name, "model.embed_tokens.weight") != 0;
         CHECK_MSG(base_gemm == (p->data == NULL), "%s: fp32 data %s", p->name, p->data ? "kept" : "dropped");
+        const bool adapted = strstr(p->name, "q_proj.weight") && !p->is_lora;
+        CHECK_MSG(!p->half || p->half_ld == p->shape[1] + (adapted ? ls.r : 0), "%s: copy's row stride %d",
+                  p->name, p->half_ld);
+        CHECK(!p->half || p->half_rows == p->shape[0] + (adapted ? ls.r : 0));
         if (base_gemm) only16 += p->numel;
+        if (p->half) padding += (size_t)p->half_rows * (size_t)p->half_ld - p->numel;
     }
     CHECK(only16 > 0 && m.weight_numel == fp32_numel - only16);
-    model_param *up = model_find_param(&m, "model.layers.0.mlp.up_proj.weight");
-    float *want = malloc(up->numel * sizeof(float)), *got = malloc(up->numel * sizeof(float));
-    model_param_download(&m, up, want);
-    for (size_t i = 0; i < up->numel; i++) want[i] = want[i] * 1.5f + 0.01f;
-    before = forward_loss(&m);
-    model_param_upload(&m, up, want);
-    CHECK(forward_loss(&m) != before);
-    model_param_download(&m, up, got);
-    uint16_t bits;
-    int exact = 0;
-    for (size_t i = 0; i < up->numel; i++) {
-        float rounded;
-        kernels_cpu()->to_half(&bits, &want[i], 1, KERNELS_FP16);
-        kernels_cpu()->from_half(&rounded, &bits, 1, KERNELS_FP16);
-        exact += got[i] == rounded;
+    CHECK(m.half_numel == only16 + padding && padding > 0);
+    /* The adapter's copies in the padding: A below W, round(scaling * B) beside it, zeros
+     * elsewhere; rewritten after model_weights_changed (an optimizer step). */
+    model_param *qw = model_find_param(&m, "model.layers.0.self_attn.q_proj.weight");
+    model_param *qa = model_find_param(&m, "model.layers.0.self_attn.q_proj.lora_A.weight");
+    model_param *qb = model_find_param(&m, "model.layers.0.self_attn.q_proj.lora_B.weight");
+    forward_loss(&m);
+    for (int round = 0; round < 2; round++) {
+        const int ld = qw->half_ld, in = (int)qw->shape[1], out = (int)qw->shape[0], r = ls.r;
+        const float scaling = ls.alpha / (float)ls.r;
+        int wrong = 0;
+        for (int row = 0; row < out + r; row++)
+            for (int col = in; col < ld; col++) {
+                float v = row < out ? scaling * qb->data[row * r + col - in] : 0.0f;
+                uint16_t want_bits;
+                kernels_cpu()->to_half(&want_bits, &v, 1, KERNELS_FP16);
+                wrong += qw->half[(size_t)row * ld + col] != want_bits;
+            }
+        for (int row = out; row < out + r; row++)
+            for (int col = 0; col < in; col++) {
+                uint16_t want_bits;
+                kernels_cpu()->to_half(&want_bits, &qa->data[(row - out) * in + col], 1, KERNELS_FP16);
+                wrong += qw->half[(size_t)row * ld + col] != want_bits;
+            }
+        CHECK_MSG(wrong == 0, "round %d: %d elements of the adapter's padded copy are wrong", round, wrong);
+        nudge(&m, qa);
+        nudge(&m, qb);
+        model_weights_changed(&m, true);
+        forward_loss(&m);
     }
-    CHECK_MSG(exact == (int)up->numel, "%d of %zu values read back as their fp16 rounding", exact, up->numel);
+    const char *names[] = {"model.layers.0.mlp.up_proj.weight", "model.layers.1.self_attn.q_proj.weight"};
+    for (int which = 0; which < 2; which++) {
+        model_param *w = model_find_param(&m, names[which]);
+        float *want = malloc(w->numel * sizeof(float)), *got = malloc(w->numel * sizeof(float));
+        model_param_download(&m, w, want);
+        for (size_t i = 0; i < w->numel; i++) want[i] = want[i] * 1.5f + 0.01f;
+        before = forward_loss(&m);
+        model_param_upload(&m, w, want);
+        CHECK(forward_loss(&m) != before);
+        model_param_download(&m, w, got);
+        uint16_t bits;
+        int exact = 0;
+        for (size_t i = 0; i < w->numel; i++) {
+            float rounded;
+            kernels_cpu()->to_half(&bits, &want[i], 1, KERNELS_FP16);
+            kernels_cpu()->from_half(&rounded, &bits, 1, KERNELS_FP16);
+            exact += got[i] == rounded;
+        }
+        CHECK_MSG(exact == (int)w->numel, "%s: %d of %zu values read back as their fp16 rounding", w->name, exact,
+                  w->numel);
+        free(want);
+        free(got);
+    }
     /* Back to fp32: the widened 16-bit values become the fp32 weights. */
+    float *expect[2];
+    for (int which = 0; which < 2; which++) {
+        model_param *w = model_find_param(&m, names[which]);
+        expect[which] = malloc(w->numel * sizeof(float));
+        model_param_download(&m, w, expect[which]);
+    }
     CHECK(model_set_precision(&m, MODEL_FP32, &err) == 0);
-    CHECK(m.weight_numel == fp32_numel && up->data != NULL);
-    float *widened = malloc(up->numel * sizeof(float));
-    m.k->download(widened, up->data, up->numel * sizeof(float));
-    CHECK(memcmp(widened, got, up->numel * sizeof(float)) == 0);
-    free(widened);
-    free(want);
-    free(got);
+    CHECK(m.weight_numel == fp32_numel);
+    for (int which = 0; which < 2; which++) {
+        model_param *w = model_find_param(&m, names[which]);
+        CHECK(w->data != NULL && w->half == NULL);
+        float *widened = malloc(w->numel * sizeof(float));
+        m.k->download(widened, w->data, w->numel * sizeof(float));
+        CHECK_MSG(memcmp(widened, expect[which], w->numel * sizeof(float)) == 0, "%s: widened to fp32", w->name);
+        free(widened);
+        free(expect[which]);
+    }
     model_free(&m);
 
     /* The GEMM-only activations are kept in 16 bits, except under LoRA dropout, which needs
@@ -324,15 +418,16 @@ static void test_partial_refresh(void) {
 static void test_cuda_against_cpu(const kernels *cuda) {
     const model_precision precisions[] = {MODEL_BF16_MIXED, MODEL_FP16_MIXED};
     const int head_dims[] = {8, 64}; /* WMMA and mma.sync attention */
-    for (int case_index = 0; case_index < 8; case_index++) {
-        const int head_dim = head_dims[case_index / 4], lora = case_index / 2 % 2;
+    for (int case_index = 0; case_index < 12; case_index++) {
+        const int head_dim = head_dims[case_index / 6];
+        const run_mode lora = (run_mode)(case_index / 2 % 3); /* full, lora dropout, lora fused */
         const model_precision precision = precisions[case_index % 2];
         result cpu = run(kernels_cpu(), lora, true, precision, false, 13, head_dim);
         result gpu = run(cuda, lora, true, precision, false, 13, head_dim);
         double loss_rel = fabs(gpu.loss - cpu.loss) / fabs(cpu.loss);
         double grad_rel = rel_error(gpu.grads, cpu.grads, cpu.numel);
         printf("cuda %s %s head_dim %d: loss rel %.2e, gradients rel %.2e\n", precision_name(precision),
-               lora ? "lora" : "full", head_dim, loss_rel, grad_rel);
+               mode_names[lora], head_dim, loss_rel, grad_rel);
         CHECK(loss_rel < 3e-3);
         CHECK(grad_rel < 5e-2); /* at most the distance between bf16-mixed and fp32 */
         free(cpu.grads);
@@ -342,6 +437,7 @@ static void test_cuda_against_cpu(const kernels *cuda) {
 
 int main(void) {
     test_against_fp32();
+    test_fused_vs_unfused();
     test_weight_copies();
     test_partial_refresh();
     ct_error err;

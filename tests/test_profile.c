@@ -67,13 +67,22 @@ static void test_results_and_rows(void) {
     float y[1000];
     k->download(y, dx, sizeof y);
     for (int i = 0; i < 1000; i++) CHECK_MSG(y[i] == x[i] * 0.5f, "scale through the profile, element %d", i);
+    /* A strided cast: the wrapped bits, keyed by format. */
+    uint16_t want_h[40 * 25] = {0}, got_h[40 * 25];
+    uint16_t *dh = k->alloc(sizeof got_h);
+    cpu->to_half_2d(KERNELS_BF16, want_h + 3, 25, y, 20, 40, 20, 2.5f); /* dx holds y */
+    k->to_half_2d(KERNELS_BF16, dh + 3, 25, dx, 20, 40, 20, 2.5f);
+    k->download(got_h, dh, sizeof got_h);
+    CHECK(memcmp(got_h, want_h, sizeof got_h) == 0);
+    k->release(dh);
 
     char *text = report(2, 1.0);
     CHECK_CONTAINS(text, "profile (CTUNE_PROFILE=1, backend cpu): 2 step(s), 500.0 ms of wall time per step");
     const char *g1 = row_of(text, "gemm fp32 NT m 24 n 40 k 16");
     const char *g2 = row_of(text, "gemm fp32 TN m 16 n 16 k 24");
     const char *sc = row_of(text, "scale");
-    CHECK_MSG(g1 && g2 && sc, "rows missing in:\n%s", text);
+    const char *th = row_of(text, "to_half_2d bf16");
+    CHECK_MSG(g1 && g2 && sc && th, "rows missing in:\n%s", text);
     /* calls per step: 3 products over 2 steps = 1.5; one scale = 0.5 */
     double ms = 0, share = 0, calls = 0;
     if (g1) CHECK(sscanf(g1, "%lf %lf %lf", &ms, &share, &calls) == 3 && calls == 1.5 && ms >= 0);

@@ -103,6 +103,26 @@ static void add_linear(model *m, int layer, linear_kind kind, bool has_bias) {
     }
 }
 
+/* Which Linears' 16-bit operands are made by a plain rounding (or RMSNorm) and so can be
+ * written with room beside them: not the SwiGLU producers' (down's input, gate/up's dy). */
+static const bool input_has_room[LINEAR_KIND_COUNT] = {true, true, true, true, true, true, false};
+static const bool dy_has_room[LINEAR_KIND_COUNT] = {true, true, true, true, false, false, true};
+/* The first Linear of each group reading one input (q, k, v; o; gate, up; down). */
+static const int group_of[LINEAR_KIND_COUNT] = {LINEAR_Q, LINEAR_Q, LINEAR_Q, LINEAR_O,
+                                                 LINEAR_GATE, LINEAR_GATE, LINEAR_DOWN};
+
+void model_lora_layout_of(const model_config *cfg, const lora_settings *lora, model_lora_layout *out) {
+    int used[LINEAR_KIND_COUNT] = {0}; /* slots taken per group */
+    for (int kind = 0; kind < LINEAR_KIND_COUNT; kind++) {
+        out->slot[kind] = lora && lora->targets[kind] ? used[group_of[kind]]++ : -1;
+    }
+    for (int kind = 0; kind < LINEAR_KIND_COUNT; kind++) {
+        int in, o;
+        linear_dims(cfg, kind, &in, &o);
+        out->ld_input[kind] = in + (input_has_room[kind] ? used[group_of[kind]] * (lora ? lora->r : 0) : 0);
+    }
+}
+
 /* transformers' state_dict order: embed_tokens; per layer self_attn (q, k, v, o, q_norm,
  * k_norm), mlp (gate, up, down), input_layernorm, post_attention_layernorm; norm; lm_head. */
 static void build_params(model *m) {
@@ -218,6 +238,15 @@ static bool half_only(const model *m, const model_param *p) {
     return !p->trainable && is_gemm_weight(m, p) && strcmp(p->name, "model.embed_tokens.weight") != 0;
 }
 
+/* A parameter's 16-bit copy as rows: n_rows rows of row_len values, stride apart (one row
+ * of numel values when the copy is contiguous). */
+static void half_rows_of(const model_param *p, size_t *n_rows, size_t *row_len, size_t *stride) {
+    const bool padded = p->ndim == 2 && p->half_ld != p->shape[1];
+    *row_len = padded ? (size_t)p->shape[1] : p->numel;
+    *n_rows = padded ? (size_t)p->shape[0] : 1;
+    *stride = padded ? (size_t)p->half_ld : p->numel;
+}
+
 /* Moves the weights into a new arena laid out for the precision m->precision is about to
  * take (mixed: half_only weights leave the fp32 arena; fp32: they come back, widened from
  * their 16-bit values). The trainable range stays first and in place (it lines up with the
@@ -244,8 +273,14 @@ static int relayout_weights(model *m, bool mixed, ct_error *err) {
         }
         float *dst = arena + at;
         at += p->numel;
-        if (p->data) m->k->copy(dst, p->data, p->numel * sizeof(float));
-        else m->k->from_half(dst, p->half, p->numel, model_half_format(m->precision));
+        if (p->data) {
+            m->k->copy(dst, p->data, p->numel * sizeof(float));
+        } else {
+            size_t n_rows, len, stride;
+            half_rows_of(p, &n_rows, &len, &stride);
+            for (size_t r = 0; r < n_rows; r++)
+                m->k->from_half(dst + r * len, p->half + r * stride, len, model_half_format(m->precision));
+        }
         p->data = dst;
     }
     if (m->weight_arena) m->k->release(m->weight_arena);
@@ -254,36 +289,89 @@ static int relayout_weights(model *m, bool mixed, ct_error *err) {
     return 0;
 }
 
-int model_set_precision(model *m, model_precision p, ct_error *err) {
-    if (m->precision != MODEL_FP32 && relayout_weights(m, false, err)) return -1;
+/* Sets each Linear's fused-LoRA fields and its weight's 16-bit shape for precision p
+ * (model_internal.h); every other GEMM weight gets a plain [shape] copy. */
+static bool fuses_lora(const model *m, model_precision p) {
+    return m->has_lora && p != MODEL_FP32 && !m->lora_unfused;
+}
+
+static void plan_half_layout(model *m, model_precision p) {
+    const bool fused = fuses_lora(m, p);
+    model_lora_layout layout;
+    model_lora_layout_of(&m->cfg, fused ? &m->lora : NULL, &layout);
+    for (int i = 0; i < m->n_params; i++) {
+        m->params[i].half_ld = (int)m->params[i].shape[1];
+        m->params[i].half_rows = m->params[i].shape[0];
+    }
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++)
+        for (int kind = 0; kind < LINEAR_KIND_COUNT; kind++) {
+            model_linear *lin = &m->layers[l].lin[kind];
+            const bool on = fused && lin->lora_a && layout.slot[kind] >= 0;
+            lin->u_col = on ? lin->in + layout.slot[kind] * m->lora.r : 0;
+            lin->concat_input = on && input_has_room[kind];
+            lin->concat_dy = on && dy_has_room[kind] && m->lora.dropout == 0.0f; /* dropout: mask(du A) */
+            if (!on) continue;
+            lin->weight->half_ld = lin->u_col + m->lora.r;
+            lin->weight->half_rows = lin->out + m->lora.r;
+        }
+}
+
+/* Rounds A and scaling * B of every fused adapter into its base weight's padded copy. */
+static void write_fused_adapters(model *m) {
+    const kernels_half_format fmt = model_half_format(m->precision);
+    const float scaling = lora_scaling(&m->lora);
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++)
+        for (int kind = 0; kind < LINEAR_KIND_COUNT; kind++) {
+            const model_linear *lin = &m->layers[l].lin[kind];
+            if (!lin->u_col) continue;
+            uint16_t *w = lin->weight->half;
+            const int ld = lin->weight->half_ld, r = m->lora.r;
+            m->k->to_half_2d(fmt, w + (size_t)lin->out * ld, ld, lin->lora_a->data, lin->in, r, lin->in, 1.0f);
+            m->k->to_half_2d(fmt, w + lin->u_col, ld, lin->lora_b->data, r, lin->out, r, scaling);
+        }
+}
+
+static void drop_half_copies(model *m) {
     if (m->half_arena) m->k->release(m->half_arena);
     m->half_arena = NULL;
     m->half_numel = 0;
     for (int i = 0; i < m->n_params; i++) m->params[i].half = NULL;
+    plan_half_layout(m, MODEL_FP32);
+}
+
+int model_set_precision(model *m, model_precision p, ct_error *err) {
+    if (m->precision != MODEL_FP32 && relayout_weights(m, false, err)) return -1;
+    drop_half_copies(m);
     m->precision = MODEL_FP32;
     m->half_stale_frozen = m->half_stale_trainable = false;
     if (p == MODEL_FP32) return 0;
+    plan_half_layout(m, p);
+    const bool fused = fuses_lora(m, p); /* adapters then have no copy of their own */
     size_t total = 0;
-    for (int i = 0; i < m->n_params; i++)
-        if (is_gemm_weight(m, &m->params[i])) total += m->params[i].numel;
-    if (!(m->half_arena = m->k->alloc((total ? total : 1) * sizeof(uint16_t))))
+    for (int i = 0; i < m->n_params; i++) {
+        const model_param *q = &m->params[i];
+        if (is_gemm_weight(m, q) && !(fused && q->is_lora)) total += (size_t)q->half_rows * (size_t)q->half_ld;
+    }
+    if (!(m->half_arena = m->k->alloc((total ? total : 1) * sizeof(uint16_t)))) {
+        drop_half_copies(m);
         return ct_fail(err, "model: cannot allocate %zu bytes of 16-bit weight copies on the %s backend",
                        total * sizeof(uint16_t), m->k->name);
+    }
     size_t at = 0;
     for (int i = 0; i < m->n_params; i++) {
         model_param *q = &m->params[i];
-        if (!is_gemm_weight(m, q)) continue;
+        if (!is_gemm_weight(m, q) || (fused && q->is_lora)) continue;
         q->half = m->half_arena + at;
-        at += q->numel;
-        m->k->to_half(q->half, q->data, q->numel, model_half_format(p));
+        at += (size_t)q->half_rows * (size_t)q->half_ld;
+        /* the padding starts at zero (alloc zero-fills): the zero columns of the layout */
+        m->k->to_half_2d(model_half_format(p), q->half, q->half_ld, q->data, (int)q->shape[1], (int)q->shape[0],
+                         (int)q->shape[1], 1.0f);
     }
     m->half_numel = total;
     m->precision = p;
+    write_fused_adapters(m);
     if (relayout_weights(m, true, err)) { /* nothing moved: back to plain fp32 */
-        m->k->release(m->half_arena);
-        m->half_arena = NULL;
-        m->half_numel = 0;
-        for (int i = 0; i < m->n_params; i++) m->params[i].half = NULL;
+        drop_half_copies(m);
         m->precision = MODEL_FP32;
         return -1;
     }
@@ -301,24 +389,35 @@ void model_param_download(const model *m, const model_param *p, float *host) {
         return;
     }
     uint16_t bits[HOST_CHUNK];
-    for (size_t start = 0; start < p->numel; start += HOST_CHUNK) {
-        size_t n = p->numel - start < HOST_CHUNK ? p->numel - start : HOST_CHUNK;
-        m->k->download(bits, p->half + start, n * sizeof(uint16_t));
-        kernels_cpu()->from_half(host + start, bits, n, model_half_format(m->precision));
-    }
+    size_t n_rows, len, stride;
+    half_rows_of(p, &n_rows, &len, &stride);
+    for (size_t r = 0; r < n_rows; r++)
+        for (size_t start = 0; start < len; start += HOST_CHUNK) {
+            size_t n = len - start < HOST_CHUNK ? len - start : HOST_CHUNK;
+            m->k->download(bits, p->half + r * stride + start, n * sizeof(uint16_t));
+            kernels_cpu()->from_half(host + r * len + start, bits, n, model_half_format(m->precision));
+        }
 }
 
-/* Host fp32 values into a parameter: its fp32 data, or (16-bit-only) its 16-bit copy. */
+/* Host fp32 values [offset, offset + n) (flat, row-major) into a parameter: its fp32 data,
+ * or (16-bit-only) its 16-bit copy. */
 static void param_upload(const model *m, model_param *p, size_t offset, const float *host, size_t n) {
     if (p->data) {
         m->k->upload(p->data + offset, host, n * sizeof(float));
         return;
     }
     uint16_t bits[HOST_CHUNK];
-    for (size_t start = 0; start < n; start += HOST_CHUNK) {
-        size_t len = n - start < HOST_CHUNK ? n - start : HOST_CHUNK;
-        kernels_cpu()->to_half(bits, host + start, len, model_half_format(m->precision));
-        m->k->upload(p->half + offset + start, bits, len * sizeof(uint16_t));
+    size_t n_rows, len, stride;
+    half_rows_of(p, &n_rows, &len, &stride);
+    (void)n_rows;
+    for (size_t done = 0; done < n;) {
+        /* no piece crosses a row of the (possibly padded) copy */
+        const size_t at = offset + done, row = at / len, col = at % len;
+        size_t piece = len - col < n - done ? len - col : n - done;
+        if (piece > HOST_CHUNK) piece = HOST_CHUNK;
+        kernels_cpu()->to_half(bits, host + done, piece, model_half_format(m->precision));
+        m->k->upload(p->half + row * stride + col, bits, piece * sizeof(uint16_t));
+        done += piece;
     }
 }
 
@@ -352,6 +451,11 @@ void model_refresh_half(model *m) {
     for (int i = 0; i < m->n_params; i++) {
         model_param *p = &m->params[i];
         if (!p->half || !p->data || !(p->trainable ? m->half_stale_trainable : m->half_stale_frozen)) continue;
+        if (p->half_ld != p->shape[1] && p->ndim == 2) { /* a padded copy (only frozen ones have data) */
+            m->k->to_half_2d(model_half_format(m->precision), p->half, p->half_ld, p->data, (int)p->shape[1],
+                             (int)p->shape[0], (int)p->shape[1], 1.0f);
+            continue;
+        }
         if (!p->trainable || !p->grad) {
             refresh_range(m, p, 0, p->numel);
             continue;
@@ -367,6 +471,7 @@ void model_refresh_half(model *m) {
         refresh_range(m, p, 0, lo - first);
         refresh_range(m, p, hi - first, p->numel);
     }
+    if (m->half_stale_trainable) write_fused_adapters(m); /* adapters: no copy of their own */
     m->half_stale_frozen = m->half_stale_trainable = false;
     m->half_fresh_begin = m->half_fresh_end = 0;
 }
@@ -635,7 +740,7 @@ static int logits_chunk_rows(int T, int vocab) {
 
 /* One layout for counting (base NULL, acts NULL) and for assigning the pointers. */
 static size_t plan_activations(model_state *s, const model_config *c, const lora_settings *lora,
-                               int T, bool checkpointing, bool mixed, float *base) {
+                               int T, bool checkpointing, bool mixed, bool fused, float *base) {
     cursor cur = {base, 0};
     const size_t H = (size_t)c->hidden_size, I = (size_t)c->intermediate_size, t = (size_t)T;
     const size_t nh = (size_t)c->num_attention_heads, nkv = (size_t)c->num_key_value_heads;
@@ -666,6 +771,12 @@ static size_t plan_activations(model_state *s, const model_config *c, const lora
     /* layer_acts.h_norm1: saved GEMM inputs in 16 bits, written by their producers; their
      * fp32 values are not kept (nothing but those GEMMs reads them). */
     const bool half_inputs = mixed && !(lora && lora->dropout > 0.0f);
+    /* Fused LoRA: the 16-bit inputs have room for the adapters' u beside them, the output
+     * gradients for du (model_internal.h). */
+    model_lora_layout layout;
+    model_lora_layout_of(c, fused ? lora : NULL, &layout);
+    const size_t r_room = fused ? (size_t)lora->r : 0;
+    memcpy(s->ld_input, layout.ld_input, sizeof s->ld_input);
     for (int l = 0; l < L; l++) {
         layer_acts scratch_acts, *a = s->acts && base ? &s->acts[l] : &scratch_acts;
         if (checkpointing && l > 0) { /* every layer shares layer 0's buffers */
@@ -674,9 +785,9 @@ static size_t plan_activations(model_state *s, const model_config *c, const lora
         }
         memset(a, 0, sizeof *a);
         if (half_inputs) {
-            a->h_norm1 = (uint16_t *)take(&cur, (t * H + 1) / 2);
-            a->h_norm2 = (uint16_t *)take(&cur, (t * H + 1) / 2);
-            a->h_act = (uint16_t *)take(&cur, (t * I + 1) / 2);
+            a->h_norm1 = (uint16_t *)take(&cur, (t * (size_t)layout.ld_input[LINEAR_Q] + 1) / 2);
+            a->h_norm2 = (uint16_t *)take(&cur, (t * (size_t)layout.ld_input[LINEAR_GATE] + 1) / 2);
+            a->h_act = (uint16_t *)take(&cur, (t * (size_t)layout.ld_input[LINEAR_DOWN] + 1) / 2);
         }
         if (mixed) {
             a->h_gate = (uint16_t *)take(&cur, (t * I + 1) / 2);
@@ -715,8 +826,9 @@ static size_t plan_activations(model_state *s, const model_config *c, const lora
         s->lora_s2 = take(&cur, t * wide);
     }
     if (mixed) { /* 16-bit GEMM operands: an input [T, in] and an output gradient or logits chunk */
-        size_t dy = t * wide > (size_t)rows * (size_t)c->vocab_size ? t * wide : (size_t)rows * (size_t)c->vocab_size;
-        s->half_x = (uint16_t *)take(&cur, (t * wide + 1) / 2);
+        const size_t wide_dy = t * (wide + r_room);
+        size_t dy = wide_dy > (size_t)rows * (size_t)c->vocab_size ? wide_dy : (size_t)rows * (size_t)c->vocab_size;
+        s->half_x = (uint16_t *)take(&cur, (t * (wide + r_room) + 1) / 2);
         s->half_dy = (uint16_t *)take(&cur, (dy + 1) / 2);
         s->half_ones = (uint16_t *)take(&cur, (t + 1) / 2);
         if (lora) { /* the adapters' 16-bit operands (peft/lora_math.h) */
@@ -730,8 +842,9 @@ static size_t plan_activations(model_state *s, const model_config *c, const lora
 
 size_t model_activation_bytes(const model_config *cfg, const lora_settings *lora, int batch, int seq,
                               bool activation_checkpointing, model_precision precision) {
-    size_t floats = plan_activations(NULL, cfg, lora, batch * seq, activation_checkpointing,
-                                     precision != MODEL_FP32, NULL);
+    const bool mixed = precision != MODEL_FP32;
+    size_t floats = plan_activations(NULL, cfg, lora, batch * seq, activation_checkpointing, mixed,
+                                     lora && mixed, NULL);
     return (floats + 5 * (size_t)batch * (size_t)seq) * sizeof(float);
 }
 
@@ -746,7 +859,8 @@ int model_reserve(model *m, int max_batch, int seq, ct_error *err) {
     model_state *s = m->state;
     const lora_settings *lora = m->has_lora ? &m->lora : NULL;
     const bool mixed = m->precision != MODEL_FP32;
-    size_t floats = plan_activations(NULL, c, lora, T, m->activation_checkpointing, mixed, NULL);
+    const bool fused = fuses_lora(m, m->precision);
+    size_t floats = plan_activations(NULL, c, lora, T, m->activation_checkpointing, mixed, fused, NULL);
     s->acts = calloc((size_t)c->num_hidden_layers, sizeof *s->acts);
     s->host_positions = malloc((size_t)T * sizeof(int32_t));
     s->host_id_keys = malloc((size_t)T * sizeof(uint64_t));
@@ -760,7 +874,7 @@ int model_reserve(model *m, int max_batch, int seq, ct_error *err) {
                                               m->precision),
                        max_batch, seq, m->k->name);
     }
-    plan_activations(s, c, lora, T, m->activation_checkpointing, mixed, s->float_arena);
+    plan_activations(s, c, lora, T, m->activation_checkpointing, mixed, fused, s->float_arena);
     s->ids = s->int_arena;
     s->targets = s->int_arena + T;
     s->positions = s->int_arena + 2 * (size_t)T;

@@ -82,7 +82,11 @@ typedef struct model_param {
     bool decay;       /* weight decay applies (2-D weights; not norms, biases) */
     bool is_lora;
     uint16_t *half;   /* backend: the 16-bit copy mixed-precision GEMMs read (a Linear weight,
-                       * lm_head or a tied embedding); NULL in fp32 and for other parameters */
+                       * lm_head or a tied embedding); NULL in fp32 and for other parameters,
+                       * and for LoRA adapters whose copies live inside their base weight's */
+    int half_ld;      /* row stride of half: shape[1], or wider for a base weight that carries
+                       * its adapter's copies (half_rows x half_ld; model_internal.h) */
+    int64_t half_rows;
 } model_param;
 
 /* One micro-batch, host memory. targets[t] < 0 means "no loss here". positions restart at 0
@@ -115,6 +119,10 @@ typedef struct model {
      * pass (one layer's worth of memory instead of all of them, ~1 extra forward). The
      * gradients are the same bits either way. Set before model_reserve. */
     bool activation_checkpointing;
+    /* Mixed-precision LoRA runs each adapter inside its base Linear's GEMMs (model_internal.h);
+     * true keeps the adapters' products separate (the reference the fused form is tested
+     * against). Set before model_set_precision. */
+    bool lora_unfused;
     model_precision precision; /* model_set_precision; MODEL_FP32 after model_create */
     uint16_t *half_arena;      /* backend: every param's 16-bit copy (mixed precision only) */
     size_t half_numel;

@@ -20,12 +20,21 @@
 #include "peft/lora_math.h"
 #include "train/model_internal.h"
 
-/* The adapter of a Linear; in mixed precision its 16-bit side is filled into *half. */
+/* The adapter of a Linear; in mixed precision its 16-bit side is filled into *half, with
+ * ldx the row stride of the 16-bit input copy the caller passes. Fused (model_internal.h):
+ * A and scaling * B are read inside the base weight's padded copy. */
 static lora_apply adapter_of(const model *m, const model_linear *lin, int layer, int kind, uint64_t seed,
-                             lora_half *half) {
+                             int ldx, lora_half *half) {
     const model_state *s = m->state;
     *half = (lora_half){.fmt = model_half_format(m->precision), .a = lin->lora_a->half, .b = lin->lora_b->half,
-                        .in = s->half_lora_in, .r = s->half_lora_r};
+                        .lda = lin->in, .ldb = m->lora.r, .ldx = ldx, .in = s->half_lora_in, .r = s->half_lora_r};
+    if (lin->u_col) {
+        const int ld = lin->weight->half_ld;
+        half->a = lin->weight->half + (size_t)lin->out * ld;
+        half->b = lin->weight->half + lin->u_col;
+        half->lda = half->ldb = ld;
+        half->b_scaled = true;
+    }
     lora_apply la = {
         .k = m->k, .a = lin->lora_a->data, .b = lin->lora_b->data,
         .half = m->precision == MODEL_FP32 ? NULL : half,
@@ -46,19 +55,19 @@ static void weight_gemm(const model *m, bool trans_a, bool trans_b, int M, int N
         m->k->gemm(trans_a, trans_b, M, N, K, 1.0f, a, lda, w->data, (int)w->shape[1], beta, c, ldc);
     else
         m->k->gemm_half(model_half_format(m->precision), trans_a, trans_b, M, N, K, 1.0f, ha, lda,
-                        w->half, (int)w->shape[1], beta, c, ldc);
+                        w->half, w->half_ld, beta, c, ldc);
 }
 
 /* dW += dy^T x for a weight of shape [out, in], from [T,out] dy and [T,in] x (or their
- * 16-bit copies in mixed precision). */
+ * 16-bit copies in mixed precision, rows ldhy and ldhx apart). */
 static void weight_grad_gemm(const model *m, const model_param *w, int T, const float *dy,
-                             const uint16_t *hdy, const float *x, const uint16_t *hx) {
+                             const uint16_t *hdy, int ldhy, const float *x, const uint16_t *hx, int ldhx) {
     const int out = (int)w->shape[0], in = (int)w->shape[1];
     if (m->precision == MODEL_FP32)
         m->k->gemm(true, false, out, in, T, 1.0f, dy, out, x, in, 1.0f, w->grad, in);
     else
-        m->k->gemm_half(model_half_format(m->precision), true, false, out, in, T, 1.0f, hdy, out, hx,
-                        in, 1.0f, w->grad, in);
+        m->k->gemm_half(model_half_format(m->precision), true, false, out, in, T, 1.0f, hdy, ldhy, hx,
+                        ldhx, 1.0f, w->grad, in);
 }
 
 /* The 16-bit copy of an activation [n values] for the next GEMMs (into buf), or NULL in fp32,
@@ -69,21 +78,36 @@ static const uint16_t *half_of(const model *m, uint16_t *buf, const float *x, si
     return buf;
 }
 
-/* y [T,out] = x W^T (+ b) (+ LoRA); hx is x's 16-bit copy in mixed precision (else NULL). */
-static void linear_forward(const model *m, int layer, int kind, float *y, const float *x,
-                           const uint16_t *hx, int T, bool train, uint64_t seed) {
+/* The same for a [rows, cols] activation whose copy has rows ld apart (room for the fused
+ * adapters' u or du beside it). */
+static uint16_t *half_rows_of(const model *m, uint16_t *buf, int ld, const float *x, int rows, int cols) {
+    if (m->precision == MODEL_FP32) return NULL;
+    if (ld == cols) m->k->to_half(buf, x, (size_t)rows * cols, model_half_format(m->precision));
+    else m->k->to_half_2d(model_half_format(m->precision), buf, ld, x, cols, rows, cols, 1.0f);
+    return buf;
+}
+
+/* y [T,out] = x W^T (+ b) (+ LoRA); hx is x's 16-bit copy in mixed precision (rows ldx
+ * apart; else NULL). A fused adapter (concat_input) writes its u into hx's columns u_col.. */
+static void linear_forward(const model *m, int layer, int kind, float *y, const float *x, uint16_t *hx,
+                           int ldx, int T, bool train, uint64_t seed) {
     const kernels *k = m->k;
     const model_state *s = m->state;
     const model_linear *lin = &m->layers[layer].lin[kind];
-    weight_gemm(m, false, true, T, lin->out, lin->in, x, hx, lin->in, lin->weight, 0.0f, y, lin->out);
+    lora_half half;
+    lora_apply la;
+    const bool fused = lin->lora_a && lin->concat_input && hx;
+    int K = lin->in;
+    if (lin->lora_a) la = adapter_of(m, lin, layer, kind, seed, ldx, &half);
+    if (fused) { /* y = [x | u] [W | scaling B]^T */
+        lora_fused_u(&la, s->acts[layer].lora_u[kind], x, hx, hx + lin->u_col, T, train, s->lora_s1);
+        K = lin->u_col + m->lora.r;
+    }
+    weight_gemm(m, false, true, T, lin->out, K, x, hx, hx ? ldx : lin->in, lin->weight, 0.0f, y, lin->out);
     if (lin->bias) /* y += ones[T,1] b[1,out] */
         k->gemm(false, false, T, lin->out, 1, 1.0f, s->ones, 1, lin->bias->data, lin->out, 1.0f, y,
                 lin->out);
-    if (lin->lora_a) {
-        lora_half half;
-        lora_apply la = adapter_of(m, lin, layer, kind, seed, &half);
-        lora_forward(&la, y, s->acts[layer].lora_u[kind], x, hx, T, train, s->lora_s1);
-    }
+    if (lin->lora_a && !fused) lora_forward(&la, y, s->acts[layer].lora_u[kind], x, hx, T, train, s->lora_s1);
 }
 
 /* From dy [T,out]: dW += dy^T x, db += ones^T dy (skipped when frozen), adapter grads, and
@@ -93,41 +117,48 @@ static void linear_forward(const model *m, int layer, int kind, float *y, const 
  * one (dy is then NULL: every product, the bias gradient too, reads the 16-bit values, as
  * torch.autocast's bf16 backward does), else dy is rounded here. */
 static void linear_backward(const model *m, int layer, int kind, float *dx, float dx_beta,
-                            const float *dy, const uint16_t *hdy, const float *x, const uint16_t *hx, int T,
-                            uint64_t seed) {
+                            const float *dy, const uint16_t *hdy, const float *x, const uint16_t *hx, int ldx,
+                            int T, uint64_t seed) {
     const kernels *k = m->k;
     const model_state *s = m->state;
     const model_linear *lin = &m->layers[layer].lin[kind];
-    if (!hdy && (dx || lin->weight->grad || lin->lora_a)) hdy = half_of(m, s->half_dy, dy, (size_t)T * lin->out);
-    if (dx) weight_gemm(m, false, false, T, lin->in, lin->out, dy, hdy, lin->out, lin->weight, dx_beta, dx, lin->in);
-    if (lin->weight->grad) weight_grad_gemm(m, lin->weight, T, dy, hdy, x, hx);
+    /* Fused (concat_dy): dy rounded with room for du beside it, dx = [dy | du] [W ; A]. */
+    const bool fused = lin->lora_a && lin->concat_dy && !hdy && m->precision != MODEL_FP32;
+    const int ldy = fused ? lin->out + m->lora.r : lin->out;
+    if (fused) hdy = half_rows_of(m, s->half_dy, ldy, dy, T, lin->out);
+    else if (!hdy && (dx || lin->weight->grad || lin->lora_a)) hdy = half_of(m, s->half_dy, dy, (size_t)T * lin->out);
+    lora_half half;
+    lora_apply la;
+    if (lin->lora_a) la = adapter_of(m, lin, layer, kind, seed, ldx, &half);
+    if (fused) lora_fused_backward(&la, s->half_dy, ldy, hx, s->acts[layer].lora_u[kind], T, dx != NULL, s->lora_du);
+    if (dx)
+        weight_gemm(m, false, false, T, lin->in, fused ? lin->out + m->lora.r : lin->out, dy, hdy,
+                    hdy ? ldy : lin->out, lin->weight, dx_beta, dx, lin->in);
+    if (lin->weight->grad) weight_grad_gemm(m, lin->weight, T, dy, hdy, ldy, x, hx, ldx);
     if (lin->bias && lin->bias->grad) {
         if (dy)
             k->gemm(true, false, 1, lin->out, T, 1.0f, s->ones, 1, dy, lin->out, 1.0f, lin->bias->grad, lin->out);
         else
             k->gemm_half(model_half_format(m->precision), true, false, 1, lin->out, T, 1.0f, s->half_ones, 1, hdy,
-                         lin->out, 1.0f, lin->bias->grad, lin->out);
+                         ldy, 1.0f, lin->bias->grad, lin->out);
     }
-    if (lin->lora_a) {
-        lora_half half;
-        lora_apply la = adapter_of(m, lin, layer, kind, seed, &half);
+    if (lin->lora_a && !fused)
         lora_backward(&la, dx, dy, hdy, x, hx, s->acts[layer].lora_u[kind], T, true, s->lora_du, s->lora_s1,
                       s->lora_s2);
-    }
 }
 
 /* RMSNorm whose output feeds Linears: out [rows, dim] (NULL: not kept) and rstd, and in mixed
- * precision the 16-bit copy the GEMMs read, written by the norm itself into saved (the
- * layer's copy) or else scratch. Returns that copy (NULL in fp32). */
-static const uint16_t *norm_for_linears(const model *m, uint16_t *saved, float *out, float *rstd, const float *x,
-                                        const float *weight, int rows, int dim, float eps) {
+ * precision the 16-bit copy the GEMMs read (rows ld apart), written by the norm itself into
+ * saved (the layer's copy) or else scratch. Returns that copy (NULL in fp32). */
+static uint16_t *norm_for_linears(const model *m, uint16_t *saved, int ld, float *out, float *rstd, const float *x,
+                                  const float *weight, int rows, int dim, float eps) {
     if (m->precision == MODEL_FP32) {
         m->k->rmsnorm_fwd(out, rstd, x, weight, rows, dim, eps);
         return NULL;
     }
     const model_state *s = m->state;
     uint16_t *h = saved ? saved : s->half_x;
-    m->k->rmsnorm_fwd_half(model_half_format(m->precision), h, out, rstd, x, weight, rows, dim, eps);
+    m->k->rmsnorm_fwd_half(model_half_format(m->precision), h, ld, out, rstd, x, weight, rows, dim, eps);
     return h;
 }
 
@@ -143,10 +174,12 @@ static void layer_forward(model *m, int l, int batch, int seq, const int32_t *do
     const model_layer *layer = &m->layers[l];
     layer_acts *a = &s->acts[l];
     float *x = s->resid + (size_t)l * T * H, *out = x + (size_t)T * H;
-    const uint16_t *hx = norm_for_linears(m, a->h_norm1, a->x_norm1, a->rstd1, x, layer->input_norm->data, T, H, eps);
-    linear_forward(m, l, LINEAR_Q, c->qk_norm ? a->q_pre : a->q, a->x_norm1, hx, T, train, seed);
-    linear_forward(m, l, LINEAR_K, c->qk_norm ? a->k_pre : a->k, a->x_norm1, hx, T, train, seed);
-    linear_forward(m, l, LINEAR_V, a->v, a->x_norm1, hx, T, train, seed);
+    const int *ld = s->ld_input;
+    uint16_t *hx = norm_for_linears(m, a->h_norm1, ld[LINEAR_Q], a->x_norm1, a->rstd1, x, layer->input_norm->data,
+                                    T, H, eps);
+    linear_forward(m, l, LINEAR_Q, c->qk_norm ? a->q_pre : a->q, a->x_norm1, hx, ld[LINEAR_Q], T, train, seed);
+    linear_forward(m, l, LINEAR_K, c->qk_norm ? a->k_pre : a->k, a->x_norm1, hx, ld[LINEAR_K], T, train, seed);
+    linear_forward(m, l, LINEAR_V, a->v, a->x_norm1, hx, ld[LINEAR_V], T, train, seed);
     if (c->qk_norm) {
         k->rmsnorm_fwd(a->q, a->rstd_q, a->q_pre, layer->q_norm->data, T * nh, d, eps);
         k->rmsnorm_fwd(a->k, a->rstd_k, a->k_pre, layer->k_norm->data, T * nkv, d, eps);
@@ -158,12 +191,13 @@ static void layer_forward(model *m, int l, int batch, int seq, const int32_t *do
     else /* 16-bit products as flash attention in bf16/fp16 (tensor cores on a GPU) */
         k->attention_fwd_half(model_half_format(m->precision), a->att, a->lse, a->q, a->k, a->v, doc_ids,
                               batch, seq, nh, nkv, d, scale);
-    hx = half_of(m, s->half_x, a->att, (size_t)T * nh * d);
-    linear_forward(m, l, LINEAR_O, a->x_mid, a->att, hx, T, train, seed);
+    hx = half_rows_of(m, s->half_x, ld[LINEAR_O], a->att, T, nh * d);
+    linear_forward(m, l, LINEAR_O, a->x_mid, a->att, hx, ld[LINEAR_O], T, train, seed);
     k->add(a->x_mid, a->x_mid, x, (size_t)T * H);
-    hx = norm_for_linears(m, a->h_norm2, a->x_norm2, a->rstd2, a->x_mid, layer->post_norm->data, T, H, eps);
-    linear_forward(m, l, LINEAR_GATE, a->gate, a->x_norm2, hx, T, train, seed);
-    linear_forward(m, l, LINEAR_UP, a->up, a->x_norm2, hx, T, train, seed);
+    hx = norm_for_linears(m, a->h_norm2, ld[LINEAR_GATE], a->x_norm2, a->rstd2, a->x_mid, layer->post_norm->data,
+                          T, H, eps);
+    linear_forward(m, l, LINEAR_GATE, a->gate, a->x_norm2, hx, ld[LINEAR_GATE], T, train, seed);
+    linear_forward(m, l, LINEAR_UP, a->up, a->x_norm2, hx, ld[LINEAR_UP], T, train, seed);
     if (m->precision == MODEL_FP32) {
         k->swiglu_fwd(a->act, a->gate, a->up, (size_t)T * I);
     } else { /* gate and up rounded (and kept so), act's 16-bit copy written with act */
@@ -172,7 +206,7 @@ static void layer_forward(model *m, int l, int batch, int seq, const int32_t *do
                            (size_t)T * I);
         hx = h_act;
     }
-    linear_forward(m, l, LINEAR_DOWN, out, a->act, hx, T, train, seed);
+    linear_forward(m, l, LINEAR_DOWN, out, a->act, hx, ld[LINEAR_DOWN], T, train, seed);
     k->add(out, out, a->x_mid, (size_t)T * H);
 }
 
@@ -187,8 +221,9 @@ static const uint16_t *forward(model *m, int batch, int seq, bool use_doc_ids, b
     for (int l = 0; l < c->num_hidden_layers; l++)
         layer_forward(m, l, batch, seq, use_doc_ids ? s->doc_ids : NULL, train, seed);
     const model_param *final_norm = model_find_param(m, "model.norm.weight");
-    return norm_for_linears(m, NULL, s->x_norm_final, s->rstd_final, s->resid + (size_t)c->num_hidden_layers * T * H,
-                            final_norm->data, T, H, (float)c->rms_norm_eps);
+    return norm_for_linears(m, NULL, H, s->x_norm_final, s->rstd_final,
+                            s->resid + (size_t)c->num_hidden_layers * T * H, final_norm->data, T, H,
+                            (float)c->rms_norm_eps);
 }
 
 /* Whether a base weight of linears first..last (in linear_kind order) trains: only then does
@@ -209,14 +244,16 @@ static bool needs_half_input(const model *m, const model_layer *layer, int first
     return false;
 }
 
-/* The 16-bit copy of the input x [n values] of Linears [first, last] for their backward: the
- * one the forward saved (layer_acts.h_norm1, ...), else x rounded into scratch when a
- * gradient reads it, else NULL (fp32, or nothing reads it). */
+/* The 16-bit copy of the input x [T, width] of Linears [first, last] for their backward: the
+ * one the forward saved (layer_acts.h_norm1, ...; rows s->ld_input apart), else x rounded
+ * into scratch (contiguous) when a gradient reads it, else NULL (fp32, or nothing reads it).
+ * *ld: its row stride. */
 static const uint16_t *backward_input(const model *m, const model_layer *layer, int first, int last,
-                                      const uint16_t *saved, const float *x, size_t n) {
-    if (saved) return saved;
+                                      const uint16_t *saved, const float *x, int T, int width, int *ld) {
     const model_state *s = m->state;
-    return needs_half_input(m, layer, first, last) ? half_of(m, s->half_x, x, n) : NULL;
+    *ld = saved ? s->ld_input[first] : width;
+    if (saved) return saved;
+    return needs_half_input(m, layer, first, last) ? half_of(m, s->half_x, x, (size_t)T * width) : NULL;
 }
 
 static bool layer_has_trainable(const model *m, int l) {
@@ -262,8 +299,9 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
 
         /* MLP: d_resid holds d out; out = x_mid + down(act). */
         float *d_act = s->d_w1, *d_gate = s->d_w2, *d_up = s->d_w3;
-        const uint16_t *hx = backward_input(m, layer, LINEAR_DOWN, LINEAR_DOWN, a->h_act, a->act, (size_t)T * I);
-        linear_backward(m, l, LINEAR_DOWN, d_act, 0.0f, s->d_resid, NULL, a->act, hx, T, seed);
+        int ldx;
+        const uint16_t *hx = backward_input(m, layer, LINEAR_DOWN, LINEAR_DOWN, a->h_act, a->act, T, I, &ldx);
+        linear_backward(m, l, LINEAR_DOWN, d_act, 0.0f, s->d_resid, NULL, a->act, hx, ldx, T, seed);
         const uint16_t *hd_gate = NULL, *hd_up = NULL;
         if (m->precision == MODEL_FP32) {
             k->swiglu_bwd(d_gate, d_up, d_act, a->gate, a->up, (size_t)T * I);
@@ -272,17 +310,17 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
                                a->h_up, (size_t)T * I);
             hd_gate = s->half_dgate, hd_up = s->half_dup, d_gate = d_up = NULL;
         }
-        hx = backward_input(m, layer, LINEAR_GATE, LINEAR_UP, a->h_norm2, a->x_norm2, TH);
-        linear_backward(m, l, LINEAR_GATE, s->d_h1, 0.0f, d_gate, hd_gate, a->x_norm2, hx, T, seed);
-        linear_backward(m, l, LINEAR_UP, s->d_h1, 1.0f, d_up, hd_up, a->x_norm2, hx, T, seed);
+        hx = backward_input(m, layer, LINEAR_GATE, LINEAR_UP, a->h_norm2, a->x_norm2, T, H, &ldx);
+        linear_backward(m, l, LINEAR_GATE, s->d_h1, 0.0f, d_gate, hd_gate, a->x_norm2, hx, ldx, T, seed);
+        linear_backward(m, l, LINEAR_UP, s->d_h1, 1.0f, d_up, hd_up, a->x_norm2, hx, ldx, T, seed);
         k->rmsnorm_bwd(s->d_h2, layer->post_norm->grad, s->d_h1, a->x_mid, layer->post_norm->data,
                        a->rstd2, T, H);
         k->axpy(s->d_resid, 1.0f, s->d_h2, TH);
 
         /* Attention: d_resid holds d x_mid; x_mid = x + o(att). */
         float *d_att = s->d_w1, *dq = s->d_w2, *dk = s->d_w3, *dv = s->d_w4;
-        hx = backward_input(m, layer, LINEAR_O, LINEAR_O, NULL, a->att, (size_t)T * nh * d);
-        linear_backward(m, l, LINEAR_O, d_att, 0.0f, s->d_resid, NULL, a->att, hx, T, seed);
+        hx = backward_input(m, layer, LINEAR_O, LINEAR_O, NULL, a->att, T, nh * d, &ldx);
+        linear_backward(m, l, LINEAR_O, d_att, 0.0f, s->d_resid, NULL, a->att, hx, ldx, T, seed);
         if (m->precision == MODEL_FP32)
             k->attention_bwd(dq, dk, dv, d_att, a->q, a->k, a->v, a->att, a->lse, doc_ids, batch, seq,
                              nh, nkv, d, scale);
@@ -302,10 +340,10 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
         }
         const bool need_dh = need_input_grad || layer->input_norm->trainable;
         float *dh = need_dh ? s->d_h1 : NULL;
-        hx = backward_input(m, layer, LINEAR_Q, LINEAR_V, a->h_norm1, q_in, TH);
-        linear_backward(m, l, LINEAR_Q, dh, 0.0f, dq, NULL, q_in, hx, T, seed);
-        linear_backward(m, l, LINEAR_K, dh, 1.0f, dk, NULL, q_in, hx, T, seed);
-        linear_backward(m, l, LINEAR_V, dh, 1.0f, dv, NULL, q_in, hx, T, seed);
+        hx = backward_input(m, layer, LINEAR_Q, LINEAR_V, a->h_norm1, q_in, T, H, &ldx);
+        linear_backward(m, l, LINEAR_Q, dh, 0.0f, dq, NULL, q_in, hx, ldx, T, seed);
+        linear_backward(m, l, LINEAR_K, dh, 1.0f, dk, NULL, q_in, hx, ldx, T, seed);
+        linear_backward(m, l, LINEAR_V, dh, 1.0f, dv, NULL, q_in, hx, ldx, T, seed);
         if (need_dh) {
             k->rmsnorm_bwd(s->d_h2, layer->input_norm->grad, s->d_h1, x, layer->input_norm->data,
                            a->rstd1, T, H);
@@ -408,7 +446,7 @@ int model_step(model *m, const model_batch *batch, bool backward_pass, float gra
         }
         const uint16_t *hdl = h_final ? s->half_dy : NULL;
         weight_gemm(m, false, false, n, H, V, s->logits, hdl, V, w, 0.0f, s->d_h1 + (size_t)r0 * H, H);
-        if (w->grad) weight_grad_gemm(m, w, n, s->logits, hdl, xn, hxn);
+        if (w->grad) weight_grad_gemm(m, w, n, s->logits, hdl, V, xn, hxn, H);
     }
     /* The backward is queued before the losses are fetched: on a GPU the download waits for
      * the device, and waiting here, not between forward and backward, keeps it busy. */

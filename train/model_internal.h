@@ -5,6 +5,36 @@
 
 #include "train/model.h"
 
+/* LoRA inside the base GEMMs (mixed precision, unless lora_unfused).
+ * An adapted Linear's base weight has as its 16-bit copy the padded matrix
+ *
+ *                 columns 0..in   in..u_col   u_col..u_col+r
+ *     rows 0..out      W            0         scaling * B        row stride ld = u_col + r
+ *     rows out..+r     A            0         0
+ *
+ * (the adapters themselves have no other 16-bit copy; model_refresh_half writes A and
+ * scaling * B there after every optimizer step). Where the Linear's input x reaches its GEMM
+ * as a 16-bit copy with room beside it (concat_input: rows ld_input apart, u written at
+ * column u_col), the forward is one GEMM
+ *     u = x A^T;  y = [x | u] [W | scaling B]^T            (K = u_col + r)
+ * (u = dropout(x) A^T under adapter dropout), and where dy's 16-bit copy is made by a plain
+ * rounding and there is no dropout (concat_dy; dropout's backward masks du A), the input
+ * gradient is
+ *     du = dy (scaling B);  dx = [dy | du] [W ; A]         (K = out + r)
+ * Each replaces a GEMM that read and rewrote an fp32 [T, out] or [T, in] tensor. Linears
+ * sharing an input (q, k, v; gate, up) take consecutive slots u_col = in + slot * r; the
+ * zero columns make the earlier adapters' u (already written) contribute nothing. The SwiGLU
+ * producers write contiguous 16-bit tensors, so down's forward and gate/up's backward keep
+ * the adapter's own products (with the same padded copies of A and scaling * B). */
+typedef struct model_lora_layout {
+    int slot[LINEAR_KIND_COUNT];     /* adapter's column slot beside its input; -1: none */
+    int ld_input[LINEAR_KIND_COUNT]; /* row stride of each Linear's 16-bit input copy */
+} model_lora_layout;
+
+/* The layout for cfg with adapters lora run fused (NULL: none fused: every ld_input is the
+ * input width, every slot -1). */
+void model_lora_layout_of(const model_config *cfg, const lora_settings *lora, model_lora_layout *out);
+
 /* One Linear of a decoder layer: its base weight (and bias), and its adapter when targeted. */
 typedef struct model_linear {
     model_param *weight;
@@ -12,6 +42,9 @@ typedef struct model_linear {
     model_param *lora_a; /* NULL: not adapted */
     model_param *lora_b;
     int in, out;
+    /* Fused LoRA (above); u_col 0 when the adapter is not fused (or there is none). */
+    int u_col;
+    bool concat_input, concat_dy;
 } model_linear;
 
 struct model_layer {
@@ -62,6 +95,8 @@ typedef struct model_state {
     uint16_t *half_dgate, *half_dup; /* mixed: the MLP's 16-bit gradients [T,I] (in d_w2, d_w3) */
     uint16_t *half_lora_in;     /* mixed LoRA with dropout: the dropped input, [T, max width] */
     uint16_t *half_lora_r;      /* mixed LoRA: u or du rounded, [T, r] */
+    int ld_input[LINEAR_KIND_COUNT]; /* mixed: row stride of each Linear's 16-bit input copy
+                                      * (wider than the input for fused LoRA's u) */
     int32_t *ids, *targets, *positions, *doc_ids;
     int32_t *id_order;        /* token indices sorted by (id, t), for a trainable embedding */
     uint64_t *host_id_keys;   /* host [T], the sort's (id << 32 | t) keys */

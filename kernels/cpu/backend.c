@@ -30,6 +30,7 @@ static const kernels cpu_backend = {
     .cross_entropy = cpu_cross_entropy,
     .to_half = cpu_to_half,
     .from_half = cpu_from_half,
+    .to_half_2d = cpu_to_half_2d,
     .gemm_half = cpu_gemm_half,
     .rmsnorm_fwd_half = cpu_rmsnorm_fwd_half,
     .swiglu_fwd_half = cpu_swiglu_fwd_half,

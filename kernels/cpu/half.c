@@ -28,6 +28,19 @@ void cpu_from_half(float *out, const uint16_t *x, size_t n, kernels_half_format 
     }
 }
 
+/* One multiply then the same rounding as cpu_to_half; scale 1 multiplies to x itself (also
+ * for NaN, whose payload then stays what to_half sees), so the bits match to_half's. */
+void cpu_to_half_2d(kernels_half_format fmt, uint16_t *out, int ld_out, const float *x, int ld_x,
+                    int rows, int cols, float scale) {
+    if (rows <= 0 || cols <= 0) return;
+#pragma omp parallel for if ((size_t)rows * cols >= CPU_PARALLEL_MIN) schedule(static)
+    for (int i = 0; i < rows; i++) {
+        const float *xr = x + (size_t)i * ld_x;
+        uint16_t *hr = out + (size_t)i * ld_out;
+        for (int j = 0; j < cols; j++) hr[j] = cpu_half_from_float(scale * xr[j], fmt);
+    }
+}
+
 /* Widens a rows x cols block of a 16-bit matrix with row stride ld into a packed fp32
  * matrix (row stride cols); only the block is read, so padding columns may hold anything. */
 static void widen_block(float *dst, const uint16_t *src, int rows, int cols, int ld,

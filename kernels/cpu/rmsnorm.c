@@ -32,12 +32,13 @@ void cpu_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *weigh
     }
 }
 
-void cpu_rmsnorm_fwd_half(kernels_half_format fmt, uint16_t *out_half, float *out, float *rstd,
-                          const float *x, const float *weight, int n_rows, int dim, float eps) {
+void cpu_rmsnorm_fwd_half(kernels_half_format fmt, uint16_t *out_half, int ld_half, float *out,
+                          float *rstd, const float *x, const float *weight, int n_rows, int dim,
+                          float eps) {
 #pragma omp parallel for if ((size_t)n_rows * dim >= CPU_PARALLEL_MIN) schedule(static)
     for (int r = 0; r < n_rows; r++) {
         const float *xr = x + (size_t)r * dim;
-        uint16_t *hr = out_half + (size_t)r * dim;
+        uint16_t *hr = out_half + (size_t)r * ld_half;
         float rs = row_rstd(xr, dim, eps);
         rstd[r] = rs;
         for (int j = 0; j < dim; j++) {

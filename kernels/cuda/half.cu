@@ -1,5 +1,5 @@
-// half: the 16-bit ops of mixed precision (kernels.h: to_half, from_half, gemm_half),
-// mirroring kernels/cpu/half.c.
+// half: the 16-bit ops of mixed precision (kernels.h: to_half, from_half, to_half_2d,
+// gemm_half), mirroring kernels/cpu/half.c.
 //
 // Casts (the conversions live in half_bits.cuh, shared with every fused 16-bit producer).
 // __float2bfloat16_rn / __float2half_rn are the PTX cvt.rn conversions: round to
@@ -89,6 +89,65 @@ extern "C" void cuda_from_half(float *out, const uint16_t *x, size_t n, kernels_
         cuda_vec4_launch(from_half_op<KERNELS_BF16>{out, x}, plan);
     else
         cuda_vec4_launch(from_half_op<KERNELS_FP16>{out, x}, plan);
+    CUDA_CHECK_LAUNCH();
+}
+
+// to_half_2d: a 2D grid-stride loop, x over a row's columns (consecutive threads on
+// consecutive columns, so loads and stores coalesce), y over rows. The block's shape follows
+// the block's width, so a narrow one (a LoRA rank of 16 columns) keeps every thread busy.
+// W = 4 moves a float4 in and 8 bytes out per thread where every row start is aligned (cols,
+// both strides multiples of 4, both pointers aligned); W = 1 otherwise. Either way each value
+// is one fp32 multiply (IEEE, uncontracted: scale 1 gives x itself) and half_bits, so the
+// bits are cuda_to_half's.
+template <kernels_half_format F, int W>
+__global__ void to_half_2d_kernel(uint16_t *out, int ld_out, const float *x, int ld_x, int rows,
+                                  int units, float scale) {
+    for (size_t r = blockIdx.y * (size_t)blockDim.y + threadIdx.y; r < (size_t)rows;
+         r += (size_t)gridDim.y * blockDim.y) {
+        const float *xr = x + r * ld_x;
+        uint16_t *hr = out + r * ld_out;
+        for (int u = blockIdx.x * blockDim.x + threadIdx.x; u < units;
+             u += gridDim.x * blockDim.x) {
+            if constexpr (W == 4) {
+                const float4 v = *reinterpret_cast<const float4 *>(xr + 4 * u);
+                *reinterpret_cast<uint2 *>(hr + 4 * u) =
+                    half_bits4<F>(__fmul_rn(scale, v.x), __fmul_rn(scale, v.y),
+                                  __fmul_rn(scale, v.z), __fmul_rn(scale, v.w));
+            } else {
+                hr[u] = half_bits<F>(__fmul_rn(scale, xr[u]));
+            }
+        }
+    }
+}
+
+template <kernels_half_format F>
+static void launch_to_half_2d(uint16_t *out, int ld_out, const float *x, int ld_x, int rows,
+                              int cols, float scale) {
+    const bool vec4 = cols % 4 == 0 && ld_x % 4 == 0 && ld_out % 4 == 0 &&
+                      (uintptr_t)x % 16 == 0 && (uintptr_t)out % 8 == 0;
+    const int units = vec4 ? cols / 4 : cols;
+    int bx = 1;
+    while (bx < units && bx < CUDA_THREADS) bx *= 2;
+    const dim3 block((unsigned int)bx, (unsigned int)(CUDA_THREADS / bx));
+    // About as many blocks as cuda_grid_for allows a 1D loop; the loops stride past the rest.
+    unsigned int gx = (unsigned int)((units + bx - 1) / bx);
+    if (gx > 65535u) gx = 65535u;
+    size_t gy = ((size_t)rows + block.y - 1) / block.y, gy_max = 65535u / gx;
+    if (gy > gy_max) gy = gy_max;
+    const dim3 grid(gx, (unsigned int)gy);
+    if (vec4)
+        to_half_2d_kernel<F, 4><<<grid, block>>>(out, ld_out, x, ld_x, rows, units, scale);
+    else
+        to_half_2d_kernel<F, 1><<<grid, block>>>(out, ld_out, x, ld_x, rows, units, scale);
+}
+
+extern "C" void cuda_to_half_2d(kernels_half_format fmt, uint16_t *out, int ld_out, const float *x,
+                                int ld_x, int rows, int cols, float scale) {
+    if (!known_format(fmt, "to_half_2d", __LINE__) || rows <= 0 || cols <= 0) return;
+    if (fmt == KERNELS_BF16)
+        launch_to_half_2d<KERNELS_BF16>(out, ld_out, x, ld_x, rows, cols, scale);
+    else
+        launch_to_half_2d<KERNELS_FP16>(out, ld_out, x, ld_x, rows, cols, scale);
     CUDA_CHECK_LAUNCH();
 }
 

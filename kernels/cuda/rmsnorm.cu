@@ -7,7 +7,10 @@
 // rmsnorm_fwd_half is the same kernel with a store that rounds y to 16 bits (half_bits.cuh,
 // to_half's rounding) and keeps the fp32 y only when asked: rstd and every y are computed by
 // the same instructions as rmsnorm_fwd's, so out_half is to_half(rmsnorm_fwd's out) bit for
-// bit (y = w (x r) is two products, nothing for the compiler to contract).
+// bit (y = w (x r) is two products, nothing for the compiler to contract). Its 16-bit rows
+// are ld_half apart (a row may sit beside other columns of a wider GEMM operand); the stores
+// stay scalar and coalesced either way (consecutive threads, consecutive columns), so
+// ld_half == dim costs what the contiguous store did.
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/cuda_common.cuh"
@@ -15,7 +18,29 @@
 
 #define RMS_ROW_CHUNK 64
 
-// Store: f32_store or half_store<F> (half_bits.cuh), taking (element index, y).
+// Where y of (row, column j) goes: the fp32 rows are dim apart, the 16-bit rows ld_half
+// (half_bits.cuh's stores take one index, which cannot tell the two strides apart).
+struct rms_f32_store {
+    float *out;
+    int dim;
+    __device__ __forceinline__ void operator()(size_t row, int j, float y) const {
+        out[row * dim + j] = y;
+    }
+};
+
+template <kernels_half_format F>
+struct rms_half_store {
+    uint16_t *out_half;
+    int ld_half;
+    float *out;  // NULL: the 16-bit value only
+    int dim;
+    __device__ __forceinline__ void operator()(size_t row, int j, float y) const {
+        if (out) out[row * dim + j] = y;
+        out_half[row * ld_half + j] = half_bits<F>(y);
+    }
+};
+
+// Store: rms_f32_store or rms_half_store<F>, taking (row, column, y).
 template <class Store>
 __global__ void rmsnorm_fwd_kernel(Store store, float *rstd, const float *x, const float *weight,
                                    int dim, float eps) {
@@ -29,7 +54,7 @@ __global__ void rmsnorm_fwd_kernel(Store store, float *rstd, const float *x, con
     float rs = 1.0f / sqrtf(variance + eps);  // IEEE sqrt and division (no fast math)
     if (threadIdx.x == 0) rstd[row] = rs;
     for (int j = threadIdx.x; j < dim; j += blockDim.x)
-        store(row * dim + j, weight[j] * (xr[j] * rs));
+        store(row, j, weight[j] * (xr[j] * rs));
 }
 
 __global__ void rmsnorm_bwd_dx_kernel(float *dx, const float *dout, const float *x,
@@ -74,21 +99,22 @@ __global__ void rmsnorm_dw_sum_kernel(float *dweight, const double *partial, int
 extern "C" void cuda_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *weight,
                                  int n_rows, int dim, float eps) {
     if (n_rows <= 0 || dim <= 0) return;
-    rmsnorm_fwd_kernel<<<n_rows, CUDA_THREADS>>>(f32_store{out}, rstd, x, weight, dim, eps);
+    rmsnorm_fwd_kernel<<<n_rows, CUDA_THREADS>>>(rms_f32_store{out, dim}, rstd, x, weight, dim,
+                                                 eps);
     CUDA_CHECK_LAUNCH();
 }
 
-extern "C" void cuda_rmsnorm_fwd_half(kernels_half_format fmt, uint16_t *out_half, float *out,
-                                      float *rstd, const float *x, const float *weight,
-                                      int n_rows, int dim, float eps) {
+extern "C" void cuda_rmsnorm_fwd_half(kernels_half_format fmt, uint16_t *out_half, int ld_half,
+                                      float *out, float *rstd, const float *x,
+                                      const float *weight, int n_rows, int dim, float eps) {
     if (!cuda_known_half_format(fmt, "rmsnorm_fwd_half", __FILE__, __LINE__)) return;
     if (n_rows <= 0 || dim <= 0) return;
     if (fmt == KERNELS_BF16)
-        rmsnorm_fwd_kernel<<<n_rows, CUDA_THREADS>>>(half_store<KERNELS_BF16>{out_half, out}, rstd,
-                                                     x, weight, dim, eps);
+        rmsnorm_fwd_kernel<<<n_rows, CUDA_THREADS>>>(
+            rms_half_store<KERNELS_BF16>{out_half, ld_half, out, dim}, rstd, x, weight, dim, eps);
     else
-        rmsnorm_fwd_kernel<<<n_rows, CUDA_THREADS>>>(half_store<KERNELS_FP16>{out_half, out}, rstd,
-                                                     x, weight, dim, eps);
+        rmsnorm_fwd_kernel<<<n_rows, CUDA_THREADS>>>(
+            rms_half_store<KERNELS_FP16>{out_half, ld_half, out, dim}, rstd, x, weight, dim, eps);
     CUDA_CHECK_LAUNCH();
 }
 
