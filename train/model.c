@@ -289,12 +289,19 @@ static int relayout_weights(model *m, bool mixed, ct_error *err) {
     return 0;
 }
 
-/* Sets each Linear's fused-LoRA fields and its weight's 16-bit shape for precision p
- * (model_internal.h); every other GEMM weight gets a plain [shape] copy. */
+/* Whether precision p runs m's adapters inside the base GEMMs (model_internal.h). */
 static bool fuses_lora(const model *m, model_precision p) {
     return m->has_lora && p != MODEL_FP32 && !m->lora_unfused;
 }
 
+/* Whether q gets a 16-bit copy of its own under precision p: GEMM weights, except fused
+ * adapters (theirs live in the base weight's padded copy). */
+static bool has_own_half(const model *m, const model_param *q, model_precision p) {
+    return is_gemm_weight(m, q) && !(q->is_lora && fuses_lora(m, p));
+}
+
+/* Sets each Linear's fused-LoRA fields and its weight's 16-bit shape for precision p
+ * (model_internal.h); every other GEMM weight gets a plain [shape] copy. */
 static void plan_half_layout(model *m, model_precision p) {
     const bool fused = fuses_lora(m, p);
     model_lora_layout layout;
@@ -346,11 +353,10 @@ int model_set_precision(model *m, model_precision p, ct_error *err) {
     m->half_stale_frozen = m->half_stale_trainable = false;
     if (p == MODEL_FP32) return 0;
     plan_half_layout(m, p);
-    const bool fused = fuses_lora(m, p); /* adapters then have no copy of their own */
     size_t total = 0;
     for (int i = 0; i < m->n_params; i++) {
         const model_param *q = &m->params[i];
-        if (is_gemm_weight(m, q) && !(fused && q->is_lora)) total += (size_t)q->half_rows * (size_t)q->half_ld;
+        if (has_own_half(m, q, p)) total += (size_t)q->half_rows * (size_t)q->half_ld;
     }
     if (!(m->half_arena = m->k->alloc((total ? total : 1) * sizeof(uint16_t)))) {
         drop_half_copies(m);
@@ -360,7 +366,7 @@ int model_set_precision(model *m, model_precision p, ct_error *err) {
     size_t at = 0;
     for (int i = 0; i < m->n_params; i++) {
         model_param *q = &m->params[i];
-        if (!is_gemm_weight(m, q) || (fused && q->is_lora)) continue;
+        if (!has_own_half(m, q, p)) continue;
         q->half = m->half_arena + at;
         at += (size_t)q->half_rows * (size_t)q->half_ld;
         /* the padding starts at zero (alloc zero-fills): the zero columns of the layout */
@@ -450,12 +456,8 @@ void model_refresh_half(model *m) {
     if (!m->half_stale_frozen && !m->half_stale_trainable) return;
     for (int i = 0; i < m->n_params; i++) {
         model_param *p = &m->params[i];
+        /* (padded copies belong to frozen LoRA bases, which have no fp32 data to refresh from) */
         if (!p->half || !p->data || !(p->trainable ? m->half_stale_trainable : m->half_stale_frozen)) continue;
-        if (p->half_ld != p->shape[1] && p->ndim == 2) { /* a padded copy (only frozen ones have data) */
-            m->k->to_half_2d(model_half_format(m->precision), p->half, p->half_ld, p->data, (int)p->shape[1],
-                             (int)p->shape[0], (int)p->shape[1], 1.0f);
-            continue;
-        }
         if (!p->trainable || !p->grad) {
             refresh_range(m, p, 0, p->numel);
             continue;

@@ -80,7 +80,7 @@ static const uint16_t *half_of(const model *m, uint16_t *buf, const float *x, si
 
 /* The same for a [rows, cols] activation whose copy has rows ld apart (room for the fused
  * adapters' u or du beside it). */
-static uint16_t *half_rows_of(const model *m, uint16_t *buf, int ld, const float *x, int rows, int cols) {
+static uint16_t *half_of_strided(const model *m, uint16_t *buf, int ld, const float *x, int rows, int cols) {
     if (m->precision == MODEL_FP32) return NULL;
     if (ld == cols) m->k->to_half(buf, x, (size_t)rows * cols, model_half_format(m->precision));
     else m->k->to_half_2d(model_half_format(m->precision), buf, ld, x, cols, rows, cols, 1.0f);
@@ -123,9 +123,9 @@ static void linear_backward(const model *m, int layer, int kind, float *dx, floa
     const model_state *s = m->state;
     const model_linear *lin = &m->layers[layer].lin[kind];
     /* Fused (concat_dy): dy rounded with room for du beside it, dx = [dy | du] [W ; A]. */
-    const bool fused = lin->lora_a && lin->concat_dy && !hdy && m->precision != MODEL_FP32;
+    const bool fused = lin->lora_a && lin->concat_dy && !hdy; /* concat_dy: mixed precision only */
     const int ldy = fused ? lin->out + m->lora.r : lin->out;
-    if (fused) hdy = half_rows_of(m, s->half_dy, ldy, dy, T, lin->out);
+    if (fused) hdy = half_of_strided(m, s->half_dy, ldy, dy, T, lin->out);
     else if (!hdy && (dx || lin->weight->grad || lin->lora_a)) hdy = half_of(m, s->half_dy, dy, (size_t)T * lin->out);
     lora_half half;
     lora_apply la;
@@ -191,7 +191,7 @@ static void layer_forward(model *m, int l, int batch, int seq, const int32_t *do
     else /* 16-bit products as flash attention in bf16/fp16 (tensor cores on a GPU) */
         k->attention_fwd_half(model_half_format(m->precision), a->att, a->lse, a->q, a->k, a->v, doc_ids,
                               batch, seq, nh, nkv, d, scale);
-    hx = half_rows_of(m, s->half_x, ld[LINEAR_O], a->att, T, nh * d);
+    hx = half_of_strided(m, s->half_x, ld[LINEAR_O], a->att, T, nh * d);
     linear_forward(m, l, LINEAR_O, a->x_mid, a->att, hx, ld[LINEAR_O], T, train, seed);
     k->add(a->x_mid, a->x_mid, x, (size_t)T * H);
     hx = norm_for_linears(m, a->h_norm2, ld[LINEAR_GATE], a->x_norm2, a->rstd2, a->x_mid, layer->post_norm->data,

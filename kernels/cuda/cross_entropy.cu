@@ -22,19 +22,19 @@
 __device__ __forceinline__ float ce_exp(float z, float zmax) { return expf(z - zmax); }
 
 // grad: f32_store on the logits themselves (in place) or half_store<F> (half_bits.cuh),
-// indexed by the element's offset in the whole [n_rows, vocab] array.
+// taking (row, column) of the [n_rows, vocab] array.
 template <class Store>
 __global__ void cross_entropy_kernel(Store grad, const float *logits, float *loss,
                                      const int32_t *targets, int vocab, float grad_scale) {
     __shared__ float max_scratch[CUDA_THREADS];
     __shared__ double sum_scratch[CUDA_THREADS];
-    const size_t row = blockIdx.x, base = row * vocab;
-    const float *z = logits + base;
+    const size_t row = blockIdx.x;
+    const float *z = logits + row * vocab;
     const int32_t target = targets[row];
     if (target < 0) {  // uniform over the block: no thread reaches a barrier below
         if (threadIdx.x == 0) loss[row] = 0.0f;
         if (grad_scale != 0.0f)
-            for (int i = threadIdx.x; i < vocab; i += blockDim.x) grad(base + i, 0.0f);
+            for (int i = threadIdx.x; i < vocab; i += blockDim.x) grad(row, i, 0.0f);
         return;
     }
     // Read before pass 3 may overwrite it (in place); the barriers of the reductions order
@@ -55,14 +55,14 @@ __global__ void cross_entropy_kernel(Store grad, const float *logits, float *los
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
         // Two roundings, as the CPU's separate "z *= s" and "z[t] -= grad_scale".
         float scaled = __fmul_rn(ce_exp(z[i], zmax), scale_over_sum);
-        grad(base + i, i == target ? scaled - grad_scale : scaled);
+        grad(row, i, i == target ? scaled - grad_scale : scaled);
     }
 }
 
 extern "C" void cuda_cross_entropy(float *logits, float *loss, const int32_t *targets,
                                    int n_rows, int vocab, float grad_scale) {
     if (n_rows <= 0 || vocab <= 0) return;
-    cross_entropy_kernel<<<n_rows, CUDA_THREADS>>>(f32_store{logits}, logits, loss, targets,
+    cross_entropy_kernel<<<n_rows, CUDA_THREADS>>>(f32_store{logits, vocab}, logits, loss, targets,
                                                    vocab, grad_scale);
     CUDA_CHECK_LAUNCH();
 }
@@ -73,10 +73,12 @@ extern "C" void cuda_cross_entropy_half(kernels_half_format fmt, uint16_t *dlogi
     if (!cuda_known_half_format(fmt, "cross_entropy_half", __FILE__, __LINE__)) return;
     if (n_rows <= 0 || vocab <= 0) return;
     if (fmt == KERNELS_BF16)
-        cross_entropy_kernel<<<n_rows, CUDA_THREADS>>>(half_store<KERNELS_BF16>{dlogits_half, NULL},
-                                                       logits, loss, targets, vocab, grad_scale);
+        cross_entropy_kernel<<<n_rows, CUDA_THREADS>>>(
+            half_store<KERNELS_BF16>{dlogits_half, vocab, NULL, vocab}, logits, loss, targets, vocab,
+            grad_scale);
     else
-        cross_entropy_kernel<<<n_rows, CUDA_THREADS>>>(half_store<KERNELS_FP16>{dlogits_half, NULL},
-                                                       logits, loss, targets, vocab, grad_scale);
+        cross_entropy_kernel<<<n_rows, CUDA_THREADS>>>(
+            half_store<KERNELS_FP16>{dlogits_half, vocab, NULL, vocab}, logits, loss, targets, vocab,
+            grad_scale);
     CUDA_CHECK_LAUNCH();
 }

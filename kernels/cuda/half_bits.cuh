@@ -59,21 +59,27 @@ __device__ __forceinline__ float4 half_widen4(uint2 w) {
                        half_widen<F>((uint16_t)(w.y >> 16)));
 }
 
-// Where a row kernel's fp32 result goes: into fp32 memory, or rounded to 16 bits with the
-// fp32 value kept too unless `out` is NULL (the *_half ops of kernels.h). The kernel's
-// arithmetic is written once and takes either.
+// Where a row kernel's fp32 result goes, given (row, column): into fp32 memory (rows ld
+// apart), or rounded to 16 bits (rows ld_half apart) with the fp32 value kept too unless
+// `out` is NULL (the *_half ops of kernels.h). The kernel's arithmetic is written once and
+// takes either.
 struct f32_store {
     float *out;
-    __device__ __forceinline__ void operator()(size_t i, float y) const { out[i] = y; }
+    int ld;
+    __device__ __forceinline__ void operator()(size_t row, int j, float y) const {
+        out[row * ld + j] = y;
+    }
 };
 
 template <kernels_half_format F>
 struct half_store {
     uint16_t *out_half;
+    int ld_half;
     float *out;  // NULL: the 16-bit value only
-    __device__ __forceinline__ void operator()(size_t i, float y) const {
-        if (out) out[i] = y;
-        out_half[i] = half_bits<F>(y);
+    int ld;
+    __device__ __forceinline__ void operator()(size_t row, int j, float y) const {
+        if (out) out[row * ld + j] = y;
+        out_half[row * ld_half + j] = half_bits<F>(y);
     }
 };
 

@@ -18,29 +18,8 @@
 
 #define RMS_ROW_CHUNK 64
 
-// Where y of (row, column j) goes: the fp32 rows are dim apart, the 16-bit rows ld_half
-// (half_bits.cuh's stores take one index, which cannot tell the two strides apart).
-struct rms_f32_store {
-    float *out;
-    int dim;
-    __device__ __forceinline__ void operator()(size_t row, int j, float y) const {
-        out[row * dim + j] = y;
-    }
-};
-
-template <kernels_half_format F>
-struct rms_half_store {
-    uint16_t *out_half;
-    int ld_half;
-    float *out;  // NULL: the 16-bit value only
-    int dim;
-    __device__ __forceinline__ void operator()(size_t row, int j, float y) const {
-        if (out) out[row * dim + j] = y;
-        out_half[row * ld_half + j] = half_bits<F>(y);
-    }
-};
-
-// Store: rms_f32_store or rms_half_store<F>, taking (row, column, y).
+// Store: f32_store or half_store<F> (half_bits.cuh), taking (row, column, y): the fp32
+// rows are dim apart, the 16-bit rows ld_half.
 template <class Store>
 __global__ void rmsnorm_fwd_kernel(Store store, float *rstd, const float *x, const float *weight,
                                    int dim, float eps) {
@@ -99,7 +78,7 @@ __global__ void rmsnorm_dw_sum_kernel(float *dweight, const double *partial, int
 extern "C" void cuda_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *weight,
                                  int n_rows, int dim, float eps) {
     if (n_rows <= 0 || dim <= 0) return;
-    rmsnorm_fwd_kernel<<<n_rows, CUDA_THREADS>>>(rms_f32_store{out, dim}, rstd, x, weight, dim,
+    rmsnorm_fwd_kernel<<<n_rows, CUDA_THREADS>>>(f32_store{out, dim}, rstd, x, weight, dim,
                                                  eps);
     CUDA_CHECK_LAUNCH();
 }
@@ -111,10 +90,10 @@ extern "C" void cuda_rmsnorm_fwd_half(kernels_half_format fmt, uint16_t *out_hal
     if (n_rows <= 0 || dim <= 0) return;
     if (fmt == KERNELS_BF16)
         rmsnorm_fwd_kernel<<<n_rows, CUDA_THREADS>>>(
-            rms_half_store<KERNELS_BF16>{out_half, ld_half, out, dim}, rstd, x, weight, dim, eps);
+            half_store<KERNELS_BF16>{out_half, ld_half, out, dim}, rstd, x, weight, dim, eps);
     else
         rmsnorm_fwd_kernel<<<n_rows, CUDA_THREADS>>>(
-            rms_half_store<KERNELS_FP16>{out_half, ld_half, out, dim}, rstd, x, weight, dim, eps);
+            half_store<KERNELS_FP16>{out_half, ld_half, out, dim}, rstd, x, weight, dim, eps);
     CUDA_CHECK_LAUNCH();
 }
 
