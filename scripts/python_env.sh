@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prints the path of a Python that has the Hugging Face stack the interop tests and
 # benchmarks compare against, creating it on first use:
-#   scripts/python_env.sh     -> .venv/bin/python (made with pip from PyPI, ~5 GB, ~5 min once)
+#   scripts/python_env.sh     -> .venv/bin/python (made with pip from PyPI, ~6 GB, ~5 min once)
 # $CTUNE_PYTHON, when set to a Python that already imports everything, is used as it is.
 # Versions are pinned so that CI compares against the same peers every run.
 set -euo pipefail
@@ -23,7 +23,19 @@ if ! "$venv/bin/python" -c "$probe" 2>/dev/null; then
     $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >&2
     python3 -m venv "$venv"
   fi
-  "$venv/bin/pip" install -q --disable-pip-version-check "${packages[@]}" >&2
+  # The CUDA build of torch that PyPI serves brings ~3 GB of NVIDIA libraries; pip's cache
+  # would hold the wheels a second time, so it is off, and a full disk is named up front
+  # rather than as an OSError halfway through the install.
+  need_kb=$((7 * 1024 * 1024))
+  for dir in "$root" "${TMPDIR:-/tmp}"; do
+    free_kb=$(df -Pk "$dir" | awk 'NR == 2 { print $4 }')
+    if [ -n "$free_kb" ] && [ "$free_kb" -lt "$need_kb" ]; then
+      echo "python_env: $dir has $((free_kb / 1024)) MiB free; the Python stack needs ~7 GiB" \
+           "(set CTUNE_PYTHON to an existing Python with: ${packages[*]})" >&2
+      exit 1
+    fi
+  done
+  "$venv/bin/pip" install -q --no-cache-dir --disable-pip-version-check "${packages[@]}" >&2
   "$venv/bin/python" -c "$probe"
 fi
 echo "$venv/bin/python"
