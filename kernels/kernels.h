@@ -162,17 +162,20 @@ typedef struct kernels {
     void (*rmsnorm_fwd_half)(kernels_half_format fmt, uint16_t *out_half, int ld_half, float *out, float *rstd,
                              const float *x, const float *weight, int n_rows, int dim, float eps);
     /* SwiGLU on 16-bit inputs, as under torch.autocast, where gate and up are the bf16/fp16
-     * outputs of their projections: gate_half = to_half(gate), up_half = to_half(up) (kept
-     * for the backward), then with g, u their widened values, out = silu(g) * u in
-     * swiglu_fwd's fp32 arithmetic, out_half = to_half(out); out is written unless NULL. */
-    void (*swiglu_fwd_half)(kernels_half_format fmt, uint16_t *out_half, float *out,
+     * outputs of their projections, over [rows, cols]: gate_half = to_half(gate), up_half =
+     * to_half(up) (kept for the backward), then with g, u their widened values, out = silu(g)
+     * * u in swiglu_fwd's fp32 arithmetic, out_half = to_half(out), its rows ld_half (>= cols)
+     * apart (the columns between are untouched: room for the next GEMM's other operand);
+     * out is written unless NULL. gate, up, out, gate_half, up_half are contiguous. */
+    void (*swiglu_fwd_half)(kernels_half_format fmt, uint16_t *out_half, int ld_half, float *out,
                             uint16_t *gate_half, uint16_t *up_half, const float *gate,
-                            const float *up, size_t n);
+                            const float *up, int rows, int cols);
     /* swiglu_bwd's arithmetic on the widened gate_half and up_half, dgate and dup written
-     * only as their 16-bit roundings (they are read only as GEMM operands). */
-    void (*swiglu_bwd_half)(kernels_half_format fmt, uint16_t *dgate_half, uint16_t *dup_half,
+     * only as their 16-bit roundings (they are read only as GEMM operands), rows ld_half
+     * (>= cols) apart, the columns between untouched; dout, gate_half, up_half contiguous. */
+    void (*swiglu_bwd_half)(kernels_half_format fmt, uint16_t *dgate_half, uint16_t *dup_half, int ld_half,
                             const float *dout, const uint16_t *gate_half, const uint16_t *up_half,
-                            size_t n);
+                            int rows, int cols);
     /* cross_entropy with the gradient in 16 bits: loss exactly as cross_entropy gives it;
      * when grad_scale != 0, dlogits_half = to_half(the gradient cross_entropy would write
      * into logits); with grad_scale == 0 dlogits_half is not written. logits are only read. */

@@ -200,15 +200,16 @@ static void p_rmsnorm_fwd_half(kernels_half_format fmt, uint16_t *oh, int ld_hal
           prof.inner->rmsnorm_fwd_half(fmt, oh, ld_half, out, rstd, x, w, rows, dim, eps),
           "rmsnorm_fwd_half %s%s", fmt_name(fmt), out ? " +fp32" : "");
 }
-static void p_swiglu_fwd_half(kernels_half_format fmt, uint16_t *oh, float *out, uint16_t *gh, uint16_t *uh,
-                              const float *gate, const float *up, size_t n) {
-    TIMED(0, (out ? 18.0 : 14.0) * n, prof.inner->swiglu_fwd_half(fmt, oh, out, gh, uh, gate, up, n),
-          "swiglu_fwd_half %s%s", fmt_name(fmt), out ? " +fp32" : "");
+static void p_swiglu_fwd_half(kernels_half_format fmt, uint16_t *oh, int ld_half, float *out, uint16_t *gh,
+                              uint16_t *uh, const float *gate, const float *up, int rows, int cols) {
+    TIMED(0, (out ? 18.0 : 14.0) * rows * cols,
+          prof.inner->swiglu_fwd_half(fmt, oh, ld_half, out, gh, uh, gate, up, rows, cols), "swiglu_fwd_half %s%s",
+          fmt_name(fmt), out ? " +fp32" : "");
 }
-static void p_swiglu_bwd_half(kernels_half_format fmt, uint16_t *dgh, uint16_t *duh, const float *dout,
-                              const uint16_t *gh, const uint16_t *uh, size_t n) {
-    TIMED(0, 12.0 * n, prof.inner->swiglu_bwd_half(fmt, dgh, duh, dout, gh, uh, n), "swiglu_bwd_half %s",
-          fmt_name(fmt));
+static void p_swiglu_bwd_half(kernels_half_format fmt, uint16_t *dgh, uint16_t *duh, int ld_half, const float *dout,
+                              const uint16_t *gh, const uint16_t *uh, int rows, int cols) {
+    TIMED(0, 12.0 * rows * cols, prof.inner->swiglu_bwd_half(fmt, dgh, duh, ld_half, dout, gh, uh, rows, cols),
+          "swiglu_bwd_half %s", fmt_name(fmt));
 }
 static void p_cross_entropy_half(kernels_half_format fmt, uint16_t *dh, const float *logits, float *loss,
                                  const int32_t *targets, int rows, int vocab, float grad_scale) {

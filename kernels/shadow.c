@@ -112,14 +112,17 @@ static void shadow_rmsnorm_fwd_half(kernels_half_format fmt, uint16_t *out_half,
                                     float *rstd, const float *x, const float *w, int rows, int dim, float eps) {
     cpu_rmsnorm_fwd_half(fmt, RH(out_half), ld_half, RF(out), RF(rstd), RCF(x), RCF(w), rows, dim, eps);
 }
-static void shadow_swiglu_fwd_half(kernels_half_format fmt, uint16_t *out_half, float *out, uint16_t *gate_half,
-                                   uint16_t *up_half, const float *gate, const float *up, size_t n) {
-    cpu_swiglu_fwd_half(fmt, RH(out_half), RF(out), RH(gate_half), RH(up_half), RCF(gate), RCF(up), n);
+static void shadow_swiglu_fwd_half(kernels_half_format fmt, uint16_t *out_half, int ld_half, float *out,
+                                   uint16_t *gate_half, uint16_t *up_half, const float *gate, const float *up,
+                                   int rows, int cols) {
+    cpu_swiglu_fwd_half(fmt, RH(out_half), ld_half, RF(out), RH(gate_half), RH(up_half), RCF(gate), RCF(up), rows,
+                        cols);
 }
-static void shadow_swiglu_bwd_half(kernels_half_format fmt, uint16_t *dgate_half, uint16_t *dup_half,
-                                   const float *dout, const uint16_t *gate_half, const uint16_t *up_half,
-                                   size_t n) {
-    cpu_swiglu_bwd_half(fmt, RH(dgate_half), RH(dup_half), RCF(dout), RCH(gate_half), RCH(up_half), n);
+static void shadow_swiglu_bwd_half(kernels_half_format fmt, uint16_t *dgate_half, uint16_t *dup_half, int ld_half,
+                                   const float *dout, const uint16_t *gate_half, const uint16_t *up_half, int rows,
+                                   int cols) {
+    cpu_swiglu_bwd_half(fmt, RH(dgate_half), RH(dup_half), ld_half, RCF(dout), RCH(gate_half), RCH(up_half), rows,
+                        cols);
 }
 static void shadow_cross_entropy_half(kernels_half_format fmt, uint16_t *dlogits_half, const float *logits,
                                       float *loss, const int32_t *targets, int rows, int vocab,

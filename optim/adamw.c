@@ -36,21 +36,49 @@ static kernels_adamw_step step_settings(const adamw_state *s, const model *m, co
     };
 }
 
+/* A stretch of the slice that one kernel call updates: consecutive parameters whose values,
+ * gradients, moments and 16-bit copies (if any) continue one another, with the same decay. */
+typedef struct adamw_run {
+    const model_param *first; /* its settings (decay, whether a 16-bit copy is written) */
+    float *param;
+    uint16_t *half;
+    size_t lo, hi; /* flat trainable indices */
+} adamw_run;
+
+static void update_run(adamw_state *s, const model *m, const adamw_hparams *h, double lr, const float *grad,
+                       float grad_scale, const adamw_run *run) {
+    kernels_adamw_step st = step_settings(s, m, run->first, h, lr, grad_scale, 0);
+    st.half = run->half;
+    s->k->adamw(run->param, grad + (run->lo - s->begin), s->m + (run->lo - s->begin), s->v + (run->lo - s->begin),
+                run->hi - run->lo, &st);
+}
+
 void adamw_step_range(adamw_state *s, model *m, const adamw_hparams *h, double lr, const float *grad,
                       float grad_scale) {
     s->step++;
     const size_t begin = s->begin, end = s->begin + s->numel;
+    /* The kernel is element-wise, so a parameter cut by the slice edge, or parameters joined
+     * into one call (a LoRA model's hundreds of small adapters: one launch), update the same. */
+    adamw_run run = {0};
     for (int i = 0; i < m->n_params && s->numel > 0; i++) {
         model_param *p = &m->params[i];
         if (!p->trainable || !p->grad) continue;
-        /* The kernel is element-wise, so a parameter cut by the slice edge updates the same. */
         size_t first = (size_t)(p->grad - m->grad_arena), last = first + p->numel;
         size_t lo = first > begin ? first : begin, hi = last < end ? last : end;
         if (lo >= hi) continue;
-        kernels_adamw_step st = step_settings(s, m, p, h, lr, grad_scale, lo - first);
-        s->k->adamw(p->data + (lo - first), grad + (lo - begin), s->m + (lo - begin), s->v + (lo - begin),
-                    hi - lo, &st);
+        float *param = p->data + (lo - first);
+        uint16_t *half = step_settings(s, m, p, h, lr, grad_scale, lo - first).half;
+        const size_t len = run.hi - run.lo;
+        const bool joins = run.first && lo == run.hi && param == run.param + len && p->decay == run.first->decay &&
+                           (half ? run.half && half == run.half + len : !run.half);
+        if (joins) {
+            run.hi = hi;
+            continue;
+        }
+        if (run.first) update_run(s, m, h, lr, grad, grad_scale, &run);
+        run = (adamw_run){.first = p, .param = param, .half = half, .lo = lo, .hi = hi};
     }
+    if (run.first) update_run(s, m, h, lr, grad, grad_scale, &run);
 }
 
 int adamw_create(adamw_state *s, const model *m, ct_error *err) {

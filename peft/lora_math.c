@@ -148,12 +148,13 @@ void lora_fused_u(const lora_apply *l, float *u, const float *x, const uint16_t 
 }
 
 void lora_fused_backward(const lora_apply *l, uint16_t *hdy, int ldy, const uint16_t *hx, const float *u,
-                         int n_tokens, bool want_du, float *du) {
+                         const uint16_t *hu, int n_tokens, bool want_du, float *du) {
     const lora_half *h = l->half;
     const int T = n_tokens;
     if (l->db) {
-        const uint16_t *hu = rounded_r(l, u, T);
-        l->k->gemm_half(h->fmt, true, false, l->out, l->r, T, l->scaling, hdy, ldy, hu, l->r, 1.0f, l->db, l->r);
+        const int ldu = hu ? h->ldx : l->r;
+        if (!hu) hu = rounded_r(l, u, T);
+        l->k->gemm_half(h->fmt, true, false, l->out, l->r, T, l->scaling, hdy, ldy, hu, ldu, 1.0f, l->db, l->r);
     }
     if (!l->da && !want_du) return;
     l->k->gemm_half(h->fmt, false, false, T, l->r, l->out, 1.0f, hdy, ldy, h->b, h->ldb, 0.0f, du, l->r);

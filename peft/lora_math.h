@@ -77,10 +77,11 @@ void lora_fused_u(const lora_apply *l, float *u, const float *x, const uint16_t 
                   bool train, float *x_scratch);
 
 /* Without dropout, from dy's 16-bit copy hdy (rows ldy >= out + r apart): dB += scaling dy^T u (when
- * trainable) and, when dA is trainable or want_du, du = dy (scaling B) rounded into hdy's
- * columns out..out+r, then dA += du^T x from hx (rows half->ldx apart). du is fp32 scratch
- * [T, r]. The caller's GEMM [dy | du] [W ; A] then adds du A into dx. */
+ * trainable; u's rounding read from hu, rows half->ldx apart, as lora_fused_u wrote it, or
+ * with hu NULL rounded here) and, when dA is trainable or want_du, du = dy (scaling B) rounded
+ * into hdy's columns out..out+r, then dA += du^T x from hx (rows half->ldx apart). du is fp32
+ * scratch [T, r]. The caller's GEMM [dy | du] [W ; A] then adds du A into dx. */
 void lora_fused_backward(const lora_apply *l, uint16_t *hdy, int ldy, const uint16_t *hx, const float *u,
-                         int n_tokens, bool want_du, float *du);
+                         const uint16_t *hu, int n_tokens, bool want_du, float *du);
 
 #endif

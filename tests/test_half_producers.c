@@ -4,8 +4,8 @@
  * torch and finite differences in test_kernels_cpu.c) followed by to_half writes, in both
  * formats, with the optional fp32 outputs present and absent, outputs poisoned first so an
  * unwritten element fails. fp16's overflow to inf (what loss scaling detects) must survive
- * the fusion. Strided 16-bit outputs (rmsnorm_fwd_half's ld_half, to_half_2d's ld_out) must
- * leave every element outside their block with its poison. */
+ * the fusion. Strided 16-bit outputs (rmsnorm_fwd_half's and swiglu_*_half's ld_half,
+ * to_half_2d's ld_out) must leave every element outside their block with its poison. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -166,11 +166,28 @@ static void test_to_half_2d(kernels_half_format fmt) {
     CHECK_SAME("to_half_2d of NaN at scale 1", b, a, 3);
 }
 
-static void test_swiglu(kernels_half_format fmt) {
-    const size_t n = 1001;
+/* rows of width cols, ld apart in buf (poisoned first): each holds want's row (contiguous,
+ * width cols) and every element between cols and ld keeps its poison. */
+static void check_rows(const char *what, const uint16_t *buf, int ld, const uint16_t *want, int rows, int cols) {
+    for (int r = 0; r < rows; r++) {
+        char row_what[160];
+        snprintf(row_what, sizeof row_what, "%s: row %d", what, r);
+        CHECK_SAME(row_what, buf + (size_t)r * ld, want + (size_t)r * cols, (size_t)cols);
+        CHECK_MSG(count_bits(buf + (size_t)r * ld + cols, (size_t)(ld - cols), 0xFFFF, 0xA5A5) == (size_t)(ld - cols),
+                  "%s: gap written", row_what);
+    }
+}
+
+/* swiglu_fwd_half and swiglu_bwd_half over [rows, cols], their 16-bit outputs ld apart: the
+ * fp32 ops on the widened roundings, then to_half, computed flat (index r * cols + c) and
+ * compared row by row; gate_half, up_half and out stay contiguous. */
+static void swiglu_case(kernels_half_format fmt, int rows, int cols, int ld) {
+    const size_t n = (size_t)rows * cols, n_ld = (size_t)rows * ld;
     float *gate = vec(n, -8, 8), *up = vec(n, -3, 3), *dout = vec(n, -2, 2);
-    up[3] = 7.0e4f; /* rounds to fp16 inf: its product must be inf or NaN as the widened path gives */
-    gate[3] = 2.0f;
+    if (n > 3) {
+        up[3] = 7.0e4f; /* rounds to fp16 inf: its product must be inf or NaN as the widened path gives */
+        gate[3] = 2.0f;
+    }
     /* Reference: round the inputs, widen, run the fp32 ops, round the outputs. */
     uint16_t *hg = halves(n), *hu = halves(n), *ref_h = halves(n);
     float *g = poisoned(n), *u = poisoned(n), *ref = poisoned(n);
@@ -180,43 +197,72 @@ static void test_swiglu(kernels_half_format fmt) {
     K->from_half(u, hu, n, fmt);
     K->swiglu_fwd(ref, g, u, n);
     K->to_half(ref_h, ref, n, fmt);
-    uint16_t *got_g = halves(n), *got_u = halves(n), *got_h = halves(n);
+    uint16_t *got_g = halves(n), *got_u = halves(n), *got_h = halves(n_ld);
     float *out = poisoned(n);
-    char what[96];
+    char what[128];
     for (int with_out = 1; with_out >= 0; with_out--) {
-        memset(got_h, 0xA5, n * sizeof *got_h);
+        memset(got_h, 0xA5, n_ld * sizeof *got_h);
         memset(got_g, 0xA5, n * sizeof *got_g);
         memset(got_u, 0xA5, n * sizeof *got_u);
         for (size_t i = 0; i < n; i++) out[i] = NAN;
-        K->swiglu_fwd_half(fmt, got_h, with_out ? out : NULL, got_g, got_u, gate, up, n);
-        snprintf(what, sizeof what, "swiglu_fwd_half %s%s", fmt_name(fmt), with_out ? " +fp32" : "");
-        CHECK_SAME(what, got_h, ref_h, n);
+        K->swiglu_fwd_half(fmt, got_h, ld, with_out ? out : NULL, got_g, got_u, gate, up, rows, cols);
+        snprintf(what, sizeof what, "swiglu_fwd_half %s [%d, %d] ld %d%s", fmt_name(fmt), rows, cols, ld,
+                 with_out ? " +fp32" : "");
+        check_rows(what, got_h, ld, ref_h, rows, cols);
         CHECK_SAME("swiglu_fwd_half gate rounding", got_g, hg, n);
         CHECK_SAME("swiglu_fwd_half up rounding", got_u, hu, n);
-        if (with_out) CHECK_SAME("swiglu_fwd_half fp32 out", out, ref, n);
-        else CHECK_MSG(isnan(out[0]), "swiglu_fwd_half wrote out = NULL's buffer");
+        if (with_out) {
+            CHECK_SAME("swiglu_fwd_half fp32 out", out, ref, n);
+        } else {
+            size_t written = 0;
+            for (size_t i = 0; i < n; i++) written += !isnan(out[i]);
+            CHECK_MSG(written == 0, "%s: wrote %zu elements of out = NULL's buffer", what, written);
+        }
     }
-    /* It is the rounded inputs that matter: the fp32 op on unrounded inputs differs. */
-    float *exact = poisoned(n);
-    K->swiglu_fwd(exact, gate, up, n);
-    uint16_t *exact_h = halves(n);
-    K->to_half(exact_h, exact, n, fmt);
-    CHECK_MSG(first_diff(exact_h, got_h, n, sizeof *got_h) >= 0, "swiglu_fwd_half %s: same as unrounded inputs",
-              fmt_name(fmt));
+    if (n >= 1000) { /* It is the rounded inputs that matter: the fp32 op on unrounded inputs differs. */
+        float *exact = poisoned(n);
+        uint16_t *exact_h = halves(n);
+        K->swiglu_fwd(exact, gate, up, n);
+        K->to_half(exact_h, exact, n, fmt);
+        CHECK_MSG(first_diff(exact_h, ref_h, n, sizeof *ref_h) >= 0, "swiglu_fwd_half %s: same as unrounded inputs",
+                  fmt_name(fmt));
+        free(exact), free(exact_h);
+    }
 
-    uint16_t *ref_dg = halves(n), *ref_du = halves(n), *got_dg = halves(n), *got_du = halves(n);
+    uint16_t *ref_dg = halves(n), *ref_du = halves(n), *got_dg = halves(n_ld), *got_du = halves(n_ld);
     float *dg = poisoned(n), *du = poisoned(n);
     K->swiglu_bwd(dg, du, dout, g, u, n);
     K->to_half(ref_dg, dg, n, fmt);
     K->to_half(ref_du, du, n, fmt);
-    K->swiglu_bwd_half(fmt, got_dg, got_du, dout, hg, hu, n);
-    snprintf(what, sizeof what, "swiglu_bwd_half %s dgate", fmt_name(fmt));
-    CHECK_SAME(what, got_dg, ref_dg, n);
-    snprintf(what, sizeof what, "swiglu_bwd_half %s dup", fmt_name(fmt));
-    CHECK_SAME(what, got_du, ref_du, n);
+    K->swiglu_bwd_half(fmt, got_dg, got_du, ld, dout, hg, hu, rows, cols);
+    snprintf(what, sizeof what, "swiglu_bwd_half %s [%d, %d] ld %d: dgate", fmt_name(fmt), rows, cols, ld);
+    check_rows(what, got_dg, ld, ref_dg, rows, cols);
+    snprintf(what, sizeof what, "swiglu_bwd_half %s [%d, %d] ld %d: dup", fmt_name(fmt), rows, cols, ld);
+    check_rows(what, got_du, ld, ref_du, rows, cols);
     free(gate), free(up), free(dout), free(hg), free(hu), free(ref_h), free(g), free(u), free(ref);
-    free(got_g), free(got_u), free(got_h), free(out), free(exact), free(exact_h);
+    free(got_g), free(got_u), free(got_h), free(out);
     free(ref_dg), free(ref_du), free(got_dg), free(got_du), free(dg), free(du);
+}
+
+static void test_swiglu(kernels_half_format fmt) {
+    swiglu_case(fmt, 1, 1001, 1001);  /* one flat row */
+    swiglu_case(fmt, 7, 143, 143);    /* contiguous rows */
+    swiglu_case(fmt, 7, 143, 150);    /* rows beside other columns (an odd gap) */
+    swiglu_case(fmt, 9, 64, 64 + 16); /* a LoRA rank's columns beside each row */
+    swiglu_case(fmt, 3, 5, 9);        /* rows * cols not a multiple of 4 */
+    swiglu_case(fmt, 1, 7, 12);       /* one row */
+    swiglu_case(fmt, 5, 1, 1);        /* one column */
+    swiglu_case(fmt, 5, 1, 3);
+    swiglu_case(fmt, 1, 1, 1);
+    swiglu_case(fmt, 1, 1, 2);
+    swiglu_case(fmt, 300, 121, 125);  /* past CPU_PARALLEL_MIN: threads split rows */
+    /* Nothing to write: no element touched, NULL pointers never read. */
+    uint16_t h[4] = {0xA5A5, 0xA5A5, 0xA5A5, 0xA5A5};
+    K->swiglu_fwd_half(fmt, h, 4, NULL, NULL, NULL, NULL, NULL, 0, 4);
+    K->swiglu_fwd_half(fmt, h, 4, NULL, NULL, NULL, NULL, NULL, 1, 0);
+    K->swiglu_bwd_half(fmt, h, h, 4, NULL, NULL, NULL, 0, 4);
+    K->swiglu_bwd_half(fmt, h, h, 4, NULL, NULL, NULL, 1, 0);
+    CHECK_MSG(count_bits(h, 4, 0xFFFF, 0xA5A5) == 4, "swiglu_*_half %s: an empty call wrote", fmt_name(fmt));
 }
 
 static void test_cross_entropy(kernels_half_format fmt) {
@@ -278,8 +324,30 @@ static void test_shadow_strided(void) {
     sh->rmsnorm_fwd_half(KERNELS_BF16, dh + 1, ld, NULL, drstd, dx, dw, rows, dim, 1e-5f);
     sh->download(got, dh, (size_t)rows * ld * sizeof(uint16_t));
     CHECK_SAME("shadow rmsnorm_fwd_half ld_half", got, want, (size_t)rows * ld);
+    /* swiglu on [rows, cols], gate and up contiguous inside x, 16-bit outputs ld apart from
+     * column 3 (out_half, then dgate_half), dup_half in a second strided buffer. */
+    const size_t n = (size_t)rows * cols;
+    uint16_t *gh = halves(n), *uh = halves(n), *want2 = halves((size_t)rows * ld), *got2 = halves((size_t)rows * ld);
+    float *out = poisoned(n), *got_out = poisoned(n);
+    uint16_t *dgh = sh->alloc(n * sizeof(uint16_t)), *duh = sh->alloc(n * sizeof(uint16_t));
+    uint16_t *dh2 = sh->alloc((size_t)rows * ld * sizeof(uint16_t));
+    float *dout = sh->alloc(n * sizeof(float));
+    sh->upload(dh2, want2, (size_t)rows * ld * sizeof(uint16_t));
+    cpu->swiglu_fwd_half(KERNELS_FP16, want + 3, ld, out, gh, uh, x, x + ld, rows, cols);
+    sh->swiglu_fwd_half(KERNELS_FP16, dh + 3, ld, dout, dgh, duh, dx, dx + ld, rows, cols);
+    sh->download(got, dh, (size_t)rows * ld * sizeof(uint16_t));
+    CHECK_SAME("shadow swiglu_fwd_half ld_half", got, want, (size_t)rows * ld);
+    sh->download(got_out, dout, n * sizeof(float));
+    CHECK_SAME("shadow swiglu_fwd_half out", got_out, out, n);
+    cpu->swiglu_bwd_half(KERNELS_BF16, want + 3, want2 + 1, ld, x + 2, gh, uh, rows, cols);
+    sh->swiglu_bwd_half(KERNELS_BF16, dh + 3, dh2 + 1, ld, dx + 2, dgh, duh, rows, cols);
+    sh->download(got, dh, (size_t)rows * ld * sizeof(uint16_t));
+    sh->download(got2, dh2, (size_t)rows * ld * sizeof(uint16_t));
+    CHECK_SAME("shadow swiglu_bwd_half dgate", got, want, (size_t)rows * ld);
+    CHECK_SAME("shadow swiglu_bwd_half dup", got2, want2, (size_t)rows * ld);
     sh->release(dx), sh->release(dw), sh->release(drstd), sh->release(dh);
-    free(x), free(w), free(want), free(got);
+    sh->release(dgh), sh->release(duh), sh->release(dh2), sh->release(dout);
+    free(x), free(w), free(want), free(got), free(gh), free(uh), free(want2), free(got2), free(out), free(got_out);
 }
 
 int main(void) {

@@ -13,8 +13,9 @@
  *      the logits as they were and, with grad_scale 0, the 16-bit buffer too.
  * Buffers are views into padded allocations: nothing may be written outside a view, and
  * views that start off a 16-byte boundary (together, or by different amounts) take the
- * kernels' scalar paths. Strided 16-bit outputs (rmsnorm_fwd_half's ld_half, to_half_2d's
- * ld_out) keep the poison between their rows; to_half_2d is the CPU's bits exactly. */
+ * kernels' scalar paths. Strided 16-bit outputs (rmsnorm_fwd_half's and swiglu_*_half's
+ * ld_half, to_half_2d's ld_out) keep the poison between their rows; to_half_2d is the CPU's
+ * bits exactly. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -85,6 +86,15 @@ static uint16_t *device_rounding(const char *what, const float *dev, size_t n,
     G->to_half(at(t), dev, n, fmt);
     uint16_t *h = db_get(what, t);
     db_free(t);
+    return h;
+}
+
+/* rows of cols contiguous 16-bit values placed ld apart in a poisoned [rows, ld] buffer: what
+ * a strided 16-bit output holds (the caller frees). */
+static uint16_t *spread_rows(const uint16_t *dense, int rows, int cols, int ld) {
+    uint16_t *h = host_poison16((size_t)rows * ld);
+    for (int r = 0; r < rows; r++)
+        memcpy(h + (size_t)r * ld, dense + (size_t)r * cols, (size_t)cols * sizeof(uint16_t));
     return h;
 }
 
@@ -169,9 +179,7 @@ static void rmsnorm_ld_case(int rows, int dim, int ld, size_t off, kernels_half_
     dbuf dense = db_poison(n, 2, 0), drstd2 = db_poison(rows, 4, 0);
     G->rmsnorm_fwd_half(fmt, at(dense), dim, NULL, at(drstd2), at(dx), at(dw), rows, dim, eps);
     snprintf(what + len, sizeof what - len, "contiguous call");
-    uint16_t *rows_half = db_get(what, dense), *want = host_poison16(n_ld);
-    for (int r = 0; r < rows; r++)
-        memcpy(want + (size_t)r * ld, rows_half + (size_t)r * dim, (size_t)dim * sizeof(uint16_t));
+    uint16_t *rows_half = db_get(what, dense), *want = spread_rows(rows_half, rows, dim, ld);
     snprintf(what + len, sizeof what - len, "out_half == contiguous call's rows, gaps untouched");
     compare_exact(G, what, at(dhalf), want, n_ld * 2);
     snprintf(what + len, sizeof what - len, "margins");
@@ -249,29 +257,37 @@ static void test_to_half_2d(void) {
 }
 
 /* ------------------------------------------------------------------ swiglu_fwd_half */
-/* in_off / out_off: where the input / output views start in their padded buffers. */
-static void swiglu_fwd_case(size_t n, kernels_half_format fmt, size_t in_off, size_t out_off) {
-    char what[128];
-    const int len = snprintf(what, sizeof what, "swiglu_fwd_half %s n %zu offsets %zu/%zu: ",
-                             fmt_name(fmt), n, in_off, out_off);
+/* [rows, cols], the 16-bit outputs (out_half here, dgate_half and dup_half below) ld apart
+ * (ld == cols: contiguous), every other tensor contiguous. in_off / out_off: where the input
+ * / output views start in their padded buffers. */
+static void swiglu_fwd_case(int rows, int cols, int ld, kernels_half_format fmt, size_t in_off,
+                            size_t out_off) {
+    const size_t n = (size_t)rows * cols, n_ld = (size_t)rows * ld;
+    char what[160];
+    const int len = snprintf(what, sizeof what,
+                             "swiglu_fwd_half %s rows %d cols %d ld %d offsets %zu/%zu: ",
+                             fmt_name(fmt), rows, cols, ld, in_off, out_off);
     float *gate = host_rand(n, -6, 6), *up = host_rand(n, -2, 2), *out = host_nan(n);
-    uint16_t *half = host_poison16(n), *gate_half = host_poison16(n), *up_half = host_poison16(n);
-    C->swiglu_fwd_half(fmt, half, out, gate_half, up_half, gate, up, n);
+    uint16_t *half = host_poison16(n_ld);
+    uint16_t *gate_half = host_poison16(n), *up_half = host_poison16(n);
+    C->swiglu_fwd_half(fmt, half, ld, out, gate_half, up_half, gate, up, rows, cols);
 
     dbuf dgate = db_input(gate, n, 4, in_off), dup = db_input(up, n, 4, in_off);
-    dbuf dout = db_poison(n, 4, out_off), dhalf = db_poison(n, 2, out_off);
+    dbuf dout = db_poison(n, 4, out_off), dhalf = db_poison(n_ld, 2, out_off);
     dbuf dgh = db_poison(n, 2, out_off), duh = db_poison(n, 2, out_off);
-    G->swiglu_fwd_half(fmt, at(dhalf), at(dout), at(dgh), at(duh), at(dgate), at(dup), n);
+    G->swiglu_fwd_half(fmt, at(dhalf), ld, at(dout), at(dgh), at(duh), at(dgate), at(dup), rows,
+                       cols);
     snprintf(what + len, sizeof what - len, "gate_half == cpu");
     compare_exact(G, what, at(dgh), gate_half, n * 2);
     snprintf(what + len, sizeof what - len, "up_half == cpu");
     compare_exact(G, what, at(duh), up_half, n * 2);
     snprintf(what + len, sizeof what - len, "out vs cpu");
     compare(G, what, at(dout), out, n, 1e-6);
-    snprintf(what + len, sizeof what - len, "out_half vs cpu");
-    compare_half(G, what, at(dhalf), half, n, fmt);
+    snprintf(what + len, sizeof what - len, "out_half vs cpu"); /* gaps: poison on both sides */
+    compare_half(G, what, at(dhalf), half, n_ld, fmt);
 
-    /* (b) swiglu_fwd on from_half(to_half(gate)), from_half(to_half(up)), then to_half. */
+    /* (b) swiglu_fwd on from_half(to_half(gate)), from_half(to_half(up)), then to_half, its
+     * rows placed ld apart between the poison. */
     dbuf gh = db_poison(n, 2, 0), uh = db_poison(n, 2, 0), gw = db_poison(n, 4, 0);
     dbuf uw = db_poison(n, 4, 0), y = db_poison(n, 4, 0);
     G->to_half(at(gh), at(dgate), n, fmt);
@@ -281,23 +297,26 @@ static void swiglu_fwd_case(size_t n, kernels_half_format fmt, size_t in_off, si
     G->swiglu_fwd(at(y), at(gw), at(uw), n);
     snprintf(what + len, sizeof what - len, "fp32 reference");
     float *want_out = db_get(what, y);
-    uint16_t *want_half = device_rounding(what, at(y), n, fmt);
+    uint16_t *want_dense = device_rounding(what, at(y), n, fmt);
+    uint16_t *want_half = spread_rows(want_dense, rows, cols, ld);
     uint16_t *want_gh = db_get(what, gh), *want_uh = db_get(what, uh);
     snprintf(what + len, sizeof what - len, "out == swiglu_fwd(widened)");
     compare_exact(G, what, at(dout), want_out, n * 4);
-    snprintf(what + len, sizeof what - len, "out_half == to_half(swiglu_fwd(widened))");
-    compare_exact(G, what, at(dhalf), want_half, n * 2);
+    snprintf(what + len, sizeof what - len,
+             "out_half == to_half(swiglu_fwd(widened)), gaps untouched");
+    compare_exact(G, what, at(dhalf), want_half, n_ld * 2);
     snprintf(what + len, sizeof what - len, "gate_half == to_half(gate)");
     compare_exact(G, what, at(dgh), want_gh, n * 2);
     snprintf(what + len, sizeof what - len, "up_half == to_half(up)");
     compare_exact(G, what, at(duh), want_uh, n * 2);
 
     /* (c) without the fp32 output. */
-    dbuf dhalf2 = db_poison(n, 2, out_off), dgh2 = db_poison(n, 2, out_off);
+    dbuf dhalf2 = db_poison(n_ld, 2, out_off), dgh2 = db_poison(n, 2, out_off);
     dbuf duh2 = db_poison(n, 2, out_off);
-    G->swiglu_fwd_half(fmt, at(dhalf2), NULL, at(dgh2), at(duh2), at(dgate), at(dup), n);
+    G->swiglu_fwd_half(fmt, at(dhalf2), ld, NULL, at(dgh2), at(duh2), at(dgate), at(dup), rows,
+                       cols);
     snprintf(what + len, sizeof what - len, "out NULL: out_half");
-    compare_exact(G, what, at(dhalf2), want_half, n * 2);
+    compare_exact(G, what, at(dhalf2), want_half, n_ld * 2);
     snprintf(what + len, sizeof what - len, "out NULL: gate_half");
     compare_exact(G, what, at(dgh2), want_gh, n * 2);
     snprintf(what + len, sizeof what - len, "out NULL: up_half");
@@ -309,7 +328,8 @@ static void swiglu_fwd_case(size_t n, kernels_half_format fmt, size_t in_off, si
 
     dbuf dev[] = {dgate, dup, dout, dhalf, dgh, duh, gh, uh, gw, uw, y, dhalf2, dgh2, duh2};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) db_free(dev[i]);
-    void *host[] = {gate, up, out, half, gate_half, up_half, want_out, want_half, want_gh, want_uh};
+    void *host[] = {gate,     up,         out,       half,    gate_half, up_half,
+                    want_out, want_dense, want_half, want_gh, want_uh};
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
 }
 
@@ -318,11 +338,14 @@ static void swiglu_fwd_case(size_t n, kernels_half_format fmt, size_t in_off, si
  * leaves CPU and GPU (different expf, FMA) more than a 16-bit ulp apart, so the cases
  * compared with the CPU keep gate out of [-1.29, -1.27]; near_root draws gate only there and
  * checks (b) alone, the bits against the device's own swiglu_bwd. */
-static void swiglu_bwd_case(size_t n, kernels_half_format fmt, size_t in_off, size_t out_off,
-                            bool near_root) {
-    char what[128];
-    const int len = snprintf(what, sizeof what, "swiglu_bwd_half %s n %zu offsets %zu/%zu%s: ",
-                             fmt_name(fmt), n, in_off, out_off, near_root ? " near root" : "");
+static void swiglu_bwd_case(int rows, int cols, int ld, kernels_half_format fmt, size_t in_off,
+                            size_t out_off, bool near_root) {
+    const size_t n = (size_t)rows * cols, n_ld = (size_t)rows * ld;
+    char what[160];
+    const int len = snprintf(what, sizeof what,
+                             "swiglu_bwd_half %s rows %d cols %d ld %d offsets %zu/%zu%s: ",
+                             fmt_name(fmt), rows, cols, ld, in_off, out_off,
+                             near_root ? " near root" : "");
     float *gate = near_root ? host_rand(n, -1.29f, -1.27f) : host_rand(n, -6, 6);
     float *up = host_rand(n, -2, 2), *dy = host_rand(n, -1, 1);
     for (size_t i = 0; i < n && !near_root; i++)
@@ -330,59 +353,85 @@ static void swiglu_bwd_case(size_t n, kernels_half_format fmt, size_t in_off, si
     uint16_t *gate_half = host_poison16(n), *up_half = host_poison16(n);
     C->to_half(gate_half, gate, n, fmt);
     C->to_half(up_half, up, n, fmt);
-    uint16_t *dgate = host_poison16(n), *dup = host_poison16(n);
-    C->swiglu_bwd_half(fmt, dgate, dup, dy, gate_half, up_half, n);
+    uint16_t *dgate = host_poison16(n_ld), *dup = host_poison16(n_ld);
+    C->swiglu_bwd_half(fmt, dgate, dup, ld, dy, gate_half, up_half, rows, cols);
 
     dbuf dgh = db_input(gate_half, n, 2, in_off), duh = db_input(up_half, n, 2, in_off);
     dbuf ddy = db_input(dy, n, 4, in_off);
-    dbuf ddg = db_poison(n, 2, out_off), ddu = db_poison(n, 2, out_off);
-    G->swiglu_bwd_half(fmt, at(ddg), at(ddu), at(ddy), at(dgh), at(duh), n);
+    dbuf ddg = db_poison(n_ld, 2, out_off), ddu = db_poison(n_ld, 2, out_off);
+    G->swiglu_bwd_half(fmt, at(ddg), at(ddu), ld, at(ddy), at(dgh), at(duh), rows, cols);
     if (!near_root) {
         snprintf(what + len, sizeof what - len, "dgate_half vs cpu");
-        compare_half(G, what, at(ddg), dgate, n, fmt);
+        compare_half(G, what, at(ddg), dgate, n_ld, fmt);
     }
     snprintf(what + len, sizeof what - len, "dup_half vs cpu");
-    compare_half(G, what, at(ddu), dup, n, fmt);
+    compare_half(G, what, at(ddu), dup, n_ld, fmt);
 
-    /* (b) swiglu_bwd on the widened inputs, then to_half. */
+    /* (b) swiglu_bwd on the widened inputs, then to_half, rows placed ld apart. */
     dbuf gw = db_poison(n, 4, 0), uw = db_poison(n, 4, 0);
     dbuf dg = db_poison(n, 4, 0), du = db_poison(n, 4, 0);
     G->from_half(at(gw), at(dgh), n, fmt);
     G->from_half(at(uw), at(duh), n, fmt);
     G->swiglu_bwd(at(dg), at(du), at(ddy), at(gw), at(uw), n);
     snprintf(what + len, sizeof what - len, "fp32 reference");
-    uint16_t *want_dg = device_rounding(what, at(dg), n, fmt);
-    uint16_t *want_du = device_rounding(what, at(du), n, fmt);
-    snprintf(what + len, sizeof what - len, "dgate_half == to_half(swiglu_bwd(widened))");
-    compare_exact(G, what, at(ddg), want_dg, n * 2);
-    snprintf(what + len, sizeof what - len, "dup_half == to_half(swiglu_bwd(widened))");
-    compare_exact(G, what, at(ddu), want_du, n * 2);
+    uint16_t *dense_dg = device_rounding(what, at(dg), n, fmt);
+    uint16_t *dense_du = device_rounding(what, at(du), n, fmt);
+    uint16_t *want_dg = spread_rows(dense_dg, rows, cols, ld);
+    uint16_t *want_du = spread_rows(dense_du, rows, cols, ld);
+    snprintf(what + len, sizeof what - len,
+             "dgate_half == to_half(swiglu_bwd(widened)), gaps untouched");
+    compare_exact(G, what, at(ddg), want_dg, n_ld * 2);
+    snprintf(what + len, sizeof what - len,
+             "dup_half == to_half(swiglu_bwd(widened)), gaps untouched");
+    compare_exact(G, what, at(ddu), want_du, n_ld * 2);
     snprintf(what + len, sizeof what - len, "margins");
     db_check_margins(what, ddg), db_check_margins(what, ddu);
 
     dbuf dev[] = {dgh, duh, ddy, ddg, ddu, gw, uw, dg, du};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) db_free(dev[i]);
-    void *host[] = {gate, up, dy, gate_half, up_half, dgate, dup, want_dg, want_du};
+    void *host[] = {gate,  up,       dy,       gate_half, up_half, dgate,
+                    dup,   dense_dg, dense_du, want_dg,   want_du};
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
 }
 
 static void test_swiglu_half(void) {
     seed(22);
-    const size_t sizes[] = {1, 3, 5, 999, 1001, 4099, 65537};
+    const int sizes[] = {1, 3, 5, 999, 1001, 4099, 65537};
     for (int f = 0; f < 2; f++) {
-        for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
-            swiglu_fwd_case(sizes[s], formats[f], 0, 0);
-            swiglu_bwd_case(sizes[s], formats[f], 0, 0, false);
+        const kernels_half_format fmt = formats[f];
+        for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) { /* one flat row */
+            swiglu_fwd_case(1, sizes[s], sizes[s], fmt, 0, 0);
+            swiglu_bwd_case(1, sizes[s], sizes[s], fmt, 0, 0, false);
         }
-        /* Views off a 16-byte boundary: together (a scalar head, then aligned groups) and by
-         * different amounts (all scalar). */
-        const size_t offsets[][2] = {{1, 1}, {3, 3}, {1, 2}, {0, 3}};
-        for (int o = 0; o < 4; o++) {
-            swiglu_fwd_case(1001, formats[f], offsets[o][0], offsets[o][1]);
-            swiglu_bwd_case(1001, formats[f], offsets[o][0], offsets[o][1], false);
+        /* Contiguous rows (the flat launch over rows * cols); views off a 16-byte boundary:
+         * together (a scalar head, then aligned groups) and by different amounts (all
+         * scalar). */
+        const size_t offsets[][2] = {{0, 0}, {1, 1}, {3, 3}, {1, 2}, {0, 3}};
+        for (int o = 0; o < 5; o++) {
+            swiglu_fwd_case(7, 143, 143, fmt, offsets[o][0], offsets[o][1]);
+            swiglu_bwd_case(7, 143, 143, fmt, offsets[o][0], offsets[o][1], false);
         }
-        swiglu_bwd_case(4099, formats[f], 0, 0, true);
+        swiglu_bwd_case(1, 4099, 4099, fmt, 0, 0, true);
+        /* 16-bit rows ld apart. [rows, cols, ld, in_off, out_off]: a LoRA rank's columns
+         * beside each row, groups of four (then inputs or outputs off their boundaries:
+         * scalar); an odd ld (scalar); rows * cols not a multiple of 4; one column; one row
+         * (the flat launch); many narrow rows. */
+        const int ld_cases[][5] = {{16, 2048, 2048 + 16, 0, 0}, {16, 2048, 2048 + 16, 1, 0},
+                                   {16, 2048, 2048 + 16, 0, 2}, {16, 2048, 2048 + 16, 3, 3},
+                                   {5, 1000, 1003, 0, 0},       {3, 5, 9, 0, 0},
+                                   {3, 5, 9, 1, 3},             {7, 1, 3, 0, 0},
+                                   {7, 1, 2, 0, 1},             {1, 7, 12, 1, 1},
+                                   {1, 1, 4, 0, 0},             {70000, 3, 5, 0, 0}};
+        for (size_t c = 0; c < sizeof ld_cases / sizeof ld_cases[0]; c++) {
+            const int *k = ld_cases[c];
+            swiglu_fwd_case(k[0], k[1], k[2], fmt, (size_t)k[3], (size_t)k[4]);
+            swiglu_bwd_case(k[0], k[1], k[2], fmt, (size_t)k[3], (size_t)k[4], false);
+        }
+        swiglu_bwd_case(9, 4096, 4096 + 64, fmt, 0, 0, true);
     }
+    /* More rows than the capped grid covers: the row loop strides. */
+    swiglu_fwd_case(100, 170001, 170003, KERNELS_BF16, 0, 0);
+    swiglu_bwd_case(100, 170001, 170003, KERNELS_FP16, 0, 0, false);
 }
 
 /* ------------------------------------------------------------------ cross_entropy_half */
@@ -456,7 +505,7 @@ static void test_cross_entropy_half(void) {
 /* An unknown format is recorded, naming the op, and nothing runs. */
 static void test_fused_errors(void) {
     dbuf h = db_poison(4, 2, 0), x = db_poison(4, 4, 0);
-    G->swiglu_bwd_half((kernels_half_format)7, at(h), at(h), at(x), at(h), at(h), 4);
+    G->swiglu_bwd_half((kernels_half_format)7, at(h), at(h), 2, at(x), at(h), at(h), 2, 2);
     ct_error err = {{0}};
     CHECK(kernels_cuda_status(&err) == -1);
     CHECK_CONTAINS(err.msg, "swiglu_bwd_half");

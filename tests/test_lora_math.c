@@ -208,7 +208,7 @@ static void test_fused(const kernels *k, kernels_half_format fmt) {
                      .scaling = SCALING, .half = &half};
     lora_fused_u(&la, u, in.x, hx, hx + UCOL, T, true, NULL);
     k->gemm_half(fmt, false, true, T, OUT, UCOL + R, 1.0f, hx, LDX, hw, LDW, 0.0f, y, OUT);
-    lora_fused_backward(&la, hdy, LDY, hx, u, T, true, du);
+    lora_fused_backward(&la, hdy, LDY, hx, u, hx + UCOL, T, true, du); /* u's rounding read beside x */
     memcpy(dx, in.dx0, sizeof dx);
     k->gemm_half(fmt, false, false, T, IN, OUT + R, 1.0f, hdy, LDY, hw, LDW, 1.0f, dx, IN);
 
@@ -294,6 +294,16 @@ static void test_fused(const kernels *k, kernels_half_format fmt) {
     run_adapter(k, &in, true, fmt, 0.0f, &sep);
     CHECK_MSG(memcmp(sep.db, db, sizeof db) == 0 && memcmp(sep.u, u, sizeof u) == 0, "%s fused: dB or u differ from "
               "lora_forward / lora_backward", name);
+    /* u rounded again (hu NULL): the same dB; only dB wanted: dy's copy left as it was */
+    static float db2[OUT * R];
+    static uint16_t hdy2[T * LDY];
+    memset(db2, 0, sizeof db2);
+    memcpy(hdy2, hdy, sizeof hdy2);
+    la.db = db2;
+    la.da = NULL;
+    lora_fused_backward(&la, hdy2, LDY, hx, u, NULL, T, false, du);
+    CHECK_MSG(memcmp(db2, db, sizeof db) == 0, "%s fused: dB from u rounded again differs", name);
+    CHECK_MSG(memcmp(hdy2, hdy, sizeof hdy) == 0, "%s fused: dB alone wrote into dy's copy", name);
 }
 
 int main(void) {

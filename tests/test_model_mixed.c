@@ -188,6 +188,46 @@ static void test_fused_vs_unfused(void) {
     }
 }
 
+/* The CPU table with its products counted: which GEMMs the fused layout removes. */
+static long gemm_calls;
+static void counted_gemm(bool ta, bool tb, int m, int n, int k, float alpha, const float *a, int lda, const float *b,
+                         int ldb, float beta, float *c, int ldc) {
+    gemm_calls++;
+    kernels_cpu()->gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+static void counted_gemm_half(kernels_half_format fmt, bool ta, bool tb, int m, int n, int k, float alpha,
+                              const uint16_t *a, int lda, const uint16_t *b, int ldb, float beta, float *c, int ldc) {
+    gemm_calls++;
+    kernels_cpu()->gemm_half(fmt, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+/* Every adapted Linear loses its adapter's output product y += s u B^T (all seven: the
+ * SwiGLU forward writes down's input with room for u) and, without dropout, its input-gradient
+ * product dx += du A (gate and up too: SwiGLU's backward writes their dy with room for du)
+ * where dx is wanted: everywhere but layer 0's q, k, v (frozen embedding: nothing below). */
+static void test_fused_gemm_count(void) {
+    kernels counted = *kernels_cpu();
+    counted.gemm = counted_gemm;
+    counted.gemm_half = counted_gemm_half;
+    const int L = 2, steps = 2; /* mixed_config, run() */
+    for (int dropout = 0; dropout <= 1; dropout++) {
+        long calls[2];
+        for (int unfused = 0; unfused <= 1; unfused++) {
+            const run_mode mode = dropout ? (unfused ? LORA_DROPOUT_UNFUSED : LORA_DROPOUT)
+                                          : (unfused ? LORA_UNFUSED : LORA_FUSED);
+            gemm_calls = 0;
+            result r = run(&counted, mode, false, MODEL_BF16_MIXED, false, 5, 8);
+            calls[unfused] = gemm_calls;
+            free(r.grads);
+        }
+        const long removed = steps * (7L * L + (dropout ? 0 : 7L * L - 3));
+        printf("GEMMs for two steps, %s: fused %ld, unfused %ld\n", dropout ? "dropout" : "no dropout", calls[0],
+               calls[1]);
+        CHECK_MSG(calls[1] - calls[0] == removed, "%s: the fused layout removed %ld GEMMs, expected %ld",
+                  dropout ? "dropout" : "no dropout", calls[1] - calls[0], removed);
+    }
+}
+
 static double forward_loss(model *m) {
     double loss = 0;
     long n = 0;
@@ -438,6 +478,7 @@ static void test_cuda_against_cpu(const kernels *cuda) {
 int main(void) {
     test_against_fp32();
     test_fused_vs_unfused();
+    test_fused_gemm_count();
     test_weight_copies();
     test_partial_refresh();
     ct_error err;

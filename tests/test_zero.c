@@ -174,7 +174,18 @@ static void test_accumulation(model *m, int stage, int accum) {
     zero_free(&z);
 }
 
-/* AdamW over three slices that cut through parameters equals AdamW over everything. */
+/* The model's table with its AdamW calls counted. */
+static int adamw_calls;
+static const kernels *counted_inner;
+static void counted_adamw(float *param, const float *grad, float *mom, float *v, size_t n,
+                          const kernels_adamw_step *st) {
+    adamw_calls++;
+    counted_inner->adamw(param, grad, mom, v, n, st);
+}
+
+/* AdamW over three slices that cut through parameters equals AdamW over everything (one
+ * call per parameter); each slice's update joins neighbouring parameters with the same
+ * decay into one call. */
 static void test_adamw_shards(model *m) {
     const size_t n = m->grad_numel;
     const size_t cuts[4] = {0, n / 3 + 5, 2 * n / 3 + 11, n};
@@ -193,11 +204,33 @@ static void test_adamw_shards(model *m) {
         memcpy(whole, m->weight_arena, n * sizeof(float));
     }
     memcpy(m->weight_arena, weights0, n * sizeof(float));
+    kernels counted = *m->k;
+    counted.adamw = counted_adamw;
+    counted_inner = m->k;
+    for (int i = 0; i < 3; i++) part[i].k = &counted;
+    adamw_calls = 0;
     for (int step = 1; step <= 3; step++) {
         fill_random(m->grad_arena, n, 100u + (uint64_t)step);
         for (int i = 0; i < 3; i++) adamw_step_range(&part[i], m, &h, 1e-3 * step, m->grad_arena + cuts[i], 1.0f);
     }
     CHECK(memcmp(whole, m->weight_arena, n * sizeof(float)) == 0);
+    /* fp32, trainable values contiguous: a call per run of equal decay, per slice */
+    int runs = 0, params = 0;
+    for (int c = 0; c < 3; c++) {
+        const model_param *prev = NULL;
+        for (int i = 0; i < m->n_params; i++) {
+            const model_param *p = &m->params[i];
+            size_t first = (size_t)(p->grad ? p->grad - m->grad_arena : 0);
+            if (!p->grad || first + p->numel <= cuts[c] || first >= cuts[c + 1]) continue;
+            params++;
+            runs += !prev || prev->decay != p->decay;
+            prev = p;
+        }
+    }
+    printf("AdamW calls per step over 3 slices: %d (%d parameter pieces)\n", adamw_calls / 3, params);
+    CHECK_MSG(adamw_calls == 3 * runs && runs < params, "AdamW calls %d for 3 steps, expected 3 x %d", adamw_calls,
+              runs);
+    for (int i = 0; i < 3; i++) part[i].k = m->k;
     for (int i = 0; i < 3; i++) {
         CHECK(memcmp(all.m + cuts[i], part[i].m, (cuts[i + 1] - cuts[i]) * sizeof(float)) == 0);
         CHECK(memcmp(all.v + cuts[i], part[i].v, (cuts[i + 1] - cuts[i]) * sizeof(float)) == 0);

@@ -103,10 +103,6 @@ static void add_linear(model *m, int layer, linear_kind kind, bool has_bias) {
     }
 }
 
-/* Which Linears' 16-bit operands are made by a plain rounding (or RMSNorm) and so can be
- * written with room beside them: not the SwiGLU producers' (down's input, gate/up's dy). */
-static const bool input_has_room[LINEAR_KIND_COUNT] = {true, true, true, true, true, true, false};
-static const bool dy_has_room[LINEAR_KIND_COUNT] = {true, true, true, true, false, false, true};
 /* The first Linear of each group reading one input (q, k, v; o; gate, up; down). */
 static const int group_of[LINEAR_KIND_COUNT] = {LINEAR_Q, LINEAR_Q, LINEAR_Q, LINEAR_O,
                                                  LINEAR_GATE, LINEAR_GATE, LINEAR_DOWN};
@@ -119,8 +115,12 @@ void model_lora_layout_of(const model_config *cfg, const lora_settings *lora, mo
     for (int kind = 0; kind < LINEAR_KIND_COUNT; kind++) {
         int in, o;
         linear_dims(cfg, kind, &in, &o);
-        out->ld_input[kind] = in + (input_has_room[kind] ? used[group_of[kind]] * (lora ? lora->r : 0) : 0);
+        out->ld_input[kind] = in + used[group_of[kind]] * (lora ? lora->r : 0);
     }
+    /* SwiGLU's backward writes gate's and up's 16-bit dy with one row stride: room for du
+     * when either adapter's backward is fused (no dropout: model_internal.h). */
+    const bool mlp_du = lora && lora->dropout == 0.0f && (out->slot[LINEAR_GATE] >= 0 || out->slot[LINEAR_UP] >= 0);
+    out->ld_mlp_dy = cfg->intermediate_size + (mlp_du ? lora->r : 0);
 }
 
 /* transformers' state_dict order: embed_tokens; per layer self_attn (q, k, v, o, q_norm,
@@ -315,8 +315,7 @@ static void plan_half_layout(model *m, model_precision p) {
             model_linear *lin = &m->layers[l].lin[kind];
             const bool on = fused && lin->lora_a && layout.slot[kind] >= 0;
             lin->u_col = on ? lin->in + layout.slot[kind] * m->lora.r : 0;
-            lin->concat_input = on && input_has_room[kind];
-            lin->concat_dy = on && dy_has_room[kind] && m->lora.dropout == 0.0f; /* dropout: mask(du A) */
+            lin->concat_dy = on && m->lora.dropout == 0.0f; /* dropout: mask(du A) */
             if (!on) continue;
             lin->weight->half_ld = lin->u_col + m->lora.r;
             lin->weight->half_rows = lin->out + m->lora.r;
@@ -779,6 +778,7 @@ static size_t plan_activations(model_state *s, const model_config *c, const lora
     model_lora_layout_of(c, fused ? lora : NULL, &layout);
     const size_t r_room = fused ? (size_t)lora->r : 0;
     memcpy(s->ld_input, layout.ld_input, sizeof s->ld_input);
+    s->ld_mlp_dy = layout.ld_mlp_dy;
     for (int l = 0; l < L; l++) {
         layer_acts scratch_acts, *a = s->acts && base ? &s->acts[l] : &scratch_acts;
         if (checkpointing && l > 0) { /* every layer shares layer 0's buffers */

@@ -72,7 +72,7 @@ static void weight_grad_gemm(const model *m, const model_param *w, int T, const 
 
 /* The 16-bit copy of an activation [n values] for the next GEMMs (into buf), or NULL in fp32,
  * where the GEMMs read x itself. */
-static const uint16_t *half_of(const model *m, uint16_t *buf, const float *x, size_t n) {
+static uint16_t *half_of(const model *m, uint16_t *buf, const float *x, size_t n) {
     if (m->precision == MODEL_FP32) return NULL;
     m->k->to_half(buf, x, n, model_half_format(m->precision));
     return buf;
@@ -88,7 +88,7 @@ static uint16_t *half_of_strided(const model *m, uint16_t *buf, int ld, const fl
 }
 
 /* y [T,out] = x W^T (+ b) (+ LoRA); hx is x's 16-bit copy in mixed precision (rows ldx
- * apart; else NULL). A fused adapter (concat_input) writes its u into hx's columns u_col.. */
+ * apart; else NULL). A fused adapter (u_col) writes its u into hx's columns u_col.. */
 static void linear_forward(const model *m, int layer, int kind, float *y, const float *x, uint16_t *hx,
                            int ldx, int T, bool train, uint64_t seed) {
     const kernels *k = m->k;
@@ -96,7 +96,7 @@ static void linear_forward(const model *m, int layer, int kind, float *y, const 
     const model_linear *lin = &m->layers[layer].lin[kind];
     lora_half half;
     lora_apply la;
-    const bool fused = lin->lora_a && lin->concat_input && hx;
+    const bool fused = lin->u_col && hx;
     int K = lin->in;
     if (lin->lora_a) la = adapter_of(m, lin, layer, kind, seed, ldx, &half);
     if (fused) { /* y = [x | u] [W | scaling B]^T */
@@ -113,24 +113,31 @@ static void linear_forward(const model *m, int layer, int kind, float *y, const 
 /* From dy [T,out]: dW += dy^T x, db += ones^T dy (skipped when frozen), adapter grads, and
  * dx = dy W (+ adapter path), written (dx_beta 0) or added (dx_beta 1); dx NULL skips it.
  * Mixed precision: hx is x's 16-bit copy (needed only when the weight trains, or an adapter
- * without dropout reads it: needs_half_input); dy's is given as hdy when its producer wrote
- * one (dy is then NULL: every product, the bias gradient too, reads the 16-bit values, as
- * torch.autocast's bf16 backward does), else dy is rounded here. */
+ * without dropout reads it: needs_half_input), rows ldx apart; dy's is given as hdy (rows
+ * ldhy apart, with room for du when concat_dy) when its producer wrote one (dy is then NULL:
+ * every product, the bias gradient too, reads the 16-bit values, as torch.autocast's bf16
+ * backward does), else dy is rounded here. */
 static void linear_backward(const model *m, int layer, int kind, float *dx, float dx_beta,
-                            const float *dy, const uint16_t *hdy, const float *x, const uint16_t *hx, int ldx,
+                            const float *dy, uint16_t *hdy, int ldhy, const float *x, const uint16_t *hx, int ldx,
                             int T, uint64_t seed) {
     const kernels *k = m->k;
     const model_state *s = m->state;
     const model_linear *lin = &m->layers[layer].lin[kind];
-    /* Fused (concat_dy): dy rounded with room for du beside it, dx = [dy | du] [W ; A]. */
-    const bool fused = lin->lora_a && lin->concat_dy && !hdy; /* concat_dy: mixed precision only */
-    const int ldy = fused ? lin->out + m->lora.r : lin->out;
-    if (fused) hdy = half_of_strided(m, s->half_dy, ldy, dy, T, lin->out);
+    /* Fused (concat_dy, mixed precision only): dy's copy has room for du beside it, and
+     * dx = [dy | du] [W ; A]. */
+    const bool fused = lin->lora_a && lin->concat_dy;
+    int ldy = hdy ? ldhy : fused ? lin->out + m->lora.r : lin->out;
+    if (!hdy && fused) hdy = half_of_strided(m, s->half_dy, ldy, dy, T, lin->out);
     else if (!hdy && (dx || lin->weight->grad || lin->lora_a)) hdy = half_of(m, s->half_dy, dy, (size_t)T * lin->out);
     lora_half half;
     lora_apply la;
     if (lin->lora_a) la = adapter_of(m, lin, layer, kind, seed, ldx, &half);
-    if (fused) lora_fused_backward(&la, s->half_dy, ldy, hx, s->acts[layer].lora_u[kind], T, dx != NULL, s->lora_du);
+    if (fused) {
+        /* u's rounding sits beside x in the input copy the forward saved (not in a copy
+         * rounded again for this backward, which is contiguous: ldx == in) */
+        const uint16_t *hu = ldx == s->ld_input[kind] && ldx > lin->in ? hx + lin->u_col : NULL;
+        lora_fused_backward(&la, hdy, ldy, hx, s->acts[layer].lora_u[kind], hu, T, dx != NULL, s->lora_du);
+    }
     if (dx)
         weight_gemm(m, false, false, T, lin->in, fused ? lin->out + m->lora.r : lin->out, dy, hdy,
                     hdy ? ldy : lin->out, lin->weight, dx_beta, dx, lin->in);
@@ -202,8 +209,8 @@ static void layer_forward(model *m, int l, int batch, int seq, const int32_t *do
         k->swiglu_fwd(a->act, a->gate, a->up, (size_t)T * I);
     } else { /* gate and up rounded (and kept so), act's 16-bit copy written with act */
         uint16_t *h_act = a->h_act ? a->h_act : s->half_x;
-        k->swiglu_fwd_half(model_half_format(m->precision), h_act, a->act, a->h_gate, a->h_up, a->gate, a->up,
-                           (size_t)T * I);
+        k->swiglu_fwd_half(model_half_format(m->precision), h_act, ld[LINEAR_DOWN], a->act, a->h_gate, a->h_up,
+                           a->gate, a->up, T, I);
         hx = h_act;
     }
     linear_forward(m, l, LINEAR_DOWN, out, a->act, hx, ld[LINEAR_DOWN], T, train, seed);
@@ -301,18 +308,19 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
         float *d_act = s->d_w1, *d_gate = s->d_w2, *d_up = s->d_w3;
         int ldx;
         const uint16_t *hx = backward_input(m, layer, LINEAR_DOWN, LINEAR_DOWN, a->h_act, a->act, T, I, &ldx);
-        linear_backward(m, l, LINEAR_DOWN, d_act, 0.0f, s->d_resid, NULL, a->act, hx, ldx, T, seed);
-        const uint16_t *hd_gate = NULL, *hd_up = NULL;
+        linear_backward(m, l, LINEAR_DOWN, d_act, 0.0f, s->d_resid, NULL, 0, a->act, hx, ldx, T, seed);
+        uint16_t *hd_gate = NULL, *hd_up = NULL;
         if (m->precision == MODEL_FP32) {
             k->swiglu_bwd(d_gate, d_up, d_act, a->gate, a->up, (size_t)T * I);
         } else { /* on the 16-bit gate and up the forward used; gradients only in 16 bits */
-            k->swiglu_bwd_half(model_half_format(m->precision), s->half_dgate, s->half_dup, d_act, a->h_gate,
-                               a->h_up, (size_t)T * I);
+            k->swiglu_bwd_half(model_half_format(m->precision), s->half_dgate, s->half_dup, s->ld_mlp_dy, d_act,
+                               a->h_gate, a->h_up, T, I);
             hd_gate = s->half_dgate, hd_up = s->half_dup, d_gate = d_up = NULL;
         }
         hx = backward_input(m, layer, LINEAR_GATE, LINEAR_UP, a->h_norm2, a->x_norm2, T, H, &ldx);
-        linear_backward(m, l, LINEAR_GATE, s->d_h1, 0.0f, d_gate, hd_gate, a->x_norm2, hx, ldx, T, seed);
-        linear_backward(m, l, LINEAR_UP, s->d_h1, 1.0f, d_up, hd_up, a->x_norm2, hx, ldx, T, seed);
+        linear_backward(m, l, LINEAR_GATE, s->d_h1, 0.0f, d_gate, hd_gate, s->ld_mlp_dy, a->x_norm2, hx, ldx, T,
+                        seed);
+        linear_backward(m, l, LINEAR_UP, s->d_h1, 1.0f, d_up, hd_up, s->ld_mlp_dy, a->x_norm2, hx, ldx, T, seed);
         k->rmsnorm_bwd(s->d_h2, layer->post_norm->grad, s->d_h1, a->x_mid, layer->post_norm->data,
                        a->rstd2, T, H);
         k->axpy(s->d_resid, 1.0f, s->d_h2, TH);
@@ -320,7 +328,7 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
         /* Attention: d_resid holds d x_mid; x_mid = x + o(att). */
         float *d_att = s->d_w1, *dq = s->d_w2, *dk = s->d_w3, *dv = s->d_w4;
         hx = backward_input(m, layer, LINEAR_O, LINEAR_O, NULL, a->att, T, nh * d, &ldx);
-        linear_backward(m, l, LINEAR_O, d_att, 0.0f, s->d_resid, NULL, a->att, hx, ldx, T, seed);
+        linear_backward(m, l, LINEAR_O, d_att, 0.0f, s->d_resid, NULL, 0, a->att, hx, ldx, T, seed);
         if (m->precision == MODEL_FP32)
             k->attention_bwd(dq, dk, dv, d_att, a->q, a->k, a->v, a->att, a->lse, doc_ids, batch, seq,
                              nh, nkv, d, scale);
@@ -341,9 +349,9 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
         const bool need_dh = need_input_grad || layer->input_norm->trainable;
         float *dh = need_dh ? s->d_h1 : NULL;
         hx = backward_input(m, layer, LINEAR_Q, LINEAR_V, a->h_norm1, q_in, T, H, &ldx);
-        linear_backward(m, l, LINEAR_Q, dh, 0.0f, dq, NULL, q_in, hx, ldx, T, seed);
-        linear_backward(m, l, LINEAR_K, dh, 1.0f, dk, NULL, q_in, hx, ldx, T, seed);
-        linear_backward(m, l, LINEAR_V, dh, 1.0f, dv, NULL, q_in, hx, ldx, T, seed);
+        linear_backward(m, l, LINEAR_Q, dh, 0.0f, dq, NULL, 0, q_in, hx, ldx, T, seed);
+        linear_backward(m, l, LINEAR_K, dh, 1.0f, dk, NULL, 0, q_in, hx, ldx, T, seed);
+        linear_backward(m, l, LINEAR_V, dh, 1.0f, dv, NULL, 0, q_in, hx, ldx, T, seed);
         if (need_dh) {
             k->rmsnorm_bwd(s->d_h2, layer->input_norm->grad, s->d_h1, x, layer->input_norm->data,
                            a->rstd1, T, H);

@@ -13,22 +13,22 @@
  *     rows out..+r     A            0         0
  *
  * (the adapters themselves have no other 16-bit copy; model_refresh_half writes A and
- * scaling * B there after every optimizer step). Where the Linear's input x reaches its GEMM
- * as a 16-bit copy with room beside it (concat_input: rows ld_input apart, u written at
- * column u_col), the forward is one GEMM
+ * scaling * B there after every optimizer step). The Linear's input x reaches its GEMM as a
+ * 16-bit copy with room beside it (rows ld_input apart, written by RMSNorm, SwiGLU or a
+ * strided rounding), u's rounding is written at column u_col, and the forward is one GEMM
  *     u = x A^T;  y = [x | u] [W | scaling B]^T            (K = u_col + r)
- * (u = dropout(x) A^T under adapter dropout), and where dy's 16-bit copy is made by a plain
- * rounding and there is no dropout (concat_dy; dropout's backward masks du A), the input
- * gradient is
+ * (u = dropout(x) A^T under adapter dropout). Without dropout (concat_dy; dropout's backward
+ * masks du A) dy's 16-bit copy has room too (a strided rounding, or SwiGLU's backward for
+ * gate and up: rows ld_mlp_dy apart), and the input gradient is
  *     du = dy (scaling B);  dx = [dy | du] [W ; A]         (K = out + r)
  * Each replaces a GEMM that read and rewrote an fp32 [T, out] or [T, in] tensor. Linears
  * sharing an input (q, k, v; gate, up) take consecutive slots u_col = in + slot * r; the
- * zero columns make the earlier adapters' u (already written) contribute nothing. The SwiGLU
- * producers write contiguous 16-bit tensors, so down's forward and gate/up's backward keep
- * the adapter's own products (with the same padded copies of A and scaling * B). */
+ * zero columns make the earlier adapters' u (already written) contribute nothing. The
+ * backward reads u's rounding back from a saved input copy rather than rounding u again. */
 typedef struct model_lora_layout {
     int slot[LINEAR_KIND_COUNT];     /* adapter's column slot beside its input; -1: none */
     int ld_input[LINEAR_KIND_COUNT]; /* row stride of each Linear's 16-bit input copy */
+    int ld_mlp_dy;                   /* row stride of gate's and up's 16-bit dy (SwiGLU's) */
 } model_lora_layout;
 
 /* The layout for cfg with adapters lora run fused (NULL: none fused: every ld_input is the
@@ -44,7 +44,7 @@ typedef struct model_linear {
     int in, out;
     /* Fused LoRA (above); u_col 0 when the adapter is not fused (or there is none). */
     int u_col;
-    bool concat_input, concat_dy;
+    bool concat_dy;
 } model_linear;
 
 struct model_layer {
@@ -92,11 +92,13 @@ typedef struct model_state {
     uint16_t *half_x, *half_dy; /* mixed precision: 16-bit GEMM input [T, max width] and output
                                  * gradient [max(T x max width, logits rows x V)] */
     uint16_t *half_ones;        /* mixed: [T] of 1.0, for bias gradients of 16-bit-only dy */
-    uint16_t *half_dgate, *half_dup; /* mixed: the MLP's 16-bit gradients [T,I] (in d_w2, d_w3) */
+    uint16_t *half_dgate, *half_dup; /* mixed: the MLP's 16-bit gradients [T,I], rows
+                                      * ld_mlp_dy apart (in d_w2, d_w3) */
     uint16_t *half_lora_in;     /* mixed LoRA with dropout: the dropped input, [T, max width] */
     uint16_t *half_lora_r;      /* mixed LoRA: u or du rounded, [T, r] */
     int ld_input[LINEAR_KIND_COUNT]; /* mixed: row stride of each Linear's 16-bit input copy
                                       * (wider than the input for fused LoRA's u) */
+    int ld_mlp_dy;                   /* mixed: row stride of half_dgate / half_dup */
     int32_t *ids, *targets, *positions, *doc_ids;
     int32_t *id_order;        /* token indices sorted by (id, t), for a trainable embedding */
     uint64_t *host_id_keys;   /* host [T], the sort's (id << 32 | t) keys */

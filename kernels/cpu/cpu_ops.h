@@ -95,11 +95,12 @@ void cpu_rope_bwd(float *dx, const int32_t *positions, const float *inv_freq, in
 void cpu_swiglu_fwd(float *out, const float *gate, const float *up, size_t n);
 void cpu_swiglu_bwd(float *dgate, float *dup, const float *dout, const float *gate,
                     const float *up, size_t n);
-void cpu_swiglu_fwd_half(kernels_half_format fmt, uint16_t *out_half, float *out, uint16_t *gate_half,
-                         uint16_t *up_half, const float *gate, const float *up, size_t n);
-void cpu_swiglu_bwd_half(kernels_half_format fmt, uint16_t *dgate_half, uint16_t *dup_half,
-                         const float *dout, const uint16_t *gate_half, const uint16_t *up_half,
-                         size_t n);
+void cpu_swiglu_fwd_half(kernels_half_format fmt, uint16_t *out_half, int ld_half, float *out,
+                         uint16_t *gate_half, uint16_t *up_half, const float *gate, const float *up,
+                         int rows, int cols);
+void cpu_swiglu_bwd_half(kernels_half_format fmt, uint16_t *dgate_half, uint16_t *dup_half, int ld_half,
+                         const float *dout, const uint16_t *gate_half, const uint16_t *up_half, int rows,
+                         int cols);
 
 /* attention.c */
 void cpu_attention_fwd(float *out, float *lse, const float *q, const float *k, const float *v,

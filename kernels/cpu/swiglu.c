@@ -3,7 +3,8 @@
  *           dgate = dout * u * sigmoid(g) * (1 + g * (1 - sigmoid(g))).
  * Each element is read before it is written, so dgate may alias gate and dup may alias up.
  * The *_half variants run the same per-element arithmetic (one function each, so the bits
- * cannot drift apart) on 16-bit inputs or outputs. */
+ * cannot drift apart) on 16-bit inputs or outputs; their 16-bit outputs have rows ld_half
+ * apart, so dgate_half / dup_half may alias gate_half / up_half only when ld_half == cols. */
 #include <math.h>
 
 #include "kernels/cpu/cpu_ops.h"
@@ -34,28 +35,44 @@ void cpu_swiglu_bwd(float *dgate, float *dup, const float *dout, const float *ga
     }
 }
 
-void cpu_swiglu_fwd_half(kernels_half_format fmt, uint16_t *out_half, float *out, uint16_t *gate_half,
-                         uint16_t *up_half, const float *gate, const float *up, size_t n) {
-#pragma omp parallel for if (n >= CPU_PARALLEL_MIN) schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        uint16_t hg = cpu_half_from_float(gate[i], fmt), hu = cpu_half_from_float(up[i], fmt);
-        gate_half[i] = hg;
-        up_half[i] = hu;
-        float y = swiglu_value(cpu_float_from_half(hg, fmt), cpu_float_from_half(hu, fmt));
-        if (out) out[i] = y;
-        out_half[i] = cpu_half_from_float(y, fmt);
+/* Over [rows, cols]: element (r, c) is flat index r * cols + c of the contiguous tensors;
+ * the 16-bit outputs (out_half; dgate_half, dup_half) put it at r * ld_half + c and never
+ * touch the columns between cols and ld_half. */
+void cpu_swiglu_fwd_half(kernels_half_format fmt, uint16_t *out_half, int ld_half, float *out,
+                         uint16_t *gate_half, uint16_t *up_half, const float *gate, const float *up,
+                         int rows, int cols) {
+    if (rows <= 0 || cols <= 0) return;
+#pragma omp parallel for if ((size_t)rows * cols >= CPU_PARALLEL_MIN) schedule(static)
+    for (int r = 0; r < rows; r++) {
+        const size_t row = (size_t)r * cols;
+        uint16_t *hr = out_half + (size_t)r * ld_half;
+        for (int c = 0; c < cols; c++) {
+            const size_t i = row + c;
+            uint16_t hg = cpu_half_from_float(gate[i], fmt), hu = cpu_half_from_float(up[i], fmt);
+            gate_half[i] = hg;
+            up_half[i] = hu;
+            float y = swiglu_value(cpu_float_from_half(hg, fmt), cpu_float_from_half(hu, fmt));
+            if (out) out[i] = y;
+            hr[c] = cpu_half_from_float(y, fmt);
+        }
     }
 }
 
-void cpu_swiglu_bwd_half(kernels_half_format fmt, uint16_t *dgate_half, uint16_t *dup_half,
-                         const float *dout, const uint16_t *gate_half, const uint16_t *up_half,
-                         size_t n) {
-#pragma omp parallel for if (n >= CPU_PARALLEL_MIN) schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        float dg, du;
-        swiglu_grads(cpu_float_from_half(gate_half[i], fmt), cpu_float_from_half(up_half[i], fmt),
-                     dout[i], &dg, &du);
-        dgate_half[i] = cpu_half_from_float(dg, fmt);
-        dup_half[i] = cpu_half_from_float(du, fmt);
+void cpu_swiglu_bwd_half(kernels_half_format fmt, uint16_t *dgate_half, uint16_t *dup_half, int ld_half,
+                         const float *dout, const uint16_t *gate_half, const uint16_t *up_half, int rows,
+                         int cols) {
+    if (rows <= 0 || cols <= 0) return;
+#pragma omp parallel for if ((size_t)rows * cols >= CPU_PARALLEL_MIN) schedule(static)
+    for (int r = 0; r < rows; r++) {
+        const size_t row = (size_t)r * cols;
+        uint16_t *dgr = dgate_half + (size_t)r * ld_half, *dur = dup_half + (size_t)r * ld_half;
+        for (int c = 0; c < cols; c++) {
+            const size_t i = row + c;
+            float dg, du;
+            swiglu_grads(cpu_float_from_half(gate_half[i], fmt), cpu_float_from_half(up_half[i], fmt),
+                         dout[i], &dg, &du);
+            dgr[c] = cpu_half_from_float(dg, fmt);
+            dur[c] = cpu_half_from_float(du, fmt);
+        }
     }
 }

@@ -1,7 +1,8 @@
 // cuda_common: what every kernels/cuda source shares: the checking macros that feed the
 // sticky error slot (cuda_status.h), grid sizing for grid-stride loops, the fixed-order
 // block reductions (same input and launch shape -> same bits, every run), vectorised
-// element-wise launches, and the once-per-device shared-memory opt-in of big-tile kernels.
+// element-wise launches, the shape of row-by-column launches, and the once-per-device
+// shared-memory opt-in of big-tile kernels.
 #ifndef CTUNE_CUDA_COMMON_CUH
 #define CTUNE_CUDA_COMMON_CUH
 
@@ -134,6 +135,23 @@ static inline void cuda_vec4_launch(const Op &op, const cuda_vec4_plan &plan) {
     const size_t work = plan.groups > plan.scalars ? plan.groups : plan.scalars;
     if (!work) return;
     cuda_vec4_kernel<Op><<<cuda_grid_for(work), CUDA_THREADS>>>(op, plan);
+}
+
+// ---- row-by-column launches
+// The shape of a 2D grid-stride loop over [rows, units] (x over a row's units, consecutive
+// threads on consecutive units so accesses coalesce; y over rows): the block's width is the
+// row's, rounded up to a power of two and at most CUDA_THREADS, so a narrow row (a LoRA rank
+// of 16 columns) keeps every thread busy; about as many blocks as cuda_grid_for allows a 1D
+// loop, the loops striding past the rest. rows, units >= 1.
+static inline void cuda_rows_shape(int rows, int units, dim3 *grid, dim3 *block) {
+    int bx = 1;
+    while (bx < units && bx < CUDA_THREADS) bx *= 2;
+    *block = dim3((unsigned int)bx, (unsigned int)(CUDA_THREADS / bx));
+    unsigned int gx = (unsigned int)((units + bx - 1) / bx);
+    if (gx > 65535u) gx = 65535u;
+    size_t gy = ((size_t)rows + block->y - 1) / block->y, gy_max = 65535u / gx;
+    if (gy > gy_max) gy = gy_max;
+    *grid = dim3(gx, (unsigned int)gy);
 }
 
 // ---- dynamic shared memory beyond 48 KiB

@@ -93,8 +93,9 @@ extern "C" void cuda_from_half(float *out, const uint16_t *x, size_t n, kernels_
 }
 
 // to_half_2d: a 2D grid-stride loop, x over a row's columns (consecutive threads on
-// consecutive columns, so loads and stores coalesce), y over rows. The block's shape follows
-// the block's width, so a narrow one (a LoRA rank of 16 columns) keeps every thread busy.
+// consecutive columns, so loads and stores coalesce), y over rows, shaped by cuda_rows_shape
+// (cuda_common.cuh: the thread block is as wide as the rows, so a narrow block of columns, a
+// LoRA rank of 16, keeps every thread busy).
 // W = 4 moves a float4 in and 8 bytes out per thread where every row start is aligned (cols,
 // both strides multiples of 4, both pointers aligned); W = 1 otherwise. Either way each value
 // is one fp32 multiply (IEEE, uncontracted: scale 1 gives x itself) and half_bits, so the
@@ -126,15 +127,8 @@ static void launch_to_half_2d(uint16_t *out, int ld_out, const float *x, int ld_
     const bool vec4 = cols % 4 == 0 && ld_x % 4 == 0 && ld_out % 4 == 0 &&
                       (uintptr_t)x % 16 == 0 && (uintptr_t)out % 8 == 0;
     const int units = vec4 ? cols / 4 : cols;
-    int bx = 1;
-    while (bx < units && bx < CUDA_THREADS) bx *= 2;
-    const dim3 block((unsigned int)bx, (unsigned int)(CUDA_THREADS / bx));
-    // About as many blocks as cuda_grid_for allows a 1D loop; the loops stride past the rest.
-    unsigned int gx = (unsigned int)((units + bx - 1) / bx);
-    if (gx > 65535u) gx = 65535u;
-    size_t gy = ((size_t)rows + block.y - 1) / block.y, gy_max = 65535u / gx;
-    if (gy > gy_max) gy = gy_max;
-    const dim3 grid(gx, (unsigned int)gy);
+    dim3 grid, block;
+    cuda_rows_shape(rows, units, &grid, &block);
     if (vec4)
         to_half_2d_kernel<F, 4><<<grid, block>>>(out, ld_out, x, ld_x, rows, units, scale);
     else

@@ -81,6 +81,13 @@ struct half_store {
         if (out) out[row * ld + j] = y;
         out_half[row * ld_half + j] = half_bits<F>(y);
     }
+    // Columns j..j+3 at once (16 bytes of fp32, 8 of 16-bit), for callers whose strides, j and
+    // pointers put every group on those boundaries; the same values as four single stores.
+    __device__ __forceinline__ void four(size_t row, int j, float4 y) const {
+        if (out) *reinterpret_cast<float4 *>(out + row * ld + j) = y;
+        *reinterpret_cast<uint2 *>(out_half + row * ld_half + j) =
+            half_bits4<F>(y.x, y.y, y.z, y.w);
+    }
 };
 
 // Host side: false, with "unknown 16-bit format" recorded against op, for anything but the

@@ -1,8 +1,8 @@
 // SwiGLU: out = silu(g) u, silu(g) = g / (1 + exp(-g)), mirroring kernels/cpu/swiglu.c.
 // Backward: dup = dout silu(g); dgate = dout u sig (1 + g (1 - sig)).
 // Each element is read before it is written, so dgate may alias gate and dup may alias up
-// (likewise dgate_half / gate_half and dup_half / up_half: a group of four is read whole
-// before any of it is written, by the same thread).
+// (likewise dgate_half / gate_half and dup_half / up_half when ld_half == cols: a group of
+// four is read whole before any of it is written, by the same thread).
 // expf is CUDA's full-precision expf (2 ulp), never __expf: no --use_fast_math here.
 //
 // The 16-bit variants (kernels.h: swiglu_fwd_half, swiglu_bwd_half) run the per-element
@@ -16,6 +16,13 @@
 //
 // All of them are vectorised (cuda_common.cuh: cuda_vec4_plan): float4 and 8-byte 16-bit
 // accesses where the pointers allow, scalar otherwise; each element's value is the same.
+// The 16-bit outputs of the *_half ops have rows ld_half apart (the columns between belong
+// to another GEMM operand, e.g. a LoRA adapter's, and are never written); every other tensor
+// is contiguous [rows, cols]. ld_half == cols (or one row) is the flat layout and takes the
+// flat vectorised launch; otherwise a 2D launch (cuda_rows_shape) over (row, column), the
+// 16-bit stores through half_store (half_bits.cuh), four columns per thread where cols,
+// ld_half and every pointer keep each group of four aligned, one otherwise (as to_half_2d in
+// half.cu). Either way element (r, c) gets the flat op's bits for index r * cols + c.
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/half_bits.cuh"
 
@@ -66,59 +73,140 @@ struct swiglu_bwd_op {
     }
 };
 
-// gate and up rounded to F (kept for the backward), out = swiglu on their widened values.
+// gate and up rounded to F (kept for the backward), out = swiglu on their widened values;
+// out and out_half through `store` (out NULL: not written). Element i of the contiguous
+// tensors is (row, j) = (i / cols, i % cols).
 template <kernels_half_format F>
 struct swiglu_fwd_half_op {
-    uint16_t *out_half;
-    float *out;  // NULL: not written
+    half_store<F> store;  // out_half (rows ld_half apart), out (rows cols apart)
     uint16_t *gate_half, *up_half;
     const float *gate, *up;
-    __device__ void one(size_t i) const {
+    int cols;
+    __device__ float value(size_t i) const {
         const uint16_t hg = half_bits<F>(gate[i]), hu = half_bits<F>(up[i]);
         gate_half[i] = hg;
         up_half[i] = hu;
-        const float y = swiglu_value(half_widen<F>(hg), half_widen<F>(hu));
-        if (out) out[i] = y;
-        out_half[i] = half_bits<F>(y);
+        return swiglu_value(half_widen<F>(hg), half_widen<F>(hu));
     }
-    __device__ void four(size_t i) const {
+    __device__ float4 value4(size_t i) const {
         const float4 g = *reinterpret_cast<const float4 *>(gate + i);
         const float4 u = *reinterpret_cast<const float4 *>(up + i);
         const uint2 hg = half_bits4<F>(g.x, g.y, g.z, g.w), hu = half_bits4<F>(u.x, u.y, u.z, u.w);
         *reinterpret_cast<uint2 *>(gate_half + i) = hg;
         *reinterpret_cast<uint2 *>(up_half + i) = hu;
         const float4 gw = half_widen4<F>(hg), uw = half_widen4<F>(hu);
-        const float4 y = make_float4(swiglu_value(gw.x, uw.x), swiglu_value(gw.y, uw.y),
-                                     swiglu_value(gw.z, uw.z), swiglu_value(gw.w, uw.w));
-        if (out) *reinterpret_cast<float4 *>(out + i) = y;
-        *reinterpret_cast<uint2 *>(out_half + i) = half_bits4<F>(y.x, y.y, y.z, y.w);
+        return make_float4(swiglu_value(gw.x, uw.x), swiglu_value(gw.y, uw.y),
+                           swiglu_value(gw.z, uw.z), swiglu_value(gw.w, uw.w));
     }
-};
-
-template <kernels_half_format F>
-struct swiglu_bwd_half_op {
-    uint16_t *dgate_half, *dup_half;
-    const float *dout;
-    const uint16_t *gate_half, *up_half;
+    // Flat (ld_half == cols): element i, group i..i+3 (cuda_vec4_kernel).
     __device__ void one(size_t i) const {
-        float dg, du;
-        swiglu_grads(half_widen<F>(gate_half[i]), half_widen<F>(up_half[i]), dout[i], &dg, &du);
-        dgate_half[i] = half_bits<F>(dg);
-        dup_half[i] = half_bits<F>(du);
+        const float y = value(i);
+        if (store.out) store.out[i] = y;
+        store.out_half[i] = half_bits<F>(y);
     }
     __device__ void four(size_t i) const {
+        const float4 y = value4(i);
+        if (store.out) *reinterpret_cast<float4 *>(store.out + i) = y;
+        *reinterpret_cast<uint2 *>(store.out_half + i) = half_bits4<F>(y.x, y.y, y.z, y.w);
+    }
+    // Strided: element (row, j), columns j..j+3 (swiglu_rows_kernel).
+    __device__ void one(size_t row, int j) const { store(row, j, value(row * cols + j)); }
+    __device__ void four(size_t row, int j) const { store.four(row, j, value4(row * cols + j)); }
+};
+
+// dgate and dup of the widened gate_half, up_half, rounded to F through their stores (fp32
+// NULL: only the 16-bit values are written).
+template <kernels_half_format F>
+struct swiglu_bwd_half_op {
+    half_store<F> dgate, dup;  // rows ld_half apart
+    const float *dout;
+    const uint16_t *gate_half, *up_half;
+    int cols;
+    __device__ void grads(size_t i, float *dg, float *du) const {
+        swiglu_grads(half_widen<F>(gate_half[i]), half_widen<F>(up_half[i]), dout[i], dg, du);
+    }
+    __device__ void grads4(size_t i, float4 *dg, float4 *du) const {
         const float4 g = half_widen4<F>(*reinterpret_cast<const uint2 *>(gate_half + i));
         const float4 u = half_widen4<F>(*reinterpret_cast<const uint2 *>(up_half + i));
         const float4 dy = *reinterpret_cast<const float4 *>(dout + i);
+        swiglu_grads(g.x, u.x, dy.x, &dg->x, &du->x);
+        swiglu_grads(g.y, u.y, dy.y, &dg->y, &du->y);
+        swiglu_grads(g.z, u.z, dy.z, &dg->z, &du->z);
+        swiglu_grads(g.w, u.w, dy.w, &dg->w, &du->w);
+    }
+    // Flat (ld_half == cols): element i, group i..i+3 (cuda_vec4_kernel).
+    __device__ void one(size_t i) const {
+        float dg, du;
+        grads(i, &dg, &du);
+        dgate.out_half[i] = half_bits<F>(dg);
+        dup.out_half[i] = half_bits<F>(du);
+    }
+    __device__ void four(size_t i) const {
         float4 dg, du;
-        swiglu_grads(g.x, u.x, dy.x, &dg.x, &du.x);
-        swiglu_grads(g.y, u.y, dy.y, &dg.y, &du.y);
-        swiglu_grads(g.z, u.z, dy.z, &dg.z, &du.z);
-        swiglu_grads(g.w, u.w, dy.w, &dg.w, &du.w);
-        *reinterpret_cast<uint2 *>(dgate_half + i) = half_bits4<F>(dg.x, dg.y, dg.z, dg.w);
-        *reinterpret_cast<uint2 *>(dup_half + i) = half_bits4<F>(du.x, du.y, du.z, du.w);
+        grads4(i, &dg, &du);
+        *reinterpret_cast<uint2 *>(dgate.out_half + i) = half_bits4<F>(dg.x, dg.y, dg.z, dg.w);
+        *reinterpret_cast<uint2 *>(dup.out_half + i) = half_bits4<F>(du.x, du.y, du.z, du.w);
+    }
+    // Strided: element (row, j), columns j..j+3 (swiglu_rows_kernel).
+    __device__ void one(size_t row, int j) const {
+        float dg, du;
+        grads(row * cols + j, &dg, &du);
+        dgate(row, j, dg);
+        dup(row, j, du);
+    }
+    __device__ void four(size_t row, int j) const {
+        float4 dg, du;
+        grads4(row * cols + j, &dg, &du);
+        dgate.four(row, j, dg);
+        dup.four(row, j, du);
     }
 };
+
+// The strided launch: units of W columns (W = 4: groups, column 4u; W = 1: column u) of each
+// row, x over a row's units, y over rows (cuda_rows_shape). Bounded to 8 blocks per SM (at
+// most 32 registers, as the flat kernels take: full occupancy for a memory-bound loop; left
+// alone nvcc takes 38-40, no spills either way; not yet timed on a GPU).
+template <int W, class Op>
+__global__ void __launch_bounds__(CUDA_THREADS, 8) swiglu_rows_kernel(Op op, int rows, int units) {
+    for (size_t r = blockIdx.y * (size_t)blockDim.y + threadIdx.y; r < (size_t)rows;
+         r += (size_t)gridDim.y * blockDim.y)
+        for (int u = blockIdx.x * blockDim.x + threadIdx.x; u < units;
+             u += gridDim.x * blockDim.x) {
+            if constexpr (W == 4)
+                op.four(r, 4 * u);
+            else
+                op.one(r, u);
+        }
+}
+
+// Groups of four stay aligned in every row when cols and ld_half are multiples of 4 and
+// every fp32 pointer sits on 16 bytes, every 16-bit one on 8 (NULL: not accessed).
+static bool rows_vec4(int cols, int ld_half, std::initializer_list<const void *> f32,
+                      std::initializer_list<const void *> h16) {
+    bool ok = cols % 4 == 0 && ld_half % 4 == 0;
+    for (const void *p : f32) ok = ok && (uintptr_t)p % 16 == 0;
+    for (const void *p : h16) ok = ok && (uintptr_t)p % 8 == 0;
+    return ok;
+}
+
+// ld_half == cols, or a single row, is the flat layout: the flat launch's head, aligned
+// groups and tail over rows * cols elements; otherwise the row launch.
+template <class Op>
+static void swiglu_half_launch(const Op &op, int rows, int cols, int ld_half,
+                               std::initializer_list<const void *> f32,
+                               std::initializer_list<const void *> h16) {
+    if (ld_half == cols || rows == 1) {
+        cuda_vec4_launch(op, cuda_vec4_plan_for((size_t)rows * cols, f32, h16));
+        return;
+    }
+    const bool vec4 = rows_vec4(cols, ld_half, f32, h16);
+    dim3 grid, block;
+    cuda_rows_shape(rows, vec4 ? cols / 4 : cols, &grid, &block);
+    if (vec4)
+        swiglu_rows_kernel<4><<<grid, block>>>(op, rows, cols / 4);
+    else
+        swiglu_rows_kernel<1><<<grid, block>>>(op, rows, cols);
+}
 
 extern "C" void cuda_swiglu_fwd(float *out, const float *gate, const float *up, size_t n) {
     if (!n) return;
@@ -134,32 +222,43 @@ extern "C" void cuda_swiglu_bwd(float *dgate, float *dup, const float *dout, con
     CUDA_CHECK_LAUNCH();
 }
 
-extern "C" void cuda_swiglu_fwd_half(kernels_half_format fmt, uint16_t *out_half, float *out,
-                                     uint16_t *gate_half, uint16_t *up_half, const float *gate,
-                                     const float *up, size_t n) {
-    if (!cuda_known_half_format(fmt, "swiglu_fwd_half", __FILE__, __LINE__) || !n) return;
-    const cuda_vec4_plan plan =
-        cuda_vec4_plan_for(n, {out, gate, up}, {out_half, gate_half, up_half});
+extern "C" void cuda_swiglu_fwd_half(kernels_half_format fmt, uint16_t *out_half, int ld_half,
+                                     float *out, uint16_t *gate_half, uint16_t *up_half,
+                                     const float *gate, const float *up, int rows, int cols) {
+    if (!cuda_known_half_format(fmt, "swiglu_fwd_half", __FILE__, __LINE__)) return;
+    if (rows <= 0 || cols <= 0) return;
+    const std::initializer_list<const void *> f32 = {out, gate, up};
+    const std::initializer_list<const void *> h16 = {out_half, gate_half, up_half};
     if (fmt == KERNELS_BF16)
-        cuda_vec4_launch(
-            swiglu_fwd_half_op<KERNELS_BF16>{out_half, out, gate_half, up_half, gate, up}, plan);
+        swiglu_half_launch(swiglu_fwd_half_op<KERNELS_BF16>{{out_half, ld_half, out, cols},
+                                                            gate_half, up_half, gate, up, cols},
+                           rows, cols, ld_half, f32, h16);
     else
-        cuda_vec4_launch(
-            swiglu_fwd_half_op<KERNELS_FP16>{out_half, out, gate_half, up_half, gate, up}, plan);
+        swiglu_half_launch(swiglu_fwd_half_op<KERNELS_FP16>{{out_half, ld_half, out, cols},
+                                                            gate_half, up_half, gate, up, cols},
+                           rows, cols, ld_half, f32, h16);
     CUDA_CHECK_LAUNCH();
 }
 
 extern "C" void cuda_swiglu_bwd_half(kernels_half_format fmt, uint16_t *dgate_half,
-                                     uint16_t *dup_half, const float *dout,
-                                     const uint16_t *gate_half, const uint16_t *up_half, size_t n) {
-    if (!cuda_known_half_format(fmt, "swiglu_bwd_half", __FILE__, __LINE__) || !n) return;
-    const cuda_vec4_plan plan =
-        cuda_vec4_plan_for(n, {dout}, {dgate_half, dup_half, gate_half, up_half});
+                                     uint16_t *dup_half, int ld_half, const float *dout,
+                                     const uint16_t *gate_half, const uint16_t *up_half, int rows,
+                                     int cols) {
+    if (!cuda_known_half_format(fmt, "swiglu_bwd_half", __FILE__, __LINE__)) return;
+    if (rows <= 0 || cols <= 0) return;
+    const std::initializer_list<const void *> f32 = {dout};
+    const std::initializer_list<const void *> h16 = {dgate_half, dup_half, gate_half, up_half};
     if (fmt == KERNELS_BF16)
-        cuda_vec4_launch(
-            swiglu_bwd_half_op<KERNELS_BF16>{dgate_half, dup_half, dout, gate_half, up_half}, plan);
+        swiglu_half_launch(
+            swiglu_bwd_half_op<KERNELS_BF16>{{dgate_half, ld_half, NULL, cols},
+                                             {dup_half, ld_half, NULL, cols}, dout, gate_half,
+                                             up_half, cols},
+            rows, cols, ld_half, f32, h16);
     else
-        cuda_vec4_launch(
-            swiglu_bwd_half_op<KERNELS_FP16>{dgate_half, dup_half, dout, gate_half, up_half}, plan);
+        swiglu_half_launch(
+            swiglu_bwd_half_op<KERNELS_FP16>{{dgate_half, ld_half, NULL, cols},
+                                             {dup_half, ld_half, NULL, cols}, dout, gate_half,
+                                             up_half, cols},
+            rows, cols, ld_half, f32, h16);
     CUDA_CHECK_LAUNCH();
 }
