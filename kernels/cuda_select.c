@@ -17,6 +17,7 @@ static const kernels cuda_backend = {
     .name = "cuda",
     .alloc = cuda_alloc,
     .release = cuda_release,
+    .memory_info = cuda_memory_info,
     .zero = cuda_zero,
     .copy = cuda_copy,
     .upload = cuda_upload,
@@ -81,8 +82,9 @@ int kernels_cuda_status(ct_error *err) {
     return 0;
 }
 
-int kernels_cuda_bind_rank(int local_rank, int *device, ct_error *err) {
+int kernels_cuda_bind_rank(int local_rank, int *device, int *n_devices, ct_error *err) {
     if (device) *device = -1;
+    if (n_devices) *n_devices = 0;
 #ifdef CTUNE_HAVE_CUDA
     char cuda_msg[512] = "";
     int count = ctune_cuda_device_count(cuda_msg, sizeof cuda_msg);
@@ -92,6 +94,7 @@ int kernels_cuda_bind_rank(int local_rank, int *device, ct_error *err) {
     if (ctune_cuda_set_device(index, cuda_msg, sizeof cuda_msg) != 0)
         return ct_fail(err, "local rank %d: %s", local_rank, cuda_msg);
     if (device) *device = index;
+    if (n_devices) *n_devices = count;
     return 0;
 #else
     (void)local_rank;

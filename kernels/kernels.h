@@ -47,6 +47,10 @@ typedef struct kernels {
     void (*copy)(void *dst, const void *src, size_t bytes);           /* backend -> backend */
     void (*upload)(void *dst, const void *host_src, size_t bytes);    /* host -> backend */
     void (*download)(void *host_dst, const void *src, size_t bytes);  /* backend -> host */
+    /* Bytes this backend can still allocate, and its capacity: a GPU's free and total
+     * memory; for the CPU the host's available and total RAM, within the cgroup (v2) memory
+     * limit when one is set. 0, or -1 where it cannot tell (the values are then 0). */
+    int (*memory_info)(size_t *free_bytes, size_t *total_bytes);
 
     /* ---- dense algebra ----
      * C[m,n] = alpha * op(A) op(B) + beta * C; op(A) is [m,k], op(B) is [k,n].

@@ -258,6 +258,7 @@ int kernels_profile_start(const kernels *inner, const kernels **out, ct_error *e
         .name = inner->name,
         .alloc = p_alloc,
         .release = p_release,
+        .memory_info = inner->memory_info, /* a query, not an op: untimed */
         .zero = p_zero,
         .copy = p_copy,
         .upload = p_upload,

@@ -153,6 +153,7 @@ static const kernels shadow_backend = {
     .name = "cpu-shadow",
     .alloc = shadow_alloc,
     .release = shadow_release,
+    .memory_info = cpu_memory_info,
     .zero = shadow_zero,
     .copy = shadow_copy,
     .upload = shadow_upload,

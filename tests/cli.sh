@@ -69,6 +69,25 @@ expect 0 "parameters: [0-9]+ total" -- "$ctune" train "$src/configs/tiny/lora.ya
   data.train="$work/t.h5" data.eval="$work/e.h5" data.synthetic_train_examples=64 \
   data.synthetic_eval_examples=8 --dry-run
 
+# The memory check: the dry run says whether the run fits; a run that cannot fit stops
+# before allocating its step buffers, naming the numbers and what would shrink them.
+expect 0 "memory check \(rank 0\): [0-9.]+ GiB more needed, [0-9.]+ GiB free of [0-9.]+ on the cpu backend: fits" -- \
+  "$ctune" train "$src/configs/tiny/lora.yaml" model.path="$work/tiny" data.train="$work/t.h5" data.eval="$work/e.h5" \
+  data.synthetic_train_examples=64 data.synthetic_eval_examples=8 --dry-run
+huge=(train.micro_batch_size=1024 train.global_batch_size=1024 data.seq_len=1048576) # ~46,000 GiB of activations
+expect 0 "memory check \(rank 0\).*does NOT fit" -- "$ctune" train "$src/configs/tiny/lora.yaml" model.path="$work/tiny" \
+  data.train="$work/t.h5" data.eval="$work/e.h5" data.synthetic_train_examples=64 data.synthetic_eval_examples=8 \
+  "${huge[@]}" --dry-run
+expect 1 "lora.yaml: not enough memory on rank 0's cpu backend: the run needs [0-9.]+ GiB more .*activations [0-9.]+\).*Try train.activation_checkpointing: true \(activations [0-9.]+ -> [0-9.]+ GiB\)" -- \
+  "$ctune" train "$src/configs/tiny/lora.yaml" model.path="$work/tiny" data.train="$work/t.h5" data.eval="$work/e.h5" \
+  data.synthetic_train_examples=64 data.synthetic_eval_examples=8 "${huge[@]}" checkpoint.output_dir="$work/huge"
+if [ -e "$work/huge" ]; then
+  failed=$((failed + 1))
+  echo "FAIL: the refused run created its output directory"
+else
+  passed=$((passed + 1))
+fi
+
 # CTUNE_PROFILE=1: a table of the ops of the steps after the first (docs/kernels.md).
 out=$(CTUNE_PROFILE=1 "$ctune" train "$src/configs/tiny/lora.yaml" model.path="$work/tiny" data.train="$work/t.h5" \
   data.eval="$work/e.h5" data.synthetic_train_examples=64 data.synthetic_eval_examples=8 train.max_steps=3 optim.warmup_steps=1 \

@@ -5,6 +5,8 @@
 #include <omp.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/kernels.h"
@@ -83,6 +85,74 @@ static void test_memory(void) {
     K->release(empty);
     K->release(other);
     K->release(buf);
+}
+
+static void write_text(const char *dir, const char *name, const char *text) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    CHECK_MSG(f != NULL, "cannot write %s", path);
+    if (!f) return;
+    fputs(text, f);
+    fclose(f);
+}
+
+/* memory_info: MemAvailable / MemTotal, bounded by the tightest cgroup on the way up from the
+ * process's group (v2 memory.max - memory.current; v1 limit_in_bytes - usage_in_bytes, whose
+ * "no limit" is a huge number); unreadable or malformed input: -1, zeros. */
+static void test_memory_info(void) {
+    char dir[] = "/tmp/ctune_meminfo_XXXXXX", sub[4200], meminfo[4200];
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(meminfo, sizeof meminfo, "%s/meminfo", dir);
+    write_text(dir, "meminfo", "MemTotal:       16000000 kB\nMemFree:  100 kB\nMemAvailable:   12000000 kB\n");
+    size_t free_b = 1, total_b = 1;
+    CHECK(cpu_memory_info_from(meminfo, NULL, 0, &free_b, &total_b) == 0);
+    CHECK(free_b == 12000000ull * 1024 && total_b == 16000000ull * 1024);
+    /* v2: group a/b without a limit, its parent a held to 8 GiB with 6.5 used */
+    snprintf(sub, sizeof sub, "%s/v2/a/b", dir);
+    char mk[4300];
+    snprintf(mk, sizeof mk, "mkdir -p %s %s/v1/job", sub, dir);
+    CHECK(system(mk) == 0);
+    snprintf(sub, sizeof sub, "%s/v2/a", dir);
+    write_text(sub, "memory.max", "8589934592\n");
+    write_text(sub, "memory.current", "6979321856\n");
+    snprintf(sub, sizeof sub, "%s/v2/a/b", dir);
+    write_text(sub, "memory.max", "max\n");
+    write_text(sub, "memory.current", "1000\n");
+    char root2[4200], root1[4200];
+    snprintf(root2, sizeof root2, "%s/v2", dir);
+    snprintf(root1, sizeof root1, "%s/v1", dir);
+    cpu_cgroup v2 = {.root = root2, .path = "/a/b", .v1 = false};
+    CHECK(cpu_memory_info_from(meminfo, &v2, 1, &free_b, &total_b) == 0);
+    CHECK_MSG(free_b == 8589934592ull - 6979321856ull && total_b == 8589934592ull, "v2: free %zu, total %zu", free_b,
+              total_b);
+    /* v1 "no limit" changes nothing; a v1 limit below the RAM bounds it; usage over it: 0 */
+    snprintf(sub, sizeof sub, "%s/v1/job", dir);
+    write_text(sub, "memory.limit_in_bytes", "9223372036854771712\n");
+    write_text(sub, "memory.usage_in_bytes", "180314112\n");
+    cpu_cgroup v1 = {.root = root1, .path = "/job", .v1 = true};
+    CHECK(cpu_memory_info_from(meminfo, &v1, 1, &free_b, &total_b) == 0);
+    CHECK(free_b == 12000000ull * 1024 && total_b == 16000000ull * 1024);
+    write_text(sub, "memory.limit_in_bytes", "4294967296\n");
+    write_text(sub, "memory.usage_in_bytes", "5000000000\n");
+    cpu_cgroup both[2] = {v2, v1};
+    CHECK(cpu_memory_info_from(meminfo, both, 2, &free_b, &total_b) == 0);
+    CHECK(free_b == 0 && total_b == 4294967296ull);
+    /* a group path that does not exist: no limit read */
+    cpu_cgroup gone = {.root = root2, .path = "/nowhere", .v1 = false};
+    CHECK(cpu_memory_info_from(meminfo, &gone, 1, &free_b, &total_b) == 0 && free_b == 12000000ull * 1024);
+    /* malformed or missing meminfo */
+    write_text(dir, "meminfo", "MemTotal:       16000000 kB\n");
+    CHECK(cpu_memory_info_from(meminfo, NULL, 0, &free_b, &total_b) == -1 && free_b == 0 && total_b == 0);
+    write_text(dir, "meminfo", "MemTotal: lots\nMemAvailable: 5 kB\n");
+    CHECK(cpu_memory_info_from(meminfo, NULL, 0, &free_b, &total_b) == -1);
+    snprintf(sub, sizeof sub, "%s/absent", dir);
+    CHECK(cpu_memory_info_from(sub, NULL, 0, &free_b, &total_b) == -1);
+    snprintf(mk, sizeof mk, "rm -rf %s", dir);
+    CHECK(system(mk) == 0);
+    /* this machine: something free, no more than in all */
+    CHECK(K->memory_info && K->memory_info(&free_b, &total_b) == 0);
+    CHECK(total_b > 0 && free_b <= total_b);
 }
 
 static void test_gemm(void) {
@@ -745,6 +815,7 @@ int main(void) {
     CHECK(K != NULL && strcmp(K->name, "cpu") == 0);
     omp_set_num_threads(2);
     test_memory();
+    test_memory_info();
     test_gemm();
     test_elementwise();
     test_sum_squares();

@@ -31,6 +31,13 @@ static void test_memory(void) {
     void *empty = G->alloc(0);
     CHECK(empty != NULL);
     G->release(empty);
+    /* memory_info: the device's free memory drops by (at least) what is allocated */
+    size_t free0 = 0, total = 0, free1 = 0;
+    CHECK(G->memory_info && G->memory_info(&free0, &total) == 0 && total > 0 && free0 <= total);
+    void *big = G->alloc((size_t)256 << 20);
+    CHECK(big != NULL && G->memory_info(&free1, &total) == 0);
+    CHECK_MSG(free1 + ((size_t)256 << 20) <= free0, "memory_info: free %zu -> %zu after 256 MiB", free0, free1);
+    G->release(big);
 
     float *x = host_rand(n, -1, 1), *ref = host_copy(x, n);
     G->upload(d, x, n * sizeof(float));

@@ -24,8 +24,11 @@
 
 /* device auto takes the GPU when one can be used and falls back to the CPU; every precision
  * runs on both (mixed precision on the CPU rounds as the GPU does, to check, not to be fast). */
-static int select_backend(const recipe *r, const dist *d, const kernels **k, ct_error *err) {
+/* The backend, and how many of this node's ranks allocate from the same memory (*sharers):
+ * all of them for host memory, those bound to the same GPU for a device. */
+static int select_backend(const recipe *r, const dist *d, const kernels **k, int *sharers, ct_error *err) {
     const char *shadow = getenv("CTUNE_TEST_SHADOW_MEMORY");
+    *sharers = d->local_size > 0 ? d->local_size : 1;
     if (shadow && !strcmp(shadow, "1")) { /* test hook: GPU-like memory on the CPU */
         *k = kernels_shadow();
         return 0;
@@ -35,9 +38,12 @@ static int select_backend(const recipe *r, const dist *d, const kernels **k, ct_
         return 0;
     }
     ct_error cuda_err;
-    int device = -1;
-    if (kernels_cuda_bind_rank(d->local_rank, &device, &cuda_err) == 0 && kernels_cuda(k, &cuda_err) == 0)
+    int device = -1, n_devices = 0;
+    if (kernels_cuda_bind_rank(d->local_rank, &device, &n_devices, &cuda_err) == 0 && kernels_cuda(k, &cuda_err) == 0) {
+        /* local ranks r with r % n_devices == device */
+        if (device < *sharers) *sharers = (*sharers - 1 - device) / n_devices + 1;
         return 0;
+    }
     if (r->device == DEVICE_CUDA)
         return ct_fail(err, "%s: the recipe asks for a GPU (device: cuda) but none can be used: %s "
                             "(device: auto falls back to the CPU)",
@@ -140,6 +146,7 @@ typedef struct run {
     bool preempted;            /* the loop stopped early on SIGTERM/SIGUSR1 */
     bool opt_ready;
     bool profiling;            /* CTUNE_PROFILE=1: x.k is kernels/profile.h's timing wrapper */
+    int memory_sharers;        /* ranks of this node drawing on the memory x.k allocates from */
     test_hook hook;
     metrics_log metrics;
     char base_dir[4096];
@@ -260,6 +267,56 @@ static void print_plan(const run *x, bool dry_run) {
         printf("; packed, up to %d documents per row", data_pack_docs_per_row(&x->train, r->data.seq_len));
     printf("\n");
     print_memory(x, trainable, act_bytes);
+}
+
+static double gib(size_t bytes) { return (double)bytes / (1024.0 * 1024.0 * 1024.0); }
+
+/* Before the step buffers are allocated (the weights and their gradients already are): the
+ * rest of this rank's estimate (print_memory) against what its backend can still allocate,
+ * shared with the node's other ranks on the same memory. Over: an error that names the
+ * numbers and what would shrink them, instead of an out-of-memory minutes later (or a host
+ * killed by the kernel's OOM killer). The dry run prints the verdict and goes on. */
+static int check_memory(const run *x, bool dry_run, ct_error *err) {
+    const recipe *r = x->r;
+    size_t free_bytes = 0, total_bytes = 0;
+    if (!x->k->memory_info || x->k->memory_info(&free_bytes, &total_bytes) != 0) {
+        if (x->d->rank == 0) printf("  memory check: the %s backend cannot tell its free memory; not checked\n", x->k->name);
+        return 0;
+    }
+    const size_t trainable = model_count_params(&x->m, true);
+    zero_memory mem;
+    zero_memory_estimate(r->distributed.zero_stage, x->m.weight_numel, trainable, x->d->world_size, x->d->rank,
+                         x->accum_steps, &mem);
+    const bool host = !strcmp(x->k->name, "cpu") || !strcmp(x->k->name, "cpu-shadow");
+    const size_t act = model_activation_bytes(&x->m.cfg, x->m.has_lora ? &x->m.lora : NULL, r->train.micro_batch_size,
+                                              r->data.seq_len, r->train.activation_checkpointing, x->m.precision);
+    /* the backward's own gradient output (grad_arena) exists already */
+    const size_t sums = mem.grad_bytes - trainable * sizeof(float);
+    const size_t need = sums + mem.optim_bytes + act + (host ? mem.comm_bytes : 0);
+    const int sharers = x->memory_sharers > 0 ? x->memory_sharers : 1;
+    const bool fits = need <= free_bytes / (size_t)sharers;
+    char shared[96] = "";
+    if (sharers > 1) snprintf(shared, sizeof shared, ", shared by %d ranks of this node", sharers);
+    if (x->d->rank == 0)
+        printf("  memory check (rank 0): %.2f GiB more needed, %.2f GiB free of %.2f on the %s backend%s: %s\n",
+               gib(need), gib(free_bytes), gib(total_bytes), x->k->name, shared,
+               fits ? "fits" : "does NOT fit");
+    if (fits || dry_run) return 0;
+    char hint[256] = "";
+    if (!r->train.activation_checkpointing) {
+        const size_t ckpt = model_activation_bytes(&x->m.cfg, x->m.has_lora ? &x->m.lora : NULL,
+                                                   r->train.micro_batch_size, r->data.seq_len, true, x->m.precision);
+        snprintf(hint, sizeof hint, "train.activation_checkpointing: true (activations %.2f -> %.2f GiB), ", gib(act),
+                 gib(ckpt));
+    }
+    return ct_fail(err, "%s: not enough memory on rank %d's %s backend: the run needs %.2f GiB more (gradient sums "
+                        "%.2f, optimizer state %.2f, activations %.2f%s) and %.2f GiB of %.2f are free%s. Try %sa "
+                        "smaller train.micro_batch_size or data.seq_len, %sor more ranks with distributed.zero_stage "
+                        "1 or 2",
+                   r->source, x->d->rank, x->k->name, gib(need), gib(sums), gib(mem.optim_bytes), gib(act),
+                   host && mem.comm_bytes ? ", communication scratch" : "", gib(free_bytes), gib(total_bytes),
+                   sharers > 1 ? " (for all the node's ranks on it)" : "", hint,
+                   r->method == METHOD_LORA ? "" : "method: lora, ");
 }
 
 /* Numbers with %.17g so that a saved eval loss can be compared bit for bit. */
@@ -570,7 +627,7 @@ int trainer_run(const recipe *r, const dist *d, bool dry_run, run_summary *summa
 
     x.hook = test_hook_from_env();
     int status = dist_set_timeout(d, r->distributed.timeout_s, err);
-    if (!status) status = select_backend(r, d, &x.k, err);
+    if (!status) status = select_backend(r, d, &x.k, &x.memory_sharers, err);
     const char *profile = getenv("CTUNE_PROFILE");
     if (!status && profile && !strcmp(profile, "1") && !dry_run) {
         status = kernels_profile_start(x.k, &x.k, err);
@@ -594,9 +651,10 @@ int trainer_run(const recipe *r, const dist *d, bool dry_run, run_summary *summa
         return -1;
     }
     if (d->rank == 0) print_plan(&x, dry_run);
-    if (dry_run) {
+    status = check_memory(&x, dry_run, err);
+    if (dry_run || dist_agree(d, status, err)) {
         close_run(&x);
-        return 0;
+        return dry_run ? 0 : -1;
     }
 
     size_t batch_tokens = (size_t)x.accum_steps * r->train.micro_batch_size * r->data.seq_len;

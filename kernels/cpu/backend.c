@@ -10,6 +10,7 @@ static const kernels cpu_backend = {
     .copy = cpu_copy,
     .upload = cpu_copy,
     .download = cpu_copy,
+    .memory_info = cpu_memory_info,
     .gemm = cpu_gemm,
     .add = cpu_add,
     .axpy = cpu_axpy,

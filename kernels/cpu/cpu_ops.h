@@ -57,6 +57,18 @@ void *cpu_alloc(size_t bytes);
 void cpu_release(void *ptr);
 void cpu_zero(void *ptr, size_t bytes);
 void cpu_copy(void *dst, const void *src, size_t bytes);
+int cpu_memory_info(size_t *free_bytes, size_t *total_bytes);
+/* One cgroup of the process: the hierarchy's mount point, the group's path below it ("" for
+ * the root), and its version (v1: memory.limit_in_bytes / memory.usage_in_bytes; v2:
+ * memory.max / memory.current). */
+typedef struct cpu_cgroup {
+    const char *root, *path;
+    bool v1;
+} cpu_cgroup;
+/* cpu_memory_info from a meminfo file (MemAvailable, MemTotal: /proc/meminfo), bounded by the
+ * groups and their parents up to their roots (missing files: no limit). For tests. */
+int cpu_memory_info_from(const char *meminfo_path, const cpu_cgroup *groups, int n_groups, size_t *free_bytes,
+                         size_t *total_bytes);
 
 /* gemm.c */
 void cpu_gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a,

@@ -30,6 +30,7 @@ int ctune_cuda_take_error(char *msg, size_t msg_size);
 /* ---- the table's operations ---- */
 void *cuda_alloc(size_t bytes);
 void cuda_release(void *ptr);
+int cuda_memory_info(size_t *free_bytes, size_t *total_bytes);
 void cuda_zero(void *ptr, size_t bytes);
 void cuda_copy(void *dst, const void *src, size_t bytes);
 void cuda_upload(void *dst, const void *host_src, size_t bytes);

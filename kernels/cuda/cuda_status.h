@@ -18,8 +18,9 @@ int kernels_cuda_status(ct_error *err);
 
 /* One GPU per rank: makes GPU (local_rank mod the node's GPU count) current, so that ranks
  * of a node spread over its GPUs (several ranks share one when there are more ranks than
- * GPUs). Call before the first kernels_cuda. Returns 0 and the device index, or -1 where no
- * GPU can be used (the same message kernels_cuda would give). */
-int kernels_cuda_bind_rank(int local_rank, int *device, ct_error *err);
+ * GPUs). Call before the first kernels_cuda. Returns 0, the device index and the node's GPU
+ * count (either pointer may be NULL), or -1 where no GPU can be used (the same message
+ * kernels_cuda would give). */
+int kernels_cuda_bind_rank(int local_rank, int *device, int *n_devices, ct_error *err);
 
 #endif

@@ -29,6 +29,21 @@ extern "C" void cuda_release(void *ptr) {
     if (ptr) CUDA_CHECK(cudaFree(ptr));
 }
 
+// The current device's free and total memory (the driver's view: other processes' use and
+// this one's CUDA context are already subtracted). A failure is not made sticky: the caller
+// can go on without knowing.
+extern "C" int cuda_memory_info(size_t *free_bytes, size_t *total_bytes) {
+    size_t free_now = 0, total = 0;
+    if (cudaMemGetInfo(&free_now, &total) != cudaSuccess) {
+        cudaGetLastError();
+        *free_bytes = *total_bytes = 0;
+        return -1;
+    }
+    *free_bytes = free_now;
+    *total_bytes = total;
+    return 0;
+}
+
 extern "C" void cuda_zero(void *ptr, size_t bytes) {
     if (bytes) CUDA_CHECK(cudaMemset(ptr, 0, bytes));
 }
