@@ -70,17 +70,10 @@ static void weight_grad_gemm(const model *m, const model_param *w, int T, const 
                         ldhx, 1.0f, w->grad, in);
 }
 
-/* The 16-bit copy of an activation [n values] for the next GEMMs (into buf), or NULL in fp32,
- * where the GEMMs read x itself. */
-static uint16_t *half_of(const model *m, uint16_t *buf, const float *x, size_t n) {
-    if (m->precision == MODEL_FP32) return NULL;
-    m->k->to_half(buf, x, n, model_half_format(m->precision));
-    return buf;
-}
-
-/* The same for a [rows, cols] activation whose copy has rows ld apart (room for the fused
- * adapters' u or du beside it). */
-static uint16_t *half_of_strided(const model *m, uint16_t *buf, int ld, const float *x, int rows, int cols) {
+/* The 16-bit copy of a [rows, cols] activation for the next GEMMs (into buf, rows ld apart:
+ * room for the fused adapters' u or du beside it), or NULL in fp32, where the GEMMs read x
+ * itself. */
+static uint16_t *half_of(const model *m, uint16_t *buf, int ld, const float *x, int rows, int cols) {
     if (m->precision == MODEL_FP32) return NULL;
     if (ld == cols) m->k->to_half(buf, x, (size_t)rows * cols, model_half_format(m->precision));
     else m->k->to_half_2d(model_half_format(m->precision), buf, ld, x, cols, rows, cols, 1.0f);
@@ -126,21 +119,20 @@ static void linear_backward(const model *m, int layer, int kind, float *dx, floa
     /* Fused (concat_dy, mixed precision only): dy's copy has room for du beside it, and
      * dx = [dy | du] [W ; A]. */
     const bool fused = lin->lora_a && lin->concat_dy;
-    int ldy = hdy ? ldhy : fused ? lin->out + m->lora.r : lin->out;
-    if (!hdy && fused) hdy = half_of_strided(m, s->half_dy, ldy, dy, T, lin->out);
-    else if (!hdy && (dx || lin->weight->grad || lin->lora_a)) hdy = half_of(m, s->half_dy, dy, (size_t)T * lin->out);
+    const int ldy = hdy ? ldhy : fused ? lin->out + m->lora.r : lin->out;
+    if (!hdy && (dx || lin->weight->grad || lin->lora_a)) hdy = half_of(m, s->half_dy, ldy, dy, T, lin->out);
     lora_half half;
     lora_apply la;
     if (lin->lora_a) la = adapter_of(m, lin, layer, kind, seed, ldx, &half);
     if (fused) {
         /* u's rounding sits beside x in the input copy the forward saved (not in a copy
          * rounded again for this backward, which is contiguous: ldx == in) */
-        const uint16_t *hu = ldx == s->ld_input[kind] && ldx > lin->in ? hx + lin->u_col : NULL;
+        const uint16_t *hu = ldx == s->ld_input[kind] ? hx + lin->u_col : NULL;
         lora_fused_backward(&la, hdy, ldy, hx, s->acts[layer].lora_u[kind], hu, T, dx != NULL, s->lora_du);
     }
     if (dx)
-        weight_gemm(m, false, false, T, lin->in, fused ? lin->out + m->lora.r : lin->out, dy, hdy,
-                    hdy ? ldy : lin->out, lin->weight, dx_beta, dx, lin->in);
+        weight_gemm(m, false, false, T, lin->in, fused ? lin->out + m->lora.r : lin->out, dy, hdy, ldy, lin->weight,
+                    dx_beta, dx, lin->in);
     if (lin->weight->grad) weight_grad_gemm(m, lin->weight, T, dy, hdy, ldy, x, hx, ldx);
     if (lin->bias && lin->bias->grad) {
         if (dy)
@@ -198,7 +190,7 @@ static void layer_forward(model *m, int l, int batch, int seq, const int32_t *do
     else /* 16-bit products as flash attention in bf16/fp16 (tensor cores on a GPU) */
         k->attention_fwd_half(model_half_format(m->precision), a->att, a->lse, a->q, a->k, a->v, doc_ids,
                               batch, seq, nh, nkv, d, scale);
-    hx = half_of_strided(m, s->half_x, ld[LINEAR_O], a->att, T, nh * d);
+    hx = half_of(m, s->half_x, ld[LINEAR_O], a->att, T, nh * d);
     linear_forward(m, l, LINEAR_O, a->x_mid, a->att, hx, ld[LINEAR_O], T, train, seed);
     k->add(a->x_mid, a->x_mid, x, (size_t)T * H);
     hx = norm_for_linears(m, a->h_norm2, ld[LINEAR_GATE], a->x_norm2, a->rstd2, a->x_mid, layer->post_norm->data,
@@ -260,7 +252,7 @@ static const uint16_t *backward_input(const model *m, const model_layer *layer, 
     const model_state *s = m->state;
     *ld = saved ? s->ld_input[first] : width;
     if (saved) return saved;
-    return needs_half_input(m, layer, first, last) ? half_of(m, s->half_x, x, (size_t)T * width) : NULL;
+    return needs_half_input(m, layer, first, last) ? half_of(m, s->half_x, width, x, T, width) : NULL;
 }
 
 static bool layer_has_trainable(const model *m, int l) {
