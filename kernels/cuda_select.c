@@ -82,9 +82,9 @@ int kernels_cuda_status(ct_error *err) {
     return 0;
 }
 
-int kernels_cuda_bind_rank(int local_rank, int *device, int *n_devices, ct_error *err) {
+int kernels_cuda_bind_rank(int local_rank, int *device, char *bus_id, size_t bus_id_size, ct_error *err) {
     if (device) *device = -1;
-    if (n_devices) *n_devices = 0;
+    if (bus_id && bus_id_size) bus_id[0] = '\0';
 #ifdef CTUNE_HAVE_CUDA
     char cuda_msg[512] = "";
     int count = ctune_cuda_device_count(cuda_msg, sizeof cuda_msg);
@@ -94,10 +94,12 @@ int kernels_cuda_bind_rank(int local_rank, int *device, int *n_devices, ct_error
     if (ctune_cuda_set_device(index, cuda_msg, sizeof cuda_msg) != 0)
         return ct_fail(err, "local rank %d: %s", local_rank, cuda_msg);
     if (device) *device = index;
-    if (n_devices) *n_devices = count;
+    if (bus_id && bus_id_size && ctune_cuda_bus_id(index, bus_id, bus_id_size, cuda_msg, sizeof cuda_msg) != 0)
+        return ct_fail(err, "local rank %d: %s", local_rank, cuda_msg);
     return 0;
 #else
     (void)local_rank;
+    (void)bus_id_size;
     return ct_fail(err, "this ctune was built without CUDA (nvcc was not found at configure "
                         "time); use the cpu backend");
 #endif

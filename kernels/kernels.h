@@ -39,6 +39,7 @@ typedef struct kernels_adamw_step {
 
 typedef struct kernels {
     const char *name; /* "cpu", "cuda" */
+    bool host_memory; /* its buffers are host RAM (as the collectives' staging scratch is) */
 
     /* ---- memory ---- */
     void *(*alloc)(size_t bytes); /* zero-filled; NULL on failure */

@@ -256,6 +256,7 @@ int kernels_profile_start(const kernels *inner, const kernels **out, ct_error *e
     }
     prof.table = (kernels){
         .name = inner->name,
+        .host_memory = inner->host_memory,
         .alloc = p_alloc,
         .release = p_release,
         .memory_info = inner->memory_info, /* a query, not an op: untimed */

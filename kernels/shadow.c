@@ -151,6 +151,7 @@ static void shadow_adamw(float *param, const float *grad, float *m, float *v, si
 
 static const kernels shadow_backend = {
     .name = "cpu-shadow",
+    .host_memory = true,
     .alloc = shadow_alloc,
     .release = shadow_release,
     .memory_info = cpu_memory_info,

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # gpu_e2e.sh: end-to-end checks of the CUDA backend on the tiny preset (issue 4), for the GPU
 # machine; scripts/gpu_session.sh run calls it after the kernel tests. Every run is the tiny
-# default job (configs/tiny/{lora,full}.yaml) shortened to --steps steps, eval off.
+# default job (configs/tiny/{lora,full}.yaml) shortened to --steps steps, eval off. The model
+# is the preset's with its attention regrouped (--head-dim, default 64): 2 query heads of 64
+# sharing 1 key/value head, the same weight shapes as the preset's 4 heads of 32 sharing 2,
+# so that the 16-bit runs take the tensor-core (mma) attention of real models' head sizes
+# (64, 128) rather than the fallback for other sizes.
 #
 #   a. curves    CPU fp32 vs GPU fp32: each of the first 20 steps' losses within 1e-4
 #                relative, then every mean of 10 steps within 5% and the mean of the last 20
@@ -46,7 +50,9 @@
 # the 16-bit vs fp32 check (same bound, from cpu-M-P vs cpu-M-fp32).
 #
 #   scripts/gpu_e2e.sh [--cpu-only] [--steps N] [--ctune PATH] [--jobs N] [--run-timeout S]
-#                      [--time-limit S] [--global-batch N]
+#                      [--time-limit S] [--global-batch N] [--head-dim 64|32]
+#   --head-dim D  64 (default: the mma attention path) or 32 (the preset's own 4 heads of 32:
+#                the WMMA fallback kernels)
 #   --global-batch N  sequences per step (default the tiny recipes' 64; micro-batch N/2, the
 #                regrouped references N/4; a multiple of 4): smaller for a quick --cpu-only
 #                run on a slow machine
@@ -69,6 +75,7 @@ jobs=$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))
 run_timeout=300
 time_limit=0
 global_batch=64
+head_dim=64
 while [ $# -gt 0 ]; do
   case "$1" in
   --cpu-only) cpu_only=1 ;;
@@ -78,6 +85,7 @@ while [ $# -gt 0 ]; do
   --run-timeout) run_timeout=$2; shift ;;
   --time-limit) time_limit=$2; shift ;;
   --global-batch) global_batch=$2; shift ;;
+  --head-dim) head_dim=$2; shift ;;
   -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
   *) echo "gpu_e2e.sh: unknown argument '$1' (--help)" >&2; exit 2 ;;
   esac
@@ -100,6 +108,11 @@ if [ "$global_batch" = x ] || [ "$global_batch" -lt 4 ] || [ $((global_batch % 4
   echo "gpu_e2e.sh: --global-batch must be a multiple of 4 (micro batches of N/2 and N/4)" >&2
   exit 2
 fi
+case "$head_dim" in
+32) heads=4 kv_heads=2 ;;
+64) heads=2 kv_heads=1 ;;
+*) echo "gpu_e2e.sh: --head-dim must be 64 or 32" >&2; exit 2 ;;
+esac
 half=$((steps / 2))
 # The per-step comparison covers the first `early` steps, the final mean the last `tail`.
 early=$((steps < 20 ? steps : 20))
@@ -314,10 +327,18 @@ same_weights() {
   fi
 }
 
-echo "== gpu_e2e: $steps steps per run, ctune $ctune, logs in $logs$([ $cpu_only = 1 ] && echo ', CPU only')"
+echo "== gpu_e2e: $steps steps per run, head_dim $head_dim, ctune $ctune, logs in $logs$([ $cpu_only = 1 ] && echo ', CPU only')"
 # The model and data are made once, before runs start in parallel.
 train prepare cpu lora fp32 --dry-run > /dev/null ||
   { cat "$logs/prepare.log"; echo "FAIL preparing the tiny model and data"; exit 1; }
+# Regroup the heads: q is [heads x head_dim, 128] and k/v [kv_heads x head_dim, 128] either way.
+config=$work/models/tiny/config.json
+sed -i -e "s/\"head_dim\": [0-9]*/\"head_dim\": $head_dim/" \
+  -e "s/\"num_attention_heads\": [0-9]*/\"num_attention_heads\": $heads/" \
+  -e "s/\"num_key_value_heads\": [0-9]*/\"num_key_value_heads\": $kv_heads/" "$config"
+grep -q "\"head_dim\": $head_dim," "$config" && grep -q "\"num_attention_heads\": $heads," "$config" &&
+  grep -q "\"num_key_value_heads\": $kv_heads," "$config" ||
+  { cat "$config"; echo "FAIL regrouping the tiny model's heads (head_dim $head_dim)"; exit 1; }
 
 # The CPU references, in the background while the GPU runs; the regrouped ones (the
 # calibration) last, so that a short --time-limit cuts them first.

@@ -8,6 +8,9 @@
 #  3. One rank failing stops the job with one message from rank 0; one rank hanging trips the
 #     collective timeout; a rank killed with SIGKILL ends the job. Never a hang.
 #  4. The fixed-order reduce-scatter / all-gather between real ranks (test_zero --mpi).
+#  5. Ranks x threads = cores: 1 rank with 2 threads = 2 ranks with 1 thread, byte for byte,
+#     on products whose inner dimension passes OpenBLAS's block depth (fused LoRA in
+#     bf16-mixed: down's k = 384 + r), where its threaded driver groups the sums otherwise.
 set -euo pipefail
 src=${CTUNE_SOURCE_DIR:?}
 ctune=${CTUNE:?}
@@ -67,6 +70,12 @@ run full-1-g12 1 full train.global_batch_size=12
 run full-3-g12-z0 3 full train.global_batch_size=12 distributed.zero_stage=0  # 2 per rank: exact
 run full-3-g12-z2 3 full train.global_batch_size=12 distributed.zero_stage=2  # 3 ranks: rounding
 run full-2-g12-z1 2 full train.global_batch_size=12 distributed.zero_stage=1  # 3 per rank: rounding
+# 5. 128 tokens per micro-batch: enough for OpenBLAS to use both threads
+threads=(precision=bf16-mixed lora.dropout=0 train.micro_batch_size=8 train.global_batch_size=16)
+OMP_NUM_THREADS=2 run threads-1x2 1 lora "${threads[@]}"
+OMP_NUM_THREADS=1 run threads-2x1 2 lora "${threads[@]}"
+cmp runs/threads-1x2/final/adapter_model.safetensors runs/threads-2x1/final/adapter_model.safetensors ||
+  fail "1 rank x 2 threads and 2 ranks x 1 thread trained different adapters"
 t1=$(date +%s)
 
 python3 - "$work" <<'PY'

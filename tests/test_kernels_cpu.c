@@ -184,6 +184,45 @@ static void test_gemm(void) {
     }
 }
 
+/* The same bits with 1, 2 or 3 threads, for products long enough (k up to 2000) that
+ * OpenBLAS's single- and multi-threaded drivers would group the k sums differently (they do
+ * from k = 321 at 128 x 128 on the test machines' Cooper Lake kernels): a rank count that
+ * changes the threads per rank must not change the results. Also against double sums, so
+ * that slicing k keeps alpha, beta and every slice. */
+static void test_gemm_threads(void) {
+    const int shapes[][3] = {{128, 128, 400}, {128, 128, 1000}, {300, 200, 2000}, {33, 17, 777}, {64, 96, 256}, {64, 96, 257}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int combo = 0; combo < 4; combo++) {
+            const int m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
+            const bool ta = combo & 1, tb = combo & 2;
+            const int lda = (ta ? m : k) + 1, ldb = (tb ? k : n) + 2;
+            float *a = vec((size_t)(ta ? k : m) * lda, -1, 1), *b = vec((size_t)(tb ? n : k) * ldb, -1, 1);
+            float *c0 = vec((size_t)m * n, -1, 1), *c[3];
+            for (int t = 0; t < 3; t++) {
+                c[t] = malloc((size_t)m * n * sizeof(float));
+                memcpy(c[t], c0, (size_t)m * n * sizeof(float));
+                omp_set_num_threads(t + 1);
+                K->gemm(ta, tb, m, n, k, 0.75f, a, lda, b, ldb, 0.5f, c[t], n);
+            }
+            omp_set_num_threads(2);
+            CHECK_MSG(!memcmp(c[0], c[1], (size_t)m * n * sizeof(float)) &&
+                          !memcmp(c[1], c[2], (size_t)m * n * sizeof(float)),
+                      "gemm %d x %d x %d ta=%d tb=%d: other bits with 1, 2 and 3 threads", m, n, k, ta, tb);
+            double worst = 0.0;
+            for (int i = 0; i < m; i += 7)
+                for (int j = 0; j < n; j += 5) {
+                    double acc = 0.0;
+                    for (int p = 0; p < k; p++)
+                        acc += (double)(ta ? a[(size_t)p * lda + i] : a[(size_t)i * lda + p]) *
+                               (tb ? b[(size_t)j * ldb + p] : b[(size_t)p * ldb + j]);
+                    const double want = 0.75 * acc + 0.5 * c0[(size_t)i * n + j];
+                    worst = fmax(worst, fabs(c[0][(size_t)i * n + j] - want) / (1.0 + fabs(want)));
+                }
+            CHECK_MSG(worst < 1e-4, "gemm %d x %d x %d ta=%d tb=%d: error %g vs double sums", m, n, k, ta, tb, worst);
+            free(a), free(b), free(c0), free(c[0]), free(c[1]), free(c[2]);
+        }
+}
+
 /* ------------------------------------------------------------------ element-wise */
 static void test_elementwise(void) {
     const size_t n = 100003;
@@ -817,6 +856,7 @@ int main(void) {
     test_memory();
     test_memory_info();
     test_gemm();
+    test_gemm_threads();
     test_elementwise();
     test_sum_squares();
     test_dropout();

@@ -113,6 +113,12 @@ static void test_shapes(void) {
         {1, 70, 2, 1, 256, 0},  /* the largest head_dim (32-row tiles) */
         {1, 512, 16, 8, 128, 0}, /* the tile loops at length */
         {1, 512, 16, 8, 128, 200},
+        /* head_dim 64 (Llama-3.2-1B's) long enough for the tiles wholly below the diagonal,
+         * which skip the mask (forward and dq from seq 80, dk/dv from 128; seq 200 is not a
+         * multiple of 64), and the same shape with documents, which never skips it */
+        {2, 200, 8, 2, 64, 0},
+        {1, 256, 4, 4, 64, 0},
+        {1, 256, 4, 4, 64, 40},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         attention_case(&cases[c], KERNELS_BF16);

@@ -254,6 +254,32 @@ int dist_broadcast(const dist *d, void *data, size_t bytes, int root, ct_error *
     return 0;
 }
 
+int dist_count_same_key(const dist *d, const char *key, int *count, ct_error *err) {
+    /* one record per rank: the processor name, then the key */
+    enum { RECORD = MPI_MAX_PROCESSOR_NAME + DIST_KEY_MAX };
+    char mine[RECORD];
+    memset(mine, 0, sizeof mine);
+    int name_len = 0;
+    if (mpi_check(MPI_Get_processor_name(mine, &name_len), "processor name", err)) return -1;
+    snprintf(mine + MPI_MAX_PROCESSOR_NAME, DIST_KEY_MAX, "%s", key);
+    *count = 1;
+    if (d->world_size == 1) return 0;
+    char *all = malloc((size_t)d->world_size * RECORD);
+    if (!all) return ct_fail(err, "out of memory gathering %d ranks' keys", d->world_size);
+    watch_begin(d, "all-gather of device keys");
+    int rc = MPI_Allgather(mine, RECORD, MPI_CHAR, all, RECORD, MPI_CHAR, MPI_COMM_WORLD);
+    watch_end(d);
+    if (mpi_check(rc, "all-gather of device keys", err)) {
+        free(all);
+        return -1;
+    }
+    int same = 0;
+    for (int r = 0; r < d->world_size; r++) same += memcmp(all + (size_t)r * RECORD, mine, RECORD) == 0;
+    free(all);
+    *count = same;
+    return 0;
+}
+
 /* ---- fixed-order reduce-scatter and all-gather ---- */
 
 void dist_tree_sum_inplace(float *x, int n, size_t stride, size_t len) {

@@ -52,6 +52,11 @@ int dist_sum_floats(const dist *d, float *values, size_t n, ct_error *err);
 int dist_sum_doubles(const dist *d, double *values, size_t n, ct_error *err);
 int dist_sum_longs(const dist *d, long long *values, size_t n, ct_error *err);
 int dist_barrier(const dist *d, ct_error *err);
+/* How many ranks of this node (same MPI processor name) passed the same key, this one
+ * included: e.g. a GPU's PCI bus id, to count the ranks drawing on one GPU's memory. A
+ * collective: every rank calls it. Keys are compared up to DIST_KEY_MAX - 1 bytes. */
+enum { DIST_KEY_MAX = 128 };
+int dist_count_same_key(const dist *d, const char *key, int *count, ct_error *err);
 int dist_broadcast(const dist *d, void *data, size_t bytes, int root, ct_error *err);
 
 /* DIST_TREE, the fixed summation order of n partial sums x[0..n-1] (ranks, micro-batches):

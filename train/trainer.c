@@ -24,11 +24,12 @@
 
 /* device auto takes the GPU when one can be used and falls back to the CPU; every precision
  * runs on both (mixed precision on the CPU rounds as the GPU does, to check, not to be fast). */
-/* The backend, and how many of this node's ranks allocate from the same memory (*sharers):
- * all of them for host memory, those bound to the same GPU for a device. */
-static int select_backend(const recipe *r, const dist *d, const kernels **k, int *sharers, ct_error *err) {
+/* The backend, and which memory it allocates from (memory_key: "host", or "cuda:" and the
+ * GPU's PCI bus id), to count the node's ranks that share it (check_memory). */
+static int select_backend(const recipe *r, const dist *d, const kernels **k, char *memory_key, size_t key_size,
+                          ct_error *err) {
     const char *shadow = getenv("CTUNE_TEST_SHADOW_MEMORY");
-    *sharers = d->local_size > 0 ? d->local_size : 1;
+    snprintf(memory_key, key_size, "host");
     if (shadow && !strcmp(shadow, "1")) { /* test hook: GPU-like memory on the CPU */
         *k = kernels_shadow();
         return 0;
@@ -38,10 +39,10 @@ static int select_backend(const recipe *r, const dist *d, const kernels **k, int
         return 0;
     }
     ct_error cuda_err;
-    int device = -1, n_devices = 0;
-    if (kernels_cuda_bind_rank(d->local_rank, &device, &n_devices, &cuda_err) == 0 && kernels_cuda(k, &cuda_err) == 0) {
-        /* local ranks r with r % n_devices == device */
-        if (device < *sharers) *sharers = (*sharers - 1 - device) / n_devices + 1;
+    char bus_id[64];
+    if (kernels_cuda_bind_rank(d->local_rank, NULL, bus_id, sizeof bus_id, &cuda_err) == 0 &&
+        kernels_cuda(k, &cuda_err) == 0) {
+        snprintf(memory_key, key_size, "cuda:%s", bus_id);
         return 0;
     }
     if (r->device == DEVICE_CUDA)
@@ -146,7 +147,7 @@ typedef struct run {
     bool preempted;            /* the loop stopped early on SIGTERM/SIGUSR1 */
     bool opt_ready;
     bool profiling;            /* CTUNE_PROFILE=1: x.k is kernels/profile.h's timing wrapper */
-    int memory_sharers;        /* ranks of this node drawing on the memory x.k allocates from */
+    char memory_key[80];       /* the memory x.k allocates from: "host" or "cuda:<PCI bus id>" */
     test_hook hook;
     metrics_log metrics;
     char base_dir[4096];
@@ -203,6 +204,19 @@ static int open_data(run *x, ct_error *err) {
     return 0;
 }
 
+/* The estimate's two parts, as print_memory shows them and check_memory tests them: one micro
+ * batch's activations (with or without per-layer checkpointing), and a rank's ZeRO share of
+ * the parameters, gradients, optimizer state and communication scratch. */
+static size_t activation_bytes(const run *x, bool checkpointing) {
+    return model_activation_bytes(&x->m.cfg, x->m.has_lora ? &x->m.lora : NULL, x->r->train.micro_batch_size,
+                                  x->r->data.seq_len, checkpointing, x->m.precision);
+}
+
+static void rank_zero_memory(const run *x, size_t trainable, int rank, zero_memory *mem) {
+    zero_memory_estimate(x->r->distributed.zero_stage, x->m.weight_numel, trainable, x->d->world_size, rank,
+                         x->accum_steps, mem);
+}
+
 /* One line per rank (the first and last few on big worlds): parse-friendly exact bytes. */
 static void print_memory(const run *x, size_t trainable, size_t act_bytes) {
     const size_t half_bytes = x->m.half_numel * sizeof(uint16_t);
@@ -219,7 +233,7 @@ static void print_memory(const run *x, size_t trainable, size_t act_bytes) {
         if (world > 8 && rank >= 4 && rank < world - 4) continue;
         zero_memory mem;
         /* fp32 values held (a mixed-precision LoRA base only in 16 bits) plus 16-bit copies */
-        zero_memory_estimate(stage, x->m.weight_numel, trainable, world, rank, x->accum_steps, &mem);
+        rank_zero_memory(x, trainable, rank, &mem);
         size_t params = mem.param_bytes + half_bytes;
         size_t sum = params + mem.grad_bytes + mem.optim_bytes + act_bytes + mem.comm_bytes;
         printf("    rank %d: parameters %zu, gradients %zu, optimizer state %zu, activations %zu, "
@@ -232,9 +246,7 @@ static void print_memory(const run *x, size_t trainable, size_t act_bytes) {
 static void print_plan(const run *x, bool dry_run) {
     const recipe *r = x->r;
     size_t total = model_count_params(&x->m, false), trainable = model_count_params(&x->m, true);
-    size_t act_bytes = model_activation_bytes(&x->m.cfg, x->m.has_lora ? &x->m.lora : NULL,
-                                              r->train.micro_batch_size, r->data.seq_len,
-                                              r->train.activation_checkpointing, x->m.precision);
+    size_t act_bytes = activation_bytes(x, r->train.activation_checkpointing);
     if (dry_run) {
         ct_error err;
         printf("# resolved recipe\n");
@@ -279,21 +291,24 @@ static double gib(size_t bytes) { return (double)bytes / (1024.0 * 1024.0 * 1024
 static int check_memory(const run *x, bool dry_run, ct_error *err) {
     const recipe *r = x->r;
     size_t free_bytes = 0, total_bytes = 0;
+    /* every rank first (a collective): the node's ranks on the same memory, counted by the
+     * GPU's bus id rather than from rank numbers, so that one GPU per task under Slurm
+     * (each rank sees one device, index 0) counts each GPU's rank once */
+    int sharers = 1;
+    if (dist_count_same_key(x->d, x->memory_key, &sharers, err)) return -1;
     if (!x->k->memory_info || x->k->memory_info(&free_bytes, &total_bytes) != 0) {
         if (x->d->rank == 0) printf("  memory check: the %s backend cannot tell its free memory; not checked\n", x->k->name);
         return 0;
     }
     const size_t trainable = model_count_params(&x->m, true);
     zero_memory mem;
-    zero_memory_estimate(r->distributed.zero_stage, x->m.weight_numel, trainable, x->d->world_size, x->d->rank,
-                         x->accum_steps, &mem);
-    const bool host = !strcmp(x->k->name, "cpu") || !strcmp(x->k->name, "cpu-shadow");
-    const size_t act = model_activation_bytes(&x->m.cfg, x->m.has_lora ? &x->m.lora : NULL, r->train.micro_batch_size,
-                                              r->data.seq_len, r->train.activation_checkpointing, x->m.precision);
+    rank_zero_memory(x, trainable, x->d->rank, &mem);
+    /* the collectives' scratch is host memory: it competes with a host backend's buffers */
+    const bool host = x->k->host_memory;
+    const size_t act = activation_bytes(x, r->train.activation_checkpointing);
     /* the backward's own gradient output (grad_arena) exists already */
     const size_t sums = mem.grad_bytes - trainable * sizeof(float);
     const size_t need = sums + mem.optim_bytes + act + (host ? mem.comm_bytes : 0);
-    const int sharers = x->memory_sharers > 0 ? x->memory_sharers : 1;
     const bool fits = need <= free_bytes / (size_t)sharers;
     char shared[96] = "";
     if (sharers > 1) snprintf(shared, sizeof shared, ", shared by %d ranks of this node", sharers);
@@ -304,8 +319,7 @@ static int check_memory(const run *x, bool dry_run, ct_error *err) {
     if (fits || dry_run) return 0;
     char hint[256] = "";
     if (!r->train.activation_checkpointing) {
-        const size_t ckpt = model_activation_bytes(&x->m.cfg, x->m.has_lora ? &x->m.lora : NULL,
-                                                   r->train.micro_batch_size, r->data.seq_len, true, x->m.precision);
+        const size_t ckpt = activation_bytes(x, true);
         snprintf(hint, sizeof hint, "train.activation_checkpointing: true (activations %.2f -> %.2f GiB), ", gib(act),
                  gib(ckpt));
     }
@@ -627,7 +641,7 @@ int trainer_run(const recipe *r, const dist *d, bool dry_run, run_summary *summa
 
     x.hook = test_hook_from_env();
     int status = dist_set_timeout(d, r->distributed.timeout_s, err);
-    if (!status) status = select_backend(r, d, &x.k, &x.memory_sharers, err);
+    if (!status) status = select_backend(r, d, &x.k, x.memory_key, sizeof x.memory_key, err);
     const char *profile = getenv("CTUNE_PROFILE");
     if (!status && profile && !strcmp(profile, "1") && !dry_run) {
         status = kernels_profile_start(x.k, &x.k, err);

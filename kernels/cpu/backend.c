@@ -4,6 +4,7 @@
 
 static const kernels cpu_backend = {
     .name = "cpu",
+    .host_memory = true,
     .alloc = cpu_alloc,
     .release = cpu_release,
     .zero = cpu_zero,

@@ -147,8 +147,8 @@ static inline void cuda_rows_shape(int rows, int units, dim3 *grid, dim3 *block)
     int bx = 1;
     while (bx < units && bx < CUDA_THREADS) bx *= 2;
     *block = dim3((unsigned int)bx, (unsigned int)(CUDA_THREADS / bx));
-    unsigned int gx = (unsigned int)((units + bx - 1) / bx);
-    if (gx > 65535u) gx = 65535u;
+    size_t gx_wanted = ((size_t)units + bx - 1) / bx;
+    unsigned int gx = (unsigned int)(gx_wanted < 65535u ? gx_wanted : 65535u);
     size_t gy = ((size_t)rows + block->y - 1) / block->y, gy_max = 65535u / gx;
     if (gy > gy_max) gy = gy_max;
     *grid = dim3(gx, (unsigned int)gy);
@@ -192,6 +192,7 @@ static inline size_t cuda_smem_opt_in(const void *kernel) {
     }
     if (status != cudaSuccess) {
         ctune_cuda_record(__FILE__, __LINE__, "shared memory opt-in", cudaGetErrorString(status));
+        cudaGetLastError();  // recorded: not to be reported again by the next launch check
         return 0;
     }
     if (!bytes) return 0;

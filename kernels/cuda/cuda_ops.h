@@ -21,6 +21,8 @@ extern "C" {
 int ctune_cuda_device_count(char *msg, size_t msg_size);
 /* Makes device index current for this thread; 0, or -1 with the runtime's message. */
 int ctune_cuda_set_device(int index, char *msg, size_t msg_size);
+/* Device index's PCI bus id into id; 0, or -1 with the runtime's message. */
+int ctune_cuda_bus_id(int index, char *id, size_t id_size, char *msg, size_t msg_size);
 /* Creates the process's cuBLAS handle once (thread-safe); 0, or -1 with a message. */
 int ctune_cuda_init(char *msg, size_t msg_size);
 /* Waits for the device, then moves the first recorded failure (if any) into msg and

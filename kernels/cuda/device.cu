@@ -10,6 +10,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -71,12 +72,40 @@ extern "C" int ctune_cuda_set_device(int index, char *msg, size_t msg_size) {
     return 0;
 }
 
+extern "C" int ctune_cuda_bus_id(int index, char *id, size_t id_size, char *msg, size_t msg_size) {
+    cudaError_t status = cudaDeviceGetPCIBusId(id, (int)id_size, index);
+    if (status != cudaSuccess) {
+        snprintf(msg, msg_size, "cudaDeviceGetPCIBusId(%d): %s", index, cudaGetErrorString(status));
+        cudaGetLastError();
+        return -1;
+    }
+    return 0;
+}
+
 // ---- the cuBLAS handle ----
 static pthread_once_t handle_once = PTHREAD_ONCE_INIT;
 static cublasHandle_t handle = NULL;
 static cublasStatus_t handle_status = CUBLAS_STATUS_NOT_INITIALIZED;
 
+// Stream-ordered scratch (attention's 16-bit inputs, reduction partials) comes from the
+// device's default pool, whose release threshold is 0 by default: every synchronisation
+// (one a step, to read the loss) would hand its memory back to the driver and the next step
+// would map it again. Keeping it makes later requests sub-allocations of what the first step
+// reserved: the memory is allocated once. A device without pools is left as it is (its
+// stream-ordered allocations then fail with the runtime's message).
+static void keep_pool_memory(void) {
+    int device = 0, pools = 0;
+    cudaMemPool_t pool;
+    uint64_t keep = UINT64_MAX;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, device) != cudaSuccess || !pools ||
+        cudaDeviceGetDefaultMemPool(&pool, device) != cudaSuccess ||
+        cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep) != cudaSuccess)
+        cudaGetLastError();
+}
+
 static void create_handle(void) {
+    keep_pool_memory();
     cublasHandle_t created = NULL;
     cublasStatus_t status = cublasCreate(&created);
     if (status == CUBLAS_STATUS_SUCCESS) {

@@ -83,10 +83,10 @@ struct half_store {
     }
     // Columns j..j+3 at once (16 bytes of fp32, 8 of 16-bit), for callers whose strides, j and
     // pointers put every group on those boundaries; the same values as four single stores.
+    // __stwb keeps each one vector store (in 2D grid-stride loops nvcc splits plain ones).
     __device__ __forceinline__ void four(size_t row, int j, float4 y) const {
-        if (out) *reinterpret_cast<float4 *>(out + row * ld + j) = y;
-        *reinterpret_cast<uint2 *>(out_half + row * ld_half + j) =
-            half_bits4<F>(y.x, y.y, y.z, y.w);
+        if (out) __stwb(reinterpret_cast<float4 *>(out + row * ld + j), y);
+        __stwb(reinterpret_cast<uint2 *>(out_half + row * ld_half + j), half_bits4<F>(y.x, y.y, y.z, y.w));
     }
 };
 

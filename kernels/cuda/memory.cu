@@ -2,6 +2,7 @@
 // backend's calloc-style alloc. Everything runs on the default stream; upload and download
 // are synchronous cudaMemcpy, so a host buffer is free for reuse when they return.
 #include <cuda_runtime.h>
+#include <stdint.h>
 
 #include "kernels/cuda/cuda_common.cuh"
 
@@ -30,8 +31,9 @@ extern "C" void cuda_release(void *ptr) {
 }
 
 // The current device's free and total memory (the driver's view: other processes' use and
-// this one's CUDA context are already subtracted). A failure is not made sticky: the caller
-// can go on without knowing.
+// this one's CUDA context are already subtracted), plus what the default pool holds and no
+// allocation uses (it keeps stream-ordered scratch between steps, device.cu: still ours to
+// allocate). A failure is not made sticky: the caller can go on without knowing.
 extern "C" int cuda_memory_info(size_t *free_bytes, size_t *total_bytes) {
     size_t free_now = 0, total = 0;
     if (cudaMemGetInfo(&free_now, &total) != cudaSuccess) {
@@ -39,7 +41,15 @@ extern "C" int cuda_memory_info(size_t *free_bytes, size_t *total_bytes) {
         *free_bytes = *total_bytes = 0;
         return -1;
     }
-    *free_bytes = free_now;
+    int device = 0;
+    cudaMemPool_t pool;
+    uint64_t reserved = 0, used = 0;
+    if (cudaGetDevice(&device) == cudaSuccess && cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess &&
+        cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &reserved) == cudaSuccess &&
+        cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &used) == cudaSuccess && reserved > used)
+        free_now += (size_t)(reserved - used);
+    cudaGetLastError();  // a device without pools: nothing held there
+    *free_bytes = free_now < total ? free_now : total;
     *total_bytes = total;
     return 0;
 }

@@ -51,19 +51,23 @@ __global__ void rmsnorm_bwd_dx_kernel(float *dx, const float *dout, const float 
         dxr[j] = __fmul_rn(rs, dyr[j] * weight[j]) - __fmul_rn(coef, xr[j]);
 }
 
-// partial[chunk, c] = sum over the chunk's rows, in row order, of dy (x r).
+// partial[chunk, c] = sum over the chunk's rows, in row order, of dy (x r). Chunks stride
+// over gridDim.y (at most 65535), so any row count launches: a q/k norm's rows are tokens x
+// heads (Qwen3 at 64 heads and 65536 tokens: 65536 chunks).
 __global__ void rmsnorm_dw_partial_kernel(double *partial, const float *dout, const float *x,
-                                          const float *rstd, int n_rows, int dim) {
+                                          const float *rstd, int n_rows, int dim, int n_chunks) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= dim) return;
-    const int r0 = blockIdx.y * RMS_ROW_CHUNK;
-    const int r1 = r0 + RMS_ROW_CHUNK < n_rows ? r0 + RMS_ROW_CHUNK : n_rows;
-    double acc = 0.0;
-    for (int r = r0; r < r1; r++) {
-        size_t i = (size_t)r * dim + c;
-        acc += (double)(dout[i] * (x[i] * rstd[r]));
+    for (int chunk = blockIdx.y; chunk < n_chunks; chunk += gridDim.y) {
+        const int r0 = chunk * RMS_ROW_CHUNK;
+        const int r1 = r0 + RMS_ROW_CHUNK < n_rows ? r0 + RMS_ROW_CHUNK : n_rows;
+        double acc = 0.0;
+        for (int r = r0; r < r1; r++) {
+            size_t i = (size_t)r * dim + c;
+            acc += (double)(dout[i] * (x[i] * rstd[r]));
+        }
+        partial[(size_t)chunk * dim + c] = acc;
     }
-    partial[(size_t)blockIdx.y * dim + c] = acc;
 }
 
 __global__ void rmsnorm_dw_sum_kernel(float *dweight, const double *partial, int n_chunks,
@@ -108,8 +112,9 @@ extern "C" void cuda_rmsnorm_bwd(float *dx, float *dweight, const float *dout, c
     CUDA_CHECK(cudaMallocAsync((void **)&partial, (size_t)n_chunks * dim * sizeof(double), 0));
     if (!partial) return;
     const unsigned int col_blocks = (unsigned int)((dim + CUDA_THREADS - 1) / CUDA_THREADS);
-    rmsnorm_dw_partial_kernel<<<dim3(col_blocks, (unsigned int)n_chunks), CUDA_THREADS>>>(
-        partial, dout, x, rstd, n_rows, dim);
+    const unsigned int chunk_blocks = (unsigned int)(n_chunks < 65535 ? n_chunks : 65535);
+    rmsnorm_dw_partial_kernel<<<dim3(col_blocks, chunk_blocks), CUDA_THREADS>>>(partial, dout, x, rstd, n_rows,
+                                                                                dim, n_chunks);
     CUDA_CHECK_LAUNCH();
     rmsnorm_dw_sum_kernel<<<col_blocks, CUDA_THREADS>>>(dweight, partial, n_chunks, dim);
     CUDA_CHECK_LAUNCH();

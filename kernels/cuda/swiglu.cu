@@ -92,8 +92,8 @@ struct swiglu_fwd_half_op {
         const float4 g = *reinterpret_cast<const float4 *>(gate + i);
         const float4 u = *reinterpret_cast<const float4 *>(up + i);
         const uint2 hg = half_bits4<F>(g.x, g.y, g.z, g.w), hu = half_bits4<F>(u.x, u.y, u.z, u.w);
-        *reinterpret_cast<uint2 *>(gate_half + i) = hg;
-        *reinterpret_cast<uint2 *>(up_half + i) = hu;
+        __stwb(reinterpret_cast<uint2 *>(gate_half + i), hg);  // one 8-byte store each, as
+        __stwb(reinterpret_cast<uint2 *>(up_half + i), hu);    // nvcc splits plain ones in 2D loops
         const float4 gw = half_widen4<F>(hg), uw = half_widen4<F>(hu);
         return make_float4(swiglu_value(gw.x, uw.x), swiglu_value(gw.y, uw.y),
                            swiglu_value(gw.z, uw.z), swiglu_value(gw.w, uw.w));
@@ -170,12 +170,12 @@ template <int W, class Op>
 __global__ void __launch_bounds__(CUDA_THREADS, 8) swiglu_rows_kernel(Op op, int rows, int units) {
     for (size_t r = blockIdx.y * (size_t)blockDim.y + threadIdx.y; r < (size_t)rows;
          r += (size_t)gridDim.y * blockDim.y)
-        for (int u = blockIdx.x * blockDim.x + threadIdx.x; u < units;
-             u += gridDim.x * blockDim.x) {
+        for (size_t u = blockIdx.x * (size_t)blockDim.x + threadIdx.x; u < (size_t)units;
+             u += (size_t)gridDim.x * blockDim.x) {
             if constexpr (W == 4)
-                op.four(r, 4 * u);
+                op.four(r, 4 * (int)u);
             else
-                op.one(r, u);
+                op.one(r, (int)u);
         }
 }
 
