@@ -52,7 +52,7 @@ const recipe_key SCHEMA_KEYS[] = {
     {.path = "lora.alpha", .type = KEY_DOUBLE, AT(lora.alpha), .def = "16", DRANGE(0, INFINITY),
      .dmin_open = true, .doc = "adapter scaling is alpha/r (alpha/sqrt(r) with use_rslora)"},
     {.path = "lora.dropout", .type = KEY_DOUBLE, AT(lora.dropout), .def = "0.0", DRANGE(0, 1),
-     .dmax_open = true, .doc = "dropout on the adapter input while training"},
+     .dmax_open = true, .doc = "dropout on the adapter input while training (in bf16/fp16-mixed, 0 runs the adapters' backward inside the base GEMMs and keeps no fp32 norm/SwiGLU outputs: faster and smaller; docs/precision.md)"},
     {.path = "lora.use_rslora", .type = KEY_BOOL, AT(lora.use_rslora), .def = "false",
      .doc = "rank-stabilised scaling alpha/sqrt(r)"},
     {.path = "lora.target_modules", .type = KEY_LIST, AT(lora.targets),
