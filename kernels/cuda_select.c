@@ -82,8 +82,7 @@ int kernels_cuda_status(ct_error *err) {
     return 0;
 }
 
-int kernels_cuda_bind_rank(int local_rank, int *device, char *bus_id, size_t bus_id_size, ct_error *err) {
-    if (device) *device = -1;
+int kernels_cuda_bind_rank(int local_rank, char *bus_id, size_t bus_id_size, ct_error *err) {
     if (bus_id && bus_id_size) bus_id[0] = '\0';
 #ifdef CTUNE_HAVE_CUDA
     char cuda_msg[512] = "";
@@ -93,7 +92,6 @@ int kernels_cuda_bind_rank(int local_rank, int *device, char *bus_id, size_t bus
     int index = (local_rank < 0 ? 0 : local_rank) % count;
     if (ctune_cuda_set_device(index, cuda_msg, sizeof cuda_msg) != 0)
         return ct_fail(err, "local rank %d: %s", local_rank, cuda_msg);
-    if (device) *device = index;
     if (bus_id && bus_id_size && ctune_cuda_bus_id(index, bus_id, bus_id_size, cuda_msg, sizeof cuda_msg) != 0)
         return ct_fail(err, "local rank %d: %s", local_rank, cuda_msg);
     return 0;

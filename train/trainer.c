@@ -40,7 +40,7 @@ static int select_backend(const recipe *r, const dist *d, const kernels **k, cha
     }
     ct_error cuda_err;
     char bus_id[64];
-    if (kernels_cuda_bind_rank(d->local_rank, NULL, bus_id, sizeof bus_id, &cuda_err) == 0 &&
+    if (kernels_cuda_bind_rank(d->local_rank, bus_id, sizeof bus_id, &cuda_err) == 0 &&
         kernels_cuda(k, &cuda_err) == 0) {
         snprintf(memory_key, key_size, "cuda:%s", bus_id);
         return 0;

@@ -18,10 +18,10 @@ int kernels_cuda_status(ct_error *err);
 
 /* One GPU per rank: makes GPU (local_rank mod the GPUs this process sees) current, so that
  * ranks of a node spread over its GPUs (several ranks share one when there are more ranks
- * than GPUs). Call before the first kernels_cuda. Returns 0, the device index and the GPU's
- * PCI bus id ("0000:3b:00.0": the same physical GPU has the same id in every process of the
- * node, whatever CUDA_VISIBLE_DEVICES renumbers; either output may be NULL), or -1 where no
- * GPU can be used (the same message kernels_cuda would give). */
-int kernels_cuda_bind_rank(int local_rank, int *device, char *bus_id, size_t bus_id_size, ct_error *err);
+ * than GPUs). Call before the first kernels_cuda. Returns 0 and the GPU's PCI bus id
+ * ("0000:3b:00.0": the same physical GPU has the same id in every process of the node,
+ * whatever CUDA_VISIBLE_DEVICES renumbers; bus_id may be NULL), or -1 where no GPU can be
+ * used (the same message kernels_cuda would give). */
+int kernels_cuda_bind_rank(int local_rank, char *bus_id, size_t bus_id_size, ct_error *err);
 
 #endif
