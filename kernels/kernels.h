@@ -189,21 +189,29 @@ typedef struct kernels {
                                float grad_scale);
 
     /* ---- attention with 16-bit matrix-product operands (mixed precision; tensor cores) ----
-     * attention_fwd / attention_bwd (same arguments, layouts and outputs, all fp32 buffers)
-     * computed as in bf16/fp16 flash attention: q, k, v (and dout, in the backward) are
-     * rounded to fmt, every product of the score and output matrices takes 16-bit operands
-     * and sums in fp32, softmax statistics (max, sum, lse) and D = rowsum(dout * out) are
-     * fp32. The probabilities P and the score gradients dS are rounded to fmt where they
-     * enter a product (a backend may round P relative to a per-tile running maximum). The
-     * CPU reference rounds q, k, v, dout and computes the rest in fp32 (P and dS exact), so
-     * backends agree to the rounding of P and dS: ||gpu - cpu|| / ||cpu|| < 1e-2. */
-    void (*attention_fwd_half)(kernels_half_format fmt, float *out, float *lse, const float *q,
-                               const float *k, const float *v, const int32_t *doc_ids, int batch,
-                               int seq, int n_heads, int n_kv_heads, int head_dim, float scale);
-    void (*attention_bwd_half)(kernels_half_format fmt, float *dq, float *dk, float *dv,
-                               const float *dout, const float *q, const float *k, const float *v,
-                               const float *out, const float *lse, const int32_t *doc_ids, int batch,
-                               int seq, int n_heads, int n_kv_heads, int head_dim, float scale);
+     * The attention of attention_fwd / attention_bwd (same layouts, heads, masks and lse) as
+     * bf16/fp16 flash attention computes it. q, k, v are 16-bit tensors of fmt (the model
+     * rounds them once, after RoPE, and keeps only those for the backward); every product of
+     * the score and output matrices takes 16-bit operands and sums in fp32; the softmax
+     * statistics (max, sum, lse) are fp32.
+     * Forward: out_half = to_half(the fp32 output), its rows ld_out (>= n_heads*head_dim)
+     * apart, the columns between untouched (room for the o projection's adapter u); the fp32
+     * output is also written to out (contiguous) unless out is NULL.
+     * Backward: dout (fp32) is rounded to fmt; D = rowsum(rounded dout * widened out_half)
+     * in fp32 (the output the forward kept, rows ld_out apart); writes fp32 dq, dk, dv.
+     * The probabilities P and the score gradients dS are rounded to fmt where they enter a
+     * product (a backend may round P relative to a per-tile running maximum). The CPU
+     * reference is the fp32 attention on the widened q, k, v (rounded dout, widened out for
+     * D) with P and dS exact, so backends agree to the rounding of P and dS:
+     * ||gpu - cpu|| / ||cpu|| < 1e-2. */
+    void (*attention_fwd_half)(kernels_half_format fmt, uint16_t *out_half, int ld_out, float *out, float *lse,
+                               const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                               const int32_t *doc_ids, int batch, int seq, int n_heads, int n_kv_heads,
+                               int head_dim, float scale);
+    void (*attention_bwd_half)(kernels_half_format fmt, float *dq, float *dk, float *dv, const float *dout,
+                               const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                               const uint16_t *out_half, int ld_out, const float *lse, const int32_t *doc_ids,
+                               int batch, int seq, int n_heads, int n_kv_heads, int head_dim, float scale);
 
     /* ---- AdamW (decoupled weight decay, as torch.optim.AdamW) on n elements, with
      * g = grad * st->grad_scale:

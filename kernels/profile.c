@@ -217,19 +217,20 @@ static void p_cross_entropy_half(kernels_half_format fmt, uint16_t *dh, const fl
           prof.inner->cross_entropy_half(fmt, dh, logits, loss, targets, rows, vocab, grad_scale),
           "cross_entropy_half %s rows %d vocab %d", fmt_name(fmt), rows, vocab);
 }
-static void p_attention_fwd_half(kernels_half_format fmt, float *out, float *lse, const float *q, const float *k,
-                                 const float *v, const int32_t *doc, int b, int s, int nh, int nkv, int d,
-                                 float scale) {
+static void p_attention_fwd_half(kernels_half_format fmt, uint16_t *oh, int ld_out, float *out, float *lse,
+                                 const uint16_t *q, const uint16_t *k, const uint16_t *v, const int32_t *doc, int b,
+                                 int s, int nh, int nkv, int d, float scale) {
     TIMED(attention_flops(b, s, nh, d), 0,
-          prof.inner->attention_fwd_half(fmt, out, lse, q, k, v, doc, b, s, nh, nkv, d, scale),
-          "attention_fwd %s b %d s %d h %d/%d d %d", fmt_name(fmt), b, s, nh, nkv, d);
+          prof.inner->attention_fwd_half(fmt, oh, ld_out, out, lse, q, k, v, doc, b, s, nh, nkv, d, scale),
+          "attention_fwd %s b %d s %d h %d/%d d %d%s", fmt_name(fmt), b, s, nh, nkv, d, out ? " +fp32" : "");
 }
 static void p_attention_bwd_half(kernels_half_format fmt, float *dq, float *dk, float *dv, const float *dout,
-                                 const float *q, const float *k, const float *v, const float *out,
-                                 const float *lse, const int32_t *doc, int b, int s, int nh, int nkv, int d,
-                                 float scale) {
+                                 const uint16_t *q, const uint16_t *k, const uint16_t *v, const uint16_t *oh,
+                                 int ld_out, const float *lse, const int32_t *doc, int b, int s, int nh, int nkv,
+                                 int d, float scale) {
     TIMED(2.5 * attention_flops(b, s, nh, d), 0,
-          prof.inner->attention_bwd_half(fmt, dq, dk, dv, dout, q, k, v, out, lse, doc, b, s, nh, nkv, d, scale),
+          prof.inner->attention_bwd_half(fmt, dq, dk, dv, dout, q, k, v, oh, ld_out, lse, doc, b, s, nh, nkv, d,
+                                         scale),
           "attention_bwd %s b %d s %d h %d/%d d %d", fmt_name(fmt), b, s, nh, nkv, d);
 }
 static void p_adamw(float *param, const float *grad, float *m, float *v, size_t n, const kernels_adamw_step *st) {

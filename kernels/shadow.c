@@ -129,17 +129,19 @@ static void shadow_cross_entropy_half(kernels_half_format fmt, uint16_t *dlogits
                                       float grad_scale) {
     cpu_cross_entropy_half(fmt, RH(dlogits_half), RCF(logits), RF(loss), RCI(targets), rows, vocab, grad_scale);
 }
-static void shadow_attention_fwd_half(kernels_half_format fmt, float *out, float *lse, const float *q,
-                                      const float *k, const float *v, const int32_t *doc_ids, int batch,
-                                      int seq, int nh, int nkv, int d, float scale) {
-    cpu_attention_fwd_half(fmt, RF(out), RF(lse), RCF(q), RCF(k), RCF(v), RCI(doc_ids), batch, seq, nh,
-                           nkv, d, scale);
+static void shadow_attention_fwd_half(kernels_half_format fmt, uint16_t *out_half, int ld_out, float *out,
+                                      float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                                      const int32_t *doc_ids, int batch, int seq, int nh, int nkv, int d,
+                                      float scale) {
+    cpu_attention_fwd_half(fmt, RH(out_half), ld_out, RF(out), RF(lse), RCH(q), RCH(k), RCH(v), RCI(doc_ids),
+                           batch, seq, nh, nkv, d, scale);
 }
 static void shadow_attention_bwd_half(kernels_half_format fmt, float *dq, float *dk, float *dv,
-                                      const float *dout, const float *q, const float *k, const float *v,
-                                      const float *out, const float *lse, const int32_t *doc_ids,
-                                      int batch, int seq, int nh, int nkv, int d, float scale) {
-    cpu_attention_bwd_half(fmt, RF(dq), RF(dk), RF(dv), RCF(dout), RCF(q), RCF(k), RCF(v), RCF(out),
+                                      const float *dout, const uint16_t *q, const uint16_t *k,
+                                      const uint16_t *v, const uint16_t *out_half, int ld_out, const float *lse,
+                                      const int32_t *doc_ids, int batch, int seq, int nh, int nkv, int d,
+                                      float scale) {
+    cpu_attention_bwd_half(fmt, RF(dq), RF(dk), RF(dv), RCF(dout), RCH(q), RCH(k), RCH(v), RCH(out_half), ld_out,
                            RCF(lse), RCI(doc_ids), batch, seq, nh, nkv, d, scale);
 }
 static void shadow_adamw(float *param, const float *grad, float *m, float *v, size_t n,

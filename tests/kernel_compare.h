@@ -3,7 +3,7 @@
  * NaN-poisoned, copies), backend buffers made from them, the CUDA backend's sticky error
  * state, comparisons of a backend buffer with a host reference (fp32 by norm, 16-bit by units
  * in the last place, or bytes), opening the backends (or skipping), and random attention
- * problems.
+ * problems (fp32, and the 16-bit inputs of the mixed-precision attention).
  *
  * It holds no backend: the table under test is passed in (`backend`), so the same checks run
  * against any table (the shadow backend included). Failures are counted CHECKs (check.h).
@@ -176,7 +176,8 @@ typedef struct attn_case {
 
 /* One attention problem on the host and on the backend: inputs q, k, v, doc (NULL without
  * documents) and the upstream gradient gy, drawn in that order; forward outputs (out, lse)
- * and gradients (gq, gk, gv) NaN on both sides. */
+ * and gradients (gq, gk, gv) NaN on both sides. attn_problem_add_half adds the 16-bit part
+ * (zero otherwise). */
 typedef struct attn_problem {
     size_t q_n, kv_n, lse_n;
     float scale; /* head_dim^-0.5 */
@@ -184,6 +185,13 @@ typedef struct attn_problem {
     int32_t *doc;
     float *d_q, *d_k, *d_v, *d_gy, *d_out, *d_lse, *d_gq, *d_gk, *d_gv;
     int32_t *d_doc;
+    /* 16-bit: q, k, v rounded to fmt (hq, hk, hv; on the backend `offset` elements into their
+     * buffers), and out_half, tokens rows of `width` values ld_out apart (out_half_n elements) */
+    kernels_half_format fmt;
+    size_t tokens, out_half_n;
+    int width, ld_out, offset;
+    uint16_t *hq, *hk, *hv, *out_half;
+    uint16_t *d_hq, *d_hk, *d_hv, *d_out_half;
 } attn_problem;
 
 static inline attn_problem attn_problem_make(const kernels *backend, const attn_case *tc) {
@@ -219,18 +227,67 @@ static inline attn_problem attn_problem_make(const kernels *backend, const attn_
     return p;
 }
 
+/* A NaN of the format with a payload no conversion produces (CUDA returns the canonical NaN,
+ * the CPU's failure fill is 0x7FC0 / 0x7E00): an element still holding it was never written. */
+static inline uint16_t half_poison(kernels_half_format fmt) {
+    return fmt == KERNELS_BF16 ? 0x7FC1u : 0x7E01u;
+}
+
+/* n 16-bit values at `offset` elements into a fresh backend buffer of n + offset (the view;
+ * release it with backend->release(view - offset)). */
+static inline uint16_t *dev_half_at(const kernels *backend, const uint16_t *host, size_t n,
+                                    int offset) {
+    uint16_t *base = backend->alloc((n + (size_t)offset) * sizeof(uint16_t));
+    if (!base) return NULL;
+    if (n) backend->upload(base + offset, host, n * sizeof(uint16_t));
+    return base + offset;
+}
+
+/* The 16-bit inputs of attention_fwd_half / attention_bwd_half for a problem of shape tc:
+ * q, k, v rounded to fmt on the host by the CPU backend's to_half (the reference rounding,
+ * so both backends see the same values) and uploaded `offset` elements into their backend
+ * buffers (offset 1 leaves them 2-byte aligned only); out_half (rows ld_out apart) the
+ * poison NaN on the host, between the rows too, and unset (the caller fills it) on the
+ * backend. */
+static inline void attn_problem_add_half(const kernels *cpu, const kernels *backend, attn_problem *p,
+                                         const attn_case *tc, kernels_half_format fmt, int ld_out,
+                                         int offset) {
+    p->fmt = fmt;
+    p->tokens = (size_t)tc->batch * tc->seq;
+    p->width = tc->n_heads * tc->d;
+    p->ld_out = ld_out;
+    p->offset = offset;
+    p->out_half_n = p->tokens * (size_t)ld_out;
+    p->hq = malloc((p->q_n ? p->q_n : 1) * sizeof(uint16_t));
+    p->hk = malloc((p->kv_n ? p->kv_n : 1) * sizeof(uint16_t));
+    p->hv = malloc((p->kv_n ? p->kv_n : 1) * sizeof(uint16_t));
+    cpu->to_half(p->hq, p->q, p->q_n, fmt);
+    cpu->to_half(p->hk, p->k, p->kv_n, fmt);
+    cpu->to_half(p->hv, p->v, p->kv_n, fmt);
+    p->d_hq = dev_half_at(backend, p->hq, p->q_n, offset);
+    p->d_hk = dev_half_at(backend, p->hk, p->kv_n, offset);
+    p->d_hv = dev_half_at(backend, p->hv, p->kv_n, offset);
+    p->out_half = malloc((p->out_half_n ? p->out_half_n : 1) * sizeof(uint16_t));
+    for (size_t i = 0; i < p->out_half_n; i++) p->out_half[i] = half_poison(fmt);
+    p->d_out_half = backend->alloc((p->out_half_n ? p->out_half_n : 1) * sizeof(uint16_t));
+}
+
 /* The backward runs on both sides from the CPU's forward outputs, so it is compared alone. */
 static inline void attn_problem_upload_cpu_forward(const kernels *backend, attn_problem *p) {
     backend->upload(p->d_out, p->out, p->q_n * sizeof(float));
     backend->upload(p->d_lse, p->lse, p->lse_n * sizeof(float));
+    if (p->d_out_half) backend->upload(p->d_out_half, p->out_half, p->out_half_n * sizeof(uint16_t));
 }
 
 static inline void attn_problem_free(const kernels *backend, attn_problem *p) {
     void *dev[] = {p->d_doc, p->d_q, p->d_k, p->d_v, p->d_gy, p->d_out, p->d_lse,
-                   p->d_gq, p->d_gk, p->d_gv};
+                   p->d_gq, p->d_gk, p->d_gv, p->d_out_half,
+                   p->d_hq ? p->d_hq - p->offset : NULL, p->d_hk ? p->d_hk - p->offset : NULL,
+                   p->d_hv ? p->d_hv - p->offset : NULL};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         if (dev[i]) backend->release(dev[i]);
-    float *host[] = {p->q, p->k, p->v, p->gy, p->out, p->lse, p->gq, p->gk, p->gv};
+    void *host[] = {p->q, p->k, p->v, p->gy, p->out, p->lse, p->gq, p->gk, p->gv,
+                    p->hq, p->hk, p->hv, p->out_half};
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
     free(p->doc);
     *p = (attn_problem){0};

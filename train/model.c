@@ -767,6 +767,9 @@ static size_t plan_activations(model_state *s, const model_config *c, const lora
      * GEMMs. Both windows are free of the backward's own use of those buffers (a checkpointed
      * layer's forward runs before its backward starts; the fp32 dgate/dup exist only in fp32). */
     float *mlp_gate = mixed ? s->d_w2 : NULL, *mlp_up = mixed ? s->d_w3 : NULL;
+    /* Likewise attention's fp32 q, k, v from their GEMMs (and q/k norms) through RoPE to
+     * their rounding, in d_w2..d_w4, before gate and up take two of them. */
+    float *att_q = mixed ? s->d_w2 : NULL, *att_k = mixed ? s->d_w3 : NULL, *att_v = mixed ? s->d_w4 : NULL;
     s->half_dgate = mixed ? (uint16_t *)s->d_w2 : NULL;
     s->half_dup = mixed ? (uint16_t *)s->d_w3 : NULL;
     /* layer_acts.h_norm1: saved GEMM inputs in 16 bits, written by their producers; their
@@ -803,10 +806,17 @@ static size_t plan_activations(model_state *s, const model_config *c, const lora
             a->k_pre = take(&cur, t * kvdim);
             a->rstd_k = take(&cur, t * nkv);
         }
-        a->q = take(&cur, t * qdim);
-        a->k = take(&cur, t * kvdim);
-        a->v = take(&cur, t * kvdim);
-        a->att = take(&cur, t * qdim);
+        if (mixed) {
+            a->h_q = (uint16_t *)take(&cur, (t * qdim + 1) / 2);
+            a->h_k = (uint16_t *)take(&cur, (t * kvdim + 1) / 2);
+            a->h_v = (uint16_t *)take(&cur, (t * kvdim + 1) / 2);
+            a->h_att = (uint16_t *)take(&cur, (t * (size_t)layout.ld_input[LINEAR_O] + 1) / 2);
+        }
+        a->q = mixed ? att_q : take(&cur, t * qdim);
+        a->k = mixed ? att_k : take(&cur, t * kvdim);
+        a->v = mixed ? att_v : take(&cur, t * kvdim);
+        /* mixed: the fp32 output only for adapter dropout, which drops it before rounding */
+        a->att = half_inputs ? NULL : take(&cur, t * qdim);
         a->lse = take(&cur, t * nh);
         a->x_mid = take(&cur, t * H);
         a->x_norm2 = half_inputs ? NULL : take(&cur, t * H);

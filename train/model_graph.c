@@ -185,12 +185,18 @@ static void layer_forward(model *m, int l, int batch, int seq, const int32_t *do
     }
     k->rope_fwd(a->q, s->positions, s->inv_freq, T, nh, d);
     k->rope_fwd(a->k, s->positions, s->inv_freq, T, nkv, d);
-    if (m->precision == MODEL_FP32)
+    if (m->precision == MODEL_FP32) {
         k->attention_fwd(a->att, a->lse, a->q, a->k, a->v, doc_ids, batch, seq, nh, nkv, d, scale);
-    else /* 16-bit products as flash attention in bf16/fp16 (tensor cores on a GPU) */
-        k->attention_fwd_half(model_half_format(m->precision), a->att, a->lse, a->q, a->k, a->v, doc_ids,
-                              batch, seq, nh, nkv, d, scale);
-    hx = half_of(m, s->half_x, ld[LINEAR_O], a->att, T, nh * d);
+    } else { /* 16-bit products as flash attention in bf16/fp16 (tensor cores on a GPU), on q, k,
+              * v rounded once here and kept so; the output only in 16 bits unless dropout */
+        const kernels_half_format fmt = model_half_format(m->precision);
+        k->to_half(a->h_q, a->q, (size_t)T * nh * d, fmt);
+        k->to_half(a->h_k, a->k, (size_t)T * nkv * d, fmt);
+        k->to_half(a->h_v, a->v, (size_t)T * nkv * d, fmt);
+        k->attention_fwd_half(fmt, a->h_att, ld[LINEAR_O], a->att, a->lse, a->h_q, a->h_k, a->h_v, doc_ids, batch,
+                              seq, nh, nkv, d, scale);
+    }
+    hx = a->h_att;
     linear_forward(m, l, LINEAR_O, a->x_mid, a->att, hx, ld[LINEAR_O], T, train, seed);
     k->add(a->x_mid, a->x_mid, x, (size_t)T * H);
     hx = norm_for_linears(m, a->h_norm2, ld[LINEAR_GATE], a->x_norm2, a->rstd2, a->x_mid, layer->post_norm->data,
@@ -319,14 +325,14 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
 
         /* Attention: d_resid holds d x_mid; x_mid = x + o(att). */
         float *d_att = s->d_w1, *dq = s->d_w2, *dk = s->d_w3, *dv = s->d_w4;
-        hx = backward_input(m, layer, LINEAR_O, LINEAR_O, NULL, a->att, T, nh * d, &ldx);
+        hx = backward_input(m, layer, LINEAR_O, LINEAR_O, a->h_att, a->att, T, nh * d, &ldx);
         linear_backward(m, l, LINEAR_O, d_att, 0.0f, s->d_resid, NULL, 0, a->att, hx, ldx, T, seed);
         if (m->precision == MODEL_FP32)
             k->attention_bwd(dq, dk, dv, d_att, a->q, a->k, a->v, a->att, a->lse, doc_ids, batch, seq,
                              nh, nkv, d, scale);
         else
-            k->attention_bwd_half(model_half_format(m->precision), dq, dk, dv, d_att, a->q, a->k, a->v,
-                                  a->att, a->lse, doc_ids, batch, seq, nh, nkv, d, scale);
+            k->attention_bwd_half(model_half_format(m->precision), dq, dk, dv, d_att, a->h_q, a->h_k, a->h_v,
+                                  a->h_att, s->ld_input[LINEAR_O], a->lse, doc_ids, batch, seq, nh, nkv, d, scale);
         k->rope_bwd(dq, s->positions, s->inv_freq, T, nh, d);
         k->rope_bwd(dk, s->positions, s->inv_freq, T, nkv, d);
         const float *q_in = a->x_norm1;

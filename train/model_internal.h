@@ -58,8 +58,9 @@ typedef struct layer_acts {
     float *x_norm1, *rstd1;        /* input RMSNorm output [T,H], 1/rms [T] */
     float *q_pre, *rstd_q;         /* qk_norm only: projection before the norm, [T*nh] */
     float *k_pre, *rstd_k;
-    float *q, *k, *v;              /* attention inputs after norm and RoPE */
-    float *att, *lse;              /* attention output [T,nh*d], log-sum-exp [T*nh] */
+    float *q, *k, *v;              /* attention inputs after norm and RoPE (mixed: scratch) */
+    float *att, *lse;              /* attention output [T,nh*d] (mixed: NULL unless adapter
+                                    * dropout reads it), log-sum-exp [T*nh] */
     float *x_mid;                  /* residual stream after attention [T,H] */
     float *x_norm2, *rstd2;
     float *gate, *up, *act;        /* [T,I]; act = silu(gate) * up (mixed: see below) */
@@ -71,6 +72,11 @@ typedef struct layer_acts {
     /* Mixed precision: gate and up as the 16-bit values SwiGLU reads in both directions (as
      * under torch.autocast); gate and up then point at shared fp32 scratch. NULL in fp32. */
     uint16_t *h_gate, *h_up;
+    /* Mixed precision: attention's 16-bit inputs (q, k, v rounded after RoPE; the fp32
+     * values live in scratch from their GEMMs to the rounding) and its 16-bit output, rows
+     * ld_input[LINEAR_O] apart, which the o projection and the attention backward read.
+     * NULL in fp32. */
+    uint16_t *h_q, *h_k, *h_v, *h_att;
 } layer_acts;
 
 typedef struct model_state {

@@ -1,18 +1,18 @@
 /* Attention with 16-bit matrix-product operands, the CPU reference (kernels.h:
  * attention_fwd_half / attention_bwd_half).
  *
- * The reference rounds what a tensor-core kernel reads in 16 bits from memory, q, k, v (and
- * dout in the backward), to fmt exactly as to_half does (nearest, ties to even), and runs
- * the fp32 attention of attention.c on the rounded copies. Everything after the rounding is
- * fp32, including P and dS, which a GPU kernel additionally rounds where they enter a
- * product; that second rounding is the only difference the contract allows between the
- * backends (relative 1e-2). out and lse are not rounded: they are fp32 outputs of the
- * forward, and D = rowsum(dout * out) takes the rounded dout with the fp32 out.
+ * q, k, v arrive as 16-bit values; the reference widens them (exactly) and runs the fp32
+ * attention of attention.c. In the backward it rounds dout to fmt as to_half does (nearest,
+ * ties to even), and D = rowsum(dout * out) takes the widened 16-bit output the forward
+ * kept, as a bf16/fp16 flash attention does. Everything after that is fp32, including P and
+ * dS, which a GPU kernel additionally rounds where they enter a product; that second
+ * rounding is the only difference the contract allows between the backends (relative 1e-2).
+ * The forward's out_half is the rounding of the fp32 output; lse stays fp32.
  *
- * The rounded copies are malloc'd per call (four tensors at most, the size of the inputs):
- * the table's functions cannot report a failure, so where malloc fails the outputs are
- * filled with NaN, which the loss and grad-norm checks above the table see at once,
- * rather than left stale. */
+ * The fp32 copies are malloc'd per call (five tensors at most, the size of the inputs): the
+ * table's functions cannot report a failure, so where malloc fails the outputs are filled
+ * with NaN (out_half with the format's NaN), which the loss and grad-norm checks above the
+ * table see at once, rather than left stale. */
 #include <math.h>
 #include <stdlib.h>
 
@@ -22,19 +22,27 @@
  * tensor and no 16-bit copy of the whole tensor. */
 #define ROUND_CHUNK 8192
 
-static void round_to_half(float *dst, const float *src, size_t n, kernels_half_format fmt) {
+/* An fp32 copy of x (n elements) rounded to fmt, or NULL when malloc fails. */
+static float *rounded_copy(const float *x, size_t n, kernels_half_format fmt) {
+    float *copy = malloc((n ? n : 1) * sizeof(float));
+    if (!copy) return NULL;
     uint16_t bits[ROUND_CHUNK];
     for (size_t i = 0; i < n; i += ROUND_CHUNK) {
         const size_t len = n - i < ROUND_CHUNK ? n - i : ROUND_CHUNK;
-        cpu_to_half(bits, src + i, len, fmt);
-        cpu_from_half(dst + i, bits, len, fmt);
+        cpu_to_half(bits, x + i, len, fmt);
+        cpu_from_half(copy + i, bits, len, fmt);
     }
+    return copy;
 }
 
-/* A rounded copy of x (n elements), or NULL when malloc fails. */
-static float *rounded_copy(const float *x, size_t n, kernels_half_format fmt) {
-    float *copy = malloc((n ? n : 1) * sizeof(float));
-    if (copy) round_to_half(copy, x, n, fmt);
+/* The widened values of a [rows, cols] 16-bit block with rows ld apart (contiguous copy),
+ * or NULL when malloc fails. */
+static float *widened_copy(const uint16_t *x, size_t rows, size_t cols, size_t ld, kernels_half_format fmt) {
+    float *copy = malloc((rows * cols > 0 ? rows * cols : 1) * sizeof(float));
+    if (!copy) return NULL;
+    if (ld == cols) cpu_from_half(copy, x, rows * cols, fmt);
+    else
+        for (size_t r = 0; r < rows; r++) cpu_from_half(copy + r * cols, x + r * ld, cols, fmt);
     return copy;
 }
 
@@ -42,43 +50,53 @@ static void fill_nan(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = NAN;
 }
 
-void cpu_attention_fwd_half(kernels_half_format fmt, float *out, float *lse, const float *q,
-                            const float *k, const float *v, const int32_t *doc_ids, int batch,
-                            int seq, int n_heads, int n_kv_heads, int head_dim, float scale) {
-    const size_t tokens = (size_t)batch * seq;
-    const size_t q_n = tokens * n_heads * head_dim, kv_n = tokens * n_kv_heads * head_dim;
-    float *rq = rounded_copy(q, q_n, fmt), *rk = rounded_copy(k, kv_n, fmt),
-          *rv = rounded_copy(v, kv_n, fmt);
-    if (rq && rk && rv) {
-        cpu_attention_fwd(out, lse, rq, rk, rv, doc_ids, batch, seq, n_heads, n_kv_heads,
-                          head_dim, scale);
+void cpu_attention_fwd_half(kernels_half_format fmt, uint16_t *out_half, int ld_out, float *out, float *lse,
+                            const uint16_t *q, const uint16_t *k, const uint16_t *v, const int32_t *doc_ids,
+                            int batch, int seq, int n_heads, int n_kv_heads, int head_dim, float scale) {
+    const size_t tokens = (size_t)batch * seq, width = (size_t)n_heads * head_dim;
+    const size_t q_n = tokens * width, kv_n = tokens * n_kv_heads * head_dim;
+    float *wq = widened_copy(q, tokens, width, width, fmt);
+    float *wk = widened_copy(k, kv_n, 1, 1, fmt), *wv = widened_copy(v, kv_n, 1, 1, fmt);
+    float *o = out ? out : malloc((q_n ? q_n : 1) * sizeof(float));
+    if (wq && wk && wv && o) {
+        cpu_attention_fwd(o, lse, wq, wk, wv, doc_ids, batch, seq, n_heads, n_kv_heads, head_dim, scale);
     } else {
-        fill_nan(out, q_n);
+        if (out) fill_nan(out, q_n);
         fill_nan(lse, tokens * n_heads);
     }
-    free(rq);
-    free(rk);
-    free(rv);
+    if (o) {
+        cpu_to_half_2d(fmt, out_half, ld_out, o, (int)width, (int)tokens, (int)width, 1.0f);
+    } else { /* the format's quiet NaN, so the GEMM reading it sees the failure */
+        const uint16_t nan_bits = fmt == KERNELS_BF16 ? 0x7FC0u : 0x7E00u;
+        for (size_t t = 0; t < tokens; t++)
+            for (size_t j = 0; j < width; j++) out_half[t * (size_t)ld_out + j] = nan_bits;
+    }
+    if (o != out) free(o);
+    free(wq);
+    free(wk);
+    free(wv);
 }
 
-void cpu_attention_bwd_half(kernels_half_format fmt, float *dq, float *dk, float *dv,
-                            const float *dout, const float *q, const float *k, const float *v,
-                            const float *out, const float *lse, const int32_t *doc_ids, int batch,
-                            int seq, int n_heads, int n_kv_heads, int head_dim, float scale) {
-    const size_t tokens = (size_t)batch * seq;
-    const size_t q_n = tokens * n_heads * head_dim, kv_n = tokens * n_kv_heads * head_dim;
-    float *rdout = rounded_copy(dout, q_n, fmt), *rq = rounded_copy(q, q_n, fmt),
-          *rk = rounded_copy(k, kv_n, fmt), *rv = rounded_copy(v, kv_n, fmt);
-    if (rdout && rq && rk && rv) {
-        cpu_attention_bwd(dq, dk, dv, rdout, rq, rk, rv, out, lse, doc_ids, batch, seq, n_heads,
-                          n_kv_heads, head_dim, scale);
+void cpu_attention_bwd_half(kernels_half_format fmt, float *dq, float *dk, float *dv, const float *dout,
+                            const uint16_t *q, const uint16_t *k, const uint16_t *v, const uint16_t *out_half,
+                            int ld_out, const float *lse, const int32_t *doc_ids, int batch, int seq, int n_heads,
+                            int n_kv_heads, int head_dim, float scale) {
+    const size_t tokens = (size_t)batch * seq, width = (size_t)n_heads * head_dim;
+    const size_t q_n = tokens * width, kv_n = tokens * n_kv_heads * head_dim;
+    float *rdout = rounded_copy(dout, q_n, fmt), *wq = widened_copy(q, q_n, 1, 1, fmt);
+    float *wk = widened_copy(k, kv_n, 1, 1, fmt), *wv = widened_copy(v, kv_n, 1, 1, fmt);
+    float *wout = widened_copy(out_half, tokens, width, (size_t)ld_out, fmt);
+    if (rdout && wq && wk && wv && wout) {
+        cpu_attention_bwd(dq, dk, dv, rdout, wq, wk, wv, wout, lse, doc_ids, batch, seq, n_heads, n_kv_heads,
+                          head_dim, scale);
     } else {
         fill_nan(dq, q_n);
         fill_nan(dk, kv_n);
         fill_nan(dv, kv_n);
     }
     free(rdout);
-    free(rq);
-    free(rk);
-    free(rv);
+    free(wq);
+    free(wk);
+    free(wv);
+    free(wout);
 }

@@ -123,14 +123,14 @@ void cpu_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const
                        const int32_t *doc_ids, int batch, int seq, int n_heads, int n_kv_heads,
                        int head_dim, float scale);
 
-/* attention_half.c: the fp32 attention on copies of q, k, v (and dout) rounded to fmt */
-void cpu_attention_fwd_half(kernels_half_format fmt, float *out, float *lse, const float *q,
-                            const float *k, const float *v, const int32_t *doc_ids, int batch,
-                            int seq, int n_heads, int n_kv_heads, int head_dim, float scale);
-void cpu_attention_bwd_half(kernels_half_format fmt, float *dq, float *dk, float *dv,
-                            const float *dout, const float *q, const float *k, const float *v,
-                            const float *out, const float *lse, const int32_t *doc_ids, int batch,
-                            int seq, int n_heads, int n_kv_heads, int head_dim, float scale);
+/* attention_half.c: the fp32 attention on the widened 16-bit q, k, v (dout rounded) */
+void cpu_attention_fwd_half(kernels_half_format fmt, uint16_t *out_half, int ld_out, float *out, float *lse,
+                            const uint16_t *q, const uint16_t *k, const uint16_t *v, const int32_t *doc_ids,
+                            int batch, int seq, int n_heads, int n_kv_heads, int head_dim, float scale);
+void cpu_attention_bwd_half(kernels_half_format fmt, float *dq, float *dk, float *dv, const float *dout,
+                            const uint16_t *q, const uint16_t *k, const uint16_t *v, const uint16_t *out_half,
+                            int ld_out, const float *lse, const int32_t *doc_ids, int batch, int seq, int n_heads,
+                            int n_kv_heads, int head_dim, float scale);
 
 /* cross_entropy.c */
 void cpu_cross_entropy(float *logits, float *loss, const int32_t *targets, int n_rows, int vocab,

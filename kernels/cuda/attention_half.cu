@@ -1,11 +1,18 @@
 // Causal grouped-query attention on tensor cores (kernels.h: attention_fwd_half /
 // attention_bwd_half), FlashAttention-2 style, with the semantics of attention.cu (masks,
 // GQA, lse layout [batch, n_heads, seq]) and the arithmetic of bf16/fp16 flash attention:
-// q, k, v, dout are rounded to the 16-bit format while tiles are loaded into shared memory
-// (the tensors stay fp32 in global memory); every matrix product is a WMMA 16x16x16 product
-// of 16-bit operands summed in fp32; softmax statistics, lse and D = rowsum(dout * out) are
-// fp32; P and dS are rounded to the format where they enter a product (P relative to the
-// running row maximum of the forward).
+// q, k, v arrive as 16-bit tensors of the format; every matrix product is a WMMA 16x16x16
+// product of 16-bit operands summed in fp32; softmax statistics, lse and
+// D = rowsum(round(dout) * widened out_half) are fp32; P and dS are rounded to the format
+// where they enter a product (P relative to the running row maximum of the forward).
+//
+// Paths. attention_mma.cu takes head_dim 64 and 128 (16-bit q, k, v straight from the
+// caller, out_half written by its epilogue). The WMMA kernels here read fp32 tensors and round
+// them while tiles are loaded into shared memory: the entry points widen q, k, v (exactly,
+// so that rounding gives back the caller's values) into stream-ordered fp32 scratch, the
+// forward writes its fp32 output into out (or scratch where out is NULL), and to_half_2d
+// rounds that into out_half (rows ld_out apart, the columns between untouched); dout stays
+// fp32 and is rounded on load.
 //
 // Tiling. A block has tile/16 warps; warp w owns rows [16w, 16w+16) of the block's tile
 // (queries in the forward and dq, keys in dk/dv) and the block streams tiles of the other
@@ -23,9 +30,9 @@
 // Masked entries are exact zeros in P and dS, so padded rows and columns add nothing and
 // never make NaN; padded rows are never written out.
 //
-// Backward: D in a small pre-kernel (dout rounded as the other kernels see it); dq in one
-// kernel over query tiles (key tiles ascending); dk, dv in another over key tiles of a kv
-// head (the group's query heads, then query tiles, ascending). Every output row has one
+// Backward: D in a small pre-kernel (dout rounded as the other kernels see it, out_half
+// widened); dq in one kernel over query tiles (key tiles ascending); dk, dv in another over
+// key tiles of a kv head (the group's query heads, then query tiles, ascending). Every output row has one
 // writer and a fixed summation order: no atomics, the same bits every run.
 //
 // A 64-query tile holds 4 warps: little latency hiding where a block needs most of an SM's
@@ -33,10 +40,11 @@
 // memory every tile. Correctness first; register accumulators (mma.sync) and pipelined
 // tile loads are the next steps for speed.
 //
-// Shapes the kernels do not take (head_dim > 256, or a tile layout too large for the
-// device's shared memory) run the fp32 kernels of attention.cu on device copies of the
-// inputs rounded to the format: slower, same contract. attention.cu records the shapes no
-// attention can run (n_heads not a multiple of n_kv_heads, head_dim > 256).
+// A tile layout too large for the device's shared memory runs the fp32 kernels of
+// attention.cu on the widened q, k, v (and rounded dout, widened out_half for D): slower,
+// same contract. attention.cu records the shapes no attention can run (n_heads not a
+// multiple of n_kv_heads, head_dim > 256): the entry points hand it those before anything
+// else, and it touches no buffer then.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -63,7 +71,7 @@ struct half_ops;
 template <>
 struct half_ops<__nv_bfloat16> {
     typedef __nv_bfloat162 pair;
-    static const bool is_bf16 = true;
+    static constexpr kernels_half_format fmt = KERNELS_BF16;
     static __device__ __forceinline__ __nv_bfloat16 from(float x) { return __float2bfloat16_rn(x); }
     static __device__ __forceinline__ pair from2(float a, float b) { return __floats2bfloat162_rn(a, b); }
     static __device__ __forceinline__ float to(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -72,7 +80,7 @@ struct half_ops<__nv_bfloat16> {
 template <>
 struct half_ops<__half> {
     typedef __half2 pair;
-    static const bool is_bf16 = false;
+    static constexpr kernels_half_format fmt = KERNELS_FP16;
     static __device__ __forceinline__ __half from(float x) { return __float2half_rn(x); }
     static __device__ __forceinline__ pair from2(float a, float b) { return __floats2half2_rn(a, b); }
     static __device__ __forceinline__ float to(__half x) { return __half2float(x); }
@@ -326,21 +334,23 @@ __global__ void __launch_bounds__(128)
 
 // ------------------------------------------------------------------ backward
 
-// D[b, h, s] = round(dout_s) . out_s in fp32, one warp per row (dout as the other
-// backward kernels see it).
+// D[b, h, s] = round(dout_s) . widen(out_half_s) in fp32, one warp per row (dout as the
+// other backward kernels see it; out_half's rows ld_out apart).
 template <typename T>
-__global__ void attention_half_row_dots_kernel(float *D, const float *dout, const float *out,
-                                               ah_shape sh) {
+__global__ void attention_half_row_dots_kernel(float *D, const float *dout, const uint16_t *out_half,
+                                               int ld_out, ah_shape sh) {
     const size_t rows = (size_t)sh.batch * sh.n_heads * sh.seq;
     const size_t warp_id = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) / 32;
     const int lane = threadIdx.x % 32;
     if (warp_id >= rows) return;  // whole warps leave together
     const int s = (int)(warp_id % sh.seq), h = (int)(warp_id / sh.seq % sh.n_heads);
     const int b = (int)(warp_id / ((size_t)sh.seq * sh.n_heads));
-    const size_t off = ((size_t)b * sh.seq + s) * sh.q_stride + (size_t)h * sh.d;
+    const size_t token = (size_t)b * sh.seq + s;
+    const float *dout_row = dout + token * sh.q_stride + (size_t)h * sh.d;
+    const uint16_t *out_row = out_half + token * (size_t)ld_out + (size_t)h * sh.d;
     float sum = 0.0f;
     for (int x = lane; x < sh.d; x += 32)
-        sum += half_ops<T>::to(half_ops<T>::from(dout[off + x])) * out[off + x];
+        sum += half_ops<T>::to(half_ops<T>::from(dout_row[x])) * half_widen<half_ops<T>::fmt>(out_row[x]);
     sum = warp_sum(sum);
     if (lane == 0) D[warp_id] = sum;  // warp_id is ((b * n_heads) + h) * seq + s
 }
@@ -476,7 +486,7 @@ __global__ void __launch_bounds__(128)
     }
 }
 
-// ------------------------------------------------------------------ fallback: fp32 kernels
+// ------------------------------------------------------------------ fp32 operands
 
 // x rounded to T and widened back: what the tensor-core kernels read, in fp32.
 template <typename T>
@@ -486,10 +496,22 @@ __global__ void round_trip_kernel(float *out, const float *x, size_t n) {
         out[i] = half_ops<T>::to(half_ops<T>::from(x[i]));
 }
 
+// The widened rows [rows, cols] of a 16-bit tensor whose rows are ld_x apart, contiguous.
+template <typename T>
+__global__ void widen_rows_kernel(float *out, const uint16_t *x, int ld_x, int cols, size_t n) {
+    GRID_STRIDE_LOOP(i, n) out[i] = half_widen<half_ops<T>::fmt>(x[i / cols * (size_t)ld_x + i % cols]);
+}
+
+// Stream-ordered fp32 scratch of n floats; NULL (recorded) when allocation fails.
+static float *scratch_floats(size_t n) {
+    float *x = NULL;
+    CUDA_CHECK(cudaMallocAsync((void **)&x, (n ? n : 1) * sizeof(float), 0));
+    return x;
+}
+
 // A stream-ordered device copy of x rounded to fmt; NULL (recorded) when allocation fails.
 static float *rounded_copy(kernels_half_format fmt, const float *x, size_t n) {
-    float *copy = NULL;
-    CUDA_CHECK(cudaMallocAsync((void **)&copy, (n ? n : 1) * sizeof(float), 0));
+    float *copy = scratch_floats(n);
     if (!copy) return NULL;
     if (fmt == KERNELS_BF16)
         round_trip_kernel<__nv_bfloat16><<<cuda_grid_for(n), CUDA_THREADS>>>(copy, x, n);
@@ -499,64 +521,53 @@ static float *rounded_copy(kernels_half_format fmt, const float *x, size_t n) {
     return copy;
 }
 
+// A stream-ordered fp32 copy of rows [rows, cols] of the 16-bit x (rows ld_x apart), widened
+// (exact); NULL (recorded) when allocation fails.
+static float *widened_copy(kernels_half_format fmt, const uint16_t *x, size_t rows, int cols, int ld_x) {
+    const size_t n = rows * cols;
+    float *copy = scratch_floats(n);
+    if (!copy || !n) return copy;
+    if (ld_x == cols) {
+        cuda_from_half(copy, x, n, fmt);
+        return copy;
+    }
+    if (fmt == KERNELS_BF16)
+        widen_rows_kernel<__nv_bfloat16><<<cuda_grid_for(n), CUDA_THREADS>>>(copy, x, ld_x, cols, n);
+    else
+        widen_rows_kernel<__half><<<cuda_grid_for(n), CUDA_THREADS>>>(copy, x, ld_x, cols, n);
+    CUDA_CHECK_LAUNCH();
+    return copy;
+}
+
 static void release_copies(float **copies, int n) {
     for (int i = 0; i < n; i++)
         if (copies[i]) CUDA_CHECK(cudaFreeAsync(copies[i], 0));
 }
 
-static bool sizes_positive(int batch, int seq, int n_heads, int n_kv_heads, int head_dim) {
-    return batch > 0 && seq > 0 && n_heads > 0 && n_kv_heads > 0 && head_dim > 0;
-}
-
-static void fallback_fwd(kernels_half_format fmt, float *out, float *lse, const float *q,
-                         const float *k, const float *v, const int32_t *doc_ids, int batch,
-                         int seq, int n_heads, int n_kv_heads, int head_dim, float scale) {
-    if (!sizes_positive(batch, seq, n_heads, n_kv_heads, head_dim)) {
-        // Nothing to round: attention.cu does nothing for an empty batch or records the shape.
-        cuda_attention_fwd(out, lse, q, k, v, doc_ids, batch, seq, n_heads, n_kv_heads,
-                           head_dim, scale);
-        return;
-    }
-    const size_t tokens = (size_t)batch * seq;
-    float *copies[3] = {rounded_copy(fmt, q, tokens * n_heads * head_dim),
-                        rounded_copy(fmt, k, tokens * n_kv_heads * head_dim),
-                        rounded_copy(fmt, v, tokens * n_kv_heads * head_dim)};
-    if (copies[0] && copies[1] && copies[2])
-        cuda_attention_fwd(out, lse, copies[0], copies[1], copies[2], doc_ids, batch, seq,
-                           n_heads, n_kv_heads, head_dim, scale);
-    release_copies(copies, 3);
-}
-
-static void fallback_bwd(kernels_half_format fmt, float *dq, float *dk, float *dv,
-                         const float *dout, const float *q, const float *k, const float *v,
-                         const float *out, const float *lse, const int32_t *doc_ids, int batch,
-                         int seq, int n_heads, int n_kv_heads, int head_dim, float scale) {
-    if (!sizes_positive(batch, seq, n_heads, n_kv_heads, head_dim)) {
-        cuda_attention_bwd(dq, dk, dv, dout, q, k, v, out, lse, doc_ids, batch, seq, n_heads,
-                           n_kv_heads, head_dim, scale);
-        return;
-    }
-    const size_t tokens = (size_t)batch * seq;
-    const size_t q_n = tokens * n_heads * head_dim, kv_n = tokens * n_kv_heads * head_dim;
-    float *copies[4] = {rounded_copy(fmt, dout, q_n), rounded_copy(fmt, q, q_n),
-                        rounded_copy(fmt, k, kv_n), rounded_copy(fmt, v, kv_n)};
-    if (copies[0] && copies[1] && copies[2] && copies[3])
-        cuda_attention_bwd(dq, dk, dv, copies[0], copies[1], copies[2], copies[3], out, lse,
-                           doc_ids, batch, seq, n_heads, n_kv_heads, head_dim, scale);
-    release_copies(copies, 4);
-}
-
 // ------------------------------------------------------------------ launchers
 
-// Fills sh for the tensor-core kernel `kernel`: false for the shapes it does not take (the
-// caller falls back). The tile is the largest of 64 and 32 whose layout (bytes_of) fits in
-// what the kernel may use on this device (opted in here, once per device).
+// The shapes attention.cu runs (any other it records, or, for an empty batch, ignores).
+static bool shape_valid(int batch, int seq, int n_heads, int n_kv_heads, int head_dim) {
+    return batch > 0 && seq > 0 && n_heads > 0 && n_kv_heads > 0 && head_dim > 0 &&
+           n_heads % n_kv_heads == 0 && head_dim <= AH_MAX_D && batch <= 65535 && n_heads <= 65535;
+}
+
+// out_half's rows must not overlap: false, recorded, where ld_out < n_heads * head_dim.
+static bool ld_out_fits(const char *op, int ld_out, int n_heads, int head_dim, int line) {
+    if (ld_out >= n_heads * head_dim) return true;  // both at most 65535 * 256 here
+    char message[96];
+    snprintf(message, sizeof message, "ld_out %d < n_heads * head_dim = %d", ld_out, n_heads * head_dim);
+    ctune_cuda_record(__FILE__, line, op, message);
+    return false;
+}
+
+// Fills sh for the tensor-core kernel `kernel` (of a valid shape): false for the shapes it
+// does not take (the caller falls back). The tile is the largest of 64 and 32 whose layout
+// (bytes_of) fits in what the kernel may use on this device (opted in here, once per device).
 static bool half_shape(ah_shape *sh, size_t (*bytes_of)(int, int), const void *kernel,
                        size_t *bytes, const int32_t *doc_ids, int batch, int seq, int n_heads,
                        int n_kv_heads, int head_dim, float scale) {
-    if (!sizes_positive(batch, seq, n_heads, n_kv_heads, head_dim)) return false;
-    if (n_heads % n_kv_heads != 0 || head_dim > AH_MAX_D || batch > 65535 || n_heads > 65535)
-        return false;
+    if (!shape_valid(batch, seq, n_heads, n_kv_heads, head_dim)) return false;
     const int dp = (head_dim + AH_FRAG - 1) / AH_FRAG * AH_FRAG;
     const size_t limit = cuda_smem_opt_in(kernel);
     int tile = 64;
@@ -587,71 +598,125 @@ static void launch_fwd(float *out, float *lse, const float *q, const float *k, c
     CUDA_CHECK_LAUNCH();
 }
 
+// D from out_half, then attention_mma.cu where it takes the shape (16-bit q, k, v as they
+// are), else the WMMA kernels on q, k, v widened into fp32 scratch.
 template <typename T>
-static void launch_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q,
-                       const float *k, const float *v, const float *out, const float *lse,
-                       const ah_shape &dq_sh, size_t dq_smem, const ah_shape &dkv_sh,
+static void launch_bwd(float *dq, float *dk, float *dv, const float *dout, const uint16_t *q,
+                       const uint16_t *k, const uint16_t *v, const uint16_t *out_half, int ld_out,
+                       const float *lse, const ah_shape &dq_sh, size_t dq_smem, const ah_shape &dkv_sh,
                        size_t dkv_smem) {
     const size_t rows = (size_t)dq_sh.batch * dq_sh.n_heads * dq_sh.seq;
-    float *D = NULL;
-    CUDA_CHECK(cudaMallocAsync((void **)&D, rows * sizeof(float), 0));
+    float *D = scratch_floats(rows);
     if (!D) return;
     const size_t dot_threads = rows * 32;
     attention_half_row_dots_kernel<T>
         <<<(unsigned)((dot_threads + CUDA_THREADS - 1) / CUDA_THREADS), CUDA_THREADS>>>(
-            D, dout, out, dq_sh);
+            D, dout, out_half, ld_out, dq_sh);
     CUDA_CHECK_LAUNCH();
-    const kernels_half_format fmt = half_ops<T>::is_bf16 ? KERNELS_BF16 : KERNELS_FP16;
+    const kernels_half_format fmt = half_ops<T>::fmt;
     if (attention_mma_bwd(fmt, dq, dk, dv, dout, q, k, v, lse, D, dq_sh.doc_ids, dq_sh.batch, dq_sh.seq,
                           dq_sh.n_heads, dq_sh.n_kv, dq_sh.d, dq_sh.scale)) {
         CUDA_CHECK(cudaFreeAsync(D, 0));
         return;
     }
 
-    const dim3 dq_grid((unsigned)((dq_sh.seq + dq_sh.tile - 1) / dq_sh.tile),
-                       (unsigned)dq_sh.n_heads, (unsigned)dq_sh.batch);
-    attention_bwd_dq_half_kernel<T><<<dq_grid, dq_sh.tile / AH_FRAG * 32, dq_smem>>>(
-        dq, dout, q, k, v, lse, D, dq_sh);
-    CUDA_CHECK_LAUNCH();
+    const size_t tokens = (size_t)dq_sh.batch * dq_sh.seq;
+    const int q_width = (int)dq_sh.q_stride, kv_width = (int)dq_sh.kv_stride;
+    float *wide[3] = {widened_copy(fmt, q, tokens, q_width, q_width),
+                      widened_copy(fmt, k, tokens, kv_width, kv_width),
+                      widened_copy(fmt, v, tokens, kv_width, kv_width)};
+    if (wide[0] && wide[1] && wide[2]) {
+        const dim3 dq_grid((unsigned)((dq_sh.seq + dq_sh.tile - 1) / dq_sh.tile),
+                           (unsigned)dq_sh.n_heads, (unsigned)dq_sh.batch);
+        attention_bwd_dq_half_kernel<T><<<dq_grid, dq_sh.tile / AH_FRAG * 32, dq_smem>>>(
+            dq, dout, wide[0], wide[1], wide[2], lse, D, dq_sh);
+        CUDA_CHECK_LAUNCH();
 
-    const dim3 dkv_grid((unsigned)((dkv_sh.seq + dkv_sh.tile - 1) / dkv_sh.tile),
-                        (unsigned)dkv_sh.n_kv, (unsigned)dkv_sh.batch);
-    attention_bwd_dkv_half_kernel<T><<<dkv_grid, dkv_sh.tile / AH_FRAG * 32, dkv_smem>>>(
-        dk, dv, dout, q, k, v, lse, D, dkv_sh);
-    CUDA_CHECK_LAUNCH();
+        const dim3 dkv_grid((unsigned)((dkv_sh.seq + dkv_sh.tile - 1) / dkv_sh.tile),
+                            (unsigned)dkv_sh.n_kv, (unsigned)dkv_sh.batch);
+        attention_bwd_dkv_half_kernel<T><<<dkv_grid, dkv_sh.tile / AH_FRAG * 32, dkv_smem>>>(
+            dk, dv, dout, wide[0], wide[1], wide[2], lse, D, dkv_sh);
+        CUDA_CHECK_LAUNCH();
+    }
+    release_copies(wide, 3);
     CUDA_CHECK(cudaFreeAsync(D, 0));
 }
 
-extern "C" void cuda_attention_fwd_half(kernels_half_format fmt, float *out, float *lse,
-                                        const float *q, const float *k, const float *v,
+// The fp32 kernels of attention.cu for a valid shape whose WMMA tile layout does not fit:
+// rounded dout, widened q, k, v, and D from the widened out_half (attention.cu computes
+// D = rowsum(dout * out) from the fp32 tensors it is given).
+static void fallback_bwd(kernels_half_format fmt, float *dq, float *dk, float *dv, const float *dout,
+                         const uint16_t *q, const uint16_t *k, const uint16_t *v, const uint16_t *out_half,
+                         int ld_out, const float *lse, const int32_t *doc_ids, int batch, int seq, int n_heads,
+                         int n_kv_heads, int head_dim, float scale) {
+    const size_t tokens = (size_t)batch * seq;
+    const int q_width = n_heads * head_dim, kv_width = n_kv_heads * head_dim;
+    float *copies[5] = {rounded_copy(fmt, dout, tokens * q_width),
+                        widened_copy(fmt, q, tokens, q_width, q_width),
+                        widened_copy(fmt, k, tokens, kv_width, kv_width),
+                        widened_copy(fmt, v, tokens, kv_width, kv_width),
+                        widened_copy(fmt, out_half, tokens, q_width, ld_out)};
+    if (copies[0] && copies[1] && copies[2] && copies[3] && copies[4])
+        cuda_attention_bwd(dq, dk, dv, copies[0], copies[1], copies[2], copies[3], copies[4], lse,
+                           doc_ids, batch, seq, n_heads, n_kv_heads, head_dim, scale);
+    release_copies(copies, 5);
+}
+
+extern "C" void cuda_attention_fwd_half(kernels_half_format fmt, uint16_t *out_half, int ld_out, float *out,
+                                        float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v,
                                         const int32_t *doc_ids, int batch, int seq, int n_heads,
                                         int n_kv_heads, int head_dim, float scale) {
     if (!cuda_known_half_format(fmt, "attention_fwd_half", __FILE__, __LINE__)) return;
-    if (attention_mma_fwd(fmt, out, lse, q, k, v, doc_ids, batch, seq, n_heads, n_kv_heads, head_dim, scale))
+    if (!shape_valid(batch, seq, n_heads, n_kv_heads, head_dim)) {
+        // attention.cu records the shape (or ignores an empty batch) and touches no buffer.
+        cuda_attention_fwd(NULL, NULL, NULL, NULL, NULL, doc_ids, batch, seq, n_heads, n_kv_heads,
+                           head_dim, scale);
+        return;
+    }
+    if (!ld_out_fits("attention_fwd_half", ld_out, n_heads, head_dim, __LINE__)) return;
+    if (attention_mma_fwd(fmt, out_half, ld_out, out, lse, q, k, v, doc_ids, batch, seq, n_heads, n_kv_heads,
+                          head_dim, scale))
         return;
     ah_shape sh;
     size_t bytes = 0;
     const bool bf16 = fmt == KERNELS_BF16;
     const void *kernel = bf16 ? (const void *)attention_fwd_half_kernel<__nv_bfloat16>
                               : (const void *)attention_fwd_half_kernel<__half>;
-    if (!half_shape(&sh, fwd_bytes, kernel, &bytes, doc_ids, batch, seq, n_heads, n_kv_heads,
-                    head_dim, scale)) {
-        fallback_fwd(fmt, out, lse, q, k, v, doc_ids, batch, seq, n_heads, n_kv_heads, head_dim,
-                     scale);
-        return;
+    // false: the fp32 kernels of attention.cu (the WMMA tile layout does not fit)
+    const bool wmma = half_shape(&sh, fwd_bytes, kernel, &bytes, doc_ids, batch, seq, n_heads,
+                                 n_kv_heads, head_dim, scale);
+    const size_t tokens = (size_t)batch * seq;
+    const int q_width = n_heads * head_dim, kv_width = n_kv_heads * head_dim;
+    float *copies[4] = {widened_copy(fmt, q, tokens, q_width, q_width),
+                        widened_copy(fmt, k, tokens, kv_width, kv_width),
+                        widened_copy(fmt, v, tokens, kv_width, kv_width),
+                        out ? NULL : scratch_floats(tokens * q_width)};
+    float *out32 = out ? out : copies[3];
+    if (copies[0] && copies[1] && copies[2] && out32) {
+        if (!wmma)
+            cuda_attention_fwd(out32, lse, copies[0], copies[1], copies[2], doc_ids, batch, seq, n_heads,
+                               n_kv_heads, head_dim, scale);
+        else if (bf16)
+            launch_fwd<__nv_bfloat16>(out32, lse, copies[0], copies[1], copies[2], sh, bytes);
+        else
+            launch_fwd<__half>(out32, lse, copies[0], copies[1], copies[2], sh, bytes);
+        cuda_to_half_2d(fmt, out_half, ld_out, out32, q_width, (int)tokens, q_width, 1.0f);
     }
-    if (bf16)
-        launch_fwd<__nv_bfloat16>(out, lse, q, k, v, sh, bytes);
-    else
-        launch_fwd<__half>(out, lse, q, k, v, sh, bytes);
+    release_copies(copies, 4);
 }
 
-extern "C" void cuda_attention_bwd_half(kernels_half_format fmt, float *dq, float *dk, float *dv,
-                                        const float *dout, const float *q, const float *k,
-                                        const float *v, const float *out, const float *lse,
+extern "C" void cuda_attention_bwd_half(kernels_half_format fmt, float *dq, float *dk, float *dv, const float *dout,
+                                        const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                                        const uint16_t *out_half, int ld_out, const float *lse,
                                         const int32_t *doc_ids, int batch, int seq, int n_heads,
                                         int n_kv_heads, int head_dim, float scale) {
     if (!cuda_known_half_format(fmt, "attention_bwd_half", __FILE__, __LINE__)) return;
+    if (!shape_valid(batch, seq, n_heads, n_kv_heads, head_dim)) {
+        cuda_attention_bwd(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, doc_ids, batch, seq,
+                           n_heads, n_kv_heads, head_dim, scale);
+        return;
+    }
+    if (!ld_out_fits("attention_bwd_half", ld_out, n_heads, head_dim, __LINE__)) return;
     ah_shape dq_sh, dkv_sh;
     size_t dq_smem = 0, dkv_smem = 0;
     const bool bf16 = fmt == KERNELS_BF16;
@@ -663,14 +728,13 @@ extern "C" void cuda_attention_bwd_half(kernels_half_format fmt, float *dq, floa
                     n_kv_heads, head_dim, scale) ||
         !half_shape(&dkv_sh, dkv_bytes, dkv_kernel, &dkv_smem, doc_ids, batch, seq, n_heads,
                     n_kv_heads, head_dim, scale)) {
-        fallback_bwd(fmt, dq, dk, dv, dout, q, k, v, out, lse, doc_ids, batch, seq, n_heads,
+        fallback_bwd(fmt, dq, dk, dv, dout, q, k, v, out_half, ld_out, lse, doc_ids, batch, seq, n_heads,
                      n_kv_heads, head_dim, scale);
         return;
     }
     if (bf16)
-        launch_bwd<__nv_bfloat16>(dq, dk, dv, dout, q, k, v, out, lse, dq_sh, dq_smem, dkv_sh,
+        launch_bwd<__nv_bfloat16>(dq, dk, dv, dout, q, k, v, out_half, ld_out, lse, dq_sh, dq_smem, dkv_sh,
                                   dkv_smem);
     else
-        launch_bwd<__half>(dq, dk, dv, dout, q, k, v, out, lse, dq_sh, dq_smem, dkv_sh,
-                           dkv_smem);
+        launch_bwd<__half>(dq, dk, dv, dout, q, k, v, out_half, ld_out, lse, dq_sh, dq_smem, dkv_sh, dkv_smem);
 }

@@ -1,10 +1,13 @@
 // attention_mma: causal grouped-query attention on tensor cores with register accumulators,
 // FlashAttention-2 style (mma.sync.m16n8k16, bf16 or fp16 operands, fp32 sums), for head
 // sizes 64 and 128. Same contract and arithmetic as attention_half.cu's WMMA kernels (which
-// take every other shape): q, k, v, dout are rounded to the format (here once, into
-// stream-ordered scratch, so the kernels move half the bytes and stream them with cp.async);
-// softmax statistics, lse and D are fp32; P (relative to the running row maximum in the
-// forward) and dS are rounded where they enter a product.
+// take every other shape): q, k, v arrive as 16-bit tensors of the format (the kernels stream
+// them with cp.async, so they must be 16-byte aligned; otherwise the WMMA kernels run); dout
+// is rounded once into stream-ordered scratch; softmax statistics, lse and D are fp32; P
+// (relative to the running row maximum in the forward) and dS are rounded where they enter a
+// product. The forward's epilogue rounds each fp32 output value with half_bits (to_half's
+// rounding, half_bits.cuh), so out_half is to_half(out) bit for bit, and writes the fp32 value
+// too when the caller asks for it.
 //
 // Why it is fast where the WMMA kernels are not (H100, Llama-3.2-1B shapes: those ran at
 // 9-14 TFLOP/s): mma.sync fixes which lane holds which element of a product, so scores,
@@ -32,6 +35,7 @@
 
 #include "kernels/cuda/attention_mma.cuh"
 #include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/half_bits.cuh"
 
 #define AM_ROWS 64                // rows of a block's tile and of a streamed tile
 #define AM_THREADS 128            // 4 warps of 16 rows
@@ -52,6 +56,7 @@ struct am_format;
 
 template <>
 struct am_format<__nv_bfloat16> {
+    static constexpr kernels_half_format fmt = KERNELS_BF16;
     static __device__ __forceinline__ __nv_bfloat16 one(float x) { return __float2bfloat16_rn(x); }
     static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
         __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);  // lo in the low 16 bits
@@ -68,6 +73,7 @@ struct am_format<__nv_bfloat16> {
 
 template <>
 struct am_format<__half> {
+    static constexpr kernels_half_format fmt = KERNELS_FP16;
     static __device__ __forceinline__ __half one(float x) { return __float2half_rn(x); }
     static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
         __half2 p = __floats2half2_rn(lo, hi);
@@ -271,7 +277,8 @@ __device__ __forceinline__ am_query_block am_query_block_of(const am_shape &sh) 
 // are double-buffered: the copy of tile t+1 runs while tile t is multiplied.
 template <typename T, int DP>
 __global__ void __launch_bounds__(AM_THREADS)
-    am_fwd_kernel(float *out, float *lse, const T *q, const T *k, const T *v, am_shape sh) {
+    am_fwd_kernel(uint16_t *out_half, int ld_out, float *out, float *lse, const T *q, const T *k, const T *v,
+                  am_shape sh) {
     extern __shared__ __align__(16) unsigned char am_smem[];
     constexpr int TILE = AM_ROWS * (DP + 8);
     T *Qs = reinterpret_cast<T *>(am_smem);
@@ -372,14 +379,22 @@ __global__ void __launch_bounds__(AM_THREADS)
         // Key s = query s is always visible, so l >= 1 on every real row.
         inv[r] = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
     }
+    // y = o / l in fp32 (one product, nothing to contract), then to_half's rounding of y: the
+    // 16-bit stores are scalar (out_half's rows ld_out apart need not be 4-byte aligned).
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         if (rows[r] >= sh.seq) continue;
-        float *orow = out + ((size_t)b * sh.seq + rows[r]) * sh.q_stride + (size_t)h * sh.d;
+        const size_t token = (size_t)b * sh.seq + rows[r];
+        float *orow = out ? out + token * sh.q_stride + (size_t)h * sh.d : NULL;
+        uint16_t *hrow = out_half + token * (size_t)ld_out + (size_t)h * sh.d;
 #pragma unroll
-        for (int dn = 0; dn < DP / 8; dn++)
-            *reinterpret_cast<float2 *>(orow + dn * 8 + 2 * tig) =
-                make_float2(o[dn][2 * r] * inv[r], o[dn][2 * r + 1] * inv[r]);
+        for (int dn = 0; dn < DP / 8; dn++) {
+            const int c = dn * 8 + 2 * tig;
+            const float y0 = o[dn][2 * r] * inv[r], y1 = o[dn][2 * r + 1] * inv[r];
+            if (orow) *reinterpret_cast<float2 *>(orow + c) = make_float2(y0, y1);
+            hrow[c] = half_bits<am_format<T>::fmt>(y0);
+            hrow[c + 1] = half_bits<am_format<T>::fmt>(y1);
+        }
         if (tig == 0) lse[((size_t)b * sh.n_heads + h) * sh.seq + rows[r]] = m[r] * AM_LN2 + logf(l[r]);
     }
 }
@@ -599,95 +614,69 @@ static bool am_allow_smem(Kernel kernel, size_t bytes) {
     return bytes <= cuda_smem_opt_in((const void *)kernel);
 }
 
-// The inputs rounded to the format once, into stream-ordered scratch (the kernels then move
-// half the bytes, and cp.async can stream them): count tensors of sizes n[i].
-struct am_rounded {
-    uint16_t *data[4];
-    int count;
-};
-
-static bool am_round_inputs(am_rounded *r, kernels_half_format fmt, const float *const *x, const size_t *n,
-                            int count) {
-    r->count = 0;
-    for (int i = 0; i < count; i++) {
-        r->data[i] = NULL;
-        CUDA_CHECK(cudaMallocAsync((void **)&r->data[i], n[i] * sizeof(uint16_t), 0));
-        if (!r->data[i]) return false;
-        r->count = i + 1;
-        cuda_to_half(r->data[i], x[i], n[i], fmt);
-    }
-    return true;
-}
-
-static void am_release(am_rounded *r) {
-    for (int i = 0; i < r->count; i++) CUDA_CHECK(cudaFreeAsync(r->data[i], 0));
-    r->count = 0;
-}
-
 template <typename T, int DP>
-static bool am_fwd(kernels_half_format fmt, float *out, float *lse, const float *q, const float *k,
-                   const float *v, const am_shape &sh) {
+static bool am_fwd(uint16_t *out_half, int ld_out, float *out, float *lse, const uint16_t *q, const uint16_t *k,
+                   const uint16_t *v, const am_shape &sh) {
     const size_t bytes = am_tile_bytes<DP>(5, 3);
     if (!am_allow_smem(am_fwd_kernel<T, DP>, bytes)) return false;
-    const size_t tokens = (size_t)sh.batch * sh.seq;
-    const float *inputs[3] = {q, k, v};
-    const size_t sizes[3] = {tokens * sh.q_stride, tokens * sh.kv_stride, tokens * sh.kv_stride};
-    am_rounded r;
-    if (am_round_inputs(&r, fmt, inputs, sizes, 3)) {
-        const dim3 grid((unsigned)((sh.seq + AM_ROWS - 1) / AM_ROWS), (unsigned)sh.n_heads, (unsigned)sh.batch);
-        am_fwd_kernel<T, DP><<<grid, AM_THREADS, bytes>>>(out, lse, (const T *)r.data[0], (const T *)r.data[1],
-                                                          (const T *)r.data[2], sh);
-        CUDA_CHECK_LAUNCH();
-    }
-    am_release(&r);  // a failed allocation is recorded: the run stops with its message
+    const dim3 grid((unsigned)((sh.seq + AM_ROWS - 1) / AM_ROWS), (unsigned)sh.n_heads, (unsigned)sh.batch);
+    am_fwd_kernel<T, DP><<<grid, AM_THREADS, bytes>>>(out_half, ld_out, out, lse, (const T *)q, (const T *)k,
+                                                      (const T *)v, sh);
+    CUDA_CHECK_LAUNCH();
     return true;
 }
 
+// dout rounded to the format once, into stream-ordered scratch (the kernels then move half the
+// bytes, and cp.async can stream them); q, k, v are the caller's 16-bit tensors.
 template <typename T, int DP>
-static bool am_bwd(kernels_half_format fmt, float *dq, float *dk, float *dv, const float *dout, const float *q,
-                   const float *k, const float *v, const float *lse, const float *D, const am_shape &sh) {
+static bool am_bwd(kernels_half_format fmt, float *dq, float *dk, float *dv, const float *dout, const uint16_t *q,
+                   const uint16_t *k, const uint16_t *v, const float *lse, const float *D, const am_shape &sh) {
     const size_t dq_smem = am_tile_bytes<DP>(6, 3), dkv_smem = am_tile_bytes<DP>(6, 7);
     if (!am_allow_smem(am_dq_kernel<T, DP>, dq_smem) || !am_allow_smem(am_dkv_kernel<T, DP>, dkv_smem))
         return false;
-    const size_t tokens = (size_t)sh.batch * sh.seq;
-    const float *inputs[4] = {dout, q, k, v};
-    const size_t sizes[4] = {tokens * sh.q_stride, tokens * sh.q_stride, tokens * sh.kv_stride,
-                             tokens * sh.kv_stride};
-    am_rounded r;
-    if (am_round_inputs(&r, fmt, inputs, sizes, 4)) {
-        const T *hdo = (const T *)r.data[0], *hq = (const T *)r.data[1], *hk = (const T *)r.data[2],
-                *hv = (const T *)r.data[3];
-        const unsigned tiles = (unsigned)((sh.seq + AM_ROWS - 1) / AM_ROWS);
-        am_dq_kernel<T, DP><<<dim3(tiles, (unsigned)sh.n_heads, (unsigned)sh.batch), AM_THREADS, dq_smem>>>(
-            dq, hdo, hq, hk, hv, lse, D, sh);
-        CUDA_CHECK_LAUNCH();
-        am_dkv_kernel<T, DP><<<dim3(tiles, (unsigned)sh.n_kv, (unsigned)sh.batch), AM_THREADS, dkv_smem>>>(
-            dk, dv, hdo, hq, hk, hv, lse, D, sh);
-        CUDA_CHECK_LAUNCH();
-    }
-    am_release(&r);
+    const size_t dout_n = (size_t)sh.batch * sh.seq * sh.q_stride;
+    uint16_t *rounded_dout = NULL;
+    CUDA_CHECK(cudaMallocAsync((void **)&rounded_dout, dout_n * sizeof(uint16_t), 0));
+    if (!rounded_dout) return true;  // a failed allocation is recorded: the run stops with its message
+    cuda_to_half(rounded_dout, dout, dout_n, fmt);
+    const T *hdo = (const T *)rounded_dout, *hq = (const T *)q, *hk = (const T *)k, *hv = (const T *)v;
+    const unsigned tiles = (unsigned)((sh.seq + AM_ROWS - 1) / AM_ROWS);
+    am_dq_kernel<T, DP><<<dim3(tiles, (unsigned)sh.n_heads, (unsigned)sh.batch), AM_THREADS, dq_smem>>>(
+        dq, hdo, hq, hk, hv, lse, D, sh);
+    CUDA_CHECK_LAUNCH();
+    am_dkv_kernel<T, DP><<<dim3(tiles, (unsigned)sh.n_kv, (unsigned)sh.batch), AM_THREADS, dkv_smem>>>(
+        dk, dv, hdo, hq, hk, hv, lse, D, sh);
+    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaFreeAsync(rounded_dout, 0));
     return true;
 }
 
-bool attention_mma_fwd(kernels_half_format fmt, float *out, float *lse, const float *q, const float *k,
-                       const float *v, const int32_t *doc_ids, int batch, int seq, int n_heads, int n_kv_heads,
-                       int head_dim, float scale) {
+// cp.async copies 16 bytes from the tensors' rows (whose strides are multiples of 64 elements).
+static bool am_aligned(const uint16_t *q, const uint16_t *k, const uint16_t *v) {
+    return ((uintptr_t)q | (uintptr_t)k | (uintptr_t)v) % 16 == 0;
+}
+
+bool attention_mma_fwd(kernels_half_format fmt, uint16_t *out_half, int ld_out, float *out, float *lse,
+                       const uint16_t *q, const uint16_t *k, const uint16_t *v, const int32_t *doc_ids,
+                       int batch, int seq, int n_heads, int n_kv_heads, int head_dim, float scale) {
     am_shape sh;
     if (!am_shape_of(&sh, doc_ids, batch, seq, n_heads, n_kv_heads, head_dim, scale)) return false;
+    if (!am_aligned(q, k, v)) return false;
     const bool bf16 = fmt == KERNELS_BF16;
     if (head_dim == 64)
-        return bf16 ? am_fwd<__nv_bfloat16, 64>(fmt, out, lse, q, k, v, sh)
-                    : am_fwd<__half, 64>(fmt, out, lse, q, k, v, sh);
-    return bf16 ? am_fwd<__nv_bfloat16, 128>(fmt, out, lse, q, k, v, sh)
-                : am_fwd<__half, 128>(fmt, out, lse, q, k, v, sh);
+        return bf16 ? am_fwd<__nv_bfloat16, 64>(out_half, ld_out, out, lse, q, k, v, sh)
+                    : am_fwd<__half, 64>(out_half, ld_out, out, lse, q, k, v, sh);
+    return bf16 ? am_fwd<__nv_bfloat16, 128>(out_half, ld_out, out, lse, q, k, v, sh)
+                : am_fwd<__half, 128>(out_half, ld_out, out, lse, q, k, v, sh);
 }
 
 bool attention_mma_bwd(kernels_half_format fmt, float *dq, float *dk, float *dv, const float *dout,
-                       const float *q, const float *k, const float *v, const float *lse, const float *D,
+                       const uint16_t *q, const uint16_t *k, const uint16_t *v, const float *lse, const float *D,
                        const int32_t *doc_ids, int batch, int seq, int n_heads, int n_kv_heads, int head_dim,
                        float scale) {
     am_shape sh;
     if (!am_shape_of(&sh, doc_ids, batch, seq, n_heads, n_kv_heads, head_dim, scale)) return false;
+    if (!am_aligned(q, k, v)) return false;
     const bool bf16 = fmt == KERNELS_BF16;
     if (head_dim == 64)
         return bf16 ? am_bwd<__nv_bfloat16, 64>(fmt, dq, dk, dv, dout, q, k, v, lse, D, sh)

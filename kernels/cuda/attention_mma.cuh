@@ -9,13 +9,16 @@
 
 #include "kernels/kernels.h"
 
-bool attention_mma_fwd(kernels_half_format fmt, float *out, float *lse, const float *q, const float *k,
-                       const float *v, const int32_t *doc_ids, int batch, int seq, int n_heads,
-                       int n_kv_heads, int head_dim, float scale);
+// q, k, v are 16-bit tensors of fmt (the path needs them 16-byte aligned, and returns false
+// otherwise). The forward writes out_half (rows ld_out apart) and, unless NULL, out (fp32).
+bool attention_mma_fwd(kernels_half_format fmt, uint16_t *out_half, int ld_out, float *out, float *lse,
+                       const uint16_t *q, const uint16_t *k, const uint16_t *v, const int32_t *doc_ids,
+                       int batch, int seq, int n_heads, int n_kv_heads, int head_dim, float scale);
 
-// D[b, h, s] = rowsum(round(dout) * out), computed by the caller (attention_half.cu).
+// D[b, h, s] = rowsum(round(dout) * widened out_half), computed by the caller
+// (attention_half.cu); dout is fp32 and rounded here.
 bool attention_mma_bwd(kernels_half_format fmt, float *dq, float *dk, float *dv, const float *dout,
-                       const float *q, const float *k, const float *v, const float *lse, const float *D,
+                       const uint16_t *q, const uint16_t *k, const uint16_t *v, const float *lse, const float *D,
                        const int32_t *doc_ids, int batch, int seq, int n_heads, int n_kv_heads,
                        int head_dim, float scale);
 

@@ -84,15 +84,14 @@ void cuda_attention_bwd(float *dq, float *dk, float *dv, const float *dout, cons
                         const int32_t *doc_ids, int batch, int seq, int n_heads, int n_kv_heads,
                         int head_dim, float scale);
 
-/* attention_half.cu: the same attention on tensor cores, q, k, v, dout rounded to fmt */
-void cuda_attention_fwd_half(kernels_half_format fmt, float *out, float *lse, const float *q,
-                             const float *k, const float *v, const int32_t *doc_ids, int batch,
-                             int seq, int n_heads, int n_kv_heads, int head_dim, float scale);
-void cuda_attention_bwd_half(kernels_half_format fmt, float *dq, float *dk, float *dv,
-                             const float *dout, const float *q, const float *k, const float *v,
-                             const float *out, const float *lse, const int32_t *doc_ids,
-                             int batch, int seq, int n_heads, int n_kv_heads, int head_dim,
-                             float scale);
+/* attention_half.cu: the same attention on tensor cores from 16-bit q, k, v (dout rounded to fmt) */
+void cuda_attention_fwd_half(kernels_half_format fmt, uint16_t *out_half, int ld_out, float *out, float *lse,
+                             const uint16_t *q, const uint16_t *k, const uint16_t *v, const int32_t *doc_ids,
+                             int batch, int seq, int n_heads, int n_kv_heads, int head_dim, float scale);
+void cuda_attention_bwd_half(kernels_half_format fmt, float *dq, float *dk, float *dv, const float *dout,
+                             const uint16_t *q, const uint16_t *k, const uint16_t *v, const uint16_t *out_half,
+                             int ld_out, const float *lse, const int32_t *doc_ids, int batch, int seq, int n_heads,
+                             int n_kv_heads, int head_dim, float scale);
 
 void cuda_cross_entropy(float *logits, float *loss, const int32_t *targets, int n_rows,
                         int vocab, float grad_scale);
