@@ -166,6 +166,14 @@ typedef struct kernels {
      * contiguous) is written too unless NULL. */
     void (*rmsnorm_fwd_half)(kernels_half_format fmt, uint16_t *out_half, int ld_half, float *out, float *rstd,
                              const float *x, const float *weight, int n_rows, int dim, float eps);
+    /* rope_fwd_half / rope_bwd_half: rope_fwd's (rope_bwd's) rotation of x [n_tokens,
+     * n_heads*head_dim] (x itself unchanged, contiguous), written only as out_half =
+     * to_half(the rotated values), rows ld_half (>= n_heads*head_dim) apart, the columns
+     * between untouched (room for an adapter's du beside a gradient). */
+    void (*rope_fwd_half)(kernels_half_format fmt, uint16_t *out_half, int ld_half, const float *x,
+                          const int32_t *positions, const float *inv_freq, int n_tokens, int n_heads, int head_dim);
+    void (*rope_bwd_half)(kernels_half_format fmt, uint16_t *out_half, int ld_half, const float *dx,
+                          const int32_t *positions, const float *inv_freq, int n_tokens, int n_heads, int head_dim);
     /* SwiGLU on 16-bit inputs, as under torch.autocast, where gate and up are the bf16/fp16
      * outputs of their projections, over [rows, cols]: gate_half = to_half(gate), up_half =
      * to_half(up) (kept for the backward), then with g, u their widened values, out = silu(g)

@@ -143,6 +143,17 @@ static void p_rope_fwd(float *x, const int32_t *pos, const float *inv_freq, int 
 static void p_rope_bwd(float *dx, const int32_t *pos, const float *inv_freq, int n, int heads, int d) {
     TIMED(0, 8.0 * n * heads * d, prof.inner->rope_bwd(dx, pos, inv_freq, n, heads, d), "rope_bwd");
 }
+/* 4 bytes read and 2 written per element, whatever the row stride. */
+static void p_rope_fwd_half(kernels_half_format fmt, uint16_t *oh, int ld, const float *x, const int32_t *pos,
+                            const float *inv_freq, int n, int heads, int d) {
+    TIMED(0, 6.0 * n * heads * d, prof.inner->rope_fwd_half(fmt, oh, ld, x, pos, inv_freq, n, heads, d),
+          "rope_fwd_half %s", fmt_name(fmt));
+}
+static void p_rope_bwd_half(kernels_half_format fmt, uint16_t *oh, int ld, const float *dx, const int32_t *pos,
+                            const float *inv_freq, int n, int heads, int d) {
+    TIMED(0, 6.0 * n * heads * d, prof.inner->rope_bwd_half(fmt, oh, ld, dx, pos, inv_freq, n, heads, d),
+          "rope_bwd_half %s", fmt_name(fmt));
+}
 static void p_swiglu_fwd(float *out, const float *gate, const float *up, size_t n) {
     TIMED(0, 12.0 * n, prof.inner->swiglu_fwd(out, gate, up, n), "swiglu_fwd");
 }
@@ -278,6 +289,8 @@ int kernels_profile_start(const kernels *inner, const kernels **out, ct_error *e
         .rmsnorm_bwd = p_rmsnorm_bwd,
         .rope_fwd = p_rope_fwd,
         .rope_bwd = p_rope_bwd,
+        .rope_fwd_half = p_rope_fwd_half,
+        .rope_bwd_half = p_rope_bwd_half,
         .swiglu_fwd = p_swiglu_fwd,
         .swiglu_bwd = p_swiglu_bwd,
         .attention_fwd = p_attention_fwd,

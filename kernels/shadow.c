@@ -70,6 +70,14 @@ static void shadow_rope_fwd(float *x, const int32_t *pos, const float *inv_freq,
 static void shadow_rope_bwd(float *dx, const int32_t *pos, const float *inv_freq, int n, int heads, int d) {
     cpu_rope_bwd(RF(dx), RCI(pos), RCF(inv_freq), n, heads, d);
 }
+static void shadow_rope_fwd_half(kernels_half_format fmt, uint16_t *oh, int ld, const float *x, const int32_t *pos,
+                                 const float *inv_freq, int n, int heads, int d) {
+    cpu_rope_fwd_half(fmt, RH(oh), ld, RCF(x), RCI(pos), RCF(inv_freq), n, heads, d);
+}
+static void shadow_rope_bwd_half(kernels_half_format fmt, uint16_t *oh, int ld, const float *dx, const int32_t *pos,
+                                 const float *inv_freq, int n, int heads, int d) {
+    cpu_rope_bwd_half(fmt, RH(oh), ld, RCF(dx), RCI(pos), RCF(inv_freq), n, heads, d);
+}
 static void shadow_swiglu_fwd(float *out, const float *gate, const float *up, size_t n) {
     cpu_swiglu_fwd(RF(out), RCF(gate), RCF(up), n);
 }
@@ -174,6 +182,8 @@ static const kernels shadow_backend = {
     .rmsnorm_bwd = shadow_rmsnorm_bwd,
     .rope_fwd = shadow_rope_fwd,
     .rope_bwd = shadow_rope_bwd,
+    .rope_fwd_half = shadow_rope_fwd_half,
+    .rope_bwd_half = shadow_rope_bwd_half,
     .swiglu_fwd = shadow_swiglu_fwd,
     .swiglu_bwd = shadow_swiglu_bwd,
     .attention_fwd = shadow_attention_fwd,

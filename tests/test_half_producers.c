@@ -1,10 +1,11 @@
 /* Tests of the producers of 16-bit GEMM operands on the CPU reference backend (kernels.h:
- * rmsnorm_fwd_half, swiglu_fwd_half, swiglu_bwd_half, cross_entropy_half, and the strided
- * cast to_half_2d). Each must write, bit for bit, what the fp32 op (itself checked against
+ * rmsnorm_fwd_half, rope_fwd_half, rope_bwd_half, swiglu_fwd_half, swiglu_bwd_half,
+ * cross_entropy_half, and the strided cast to_half_2d). Each must write, bit for bit, what the fp32 op (itself checked against
  * torch and finite differences in test_kernels_cpu.c) followed by to_half writes, in both
  * formats, with the optional fp32 outputs present and absent, outputs poisoned first so an
  * unwritten element fails. fp16's overflow to inf (what loss scaling detects) must survive
- * the fusion. Strided 16-bit outputs (rmsnorm_fwd_half's and swiglu_*_half's ld_half,
+ * the fusion; the RoPE producers leave their fp32 input unchanged. Strided 16-bit outputs
+ * (rmsnorm_fwd_half's, rope_*_half's and swiglu_*_half's ld_half,
  * to_half_2d's ld_out) must leave every element outside their block with its poison. */
 #include <math.h>
 #include <stdint.h>
@@ -265,6 +266,46 @@ static void test_swiglu(kernels_half_format fmt) {
     CHECK_MSG(count_bits(h, 4, 0xFFFF, 0xA5A5) == 4, "swiglu_*_half %s: an empty call wrote", fmt_name(fmt));
 }
 
+/* rope_fwd_half / rope_bwd_half on [tokens, heads * d], 16-bit rows ld apart: rope_fwd /
+ * rope_bwd in place on a copy, then to_half, bit for bit; x itself unchanged. Positions up to
+ * 8191 with Llama-3's base (500000), so the angles span many turns. */
+static void rope_case(kernels_half_format fmt, int tokens, int heads, int d, int ld) {
+    const size_t width = (size_t)heads * d, n = (size_t)tokens * width;
+    float *x = vec(n, -4, 4), *kept = malloc(n * sizeof(float)), *rotated = malloc(n * sizeof(float));
+    float *inv_freq = malloc((size_t)(d / 2) * sizeof(float));
+    int32_t *pos = malloc((size_t)tokens * sizeof(int32_t));
+    for (int j = 0; j < d / 2; j++) inv_freq[j] = (float)pow(500000.0, -2.0 * j / d);
+    for (int t = 0; t < tokens; t++) pos[t] = (int32_t)((t * 997) % 8192);
+    memcpy(kept, x, n * sizeof(float));
+    uint16_t *want = halves(n), *got = halves((size_t)tokens * ld);
+    for (int backward = 0; backward <= 1; backward++) {
+        memcpy(rotated, x, n * sizeof(float));
+        (backward ? K->rope_bwd : K->rope_fwd)(rotated, pos, inv_freq, tokens, heads, d);
+        K->to_half(want, rotated, n, fmt);
+        memset(got, 0xA5, (size_t)tokens * ld * sizeof *got);
+        (backward ? K->rope_bwd_half : K->rope_fwd_half)(fmt, got, ld, x, pos, inv_freq, tokens, heads, d);
+        char what[128];
+        snprintf(what, sizeof what, "rope_%s_half %s [%d, %d x %d] ld %d", backward ? "bwd" : "fwd", fmt_name(fmt),
+                 tokens, heads, d, ld);
+        check_rows(what, got, ld, want, tokens, (int)width);
+        CHECK_MSG(memcmp(x, kept, n * sizeof(float)) == 0, "%s: changed its input", what);
+        /* The rotation happened: the rounding of the unrotated input is another tensor. */
+        K->to_half(want, x, n, fmt);
+        const size_t last = (size_t)(tokens - 1); /* position 0 does not rotate; the last token's does */
+        CHECK_MSG(tokens == 1 || first_diff(got + last * ld, want + last * width, width, sizeof *got) >= 0,
+                  "%s: not rotated", what);
+    }
+    free(x), free(kept), free(rotated), free(inv_freq), free(pos), free(want), free(got);
+}
+
+static void test_rope(kernels_half_format fmt) {
+    rope_case(fmt, 5, 4, 8, 32);         /* contiguous */
+    rope_case(fmt, 7, 4, 8, 32 + 16);    /* room for a LoRA rank's du beside each row */
+    rope_case(fmt, 3, 2, 64, 128 + 3);   /* an odd gap, Llama-3.2-1B's head_dim */
+    rope_case(fmt, 1, 1, 2, 2);          /* one pair */
+    rope_case(fmt, 300, 8, 64, 512 + 16); /* past CPU_PARALLEL_MIN: threads split tokens */
+}
+
 static void test_cross_entropy(kernels_half_format fmt) {
     const int rows = 6, vocab = 1031;
     const size_t n = (size_t)rows * vocab;
@@ -350,6 +391,32 @@ static void test_shadow_strided(void) {
     free(x), free(w), free(want), free(got), free(gh), free(uh), free(want2), free(got2), free(out), free(got_out);
 }
 
+/* The RoPE producers through the shadow backend's shifted pointers: the CPU's bits, beside a
+ * gap of 5 columns. */
+static void test_shadow_rope(void) {
+    const kernels *cpu = kernels_cpu(), *sh = kernels_shadow();
+    const int tokens = 6, heads = 2, d = 8, width = heads * d, ld = width + 5;
+    float *x = vec((size_t)tokens * width, -3, 3), inv_freq[4] = {1.0f, 0.1f, 0.01f, 0.001f};
+    int32_t pos[6] = {0, 1, 2, 700, 5000, 8191};
+    uint16_t *want = halves((size_t)tokens * ld), *got = halves((size_t)tokens * ld);
+    float *dx = sh->alloc((size_t)tokens * width * sizeof(float)), *dinv = sh->alloc(sizeof inv_freq);
+    int32_t *dpos = sh->alloc(sizeof pos);
+    uint16_t *dh = sh->alloc((size_t)tokens * ld * sizeof(uint16_t));
+    sh->upload(dx, x, (size_t)tokens * width * sizeof(float));
+    sh->upload(dinv, inv_freq, sizeof inv_freq);
+    sh->upload(dpos, pos, sizeof pos);
+    for (int backward = 0; backward <= 1; backward++) {
+        sh->upload(dh, want, (size_t)tokens * ld * sizeof(uint16_t));
+        (backward ? cpu->rope_bwd_half : cpu->rope_fwd_half)(KERNELS_FP16, want, ld, x, pos, inv_freq, tokens, heads,
+                                                            d);
+        (backward ? sh->rope_bwd_half : sh->rope_fwd_half)(KERNELS_FP16, dh, ld, dx, dpos, dinv, tokens, heads, d);
+        sh->download(got, dh, (size_t)tokens * ld * sizeof(uint16_t));
+        CHECK_SAME(backward ? "shadow rope_bwd_half" : "shadow rope_fwd_half", got, want, (size_t)tokens * ld);
+    }
+    sh->release(dx), sh->release(dinv), sh->release(dpos), sh->release(dh);
+    free(x), free(want), free(got);
+}
+
 int main(void) {
     K = kernels_cpu();
     const kernels_half_format fmts[2] = {KERNELS_BF16, KERNELS_FP16};
@@ -359,10 +426,12 @@ int main(void) {
         test_cross_entropy(fmts[f]);
         test_to_half_2d(fmts[f]);
     }
+    for (int f = 0; f < 2; f++) test_rope(fmts[f]); /* after the others: their random inputs stay as they were */
     /* The shadow backend routes every new entry to the same CPU code (a NULL slot crashes). */
     K = kernels_shadow();
     CHECK(K->rmsnorm_fwd_half && K->swiglu_fwd_half && K->swiglu_bwd_half && K->cross_entropy_half &&
-          K->to_half_2d);
+          K->to_half_2d && K->rope_fwd_half && K->rope_bwd_half);
     test_shadow_strided();
+    test_shadow_rope();
     return check_summary("test_half_producers");
 }

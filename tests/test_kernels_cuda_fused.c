@@ -1,21 +1,24 @@
 /* The CUDA backend's producers of 16-bit GEMM operands (kernels.h: rmsnorm_fwd_half,
- * swiglu_fwd_half, swiglu_bwd_half, cross_entropy_half, and the strided cast to_half_2d),
- * label gpu, exit 77 = skipped where no GPU is usable. Every case runs in both formats with
- * every output poisoned first (all bytes 0xFF: a NaN in fp32, bf16 and fp16), and checks
- * three things:
+ * rope_fwd_half, rope_bwd_half, swiglu_fwd_half, swiglu_bwd_half, cross_entropy_half, and
+ * the strided cast to_half_2d), label gpu, exit 77 = skipped where no GPU is usable. Every
+ * case runs in both formats with every output poisoned first (all bytes 0xFF: a NaN in fp32,
+ * bf16 and fp16), and checks three things:
  *  (a) against the CPU reference: fp32 outputs to the relative tolerance of
  *      test_kernels_cuda.c, 16-bit outputs within 1 ulp and at most 1% not identical
- *      (kernel_compare.h: compare_half), the roundings of inputs exactly;
+ *      (kernel_compare.h: compare_half; rope: identical or the rounding of a value within
+ *      the fp32 tolerance of the CPU's rotation, see compare_rope_half), the roundings of
+ *      inputs exactly;
  *  (b) on the device, bit for bit: the fused op's 16-bit output is to_half of the fp32 op's
- *      output (swiglu: on the widened 16-bit inputs), the fp32 outputs and rstd / loss are the
- *      fp32 op's;
+ *      output (swiglu: on the widened 16-bit inputs; rope: the in-place op on a copy), the
+ *      fp32 outputs and rstd / loss are the fp32 op's;
  *  (c) the optional fp32 output absent (NULL) changes nothing else; cross_entropy_half leaves
- *      the logits as they were and, with grad_scale 0, the 16-bit buffer too.
+ *      the logits as they were and, with grad_scale 0, the 16-bit buffer too; rope_*_half
+ *      leave x as it was.
  * Buffers are views into padded allocations: nothing may be written outside a view, and
  * views that start off a 16-byte boundary (together, or by different amounts) take the
- * kernels' scalar paths. Strided 16-bit outputs (rmsnorm_fwd_half's and swiglu_*_half's
- * ld_half, to_half_2d's ld_out) keep the poison between their rows; to_half_2d is the CPU's
- * bits exactly. */
+ * kernels' scalar paths. Strided 16-bit outputs (rmsnorm_fwd_half's, rope_*_half's and
+ * swiglu_*_half's ld_half, to_half_2d's ld_out) keep the poison between their rows;
+ * to_half_2d is the CPU's bits exactly. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -202,6 +205,124 @@ static void test_rmsnorm_fwd_half(void) {
         rmsnorm_ld_case(5, 1000, 1003, 0, formats[f]);
         rmsnorm_ld_case(3, 2049, 2060, 1, formats[f]);
     }
+}
+
+/* ------------------------------------------------------------------ rope_*_half */
+/* rope_fwd's fp32 rotation differs between the backends by their cosf / sinf (CUDA's within
+ * 2 ulp) and nothing else (same products, same order), so a 16-bit value may round the other
+ * way where the two fp32 values straddle a rounding boundary: each element of the device's
+ * out_half is the CPU's, or a rounding of a value within test_kernels_cuda.c's rope tolerance
+ * (1e-5, here of its pair's norm, which the rotation keeps) of the CPU's fp32 rotation y;
+ * at most 1% (at least one) not identical; the gap columns the CPU's poison. */
+static long half_order(uint16_t h) { return h & 0x8000u ? -(long)(h & 0x7FFFu) : (long)h; }
+
+static void compare_rope_half(const char *what, const uint16_t *dev, const uint16_t *cpu_half,
+                              const float *x, const float *y, int tokens, int heads, int d, int ld,
+                              kernels_half_format fmt) {
+    const size_t width = (size_t)heads * d, n_ld = (size_t)tokens * ld;
+    const int half = d / 2;
+    uint16_t *got = download_checked(G, what, dev, n_ld * sizeof(uint16_t));
+    size_t differ = 0, bad = 0, first_bad = n_ld;
+    for (size_t i = 0; i < n_ld; i++) {
+        if (got[i] == cpu_half[i]) continue;
+        differ++;
+        const size_t t = i / ld, col = i % ld;
+        bool ok = col < width && !half_is_nan(got[i], fmt);
+        if (ok) {
+            const size_t pair = t * width + col / d * d + col % d % half;
+            const float r = hypotf(x[pair], x[pair + half]), e = 1e-5f * r;
+            const float bounds[2] = {y[t * width + col] - e, y[t * width + col] + e};
+            uint16_t window[2];
+            C->to_half(window, bounds, 2, fmt);
+            ok = half_order(window[0]) <= half_order(got[i]) &&
+                 half_order(got[i]) <= half_order(window[1]);
+        }
+        if (!ok && bad++ == 0) first_bad = i;
+    }
+    CHECK_MSG(bad == 0 && differ <= (n_ld + 99) / 100,
+              "%s: n %zu, %zu not identical, %zu outside the fp32 tolerance, first at %zu (got "
+              "%04x, cpu %04x)",
+              what, n_ld, differ, bad, first_bad, first_bad < n_ld ? got[first_bad] : 0u,
+              first_bad < n_ld ? cpu_half[first_bad] : 0u);
+    free(got);
+}
+
+typedef void (*rope_fn)(float *x, const int32_t *positions, const float *inv_freq, int n_tokens,
+                        int n_heads, int head_dim);
+typedef void (*rope_half_fn)(kernels_half_format fmt, uint16_t *out_half, int ld_half,
+                             const float *x, const int32_t *positions, const float *inv_freq,
+                             int n_tokens, int n_heads, int head_dim);
+
+/* [tokens, heads * d] rotated into 16-bit rows ld apart, the view from element off;
+ * positions in [0, 4096) (the first 0: the identity), Llama's inv_freq (theta 500000). */
+static void rope_half_case(bool backward, int tokens, int heads, int d, int ld, size_t off,
+                           kernels_half_format fmt) {
+    const size_t width = (size_t)heads * d, n = (size_t)tokens * width, n_ld = (size_t)tokens * ld;
+    const int half = d / 2;
+    const rope_half_fn cpu_half_op = backward ? C->rope_bwd_half : C->rope_fwd_half;
+    const rope_half_fn gpu_half_op = backward ? G->rope_bwd_half : G->rope_fwd_half;
+    const rope_fn cpu_op = backward ? C->rope_bwd : C->rope_fwd;
+    const rope_fn gpu_op = backward ? G->rope_bwd : G->rope_fwd;
+    char what[160];
+    const int len = snprintf(what, sizeof what, "%s %s tokens %d heads %d d %d ld %d off %zu: ",
+                             backward ? "rope_bwd_half" : "rope_fwd_half", fmt_name(fmt), tokens,
+                             heads, d, ld, off);
+    int32_t *pos = malloc((tokens ? tokens : 1) * sizeof(int32_t));
+    for (int t = 0; t < tokens; t++) pos[t] = t ? (int32_t)(next_u64() % 4096) : 0;
+    float *inv_freq = malloc(half * sizeof(float));
+    for (int j = 0; j < half; j++) inv_freq[j] = powf(500000.0f, -2.0f * j / d);
+    float *x = host_rand(n, -2, 2), *y = host_copy(x, n);
+    cpu_op(y, pos, inv_freq, tokens, heads, d);
+    uint16_t *cpu_half = host_poison16(n_ld);
+    cpu_half_op(fmt, cpu_half, ld, x, pos, inv_freq, tokens, heads, d);
+
+    dbuf dx = db_input(x, n, 4, 0), dpos = db_input(pos, tokens, 4, 0);
+    dbuf dinv = db_input(inv_freq, half, 4, 0), dhalf = db_poison(n_ld, 2, off);
+    gpu_half_op(fmt, at(dhalf), ld, at(dx), at(dpos), at(dinv), tokens, heads, d);
+    snprintf(what + len, sizeof what - len, "out_half vs cpu");
+    compare_rope_half(what, at(dhalf), cpu_half, x, y, tokens, heads, d, ld, fmt);
+    snprintf(what + len, sizeof what - len, "x unchanged");
+    compare_exact(G, what, at(dx), x, n * 4);
+
+    /* (b) the fp32 op in place on a copy, then to_half, its rows placed ld apart. */
+    dbuf copy = db_input(x, n, 4, 0);
+    gpu_op(at(copy), at(dpos), at(dinv), tokens, heads, d);
+    snprintf(what + len, sizeof what - len, "fp32 reference vs cpu");
+    compare(G, what, at(copy), y, n, 1e-5);
+    uint16_t *dense = device_rounding(what, at(copy), n, fmt);
+    uint16_t *want = spread_rows(dense, tokens, (int)width, ld);
+    snprintf(what + len, sizeof what - len, "out_half == to_half(fp32 op), gaps untouched");
+    compare_exact(G, what, at(dhalf), want, n_ld * 2);
+    snprintf(what + len, sizeof what - len, "margins");
+    db_check_margins(what, dhalf), db_check_margins(what, dx);
+
+    dbuf dev[] = {dx, dpos, dinv, dhalf, copy};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) db_free(dev[i]);
+    void *host[] = {pos, inv_freq, x, y, cpu_half, dense, want};
+    for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
+}
+
+static void test_rope_half(void) {
+    seed(25);
+    /* [tokens, heads, d, ld, off]: Llama-3.2-1B's q (32 x 64) and k (8 x 64), 8B's k (8 x
+     * 128) and a q of 32 x 128, token counts off the 256-thread blocks; ld the width, a LoRA
+     * rank's 16 columns beside it, an odd gap (with views off a 4-byte boundary); one pair;
+     * a head_dim that is no power of two; no tokens. */
+    const int cases[][5] = {{37, 32, 64, 2048, 0},   {37, 32, 64, 2048 + 16, 0},
+                            {37, 32, 64, 2048 + 3, 1}, {257, 8, 64, 512, 0},
+                            {257, 8, 128, 1024, 0},  {257, 8, 128, 1024 + 16, 0},
+                            {5, 8, 128, 1024 + 3, 3}, {129, 32, 128, 4096 + 16, 0},
+                            {1, 1, 2, 2, 0},         {3, 1, 2, 5, 1},
+                            {20, 3, 40, 120 + 3, 0}, {0, 8, 64, 512 + 16, 0}};
+    for (int f = 0; f < 2; f++)
+        for (int b = 0; b < 2; b++)
+            for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+                const int *k = cases[c];
+                rope_half_case(b == 1, k[0], k[1], k[2], k[3], (size_t)k[4], formats[f]);
+            }
+    /* More (token, pair) threads than the capped grid covers: the loop strides. */
+    rope_half_case(false, 270000, 1, 128, 128 + 16, 0, KERNELS_BF16);
+    rope_half_case(true, 270000, 1, 128, 128 + 16, 0, KERNELS_FP16);
 }
 
 /* ------------------------------------------------------------------ to_half_2d */
@@ -514,6 +635,15 @@ static void test_fused_errors(void) {
     ct_error err2 = {{0}};
     CHECK(kernels_cuda_status(&err2) == -1);
     CHECK_CONTAINS(err2.msg, "to_half_2d");
+    G->rope_fwd_half((kernels_half_format)5, at(h), 2, at(x), at(x), at(x), 1, 1, 2);
+    ct_error err3 = {{0}};
+    CHECK(kernels_cuda_status(&err3) == -1);
+    CHECK_CONTAINS(err3.msg, "rope_fwd_half");
+    CHECK_CONTAINS(err3.msg, "format 5");
+    G->rope_bwd_half((kernels_half_format)-1, at(h), 2, at(x), at(x), at(x), 1, 1, 2);
+    ct_error err4 = {{0}};
+    CHECK(kernels_cuda_status(&err4) == -1);
+    CHECK_CONTAINS(err4.msg, "rope_bwd_half");
     db_free(h), db_free(x);
 }
 
@@ -521,12 +651,14 @@ int main(void) {
     if (!open_backends(&C, &G)) return 77;
     const kernels *both[2] = {C, G};
     for (int b = 0; b < 2; b++)
-        CHECK_MSG(both[b]->rmsnorm_fwd_half && both[b]->swiglu_fwd_half &&
+        CHECK_MSG(both[b]->rmsnorm_fwd_half && both[b]->rope_fwd_half &&
+                      both[b]->rope_bwd_half && both[b]->swiglu_fwd_half &&
                       both[b]->swiglu_bwd_half && both[b]->cross_entropy_half &&
                       both[b]->to_half_2d,
                   "the %s backend lacks one of the 16-bit producers", both[b]->name);
     if (check_failed_count) return check_summary("test_kernels_cuda_fused");
     test_rmsnorm_fwd_half();
+    test_rope_half();
     test_swiglu_half();
     test_cross_entropy_half();
     test_to_half_2d();

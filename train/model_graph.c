@@ -183,15 +183,16 @@ static void layer_forward(model *m, int l, int batch, int seq, const int32_t *do
         k->rmsnorm_fwd(a->q, a->rstd_q, a->q_pre, layer->q_norm->data, T * nh, d, eps);
         k->rmsnorm_fwd(a->k, a->rstd_k, a->k_pre, layer->k_norm->data, T * nkv, d, eps);
     }
-    k->rope_fwd(a->q, s->positions, s->inv_freq, T, nh, d);
-    k->rope_fwd(a->k, s->positions, s->inv_freq, T, nkv, d);
     if (m->precision == MODEL_FP32) {
+        k->rope_fwd(a->q, s->positions, s->inv_freq, T, nh, d);
+        k->rope_fwd(a->k, s->positions, s->inv_freq, T, nkv, d);
         k->attention_fwd(a->att, a->lse, a->q, a->k, a->v, doc_ids, batch, seq, nh, nkv, d, scale);
     } else { /* 16-bit products as flash attention in bf16/fp16 (tensor cores on a GPU), on q, k,
-              * v rounded once here and kept so; the output only in 16 bits unless dropout */
+              * v rounded once (by RoPE itself for q and k) and kept so; the output only in 16
+              * bits unless dropout */
         const kernels_half_format fmt = model_half_format(m->precision);
-        k->to_half(a->h_q, a->q, (size_t)T * nh * d, fmt);
-        k->to_half(a->h_k, a->k, (size_t)T * nkv * d, fmt);
+        k->rope_fwd_half(fmt, a->h_q, nh * d, a->q, s->positions, s->inv_freq, T, nh, d);
+        k->rope_fwd_half(fmt, a->h_k, nkv * d, a->k, s->positions, s->inv_freq, T, nkv, d);
         k->to_half(a->h_v, a->v, (size_t)T * nkv * d, fmt);
         k->attention_fwd_half(fmt, a->h_att, ld[LINEAR_O], a->att, a->lse, a->h_q, a->h_k, a->h_v, doc_ids, batch,
                               seq, nh, nkv, d, scale);
@@ -333,22 +334,36 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
         else
             k->attention_bwd_half(model_half_format(m->precision), dq, dk, dv, d_att, a->h_q, a->h_k, a->h_v,
                                   a->h_att, s->ld_input[LINEAR_O], a->lse, doc_ids, batch, seq, nh, nkv, d, scale);
-        k->rope_bwd(dq, s->positions, s->inv_freq, T, nh, d);
-        k->rope_bwd(dk, s->positions, s->inv_freq, T, nkv, d);
-        const float *q_in = a->x_norm1;
-        if (c->qk_norm) { /* d_att is free again: it takes d q_pre; dq's buffer takes d k_pre */
-            k->rmsnorm_bwd(d_att, layer->q_norm->grad, dq, a->q_pre, layer->q_norm->data, a->rstd_q,
-                           T * nh, d);
-            k->rmsnorm_bwd(dq, layer->k_norm->grad, dk, a->k_pre, layer->k_norm->data, a->rstd_k,
-                           T * nkv, d);
-            dk = dq;
-            dq = d_att;
-        }
         const bool need_dh = need_input_grad || layer->input_norm->trainable;
         float *dh = need_dh ? s->d_h1 : NULL;
+        const float *q_in = a->x_norm1;
         hx = backward_input(m, layer, LINEAR_Q, LINEAR_V, a->h_norm1, q_in, T, H, &ldx);
-        linear_backward(m, l, LINEAR_Q, dh, 0.0f, dq, NULL, 0, q_in, hx, ldx, T, seed);
-        linear_backward(m, l, LINEAR_K, dh, 1.0f, dk, NULL, 0, q_in, hx, ldx, T, seed);
+        if (m->precision != MODEL_FP32 && !c->qk_norm) {
+            /* dq and dk are read only by their projections' GEMMs: RoPE's backward writes their
+             * 16-bit roundings (with room for du where the adapter is fused), one at a time
+             * into the output-gradient scratch */
+            const kernels_half_format fmt = model_half_format(m->precision);
+            const struct { int kind, heads; const float *grad; } qk[2] = {{LINEAR_Q, nh, dq}, {LINEAR_K, nkv, dk}};
+            for (int i = 0; i < 2; i++) {
+                const model_linear *lin = &layer->lin[qk[i].kind];
+                const int ldy = lin->lora_a && lin->concat_dy ? lin->out + m->lora.r : lin->out;
+                if (dh || lin->weight->grad || (lin->bias && lin->bias->grad) || lin->lora_a)
+                    k->rope_bwd_half(fmt, s->half_dy, ldy, qk[i].grad, s->positions, s->inv_freq, T, qk[i].heads, d);
+                linear_backward(m, l, qk[i].kind, dh, i == 0 ? 0.0f : 1.0f, NULL, s->half_dy, ldy, q_in, hx, ldx, T,
+                                seed);
+            }
+        } else {
+            k->rope_bwd(dq, s->positions, s->inv_freq, T, nh, d);
+            k->rope_bwd(dk, s->positions, s->inv_freq, T, nkv, d);
+            if (c->qk_norm) { /* d_att is free again: it takes d q_pre; dq's buffer takes d k_pre */
+                k->rmsnorm_bwd(d_att, layer->q_norm->grad, dq, a->q_pre, layer->q_norm->data, a->rstd_q, T * nh, d);
+                k->rmsnorm_bwd(dq, layer->k_norm->grad, dk, a->k_pre, layer->k_norm->data, a->rstd_k, T * nkv, d);
+                dk = dq;
+                dq = d_att;
+            }
+            linear_backward(m, l, LINEAR_Q, dh, 0.0f, dq, NULL, 0, q_in, hx, ldx, T, seed);
+            linear_backward(m, l, LINEAR_K, dh, 1.0f, dk, NULL, 0, q_in, hx, ldx, T, seed);
+        }
         linear_backward(m, l, LINEAR_V, dh, 1.0f, dv, NULL, 0, q_in, hx, ldx, T, seed);
         if (need_dh) {
             k->rmsnorm_bwd(s->d_h2, layer->input_norm->grad, s->d_h1, x, layer->input_norm->data,

@@ -102,6 +102,10 @@ void cpu_rope_fwd(float *x, const int32_t *positions, const float *inv_freq, int
                   int n_heads, int head_dim);
 void cpu_rope_bwd(float *dx, const int32_t *positions, const float *inv_freq, int n_tokens,
                   int n_heads, int head_dim);
+void cpu_rope_fwd_half(kernels_half_format fmt, uint16_t *out_half, int ld_half, const float *x,
+                       const int32_t *positions, const float *inv_freq, int n_tokens, int n_heads, int head_dim);
+void cpu_rope_bwd_half(kernels_half_format fmt, uint16_t *out_half, int ld_half, const float *dx,
+                       const int32_t *positions, const float *inv_freq, int n_tokens, int n_heads, int head_dim);
 
 /* swiglu.c */
 void cpu_swiglu_fwd(float *out, const float *gate, const float *up, size_t n);

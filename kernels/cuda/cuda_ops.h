@@ -65,6 +65,10 @@ void cuda_rope_fwd(float *x, const int32_t *positions, const float *inv_freq, in
                    int n_heads, int head_dim);
 void cuda_rope_bwd(float *dx, const int32_t *positions, const float *inv_freq, int n_tokens,
                    int n_heads, int head_dim);
+void cuda_rope_fwd_half(kernels_half_format fmt, uint16_t *out_half, int ld_half, const float *x,
+                        const int32_t *positions, const float *inv_freq, int n_tokens, int n_heads, int head_dim);
+void cuda_rope_bwd_half(kernels_half_format fmt, uint16_t *out_half, int ld_half, const float *dx,
+                        const int32_t *positions, const float *inv_freq, int n_tokens, int n_heads, int head_dim);
 
 void cuda_swiglu_fwd(float *out, const float *gate, const float *up, size_t n);
 void cuda_swiglu_bwd(float *dgate, float *dup, const float *dout, const float *gate,

@@ -6,12 +6,22 @@
 // backend is built without --use_fast_math. The products are rounded separately
 // (__fmul_rn) as on the CPU, so only cos/sin rounding can differ from the CPU backend.
 // One thread per (token, j): it computes the angle once and rotates every head.
+// rope_fwd_half / rope_bwd_half are the same kernel with another store (half_bits.cuh):
+// x is only read and each rotated value is rounded to 16 bits (to_half's rounding) into
+// rows ld_half apart, so out_half is to_half(rope_fwd's x') bit for bit. The in-place ops
+// store into x itself: each thread reads its pair before writing it, and no other thread
+// touches that pair.
 #include <stdint.h>
 
 #include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/half_bits.cuh"
 
-__global__ void rope_kernel(float *x, const int32_t *positions, const float *inv_freq,
-                            int n_tokens, int n_heads, int head_dim, float direction) {
+// Store: f32_store on x (in place, rows n_heads*d apart) or half_store<F> with no fp32
+// output, taking (token, column, rotated value).
+template <class Store>
+__global__ void rope_kernel(Store store, const float *x, const int32_t *positions,
+                            const float *inv_freq, int n_tokens, int n_heads, int head_dim,
+                            float direction) {
     const int half = head_dim / 2;
     const size_t total = (size_t)n_tokens * half, width = (size_t)n_heads * head_dim;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
@@ -20,30 +30,62 @@ __global__ void rope_kernel(float *x, const int32_t *positions, const float *inv
         const int j = (int)(i % half);
         float angle = (float)positions[t] * inv_freq[j];
         float c = cosf(angle), s = direction * sinf(angle);
-        float *row = x + t * width;
+        const float *row = x + t * width;
         for (int h = 0; h < n_heads; h++) {
-            float *pair = row + (size_t)h * head_dim;
-            float lo = pair[j], hi = pair[j + half];
-            pair[j] = __fmul_rn(lo, c) - __fmul_rn(hi, s);
-            pair[j + half] = __fmul_rn(hi, c) + __fmul_rn(lo, s);
+            const int at = h * head_dim;
+            float lo = row[at + j], hi = row[at + j + half];
+            store(t, at + j, __fmul_rn(lo, c) - __fmul_rn(hi, s));
+            store(t, at + j + half, __fmul_rn(hi, c) + __fmul_rn(lo, s));
         }
     }
 }
 
-static void rope_launch(float *x, const int32_t *positions, const float *inv_freq, int n_tokens,
-                        int n_heads, int head_dim, float direction) {
+template <class Store>
+static void rope_launch(Store store, const float *x, const int32_t *positions,
+                        const float *inv_freq, int n_tokens, int n_heads, int head_dim,
+                        float direction) {
     if (n_tokens <= 0 || n_heads <= 0 || head_dim < 2) return;
     rope_kernel<<<cuda_grid_for((size_t)n_tokens * (head_dim / 2)), CUDA_THREADS>>>(
-        x, positions, inv_freq, n_tokens, n_heads, head_dim, direction);
+        store, x, positions, inv_freq, n_tokens, n_heads, head_dim, direction);
     CUDA_CHECK_LAUNCH();
+}
+
+static void rope_half(const char *op, kernels_half_format fmt, uint16_t *out_half, int ld_half,
+                      const float *x, const int32_t *positions, const float *inv_freq,
+                      int n_tokens, int n_heads, int head_dim, float direction) {
+    if (!cuda_known_half_format(fmt, op, __FILE__, __LINE__)) return;
+    if (fmt == KERNELS_BF16)
+        rope_launch(half_store<KERNELS_BF16>{out_half, ld_half, NULL, 0}, x, positions, inv_freq,
+                    n_tokens, n_heads, head_dim, direction);
+    else
+        rope_launch(half_store<KERNELS_FP16>{out_half, ld_half, NULL, 0}, x, positions, inv_freq,
+                    n_tokens, n_heads, head_dim, direction);
 }
 
 extern "C" void cuda_rope_fwd(float *x, const int32_t *positions, const float *inv_freq,
                               int n_tokens, int n_heads, int head_dim) {
-    rope_launch(x, positions, inv_freq, n_tokens, n_heads, head_dim, 1.0f);
+    rope_launch(f32_store{x, n_heads * head_dim}, x, positions, inv_freq, n_tokens, n_heads,
+                head_dim, 1.0f);
 }
 
 extern "C" void cuda_rope_bwd(float *dx, const int32_t *positions, const float *inv_freq,
                               int n_tokens, int n_heads, int head_dim) {
-    rope_launch(dx, positions, inv_freq, n_tokens, n_heads, head_dim, -1.0f);
+    rope_launch(f32_store{dx, n_heads * head_dim}, dx, positions, inv_freq, n_tokens, n_heads,
+                head_dim, -1.0f);
+}
+
+extern "C" void cuda_rope_fwd_half(kernels_half_format fmt, uint16_t *out_half, int ld_half,
+                                   const float *x, const int32_t *positions,
+                                   const float *inv_freq, int n_tokens, int n_heads,
+                                   int head_dim) {
+    rope_half("rope_fwd_half", fmt, out_half, ld_half, x, positions, inv_freq, n_tokens, n_heads,
+              head_dim, 1.0f);
+}
+
+extern "C" void cuda_rope_bwd_half(kernels_half_format fmt, uint16_t *out_half, int ld_half,
+                                   const float *dx, const int32_t *positions,
+                                   const float *inv_freq, int n_tokens, int n_heads,
+                                   int head_dim) {
+    rope_half("rope_bwd_half", fmt, out_half, ld_half, dx, positions, inv_freq, n_tokens, n_heads,
+              head_dim, -1.0f);
 }
