@@ -103,6 +103,12 @@ static void linear_forward(const model *m, int layer, int kind, float *y, const 
     if (lin->lora_a && !fused) lora_forward(&la, y, s->acts[layer].lora_u[kind], x, hx, T, train, s->lora_s1);
 }
 
+/* Row stride of the 16-bit dy copy a Linear's backward reads: room for du beside dy when
+ * its adapter joins the input-gradient GEMM (concat_dy, model_internal.h). */
+static int dy_half_ld(const model *m, const model_linear *lin) {
+    return lin->lora_a && lin->concat_dy ? lin->out + m->lora.r : lin->out;
+}
+
 /* From dy [T,out]: dW += dy^T x, db += ones^T dy (skipped when frozen), adapter grads, and
  * dx = dy W (+ adapter path), written (dx_beta 0) or added (dx_beta 1); dx NULL skips it.
  * Mixed precision: hx is x's 16-bit copy (needed only when the weight trains, or an adapter
@@ -119,7 +125,7 @@ static void linear_backward(const model *m, int layer, int kind, float *dx, floa
     /* Fused (concat_dy, mixed precision only): dy's copy has room for du beside it, and
      * dx = [dy | du] [W ; A]. */
     const bool fused = lin->lora_a && lin->concat_dy;
-    const int ldy = hdy ? ldhy : fused ? lin->out + m->lora.r : lin->out;
+    const int ldy = hdy ? ldhy : dy_half_ld(m, lin);
     if (!hdy && (dx || lin->weight->grad || lin->lora_a)) hdy = half_of(m, s->half_dy, ldy, dy, T, lin->out);
     lora_half half;
     lora_apply la;
@@ -346,7 +352,7 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
             const struct { int kind, heads; const float *grad; } qk[2] = {{LINEAR_Q, nh, dq}, {LINEAR_K, nkv, dk}};
             for (int i = 0; i < 2; i++) {
                 const model_linear *lin = &layer->lin[qk[i].kind];
-                const int ldy = lin->lora_a && lin->concat_dy ? lin->out + m->lora.r : lin->out;
+                const int ldy = dy_half_ld(m, lin);
                 if (dh || lin->weight->grad || (lin->bias && lin->bias->grad) || lin->lora_a)
                     k->rope_bwd_half(fmt, s->half_dy, ldy, qk[i].grad, s->positions, s->inv_freq, T, qk[i].heads, d);
                 linear_backward(m, l, qk[i].kind, dh, i == 0 ? 0.0f : 1.0f, NULL, s->half_dy, ldy, q_in, hx, ldx, T,

@@ -54,9 +54,10 @@ void cpu_attention_fwd_half(kernels_half_format fmt, uint16_t *out_half, int ld_
                             const uint16_t *q, const uint16_t *k, const uint16_t *v, const int32_t *doc_ids,
                             int batch, int seq, int n_heads, int n_kv_heads, int head_dim, float scale) {
     const size_t tokens = (size_t)batch * seq, width = (size_t)n_heads * head_dim;
-    const size_t q_n = tokens * width, kv_n = tokens * n_kv_heads * head_dim;
+    const size_t kv_width = (size_t)n_kv_heads * head_dim, q_n = tokens * width;
     float *wq = widened_copy(q, tokens, width, width, fmt);
-    float *wk = widened_copy(k, kv_n, 1, 1, fmt), *wv = widened_copy(v, kv_n, 1, 1, fmt);
+    float *wk = widened_copy(k, tokens, kv_width, kv_width, fmt);
+    float *wv = widened_copy(v, tokens, kv_width, kv_width, fmt);
     float *o = out ? out : malloc((q_n ? q_n : 1) * sizeof(float));
     if (wq && wk && wv && o) {
         cpu_attention_fwd(o, lse, wq, wk, wv, doc_ids, batch, seq, n_heads, n_kv_heads, head_dim, scale);
@@ -82,9 +83,10 @@ void cpu_attention_bwd_half(kernels_half_format fmt, float *dq, float *dk, float
                             int ld_out, const float *lse, const int32_t *doc_ids, int batch, int seq, int n_heads,
                             int n_kv_heads, int head_dim, float scale) {
     const size_t tokens = (size_t)batch * seq, width = (size_t)n_heads * head_dim;
-    const size_t q_n = tokens * width, kv_n = tokens * n_kv_heads * head_dim;
-    float *rdout = rounded_copy(dout, q_n, fmt), *wq = widened_copy(q, q_n, 1, 1, fmt);
-    float *wk = widened_copy(k, kv_n, 1, 1, fmt), *wv = widened_copy(v, kv_n, 1, 1, fmt);
+    const size_t kv_width = (size_t)n_kv_heads * head_dim, q_n = tokens * width, kv_n = tokens * kv_width;
+    float *rdout = rounded_copy(dout, q_n, fmt), *wq = widened_copy(q, tokens, width, width, fmt);
+    float *wk = widened_copy(k, tokens, kv_width, kv_width, fmt);
+    float *wv = widened_copy(v, tokens, kv_width, kv_width, fmt);
     float *wout = widened_copy(out_half, tokens, width, (size_t)ld_out, fmt);
     if (rdout && wq && wk && wv && wout) {
         cpu_attention_bwd(dq, dk, dv, rdout, wq, wk, wv, wout, lse, doc_ids, batch, seq, n_heads, n_kv_heads,
