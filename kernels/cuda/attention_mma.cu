@@ -20,8 +20,12 @@
 // buffers (tile t+1 is copied while tile t is multiplied), 16-bit, row-major; fragments come from shared memory through ldmatrix (.trans where a
 // product reads the tile as B rather than B^T). Every output element has one writer and a fixed
 // summation order (keys ascending; in dk/dv the group's heads, then queries ascending):
-// no atomics, the same bits every run. Exponentials are exp2 of scores pre-scaled by
-// scale * log2(e).
+// no atomics, the same bits every run. Exponentials are ex2.approx.ftz of one fused
+// multiply-add, score * scale * log2(e) - max (or - lse * log2(e)).
+//
+// These loops are bound by the warps' own instruction issue, so they are kept lean and
+// counted without a GPU: scripts/sass_mix.py prints the instructions per product of each
+// loop (docs/kernels.md has the counts).
 //
 // Fragment layouts of mma.m16n8k16 (PTX ISA, "Matrix fragments for mma.m16n8k16"), lane =
 // 4 * gid + tig: A (16 x 16, row-major) a0 = (gid, 2tig..2tig+1), a1 = (gid+8, same),
@@ -95,6 +99,11 @@ __device__ __forceinline__ void am_cp16(void *smem, const void *gmem, bool valid
     const unsigned dst = (unsigned)__cvta_generic_to_shared(smem);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0));
 }
+// The same for 4 bytes (cp.async.ca: .cg takes only 16).
+__device__ __forceinline__ void am_cp4(void *smem, const void *gmem, bool valid) {
+    const unsigned dst = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 4 : 0));
+}
 __device__ __forceinline__ void am_cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 // Waits until at most N of this thread's committed groups are still in flight.
 template <int N>
@@ -102,26 +111,86 @@ __device__ __forceinline__ void am_cp_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-// Starts copying rows [r0, r0+64) of one head of a [batch*seq, stride] 16-bit tensor into nat
-// (row-major, stride DP+8: the 16-byte rows of an 8 x 8 ldmatrix block fall in distinct
-// banks); rows past seq become zero. Complete after am_cp_wait and a barrier.
-template <typename T, int DP>
-__device__ void am_load(T *nat, const T *src, size_t stride, const am_shape &sh, int b, int r0, int head) {
-    constexpr int C8 = DP / 8;  // 16-byte pieces per row
-    for (int e = threadIdx.x; e < AM_ROWS * C8; e += AM_THREADS) {
-        const int r = e / C8, c = 8 * (e % C8), s = r0 + r;
-        const bool valid = s < sh.seq;
-        const T *from = valid ? src + ((size_t)b * sh.seq + s) * stride + (size_t)head * sh.d + c : src;
-        am_cp16(nat + r * (DP + 8) + c, from, valid);
-    }
+// exp2 on the special-function unit with denormal results flushed to zero. exp2f wraps the
+// same instruction in a range test, a halving and a squaring for results below 2^-126 (three
+// more instructions per score, in kernels whose speed is the warps' instruction issue); such
+// a probability (< 1.2e-38) changes no softmax row sum (>= 1) and no fp32 product sum with a
+// 16-bit operand. ex2(-inf) = +0.
+__device__ __forceinline__ float am_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
 }
 
-// Document ids of rows [r0, r0+64) (-1 past the end, where no visible pair looks).
-__device__ void am_load_docs(int32_t *dst, const am_shape &sh, int b, int r0) {
-    for (int r = threadIdx.x; r < AM_ROWS; r += AM_THREADS) {
-        const int s = r0 + r;
-        dst[r] = sh.doc_ids && s < sh.seq ? sh.doc_ids[(size_t)b * sh.seq + s] : -1;
+// A thread's fixed share of copying a 64-row tile of DP 16-bit columns: the 8-column piece
+// `col` of rows `row`, row + STEP, ... (set once per kernel).
+template <int DP>
+struct am_copy_place {
+    static constexpr int PIECES = DP / 8, STEP = AM_THREADS / PIECES, COPIES = AM_ROWS / STEP;
+    int row, col;
+    __device__ __forceinline__ am_copy_place() : row((int)threadIdx.x / PIECES), col(8 * ((int)threadIdx.x % PIECES)) {}
+};
+
+// Row 0 of one head of a [batch*seq, stride] 16-bit tensor in sequence b.
+template <typename T>
+__device__ __forceinline__ const T *am_head_rows(const T *src, size_t stride, const am_shape &sh, int b, int head) {
+    return src + (size_t)b * sh.seq * stride + (size_t)head * sh.d;
+}
+
+// A thread's copies of consecutive 64-row tiles of the same head of N tensors of the same
+// shape (K and V, or Q and dO): the address of its first piece of the next tile in each and
+// their row, so that a tile costs a pointer step, a bound test and the copy per 16 bytes (the
+// generic copy loop, with a division and 64-bit products per piece, was ~500 instructions per
+// K/V tile pair: most of a forward step's instructions). The tensors share the row state to
+// keep the registers of the kernels' loops (which decide how many blocks an SM holds) low.
+template <typename T, int DP, int N>
+struct am_tiles {
+    static constexpr int STEP = am_copy_place<DP>::STEP;
+    const T *next[N];  // each tensor's next piece
+    uint32_t step;     // elements from one of the thread's pieces to its next (STEP rows)
+    int row;           // the row of the next pieces
+    int smem;          // the thread's first piece within a tile in shared memory
+
+    // Tiles from row r0 of a head of each tensor (rows0, rows1: am_head_rows).
+    __device__ __forceinline__ am_tiles(size_t stride, int r0, const am_copy_place<DP> &cp, const T *rows0,
+                                        const T *rows1 = nullptr)
+        : step((uint32_t)(STEP * stride)), row(r0 + cp.row), smem(cp.row * (DP + 8) + cp.col) {
+        const T *rows[2] = {rows0, rows1};
+#pragma unroll
+        for (int n = 0; n < N; n++) next[n] = rows[n] + (size_t)row * stride + cp.col;
     }
+
+    // Starts copying each tensor's next tile into nat0 (nat1) (row-major, stride DP+8: the
+    // 16-byte rows of an 8 x 8 ldmatrix block fall in distinct banks; rows past seq become
+    // zero) and moves on to the tiles after them. Complete after am_cp_wait and a barrier.
+    // tensor0 (tensor1): any address inside the tensor (the kernel's parameter: no register),
+    // given to the zero-filled copies.
+    __device__ __forceinline__ void load(int seq, T *nat0, const T *tensor0, T *nat1 = nullptr,
+                                         const T *tensor1 = nullptr) {
+        T *nat[2] = {nat0, nat1};
+        const T *tensor[2] = {tensor0, tensor1};
+#pragma unroll
+        for (int i = 0; i < am_copy_place<DP>::COPIES; i++) {
+            const bool valid = row + i * STEP < seq;
+#pragma unroll
+            for (int n = 0; n < N; n++) {
+                am_cp16(nat[n] + smem + i * STEP * (DP + 8), valid ? next[n] : tensor[n], valid);
+                next[n] += step;
+            }
+        }
+        row += AM_ROWS;
+    }
+};
+
+// Document ids of rows [r0, r0+64) (-1 past the end, where no visible pair looks); nothing
+// without documents, where no mask reads them.
+__device__ __forceinline__ void am_load_docs(int32_t *dst, const am_shape &sh, int b, int r0) {
+    const int r = (int)threadIdx.x, s = r0 + r;
+    if (!sh.doc_ids || r >= AM_ROWS) return;
+    if (s < sh.seq)
+        am_cp4(dst + r, sh.doc_ids + (size_t)b * sh.seq + s, true);
+    else
+        dst[r] = -1;
 }
 
 // ldmatrix: four 8 x 8 blocks of 16-bit values; lanes 8i..8i+7 give the row addresses of
@@ -210,15 +279,18 @@ __device__ __forceinline__ void am_accumulate(float out[DP / 8][4], const float 
     }
 }
 
-__device__ __forceinline__ bool am_visible(const am_shape &sh, int query, int key, int32_t query_doc,
-                                           int32_t key_doc) {
-    return query < sh.seq && key <= query && (!sh.doc_ids || query_doc == key_doc);
+// Whether query sees key; the documents (of query and key: qdocs[qi], kdocs[ki], the tiles'
+// shared-memory copies) are read only when there are any.
+__device__ __forceinline__ bool am_visible(const am_shape &sh, int query, int key, const int32_t *qdocs, int qi,
+                                           const int32_t *kdocs, int ki) {
+    return query < sh.seq && key <= query && (!sh.doc_ids || qdocs[qi] == kdocs[ki]);
 }
 
 // Whether a warp's 16 query rows from warp_first see every key of the 64-key tile from j0:
 // no documents, every row real, the tile's last key at or before the first row. Then no
 // element needs the mask (most tiles of a long sequence: all but the diagonal ones), and
-// the kernels skip its per-element arithmetic; the result is the same bits either way.
+// the kernels skip its per-element arithmetic (the masked and unmasked loop bodies compute
+// a visible element the same way).
 __device__ __forceinline__ bool am_tile_unmasked(const am_shape &sh, int warp_first, int j0) {
     return !sh.doc_ids && warp_first + 15 < sh.seq && j0 + AM_ROWS - 1 <= warp_first;
 }
@@ -291,10 +363,12 @@ __global__ void __launch_bounds__(AM_THREADS)
     const int row0 = qb.row0, warp_first = qb.warp_first, warp_last = qb.warp_last, n_kv = qb.n_kv;
     const int *rows = qb.rows;
 
-    am_load<T, DP>(Qs, q, sh.q_stride, sh, b, i0, h);
+    const am_copy_place<DP> cp;
+    am_tiles<T, DP, 1>(sh.q_stride, i0, cp, am_head_rows(q, sh.q_stride, sh, b, h)).load(sh.seq, Qs, q);
     am_load_docs(qdoc, sh, b, i0);
-    am_load<T, DP>(Ks, k, sh.kv_stride, sh, b, 0, g);
-    am_load<T, DP>(Vs, v, sh.kv_stride, sh, b, 0, g);
+    am_tiles<T, DP, 2> kv_tiles(sh.kv_stride, 0, cp, am_head_rows(k, sh.kv_stride, sh, b, g),
+                                am_head_rows(v, sh.kv_stride, sh, b, g));
+    kv_tiles.load(sh.seq, Ks, k, Vs, v);
     am_load_docs(kdoc, sh, b, 0);
     am_cp_commit();
 
@@ -303,12 +377,13 @@ __global__ void __launch_bounds__(AM_THREADS)
     for (int dn = 0; dn < DP / 8; dn++)
 #pragma unroll
         for (int e = 0; e < 4; e++) o[dn][e] = 0.0f;
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // per thread: partial sums
+    // Per thread: partial sums l; the running maximum m is of scores times scale * log2(e)
+    // (a positive factor: the maximum of the scaled scores is the scaled maximum, exactly).
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
     for (int t = 0; t < n_kv; t++) {
         const int j0 = t * AM_ROWS, cur = t & 1;
         if (t + 1 < n_kv) {  // the other buffers were released by the barrier ending t-1
-            am_load<T, DP>(Ks + (cur ^ 1) * TILE, k, sh.kv_stride, sh, b, j0 + AM_ROWS, g);
-            am_load<T, DP>(Vs + (cur ^ 1) * TILE, v, sh.kv_stride, sh, b, j0 + AM_ROWS, g);
+            kv_tiles.load(sh.seq, Ks + (cur ^ 1) * TILE, k, Vs + (cur ^ 1) * TILE, v);
             am_load_docs(kdoc + (cur ^ 1) * AM_ROWS, sh, b, j0 + AM_ROWS);
         }
         am_cp_commit();
@@ -318,7 +393,6 @@ __global__ void __launch_bounds__(AM_THREADS)
         if (warp_first < sh.seq && j0 <= warp_last) {
             const T *Kt = Ks + cur * TILE, *Vt = Vs + cur * TILE;
             const int32_t *kd = kdoc + cur * AM_ROWS;
-            const int32_t qd[2] = {qdoc[row0 + gid], qdoc[row0 + gid + 8]};
             float s[8][4];
             am_product_abt<T, DP>(s, Qs, row0, Kt, lane);
             const bool full = am_tile_unmasked(sh, warp_first, j0);
@@ -327,18 +401,14 @@ __global__ void __launch_bounds__(AM_THREADS)
 #pragma unroll
                 for (int nt = 0; nt < 8; nt++)
 #pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        s[nt][e] *= sh.scale_log2;
-                        mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
-                    }
+                    for (int e = 0; e < 4; e++) mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
             } else {
 #pragma unroll
                 for (int nt = 0; nt < 8; nt++)
 #pragma unroll
                     for (int e = 0; e < 4; e++) {
                         const int r = e >> 1, c = am_col(nt, e, tig);
-                        const bool vis = am_visible(sh, rows[r], j0 + c, qd[r], kd[c]);
-                        s[nt][e] = vis ? s[nt][e] * sh.scale_log2 : -INFINITY;
+                        if (!am_visible(sh, rows[r], j0 + c, qdoc, row0 + gid + 8 * r, kd, c)) s[nt][e] = -INFINITY;
                         mx[r] = fmaxf(mx[r], s[nt][e]);
                     }
             }
@@ -348,22 +418,30 @@ __global__ void __launch_bounds__(AM_THREADS)
                 // The row's 4 threads (same gid) hold its 64 columns.
                 mx[r] = fmaxf(mx[r], __shfl_xor_sync(CUDA_FULL_MASK, mx[r], 1));
                 mx[r] = fmaxf(mx[r], __shfl_xor_sync(CUDA_FULL_MASK, mx[r], 2));
-                const float m_new = fmaxf(m[r], mx[r]);
-                corr[r] = m[r] == -INFINITY ? 0.0f : exp2f(m[r] - m_new);  // nothing summed yet: 0
+                const float m_new = fmaxf(m[r], mx[r] * sh.scale_log2);
+                // Unchanged maximum: exactly 1; nothing summed yet (m = -inf): 0.
+                corr[r] = m[r] == m_new ? 1.0f : m[r] == -INFINITY ? 0.0f : am_exp2(m[r] - m_new);
                 m[r] = m_new;
                 l[r] *= corr[r];
             }
+            // After the first tiles a row's maximum rarely grows: when no row of the warp's did,
+            // the rescaling would multiply every output sum by exactly 1, and is skipped.
+            if (__any_sync(CUDA_FULL_MASK, corr[0] != 1.0f || corr[1] != 1.0f)) {
 #pragma unroll
-            for (int dn = 0; dn < DP / 8; dn++)
+                for (int dn = 0; dn < DP / 8; dn++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) o[dn][e] *= corr[e >> 1];
-            // In a full tile every score and the row maxima are finite: no -inf guard.
+                    for (int e = 0; e < 4; e++) o[dn][e] *= corr[e >> 1];
+            }
+            // p = exp2(score * scale * log2(e) - m), one fused multiply-add. In a full tile every
+            // score and the row maxima are finite: no -inf guard (elsewhere a row that sees no
+            // key yet has m = -inf, and -inf - -inf would be NaN).
 #pragma unroll
             for (int nt = 0; nt < 8; nt++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     const int r = e >> 1;
-                    const float p = !full && s[nt][e] == -INFINITY ? 0.0f : exp2f(s[nt][e] - m[r]);
+                    const float p = !full && s[nt][e] == -INFINITY ? 0.0f
+                                                                   : am_exp2(fmaf(s[nt][e], sh.scale_log2, -m[r]));
                     s[nt][e] = p;
                     l[r] += p;
                 }
@@ -420,14 +498,17 @@ __global__ void __launch_bounds__(AM_THREADS)
     const int row0 = qb.row0, warp_first = qb.warp_first, warp_last = qb.warp_last, n_kv = qb.n_kv;
     const int *rows = qb.rows;
 
-    am_load<T, DP>(Qs, q, sh.q_stride, sh, b, i0, h);
-    am_load<T, DP>(dOs, dout, sh.q_stride, sh, b, i0, h);
+    const am_copy_place<DP> cp;
+    am_tiles<T, DP, 2>(sh.q_stride, i0, cp, am_head_rows(q, sh.q_stride, sh, b, h),
+                       am_head_rows(dout, sh.q_stride, sh, b, h))
+        .load(sh.seq, Qs, q, dOs, dout);
     am_load_docs(qdoc, sh, b, i0);
-    am_load<T, DP>(Ks, k, sh.kv_stride, sh, b, 0, g);
-    am_load<T, DP>(Vs, v, sh.kv_stride, sh, b, 0, g);
+    am_tiles<T, DP, 2> kv_tiles(sh.kv_stride, 0, cp, am_head_rows(k, sh.kv_stride, sh, b, g),
+                                am_head_rows(v, sh.kv_stride, sh, b, g));
+    kv_tiles.load(sh.seq, Ks, k, Vs, v);
     am_load_docs(kdoc, sh, b, 0);
     am_cp_commit();
-    float row_lse[2], row_D[2];
+    float row_lse[2], row_D[2];  // lse in log2 units
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         const size_t stat = ((size_t)b * sh.n_heads + h) * sh.seq + rows[r];
@@ -443,8 +524,7 @@ __global__ void __launch_bounds__(AM_THREADS)
     for (int t = 0; t < n_kv; t++) {
         const int j0 = t * AM_ROWS, cur = t & 1;
         if (t + 1 < n_kv) {
-            am_load<T, DP>(Ks + (cur ^ 1) * TILE, k, sh.kv_stride, sh, b, j0 + AM_ROWS, g);
-            am_load<T, DP>(Vs + (cur ^ 1) * TILE, v, sh.kv_stride, sh, b, j0 + AM_ROWS, g);
+            kv_tiles.load(sh.seq, Ks + (cur ^ 1) * TILE, k, Vs + (cur ^ 1) * TILE, v);
             am_load_docs(kdoc + (cur ^ 1) * AM_ROWS, sh, b, j0 + AM_ROWS);
         }
         am_cp_commit();
@@ -453,23 +533,31 @@ __global__ void __launch_bounds__(AM_THREADS)
         if (warp_first < sh.seq && j0 <= warp_last) {  // else dS = 0
             const T *Kt = Ks + cur * TILE, *Vt = Vs + cur * TILE;
             const int32_t *kd = kdoc + cur * AM_ROWS;
-            const int32_t qd[2] = {qdoc[row0 + gid], qdoc[row0 + gid + 8]};
             float s[8][4], dp[8][4];
             am_product_abt<T, DP>(s, Qs, row0, Kt, lane);
             am_product_abt<T, DP>(dp, dOs, row0, Vt, lane);
-            const bool full = am_tile_unmasked(sh, warp_first, j0);
+            // dS = P (dP - D), P = exp2(score * scale * log2(e) - lse * log2(e)); the masked body
+            // computes a visible element the same way.
+            if (am_tile_unmasked(sh, warp_first, j0)) {
 #pragma unroll
-            for (int nt = 0; nt < 8; nt++)
+                for (int nt = 0; nt < 8; nt++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int r = e >> 1, c = am_col(nt, e, tig);
-                    float ds = 0.0f;
-                    if (full || am_visible(sh, rows[r], j0 + c, qd[r], kd[c])) {
-                        const float p = exp2f(s[nt][e] * sh.scale_log2 - row_lse[r]);
-                        ds = p * (dp[nt][e] - row_D[r]);
+                    for (int e = 0; e < 4; e++) {
+                        const int r = e >> 1;
+                        const float p = am_exp2(fmaf(s[nt][e], sh.scale_log2, -row_lse[r]));
+                        s[nt][e] = p * (dp[nt][e] - row_D[r]);
                     }
-                    s[nt][e] = ds;
-                }
+            } else {
+#pragma unroll
+                for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int r = e >> 1, c = am_col(nt, e, tig);
+                        const float p = am_exp2(fmaf(s[nt][e], sh.scale_log2, -row_lse[r]));
+                        const bool vis = am_visible(sh, rows[r], j0 + c, qdoc, row0 + gid + 8 * r, kd, c);
+                        s[nt][e] = vis ? p * (dp[nt][e] - row_D[r]) : 0.0f;
+                    }
+            }
             am_accumulate<T, DP>(acc, s, Kt, lane);
         }
         __syncthreads();
@@ -505,20 +593,33 @@ __global__ void __launch_bounds__(AM_THREADS)
     const int n_q = n_tiles - (int)blockIdx.x, n_steps = sh.group * n_q;
 
     // Step u: head g * group + u / n_q, query tile j0 + (u % n_q) * 64, into buffer u & 1.
-    auto load_step = [&](int u) {
-        const int h = g * sh.group + u / n_q, i0 = j0 + (u % n_q) * AM_ROWS, buf = u & 1;
-        am_load<T, DP>(Qs + buf * TILE, q, sh.q_stride, sh, b, i0, h);
-        am_load<T, DP>(dOs + buf * TILE, dout, sh.q_stride, sh, b, i0, h);
-        am_load_docs(qdoc + buf * AM_ROWS, sh, b, i0);
-        for (int c = threadIdx.x; c < AM_ROWS; c += AM_THREADS) {
-            const int s = i0 + c;
-            const size_t stat = ((size_t)b * sh.n_heads + h) * sh.seq + s;
-            col_lse[buf * AM_ROWS + c] = s < sh.seq ? lse[stat] * AM_LOG2E : 0.0f;
-            col_D[buf * AM_ROWS + c] = s < sh.seq ? D[stat] : 0.0f;
+    // The copies run one step ahead of the products: (load_h, load_i0) is the next step to copy.
+    const am_copy_place<DP> cp;
+    int load_h = g * sh.group, load_i0 = j0;
+    auto query_tiles = [&]() {
+        return am_tiles<T, DP, 2>(sh.q_stride, j0, cp, am_head_rows(q, sh.q_stride, sh, b, load_h),
+                                  am_head_rows(dout, sh.q_stride, sh, b, load_h));
+    };
+    am_tiles<T, DP, 2> qdo_tiles = query_tiles();
+    auto load_step = [&](int buf) {
+        qdo_tiles.load(sh.seq, Qs + buf * TILE, q, dOs + buf * TILE, dout);
+        am_load_docs(qdoc + buf * AM_ROWS, sh, b, load_i0);
+        // The tile's lse (threads 0-63) and D (64-127); zero past the end.
+        const int c = (int)threadIdx.x % AM_ROWS, s = load_i0 + c;
+        const bool is_lse = threadIdx.x < AM_ROWS;
+        const size_t stat = ((size_t)b * sh.n_heads + load_h) * sh.seq + s;
+        am_cp4((is_lse ? col_lse : col_D) + buf * AM_ROWS + c, s < sh.seq ? (is_lse ? lse : D) + stat : lse,
+               s < sh.seq);
+        load_i0 += AM_ROWS;
+        if (load_i0 >= j0 + n_q * AM_ROWS && load_h + 1 < (g + 1) * sh.group) {  // the group's next head
+            load_i0 = j0;
+            load_h++;
+            qdo_tiles = query_tiles();
         }
     };
-    am_load<T, DP>(Ks, k, sh.kv_stride, sh, b, j0, g);
-    am_load<T, DP>(Vs, v, sh.kv_stride, sh, b, j0, g);
+    am_tiles<T, DP, 2>(sh.kv_stride, j0, cp, am_head_rows(k, sh.kv_stride, sh, b, g),
+                       am_head_rows(v, sh.kv_stride, sh, b, g))
+        .load(sh.seq, Ks, k, Vs, v);
     am_load_docs(kdoc, sh, b, j0);
     load_step(0);
     am_cp_commit();
@@ -528,9 +629,10 @@ __global__ void __launch_bounds__(AM_THREADS)
     for (int dn = 0; dn < DP / 8; dn++)
 #pragma unroll
         for (int e = 0; e < 4; e++) dK[dn][e] = dV[dn][e] = 0.0f;
+    int i0 = j0;  // the computed step's query tile
     for (int u = 0; u < n_steps; u++) {
-        const int i0 = j0 + (u % n_q) * AM_ROWS, cur = u & 1;
-        if (u + 1 < n_steps) load_step(u + 1);
+        const int cur = u & 1;
+        if (u + 1 < n_steps) load_step(cur ^ 1);
         am_cp_commit();
         am_cp_wait<1>();
         __syncthreads();
@@ -539,21 +641,21 @@ __global__ void __launch_bounds__(AM_THREADS)
             const T *Qt = Qs + cur * TILE, *dOt = dOs + cur * TILE;
             const int32_t *qd = qdoc + cur * AM_ROWS;
             const float *cl = col_lse + cur * AM_ROWS, *cD = col_D + cur * AM_ROWS;
-            const int32_t kd[2] = {kdoc[row0 + gid], kdoc[row0 + gid + 8]};
             float s[8][4], dp[8][4];
             am_product_abt<T, DP>(s, Ks, row0, Qt, lane);
             am_product_abt<T, DP>(dp, Vs, row0, dOt, lane);
             // Transposed (the warp's 16 keys against the tile's 64 queries): unmasked when every
-            // query is real and at or after the warp's last key. Not at head_dim 128, where the
-            // kernel already uses 255 registers and a second loop body made ptxas spill.
-            const bool full = DP == 64 && !sh.doc_ids && i0 + AM_ROWS <= sh.seq && warp_first + 15 <= i0;
+            // query is real and at or after the warp's last key. Both bodies compute a visible
+            // element the same way: P = exp2(score * scale * log2(e) - lse * log2(e)),
+            // dS = P (dP - D).
+            const bool full = !sh.doc_ids && i0 + AM_ROWS <= sh.seq && warp_first + 15 <= i0;
             if (full) {
 #pragma unroll
                 for (int nt = 0; nt < 8; nt++)
 #pragma unroll
                     for (int e = 0; e < 4; e++) {
                         const int c = am_col(nt, e, tig);
-                        const float p = exp2f(s[nt][e] * sh.scale_log2 - cl[c]);
+                        const float p = am_exp2(fmaf(s[nt][e], sh.scale_log2, -cl[c] * AM_LOG2E));
                         dp[nt][e] = p * (dp[nt][e] - cD[c]);
                         s[nt][e] = p;
                     }
@@ -564,8 +666,8 @@ __global__ void __launch_bounds__(AM_THREADS)
                     for (int e = 0; e < 4; e++) {
                         const int r = e >> 1, c = am_col(nt, e, tig);  // key row r, query column c
                         float p = 0.0f, ds = 0.0f;
-                        if (am_visible(sh, i0 + c, keys[r], qd[c], kd[r])) {
-                            p = exp2f(s[nt][e] * sh.scale_log2 - cl[c]);
+                        if (am_visible(sh, i0 + c, keys[r], qd, c, kdoc, row0 + gid + 8 * r)) {
+                            p = am_exp2(fmaf(s[nt][e], sh.scale_log2, -cl[c] * AM_LOG2E));
                             ds = p * (dp[nt][e] - cD[c]);
                         }
                         s[nt][e] = p;
@@ -576,6 +678,8 @@ __global__ void __launch_bounds__(AM_THREADS)
             am_accumulate<T, DP>(dK, dp, Qt, lane);
         }
         __syncthreads();
+        i0 += AM_ROWS;
+        if (i0 >= j0 + n_q * AM_ROWS) i0 = j0;
     }
     am_store_rows<DP>(dk, sh.kv_stride, (size_t)g * sh.d, sh, b, keys, dK, sh.scale, tig);
     am_store_rows<DP>(dv, sh.kv_stride, (size_t)g * sh.d, sh, b, keys, dV, 1.0f, tig);
