@@ -728,13 +728,16 @@ static float *take(cursor *c, size_t n) {
 
 static int max_int(int a, int b) { return a > b ? a : b; }
 
-/* Rows of one vocabulary-projection chunk: as many as fit LOGITS_CHUNK_BYTES of fp32 logits
- * (at least 256, a multiple of 128), since each chunk's lm_head weight gradient is a GEMM
- * with k = rows that also reads and writes the whole fp32 gradient [V, H]: 256 rows at a
- * 128k vocabulary ran it at 130 TFLOP/s on an H100, 1024 at several times that. */
-enum { LOGITS_CHUNK_BYTES = 512 << 20 };
-static int logits_chunk_rows(int T, int vocab) {
-    size_t fit = LOGITS_CHUNK_BYTES / ((size_t)(vocab > 0 ? vocab : 1) * sizeof(float));
+/* Rows of one vocabulary-projection chunk: as many as fit the chunk's budget of fp32 logits
+ * (at least 256, a multiple of 128). Each chunk's lm_head weight gradient, where the weight
+ * is trained, is a GEMM with k = rows that also reads and writes the whole fp32 gradient
+ * [V, H]: 256 rows at a 128k vocabulary ran it at 130 TFLOP/s on an H100, 1024 at 490, so
+ * full fine-tuning gets twice the budget (2048 rows there: +0.75 GB in mixed precision); a
+ * frozen vocabulary weight (LoRA) has no such GEMM, and the smaller chunk keeps its memory. */
+enum { LOGITS_CHUNK_BYTES = 512 << 20, LOGITS_CHUNK_BYTES_WEIGHT_GRAD = 1024 << 20 };
+static int logits_chunk_rows(int T, int vocab, bool weight_grad) {
+    const size_t budget = weight_grad ? LOGITS_CHUNK_BYTES_WEIGHT_GRAD : LOGITS_CHUNK_BYTES;
+    size_t fit = budget / ((size_t)(vocab > 0 ? vocab : 1) * sizeof(float));
     int rows = fit < 256 ? 256 : fit > (size_t)INT_MAX ? INT_MAX : (int)(fit / 128 * 128);
     return T < rows ? T : rows;
 }
@@ -747,7 +750,7 @@ static size_t plan_activations(model_state *s, const model_config *c, const lora
     const size_t nh = (size_t)c->num_attention_heads, nkv = (size_t)c->num_key_value_heads;
     const size_t qdim = nh * (size_t)c->head_dim, kvdim = nkv * (size_t)c->head_dim;
     const int L = c->num_hidden_layers;
-    const int rows = logits_chunk_rows(T, c->vocab_size);
+    const int rows = logits_chunk_rows(T, c->vocab_size, !lora); /* LoRA freezes the vocabulary weight */
     model_state dummy;
     memset(&dummy, 0, sizeof dummy);
     if (!s) s = &dummy;
