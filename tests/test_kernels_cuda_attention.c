@@ -19,7 +19,12 @@
  * (with one token dq and dk are zero, so there they must be within 1e-4 of it); forward and
  * backward run twice must give the same bits (no atomics); the backend's sticky error state
  * must be clean after every op, and report a shape that no attention kernel runs (head_dim
- * 300), an unknown format and out_half rows closer than n_heads * head_dim. */
+ * 300), an unknown format and out_half rows closer than n_heads * head_dim.
+ * The head_dim 64/128 backward's two ways to dq (dk/dv store the 16-bit dS and dq multiplies
+ * it, in chunks of kv heads that fit a scratch budget; or dq recomputes dS) run side by side
+ * (cuda_attention_bwd_half_budget): each within 1e-2 of the CPU, dk and dv the same bits
+ * either way (the same kernel arithmetic, one storing what it multiplies), dq the same bits
+ * whatever the chunking. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -27,6 +32,9 @@
 #include <string.h>
 
 #include "tests/kernel_compare.h"
+#ifdef CTUNE_HAVE_CUDA
+#include "kernels/cuda/cuda_ops.h" /* cuda_attention_bwd_half_budget */
+#endif
 
 #define REL_TOL 1e-2
 #define GAP_SENTINEL 0x7E7Eu /* between out_half's rows: the forward leaves it alone */
@@ -260,10 +268,85 @@ static void test_errors(void) {
     G->release(h);
 }
 
+#ifdef CTUNE_HAVE_CUDA
+/* Refills a backend buffer with NaN (each run must write every element again). */
+static void poison(float *dev, size_t n) {
+    float *h = host_nan(n);
+    G->upload(dev, h, n * sizeof(float));
+    free(h);
+}
+
+/* The backward under three dS budgets: the table's (one chunk), one kv head's worth of dS
+ * (one chunk per kv head) and 0 (dq recomputes dS). */
+static void ds_budget_case(const attn_case *tc, kernels_half_format fmt) {
+    const int batch = tc->batch, seq = tc->seq, nh = tc->n_heads, nkv = tc->n_kv, d = tc->d;
+    attn_problem p = attn_problem_make(G, tc);
+    attn_problem_add_half(C, G, &p, tc, fmt, nh * d, 0);
+    const size_t q_n = p.q_n, kv_n = p.kv_n;
+    C->attention_fwd_half(fmt, p.out_half, p.ld_out, p.out, p.lse, p.hq, p.hk, p.hv, p.doc, batch, seq, nh, nkv, d,
+                          p.scale);
+    attn_problem_upload_cpu_forward(G, &p);
+    C->attention_bwd_half(fmt, p.gq, p.gk, p.gv, p.gy, p.hq, p.hk, p.hv, p.out_half, p.ld_out, p.lse, p.doc, batch,
+                          seq, nh, nkv, d, p.scale);
+    const size_t tiles = (size_t)(seq + 63) / 64;
+    const size_t per_kv = (size_t)batch * (size_t)(nh / nkv) * tiles * (tiles + 1) / 2 * 64 * 64 * 2;
+    const size_t budgets[3] = {(size_t)1 << 30, per_kv, 0};
+    const char *names[3] = {"one chunk", "a chunk per kv head", "dq recomputes dS"};
+    float *got[3][3] = {{NULL}};
+    char what[192];
+    for (int b = 0; b < 3; b++) {
+        poison(p.d_gq, q_n), poison(p.d_gk, kv_n), poison(p.d_gv, kv_n);
+        cuda_attention_bwd_half_budget(budgets[b], fmt, p.d_gq, p.d_gk, p.d_gv, p.d_gy, p.d_hq, p.d_hk, p.d_hv,
+                                       p.d_out_half, p.ld_out, p.d_lse, p.d_doc, batch, seq, nh, nkv, d, p.scale);
+        const int len = snprintf(what, sizeof what, "%s b %d seq %d heads %d/%d d %d docs %d, %s: ", fmt_name(fmt),
+                                 batch, seq, nh, nkv, d, tc->doc_len, names[b]);
+        snprintf(what + len, sizeof what - len, "dq");
+        compare(G, what, p.d_gq, p.gq, q_n, REL_TOL);
+        snprintf(what + len, sizeof what - len, "dk");
+        compare(G, what, p.d_gk, p.gk, kv_n, REL_TOL);
+        snprintf(what + len, sizeof what - len, "dv");
+        compare(G, what, p.d_gv, p.gv, kv_n, REL_TOL);
+        got[b][0] = download_checked(G, what, p.d_gq, q_n * sizeof(float));
+        got[b][1] = download_checked(G, what, p.d_gk, kv_n * sizeof(float));
+        got[b][2] = download_checked(G, what, p.d_gv, kv_n * sizeof(float));
+    }
+    for (int b = 1; b < 3; b++) {
+        const char *which[3] = {"dq", "dk", "dv"};
+        for (int t = b == 2 ? 1 : 0; t < 3; t++) {
+            const size_t n = t == 0 ? q_n : kv_n;
+            CHECK_MSG(memcmp(got[0][t], got[b][t], n * sizeof(float)) == 0,
+                      "%s b %d seq %d heads %d/%d d %d docs %d: %s differs between %s and %s", fmt_name(fmt), batch,
+                      seq, nh, nkv, d, tc->doc_len, which[t], names[0], names[b]);
+        }
+    }
+    for (int b = 0; b < 3; b++)
+        for (int t = 0; t < 3; t++) free(got[b][t]);
+    attn_problem_free(G, &p);
+}
+
+static void test_ds_budgets(void) {
+    seed(22);
+    const attn_case cases[] = {
+        {2, 200, 8, 2, 64, 0},    /* GQA 4 per kv head, a ragged last tile, unmasked tiles */
+        {2, 65, 8, 2, 64, 9},     /* documents */
+        {1, 512, 16, 8, 128, 0},  /* head_dim 128, 8 tiles */
+        {2, 130, 4, 4, 128, 17},  /* MHA with documents */
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        ds_budget_case(&cases[c], KERNELS_BF16);
+        ds_budget_case(&cases[c], KERNELS_FP16);
+    }
+    check_status("after the dS budgets");
+}
+#endif
+
 int main(void) {
     if (!open_backends(&C, &G)) return 77;
     CHECK(G != NULL && G->attention_fwd_half != NULL && G->attention_bwd_half != NULL);
     test_shapes();
+#ifdef CTUNE_HAVE_CUDA
+    test_ds_budgets();
+#endif
     test_errors();
     check_status("end of tests");
     return check_summary("test_kernels_cuda_attention");

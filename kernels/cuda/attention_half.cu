@@ -601,7 +601,7 @@ static void launch_fwd(float *out, float *lse, const float *q, const float *k, c
 // D from out_half, then attention_mma.cu where it takes the shape (16-bit q, k, v as they
 // are), else the WMMA kernels on q, k, v widened into fp32 scratch.
 template <typename T>
-static void launch_bwd(float *dq, float *dk, float *dv, const float *dout, const uint16_t *q,
+static void launch_bwd(size_t ds_budget, float *dq, float *dk, float *dv, const float *dout, const uint16_t *q,
                        const uint16_t *k, const uint16_t *v, const uint16_t *out_half, int ld_out,
                        const float *lse, const ah_shape &dq_sh, size_t dq_smem, const ah_shape &dkv_sh,
                        size_t dkv_smem) {
@@ -615,7 +615,7 @@ static void launch_bwd(float *dq, float *dk, float *dv, const float *dout, const
     CUDA_CHECK_LAUNCH();
     const kernels_half_format fmt = half_ops<T>::fmt;
     if (attention_mma_bwd(fmt, dq, dk, dv, dout, q, k, v, lse, D, dq_sh.doc_ids, dq_sh.batch, dq_sh.seq,
-                          dq_sh.n_heads, dq_sh.n_kv, dq_sh.d, dq_sh.scale)) {
+                          dq_sh.n_heads, dq_sh.n_kv, dq_sh.d, dq_sh.scale, ds_budget)) {
         CUDA_CHECK(cudaFreeAsync(D, 0));
         return;
     }
@@ -705,11 +705,11 @@ extern "C" void cuda_attention_fwd_half(kernels_half_format fmt, uint16_t *out_h
     release_copies(copies, 4);
 }
 
-extern "C" void cuda_attention_bwd_half(kernels_half_format fmt, float *dq, float *dk, float *dv, const float *dout,
-                                        const uint16_t *q, const uint16_t *k, const uint16_t *v,
-                                        const uint16_t *out_half, int ld_out, const float *lse,
-                                        const int32_t *doc_ids, int batch, int seq, int n_heads,
-                                        int n_kv_heads, int head_dim, float scale) {
+extern "C" void cuda_attention_bwd_half_budget(size_t ds_budget, kernels_half_format fmt, float *dq, float *dk,
+                                               float *dv, const float *dout, const uint16_t *q, const uint16_t *k,
+                                               const uint16_t *v, const uint16_t *out_half, int ld_out,
+                                               const float *lse, const int32_t *doc_ids, int batch, int seq,
+                                               int n_heads, int n_kv_heads, int head_dim, float scale) {
     if (!cuda_known_half_format(fmt, "attention_bwd_half", __FILE__, __LINE__)) return;
     if (!shape_valid(batch, seq, n_heads, n_kv_heads, head_dim)) {
         cuda_attention_bwd(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, doc_ids, batch, seq,
@@ -733,8 +733,18 @@ extern "C" void cuda_attention_bwd_half(kernels_half_format fmt, float *dq, floa
         return;
     }
     if (bf16)
-        launch_bwd<__nv_bfloat16>(dq, dk, dv, dout, q, k, v, out_half, ld_out, lse, dq_sh, dq_smem, dkv_sh,
-                                  dkv_smem);
+        launch_bwd<__nv_bfloat16>(ds_budget, dq, dk, dv, dout, q, k, v, out_half, ld_out, lse, dq_sh, dq_smem,
+                                  dkv_sh, dkv_smem);
     else
-        launch_bwd<__half>(dq, dk, dv, dout, q, k, v, out_half, ld_out, lse, dq_sh, dq_smem, dkv_sh, dkv_smem);
+        launch_bwd<__half>(ds_budget, dq, dk, dv, dout, q, k, v, out_half, ld_out, lse, dq_sh, dq_smem, dkv_sh,
+                           dkv_smem);
+}
+
+extern "C" void cuda_attention_bwd_half(kernels_half_format fmt, float *dq, float *dk, float *dv, const float *dout,
+                                        const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                                        const uint16_t *out_half, int ld_out, const float *lse,
+                                        const int32_t *doc_ids, int batch, int seq, int n_heads,
+                                        int n_kv_heads, int head_dim, float scale) {
+    cuda_attention_bwd_half_budget(AM_DS_BUDGET, fmt, dq, dk, dv, dout, q, k, v, out_half, ld_out, lse, doc_ids,
+                                   batch, seq, n_heads, n_kv_heads, head_dim, scale);
 }

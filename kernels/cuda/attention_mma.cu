@@ -20,7 +20,8 @@
 // buffers (tile t+1 is copied while tile t is multiplied), 16-bit, row-major; fragments come from shared memory through ldmatrix (.trans where a
 // product reads the tile as B rather than B^T). Every output element has one writer and a fixed
 // summation order (keys ascending; in dk/dv the group's heads, then queries ascending):
-// no atomics, the same bits every run. Exponentials are ex2.approx.ftz of one fused
+// no atomics, the same bits every run. dq multiplies the 16-bit dS blocks that dk/dv stored
+// (am_dq_ds_kernel) where they fit a scratch budget, and recomputes them otherwise. Exponentials are ex2.approx.ftz of one fused
 // multiply-add, score * scale * log2(e) - max (or - lse * log2(e)).
 //
 // These loops are bound by the warps' own instruction issue, so they are kept lean and
@@ -261,14 +262,23 @@ __device__ __forceinline__ void am_product_abt(float acc[8][4], const T *a, int 
 }
 
 // out[16 x DP] += A[16 x 64] B, A the 16-bit rounding of acc (P or dS) and B the 64 rows of
-// y (row-major, stride DP+8): P V, dS K, P^T dO, dS^T Q.
+// y (row-major, stride DP+8): P V, dS K, P^T dO, dS^T Q. With store_rows, A is also written
+// there as it is made (16 rows of 64 16-bit values, row-major; each thread its fragments'
+// column pairs): dS for am_dq_ds_kernel, without keeping it alive past its product.
 template <typename T, int DP>
-__device__ __forceinline__ void am_accumulate(float out[DP / 8][4], const float acc[8][4], const T *y,
-                                              int lane) {
+__device__ __forceinline__ void am_accumulate(float out[DP / 8][4], const float acc[8][4], const T *y, int lane,
+                                              uint16_t *store_rows = nullptr) {
 #pragma unroll
     for (int kc = 0; kc < 4; kc++) {
         uint32_t fa[4];
         am_acc_to_a<T>(fa, acc, kc);
+        if (store_rows) {  // fa[i]: row gid + 8 (i & 1), columns 16 kc + 8 (i >> 1) + 2 tig, + 1
+            const int gid = lane >> 2, tig = lane & 3;
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                *reinterpret_cast<uint32_t *>(store_rows + (gid + 8 * (i & 1)) * AM_ROWS + 16 * kc + 8 * (i >> 1) +
+                                              2 * tig) = fa[i];
+        }
 #pragma unroll
         for (int dn = 0; dn < DP / 8; dn += 2) {
             uint32_t fb[4];
@@ -565,13 +575,20 @@ __global__ void __launch_bounds__(AM_THREADS)
     am_store_rows<DP>(dq, sh.q_stride, (size_t)h * sh.d, sh, b, rows, acc, sh.scale, tig);
 }
 
-// dk = scale dS^T Q, dv = P^T dO: one block per (key tile, kv head, sequence), over the
-// group's query heads, then the query tiles from the key tile on; Q, dO (and their rows'
-// documents, lse and D) double-buffered.
-template <typename T, int DP>
+// Index of the 64 x 64 dS block of query tile i and key tile j <= i among a head's blocks
+// (the causal triangle, row by row).
+__device__ __forceinline__ size_t am_ds_pair(int i, int j) { return (size_t)i * (i + 1) / 2 + j; }
+
+// dk = scale dS^T Q, dv = P^T dO: one block per (key tile, kv head kv0 + blockIdx.y, sequence),
+// over the group's query heads, then the query tiles from the key tile on; Q, dO (and their
+// rows' documents, lse and D) double-buffered. STORE_DS: also writes the 16-bit dS it
+// multiplies (zero where masked) for am_dq_ds_kernel, each 64 x 64 block [key][query]
+// row-major at ds + ((b * heads + h - kv0 * group) * pairs + am_ds_pair(query tile, key tile))
+// * 4096, heads = gridDim.y * group: the chunk's query heads.
+template <typename T, int DP, bool STORE_DS>
 __global__ void __launch_bounds__(AM_THREADS)
-    am_dkv_kernel(float *dk, float *dv, const T *dout, const T *q, const T *k, const T *v, const float *lse,
-                  const float *D, am_shape sh) {
+    am_dkv_kernel(float *dk, float *dv, uint16_t *ds, const T *dout, const T *q, const T *k, const T *v,
+                  const float *lse, const float *D, am_shape sh, int kv0) {
     extern __shared__ __align__(16) unsigned char am_smem[];
     constexpr int TILE = AM_ROWS * (DP + 8);
     T *Ks = reinterpret_cast<T *>(am_smem);
@@ -584,7 +601,7 @@ __global__ void __launch_bounds__(AM_THREADS)
     float *col_D = col_lse + 2 * AM_ROWS;                           // two buffers
 
     const int n_tiles = (sh.seq + AM_ROWS - 1) / AM_ROWS;
-    const int j0 = blockIdx.x * AM_ROWS, g = blockIdx.y, b = blockIdx.z;
+    const int j0 = blockIdx.x * AM_ROWS, g = kv0 + (int)blockIdx.y, b = blockIdx.z;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane >> 2, tig = lane & 3;
     const int row0 = warp * 16;
     const int keys[2] = {j0 + row0 + gid, j0 + row0 + gid + 8};
@@ -629,7 +646,13 @@ __global__ void __launch_bounds__(AM_THREADS)
     for (int dn = 0; dn < DP / 8; dn++)
 #pragma unroll
         for (int e = 0; e < 4; e++) dK[dn][e] = dV[dn][e] = 0.0f;
-    int i0 = j0;  // the computed step's query tile
+    int i0 = j0, h = g * sh.group;  // the computed step's query tile and head
+    // This warp's 16 rows of the step's dS block (STORE_DS), computed where it is written.
+    auto ds_rows = [&]() {
+        const size_t block = ((size_t)b * gridDim.y * sh.group + (h - kv0 * sh.group)) * am_ds_pair(n_tiles, 0) +
+                             am_ds_pair(i0 / AM_ROWS, (int)blockIdx.x);
+        return ds + block * (AM_ROWS * AM_ROWS) + (size_t)row0 * AM_ROWS;
+    };
     for (int u = 0; u < n_steps; u++) {
         const int cur = u & 1;
         if (u + 1 < n_steps) load_step(cur ^ 1);
@@ -675,14 +698,99 @@ __global__ void __launch_bounds__(AM_THREADS)
                     }
             }
             am_accumulate<T, DP>(dV, s, dOt, lane);
-            am_accumulate<T, DP>(dK, dp, Qt, lane);
+            am_accumulate<T, DP>(dK, dp, Qt, lane, STORE_DS ? ds_rows() : nullptr);
+        } else if (STORE_DS) {  // dS = 0
+            uint16_t *rows = ds_rows();
+#pragma unroll
+            for (int r = 0; r < 2; r++)
+#pragma unroll
+                for (int c = 0; c < AM_ROWS; c += 8)
+                    *reinterpret_cast<uint32_t *>(rows + (gid + 8 * r) * AM_ROWS + c + 2 * tig) = 0u;
         }
         __syncthreads();
         i0 += AM_ROWS;
-        if (i0 >= j0 + n_q * AM_ROWS) i0 = j0;
+        if (i0 >= j0 + n_q * AM_ROWS) i0 = j0, h++;
     }
     am_store_rows<DP>(dk, sh.kv_stride, (size_t)g * sh.d, sh, b, keys, dK, sh.scale, tig);
     am_store_rows<DP>(dv, sh.kv_stride, (size_t)g * sh.d, sh, b, keys, dV, 1.0f, tig);
+}
+
+// dq = scale dS K from the 16-bit dS that am_dkv_kernel<STORE_DS> wrote (the same rounding of
+// the same formula the recomputing am_dq_kernel makes; the products that made it ran with
+// keys and queries exchanged, so a rare last bit may differ): one block per (query tile,
+// head kv0 * group + blockIdx.y, sequence), key tiles ascending, each with its dS block,
+// double-buffered. One product per tile instead of four, no exponentials: the recomputation
+// of S, P and dP was most of the backward's second kernel.
+template <typename T, int DP>
+__global__ void __launch_bounds__(AM_THREADS)
+    am_dq_ds_kernel(float *dq, const uint16_t *ds, const T *k, am_shape sh, int kv0) {
+    extern __shared__ __align__(16) unsigned char am_smem[];
+    constexpr int TILE = AM_ROWS * (DP + 8), DS_TILE = AM_ROWS * (AM_ROWS + 8);
+    T *Ks = reinterpret_cast<T *>(am_smem);  // two buffers
+    T *dSs = Ks + 2 * TILE;                   // two buffers, [key][query]
+    const int n_tiles = (sh.seq + AM_ROWS - 1) / AM_ROWS;
+    const int hq = (int)blockIdx.y;  // the head within the chunk
+    // am_query_block_of reads blockIdx.y as the head: add the chunk's first one.
+    am_query_block qb = am_query_block_of(sh);
+    qb.h = kv0 * sh.group + hq;
+    qb.g = qb.h / sh.group;
+    const int i0 = qb.i0, h = qb.h, b = qb.b, g = qb.g, lane = qb.lane, tig = qb.tig;
+    const int row0 = qb.row0, n_kv = qb.n_kv;
+    const int *rows = qb.rows;
+    const size_t pairs = am_ds_pair(n_tiles, 0);
+    // The query tile's dS blocks (key tiles 0..): consecutive, 8 KB each.
+    const uint16_t *ds_blocks =
+        ds + (((size_t)b * gridDim.y + hq) * pairs + am_ds_pair(i0 / AM_ROWS, 0)) * (AM_ROWS * AM_ROWS);
+    const am_copy_place<DP> cp;
+    am_tiles<T, DP, 1> k_tiles(sh.kv_stride, 0, cp, am_head_rows(k, sh.kv_stride, sh, b, g));
+    // A block is 512 pieces of 16 bytes: 4 per thread, 8 per 64-value row.
+    auto load_ds = [&](int t, int buf) {
+        const uint16_t *from = ds_blocks + (size_t)t * (AM_ROWS * AM_ROWS);
+#pragma unroll
+        for (int i = 0; i < AM_ROWS * AM_ROWS / 8 / AM_THREADS; i++) {
+            const int piece = (int)threadIdx.x + i * AM_THREADS, r = piece / 8, c = 8 * (piece % 8);
+            am_cp16(dSs + buf * DS_TILE + r * (AM_ROWS + 8) + c, from + r * AM_ROWS + c, true);
+        }
+    };
+    k_tiles.load(sh.seq, Ks, k);
+    load_ds(0, 0);
+    am_cp_commit();
+
+    float acc[DP / 8][4];
+#pragma unroll
+    for (int dn = 0; dn < DP / 8; dn++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[dn][e] = 0.0f;
+    for (int t = 0; t < n_kv; t++) {
+        const int cur = t & 1;
+        if (t + 1 < n_kv) {
+            k_tiles.load(sh.seq, Ks + (cur ^ 1) * TILE, k);
+            load_ds(t + 1, cur ^ 1);
+        }
+        am_cp_commit();
+        am_cp_wait<1>();
+        __syncthreads();
+        const T *Kt = Ks + cur * TILE;
+        const T *St = dSs + cur * DS_TILE;
+        // acc[16 x DP] += dS[16 x 64] K[64 x DP]: A(query m, key k) = St[k][m], so its 8 x 8
+        // blocks come transposed (ldmatrix .trans): a0 = keys 0-7 x queries 0-7, a1 = keys
+        // 0-7 x queries 8-15, a2 = keys 8-15 x queries 0-7, a3 = keys 8-15 x queries 8-15.
+#pragma unroll
+        for (int kc = 0; kc < 4; kc++) {
+            uint32_t fa[4];
+            const int blk = lane >> 3;
+            am_ldsm_trans(fa, St + (kc * 16 + (lane & 7) + (blk >> 1) * 8) * (AM_ROWS + 8) + row0 + (blk & 1) * 8);
+#pragma unroll
+            for (int dn = 0; dn < DP / 8; dn += 2) {
+                uint32_t fb[4];
+                am_frag_b(fb, Kt, DP + 8, dn * 8, kc * 16, lane);
+                am_format<T>::mma(acc[dn], fa, fb[0], fb[1]);
+                am_format<T>::mma(acc[dn + 1], fa, fb[2], fb[3]);
+            }
+        }
+        __syncthreads();
+    }
+    am_store_rows<DP>(dq, sh.q_stride, (size_t)h * sh.d, sh, b, rows, acc, sh.scale, tig);
 }
 
 // ------------------------------------------------------------------ launchers
@@ -730,13 +838,28 @@ static bool am_fwd(uint16_t *out_half, int ld_out, float *out, float *lse, const
     return true;
 }
 
+// Bytes of the 16-bit dS blocks of one kv head (its group's query heads, every sequence).
+static size_t am_ds_bytes_per_kv(const am_shape &sh) {
+    const size_t tiles = (size_t)(sh.seq + AM_ROWS - 1) / AM_ROWS;
+    return (size_t)sh.batch * sh.group * (tiles * (tiles + 1) / 2) * AM_ROWS * AM_ROWS * sizeof(uint16_t);
+}
+
 // dout rounded to the format once, into stream-ordered scratch (the kernels then move half the
-// bytes, and cp.async can stream them); q, k, v are the caller's 16-bit tensors.
+// bytes, and cp.async can stream them); q, k, v are the caller's 16-bit tensors. Where the dS
+// blocks of at least one kv head fit ds_budget bytes, dk/dv store them and dq multiplies them
+// (am_dq_ds_kernel), kv heads in equal chunks that fit the budget; otherwise dq recomputes
+// them (am_dq_kernel).
 template <typename T, int DP>
 static bool am_bwd(kernels_half_format fmt, float *dq, float *dk, float *dv, const float *dout, const uint16_t *q,
-                   const uint16_t *k, const uint16_t *v, const float *lse, const float *D, const am_shape &sh) {
+                   const uint16_t *k, const uint16_t *v, const float *lse, const float *D, const am_shape &sh,
+                   size_t ds_budget) {
     const size_t dq_smem = am_tile_bytes<DP>(6, 3), dkv_smem = am_tile_bytes<DP>(6, 7);
-    if (!am_allow_smem(am_dq_kernel<T, DP>, dq_smem) || !am_allow_smem(am_dkv_kernel<T, DP>, dkv_smem))
+    const size_t dq_ds_smem = am_tile_bytes<DP>(2, 0) + am_tile_bytes<AM_ROWS>(2, 0);
+    const size_t per_kv = am_ds_bytes_per_kv(sh);
+    const bool store_ds = per_kv <= ds_budget;
+    if (store_ds ? !am_allow_smem(am_dq_ds_kernel<T, DP>, dq_ds_smem) ||
+                       !am_allow_smem(am_dkv_kernel<T, DP, true>, dkv_smem)
+                 : !am_allow_smem(am_dq_kernel<T, DP>, dq_smem) || !am_allow_smem(am_dkv_kernel<T, DP, false>, dkv_smem))
         return false;
     const size_t dout_n = (size_t)sh.batch * sh.seq * sh.q_stride;
     uint16_t *rounded_dout = NULL;
@@ -745,12 +868,30 @@ static bool am_bwd(kernels_half_format fmt, float *dq, float *dk, float *dv, con
     cuda_to_half(rounded_dout, dout, dout_n, fmt);
     const T *hdo = (const T *)rounded_dout, *hq = (const T *)q, *hk = (const T *)k, *hv = (const T *)v;
     const unsigned tiles = (unsigned)((sh.seq + AM_ROWS - 1) / AM_ROWS);
-    am_dq_kernel<T, DP><<<dim3(tiles, (unsigned)sh.n_heads, (unsigned)sh.batch), AM_THREADS, dq_smem>>>(
-        dq, hdo, hq, hk, hv, lse, D, sh);
-    CUDA_CHECK_LAUNCH();
-    am_dkv_kernel<T, DP><<<dim3(tiles, (unsigned)sh.n_kv, (unsigned)sh.batch), AM_THREADS, dkv_smem>>>(
-        dk, dv, hdo, hq, hk, hv, lse, D, sh);
-    CUDA_CHECK_LAUNCH();
+    if (!store_ds) {
+        am_dq_kernel<T, DP><<<dim3(tiles, (unsigned)sh.n_heads, (unsigned)sh.batch), AM_THREADS, dq_smem>>>(
+            dq, hdo, hq, hk, hv, lse, D, sh);
+        CUDA_CHECK_LAUNCH();
+        am_dkv_kernel<T, DP, false><<<dim3(tiles, (unsigned)sh.n_kv, (unsigned)sh.batch), AM_THREADS, dkv_smem>>>(
+            dk, dv, NULL, hdo, hq, hk, hv, lse, D, sh, 0);
+        CUDA_CHECK_LAUNCH();
+    } else {
+        const size_t fit = ds_budget / per_kv;
+        const int n_chunks = (int)(((size_t)sh.n_kv + fit - 1) / fit);
+        const int chunk_kv = (sh.n_kv + n_chunks - 1) / n_chunks;  // equal chunks: no small last wave
+        uint16_t *ds = NULL;
+        CUDA_CHECK(cudaMallocAsync((void **)&ds, (size_t)chunk_kv * per_kv, 0));
+        for (int kv0 = 0; ds && kv0 < sh.n_kv; kv0 += chunk_kv) {
+            const int n = sh.n_kv - kv0 < chunk_kv ? sh.n_kv - kv0 : chunk_kv;
+            am_dkv_kernel<T, DP, true><<<dim3(tiles, (unsigned)n, (unsigned)sh.batch), AM_THREADS, dkv_smem>>>(
+                dk, dv, ds, hdo, hq, hk, hv, lse, D, sh, kv0);
+            CUDA_CHECK_LAUNCH();
+            am_dq_ds_kernel<T, DP><<<dim3(tiles, (unsigned)(n * sh.group), (unsigned)sh.batch), AM_THREADS,
+                                     dq_ds_smem>>>(dq, ds, hk, sh, kv0);
+            CUDA_CHECK_LAUNCH();
+        }
+        if (ds) CUDA_CHECK(cudaFreeAsync(ds, 0));
+    }
     CUDA_CHECK(cudaFreeAsync(rounded_dout, 0));
     return true;
 }
@@ -777,14 +918,14 @@ bool attention_mma_fwd(kernels_half_format fmt, uint16_t *out_half, int ld_out, 
 bool attention_mma_bwd(kernels_half_format fmt, float *dq, float *dk, float *dv, const float *dout,
                        const uint16_t *q, const uint16_t *k, const uint16_t *v, const float *lse, const float *D,
                        const int32_t *doc_ids, int batch, int seq, int n_heads, int n_kv_heads, int head_dim,
-                       float scale) {
+                       float scale, size_t ds_budget) {
     am_shape sh;
     if (!am_shape_of(&sh, doc_ids, batch, seq, n_heads, n_kv_heads, head_dim, scale)) return false;
     if (!am_aligned(q, k, v)) return false;
     const bool bf16 = fmt == KERNELS_BF16;
     if (head_dim == 64)
-        return bf16 ? am_bwd<__nv_bfloat16, 64>(fmt, dq, dk, dv, dout, q, k, v, lse, D, sh)
-                    : am_bwd<__half, 64>(fmt, dq, dk, dv, dout, q, k, v, lse, D, sh);
-    return bf16 ? am_bwd<__nv_bfloat16, 128>(fmt, dq, dk, dv, dout, q, k, v, lse, D, sh)
-                : am_bwd<__half, 128>(fmt, dq, dk, dv, dout, q, k, v, lse, D, sh);
+        return bf16 ? am_bwd<__nv_bfloat16, 64>(fmt, dq, dk, dv, dout, q, k, v, lse, D, sh, ds_budget)
+                    : am_bwd<__half, 64>(fmt, dq, dk, dv, dout, q, k, v, lse, D, sh, ds_budget);
+    return bf16 ? am_bwd<__nv_bfloat16, 128>(fmt, dq, dk, dv, dout, q, k, v, lse, D, sh, ds_budget)
+                : am_bwd<__half, 128>(fmt, dq, dk, dv, dout, q, k, v, lse, D, sh, ds_budget);
 }

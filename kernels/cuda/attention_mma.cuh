@@ -5,6 +5,7 @@
 #ifndef CTUNE_ATTENTION_MMA_CUH
 #define CTUNE_ATTENTION_MMA_CUH
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "kernels/kernels.h"
@@ -16,10 +17,14 @@ bool attention_mma_fwd(kernels_half_format fmt, uint16_t *out_half, int ld_out, 
                        int batch, int seq, int n_heads, int n_kv_heads, int head_dim, float scale);
 
 // D[b, h, s] = rowsum(round(dout) * widened out_half), computed by the caller
-// (attention_half.cu); dout is fp32 and rounded here.
+// (attention_half.cu); dout is fp32 and rounded here. Where one kv head's 16-bit dS blocks
+// (batch x group x the causal triangle of 64 x 64 tiles, 2 bytes a value) fit ds_budget
+// bytes, the dk/dv kernel stores dS and dq multiplies it (transient scratch of at most
+// ds_budget); otherwise dq recomputes it. AM_DS_BUDGET is the default.
+#define AM_DS_BUDGET ((size_t)1 << 30)
 bool attention_mma_bwd(kernels_half_format fmt, float *dq, float *dk, float *dv, const float *dout,
                        const uint16_t *q, const uint16_t *k, const uint16_t *v, const float *lse, const float *D,
                        const int32_t *doc_ids, int batch, int seq, int n_heads, int n_kv_heads,
-                       int head_dim, float scale);
+                       int head_dim, float scale, size_t ds_budget);
 
 #endif

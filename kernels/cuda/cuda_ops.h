@@ -96,6 +96,12 @@ void cuda_attention_bwd_half(kernels_half_format fmt, float *dq, float *dk, floa
                              const uint16_t *q, const uint16_t *k, const uint16_t *v, const uint16_t *out_half,
                              int ld_out, const float *lse, const int32_t *doc_ids, int batch, int seq, int n_heads,
                              int n_kv_heads, int head_dim, float scale);
+/* The same with the budget of the 16-bit dS scratch the head_dim 64/128 path may take (the
+ * table's op gives 1 GiB; 0 makes dq recompute dS): for tests of both ways. */
+void cuda_attention_bwd_half_budget(size_t ds_budget, kernels_half_format fmt, float *dq, float *dk, float *dv,
+                                    const float *dout, const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                                    const uint16_t *out_half, int ld_out, const float *lse, const int32_t *doc_ids,
+                                    int batch, int seq, int n_heads, int n_kv_heads, int head_dim, float scale);
 
 void cuda_cross_entropy(float *logits, float *loss, const int32_t *targets, int n_rows,
                         int vocab, float grad_scale);
