@@ -18,6 +18,7 @@ static const kernels cuda_backend = {
     .alloc = cuda_alloc,
     .release = cuda_release,
     .memory_info = cuda_memory_info,
+    .attention_scratch_bytes = cuda_attention_scratch_bytes,
     .zero = cuda_zero,
     .copy = cuda_copy,
     .upload = cuda_upload,

@@ -52,6 +52,11 @@ typedef struct kernels {
      * memory; for the CPU the host's available and total RAM, within the cgroup (v2) memory
      * limit when one is set. 0, or -1 where it cannot tell (the values are then 0). */
     int (*memory_info)(size_t *free_bytes, size_t *total_bytes);
+    /* The most memory one attention call allocates for itself and releases before it returns
+     * (the backward is the larger: staged or widened copies, D, a GPU's stored dS), for the
+     * given shape, fp32 (half false) or 16-bit operands: memory the run's estimate must leave
+     * free beside its activations. NULL where it allocates none. */
+    size_t (*attention_scratch_bytes)(bool half, int batch, int seq, int n_heads, int n_kv_heads, int head_dim);
 
     /* ---- dense algebra ----
      * C[m,n] = alpha * op(A) op(B) + beta * C; op(A) is [m,k], op(B) is [k,n].

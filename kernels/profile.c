@@ -272,6 +272,7 @@ int kernels_profile_start(const kernels *inner, const kernels **out, ct_error *e
         .alloc = p_alloc,
         .release = p_release,
         .memory_info = inner->memory_info, /* a query, not an op: untimed */
+        .attention_scratch_bytes = inner->attention_scratch_bytes,
         .zero = p_zero,
         .copy = p_copy,
         .upload = p_upload,

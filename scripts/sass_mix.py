@@ -75,8 +75,9 @@ def opcode(text):
     return text.split()[0].split(".")[0]
 
 
-def product_loops(code):
-    """(start, end, opcodes) of each backward branch's body that holds a tensor-core product."""
+def product_loops(code, every=False):
+    """(start, end, opcodes) of each backward branch's body that holds a tensor-core product
+    (every loop with every=True)."""
     index = {addr: i for i, (addr, _) in enumerate(code)}
     loops = []
     for i, (addr, text) in enumerate(code):
@@ -86,7 +87,7 @@ def product_loops(code):
         target = int(m.group(1), 16)
         if target < addr and target in index:
             body = [opcode(t) for _, t in code[index[target]:i + 1]]
-            if any(o in ("HMMA", "HGMMA") for o in body):
+            if every or any(o in ("HMMA", "HGMMA") for o in body):
                 loops.append((target, addr, body))
     return loops
 
@@ -98,6 +99,8 @@ def main():
     ap.add_argument("--kernel", default="", help="substring of the (mangled) kernel names to show")
     ap.add_argument("--replace", action="append", default=[], metavar="OLD=>NEW")
     ap.add_argument("--top", type=int, default=14, help="instruction kinds listed per loop")
+    ap.add_argument("--all-loops", action="store_true",
+                    help="every loop, with its instructions per global load or store (memory-bound kernels)")
     args = ap.parse_args()
 
     text = open(args.source).read()
@@ -140,11 +143,16 @@ def main():
             continue
         u = usage.get(fname, {})
         print(f"{fname}: {u.get('regs', '?')} registers, {u.get('spill', '?')} bytes spilled, {len(code)} instructions")
-        for start, end, body in product_loops(code):
+        for start, end, body in product_loops(code, args.all_loops):
             kinds = collections.Counter(body)
             products = kinds["HMMA"] + kinds["HGMMA"]
-            print(f"  loop {start:#x}-{end:#x}: {len(body)} instructions, {products} products, "
-                  f"{len(body) / products:.2f} per product")
+            memory = sum(v for k, v in kinds.items() if k in ("LDG", "STG", "LDGSTS"))
+            if products:
+                print(f"  loop {start:#x}-{end:#x}: {len(body)} instructions, {products} products, "
+                      f"{len(body) / products:.2f} per product")
+            else:
+                print(f"  loop {start:#x}-{end:#x}: {len(body)} instructions, {memory} global loads/stores"
+                      + (f", {len(body) / memory:.1f} per access" if memory else ""))
             print("    " + ", ".join(f"{k} {v}" for k, v in kinds.most_common(args.top)))
 
 

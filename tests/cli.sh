@@ -74,6 +74,23 @@ expect 0 "parameters: [0-9]+ total" -- "$ctune" train "$src/configs/tiny/lora.ya
 expect 0 "memory check \(rank 0\): [0-9.]+ GiB more needed, [0-9.]+ GiB free of [0-9.]+ on the cpu backend: fits" -- \
   "$ctune" train "$src/configs/tiny/lora.yaml" model.path="$work/tiny" data.train="$work/t.h5" data.eval="$work/e.h5" \
   data.synthetic_train_examples=64 data.synthetic_eval_examples=8 --dry-run
+# The estimate counts what the attention kernels allocate for themselves (kernel scratch): none
+# in fp32; in mixed precision the CPU backward's five fp32 copies, tokens x (3 heads + 2 kv
+# heads) x head_dim x 4 bytes (the tiny model: 4 heads, 2 kv heads, head_dim 32; micro batch 32
+# x seq 16 below).
+plan_of() {
+  "$ctune" train "$src/configs/tiny/lora.yaml" model.path="$work/tiny" data.train="$work/t.h5" data.eval="$work/e.h5" \
+    data.synthetic_train_examples=64 data.synthetic_eval_examples=8 "$@" --dry-run 2>&1
+}
+scratch_of() { grep -oE 'kernel scratch [0-9]+' <<<"$1" | head -1 | awk '{print $3}'; }
+fp32_scratch=$(scratch_of "$(plan_of precision=fp32)")
+mixed_scratch=$(scratch_of "$(plan_of precision=bf16-mixed)")
+if [ "$fp32_scratch" = 0 ] && [ "$mixed_scratch" = $((32 * 16 * (3 * 4 + 2 * 2) * 32 * 4)) ]; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1))
+  echo "FAIL: kernel scratch in the estimate: fp32 '$fp32_scratch' (want 0), bf16-mixed '$mixed_scratch' (want $((32 * 16 * (3 * 4 + 2 * 2) * 32 * 4)))"
+fi
 huge=(train.micro_batch_size=1024 train.global_batch_size=1024 data.seq_len=1048576) # ~46,000 GiB of activations
 expect 0 "memory check \(rank 0\).*does NOT fit" -- "$ctune" train "$src/configs/tiny/lora.yaml" model.path="$work/tiny" \
   data.train="$work/t.h5" data.eval="$work/e.h5" data.synthetic_train_examples=64 data.synthetic_eval_examples=8 \
@@ -81,6 +98,10 @@ expect 0 "memory check \(rank 0\).*does NOT fit" -- "$ctune" train "$src/configs
 expect 1 "lora.yaml: not enough memory on rank 0's cpu backend: the run needs [0-9.]+ GiB more .*activations [0-9.]+\).*Try train.activation_checkpointing: true \(activations [0-9.]+ -> [0-9.]+ GiB\)" -- \
   "$ctune" train "$src/configs/tiny/lora.yaml" model.path="$work/tiny" data.train="$work/t.h5" data.eval="$work/e.h5" \
   data.synthetic_train_examples=64 data.synthetic_eval_examples=8 "${huge[@]}" checkpoint.output_dir="$work/huge"
+expect 1 "not enough memory .*activations [0-9.]+, kernel scratch [0-9.]+\)" -- \
+  "$ctune" train "$src/configs/tiny/lora.yaml" model.path="$work/tiny" data.train="$work/t.h5" data.eval="$work/e.h5" \
+  data.synthetic_train_examples=64 data.synthetic_eval_examples=8 "${huge[@]}" precision=bf16-mixed \
+  checkpoint.output_dir="$work/huge"
 if [ -e "$work/huge" ]; then
   failed=$((failed + 1))
   echo "FAIL: the refused run created its output directory"

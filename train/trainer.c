@@ -212,6 +212,16 @@ static size_t activation_bytes(const run *x, bool checkpointing) {
                                   x->r->data.seq_len, checkpointing, x->m.precision);
 }
 
+/* What the backend's kernels allocate for themselves within a step beyond the activations (the
+ * attention backward's copies and, on a GPU, its stored dS), released after each call. */
+static size_t kernel_scratch_bytes(const run *x) {
+    const model_config *c = &x->m.cfg;
+    if (!x->k->attention_scratch_bytes) return 0;
+    return x->k->attention_scratch_bytes(x->m.precision != MODEL_FP32, x->r->train.micro_batch_size,
+                                         x->r->data.seq_len, c->num_attention_heads, c->num_key_value_heads,
+                                         c->head_dim);
+}
+
 static void rank_zero_memory(const run *x, size_t trainable, int rank, zero_memory *mem) {
     zero_memory_estimate(x->r->distributed.zero_stage, x->m.weight_numel, trainable, x->d->world_size, rank,
                          x->accum_steps, mem);
@@ -219,7 +229,7 @@ static void rank_zero_memory(const run *x, size_t trainable, int rank, zero_memo
 
 /* One line per rank (the first and last few on big worlds): parse-friendly exact bytes. */
 static void print_memory(const run *x, size_t trainable, size_t act_bytes) {
-    const size_t half_bytes = x->m.half_numel * sizeof(uint16_t);
+    const size_t half_bytes = x->m.half_numel * sizeof(uint16_t), scratch = kernel_scratch_bytes(x);
     const recipe *r = x->r;
     const int world = x->d->world_size, stage = r->distributed.zero_stage;
     printf("  ZeRO stage %d: %s; micro-batches %s\n", stage,
@@ -235,10 +245,10 @@ static void print_memory(const run *x, size_t trainable, size_t act_bytes) {
         /* fp32 values held (a mixed-precision LoRA base only in 16 bits) plus 16-bit copies */
         rank_zero_memory(x, trainable, rank, &mem);
         size_t params = mem.param_bytes + half_bytes;
-        size_t sum = params + mem.grad_bytes + mem.optim_bytes + act_bytes + mem.comm_bytes;
+        size_t sum = params + mem.grad_bytes + mem.optim_bytes + act_bytes + scratch + mem.comm_bytes;
         printf("    rank %d: parameters %zu, gradients %zu, optimizer state %zu, activations %zu, "
-               "communication %zu, total %zu (%.1f MiB); updates %zu of %zu trainable values\n",
-               rank, params, mem.grad_bytes, mem.optim_bytes, act_bytes, mem.comm_bytes, sum,
+               "kernel scratch %zu, communication %zu, total %zu (%.1f MiB); updates %zu of %zu trainable values\n",
+               rank, params, mem.grad_bytes, mem.optim_bytes, act_bytes, scratch, mem.comm_bytes, sum,
                (double)sum / (1024.0 * 1024.0), mem.shard_numel, trainable);
     }
 }
@@ -305,10 +315,10 @@ static int check_memory(const run *x, bool dry_run, ct_error *err) {
     rank_zero_memory(x, trainable, x->d->rank, &mem);
     /* the collectives' scratch is host memory: it competes with a host backend's buffers */
     const bool host = x->k->host_memory;
-    const size_t act = activation_bytes(x, r->train.activation_checkpointing);
+    const size_t act = activation_bytes(x, r->train.activation_checkpointing), scratch = kernel_scratch_bytes(x);
     /* the backward's own gradient output (grad_arena) exists already */
     const size_t sums = mem.grad_bytes - trainable * sizeof(float);
-    const size_t need = sums + mem.optim_bytes + act + (host ? mem.comm_bytes : 0);
+    const size_t need = sums + mem.optim_bytes + act + scratch + (host ? mem.comm_bytes : 0);
     const bool fits = need <= free_bytes / (size_t)sharers;
     char shared[96] = "";
     if (sharers > 1) snprintf(shared, sizeof shared, ", shared by %d ranks of this node", sharers);
@@ -323,12 +333,15 @@ static int check_memory(const run *x, bool dry_run, ct_error *err) {
         snprintf(hint, sizeof hint, "train.activation_checkpointing: true (activations %.2f -> %.2f GiB), ", gib(act),
                  gib(ckpt));
     }
+    char scratch_part[64] = "";
+    if (scratch) snprintf(scratch_part, sizeof scratch_part, ", kernel scratch %.2f", gib(scratch));
     return ct_fail(err, "%s: not enough memory on rank %d's %s backend: the run needs %.2f GiB more (gradient sums "
-                        "%.2f, optimizer state %.2f, activations %.2f%s) and %.2f GiB of %.2f are free%s. Try %sa "
+                        "%.2f, optimizer state %.2f, activations %.2f%s%s) and %.2f GiB of %.2f are free%s. Try %sa "
                         "smaller train.micro_batch_size or data.seq_len, %sor more ranks with distributed.zero_stage "
                         "1 or 2",
                    r->source, x->d->rank, x->k->name, gib(need), gib(sums), gib(mem.optim_bytes), gib(act),
-                   host && mem.comm_bytes ? ", communication scratch" : "", gib(free_bytes), gib(total_bytes),
+                   scratch_part, host && mem.comm_bytes ? ", communication scratch" : "", gib(free_bytes),
+                   gib(total_bytes),
                    sharers > 1 ? " (for all the node's ranks on it)" : "", hint,
                    r->method == METHOD_LORA ? "" : "method: lora, ");
 }

@@ -102,3 +102,11 @@ void cpu_attention_bwd_half(kernels_half_format fmt, float *dq, float *dk, float
     free(wv);
     free(wout);
 }
+
+/* The backward's five fp32 copies (rounded dout, widened q, k, v and output) are the most
+ * either direction allocates; the fp32 attention allocates nothing. */
+size_t cpu_attention_scratch_bytes(bool half, int batch, int seq, int n_heads, int n_kv_heads, int head_dim) {
+    if (!half || batch <= 0 || seq <= 0 || n_heads <= 0 || n_kv_heads <= 0 || head_dim <= 0) return 0;
+    const size_t tokens = (size_t)batch * seq;
+    return tokens * (3 * (size_t)n_heads + 2 * (size_t)n_kv_heads) * (size_t)head_dim * sizeof(float);
+}

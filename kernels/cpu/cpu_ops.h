@@ -135,6 +135,7 @@ void cpu_attention_bwd_half(kernels_half_format fmt, float *dq, float *dk, float
                             const uint16_t *q, const uint16_t *k, const uint16_t *v, const uint16_t *out_half,
                             int ld_out, const float *lse, const int32_t *doc_ids, int batch, int seq, int n_heads,
                             int n_kv_heads, int head_dim, float scale);
+size_t cpu_attention_scratch_bytes(bool half, int batch, int seq, int n_heads, int n_kv_heads, int head_dim);
 
 /* cross_entropy.c */
 void cpu_cross_entropy(float *logits, float *loss, const int32_t *targets, int n_rows, int vocab,

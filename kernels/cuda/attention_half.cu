@@ -748,3 +748,16 @@ extern "C" void cuda_attention_bwd_half(kernels_half_format fmt, float *dq, floa
     cuda_attention_bwd_half_budget(AM_DS_BUDGET, fmt, dq, dk, dv, dout, q, k, v, out_half, ld_out, lse, doc_ids,
                                    batch, seq, n_heads, n_kv_heads, head_dim, scale);
 }
+
+// The backward's scratch is the larger: D, then the mma path's staged dout and dS chunk, or the
+// other paths' fp32 copies (at most five tensors the size of the inputs: the fp32 fallback's).
+// The fp32 attention allocates only D.
+extern "C" size_t cuda_attention_scratch_bytes(bool half, int batch, int seq, int n_heads, int n_kv_heads,
+                                               int head_dim) {
+    if (!shape_valid(batch, seq, n_heads, n_kv_heads, head_dim)) return 0;
+    const size_t tokens = (size_t)batch * seq, D = (size_t)batch * n_heads * seq * sizeof(float);
+    if (!half) return D;
+    const size_t mma = attention_mma_bwd_scratch_bytes(batch, seq, n_heads, n_kv_heads, head_dim, AM_DS_BUDGET);
+    if (mma) return D + mma;
+    return D + tokens * (3 * (size_t)n_heads + 2 * (size_t)n_kv_heads) * (size_t)head_dim * sizeof(float);
+}

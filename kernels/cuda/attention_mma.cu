@@ -929,3 +929,15 @@ bool attention_mma_bwd(kernels_half_format fmt, float *dq, float *dk, float *dv,
     return bf16 ? am_bwd<__nv_bfloat16, 128>(fmt, dq, dk, dv, dout, q, k, v, lse, D, sh, ds_budget)
                 : am_bwd<__half, 128>(fmt, dq, dk, dv, dout, q, k, v, lse, D, sh, ds_budget);
 }
+
+size_t attention_mma_bwd_scratch_bytes(int batch, int seq, int n_heads, int n_kv_heads, int head_dim,
+                                       size_t ds_budget) {
+    am_shape sh;
+    if (!am_shape_of(&sh, NULL, batch, seq, n_heads, n_kv_heads, head_dim, 1.0f)) return 0;
+    const size_t staged_dout = (size_t)batch * seq * sh.q_stride * sizeof(uint16_t);
+    const size_t per_kv = am_ds_bytes_per_kv(sh);
+    if (per_kv > ds_budget) return staged_dout;
+    const size_t fit = ds_budget / per_kv;
+    const int n_chunks = (int)(((size_t)sh.n_kv + fit - 1) / fit);
+    return staged_dout + (size_t)((sh.n_kv + n_chunks - 1) / n_chunks) * per_kv;
+}

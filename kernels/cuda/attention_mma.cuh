@@ -27,4 +27,9 @@ bool attention_mma_bwd(kernels_half_format fmt, float *dq, float *dk, float *dv,
                        const int32_t *doc_ids, int batch, int seq, int n_heads, int n_kv_heads,
                        int head_dim, float scale, size_t ds_budget);
 
+// The scratch attention_mma_bwd allocates and frees for this shape (the staged dout and the
+// dS chunk; D is the caller's), or 0 where the path does not take the shape.
+size_t attention_mma_bwd_scratch_bytes(int batch, int seq, int n_heads, int n_kv_heads, int head_dim,
+                                       size_t ds_budget);
+
 #endif
