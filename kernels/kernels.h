@@ -75,6 +75,13 @@ typedef struct kernels {
      * splitmix64(z): z += 0x9E3779B97F4A7C15; z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9;
      * z = (z ^ (z >> 27)) * 0x94D049BB133111EB; return z ^ (z >> 31). */
     void (*dropout)(float *out, const float *x, float p, uint64_t seed, uint64_t offset, size_t n);
+    /* y += dropout(x): the bits of dropout into a buffer then axpy(y, 1, buffer), in one pass
+     * (LoRA's backward adds the masked adapter gradient to dx with it). */
+    void (*dropout_add)(float *y, const float *x, float p, uint64_t seed, uint64_t offset, size_t n);
+    /* out_half = to_half(dropout(x)) in one pass, the fp32 values never stored (LoRA's
+     * dropped adapter input in mixed precision, read only by GEMMs). */
+    void (*dropout_half)(kernels_half_format fmt, uint16_t *out_half, const float *x, float p, uint64_t seed,
+                         uint64_t offset, size_t n);
     /* Sum of squares in double, result returned to the host (a reduction for grad norms). */
     double (*sum_squares)(const float *x, size_t n);
     /* The same per block, with one round trip for all: host_sums[b] = sum_squares(x + b*block,

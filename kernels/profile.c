@@ -113,6 +113,16 @@ static void p_scale(float *x, float alpha, size_t n) { TIMED(0, 8.0 * n, prof.in
 static void p_dropout(float *out, const float *x, float p, uint64_t seed, uint64_t offset, size_t n) {
     TIMED(0, 8.0 * n, prof.inner->dropout(out, x, p, seed, offset, n), "dropout");
 }
+
+static void p_dropout_add(float *y, const float *x, float p, uint64_t seed, uint64_t offset, size_t n) {
+    TIMED(0, 12.0 * n, prof.inner->dropout_add(y, x, p, seed, offset, n), "dropout_add");
+}
+
+static void p_dropout_half(kernels_half_format fmt, uint16_t *out_half, const float *x, float p, uint64_t seed,
+                           uint64_t offset, size_t n) {
+    TIMED(0, 6.0 * n, prof.inner->dropout_half(fmt, out_half, x, p, seed, offset, n), "dropout_half %s",
+          fmt_name(fmt));
+}
 static double p_sum_squares(const float *x, size_t n) {
     double s = 0;
     TIMED(0, 4.0 * n, s = prof.inner->sum_squares(x, n), "sum_squares");
@@ -282,6 +292,8 @@ int kernels_profile_start(const kernels *inner, const kernels **out, ct_error *e
         .axpy = p_axpy,
         .scale = p_scale,
         .dropout = p_dropout,
+        .dropout_add = p_dropout_add,
+        .dropout_half = p_dropout_half,
         .sum_squares = p_sum_squares,
         .sum_squares_blocks = p_sum_squares_blocks,
         .embedding_fwd = p_embedding_fwd,

@@ -45,6 +45,13 @@ static void shadow_scale(float *x, float alpha, size_t n) { cpu_scale(RF(x), alp
 static void shadow_dropout(float *out, const float *x, float p, uint64_t seed, uint64_t offset, size_t n) {
     cpu_dropout(RF(out), RCF(x), p, seed, offset, n);
 }
+static void shadow_dropout_add(float *y, const float *x, float p, uint64_t seed, uint64_t offset, size_t n) {
+    cpu_dropout_add(RF(y), RCF(x), p, seed, offset, n);
+}
+static void shadow_dropout_half(kernels_half_format fmt, uint16_t *out_half, const float *x, float p, uint64_t seed,
+                                uint64_t offset, size_t n) {
+    cpu_dropout_half(fmt, RH(out_half), RCF(x), p, seed, offset, n);
+}
 static double shadow_sum_squares(const float *x, size_t n) { return cpu_sum_squares(RCF(x), n); }
 static void shadow_sum_squares_blocks(const float *x, size_t n, size_t block, double *host_sums) {
     cpu_sum_squares_blocks(RCF(x), n, block, host_sums);
@@ -175,6 +182,8 @@ static const kernels shadow_backend = {
     .axpy = shadow_axpy,
     .scale = shadow_scale,
     .dropout = shadow_dropout,
+    .dropout_add = shadow_dropout_add,
+    .dropout_half = shadow_dropout_half,
     .sum_squares = shadow_sum_squares,
     .sum_squares_blocks = shadow_sum_squares_blocks,
     .embedding_fwd = shadow_embedding_fwd,

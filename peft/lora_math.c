@@ -59,17 +59,19 @@ static void adapter_gemm(const lora_apply *l, bool ta, bool tb, int m, int n, in
         l->k->gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
-/* The adapter input as a product reads it: dropout(x) in x_scratch when it applies, and in
- * mixed precision its 16-bit rounding (hx itself without dropout). */
+/* The adapter input as a product reads it: dropout(x) in x_scratch when it applies (fp32),
+ * and in mixed precision its 16-bit rounding, written by dropout_half without the fp32 values
+ * (hx itself without dropout; the fp32 input returned is then NULL: no product reads it). */
 static const float *adapter_input(const lora_apply *l, const float *x, const uint16_t *hx, int T, bool drop,
                                   float *x_scratch, const uint16_t **hxd) {
     *hxd = hx;
     if (!drop) return x;
-    l->k->dropout(x_scratch, x, l->dropout, l->seed, l->offset, (size_t)T * l->in);
     if (l->half) {
-        l->k->to_half(l->half->in, x_scratch, (size_t)T * l->in, l->half->fmt);
+        l->k->dropout_half(l->half->fmt, l->half->in, x, l->dropout, l->seed, l->offset, (size_t)T * l->in);
         *hxd = l->half->in;
+        return NULL;
     }
+    l->k->dropout(x_scratch, x, l->dropout, l->seed, l->offset, (size_t)T * l->in);
     return x_scratch;
 }
 
@@ -104,7 +106,7 @@ void lora_forward(const lora_apply *l, float *y, float *u, const float *x, const
 
 void lora_backward(const lora_apply *l, float *dx, const float *dy, const uint16_t *hdy,
                    const float *x, const uint16_t *hx, const float *u, int n_tokens, bool train,
-                   float *du, float *scratch1, float *scratch2) {
+                   float *du, float *scratch) {
     const kernels *k = l->k;
     const int T = n_tokens;
     const bool drop = train && l->dropout > 0.0f;
@@ -119,17 +121,17 @@ void lora_backward(const lora_apply *l, float *dx, const float *dy, const uint16
     const uint16_t *hdu = rounded_r(l, du, T);
     if (l->da) {
         const uint16_t *hxd;
-        const float *xd = adapter_input(l, x, hx, T, drop, scratch1, &hxd);
+        const float *xd = adapter_input(l, x, hx, T, drop, scratch, &hxd);
         adapter_gemm(l, true, false, l->r, l->in, T, 1.0f, du, hdu, l->r, xd, hxd, ldx_of(l, drop), 1.0f, l->da,
                      l->in);
     }
     if (dx) {
         if (drop) {
-            /* The mask's backward is the same mask (with the same 1/(1-p)) on the gradient. */
-            adapter_gemm(l, false, false, T, l->in, l->r, 1.0f, du, hdu, l->r, l->a, ha, lda_of(l), 0.0f, scratch1,
+            /* The mask's backward is the same mask (with the same 1/(1-p)) on the gradient,
+             * added to dx in the same pass. */
+            adapter_gemm(l, false, false, T, l->in, l->r, 1.0f, du, hdu, l->r, l->a, ha, lda_of(l), 0.0f, scratch,
                          l->in);
-            k->dropout(scratch2, scratch1, l->dropout, l->seed, l->offset, (size_t)T * l->in);
-            k->axpy(dx, 1.0f, scratch2, (size_t)T * l->in);
+            k->dropout_add(dx, scratch, l->dropout, l->seed, l->offset, (size_t)T * l->in);
         } else {
             adapter_gemm(l, false, false, T, l->in, l->r, 1.0f, du, hdu, l->r, l->a, ha, lda_of(l), 1.0f, dx, l->in);
         }

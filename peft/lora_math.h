@@ -55,18 +55,19 @@ typedef struct lora_apply {
 } lora_apply;
 
 /* y [T,out] += scaling * (dropout(x) A^T) B^T and u [T,r] = dropout(x) A^T.
- * Dropout only when train; x_scratch [T,in] holds dropout(x) when it applies. hx: x rounded
- * to 16 bits (mixed precision; read only without dropout), else NULL. */
+ * Dropout only when train; x_scratch [T,in] holds dropout(x) when it applies in fp32 (mixed
+ * precision writes only its rounding, into half->in, with dropout_half: x_scratch may be
+ * NULL). hx: x rounded to 16 bits (mixed precision; read only without dropout), else NULL. */
 void lora_forward(const lora_apply *l, float *y, float *u, const float *x, const uint16_t *hx,
                   int n_tokens, bool train, float *x_scratch);
 
 /* Accumulates da, db (when non-NULL) and, when dx is non-NULL, adds the adapter's input
- * gradient into dx. du [T,r], scratch1 and scratch2 [T,in] are caller-provided scratch.
- * train must equal the forward's. Mixed precision: hdy is dy rounded and hx x rounded (read
- * only without dropout and when da is wanted). */
+ * gradient into dx. du [T,r] and scratch [T,in] (used only under dropout: NULL otherwise) are
+ * caller-provided scratch. train must equal the forward's. Mixed precision: hdy is dy
+ * rounded and hx x rounded (read only without dropout and when da is wanted). */
 void lora_backward(const lora_apply *l, float *dx, const float *dy, const uint16_t *hdy,
                    const float *x, const uint16_t *hx, const float *u, int n_tokens, bool train,
-                   float *du, float *scratch1, float *scratch2);
+                   float *du, float *scratch);
 
 /* The adapter inside its base Linear's GEMMs (train/model_internal.h; mixed precision,
  * half->b_scaled). lora_fused_u: u [T,r] = dropout(x) A^T, as lora_forward computes it (from

@@ -341,6 +341,31 @@ static void test_dropout(void) {
     CHECK(differ > n / 4); /* another seed, another mask */
     K->dropout(b, x, 0.0f, 1, 0, n);
     CHECK(memcmp(b, x, n * sizeof(float)) == 0);
+
+    /* dropout_add: the bits of dropout then axpy(y, 1, .); dropout_half: of dropout then
+     * to_half, both formats (values spanning the formats' ranges, signed zeros and a NaN). */
+    float *y0 = vec(n, -3.0f, 3.0f), *want = malloc(n * sizeof(float)), *got = malloc(n * sizeof(float));
+    y0[0] = -0.0f, x[1] = -0.0f, x[2] = NAN, x[3] = 70000.0f, x[4] = 1e-30f;
+    for (size_t i = 5; i < 1000; i++) x[i] = ldexpf(x[i], (int)(i % 60) - 30);
+    const float probs[] = {0.0f, 0.05f, 0.5f, 1.0f};
+    for (int c = 0; c < 4; c++) {
+        memcpy(want, y0, n * sizeof(float));
+        memcpy(got, y0, n * sizeof(float));
+        K->dropout(a, x, probs[c], 7, 123, n);
+        K->axpy(want, 1.0f, a, n);
+        K->dropout_add(got, x, probs[c], 7, 123, n);
+        CHECK_MSG(memcmp(want, got, n * sizeof(float)) == 0, "dropout_add p %g: not dropout + axpy bit for bit",
+                  probs[c]);
+        for (int f = KERNELS_BF16; f <= KERNELS_FP16; f++) {
+            uint16_t *hw = malloc(n * sizeof(uint16_t)), *hg = malloc(n * sizeof(uint16_t));
+            K->to_half(hw, a, n, (kernels_half_format)f);
+            K->dropout_half((kernels_half_format)f, hg, x, probs[c], 7, 123, n);
+            CHECK_MSG(memcmp(hw, hg, n * sizeof(uint16_t)) == 0, "dropout_half p %g fmt %d: not to_half(dropout)",
+                      probs[c], f);
+            free(hw), free(hg);
+        }
+    }
+    free(y0), free(want), free(got);
     free(x), free(a), free(b);
 }
 

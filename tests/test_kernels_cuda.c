@@ -217,6 +217,24 @@ static void test_dropout(void) {
         char what[96];
         snprintf(what, sizeof what, "dropout n %zu p %g", n, cases[c].p);
         compare_exact(G, what, dout, out, bytes); /* same mask, same division: same bits */
+        /* dropout_add and dropout_half: the CPU's bits too */
+        float *y = host_rand(n, -3, 3), *dy = dev_from(G, y, bytes);
+        C->dropout_add(y, x, cases[c].p, cases[c].seed, cases[c].offset, n);
+        G->dropout_add(dy, dx, cases[c].p, cases[c].seed, cases[c].offset, n);
+        snprintf(what, sizeof what, "dropout_add n %zu p %g", n, cases[c].p);
+        compare_exact(G, what, dy, y, bytes);
+        for (int f = KERNELS_BF16; f <= KERNELS_FP16; f++) {
+            uint16_t *h = malloc(n * sizeof(uint16_t)), *dh = G->alloc(n * sizeof(uint16_t));
+            C->dropout_half((kernels_half_format)f, h, x, cases[c].p, cases[c].seed, cases[c].offset, n);
+            G->dropout_half((kernels_half_format)f, dh, dx, cases[c].p, cases[c].seed, cases[c].offset, n);
+            snprintf(what, sizeof what, "dropout_half %s n %zu p %g", f == KERNELS_BF16 ? "bf16" : "fp16", n,
+                     cases[c].p);
+            compare_exact(G, what, dh, h, n * sizeof(uint16_t));
+            free(h);
+            G->release(dh);
+        }
+        G->release(dy);
+        free(y);
         G->release(dx);
         G->release(dout);
         free(x);

@@ -61,11 +61,15 @@ static void run_adapter(const kernels *k, const inputs *in, bool mixed, kernels_
     lora_apply la = {.k = k, .a = in->a, .b = in->b, .da = out->da, .db = out->db, .in = IN, .out = OUT, .r = R,
                      .scaling = SCALING, .dropout = dropout, .seed = SEED, .offset = OFFSET,
                      .half = mixed ? &half : NULL};
-    float x_scratch[T * IN], du[T * R], s1[T * IN], s2[T * IN];
+    /* Scratch only where it is documented to be read: the fp32 dropped input in fp32 runs
+     * (mixed precision writes only its rounding), the backward's [T, in] under dropout. */
+    float x_scratch[T * IN], du[T * R], scratch[T * IN];
+    const bool drop = dropout > 0.0f;
     memcpy(out->y, in->y0, sizeof out->y);
-    lora_forward(&la, out->y, out->u, in->x, mixed ? hx : NULL, T, true, x_scratch);
+    lora_forward(&la, out->y, out->u, in->x, mixed ? hx : NULL, T, true, drop && !mixed ? x_scratch : NULL);
     memcpy(out->dx, in->dx0, sizeof out->dx);
-    lora_backward(&la, out->dx, in->dy, mixed ? hdy : NULL, in->x, mixed ? hx : NULL, out->u, T, true, du, s1, s2);
+    lora_backward(&la, out->dx, in->dy, mixed ? hdy : NULL, in->x, mixed ? hx : NULL, out->u, T, true, du,
+                  drop ? scratch : NULL);
 }
 
 static double rel_diff(const float *a, const double *b, size_t n) {

@@ -837,8 +837,8 @@ static size_t plan_activations(model_state *s, const model_config *c, const lora
     s->ones = take(&cur, t);
     if (lora) {
         s->lora_du = take(&cur, t * (size_t)lora->r);
-        s->lora_s1 = take(&cur, t * wide);
-        s->lora_s2 = take(&cur, t * wide);
+        /* [T, in] under dropout only: dropout(x) in fp32 and the masked input gradient's product */
+        if (lora->dropout > 0.0f) s->lora_scratch = take(&cur, t * wide);
     }
     if (mixed) { /* 16-bit GEMM operands: an input [T, in] and an output gradient or logits chunk */
         const size_t wide_dy = t * (wide + r_room);

@@ -93,14 +93,14 @@ static void linear_forward(const model *m, int layer, int kind, float *y, const 
     int K = lin->in;
     if (lin->lora_a) la = adapter_of(m, lin, layer, kind, seed, ldx, &half);
     if (fused) { /* y = [x | u] [W | scaling B]^T */
-        lora_fused_u(&la, s->acts[layer].lora_u[kind], x, hx, hx + lin->u_col, T, train, s->lora_s1);
+        lora_fused_u(&la, s->acts[layer].lora_u[kind], x, hx, hx + lin->u_col, T, train, s->lora_scratch);
         K = lin->u_col + m->lora.r;
     }
     weight_gemm(m, false, true, T, lin->out, K, x, hx, hx ? ldx : lin->in, lin->weight, 0.0f, y, lin->out);
     if (lin->bias) /* y += ones[T,1] b[1,out] */
         k->gemm(false, false, T, lin->out, 1, 1.0f, s->ones, 1, lin->bias->data, lin->out, 1.0f, y,
                 lin->out);
-    if (lin->lora_a && !fused) lora_forward(&la, y, s->acts[layer].lora_u[kind], x, hx, T, train, s->lora_s1);
+    if (lin->lora_a && !fused) lora_forward(&la, y, s->acts[layer].lora_u[kind], x, hx, T, train, s->lora_scratch);
 }
 
 /* Row stride of the 16-bit dy copy a Linear's backward reads: room for du beside dy when
@@ -148,8 +148,7 @@ static void linear_backward(const model *m, int layer, int kind, float *dx, floa
                          ldy, 1.0f, lin->bias->grad, lin->out);
     }
     if (lin->lora_a && !fused)
-        lora_backward(&la, dx, dy, hdy, x, hx, s->acts[layer].lora_u[kind], T, true, s->lora_du, s->lora_s1,
-                      s->lora_s2);
+        lora_backward(&la, dx, dy, hdy, x, hx, s->acts[layer].lora_u[kind], T, true, s->lora_du, s->lora_scratch);
 }
 
 /* RMSNorm whose output feeds Linears: out [rows, dim] (NULL: not kept) and rstd, and in mixed

@@ -94,7 +94,8 @@ typedef struct model_state {
     float *ones;            /* [T] of 1.0: bias broadcast and bias gradients as GEMMs */
     float *d_resid, *d_h1, *d_h2;          /* backward scratch [T,H] */
     float *d_w1, *d_w2, *d_w3, *d_w4;      /* [T, max(I, nh*d, H)] */
-    float *lora_du, *lora_s1, *lora_s2;    /* [T,r], [T,max_in] x2 (also forward dropout) */
+    float *lora_du;      /* [T,r] */
+    float *lora_scratch; /* [T,max_in] under LoRA dropout only: dropout(x) in fp32, the masked dx product */
     uint16_t *half_x, *half_dy; /* mixed precision: 16-bit GEMM input [T, max width] and output
                                  * gradient [max(T x max width, logits rows x V)] */
     uint16_t *half_ones;        /* mixed: [T] of 1.0, for bias gradients of 16-bit-only dy */

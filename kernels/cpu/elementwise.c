@@ -2,6 +2,7 @@
  * for gradient norms. All are embarrassingly parallel except sum_squares, whose reduction
  * order is fixed (see below) so its result never depends on the thread count. */
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/half_round.h"
 
 void cpu_add(float *out, const float *a, const float *b, size_t n) {
 #pragma omp parallel for if (n >= CPU_PARALLEL_MIN) schedule(static)
@@ -27,17 +28,33 @@ static inline uint64_t splitmix64(uint64_t z) {
     return z ^ (z >> 31);
 }
 
-/* u = top 24 bits of the hash as a float in [0, 1) (exact: 24 bits fit a float mantissa);
+/* Element i's value after dropout: u = top 24 bits (exact: 24 bits fit a float mantissa);
  * an element is kept when u >= p, so P(keep) = 1 - p up to 2^-24. Kept values are divided
  * (not multiplied by a reciprocal) by 1 - p so that every backend rounds the same way. */
+static inline float dropped(const float *x, float p, float keep_scale, uint64_t seed, uint64_t offset, size_t i) {
+    uint64_t u = splitmix64(seed ^ splitmix64(offset + i));
+    float uniform = (float)(u >> 40) * 0x1p-24f;
+    return uniform >= p ? x[i] / keep_scale : 0.0f;
+}
+
 void cpu_dropout(float *out, const float *x, float p, uint64_t seed, uint64_t offset, size_t n) {
     const float keep_scale = 1.0f - p;
 #pragma omp parallel for if (n >= CPU_PARALLEL_MIN) schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        uint64_t u = splitmix64(seed ^ splitmix64(offset + i));
-        float uniform = (float)(u >> 40) * 0x1p-24f;
-        out[i] = uniform >= p ? x[i] / keep_scale : 0.0f;
-    }
+    for (size_t i = 0; i < n; i++) out[i] = dropped(x, p, keep_scale, seed, offset, i);
+}
+
+/* y + dropout(x), as axpy adds alpha * value with alpha 1 (exact): the same bits. */
+void cpu_dropout_add(float *y, const float *x, float p, uint64_t seed, uint64_t offset, size_t n) {
+    const float keep_scale = 1.0f - p;
+#pragma omp parallel for if (n >= CPU_PARALLEL_MIN) schedule(static)
+    for (size_t i = 0; i < n; i++) y[i] += dropped(x, p, keep_scale, seed, offset, i);
+}
+
+void cpu_dropout_half(kernels_half_format fmt, uint16_t *out_half, const float *x, float p, uint64_t seed,
+                      uint64_t offset, size_t n) {
+    const float keep_scale = 1.0f - p;
+#pragma omp parallel for if (n >= CPU_PARALLEL_MIN) schedule(static)
+    for (size_t i = 0; i < n; i++) out_half[i] = cpu_half_from_float(dropped(x, p, keep_scale, seed, offset, i), fmt);
 }
 
 /* Sum of squares in double. The array is cut into fixed blocks of SUMSQ_BLOCK elements;

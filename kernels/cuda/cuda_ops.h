@@ -45,6 +45,9 @@ void cuda_add(float *out, const float *a, const float *b, size_t n);
 void cuda_axpy(float *y, float alpha, const float *x, size_t n);
 void cuda_scale(float *x, float alpha, size_t n);
 void cuda_dropout(float *out, const float *x, float p, uint64_t seed, uint64_t offset, size_t n);
+void cuda_dropout_add(float *y, const float *x, float p, uint64_t seed, uint64_t offset, size_t n);
+void cuda_dropout_half(kernels_half_format fmt, uint16_t *out_half, const float *x, float p, uint64_t seed,
+                       uint64_t offset, size_t n);
 double cuda_sum_squares(const float *x, size_t n);
 void cuda_sum_squares_blocks(const float *x, size_t n, size_t block, double *host_sums);
 

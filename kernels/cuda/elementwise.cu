@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/half_bits.cuh"
 
 __global__ void add_kernel(float *out, const float *a, const float *b, size_t n) {
     GRID_STRIDE_LOOP(i, n) out[i] = a[i] + b[i];
@@ -29,16 +30,33 @@ __device__ inline uint64_t splitmix64(uint64_t z) {
     return z ^ (z >> 31);
 }
 
-// Kept values are divided by 1 - p (IEEE division: nvcc's default -prec-div=true; the
-// backend must never be built with --use_fast_math), as the CPU does.
+// Element i after dropout. Kept values are divided by 1 - p (IEEE division: nvcc's default
+// -prec-div=true; the backend must never be built with --use_fast_math), as the CPU does.
+__device__ inline float dropped(const float *x, float p, float keep_scale, uint64_t seed, uint64_t offset,
+                                size_t i) {
+    uint64_t u = splitmix64(seed ^ splitmix64(offset + i));
+    float uniform = (float)(u >> 40) * 0x1p-24f;
+    return uniform >= p ? x[i] / keep_scale : 0.0f;
+}
+
 __global__ void dropout_kernel(float *out, const float *x, float p, uint64_t seed,
                                uint64_t offset, size_t n) {
     const float keep_scale = 1.0f - p;
-    GRID_STRIDE_LOOP(i, n) {
-        uint64_t u = splitmix64(seed ^ splitmix64(offset + i));
-        float uniform = (float)(u >> 40) * 0x1p-24f;
-        out[i] = uniform >= p ? x[i] / keep_scale : 0.0f;
-    }
+    GRID_STRIDE_LOOP(i, n) out[i] = dropped(x, p, keep_scale, seed, offset, i);
+}
+
+// y + value: axpy's y + 1 * value (an exact product), the same bits.
+__global__ void dropout_add_kernel(float *y, const float *x, float p, uint64_t seed, uint64_t offset, size_t n) {
+    const float keep_scale = 1.0f - p;
+    GRID_STRIDE_LOOP(i, n) y[i] = y[i] + dropped(x, p, keep_scale, seed, offset, i);
+}
+
+// to_half's rounding (half_bits.cuh) of each value: to_half(dropout(x)) bit for bit.
+template <kernels_half_format F>
+__global__ void dropout_half_kernel(uint16_t *out, const float *x, float p, uint64_t seed, uint64_t offset,
+                                    size_t n) {
+    const float keep_scale = 1.0f - p;
+    GRID_STRIDE_LOOP(i, n) out[i] = half_bits<F>(dropped(x, p, keep_scale, seed, offset, i));
 }
 
 extern "C" void cuda_add(float *out, const float *a, const float *b, size_t n) {
@@ -63,6 +81,22 @@ extern "C" void cuda_dropout(float *out, const float *x, float p, uint64_t seed,
                              size_t n) {
     if (!n) return;
     dropout_kernel<<<cuda_grid_for(n), CUDA_THREADS>>>(out, x, p, seed, offset, n);
+    CUDA_CHECK_LAUNCH();
+}
+
+extern "C" void cuda_dropout_add(float *y, const float *x, float p, uint64_t seed, uint64_t offset, size_t n) {
+    if (!n) return;
+    dropout_add_kernel<<<cuda_grid_for(n), CUDA_THREADS>>>(y, x, p, seed, offset, n);
+    CUDA_CHECK_LAUNCH();
+}
+
+extern "C" void cuda_dropout_half(kernels_half_format fmt, uint16_t *out_half, const float *x, float p,
+                                  uint64_t seed, uint64_t offset, size_t n) {
+    if (!cuda_known_half_format(fmt, "dropout_half", __FILE__, __LINE__) || !n) return;
+    if (fmt == KERNELS_BF16)
+        dropout_half_kernel<KERNELS_BF16><<<cuda_grid_for(n), CUDA_THREADS>>>(out_half, x, p, seed, offset, n);
+    else
+        dropout_half_kernel<KERNELS_FP16><<<cuda_grid_for(n), CUDA_THREADS>>>(out_half, x, p, seed, offset, n);
     CUDA_CHECK_LAUNCH();
 }
 
