@@ -99,11 +99,13 @@ typedef struct kernels {
 
     /* ---- RMSNorm as in transformers' LlamaRMSNorm (fp32):
      * rstd[r] = 1/sqrt(mean(x[r,:]^2) + eps); out = weight * (x * rstd).
-     * Backward writes dx and accumulates dweight (dweight may be NULL for a frozen weight). */
+     * Backward writes dx (add_to_dx: adds to it, the bits of writing a buffer and axpy with
+     * alpha 1: a residual stream's gradient takes it in the same pass) and accumulates
+     * dweight (dweight may be NULL for a frozen weight). */
     void (*rmsnorm_fwd)(float *out, float *rstd, const float *x, const float *weight, int n_rows,
                         int dim, float eps);
     void (*rmsnorm_bwd)(float *dx, float *dweight, const float *dout, const float *x,
-                        const float *weight, const float *rstd, int n_rows, int dim);
+                        const float *weight, const float *rstd, int n_rows, int dim, bool add_to_dx);
 
     /* ---- RoPE, rotate_half convention (transformers' Llama), in place.
      * x is [n_tokens, n_heads * head_dim]; half = head_dim/2; for j < half:

@@ -143,9 +143,9 @@ static void p_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *
     TIMED(0, 8.0 * rows * dim, prof.inner->rmsnorm_fwd(out, rstd, x, w, rows, dim, eps), "rmsnorm_fwd");
 }
 static void p_rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, const float *w,
-                          const float *rstd, int rows, int dim) {
-    TIMED(0, 12.0 * rows * dim, prof.inner->rmsnorm_bwd(dx, dw, dout, x, w, rstd, rows, dim), "rmsnorm_bwd%s",
-          dw ? "" : " (frozen weight)");
+                          const float *rstd, int rows, int dim, bool add) {
+    TIMED(0, (add ? 16.0 : 12.0) * rows * dim, prof.inner->rmsnorm_bwd(dx, dw, dout, x, w, rstd, rows, dim, add),
+          "rmsnorm_bwd%s%s", dw ? "" : " (frozen weight)", add ? " (adds to dx)" : "");
 }
 static void p_rope_fwd(float *x, const int32_t *pos, const float *inv_freq, int n, int heads, int d) {
     TIMED(0, 8.0 * n * heads * d, prof.inner->rope_fwd(x, pos, inv_freq, n, heads, d), "rope_fwd");

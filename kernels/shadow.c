@@ -68,8 +68,8 @@ static void shadow_rmsnorm_fwd(float *out, float *rstd, const float *x, const fl
     cpu_rmsnorm_fwd(RF(out), RF(rstd), RCF(x), RCF(w), rows, dim, eps);
 }
 static void shadow_rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, const float *w,
-                               const float *rstd, int rows, int dim) {
-    cpu_rmsnorm_bwd(RF(dx), RF(dw), RCF(dout), RCF(x), RCF(w), RCF(rstd), rows, dim);
+                               const float *rstd, int rows, int dim, bool add) {
+    cpu_rmsnorm_bwd(RF(dx), RF(dw), RCF(dout), RCF(x), RCF(w), RCF(rstd), rows, dim, add);
 }
 static void shadow_rope_fwd(float *x, const int32_t *pos, const float *inv_freq, int n, int heads, int d) {
     cpu_rope_fwd(RF(x), RCI(pos), RCF(inv_freq), n, heads, d);

@@ -441,13 +441,20 @@ static void test_rmsnorm(void) {
     float *dx = malloc(n * sizeof(float)), *dx2 = malloc(n * sizeof(float));
     float *dweight = malloc(dim * sizeof(float));
     for (int j = 0; j < dim; j++) dweight[j] = 1.0f;
-    K->rmsnorm_bwd(dx, dweight, c.w, c.x, c.weight, c.rstd, rows, dim);
+    K->rmsnorm_bwd(dx, dweight, c.w, c.x, c.weight, c.rstd, rows, dim, false);
     for (int j = 0; j < dim; j++) dweight[j] -= 1.0f; /* accumulated onto the 1s */
     check_grad("rmsnorm dx", c.x, n, dx, rms_loss, &c, 1e-2f, 1e-2, 1);
     check_grad("rmsnorm dweight", c.weight, dim, dweight, rms_loss, &c, 1e-2f, 1e-2, 1);
     for (size_t j = 0; j < n; j++) dx2[j] = NAN;
-    K->rmsnorm_bwd(dx2, NULL, c.w, c.x, c.weight, c.rstd, rows, dim); /* frozen weight */
+    K->rmsnorm_bwd(dx2, NULL, c.w, c.x, c.weight, c.rstd, rows, dim, false); /* frozen weight */
     CHECK(memcmp(dx, dx2, n * sizeof(float)) == 0);
+    /* add_to_dx: the bits of writing dx then axpy(y, 1, dx) */
+    float *y = vec(n, -2.0f, 2.0f), *want = malloc(n * sizeof(float));
+    memcpy(want, y, n * sizeof(float));
+    K->axpy(want, 1.0f, dx, n);
+    K->rmsnorm_bwd(y, NULL, c.w, c.x, c.weight, c.rstd, rows, dim, true);
+    CHECK_MSG(memcmp(y, want, n * sizeof(float)) == 0, "rmsnorm_bwd add_to_dx: not write + axpy bit for bit");
+    free(y), free(want);
     free(c.x), free(c.weight), free(c.out), free(c.rstd), free(c.w), free(dx), free(dx2), free(dweight);
 }
 

@@ -316,15 +316,23 @@ static void test_rmsnorm(void) {
         float *dgw = dev_from(G, gw, dim * sizeof(float));
         /* The backward reads the CPU's rstd on both sides, so only the backward is compared. */
         G->upload(drstd, rstd, rows * sizeof(float));
-        C->rmsnorm_bwd(gx, gw, gy, x, w, rstd, rows, dim);
-        G->rmsnorm_bwd(dgx, dgw, dgy, dx_, dw, drstd, rows, dim);
+        C->rmsnorm_bwd(gx, gw, gy, x, w, rstd, rows, dim, false);
+        G->rmsnorm_bwd(dgx, dgw, dgy, dx_, dw, drstd, rows, dim, false);
         compare(G, "rmsnorm_bwd dx", dgx, gx, n, 1e-5);
         compare(G, "rmsnorm_bwd dweight (accumulated)", dgw, gw, dim, 1e-5);
         float *gx2 = host_nan(n);
         G->upload(dgx, gx2, bytes);
-        C->rmsnorm_bwd(gx2, NULL, gy, x, w, rstd, rows, dim);
-        G->rmsnorm_bwd(dgx, NULL, dgy, dx_, dw, drstd, rows, dim); /* frozen weight */
+        C->rmsnorm_bwd(gx2, NULL, gy, x, w, rstd, rows, dim, false);
+        G->rmsnorm_bwd(dgx, NULL, dgy, dx_, dw, drstd, rows, dim, false); /* frozen weight */
         compare(G, "rmsnorm_bwd dx (dweight NULL)", dgx, gx2, n, 1e-5);
+        /* add_to_dx: the GPU's own dx plus axpy, bit for bit */
+        float *acc = host_rand(n, -2, 2), *dacc = dev_from(G, acc, bytes), *dsum = dev_from(G, acc, bytes);
+        G->axpy(dsum, 1.0f, dgx, n);
+        G->rmsnorm_bwd(dacc, NULL, dgy, dx_, dw, drstd, rows, dim, true);
+        float *want_sum = download_checked(G, "rmsnorm_bwd write + axpy", dsum, bytes);
+        compare_exact(G, "rmsnorm_bwd add_to_dx = write + axpy", dacc, want_sum, bytes);
+        free(want_sum), free(acc);
+        G->release(dacc), G->release(dsum);
         void *dev[] = {dx_, dw, dout, drstd, dgy, dgx, dgw};
         for (int i = 0; i < 7; i++) G->release(dev[i]);
         float *host[] = {x, w, out, rstd, gy, gx, gw, gx2};

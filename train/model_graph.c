@@ -297,7 +297,7 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
         if (layer_has_trainable(m, l)) first_trainable = l;
 
     k->rmsnorm_bwd(s->d_resid, final_norm->grad, s->d_h1, s->resid + (size_t)L * TH,
-                   final_norm->data, s->rstd_final, T, H);
+                   final_norm->data, s->rstd_final, T, H, false);
     for (int l = L - 1; l >= 0; l--) {
         const model_layer *layer = &m->layers[l];
         const layer_acts *a = &s->acts[l];
@@ -325,9 +325,9 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
         linear_backward(m, l, LINEAR_GATE, s->d_h1, 0.0f, d_gate, hd_gate, s->ld_mlp_dy, a->x_norm2, hx, ldx, T,
                         seed);
         linear_backward(m, l, LINEAR_UP, s->d_h1, 1.0f, d_up, hd_up, s->ld_mlp_dy, a->x_norm2, hx, ldx, T, seed);
-        k->rmsnorm_bwd(s->d_h2, layer->post_norm->grad, s->d_h1, a->x_mid, layer->post_norm->data,
-                       a->rstd2, T, H);
-        k->axpy(s->d_resid, 1.0f, s->d_h2, TH);
+        /* the norm's input gradient joins the residual stream's in the same pass */
+        k->rmsnorm_bwd(s->d_resid, layer->post_norm->grad, s->d_h1, a->x_mid, layer->post_norm->data,
+                       a->rstd2, T, H, true);
 
         /* Attention: d_resid holds d x_mid; x_mid = x + o(att). */
         float *d_att = s->d_w1, *dq = s->d_w2, *dk = s->d_w3, *dv = s->d_w4;
@@ -361,8 +361,10 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
             k->rope_bwd(dq, s->positions, s->inv_freq, T, nh, d);
             k->rope_bwd(dk, s->positions, s->inv_freq, T, nkv, d);
             if (c->qk_norm) { /* d_att is free again: it takes d q_pre; dq's buffer takes d k_pre */
-                k->rmsnorm_bwd(d_att, layer->q_norm->grad, dq, a->q_pre, layer->q_norm->data, a->rstd_q, T * nh, d);
-                k->rmsnorm_bwd(dq, layer->k_norm->grad, dk, a->k_pre, layer->k_norm->data, a->rstd_k, T * nkv, d);
+                k->rmsnorm_bwd(d_att, layer->q_norm->grad, dq, a->q_pre, layer->q_norm->data, a->rstd_q, T * nh, d,
+                               false);
+                k->rmsnorm_bwd(dq, layer->k_norm->grad, dk, a->k_pre, layer->k_norm->data, a->rstd_k, T * nkv, d,
+                               false);
                 dk = dq;
                 dq = d_att;
             }
@@ -370,11 +372,9 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
             linear_backward(m, l, LINEAR_K, dh, 1.0f, dk, NULL, 0, q_in, hx, ldx, T, seed);
         }
         linear_backward(m, l, LINEAR_V, dh, 1.0f, dv, NULL, 0, q_in, hx, ldx, T, seed);
-        if (need_dh) {
-            k->rmsnorm_bwd(s->d_h2, layer->input_norm->grad, s->d_h1, x, layer->input_norm->data,
-                           a->rstd1, T, H);
-            if (need_input_grad) k->axpy(s->d_resid, 1.0f, s->d_h2, TH);
-        }
+        if (need_dh) /* into the residual stream's gradient when it goes on, else only dweight counts */
+            k->rmsnorm_bwd(need_input_grad ? s->d_resid : s->d_h2, layer->input_norm->grad, s->d_h1, x,
+                           layer->input_norm->data, a->rstd1, T, H, need_input_grad);
     }
     if (embed->trainable) k->embedding_bwd(embed->grad, s->d_resid, s->ids, s->id_order, T, H);
 }

@@ -95,7 +95,7 @@ void cpu_embedding_bwd(float *dtable, const float *dout, const int32_t *ids, con
 void cpu_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *weight, int n_rows,
                      int dim, float eps);
 void cpu_rmsnorm_bwd(float *dx, float *dweight, const float *dout, const float *x,
-                     const float *weight, const float *rstd, int n_rows, int dim);
+                     const float *weight, const float *rstd, int n_rows, int dim, bool add_to_dx);
 void cpu_rmsnorm_fwd_half(kernels_half_format fmt, uint16_t *out_half, int ld_half, float *out,
                           float *rstd, const float *x, const float *weight, int n_rows, int dim,
                           float eps);

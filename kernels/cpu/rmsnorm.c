@@ -50,7 +50,7 @@ void cpu_rmsnorm_fwd_half(kernels_half_format fmt, uint16_t *out_half, int ld_ha
 }
 
 void cpu_rmsnorm_bwd(float *dx, float *dweight, const float *dout, const float *x,
-                     const float *weight, const float *rstd, int n_rows, int dim) {
+                     const float *weight, const float *rstd, int n_rows, int dim, bool add_to_dx) {
     int parallel = (size_t)n_rows * dim >= CPU_PARALLEL_MIN;
 #pragma omp parallel for if (parallel) schedule(static)
     for (int r = 0; r < n_rows; r++) {
@@ -61,7 +61,10 @@ void cpu_rmsnorm_bwd(float *dx, float *dweight, const float *dout, const float *
         double gx = 0.0;
         for (int j = 0; j < dim; j++) gx += (double)dyr[j] * weight[j] * xr[j];
         float coef = (float)(gx / dim) * rs * rs * rs;
-        for (int j = 0; j < dim; j++) dxr[j] = rs * (dyr[j] * weight[j]) - coef * xr[j];
+        if (add_to_dx)
+            for (int j = 0; j < dim; j++) dxr[j] += rs * (dyr[j] * weight[j]) - coef * xr[j];
+        else
+            for (int j = 0; j < dim; j++) dxr[j] = rs * (dyr[j] * weight[j]) - coef * xr[j];
     }
     if (!dweight) return;
     int n_blocks = (dim + RMSNORM_COL_BLOCK - 1) / RMSNORM_COL_BLOCK;

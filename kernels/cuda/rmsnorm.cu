@@ -36,8 +36,9 @@ __global__ void rmsnorm_fwd_kernel(Store store, float *rstd, const float *x, con
         store(row, j, weight[j] * (xr[j] * rs));
 }
 
+// add_to_dx: dx + value, axpy's bits with alpha 1 (y + __fmul_rn(1, value) is y + value).
 __global__ void rmsnorm_bwd_dx_kernel(float *dx, const float *dout, const float *x,
-                                      const float *weight, const float *rstd, int dim) {
+                                      const float *weight, const float *rstd, int dim, bool add_to_dx) {
     __shared__ double scratch[CUDA_THREADS];
     const size_t row = blockIdx.x;
     const float *xr = x + row * dim, *dyr = dout + row * dim;
@@ -47,8 +48,10 @@ __global__ void rmsnorm_bwd_dx_kernel(float *dx, const float *dout, const float 
     for (int j = threadIdx.x; j < dim; j += blockDim.x) acc += (double)dyr[j] * weight[j] * xr[j];
     double gx = block_sum(acc, scratch);
     float coef = (float)(gx / dim) * rs * rs * rs;
-    for (int j = threadIdx.x; j < dim; j += blockDim.x)
-        dxr[j] = __fmul_rn(rs, dyr[j] * weight[j]) - __fmul_rn(coef, xr[j]);
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) {
+        const float value = __fmul_rn(rs, dyr[j] * weight[j]) - __fmul_rn(coef, xr[j]);
+        dxr[j] = add_to_dx ? dxr[j] + value : value;
+    }
 }
 
 // partial[chunk, c] = sum over the chunk's rows, in row order, of dy (x r). Chunks stride
@@ -102,9 +105,9 @@ extern "C" void cuda_rmsnorm_fwd_half(kernels_half_format fmt, uint16_t *out_hal
 }
 
 extern "C" void cuda_rmsnorm_bwd(float *dx, float *dweight, const float *dout, const float *x,
-                                 const float *weight, const float *rstd, int n_rows, int dim) {
+                                 const float *weight, const float *rstd, int n_rows, int dim, bool add_to_dx) {
     if (n_rows <= 0 || dim <= 0) return;
-    rmsnorm_bwd_dx_kernel<<<n_rows, CUDA_THREADS>>>(dx, dout, x, weight, rstd, dim);
+    rmsnorm_bwd_dx_kernel<<<n_rows, CUDA_THREADS>>>(dx, dout, x, weight, rstd, dim, add_to_dx);
     CUDA_CHECK_LAUNCH();
     if (!dweight) return;
     const int n_chunks = (n_rows + RMS_ROW_CHUNK - 1) / RMS_ROW_CHUNK;
