@@ -47,6 +47,7 @@ static const kernels cuda_backend = {
     .from_half = cuda_from_half,
     .to_half_2d = cuda_to_half_2d,
     .gemm_half = cuda_gemm_half,
+    .gemm_half_add = cuda_gemm_half_add,
     .rmsnorm_fwd_half = cuda_rmsnorm_fwd_half,
     .rope_fwd_half = cuda_rope_fwd_half,
     .rope_bwd_half = cuda_rope_bwd_half,

@@ -171,6 +171,12 @@ typedef struct kernels {
     void (*gemm_half)(kernels_half_format fmt, bool trans_a, bool trans_b, int m, int n, int k,
                       float alpha, const uint16_t *a, int lda, const uint16_t *b, int ldb, float beta,
                       float *c, int ldc);
+    /* c = op(a) op(b) + r, r fp32 [m, n] with c's row stride ldc (not overlapping c): the bits
+     * of gemm_half (alpha 1, beta 0) then add(c, c, r), in one pass over c (a GPU adds r in
+     * the GEMM's epilogue). A Linear's output joins the residual stream with it. */
+    void (*gemm_half_add)(kernels_half_format fmt, bool trans_a, bool trans_b, int m, int n, int k,
+                          const uint16_t *a, int lda, const uint16_t *b, int ldb, const float *r, float *c,
+                          int ldc);
 
     /* ---- producers of 16-bit GEMM operands (mixed precision) ----
      * Each writes in one pass what its fp32 op followed by to_half would write, so a tensor

@@ -214,6 +214,11 @@ static void p_gemm_half(kernels_half_format fmt, bool ta, bool tb, int m, int n,
     TIMED(2.0 * m * n * k, 0, prof.inner->gemm_half(fmt, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc),
           "gemm_half %s %c%c m %d n %d k %d%s", fmt_name(fmt), tr(ta), tr(tb), m, n, k, beta != 0 ? " +C" : "");
 }
+static void p_gemm_half_add(kernels_half_format fmt, bool ta, bool tb, int m, int n, int k, const uint16_t *a,
+                            int lda, const uint16_t *b, int ldb, const float *r, float *c, int ldc) {
+    TIMED(2.0 * m * n * k, 0, prof.inner->gemm_half_add(fmt, ta, tb, m, n, k, a, lda, b, ldb, r, c, ldc),
+          "gemm_half %s %c%c m %d n %d k %d +R", fmt_name(fmt), tr(ta), tr(tb), m, n, k);
+}
 /* Bytes moved by the producers of 16-bit operands: fp32 in, 16-bit (and optional fp32) out. */
 static void p_rmsnorm_fwd_half(kernels_half_format fmt, uint16_t *oh, int ld_half, float *out, float *rstd,
                                const float *x, const float *w, int rows, int dim, float eps) {
@@ -313,6 +318,7 @@ int kernels_profile_start(const kernels *inner, const kernels **out, ct_error *e
         .from_half = p_from_half,
         .to_half_2d = p_to_half_2d,
         .gemm_half = p_gemm_half,
+        .gemm_half_add = p_gemm_half_add,
         .rmsnorm_fwd_half = p_rmsnorm_fwd_half,
         .swiglu_fwd_half = p_swiglu_fwd_half,
         .swiglu_bwd_half = p_swiglu_bwd_half,

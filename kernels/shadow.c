@@ -123,6 +123,10 @@ static void shadow_gemm_half(kernels_half_format fmt, bool ta, bool tb, int m, i
                              int ldc) {
     cpu_gemm_half(fmt, ta, tb, m, n, k, alpha, RCH(a), lda, RCH(b), ldb, beta, RF(c), ldc);
 }
+static void shadow_gemm_half_add(kernels_half_format fmt, bool ta, bool tb, int m, int n, int k, const uint16_t *a,
+                                 int lda, const uint16_t *b, int ldb, const float *r, float *c, int ldc) {
+    cpu_gemm_half_add(fmt, ta, tb, m, n, k, RCH(a), lda, RCH(b), ldb, RCF(r), RF(c), ldc);
+}
 static void shadow_rmsnorm_fwd_half(kernels_half_format fmt, uint16_t *out_half, int ld_half, float *out,
                                     float *rstd, const float *x, const float *w, int rows, int dim, float eps) {
     cpu_rmsnorm_fwd_half(fmt, RH(out_half), ld_half, RF(out), RF(rstd), RCF(x), RCF(w), rows, dim, eps);
@@ -203,6 +207,7 @@ static const kernels shadow_backend = {
     .from_half = shadow_from_half,
     .to_half_2d = shadow_to_half_2d,
     .gemm_half = shadow_gemm_half,
+    .gemm_half_add = shadow_gemm_half_add,
     .rmsnorm_fwd_half = shadow_rmsnorm_fwd_half,
     .swiglu_fwd_half = shadow_swiglu_fwd_half,
     .swiglu_bwd_half = shadow_swiglu_bwd_half,

@@ -272,6 +272,29 @@ static void test_gemm(const kernels *K) {
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
             run_gemm_case(K, f == 0 ? KERNELS_BF16 : KERNELS_FP16, cases[i]);
 
+    /* gemm_half_add: the bits of gemm_half (alpha 1, beta 0) then add, with and without a row
+     * gap (the gap columns untouched). */
+    for (int f = 0; f < 2; f++)
+        for (int gap = 0; gap <= 3; gap += 3) {
+            const kernels_half_format fmt = f == 0 ? KERNELS_BF16 : KERNELS_FP16;
+            const int m = 37, n = 29, k = 300, ldc = n + gap;
+            uint16_t *a = malloc((size_t)m * k * sizeof(uint16_t)), *b = malloc((size_t)n * k * sizeof(uint16_t));
+            float *r = malloc((size_t)m * ldc * sizeof(float)), *want = malloc((size_t)m * ldc * sizeof(float));
+            float *got = malloc((size_t)m * ldc * sizeof(float)), *tmp = malloc((size_t)m * k * sizeof(float));
+            for (int i = 0; i < m * k; i++) tmp[i] = urand(-1.0f, 1.0f);
+            K->to_half(a, tmp, (size_t)m * k, fmt);
+            for (int i = 0; i < n * k; i++) tmp[i] = urand(-1.0f, 1.0f);
+            K->to_half(b, tmp, (size_t)n * k, fmt);
+            for (int i = 0; i < m * ldc; i++) r[i] = urand(-4.0f, 4.0f), want[i] = got[i] = SENTINEL_C;
+            K->gemm_half(fmt, false, true, m, n, k, 1.0f, a, k, b, k, 0.0f, want, ldc);
+            for (int i = 0; i < m; i++)
+                for (int j = 0; j < n; j++) want[i * ldc + j] += r[i * ldc + j];
+            K->gemm_half_add(fmt, false, true, m, n, k, a, k, b, k, r, got, ldc);
+            CHECK_MSG(memcmp(want, got, (size_t)m * ldc * sizeof(float)) == 0,
+                      "%s gemm_half_add gap %d: not gemm_half then add, bit for bit", fmt_name(fmt), gap);
+            free(a), free(b), free(r), free(want), free(got), free(tmp);
+        }
+
     /* m = 0 or n = 0: nothing is read or written. */
     float c = SENTINEL_C;
     uint16_t one = 0x3F80u;

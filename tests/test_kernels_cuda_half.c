@@ -312,6 +312,28 @@ static void test_gemm_half(void) {
         gemm_half_case_t empty1 = {fmts[f], true, false, 9, 11, 0, 1, 0, 1.0f, 0.25f};
         gemm_half_case(&empty1, 0); /* empty product, C scaled */
     }
+    /* gemm_half_add: the residual in the epilogue gives the GPU's own gemm_half then add bit
+     * for bit (1 * r is exact, one rounding of acc + r), the padding untouched. */
+    for (int f = 0; f < 2; f++)
+        for (int s = 1; s < 6; s++) {
+            const int m = shapes[s][0], n = shapes[s][1], k = shapes[s][2], ldc = n + (s % 2) * 3;
+            const size_t c_n = (size_t)m * ldc;
+            uint16_t *a = half_rand((size_t)m * k, fmts[f]), *b = half_rand((size_t)n * k, fmts[f]);
+            float *r = host_rand(c_n, -4, 4), *c0 = host_rand(c_n, -1, 1);
+            uint16_t *da = dev_from(G, a, (size_t)m * k * sizeof(uint16_t));
+            uint16_t *db = dev_from(G, b, (size_t)n * k * sizeof(uint16_t));
+            float *dr = dev_from(G, r, c_n * sizeof(float)), *dsum = dev_from(G, c0, c_n * sizeof(float));
+            float *dfused = dev_from(G, c0, c_n * sizeof(float));
+            G->gemm_half(fmts[f], false, true, m, n, k, 1.0f, da, k, db, k, 0.0f, dsum, ldc);
+            for (int i = 0; i < m; i++) G->add(dsum + (size_t)i * ldc, dsum + (size_t)i * ldc, dr + (size_t)i * ldc, n);
+            G->gemm_half_add(fmts[f], false, true, m, n, k, da, k, db, k, dr, dfused, ldc);
+            char what[128];
+            snprintf(what, sizeof what, "gemm_half_add %s m %d n %d k %d ldc %d", fmt_name(fmts[f]), m, n, k, ldc);
+            float *want = download_checked(G, what, dsum, c_n * sizeof(float));
+            compare_exact(G, what, dfused, want, c_n * sizeof(float));
+            free(want), free(a), free(b), free(r), free(c0);
+            G->release(da), G->release(db), G->release(dr), G->release(dsum), G->release(dfused);
+        }
     /* More distinct shapes than the plan cache holds: evicted plans must not be reused. */
     for (int i = 1; i <= 80; i++) {
         gemm_half_case_t tc = {KERNELS_BF16, false, true, i, 8 + i % 5, 16 + i % 3,

@@ -80,10 +80,12 @@ static uint16_t *half_of(const model *m, uint16_t *buf, int ld, const float *x, 
     return buf;
 }
 
-/* y [T,out] = x W^T (+ b) (+ LoRA); hx is x's 16-bit copy in mixed precision (rows ldx
- * apart; else NULL). A fused adapter (u_col) writes its u into hx's columns u_col.. */
+/* y [T,out] = x W^T (+ b) (+ LoRA) (+ residual [T,out], unless NULL); hx is x's 16-bit copy
+ * in mixed precision (rows ldx apart; else NULL). A fused adapter (u_col) writes its u into
+ * hx's columns u_col.. Where the output is one 16-bit GEMM (no bias, no separate adapter),
+ * the residual joins it in the GEMM's pass (gemm_half_add: the same bits). */
 static void linear_forward(const model *m, int layer, int kind, float *y, const float *x, uint16_t *hx,
-                           int ldx, int T, bool train, uint64_t seed) {
+                           int ldx, int T, bool train, uint64_t seed, const float *residual) {
     const kernels *k = m->k;
     const model_state *s = m->state;
     const model_linear *lin = &m->layers[layer].lin[kind];
@@ -96,11 +98,17 @@ static void linear_forward(const model *m, int layer, int kind, float *y, const 
         lora_fused_u(&la, s->acts[layer].lora_u[kind], x, hx, hx + lin->u_col, T, train, s->lora_scratch);
         K = lin->u_col + m->lora.r;
     }
+    if (residual && hx && !lin->bias && (!lin->lora_a || fused)) {
+        k->gemm_half_add(model_half_format(m->precision), false, true, T, lin->out, K, hx, ldx, lin->weight->half,
+                         lin->weight->half_ld, residual, y, lin->out);
+        return;
+    }
     weight_gemm(m, false, true, T, lin->out, K, x, hx, hx ? ldx : lin->in, lin->weight, 0.0f, y, lin->out);
     if (lin->bias) /* y += ones[T,1] b[1,out] */
         k->gemm(false, false, T, lin->out, 1, 1.0f, s->ones, 1, lin->bias->data, lin->out, 1.0f, y,
                 lin->out);
     if (lin->lora_a && !fused) lora_forward(&la, y, s->acts[layer].lora_u[kind], x, hx, T, train, s->lora_scratch);
+    if (residual) k->add(y, y, residual, (size_t)T * lin->out);
 }
 
 /* Row stride of the 16-bit dy copy a Linear's backward reads: room for du beside dy when
@@ -181,9 +189,9 @@ static void layer_forward(model *m, int l, int batch, int seq, const int32_t *do
     const int *ld = s->ld_input;
     uint16_t *hx = norm_for_linears(m, a->h_norm1, ld[LINEAR_Q], a->x_norm1, a->rstd1, x, layer->input_norm->data,
                                     T, H, eps);
-    linear_forward(m, l, LINEAR_Q, c->qk_norm ? a->q_pre : a->q, a->x_norm1, hx, ld[LINEAR_Q], T, train, seed);
-    linear_forward(m, l, LINEAR_K, c->qk_norm ? a->k_pre : a->k, a->x_norm1, hx, ld[LINEAR_K], T, train, seed);
-    linear_forward(m, l, LINEAR_V, a->v, a->x_norm1, hx, ld[LINEAR_V], T, train, seed);
+    linear_forward(m, l, LINEAR_Q, c->qk_norm ? a->q_pre : a->q, a->x_norm1, hx, ld[LINEAR_Q], T, train, seed, NULL);
+    linear_forward(m, l, LINEAR_K, c->qk_norm ? a->k_pre : a->k, a->x_norm1, hx, ld[LINEAR_K], T, train, seed, NULL);
+    linear_forward(m, l, LINEAR_V, a->v, a->x_norm1, hx, ld[LINEAR_V], T, train, seed, NULL);
     if (c->qk_norm) {
         k->rmsnorm_fwd(a->q, a->rstd_q, a->q_pre, layer->q_norm->data, T * nh, d, eps);
         k->rmsnorm_fwd(a->k, a->rstd_k, a->k_pre, layer->k_norm->data, T * nkv, d, eps);
@@ -203,12 +211,11 @@ static void layer_forward(model *m, int l, int batch, int seq, const int32_t *do
                               seq, nh, nkv, d, scale);
     }
     hx = a->h_att;
-    linear_forward(m, l, LINEAR_O, a->x_mid, a->att, hx, ld[LINEAR_O], T, train, seed);
-    k->add(a->x_mid, a->x_mid, x, (size_t)T * H);
+    linear_forward(m, l, LINEAR_O, a->x_mid, a->att, hx, ld[LINEAR_O], T, train, seed, x); /* x_mid = x + o(att) */
     hx = norm_for_linears(m, a->h_norm2, ld[LINEAR_GATE], a->x_norm2, a->rstd2, a->x_mid, layer->post_norm->data,
                           T, H, eps);
-    linear_forward(m, l, LINEAR_GATE, a->gate, a->x_norm2, hx, ld[LINEAR_GATE], T, train, seed);
-    linear_forward(m, l, LINEAR_UP, a->up, a->x_norm2, hx, ld[LINEAR_UP], T, train, seed);
+    linear_forward(m, l, LINEAR_GATE, a->gate, a->x_norm2, hx, ld[LINEAR_GATE], T, train, seed, NULL);
+    linear_forward(m, l, LINEAR_UP, a->up, a->x_norm2, hx, ld[LINEAR_UP], T, train, seed, NULL);
     if (m->precision == MODEL_FP32) {
         k->swiglu_fwd(a->act, a->gate, a->up, (size_t)T * I);
     } else { /* gate and up rounded (and kept so), act's 16-bit copy written with act */
@@ -217,8 +224,7 @@ static void layer_forward(model *m, int l, int batch, int seq, const int32_t *do
                            a->gate, a->up, T, I);
         hx = h_act;
     }
-    linear_forward(m, l, LINEAR_DOWN, out, a->act, hx, ld[LINEAR_DOWN], T, train, seed);
-    k->add(out, out, a->x_mid, (size_t)T * H);
+    linear_forward(m, l, LINEAR_DOWN, out, a->act, hx, ld[LINEAR_DOWN], T, train, seed, a->x_mid);
 }
 
 /* Returns the final norm's 16-bit copy [T,H] for the vocabulary projection (mixed precision;

@@ -39,6 +39,7 @@ static const kernels cpu_backend = {
     .from_half = cpu_from_half,
     .to_half_2d = cpu_to_half_2d,
     .gemm_half = cpu_gemm_half,
+    .gemm_half_add = cpu_gemm_half_add,
     .rmsnorm_fwd_half = cpu_rmsnorm_fwd_half,
     .swiglu_fwd_half = cpu_swiglu_fwd_half,
     .swiglu_bwd_half = cpu_swiglu_bwd_half,

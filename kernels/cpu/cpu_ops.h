@@ -155,6 +155,8 @@ void cpu_to_half_2d(kernels_half_format fmt, uint16_t *out, int ld_out, const fl
 void cpu_gemm_half(kernels_half_format fmt, bool trans_a, bool trans_b, int m, int n, int k,
                    float alpha, const uint16_t *a, int lda, const uint16_t *b, int ldb, float beta,
                    float *c, int ldc);
+void cpu_gemm_half_add(kernels_half_format fmt, bool trans_a, bool trans_b, int m, int n, int k,
+                       const uint16_t *a, int lda, const uint16_t *b, int ldb, const float *r, float *c, int ldc);
 
 /* adamw.c */
 void cpu_adamw(float *param, const float *grad, float *m, float *v, size_t n, const kernels_adamw_step *st);

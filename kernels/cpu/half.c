@@ -80,3 +80,15 @@ void cpu_gemm_half(kernels_half_format fmt, bool trans_a, bool trans_b, int m, i
     cpu_gemm(trans_a, trans_b, m, n, k, alpha, a32, a_cols, b32, b_cols, beta, c, ldc);
     free(scratch);
 }
+
+/* The product, then r added row by row (cpu_add's bits). */
+void cpu_gemm_half_add(kernels_half_format fmt, bool trans_a, bool trans_b, int m, int n, int k,
+                       const uint16_t *a, int lda, const uint16_t *b, int ldb, const float *r, float *c, int ldc) {
+    if (m <= 0 || n <= 0) return;
+    cpu_gemm_half(fmt, trans_a, trans_b, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+    if (ldc == n) {
+        cpu_add(c, c, r, (size_t)m * n);
+        return;
+    }
+    for (int i = 0; i < m; i++) cpu_add(c + (size_t)i * ldc, c + (size_t)i * ldc, r + (size_t)i * ldc, (size_t)n);
+}

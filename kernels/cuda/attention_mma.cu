@@ -17,11 +17,12 @@
 //
 // Tiling: a block has 4 warps and a tile of 64 rows (16 per warp: queries in the forward and
 // dq, keys in dk/dv) and streams tiles of 64 rows of the other side through two shared-memory
-// buffers (tile t+1 is copied while tile t is multiplied), 16-bit, row-major; fragments come from shared memory through ldmatrix (.trans where a
-// product reads the tile as B rather than B^T). Every output element has one writer and a fixed
-// summation order (keys ascending; in dk/dv the group's heads, then queries ascending):
-// no atomics, the same bits every run. dq multiplies the 16-bit dS blocks that dk/dv stored
-// (am_dq_ds_kernel) where they fit a scratch budget, and recomputes them otherwise. Exponentials are ex2.approx.ftz of one fused
+// buffers (tile t+1 is copied while tile t is multiplied), 16-bit, row-major; fragments come
+// from shared memory through ldmatrix (.trans where a product reads the tile as B rather than
+// B^T). Every output element has one writer and a fixed summation order (keys ascending; in
+// dk/dv the group's heads, then queries ascending): no atomics, the same bits every run. dq
+// multiplies the 16-bit dS blocks that dk/dv stored (am_dq_ds_kernel) where they fit a
+// scratch budget, and recomputes them otherwise. Exponentials are ex2.approx.ftz of one fused
 // multiply-add, score * scale * log2(e) - max (or - lse * log2(e)).
 //
 // These loops are bound by the warps' own instruction issue, so they are kept lean and
@@ -857,10 +858,11 @@ static bool am_bwd(kernels_half_format fmt, float *dq, float *dk, float *dv, con
     const size_t dq_ds_smem = am_tile_bytes<DP>(2, 0) + am_tile_bytes<AM_ROWS>(2, 0);
     const size_t per_kv = am_ds_bytes_per_kv(sh);
     const bool store_ds = per_kv <= ds_budget;
-    if (store_ds ? !am_allow_smem(am_dq_ds_kernel<T, DP>, dq_ds_smem) ||
-                       !am_allow_smem(am_dkv_kernel<T, DP, true>, dkv_smem)
-                 : !am_allow_smem(am_dq_kernel<T, DP>, dq_smem) || !am_allow_smem(am_dkv_kernel<T, DP, false>, dkv_smem))
-        return false;
+    const bool fits = store_ds ? am_allow_smem(am_dq_ds_kernel<T, DP>, dq_ds_smem) &&
+                                     am_allow_smem(am_dkv_kernel<T, DP, true>, dkv_smem)
+                               : am_allow_smem(am_dq_kernel<T, DP>, dq_smem) &&
+                                     am_allow_smem(am_dkv_kernel<T, DP, false>, dkv_smem);
+    if (!fits) return false;
     const size_t dout_n = (size_t)sh.batch * sh.seq * sh.q_stride;
     uint16_t *rounded_dout = NULL;
     CUDA_CHECK(cudaMallocAsync((void **)&rounded_dout, dout_n * sizeof(uint16_t), 0));

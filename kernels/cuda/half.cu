@@ -314,15 +314,11 @@ static lt_plan *find_plan(const lt_plan_key *key) {
     return plan;
 }
 
-extern "C" void cuda_gemm_half(kernels_half_format fmt, bool trans_a, bool trans_b, int m,
-                               int n, int k, float alpha, const uint16_t *a, int lda,
-                               const uint16_t *b, int ldb, float beta, float *c, int ldc) {
-    if (!known_format(fmt, "gemm_half", __LINE__) || m <= 0 || n <= 0) return;
-    if (k <= 0) {
-        gemm_half_scale_kernel<<<cuda_grid_for((size_t)m * n), CUDA_THREADS>>>(c, m, n, ldc, beta);
-        CUDA_CHECK_LAUNCH();
-        return;
-    }
+// D = alpha op(A) op(B) + beta C through the plan for the shape, C read from c_in and D
+// written to c_out (the same layout; the same buffer for gemm_half).
+static void lt_matmul(kernels_half_format fmt, bool trans_a, bool trans_b, int m, int n, int k, float alpha,
+                      const uint16_t *a, int lda, const uint16_t *b, int ldb, float beta, const float *c_in,
+                      float *c_out, int ldc) {
     pthread_once(&lt_once, create_lt);
     if (lt_status != CUBLAS_STATUS_SUCCESS) {
         ctune_cuda_record(__FILE__, __LINE__, "cublasLtCreate", cublasGetStatusString(lt_status));
@@ -337,17 +333,44 @@ extern "C" void cuda_gemm_half(kernels_half_format fmt, bool trans_a, bool trans
     key.lda = lda, key.ldb = ldb, key.ldc = ldc;
     key.align_a = pointer_alignment(a);
     key.align_b = pointer_alignment(b);
-    key.align_c = pointer_alignment(c);
+    const int align_in = pointer_alignment(c_in), align_out = pointer_alignment(c_out);
+    key.align_c = align_in < align_out ? align_in : align_out;
 
     pthread_mutex_lock(&plan_lock);
     lt_plan *plan = find_plan(&key);
     if (plan) {
         void *workspace = plan->workspace_bytes ? lt_workspace : NULL;
         cublasStatus_t status = cublasLtMatmul(
-            lt_handle, plan->op, &alpha, b, plan->layout_a, a, plan->layout_b, &beta, c,
-            plan->layout_c, c, plan->layout_c, &plan->algo, workspace, plan->workspace_bytes, 0);
+            lt_handle, plan->op, &alpha, b, plan->layout_a, a, plan->layout_b, &beta, c_in,
+            plan->layout_c, c_out, plan->layout_c, &plan->algo, workspace, plan->workspace_bytes, 0);
         if (status != CUBLAS_STATUS_SUCCESS)
             ctune_cuda_record(__FILE__, __LINE__, "cublasLtMatmul", cublasGetStatusString(status));
     }
     pthread_mutex_unlock(&plan_lock);
+}
+
+extern "C" void cuda_gemm_half(kernels_half_format fmt, bool trans_a, bool trans_b, int m,
+                               int n, int k, float alpha, const uint16_t *a, int lda,
+                               const uint16_t *b, int ldb, float beta, float *c, int ldc) {
+    if (!known_format(fmt, "gemm_half", __LINE__) || m <= 0 || n <= 0) return;
+    if (k <= 0) {
+        gemm_half_scale_kernel<<<cuda_grid_for((size_t)m * n), CUDA_THREADS>>>(c, m, n, ldc, beta);
+        CUDA_CHECK_LAUNCH();
+        return;
+    }
+    lt_matmul(fmt, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, c, ldc);
+}
+
+// The residual r as the epilogue's C (beta 1: 1 * r is exact, so D = acc + r, rounded once,
+// as the product stored then added). k == 0: c = r.
+extern "C" void cuda_gemm_half_add(kernels_half_format fmt, bool trans_a, bool trans_b, int m, int n, int k,
+                                   const uint16_t *a, int lda, const uint16_t *b, int ldb, const float *r,
+                                   float *c, int ldc) {
+    if (!known_format(fmt, "gemm_half_add", __LINE__) || m <= 0 || n <= 0) return;
+    if (k <= 0) {
+        CUDA_CHECK(cudaMemcpy2DAsync(c, (size_t)ldc * sizeof(float), r, (size_t)ldc * sizeof(float),
+                                     (size_t)n * sizeof(float), (size_t)m, cudaMemcpyDeviceToDevice, 0));
+        return;
+    }
+    lt_matmul(fmt, trans_a, trans_b, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, r, c, ldc);
 }
