@@ -202,6 +202,11 @@ static void counted_gemm_half(kernels_half_format fmt, bool ta, bool tb, int m, 
     gemm_calls++;
     kernels_cpu()->gemm_half(fmt, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
+static void counted_gemm_half_add(kernels_half_format fmt, bool ta, bool tb, int m, int n, int k, const uint16_t *a,
+                                  int lda, const uint16_t *b, int ldb, const float *r, float *c, int ldc) {
+    gemm_calls++;
+    kernels_cpu()->gemm_half_add(fmt, ta, tb, m, n, k, a, lda, b, ldb, r, c, ldc);
+}
 
 /* Every adapted Linear loses its adapter's output product y += s u B^T (all seven: the
  * SwiGLU forward writes down's input with room for u) and, without dropout, its input-gradient
@@ -211,6 +216,7 @@ static void test_fused_gemm_count(void) {
     kernels counted = *kernels_cpu();
     counted.gemm = counted_gemm;
     counted.gemm_half = counted_gemm_half;
+    counted.gemm_half_add = counted_gemm_half_add;
     const int L = 2, steps = 2; /* mixed_config, run() */
     for (int dropout = 0; dropout <= 1; dropout++) {
         long calls[2];
