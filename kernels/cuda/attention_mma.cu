@@ -240,6 +240,15 @@ __device__ __forceinline__ void am_acc_to_a(uint32_t a[4], const float c[8][4], 
     a[3] = am_format<T>::pack(c[2 * kc + 1][2], c[2 * kc + 1][3]);
 }
 
+// A thread's share of a 16 x DP fp32 accumulator, zeroed.
+template <int DP>
+__device__ __forceinline__ void am_zero(float acc[DP / 8][4]) {
+#pragma unroll
+    for (int dn = 0; dn < DP / 8; dn++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[dn][e] = 0.0f;
+}
+
 // acc[16 x 64] = A[16 x DP] B^T, A rows [r0, r0+16) of a (row-major, stride DP+8) and B's 64
 // rows those of bt (same layout): Q K^T, dO V^T, K Q^T, V dO^T.
 template <typename T, int DP>
@@ -384,10 +393,7 @@ __global__ void __launch_bounds__(AM_THREADS)
     am_cp_commit();
 
     float o[DP / 8][4];
-#pragma unroll
-    for (int dn = 0; dn < DP / 8; dn++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) o[dn][e] = 0.0f;
+    am_zero<DP>(o);
     // Per thread: partial sums l; the running maximum m is of scores times scale * log2(e)
     // (a positive factor: the maximum of the scaled scores is the scaled maximum, exactly).
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
@@ -528,10 +534,7 @@ __global__ void __launch_bounds__(AM_THREADS)
     }
 
     float acc[DP / 8][4];
-#pragma unroll
-    for (int dn = 0; dn < DP / 8; dn++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) acc[dn][e] = 0.0f;
+    am_zero<DP>(acc);
     for (int t = 0; t < n_kv; t++) {
         const int j0 = t * AM_ROWS, cur = t & 1;
         if (t + 1 < n_kv) {
@@ -643,10 +646,8 @@ __global__ void __launch_bounds__(AM_THREADS)
     am_cp_commit();
 
     float dK[DP / 8][4], dV[DP / 8][4];
-#pragma unroll
-    for (int dn = 0; dn < DP / 8; dn++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) dK[dn][e] = dV[dn][e] = 0.0f;
+    am_zero<DP>(dK);
+    am_zero<DP>(dV);
     int i0 = j0, h = g * sh.group;  // the computed step's query tile and head
     // This warp's 16 rows of the step's dS block (STORE_DS), computed where it is written.
     auto ds_rows = [&]() {
@@ -758,10 +759,7 @@ __global__ void __launch_bounds__(AM_THREADS)
     am_cp_commit();
 
     float acc[DP / 8][4];
-#pragma unroll
-    for (int dn = 0; dn < DP / 8; dn++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) acc[dn][e] = 0.0f;
+    am_zero<DP>(acc);
     for (int t = 0; t < n_kv; t++) {
         const int cur = t & 1;
         if (t + 1 < n_kv) {
