@@ -316,9 +316,11 @@ static void plan_half_layout(model *m, model_precision p) {
             const bool on = fused && lin->lora_a && layout.slot[kind] >= 0;
             lin->u_col = on ? lin->in + layout.slot[kind] * m->lora.r : 0;
             lin->concat_dy = on && m->lora.dropout == 0.0f; /* dropout: mask(du A) */
-            if (!on) continue;
-            lin->weight->half_ld = lin->u_col + m->lora.r;
-            lin->weight->half_rows = lin->out + m->lora.r;
+            /* every copy of a group sharing an input (q, k, v; gate, up) has the group's row
+             * stride, so that stacked copies read as one matrix (model_graph.c: q, k and v's
+             * input gradient in one GEMM) */
+            lin->weight->half_ld = layout.ld_input[kind];
+            if (on) lin->weight->half_rows = lin->out + m->lora.r;
         }
 }
 
@@ -841,10 +843,14 @@ static size_t plan_activations(model_state *s, const model_config *c, const lora
         if (lora->dropout > 0.0f) s->lora_scratch = take(&cur, t * wide);
     }
     if (mixed) { /* 16-bit GEMM operands: an input [T, in] and an output gradient or logits chunk */
-        const size_t wide_dy = t * (wide + r_room);
-        size_t dy = wide_dy > (size_t)rows * (size_t)c->vocab_size ? wide_dy : (size_t)rows * (size_t)c->vocab_size;
+        /* the widest output gradient with room for du, q, k and v's side by side (their input
+         * gradient in one GEMM, model_graph.c), or a logits chunk */
+        const size_t wide_dy = t * (wide + r_room), qkv_dy = t * (qdim + 2 * kvdim + 3 * r_room);
+        size_t dy = wide_dy > qkv_dy ? wide_dy : qkv_dy;
+        if ((size_t)rows * (size_t)c->vocab_size > dy) dy = (size_t)rows * (size_t)c->vocab_size;
         s->half_x = (uint16_t *)take(&cur, (t * (wide + r_room) + 1) / 2);
         s->half_dy = (uint16_t *)take(&cur, (dy + 1) / 2);
+        s->half_dy_numel = dy;
         s->half_ones = (uint16_t *)take(&cur, (t + 1) / 2);
         if (lora) { /* the adapters' 16-bit operands (peft/lora_math.h) */
             s->half_lora_r = (uint16_t *)take(&cur, (t * (size_t)lora->r + 1) / 2);

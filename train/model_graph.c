@@ -285,6 +285,63 @@ static bool layer_has_trainable(const model *m, int l) {
 }
 
 /* Backward from s->d_h1 = d loss / d x_norm_final (already scaled by grad_scale). */
+/* Mixed precision, q, k and v's 16-bit output gradients produced here (no q/k norm): whether
+ * their input gradient can be one GEMM, dx = [dq (du_q) | dk (du_k) | dv (du_v)] [Wq (Aq);
+ * Wk (Ak); Wv (Av)], over the three weight copies stacked as they lie in the 16-bit arena
+ * (consecutive, one row stride: model.c gives a group sharing an input one) with every
+ * adapter inside its base GEMMs (no dropout), and the three dy blocks side by side in the
+ * output-gradient scratch (total columns *k_total). One GEMM with K = the sum instead of three
+ * (two of them with K = a key/value width, 512 at Llama-3.2-1B, run far from the GPU's peak). */
+static bool qkv_stacked(const model *m, const model_layer *layer, int T, int *k_total) {
+    const model_linear *q = &layer->lin[LINEAR_Q], *k = &layer->lin[LINEAR_K], *v = &layer->lin[LINEAR_V];
+    const model_param *wq = q->weight, *wk = k->weight, *wv = v->weight;
+    if (m->precision == MODEL_FP32 || m->cfg.qk_norm || getenv("NOSTACK")) return false;
+    for (int i = 0; i < 3; i++) {
+        const model_linear *lin = &layer->lin[LINEAR_Q + i];
+        if (lin->lora_a && !lin->concat_dy) return false;
+    }
+    if (wk->half_ld != wq->half_ld || wv->half_ld != wq->half_ld) return false;
+    if (wk->half != wq->half + (size_t)wq->half_rows * wq->half_ld ||
+        wv->half != wk->half + (size_t)wk->half_rows * wk->half_ld)
+        return false;
+    const int total = (int)(wq->half_rows + wk->half_rows + wv->half_rows);
+    const model_state *s = m->state;
+    if ((size_t)T * (size_t)total > s->half_dy_numel) return false; /* model.c sizes it for this */
+    *k_total = total;
+    return true;
+}
+
+/* q, k and v's backward as qkv_stacked allows: dq, dk (RoPE's backward) and dv rounded side by
+ * side in the output-gradient scratch, each with room for its du; every Linear's own backward
+ * (weight, bias, adapter: du written into its room) without its input gradient; then that
+ * gradient for all three in one GEMM into dh (unless NULL). */
+static void qkv_backward_stacked(const model *m, int l, int k_total, const float *dq, const float *dk,
+                                 const float *dv, float *dh, const float *x, const uint16_t *hx, int ldx, int T,
+                                 uint64_t seed) {
+    const kernels *k = m->k;
+    const model_state *s = m->state;
+    const model_config *c = &m->cfg;
+    const model_layer *layer = &m->layers[l];
+    const int nh = c->num_attention_heads, nkv = c->num_key_value_heads, d = c->head_dim;
+    bool needed = dh != NULL;
+    for (int i = 0; i < 3; i++) {
+        const model_linear *lin = &layer->lin[LINEAR_Q + i];
+        needed |= lin->weight->grad || (lin->bias && lin->bias->grad) || lin->lora_a;
+    }
+    if (!needed) return;
+    const kernels_half_format fmt = model_half_format(m->precision);
+    const model_param *wq = layer->lin[LINEAR_Q].weight, *wk = layer->lin[LINEAR_K].weight;
+    const int off[3] = {0, (int)wq->half_rows, (int)(wq->half_rows + wk->half_rows)};
+    k->rope_bwd_half(fmt, s->half_dy + off[0], k_total, dq, s->positions, s->inv_freq, T, nh, d);
+    k->rope_bwd_half(fmt, s->half_dy + off[1], k_total, dk, s->positions, s->inv_freq, T, nkv, d);
+    k->to_half_2d(fmt, s->half_dy + off[2], k_total, dv, nkv * d, T, nkv * d, 1.0f);
+    for (int i = 0; i < 3; i++)
+        linear_backward(m, l, LINEAR_Q + i, NULL, 0.0f, NULL, s->half_dy + off[i], k_total, x, hx, ldx, T, seed);
+    if (dh)
+        k->gemm_half(fmt, false, false, T, c->hidden_size, k_total, 1.0f, s->half_dy, k_total, wq->half, wq->half_ld,
+                     0.0f, dh, c->hidden_size);
+}
+
 static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t seed) {
     const kernels *k = m->k;
     const model_config *c = &m->cfg;
@@ -349,7 +406,10 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
         float *dh = need_dh ? s->d_h1 : NULL;
         const float *q_in = a->x_norm1;
         hx = backward_input(m, layer, LINEAR_Q, LINEAR_V, a->h_norm1, q_in, T, H, &ldx);
-        if (m->precision != MODEL_FP32 && !c->qk_norm) {
+        int k_total = 0;
+        if (qkv_stacked(m, layer, T, &k_total)) {
+            qkv_backward_stacked(m, l, k_total, dq, dk, dv, dh, q_in, hx, ldx, T, seed);
+        } else if (m->precision != MODEL_FP32 && !c->qk_norm) {
             /* dq and dk are read only by their projections' GEMMs: RoPE's backward writes their
              * 16-bit roundings (with room for du where the adapter is fused), one at a time
              * into the output-gradient scratch */
@@ -377,7 +437,7 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
             linear_backward(m, l, LINEAR_Q, dh, 0.0f, dq, NULL, 0, q_in, hx, ldx, T, seed);
             linear_backward(m, l, LINEAR_K, dh, 1.0f, dk, NULL, 0, q_in, hx, ldx, T, seed);
         }
-        linear_backward(m, l, LINEAR_V, dh, 1.0f, dv, NULL, 0, q_in, hx, ldx, T, seed);
+        if (!k_total) linear_backward(m, l, LINEAR_V, dh, 1.0f, dv, NULL, 0, q_in, hx, ldx, T, seed);
         if (need_dh) /* into the residual stream's gradient when it goes on, else only dweight counts */
             k->rmsnorm_bwd(need_input_grad ? s->d_resid : s->d_h2, layer->input_norm->grad, s->d_h1, x,
                            layer->input_norm->data, a->rstd1, T, H, need_input_grad);

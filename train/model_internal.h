@@ -98,6 +98,7 @@ typedef struct model_state {
     float *lora_scratch; /* [T,max_in] under LoRA dropout only: dropout(x) in fp32, the masked dx product */
     uint16_t *half_x, *half_dy; /* mixed precision: 16-bit GEMM input [T, max width] and output
                                  * gradient [max(T x max width, logits rows x V)] */
+    size_t half_dy_numel;       /* half_dy's capacity in values */
     uint16_t *half_ones;        /* mixed: [T] of 1.0, for bias gradients of 16-bit-only dy */
     uint16_t *half_dgate, *half_dup; /* mixed: the MLP's 16-bit gradients [T,I], rows
                                       * ld_mlp_dy apart (in d_w2, d_w3) */
