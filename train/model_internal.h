@@ -8,10 +8,13 @@
 /* LoRA inside the base GEMMs (mixed precision, unless lora_unfused).
  * An adapted Linear's base weight has as its 16-bit copy the padded matrix
  *
- *                 columns 0..in   in..u_col   u_col..u_col+r
- *     rows 0..out      W            0         scaling * B        row stride ld = u_col + r
- *     rows out..+r     A            0         0
+ *                 columns 0..in   in..u_col   u_col..u_col+r   ..ld
+ *     rows 0..out      W            0         scaling * B        0
+ *     rows out..+r     A            0         0                  0
  *
+ * with row stride ld = ld_input of its input (every Linear's copy in a group sharing an input
+ * has that stride, adapted or not, so that q's, k's and v's copies, consecutive in the 16-bit
+ * arena, read as one matrix: model_graph.c's q/k/v input gradient in one GEMM)
  * (the adapters themselves have no other 16-bit copy; model_refresh_half writes A and
  * scaling * B there after every optimizer step). The Linear's input x reaches its GEMM as a
  * 16-bit copy with room beside it (rows ld_input apart, written by RMSNorm, SwiGLU or a
