@@ -37,8 +37,8 @@
 //
 // A 64-query tile holds 4 warps: little latency hiding where a block needs most of an SM's
 // shared memory (dk/dv at head_dim 128), and the accumulators round-trip through shared
-// memory every tile. Correctness first; register accumulators (mma.sync) and pipelined
-// tile loads are the next steps for speed.
+// memory every tile: these kernels are the general fallback. Head sizes 64 and 128 (every
+// Llama-family model ctune loads) take attention_mma.cu's register-accumulator kernels.
 //
 // A tile layout too large for the device's shared memory runs the fp32 kernels of
 // attention.cu on the widened q, k, v (and rounded dout, widened out_half for D): slower,
