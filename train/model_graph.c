@@ -284,7 +284,6 @@ static bool layer_has_trainable(const model *m, int l) {
     return false;
 }
 
-/* Backward from s->d_h1 = d loss / d x_norm_final (already scaled by grad_scale). */
 /* Mixed precision, q, k and v's 16-bit output gradients produced here (no q/k norm): whether
  * their input gradient can be one GEMM, dx = [dq (du_q) | dk (du_k) | dv (du_v)] [Wq (Aq);
  * Wk (Ak); Wv (Av)], over the three weight copies stacked as they lie in the 16-bit arena
@@ -295,7 +294,7 @@ static bool layer_has_trainable(const model *m, int l) {
 static bool qkv_stacked(const model *m, const model_layer *layer, int T, int *k_total) {
     const model_linear *q = &layer->lin[LINEAR_Q], *k = &layer->lin[LINEAR_K], *v = &layer->lin[LINEAR_V];
     const model_param *wq = q->weight, *wk = k->weight, *wv = v->weight;
-    if (m->precision == MODEL_FP32 || m->cfg.qk_norm || getenv("NOSTACK")) return false;
+    if (m->precision == MODEL_FP32 || m->cfg.qk_norm) return false;
     for (int i = 0; i < 3; i++) {
         const model_linear *lin = &layer->lin[LINEAR_Q + i];
         if (lin->lora_a && !lin->concat_dy) return false;
@@ -342,6 +341,7 @@ static void qkv_backward_stacked(const model *m, int l, int k_total, const float
                      0.0f, dh, c->hidden_size);
 }
 
+/* Backward from s->d_h1 = d loss / d x_norm_final (already scaled by grad_scale). */
 static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t seed) {
     const kernels *k = m->k;
     const model_config *c = &m->cfg;
