@@ -315,14 +315,16 @@ static lt_plan *find_plan(const lt_plan_key *key) {
 }
 
 // D = alpha op(A) op(B) + beta C through the plan for the shape, C read from c_in and D
-// written to c_out (the same layout; the same buffer for gemm_half).
-static void lt_matmul(kernels_half_format fmt, bool trans_a, bool trans_b, int m, int n, int k, float alpha,
+// written to c_out (the same layout; the same buffer for gemm_half). false where the matmul
+// itself was refused: recorded as the run's error only with record_refusal (a missing plan
+// or handle always is).
+static bool lt_matmul(kernels_half_format fmt, bool trans_a, bool trans_b, int m, int n, int k, float alpha,
                       const uint16_t *a, int lda, const uint16_t *b, int ldb, float beta, const float *c_in,
-                      float *c_out, int ldc) {
+                      float *c_out, int ldc, bool record_refusal) {
     pthread_once(&lt_once, create_lt);
     if (lt_status != CUBLAS_STATUS_SUCCESS) {
         ctune_cuda_record(__FILE__, __LINE__, "cublasLtCreate", cublasGetStatusString(lt_status));
-        return;
+        return true;
     }
     lt_plan_key key;
     memset(&key, 0, sizeof key); // memcmp compares the whole struct
@@ -338,15 +340,18 @@ static void lt_matmul(kernels_half_format fmt, bool trans_a, bool trans_b, int m
 
     pthread_mutex_lock(&plan_lock);
     lt_plan *plan = find_plan(&key);
+    bool done = true;
     if (plan) {
         void *workspace = plan->workspace_bytes ? lt_workspace : NULL;
         cublasStatus_t status = cublasLtMatmul(
             lt_handle, plan->op, &alpha, b, plan->layout_a, a, plan->layout_b, &beta, c_in,
             plan->layout_c, c_out, plan->layout_c, &plan->algo, workspace, plan->workspace_bytes, 0);
-        if (status != CUBLAS_STATUS_SUCCESS)
+        done = status == CUBLAS_STATUS_SUCCESS;
+        if (!done && record_refusal)
             ctune_cuda_record(__FILE__, __LINE__, "cublasLtMatmul", cublasGetStatusString(status));
     }
     pthread_mutex_unlock(&plan_lock);
+    return done;
 }
 
 extern "C" void cuda_gemm_half(kernels_half_format fmt, bool trans_a, bool trans_b, int m,
@@ -358,11 +363,12 @@ extern "C" void cuda_gemm_half(kernels_half_format fmt, bool trans_a, bool trans
         CUDA_CHECK_LAUNCH();
         return;
     }
-    lt_matmul(fmt, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, c, ldc);
+    lt_matmul(fmt, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, c, ldc, true);
 }
 
 // The residual r as the epilogue's C (beta 1: 1 * r is exact, so D = acc + r, rounded once,
-// as the product stored then added). k == 0: c = r.
+// as the product stored then added). k == 0: c = r. Should cuBLASLt refuse C != D for the
+// plan's algorithm, the product then the add, row by row: the same bits, one pass more.
 extern "C" void cuda_gemm_half_add(kernels_half_format fmt, bool trans_a, bool trans_b, int m, int n, int k,
                                    const uint16_t *a, int lda, const uint16_t *b, int ldb, const float *r,
                                    float *c, int ldc) {
@@ -372,5 +378,11 @@ extern "C" void cuda_gemm_half_add(kernels_half_format fmt, bool trans_a, bool t
                                      (size_t)n * sizeof(float), (size_t)m, cudaMemcpyDeviceToDevice, 0));
         return;
     }
-    lt_matmul(fmt, trans_a, trans_b, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, r, c, ldc);
+    if (lt_matmul(fmt, trans_a, trans_b, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, r, c, ldc, false)) return;
+    lt_matmul(fmt, trans_a, trans_b, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, c, ldc, true);
+    if (ldc == n) {
+        cuda_add(c, c, r, (size_t)m * n);
+        return;
+    }
+    for (int i = 0; i < m; i++) cuda_add(c + (size_t)i * ldc, c + (size_t)i * ldc, r + (size_t)i * ldc, (size_t)n);
 }
