@@ -73,7 +73,7 @@ if a["grad_ckpt"]:
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 if a["method"] == "lora":
     from peft import LoraConfig, get_peft_model
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=a["lora_dropout"],
                                              target_modules=a["targets"]))
     if a["grad_ckpt"]:
         model.enable_input_require_grads()
@@ -245,7 +245,7 @@ def run_ctune(args, ctune, work, method, precision, ckpt, sampler):
                           data=f"{work}/data.h5", seq=args.seq, micro=args.batch,
                           max_steps=args.warmup + args.steps, output_dir=out_dir,
                           extra=f"precision: {precision}\ndevice: {args.device}\n")
-    overrides = ["train.activation_checkpointing=true"] if ckpt else []
+    overrides = (["train.activation_checkpointing=true"] if ckpt else []) + [f"lora.dropout={args.lora_dropout}"]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     if args.profile:
         env["CTUNE_PROFILE"] = "1"
@@ -302,7 +302,7 @@ def ctune_plan(args, ctune, work, method, precision, ckpt):
     recipe = write_recipe(f"{work}/{tag}.yaml", model=f"{work}/model", method=method,
                           data=f"{work}/data.h5", seq=args.seq, micro=args.batch, max_steps=1,
                           output_dir=f"{work}/{tag}", extra=extra)
-    overrides = ["train.activation_checkpointing=true"] if ckpt else []
+    overrides = (["train.activation_checkpointing=true"] if ckpt else []) + [f"lora.dropout={args.lora_dropout}"]
     p = subprocess.run([ctune, "train", recipe, *overrides, "--dry-run"], capture_output=True, text=True)
     if p.returncode != 0:
         return (p.stderr + p.stdout).strip(), None
@@ -314,7 +314,7 @@ def run_hf(args, work, method, precision, sampler, grad_ckpt=False):
     child = dict(model=f"{work}/model", method=method, precision=precision, device=args.device,
                  threads=args.threads, seq=args.seq, micro=args.batch, warmup=args.warmup,
                  steps=args.steps, vocab=PRESETS[args.preset]["vocab_size"], targets=LORA_TARGETS,
-                 grad_ckpt=grad_ckpt)
+                 grad_ckpt=grad_ckpt, lora_dropout=args.lora_dropout)
     baseline = settled_baseline(sampler) if sampler else None
     if sampler:
         sampler.start()
@@ -398,6 +398,8 @@ def main():
                     help="ctune's precision (default: bf16-mixed on cuda, fp32 on cpu; a CPU run "
                          "in bf16-mixed with --profile counts the GPU's ops per step)")
     ap.add_argument("--no-peer", action="store_true", help="skip the Hugging Face runs")
+    ap.add_argument("--lora-dropout", type=float, default=0.0,
+                    help="LoRA dropout on both sides (the shipped llama3.2-1b recipe trains with 0.05)")
     args = ap.parse_args()
     if args.warmup < 1 or args.steps < 1:
         sys.exit("--warmup and --steps must be at least 1")
@@ -448,7 +450,7 @@ def main():
         say(f"# data: uniformly random token ids (ctune prep of a generated {cfg['vocab_size']}-id tokenizer); "
             f"batch {args.batch} x seq {args.seq} = {args.batch * args.seq} tokens per step; "
             f"{args.steps} timed steps after {args.warmup} warm-up; AdamW, grad clip 1.0; LoRA r 16 alpha 32 "
-            f"on all 7 linear projections")
+            f"on all 7 linear projections, dropout {args.lora_dropout:g}")
         say(f"# FLOPs per token = 6N + 12 * layers * hidden * seq = {6 * params:.4g} + "
             f"{fpt - 6 * params:.4g} = {fpt:.4g} (attention term counts the full seq x seq, not causal half)")
         if cuda:
