@@ -26,8 +26,9 @@ static double rel_error(const float *a, const float *b, size_t n) {
 
 /* Two layers, GQA, Qwen2-style biases, qk norms; tied embeddings or an lm_head; head_dim 8,
  * or 64 to put the CUDA backend's attention on its mma.sync path (attention_mma.cu). */
-/* q/k norms (Qwen3) on, or off (Llama: the 16-bit RoPE producers and q, k, v's stacked input
- * gradient, model_graph.c); main runs the comparisons both ways. */
+/* q/k norms and q/k/v biases on, or both off (Llama: the 16-bit RoPE producers and q, k, v's
+ * input gradient, and in full fine-tuning their weight gradients, each in one GEMM:
+ * model_graph.c); main runs the comparisons both ways. */
 static bool with_qk_norm = true;
 
 static void mixed_config(model_config *c, bool tied, int head_dim) {
@@ -39,8 +40,7 @@ static void mixed_config(model_config *c, bool tied, int head_dim) {
     c->num_attention_heads = 4;
     c->num_key_value_heads = 2;
     c->head_dim = head_dim;
-    c->attention_bias = true;
-    c->qk_norm = with_qk_norm;
+    c->attention_bias = c->qk_norm = with_qk_norm;
     c->tie_word_embeddings = tied;
     c->pad_token_id = c->bos_token_id = -1;
     c->n_eos = 0;

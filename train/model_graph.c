@@ -310,10 +310,24 @@ static bool qkv_stacked(const model *m, const model_layer *layer, int T, int *k_
     return true;
 }
 
+/* Whether q, k and v's weight gradients are one matrix as well: all three trained (full
+ * fine-tuning), no biases or adapters (nothing else a Linear's backward does), and their
+ * gradients consecutive in the gradient arena, as their 16-bit copies are in theirs. */
+static bool qkv_weight_grads_stacked(const model_layer *layer) {
+    const model_param *w[3];
+    for (int i = 0; i < 3; i++) {
+        const model_linear *lin = &layer->lin[LINEAR_Q + i];
+        if (!lin->weight->grad || lin->bias || lin->lora_a) return false;
+        w[i] = lin->weight;
+    }
+    return w[1]->grad == w[0]->grad + w[0]->numel && w[2]->grad == w[1]->grad + w[1]->numel;
+}
+
 /* q, k and v's backward as qkv_stacked allows: dq, dk (RoPE's backward) and dv rounded side by
  * side in the output-gradient scratch, each with room for its du; every Linear's own backward
- * (weight, bias, adapter: du written into its room) without its input gradient; then that
- * gradient for all three in one GEMM into dh (unless NULL). */
+ * (weight, bias, adapter: du written into its room) without its input gradient, or where the
+ * three weight gradients are one matrix, dW_qkv += [dq | dk | dv]^T x in one GEMM; then the
+ * input gradient for all three in one GEMM into dh (unless NULL). */
 static void qkv_backward_stacked(const model *m, int l, int k_total, const float *dq, const float *dk,
                                  const float *dv, float *dh, const float *x, const uint16_t *hx, int ldx, int T,
                                  uint64_t seed) {
@@ -334,8 +348,13 @@ static void qkv_backward_stacked(const model *m, int l, int k_total, const float
     k->rope_bwd_half(fmt, s->half_dy + off[0], k_total, dq, s->positions, s->inv_freq, T, nh, d);
     k->rope_bwd_half(fmt, s->half_dy + off[1], k_total, dk, s->positions, s->inv_freq, T, nkv, d);
     k->to_half_2d(fmt, s->half_dy + off[2], k_total, dv, nkv * d, T, nkv * d, 1.0f);
-    for (int i = 0; i < 3; i++)
-        linear_backward(m, l, LINEAR_Q + i, NULL, 0.0f, NULL, s->half_dy + off[i], k_total, x, hx, ldx, T, seed);
+    if (qkv_weight_grads_stacked(layer))
+        k->gemm_half(fmt, true, false, k_total, c->hidden_size, T, 1.0f, s->half_dy, k_total, hx, ldx, 1.0f,
+                     wq->grad, c->hidden_size);
+    else
+        for (int i = 0; i < 3; i++)
+            linear_backward(m, l, LINEAR_Q + i, NULL, 0.0f, NULL, s->half_dy + off[i], k_total, x, hx, ldx, T,
+                            seed);
     if (dh)
         k->gemm_half(fmt, false, false, T, c->hidden_size, k_total, 1.0f, s->half_dy, k_total, wq->half, wq->half_ld,
                      0.0f, dh, c->hidden_size);
