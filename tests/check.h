@@ -76,11 +76,11 @@ static inline char *check_slurp(const char *path, size_t *size) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
     size_t cap = 4096, len = 0;
-    char *data = malloc(cap);
+    char *data = (char *)malloc(cap); /* casts: C++ tests include this too */
     while (data) {
         len += fread(data + len, 1, cap - len - 1, f);
         if (len < cap - 1) break;
-        char *bigger = realloc(data, cap * 2);
+        char *bigger = (char *)realloc(data, cap * 2);
         if (!bigger) {
             free(data);
             data = NULL;

@@ -40,6 +40,7 @@
 #include <stdint.h>
 
 #include "kernels/cuda/attention_mma.cuh"
+#include "kernels/cuda/attention_mma_ptx.cuh"
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/half_bits.cuh"
 
@@ -69,11 +70,7 @@ struct am_format<__nv_bfloat16> {
         return *reinterpret_cast<uint32_t *>(&p);
     }
     static __device__ __forceinline__ void mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-            "{%8,%9}, {%0,%1,%2,%3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+        am_mma_bf16(c, a, b0, b1);
     }
 };
 
@@ -86,43 +83,11 @@ struct am_format<__half> {
         return *reinterpret_cast<uint32_t *>(&p);
     }
     static __device__ __forceinline__ void mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-            "{%8,%9}, {%0,%1,%2,%3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+        am_mma_f16(c, a, b0, b1);
     }
 };
 
 // ------------------------------------------------------------------ tiles and fragments
-
-// Asynchronous 16-byte copy global -> shared (cp.async, sm_80+), zero-filled when !valid.
-__device__ __forceinline__ void am_cp16(void *smem, const void *gmem, bool valid) {
-    const unsigned dst = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0));
-}
-// The same for 4 bytes (cp.async.ca: .cg takes only 16).
-__device__ __forceinline__ void am_cp4(void *smem, const void *gmem, bool valid) {
-    const unsigned dst = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 4 : 0));
-}
-__device__ __forceinline__ void am_cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-// Waits until at most N of this thread's committed groups are still in flight.
-template <int N>
-__device__ __forceinline__ void am_cp_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-// exp2 on the special-function unit with denormal results flushed to zero. exp2f wraps the
-// same instruction in a range test, a halving and a squaring for results below 2^-126 (three
-// more instructions per score, in kernels whose speed is the warps' instruction issue); such
-// a probability (< 1.2e-38) changes no softmax row sum (>= 1) and no fp32 product sum with a
-// 16-bit operand. ex2(-inf) = +0.
-__device__ __forceinline__ float am_exp2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
 
 // A thread's fixed share of copying a 64-row tile of DP 16-bit columns: the 8-column piece
 // `col` of rows `row`, row + STEP, ... (set once per kernel).
@@ -193,21 +158,6 @@ __device__ __forceinline__ void am_load_docs(int32_t *dst, const am_shape &sh, i
         am_cp4(dst + r, sh.doc_ids + (size_t)b * sh.seq + s, true);
     else
         dst[r] = -1;
-}
-
-// ldmatrix: four 8 x 8 blocks of 16-bit values; lanes 8i..8i+7 give the row addresses of
-// block i, and register i of every lane receives its share of block i (transposed with .trans).
-__device__ __forceinline__ void am_ldsm(uint32_t r[4], const void *p) {
-    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-}
-__device__ __forceinline__ void am_ldsm_trans(uint32_t r[4], const void *p) {
-    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
 }
 
 // A fragment: rows [r0, r0+16), columns [k0, k0+16) of a row-major tile with stride ld
@@ -831,8 +781,8 @@ static bool am_fwd(uint16_t *out_half, int ld_out, float *out, float *lse, const
     const size_t bytes = am_tile_bytes<DP>(5, 3);
     if (!am_allow_smem(am_fwd_kernel<T, DP>, bytes)) return false;
     const dim3 grid((unsigned)((sh.seq + AM_ROWS - 1) / AM_ROWS), (unsigned)sh.n_heads, (unsigned)sh.batch);
-    am_fwd_kernel<T, DP><<<grid, AM_THREADS, bytes>>>(out_half, ld_out, out, lse, (const T *)q, (const T *)k,
-                                                      (const T *)v, sh);
+    const auto kernel = am_fwd_kernel<T, DP>;
+    CUDA_LAUNCH(kernel, grid, AM_THREADS, bytes)(out_half, ld_out, out, lse, (const T *)q, (const T *)k, (const T *)v, sh);
     CUDA_CHECK_LAUNCH();
     return true;
 }
@@ -869,10 +819,12 @@ static bool am_bwd(kernels_half_format fmt, float *dq, float *dk, float *dv, con
     const T *hdo = (const T *)rounded_dout, *hq = (const T *)q, *hk = (const T *)k, *hv = (const T *)v;
     const unsigned tiles = (unsigned)((sh.seq + AM_ROWS - 1) / AM_ROWS);
     if (!store_ds) {
-        am_dq_kernel<T, DP><<<dim3(tiles, (unsigned)sh.n_heads, (unsigned)sh.batch), AM_THREADS, dq_smem>>>(
+        const auto dq_kernel = am_dq_kernel<T, DP>;
+        CUDA_LAUNCH(dq_kernel, dim3(tiles, (unsigned)sh.n_heads, (unsigned)sh.batch), AM_THREADS, dq_smem)(
             dq, hdo, hq, hk, hv, lse, D, sh);
         CUDA_CHECK_LAUNCH();
-        am_dkv_kernel<T, DP, false><<<dim3(tiles, (unsigned)sh.n_kv, (unsigned)sh.batch), AM_THREADS, dkv_smem>>>(
+        const auto dkv_kernel = am_dkv_kernel<T, DP, false>;
+        CUDA_LAUNCH(dkv_kernel, dim3(tiles, (unsigned)sh.n_kv, (unsigned)sh.batch), AM_THREADS, dkv_smem)(
             dk, dv, NULL, hdo, hq, hk, hv, lse, D, sh, 0);
         CUDA_CHECK_LAUNCH();
     } else {
@@ -881,13 +833,15 @@ static bool am_bwd(kernels_half_format fmt, float *dq, float *dk, float *dv, con
         const int chunk_kv = (sh.n_kv + n_chunks - 1) / n_chunks;  // equal chunks: no small last wave
         uint16_t *ds = NULL;
         CUDA_CHECK(cudaMallocAsync((void **)&ds, (size_t)chunk_kv * per_kv, 0));
+        const auto dkv_kernel = am_dkv_kernel<T, DP, true>;
+        const auto dq_ds_kernel = am_dq_ds_kernel<T, DP>;
         for (int kv0 = 0; ds && kv0 < sh.n_kv; kv0 += chunk_kv) {
             const int n = sh.n_kv - kv0 < chunk_kv ? sh.n_kv - kv0 : chunk_kv;
-            am_dkv_kernel<T, DP, true><<<dim3(tiles, (unsigned)n, (unsigned)sh.batch), AM_THREADS, dkv_smem>>>(
+            CUDA_LAUNCH(dkv_kernel, dim3(tiles, (unsigned)n, (unsigned)sh.batch), AM_THREADS, dkv_smem)(
                 dk, dv, ds, hdo, hq, hk, hv, lse, D, sh, kv0);
             CUDA_CHECK_LAUNCH();
-            am_dq_ds_kernel<T, DP><<<dim3(tiles, (unsigned)(n * sh.group), (unsigned)sh.batch), AM_THREADS,
-                                     dq_ds_smem>>>(dq, ds, hk, sh, kv0);
+            CUDA_LAUNCH(dq_ds_kernel, dim3(tiles, (unsigned)(n * sh.group), (unsigned)sh.batch), AM_THREADS,
+                        dq_ds_smem)(dq, ds, hk, sh, kv0);
             CUDA_CHECK_LAUNCH();
         }
         if (ds) CUDA_CHECK(cudaFreeAsync(ds, 0));

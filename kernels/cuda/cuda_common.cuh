@@ -31,6 +31,11 @@ void ctune_cuda_record(const char *file, int line, const char *what, const char 
 // surface at the next synchronising call, also recorded).
 #define CUDA_CHECK_LAUNCH() CUDA_CHECK(cudaGetLastError())
 
+// kernel<<<grid, block, smem>>>, spelled so that the host emulator (tests/emu/) can compile
+// the sources that launch through it with its own launcher. kernel is a name without commas
+// (a template's instance goes through a local pointer: `const auto k = f<T, N>;`).
+#define CUDA_LAUNCH(kernel, grid, block, smem) kernel<<<grid, block, smem>>>
+
 #define CUDA_THREADS 256
 
 // Blocks for a grid-stride loop over n elements: enough to fill any current GPU, small
