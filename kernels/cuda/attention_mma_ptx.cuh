@@ -9,22 +9,18 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
-// d = a b + c, m16n8k16, 16-bit operands (bf16 or fp16), fp32 accumulators (fragment layouts:
-// attention_mma.cu's header).
-__device__ __forceinline__ void am_mma_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ void am_mma_f16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+// d = a b + c, m16n8k16, 16-bit operands (TYPE: bf16 or f16), fp32 accumulators (fragment
+// layouts: attention_mma.cu's header).
+#define AM_MMA_PTX(name, TYPE)                                                                        \
+    __device__ __forceinline__ void name(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) { \
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." TYPE "." TYPE                            \
+                     ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"                     \
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                  \
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));                  \
+    }
+AM_MMA_PTX(am_mma_bf16, "bf16")
+AM_MMA_PTX(am_mma_f16, "f16")
+#undef AM_MMA_PTX
 
 // Asynchronous 16-byte copy global -> shared (cp.async, sm_80+), zero-filled when !valid.
 __device__ __forceinline__ void am_cp16(void *smem, const void *gmem, bool valid) {
