@@ -782,7 +782,8 @@ static bool am_fwd(uint16_t *out_half, int ld_out, float *out, float *lse, const
     if (!am_allow_smem(am_fwd_kernel<T, DP>, bytes)) return false;
     const dim3 grid((unsigned)((sh.seq + AM_ROWS - 1) / AM_ROWS), (unsigned)sh.n_heads, (unsigned)sh.batch);
     const auto kernel = am_fwd_kernel<T, DP>;
-    CUDA_LAUNCH(kernel, grid, AM_THREADS, bytes)(out_half, ld_out, out, lse, (const T *)q, (const T *)k, (const T *)v, sh);
+    CUDA_LAUNCH(kernel, grid, AM_THREADS, bytes)(out_half, ld_out, out, lse, (const T *)q, (const T *)k,
+                                                 (const T *)v, sh);
     CUDA_CHECK_LAUNCH();
     return true;
 }

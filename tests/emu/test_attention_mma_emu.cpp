@@ -115,7 +115,8 @@ problem make_problem(const shape &sh, kernels_half_format fmt) {
     p.dq.assign(p.q_n, 0.0);
     p.dk.assign(p.kv_n, 0.0);
     p.dv.assign(p.kv_n, 0.0);
-    std::vector<double> P(S), dP(S);
+    std::vector<double> P(S), dout16(p.q_n);  // dout as the kernels round it
+    for (size_t i = 0; i < p.q_n; i++) dout16[i] = widen(fmt, to_bits(fmt, p.dout[i]));
     for (int b = 0; b < sh.batch; b++)
         for (int h = 0; h < H; h++) {
             const int g = h / group;
@@ -142,18 +143,18 @@ problem make_problem(const shape &sh, kernels_half_format fmt) {
                     for (int j = 0; j < S; j++)
                         if (P[j] != 0.0) o += P[j] * widen(fmt, p.v[((size_t)b * S + j) * ks + (size_t)g * d + c]);
                     p.out[qi + c] = o;
-                    D += o * widen(fmt, to_bits(fmt, p.dout[qi + c]));
+                    D += o * dout16[qi + c];
                 }
                 for (int j = 0; j < S; j++) {
                     if (P[j] == 0.0) continue;
                     const size_t kj = ((size_t)b * S + j) * ks + (size_t)g * d;
                     double dp = 0.0;
-                    for (int c = 0; c < d; c++) dp += (double)widen(fmt, to_bits(fmt, p.dout[qi + c])) * widen(fmt, p.v[kj + c]);
+                    for (int c = 0; c < d; c++) dp += dout16[qi + c] * widen(fmt, p.v[kj + c]);
                     const double ds = P[j] * (dp - D);
                     for (int c = 0; c < d; c++) {
                         p.dq[qi + c] += p.scale * ds * widen(fmt, p.k[kj + c]);
                         p.dk[kj + c] += p.scale * ds * widen(fmt, p.q[qi + c]);
-                        p.dv[kj + c] += P[j] * widen(fmt, to_bits(fmt, p.dout[qi + c]));
+                        p.dv[kj + c] += P[j] * dout16[qi + c];
                     }
                 }
             }
@@ -170,8 +171,7 @@ problem make_problem(const shape &sh, kernels_half_format fmt) {
                 const size_t stat = ((size_t)b * H + h) * S + i, t = (size_t)b * S + i;
                 double D = 0.0;
                 for (int c = 0; c < d; c++)
-                    D += (double)widen(fmt, to_bits(fmt, p.dout[t * qs + (size_t)h * d + c])) *
-                         widen(fmt, p.out_half[t * p.ld_out + (size_t)h * d + c]);
+                    D += dout16[t * qs + (size_t)h * d + c] * widen(fmt, p.out_half[t * p.ld_out + (size_t)h * d + c]);
                 p.lse_f[stat] = (float)p.lse[stat];
                 p.D[stat] = (float)D;
             }
