@@ -23,6 +23,15 @@
 #include "tests/check.h"
 #include "tests/half_bits.h"
 
+/* Built against the host emulator (tests/emu: CMake's <test>_emu executables), where a GPU's
+ * millisecond of work takes seconds, a test keeps every case that visits a code path but
+ * skips repetitions of it (more blocks of the same shape, more spot checks). */
+#ifdef CTUNE_CUDA_EMU
+#define KERNELS_EMULATED 1
+#else
+#define KERNELS_EMULATED 0
+#endif
+
 /* The one piece of mutable state: the xorshift64 RNG of the including test file. Every test
  * function calls seed() first, so its inputs depend on its own seed only, not on which tests
  * ran before it. */

@@ -49,7 +49,7 @@ extern "C" void cuda_adamw(float *param, const float *grad, float *m, float *v, 
     f.step_size = (float)(st->lr / st->bias1);
     f.bias2_sqrt = (float)sqrt(st->bias2);
     f.grad_scale = st->grad_scale;
-    adamw_kernel<<<cuda_grid_for(n), CUDA_THREADS>>>(param, grad, m, v, n, f, st->half,
-                                                      st->half_format == KERNELS_BF16);
+    CUDA_LAUNCH(cuda_grid_for(n), CUDA_THREADS, 0, adamw_kernel)(param, grad, m, v, n, f, st->half,
+                                                                st->half_format == KERNELS_BF16);
     CUDA_CHECK_LAUNCH();
 }

@@ -363,7 +363,7 @@ extern "C" void cuda_attention_fwd(float *out, float *lse, const float *q, const
     const size_t bytes = tile_bytes(head_dim, 2, 1);  // Q, V plain; K padded
     allow_smem(attention_fwd_kernel, bytes);
     const dim3 grid((unsigned)((seq + ATT_TILE - 1) / ATT_TILE), (unsigned)n_heads, (unsigned)batch);
-    attention_fwd_kernel<<<grid, ATT_WARPS * 32, bytes>>>(out, lse, q, k, v, sh);
+    CUDA_LAUNCH(grid, ATT_WARPS * 32, bytes, attention_fwd_kernel)(out, lse, q, k, v, sh);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -379,19 +379,19 @@ extern "C" void cuda_attention_bwd(float *dq, float *dk, float *dv, const float 
     CUDA_CHECK(cudaMallocAsync((void **)&D, rows * sizeof(float), 0));
     if (!D) return;
     const size_t dot_threads = rows * 32;
-    attention_row_dots_kernel<<<(unsigned)((dot_threads + CUDA_THREADS - 1) / CUDA_THREADS),
-                                CUDA_THREADS>>>(D, dout, out, sh);
+    CUDA_LAUNCH((unsigned)((dot_threads + CUDA_THREADS - 1) / CUDA_THREADS), CUDA_THREADS, 0,
+                attention_row_dots_kernel)(D, dout, out, sh);
     CUDA_CHECK_LAUNCH();
 
     const unsigned n_tiles = (unsigned)((seq + ATT_TILE - 1) / ATT_TILE);
     const size_t bytes = tile_bytes(head_dim, 2, 2);
     allow_smem(attention_bwd_dq_kernel, bytes);
-    attention_bwd_dq_kernel<<<dim3(n_tiles, (unsigned)n_heads, (unsigned)batch), ATT_WARPS * 32,
-                              bytes>>>(dq, dout, q, k, v, lse, D, sh);
+    CUDA_LAUNCH(dim3(n_tiles, (unsigned)n_heads, (unsigned)batch), ATT_WARPS * 32, bytes,
+                attention_bwd_dq_kernel)(dq, dout, q, k, v, lse, D, sh);
     CUDA_CHECK_LAUNCH();
     allow_smem(attention_bwd_dkv_kernel, bytes);
-    attention_bwd_dkv_kernel<<<dim3(n_tiles, (unsigned)n_kv_heads, (unsigned)batch),
-                               ATT_WARPS * 32, bytes>>>(dk, dv, dout, q, k, v, lse, D, sh);
+    CUDA_LAUNCH(dim3(n_tiles, (unsigned)n_kv_heads, (unsigned)batch), ATT_WARPS * 32, bytes,
+                attention_bwd_dkv_kernel)(dk, dv, dout, q, k, v, lse, D, sh);
     CUDA_CHECK_LAUNCH();
     CUDA_CHECK(cudaFreeAsync(D, 0));
 }

@@ -514,9 +514,9 @@ static float *rounded_copy(kernels_half_format fmt, const float *x, size_t n) {
     float *copy = scratch_floats(n);
     if (!copy) return NULL;
     if (fmt == KERNELS_BF16)
-        round_trip_kernel<__nv_bfloat16><<<cuda_grid_for(n), CUDA_THREADS>>>(copy, x, n);
+        CUDA_LAUNCH(cuda_grid_for(n), CUDA_THREADS, 0, round_trip_kernel<__nv_bfloat16>)(copy, x, n);
     else
-        round_trip_kernel<__half><<<cuda_grid_for(n), CUDA_THREADS>>>(copy, x, n);
+        CUDA_LAUNCH(cuda_grid_for(n), CUDA_THREADS, 0, round_trip_kernel<__half>)(copy, x, n);
     CUDA_CHECK_LAUNCH();
     return copy;
 }
@@ -532,9 +532,10 @@ static float *widened_copy(kernels_half_format fmt, const uint16_t *x, size_t ro
         return copy;
     }
     if (fmt == KERNELS_BF16)
-        widen_rows_kernel<__nv_bfloat16><<<cuda_grid_for(n), CUDA_THREADS>>>(copy, x, ld_x, cols, n);
+        CUDA_LAUNCH(cuda_grid_for(n), CUDA_THREADS, 0, widen_rows_kernel<__nv_bfloat16>)(
+            copy, x, ld_x, cols, n);
     else
-        widen_rows_kernel<__half><<<cuda_grid_for(n), CUDA_THREADS>>>(copy, x, ld_x, cols, n);
+        CUDA_LAUNCH(cuda_grid_for(n), CUDA_THREADS, 0, widen_rows_kernel<__half>)(copy, x, ld_x, cols, n);
     CUDA_CHECK_LAUNCH();
     return copy;
 }
@@ -594,7 +595,7 @@ static void launch_fwd(float *out, float *lse, const float *q, const float *k, c
                        const ah_shape &sh, size_t bytes) {
     const dim3 grid((unsigned)((sh.seq + sh.tile - 1) / sh.tile), (unsigned)sh.n_heads,
                     (unsigned)sh.batch);
-    attention_fwd_half_kernel<T><<<grid, sh.tile / AH_FRAG * 32, bytes>>>(out, lse, q, k, v, sh);
+    CUDA_LAUNCH(grid, sh.tile / AH_FRAG * 32, bytes, attention_fwd_half_kernel<T>)(out, lse, q, k, v, sh);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -609,9 +610,8 @@ static void launch_bwd(size_t ds_budget, float *dq, float *dk, float *dv, const 
     float *D = scratch_floats(rows);
     if (!D) return;
     const size_t dot_threads = rows * 32;
-    attention_half_row_dots_kernel<T>
-        <<<(unsigned)((dot_threads + CUDA_THREADS - 1) / CUDA_THREADS), CUDA_THREADS>>>(
-            D, dout, out_half, ld_out, dq_sh);
+    CUDA_LAUNCH((unsigned)((dot_threads + CUDA_THREADS - 1) / CUDA_THREADS), CUDA_THREADS, 0,
+                attention_half_row_dots_kernel<T>)(D, dout, out_half, ld_out, dq_sh);
     CUDA_CHECK_LAUNCH();
     const kernels_half_format fmt = half_ops<T>::fmt;
     if (attention_mma_bwd(fmt, dq, dk, dv, dout, q, k, v, lse, D, dq_sh.doc_ids, dq_sh.batch, dq_sh.seq,
@@ -628,13 +628,13 @@ static void launch_bwd(size_t ds_budget, float *dq, float *dk, float *dv, const 
     if (wide[0] && wide[1] && wide[2]) {
         const dim3 dq_grid((unsigned)((dq_sh.seq + dq_sh.tile - 1) / dq_sh.tile),
                            (unsigned)dq_sh.n_heads, (unsigned)dq_sh.batch);
-        attention_bwd_dq_half_kernel<T><<<dq_grid, dq_sh.tile / AH_FRAG * 32, dq_smem>>>(
+        CUDA_LAUNCH(dq_grid, dq_sh.tile / AH_FRAG * 32, dq_smem, attention_bwd_dq_half_kernel<T>)(
             dq, dout, wide[0], wide[1], wide[2], lse, D, dq_sh);
         CUDA_CHECK_LAUNCH();
 
         const dim3 dkv_grid((unsigned)((dkv_sh.seq + dkv_sh.tile - 1) / dkv_sh.tile),
                             (unsigned)dkv_sh.n_kv, (unsigned)dkv_sh.batch);
-        attention_bwd_dkv_half_kernel<T><<<dkv_grid, dkv_sh.tile / AH_FRAG * 32, dkv_smem>>>(
+        CUDA_LAUNCH(dkv_grid, dkv_sh.tile / AH_FRAG * 32, dkv_smem, attention_bwd_dkv_half_kernel<T>)(
             dk, dv, dout, wide[0], wide[1], wide[2], lse, D, dkv_sh);
         CUDA_CHECK_LAUNCH();
     }

@@ -781,9 +781,8 @@ static bool am_fwd(uint16_t *out_half, int ld_out, float *out, float *lse, const
     const size_t bytes = am_tile_bytes<DP>(5, 3);
     if (!am_allow_smem(am_fwd_kernel<T, DP>, bytes)) return false;
     const dim3 grid((unsigned)((sh.seq + AM_ROWS - 1) / AM_ROWS), (unsigned)sh.n_heads, (unsigned)sh.batch);
-    const auto kernel = am_fwd_kernel<T, DP>;
-    CUDA_LAUNCH(kernel, grid, AM_THREADS, bytes)(out_half, ld_out, out, lse, (const T *)q, (const T *)k,
-                                                 (const T *)v, sh);
+    CUDA_LAUNCH(grid, AM_THREADS, bytes, am_fwd_kernel<T, DP>)(out_half, ld_out, out, lse, (const T *)q,
+                                                               (const T *)k, (const T *)v, sh);
     CUDA_CHECK_LAUNCH();
     return true;
 }
@@ -820,13 +819,11 @@ static bool am_bwd(kernels_half_format fmt, float *dq, float *dk, float *dv, con
     const T *hdo = (const T *)rounded_dout, *hq = (const T *)q, *hk = (const T *)k, *hv = (const T *)v;
     const unsigned tiles = (unsigned)((sh.seq + AM_ROWS - 1) / AM_ROWS);
     if (!store_ds) {
-        const auto dq_kernel = am_dq_kernel<T, DP>;
-        CUDA_LAUNCH(dq_kernel, dim3(tiles, (unsigned)sh.n_heads, (unsigned)sh.batch), AM_THREADS, dq_smem)(
-            dq, hdo, hq, hk, hv, lse, D, sh);
+        CUDA_LAUNCH(dim3(tiles, (unsigned)sh.n_heads, (unsigned)sh.batch), AM_THREADS, dq_smem,
+                    am_dq_kernel<T, DP>)(dq, hdo, hq, hk, hv, lse, D, sh);
         CUDA_CHECK_LAUNCH();
-        const auto dkv_kernel = am_dkv_kernel<T, DP, false>;
-        CUDA_LAUNCH(dkv_kernel, dim3(tiles, (unsigned)sh.n_kv, (unsigned)sh.batch), AM_THREADS, dkv_smem)(
-            dk, dv, NULL, hdo, hq, hk, hv, lse, D, sh, 0);
+        CUDA_LAUNCH(dim3(tiles, (unsigned)sh.n_kv, (unsigned)sh.batch), AM_THREADS, dkv_smem,
+                    am_dkv_kernel<T, DP, false>)(dk, dv, NULL, hdo, hq, hk, hv, lse, D, sh, 0);
         CUDA_CHECK_LAUNCH();
     } else {
         const size_t fit = ds_budget / per_kv;
@@ -834,15 +831,13 @@ static bool am_bwd(kernels_half_format fmt, float *dq, float *dk, float *dv, con
         const int chunk_kv = (sh.n_kv + n_chunks - 1) / n_chunks;  // equal chunks: no small last wave
         uint16_t *ds = NULL;
         CUDA_CHECK(cudaMallocAsync((void **)&ds, (size_t)chunk_kv * per_kv, 0));
-        const auto dkv_kernel = am_dkv_kernel<T, DP, true>;
-        const auto dq_ds_kernel = am_dq_ds_kernel<T, DP>;
         for (int kv0 = 0; ds && kv0 < sh.n_kv; kv0 += chunk_kv) {
             const int n = sh.n_kv - kv0 < chunk_kv ? sh.n_kv - kv0 : chunk_kv;
-            CUDA_LAUNCH(dkv_kernel, dim3(tiles, (unsigned)n, (unsigned)sh.batch), AM_THREADS, dkv_smem)(
-                dk, dv, ds, hdo, hq, hk, hv, lse, D, sh, kv0);
+            CUDA_LAUNCH(dim3(tiles, (unsigned)n, (unsigned)sh.batch), AM_THREADS, dkv_smem,
+                        am_dkv_kernel<T, DP, true>)(dk, dv, ds, hdo, hq, hk, hv, lse, D, sh, kv0);
             CUDA_CHECK_LAUNCH();
-            CUDA_LAUNCH(dq_ds_kernel, dim3(tiles, (unsigned)(n * sh.group), (unsigned)sh.batch), AM_THREADS,
-                        dq_ds_smem)(dq, ds, hk, sh, kv0);
+            CUDA_LAUNCH(dim3(tiles, (unsigned)(n * sh.group), (unsigned)sh.batch), AM_THREADS, dq_ds_smem,
+                        am_dq_ds_kernel<T, DP>)(dq, ds, hk, sh, kv0);
             CUDA_CHECK_LAUNCH();
         }
         if (ds) CUDA_CHECK(cudaFreeAsync(ds, 0));

@@ -62,8 +62,8 @@ __global__ void cross_entropy_kernel(Store grad, const float *logits, float *los
 extern "C" void cuda_cross_entropy(float *logits, float *loss, const int32_t *targets,
                                    int n_rows, int vocab, float grad_scale) {
     if (n_rows <= 0 || vocab <= 0) return;
-    cross_entropy_kernel<<<n_rows, CUDA_THREADS>>>(f32_store{logits, vocab}, logits, loss, targets,
-                                                   vocab, grad_scale);
+    CUDA_LAUNCH(n_rows, CUDA_THREADS, 0, cross_entropy_kernel<f32_store>)(
+        f32_store{logits, vocab}, logits, loss, targets, vocab, grad_scale);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -73,11 +73,11 @@ extern "C" void cuda_cross_entropy_half(kernels_half_format fmt, uint16_t *dlogi
     if (!cuda_known_half_format(fmt, "cross_entropy_half", __FILE__, __LINE__)) return;
     if (n_rows <= 0 || vocab <= 0) return;
     if (fmt == KERNELS_BF16)
-        cross_entropy_kernel<<<n_rows, CUDA_THREADS>>>(
+        CUDA_LAUNCH(n_rows, CUDA_THREADS, 0, cross_entropy_kernel<half_store<KERNELS_BF16>>)(
             half_store<KERNELS_BF16>{dlogits_half, vocab, NULL, vocab}, logits, loss, targets, vocab,
             grad_scale);
     else
-        cross_entropy_kernel<<<n_rows, CUDA_THREADS>>>(
+        CUDA_LAUNCH(n_rows, CUDA_THREADS, 0, cross_entropy_kernel<half_store<KERNELS_FP16>>)(
             half_store<KERNELS_FP16>{dlogits_half, vocab, NULL, vocab}, logits, loss, targets, vocab,
             grad_scale);
     CUDA_CHECK_LAUNCH();

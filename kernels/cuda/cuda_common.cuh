@@ -32,9 +32,13 @@ void ctune_cuda_record(const char *file, int line, const char *what, const char 
 #define CUDA_CHECK_LAUNCH() CUDA_CHECK(cudaGetLastError())
 
 // kernel<<<grid, block, smem>>>, spelled so that the host emulator (tests/emu/) can compile
-// the sources that launch through it with its own launcher. kernel is a name without commas
-// (a template's instance goes through a local pointer: `const auto k = f<T, N>;`).
-#define CUDA_LAUNCH(kernel, grid, block, smem) kernel<<<grid, block, smem>>>
+// the sources that launch through it with its own launcher (its header, included first,
+// defines CUDA_LAUNCH). The kernel comes last so a template instance with commas (f<T, 4>)
+// is named directly; every launch names all its template arguments, as the emulator takes
+// the kernel as a function pointer and cannot deduce them from the call. smem 0 for none.
+#ifndef CUDA_LAUNCH
+#define CUDA_LAUNCH(grid, block, smem, ...) __VA_ARGS__<<<grid, block, smem>>>
+#endif
 
 #define CUDA_THREADS 256
 
@@ -139,7 +143,7 @@ template <class Op>
 static inline void cuda_vec4_launch(const Op &op, const cuda_vec4_plan &plan) {
     const size_t work = plan.groups > plan.scalars ? plan.groups : plan.scalars;
     if (!work) return;
-    cuda_vec4_kernel<Op><<<cuda_grid_for(work), CUDA_THREADS>>>(op, plan);
+    CUDA_LAUNCH(cuda_grid_for(work), CUDA_THREADS, 0, cuda_vec4_kernel<Op>)(op, plan);
 }
 
 // ---- row-by-column launches

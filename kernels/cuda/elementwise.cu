@@ -61,32 +61,32 @@ __global__ void dropout_half_kernel(uint16_t *out, const float *x, float p, uint
 
 extern "C" void cuda_add(float *out, const float *a, const float *b, size_t n) {
     if (!n) return;
-    add_kernel<<<cuda_grid_for(n), CUDA_THREADS>>>(out, a, b, n);
+    CUDA_LAUNCH(cuda_grid_for(n), CUDA_THREADS, 0, add_kernel)(out, a, b, n);
     CUDA_CHECK_LAUNCH();
 }
 
 extern "C" void cuda_axpy(float *y, float alpha, const float *x, size_t n) {
     if (!n) return;
-    axpy_kernel<<<cuda_grid_for(n), CUDA_THREADS>>>(y, alpha, x, n);
+    CUDA_LAUNCH(cuda_grid_for(n), CUDA_THREADS, 0, axpy_kernel)(y, alpha, x, n);
     CUDA_CHECK_LAUNCH();
 }
 
 extern "C" void cuda_scale(float *x, float alpha, size_t n) {
     if (!n) return;
-    scale_kernel<<<cuda_grid_for(n), CUDA_THREADS>>>(x, alpha, n);
+    CUDA_LAUNCH(cuda_grid_for(n), CUDA_THREADS, 0, scale_kernel)(x, alpha, n);
     CUDA_CHECK_LAUNCH();
 }
 
 extern "C" void cuda_dropout(float *out, const float *x, float p, uint64_t seed, uint64_t offset,
                              size_t n) {
     if (!n) return;
-    dropout_kernel<<<cuda_grid_for(n), CUDA_THREADS>>>(out, x, p, seed, offset, n);
+    CUDA_LAUNCH(cuda_grid_for(n), CUDA_THREADS, 0, dropout_kernel)(out, x, p, seed, offset, n);
     CUDA_CHECK_LAUNCH();
 }
 
 extern "C" void cuda_dropout_add(float *y, const float *x, float p, uint64_t seed, uint64_t offset, size_t n) {
     if (!n) return;
-    dropout_add_kernel<<<cuda_grid_for(n), CUDA_THREADS>>>(y, x, p, seed, offset, n);
+    CUDA_LAUNCH(cuda_grid_for(n), CUDA_THREADS, 0, dropout_add_kernel)(y, x, p, seed, offset, n);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -94,9 +94,11 @@ extern "C" void cuda_dropout_half(kernels_half_format fmt, uint16_t *out_half, c
                                   uint64_t seed, uint64_t offset, size_t n) {
     if (!cuda_known_half_format(fmt, "dropout_half", __FILE__, __LINE__) || !n) return;
     if (fmt == KERNELS_BF16)
-        dropout_half_kernel<KERNELS_BF16><<<cuda_grid_for(n), CUDA_THREADS>>>(out_half, x, p, seed, offset, n);
+        CUDA_LAUNCH(cuda_grid_for(n), CUDA_THREADS, 0, dropout_half_kernel<KERNELS_BF16>)(
+            out_half, x, p, seed, offset, n);
     else
-        dropout_half_kernel<KERNELS_FP16><<<cuda_grid_for(n), CUDA_THREADS>>>(out_half, x, p, seed, offset, n);
+        CUDA_LAUNCH(cuda_grid_for(n), CUDA_THREADS, 0, dropout_half_kernel<KERNELS_FP16>)(
+            out_half, x, p, seed, offset, n);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -132,9 +134,9 @@ extern "C" double cuda_sum_squares(const float *x, size_t n) {
     // Stream-ordered allocation from the default pool: cheap after the first call.
     CUDA_CHECK(cudaMallocAsync((void **)&partial, (SUMSQ_BLOCKS + 1) * sizeof(double), 0));
     if (!partial) return NAN;
-    sum_squares_partial_kernel<<<SUMSQ_BLOCKS, CUDA_THREADS>>>(partial, x, n);
+    CUDA_LAUNCH(SUMSQ_BLOCKS, CUDA_THREADS, 0, sum_squares_partial_kernel)(partial, x, n);
     CUDA_CHECK_LAUNCH();
-    sum_partials_kernel<<<1, SUMSQ_BLOCKS>>>(partial + SUMSQ_BLOCKS, partial, SUMSQ_BLOCKS);
+    CUDA_LAUNCH(1, SUMSQ_BLOCKS, 0, sum_partials_kernel)(partial + SUMSQ_BLOCKS, partial, SUMSQ_BLOCKS);
     CUDA_CHECK_LAUNCH();
     double fetched = NAN;
     CUDA_CHECK(cudaMemcpy(&fetched, partial + SUMSQ_BLOCKS, sizeof(double), cudaMemcpyDeviceToHost));
@@ -218,7 +220,7 @@ extern "C" void cuda_sum_squares_blocks(const float *x, size_t n, size_t block, 
         for (size_t b = 0; b < n_blocks; b++) host_sums[b] = NAN;
         return;
     }
-    sum_squares_blocks_kernel<<<(unsigned int)n_blocks, CUDA_THREADS>>>(sums, x, n, block);
+    CUDA_LAUNCH((unsigned int)n_blocks, CUDA_THREADS, 0, sum_squares_blocks_kernel)(sums, x, n, block);
     CUDA_CHECK_LAUNCH();
     CUDA_CHECK(cudaMemcpy(host_sums, sums, n_blocks * sizeof(double), cudaMemcpyDeviceToHost));
     CUDA_CHECK(cudaFreeAsync(sums, 0));

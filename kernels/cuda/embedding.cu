@@ -50,7 +50,7 @@ __global__ void embedding_bwd_sorted_kernel(float *dtable, const float *dout, co
 extern "C" void cuda_embedding_fwd(float *out, const float *table, const int32_t *ids,
                                    int n_tokens, int hidden) {
     if (n_tokens <= 0 || hidden <= 0) return;
-    embedding_fwd_kernel<<<cuda_grid_for((size_t)n_tokens * hidden), CUDA_THREADS>>>(
+    CUDA_LAUNCH(cuda_grid_for((size_t)n_tokens * hidden), CUDA_THREADS, 0, embedding_fwd_kernel)(
         out, table, ids, n_tokens, hidden);
     CUDA_CHECK_LAUNCH();
 }
@@ -59,12 +59,12 @@ extern "C" void cuda_embedding_bwd(float *dtable, const float *dout, const int32
                                    const int32_t *order, int n_tokens, int hidden) {
     if (n_tokens <= 0 || hidden <= 0) return;
     if (order) {
-        embedding_bwd_sorted_kernel<<<cuda_grid_for((size_t)n_tokens * hidden), CUDA_THREADS>>>(
+        CUDA_LAUNCH(cuda_grid_for((size_t)n_tokens * hidden), CUDA_THREADS, 0, embedding_bwd_sorted_kernel)(
             dtable, dout, ids, order, n_tokens, hidden);
         CUDA_CHECK_LAUNCH();
         return;
     }
     unsigned int blocks = (unsigned int)((hidden + CUDA_THREADS - 1) / CUDA_THREADS);
-    embedding_bwd_kernel<<<blocks, CUDA_THREADS>>>(dtable, dout, ids, n_tokens, hidden);
+    CUDA_LAUNCH(blocks, CUDA_THREADS, 0, embedding_bwd_kernel)(dtable, dout, ids, n_tokens, hidden);
     CUDA_CHECK_LAUNCH();
 }

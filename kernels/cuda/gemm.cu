@@ -31,7 +31,7 @@ extern "C" void cuda_gemm(bool trans_a, bool trans_b, int m, int n, int k, float
                           int ldc) {
     if (m <= 0 || n <= 0) return;
     if (k <= 0) {
-        gemm_scale_kernel<<<cuda_grid_for((size_t)m * n), CUDA_THREADS>>>(c, m, n, ldc, beta);
+        CUDA_LAUNCH(cuda_grid_for((size_t)m * n), CUDA_THREADS, 0, gemm_scale_kernel)(c, m, n, ldc, beta);
         CUDA_CHECK_LAUNCH();
         return;
     }

@@ -131,9 +131,9 @@ static void launch_to_half_2d(uint16_t *out, int ld_out, const float *x, int ld_
     dim3 grid, block;
     cuda_rows_shape(rows, units, &grid, &block);
     if (vec4)
-        to_half_2d_kernel<F, 4><<<grid, block>>>(out, ld_out, x, ld_x, rows, units, scale);
+        CUDA_LAUNCH(grid, block, 0, to_half_2d_kernel<F, 4>)(out, ld_out, x, ld_x, rows, units, scale);
     else
-        to_half_2d_kernel<F, 1><<<grid, block>>>(out, ld_out, x, ld_x, rows, units, scale);
+        CUDA_LAUNCH(grid, block, 0, to_half_2d_kernel<F, 1>)(out, ld_out, x, ld_x, rows, units, scale);
 }
 
 extern "C" void cuda_to_half_2d(kernels_half_format fmt, uint16_t *out, int ld_out, const float *x,
@@ -359,7 +359,8 @@ extern "C" void cuda_gemm_half(kernels_half_format fmt, bool trans_a, bool trans
                                const uint16_t *b, int ldb, float beta, float *c, int ldc) {
     if (!known_format(fmt, "gemm_half", __LINE__) || m <= 0 || n <= 0) return;
     if (k <= 0) {
-        gemm_half_scale_kernel<<<cuda_grid_for((size_t)m * n), CUDA_THREADS>>>(c, m, n, ldc, beta);
+        CUDA_LAUNCH(cuda_grid_for((size_t)m * n), CUDA_THREADS, 0, gemm_half_scale_kernel)(
+            c, m, n, ldc, beta);
         CUDA_CHECK_LAUNCH();
         return;
     }

@@ -85,8 +85,8 @@ __global__ void rmsnorm_dw_sum_kernel(float *dweight, const double *partial, int
 extern "C" void cuda_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *weight,
                                  int n_rows, int dim, float eps) {
     if (n_rows <= 0 || dim <= 0) return;
-    rmsnorm_fwd_kernel<<<n_rows, CUDA_THREADS>>>(f32_store{out, dim}, rstd, x, weight, dim,
-                                                 eps);
+    CUDA_LAUNCH(n_rows, CUDA_THREADS, 0, rmsnorm_fwd_kernel<f32_store>)(f32_store{out, dim}, rstd, x, weight,
+                                                                       dim, eps);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -96,10 +96,10 @@ extern "C" void cuda_rmsnorm_fwd_half(kernels_half_format fmt, uint16_t *out_hal
     if (!cuda_known_half_format(fmt, "rmsnorm_fwd_half", __FILE__, __LINE__)) return;
     if (n_rows <= 0 || dim <= 0) return;
     if (fmt == KERNELS_BF16)
-        rmsnorm_fwd_kernel<<<n_rows, CUDA_THREADS>>>(
+        CUDA_LAUNCH(n_rows, CUDA_THREADS, 0, rmsnorm_fwd_kernel<half_store<KERNELS_BF16>>)(
             half_store<KERNELS_BF16>{out_half, ld_half, out, dim}, rstd, x, weight, dim, eps);
     else
-        rmsnorm_fwd_kernel<<<n_rows, CUDA_THREADS>>>(
+        CUDA_LAUNCH(n_rows, CUDA_THREADS, 0, rmsnorm_fwd_kernel<half_store<KERNELS_FP16>>)(
             half_store<KERNELS_FP16>{out_half, ld_half, out, dim}, rstd, x, weight, dim, eps);
     CUDA_CHECK_LAUNCH();
 }
@@ -107,7 +107,7 @@ extern "C" void cuda_rmsnorm_fwd_half(kernels_half_format fmt, uint16_t *out_hal
 extern "C" void cuda_rmsnorm_bwd(float *dx, float *dweight, const float *dout, const float *x,
                                  const float *weight, const float *rstd, int n_rows, int dim, bool add_to_dx) {
     if (n_rows <= 0 || dim <= 0) return;
-    rmsnorm_bwd_dx_kernel<<<n_rows, CUDA_THREADS>>>(dx, dout, x, weight, rstd, dim, add_to_dx);
+    CUDA_LAUNCH(n_rows, CUDA_THREADS, 0, rmsnorm_bwd_dx_kernel)(dx, dout, x, weight, rstd, dim, add_to_dx);
     CUDA_CHECK_LAUNCH();
     if (!dweight) return;
     const int n_chunks = (n_rows + RMS_ROW_CHUNK - 1) / RMS_ROW_CHUNK;
@@ -116,10 +116,10 @@ extern "C" void cuda_rmsnorm_bwd(float *dx, float *dweight, const float *dout, c
     if (!partial) return;
     const unsigned int col_blocks = (unsigned int)((dim + CUDA_THREADS - 1) / CUDA_THREADS);
     const unsigned int chunk_blocks = (unsigned int)(n_chunks < 65535 ? n_chunks : 65535);
-    rmsnorm_dw_partial_kernel<<<dim3(col_blocks, chunk_blocks), CUDA_THREADS>>>(partial, dout, x, rstd, n_rows,
-                                                                                dim, n_chunks);
+    CUDA_LAUNCH(dim3(col_blocks, chunk_blocks), CUDA_THREADS, 0, rmsnorm_dw_partial_kernel)(
+        partial, dout, x, rstd, n_rows, dim, n_chunks);
     CUDA_CHECK_LAUNCH();
-    rmsnorm_dw_sum_kernel<<<col_blocks, CUDA_THREADS>>>(dweight, partial, n_chunks, dim);
+    CUDA_LAUNCH(col_blocks, CUDA_THREADS, 0, rmsnorm_dw_sum_kernel)(dweight, partial, n_chunks, dim);
     CUDA_CHECK_LAUNCH();
     CUDA_CHECK(cudaFreeAsync(partial, 0));
 }

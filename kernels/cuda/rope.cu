@@ -45,7 +45,7 @@ static void rope_launch(Store store, const float *x, const int32_t *positions,
                         const float *inv_freq, int n_tokens, int n_heads, int head_dim,
                         float direction) {
     if (n_tokens <= 0 || n_heads <= 0 || head_dim < 2) return;
-    rope_kernel<<<cuda_grid_for((size_t)n_tokens * (head_dim / 2)), CUDA_THREADS>>>(
+    CUDA_LAUNCH(cuda_grid_for((size_t)n_tokens * (head_dim / 2)), CUDA_THREADS, 0, rope_kernel<Store>)(
         store, x, positions, inv_freq, n_tokens, n_heads, head_dim, direction);
     CUDA_CHECK_LAUNCH();
 }

@@ -203,9 +203,9 @@ static void swiglu_half_launch(const Op &op, int rows, int cols, int ld_half,
     dim3 grid, block;
     cuda_rows_shape(rows, vec4 ? cols / 4 : cols, &grid, &block);
     if (vec4)
-        swiglu_rows_kernel<4><<<grid, block>>>(op, rows, cols / 4);
+        CUDA_LAUNCH(grid, block, 0, swiglu_rows_kernel<4, Op>)(op, rows, cols / 4);
     else
-        swiglu_rows_kernel<1><<<grid, block>>>(op, rows, cols);
+        CUDA_LAUNCH(grid, block, 0, swiglu_rows_kernel<1, Op>)(op, rows, cols);
 }
 
 extern "C" void cuda_swiglu_fwd(float *out, const float *gate, const float *up, size_t n) {

@@ -18,7 +18,6 @@
 #define EMU_ASAN 0
 #endif
 
-#include "kernels/kernels.h"
 
 // Switching fibers. On x86-64 a few instructions: the callee-saved registers, the SSE and
 // x87 control words and the stack pointer (ucontext's swapcontext also saves the signal
@@ -62,14 +61,16 @@ __asm__(
 namespace {
 
 enum class fiber_state { runnable, at_barrier, at_warp, done };
-enum class warp_op { none, shfl, any, mma, ldmatrix };
+enum class warp_op { none, shfl, any, syncwarp, mma, ldmatrix, collective };
 
 const char *op_name(warp_op op) {
     switch (op) {
-    case warp_op::shfl: return "__shfl_xor_sync";
+    case warp_op::shfl: return "a shuffle";
     case warp_op::any: return "__any_sync";
+    case warp_op::syncwarp: return "__syncwarp";
     case warp_op::mma: return "mma.sync";
     case warp_op::ldmatrix: return "ldmatrix";
+    case warp_op::collective: return "a WMMA operation";
     default: return "nothing";
     }
 }
@@ -103,33 +104,49 @@ struct lane_in {
     uint32_t a[4], b[2];
     float c[4];
     const void *p;
-    float f;
+    uint64_t bits;
+    int src;
     bool pred;
+    void (*act)(void *, int);
+    void *ctx;
 };
 struct lane_out {
     uint32_t r[4];
     float d[4];
-    float f;
+    uint64_t bits;
     bool pred;
 };
 struct warp {
     warp_op op = warp_op::none;
     int param = 0, arrived = 0, live = 0;
+    const char *collective = nullptr;  // the WMMA operation's name
     lane_in in[32];
     lane_out out[32];
 };
+
+// Who allocated a device buffer, and so who may free it.
+enum class origin { test, malloc, async };
+const char *origin_name(origin o) {
+    return o == origin::test ? "emu_device_alloc" : o == origin::malloc ? "cudaMalloc" : "cudaMallocAsync";
+}
 
 struct allocation {
     size_t size;
     unsigned char *map;
     size_t map_size;
-    bool scratch;
+    origin from;
+};
+
+struct shared_array {
+    unsigned char *base;
+    size_t capacity;
 };
 
 struct emulator {
     emu_options options;
-    unsigned char *smem = nullptr;
-    size_t smem_capacity = 0, smem_bytes = 0;
+    std::vector<shared_array> shared;         // what `extern __shared__` names
+    size_t smem_bytes = 0;                    // the running launch's dynamic shared memory
+    std::map<const void *, int> smem_opt_in;  // cudaFuncSetAttribute's, by kernel
     const char *kernel = nullptr;
     emu_uint3 block_idx{0, 0, 0}, block_dim{0, 0, 0}, grid_dim{0, 0, 0};
     std::vector<fiber> fibers;
@@ -147,15 +164,26 @@ struct emulator {
     const std::function<void()> *body = nullptr;
     uint64_t rng = 0;
     std::map<uintptr_t, allocation> allocations;  // by start address
-    size_t scratch_live = 0, scratch_peak = 0;
+    size_t live_bytes = 0, scratch_live = 0, scratch_peak = 0;
 };
 
 // Constructed on first use: sources that include the kernels register their shared memory
 // from static initialisers, which may run before this file's.
-emulator &instance() {
+emulator *the_emulator = nullptr;  // set by the first call: every later one is a load
+// The options start from the environment (CTUNE_EMU_SCHEDULE_SEED, CTUNE_EMU_EAGER_COPIES,
+// CTUNE_EMU_GUARD_BEFORE), so a test that never sets them runs under another schedule when
+// asked (CMake registers the GPU tests' shuffled runs so).
+emulator &first_instance() {
     static emulator e;
+    the_emulator = &e;
+    const char *seed = getenv("CTUNE_EMU_SCHEDULE_SEED");
+    e.options.schedule_seed = seed ? (unsigned)strtoul(seed, nullptr, 10) : 0;
+    e.options.eager_copies = getenv("CTUNE_EMU_EAGER_COPIES") != nullptr;
+    e.options.guard_after = getenv("CTUNE_EMU_GUARD_BEFORE") == nullptr;
+    e.rng = 0x9E3779B97F4A7C15ull ^ e.options.schedule_seed;
     return e;
 }
+inline emulator &instance() { return the_emulator ? *the_emulator : first_instance(); }
 #define E (instance())
 
 fiber *running(const char *what) {
@@ -278,8 +306,21 @@ void report_deadlock() {
     emu_fail("%s", text);
 }
 
-void run_block(size_t n_threads) {
-    memset(E.smem, 0xFF, E.smem_capacity);
+// The dynamic arrays are all 0xFF between launches; a block starts with [0, smem_bytes) so.
+void poison_shared() {
+    for (const shared_array &a : E.shared) memset(a.base, 0xFF, E.smem_bytes);
+}
+
+void check_shared_tails() {
+    for (size_t k = 0; k < E.shared.size(); k++)
+        for (size_t i = E.smem_bytes; i < E.shared[k].capacity; i++)
+            if (E.shared[k].base[i] != 0xFF)
+                emu_fail("kernel %s wrote byte %zu of dynamic shared array %zu, past its %zu dynamic bytes", E.kernel,
+                         i, k, E.smem_bytes);
+}
+
+void run_block(size_t n_threads, bool first) {
+    if (!first) poison_shared();
     E.live = (int)n_threads;
     E.at_barrier = 0;
     for (size_t w = 0; w < E.warps.size(); w++) {
@@ -308,28 +349,36 @@ void run_block(size_t n_threads) {
         for (size_t i : order)
             if (E.fibers[i].state == fiber_state::runnable) switch_to(&E.fibers[i]);
     }
-    for (size_t i = E.smem_bytes; i < E.smem_capacity; i++)
-        if (E.smem[i] != 0xFF)
-            emu_fail("kernel %s wrote shared memory byte %zu, past its %zu dynamic bytes", E.kernel, i, E.smem_bytes);
 }
 
 // ------------------------------------------------------------------ warp-wide instructions
 
-float widen(int format, uint16_t h) { return format == 1 ? emu_bf16_widen(h) : emu_fp16_widen(h); }
+// Every 16-bit pattern of the format (1 bf16, 2 fp16) widened: the mma's hot loop looks them up.
+const float *widen_table(int format) {
+    static std::vector<float> tables[2];
+    std::vector<float> &t = tables[format == 1 ? 0 : 1];
+    if (t.empty()) {
+        t.resize(65536);
+        for (uint32_t h = 0; h < 65536; h++)
+            t[h] = format == 1 ? emu_bf16_widen((uint16_t)h) : emu_fp16_widen((uint16_t)h);
+    }
+    return t.data();
+}
 
 void compute_mma(warp &W) {
-    const int format = W.param;
+    const float *widened = widen_table(W.param);
+    const auto widen = [widened](uint16_t h) { return widened[h]; };
     float A[16][16], B[16][8], C[16][8];
     for (int l = 0; l < 32; l++) {
         const int g = l >> 2, t = l & 3;
         const lane_in &in = W.in[l];
         for (int h = 0; h < 2; h++) {  // h: low / high 16 bits of a register
-            A[g][2 * t + h] = widen(format, (uint16_t)(in.a[0] >> (16 * h)));
-            A[g + 8][2 * t + h] = widen(format, (uint16_t)(in.a[1] >> (16 * h)));
-            A[g][2 * t + 8 + h] = widen(format, (uint16_t)(in.a[2] >> (16 * h)));
-            A[g + 8][2 * t + 8 + h] = widen(format, (uint16_t)(in.a[3] >> (16 * h)));
-            B[2 * t + h][g] = widen(format, (uint16_t)(in.b[0] >> (16 * h)));
-            B[2 * t + 8 + h][g] = widen(format, (uint16_t)(in.b[1] >> (16 * h)));
+            A[g][2 * t + h] = widen((uint16_t)(in.a[0] >> (16 * h)));
+            A[g + 8][2 * t + h] = widen((uint16_t)(in.a[1] >> (16 * h)));
+            A[g][2 * t + 8 + h] = widen((uint16_t)(in.a[2] >> (16 * h)));
+            A[g + 8][2 * t + 8 + h] = widen((uint16_t)(in.a[3] >> (16 * h)));
+            B[2 * t + h][g] = widen((uint16_t)(in.b[0] >> (16 * h)));
+            B[2 * t + 8 + h][g] = widen((uint16_t)(in.b[1] >> (16 * h)));
         }
         C[g][2 * t] = in.c[0];
         C[g][2 * t + 1] = in.c[1];
@@ -373,12 +422,15 @@ lane_out warp_instruction(warp_op op, int param, const lane_in &in) {
     const int lane = f->index % 32;
     warp &W = E.warps[f->index / 32];
     if (W.live != 32) emu_fail("%s in a warp with %d of 32 lanes live", op_name(op), W.live);
+    const char *collective = op == warp_op::collective ? (const char *)in.p : nullptr;
     if (W.arrived == 0) {
         W.op = op;
         W.param = param;
-    } else if (W.op != op || W.param != param) {
-        emu_fail("lanes of warp %d reached different warp-wide instructions: %s (%d) and %s (%d)", f->index / 32,
-                 op_name(W.op), W.param, op_name(op), param);
+        W.collective = collective;
+    } else if (W.op != op || W.param != param || (collective && strcmp(collective, W.collective) != 0)) {
+        emu_fail("lanes of warp %d reached different warp-wide instructions: %s (%d%s%s) and %s (%d%s%s)",
+                 f->index / 32, op_name(W.op), W.param, W.collective ? ", " : "", W.collective ? W.collective : "",
+                 op_name(op), param, collective ? ", " : "", collective ? collective : "");
     }
     W.in[lane] = in;
     W.arrived++;
@@ -386,7 +438,16 @@ lane_out warp_instruction(warp_op op, int param, const lane_in &in) {
     if (W.arrived == 32) {
         switch (op) {
         case warp_op::shfl:
-            for (int l = 0; l < 32; l++) W.out[l].f = W.in[l ^ param].f;
+            for (int l = 0; l < 32; l++) {
+                const int kind = param / 64, arg = param % 64;
+                const int from = kind == EMU_SHFL_XOR ? l ^ arg
+                                 : kind == EMU_SHFL_DOWN ? (l + arg < 32 ? l + arg : l)
+                                                         : W.in[l].src;
+                W.out[l].bits = W.in[from].bits;
+            }
+            break;
+        case warp_op::collective:
+            for (int l = 0; l < 32; l++) W.in[l].act(W.in[l].ctx, l);
             break;
         case warp_op::any: {
             bool any = false;
@@ -409,22 +470,52 @@ void check_full_mask(unsigned mask, const char *what) {
     if (mask != 0xffffffffu) emu_fail("%s with mask %#x (the kernels use the full warp)", what, mask);
 }
 
+// The dynamic shared array p points into, or null.
+const shared_array *shared_of(const void *p) {
+    const uintptr_t a = (uintptr_t)p;
+    for (const shared_array &s : E.shared)
+        if (a >= (uintptr_t)s.base && a < (uintptr_t)s.base + s.capacity) return &s;
+    return nullptr;
+}
+
 // Whether [p, p + bytes) lies in shared memory the launch asked for.
 void check_shared(const void *p, size_t bytes, size_t align, const char *what) {
-    const uintptr_t a = (uintptr_t)p, base = (uintptr_t)E.smem;
-    if (a < base || a + bytes > base + E.smem_bytes)
-        emu_fail("%s: shared address %+td outside the launch's %zu dynamic bytes", what, (ptrdiff_t)(a - base),
-                 E.smem_bytes);
+    const shared_array *s = shared_of(p);
+    if (!s) emu_fail("%s: address %p in no dynamic shared array", what, p);
+    const uintptr_t a = (uintptr_t)p, base = (uintptr_t)s->base;
+    if (a + bytes > base + E.smem_bytes)
+        emu_fail("%s: shared address %+td (+%zu bytes) outside the launch's %zu dynamic bytes", what,
+                 (ptrdiff_t)(a - base), bytes, E.smem_bytes);
     if (a % align) emu_fail("%s: shared address %zu not %zu-byte aligned", what, (size_t)(a - base), align);
+}
+
+// The device allocation holding address a (its start in *start), or null.
+const allocation *allocation_of(uintptr_t a, uintptr_t *start) {
+    auto it = E.allocations.upper_bound(a);
+    if (it == E.allocations.begin()) return nullptr;
+    --it;
+    if (a >= it->first + (it->second.size ? it->second.size : 1)) return nullptr;
+    *start = it->first;
+    return &it->second;
 }
 
 // Whether [p, p + bytes) lies inside one device allocation.
 void check_global(const void *p, size_t bytes, size_t align, const char *what) {
     const uintptr_t a = (uintptr_t)p;
-    auto it = E.allocations.upper_bound(a);
-    const bool inside = it != E.allocations.begin() && (--it, a + bytes <= it->first + it->second.size);
-    if (!inside) emu_fail("%s: global address %p (+%zu bytes) in no device allocation", what, p, bytes);
+    uintptr_t start = 0;
+    const allocation *in = allocation_of(a, &start);
+    if (!in || a + bytes > start + in->size)
+        emu_fail("%s: global address %p (+%zu bytes) in no device allocation", what, p, bytes);
     if (a % align) emu_fail("%s: global address %p not %zu-byte aligned", what, p, align);
+}
+
+// Host memory: no byte of [p, p + bytes) in a device allocation.
+void check_host(const void *p, size_t bytes, const char *what) {
+    const uintptr_t a = (uintptr_t)p;
+    auto it = E.allocations.lower_bound(a);
+    uintptr_t start = 0;
+    if (allocation_of(a, &start) || (it != E.allocations.end() && it->first < a + bytes))
+        emu_fail("%s: host address %p (+%zu bytes) is device memory", what, p, bytes);
 }
 
 void do_copy(const pending_copy &c) {
@@ -447,23 +538,29 @@ unsigned char *guarded_map(size_t bytes, size_t *map_size, unsigned char **start
     return base;
 }
 
-void *allocate(size_t bytes, bool scratch) {
+// Null when the emulated device's memory is used up (EMU_DEVICE_BYTES).
+void *allocate(size_t bytes, origin from) {
+    if (E.current) emu_fail("device allocation inside a kernel");
+    if (bytes > EMU_DEVICE_BYTES - E.live_bytes) return nullptr;
     size_t map_size = 0;
     unsigned char *start = nullptr, *map = guarded_map(bytes, &map_size, &start);
     if (!map) return nullptr;
-    E.allocations[(uintptr_t)start] = allocation{bytes, map, map_size, scratch};
-    if (scratch) {
+    E.allocations[(uintptr_t)start] = allocation{bytes, map, map_size, from};
+    E.live_bytes += bytes;
+    if (from == origin::async) {
         E.scratch_live += bytes;
         if (E.scratch_live > E.scratch_peak) E.scratch_peak = E.scratch_live;
     }
     return start;
 }
 
-void release(void *p, bool scratch) {
+void release(void *p, origin from) {
     auto it = E.allocations.find((uintptr_t)p);
-    if (it == E.allocations.end() || it->second.scratch != scratch)
-        emu_fail("free of %p, which is no %s allocation", p, scratch ? "cudaMallocAsync" : "emu_device_alloc");
-    if (scratch) E.scratch_live -= it->second.size;
+    if (it == E.allocations.end() || it->second.from != from)
+        emu_fail("%s of %p, which is no %s allocation", from == origin::async ? "cudaFreeAsync" : "free", p,
+                 origin_name(from));
+    if (from == origin::async) E.scratch_live -= it->second.size;
+    E.live_bytes -= it->second.size;
     munmap(it->second.map, it->second.map_size);
     E.allocations.erase(it);
 }
@@ -500,16 +597,25 @@ void emu_set_options(const emu_options &options) {
     E.rng = 0x9E3779B97F4A7C15ull ^ options.schedule_seed;
 }
 
-void emu_set_shared_memory(unsigned char *base, size_t bytes) {
-    E.smem = base;
-    E.smem_capacity = bytes;
+void emu_add_shared_memory(unsigned char *base, size_t bytes) {
+    memset(base, 0xFF, bytes);
+    E.shared.push_back(shared_array{base, bytes});
 }
 
-void emu_run_grid(const char *name, dim3 grid, dim3 block, size_t smem_bytes, const std::function<void()> &body) {
-    if (!E.smem) emu_fail("no shared memory registered (emu_set_shared_memory)");
-    if (smem_bytes > E.smem_capacity)
-        emu_fail("launch of %s asks for %zu bytes of shared memory (emulated: %zu)", name, smem_bytes,
-                 E.smem_capacity);
+void emu_run_grid(const char *name, const void *kernel, dim3 grid, dim3 block, size_t smem_bytes,
+                  const std::function<void()> &body) {
+    if (E.kernel) emu_fail("launch of %s from inside kernel %s", name, E.kernel);
+    for (const shared_array &a : E.shared)
+        if (smem_bytes > a.capacity)
+            emu_fail("launch of %s asks for %zu bytes of shared memory (emulated: %zu)", name, smem_bytes, a.capacity);
+    if (smem_bytes > EMU_SMEM_DEFAULT) {
+        auto it = E.smem_opt_in.find(kernel);
+        const int allowed = it == E.smem_opt_in.end() ? EMU_SMEM_DEFAULT : it->second;
+        if (smem_bytes > (size_t)allowed)
+            emu_fail("launch of %s asks for %zu bytes of dynamic shared memory; the kernel's limit is %d "
+                     "(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) raises it)",
+                     name, smem_bytes, allowed);
+    }
     const size_t n_threads = (size_t)block.x * block.y * block.z;
     if (n_threads == 0 || n_threads > 1024 || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 ||
         grid.z > 65535)
@@ -525,12 +631,16 @@ void emu_run_grid(const char *name, dim3 grid, dim3 block, size_t smem_bytes, co
     E.block_dim = emu_uint3{block.x, block.y, block.z};
     E.grid_dim = emu_uint3{grid.x, grid.y, grid.z};
     E.body = &body;
+    bool first = true;
     for (unsigned z = 0; z < grid.z; z++)
         for (unsigned y = 0; y < grid.y; y++)
             for (unsigned x = 0; x < grid.x; x++) {
                 E.block_idx = emu_uint3{x, y, z};
-                run_block(n_threads);
+                run_block(n_threads, first);
+                first = false;
             }
+    check_shared_tails();
+    poison_shared();  // all 0xFF again for the next launch
     E.kernel = nullptr;
     E.body = nullptr;
 }
@@ -543,12 +653,44 @@ void emu_syncthreads() {
     yield();
 }
 
-float emu_shfl_xor(unsigned mask, float value, int lane_mask) {
-    check_full_mask(mask, "__shfl_xor_sync");
-    if (lane_mask < 0 || lane_mask > 31) emu_fail("__shfl_xor_sync with lane mask %d", lane_mask);
+uint64_t emu_shfl(emu_shfl_kind kind, unsigned mask, uint64_t bits, int arg, int width) {
+    check_full_mask(mask, "a shuffle");
+    if (width != 32) emu_fail("a shuffle of width %d (the kernels use 32)", width);
+    if (arg < 0 || arg > 31) emu_fail("a shuffle with lane argument %d", arg);
     lane_in in{};
-    in.f = value;
-    return warp_instruction(warp_op::shfl, lane_mask, in).f;
+    in.bits = bits;
+    in.src = arg;
+    // xor and down take one argument for the whole warp (a difference is reported); idx a lane each
+    const int param = (int)kind * 64 + (kind == EMU_SHFL_IDX ? 0 : arg);
+    return warp_instruction(warp_op::shfl, param, in).bits;
+}
+
+void emu_syncwarp(unsigned mask) {
+    check_full_mask(mask, "__syncwarp");
+    warp_instruction(warp_op::syncwarp, 0, lane_in{});
+}
+
+void emu_warp_collective(const char *op, void (*act)(void *, int), void *lane_context) {
+    lane_in in{};
+    in.p = op;
+    in.act = act;
+    in.ctx = lane_context;
+    warp_instruction(warp_op::collective, 0, in);
+}
+
+void emu_check_memory(const void *p, size_t bytes, size_t align, const char *what) {
+    if (shared_of(p))
+        check_shared(p, bytes, align, what);
+    else
+        check_global(p, bytes, align, what);
+}
+
+void emu_check_aligned(const void *p, size_t align, const char *type) {
+    if ((uintptr_t)p % align) emu_fail("%s access at %p, not %zu-byte aligned (a misaligned address on a GPU)", type, p, align);
+}
+
+void emu_check_device(const void *p, size_t bytes, size_t align, const char *what) {
+    check_global(p, bytes, align, what);
 }
 
 bool emu_any(unsigned mask, bool predicate) {
@@ -604,36 +746,171 @@ void emu_cp_wait(int n) {
 }
 
 void *emu_device_alloc(size_t bytes) {
-    void *p = allocate(bytes, false);
+    void *p = allocate(bytes, origin::test);
     if (!p) emu_fail("cannot allocate %zu bytes", bytes);
     return p;
 }
 
 void emu_device_free(void *p) {
-    if (p) release(p, false);
+    if (p) release(p, origin::test);
 }
 
 size_t emu_scratch_peak() { return E.scratch_peak; }
 void emu_scratch_peak_reset() { E.scratch_peak = E.scratch_live; }
 
+// ------------------------------------------------------------------ runtime API
+
 const char *cudaGetErrorString(cudaError_t status) {
-    return status == cudaSuccess ? "no error" : "out of memory";
+    switch (status) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    }
+    return "unknown error";
 }
 
-cudaError_t cudaMallocAsync(void **p, size_t bytes, int stream) {
-    (void)stream;
-    *p = allocate(bytes, true);
-    return *p ? cudaSuccess : cudaErrorMemoryAllocation;
-}
-
-cudaError_t cudaFreeAsync(void *p, int stream) {
-    (void)stream;
-    if (p) release(p, true);
+cudaError_t cudaGetDeviceCount(int *count) {
+    *count = 1;
     return cudaSuccess;
 }
 
-void ctune_cuda_record(const char *file, int line, const char *what, const char *message) {
-    emu_fail("%s:%d: %s: %s", file, line, what, message);
+cudaError_t cudaGetDevice(int *device) {
+    *device = 0;
+    return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : cudaErrorInvalidDevice; }
+
+cudaError_t cudaDeviceGetPCIBusId(char *id, int len, int device) {
+    if (device != 0) return cudaErrorInvalidDevice;
+    snprintf(id, (size_t)len, "0000:00:00.0");
+    return cudaSuccess;
+}
+
+cudaError_t cudaDeviceGetAttribute(int *value, cudaDeviceAttr attr, int device) {
+    if (device != 0) return cudaErrorInvalidDevice;
+    switch (attr) {
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = EMU_SMEM_OPTIN; return cudaSuccess;
+    case cudaDevAttrMemoryPoolsSupported: *value = 1; return cudaSuccess;
+    }
+    return cudaErrorInvalidValue;
+}
+
+cudaError_t cudaDeviceSynchronize() {
+    if (E.current) emu_fail("cudaDeviceSynchronize inside a kernel");
+    return cudaSuccess;
+}
+
+cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *attr, const void *kernel) {
+    if (!kernel) return cudaErrorInvalidValue;
+    auto it = E.smem_opt_in.find(kernel);
+    attr->sharedSizeBytes = 0;
+    attr->maxDynamicSharedSizeBytes = it == E.smem_opt_in.end() ? EMU_SMEM_DEFAULT : it->second;
+    return cudaSuccess;
+}
+
+cudaError_t cudaFuncSetAttribute(const void *kernel, cudaFuncAttribute attr, int value) {
+    if (!kernel || attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 || value > EMU_SMEM_OPTIN)
+        return cudaErrorInvalidValue;
+    E.smem_opt_in[kernel] = value;
+    return cudaSuccess;
+}
+
+cudaError_t cudaMalloc(void **p, size_t bytes) {
+    *p = allocate(bytes, origin::malloc);
+    return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+
+cudaError_t cudaFree(void *p) {
+    if (p) release(p, origin::malloc);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMallocAsync(void **p, size_t bytes, cudaStream_t stream) {
+    if (stream) emu_fail("cudaMallocAsync on a stream other than the default one");
+    *p = allocate(bytes, origin::async);
+    return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+
+cudaError_t cudaFreeAsync(void *p, cudaStream_t stream) {
+    if (stream) emu_fail("cudaFreeAsync on a stream other than the default one");
+    if (p) release(p, origin::async);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemset(void *p, int value, size_t bytes) {
+    if (E.current) emu_fail("cudaMemset inside a kernel");
+    if (!bytes) return cudaSuccess;
+    check_global(p, bytes, 1, "cudaMemset");
+    memset(p, value, bytes);
+    return cudaSuccess;
+}
+
+// The sides of a copy as its kind says (a device pointer where the kind says host, or the
+// other way round, is an error the GPU would report or act on wrongly).
+static void check_copy_sides(void *dst, const void *src, size_t dst_span, size_t src_span, cudaMemcpyKind kind,
+                      const char *what) {
+    if (E.current) emu_fail("%s inside a kernel", what);
+    const bool dst_device = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+    const bool src_device = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+    if (kind < cudaMemcpyHostToHost || kind > cudaMemcpyDeviceToDevice) emu_fail("%s of kind %d", what, (int)kind);
+    if (dst_device)
+        check_global(dst, dst_span, 1, what);
+    else
+        check_host(dst, dst_span, what);
+    if (src_device)
+        check_global(src, src_span, 1, what);
+    else
+        check_host(src, src_span, what);
+    const uintptr_t d = (uintptr_t)dst, s = (uintptr_t)src;
+    if (d < s + src_span && s < d + dst_span)
+        emu_fail("%s between overlapping ranges %p and %p (+%zu bytes): undefined in CUDA", what, dst, src, dst_span);
+}
+
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind) {
+    if (!bytes) return cudaSuccess;
+    check_copy_sides(dst, src, bytes, bytes, kind, "cudaMemcpy");
+    memcpy(dst, src, bytes);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t spitch, size_t width,
+                              size_t height, cudaMemcpyKind kind, cudaStream_t stream) {
+    if (stream) emu_fail("cudaMemcpy2DAsync on a stream other than the default one");
+    if (width > dpitch || width > spitch) return cudaErrorInvalidValue;
+    if (!width || !height) return cudaSuccess;
+    check_copy_sides(dst, src, dpitch * (height - 1) + width, spitch * (height - 1) + width, kind,
+                     "cudaMemcpy2DAsync");
+    for (size_t r = 0; r < height; r++) memcpy((char *)dst + r * dpitch, (const char *)src + r * spitch, width);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes) {
+    *total_bytes = EMU_DEVICE_BYTES;
+    *free_bytes = EMU_DEVICE_BYTES - E.live_bytes;
+    return cudaSuccess;
+}
+
+// The default pool: stream-ordered allocations here are mapped and unmapped each time, so
+// it holds nothing between them.
+cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t *pool, int device) {
+    if (device != 0) return cudaErrorInvalidDevice;
+    static int the_pool;
+    *pool = (cudaMemPool_t)&the_pool;
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attr, void *value) {
+    return pool && attr == cudaMemPoolAttrReleaseThreshold && value ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attr, void *value) {
+    if (!pool || !value) return cudaErrorInvalidValue;
+    *(uint64_t *)value = attr == cudaMemPoolAttrReservedMemCurrent || attr == cudaMemPoolAttrUsedMemCurrent
+                             ? (uint64_t)E.scratch_live
+                             : 0;
+    return cudaSuccess;
 }
 
 // ------------------------------------------------------------------ 16-bit formats
@@ -679,8 +956,4 @@ float emu_fp16_widen(uint16_t h) {
     }
     if (e == 31) return bits_float(sign | 0x7F800000u | m << 13);
     return bits_float(sign | (e + 112u) << 23 | m << 13);
-}
-
-void cuda_to_half(uint16_t *out, const float *x, size_t n, kernels_half_format fmt) {
-    for (size_t i = 0; i < n; i++) out[i] = fmt == KERNELS_BF16 ? emu_bf16_bits(x[i]) : emu_fp16_bits(x[i]);
 }

@@ -1,45 +1,76 @@
 #!/usr/bin/env bash
-# Plants one bug at a time in a copy of kernels/cuda/attention_mma.cu and checks that the
-# emulated attention test (tests/emu/test_attention_mma_emu.cpp) fails on every one: the
-# test's power, measured. Run by hand (~15 s per mutation on 2 cores):
+# Plants one bug at a time in a copy of kernels/cuda and checks that the emulated test named
+# for it (tests/emu: the GPU tests on the emulated backend, test_*_emu) fails on every one:
+# the tests' power, measured. Run by hand (a build of the copy, then ~10-40 s per mutation on
+# 2 cores):
 #   tests/emu/mutations.sh            every mutation
-#   tests/emu/mutations.sh 3          mutation 3 only
-# Prints one line per mutation (caught: how; or MISSED) and exits 1 if any was missed.
+#   tests/emu/mutations.sh 3 20       mutations 3 and 20 only
+# Prints one line per mutation (caught: how; or MISSED) and exits 1 if any was missed or
+# could not be applied or built.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
+# The tree is copied from root: run the script where it lives, never a copy elsewhere.
+if [ ! -f "$root/CMakeLists.txt" ] || [ ! -f "$root/tests/emu/mutations.sh" ]; then
+  echo "run tests/emu/mutations.sh from its repository ($root is none)"; exit 2
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-src=kernels/cuda/attention_mma.cu
 
-# "description@old text@new text" (first occurrence replaced; the old text must exist; \n
-# is a newline).
+# "test@file@description@old text@new text" (first occurrence replaced; the old text must
+# exist; \n is a newline).
 mutations=(
-  "forward waits for one copy group too few@am_cp_wait<1>();  // tile t (and Q) landed@am_cp_wait<2>();"
-  "forward's end-of-tile barrier removed@__syncthreads();  // buffers cur are free for tile t+2@"
-  "a diagonal tile taken as fully visible from the warp's last row@j0 + AM_ROWS - 1 <= warp_first;@j0 + AM_ROWS - 1 <= warp_first + 15;"
-  "dk/dv's fully-visible test from the warp's first key@warp_first + 15 <= i0;@warp_first <= i0;"
-  "B fragment blocks swapped@(n0 + (lane & 7) + (lane >> 4) * 8) * ld + k0 + ((lane >> 3) & 1) * 8@(n0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ld + k0 + (lane >> 4) * 8"
-  "rescale skipped when only the second row's maximum grew@corr[0] != 1.0f || corr[1] != 1.0f@corr[0] != 1.0f"
-  "stored dS columns misplaced@16 * kc + 8 * (i >> 1) +@16 * kc + 8 * (i & 1) +"
-  "dq from dS: no wait for its tiles@        am_cp_wait<1>();\n        __syncthreads();\n        const T *Kt = Ks + cur * TILE;@        __syncthreads();\n        const T *Kt = Ks + cur * TILE;"
-  "dq from dS: wrong query tile's blocks@am_ds_pair(i0 / AM_ROWS, 0)) * (AM_ROWS * AM_ROWS)@am_ds_pair(i0 / AM_ROWS, 0) + 1) * (AM_ROWS * AM_ROWS)"
-  "a thread's copy rows one off@row(r0 + cp.row)@row(r0 + cp.row + 1)"
-  "documents of sequence 0 for every sequence@am_cp4(dst + r, sh.doc_ids + (size_t)b * sh.seq + s, true);@am_cp4(dst + r, sh.doc_ids + s, true);"
-  "dk/dv: lse and D of the wrong tile@s < sh.seq ? (is_lse ? lse : D) + stat : lse@s < sh.seq ? (is_lse ? lse : D) + stat - (stat > 0) : lse"
-  "forward's log-sum-exp without the maximum@m[r] * AM_LN2 + logf(l[r])@logf(l[r])"
-  "chunks of kv heads one short@const int chunk_kv = (sh.n_kv + n_chunks - 1) / n_chunks;@const int chunk_kv = sh.n_kv > 1 ? (sh.n_kv + n_chunks - 1) / n_chunks - (n_chunks > 1) : 1;"
-  "dk/dv mask with query and key exchanged@am_visible(sh, i0 + c, keys[r], qd, c, kdoc, row0 + gid + 8 * r)@am_visible(sh, keys[r], i0 + c, kdoc, row0 + gid + 8 * r, qd, c)"
-  "forward's masked probabilities without the -inf guard@!full && s[nt][e] == -INFINITY ? 0.0f@false ? 0.0f"
-  "dq (recomputed) from the wrong lse row@row_lse[r] = rows[r] < sh.seq ? lse[stat] * AM_LOG2E@row_lse[r] = rows[r] < sh.seq ? lse[stat ^ 1] * AM_LOG2E"
+  "test_attention_mma_emu@kernels/cuda/attention_mma.cu@forward waits for one copy group too few@am_cp_wait<1>();  // tile t (and Q) landed@am_cp_wait<2>();"
+  "test_attention_mma_emu@kernels/cuda/attention_mma.cu@forward's end-of-tile barrier removed@__syncthreads();  // buffers cur are free for tile t+2@"
+  "test_attention_mma_emu@kernels/cuda/attention_mma.cu@a diagonal tile taken as fully visible from the warp's last row@j0 + AM_ROWS - 1 <= warp_first;@j0 + AM_ROWS - 1 <= warp_first + 15;"
+  "test_attention_mma_emu@kernels/cuda/attention_mma.cu@dk/dv's fully-visible test from the warp's first key@warp_first + 15 <= i0;@warp_first <= i0;"
+  "test_attention_mma_emu@kernels/cuda/attention_mma.cu@B fragment blocks swapped@(n0 + (lane & 7) + (lane >> 4) * 8) * ld + k0 + ((lane >> 3) & 1) * 8@(n0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ld + k0 + (lane >> 4) * 8"
+  "test_attention_mma_emu@kernels/cuda/attention_mma.cu@rescale skipped when only the second row's maximum grew@corr[0] != 1.0f || corr[1] != 1.0f@corr[0] != 1.0f"
+  "test_attention_mma_emu@kernels/cuda/attention_mma.cu@stored dS columns misplaced@16 * kc + 8 * (i >> 1) +@16 * kc + 8 * (i & 1) +"
+  "test_attention_mma_emu@kernels/cuda/attention_mma.cu@dq from dS: no wait for its tiles@        am_cp_wait<1>();\n        __syncthreads();\n        const T *Kt = Ks + cur * TILE;@        __syncthreads();\n        const T *Kt = Ks + cur * TILE;"
+  "test_attention_mma_emu@kernels/cuda/attention_mma.cu@dq from dS: wrong query tile's blocks@am_ds_pair(i0 / AM_ROWS, 0)) * (AM_ROWS * AM_ROWS)@am_ds_pair(i0 / AM_ROWS, 0) + 1) * (AM_ROWS * AM_ROWS)"
+  "test_attention_mma_emu@kernels/cuda/attention_mma.cu@a thread's copy rows one off@row(r0 + cp.row)@row(r0 + cp.row + 1)"
+  "test_attention_mma_emu@kernels/cuda/attention_mma.cu@documents of sequence 0 for every sequence@am_cp4(dst + r, sh.doc_ids + (size_t)b * sh.seq + s, true);@am_cp4(dst + r, sh.doc_ids + s, true);"
+  "test_attention_mma_emu@kernels/cuda/attention_mma.cu@dk/dv: lse and D of the wrong tile@s < sh.seq ? (is_lse ? lse : D) + stat : lse@s < sh.seq ? (is_lse ? lse : D) + stat - (stat > 0) : lse"
+  "test_attention_mma_emu@kernels/cuda/attention_mma.cu@forward's log-sum-exp without the maximum@m[r] * AM_LN2 + logf(l[r])@logf(l[r])"
+  "test_attention_mma_emu@kernels/cuda/attention_mma.cu@chunks of kv heads one short@const int chunk_kv = (sh.n_kv + n_chunks - 1) / n_chunks;@const int chunk_kv = sh.n_kv > 1 ? (sh.n_kv + n_chunks - 1) / n_chunks - (n_chunks > 1) : 1;"
+  "test_attention_mma_emu@kernels/cuda/attention_mma.cu@dk/dv mask with query and key exchanged@am_visible(sh, i0 + c, keys[r], qd, c, kdoc, row0 + gid + 8 * r)@am_visible(sh, keys[r], i0 + c, kdoc, row0 + gid + 8 * r, qd, c)"
+  "test_attention_mma_emu@kernels/cuda/attention_mma.cu@forward's masked probabilities without the -inf guard@!full && s[nt][e] == -INFINITY ? 0.0f@false ? 0.0f"
+  "test_attention_mma_emu@kernels/cuda/attention_mma.cu@dq (recomputed) from the wrong lse row@row_lse[r] = rows[r] < sh.seq ? lse[stat] * AM_LOG2E@row_lse[r] = rows[r] < sh.seq ? lse[stat ^ 1] * AM_LOG2E"
+  "test_kernels_cuda_emu@kernels/cuda/elementwise.cu@sum_squares_blocks: one step of the register tree dropped@        v[1] += v[3];\n        v[0] += v[1];@        v[1] += v[3];"
+  "test_kernels_cuda_emu@kernels/cuda/elementwise.cu@sum_squares_blocks: the warp tree starts at 8 lanes@for (int offset = 16; offset > 0; offset /= 2)@for (int offset = 8; offset > 0; offset /= 2)"
+  "test_kernels_cuda_emu@kernels/cuda/elementwise.cu@sum_squares: the partials' tree without its barrier@scratch[threadIdx.x + stride];\n        __syncthreads();\n    }\n    if (threadIdx.x == 0) *result@scratch[threadIdx.x + stride];\n    }\n    if (threadIdx.x == 0) *result"
+  "test_kernels_cuda_emu@kernels/cuda/rmsnorm.cu@rmsnorm dweight: a chunk's last row dropped@r0 + RMS_ROW_CHUNK : n_rows;@r0 + RMS_ROW_CHUNK - 1 : n_rows;"
+  "test_kernels_cuda_emu@kernels/cuda/rmsnorm.cu@rmsnorm dx: the correction term on dout instead of x@__fmul_rn(coef, xr[j]);@__fmul_rn(coef, dyr[j]);"
+  "test_kernels_cuda_emu@kernels/cuda/rope.cu@rope backward rotates forward@direction * sinf(angle);@sinf(angle);"
+  "test_kernels_cuda_emu@kernels/cuda/adamw.cu@adamw first moment moves away from the gradient@__fadd_rn(g, -m[i])@__fadd_rn(g, m[i])"
+  "test_kernels_cuda_emu@kernels/cuda/embedding.cu@embedding backward (sorted): every token of a run starts its own sum@        if (p > 0 && ids[order[p - 1]] == id) continue;\n@"
+  "test_kernels_cuda_emu@kernels/cuda/cross_entropy.cu@cross-entropy gradient: the one-hot on the next class@i == target ? scaled - grad_scale@i == target + 1 ? scaled - grad_scale"
+  "test_kernels_cuda_emu@kernels/cuda/gemm.cu@gemm: the operands' transposes exchanged@trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N@trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N"
+  "test_kernels_cuda_emu@kernels/cuda/memory.cu@copy: a backward overlap taken as none@bool overlap = d < s + bytes && s < d + bytes;@bool overlap = d < s + bytes && s < d;"
+  "test_kernels_cuda_emu@kernels/cuda/attention.cu@fp32 attention: each query sees the next key@key <= query && (!sh.doc_ids@key <= query + 1 && (!sh.doc_ids"
+  "test_kernels_cuda_emu@kernels/cuda/cuda_common.cuh@vectorised ops: the aligned groups start one element late@(size_t)((4 - phase) % 4);@(size_t)((5 - phase) % 4);"
+  "test_kernels_cuda_half_emu@kernels/cuda/half.cu@gemm_half: cuBLASLt's first operand takes A's transpose@const cublasOperation_t op_first = key->trans_b ? CUBLAS_OP_T@const cublasOperation_t op_first = key->trans_a ? CUBLAS_OP_T"
+  "test_kernels_cuda_fused_emu@kernels/cuda/half_bits.cuh@16-bit row stores with the fp32 stride@out_half[row * ld_half + j] = half_bits<F>(y);@out_half[row * ld + j] = half_bits<F>(y);"
+  "test_kernels_cuda_fused_emu@kernels/cuda/swiglu.cu@swiglu rows: four-column groups on rows not 4-aligned@bool ok = cols % 4 == 0 && ld_half % 4 == 0;@bool ok = cols % 4 == 0;"
+  "test_kernels_cuda_attention_emu@kernels/cuda/attention_half.cu@WMMA attention: K read row-major in Q K^T@wmma::col_major> fb;@wmma::row_major> fb;"
 )
+
+tests=$(printf '%s\n' "${mutations[@]}" | cut -d@ -f1 | sort -u)
+# A copy of the working tree (build directories and .git left out) and one CPU build of the
+# emulated tests in it; each mutation rebuilds what its file touches.
+mkdir -p "$work/src"
+tar -C "$root" --exclude='./build*' --exclude=./.git -cf - . | tar -C "$work/src" -xf -
+if ! { cmake -S "$work/src" -B "$work/build" -DCTUNE_CUDA=OFF -DCMAKE_BUILD_TYPE=Release &&
+       cmake --build "$work/build" -j"$(nproc)" --target $tests; } >"$work/base.log" 2>&1; then
+  tail -20 "$work/base.log"; echo "the unmutated copy does not build"; exit 1
+fi
 
 missed=0
 for i in "${!mutations[@]}"; do
   n=$((i + 1))
-  [ $# -gt 0 ] && [ "$1" != "$n" ] && continue
-  IFS='@' read -r what old new <<<"${mutations[$i]}"
-  mkdir -p "$work/m$n/kernels/cuda"
-  if ! python3 - "$root/$src" "$work/m$n/$src" "$old" "$new" <<'PY'
+  if [ $# -gt 0 ] && ! printf '%s\n' "$@" | grep -qx "$n"; then continue; fi
+  IFS='@' read -r test file what old new <<<"${mutations[$i]}"
+  if ! python3 - "$root/$file" "$work/src/$file" "$old" "$new" <<'PY'
 import sys
 src, dst, old, new = sys.argv[1], sys.argv[2], sys.argv[3].replace('\\n', '\n'), sys.argv[4].replace('\\n', '\n')
 text = open(src).read()
@@ -50,16 +81,15 @@ PY
   then
     echo "mutation $n ($what): cannot apply"; missed=1; continue
   fi
-  if ! g++ -std=c++17 -O2 -fno-strict-aliasing -w -I"$root/tests/emu" -I"$work/m$n" -I"$root" \
-      "$root/tests/emu/attention_mma_emu.cpp" "$root/tests/emu/cuda_emu.cpp" \
-      "$root/tests/emu/test_attention_mma_emu.cpp" -o "$work/m$n/t" 2>"$work/m$n/build.log"; then
-    echo "mutation $n ($what): caught (does not compile)"; continue
-  fi
-  if timeout 300 "$work/m$n/t" >"$work/m$n/out.log" 2>&1; then
-    echo "mutation $n ($what): MISSED"; missed=1
+  if ! cmake --build "$work/build" --target "$test" >"$work/build$n.log" 2>&1; then
+    echo "mutation $n ($what): does not build (not a test of anything)"; missed=1
+  elif (cd "$work/build" && timeout 600 "./$test" >"$work/out$n.log" 2>&1); then
+    echo "mutation $n ($what): MISSED by $test"; missed=1
   else
-    how=$(grep -m1 -E "CHECK failed|cuda_emu:|Segmentation|timed out" "$work/m$n/out.log" | cut -c1-160)
-    echo "mutation $n ($what): caught: ${how:-exit $?}"
+    how=$(grep -m1 -E "CHECK failed|cuda_emu:|Segmentation|timed out" "$work/out$n.log" | cut -c1-150)
+    echo "mutation $n ($what): caught by $test: ${how:-exit code}"
   fi
+  cp -p "$root/$file" "$work/src/$file"  # the original back (newer than the mutant's build)
+  touch "$work/src/$file"
 done
 exit $missed

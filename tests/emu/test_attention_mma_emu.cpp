@@ -32,6 +32,7 @@
 
 #include "cuda_emu.h"
 #include "kernels/cuda/attention_mma.cuh"
+#include "kernels/cuda/cuda_ops.h"
 #include "tests/check.h"
 
 
@@ -280,6 +281,9 @@ results run_kernels(const problem &p, const emu_options &options, const std::str
     for (void *x : {(void *)q, (void *)k, (void *)v, (void *)doc, (void *)d_out_half, (void *)d_out, (void *)d_lse,
                     (void *)dout, (void *)lse, (void *)D})
         emu_device_free(x);
+    // A failure the backend recorded instead of stopping (kernels/cuda/cuda_status.h).
+    char message[1024];
+    CHECK_MSG(ctune_cuda_take_error(message, sizeof message) == 0, "%s: %s", what.c_str(), message);
     return r;
 }
 
