@@ -48,6 +48,18 @@ size_t span(uint64_t rows, uint64_t cols, int64_t ld, size_t elem) {
     return rows && cols ? ((size_t)ld * (cols - 1) + rows) * elem : 0;
 }
 
+// The library objects are plain host structs: made and freed here, always successfully.
+template <typename T>
+cublasStatus_t make(T **out, T value) {
+    *out = new T(value);
+    return CUBLAS_STATUS_SUCCESS;
+}
+template <typename T>
+cublasStatus_t destroy(T *object) {
+    delete object;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
 int alignment_of(const void *p) {
     int a = 256;
     while (a > 1 && (uintptr_t)p % (uintptr_t)a) a /= 2;
@@ -91,15 +103,8 @@ const char *cublasGetStatusString(cublasStatus_t status) {
 
 // ------------------------------------------------------------------ cuBLAS
 
-cublasStatus_t cublasCreate(cublasHandle_t *handle) {
-    *handle = new emu_cublas();
-    return CUBLAS_STATUS_SUCCESS;
-}
-
-cublasStatus_t cublasDestroy(cublasHandle_t handle) {
-    delete handle;
-    return CUBLAS_STATUS_SUCCESS;
-}
+cublasStatus_t cublasCreate(cublasHandle_t *handle) { return make(handle, emu_cublas()); }
+cublasStatus_t cublasDestroy(cublasHandle_t handle) { return destroy(handle); }
 
 cublasStatus_t cublasSetMathMode(cublasHandle_t handle, cublasMath_t mode) {
     if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
@@ -136,25 +141,12 @@ cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa, cubl
 
 // ------------------------------------------------------------------ cuBLASLt
 
-cublasStatus_t cublasLtCreate(cublasLtHandle_t *handle) {
-    *handle = new emu_lt();
-    return CUBLAS_STATUS_SUCCESS;
-}
-
-cublasStatus_t cublasLtDestroy(cublasLtHandle_t handle) {
-    delete handle;
-    return CUBLAS_STATUS_SUCCESS;
-}
-
+cublasStatus_t cublasLtCreate(cublasLtHandle_t *handle) { return make(handle, emu_lt()); }
+cublasStatus_t cublasLtDestroy(cublasLtHandle_t handle) { return destroy(handle); }
 cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t *desc, cublasComputeType_t compute, cudaDataType_t scale) {
-    *desc = new emu_lt_desc{compute, scale};
-    return CUBLAS_STATUS_SUCCESS;
+    return make(desc, emu_lt_desc{compute, scale});
 }
-
-cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t desc) {
-    delete desc;
-    return CUBLAS_STATUS_SUCCESS;
-}
+cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t desc) { return destroy(desc); }
 
 cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attr,
                                               const void *buf, size_t size) {
@@ -173,24 +165,11 @@ cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t desc, cublasL
 
 cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t *layout, cudaDataType_t type, uint64_t rows,
                                           uint64_t cols, int64_t ld) {
-    *layout = new emu_lt_layout{type, rows, cols, ld};
-    return CUBLAS_STATUS_SUCCESS;
+    return make(layout, emu_lt_layout{type, rows, cols, ld});
 }
-
-cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t layout) {
-    delete layout;
-    return CUBLAS_STATUS_SUCCESS;
-}
-
-cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t *pref) {
-    *pref = new emu_lt_pref();
-    return CUBLAS_STATUS_SUCCESS;
-}
-
-cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t pref) {
-    delete pref;
-    return CUBLAS_STATUS_SUCCESS;
-}
+cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t layout) { return destroy(layout); }
+cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t *pref) { return make(pref, emu_lt_pref()); }
+cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t pref) { return destroy(pref); }
 
 cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t pref,
                                                     cublasLtMatmulPreferenceAttributes_t attr, const void *buf,
