@@ -173,14 +173,20 @@ emulator *the_emulator = nullptr;  // set by the first call: every later one is 
 // The options start from the environment (CTUNE_EMU_SCHEDULE_SEED, CTUNE_EMU_EAGER_COPIES,
 // CTUNE_EMU_GUARD_BEFORE), so a test that never sets them runs under another schedule when
 // asked (CMake registers the GPU tests' shuffled runs so).
+void apply_options(emulator &e, const emu_options &options) {
+    e.options = options;
+    e.rng = 0x9E3779B97F4A7C15ull ^ options.schedule_seed;
+}
+
 emulator &first_instance() {
     static emulator e;
     the_emulator = &e;
+    emu_options options;
     const char *seed = getenv("CTUNE_EMU_SCHEDULE_SEED");
-    e.options.schedule_seed = seed ? (unsigned)strtoul(seed, nullptr, 10) : 0;
-    e.options.eager_copies = getenv("CTUNE_EMU_EAGER_COPIES") != nullptr;
-    e.options.guard_after = getenv("CTUNE_EMU_GUARD_BEFORE") == nullptr;
-    e.rng = 0x9E3779B97F4A7C15ull ^ e.options.schedule_seed;
+    options.schedule_seed = seed ? (unsigned)strtoul(seed, nullptr, 10) : 0;
+    options.eager_copies = getenv("CTUNE_EMU_EAGER_COPIES") != nullptr;
+    options.guard_after = getenv("CTUNE_EMU_GUARD_BEFORE") == nullptr;
+    apply_options(e, options);
     return e;
 }
 inline emulator &instance() { return the_emulator ? *the_emulator : first_instance(); }
@@ -592,10 +598,7 @@ void emu_fail(const char *fmt, ...) {
     _exit(1);  // from inside a fiber: no unwinding through the scheduler
 }
 
-void emu_set_options(const emu_options &options) {
-    E.options = options;
-    E.rng = 0x9E3779B97F4A7C15ull ^ options.schedule_seed;
-}
+void emu_set_options(const emu_options &options) { apply_options(E, options); }
 
 void emu_add_shared_memory(unsigned char *base, size_t bytes) {
     memset(base, 0xFF, bytes);
