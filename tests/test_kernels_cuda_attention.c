@@ -24,7 +24,8 @@
  * it, in chunks of kv heads that fit a scratch budget; or dq recomputes dS) run side by side
  * (cuda_attention_bwd_half_budget): each within 1e-2 of the CPU, dk and dv the same bits
  * either way (the same kernel arithmetic, one storing what it multiplies), dq the same bits
- * whatever the chunking. */
+ * whatever the chunking. The forward with 32 query rows per warp (cuda_attention_fwd_half_rows)
+ * must give the table's bits (16 rows per warp). */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -127,6 +128,15 @@ static void fill_out_half(const attn_problem *p) {
     free(h);
 }
 
+#ifdef CTUNE_HAVE_CUDA
+/* Refills a backend buffer with NaN (each run must write every element again). */
+static void poison(float *dev, size_t n) {
+    float *h = host_nan(n);
+    G->upload(dev, h, n * sizeof(float));
+    free(h);
+}
+#endif
+
 static void attention_case(const half_case *hc, kernels_half_format fmt) {
     const attn_case *tc = &hc->shape;
     const int batch = tc->batch, seq = tc->seq, nh = tc->n_heads, nkv = tc->n_kv, d = tc->d;
@@ -166,6 +176,26 @@ static void attention_case(const half_case *hc, kernels_half_format fmt) {
         snprintf(what + len, sizeof what - len, "out repeats bitwise");
         compare_exact(G, what, p.d_out, first_out, q_n * sizeof(float));
     }
+
+#ifdef CTUNE_HAVE_CUDA
+    /* 32 query rows per warp (tiles of 128 rows) instead of the table's 16: the same bits. */
+    snprintf(what + len, sizeof what - len, "lse (first run)");
+    float *first_lse = download_checked(G, what, p.d_lse, p.lse_n * sizeof(float));
+    fill_out_half(&p);
+    if (d_out) poison(d_out, q_n);
+    poison(p.d_lse, p.lse_n);
+    cuda_attention_fwd_half_rows(32, fmt, p.d_out_half, p.ld_out, d_out, p.d_lse, p.d_hq, p.d_hk, p.d_hv, p.d_doc,
+                                 batch, seq, nh, nkv, d, p.scale);
+    snprintf(what + len, sizeof what - len, "out_half with 32 rows per warp: the same bits");
+    compare_exact(G, what, p.d_out_half, first_half, half_bytes);
+    snprintf(what + len, sizeof what - len, "lse with 32 rows per warp: the same bits");
+    compare_exact(G, what, p.d_lse, first_lse, p.lse_n * sizeof(float));
+    if (d_out) {
+        snprintf(what + len, sizeof what - len, "out with 32 rows per warp: the same bits");
+        compare_exact(G, what, p.d_out, first_out, q_n * sizeof(float));
+    }
+    free(first_lse);
+#endif
 
     attn_problem_upload_cpu_forward(G, &p);
     C->attention_bwd_half(fmt, p.gq, p.gk, p.gv, p.gy, p.hq, p.hk, p.hv, p.out_half, p.ld_out, p.lse,
@@ -270,12 +300,6 @@ static void test_errors(void) {
 }
 
 #ifdef CTUNE_HAVE_CUDA
-/* Refills a backend buffer with NaN (each run must write every element again). */
-static void poison(float *dev, size_t n) {
-    float *h = host_nan(n);
-    G->upload(dev, h, n * sizeof(float));
-    free(h);
-}
 
 /* The backward under three dS budgets: the table's (one chunk), one kv head's worth of dS
  * (one chunk per kv head) and 0 (dq recomputes dS). */

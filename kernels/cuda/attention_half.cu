@@ -662,10 +662,10 @@ static void fallback_bwd(kernels_half_format fmt, float *dq, float *dk, float *d
     release_copies(copies, 5);
 }
 
-extern "C" void cuda_attention_fwd_half(kernels_half_format fmt, uint16_t *out_half, int ld_out, float *out,
-                                        float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v,
-                                        const int32_t *doc_ids, int batch, int seq, int n_heads,
-                                        int n_kv_heads, int head_dim, float scale) {
+extern "C" void cuda_attention_fwd_half_rows(int warp_rows, kernels_half_format fmt, uint16_t *out_half,
+                                             int ld_out, float *out, float *lse, const uint16_t *q,
+                                             const uint16_t *k, const uint16_t *v, const int32_t *doc_ids, int batch,
+                                             int seq, int n_heads, int n_kv_heads, int head_dim, float scale) {
     if (!cuda_known_half_format(fmt, "attention_fwd_half", __FILE__, __LINE__)) return;
     if (!shape_valid(batch, seq, n_heads, n_kv_heads, head_dim)) {
         // attention.cu records the shape (or ignores an empty batch) and touches no buffer.
@@ -674,8 +674,8 @@ extern "C" void cuda_attention_fwd_half(kernels_half_format fmt, uint16_t *out_h
         return;
     }
     if (!ld_out_fits("attention_fwd_half", ld_out, n_heads, head_dim, __LINE__)) return;
-    if (attention_mma_fwd(fmt, out_half, ld_out, out, lse, q, k, v, doc_ids, batch, seq, n_heads, n_kv_heads,
-                          head_dim, scale))
+    if (attention_mma_fwd(fmt, warp_rows, out_half, ld_out, out, lse, q, k, v, doc_ids, batch, seq, n_heads,
+                          n_kv_heads, head_dim, scale))
         return;
     ah_shape sh;
     size_t bytes = 0;
@@ -703,6 +703,14 @@ extern "C" void cuda_attention_fwd_half(kernels_half_format fmt, uint16_t *out_h
         cuda_to_half_2d(fmt, out_half, ld_out, out32, q_width, (int)tokens, q_width, 1.0f);
     }
     release_copies(copies, 4);
+}
+
+extern "C" void cuda_attention_fwd_half(kernels_half_format fmt, uint16_t *out_half, int ld_out, float *out,
+                                        float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                                        const int32_t *doc_ids, int batch, int seq, int n_heads,
+                                        int n_kv_heads, int head_dim, float scale) {
+    cuda_attention_fwd_half_rows(AM_FWD_WARP_ROWS, fmt, out_half, ld_out, out, lse, q, k, v, doc_ids, batch, seq,
+                                 n_heads, n_kv_heads, head_dim, scale);
 }
 
 extern "C" void cuda_attention_bwd_half_budget(size_t ds_budget, kernels_half_format fmt, float *dq, float *dk,

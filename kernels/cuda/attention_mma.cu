@@ -199,52 +199,66 @@ __device__ __forceinline__ void am_zero(float acc[DP / 8][4]) {
         for (int e = 0; e < 4; e++) acc[dn][e] = 0.0f;
 }
 
-// acc[16 x 64] = A[16 x DP] B^T, A rows [r0, r0+16) of a (row-major, stride DP+8) and B's 64
-// rows those of bt (same layout): Q K^T, dO V^T, K Q^T, V dO^T.
-template <typename T, int DP>
-__device__ __forceinline__ void am_product_abt(float acc[8][4], const T *a, int r0, const T *bt, int lane) {
+// acc[g][16 x 64] = A_g[16 x DP] B^T for RG row groups g, A_g rows [r0 + 64 g, +16) of a
+// (row-major, stride DP+8) and B's 64 rows those of bt (same layout): Q K^T, dO V^T, K Q^T,
+// V dO^T. Each B fragment loaded serves every group (the forward's two groups per warp halve
+// the shared-memory loads per product).
+template <typename T, int DP, int RG = 1>
+__device__ __forceinline__ void am_product_abt(float (*acc)[8][4], const T *a, int r0, const T *bt, int lane) {
 #pragma unroll
-    for (int nt = 0; nt < 8; nt++)
+    for (int g = 0; g < RG; g++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) acc[nt][e] = 0.0f;
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[g][nt][e] = 0.0f;
 #pragma unroll
     for (int kk = 0; kk < DP; kk += 16) {
-        uint32_t fa[4];
-        am_frag_a(fa, a, DP + 8, r0, kk, lane);
+        uint32_t fa[RG][4];
+#pragma unroll
+        for (int g = 0; g < RG; g++) am_frag_a(fa[g], a, DP + 8, r0 + g * AM_ROWS, kk, lane);
 #pragma unroll
         for (int nt = 0; nt < 8; nt += 2) {
             uint32_t fb[4];
             am_frag_bt(fb, bt, DP + 8, nt * 8, kk, lane);
-            am_format<T>::mma(acc[nt], fa, fb[0], fb[1]);
-            am_format<T>::mma(acc[nt + 1], fa, fb[2], fb[3]);
+#pragma unroll
+            for (int g = 0; g < RG; g++) {
+                am_format<T>::mma(acc[g][nt], fa[g], fb[0], fb[1]);
+                am_format<T>::mma(acc[g][nt + 1], fa[g], fb[2], fb[3]);
+            }
         }
     }
 }
 
-// out[16 x DP] += A[16 x 64] B, A the 16-bit rounding of acc (P or dS) and B the 64 rows of
-// y (row-major, stride DP+8): P V, dS K, P^T dO, dS^T Q. With store_rows, A is also written
-// there as it is made (16 rows of 64 16-bit values, row-major; each thread its fragments'
-// column pairs): dS for am_dq_ds_kernel, without keeping it alive past its product.
-template <typename T, int DP>
-__device__ __forceinline__ void am_accumulate(float out[DP / 8][4], const float acc[8][4], const T *y, int lane,
-                                              uint16_t *store_rows = nullptr) {
+// out[g][16 x DP] += A_g[16 x 64] B for RG row groups g, A_g the 16-bit rounding of acc[g]
+// (P or dS) and B the 64 rows of y (row-major, stride DP+8): P V, dS K, P^T dO, dS^T Q; each
+// B fragment serves every group. With store_rows (one group), A is also written there as it
+// is made (16 rows of 64 16-bit values, row-major; each thread its fragments' column pairs):
+// dS for am_dq_ds_kernel, without keeping it alive past its product.
+template <typename T, int DP, int RG = 1>
+__device__ __forceinline__ void am_accumulate(float (*out)[DP / 8][4], const float (*acc)[8][4], const T *y,
+                                              int lane, uint16_t *store_rows = nullptr) {
+    static_assert(RG >= 1, "at least one row group");
 #pragma unroll
     for (int kc = 0; kc < 4; kc++) {
-        uint32_t fa[4];
-        am_acc_to_a<T>(fa, acc, kc);
-        if (store_rows) {  // fa[i]: row gid + 8 (i & 1), columns 16 kc + 8 (i >> 1) + 2 tig, + 1
+        uint32_t fa[RG][4];
+#pragma unroll
+        for (int g = 0; g < RG; g++) am_acc_to_a<T>(fa[g], acc[g], kc);
+        if (RG == 1 && store_rows) {  // fa[i]: row gid + 8 (i & 1), columns 16 kc + 8 (i >> 1) + 2 tig, + 1
             const int gid = lane >> 2, tig = lane & 3;
 #pragma unroll
             for (int i = 0; i < 4; i++)
                 *reinterpret_cast<uint32_t *>(store_rows + (gid + 8 * (i & 1)) * AM_ROWS + 16 * kc + 8 * (i >> 1) +
-                                              2 * tig) = fa[i];
+                                              2 * tig) = fa[0][i];
         }
 #pragma unroll
         for (int dn = 0; dn < DP / 8; dn += 2) {
             uint32_t fb[4];
             am_frag_b(fb, y, DP + 8, dn * 8, kc * 16, lane);
-            am_format<T>::mma(out[dn], fa, fb[0], fb[1]);
-            am_format<T>::mma(out[dn + 1], fa, fb[2], fb[3]);
+#pragma unroll
+            for (int g = 0; g < RG; g++) {
+                am_format<T>::mma(out[g][dn], fa[g], fb[0], fb[1]);
+                am_format<T>::mma(out[g][dn + 1], fa[g], fb[2], fb[3]);
+            }
         }
     }
 }
@@ -285,7 +299,9 @@ __device__ __forceinline__ void am_store_rows(float *dst, size_t stride, size_t 
 }
 
 // A block over a query tile (forward, dq): which tile, head and sequence, and this thread's
-// place in it. Late (long) query tiles are launched first.
+// place in it. Late (long) query tiles are launched first. The forward's tile may be RG
+// 64-row tiles (a warp then owns rows row0 + 64 g of it, g < RG; rows and warp_first /
+// warp_last here are group 0's, n_kv covers the whole tile).
 struct am_query_block {
     int i0, h, b, g;             // first query, head, sequence, kv head
     int lane, gid, tig, row0;    // lane, its row group and column pair, the warp's first row
@@ -294,10 +310,10 @@ struct am_query_block {
     int n_kv;                    // key tiles up to the diagonal one
 };
 
-__device__ __forceinline__ am_query_block am_query_block_of(const am_shape &sh) {
+__device__ __forceinline__ am_query_block am_query_block_of(const am_shape &sh, int rg = 1) {
     am_query_block qb;
-    const int n_tiles = (sh.seq + AM_ROWS - 1) / AM_ROWS;
-    qb.i0 = (n_tiles - 1 - (int)blockIdx.x) * AM_ROWS;
+    const int rows = rg * AM_ROWS, n_tiles = (sh.seq + rows - 1) / rows;
+    qb.i0 = (n_tiles - 1 - (int)blockIdx.x) * rows;
     qb.h = blockIdx.y;
     qb.b = blockIdx.z;
     qb.g = qb.h / sh.group;
@@ -309,44 +325,68 @@ __device__ __forceinline__ am_query_block am_query_block_of(const am_shape &sh) 
     qb.rows[1] = qb.rows[0] + 8;
     qb.warp_first = qb.i0 + qb.row0;
     qb.warp_last = min(qb.warp_first + 15, sh.seq - 1);
-    qb.n_kv = (min(qb.i0 + AM_ROWS, sh.seq) - 1) / AM_ROWS + 1;
+    qb.n_kv = (min(qb.i0 + rows, sh.seq) - 1) / AM_ROWS + 1;
     return qb;
 }
 
 // ------------------------------------------------------------------ forward
 
-// One block per (query tile, head, sequence), late (long) query tiles first. K and V tiles
-// are double-buffered: the copy of tile t+1 runs while tile t is multiplied.
-template <typename T, int DP>
+// One block per (query tile of RG x 64 rows, head, sequence), late (long) query tiles first.
+// Each warp owns RG groups of 16 rows, 64 apart (interleaved: every warp reaches the diagonal
+// key tile, so the warps do equal work); with RG = 2 each K/V fragment loaded from shared
+// memory serves two products, the copies and barriers per product halve and a warp has two
+// independent chains of products and softmax (FlashAttention-2's 128-row tiles at head_dim
+// 64), for twice the accumulator registers. Every row takes the same key tiles in the same
+// order with either RG (a group whose rows all precede a tile, group 0 on the block's last
+// one, sees it masked: maximum unchanged, P = 0), so RG changes no bit of the result. K and
+// V tiles are double-buffered: the copy of tile t+1 runs while tile t is multiplied.
+template <typename T, int DP, int RG>
 __global__ void __launch_bounds__(AM_THREADS)
     am_fwd_kernel(uint16_t *out_half, int ld_out, float *out, float *lse, const T *q, const T *k, const T *v,
                   am_shape sh) {
     extern __shared__ __align__(16) unsigned char am_smem[];
     constexpr int TILE = AM_ROWS * (DP + 8);
-    T *Qs = reinterpret_cast<T *>(am_smem);
-    T *Ks = Qs + TILE;      // two buffers
-    T *Vs = Ks + 2 * TILE;  // two buffers
+    T *Qs = reinterpret_cast<T *>(am_smem);  // RG tiles: one of RG x 64 rows
+    T *Ks = Qs + RG * TILE;                   // two buffers
+    T *Vs = Ks + 2 * TILE;                    // two buffers
     int32_t *qdoc = reinterpret_cast<int32_t *>(Vs + 2 * TILE);
-    int32_t *kdoc = qdoc + AM_ROWS;  // two buffers
-    const am_query_block qb = am_query_block_of(sh);
+    int32_t *kdoc = qdoc + RG * AM_ROWS;  // two buffers
+    const am_query_block qb = am_query_block_of(sh, RG);
     const int i0 = qb.i0, h = qb.h, b = qb.b, g = qb.g, lane = qb.lane, gid = qb.gid, tig = qb.tig;
-    const int row0 = qb.row0, warp_first = qb.warp_first, warp_last = qb.warp_last, n_kv = qb.n_kv;
-    const int *rows = qb.rows;
+    const int row0 = qb.row0, n_kv = qb.n_kv;
+    int rows[RG][2], warp_first[RG], warp_last[RG];
+#pragma unroll
+    for (int rg = 0; rg < RG; rg++) {
+        rows[rg][0] = qb.rows[0] + rg * AM_ROWS;
+        rows[rg][1] = qb.rows[1] + rg * AM_ROWS;
+        warp_first[rg] = qb.warp_first + rg * AM_ROWS;
+        warp_last[rg] = min(warp_first[rg] + 15, sh.seq - 1);
+    }
 
     const am_copy_place<DP> cp;
-    am_tiles<T, DP, 1>(sh.q_stride, i0, cp, am_head_rows(q, sh.q_stride, sh, b, h)).load(sh.seq, Qs, q);
-    am_load_docs(qdoc, sh, b, i0);
+    {
+        am_tiles<T, DP, 1> q_tiles(sh.q_stride, i0, cp, am_head_rows(q, sh.q_stride, sh, b, h));
+#pragma unroll
+        for (int rg = 0; rg < RG; rg++) {
+            q_tiles.load(sh.seq, Qs + rg * TILE, q);
+            am_load_docs(qdoc + rg * AM_ROWS, sh, b, i0 + rg * AM_ROWS);
+        }
+    }
     am_tiles<T, DP, 2> kv_tiles(sh.kv_stride, 0, cp, am_head_rows(k, sh.kv_stride, sh, b, g),
                                 am_head_rows(v, sh.kv_stride, sh, b, g));
     kv_tiles.load(sh.seq, Ks, k, Vs, v);
     am_load_docs(kdoc, sh, b, 0);
     am_cp_commit();
 
-    float o[DP / 8][4];
-    am_zero<DP>(o);
-    // Per thread: partial sums l; the running maximum m is of scores times scale * log2(e)
-    // (a positive factor: the maximum of the scaled scores is the scaled maximum, exactly).
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    float o[RG][DP / 8][4];
+#pragma unroll
+    for (int rg = 0; rg < RG; rg++) am_zero<DP>(o[rg]);
+    // Per thread and group: partial sums l; the running maximum m is of scores times
+    // scale * log2(e) (a positive factor: the maximum of the scaled scores is the scaled
+    // maximum, exactly).
+    float m[RG][2], l[RG][2];
+#pragma unroll
+    for (int rg = 0; rg < RG; rg++) m[rg][0] = m[rg][1] = -INFINITY, l[rg][0] = l[rg][1] = 0.0f;
     for (int t = 0; t < n_kv; t++) {
         const int j0 = t * AM_ROWS, cur = t & 1;
         if (t + 1 < n_kv) {  // the other buffers were released by the barrier ending t-1
@@ -357,90 +397,104 @@ __global__ void __launch_bounds__(AM_THREADS)
         am_cp_wait<1>();  // tile t (and Q) landed
         __syncthreads();
         // Rows all padding, or all before this key tile: P = 0 (warp-uniform).
-        if (warp_first < sh.seq && j0 <= warp_last) {
+        bool active = false;
+#pragma unroll
+        for (int rg = 0; rg < RG; rg++) active |= warp_first[rg] < sh.seq && j0 <= warp_last[rg];
+        if (active) {
             const T *Kt = Ks + cur * TILE, *Vt = Vs + cur * TILE;
             const int32_t *kd = kdoc + cur * AM_ROWS;
-            float s[8][4];
-            am_product_abt<T, DP>(s, Qs, row0, Kt, lane);
-            const bool full = am_tile_unmasked(sh, warp_first, j0);
-            float mx[2] = {-INFINITY, -INFINITY};
-            if (full) {
+            float s[RG][8][4];
+            am_product_abt<T, DP, RG>(s, Qs, row0, Kt, lane);
 #pragma unroll
-                for (int nt = 0; nt < 8; nt++)
+            for (int rg = 0; rg < RG; rg++) {
+                const bool full = am_tile_unmasked(sh, warp_first[rg], j0);
+                float mx[2] = {-INFINITY, -INFINITY};
+                if (full) {
 #pragma unroll
-                    for (int e = 0; e < 4; e++) mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
-            } else {
+                    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) mx[e >> 1] = fmaxf(mx[e >> 1], s[rg][nt][e]);
+                } else {
+#pragma unroll
+                    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            const int r = e >> 1, c = am_col(nt, e, tig);
+                            if (!am_visible(sh, rows[rg][r], j0 + c, qdoc, rg * AM_ROWS + row0 + gid + 8 * r, kd, c))
+                                s[rg][nt][e] = -INFINITY;
+                            mx[r] = fmaxf(mx[r], s[rg][nt][e]);
+                        }
+                }
+                float corr[2];
+#pragma unroll
+                for (int r = 0; r < 2; r++) {
+                    // The row's 4 threads (same gid) hold its 64 columns.
+                    mx[r] = fmaxf(mx[r], __shfl_xor_sync(CUDA_FULL_MASK, mx[r], 1));
+                    mx[r] = fmaxf(mx[r], __shfl_xor_sync(CUDA_FULL_MASK, mx[r], 2));
+                    const float m_new = fmaxf(m[rg][r], mx[r] * sh.scale_log2);
+                    // Unchanged maximum: exactly 1; nothing summed yet (m = -inf): 0.
+                    corr[r] = m[rg][r] == m_new ? 1.0f : m[rg][r] == -INFINITY ? 0.0f : am_exp2(m[rg][r] - m_new);
+                    m[rg][r] = m_new;
+                    // Not contracted with the += p below into one FMA: the same bits with any RG.
+                    l[rg][r] = __fmul_rn(l[rg][r], corr[r]);
+                }
+                // After the first tiles a row's maximum rarely grows: when no row of the warp's
+                // group did, the rescaling would multiply every output sum by exactly 1, and is
+                // skipped.
+                if (__any_sync(CUDA_FULL_MASK, corr[0] != 1.0f || corr[1] != 1.0f)) {
+#pragma unroll
+                    for (int dn = 0; dn < DP / 8; dn++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) o[rg][dn][e] *= corr[e >> 1];
+                }
+                // p = exp2(score * scale * log2(e) - m), one fused multiply-add. In a full tile
+                // every score and the row maxima are finite: no -inf guard (elsewhere a row that
+                // sees no key yet has m = -inf, and -inf - -inf would be NaN).
 #pragma unroll
                 for (int nt = 0; nt < 8; nt++)
 #pragma unroll
                     for (int e = 0; e < 4; e++) {
-                        const int r = e >> 1, c = am_col(nt, e, tig);
-                        if (!am_visible(sh, rows[r], j0 + c, qdoc, row0 + gid + 8 * r, kd, c)) s[nt][e] = -INFINITY;
-                        mx[r] = fmaxf(mx[r], s[nt][e]);
+                        const int r = e >> 1;
+                        const float p = !full && s[rg][nt][e] == -INFINITY
+                                            ? 0.0f
+                                            : am_exp2(fmaf(s[rg][nt][e], sh.scale_log2, -m[rg][r]));
+                        s[rg][nt][e] = p;
+                        l[rg][r] += p;
                     }
             }
-            float corr[2];
-#pragma unroll
-            for (int r = 0; r < 2; r++) {
-                // The row's 4 threads (same gid) hold its 64 columns.
-                mx[r] = fmaxf(mx[r], __shfl_xor_sync(CUDA_FULL_MASK, mx[r], 1));
-                mx[r] = fmaxf(mx[r], __shfl_xor_sync(CUDA_FULL_MASK, mx[r], 2));
-                const float m_new = fmaxf(m[r], mx[r] * sh.scale_log2);
-                // Unchanged maximum: exactly 1; nothing summed yet (m = -inf): 0.
-                corr[r] = m[r] == m_new ? 1.0f : m[r] == -INFINITY ? 0.0f : am_exp2(m[r] - m_new);
-                m[r] = m_new;
-                l[r] *= corr[r];
-            }
-            // After the first tiles a row's maximum rarely grows: when no row of the warp's did,
-            // the rescaling would multiply every output sum by exactly 1, and is skipped.
-            if (__any_sync(CUDA_FULL_MASK, corr[0] != 1.0f || corr[1] != 1.0f)) {
-#pragma unroll
-                for (int dn = 0; dn < DP / 8; dn++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) o[dn][e] *= corr[e >> 1];
-            }
-            // p = exp2(score * scale * log2(e) - m), one fused multiply-add. In a full tile every
-            // score and the row maxima are finite: no -inf guard (elsewhere a row that sees no
-            // key yet has m = -inf, and -inf - -inf would be NaN).
-#pragma unroll
-            for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int r = e >> 1;
-                    const float p = !full && s[nt][e] == -INFINITY ? 0.0f
-                                                                   : am_exp2(fmaf(s[nt][e], sh.scale_log2, -m[r]));
-                    s[nt][e] = p;
-                    l[r] += p;
-                }
-            am_accumulate<T, DP>(o, s, Vt, lane);
+            am_accumulate<T, DP, RG>(o, s, Vt, lane);
         }
         __syncthreads();  // buffers cur are free for tile t+2
     }
-    float inv[2];
 #pragma unroll
-    for (int r = 0; r < 2; r++) {
-        l[r] += __shfl_xor_sync(CUDA_FULL_MASK, l[r], 1);
-        l[r] += __shfl_xor_sync(CUDA_FULL_MASK, l[r], 2);
-        // Key s = query s is always visible, so l >= 1 on every real row.
-        inv[r] = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
-    }
-    // y = o / l in fp32 (one product, nothing to contract), then to_half's rounding of y: the
-    // 16-bit stores are scalar (out_half's rows ld_out apart need not be 4-byte aligned).
+    for (int rg = 0; rg < RG; rg++) {
+        float inv[2];
 #pragma unroll
-    for (int r = 0; r < 2; r++) {
-        if (rows[r] >= sh.seq) continue;
-        const size_t token = (size_t)b * sh.seq + rows[r];
-        float *orow = out ? out + token * sh.q_stride + (size_t)h * sh.d : NULL;
-        uint16_t *hrow = out_half + token * (size_t)ld_out + (size_t)h * sh.d;
-#pragma unroll
-        for (int dn = 0; dn < DP / 8; dn++) {
-            const int c = dn * 8 + 2 * tig;
-            const float y0 = o[dn][2 * r] * inv[r], y1 = o[dn][2 * r + 1] * inv[r];
-            if (orow) *reinterpret_cast<float2 *>(orow + c) = make_float2(y0, y1);
-            hrow[c] = half_bits<am_format<T>::fmt>(y0);
-            hrow[c + 1] = half_bits<am_format<T>::fmt>(y1);
+        for (int r = 0; r < 2; r++) {
+            l[rg][r] += __shfl_xor_sync(CUDA_FULL_MASK, l[rg][r], 1);
+            l[rg][r] += __shfl_xor_sync(CUDA_FULL_MASK, l[rg][r], 2);
+            // Key s = query s is always visible, so l >= 1 on every real row.
+            inv[r] = l[rg][r] > 0.0f ? 1.0f / l[rg][r] : 0.0f;
         }
-        if (tig == 0) lse[((size_t)b * sh.n_heads + h) * sh.seq + rows[r]] = m[r] * AM_LN2 + logf(l[r]);
+        // y = o / l in fp32 (one product, nothing to contract), then to_half's rounding of y:
+        // the 16-bit stores are scalar (out_half's rows ld_out apart need not be 4-byte aligned).
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            if (rows[rg][r] >= sh.seq) continue;
+            const size_t token = (size_t)b * sh.seq + rows[rg][r];
+            float *orow = out ? out + token * sh.q_stride + (size_t)h * sh.d : NULL;
+            uint16_t *hrow = out_half + token * (size_t)ld_out + (size_t)h * sh.d;
+#pragma unroll
+            for (int dn = 0; dn < DP / 8; dn++) {
+                const int c = dn * 8 + 2 * tig;
+                const float y0 = o[rg][dn][2 * r] * inv[r], y1 = o[rg][dn][2 * r + 1] * inv[r];
+                if (orow) *reinterpret_cast<float2 *>(orow + c) = make_float2(y0, y1);
+                hrow[c] = half_bits<am_format<T>::fmt>(y0);
+                hrow[c + 1] = half_bits<am_format<T>::fmt>(y1);
+            }
+            if (tig == 0)
+                lse[((size_t)b * sh.n_heads + h) * sh.seq + rows[rg][r]] = m[rg][r] * AM_LN2 + logf(l[rg][r]);
+        }
     }
 }
 
@@ -498,8 +552,8 @@ __global__ void __launch_bounds__(AM_THREADS)
             const T *Kt = Ks + cur * TILE, *Vt = Vs + cur * TILE;
             const int32_t *kd = kdoc + cur * AM_ROWS;
             float s[8][4], dp[8][4];
-            am_product_abt<T, DP>(s, Qs, row0, Kt, lane);
-            am_product_abt<T, DP>(dp, dOs, row0, Vt, lane);
+            am_product_abt<T, DP>(&s, Qs, row0, Kt, lane);
+            am_product_abt<T, DP>(&dp, dOs, row0, Vt, lane);
             // dS = P (dP - D), P = exp2(score * scale * log2(e) - lse * log2(e)); the masked body
             // computes a visible element the same way.
             if (am_tile_unmasked(sh, warp_first, j0)) {
@@ -522,7 +576,7 @@ __global__ void __launch_bounds__(AM_THREADS)
                         s[nt][e] = vis ? p * (dp[nt][e] - row_D[r]) : 0.0f;
                     }
             }
-            am_accumulate<T, DP>(acc, s, Kt, lane);
+            am_accumulate<T, DP>(&acc, &s, Kt, lane);
         }
         __syncthreads();
     }
@@ -617,8 +671,8 @@ __global__ void __launch_bounds__(AM_THREADS)
             const int32_t *qd = qdoc + cur * AM_ROWS;
             const float *cl = col_lse + cur * AM_ROWS, *cD = col_D + cur * AM_ROWS;
             float s[8][4], dp[8][4];
-            am_product_abt<T, DP>(s, Ks, row0, Qt, lane);
-            am_product_abt<T, DP>(dp, Vs, row0, dOt, lane);
+            am_product_abt<T, DP>(&s, Ks, row0, Qt, lane);
+            am_product_abt<T, DP>(&dp, Vs, row0, dOt, lane);
             // Transposed (the warp's 16 keys against the tile's 64 queries): unmasked when every
             // query is real and at or after the warp's last key. Both bodies compute a visible
             // element the same way: P = exp2(score * scale * log2(e) - lse * log2(e)),
@@ -649,8 +703,8 @@ __global__ void __launch_bounds__(AM_THREADS)
                         dp[nt][e] = ds;
                     }
             }
-            am_accumulate<T, DP>(dV, s, dOt, lane);
-            am_accumulate<T, DP>(dK, dp, Qt, lane, STORE_DS ? ds_rows() : nullptr);
+            am_accumulate<T, DP>(&dV, &s, dOt, lane);
+            am_accumulate<T, DP>(&dK, &dp, Qt, lane, STORE_DS ? ds_rows() : nullptr);
         } else if (STORE_DS) {  // dS = 0
             uint16_t *rows = ds_rows();
 #pragma unroll
@@ -775,16 +829,24 @@ static bool am_allow_smem(Kernel kernel, size_t bytes) {
     return bytes <= cuda_smem_opt_in((const void *)kernel);
 }
 
-template <typename T, int DP>
+template <typename T, int DP, int RG>
 static bool am_fwd(uint16_t *out_half, int ld_out, float *out, float *lse, const uint16_t *q, const uint16_t *k,
                    const uint16_t *v, const am_shape &sh) {
-    const size_t bytes = am_tile_bytes<DP>(5, 3);
-    if (!am_allow_smem(am_fwd_kernel<T, DP>, bytes)) return false;
-    const dim3 grid((unsigned)((sh.seq + AM_ROWS - 1) / AM_ROWS), (unsigned)sh.n_heads, (unsigned)sh.batch);
-    CUDA_LAUNCH(grid, AM_THREADS, bytes, am_fwd_kernel<T, DP>)(out_half, ld_out, out, lse, (const T *)q,
-                                                               (const T *)k, (const T *)v, sh);
+    const size_t bytes = am_tile_bytes<DP>(4 + RG, 2 + RG);
+    if (!am_allow_smem(am_fwd_kernel<T, DP, RG>, bytes)) return false;
+    const int rows = RG * AM_ROWS;
+    const dim3 grid((unsigned)((sh.seq + rows - 1) / rows), (unsigned)sh.n_heads, (unsigned)sh.batch);
+    CUDA_LAUNCH(grid, AM_THREADS, bytes, am_fwd_kernel<T, DP, RG>)(out_half, ld_out, out, lse, (const T *)q,
+                                                                   (const T *)k, (const T *)v, sh);
     CUDA_CHECK_LAUNCH();
     return true;
+}
+
+template <typename T, int DP>
+static bool am_fwd_rows(int warp_rows, uint16_t *out_half, int ld_out, float *out, float *lse, const uint16_t *q,
+                        const uint16_t *k, const uint16_t *v, const am_shape &sh) {
+    return warp_rows == 32 ? am_fwd<T, DP, 2>(out_half, ld_out, out, lse, q, k, v, sh)
+                           : am_fwd<T, DP, 1>(out_half, ld_out, out, lse, q, k, v, sh);
 }
 
 // Bytes of the 16-bit dS blocks of one kv head (its group's query heads, every sequence).
@@ -851,18 +913,19 @@ static bool am_aligned(const uint16_t *q, const uint16_t *k, const uint16_t *v) 
     return ((uintptr_t)q | (uintptr_t)k | (uintptr_t)v) % 16 == 0;
 }
 
-bool attention_mma_fwd(kernels_half_format fmt, uint16_t *out_half, int ld_out, float *out, float *lse,
-                       const uint16_t *q, const uint16_t *k, const uint16_t *v, const int32_t *doc_ids,
+bool attention_mma_fwd(kernels_half_format fmt, int warp_rows, uint16_t *out_half, int ld_out, float *out,
+                       float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v, const int32_t *doc_ids,
                        int batch, int seq, int n_heads, int n_kv_heads, int head_dim, float scale) {
     am_shape sh;
+    if (warp_rows != 16 && warp_rows != 32) return false;
     if (!am_shape_of(&sh, doc_ids, batch, seq, n_heads, n_kv_heads, head_dim, scale)) return false;
     if (!am_aligned(q, k, v)) return false;
     const bool bf16 = fmt == KERNELS_BF16;
     if (head_dim == 64)
-        return bf16 ? am_fwd<__nv_bfloat16, 64>(out_half, ld_out, out, lse, q, k, v, sh)
-                    : am_fwd<__half, 64>(out_half, ld_out, out, lse, q, k, v, sh);
-    return bf16 ? am_fwd<__nv_bfloat16, 128>(out_half, ld_out, out, lse, q, k, v, sh)
-                : am_fwd<__half, 128>(out_half, ld_out, out, lse, q, k, v, sh);
+        return bf16 ? am_fwd_rows<__nv_bfloat16, 64>(warp_rows, out_half, ld_out, out, lse, q, k, v, sh)
+                    : am_fwd_rows<__half, 64>(warp_rows, out_half, ld_out, out, lse, q, k, v, sh);
+    return bf16 ? am_fwd_rows<__nv_bfloat16, 128>(warp_rows, out_half, ld_out, out, lse, q, k, v, sh)
+                : am_fwd_rows<__half, 128>(warp_rows, out_half, ld_out, out, lse, q, k, v, sh);
 }
 
 bool attention_mma_bwd(kernels_half_format fmt, float *dq, float *dk, float *dv, const float *dout,

@@ -12,8 +12,12 @@
 
 // q, k, v are 16-bit tensors of fmt (the path needs them 16-byte aligned, and returns false
 // otherwise). The forward writes out_half (rows ld_out apart) and, unless NULL, out (fp32).
-bool attention_mma_fwd(kernels_half_format fmt, uint16_t *out_half, int ld_out, float *out, float *lse,
-                       const uint16_t *q, const uint16_t *k, const uint16_t *v, const int32_t *doc_ids,
+// warp_rows: the query rows each warp owns, 16 (tiles of 64 rows) or 32 (two groups of 16,
+// tiles of 128 rows: fewer shared-memory loads and barriers per product, twice the
+// accumulator registers); the same bits either way. AM_FWD_WARP_ROWS is the default.
+#define AM_FWD_WARP_ROWS 16
+bool attention_mma_fwd(kernels_half_format fmt, int warp_rows, uint16_t *out_half, int ld_out, float *out,
+                       float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v, const int32_t *doc_ids,
                        int batch, int seq, int n_heads, int n_kv_heads, int head_dim, float scale);
 
 // D[b, h, s] = rowsum(round(dout) * widened out_half), computed by the caller

@@ -99,6 +99,13 @@ void cuda_attention_bwd_half(kernels_half_format fmt, float *dq, float *dk, floa
                              const uint16_t *q, const uint16_t *k, const uint16_t *v, const uint16_t *out_half,
                              int ld_out, const float *lse, const int32_t *doc_ids, int batch, int seq, int n_heads,
                              int n_kv_heads, int head_dim, float scale);
+/* The same with the query rows each warp of the head_dim 64/128 kernel owns (16 or 32; the
+ * table's op gives AM_FWD_WARP_ROWS, kernels/cuda/attention_mma.cuh): the same bits either
+ * way. For tests and scripts/bench_gpu_attention.sh. */
+void cuda_attention_fwd_half_rows(int warp_rows, kernels_half_format fmt, uint16_t *out_half, int ld_out, float *out,
+                                  float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                                  const int32_t *doc_ids, int batch, int seq, int n_heads, int n_kv_heads,
+                                  int head_dim, float scale);
 /* The same with the budget of the 16-bit dS scratch the head_dim 64/128 path may take (the
  * table's op gives 1 GiB; 0 makes dq recompute dS): for tests of both ways. */
 void cuda_attention_bwd_half_budget(size_t ds_budget, kernels_half_format fmt, float *dq, float *dk, float *dv,

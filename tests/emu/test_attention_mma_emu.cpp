@@ -11,6 +11,7 @@
 // and multiplied in chunks of kv heads (scratch budgets: none = recompute, one kv head,
 // two, all) giving dk, dv the same bits every way and dq the same bits whatever the
 // chunking, with the scratch the memory estimate (attention_mma_bwd_scratch_bytes) says;
+// the forward with 32 query rows per warp (tiles of 128 rows) the same bits as with 16;
 // and every result the same bits under a shuffled thread schedule, cp.async copies done at
 // once instead of at their wait, and device buffers placed against the guard page from
 // the other side (a race, a missing wait or an out-of-bounds access changes them or
@@ -249,15 +250,24 @@ results run_kernels(const problem &p, const emu_options &options, const std::str
     std::vector<uint16_t> out_half(p.tokens * p.ld_out);
     for (size_t t = 0; t < p.tokens; t++)
         for (int c = 0; c < p.ld_out; c++) out_half[t * p.ld_out + c] = c < sh.heads * sh.d ? poison(p.fmt) : GAP;
-    uint16_t *d_out_half = device_copy(out_half);
-    float *d_out = sh.fp32_out ? device_copy(nan_vector(p.q_n)) : nullptr;
-    float *d_lse = device_copy(nan_vector(p.stat_n));
-    const bool fwd = attention_mma_fwd(p.fmt, d_out_half, p.ld_out, d_out, d_lse, q, k, v, doc, sh.batch, sh.seq,
-                                       sh.heads, sh.kv, sh.d, p.scale);
-    CHECK_MSG(fwd, "%s: attention_mma_fwd refused the shape", what.c_str());
-    r.out_half.assign(d_out_half, d_out_half + out_half.size());
-    if (d_out) r.out.assign(d_out, d_out + p.q_n);
-    r.lse.assign(d_lse, d_lse + p.stat_n);
+    // The forward with 16 rows per warp (tiles of 64), then with 32 (tiles of 128): the same bits.
+    for (int warp_rows : {16, 32}) {
+        uint16_t *d_out_half = device_copy(out_half);
+        float *d_out = sh.fp32_out ? device_copy(nan_vector(p.q_n)) : nullptr;
+        float *d_lse = device_copy(nan_vector(p.stat_n));
+        const bool fwd = attention_mma_fwd(p.fmt, warp_rows, d_out_half, p.ld_out, d_out, d_lse, q, k, v, doc,
+                                           sh.batch, sh.seq, sh.heads, sh.kv, sh.d, p.scale);
+        CHECK_MSG(fwd, "%s: attention_mma_fwd refused the shape (%d rows per warp)", what.c_str(), warp_rows);
+        std::vector<uint16_t> got_half(d_out_half, d_out_half + out_half.size());
+        std::vector<float> got_out, got_lse(d_lse, d_lse + p.stat_n);
+        if (d_out) got_out.assign(d_out, d_out + p.q_n);
+        if (warp_rows == 16) {
+            r.out_half = got_half, r.out = got_out, r.lse = got_lse;
+        } else {
+            CHECK_MSG(got_half == r.out_half && got_out == r.out && got_lse == r.lse, "%s: the forward with 32 rows per warp differs from 16's", what.c_str());
+        }
+        for (void *x : {(void *)d_out_half, (void *)d_out, (void *)d_lse}) emu_device_free(x);
+    }
 
     // The backward from the reference's forward (compared alone).
     float *dout = device_copy(p.dout), *lse = device_copy(p.lse_f), *D = device_copy(p.D);
@@ -278,8 +288,7 @@ results run_kernels(const problem &p, const emu_options &options, const std::str
         emu_device_free(dk);
         emu_device_free(dv);
     }
-    for (void *x : {(void *)q, (void *)k, (void *)v, (void *)doc, (void *)d_out_half, (void *)d_out, (void *)d_lse,
-                    (void *)dout, (void *)lse, (void *)D})
+    for (void *x : {(void *)q, (void *)k, (void *)v, (void *)doc, (void *)dout, (void *)lse, (void *)D})
         emu_device_free(x);
     // A failure the backend recorded instead of stopping (kernels/cuda/cuda_status.h).
     char message[1024];
