@@ -78,6 +78,8 @@ static const float *adapter_input(const lora_apply *l, const float *x, const uin
 /* Row strides of the operands as a product reads them: the 16-bit copies of A and B (and
  * of x, unless it is the contiguous dropout scratch) in mixed precision, else the fp32
  * tensors' own. */
+static float da_beta(const lora_apply *l) { return l->overwrite_da ? 0.0f : 1.0f; }
+static float db_beta(const lora_apply *l) { return l->overwrite_db ? 0.0f : 1.0f; }
 static int lda_of(const lora_apply *l) { return l->half ? l->half->lda : l->in; }
 static int ldb_of(const lora_apply *l) { return l->half ? l->half->ldb : l->r; }
 static int ldx_of(const lora_apply *l, bool drop) { return l->half && !drop ? l->half->ldx : l->in; }
@@ -113,7 +115,8 @@ void lora_backward(const lora_apply *l, float *dx, const float *dy, const uint16
     const uint16_t *ha = l->half ? l->half->a : NULL, *hb = l->half ? l->half->b : NULL;
     if (l->db) {
         const uint16_t *hu = rounded_r(l, u, T);
-        adapter_gemm(l, true, false, l->out, l->r, T, l->scaling, dy, hdy, l->out, u, hu, l->r, 1.0f, l->db, l->r);
+        adapter_gemm(l, true, false, l->out, l->r, T, l->scaling, dy, hdy, l->out, u, hu, l->r, db_beta(l), l->db,
+                     l->r);
     }
     if (!l->da && !dx) return;
     adapter_gemm(l, false, false, T, l->r, l->out, b_alpha(l), dy, hdy, l->out, l->b, hb, ldb_of(l), 0.0f, du,
@@ -122,8 +125,8 @@ void lora_backward(const lora_apply *l, float *dx, const float *dy, const uint16
     if (l->da) {
         const uint16_t *hxd;
         const float *xd = adapter_input(l, x, hx, T, drop, scratch, &hxd);
-        adapter_gemm(l, true, false, l->r, l->in, T, 1.0f, du, hdu, l->r, xd, hxd, ldx_of(l, drop), 1.0f, l->da,
-                     l->in);
+        adapter_gemm(l, true, false, l->r, l->in, T, 1.0f, du, hdu, l->r, xd, hxd, ldx_of(l, drop), da_beta(l),
+                     l->da, l->in);
     }
     if (dx) {
         if (drop) {
@@ -156,11 +159,13 @@ void lora_fused_backward(const lora_apply *l, uint16_t *hdy, int ldy, const uint
     if (l->db) {
         const int ldu = hu ? h->ldx : l->r;
         if (!hu) hu = rounded_r(l, u, T);
-        l->k->gemm_half(h->fmt, true, false, l->out, l->r, T, l->scaling, hdy, ldy, hu, ldu, 1.0f, l->db, l->r);
+        l->k->gemm_half(h->fmt, true, false, l->out, l->r, T, l->scaling, hdy, ldy, hu, ldu, db_beta(l), l->db,
+                        l->r);
     }
     if (!l->da && !want_du) return;
     l->k->gemm_half(h->fmt, false, false, T, l->r, l->out, 1.0f, hdy, ldy, h->b, h->ldb, 0.0f, du, l->r);
     uint16_t *hdu = hdy + l->out;
     l->k->to_half_2d(h->fmt, hdu, ldy, du, l->r, T, l->r, 1.0f);
-    if (l->da) l->k->gemm_half(h->fmt, true, false, l->r, l->in, T, 1.0f, hdu, ldy, hx, h->ldx, 1.0f, l->da, l->in);
+    if (l->da)
+        l->k->gemm_half(h->fmt, true, false, l->r, l->in, T, 1.0f, hdu, ldy, hx, h->ldx, da_beta(l), l->da, l->in);
 }

@@ -48,6 +48,8 @@ typedef struct lora_apply {
     const float *b;  /* B [out, r] */
     const lora_half *half; /* NULL: fp32 products */
     float *da, *db;  /* gradients (accumulated); NULL when frozen */
+    bool overwrite_da, overwrite_db; /* write the gradient instead of adding to it (its first
+                                      * write of a step: model_zero_grads is lazy) */
     int in, out, r;
     float scaling;
     float dropout;   /* probability of dropping an input element */
@@ -61,7 +63,7 @@ typedef struct lora_apply {
 void lora_forward(const lora_apply *l, float *y, float *u, const float *x, const uint16_t *hx,
                   int n_tokens, bool train, float *x_scratch);
 
-/* Accumulates da, db (when non-NULL) and, when dx is non-NULL, adds the adapter's input
+/* Accumulates da, db (when non-NULL; or writes them: overwrite_da, overwrite_db) and, when dx is non-NULL, adds the adapter's input
  * gradient into dx. du [T,r] and scratch [T,in] (used only under dropout: NULL otherwise) are
  * caller-provided scratch. train must equal the forward's. Mixed precision: hdy is dy
  * rounded and hx x rounded (read only without dropout and when da is wanted). */

@@ -480,6 +480,74 @@ static void test_partial_refresh(void) {
 
 /* The CUDA backend's mixed precision against the CPU's (same roundings of every GEMM operand;
  * sums in another order, attention possibly on tensor cores): 16-bit tolerance. */
+/* model_zero_grads is lazy (model.h): each gradient's first writer in the step overwrites it.
+ * Stale values (NaN here) must never leak, and the result must be the bits of adding onto
+ * zeros, for every kind of writer: weight GEMMs (the vocabulary weight's chunks, tied or
+ * not), biases, adapters (fused, separate, under dropout), q/k/v's stacked weight gradient,
+ * RMSNorm weights (q/k norms too) and the embedding's scatter. A step without a backward
+ * (grad_scale 0, or no target at all) leaves zeros. */
+static void test_lazy_zeroing(const kernels *k) {
+    const model_precision precisions[] = {MODEL_FP32, MODEL_BF16_MIXED};
+    const run_mode modes[] = {FULL, LORA_DROPOUT, LORA_FUSED, LORA_UNFUSED};
+    const int32_t no_targets[16] = {-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1};
+    model_batch unscored = batch;
+    unscored.targets = no_targets;
+    for (int p = 0; p < 2; p++)
+        for (int mi = 0; mi < 4; mi++)
+            for (int tied = 0; tied < 2; tied++) {
+                model_config c;
+                mixed_config(&c, tied, 8);
+                const run_mode mode = modes[mi];
+                lora_settings ls = {.r = 4, .alpha = 8.0f, .dropout = mode == LORA_DROPOUT ? 0.2f : 0.0f};
+                const char *all[] = {"all-linear"};
+                ct_error err = {{0}};
+                CHECK(lora_parse_targets(&ls, all, 1, &err) == 0);
+                model m;
+                CHECK_MSG(model_create(&m, &c, mode == FULL ? NULL : &ls, k, &err) == 0, "%s", err.msg);
+                m.lora_unfused = mode == LORA_UNFUSED;
+                CHECK_MSG(model_set_precision(&m, precisions[p], &err) == 0, "%s", err.msg);
+                m.activation_checkpointing = tied; /* the recomputed forward writes no gradient */
+                CHECK_MSG(model_reserve(&m, 2, 8, &err) == 0, "%s", err.msg);
+                fill_weights(&m, 21);
+                const size_t n = m.grad_numel;
+                float *poison = malloc(n * sizeof(float)), *lazy = malloc(n * sizeof(float)),
+                      *eager = malloc(n * sizeof(float));
+                for (size_t i = 0; i < n; i++) poison[i] = NAN;
+                double loss = 0;
+                long count = 0;
+                k->upload(m.grad_arena, poison, n * sizeof(float));
+                model_zero_grads(&m);
+                CHECK(model_step(&m, &batch, true, 0.5f, 7, &loss, &count, &err) == 0);
+                k->download(lazy, m.grad_arena, n * sizeof(float));
+                k->zero(m.grad_arena, n * sizeof(float)); /* eager: the step adds onto zeros */
+                CHECK(model_step(&m, &batch, true, 0.5f, 7, &loss, &count, &err) == 0);
+                k->download(eager, m.grad_arena, n * sizeof(float));
+                size_t differ = 0, nonzero = 0;
+                for (size_t i = 0; i < n; i++) {
+                    differ += !(lazy[i] == eager[i]); /* NaN differs; +0 equals -0 */
+                    nonzero += eager[i] != 0.0f;
+                }
+                CHECK_MSG(differ == 0 && nonzero > n / 2, "%s %s %s: %zu of %zu gradients differ (%zu nonzero)",
+                          precision_name(precisions[p]), mode_names[mode], tied ? "tied" : "untied", differ, n,
+                          nonzero);
+                for (int way = 0; way < 2; way++) { /* grad_scale 0; no target to score */
+                    k->upload(m.grad_arena, poison, n * sizeof(float));
+                    model_zero_grads(&m);
+                    CHECK(model_step(&m, way ? &unscored : &batch, true, way ? 0.5f : 0.0f, 7, &loss, &count,
+                                     &err) == 0);
+                    k->download(lazy, m.grad_arena, n * sizeof(float));
+                    size_t not_zero = 0;
+                    for (size_t i = 0; i < n; i++) not_zero += !(lazy[i] == 0.0f);
+                    CHECK_MSG(not_zero == 0, "%s %s: %zu gradients not zeroed without a backward",
+                              precision_name(precisions[p]), mode_names[mode], not_zero);
+                }
+                free(poison);
+                free(lazy);
+                free(eager);
+                model_free(&m);
+            }
+}
+
 static void test_cuda_against_cpu(const kernels *cuda) {
     const model_precision precisions[] = {MODEL_BF16_MIXED, MODEL_FP16_MIXED};
     const int head_dims[] = {8, 64}; /* WMMA and mma.sync attention */
@@ -507,12 +575,19 @@ int main(void) {
         test_against_fp32();
         test_fused_vs_unfused();
         test_fused_gemm_count();
+        test_lazy_zeroing(kernels_cpu());
     }
     test_weight_copies();
     test_partial_refresh();
     ct_error err;
     const kernels *cuda = NULL;
-    if (kernels_cuda(&cuda, &err) == 0) test_cuda_against_cpu(cuda);
+    if (kernels_cuda(&cuda, &err) == 0) {
+        test_cuda_against_cpu(cuda);
+        for (int qk = 1; qk >= 0; qk--) {
+            with_qk_norm = qk;
+            test_lazy_zeroing(cuda);
+        }
+    }
     else printf("CUDA pass skipped: %s\n", err.msg);
     return check_summary("test_model_mixed");
 }

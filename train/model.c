@@ -523,7 +523,23 @@ size_t model_count_params(const model *m, bool trainable_only) {
 }
 
 void model_zero_grads(model *m) {
-    if (m->grad_arena) m->k->zero(m->grad_arena, m->grad_numel * sizeof(float));
+    for (int i = 0; i < m->n_params; i++) m->params[i].grad_stale = m->params[i].grad != NULL;
+}
+
+void model_settle_grads(model *m) {
+    float *run = NULL;
+    size_t run_numel = 0;
+    for (int i = 0; i <= m->n_params; i++) {
+        model_param *p = i < m->n_params ? &m->params[i] : NULL;
+        if (p && p->grad && p->grad_stale && run && run + run_numel == p->grad) {
+            run_numel += p->numel;
+        } else {
+            if (run) m->k->zero(run, run_numel * sizeof(float));
+            run = p && p->grad && p->grad_stale ? p->grad : NULL;
+            run_numel = run ? p->numel : 0;
+        }
+        if (p) p->grad_stale = false;
+    }
 }
 
 /* ---------------------------------------------------------------- initialisation */

@@ -58,16 +58,34 @@ static void weight_gemm(const model *m, bool trans_a, bool trans_b, int M, int N
                         w->half, w->half_ld, beta, c, ldc);
 }
 
+/* The beta of the next product into a gradient: 0 (overwrite) for its first write after
+ * model_zero_grads, whose stale values count as zero (0 + x and x are the same bits, up to
+ * the sign of a zero), else 1. */
+static float grad_beta(model_param *p) {
+    const bool first = p->grad_stale;
+    p->grad_stale = false;
+    return first ? 0.0f : 1.0f;
+}
+
+/* Before a writer that can only add (a scatter, RMSNorm's weight reduction): a stale gradient
+ * becomes zeros. p or its gradient may be NULL (frozen). */
+static void grad_settle(const model *m, model_param *p) {
+    if (!p || !p->grad || !p->grad_stale) return;
+    m->k->zero(p->grad, p->numel * sizeof(float));
+    p->grad_stale = false;
+}
+
 /* dW += dy^T x for a weight of shape [out, in], from [T,out] dy and [T,in] x (or their
  * 16-bit copies in mixed precision, rows ldhy and ldhx apart). */
-static void weight_grad_gemm(const model *m, const model_param *w, int T, const float *dy,
+static void weight_grad_gemm(const model *m, model_param *w, int T, const float *dy,
                              const uint16_t *hdy, int ldhy, const float *x, const uint16_t *hx, int ldhx) {
     const int out = (int)w->shape[0], in = (int)w->shape[1];
+    const float beta = grad_beta(w);
     if (m->precision == MODEL_FP32)
-        m->k->gemm(true, false, out, in, T, 1.0f, dy, out, x, in, 1.0f, w->grad, in);
+        m->k->gemm(true, false, out, in, T, 1.0f, dy, out, x, in, beta, w->grad, in);
     else
         m->k->gemm_half(model_half_format(m->precision), true, false, out, in, T, 1.0f, hdy, ldhy, hx,
-                        ldhx, 1.0f, w->grad, in);
+                        ldhx, beta, w->grad, in);
 }
 
 /* The 16-bit copy of a [rows, cols] activation for the next GEMMs (into buf, rows ld apart:
@@ -137,7 +155,11 @@ static void linear_backward(const model *m, int layer, int kind, float *dx, floa
     if (!hdy && (dx || lin->weight->grad || lin->lora_a)) hdy = half_of(m, s->half_dy, ldy, dy, T, lin->out);
     lora_half half;
     lora_apply la;
-    if (lin->lora_a) la = adapter_of(m, lin, layer, kind, seed, ldx, &half);
+    if (lin->lora_a) { /* lora_backward and lora_fused_backward write every non-NULL gradient */
+        la = adapter_of(m, lin, layer, kind, seed, ldx, &half);
+        la.overwrite_da = la.da && grad_beta(lin->lora_a) == 0.0f;
+        la.overwrite_db = la.db && grad_beta(lin->lora_b) == 0.0f;
+    }
     if (fused) {
         /* u's rounding sits beside x in the input copy the forward saved (not in a copy
          * rounded again for this backward, which is contiguous: ldx == in) */
@@ -149,11 +171,12 @@ static void linear_backward(const model *m, int layer, int kind, float *dx, floa
                     dx_beta, dx, lin->in);
     if (lin->weight->grad) weight_grad_gemm(m, lin->weight, T, dy, hdy, ldy, x, hx, ldx);
     if (lin->bias && lin->bias->grad) {
+        const float beta = grad_beta(lin->bias);
         if (dy)
-            k->gemm(true, false, 1, lin->out, T, 1.0f, s->ones, 1, dy, lin->out, 1.0f, lin->bias->grad, lin->out);
+            k->gemm(true, false, 1, lin->out, T, 1.0f, s->ones, 1, dy, lin->out, beta, lin->bias->grad, lin->out);
         else
             k->gemm_half(model_half_format(m->precision), true, false, 1, lin->out, T, 1.0f, s->half_ones, 1, hdy,
-                         ldy, 1.0f, lin->bias->grad, lin->out);
+                         ldy, beta, lin->bias->grad, lin->out);
     }
     if (lin->lora_a && !fused)
         lora_backward(&la, dx, dy, hdy, x, hx, s->acts[layer].lora_u[kind], T, true, s->lora_du, s->lora_scratch);
@@ -348,10 +371,17 @@ static void qkv_backward_stacked(const model *m, int l, int k_total, const float
     k->rope_bwd_half(fmt, s->half_dy + off[0], k_total, dq, s->positions, s->inv_freq, T, nh, d);
     k->rope_bwd_half(fmt, s->half_dy + off[1], k_total, dk, s->positions, s->inv_freq, T, nkv, d);
     k->to_half_2d(fmt, s->half_dy + off[2], k_total, dv, nkv * d, T, nkv * d, 1.0f);
-    if (qkv_weight_grads_stacked(layer))
-        k->gemm_half(fmt, true, false, k_total, c->hidden_size, T, 1.0f, s->half_dy, k_total, hx, ldx, 1.0f,
-                     wq->grad, c->hidden_size);
-    else
+    if (qkv_weight_grads_stacked(layer)) {
+        model_param *w[3] = {layer->lin[LINEAR_Q].weight, layer->lin[LINEAR_K].weight, layer->lin[LINEAR_V].weight};
+        float beta = 0.0f; /* one product for three gradients: overwrite only when all are stale */
+        if (!w[0]->grad_stale || !w[1]->grad_stale || !w[2]->grad_stale) {
+            for (int i = 0; i < 3; i++) grad_settle(m, w[i]);
+            beta = 1.0f;
+        }
+        for (int i = 0; i < 3; i++) w[i]->grad_stale = false;
+        k->gemm_half(fmt, true, false, k_total, c->hidden_size, T, 1.0f, s->half_dy, k_total, hx, ldx, beta,
+                     w[0]->grad, c->hidden_size);
+    } else
         for (int i = 0; i < 3; i++)
             linear_backward(m, l, LINEAR_Q + i, NULL, 0.0f, NULL, s->half_dy + off[i], k_total, x, hx, ldx, T,
                             seed);
@@ -378,6 +408,7 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
     for (int l = L - 1; l >= 0; l--)
         if (layer_has_trainable(m, l)) first_trainable = l;
 
+    grad_settle(m, final_norm);
     k->rmsnorm_bwd(s->d_resid, final_norm->grad, s->d_h1, s->resid + (size_t)L * TH,
                    final_norm->data, s->rstd_final, T, H, false);
     for (int l = L - 1; l >= 0; l--) {
@@ -408,6 +439,7 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
                         seed);
         linear_backward(m, l, LINEAR_UP, s->d_h1, 1.0f, d_up, hd_up, s->ld_mlp_dy, a->x_norm2, hx, ldx, T, seed);
         /* the norm's input gradient joins the residual stream's in the same pass */
+        grad_settle(m, layer->post_norm);
         k->rmsnorm_bwd(s->d_resid, layer->post_norm->grad, s->d_h1, a->x_mid, layer->post_norm->data,
                        a->rstd2, T, H, true);
 
@@ -446,6 +478,8 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
             k->rope_bwd(dq, s->positions, s->inv_freq, T, nh, d);
             k->rope_bwd(dk, s->positions, s->inv_freq, T, nkv, d);
             if (c->qk_norm) { /* d_att is free again: it takes d q_pre; dq's buffer takes d k_pre */
+                grad_settle(m, layer->q_norm);
+                grad_settle(m, layer->k_norm);
                 k->rmsnorm_bwd(d_att, layer->q_norm->grad, dq, a->q_pre, layer->q_norm->data, a->rstd_q, T * nh, d,
                                false);
                 k->rmsnorm_bwd(dq, layer->k_norm->grad, dk, a->k_pre, layer->k_norm->data, a->rstd_k, T * nkv, d,
@@ -457,10 +491,13 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
             linear_backward(m, l, LINEAR_K, dh, 1.0f, dk, NULL, 0, q_in, hx, ldx, T, seed);
         }
         if (!k_total) linear_backward(m, l, LINEAR_V, dh, 1.0f, dv, NULL, 0, q_in, hx, ldx, T, seed);
-        if (need_dh) /* into the residual stream's gradient when it goes on, else only dweight counts */
+        if (need_dh) { /* into the residual stream's gradient when it goes on, else only dweight counts */
+            grad_settle(m, layer->input_norm);
             k->rmsnorm_bwd(need_input_grad ? s->d_resid : s->d_h2, layer->input_norm->grad, s->d_h1, x,
                            layer->input_norm->data, a->rstd1, T, H, need_input_grad);
+        }
     }
+    grad_settle(m, embed);
     if (embed->trainable) k->embedding_bwd(embed->grad, s->d_resid, s->ids, s->id_order, T, H);
 }
 
@@ -512,7 +549,7 @@ static int upload_batch(model *m, const model_batch *b, ct_error *err) {
     return 0;
 }
 
-static const model_param *vocab_weight(model *m) {
+static model_param *vocab_weight(model *m) {
     return m->cfg.tie_word_embeddings ? &m->params[0] : model_find_param(m, "lm_head.weight");
 }
 
@@ -533,7 +570,7 @@ int model_step(model *m, const model_batch *batch, bool backward_pass, float gra
 
     /* A zero scale contributes nothing: skip the backward rather than add zeros. */
     const bool do_backward = backward_pass && grad_scale != 0.0f;
-    const model_param *w = vocab_weight(m);
+    model_param *w = vocab_weight(m);
     long count = 0;
     for (int r0 = 0; r0 < T; r0 += s->logits_rows) {
         const int n = T - r0 < s->logits_rows ? T - r0 : s->logits_rows;
@@ -562,6 +599,7 @@ int model_step(model *m, const model_batch *batch, bool backward_pass, float gra
     /* The backward is queued before the losses are fetched: on a GPU the download waits for
      * the device, and waiting here, not between forward and backward, keeps it busy. */
     if (do_backward && count > 0) backward(m, batch->batch, batch->seq, use_doc_ids, dropout_seed);
+    model_settle_grads(m); /* what the backward did not write: zeros, as if zeroed eagerly */
     k->download(s->host_loss, s->loss, (size_t)T * sizeof(float));
     double sum = 0.0;
     for (int t = 0; t < T; t++) sum += s->host_loss[t];
