@@ -22,6 +22,14 @@
 /* 16-bit storage formats of mixed precision (kernels.to_half, from_half, gemm_half). */
 typedef enum { KERNELS_BF16 = 1, KERNELS_FP16 = 2 } kernels_half_format;
 
+/* One cast of kernels.to_half_2d_many: to_half_2d's arguments (pointers into backend memory). */
+typedef struct kernels_half_block {
+    uint16_t *out;
+    const float *x;
+    int ld_out, ld_x, rows, cols;
+    float scale;
+} kernels_half_block;
+
 /* One AdamW update's settings (kernels.adamw). Hyper-parameters are doubles, as torch forms
  * its scalar factors (1 - b2, lr / bias1) in double from the recipe's decimals before
  * rounding each once to fp32; bias1 = 1 - b1^step and bias2 = 1 - b2^step. */
@@ -165,6 +173,11 @@ typedef struct kernels {
      * to its Linear's input, A and scaling * B beside the base weight: model_graph.c). */
     void (*to_half_2d)(kernels_half_format fmt, uint16_t *out, int ld_out, const float *x, int ld_x,
                        int rows, int cols, float scale);
+    /* to_half_2d on each of n blocks (an array in backend memory; their outputs must not
+     * overlap), the same bits, in one pass where a GPU runs it: the many small casts of a
+     * step's refresh (every LoRA adapter's A and scaling * B inside its base weight's copy,
+     * 2 x 7 per layer) cost one launch instead of hundreds. */
+    void (*to_half_2d_many)(kernels_half_format fmt, const kernels_half_block *blocks, int n);
     /* gemm (same layout, transposes, leading dimensions and beta == 0 rule) with A and B in
      * 16-bit format fmt and C in fp32. A product of two 16-bit values is exact in fp32 and the
      * sums are fp32 (tensor cores on a GPU), so backends differ only in summation order. */
@@ -186,6 +199,13 @@ typedef struct kernels {
      * contiguous) is written too unless NULL. */
     void (*rmsnorm_fwd_half)(kernels_half_format fmt, uint16_t *out_half, int ld_half, float *out, float *rstd,
                              const float *x, const float *weight, int n_rows, int dim, float eps);
+    /* rmsnorm_bwd_half: rmsnorm_bwd (dx written or added to, dweight accumulated), and
+     * dx_half = to_half(the dx it leaves), rows ld_half (>= dim) apart, the columns between
+     * untouched: a residual stream's gradient, rounded for the next Linear's backward in the
+     * pass that adds to it. */
+    void (*rmsnorm_bwd_half)(kernels_half_format fmt, uint16_t *dx_half, int ld_half, float *dx, float *dweight,
+                             const float *dout, const float *x, const float *weight, const float *rstd, int n_rows,
+                             int dim, bool add_to_dx);
     /* rope_fwd_half / rope_bwd_half: rope_fwd's (rope_bwd's) rotation of x [n_tokens,
      * n_heads*head_dim] (x itself unchanged, contiguous), written only as out_half =
      * to_half(the rotated values), rows ld_half (>= n_heads*head_dim) apart, the columns

@@ -209,6 +209,10 @@ static void p_to_half_2d(kernels_half_format fmt, uint16_t *out, int ld_out, con
     TIMED(0, 6.0 * rows * cols, prof.inner->to_half_2d(fmt, out, ld_out, x, ld_x, rows, cols, scale),
           "to_half_2d %s", fmt_name(fmt));
 }
+/* The blocks' sizes sit in backend memory: no bytes counted. */
+static void p_to_half_2d_many(kernels_half_format fmt, const kernels_half_block *blocks, int n) {
+    TIMED(0, 0, prof.inner->to_half_2d_many(fmt, blocks, n), "to_half_2d_many %s (%d blocks)", fmt_name(fmt), n);
+}
 static void p_gemm_half(kernels_half_format fmt, bool ta, bool tb, int m, int n, int k, float alpha,
                         const uint16_t *a, int lda, const uint16_t *b, int ldb, float beta, float *c, int ldc) {
     TIMED(2.0 * m * n * k, 0, prof.inner->gemm_half(fmt, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc),
@@ -225,6 +229,13 @@ static void p_rmsnorm_fwd_half(kernels_half_format fmt, uint16_t *oh, int ld_hal
     TIMED(0, (out ? 10.0 : 6.0) * rows * dim,
           prof.inner->rmsnorm_fwd_half(fmt, oh, ld_half, out, rstd, x, w, rows, dim, eps),
           "rmsnorm_fwd_half %s%s", fmt_name(fmt), out ? " +fp32" : "");
+}
+static void p_rmsnorm_bwd_half(kernels_half_format fmt, uint16_t *dxh, int ld_half, float *dx, float *dw,
+                               const float *dout, const float *x, const float *w, const float *rstd, int rows, int dim,
+                               bool add) {
+    TIMED(0, (add ? 18.0 : 14.0) * rows * dim,
+          prof.inner->rmsnorm_bwd_half(fmt, dxh, ld_half, dx, dw, dout, x, w, rstd, rows, dim, add),
+          "rmsnorm_bwd_half %s%s%s", fmt_name(fmt), dw ? "" : " (frozen weight)", add ? " (adds to dx)" : "");
 }
 static void p_swiglu_fwd_half(kernels_half_format fmt, uint16_t *oh, int ld_half, float *out, uint16_t *gh,
                               uint16_t *uh, const float *gate, const float *up, int rows, int cols) {
@@ -317,9 +328,11 @@ int kernels_profile_start(const kernels *inner, const kernels **out, ct_error *e
         .to_half = p_to_half,
         .from_half = p_from_half,
         .to_half_2d = p_to_half_2d,
+        .to_half_2d_many = p_to_half_2d_many,
         .gemm_half = p_gemm_half,
         .gemm_half_add = p_gemm_half_add,
         .rmsnorm_fwd_half = p_rmsnorm_fwd_half,
+        .rmsnorm_bwd_half = p_rmsnorm_bwd_half,
         .swiglu_fwd_half = p_swiglu_fwd_half,
         .swiglu_bwd_half = p_swiglu_bwd_half,
         .cross_entropy_half = p_cross_entropy_half,

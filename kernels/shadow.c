@@ -118,6 +118,14 @@ static void shadow_to_half_2d(kernels_half_format fmt, uint16_t *out, int ld_out
                               int rows, int cols, float scale) {
     cpu_to_half_2d(fmt, RH(out), ld_out, RCF(x), ld_x, rows, cols, scale);
 }
+/* The blocks' array and the pointers inside it are shadow addresses: both shifted back. */
+static void shadow_to_half_2d_many(kernels_half_format fmt, const kernels_half_block *blocks, int n) {
+    const kernels_half_block *real = REAL(const kernels_half_block *, blocks);
+    for (int i = 0; i < n; i++) {
+        const kernels_half_block *b = &real[i];
+        cpu_to_half_2d(fmt, RH(b->out), b->ld_out, RCF(b->x), b->ld_x, b->rows, b->cols, b->scale);
+    }
+}
 static void shadow_gemm_half(kernels_half_format fmt, bool ta, bool tb, int m, int n, int k, float alpha,
                              const uint16_t *a, int lda, const uint16_t *b, int ldb, float beta, float *c,
                              int ldc) {
@@ -130,6 +138,12 @@ static void shadow_gemm_half_add(kernels_half_format fmt, bool ta, bool tb, int 
 static void shadow_rmsnorm_fwd_half(kernels_half_format fmt, uint16_t *out_half, int ld_half, float *out,
                                     float *rstd, const float *x, const float *w, int rows, int dim, float eps) {
     cpu_rmsnorm_fwd_half(fmt, RH(out_half), ld_half, RF(out), RF(rstd), RCF(x), RCF(w), rows, dim, eps);
+}
+static void shadow_rmsnorm_bwd_half(kernels_half_format fmt, uint16_t *dx_half, int ld_half, float *dx, float *dw,
+                                    const float *dout, const float *x, const float *w, const float *rstd, int rows,
+                                    int dim, bool add) {
+    cpu_rmsnorm_bwd_half(fmt, RH(dx_half), ld_half, RF(dx), RF(dw), RCF(dout), RCF(x), RCF(w), RCF(rstd), rows, dim,
+                         add);
 }
 static void shadow_swiglu_fwd_half(kernels_half_format fmt, uint16_t *out_half, int ld_half, float *out,
                                    uint16_t *gate_half, uint16_t *up_half, const float *gate, const float *up,
@@ -206,9 +220,11 @@ static const kernels shadow_backend = {
     .to_half = shadow_to_half,
     .from_half = shadow_from_half,
     .to_half_2d = shadow_to_half_2d,
+    .to_half_2d_many = shadow_to_half_2d_many,
     .gemm_half = shadow_gemm_half,
     .gemm_half_add = shadow_gemm_half_add,
     .rmsnorm_fwd_half = shadow_rmsnorm_fwd_half,
+    .rmsnorm_bwd_half = shadow_rmsnorm_bwd_half,
     .swiglu_fwd_half = shadow_swiglu_fwd_half,
     .swiglu_bwd_half = shadow_swiglu_bwd_half,
     .cross_entropy_half = shadow_cross_entropy_half,

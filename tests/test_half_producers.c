@@ -1,7 +1,8 @@
 /* Tests of the producers of 16-bit GEMM operands on the CPU reference backend (kernels.h:
- * rmsnorm_fwd_half, rope_fwd_half, rope_bwd_half, swiglu_fwd_half, swiglu_bwd_half,
- * cross_entropy_half, and the strided cast to_half_2d). Each must write, bit for bit, what the fp32 op (itself checked against
- * torch and finite differences in test_kernels_cpu.c) followed by to_half writes, in both
+ * rmsnorm_fwd_half, rmsnorm_bwd_half, rope_fwd_half, rope_bwd_half, swiglu_fwd_half,
+ * swiglu_bwd_half, cross_entropy_half, and the strided casts to_half_2d, to_half_2d_many).
+ * Each must write, bit for bit, what the fp32 op (itself checked against torch and finite
+ * differences in test_kernels_cpu.c) followed by to_half writes, in both
  * formats, with the optional fp32 outputs present and absent, outputs poisoned first so an
  * unwritten element fails. fp16's overflow to inf (what loss scaling detects) must survive
  * the fusion; the RoPE producers leave their fp32 input unchanged. Strided 16-bit outputs
@@ -104,6 +105,45 @@ static void test_rmsnorm(kernels_half_format fmt) {
     free(x), free(w), free(ref), free(ref_rstd), free(out), free(rstd), free(ref_h), free(got_h), free(got_ld);
 }
 
+/* rmsnorm_bwd_half: rmsnorm_bwd's dx (written, or added to a residual gradient) and dweight,
+ * bit for bit, and the rounding of that dx in rows ld_half apart (dense and with an odd gap
+ * whose poison must survive); dweight NULL (frozen) too. */
+static void test_rmsnorm_bwd(kernels_half_format fmt) {
+    const int rows = 7, dim = 300, ld = dim + 13;
+    const size_t n = (size_t)rows * dim, n_ld = (size_t)rows * ld;
+    float *x = vec(n, -3, 3), *w = vec(dim, -2, 2), *dout = vec(n, -1, 1), *dx0 = vec(n, -2, 2);
+    float *dw0 = vec(dim, -1, 1), *y = poisoned(n), *rstd = poisoned(rows);
+    w[5] = 2.0e5f; /* fp16: dx passes 65504 on that column -> inf, which loss scaling must see */
+    K->rmsnorm_fwd(y, rstd, x, w, rows, dim, 1e-5f);
+    float *ref_dx = poisoned(n), *ref_dw = poisoned(dim), *dx = poisoned(n), *dw = poisoned(dim);
+    uint16_t *ref_h = halves(n), *got = halves(n_ld);
+    char what[128];
+    for (int add = 0; add <= 1; add++)
+        for (int frozen = 0; frozen <= 1; frozen++)
+            for (int gap = 0; gap <= 1; gap++) {
+                const int ldh = gap ? ld : dim;
+                memcpy(ref_dx, dx0, n * sizeof(float)), memcpy(dx, dx0, n * sizeof(float));
+                memcpy(ref_dw, dw0, dim * sizeof(float)), memcpy(dw, dw0, dim * sizeof(float));
+                K->rmsnorm_bwd(ref_dx, frozen ? NULL : ref_dw, dout, x, w, rstd, rows, dim, add);
+                K->to_half(ref_h, ref_dx, n, fmt);
+                memset(got, 0xA5, n_ld * sizeof *got);
+                K->rmsnorm_bwd_half(fmt, got, ldh, dx, frozen ? NULL : dw, dout, x, w, rstd, rows, dim, add);
+                snprintf(what, sizeof what, "rmsnorm_bwd_half %s%s%s ld_half %d", fmt_name(fmt),
+                         add ? " (adds to dx)" : "", frozen ? " (frozen)" : "", ldh);
+                CHECK_SAME(what, dx, ref_dx, n);
+                CHECK_SAME(what, dw, ref_dw, (size_t)dim); /* frozen: both untouched */
+                for (int r = 0; r < rows; r++) {
+                    CHECK_SAME(what, got + (size_t)r * ldh, ref_h + (size_t)r * dim, (size_t)dim);
+                    CHECK_MSG(count_bits(got + (size_t)r * ldh + dim, (size_t)(ldh - dim), 0xFFFF, 0xA5A5) ==
+                                  (size_t)(ldh - dim), "%s: gap of row %d written", what, r);
+                }
+                if (fmt == KERNELS_FP16)
+                    CHECK_MSG(count_bits(ref_h, n, 0x7FFF, 0x7C00) > 0, "%s: no overflow to inf exercised", what);
+            }
+    free(x), free(w), free(dout), free(dx0), free(dw0), free(y), free(rstd), free(ref_dx), free(ref_dw), free(dx);
+    free(dw), free(ref_h), free(got);
+}
+
 /* to_half_2d on a [rows, cols] block of x (row stride ld_x) into a poisoned buffer at column
  * col0 (row stride ld_out): inside the block, to_half of scale * x row by row; outside it,
  * the poison. */
@@ -165,6 +205,46 @@ static void test_to_half_2d(kernels_half_format fmt) {
     K->to_half(a, x, 3, fmt);
     K->to_half_2d(fmt, b, 3, x, 3, 1, 3, 1.0f);
     CHECK_SAME("to_half_2d of NaN at scale 1", b, a, 3);
+}
+
+/* A fused adapter's padded copy, [out + r, ld]: A's r rows below W's, scaling * B in the r
+ * columns from u_col of W's rows, W's own part untouched. to_half_2d_many's bits are the two
+ * to_half_2d calls', blocks of nothing included; through the shadow backend (the array and
+ * the pointers in it both shifted) too. */
+static void test_to_half_2d_many(kernels_half_format fmt) {
+    const int in = 40, out = 24, r = 4, u_col = in + 3, ld = u_col + r + 2;
+    const size_t n = (size_t)(out + r) * ld;
+    float *a = vec((size_t)r * in, -2, 2), *b = vec((size_t)out * r, -2, 2);
+    uint16_t *want = halves(n), *got = halves(n);
+    K->to_half_2d(fmt, want + (size_t)out * ld, ld, a, in, r, in, 1.0f);
+    K->to_half_2d(fmt, want + u_col, ld, b, r, out, r, 2.5f);
+    const kernels_half_block blocks[3] = {{got + (size_t)out * ld, a, ld, in, r, in, 1.0f},
+                                          {got, a, ld, in, 0, in, 1.0f}, /* no rows */
+                                          {got + u_col, b, ld, r, out, r, 2.5f}};
+    K->to_half_2d_many(fmt, blocks, 3);
+    char what[96];
+    snprintf(what, sizeof what, "to_half_2d_many %s", fmt_name(fmt));
+    CHECK_SAME(what, got, want, n);
+    CHECK_MSG(count_bits(got, (size_t)u_col, 0xFFFF, 0xA5A5) == (size_t)u_col, "%s: W's part written", what);
+
+    const kernels *sh = kernels_shadow();
+    uint16_t *dh = sh->alloc(n * sizeof(uint16_t));
+    float *da = sh->alloc((size_t)r * in * sizeof(float)), *db = sh->alloc((size_t)out * r * sizeof(float));
+    kernels_half_block *dblocks = sh->alloc(sizeof blocks);
+    memset(got, 0xA5, n * sizeof *got);
+    sh->upload(dh, got, n * sizeof(uint16_t));
+    sh->upload(da, a, (size_t)r * in * sizeof(float));
+    sh->upload(db, b, (size_t)out * r * sizeof(float));
+    const kernels_half_block shifted[3] = {{dh + (size_t)out * ld, da, ld, in, r, in, 1.0f},
+                                           {dh, da, ld, in, 0, in, 1.0f},
+                                           {dh + u_col, db, ld, r, out, r, 2.5f}};
+    sh->upload(dblocks, shifted, sizeof shifted);
+    sh->to_half_2d_many(fmt, dblocks, 3);
+    sh->download(got, dh, n * sizeof(uint16_t));
+    snprintf(what, sizeof what, "shadow to_half_2d_many %s", fmt_name(fmt));
+    CHECK_SAME(what, got, want, n);
+    sh->release(dh), sh->release(da), sh->release(db), sh->release(dblocks);
+    free(a), free(b), free(want), free(got);
 }
 
 /* rows of width cols, ld apart in buf (poisoned first): each holds want's row (contiguous,
@@ -365,6 +445,20 @@ static void test_shadow_strided(void) {
     sh->rmsnorm_fwd_half(KERNELS_BF16, dh + 1, ld, NULL, drstd, dx, dw, rows, dim, 1e-5f);
     sh->download(got, dh, (size_t)rows * ld * sizeof(uint16_t));
     CHECK_SAME("shadow rmsnorm_fwd_half ld_half", got, want, (size_t)rows * ld);
+    /* its backward, x's rows as dout, dx rounded beside a gap of 4 columns */
+    float *ref_dx = poisoned((size_t)rows * dim), ref_dw[11] = {0};
+    float *d_dx = sh->alloc((size_t)rows * dim * sizeof(float)), *d_dw = sh->alloc(sizeof ref_dw);
+    sh->upload(d_dx, x, (size_t)rows * dim * sizeof(float));
+    sh->upload(d_dw, ref_dw, sizeof ref_dw);
+    memcpy(ref_dx, x, (size_t)rows * dim * sizeof(float));
+    cpu->rmsnorm_bwd_half(KERNELS_FP16, want + 4, ld, ref_dx, ref_dw, x, x, w, rstd, rows, dim, true);
+    sh->rmsnorm_bwd_half(KERNELS_FP16, dh + 4, ld, d_dx, d_dw, dx, dx, dw, drstd, rows, dim, true);
+    sh->download(got, dh, (size_t)rows * ld * sizeof(uint16_t));
+    CHECK_SAME("shadow rmsnorm_bwd_half ld_half", got, want, (size_t)rows * ld);
+    float got_dw[11];
+    sh->download(got_dw, d_dw, sizeof got_dw);
+    CHECK_SAME("shadow rmsnorm_bwd_half dweight", got_dw, ref_dw, (size_t)dim);
+    sh->release(d_dx), sh->release(d_dw), free(ref_dx);
     /* swiglu on [rows, cols], gate and up contiguous inside x, 16-bit outputs ld apart from
      * column 3 (out_half, then dgate_half), dup_half in a second strided buffer. */
     const size_t n = (size_t)rows * cols;
@@ -427,9 +521,11 @@ int main(void) {
         test_to_half_2d(fmts[f]);
     }
     for (int f = 0; f < 2; f++) test_rope(fmts[f]); /* after the others: their random inputs stay as they were */
+    for (int f = 0; f < 2; f++) test_rmsnorm_bwd(fmts[f]);
+    for (int f = 0; f < 2; f++) test_to_half_2d_many(fmts[f]);
     /* The shadow backend routes every new entry to the same CPU code (a NULL slot crashes). */
     K = kernels_shadow();
-    CHECK(K->rmsnorm_fwd_half && K->swiglu_fwd_half && K->swiglu_bwd_half && K->cross_entropy_half &&
+    CHECK(K->rmsnorm_fwd_half && K->rmsnorm_bwd_half && K->to_half_2d_many && K->swiglu_fwd_half && K->swiglu_bwd_half && K->cross_entropy_half &&
           K->to_half_2d && K->rope_fwd_half && K->rope_bwd_half);
     test_shadow_strided();
     test_shadow_rope();

@@ -1,6 +1,6 @@
 /* The CUDA backend's producers of 16-bit GEMM operands (kernels.h: rmsnorm_fwd_half,
- * rope_fwd_half, rope_bwd_half, swiglu_fwd_half, swiglu_bwd_half, cross_entropy_half, and
- * the strided cast to_half_2d), label gpu, exit 77 = skipped where no GPU is usable. Every
+ * rmsnorm_bwd_half, rope_fwd_half, rope_bwd_half, swiglu_fwd_half, swiglu_bwd_half,
+ * cross_entropy_half, and the strided casts to_half_2d, to_half_2d_many), label gpu, exit 77 = skipped where no GPU is usable. Every
  * case runs in both formats with every output poisoned first (all bytes 0xFF: a NaN in fp32,
  * bf16 and fp16), and checks three things:
  *  (a) against the CPU reference: fp32 outputs to the relative tolerance of
@@ -207,6 +207,67 @@ static void test_rmsnorm_fwd_half(void) {
     }
 }
 
+/* ------------------------------------------------------------------ rmsnorm_bwd_half */
+/* dx (written, or added to: add) and dweight (accumulated; NULL: frozen) against the CPU, and
+ * bit for bit the device's rmsnorm_bwd; dx_half is to_half of that dx, rows ld apart from
+ * element off of a poisoned view, the gaps untouched. */
+static void rmsnorm_bwd_case(int rows, int dim, int ld, size_t off, bool add, bool frozen, kernels_half_format fmt) {
+    const size_t n = (size_t)rows * dim, n_ld = (size_t)rows * ld;
+    char what[160];
+    const int len = snprintf(what, sizeof what, "rmsnorm_bwd_half %s rows %d dim %d ld %d off %zu%s%s: ",
+                             fmt_name(fmt), rows, dim, ld, off, add ? " adds" : "", frozen ? " frozen" : "");
+    float *x = host_rand(n, -2, 2), *w = host_rand(dim, 0.5f, 1.5f), *dy = host_rand(n, -1, 1);
+    float *dx0 = host_rand(n, -1, 1), *dw0 = host_rand(dim, -1, 1), *y = host_nan(n), *rstd = host_nan(rows);
+    C->rmsnorm_fwd(y, rstd, x, w, rows, dim, 1e-5f);
+    float *dx = malloc(n * sizeof(float)), *dw = malloc(dim * sizeof(float));
+    memcpy(dx, dx0, n * sizeof(float)), memcpy(dw, dw0, dim * sizeof(float));
+    uint16_t *half = host_poison16(n_ld);
+    C->rmsnorm_bwd_half(fmt, half, ld, dx, frozen ? NULL : dw, dy, x, w, rstd, rows, dim, add);
+
+    dbuf dx_ = db_input(x, n, 4, 0), dw_ = db_input(w, dim, 4, 0), ddy = db_input(dy, n, 4, 0);
+    dbuf drstd = db_input(rstd, rows, 4, 0), ddx = db_input(dx0, n, 4, 0), ddw = db_input(dw0, dim, 4, 0);
+    dbuf dhalf = db_poison(n_ld, 2, off);
+    G->rmsnorm_bwd_half(fmt, at(dhalf), ld, at(ddx), frozen ? NULL : at(ddw), at(ddy), at(dx_), at(dw_), at(drstd),
+                        rows, dim, add);
+    snprintf(what + len, sizeof what - len, "dx vs cpu");
+    compare(G, what, at(ddx), dx, n, 1e-5);
+    snprintf(what + len, sizeof what - len, "dweight vs cpu");
+    compare(G, what, at(ddw), dw, dim, 1e-5);
+    snprintf(what + len, sizeof what - len, "dx_half vs cpu"); /* gaps: poison on both sides */
+    compare_half(G, what, at(dhalf), half, n_ld, fmt);
+
+    dbuf rdx = db_input(dx0, n, 4, 0), rdw = db_input(dw0, dim, 4, 0);
+    G->rmsnorm_bwd(at(rdx), frozen ? NULL : at(rdw), at(ddy), at(dx_), at(dw_), at(drstd), rows, dim, add);
+    snprintf(what + len, sizeof what - len, "rmsnorm_bwd reference");
+    float *want_dx = db_get(what, rdx), *want_dw = db_get(what, rdw);
+    uint16_t *dense = device_rounding(what, at(rdx), n, fmt), *want_half = spread_rows(dense, rows, dim, ld);
+    snprintf(what + len, sizeof what - len, "dx == rmsnorm_bwd");
+    compare_exact(G, what, at(ddx), want_dx, n * 4);
+    snprintf(what + len, sizeof what - len, "dweight == rmsnorm_bwd");
+    compare_exact(G, what, at(ddw), want_dw, dim * 4);
+    snprintf(what + len, sizeof what - len, "dx_half == to_half(rmsnorm_bwd), gaps untouched");
+    compare_exact(G, what, at(dhalf), want_half, n_ld * 2);
+    snprintf(what + len, sizeof what - len, "margins");
+    db_check_margins(what, dhalf), db_check_margins(what, ddx), db_check_margins(what, ddw);
+
+    dbuf dev[] = {dx_, dw_, ddy, drstd, ddx, ddw, dhalf, rdx, rdw};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) db_free(dev[i]);
+    void *host[] = {x, w, dy, dx0, dw0, y, rstd, dx, dw, half, want_dx, want_dw, dense, want_half};
+    for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
+}
+
+static void test_rmsnorm_bwd_half(void) {
+    seed(23);
+    for (int f = 0; f < 2; f++) {
+        rmsnorm_bwd_case(1, 1, 1, 0, false, false, formats[f]);
+        rmsnorm_bwd_case(5, 7, 7, 0, true, true, formats[f]);
+        /* the residual stream at a LoRA rank's columns beside each row; an odd gap and start */
+        rmsnorm_bwd_case(16, 2048, 2048 + 16, 0, true, false, formats[f]);
+        rmsnorm_bwd_case(3, 2049, 2060, 1, false, false, formats[f]);
+        rmsnorm_bwd_case(70, 1000, 1003, 0, true, false, formats[f]);
+    }
+}
+
 /* ------------------------------------------------------------------ rope_*_half */
 /* rope_fwd's fp32 rotation differs between the backends by their cosf / sinf (CUDA's within
  * 2 ulp) and nothing else (same products, same order), so a 16-bit value may round the other
@@ -375,6 +436,48 @@ static void test_to_half_2d(void) {
     /* More rows than the capped grid covers (the row loop strides), and many narrow rows. */
     to_half_2d_case(KERNELS_BF16, 100, 170001, 170001, 170003, 1, 0, 0, 1.0f);
     to_half_2d_case(KERNELS_FP16, 70000, 3, 3, 5, 2, 0, 0, 2.5f);
+}
+
+/* ------------------------------------------------------------------ to_half_2d_many */
+/* A fused adapter's padded copy [out + r, ld] (A's rows below W's, scaling * B in columns
+ * u_col.. of W's rows), a block of nothing, and one long block (the grid-stride loop): the
+ * CPU's bits exactly (to_half_2d's are), W's part and the margins untouched. */
+static void test_to_half_2d_many(void) {
+    seed(25);
+    const int in = 520, out = 384, r = 16, u_col = in + 8, ld = u_col + r + 3, long_cols = 70001;
+    const size_t n = (size_t)(out + r) * ld, n_long = (size_t)3 * long_cols;
+    float *a = host_rand((size_t)r * in, -3, 3), *b = host_rand((size_t)out * r, -3, 3);
+    float *x_long = host_rand(n_long, -1e5f, 1e5f); /* fp16 overflows to inf on many */
+    for (int f = 0; f < 2; f++) {
+        const kernels_half_format fmt = formats[f];
+        uint16_t *want = host_poison16(n), *want_long = host_poison16(n_long);
+        const kernels_half_block host_blocks[4] = {{want + (size_t)out * ld, a, ld, in, r, in, 1.0f},
+                                                   {want + u_col, b, ld, r, out, r, 2.5f},
+                                                   {want, a, ld, in, 0, in, 1.0f},
+                                                   {want_long, x_long, long_cols, long_cols, 3, long_cols, 1.0f}};
+        C->to_half_2d_many(fmt, host_blocks, 4);
+        dbuf dw = db_poison(n, 2, 0), dlong = db_poison(n_long, 2, 1);
+        dbuf da = db_input(a, (size_t)r * in, 4, 0), dbb = db_input(b, (size_t)out * r, 4, 0);
+        dbuf dxl = db_input(x_long, n_long, 4, 0);
+        uint16_t *w = at(dw);
+        const kernels_half_block dev_blocks[4] = {{w + (size_t)out * ld, at(da), ld, in, r, in, 1.0f},
+                                                  {w + u_col, at(dbb), ld, r, out, r, 2.5f},
+                                                  {w, at(da), ld, in, 0, in, 1.0f},
+                                                  {at(dlong), at(dxl), long_cols, long_cols, 3, long_cols, 1.0f}};
+        kernels_half_block *blocks = dev_from(G, dev_blocks, sizeof dev_blocks);
+        G->to_half_2d_many(fmt, blocks, 4);
+        char what[96];
+        snprintf(what, sizeof what, "to_half_2d_many %s: adapter copy", fmt_name(fmt));
+        compare_exact(G, what, at(dw), want, n * 2);
+        snprintf(what, sizeof what, "to_half_2d_many %s: long block", fmt_name(fmt));
+        compare_exact(G, what, at(dlong), want_long, n_long * 2);
+        db_check_margins(what, dw), db_check_margins(what, dlong);
+        G->release(blocks);
+        dbuf dev[] = {dw, dlong, da, dbb, dxl};
+        for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) db_free(dev[i]);
+        free(want), free(want_long);
+    }
+    free(a), free(b), free(x_long);
 }
 
 /* ------------------------------------------------------------------ swiglu_fwd_half */
@@ -651,17 +754,20 @@ int main(void) {
     if (!open_backends(&C, &G)) return 77;
     const kernels *both[2] = {C, G};
     for (int b = 0; b < 2; b++)
-        CHECK_MSG(both[b]->rmsnorm_fwd_half && both[b]->rope_fwd_half &&
+        CHECK_MSG(both[b]->rmsnorm_fwd_half && both[b]->rmsnorm_bwd_half && both[b]->to_half_2d_many &&
+                      both[b]->rope_fwd_half &&
                       both[b]->rope_bwd_half && both[b]->swiglu_fwd_half &&
                       both[b]->swiglu_bwd_half && both[b]->cross_entropy_half &&
                       both[b]->to_half_2d,
                   "the %s backend lacks one of the 16-bit producers", both[b]->name);
     if (check_failed_count) return check_summary("test_kernels_cuda_fused");
     test_rmsnorm_fwd_half();
+    test_rmsnorm_bwd_half();
     test_rope_half();
     test_swiglu_half();
     test_cross_entropy_half();
     test_to_half_2d();
+    test_to_half_2d_many();
     test_fused_errors();
     check_status("end of tests");
     return check_summary("test_kernels_cuda_fused");

@@ -324,22 +324,49 @@ static void plan_half_layout(model *m, model_precision p) {
         }
 }
 
-/* Rounds A and scaling * B of every fused adapter into its base weight's padded copy. */
-static void write_fused_adapters(model *m) {
-    const kernels_half_format fmt = model_half_format(m->precision);
+/* The casts that round A and scaling * B of every fused adapter into its base weight's padded
+ * copy (A below W's rows, scaling * B in the columns from u_col), kept in backend memory so
+ * that a step's refresh is one to_half_2d_many: allocated with the copies, filled once the
+ * weights have reached their final arena (upload_adapter_casts). */
+static int alloc_adapter_casts(model *m, ct_error *err) {
+    int n = 0;
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++)
+        for (int kind = 0; kind < LINEAR_KIND_COUNT; kind++) n += m->layers[l].lin[kind].u_col ? 2 : 0;
+    if (n > 0 && !(m->adapter_casts = m->k->alloc((size_t)n * sizeof(kernels_half_block))))
+        return ct_fail(err, "model: cannot allocate the adapters' %d casts on the %s backend", n, m->k->name);
+    m->n_adapter_casts = n;
+    return 0;
+}
+
+static void upload_adapter_casts(model *m) {
     const float scaling = lora_scaling(&m->lora);
+    const int r = m->lora.r;
+    int n = 0;
     for (int l = 0; l < m->cfg.num_hidden_layers; l++)
         for (int kind = 0; kind < LINEAR_KIND_COUNT; kind++) {
             const model_linear *lin = &m->layers[l].lin[kind];
             if (!lin->u_col) continue;
             uint16_t *w = lin->weight->half;
-            const int ld = lin->weight->half_ld, r = m->lora.r;
-            m->k->to_half_2d(fmt, w + (size_t)lin->out * ld, ld, lin->lora_a->data, lin->in, r, lin->in, 1.0f);
-            m->k->to_half_2d(fmt, w + lin->u_col, ld, lin->lora_b->data, r, lin->out, r, scaling);
+            const int ld = lin->weight->half_ld;
+            const kernels_half_block cast[2] = {
+                {w + (size_t)lin->out * ld, lin->lora_a->data, ld, lin->in, r, lin->in, 1.0f},
+                {w + lin->u_col, lin->lora_b->data, ld, r, lin->out, r, scaling},
+            };
+            m->k->upload(m->adapter_casts + n, cast, sizeof cast);
+            n += 2;
         }
 }
 
+/* Rounds A and scaling * B of every fused adapter into its base weight's padded copy. */
+static void write_fused_adapters(model *m) {
+    if (m->n_adapter_casts > 0)
+        m->k->to_half_2d_many(model_half_format(m->precision), m->adapter_casts, m->n_adapter_casts);
+}
+
 static void drop_half_copies(model *m) {
+    if (m->adapter_casts) m->k->release(m->adapter_casts);
+    m->adapter_casts = NULL;
+    m->n_adapter_casts = 0;
     if (m->half_arena) m->k->release(m->half_arena);
     m->half_arena = NULL;
     m->half_numel = 0;
@@ -376,12 +403,13 @@ int model_set_precision(model *m, model_precision p, ct_error *err) {
     }
     m->half_numel = total;
     m->precision = p;
-    write_fused_adapters(m);
-    if (relayout_weights(m, true, err)) { /* nothing moved: back to plain fp32 */
+    if (alloc_adapter_casts(m, err) || relayout_weights(m, true, err)) { /* nothing moved: back to fp32 */
         drop_half_copies(m);
         m->precision = MODEL_FP32;
         return -1;
     }
+    upload_adapter_casts(m); /* the adapters' fp32 values are in their final arena now */
+    write_fused_adapters(m);
     return 0;
 }
 
@@ -503,6 +531,7 @@ void model_free(model *m) {
     if (m->weight_arena) m->k->release(m->weight_arena);
     if (m->grad_arena) m->k->release(m->grad_arena);
     if (m->half_arena) m->k->release(m->half_arena);
+    if (m->adapter_casts) m->k->release(m->adapter_casts);
     free(m->params);
     free(m->layers);
     model_config_free(&m->cfg);

@@ -128,6 +128,8 @@ typedef struct model {
     model_precision precision; /* model_set_precision; MODEL_FP32 after model_create */
     uint16_t *half_arena;      /* backend: every param's 16-bit copy (mixed precision only) */
     size_t half_numel;
+    kernels_half_block *adapter_casts; /* backend: A and scaling * B of every fused adapter */
+    int n_adapter_casts;               /* into its base weight's copy (to_half_2d_many) */
     bool half_stale_frozen;    /* copies of frozen / trainable weights need refreshing from */
     bool half_stale_trainable; /* the fp32 weights before the next GEMM (model_weights_changed) */
     size_t half_fresh_begin;   /* ... except the trainable values [begin, end) (flat index as */

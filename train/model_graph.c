@@ -135,6 +135,26 @@ static int dy_half_ld(const model *m, const model_linear *lin) {
     return lin->lora_a && lin->concat_dy ? lin->out + m->lora.r : lin->out;
 }
 
+/* RMSNorm's backward into the residual stream's gradient s->d_resid (written, or added to),
+ * from dout = d loss / d norm output. In mixed precision it also writes d_resid's 16-bit
+ * rounding for `next`, the Linear whose backward reads d_resid next (o or down: rows its
+ * dy_half_ld apart in the output-gradient scratch, as half_of would), and returns it; else
+ * (fp32, or next NULL) NULL. */
+static uint16_t *resid_norm_backward(const model *m, const model_linear *next, model_param *norm, const float *dout,
+                                     const float *x, const float *rstd, int T, bool add) {
+    const kernels *k = m->k;
+    model_state *s = m->state;
+    const int H = m->cfg.hidden_size;
+    grad_settle(m, norm);
+    if (m->precision == MODEL_FP32 || !next) {
+        k->rmsnorm_bwd(s->d_resid, norm->grad, dout, x, norm->data, rstd, T, H, add);
+        return NULL;
+    }
+    k->rmsnorm_bwd_half(model_half_format(m->precision), s->half_dy, dy_half_ld(m, next), s->d_resid, norm->grad,
+                        dout, x, norm->data, rstd, T, H, add);
+    return s->half_dy;
+}
+
 /* From dy [T,out]: dW += dy^T x, db += ones^T dy (skipped when frozen), adapter grads, and
  * dx = dy W (+ adapter path), written (dx_beta 0) or added (dx_beta 1); dx NULL skips it.
  * Mixed precision: hx is x's 16-bit copy (needed only when the weight trains, or an adapter
@@ -408,9 +428,10 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
     for (int l = L - 1; l >= 0; l--)
         if (layer_has_trainable(m, l)) first_trainable = l;
 
-    grad_settle(m, final_norm);
-    k->rmsnorm_bwd(s->d_resid, final_norm->grad, s->d_h1, s->resid + (size_t)L * TH,
-                   final_norm->data, s->rstd_final, T, H, false);
+    /* d_resid's 16-bit rounding, when the norm that left it wrote one for down's backward */
+    const bool top_runs = embed->trainable || first_trainable <= L - 1; /* layer L-1's backward, below */
+    uint16_t *h_resid = resid_norm_backward(m, top_runs ? &m->layers[L - 1].lin[LINEAR_DOWN] : NULL, final_norm,
+                                            s->d_h1, s->resid + (size_t)L * TH, s->rstd_final, T, false);
     for (int l = L - 1; l >= 0; l--) {
         const model_layer *layer = &m->layers[l];
         const layer_acts *a = &s->acts[l];
@@ -425,7 +446,8 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
         float *d_act = s->d_w1, *d_gate = s->d_w2, *d_up = s->d_w3;
         int ldx;
         const uint16_t *hx = backward_input(m, layer, LINEAR_DOWN, LINEAR_DOWN, a->h_act, a->act, T, I, &ldx);
-        linear_backward(m, l, LINEAR_DOWN, d_act, 0.0f, s->d_resid, NULL, 0, a->act, hx, ldx, T, seed);
+        linear_backward(m, l, LINEAR_DOWN, d_act, 0.0f, s->d_resid, h_resid, dy_half_ld(m, &layer->lin[LINEAR_DOWN]),
+                        a->act, hx, ldx, T, seed);
         uint16_t *hd_gate = NULL, *hd_up = NULL;
         if (m->precision == MODEL_FP32) {
             k->swiglu_bwd(d_gate, d_up, d_act, a->gate, a->up, (size_t)T * I);
@@ -439,14 +461,14 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
                         seed);
         linear_backward(m, l, LINEAR_UP, s->d_h1, 1.0f, d_up, hd_up, s->ld_mlp_dy, a->x_norm2, hx, ldx, T, seed);
         /* the norm's input gradient joins the residual stream's in the same pass */
-        grad_settle(m, layer->post_norm);
-        k->rmsnorm_bwd(s->d_resid, layer->post_norm->grad, s->d_h1, a->x_mid, layer->post_norm->data,
-                       a->rstd2, T, H, true);
+        h_resid = resid_norm_backward(m, &layer->lin[LINEAR_O], layer->post_norm, s->d_h1, a->x_mid, a->rstd2, T,
+                                      true);
 
         /* Attention: d_resid holds d x_mid; x_mid = x + o(att). */
         float *d_att = s->d_w1, *dq = s->d_w2, *dk = s->d_w3, *dv = s->d_w4;
         hx = backward_input(m, layer, LINEAR_O, LINEAR_O, a->h_att, a->att, T, nh * d, &ldx);
-        linear_backward(m, l, LINEAR_O, d_att, 0.0f, s->d_resid, NULL, 0, a->att, hx, ldx, T, seed);
+        linear_backward(m, l, LINEAR_O, d_att, 0.0f, s->d_resid, h_resid, dy_half_ld(m, &layer->lin[LINEAR_O]), a->att,
+                        hx, ldx, T, seed);
         if (m->precision == MODEL_FP32)
             k->attention_bwd(dq, dk, dv, d_att, a->q, a->k, a->v, a->att, a->lse, doc_ids, batch, seq,
                              nh, nkv, d, scale);
@@ -491,10 +513,15 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
             linear_backward(m, l, LINEAR_K, dh, 1.0f, dk, NULL, 0, q_in, hx, ldx, T, seed);
         }
         if (!k_total) linear_backward(m, l, LINEAR_V, dh, 1.0f, dv, NULL, 0, q_in, hx, ldx, T, seed);
-        if (need_dh) { /* into the residual stream's gradient when it goes on, else only dweight counts */
+        /* into the residual stream's gradient when it goes on (rounded for the layer below's
+         * down), else only dweight counts */
+        if (need_input_grad) {
+            h_resid = resid_norm_backward(m, l > 0 ? &m->layers[l - 1].lin[LINEAR_DOWN] : NULL, layer->input_norm,
+                                          s->d_h1, x, a->rstd1, T, true);
+        } else if (need_dh) {
             grad_settle(m, layer->input_norm);
-            k->rmsnorm_bwd(need_input_grad ? s->d_resid : s->d_h2, layer->input_norm->grad, s->d_h1, x,
-                           layer->input_norm->data, a->rstd1, T, H, need_input_grad);
+            k->rmsnorm_bwd(s->d_h2, layer->input_norm->grad, s->d_h1, x, layer->input_norm->data, a->rstd1, T, H,
+                           false);
         }
     }
     grad_settle(m, embed);

@@ -99,6 +99,9 @@ void cpu_rmsnorm_bwd(float *dx, float *dweight, const float *dout, const float *
 void cpu_rmsnorm_fwd_half(kernels_half_format fmt, uint16_t *out_half, int ld_half, float *out,
                           float *rstd, const float *x, const float *weight, int n_rows, int dim,
                           float eps);
+void cpu_rmsnorm_bwd_half(kernels_half_format fmt, uint16_t *dx_half, int ld_half, float *dx, float *dweight,
+                          const float *dout, const float *x, const float *weight, const float *rstd, int n_rows,
+                          int dim, bool add_to_dx);
 
 /* rope.c */
 void cpu_rope_fwd(float *x, const int32_t *positions, const float *inv_freq, int n_tokens,
@@ -152,6 +155,7 @@ void cpu_to_half(uint16_t *out, const float *x, size_t n, kernels_half_format fm
 void cpu_from_half(float *out, const uint16_t *x, size_t n, kernels_half_format fmt);
 void cpu_to_half_2d(kernels_half_format fmt, uint16_t *out, int ld_out, const float *x, int ld_x,
                     int rows, int cols, float scale);
+void cpu_to_half_2d_many(kernels_half_format fmt, const kernels_half_block *blocks, int n);
 void cpu_gemm_half(kernels_half_format fmt, bool trans_a, bool trans_b, int m, int n, int k,
                    float alpha, const uint16_t *a, int lda, const uint16_t *b, int ldb, float beta,
                    float *c, int ldc);

@@ -41,6 +41,13 @@ void cpu_to_half_2d(kernels_half_format fmt, uint16_t *out, int ld_out, const fl
     }
 }
 
+void cpu_to_half_2d_many(kernels_half_format fmt, const kernels_half_block *blocks, int n) {
+    for (int i = 0; i < n; i++) {
+        const kernels_half_block *b = &blocks[i];
+        cpu_to_half_2d(fmt, b->out, b->ld_out, b->x, b->ld_x, b->rows, b->cols, b->scale);
+    }
+}
+
 /* Widens a rows x cols block of a 16-bit matrix with row stride ld into a packed fp32
  * matrix (row stride cols); only the block is read, so padding columns may hold anything. */
 static void widen_block(float *dst, const uint16_t *src, int rows, int cols, int ld,

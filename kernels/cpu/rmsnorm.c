@@ -49,8 +49,10 @@ void cpu_rmsnorm_fwd_half(kernels_half_format fmt, uint16_t *out_half, int ld_ha
     }
 }
 
-void cpu_rmsnorm_bwd(float *dx, float *dweight, const float *dout, const float *x,
-                     const float *weight, const float *rstd, int n_rows, int dim, bool add_to_dx) {
+/* dx (written, or added to), its 16-bit rounding when dx_half is not NULL, and dw. */
+static void rmsnorm_bwd(kernels_half_format fmt, uint16_t *dx_half, int ld_half, float *dx, float *dweight,
+                        const float *dout, const float *x, const float *weight, const float *rstd, int n_rows,
+                        int dim, bool add_to_dx) {
     int parallel = (size_t)n_rows * dim >= CPU_PARALLEL_MIN;
 #pragma omp parallel for if (parallel) schedule(static)
     for (int r = 0; r < n_rows; r++) {
@@ -65,6 +67,10 @@ void cpu_rmsnorm_bwd(float *dx, float *dweight, const float *dout, const float *
             for (int j = 0; j < dim; j++) dxr[j] += rs * (dyr[j] * weight[j]) - coef * xr[j];
         else
             for (int j = 0; j < dim; j++) dxr[j] = rs * (dyr[j] * weight[j]) - coef * xr[j];
+        if (dx_half) {
+            uint16_t *hr = dx_half + (size_t)r * ld_half;
+            for (int j = 0; j < dim; j++) hr[j] = cpu_half_from_float(dxr[j], fmt);
+        }
     }
     if (!dweight) return;
     int n_blocks = (dim + RMSNORM_COL_BLOCK - 1) / RMSNORM_COL_BLOCK;
@@ -81,4 +87,15 @@ void cpu_rmsnorm_bwd(float *dx, float *dweight, const float *dout, const float *
         }
         for (int j = 0; j < width; j++) dweight[c0 + j] += (float)acc[j];
     }
+}
+
+void cpu_rmsnorm_bwd(float *dx, float *dweight, const float *dout, const float *x,
+                     const float *weight, const float *rstd, int n_rows, int dim, bool add_to_dx) {
+    rmsnorm_bwd(KERNELS_BF16, NULL, 0, dx, dweight, dout, x, weight, rstd, n_rows, dim, add_to_dx);
+}
+
+void cpu_rmsnorm_bwd_half(kernels_half_format fmt, uint16_t *dx_half, int ld_half, float *dx, float *dweight,
+                          const float *dout, const float *x, const float *weight, const float *rstd, int n_rows,
+                          int dim, bool add_to_dx) {
+    rmsnorm_bwd(fmt, dx_half, ld_half, dx, dweight, dout, x, weight, rstd, n_rows, dim, add_to_dx);
 }

@@ -335,10 +335,12 @@ __global__ void __launch_bounds__(128)
 // ------------------------------------------------------------------ backward
 
 // D[b, h, s] = round(dout_s) . widen(out_half_s) in fp32, one warp per row (dout as the
-// other backward kernels see it; out_half's rows ld_out apart).
+// other backward kernels see it; out_half's rows ld_out apart); and, unless dout_half is NULL,
+// round(dout) itself (to_half's bits, [tokens, n_heads * d]) for the mma kernels, in the same
+// pass over dout.
 template <typename T>
-__global__ void attention_half_row_dots_kernel(float *D, const float *dout, const uint16_t *out_half,
-                                               int ld_out, ah_shape sh) {
+__global__ void attention_half_row_dots_kernel(float *D, uint16_t *dout_half, const float *dout,
+                                               const uint16_t *out_half, int ld_out, ah_shape sh) {
     const size_t rows = (size_t)sh.batch * sh.n_heads * sh.seq;
     const size_t warp_id = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) / 32;
     const int lane = threadIdx.x % 32;
@@ -348,9 +350,12 @@ __global__ void attention_half_row_dots_kernel(float *D, const float *dout, cons
     const size_t token = (size_t)b * sh.seq + s;
     const float *dout_row = dout + token * sh.q_stride + (size_t)h * sh.d;
     const uint16_t *out_row = out_half + token * (size_t)ld_out + (size_t)h * sh.d;
+    uint16_t *rounded_row = dout_half ? dout_half + token * sh.q_stride + (size_t)h * sh.d : NULL;
     float sum = 0.0f;
-    for (int x = lane; x < sh.d; x += 32)
+    for (int x = lane; x < sh.d; x += 32) {
         sum += half_ops<T>::to(half_ops<T>::from(dout_row[x])) * half_widen<half_ops<T>::fmt>(out_row[x]);
+        if (rounded_row) rounded_row[x] = half_bits<half_ops<T>::fmt>(dout_row[x]);
+    }
     sum = warp_sum(sum);
     if (lane == 0) D[warp_id] = sum;  // warp_id is ((b * n_heads) + h) * seq + s
 }
@@ -600,22 +605,36 @@ static void launch_fwd(float *out, float *lse, const float *q, const float *k, c
 }
 
 // D from out_half, then attention_mma.cu where it takes the shape (16-bit q, k, v as they
-// are), else the WMMA kernels on q, k, v widened into fp32 scratch.
+// are; dout rounded by the pass that makes D), else the WMMA kernels on q, k, v widened into
+// fp32 scratch.
 template <typename T>
 static void launch_bwd(size_t ds_budget, float *dq, float *dk, float *dv, const float *dout, const uint16_t *q,
                        const uint16_t *k, const uint16_t *v, const uint16_t *out_half, int ld_out,
                        const float *lse, const ah_shape &dq_sh, size_t dq_smem, const ah_shape &dkv_sh,
                        size_t dkv_smem) {
     const size_t rows = (size_t)dq_sh.batch * dq_sh.n_heads * dq_sh.seq;
+    const bool mma = attention_mma_bwd_takes(q, k, v, dq_sh.batch, dq_sh.seq, dq_sh.n_heads, dq_sh.n_kv, dq_sh.d,
+                                             ds_budget);
     float *D = scratch_floats(rows);
     if (!D) return;
+    uint16_t *dout_half = NULL;
+    if (mma) {
+        CUDA_CHECK(cudaMallocAsync((void **)&dout_half, rows * dq_sh.d * sizeof(uint16_t), 0));
+        if (!dout_half) {  // recorded: the run stops with its message
+            CUDA_CHECK(cudaFreeAsync(D, 0));
+            return;
+        }
+    }
     const size_t dot_threads = rows * 32;
     CUDA_LAUNCH((unsigned)((dot_threads + CUDA_THREADS - 1) / CUDA_THREADS), CUDA_THREADS, 0,
-                attention_half_row_dots_kernel<T>)(D, dout, out_half, ld_out, dq_sh);
+                attention_half_row_dots_kernel<T>)(D, dout_half, dout, out_half, ld_out, dq_sh);
     CUDA_CHECK_LAUNCH();
     const kernels_half_format fmt = half_ops<T>::fmt;
-    if (attention_mma_bwd(fmt, dq, dk, dv, dout, q, k, v, lse, D, dq_sh.doc_ids, dq_sh.batch, dq_sh.seq,
-                          dq_sh.n_heads, dq_sh.n_kv, dq_sh.d, dq_sh.scale, ds_budget)) {
+    if (mma) {
+        if (!attention_mma_bwd(fmt, dq, dk, dv, dout_half, q, k, v, lse, D, dq_sh.doc_ids, dq_sh.batch, dq_sh.seq,
+                               dq_sh.n_heads, dq_sh.n_kv, dq_sh.d, dq_sh.scale, ds_budget))
+            ctune_cuda_record(__FILE__, __LINE__, "attention_bwd_half", "the mma backward refused a shape it takes");
+        CUDA_CHECK(cudaFreeAsync(dout_half, 0));
         CUDA_CHECK(cudaFreeAsync(D, 0));
         return;
     }

@@ -855,30 +855,31 @@ static size_t am_ds_bytes_per_kv(const am_shape &sh) {
     return (size_t)sh.batch * sh.group * (tiles * (tiles + 1) / 2) * AM_ROWS * AM_ROWS * sizeof(uint16_t);
 }
 
-// dout rounded to the format once, into stream-ordered scratch (the kernels then move half the
-// bytes, and cp.async can stream them); q, k, v are the caller's 16-bit tensors. Where the dS
-// blocks of at least one kv head fit ds_budget bytes, dk/dv store them and dq multiplies them
-// (am_dq_ds_kernel), kv heads in equal chunks that fit the budget; otherwise dq recomputes
-// them (am_dq_kernel).
+// Whether the backward's kernels get the shared memory they need for this shape (the
+// attribute is set once per device).
 template <typename T, int DP>
-static bool am_bwd(kernels_half_format fmt, float *dq, float *dk, float *dv, const float *dout, const uint16_t *q,
-                   const uint16_t *k, const uint16_t *v, const float *lse, const float *D, const am_shape &sh,
-                   size_t ds_budget) {
+static bool am_bwd_fits(const am_shape &sh, size_t ds_budget) {
+    const size_t dq_smem = am_tile_bytes<DP>(6, 3), dkv_smem = am_tile_bytes<DP>(6, 7);
+    const size_t dq_ds_smem = am_tile_bytes<DP>(2, 0) + am_tile_bytes<AM_ROWS>(2, 0);
+    return am_ds_bytes_per_kv(sh) <= ds_budget ? am_allow_smem(am_dq_ds_kernel<T, DP>, dq_ds_smem) &&
+                                                      am_allow_smem(am_dkv_kernel<T, DP, true>, dkv_smem)
+                                                : am_allow_smem(am_dq_kernel<T, DP>, dq_smem) &&
+                                                      am_allow_smem(am_dkv_kernel<T, DP, false>, dkv_smem);
+}
+
+// dout arrives rounded (the kernels move half the bytes, and cp.async can stream them), as do
+// q, k, v. Where the dS blocks of at least one kv head fit ds_budget bytes, dk/dv store them
+// and dq multiplies them (am_dq_ds_kernel), kv heads in equal chunks that fit the budget;
+// otherwise dq recomputes them (am_dq_kernel).
+template <typename T, int DP>
+static bool am_bwd(float *dq, float *dk, float *dv, const uint16_t *dout_half, const uint16_t *q, const uint16_t *k,
+                   const uint16_t *v, const float *lse, const float *D, const am_shape &sh, size_t ds_budget) {
+    if (!am_bwd_fits<T, DP>(sh, ds_budget)) return false;
     const size_t dq_smem = am_tile_bytes<DP>(6, 3), dkv_smem = am_tile_bytes<DP>(6, 7);
     const size_t dq_ds_smem = am_tile_bytes<DP>(2, 0) + am_tile_bytes<AM_ROWS>(2, 0);
     const size_t per_kv = am_ds_bytes_per_kv(sh);
     const bool store_ds = per_kv <= ds_budget;
-    const bool fits = store_ds ? am_allow_smem(am_dq_ds_kernel<T, DP>, dq_ds_smem) &&
-                                     am_allow_smem(am_dkv_kernel<T, DP, true>, dkv_smem)
-                               : am_allow_smem(am_dq_kernel<T, DP>, dq_smem) &&
-                                     am_allow_smem(am_dkv_kernel<T, DP, false>, dkv_smem);
-    if (!fits) return false;
-    const size_t dout_n = (size_t)sh.batch * sh.seq * sh.q_stride;
-    uint16_t *rounded_dout = NULL;
-    CUDA_CHECK(cudaMallocAsync((void **)&rounded_dout, dout_n * sizeof(uint16_t), 0));
-    if (!rounded_dout) return true;  // a failed allocation is recorded: the run stops with its message
-    cuda_to_half(rounded_dout, dout, dout_n, fmt);
-    const T *hdo = (const T *)rounded_dout, *hq = (const T *)q, *hk = (const T *)k, *hv = (const T *)v;
+    const T *hdo = (const T *)dout_half, *hq = (const T *)q, *hk = (const T *)k, *hv = (const T *)v;
     const unsigned tiles = (unsigned)((sh.seq + AM_ROWS - 1) / AM_ROWS);
     if (!store_ds) {
         CUDA_LAUNCH(dim3(tiles, (unsigned)sh.n_heads, (unsigned)sh.batch), AM_THREADS, dq_smem,
@@ -904,7 +905,6 @@ static bool am_bwd(kernels_half_format fmt, float *dq, float *dk, float *dv, con
         }
         if (ds) CUDA_CHECK(cudaFreeAsync(ds, 0));
     }
-    CUDA_CHECK(cudaFreeAsync(rounded_dout, 0));
     return true;
 }
 
@@ -928,29 +928,40 @@ bool attention_mma_fwd(kernels_half_format fmt, int warp_rows, uint16_t *out_hal
                 : am_fwd_rows<__half, 128>(warp_rows, out_half, ld_out, out, lse, q, k, v, sh);
 }
 
-bool attention_mma_bwd(kernels_half_format fmt, float *dq, float *dk, float *dv, const float *dout,
+bool attention_mma_bwd_takes(const uint16_t *q, const uint16_t *k, const uint16_t *v, int batch, int seq,
+                             int n_heads, int n_kv_heads, int head_dim, size_t ds_budget) {
+    am_shape sh;
+    if (!am_shape_of(&sh, NULL, batch, seq, n_heads, n_kv_heads, head_dim, 1.0f) || !am_aligned(q, k, v))
+        return false;
+    // the shared-memory needs do not depend on the format
+    return head_dim == 64 ? am_bwd_fits<__nv_bfloat16, 64>(sh, ds_budget) && am_bwd_fits<__half, 64>(sh, ds_budget)
+                          : am_bwd_fits<__nv_bfloat16, 128>(sh, ds_budget) &&
+                                am_bwd_fits<__half, 128>(sh, ds_budget);
+}
+
+bool attention_mma_bwd(kernels_half_format fmt, float *dq, float *dk, float *dv, const uint16_t *dout_half,
                        const uint16_t *q, const uint16_t *k, const uint16_t *v, const float *lse, const float *D,
                        const int32_t *doc_ids, int batch, int seq, int n_heads, int n_kv_heads, int head_dim,
                        float scale, size_t ds_budget) {
     am_shape sh;
     if (!am_shape_of(&sh, doc_ids, batch, seq, n_heads, n_kv_heads, head_dim, scale)) return false;
-    if (!am_aligned(q, k, v)) return false;
+    if (!am_aligned(q, k, v) || (uintptr_t)dout_half % 16 != 0) return false;
     const bool bf16 = fmt == KERNELS_BF16;
     if (head_dim == 64)
-        return bf16 ? am_bwd<__nv_bfloat16, 64>(fmt, dq, dk, dv, dout, q, k, v, lse, D, sh, ds_budget)
-                    : am_bwd<__half, 64>(fmt, dq, dk, dv, dout, q, k, v, lse, D, sh, ds_budget);
-    return bf16 ? am_bwd<__nv_bfloat16, 128>(fmt, dq, dk, dv, dout, q, k, v, lse, D, sh, ds_budget)
-                : am_bwd<__half, 128>(fmt, dq, dk, dv, dout, q, k, v, lse, D, sh, ds_budget);
+        return bf16 ? am_bwd<__nv_bfloat16, 64>(dq, dk, dv, dout_half, q, k, v, lse, D, sh, ds_budget)
+                    : am_bwd<__half, 64>(dq, dk, dv, dout_half, q, k, v, lse, D, sh, ds_budget);
+    return bf16 ? am_bwd<__nv_bfloat16, 128>(dq, dk, dv, dout_half, q, k, v, lse, D, sh, ds_budget)
+                : am_bwd<__half, 128>(dq, dk, dv, dout_half, q, k, v, lse, D, sh, ds_budget);
 }
 
 size_t attention_mma_bwd_scratch_bytes(int batch, int seq, int n_heads, int n_kv_heads, int head_dim,
                                        size_t ds_budget) {
     am_shape sh;
     if (!am_shape_of(&sh, NULL, batch, seq, n_heads, n_kv_heads, head_dim, 1.0f)) return 0;
-    const size_t staged_dout = (size_t)batch * seq * sh.q_stride * sizeof(uint16_t);
+    const size_t rounded_dout = (size_t)batch * seq * sh.q_stride * sizeof(uint16_t);
     const size_t per_kv = am_ds_bytes_per_kv(sh);
-    if (per_kv > ds_budget) return staged_dout;
+    if (per_kv > ds_budget) return rounded_dout;
     const size_t fit = ds_budget / per_kv;
     const int n_chunks = (int)(((size_t)sh.n_kv + fit - 1) / fit);
-    return staged_dout + (size_t)((sh.n_kv + n_chunks - 1) / n_chunks) * per_kv;
+    return rounded_dout + (size_t)((sh.n_kv + n_chunks - 1) / n_chunks) * per_kv;
 }

@@ -20,19 +20,23 @@ bool attention_mma_fwd(kernels_half_format fmt, int warp_rows, uint16_t *out_hal
                        float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v, const int32_t *doc_ids,
                        int batch, int seq, int n_heads, int n_kv_heads, int head_dim, float scale);
 
-// D[b, h, s] = rowsum(round(dout) * widened out_half), computed by the caller
-// (attention_half.cu); dout is fp32 and rounded here. Where one kv head's 16-bit dS blocks
-// (batch x group x the causal triangle of 64 x 64 tiles, 2 bytes a value) fit ds_budget
-// bytes, the dk/dv kernel stores dS and dq multiplies it (transient scratch of at most
-// ds_budget); otherwise dq recomputes it. AM_DS_BUDGET is the default.
+// D[b, h, s] = rowsum(round(dout) * widened out_half) and dout_half = round(dout) (contiguous,
+// [tokens, n_heads * head_dim]) are the caller's (attention_half.cu: one pass over dout makes
+// both). Where one kv head's 16-bit dS blocks (batch x group x the causal triangle of 64 x 64
+// tiles, 2 bytes a value) fit ds_budget bytes, the dk/dv kernel stores dS and dq multiplies it
+// (transient scratch of at most ds_budget); otherwise dq recomputes it. AM_DS_BUDGET is the
+// default. attention_mma_bwd_takes says beforehand whether it takes the inputs.
 #define AM_DS_BUDGET ((size_t)1 << 30)
-bool attention_mma_bwd(kernels_half_format fmt, float *dq, float *dk, float *dv, const float *dout,
+bool attention_mma_bwd_takes(const uint16_t *q, const uint16_t *k, const uint16_t *v, int batch, int seq,
+                             int n_heads, int n_kv_heads, int head_dim, size_t ds_budget);
+bool attention_mma_bwd(kernels_half_format fmt, float *dq, float *dk, float *dv, const uint16_t *dout_half,
                        const uint16_t *q, const uint16_t *k, const uint16_t *v, const float *lse, const float *D,
                        const int32_t *doc_ids, int batch, int seq, int n_heads, int n_kv_heads,
                        int head_dim, float scale, size_t ds_budget);
 
-// The scratch attention_mma_bwd allocates and frees for this shape (the staged dout and the
-// dS chunk; D is the caller's), or 0 where the path does not take the shape.
+// The scratch of the mma backward for this shape: the rounded dout (the caller's) and the dS
+// chunk attention_mma_bwd allocates and frees (D is the caller's too), or 0 where the path
+// does not take the shape.
 size_t attention_mma_bwd_scratch_bytes(int batch, int seq, int n_heads, int n_kv_heads, int head_dim,
                                        size_t ds_budget);
 

@@ -146,6 +146,33 @@ extern "C" void cuda_to_half_2d(kernels_half_format fmt, uint16_t *out, int ld_o
     CUDA_CHECK_LAUNCH();
 }
 
+// to_half_2d_many: blockIdx.y picks the block, a 1D grid-stride loop over its values (rows
+// of cols); each value is to_half_2d_kernel's (__fmul_rn then half_bits), so the same bits.
+// The blocks are small (a LoRA rank's rows or columns), so one scalar path is enough.
+template <kernels_half_format F>
+__global__ void to_half_2d_many_kernel(const kernels_half_block *blocks) {
+    const kernels_half_block b = blocks[blockIdx.y];
+    const size_t n = (size_t)(b.rows > 0 ? b.rows : 0) * (size_t)(b.cols > 0 ? b.cols : 0);
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t r = i / (size_t)b.cols, c = i % (size_t)b.cols;
+        b.out[r * b.ld_out + c] = half_bits<F>(__fmul_rn(b.scale, b.x[r * b.ld_x + c]));
+    }
+}
+
+extern "C" void cuda_to_half_2d_many(kernels_half_format fmt, const kernels_half_block *blocks, int n) {
+    if (!known_format(fmt, "to_half_2d_many", __LINE__) || n <= 0) return;
+    // 64 blocks of threads per cast: 16K values in flight each, the casts' sizes (up to a
+    // LoRA rank x 8192 at Llama-3.2-1B's MLP) a few loop turns.
+    for (int first = 0; first < n; first += 65535) {  // gridDim.y's limit
+        const dim3 grid(64, (unsigned)(n - first < 65535 ? n - first : 65535));
+        if (fmt == KERNELS_BF16)
+            CUDA_LAUNCH(grid, CUDA_THREADS, 0, to_half_2d_many_kernel<KERNELS_BF16>)(blocks + first);
+        else
+            CUDA_LAUNCH(grid, CUDA_THREADS, 0, to_half_2d_many_kernel<KERNELS_FP16>)(blocks + first);
+        CUDA_CHECK_LAUNCH();
+    }
+}
+
 // ------------------------------------------------------------------ gemm_half
 
 // k == 0: an empty product, C = beta C, with beta == 0 not reading C (a copy of gemm.cu's

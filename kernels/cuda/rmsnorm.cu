@@ -11,6 +11,9 @@
 // are ld_half apart (a row may sit beside other columns of a wider GEMM operand); the stores
 // stay scalar and coalesced either way (consecutive threads, consecutive columns), so
 // ld_half == dim costs what the contiguous store did.
+// rmsnorm_bwd_half is rmsnorm_bwd's dx kernel with that store: the fp32 dx it leaves (written,
+// or added to) and to_half of it, a residual stream's gradient rounded in the pass that adds
+// to it.
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/cuda_common.cuh"
@@ -37,12 +40,14 @@ __global__ void rmsnorm_fwd_kernel(Store store, float *rstd, const float *x, con
 }
 
 // add_to_dx: dx + value, axpy's bits with alpha 1 (y + __fmul_rn(1, value) is y + value).
-__global__ void rmsnorm_bwd_dx_kernel(float *dx, const float *dout, const float *x,
+// Store takes the dx it leaves: f32_store into dx, or half_store (rmsnorm_bwd_half) into dx
+// and its 16-bit rounding; each element is read and written by the same thread.
+template <class Store>
+__global__ void rmsnorm_bwd_dx_kernel(Store store, const float *dx, const float *dout, const float *x,
                                       const float *weight, const float *rstd, int dim, bool add_to_dx) {
     __shared__ double scratch[CUDA_THREADS];
     const size_t row = blockIdx.x;
-    const float *xr = x + row * dim, *dyr = dout + row * dim;
-    float *dxr = dx + row * dim;
+    const float *xr = x + row * dim, *dyr = dout + row * dim, *dxr = dx + row * dim;
     const float rs = rstd[row];
     double acc = 0.0;
     for (int j = threadIdx.x; j < dim; j += blockDim.x) acc += (double)dyr[j] * weight[j] * xr[j];
@@ -50,7 +55,7 @@ __global__ void rmsnorm_bwd_dx_kernel(float *dx, const float *dout, const float 
     float coef = (float)(gx / dim) * rs * rs * rs;
     for (int j = threadIdx.x; j < dim; j += blockDim.x) {
         const float value = __fmul_rn(rs, dyr[j] * weight[j]) - __fmul_rn(coef, xr[j]);
-        dxr[j] = add_to_dx ? dxr[j] + value : value;
+        store(row, j, add_to_dx ? dxr[j] + value : value);
     }
 }
 
@@ -104,12 +109,9 @@ extern "C" void cuda_rmsnorm_fwd_half(kernels_half_format fmt, uint16_t *out_hal
     CUDA_CHECK_LAUNCH();
 }
 
-extern "C" void cuda_rmsnorm_bwd(float *dx, float *dweight, const float *dout, const float *x,
-                                 const float *weight, const float *rstd, int n_rows, int dim, bool add_to_dx) {
-    if (n_rows <= 0 || dim <= 0) return;
-    CUDA_LAUNCH(n_rows, CUDA_THREADS, 0, rmsnorm_bwd_dx_kernel)(dx, dout, x, weight, rstd, dim, add_to_dx);
-    CUDA_CHECK_LAUNCH();
-    if (!dweight) return;
+// dw += sum over rows of dy (x r): two passes, partial sums over fixed chunks, then in order.
+static void rmsnorm_bwd_dweight(float *dweight, const float *dout, const float *x, const float *rstd, int n_rows,
+                                int dim) {
     const int n_chunks = (n_rows + RMS_ROW_CHUNK - 1) / RMS_ROW_CHUNK;
     double *partial = NULL;
     CUDA_CHECK(cudaMallocAsync((void **)&partial, (size_t)n_chunks * dim * sizeof(double), 0));
@@ -122,4 +124,28 @@ extern "C" void cuda_rmsnorm_bwd(float *dx, float *dweight, const float *dout, c
     CUDA_LAUNCH(col_blocks, CUDA_THREADS, 0, rmsnorm_dw_sum_kernel)(dweight, partial, n_chunks, dim);
     CUDA_CHECK_LAUNCH();
     CUDA_CHECK(cudaFreeAsync(partial, 0));
+}
+
+extern "C" void cuda_rmsnorm_bwd(float *dx, float *dweight, const float *dout, const float *x,
+                                 const float *weight, const float *rstd, int n_rows, int dim, bool add_to_dx) {
+    if (n_rows <= 0 || dim <= 0) return;
+    CUDA_LAUNCH(n_rows, CUDA_THREADS, 0, rmsnorm_bwd_dx_kernel<f32_store>)(f32_store{dx, dim}, dx, dout, x, weight,
+                                                                          rstd, dim, add_to_dx);
+    CUDA_CHECK_LAUNCH();
+    if (dweight) rmsnorm_bwd_dweight(dweight, dout, x, rstd, n_rows, dim);
+}
+
+extern "C" void cuda_rmsnorm_bwd_half(kernels_half_format fmt, uint16_t *dx_half, int ld_half, float *dx,
+                                      float *dweight, const float *dout, const float *x, const float *weight,
+                                      const float *rstd, int n_rows, int dim, bool add_to_dx) {
+    if (!cuda_known_half_format(fmt, "rmsnorm_bwd_half", __FILE__, __LINE__)) return;
+    if (n_rows <= 0 || dim <= 0) return;
+    if (fmt == KERNELS_BF16)
+        CUDA_LAUNCH(n_rows, CUDA_THREADS, 0, rmsnorm_bwd_dx_kernel<half_store<KERNELS_BF16>>)(
+            half_store<KERNELS_BF16>{dx_half, ld_half, dx, dim}, dx, dout, x, weight, rstd, dim, add_to_dx);
+    else
+        CUDA_LAUNCH(n_rows, CUDA_THREADS, 0, rmsnorm_bwd_dx_kernel<half_store<KERNELS_FP16>>)(
+            half_store<KERNELS_FP16>{dx_half, ld_half, dx, dim}, dx, dout, x, weight, rstd, dim, add_to_dx);
+    CUDA_CHECK_LAUNCH();
+    if (dweight) rmsnorm_bwd_dweight(dweight, dout, x, rstd, n_rows, dim);
 }

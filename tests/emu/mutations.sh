@@ -57,6 +57,9 @@ mutations=(
   "test_kernels_cuda_fused_emu@kernels/cuda/half_bits.cuh@16-bit row stores with the fp32 stride@out_half[row * ld_half + j] = half_bits<F>(y);@out_half[row * ld + j] = half_bits<F>(y);"
   "test_kernels_cuda_fused_emu@kernels/cuda/swiglu.cu@swiglu rows: four-column groups on rows not 4-aligned@bool ok = cols % 4 == 0 && ld_half % 4 == 0;@bool ok = cols % 4 == 0;"
   "test_kernels_cuda_attention_emu@kernels/cuda/attention_half.cu@WMMA attention: K read row-major in Q K^T@wmma::col_major> fb;@wmma::row_major> fb;"
+  "test_kernels_cuda_attention_emu@kernels/cuda/attention_half.cu@the backward's rounded dout one head off@? dout_half + token * sh.q_stride + (size_t)h * sh.d : NULL;@? dout_half + token * sh.q_stride + (size_t)(h ^ 1) * sh.d : NULL;"
+  "test_kernels_cuda_fused_emu@kernels/cuda/rmsnorm.cu@rmsnorm_bwd_half: the rounding without the residual gradient it adds to@store(row, j, add_to_dx ? dxr[j] + value : value);@store(row, j, value);"
+  "test_kernels_cuda_fused_emu@kernels/cuda/half.cu@to_half_2d_many: output rows at the input's stride@b.out[r * b.ld_out + c]@b.out[r * b.ld_x + c]"
 )
 
 tests=$(printf '%s\n' "${mutations[@]}" | cut -d@ -f1 | sort -u)
