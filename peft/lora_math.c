@@ -75,11 +75,13 @@ static const float *adapter_input(const lora_apply *l, const float *x, const uin
     return x_scratch;
 }
 
+/* The beta of the products into da and db: 0 where they are written, not added to. */
+static float da_beta(const lora_apply *l) { return l->overwrite_da ? 0.0f : 1.0f; }
+static float db_beta(const lora_apply *l) { return l->overwrite_db ? 0.0f : 1.0f; }
+
 /* Row strides of the operands as a product reads them: the 16-bit copies of A and B (and
  * of x, unless it is the contiguous dropout scratch) in mixed precision, else the fp32
  * tensors' own. */
-static float da_beta(const lora_apply *l) { return l->overwrite_da ? 0.0f : 1.0f; }
-static float db_beta(const lora_apply *l) { return l->overwrite_db ? 0.0f : 1.0f; }
 static int lda_of(const lora_apply *l) { return l->half ? l->half->lda : l->in; }
 static int ldb_of(const lora_apply *l) { return l->half ? l->half->ldb : l->r; }
 static int ldx_of(const lora_apply *l, bool drop) { return l->half && !drop ? l->half->ldx : l->in; }

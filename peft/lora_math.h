@@ -63,10 +63,11 @@ typedef struct lora_apply {
 void lora_forward(const lora_apply *l, float *y, float *u, const float *x, const uint16_t *hx,
                   int n_tokens, bool train, float *x_scratch);
 
-/* Accumulates da, db (when non-NULL; or writes them: overwrite_da, overwrite_db) and, when dx is non-NULL, adds the adapter's input
- * gradient into dx. du [T,r] and scratch [T,in] (used only under dropout: NULL otherwise) are
- * caller-provided scratch. train must equal the forward's. Mixed precision: hdy is dy
- * rounded and hx x rounded (read only without dropout and when da is wanted). */
+/* Accumulates da, db (when non-NULL; writes them where overwrite_da, overwrite_db say so) and,
+ * when dx is non-NULL, adds the adapter's input gradient into dx. du [T,r] and scratch [T,in]
+ * (used only under dropout: NULL otherwise) are caller-provided scratch. train must equal the
+ * forward's. Mixed precision: hdy is dy rounded and hx x rounded (read only without dropout
+ * and when da is wanted). */
 void lora_backward(const lora_apply *l, float *dx, const float *dy, const uint16_t *hdy,
                    const float *x, const uint16_t *hx, const float *u, int n_tokens, bool train,
                    float *du, float *scratch);

@@ -159,9 +159,11 @@ static uint16_t *resid_norm_backward(const model *m, const model_linear *next, m
  * dx = dy W (+ adapter path), written (dx_beta 0) or added (dx_beta 1); dx NULL skips it.
  * Mixed precision: hx is x's 16-bit copy (needed only when the weight trains, or an adapter
  * without dropout reads it: needs_half_input), rows ldx apart; dy's is given as hdy (rows
- * ldhy apart, with room for du when concat_dy) when its producer wrote one (dy is then NULL:
- * every product, the bias gradient too, reads the 16-bit values, as torch.autocast's bf16
- * backward does), else dy is rounded here. */
+ * ldhy apart, with room for du when concat_dy) when its producer wrote one, else dy is
+ * rounded here. With hdy given, dy is NULL where only the rounding exists (every product, the
+ * bias gradient too, reads the 16-bit values, as torch.autocast's bf16 backward does), or the
+ * fp32 values the rounding was made from (the residual stream's gradient: what reads dy in
+ * fp32 reads it as before). */
 static void linear_backward(const model *m, int layer, int kind, float *dx, float dx_beta,
                             const float *dy, uint16_t *hdy, int ldhy, const float *x, const uint16_t *hx, int ldx,
                             int T, uint64_t seed) {
