@@ -855,16 +855,25 @@ static size_t am_ds_bytes_per_kv(const am_shape &sh) {
     return (size_t)sh.batch * sh.group * (tiles * (tiles + 1) / 2) * AM_ROWS * AM_ROWS * sizeof(uint16_t);
 }
 
+// Dynamic shared memory of the backward's kernels at head size DP: dq recomputing dS, dk/dv,
+// dq from the stored dS.
+struct am_bwd_bytes {
+    size_t dq, dkv, dq_ds;
+};
+template <int DP>
+static am_bwd_bytes am_bwd_smem() {
+    return {am_tile_bytes<DP>(6, 3), am_tile_bytes<DP>(6, 7), am_tile_bytes<DP>(2, 0) + am_tile_bytes<AM_ROWS>(2, 0)};
+}
+
 // Whether the backward's kernels get the shared memory they need for this shape (the
 // attribute is set once per device).
 template <typename T, int DP>
 static bool am_bwd_fits(const am_shape &sh, size_t ds_budget) {
-    const size_t dq_smem = am_tile_bytes<DP>(6, 3), dkv_smem = am_tile_bytes<DP>(6, 7);
-    const size_t dq_ds_smem = am_tile_bytes<DP>(2, 0) + am_tile_bytes<AM_ROWS>(2, 0);
-    return am_ds_bytes_per_kv(sh) <= ds_budget ? am_allow_smem(am_dq_ds_kernel<T, DP>, dq_ds_smem) &&
-                                                      am_allow_smem(am_dkv_kernel<T, DP, true>, dkv_smem)
-                                                : am_allow_smem(am_dq_kernel<T, DP>, dq_smem) &&
-                                                      am_allow_smem(am_dkv_kernel<T, DP, false>, dkv_smem);
+    const am_bwd_bytes smem = am_bwd_smem<DP>();
+    return am_ds_bytes_per_kv(sh) <= ds_budget ? am_allow_smem(am_dq_ds_kernel<T, DP>, smem.dq_ds) &&
+                                                      am_allow_smem(am_dkv_kernel<T, DP, true>, smem.dkv)
+                                                : am_allow_smem(am_dq_kernel<T, DP>, smem.dq) &&
+                                                      am_allow_smem(am_dkv_kernel<T, DP, false>, smem.dkv);
 }
 
 // dout arrives rounded (the kernels move half the bytes, and cp.async can stream them), as do
@@ -875,8 +884,8 @@ template <typename T, int DP>
 static bool am_bwd(float *dq, float *dk, float *dv, const uint16_t *dout_half, const uint16_t *q, const uint16_t *k,
                    const uint16_t *v, const float *lse, const float *D, const am_shape &sh, size_t ds_budget) {
     if (!am_bwd_fits<T, DP>(sh, ds_budget)) return false;
-    const size_t dq_smem = am_tile_bytes<DP>(6, 3), dkv_smem = am_tile_bytes<DP>(6, 7);
-    const size_t dq_ds_smem = am_tile_bytes<DP>(2, 0) + am_tile_bytes<AM_ROWS>(2, 0);
+    const am_bwd_bytes smem = am_bwd_smem<DP>();
+    const size_t dq_smem = smem.dq, dkv_smem = smem.dkv, dq_ds_smem = smem.dq_ds;
     const size_t per_kv = am_ds_bytes_per_kv(sh);
     const bool store_ds = per_kv <= ds_budget;
     const T *hdo = (const T *)dout_half, *hq = (const T *)q, *hk = (const T *)k, *hv = (const T *)v;
