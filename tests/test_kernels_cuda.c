@@ -499,6 +499,64 @@ static void test_cross_entropy(void) {
     }
 }
 
+/* Rows that exercise pass 1's online max and sum: the first half of a row at -inf (a masked
+ * vocabulary: every thread starts on -inf logits, so its running max is -inf when they
+ * arrive), logits rising along the row (the running max grows at every element) and falling,
+ * a single logit far above the rest at the end (its rescaling carries the whole sum), on the four-column
+ * path (vocab % 4 == 0, aligned) and the one-column path (an odd vocabulary, and the same
+ * even one one float off alignment). Loss and gradient against the CPU. */
+static void test_cross_entropy_online(void) {
+    seed(29);
+    const int rows = 5;
+    const int vocabs[] = {4096, 4099, 37};
+    for (size_t vi = 0; vi < sizeof vocabs / sizeof vocabs[0]; vi++)
+        for (int offset = 0; offset < 2; offset++) {
+            const int vocab = vocabs[vi];
+            const size_t n = (size_t)rows * vocab, bytes = n * sizeof(float);
+            float *logits = host_rand(n, -6, 6), *loss = host_nan(rows);
+            for (int i = 0; i < vocab; i++) {
+                if (i < vocab / 2) logits[i] = -INFINITY;        /* row 0: masked first half */
+                logits[vocab + i] = -10.0f + 20.0f * i / vocab;  /* row 1: rising */
+                logits[2 * vocab + i] = 10.0f - 20.0f * i / vocab; /* row 2: falling */
+            }
+            /* row 3: one logit 200 above the rest, last: exp(z - m) overflows unless the running
+             * max has reached it before its term is added (the group's max, not a part of it). */
+            logits[4 * vocab - 1] = 200.0f;
+            int32_t targets[5] = {vocab - 1, vocab / 3, 0, vocab - 1, vocab / 2};
+            int32_t *d_targets = dev_from(G, targets, sizeof targets);
+            for (int with_grad = 0; with_grad < 2; with_grad++) {
+                const float grad_scale = with_grad ? 0.5f : 0.0f;
+                float *ref = malloc(bytes);
+                memcpy(ref, logits, bytes);
+                C->cross_entropy(ref, loss, targets, rows, vocab, grad_scale);
+                /* offset 1: the rows start one float after a 16-byte boundary. */
+                float *d_buf = G->alloc(bytes + sizeof(float)), *d_loss = dev_nan(G, rows);
+                float *d_logits = d_buf + offset;
+                G->upload(d_logits, logits, bytes);
+                G->cross_entropy(d_logits, d_loss, d_targets, rows, vocab, grad_scale);
+                char what[96];
+                snprintf(what, sizeof what, "cross_entropy online vocab %d offset %d%s: loss", vocab,
+                         offset, with_grad ? " (grad)" : "");
+                compare(G, what, d_loss, loss, rows, 1e-6);
+                /* A masked logit's gradient is exactly 0 (on both sides, then compared). */
+                snprintf(what, sizeof what, "cross_entropy online vocab %d offset %d%s: logits", vocab,
+                         offset, with_grad ? " (gradient)" : " (unchanged)");
+                if (with_grad) {
+                    /* -inf inputs became 0: compare finite rows, relative over all. */
+                    compare(G, what, d_logits, ref, n, 1e-5);
+                } else {
+                    compare_exact(G, what, d_logits, ref, bytes);
+                }
+                G->release(d_buf);
+                G->release(d_loss);
+                free(ref);
+            }
+            G->release(d_targets);
+            free(logits);
+            free(loss);
+        }
+}
+
 /* ------------------------------------------------------------------ adamw */
 static void test_adamw(void) {
     seed(11);
@@ -570,6 +628,7 @@ int main(void) {
     test_swiglu();
     test_attention();
     test_cross_entropy();
+    test_cross_entropy_online();
     test_adamw();
     test_error_state();
     check_status("end of tests");

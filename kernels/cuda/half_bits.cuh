@@ -69,6 +69,10 @@ struct f32_store {
     __device__ __forceinline__ void operator()(size_t row, int j, float y) const {
         out[row * ld + j] = y;
     }
+    // Columns j..j+3 at once, under half_store::four's alignment conditions.
+    __device__ __forceinline__ void four(size_t row, int j, float4 y) const {
+        __stwb(reinterpret_cast<float4 *>(out + row * ld + j), y);
+    }
 };
 
 template <kernels_half_format F>

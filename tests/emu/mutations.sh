@@ -60,6 +60,8 @@ mutations=(
   "test_kernels_cuda_attention_emu@kernels/cuda/attention_half.cu@the backward's rounded dout one head off@? dout_half + token * sh.q_stride + (size_t)h * sh.d : NULL;@? dout_half + token * sh.q_stride + (size_t)(h ^ 1) * sh.d : NULL;"
   "test_kernels_cuda_fused_emu@kernels/cuda/rmsnorm.cu@rmsnorm_bwd_half: the rounding without the residual gradient it adds to@store(row, j, add_to_dx ? dxr[j] + value : value);@store(row, j, value);"
   "test_kernels_cuda_fused_emu@kernels/cuda/half.cu@to_half_2d_many: output rows at the input's stride@b.out[r * b.ld_out + c]@b.out[r * b.ld_x + c]"
+  "test_kernels_cuda_emu@kernels/cuda/cross_entropy.cu@cross-entropy online sum: the running max raised by half of a group@raise(fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w)));@raise(fmaxf(v.x, v.y));"
+  "test_kernels_cuda_emu@kernels/cuda/cross_entropy.cu@cross-entropy online sum: -inf terms taken against a running max of -inf@base = m == -INFINITY ? 0.0f : m;@base = m;"
 )
 
 tests=$(printf '%s\n' "${mutations[@]}" | cut -d@ -f1 | sort -u)
