@@ -8,8 +8,17 @@ it, after checking that each pair agrees. The peer times its forward and its bac
 (torch.autograd.grad of the output) with CUDA events. FLOPs are FlashAttention's count
 (causal: half of 4 B H S^2 D forward, 2.5x that backward); ratio = peer ms / ctune ms (above
 1: ctune faster).
+
+Then, where Nsight Compute (ncu) is installed and may read the GPU's counters, one launch of
+each mma kernel at the first shape (the check pass of bench_attention_cuda --check-only) is
+profiled: throughput against peak, occupancy, the warps' stall reasons, issue slots, the
+tensor pipe's use. The timings above say how far from FlashAttention the kernels are; these
+say why (latency: which stall; issue; memory), which a GPU session cannot otherwise see in
+its few minutes. Skipped with --no-ncu, or (saying why) where ncu is missing or refused.
 """
+import shutil
 import argparse
+import glob
 import os
 import re
 import subprocess
@@ -65,6 +74,46 @@ for spec in sys.argv[4:]:
 '''
 
 
+NCU_SECTIONS = ["SpeedOfLight", "Occupancy", "LaunchStats", "WarpStateStats", "SchedulerStats",
+                "ComputeWorkloadAnalysis", "InstructionStats", "MemoryWorkloadAnalysis"]
+
+
+def find_ncu():
+    """ncu on PATH, else where CUDA toolkits and Nsight Compute installs put it."""
+    found = shutil.which("ncu")
+    if found:
+        return found
+    for pattern in ("/usr/local/cuda/bin/ncu", "/usr/local/cuda-*/bin/ncu", "/opt/nvidia/nsight-compute/*/ncu",
+                    "/usr/local/cuda*/nsight-compute*/ncu"):
+        hits = sorted(glob.glob(pattern))
+        if hits:
+            return hits[-1]
+    return None
+
+
+def ncu_profile(bench, fmt, shape, say, time_limit):
+    """One launch of each am_* kernel (fwd 16 and 32 rows, dk/dv, dq both ways) at shape."""
+    ncu = find_ncu()
+    if not ncu:
+        say("# ncu: not found (PATH, /usr/local/cuda*/bin, /opt/nvidia/nsight-compute): no kernel profile")
+        return
+    cmd = [ncu, "--kernel-name", "regex:am_", "--launch-count", "8"]
+    for section in NCU_SECTIONS:
+        cmd += ["--section", section]
+    cmd += [bench, "--check-only", "--fmt", fmt, *[str(x) for x in shape]]
+    say(f"# ncu: {' '.join(cmd)}")
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=time_limit)
+        text, status = p.stdout + p.stderr, p.returncode
+    except subprocess.TimeoutExpired as e:
+        text = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        status = f"timed out after {time_limit} s"
+    for line in text.splitlines():
+        say(f"#   {line}")
+    if status != 0:
+        say(f"# ncu: status {status} (an ERR_NVGPUCTRPERM above means the counters are closed to this user)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bench", required=True, help="the bench_attention_cuda program")
@@ -73,6 +122,8 @@ def main():
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--no-peer", action="store_true", help="ctune only")
+    ap.add_argument("--no-ncu", action="store_true", help="no Nsight Compute profile of the kernels")
+    ap.add_argument("--ncu-time-limit", type=int, default=150, help="seconds for the ncu run (default 150)")
     ap.add_argument("--out", help="raw output file (default gpu-<device>-YYYYMMDD-attention.txt in $OUT if "
                                   "set, else docs/benchmarks/)")
     ap.add_argument("shapes", nargs="*", default=DEFAULT_SHAPES, help="BATCH,SEQ,HEADS,KV_HEADS,HEAD_DIM ...")
@@ -136,6 +187,8 @@ def main():
             tf_text = lambda t: f"{flops / (t * 1e-3) / 1e12:8.1f}" if t else f"{'-':>8}"
             ratio = f"{pms / ms:6.2f}" if ms and pms else f"{'-':>6}"
             say(f"{key:20} {way:14} {ms_text(ms)} {tf_text(ms)} {ms_text(pms)} {tf_text(pms)} {ratio}")
+    if not args.no_ncu and ctune.returncode == 0:
+        ncu_profile(args.bench, args.fmt, shapes[0], say, args.ncu_time_limit)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -4,7 +4,7 @@
 # (scaled_dot_product_attention, flash backend, causal) on the same shapes, in the same run,
 # with the ratios. Raw output: gpu-<device>-YYYYMMDD-attention.txt in $OUT if set, else
 # docs/benchmarks/.
-#   scripts/bench_gpu_attention.sh [--fmt bf16|fp16] [--reps N] [--warmup N] [--no-peer]
+#   scripts/bench_gpu_attention.sh [--fmt bf16|fp16] [--reps N] [--warmup N] [--no-peer] [--no-ncu]
 #                                  [BATCH,SEQ,HEADS,KV_HEADS,HEAD_DIM ...]
 # Default shapes: 4,2048,32,8,64 (Llama-3.2-1B at the benchmark's batch), 2,2048,32,8,128,
 # 1,8192,32,8,64. Environment: PYTHON (with torch, CUDA; default python3), BENCH (the
