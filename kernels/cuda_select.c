@@ -49,6 +49,7 @@ static const kernels cuda_backend = {
     .to_half_2d_many = cuda_to_half_2d_many,
     .gemm_half = cuda_gemm_half,
     .gemm_half_add = cuda_gemm_half_add,
+    .gemm_half_to_half = cuda_gemm_half_to_half,
     .rmsnorm_fwd_half = cuda_rmsnorm_fwd_half,
     .rmsnorm_bwd_half = cuda_rmsnorm_bwd_half,
     .rope_fwd_half = cuda_rope_fwd_half,

@@ -190,6 +190,13 @@ typedef struct kernels {
     void (*gemm_half_add)(kernels_half_format fmt, bool trans_a, bool trans_b, int m, int n, int k,
                           const uint16_t *a, int lda, const uint16_t *b, int ldb, const float *r, float *c,
                           int ldc);
+    /* c_half = to_half(op(a) op(b)), rows ldc (>= n) apart, the columns between untouched:
+     * gemm_half (alpha 1, beta 0) then to_half, with the fp32 result never stored (a GPU
+     * rounds in the GEMM's epilogue). For a Linear whose output is read only as a 16-bit
+     * operand (SwiGLU's gate and up, attention's v). */
+    void (*gemm_half_to_half)(kernels_half_format fmt, bool trans_a, bool trans_b, int m, int n, int k,
+                              const uint16_t *a, int lda, const uint16_t *b, int ldb, uint16_t *c_half,
+                              int ldc);
 
     /* ---- producers of 16-bit GEMM operands (mixed precision) ----
      * Each writes in one pass what its fp32 op followed by to_half would write, so a tensor
@@ -219,7 +226,9 @@ typedef struct kernels {
      * to_half(up) (kept for the backward), then with g, u their widened values, out = silu(g)
      * * u in swiglu_fwd's fp32 arithmetic, out_half = to_half(out), its rows ld_half (>= cols)
      * apart (the columns between are untouched: room for the next GEMM's other operand);
-     * out is written unless NULL. gate, up, out, gate_half, up_half are contiguous. */
+     * out is written unless NULL. gate, up, out, gate_half, up_half are contiguous. With gate
+     * and up both NULL, gate_half and up_half are the inputs, already rounded (their
+     * projections wrote them with gemm_half_to_half): the same out for the same roundings. */
     void (*swiglu_fwd_half)(kernels_half_format fmt, uint16_t *out_half, int ld_half, float *out,
                             uint16_t *gate_half, uint16_t *up_half, const float *gate,
                             const float *up, int rows, int cols);

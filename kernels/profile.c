@@ -223,6 +223,11 @@ static void p_gemm_half_add(kernels_half_format fmt, bool ta, bool tb, int m, in
     TIMED(2.0 * m * n * k, 0, prof.inner->gemm_half_add(fmt, ta, tb, m, n, k, a, lda, b, ldb, r, c, ldc),
           "gemm_half %s %c%c m %d n %d k %d +R", fmt_name(fmt), tr(ta), tr(tb), m, n, k);
 }
+static void p_gemm_half_to_half(kernels_half_format fmt, bool ta, bool tb, int m, int n, int k, const uint16_t *a,
+                                int lda, const uint16_t *b, int ldb, uint16_t *c_half, int ldc) {
+    TIMED(2.0 * m * n * k, 0, prof.inner->gemm_half_to_half(fmt, ta, tb, m, n, k, a, lda, b, ldb, c_half, ldc),
+          "gemm_half %s %c%c m %d n %d k %d ->16", fmt_name(fmt), tr(ta), tr(tb), m, n, k);
+}
 /* Bytes moved by the producers of 16-bit operands: fp32 in, 16-bit (and optional fp32) out. */
 static void p_rmsnorm_fwd_half(kernels_half_format fmt, uint16_t *oh, int ld_half, float *out, float *rstd,
                                const float *x, const float *w, int rows, int dim, float eps) {
@@ -239,9 +244,11 @@ static void p_rmsnorm_bwd_half(kernels_half_format fmt, uint16_t *dxh, int ld_ha
 }
 static void p_swiglu_fwd_half(kernels_half_format fmt, uint16_t *oh, int ld_half, float *out, uint16_t *gh,
                               uint16_t *uh, const float *gate, const float *up, int rows, int cols) {
-    TIMED(0, (out ? 18.0 : 14.0) * rows * cols,
-          prof.inner->swiglu_fwd_half(fmt, oh, ld_half, out, gh, uh, gate, up, rows, cols), "swiglu_fwd_half %s%s",
-          fmt_name(fmt), out ? " +fp32" : "");
+    /* gate and up NULL: the 16-bit gate and up are its inputs (2 + 2 bytes read, none written). */
+    const double per = gate ? 14.0 : 6.0;
+    TIMED(0, (out ? per + 4.0 : per) * rows * cols,
+          prof.inner->swiglu_fwd_half(fmt, oh, ld_half, out, gh, uh, gate, up, rows, cols), "swiglu_fwd_half %s%s%s",
+          fmt_name(fmt), gate ? "" : " (16-bit in)", out ? " +fp32" : "");
 }
 static void p_swiglu_bwd_half(kernels_half_format fmt, uint16_t *dgh, uint16_t *duh, int ld_half, const float *dout,
                               const uint16_t *gh, const uint16_t *uh, int rows, int cols) {
@@ -331,6 +338,7 @@ int kernels_profile_start(const kernels *inner, const kernels **out, ct_error *e
         .to_half_2d_many = p_to_half_2d_many,
         .gemm_half = p_gemm_half,
         .gemm_half_add = p_gemm_half_add,
+        .gemm_half_to_half = p_gemm_half_to_half,
         .rmsnorm_fwd_half = p_rmsnorm_fwd_half,
         .rmsnorm_bwd_half = p_rmsnorm_bwd_half,
         .swiglu_fwd_half = p_swiglu_fwd_half,

@@ -135,6 +135,11 @@ static void shadow_gemm_half_add(kernels_half_format fmt, bool ta, bool tb, int 
                                  int lda, const uint16_t *b, int ldb, const float *r, float *c, int ldc) {
     cpu_gemm_half_add(fmt, ta, tb, m, n, k, RCH(a), lda, RCH(b), ldb, RCF(r), RF(c), ldc);
 }
+static void shadow_gemm_half_to_half(kernels_half_format fmt, bool ta, bool tb, int m, int n, int k,
+                                     const uint16_t *a, int lda, const uint16_t *b, int ldb, uint16_t *c_half,
+                                     int ldc) {
+    cpu_gemm_half_to_half(fmt, ta, tb, m, n, k, RCH(a), lda, RCH(b), ldb, RH(c_half), ldc);
+}
 static void shadow_rmsnorm_fwd_half(kernels_half_format fmt, uint16_t *out_half, int ld_half, float *out,
                                     float *rstd, const float *x, const float *w, int rows, int dim, float eps) {
     cpu_rmsnorm_fwd_half(fmt, RH(out_half), ld_half, RF(out), RF(rstd), RCF(x), RCF(w), rows, dim, eps);
@@ -223,6 +228,7 @@ static const kernels shadow_backend = {
     .to_half_2d_many = shadow_to_half_2d_many,
     .gemm_half = shadow_gemm_half,
     .gemm_half_add = shadow_gemm_half_add,
+    .gemm_half_to_half = shadow_gemm_half_to_half,
     .rmsnorm_fwd_half = shadow_rmsnorm_fwd_half,
     .rmsnorm_bwd_half = shadow_rmsnorm_bwd_half,
     .swiglu_fwd_half = shadow_swiglu_fwd_half,

@@ -1,6 +1,7 @@
 /* Tests of the producers of 16-bit GEMM operands on the CPU reference backend (kernels.h:
- * rmsnorm_fwd_half, rmsnorm_bwd_half, rope_fwd_half, rope_bwd_half, swiglu_fwd_half,
- * swiglu_bwd_half, cross_entropy_half, and the strided casts to_half_2d, to_half_2d_many).
+ * rmsnorm_fwd_half, rmsnorm_bwd_half, rope_fwd_half, rope_bwd_half, swiglu_fwd_half (also
+ * from 16-bit gate and up), swiglu_bwd_half, cross_entropy_half, the strided casts
+ * to_half_2d, to_half_2d_many, and gemm_half_to_half).
  * Each must write, bit for bit, what the fp32 op (itself checked against torch and finite
  * differences in test_kernels_cpu.c) followed by to_half writes, in both
  * formats, with the optional fp32 outputs present and absent, outputs poisoned first so an
@@ -299,6 +300,16 @@ static void swiglu_case(kernels_half_format fmt, int rows, int cols, int ld) {
             for (size_t i = 0; i < n; i++) written += !isnan(out[i]);
             CHECK_MSG(written == 0, "%s: wrote %zu elements of out = NULL's buffer", what, written);
         }
+        /* gate and up NULL: the roundings just written are the inputs, left as they are. */
+        memset(got_h, 0xA5, n_ld * sizeof *got_h);
+        for (size_t i = 0; i < n; i++) out[i] = NAN;
+        K->swiglu_fwd_half(fmt, got_h, ld, with_out ? out : NULL, got_g, got_u, NULL, NULL, rows, cols);
+        snprintf(what, sizeof what, "swiglu_fwd_half %s [%d, %d] ld %d%s, 16-bit in", fmt_name(fmt), rows, cols, ld,
+                 with_out ? " +fp32" : "");
+        check_rows(what, got_h, ld, ref_h, rows, cols);
+        CHECK_SAME("swiglu_fwd_half 16-bit in: gate kept", got_g, hg, n);
+        CHECK_SAME("swiglu_fwd_half 16-bit in: up kept", got_u, hu, n);
+        if (with_out) CHECK_SAME("swiglu_fwd_half 16-bit in: fp32 out", out, ref, n);
     }
     if (n >= 1000) { /* It is the rounded inputs that matter: the fp32 op on unrounded inputs differs. */
         float *exact = poisoned(n);
@@ -344,6 +355,43 @@ static void test_swiglu(kernels_half_format fmt) {
     K->swiglu_bwd_half(fmt, h, h, 4, NULL, NULL, NULL, 0, 4);
     K->swiglu_bwd_half(fmt, h, h, 4, NULL, NULL, NULL, 1, 0);
     CHECK_MSG(count_bits(h, 4, 0xFFFF, 0xA5A5) == 4, "swiglu_*_half %s: an empty call wrote", fmt_name(fmt));
+}
+
+/* gemm_half_to_half: gemm_half (alpha 1, beta 0) into fp32, then to_half_2d into rows ldc
+ * apart, bit for bit, for every transpose pair, operands with padded rows, an output with a
+ * gap (poison kept), k = 0 (zeros), and fp16's overflow to inf. */
+static void gemm_to_half_case(kernels_half_format fmt, bool ta, bool tb, int m, int n, int k, int ldc, float big) {
+    const int a_rows = ta ? k : m, a_cols = ta ? m : k, b_rows = tb ? n : k, b_cols = tb ? k : n;
+    const int lda = a_cols + 3, ldb = b_cols + 1;
+    float *a32 = vec((size_t)a_rows * lda, -2, 2), *b32 = vec((size_t)b_rows * ldb, -2, 2);
+    if (k > 0) a32[0] = big; /* row 0 of the product (ta: column 0 of A, still the product's row 0) */
+    uint16_t *a = halves((size_t)a_rows * lda), *b = halves((size_t)b_rows * ldb);
+    K->to_half(a, a32, (size_t)a_rows * lda, fmt);
+    K->to_half(b, b32, (size_t)b_rows * ldb, fmt);
+    float *c = poisoned((size_t)m * n);
+    uint16_t *want = halves((size_t)m * n), *got = halves((size_t)m * ldc);
+    K->gemm_half(fmt, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, n);
+    K->to_half(want, c, (size_t)m * n, fmt);
+    K->gemm_half_to_half(fmt, ta, tb, m, n, k, a, lda, b, ldb, got, ldc);
+    char what[128];
+    snprintf(what, sizeof what, "gemm_half_to_half %s %c%c m %d n %d k %d ldc %d", fmt_name(fmt), ta ? 'T' : 'N',
+             tb ? 'T' : 'N', m, n, k, ldc);
+    check_rows(what, got, ldc, want, m, n);
+    if (k == 0) CHECK_MSG(count_bits(got, (size_t)n, 0xFFFF, 0) == (size_t)n, "%s: not zeros", what);
+    if (big > 65504.0f * 4 && fmt == KERNELS_FP16)
+        CHECK_MSG(count_bits(got, (size_t)n, 0x7FFF, 0x7C00) > 0, "%s: no inf in row 0", what);
+    free(a32), free(b32), free(a), free(b), free(c), free(want), free(got);
+}
+
+static void test_gemm_half_to_half(kernels_half_format fmt) {
+    for (int t = 0; t < 4; t++) gemm_to_half_case(fmt, t & 1, t >> 1, 7, 13, 33, 13, 1.0f);
+    gemm_to_half_case(fmt, false, true, 9, 20, 17, 20 + 16, 1.0f); /* a gap beside each row */
+    gemm_to_half_case(fmt, false, true, 5, 6, 0, 9, 1.0f);         /* empty product */
+    gemm_to_half_case(fmt, false, false, 4, 8, 16, 8, 3.0e5f);      /* fp16 overflow in row 0 */
+    uint16_t h[2] = {0xA5A5, 0xA5A5};
+    K->gemm_half_to_half(fmt, false, false, 0, 2, 3, NULL, 3, NULL, 2, h, 2);
+    K->gemm_half_to_half(fmt, false, false, 1, 0, 3, NULL, 3, NULL, 1, h, 2);
+    CHECK_MSG(count_bits(h, 2, 0xFFFF, 0xA5A5) == 2, "gemm_half_to_half %s: an empty call wrote", fmt_name(fmt));
 }
 
 /* rope_fwd_half / rope_bwd_half on [tokens, heads * d], 16-bit rows ld apart: rope_fwd /
@@ -474,6 +522,17 @@ static void test_shadow_strided(void) {
     CHECK_SAME("shadow swiglu_fwd_half ld_half", got, want, (size_t)rows * ld);
     sh->download(got_out, dout, n * sizeof(float));
     CHECK_SAME("shadow swiglu_fwd_half out", got_out, out, n);
+    /* again from the 16-bit gate and up it kept */
+    cpu->swiglu_fwd_half(KERNELS_FP16, want + 2, ld, NULL, gh, uh, NULL, NULL, rows, cols);
+    sh->swiglu_fwd_half(KERNELS_FP16, dh + 2, ld, NULL, dgh, duh, NULL, NULL, rows, cols);
+    sh->download(got, dh, (size_t)rows * ld * sizeof(uint16_t));
+    CHECK_SAME("shadow swiglu_fwd_half 16-bit in", got, want, (size_t)rows * ld);
+    /* gemm_half_to_half: [rows, 4] = gh [rows, cols] (gh's rows cols apart) times uh's first 4 rows^T,
+     * into dh2's rows from column 5 */
+    cpu->gemm_half_to_half(KERNELS_FP16, false, true, rows, 4, cols, gh, cols, uh, cols, want2 + 5, ld);
+    sh->gemm_half_to_half(KERNELS_FP16, false, true, rows, 4, cols, dgh, cols, duh, cols, dh2 + 5, ld);
+    sh->download(got2, dh2, (size_t)rows * ld * sizeof(uint16_t));
+    CHECK_SAME("shadow gemm_half_to_half", got2, want2, (size_t)rows * ld);
     cpu->swiglu_bwd_half(KERNELS_BF16, want + 3, want2 + 1, ld, x + 2, gh, uh, rows, cols);
     sh->swiglu_bwd_half(KERNELS_BF16, dh + 3, dh2 + 1, ld, dx + 2, dgh, duh, rows, cols);
     sh->download(got, dh, (size_t)rows * ld * sizeof(uint16_t));
@@ -520,12 +579,13 @@ int main(void) {
         test_cross_entropy(fmts[f]);
         test_to_half_2d(fmts[f]);
     }
+    for (int f = 0; f < 2; f++) test_gemm_half_to_half(fmts[f]);
     for (int f = 0; f < 2; f++) test_rope(fmts[f]); /* after the others: their random inputs stay as they were */
     for (int f = 0; f < 2; f++) test_rmsnorm_bwd(fmts[f]);
     for (int f = 0; f < 2; f++) test_to_half_2d_many(fmts[f]);
     /* The shadow backend routes every new entry to the same CPU code (a NULL slot crashes). */
     K = kernels_shadow();
-    CHECK(K->rmsnorm_fwd_half && K->rmsnorm_bwd_half && K->to_half_2d_many && K->swiglu_fwd_half && K->swiglu_bwd_half && K->cross_entropy_half &&
+    CHECK(K->gemm_half_to_half && K->rmsnorm_fwd_half && K->rmsnorm_bwd_half && K->to_half_2d_many && K->swiglu_fwd_half && K->swiglu_bwd_half && K->cross_entropy_half &&
           K->to_half_2d && K->rope_fwd_half && K->rope_bwd_half);
     test_shadow_strided();
     test_shadow_rope();

@@ -545,12 +545,26 @@ static void swiglu_fwd_case(int rows, int cols, int ld, kernels_half_format fmt,
     compare_exact(G, what, at(dgh2), want_gh, n * 2);
     snprintf(what + len, sizeof what - len, "out NULL: up_half");
     compare_exact(G, what, at(duh2), want_uh, n * 2);
+
+    /* (d) gate and up NULL: from the 16-bit gate and up (the roundings of (b), at the inputs'
+     * offset), the same outputs; the 16-bit inputs left as they are. */
+    dbuf ghin = db_input(want_gh, n, 2, in_off), uhin = db_input(want_uh, n, 2, in_off);
+    dbuf dhalf3 = db_poison(n_ld, 2, out_off), dout3 = db_poison(n, 4, out_off);
+    G->swiglu_fwd_half(fmt, at(dhalf3), ld, at(dout3), at(ghin), at(uhin), NULL, NULL, rows, cols);
+    snprintf(what + len, sizeof what - len, "16-bit in: out_half");
+    compare_exact(G, what, at(dhalf3), want_half, n_ld * 2);
+    snprintf(what + len, sizeof what - len, "16-bit in: out");
+    compare_exact(G, what, at(dout3), want_out, n * 4);
+    snprintf(what + len, sizeof what - len, "16-bit in: gate_half kept");
+    compare_exact(G, what, at(ghin), want_gh, n * 2);
+    snprintf(what + len, sizeof what - len, "16-bit in: up_half kept");
+    compare_exact(G, what, at(uhin), want_uh, n * 2);
     snprintf(what + len, sizeof what - len, "margins");
-    dbuf written[] = {dout, dhalf, dgh, duh, dhalf2, dgh2, duh2};
+    dbuf written[] = {dout, dhalf, dgh, duh, dhalf2, dgh2, duh2, dhalf3, dout3};
     for (size_t i = 0; i < sizeof written / sizeof written[0]; i++)
         db_check_margins(what, written[i]);
 
-    dbuf dev[] = {dgate, dup, dout, dhalf, dgh, duh, gh, uh, gw, uw, y, dhalf2, dgh2, duh2};
+    dbuf dev[] = {dgate, dup, dout, dhalf, dgh, duh, gh, uh, gw, uw, y, dhalf2, dgh2, duh2, ghin, uhin, dhalf3, dout3};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) db_free(dev[i]);
     void *host[] = {gate,     up,         out,       half,    gate_half, up_half,
                     want_out, want_dense, want_half, want_gh, want_uh};

@@ -344,6 +344,82 @@ static void test_gemm_half(void) {
     gemm_half_case(&first, 1); /* the first of them again, after its eviction */
 }
 
+/* The m x n block of two 16-bit outputs (rows ldc apart from off), widened: their relative
+ * distance (a sum near zero can round several ulps apart when the fp32 sums' orders differ,
+ * so no per-element ulp bound) under tol, every element finite. */
+static void compare_block(const char *what, const uint16_t *got, const uint16_t *want, int m, int n, int ldc,
+                          int off, kernels_half_format fmt, double tol) {
+    float *g = malloc((size_t)n * sizeof(float)), *w = malloc((size_t)n * sizeof(float));
+    double diff = 0, norm = 0;
+    size_t non_finite = 0;
+    for (int i = 0; i < m; i++) {
+        C->from_half(g, got + off + (size_t)i * ldc, (size_t)n, fmt);
+        C->from_half(w, want + off + (size_t)i * ldc, (size_t)n, fmt);
+        for (int j = 0; j < n; j++) {
+            non_finite += !isfinite(g[j]);
+            diff += ((double)g[j] - w[j]) * ((double)g[j] - w[j]);
+            norm += (double)w[j] * w[j];
+        }
+    }
+    const double rel = norm > 0 ? sqrt(diff / norm) : sqrt(diff);
+    CHECK_MSG(non_finite == 0 && rel < tol, "%s: rel %.3g (tol %g), %zu non-finite", what, rel, tol, non_finite);
+    free(g), free(w);
+}
+
+/* gemm_half_to_half: against the CPU's (gemm_half then to_half) and against the device's own
+ * gemm_half then to_half_2d (cuBLASLt may choose another algorithm for a 16-bit output), within
+ * a 16-bit rounding (bf16 1e-2, fp16 1e-3); every transpose pair, a gap beside each output
+ * row, 2-byte-aligned views, k = 0; whatever lies outside the m x n block (poison) untouched. */
+static void gemm_to_half_case(kernels_half_format fmt, bool ta, bool tb, int m, int n, int k, int pad, int off) {
+    const int lda = (ta ? m : k) + pad, ldb = (tb ? k : n) + pad, ldc = n + pad + 5;
+    const size_t a_n = (size_t)(ta ? k : m) * lda + off, b_n = (size_t)(tb ? n : k) * ldb + off;
+    const size_t c_n = (size_t)m * ldc + off;
+    uint16_t *a = half_rand(a_n, fmt), *b = half_rand(b_n, fmt);
+    uint16_t *cpu = malloc(c_n * sizeof(uint16_t));
+    for (size_t i = 0; i < c_n; i++) cpu[i] = 0xFFFF; /* NaN in both formats: the poison */
+    uint16_t *da = dev_from(G, a, a_n * sizeof(uint16_t)), *db = dev_from(G, b, b_n * sizeof(uint16_t));
+    uint16_t *dc = dev_from(G, cpu, c_n * sizeof(uint16_t)), *dsep = dev_from(G, cpu, c_n * sizeof(uint16_t));
+    float *dc32 = G->alloc((size_t)m * n * sizeof(float));
+    C->gemm_half_to_half(fmt, ta, tb, m, n, k, a + off, lda, b + off, ldb, cpu + off, ldc);
+    G->gemm_half_to_half(fmt, ta, tb, m, n, k, da + off, lda, db + off, ldb, dc + off, ldc);
+    G->gemm_half(fmt, ta, tb, m, n, k, 1.0f, da + off, lda, db + off, ldb, 0.0f, dc32, n);
+    G->to_half_2d(fmt, dsep + off, ldc, dc32, n, m, n, 1.0f);
+    char what[160];
+    const int len = snprintf(what, sizeof what, "gemm_half_to_half %s ta %d tb %d m %d n %d k %d pad %d offset %d: ",
+                             fmt_name(fmt), ta, tb, m, n, k, pad, off);
+    const double tol = fmt == KERNELS_BF16 ? 1e-2 : 1e-3;
+    uint16_t *got = download_checked(G, what, dc, c_n * sizeof(uint16_t));
+    uint16_t *sep = download_checked(G, what, dsep, c_n * sizeof(uint16_t));
+    snprintf(what + len, sizeof what - len, "vs cpu");
+    compare_block(what, got, cpu, m, n, ldc, off, fmt, tol);
+    snprintf(what + len, sizeof what - len, "vs gemm_half + to_half_2d");
+    compare_block(what, got, sep, m, n, ldc, off, fmt, tol);
+    size_t outside_changed = 0;
+    for (size_t at = 0; at < c_n; at++) {
+        const size_t rel_at = at - (size_t)off;
+        const bool inside = at >= (size_t)off && (int)(rel_at / ldc) < m && (int)(rel_at % ldc) < n;
+        if (!inside) outside_changed += got[at] != 0xFFFF;
+    }
+    snprintf(what + len, sizeof what - len, "outside the block");
+    CHECK_MSG(outside_changed == 0, "%s: %zu elements written", what, outside_changed);
+    check_status(what);
+    G->release(da), G->release(db), G->release(dc), G->release(dsep), G->release(dc32);
+    free(a), free(b), free(cpu), free(sep), free(got);
+}
+
+static void test_gemm_half_to_half(void) {
+    seed(17);
+    const int shapes[][3] = {{1, 1, 1}, {17, 33, 9}, {64, 48, 128}, {130, 7, 65}, {256, 192, 512}};
+    const kernels_half_format fmts[] = {KERNELS_BF16, KERNELS_FP16};
+    for (int f = 0; f < 2; f++)
+        for (int s = 0; s < 5; s++)
+            for (int t = 0; t < 4; t++) {
+                gemm_to_half_case(fmts[f], t & 1, t >> 1, shapes[s][0], shapes[s][1], shapes[s][2], 0, 0);
+                gemm_to_half_case(fmts[f], t & 1, t >> 1, shapes[s][0], shapes[s][1], shapes[s][2], 3, 1);
+            }
+    for (int f = 0; f < 2; f++) gemm_to_half_case(fmts[f], false, true, 9, 11, 0, 2, 0); /* k = 0: zeros */
+}
+
 /* An unknown format is recorded (naming the op and the format) and nothing runs. */
 static void test_half_errors(void) {
     float *x = dev_nan(G, 4);
@@ -366,6 +442,7 @@ int main(void) {
     test_half_casts();
     test_half_cast_views();
     test_gemm_half();
+    test_gemm_half_to_half();
     test_half_errors();
     check_status("end of tests");
     return check_summary("test_kernels_cuda_half");

@@ -216,6 +216,12 @@ static void counted_gemm_half_add(kernels_half_format fmt, bool ta, bool tb, int
     kernels_cpu()->gemm_half_add(fmt, ta, tb, m, n, k, a, lda, b, ldb, r, c, ldc);
 }
 
+static void counted_gemm_half_to_half(kernels_half_format fmt, bool ta, bool tb, int m, int n, int k,
+                                      const uint16_t *a, int lda, const uint16_t *b, int ldb, uint16_t *c, int ldc) {
+    gemm_calls++;
+    kernels_cpu()->gemm_half_to_half(fmt, ta, tb, m, n, k, a, lda, b, ldb, c, ldc);
+}
+
 /* Every adapted Linear loses its adapter's output product y += s u B^T (all seven: the
  * SwiGLU forward writes down's input with room for u) and, without dropout, its input-gradient
  * product dx += du A (gate and up too: SwiGLU's backward writes their dy with room for du)
@@ -225,6 +231,7 @@ static void test_fused_gemm_count(void) {
     counted.gemm = counted_gemm;
     counted.gemm_half = counted_gemm_half;
     counted.gemm_half_add = counted_gemm_half_add;
+    counted.gemm_half_to_half = counted_gemm_half_to_half;
     const int L = 2, steps = 2; /* mixed_config, run() */
     for (int dropout = 0; dropout <= 1; dropout++) {
         long calls[2];

@@ -98,6 +98,39 @@ static uint16_t *half_of(const model *m, uint16_t *buf, int ld, const float *x, 
     return buf;
 }
 
+/* The K of a Linear's forward GEMM over hx: its input width, or with a fused adapter the
+ * columns through u's, once u is written beside x (lora_fused_u; la and half filled for an
+ * adapted Linear). */
+static int linear_forward_k(const model *m, int layer, int kind, const float *x, uint16_t *hx, int ldx, int T,
+                            bool train, uint64_t seed, lora_apply *la, lora_half *half) {
+    const model_linear *lin = &m->layers[layer].lin[kind];
+    if (lin->lora_a) *la = adapter_of(m, lin, layer, kind, seed, ldx, half);
+    if (!(lin->u_col && hx)) return lin->in;
+    /* y = [x | u] [W | scaling B]^T */
+    const model_state *s = m->state;
+    lora_fused_u(la, s->acts[layer].lora_u[kind], x, hx, hx + lin->u_col, T, train, s->lora_scratch);
+    return lin->u_col + m->lora.r;
+}
+
+/* Whether a Linear's forward is one 16-bit GEMM (mixed precision: hx given; no bias; its
+ * adapter, if any, fused), so that its output can be written as 16-bit values alone. */
+static bool linear_one_gemm(const model_linear *lin, const uint16_t *hx) {
+    return hx && !lin->bias && (!lin->lora_a || lin->u_col);
+}
+
+/* linear_forward where linear_one_gemm holds and the output is read only as a 16-bit GEMM
+ * operand: y_half [T,out] = its rounding, written by the GEMM (gemm_half_to_half), the fp32
+ * values never stored. */
+static void linear_forward_half(const model *m, int layer, int kind, uint16_t *y_half, const float *x, uint16_t *hx,
+                                int ldx, int T, bool train, uint64_t seed) {
+    const model_linear *lin = &m->layers[layer].lin[kind];
+    lora_half half;
+    lora_apply la;
+    const int K = linear_forward_k(m, layer, kind, x, hx, ldx, T, train, seed, &la, &half);
+    m->k->gemm_half_to_half(model_half_format(m->precision), false, true, T, lin->out, K, hx, ldx, lin->weight->half,
+                            lin->weight->half_ld, y_half, lin->out);
+}
+
 /* y [T,out] = x W^T (+ b) (+ LoRA) (+ residual [T,out], unless NULL); hx is x's 16-bit copy
  * in mixed precision (rows ldx apart; else NULL). A fused adapter (u_col) writes its u into
  * hx's columns u_col.. Where the output is one 16-bit GEMM (no bias, no separate adapter),
@@ -110,13 +143,8 @@ static void linear_forward(const model *m, int layer, int kind, float *y, const 
     lora_half half;
     lora_apply la;
     const bool fused = lin->u_col && hx;
-    int K = lin->in;
-    if (lin->lora_a) la = adapter_of(m, lin, layer, kind, seed, ldx, &half);
-    if (fused) { /* y = [x | u] [W | scaling B]^T */
-        lora_fused_u(&la, s->acts[layer].lora_u[kind], x, hx, hx + lin->u_col, T, train, s->lora_scratch);
-        K = lin->u_col + m->lora.r;
-    }
-    if (residual && hx && !lin->bias && (!lin->lora_a || fused)) {
+    const int K = linear_forward_k(m, layer, kind, x, hx, ldx, T, train, seed, &la, &half);
+    if (residual && linear_one_gemm(lin, hx)) {
         k->gemm_half_add(model_half_format(m->precision), false, true, T, lin->out, K, hx, ldx, lin->weight->half,
                          lin->weight->half_ld, residual, y, lin->out);
         return;
@@ -236,7 +264,13 @@ static void layer_forward(model *m, int l, int batch, int seq, const int32_t *do
                                     T, H, eps);
     linear_forward(m, l, LINEAR_Q, c->qk_norm ? a->q_pre : a->q, a->x_norm1, hx, ld[LINEAR_Q], T, train, seed, NULL);
     linear_forward(m, l, LINEAR_K, c->qk_norm ? a->k_pre : a->k, a->x_norm1, hx, ld[LINEAR_K], T, train, seed, NULL);
-    linear_forward(m, l, LINEAR_V, a->v, a->x_norm1, hx, ld[LINEAR_V], T, train, seed, NULL);
+    /* v is read only as attention's 16-bit operand in mixed precision: written so by its GEMM
+     * where that is one (else rounded after it, below). */
+    const bool v_half = linear_one_gemm(&layer->lin[LINEAR_V], hx);
+    if (v_half)
+        linear_forward_half(m, l, LINEAR_V, a->h_v, a->x_norm1, hx, ld[LINEAR_V], T, train, seed);
+    else
+        linear_forward(m, l, LINEAR_V, a->v, a->x_norm1, hx, ld[LINEAR_V], T, train, seed, NULL);
     if (c->qk_norm) {
         k->rmsnorm_fwd(a->q, a->rstd_q, a->q_pre, layer->q_norm->data, T * nh, d, eps);
         k->rmsnorm_fwd(a->k, a->rstd_k, a->k_pre, layer->k_norm->data, T * nkv, d, eps);
@@ -251,7 +285,7 @@ static void layer_forward(model *m, int l, int batch, int seq, const int32_t *do
         const kernels_half_format fmt = model_half_format(m->precision);
         k->rope_fwd_half(fmt, a->h_q, nh * d, a->q, s->positions, s->inv_freq, T, nh, d);
         k->rope_fwd_half(fmt, a->h_k, nkv * d, a->k, s->positions, s->inv_freq, T, nkv, d);
-        k->to_half(a->h_v, a->v, (size_t)T * nkv * d, fmt);
+        if (!v_half) k->to_half(a->h_v, a->v, (size_t)T * nkv * d, fmt);
         k->attention_fwd_half(fmt, a->h_att, ld[LINEAR_O], a->att, a->lse, a->h_q, a->h_k, a->h_v, doc_ids, batch,
                               seq, nh, nkv, d, scale);
     }
@@ -259,14 +293,22 @@ static void layer_forward(model *m, int l, int batch, int seq, const int32_t *do
     linear_forward(m, l, LINEAR_O, a->x_mid, a->att, hx, ld[LINEAR_O], T, train, seed, x); /* x_mid = x + o(att) */
     hx = norm_for_linears(m, a->h_norm2, ld[LINEAR_GATE], a->x_norm2, a->rstd2, a->x_mid, layer->post_norm->data,
                           T, H, eps);
-    linear_forward(m, l, LINEAR_GATE, a->gate, a->x_norm2, hx, ld[LINEAR_GATE], T, train, seed, NULL);
-    linear_forward(m, l, LINEAR_UP, a->up, a->x_norm2, hx, ld[LINEAR_UP], T, train, seed, NULL);
+    /* gate and up are read only as 16-bit values (SwiGLU's both ways): written so by their
+     * GEMMs where both are one, else rounded by SwiGLU from fp32 */
+    const bool mlp_half = linear_one_gemm(&layer->lin[LINEAR_GATE], hx) && linear_one_gemm(&layer->lin[LINEAR_UP], hx);
+    if (mlp_half) {
+        linear_forward_half(m, l, LINEAR_GATE, a->h_gate, a->x_norm2, hx, ld[LINEAR_GATE], T, train, seed);
+        linear_forward_half(m, l, LINEAR_UP, a->h_up, a->x_norm2, hx, ld[LINEAR_UP], T, train, seed);
+    } else {
+        linear_forward(m, l, LINEAR_GATE, a->gate, a->x_norm2, hx, ld[LINEAR_GATE], T, train, seed, NULL);
+        linear_forward(m, l, LINEAR_UP, a->up, a->x_norm2, hx, ld[LINEAR_UP], T, train, seed, NULL);
+    }
     if (m->precision == MODEL_FP32) {
         k->swiglu_fwd(a->act, a->gate, a->up, (size_t)T * I);
-    } else { /* gate and up rounded (and kept so), act's 16-bit copy written with act */
+    } else { /* gate and up rounded (and kept so) unless already, act's 16-bit copy written with act */
         uint16_t *h_act = a->h_act ? a->h_act : s->half_x;
         k->swiglu_fwd_half(model_half_format(m->precision), h_act, ld[LINEAR_DOWN], a->act, a->h_gate, a->h_up,
-                           a->gate, a->up, T, I);
+                           mlp_half ? NULL : a->gate, mlp_half ? NULL : a->up, T, I);
         hx = h_act;
     }
     linear_forward(m, l, LINEAR_DOWN, out, a->act, hx, ld[LINEAR_DOWN], T, train, seed, a->x_mid);

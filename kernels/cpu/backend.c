@@ -41,6 +41,7 @@ static const kernels cpu_backend = {
     .to_half_2d_many = cpu_to_half_2d_many,
     .gemm_half = cpu_gemm_half,
     .gemm_half_add = cpu_gemm_half_add,
+    .gemm_half_to_half = cpu_gemm_half_to_half,
     .rmsnorm_fwd_half = cpu_rmsnorm_fwd_half,
     .rmsnorm_bwd_half = cpu_rmsnorm_bwd_half,
     .swiglu_fwd_half = cpu_swiglu_fwd_half,

@@ -88,6 +88,22 @@ void cpu_gemm_half(kernels_half_format fmt, bool trans_a, bool trans_b, int m, i
     free(scratch);
 }
 
+/* The product into fp32 scratch, then to_half_2d's rounding into c_half: the bits of
+ * gemm_half then to_half by construction. */
+void cpu_gemm_half_to_half(kernels_half_format fmt, bool trans_a, bool trans_b, int m, int n, int k,
+                           const uint16_t *a, int lda, const uint16_t *b, int ldb, uint16_t *c_half, int ldc) {
+    if (m <= 0 || n <= 0) return;
+    float *c = malloc((size_t)m * n * sizeof(float));
+    if (!c) { /* as cpu_gemm_half: a NaN result rather than stale values passed off as one */
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++) c_half[(size_t)i * ldc + j] = cpu_half_from_float(NAN, fmt);
+        return;
+    }
+    cpu_gemm_half(fmt, trans_a, trans_b, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, n);
+    cpu_to_half_2d(fmt, c_half, ldc, c, n, m, n, 1.0f);
+    free(c);
+}
+
 /* The product, then r added row by row (cpu_add's bits). */
 void cpu_gemm_half_add(kernels_half_format fmt, bool trans_a, bool trans_b, int m, int n, int k,
                        const uint16_t *a, int lda, const uint16_t *b, int ldb, const float *r, float *c, int ldc) {

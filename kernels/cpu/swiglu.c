@@ -4,7 +4,8 @@
  * Each element is read before it is written, so dgate may alias gate and dup may alias up.
  * The *_half variants run the same per-element arithmetic (one function each, so the bits
  * cannot drift apart) on 16-bit inputs or outputs; their 16-bit outputs have rows ld_half
- * apart, so dgate_half / dup_half may alias gate_half / up_half only when ld_half == cols. */
+ * apart, so dgate_half / dup_half may alias gate_half / up_half only when ld_half == cols.
+ * swiglu_fwd_half with gate and up NULL reads gate_half and up_half as its (rounded) inputs. */
 #include <math.h>
 
 #include "kernels/cpu/cpu_ops.h"
@@ -48,9 +49,13 @@ void cpu_swiglu_fwd_half(kernels_half_format fmt, uint16_t *out_half, int ld_hal
         uint16_t *hr = out_half + (size_t)r * ld_half;
         for (int c = 0; c < cols; c++) {
             const size_t i = row + c;
-            uint16_t hg = cpu_half_from_float(gate[i], fmt), hu = cpu_half_from_float(up[i], fmt);
-            gate_half[i] = hg;
-            up_half[i] = hu;
+            uint16_t hg, hu;
+            if (gate) { /* else gate_half and up_half are the inputs (kernels.h) */
+                hg = gate_half[i] = cpu_half_from_float(gate[i], fmt);
+                hu = up_half[i] = cpu_half_from_float(up[i], fmt);
+            } else {
+                hg = gate_half[i], hu = up_half[i];
+            }
             float y = swiglu_value(cpu_float_from_half(hg, fmt), cpu_float_from_half(hu, fmt));
             if (out) out[i] = y;
             hr[c] = cpu_half_from_float(y, fmt);

@@ -135,6 +135,8 @@ void cuda_gemm_half(kernels_half_format fmt, bool trans_a, bool trans_b, int m, 
                     float beta, float *c, int ldc);
 void cuda_gemm_half_add(kernels_half_format fmt, bool trans_a, bool trans_b, int m, int n, int k,
                         const uint16_t *a, int lda, const uint16_t *b, int ldb, const float *r, float *c, int ldc);
+void cuda_gemm_half_to_half(kernels_half_format fmt, bool trans_a, bool trans_b, int m, int n, int k,
+                            const uint16_t *a, int lda, const uint16_t *b, int ldb, uint16_t *c_half, int ldc);
 
 void cuda_adamw(float *param, const float *grad, float *m, float *v, size_t n, const kernels_adamw_step *st);
 

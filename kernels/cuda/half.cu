@@ -185,6 +185,12 @@ __global__ void gemm_half_scale_kernel(float *c, int m, int n, int ldc, float be
     }
 }
 
+// k == 0 into 16-bit C: zeros, rows ldc apart.
+__global__ void gemm_half_zero16_kernel(uint16_t *c, int m, int n, int ldc) {
+    size_t total = (size_t)m * n;
+    GRID_STRIDE_LOOP(i, total) c[(i / n) * (size_t)ldc + i % n] = 0;
+}
+
 // 32 MiB: NVIDIA's recommended cuBLAS workspace on Hopper (4 MiB would do on Ampere), where
 // split-K / stream-K algorithms need it; allocated once, so nothing is allocated per call.
 #define LT_WORKSPACE_BYTES ((size_t)32 << 20)
@@ -214,6 +220,7 @@ static void create_lt(void) {
 // Everything the heuristic's choice depends on; alpha and beta are not among them.
 typedef struct lt_plan_key {
     int fmt, trans_a, trans_b, m, n, k, lda, ldb, ldc;
+    int out_half; // C = D in fmt (gemm_half_to_half) rather than fp32
     int align_a, align_b, align_c; // bytes, powers of two up to 256
 } lt_plan_key;
 
@@ -275,7 +282,7 @@ static bool build_plan(lt_plan *plan, const lt_plan_key *key) {
                                       key->trans_b ? n : k, key->ldb));
     LT_TRY(cublasLtMatrixLayoutCreate(&plan->layout_b, half_type, key->trans_a ? m : k,
                                       key->trans_a ? k : m, key->lda));
-    LT_TRY(cublasLtMatrixLayoutCreate(&plan->layout_c, CUDA_R_32F, n, m, key->ldc));
+    LT_TRY(cublasLtMatrixLayoutCreate(&plan->layout_c, key->out_half ? half_type : CUDA_R_32F, n, m, key->ldc));
 
     cublasLtMatmulPreference_t pref = NULL;
     LT_TRY(cublasLtMatmulPreferenceCreate(&pref));
@@ -306,10 +313,11 @@ static bool build_plan(lt_plan *plan, const lt_plan_key *key) {
     if (status != CUBLAS_STATUS_SUCCESS) {
         char message[256];
         snprintf(message, sizeof message,
-                 "%s (no algorithm for %s gemm_half ta %d tb %d m %d n %d k %d lda %d ldb %d "
+                 "%s (no algorithm for %s %s ta %d tb %d m %d n %d k %d lda %d ldb %d "
                  "ldc %d)",
                  cublasGetStatusString(status), key->fmt == KERNELS_BF16 ? "bf16" : "fp16",
-                 key->trans_a, key->trans_b, key->m, key->n, key->k, key->lda, key->ldb, key->ldc);
+                 key->out_half ? "gemm_half_to_half" : "gemm_half", key->trans_a, key->trans_b, key->m, key->n,
+                 key->k, key->lda, key->ldb, key->ldc);
         ctune_cuda_record(__FILE__, __LINE__, "cublasLtMatmulAlgoGetHeuristic", message);
         return false;
     }
@@ -342,12 +350,13 @@ static lt_plan *find_plan(const lt_plan_key *key) {
 }
 
 // D = alpha op(A) op(B) + beta C through the plan for the shape, C read from c_in and D
-// written to c_out (the same layout; the same buffer for gemm_half). false where the matmul
+// written to c_out (the same layout; the same buffer for gemm_half), both fp32 or, with
+// out_half, 16-bit values of fmt (the epilogue rounds the fp32 result). false where the matmul
 // itself was refused: recorded as the run's error only with record_refusal (a missing plan
 // or handle always is).
 static bool lt_matmul(kernels_half_format fmt, bool trans_a, bool trans_b, int m, int n, int k, float alpha,
-                      const uint16_t *a, int lda, const uint16_t *b, int ldb, float beta, const float *c_in,
-                      float *c_out, int ldc, bool record_refusal) {
+                      const uint16_t *a, int lda, const uint16_t *b, int ldb, float beta, const void *c_in,
+                      void *c_out, int ldc, bool out_half, bool record_refusal) {
     pthread_once(&lt_once, create_lt);
     if (lt_status != CUBLAS_STATUS_SUCCESS) {
         ctune_cuda_record(__FILE__, __LINE__, "cublasLtCreate", cublasGetStatusString(lt_status));
@@ -360,6 +369,7 @@ static bool lt_matmul(kernels_half_format fmt, bool trans_a, bool trans_b, int m
     key.trans_b = trans_b;
     key.m = m, key.n = n, key.k = k;
     key.lda = lda, key.ldb = ldb, key.ldc = ldc;
+    key.out_half = out_half;
     key.align_a = pointer_alignment(a);
     key.align_b = pointer_alignment(b);
     const int align_in = pointer_alignment(c_in), align_out = pointer_alignment(c_out);
@@ -391,7 +401,7 @@ extern "C" void cuda_gemm_half(kernels_half_format fmt, bool trans_a, bool trans
         CUDA_CHECK_LAUNCH();
         return;
     }
-    lt_matmul(fmt, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, c, ldc, true);
+    lt_matmul(fmt, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, c, ldc, false, true);
 }
 
 // The residual r as the epilogue's C (beta 1: 1 * r is exact, so D = acc + r, rounded once,
@@ -406,11 +416,27 @@ extern "C" void cuda_gemm_half_add(kernels_half_format fmt, bool trans_a, bool t
                                      (size_t)n * sizeof(float), (size_t)m, cudaMemcpyDeviceToDevice, 0));
         return;
     }
-    if (lt_matmul(fmt, trans_a, trans_b, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, r, c, ldc, false)) return;
-    lt_matmul(fmt, trans_a, trans_b, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, c, ldc, true);
+    if (lt_matmul(fmt, trans_a, trans_b, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, r, c, ldc, false, false)) return;
+    lt_matmul(fmt, trans_a, trans_b, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, c, ldc, false, true);
     if (ldc == n) {
         cuda_add(c, c, r, (size_t)m * n);
         return;
     }
     for (int i = 0; i < m; i++) cuda_add(c + (size_t)i * ldc, c + (size_t)i * ldc, r + (size_t)i * ldc, (size_t)n);
+}
+
+// C = D in fmt: the epilogue converts the fp32 accumulator (alpha 1: unchanged) with
+// round-to-nearest-even, to_half's rounding, so the result is gemm_half's then to_half's up to
+// the summation order of the algorithm chosen for this layout (it may differ from the fp32
+// layout's). k == 0: zeros (a +0 of either format is all zero bits).
+extern "C" void cuda_gemm_half_to_half(kernels_half_format fmt, bool trans_a, bool trans_b, int m, int n, int k,
+                                       const uint16_t *a, int lda, const uint16_t *b, int ldb, uint16_t *c_half,
+                                       int ldc) {
+    if (!known_format(fmt, "gemm_half_to_half", __LINE__) || m <= 0 || n <= 0) return;
+    if (k <= 0) {
+        CUDA_LAUNCH(cuda_grid_for((size_t)m * n), CUDA_THREADS, 0, gemm_half_zero16_kernel)(c_half, m, n, ldc);
+        CUDA_CHECK_LAUNCH();
+        return;
+    }
+    lt_matmul(fmt, trans_a, trans_b, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c_half, c_half, ldc, true, true);
 }

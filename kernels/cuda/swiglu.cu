@@ -73,9 +73,10 @@ struct swiglu_bwd_op {
     }
 };
 
-// gate and up rounded to F (kept for the backward), out = swiglu on their widened values;
-// out and out_half through `store` (out NULL: not written). Element i of the contiguous
-// tensors is (row, j) = (i / cols, i % cols).
+// gate and up rounded to F (kept for the backward), or with gate NULL (up NULL too) read as
+// already rounded from gate_half and up_half; out = swiglu on their widened values; out and
+// out_half through `store` (out NULL: not written). Element i of the contiguous tensors is
+// (row, j) = (i / cols, i % cols).
 template <kernels_half_format F>
 struct swiglu_fwd_half_op {
     half_store<F> store;  // out_half (rows ld_half apart), out (rows cols apart)
@@ -83,17 +84,25 @@ struct swiglu_fwd_half_op {
     const float *gate, *up;
     int cols;
     __device__ float value(size_t i) const {
-        const uint16_t hg = half_bits<F>(gate[i]), hu = half_bits<F>(up[i]);
-        gate_half[i] = hg;
-        up_half[i] = hu;
+        uint16_t hg, hu;
+        if (gate) {
+            hg = gate_half[i] = half_bits<F>(gate[i]);
+            hu = up_half[i] = half_bits<F>(up[i]);
+        } else {
+            hg = gate_half[i], hu = up_half[i];
+        }
         return swiglu_value(half_widen<F>(hg), half_widen<F>(hu));
     }
+    // Four values of gate (up) as 16-bit: rounded and kept, or read.
+    __device__ uint2 in4(const float *x, uint16_t *x_half, size_t i) const {
+        if (!x) return *reinterpret_cast<const uint2 *>(x_half + i);
+        const float4 v = *reinterpret_cast<const float4 *>(x + i);
+        const uint2 h = half_bits4<F>(v.x, v.y, v.z, v.w);
+        __stwb(reinterpret_cast<uint2 *>(x_half + i), h);  // one 8-byte store, as nvcc splits plain
+        return h;                                          // ones in 2D loops
+    }
     __device__ float4 value4(size_t i) const {
-        const float4 g = *reinterpret_cast<const float4 *>(gate + i);
-        const float4 u = *reinterpret_cast<const float4 *>(up + i);
-        const uint2 hg = half_bits4<F>(g.x, g.y, g.z, g.w), hu = half_bits4<F>(u.x, u.y, u.z, u.w);
-        __stwb(reinterpret_cast<uint2 *>(gate_half + i), hg);  // one 8-byte store each, as
-        __stwb(reinterpret_cast<uint2 *>(up_half + i), hu);    // nvcc splits plain ones in 2D loops
+        const uint2 hg = in4(gate, gate_half, i), hu = in4(up, up_half, i);
         const float4 gw = half_widen4<F>(hg), uw = half_widen4<F>(hu);
         return make_float4(swiglu_value(gw.x, uw.x), swiglu_value(gw.y, uw.y),
                            swiglu_value(gw.z, uw.z), swiglu_value(gw.w, uw.w));

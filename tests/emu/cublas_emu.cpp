@@ -1,6 +1,7 @@
 // cublas_emu: the cuBLAS and cuBLASLt calls of kernels/cuda (gemm.cu, half.cu, device.cu) on the
 // host emulator. What the libraries document is checked: argument ranges, the descriptors'
-// consistency (types, op(A) m x k, op(B) k x n, C and D m x n, leading dimensions), the
+// consistency (types: 16-bit A and B, C = D in fp32 or their type; op(A) m x k, op(B) k x n,
+// C and D m x n, leading dimensions), the
 // attribute sizes, every operand inside a device buffer, the pointers as aligned as the
 // algorithm was chosen for and its workspace given. The product is column-major, as both
 // libraries compute it: each element's accumulator summed in double and rounded once to
@@ -66,10 +67,12 @@ int alignment_of(const void *p) {
     return a;
 }
 
-// D(i, j) = alpha sum_p op(A)(i, p) op(B)(p, j) + beta C(i, j), column-major.
+// D(i, j) = alpha sum_p op(A)(i, p) op(B)(p, j) + beta C(i, j), column-major; C and D of type
+// tcd: fp32, or 16-bit (C widened, D rounded to nearest even from the fp32 epilogue value, as
+// cuBLASLt's epilogue converts).
 void product(int m, int n, int k, float alpha, cudaDataType_t ta, const void *A, int64_t lda, bool trans_a,
-             cudaDataType_t tb, const void *B, int64_t ldb, bool trans_b, float beta, const float *C, int64_t ldc,
-             float *D, int64_t ldd) {
+             cudaDataType_t tb, const void *B, int64_t ldb, bool trans_b, float beta, cudaDataType_t tcd,
+             const void *C, int64_t ldc, void *D, int64_t ldd) {
     std::vector<float> column(k);
     for (int j = 0; j < n; j++) {
         for (int p = 0; p < k; p++) column[p] = element(tb, B, trans_b ? j + (size_t)p * ldb : p + (size_t)j * ldb);
@@ -80,8 +83,12 @@ void product(int m, int n, int k, float alpha, cudaDataType_t ta, const void *A,
             // The accumulator is fp32 on the GPU (here its sum of exact products is rounded
             // once), the epilogue fp32 arithmetic on it.
             float d = alpha * (float)s;
-            if (beta != 0.0f) d = d + beta * C[i + (size_t)j * ldc];
-            D[i + (size_t)j * ldd] = d;
+            if (beta != 0.0f) d = d + beta * element(tcd, C, i + (size_t)j * ldc);
+            const size_t at = i + (size_t)j * ldd;
+            if (tcd == CUDA_R_32F)
+                ((float *)D)[at] = d;
+            else
+                ((uint16_t *)D)[at] = tcd == CUDA_R_16BF ? emu_bf16_bits(d) : emu_fp16_bits(d);
         }
     }
 }
@@ -135,7 +142,7 @@ cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa, cubl
         emu_check_device(B, span(b_rows, tb ? k : n, ldb, 4), 4, "cublasSgemm B");
     }
     emu_check_device(C, span(m, n, ldc, 4), 4, "cublasSgemm C");
-    product(m, n, k, *alpha, CUDA_R_32F, A, lda, ta, CUDA_R_32F, B, ldb, tb, *beta, C, ldc, C, ldc);
+    product(m, n, k, *alpha, CUDA_R_32F, A, lda, ta, CUDA_R_32F, B, ldb, tb, *beta, CUDA_R_32F, C, ldc, C, ldc);
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -199,8 +206,9 @@ cublasStatus_t describe(const emu_lt_desc *desc, const emu_lt_layout *a, const e
                         const emu_lt_layout *c, const emu_lt_layout *d, lt_problem *p) {
     if (!desc || !a || !b || !c || !d) return CUBLAS_STATUS_INVALID_VALUE;
     if (desc->compute != CUBLAS_COMPUTE_32F || desc->scale != CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
-    if (a->type != b->type || (a->type != CUDA_R_16F && a->type != CUDA_R_16BF) || c->type != CUDA_R_32F ||
-        d->type != CUDA_R_32F)
+    // C = D: fp32, or the operands' 16-bit type (what kernels/cuda/half.cu asks for).
+    if (a->type != b->type || (a->type != CUDA_R_16F && a->type != CUDA_R_16BF) || c->type != d->type ||
+        (d->type != CUDA_R_32F && d->type != a->type))
         return CUBLAS_STATUS_NOT_SUPPORTED;
     for (const emu_lt_layout *l : {a, b, c, d})
         if (l->ld < (int64_t)l->rows || l->ld < 1) return CUBLAS_STATUS_INVALID_VALUE;
@@ -228,7 +236,7 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t handle, cublasLtM
     lt_problem p;
     const cublasStatus_t status = describe(desc, a, b, c, d, &p);
     if (status != CUBLAS_STATUS_SUCCESS) return status;
-    const size_t elem[4] = {2, 2, 4, 4};
+    const size_t elem[4] = {2, 2, type_bytes(c->type), type_bytes(d->type)};
     for (int i = 0; i < 4; i++)
         if (pref->align[i] < elem[i] || (pref->align[i] & (pref->align[i] - 1))) return CUBLAS_STATUS_NOT_SUPPORTED;
     memset(&results[0], 0, sizeof results[0]);
@@ -271,7 +279,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
                      (size_t)algo->data[4]);
         emu_check_device(workspace, workspace_bytes, 1, "cublasLtMatmul workspace");
     }
-    product(p.m, p.n, p.k, *(const float *)alpha, a->type, A, a->ld, p.ta, b->type, B, b->ld, p.tb, f_beta,
-            (const float *)C, c->ld, (float *)D, d->ld);
+    product(p.m, p.n, p.k, *(const float *)alpha, a->type, A, a->ld, p.ta, b->type, B, b->ld, p.tb, f_beta, d->type,
+            C, c->ld, D, d->ld);
     return CUBLAS_STATUS_SUCCESS;
 }

@@ -62,6 +62,9 @@ mutations=(
   "test_kernels_cuda_fused_emu@kernels/cuda/half.cu@to_half_2d_many: output rows at the input's stride@b.out[r * b.ld_out + c]@b.out[r * b.ld_x + c]"
   "test_kernels_cuda_emu@kernels/cuda/cross_entropy.cu@cross-entropy online sum: the running max raised by half of a group@raise(fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w)));@raise(fmaxf(v.x, v.y));"
   "test_kernels_cuda_emu@kernels/cuda/cross_entropy.cu@cross-entropy online sum: -inf terms taken against a running max of -inf@base = m == -INFINITY ? 0.0f : m;@base = m;"
+  "test_kernels_cuda_half_emu@kernels/cuda/half.cu@gemm_half_to_half: the 16-bit output left out of the plan's key@    key.out_half = out_half;\n@"
+  "test_kernels_cuda_fused_emu@kernels/cuda/swiglu.cu@swiglu_fwd_half from 16-bit gate and up: four of up read from gate@if (!x) return *reinterpret_cast<const uint2 *>(x_half + i);@if (!x) return *reinterpret_cast<const uint2 *>(gate_half + i);"
+  "test_kernels_cuda_fused_emu@kernels/cuda/swiglu.cu@swiglu_fwd_half from 16-bit gate and up: one of up read from gate@hg = gate_half[i], hu = up_half[i];@hg = gate_half[i], hu = gate_half[i];"
 )
 
 tests=$(printf '%s\n' "${mutations[@]}" | cut -d@ -f1 | sort -u)
