@@ -50,9 +50,26 @@ struct ce_running {
     }
 };
 
-// Groups of four float4 a thread loads before it adds any: four 16-byte loads in flight per
-// thread, which the branches of raise() would otherwise keep apart.
+// Groups of four float4 a thread loads before it uses any: four 16-byte loads in flight per
+// thread, which the branches of raise() (pass 1) and the stores (pass 2) would otherwise
+// keep apart.
 #define CE_BATCH 4
+
+// f(v, i) for each float4 i of the row a thread owns (i = threadIdx.x + j * blockDim.x), in
+// order, loaded CE_BATCH at a time.
+template <class F>
+__device__ __forceinline__ void ce_each4(const float4 *z4, int n4, F f) {
+    const int stride = blockDim.x;
+    int i = threadIdx.x;
+    for (; i + (CE_BATCH - 1) * stride < n4; i += CE_BATCH * stride) {
+        float4 v[CE_BATCH];
+#pragma unroll
+        for (int k = 0; k < CE_BATCH; k++) v[k] = z4[i + k * stride];
+#pragma unroll
+        for (int k = 0; k < CE_BATCH; k++) f(v[k], i + k * stride);
+    }
+    for (; i < n4; i += stride) f(z4[i], i);
+}
 
 // grad: f32_store on the logits themselves (in place) or half_store<F> (half_bits.cuh),
 // taking (row, column) of the [n_rows, vocab] array. VEC: four columns per access, for
@@ -82,16 +99,7 @@ __global__ void cross_entropy_kernel(Store grad, const float *logits, float *los
     const float z_target = target < vocab ? z[target] : NAN;
     ce_running run;
     if (VEC) {
-        const int stride = blockDim.x;
-        int i = threadIdx.x;
-        for (; i + (CE_BATCH - 1) * stride < n4; i += CE_BATCH * stride) {
-            float4 v[CE_BATCH];
-#pragma unroll
-            for (int k = 0; k < CE_BATCH; k++) v[k] = z4[i + k * stride];
-#pragma unroll
-            for (int k = 0; k < CE_BATCH; k++) run.add4(v[k]);
-        }
-        for (; i < n4; i += stride) run.add4(z4[i]);
+        ce_each4(z4, n4, [&](float4 v, int) { run.add4(v); });
     } else {
 #pragma unroll 4
         for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
@@ -116,17 +124,8 @@ __global__ void cross_entropy_kernel(Store grad, const float *logits, float *los
         const int j = 4 * i;
         grad.four(row, j, make_float4(dz(v.x, j), dz(v.y, j + 1), dz(v.z, j + 2), dz(v.w, j + 3)));
     };
-    if (VEC) {  // batched as pass 1: the stores would otherwise keep the next load behind them
-        const int stride = blockDim.x;
-        int i = threadIdx.x;
-        for (; i + (CE_BATCH - 1) * stride < n4; i += CE_BATCH * stride) {
-            float4 v[CE_BATCH];
-#pragma unroll
-            for (int k = 0; k < CE_BATCH; k++) v[k] = z4[i + k * stride];
-#pragma unroll
-            for (int k = 0; k < CE_BATCH; k++) dz4(v[k], i + k * stride);
-        }
-        for (; i < n4; i += stride) dz4(z4[i], i);
+    if (VEC) {
+        ce_each4(z4, n4, dz4);
     } else {
 #pragma unroll 4
         for (int i = threadIdx.x; i < vocab; i += blockDim.x) grad(row, i, dz(z[i], i));
