@@ -282,35 +282,31 @@ static void swiglu_case(kernels_half_format fmt, int rows, int cols, int ld) {
     uint16_t *got_g = halves(n), *got_u = halves(n), *got_h = halves(n_ld);
     float *out = poisoned(n);
     char what[128];
-    for (int with_out = 1; with_out >= 0; with_out--) {
-        memset(got_h, 0xA5, n_ld * sizeof *got_h);
-        memset(got_g, 0xA5, n * sizeof *got_g);
-        memset(got_u, 0xA5, n * sizeof *got_u);
-        for (size_t i = 0; i < n; i++) out[i] = NAN;
-        K->swiglu_fwd_half(fmt, got_h, ld, with_out ? out : NULL, got_g, got_u, gate, up, rows, cols);
-        snprintf(what, sizeof what, "swiglu_fwd_half %s [%d, %d] ld %d%s", fmt_name(fmt), rows, cols, ld,
-                 with_out ? " +fp32" : "");
-        check_rows(what, got_h, ld, ref_h, rows, cols);
-        CHECK_SAME("swiglu_fwd_half gate rounding", got_g, hg, n);
-        CHECK_SAME("swiglu_fwd_half up rounding", got_u, hu, n);
-        if (with_out) {
-            CHECK_SAME("swiglu_fwd_half fp32 out", out, ref, n);
-        } else {
-            size_t written = 0;
-            for (size_t i = 0; i < n; i++) written += !isnan(out[i]);
-            CHECK_MSG(written == 0, "%s: wrote %zu elements of out = NULL's buffer", what, written);
+    /* in16: gate and up NULL, the roundings the fp32-input call just wrote are the inputs (left
+     * as they are). */
+    for (int with_out = 1; with_out >= 0; with_out--)
+        for (int in16 = 0; in16 <= 1; in16++) {
+            memset(got_h, 0xA5, n_ld * sizeof *got_h);
+            if (!in16) {
+                memset(got_g, 0xA5, n * sizeof *got_g);
+                memset(got_u, 0xA5, n * sizeof *got_u);
+            }
+            for (size_t i = 0; i < n; i++) out[i] = NAN;
+            K->swiglu_fwd_half(fmt, got_h, ld, with_out ? out : NULL, got_g, got_u, in16 ? NULL : gate,
+                               in16 ? NULL : up, rows, cols);
+            snprintf(what, sizeof what, "swiglu_fwd_half %s [%d, %d] ld %d%s%s", fmt_name(fmt), rows, cols, ld,
+                     with_out ? " +fp32" : "", in16 ? ", 16-bit in" : "");
+            check_rows(what, got_h, ld, ref_h, rows, cols);
+            CHECK_SAME("swiglu_fwd_half gate rounding", got_g, hg, n);
+            CHECK_SAME("swiglu_fwd_half up rounding", got_u, hu, n);
+            if (with_out) {
+                CHECK_SAME("swiglu_fwd_half fp32 out", out, ref, n);
+            } else {
+                size_t written = 0;
+                for (size_t i = 0; i < n; i++) written += !isnan(out[i]);
+                CHECK_MSG(written == 0, "%s: wrote %zu elements of out = NULL's buffer", what, written);
+            }
         }
-        /* gate and up NULL: the roundings just written are the inputs, left as they are. */
-        memset(got_h, 0xA5, n_ld * sizeof *got_h);
-        for (size_t i = 0; i < n; i++) out[i] = NAN;
-        K->swiglu_fwd_half(fmt, got_h, ld, with_out ? out : NULL, got_g, got_u, NULL, NULL, rows, cols);
-        snprintf(what, sizeof what, "swiglu_fwd_half %s [%d, %d] ld %d%s, 16-bit in", fmt_name(fmt), rows, cols, ld,
-                 with_out ? " +fp32" : "");
-        check_rows(what, got_h, ld, ref_h, rows, cols);
-        CHECK_SAME("swiglu_fwd_half 16-bit in: gate kept", got_g, hg, n);
-        CHECK_SAME("swiglu_fwd_half 16-bit in: up kept", got_u, hu, n);
-        if (with_out) CHECK_SAME("swiglu_fwd_half 16-bit in: fp32 out", out, ref, n);
-    }
     if (n >= 1000) { /* It is the rounded inputs that matter: the fp32 op on unrounded inputs differs. */
         float *exact = poisoned(n);
         uint16_t *exact_h = halves(n);
