@@ -649,8 +649,10 @@ int trainer_run(const recipe *r, const dist *d, bool dry_run, run_summary *summa
     x.d = d;
     snprintf(x.base_dir, sizeof x.base_dir, "%s", r->model.path);
     int threads = dist_threads_per_rank(d);
+    /* cpu_gemm runs OpenBLAS serially on tiles of its own (kernels/cpu/gemm.c); the OpenMP
+     * build of OpenBLAS sets OpenMP's count too, so OpenMP's is set after it. */
+    openblas_set_num_threads(1);
     omp_set_num_threads(threads);
-    openblas_set_num_threads(threads);
 
     x.hook = test_hook_from_env();
     int status = dist_set_timeout(d, r->distributed.timeout_s, err);

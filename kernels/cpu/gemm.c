@@ -3,19 +3,35 @@
  * row strides in elements. Matches BLAS semantics: with beta == 0, C is not read (NaN in
  * C does not propagate).
  *
- * Same bits for any thread count: OpenBLAS splits the work over m and n, never over k, but
- * its single- and multi-threaded drivers cut a long k into different blocks (beyond the
- * kernel's block depth, GEMM_Q: measured here, a 128 x 128 product gives other bits with 1
- * and 2 threads from k = 321 on), so the partial sums of one dot product are grouped
- * differently, and a rank count that changes the threads per rank (ranks x threads = cores)
- * would change the results. So k is fed in slices of at most K_SLICE (below the block depth
- * of the x86 sgemm kernels), each accumulated into C in order: every element of C is one
- * fixed-order sum whatever the threads (tests/test_kernels_cpu.c checks 1 vs 2 vs 3). */
+ * Same bits for any thread count. OpenBLAS's own threading cannot promise that: its single-
+ * and multi-threaded drivers cut a long k into different blocks (on the Intel test machines a
+ * 128 x 128 product gave other bits with 1 and 2 threads from k = 321 on), and on AMD Zen
+ * the kernels it picks give other bits for the same element depending on how the threads
+ * split m and n (every shape tested from 64 x 96 x 256 on). So the partition is ours and
+ * fixed by the shape alone: C is cut into TILE_ROWS x TILE_COLS tiles, each computed by one
+ * thread (OpenBLAS, built for OpenMP, runs serially inside an active parallel region, and
+ * with one thread), and k is fed in slices of at most K_SLICE (below the block depth of the
+ * x86 sgemm kernels), each accumulated into C in order: every element of C is one fixed-order
+ * sum whatever the threads (tests/test_kernels_cpu.c checks 1 vs 2 vs 3). */
 #include <cblas.h>
 
 #include "kernels/cpu/cpu_ops.h"
 
-enum { K_SLICE = 256 };
+enum { K_SLICE = 256, TILE_ROWS = 128, TILE_COLS = 512 };
+
+/* One tile: C[m,n] (pointers already at the tile) over every slice of k, on this thread. */
+static void gemm_tile(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
+                      const float *b, int ldb, float beta, float *c, int ldc) {
+    for (int k0 = 0; k0 < k; k0 += K_SLICE) {
+        const int kk = k - k0 < K_SLICE ? k - k0 : K_SLICE;
+        /* slice k0 of op(A) is columns k0.. of A, or its rows k0.. when transposed; of op(B)
+         * rows k0.. of B, or its columns when transposed */
+        const float *as = trans_a ? a + (size_t)k0 * lda : a + k0;
+        const float *bs = trans_b ? b + k0 : b + (size_t)k0 * ldb;
+        cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, m, n,
+                    kk, alpha, as, lda, bs, ldb, k0 ? 1.0f : beta, c, ldc);
+    }
+}
 
 void cpu_gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a,
               int lda, const float *b, int ldb, float beta, float *c, int ldc) {
@@ -29,13 +45,15 @@ void cpu_gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, cons
             }
         return;
     }
-    for (int k0 = 0; k0 < k; k0 += K_SLICE) {
-        const int kk = k - k0 < K_SLICE ? k - k0 : K_SLICE;
-        /* slice k0 of op(A) is columns k0.. of A, or its rows k0.. when transposed; of op(B)
-         * rows k0.. of B, or its columns when transposed */
-        const float *as = trans_a ? a + (size_t)k0 * lda : a + k0;
-        const float *bs = trans_b ? b + k0 : b + (size_t)k0 * ldb;
-        cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, m, n,
-                    kk, alpha, as, lda, bs, ldb, k0 ? 1.0f : beta, c, ldc);
+    const int tiles_m = (m + TILE_ROWS - 1) / TILE_ROWS, tiles_n = (n + TILE_COLS - 1) / TILE_COLS;
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < tiles_m * tiles_n; t++) {
+        const int i0 = t / tiles_n * TILE_ROWS, j0 = t % tiles_n * TILE_COLS;
+        const int rows = m - i0 < TILE_ROWS ? m - i0 : TILE_ROWS, cols = n - j0 < TILE_COLS ? n - j0 : TILE_COLS;
+        /* rows i0.. of op(A) are A's rows i0.., or its columns when transposed; columns j0.. of
+         * op(B) are B's columns j0.., or its rows when transposed */
+        const float *at = trans_a ? a + i0 : a + (size_t)i0 * lda;
+        const float *bt = trans_b ? b + (size_t)j0 * ldb : b + j0;
+        gemm_tile(trans_a, trans_b, rows, cols, k, alpha, at, lda, bt, ldb, beta, c + (size_t)i0 * ldc + j0, ldc);
     }
 }
