@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static int check_passed_count = 0;
 static int check_failed_count = 0;
@@ -55,9 +56,16 @@ static inline int check_summary(const char *name) {
 }
 
 /* Path of a file in the source tree (CTUNE_SOURCE_DIR is set by ctest). */
+/* A missing fixture stops the test at once, saying where it looked: the checks after it
+ * would only fail on (or crash over) what it did not load. */
 static inline const char *check_source_path(const char *relative, char *buf, size_t size) {
     const char *root = getenv("CTUNE_SOURCE_DIR");
     snprintf(buf, size, "%s/%s", root ? root : ".", relative);
+    if (access(buf, F_OK) != 0) {
+        fprintf(stderr, "%s: not found (CTUNE_SOURCE_DIR=%s; set it to the repository's root)\n", buf,
+                root ? root : "unset");
+        exit(1);
+    }
     return buf;
 }
 
