@@ -165,6 +165,9 @@ struct emulator {
     uint64_t rng = 0;
     std::map<uintptr_t, allocation> allocations;  // by start address
     size_t live_bytes = 0, scratch_live = 0, scratch_peak = 0;
+    // What the host waits for or asks the driver for (CTUNE_EMU_COUNTS): a training step
+    // should allocate nothing once running and wait only where it reads a result.
+    size_t mallocs = 0, frees = 0, waits = 0;
 };
 
 // Constructed on first use: sources that include the kernels register their shared memory
@@ -178,6 +181,17 @@ void apply_options(emulator &e, const emu_options &options) {
     e.rng = 0x9E3779B97F4A7C15ull ^ options.schedule_seed;
 }
 
+// At exit, where CTUNE_EMU_COUNTS names a file: the process's cudaMalloc and cudaFree calls
+// and its waits for the device (synchronous copies to the host, cudaDeviceSynchronize), one
+// "name count" per line (tests/cuda_emu_e2e.sh compares runs of different lengths).
+void write_counts() {
+    FILE *f = fopen(getenv("CTUNE_EMU_COUNTS"), "w");
+    if (!f) return;
+    fprintf(f, "cudaMalloc %zu\ncudaFree %zu\nwaits %zu\n", the_emulator->mallocs, the_emulator->frees,
+            the_emulator->waits);
+    fclose(f);
+}
+
 emulator &first_instance() {
     static emulator e;
     the_emulator = &e;
@@ -187,6 +201,7 @@ emulator &first_instance() {
     options.eager_copies = getenv("CTUNE_EMU_EAGER_COPIES") != nullptr;
     options.guard_after = getenv("CTUNE_EMU_GUARD_BEFORE") == nullptr;
     apply_options(e, options);
+    if (getenv("CTUNE_EMU_COUNTS")) atexit(write_counts);
     return e;
 }
 inline emulator &instance() { return the_emulator ? *the_emulator : first_instance(); }
@@ -802,6 +817,7 @@ cudaError_t cudaDeviceGetAttribute(int *value, cudaDeviceAttr attr, int device) 
 
 cudaError_t cudaDeviceSynchronize() {
     if (E.current) emu_fail("cudaDeviceSynchronize inside a kernel");
+    E.waits++;
     return cudaSuccess;
 }
 
@@ -821,11 +837,13 @@ cudaError_t cudaFuncSetAttribute(const void *kernel, cudaFuncAttribute attr, int
 }
 
 cudaError_t cudaMalloc(void **p, size_t bytes) {
+    E.mallocs++;
     *p = allocate(bytes, origin::malloc);
     return *p ? cudaSuccess : cudaErrorMemoryAllocation;
 }
 
 cudaError_t cudaFree(void *p) {
+    E.frees += p != nullptr;
     if (p) release(p, origin::malloc);
     return cudaSuccess;
 }
@@ -874,6 +892,7 @@ static void check_copy_sides(void *dst, const void *src, size_t dst_span, size_t
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind) {
     if (!bytes) return cudaSuccess;
     check_copy_sides(dst, src, bytes, bytes, kind, "cudaMemcpy");
+    E.waits += kind == cudaMemcpyDeviceToHost;  // returns once the device is done
     memcpy(dst, src, bytes);
     return cudaSuccess;
 }
