@@ -45,6 +45,7 @@ static const kernels cuda_backend = {
     .cross_entropy = cuda_cross_entropy,
     .to_half = cuda_to_half,
     .from_half = cuda_from_half,
+    .embedding_fwd_half = cuda_embedding_fwd_half,
     .to_half_2d = cuda_to_half_2d,
     .to_half_2d_many = cuda_to_half_2d_many,
     .gemm_half = cuda_gemm_half,

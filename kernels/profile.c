@@ -203,6 +203,11 @@ static void p_to_half(uint16_t *out, const float *x, size_t n, kernels_half_form
 static void p_from_half(float *out, const uint16_t *x, size_t n, kernels_half_format fmt) {
     TIMED(0, 6.0 * n, prof.inner->from_half(out, x, n, fmt), "from_half %s", fmt_name(fmt));
 }
+static void p_embedding_fwd_half(kernels_half_format fmt, float *out, const uint16_t *table, int ld,
+                                 const int32_t *ids, int n, int h) {
+    TIMED(0, 6.0 * n * h, prof.inner->embedding_fwd_half(fmt, out, table, ld, ids, n, h), "embedding_fwd_half %s",
+          fmt_name(fmt));
+}
 /* Only the block moves: 4 bytes read and 2 written per element, whatever the strides. */
 static void p_to_half_2d(kernels_half_format fmt, uint16_t *out, int ld_out, const float *x, int ld_x, int rows,
                          int cols, float scale) {
@@ -334,6 +339,7 @@ int kernels_profile_start(const kernels *inner, const kernels **out, ct_error *e
         .cross_entropy = p_cross_entropy,
         .to_half = p_to_half,
         .from_half = p_from_half,
+        .embedding_fwd_half = p_embedding_fwd_half,
         .to_half_2d = p_to_half_2d,
         .to_half_2d_many = p_to_half_2d_many,
         .gemm_half = p_gemm_half,

@@ -114,6 +114,10 @@ static void shadow_to_half(uint16_t *out, const float *x, size_t n, kernels_half
 static void shadow_from_half(float *out, const uint16_t *x, size_t n, kernels_half_format fmt) {
     cpu_from_half(RF(out), RCH(x), n, fmt);
 }
+static void shadow_embedding_fwd_half(kernels_half_format fmt, float *out, const uint16_t *table, int ld,
+                                      const int32_t *ids, int n, int h) {
+    cpu_embedding_fwd_half(fmt, RF(out), RCH(table), ld, RCI(ids), n, h);
+}
 static void shadow_to_half_2d(kernels_half_format fmt, uint16_t *out, int ld_out, const float *x, int ld_x,
                               int rows, int cols, float scale) {
     cpu_to_half_2d(fmt, RH(out), ld_out, RCF(x), ld_x, rows, cols, scale);
@@ -224,6 +228,7 @@ static const kernels shadow_backend = {
     .cross_entropy = shadow_cross_entropy,
     .to_half = shadow_to_half,
     .from_half = shadow_from_half,
+    .embedding_fwd_half = shadow_embedding_fwd_half,
     .to_half_2d = shadow_to_half_2d,
     .to_half_2d_many = shadow_to_half_2d_many,
     .gemm_half = shadow_gemm_half,

@@ -1,7 +1,8 @@
 /* Tests of the producers of 16-bit GEMM operands on the CPU reference backend (kernels.h:
  * rmsnorm_fwd_half, rmsnorm_bwd_half, rope_fwd_half, rope_bwd_half, swiglu_fwd_half (also
  * from 16-bit gate and up), swiglu_bwd_half, cross_entropy_half, the strided casts
- * to_half_2d, to_half_2d_many, and gemm_half_to_half).
+ * to_half_2d, to_half_2d_many, gemm_half_to_half, and embedding_fwd_half: the lookup in a
+ * table kept only in 16 bits).
  * Each must write, bit for bit, what the fp32 op (itself checked against torch and finite
  * differences in test_kernels_cpu.c) followed by to_half writes, in both
  * formats, with the optional fp32 outputs present and absent, outputs poisoned first so an
@@ -206,6 +207,27 @@ static void test_to_half_2d(kernels_half_format fmt) {
     K->to_half(a, x, 3, fmt);
     K->to_half_2d(fmt, b, 3, x, 3, 1, 3, 1.0f);
     CHECK_SAME("to_half_2d of NaN at scale 1", b, a, 3);
+}
+
+/* embedding_fwd_half = from_half of the ids' rows, bit for bit (repeated ids, the table's
+ * rows ld apart with other values between them, fp16 infinities and subnormals among the
+ * values); the output poisoned first, so an unwritten element fails. */
+static void test_embedding_fwd_half(kernels_half_format fmt) {
+    const int vocab = 9, hidden = 37, ld = 41, n = 600; /* n x hidden past CPU_PARALLEL_MIN: threads */
+    float *values = vec((size_t)vocab * ld, -70000, 70000);
+    values[3 * ld + 5] = 1e-6f; /* fp16 subnormal; bf16 normal */
+    uint16_t *table = halves((size_t)vocab * ld);
+    K->to_half(table, values, (size_t)vocab * ld, fmt);
+    int32_t *ids = malloc((size_t)n * sizeof *ids);
+    for (int t = 0; t < n; t++) ids[t] = (t * 7 + t / 5) % vocab;
+    float *got = poisoned((size_t)n * hidden), *want = poisoned((size_t)n * hidden);
+    for (int t = 0; t < n; t++) K->from_half(want + (size_t)t * hidden, table + (size_t)ids[t] * ld, hidden, fmt);
+    K->embedding_fwd_half(fmt, got, table, ld, ids, n, hidden);
+    char what[64];
+    snprintf(what, sizeof what, "embedding_fwd_half %s", fmt_name(fmt));
+    CHECK_SAME(what, got, want, (size_t)n * hidden);
+    if (fmt == KERNELS_FP16) CHECK(count_bits(table, (size_t)vocab * ld, 0x7FFF, 0x7C00) > 0); /* infinities */
+    free(values), free(table), free(ids), free(got), free(want);
 }
 
 /* A fused adapter's padded copy, [out + r, ld]: A's r rows below W's, scaling * B in the r
@@ -529,6 +551,18 @@ static void test_shadow_strided(void) {
     sh->gemm_half_to_half(KERNELS_FP16, false, true, rows, 4, cols, dgh, cols, duh, cols, dh2 + 5, ld);
     sh->download(got2, dh2, (size_t)rows * ld * sizeof(uint16_t));
     CHECK_SAME("shadow gemm_half_to_half", got2, want2, (size_t)rows * ld);
+    /* embedding_fwd_half: gh's rows (cols apart) as a table of `rows` ids, hidden 4 */
+    {
+        const int32_t ids[6] = {4, 0, 2, 2, 1, 4};
+        int32_t *dids = sh->alloc(sizeof ids);
+        sh->upload(dids, ids, sizeof ids);
+        float want_e[24], got_e[24];
+        cpu->embedding_fwd_half(KERNELS_FP16, want_e, gh, cols, ids, 6, 4);
+        sh->embedding_fwd_half(KERNELS_FP16, dout, dgh, cols, dids, 6, 4);
+        sh->download(got_e, dout, sizeof got_e);
+        CHECK_SAME("shadow embedding_fwd_half", got_e, want_e, 24);
+        sh->release(dids);
+    }
     cpu->swiglu_bwd_half(KERNELS_BF16, want + 3, want2 + 1, ld, x + 2, gh, uh, rows, cols);
     sh->swiglu_bwd_half(KERNELS_BF16, dh + 3, dh2 + 1, ld, dx + 2, dgh, duh, rows, cols);
     sh->download(got, dh, (size_t)rows * ld * sizeof(uint16_t));
@@ -579,10 +613,11 @@ int main(void) {
     for (int f = 0; f < 2; f++) test_rope(fmts[f]); /* after the others: their random inputs stay as they were */
     for (int f = 0; f < 2; f++) test_rmsnorm_bwd(fmts[f]);
     for (int f = 0; f < 2; f++) test_to_half_2d_many(fmts[f]);
+    for (int f = 0; f < 2; f++) test_embedding_fwd_half(fmts[f]);
     /* The shadow backend routes every new entry to the same CPU code (a NULL slot crashes). */
     K = kernels_shadow();
     CHECK(K->gemm_half_to_half && K->rmsnorm_fwd_half && K->rmsnorm_bwd_half && K->to_half_2d_many && K->swiglu_fwd_half && K->swiglu_bwd_half && K->cross_entropy_half &&
-          K->to_half_2d && K->rope_fwd_half && K->rope_bwd_half);
+          K->to_half_2d && K->rope_fwd_half && K->rope_bwd_half && K->embedding_fwd_half);
     test_shadow_strided();
     test_shadow_rope();
     return check_summary("test_half_producers");

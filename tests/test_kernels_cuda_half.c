@@ -421,6 +421,36 @@ static void test_gemm_half_to_half(void) {
 }
 
 /* An unknown format is recorded (naming the op and the format) and nothing runs. */
+/* The lookup in a table kept only in 16 bits: the CPU's bits (exact widening of every
+ * 16-bit pattern the ids pick, NaN patterns included), table rows ld apart, output poisoned. */
+static void test_embedding_fwd_half(void) {
+    seed(15);
+    const int vocab = 4099, hidden = 19, ld = 21, n = 3000;
+    uint16_t *table = malloc((size_t)vocab * ld * sizeof(uint16_t));
+    for (size_t i = 0; i < (size_t)vocab * ld; i++) table[i] = (uint16_t)(next_u64() >> 48);
+    int32_t *ids = malloc((size_t)n * sizeof *ids);
+    for (int t = 0; t < n; t++) ids[t] = (int32_t)(next_u64() % vocab);
+    uint16_t *dtable = dev_from(G, table, (size_t)vocab * ld * sizeof(uint16_t));
+    int32_t *dids = dev_from(G, ids, (size_t)n * sizeof *ids);
+    float *want = host_nan((size_t)n * hidden), *got = malloc((size_t)n * hidden * sizeof(float));
+    float *dout = dev_nan(G, (size_t)n * hidden);
+    const kernels_half_format fmts[2] = {KERNELS_BF16, KERNELS_FP16};
+    for (int f = 0; f < 2; f++) {
+        C->embedding_fwd_half(fmts[f], want, table, ld, ids, n, hidden);
+        G->embedding_fwd_half(fmts[f], dout, dtable, ld, dids, n, hidden);
+        G->download(got, dout, (size_t)n * hidden * sizeof(float));
+        char what[64];
+        snprintf(what, sizeof what, "embedding_fwd_half %s", fmt_name(fmts[f]));
+        check_status(what);
+        size_t bad = 0;
+        for (size_t i = 0; i < (size_t)n * hidden; i++)
+            bad += isnan(want[i]) ? !isnan(got[i]) : bits_of(got[i]) != bits_of(want[i]);
+        CHECK_MSG(bad == 0, "%s: %zu of %d elements differ from the CPU's", what, bad, n * hidden);
+    }
+    G->release(dtable), G->release(dids), G->release(dout);
+    free(table), free(ids), free(want), free(got);
+}
+
 static void test_half_errors(void) {
     float *x = dev_nan(G, 4);
     uint16_t *h = G->alloc(4 * sizeof(uint16_t));
@@ -443,6 +473,7 @@ int main(void) {
     test_half_cast_views();
     test_gemm_half();
     test_gemm_half_to_half();
+    test_embedding_fwd_half();
     test_half_errors();
     check_status("end of tests");
     return check_summary("test_kernels_cuda_half");

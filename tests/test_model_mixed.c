@@ -270,6 +270,47 @@ static void nudge(model *m, model_param *p) {
 }
 
 /* The copies follow the fp32 weights when, and only as far as, model_weights_changed says. */
+/* LoRA on a tied model: the frozen embedding table is a GEMM weight too, kept only in 16 bits
+ * (no fp32 value: the lookup widens its rows, embedding_fwd_half). The same model untied, its
+ * embed_tokens and lm_head both holding the table's 16-bit values in fp32, computes the same
+ * thing through the fp32 lookup: the same loss, bit for bit. */
+static void test_tied_table_half_only(const lora_settings *ls) {
+    ct_error err = {{0}};
+    model_config ct, cu;
+    mixed_config(&ct, true, 8);
+    mixed_config(&cu, false, 8);
+    model tied, untied;
+    CHECK(model_create(&tied, &ct, ls, kernels_cpu(), &err) == 0);
+    CHECK(model_create(&untied, &cu, ls, kernels_cpu(), &err) == 0);
+    const size_t fp32_numel = tied.weight_numel;
+    CHECK(model_set_precision(&tied, MODEL_BF16_MIXED, &err) == 0);
+    CHECK(model_set_precision(&untied, MODEL_BF16_MIXED, &err) == 0);
+    CHECK(model_reserve(&tied, 2, 8, &err) == 0 && model_reserve(&untied, 2, 8, &err) == 0);
+    model_param *table = model_find_param(&tied, "model.embed_tokens.weight");
+    CHECK_MSG(table->data == NULL && table->half != NULL, "tied frozen table: fp32 %s, 16-bit %s",
+              table->data ? "kept" : "dropped", table->half ? "present" : "missing");
+    size_t frozen_gemm = 0;
+    for (int i = 0; i < tied.n_params; i++)
+        if (!tied.params[i].is_lora && tied.params[i].ndim == 2) frozen_gemm += tied.params[i].numel;
+    CHECK_MSG(tied.weight_numel == fp32_numel - frozen_gemm, "fp32 arena %zu values, want %zu", tied.weight_numel,
+              fp32_numel - frozen_gemm);
+    CHECK(model_find_param(&untied, "model.embed_tokens.weight")->data != NULL);
+    fill_weights(&tied, 17);
+    for (int i = 0; i < tied.n_params; i++) {
+        model_param *p = &tied.params[i];
+        float *host = malloc(p->numel * sizeof(float));
+        model_param_download(&tied, p, host); /* the table: its 16-bit values, widened */
+        model_param_upload(&untied, model_find_param(&untied, p->name), host);
+        if (p == table) model_param_upload(&untied, model_find_param(&untied, "lm_head.weight"), host);
+        free(host);
+    }
+    model_weights_changed(&untied, false); /* the adapters' copies */
+    const double want = forward_loss(&untied), got = forward_loss(&tied);
+    CHECK_MSG(got == want, "tied 16-bit table: loss %.17g, untied fp32 table of the same values %.17g", got, want);
+    model_free(&tied);
+    model_free(&untied);
+}
+
 static void test_weight_copies(void) {
     model_config c;
     mixed_config(&c, false, 8);
@@ -418,6 +459,7 @@ static void test_weight_copies(void) {
         free(expect[which]);
     }
     model_free(&m);
+    test_tied_table_half_only(&ls);
 
     /* The GEMM-only activations are kept in 16 bits, except under LoRA dropout, which needs
      * their fp32. Exactly: per layer the two norm outputs [T,H], gate, up and act [T,I], and

@@ -23,6 +23,7 @@ static const kernels cpu_backend = {
     .sum_squares = cpu_sum_squares,
     .sum_squares_blocks = cpu_sum_squares_blocks,
     .embedding_fwd = cpu_embedding_fwd,
+    .embedding_fwd_half = cpu_embedding_fwd_half,
     .embedding_bwd = cpu_embedding_bwd,
     .rmsnorm_fwd = cpu_rmsnorm_fwd,
     .rmsnorm_bwd = cpu_rmsnorm_bwd,

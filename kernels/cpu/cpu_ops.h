@@ -153,6 +153,8 @@ void cpu_cross_entropy_half(kernels_half_format fmt, uint16_t *dlogits_half, con
 /* half.c */
 void cpu_to_half(uint16_t *out, const float *x, size_t n, kernels_half_format fmt);
 void cpu_from_half(float *out, const uint16_t *x, size_t n, kernels_half_format fmt);
+void cpu_embedding_fwd_half(kernels_half_format fmt, float *out, const uint16_t *table, int ld,
+                            const int32_t *ids, int n_tokens, int hidden);
 void cpu_to_half_2d(kernels_half_format fmt, uint16_t *out, int ld_out, const float *x, int ld_x,
                     int rows, int cols, float scale);
 void cpu_to_half_2d_many(kernels_half_format fmt, const kernels_half_block *blocks, int n);

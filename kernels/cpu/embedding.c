@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/half_round.h"
 
 /* Columns per backward work item: wide enough for whole cache lines per row touched. */
 #define EMBED_COL_BLOCK 64
@@ -14,6 +15,16 @@ void cpu_embedding_fwd(float *out, const float *table, const int32_t *ids, int n
     for (int t = 0; t < n_tokens; t++)
         memcpy(out + (size_t)t * hidden, table + (size_t)ids[t] * hidden,
                (size_t)hidden * sizeof(float));
+}
+
+void cpu_embedding_fwd_half(kernels_half_format fmt, float *out, const uint16_t *table, int ld,
+                            const int32_t *ids, int n_tokens, int hidden) {
+#pragma omp parallel for if ((size_t)n_tokens * hidden >= CPU_PARALLEL_MIN) schedule(static)
+    for (int t = 0; t < n_tokens; t++) {
+        const uint16_t *row = table + (size_t)ids[t] * ld;
+        float *dst = out + (size_t)t * hidden;
+        for (int c = 0; c < hidden; c++) dst[c] = cpu_float_from_half(row[c], fmt);
+    }
 }
 
 /* Repeated ids make rows collide, so threads split the hidden dimension instead of the

@@ -127,6 +127,8 @@ void cuda_cross_entropy_half(kernels_half_format fmt, uint16_t *dlogits_half, co
 /* half.cu: casts to and from bf16/fp16 bit patterns, and gemm on 16-bit A, B via cuBLASLt */
 void cuda_to_half(uint16_t *out, const float *x, size_t n, kernels_half_format fmt);
 void cuda_from_half(float *out, const uint16_t *x, size_t n, kernels_half_format fmt);
+void cuda_embedding_fwd_half(kernels_half_format fmt, float *out, const uint16_t *table, int ld,
+                             const int32_t *ids, int n_tokens, int hidden);
 void cuda_to_half_2d(kernels_half_format fmt, uint16_t *out, int ld_out, const float *x, int ld_x,
                      int rows, int cols, float scale);
 void cuda_to_half_2d_many(kernels_half_format fmt, const kernels_half_block *blocks, int n);

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/half_bits.cuh"
 
 __global__ void embedding_fwd_kernel(float *out, const float *table, const int32_t *ids,
                                      int n_tokens, int hidden) {
@@ -19,6 +20,18 @@ __global__ void embedding_fwd_kernel(float *out, const float *table, const int32
          i += (size_t)gridDim.x * blockDim.x) {
         size_t t = i / hidden, c = i % hidden;
         out[i] = table[(size_t)ids[t] * hidden + c];
+    }
+}
+
+// From a table kept only in 16 bits (rows ld apart): the exact widening of each value.
+template <kernels_half_format F>
+__global__ void embedding_fwd_half_kernel(float *out, const uint16_t *table, int ld, const int32_t *ids,
+                                          int n_tokens, int hidden) {
+    size_t total = (size_t)n_tokens * hidden;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        size_t t = i / hidden, c = i % hidden;
+        out[i] = half_widen<F>(table[(size_t)ids[t] * ld + c]);
     }
 }
 
@@ -52,6 +65,19 @@ extern "C" void cuda_embedding_fwd(float *out, const float *table, const int32_t
     if (n_tokens <= 0 || hidden <= 0) return;
     CUDA_LAUNCH(cuda_grid_for((size_t)n_tokens * hidden), CUDA_THREADS, 0, embedding_fwd_kernel)(
         out, table, ids, n_tokens, hidden);
+    CUDA_CHECK_LAUNCH();
+}
+
+extern "C" void cuda_embedding_fwd_half(kernels_half_format fmt, float *out, const uint16_t *table, int ld,
+                                        const int32_t *ids, int n_tokens, int hidden) {
+    if (!cuda_known_half_format(fmt, "embedding_fwd_half", __FILE__, __LINE__) || n_tokens <= 0 || hidden <= 0)
+        return;
+    if (fmt == KERNELS_BF16)
+        CUDA_LAUNCH(cuda_grid_for((size_t)n_tokens * hidden), CUDA_THREADS, 0, embedding_fwd_half_kernel<KERNELS_BF16>)(
+            out, table, ld, ids, n_tokens, hidden);
+    else
+        CUDA_LAUNCH(cuda_grid_for((size_t)n_tokens * hidden), CUDA_THREADS, 0, embedding_fwd_half_kernel<KERNELS_FP16>)(
+            out, table, ld, ids, n_tokens, hidden);
     CUDA_CHECK_LAUNCH();
 }
 
