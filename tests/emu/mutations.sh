@@ -65,13 +65,14 @@ mutations=(
   "test_kernels_cuda_half_emu@kernels/cuda/half.cu@gemm_half_to_half: the 16-bit output left out of the plan's key@    key.out_half = out_half;\n@"
   "test_kernels_cuda_fused_emu@kernels/cuda/swiglu.cu@swiglu_fwd_half from 16-bit gate and up: four of up read from gate@if (!x) return *reinterpret_cast<const uint2 *>(x_half + i);@if (!x) return *reinterpret_cast<const uint2 *>(gate_half + i);"
   "test_kernels_cuda_fused_emu@kernels/cuda/swiglu.cu@swiglu_fwd_half from 16-bit gate and up: one of up read from gate@hg = gate_half[i], hu = up_half[i];@hg = gate_half[i], hu = gate_half[i];"
+  "test_kernels_cuda_half_emu@kernels/cuda/embedding.cu@embedding_fwd_half: the 16-bit table's rows taken hidden apart, not ld@out[i] = half_widen<F>(table[(size_t)ids[t] * ld + c]);@out[i] = half_widen<F>(table[(size_t)ids[t] * hidden + c]);"
 )
 
 tests=$(printf '%s\n' "${mutations[@]}" | cut -d@ -f1 | sort -u)
 # A copy of the working tree (build directories and .git left out) and one CPU build of the
 # emulated tests in it; each mutation rebuilds what its file touches.
 mkdir -p "$work/src"
-tar -C "$root" --exclude='./build*' --exclude=./.git -cf - . | tar -C "$work/src" -xf -
+tar -C "$root" --exclude='./build*' --exclude=./.git --exclude=./.venv -cf - . | tar -C "$work/src" -xf -
 if ! { cmake -S "$work/src" -B "$work/build" -DCTUNE_CUDA=OFF -DCMAKE_BUILD_TYPE=Release &&
        cmake --build "$work/build" -j"$(nproc)" --target $tests; } >"$work/base.log" 2>&1; then
   tail -20 "$work/base.log"; echo "the unmutated copy does not build"; exit 1
