@@ -71,9 +71,12 @@ cmp -s runs/scaler/final/adapter_model.safetensors runs/scaler-resumed/final/ada
   && ok "cuda fp16-mixed with overflows: 20 straight = 10 + 10 resumed (adapter bytes)" \
   || bad "cuda fp16-mixed with overflows: the resumed adapter differs from the straight run's"
 
-python3 - "$work" <<'EOF'
+python3 - "$work" "$src/tests" <<'EOF'
 import json, math, sys
 work = sys.argv[1]
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, sys.argv[2])
+from loss_scale_rule import scale_rule_violations
 def steps(run):
     with open(f"{work}/runs/{run}/metrics.jsonl") as f:
         return [x for x in map(json.loads, f) if "loss" in x and "step" in x and "eval_loss" not in x]
@@ -87,14 +90,7 @@ check(len(s) == 20 and all("loss_scale" in x for x in s), "cuda scaler: 20 steps
 if len(s) == 20:
     check(s[0]["loss_scale"] == 2.0 ** 28 and s[0].get("skipped") is True and s[1].get("skipped") is True,
           "cuda scaler: steps 1-2 overflow at 2^28 and 2^27 on the device and are skipped")
-    expected, good, violations = s[0]["loss_scale"], 0, []
-    for x in s:
-        if x["loss_scale"] != expected: violations.append((x["step"], x["loss_scale"], expected))
-        if x.get("skipped"):
-            expected, good = expected / 2, 0
-        else:
-            good += 1
-            if good == 3: expected, good = expected * 2, 0
+    violations = scale_rule_violations(s, 3)
     check(not violations, f"cuda scaler: every step's scale follows halve-on-skip / double-after-3 ({violations})")
     taken = [x for x in s if not x.get("skipped")]
     check(len(taken) >= 8 and all(math.isfinite(x["grad_norm"]) for x in taken),
