@@ -167,8 +167,8 @@ typedef struct kernels {
     void (*to_half)(uint16_t *out, const float *x, size_t n, kernels_half_format fmt);
     void (*from_half)(float *out, const uint16_t *x, size_t n, kernels_half_format fmt);
     /* embedding_fwd from a table kept only in 16 bits (rows ld apart, ld >= hidden):
-     * out[t,:] = from_half(table[ids[t]*ld + 0..hidden)), exact. A frozen embedding in mixed
-     * precision has no fp32 value (train/model.c: half_only). */
+     * out[t,:] = from_half(table[ids[t]*ld + 0..hidden)), exact. A frozen embedding table in
+     * mixed precision, tied or not, has no fp32 value (train/model.c: half_only). */
     void (*embedding_fwd_half)(kernels_half_format fmt, float *out, const uint16_t *table, int ld,
                                const int32_t *ids, int n_tokens, int hidden);
     /* to_half on a [rows, cols] block with row strides ld_out and ld_x (>= cols), each value

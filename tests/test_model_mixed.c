@@ -270,45 +270,57 @@ static void nudge(model *m, model_param *p) {
 }
 
 /* The copies follow the fp32 weights when, and only as far as, model_weights_changed says. */
-/* LoRA on a tied model: the frozen embedding table is a GEMM weight too, kept only in 16 bits
- * (no fp32 value: the lookup widens its rows, embedding_fwd_half). The same model untied, its
- * embed_tokens and lm_head both holding the table's 16-bit values in fp32, computes the same
- * thing through the fp32 lookup: the same loss, bit for bit. */
-static void test_tied_table_half_only(const lora_settings *ls) {
+/* LoRA keeps the frozen embedding table only in 16 bits, tied (the lm_head's copy) or untied
+ * (a copy of its own): no fp32 value, the lookup widens its rows (embedding_fwd_half). The
+ * reference is full fine-tuning of the same model in the same precision, whose trainable
+ * table stays fp32 and is looked up in fp32: with the table's 16-bit values, the same
+ * base weights and the adapters' B at zero (their products add exact zeros), the same
+ * loss, bit for bit. */
+static void test_table_half_only(const lora_settings *ls, bool tied) {
     ct_error err = {{0}};
-    model_config ct, cu;
-    mixed_config(&ct, true, 8);
-    mixed_config(&cu, false, 8);
-    model tied, untied;
-    CHECK(model_create(&tied, &ct, ls, kernels_cpu(), &err) == 0);
-    CHECK(model_create(&untied, &cu, ls, kernels_cpu(), &err) == 0);
-    const size_t fp32_numel = tied.weight_numel;
-    CHECK(model_set_precision(&tied, MODEL_BF16_MIXED, &err) == 0);
-    CHECK(model_set_precision(&untied, MODEL_BF16_MIXED, &err) == 0);
-    CHECK(model_reserve(&tied, 2, 8, &err) == 0 && model_reserve(&untied, 2, 8, &err) == 0);
-    model_param *table = model_find_param(&tied, "model.embed_tokens.weight");
-    CHECK_MSG(table->data == NULL && table->half != NULL, "tied frozen table: fp32 %s, 16-bit %s",
-              table->data ? "kept" : "dropped", table->half ? "present" : "missing");
-    size_t frozen_gemm = 0;
-    for (int i = 0; i < tied.n_params; i++)
-        if (!tied.params[i].is_lora && tied.params[i].ndim == 2) frozen_gemm += tied.params[i].numel;
-    CHECK_MSG(tied.weight_numel == fp32_numel - frozen_gemm, "fp32 arena %zu values, want %zu", tied.weight_numel,
-              fp32_numel - frozen_gemm);
-    CHECK(model_find_param(&untied, "model.embed_tokens.weight")->data != NULL);
-    fill_weights(&tied, 17);
-    for (int i = 0; i < tied.n_params; i++) {
-        model_param *p = &tied.params[i];
-        float *host = malloc(p->numel * sizeof(float));
-        model_param_download(&tied, p, host); /* the table: its 16-bit values, widened */
-        model_param_upload(&untied, model_find_param(&untied, p->name), host);
-        if (p == table) model_param_upload(&untied, model_find_param(&untied, "lm_head.weight"), host);
+    model_config c;
+    mixed_config(&c, tied, 8);
+    model lora, full;
+    CHECK(model_create(&lora, &c, ls, kernels_cpu(), &err) == 0);
+    CHECK(model_create(&full, &c, NULL, kernels_cpu(), &err) == 0);
+    const size_t fp32_numel = lora.weight_numel;
+    CHECK(model_set_precision(&lora, MODEL_BF16_MIXED, &err) == 0);
+    CHECK(model_set_precision(&full, MODEL_BF16_MIXED, &err) == 0);
+    CHECK(model_reserve(&lora, 2, 8, &err) == 0 && model_reserve(&full, 2, 8, &err) == 0);
+    model_param *table = model_find_param(&lora, "model.embed_tokens.weight");
+    CHECK_MSG(table->data == NULL && table->half != NULL, "%s frozen table: fp32 %s, 16-bit %s",
+              tied ? "tied" : "untied", table->data ? "kept" : "dropped", table->half ? "present" : "missing");
+    CHECK(model_find_param(&full, "model.embed_tokens.weight")->data != NULL);
+    size_t frozen_2d = 0, half_want = 0;
+    for (int i = 0; i < lora.n_params; i++) {
+        const model_param *p = &lora.params[i];
+        if (!p->is_lora && p->ndim == 2) frozen_2d += p->numel;
+        if (p->half && !p->is_lora) half_want += (size_t)p->half_rows * (size_t)p->half_ld;
+    }
+    CHECK_MSG(lora.weight_numel == fp32_numel - frozen_2d, "%s: fp32 arena %zu values, want %zu",
+              tied ? "tied" : "untied", lora.weight_numel, fp32_numel - frozen_2d);
+    /* the table's copy is counted once, tied or not */
+    CHECK_MSG(lora.half_numel == half_want, "%s: 16-bit arena %zu values, want %zu", tied ? "tied" : "untied",
+              lora.half_numel, half_want);
+    fill_weights(&lora, 17);
+    for (int i = 0; i < lora.n_params; i++) {
+        model_param *p = &lora.params[i];
+        float *host = calloc(p->numel, sizeof(float));
+        if (strstr(p->name, "lora_B")) {
+            model_param_upload(&lora, p, host);
+        } else {
+            model_param_download(&lora, p, host); /* frozen: their 16-bit values, widened */
+            if (!p->is_lora) model_param_upload(&full, model_find_param(&full, p->name), host);
+        }
         free(host);
     }
-    model_weights_changed(&untied, false); /* the adapters' copies */
-    const double want = forward_loss(&untied), got = forward_loss(&tied);
-    CHECK_MSG(got == want, "tied 16-bit table: loss %.17g, untied fp32 table of the same values %.17g", got, want);
-    model_free(&tied);
-    model_free(&untied);
+    model_weights_changed(&lora, true);  /* the adapters' copies */
+    model_weights_changed(&full, false); /* every copy */
+    const double want = forward_loss(&full), got = forward_loss(&lora);
+    CHECK_MSG(got == want, "%s 16-bit table: loss %.17g, fp32 table of the same values %.17g",
+              tied ? "tied" : "untied", got, want);
+    model_free(&lora);
+    model_free(&full);
 }
 
 static void test_weight_copies(void) {
@@ -356,13 +368,13 @@ static void test_weight_copies(void) {
     model_free(&fresh);
     model_free(&m);
 
-    /* LoRA: the frozen base lives only in 16 bits (no fp32 copy): setting it writes the
-     * rounded values, effective at once; reading it back widens them. The adapters train:
-     * fp32 masters, whose 16-bit copies (fused LoRA, no dropout) live inside their base
-     * weight's padded copy [W 0 sB; A 0 0] (train/model_internal.h), so q_proj's copy is
-     * wider and taller than the weight; k_proj's and v_proj's (not adapted, the same input)
-     * share its row stride (zero columns: the three stack into one matrix), up_proj's is
-     * plain. */
+    /* LoRA: the frozen base, the untied embedding table included, lives only in 16 bits (no
+     * fp32 copy): setting it writes the rounded values, effective at once; reading it back
+     * widens them. The adapters train: fp32 masters, whose 16-bit copies (fused LoRA, no
+     * dropout) live inside their base weight's padded copy [W 0 sB; A 0 0]
+     * (train/model_internal.h), so q_proj's copy is wider and taller than the weight;
+     * k_proj's and v_proj's (not adapted, the same input) share its row stride (zero columns:
+     * the three stack into one matrix), up_proj's is plain. */
     lora_settings ls = {.r = 2, .alpha = 3.0f};
     const char *targets[] = {"q_proj"};
     CHECK(lora_parse_targets(&ls, targets, 1, &err) == 0);
@@ -375,7 +387,7 @@ static void test_weight_copies(void) {
     for (int i = 0; i < m.n_params; i++) {
         const model_param *p = &m.params[i];
         CHECK_MSG(!p->is_lora || (p->half == NULL && p->data != NULL), "%s: fp32 master, no copy of its own", p->name);
-        bool base_gemm = !p->is_lora && p->ndim == 2 && strcmp(p->name, "model.embed_tokens.weight") != 0;
+        bool base_gemm = !p->is_lora && p->ndim == 2;
         CHECK_MSG(base_gemm == (p->data == NULL), "%s: fp32 data %s", p->name, p->data ? "kept" : "dropped");
         const bool adapted = strstr(p->name, "q_proj.weight") && !p->is_lora;
         const bool q_group = !p->is_lora && (strstr(p->name, "q_proj.weight") || strstr(p->name, "k_proj.weight") ||
@@ -459,7 +471,8 @@ static void test_weight_copies(void) {
         free(expect[which]);
     }
     model_free(&m);
-    test_tied_table_half_only(&ls);
+    test_table_half_only(&ls, true);
+    test_table_half_only(&ls, false);
 
     /* The GEMM-only activations are kept in 16 bits, except under LoRA dropout, which needs
      * their fp32. Exactly: per layer the two norm outputs [T,H], gate, up and act [T,I], and

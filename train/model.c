@@ -231,13 +231,19 @@ static bool is_gemm_weight(const model *m, const model_param *p) {
     return true;
 }
 
-/* A frozen GEMM weight needs no fp32 value in mixed precision: nothing updates it and only
- * GEMMs read it, so its 16-bit copy is the weight (half the memory of a frozen base). That
- * includes a frozen tied embedding table, whose lookup then widens its 16-bit rows
- * (embedding_fwd_half: 1 GiB less at Llama-3.2-1B); an untied one has no 16-bit copy and
- * keeps fp32. */
+/* Whether p has a 16-bit copy in mixed precision: every GEMM weight, and a frozen untied
+ * embedding table, so that it too can drop its fp32 value (half_only). */
+static bool has_half_copy(const model *m, const model_param *p) {
+    return is_gemm_weight(m, p) || (!p->trainable && !strcmp(p->name, "model.embed_tokens.weight"));
+}
+
+/* A frozen weight read only through its 16-bit copy needs no fp32 value in mixed precision:
+ * nothing updates it (half the memory of a frozen base). GEMMs read the Linear weights'
+ * copies; the lookup widens the embedding table's picked rows (embedding_fwd_half), tied
+ * (the lm_head's copy) or untied (a copy of its own): 1 GiB less at Llama-3.2-1B and at
+ * Llama-3.1-8B. */
 static bool half_only(const model *m, const model_param *p) {
-    return !p->trainable && is_gemm_weight(m, p);
+    return !p->trainable && has_half_copy(m, p);
 }
 
 /* A parameter's 16-bit copy as rows: n_rows rows of row_len values, stride apart (one row
@@ -296,10 +302,10 @@ static bool fuses_lora(const model *m, model_precision p) {
     return m->has_lora && p != MODEL_FP32 && !m->lora_unfused;
 }
 
-/* Whether q gets a 16-bit copy of its own under precision p: GEMM weights, except fused
+/* Whether q gets a 16-bit copy of its own under precision p: has_half_copy, except fused
  * adapters (theirs live in the base weight's padded copy). */
 static bool has_own_half(const model *m, const model_param *q, model_precision p) {
-    return is_gemm_weight(m, q) && !(q->is_lora && fuses_lora(m, p));
+    return has_half_copy(m, q) && !(q->is_lora && fuses_lora(m, p));
 }
 
 /* Sets each Linear's fused-LoRA fields and its weight's 16-bit shape for precision p

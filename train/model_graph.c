@@ -324,7 +324,7 @@ static const uint16_t *forward(model *m, int batch, int seq, bool use_doc_ids, b
     const model_param *embed = &m->params[0];
     if (embed->data)
         m->k->embedding_fwd(s->resid, embed->data, s->ids, T, H);
-    else /* a frozen tied table kept only in 16 bits (model.c: half_only) */
+    else /* a frozen table kept only in 16 bits (model.c: half_only) */
         m->k->embedding_fwd_half(model_half_format(m->precision), s->resid, embed->half, embed->half_ld, s->ids, T, H);
     for (int l = 0; l < c->num_hidden_layers; l++)
         layer_forward(m, l, batch, seq, use_doc_ids ? s->doc_ids : NULL, train, seed);
