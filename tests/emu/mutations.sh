@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Plants one bug at a time in a copy of kernels/cuda and checks that the emulated test named
-# for it (tests/emu: the GPU tests on the emulated backend, test_*_emu) fails on every one:
+# Plants one bug at a time in a copy of the tree (kernels/cuda mostly) and checks that the test
+# named for it (tests/emu: the GPU tests on the emulated backend, test_*_emu; or a CPU test)
+# fails on every one:
 # the tests' power, measured. Run by hand (a build of the copy, then ~10-40 s per mutation on
 # 2 cores):
 #   tests/emu/mutations.sh            every mutation
@@ -66,6 +67,8 @@ mutations=(
   "test_kernels_cuda_fused_emu@kernels/cuda/swiglu.cu@swiglu_fwd_half from 16-bit gate and up: four of up read from gate@if (!x) return *reinterpret_cast<const uint2 *>(x_half + i);@if (!x) return *reinterpret_cast<const uint2 *>(gate_half + i);"
   "test_kernels_cuda_fused_emu@kernels/cuda/swiglu.cu@swiglu_fwd_half from 16-bit gate and up: one of up read from gate@hg = gate_half[i], hu = up_half[i];@hg = gate_half[i], hu = gate_half[i];"
   "test_kernels_cuda_half_emu@kernels/cuda/embedding.cu@embedding_fwd_half: the 16-bit table's rows taken hidden apart, not ld@out[i] = half_widen<F>(table[(size_t)ids[t] * ld + c]);@out[i] = half_widen<F>(table[(size_t)ids[t] * hidden + c]);"
+  "test_model_mixed@train/model.c@LoRA's frozen untied embedding table keeps fp32 (no copy of its own)@(!p->trainable && !strcmp(p->name, \"model.embed_tokens.weight\"))@(p->trainable && !strcmp(p->name, \"model.embed_tokens.weight\"))"
+  "test_model_mixed@train/model_graph.c@the 16-bit embedding table widened as fp16 whatever the precision@m->k->embedding_fwd_half(model_half_format(m->precision), s->resid@m->k->embedding_fwd_half(KERNELS_FP16, s->resid"
 )
 
 tests=$(printf '%s\n' "${mutations[@]}" | cut -d@ -f1 | sort -u)
