@@ -27,6 +27,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "kernels/cuda/attention_dims.cuh"
 #include "kernels/cuda/cuda_common.cuh"
 
 #define ATT_WARPS 8
@@ -36,12 +37,7 @@
 #define ATT_CHUNKS (ATT_MAX_D / 32)
 #define FULL_MASK 0xffffffffu
 
-struct att_shape {
-    int batch, seq, n_heads, n_kv, d, group;
-    size_t q_stride, kv_stride;  // row strides of q/out and k/v, in elements
-    const int32_t *doc_ids;
-    float scale;
-};
+typedef attention_dims att_shape;
 
 __device__ inline float dot_row(const float *a, const float *b, int d) {
     float sum = 0.0f;
@@ -324,23 +320,13 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
 static bool attention_shape(att_shape *sh, const int32_t *doc_ids, int batch, int seq,
                             int n_heads, int n_kv_heads, int head_dim, float scale) {
     if (batch <= 0 || seq <= 0) return false;
-    if (n_kv_heads <= 0 || n_heads <= 0 || n_heads % n_kv_heads != 0 || head_dim <= 0 ||
-        head_dim > ATT_MAX_D || batch > 65535 || n_heads > 65535) {
+    if (!attention_dims_valid(batch, seq, n_heads, n_kv_heads, head_dim, ATT_MAX_D)) {
         ctune_cuda_record(__FILE__, __LINE__, "attention",
                           "unsupported shape (needs 0 < head_dim <= 256, n_heads a multiple "
                           "of n_kv_heads, batch and n_heads <= 65535)");
         return false;
     }
-    sh->batch = batch;
-    sh->seq = seq;
-    sh->n_heads = n_heads;
-    sh->n_kv = n_kv_heads;
-    sh->d = head_dim;
-    sh->group = n_heads / n_kv_heads;
-    sh->q_stride = (size_t)n_heads * head_dim;
-    sh->kv_stride = (size_t)n_kv_heads * head_dim;
-    sh->doc_ids = doc_ids;
-    sh->scale = scale;
+    attention_dims_fill(sh, doc_ids, batch, seq, n_heads, n_kv_heads, head_dim, scale);
     return true;
 }
 

@@ -53,6 +53,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "kernels/cuda/attention_dims.cuh"
 #include "kernels/cuda/attention_mma.cuh"
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/half_bits.cuh"
@@ -88,13 +89,9 @@ struct half_ops<__half> {
 
 // ------------------------------------------------------------------ shape and layout
 
-struct ah_shape {
-    int batch, seq, n_heads, n_kv, d, group;
+struct ah_shape : attention_dims {
     int dp;    // head_dim rounded up to a multiple of 16
     int tile;  // rows of a block's tile and of a streamed tile (64 or 32)
-    size_t q_stride, kv_stride;  // row strides of q/out and k/v, in elements
-    const int32_t *doc_ids;
-    float scale;
 };
 
 // Leading dimensions in shared memory. WMMA wants multiples of 8 (16-bit) and 4 (fp32)
@@ -554,8 +551,7 @@ static void release_copies(float **copies, int n) {
 
 // The shapes attention.cu runs (any other it records, or, for an empty batch, ignores).
 static bool shape_valid(int batch, int seq, int n_heads, int n_kv_heads, int head_dim) {
-    return batch > 0 && seq > 0 && n_heads > 0 && n_kv_heads > 0 && head_dim > 0 &&
-           n_heads % n_kv_heads == 0 && head_dim <= AH_MAX_D && batch <= 65535 && n_heads <= 65535;
+    return attention_dims_valid(batch, seq, n_heads, n_kv_heads, head_dim, AH_MAX_D);
 }
 
 // out_half's rows must not overlap: false, recorded, where ld_out < n_heads * head_dim.
@@ -579,18 +575,9 @@ static bool half_shape(ah_shape *sh, size_t (*bytes_of)(int, int), const void *k
     int tile = 64;
     if (bytes_of(tile, dp) > limit) tile = 32;
     if (bytes_of(tile, dp) > limit) return false;
-    sh->batch = batch;
-    sh->seq = seq;
-    sh->n_heads = n_heads;
-    sh->n_kv = n_kv_heads;
-    sh->d = head_dim;
-    sh->group = n_heads / n_kv_heads;
+    attention_dims_fill(sh, doc_ids, batch, seq, n_heads, n_kv_heads, head_dim, scale);
     sh->dp = dp;
     sh->tile = tile;
-    sh->q_stride = (size_t)n_heads * head_dim;
-    sh->kv_stride = (size_t)n_kv_heads * head_dim;
-    sh->doc_ids = doc_ids;
-    sh->scale = scale;
     *bytes = bytes_of(tile, dp);
     return true;
 }

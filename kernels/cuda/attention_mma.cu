@@ -39,6 +39,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "kernels/cuda/attention_dims.cuh"
 #include "kernels/cuda/attention_mma.cuh"
 #include "kernels/cuda/attention_mma_ptx.cuh"
 #include "kernels/cuda/cuda_common.cuh"
@@ -49,11 +50,8 @@
 #define AM_LOG2E 1.4426950408889634f
 #define AM_LN2 0.6931471805599453f
 
-struct am_shape {
-    int batch, seq, n_heads, n_kv, d, group;
-    size_t q_stride, kv_stride;  // row strides of q/out and k/v, in elements
-    const int32_t *doc_ids;
-    float scale, scale_log2;     // scale, and scale * log2(e)
+struct am_shape : attention_dims {
+    float scale_log2;  // scale * log2(e)
 };
 
 // ------------------------------------------------------------------ formats
@@ -807,18 +805,8 @@ static size_t am_tile_bytes(int tiles, int int_rows) {
 static bool am_shape_of(am_shape *sh, const int32_t *doc_ids, int batch, int seq, int n_heads, int n_kv_heads,
                         int head_dim, float scale) {
     if (head_dim != 64 && head_dim != 128) return false;
-    if (batch <= 0 || seq <= 0 || n_heads <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads != 0) return false;
-    if (batch > 65535 || n_heads > 65535) return false;
-    sh->batch = batch;
-    sh->seq = seq;
-    sh->n_heads = n_heads;
-    sh->n_kv = n_kv_heads;
-    sh->d = head_dim;
-    sh->group = n_heads / n_kv_heads;
-    sh->q_stride = (size_t)n_heads * head_dim;
-    sh->kv_stride = (size_t)n_kv_heads * head_dim;
-    sh->doc_ids = doc_ids;
-    sh->scale = scale;
+    if (!attention_dims_valid(batch, seq, n_heads, n_kv_heads, head_dim, 128)) return false;
+    attention_dims_fill(sh, doc_ids, batch, seq, n_heads, n_kv_heads, head_dim, scale);
     sh->scale_log2 = scale * AM_LOG2E;
     return true;
 }
