@@ -149,17 +149,15 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
 // ---- backward, step 1: D[b, h, s] = dout_s . out_s, one warp per row ----
 __global__ void attention_row_dots_kernel(float *D, const float *dout, const float *out,
                                           att_shape sh) {
-    const size_t rows = (size_t)sh.batch * sh.n_heads * sh.seq;
-    const size_t warp_id = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) / 32;
+    size_t row, token;
+    int h;
+    if (!attention_row_of_warp(sh, &row, &token, &h)) return;  // whole warps leave together
     const int lane = threadIdx.x % 32;
-    if (warp_id >= rows) return;  // whole warps leave together
-    const int s = (int)(warp_id % sh.seq), h = (int)(warp_id / sh.seq % sh.n_heads);
-    const int b = (int)(warp_id / ((size_t)sh.seq * sh.n_heads));
-    const size_t off = ((size_t)b * sh.seq + s) * sh.q_stride + (size_t)h * sh.d;
+    const size_t off = token * sh.q_stride + (size_t)h * sh.d;
     float sum = 0.0f;
     for (int x = lane; x < sh.d; x += 32) sum += dout[off + x] * out[off + x];
     sum = warp_sum(sum);
-    if (lane == 0) D[warp_id] = sum;  // warp_id is ((b * n_heads) + h) * seq + s
+    if (lane == 0) D[row] = sum;
 }
 
 // ---- backward, step 2: dq, one block per (query tile, head, sequence) ----

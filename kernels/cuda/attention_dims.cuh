@@ -39,4 +39,17 @@ static inline void attention_dims_fill(attention_dims *sh, const int32_t *doc_id
     sh->scale = scale;
 }
 
+// The backward's row dots run one warp per (b, h, s) row, warp w = (b * n_heads + h) * seq + s
+// (D's index). Fills the row's token (b * seq + s) and head; false, for the whole warp, past
+// the last row.
+__device__ inline bool attention_row_of_warp(const attention_dims &sh, size_t *row, size_t *token, int *head) {
+    const size_t w = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) / 32;
+    if (w >= (size_t)sh.batch * sh.n_heads * sh.seq) return false;
+    const size_t s = w % sh.seq, b = w / ((size_t)sh.seq * sh.n_heads);
+    *row = w;
+    *token = b * sh.seq + s;
+    *head = (int)(w / sh.seq % sh.n_heads);
+    return true;
+}
+
 #endif

@@ -338,13 +338,10 @@ __global__ void __launch_bounds__(128)
 template <typename T>
 __global__ void attention_half_row_dots_kernel(float *D, uint16_t *dout_half, const float *dout,
                                                const uint16_t *out_half, int ld_out, ah_shape sh) {
-    const size_t rows = (size_t)sh.batch * sh.n_heads * sh.seq;
-    const size_t warp_id = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) / 32;
+    size_t row, token;
+    int h;
+    if (!attention_row_of_warp(sh, &row, &token, &h)) return;  // whole warps leave together
     const int lane = threadIdx.x % 32;
-    if (warp_id >= rows) return;  // whole warps leave together
-    const int s = (int)(warp_id % sh.seq), h = (int)(warp_id / sh.seq % sh.n_heads);
-    const int b = (int)(warp_id / ((size_t)sh.seq * sh.n_heads));
-    const size_t token = (size_t)b * sh.seq + s;
     const float *dout_row = dout + token * sh.q_stride + (size_t)h * sh.d;
     const uint16_t *out_row = out_half + token * (size_t)ld_out + (size_t)h * sh.d;
     uint16_t *rounded_row = dout_half ? dout_half + token * sh.q_stride + (size_t)h * sh.d : NULL;
@@ -354,7 +351,7 @@ __global__ void attention_half_row_dots_kernel(float *D, uint16_t *dout_half, co
         if (rounded_row) rounded_row[x] = half_bits<half_ops<T>::fmt>(dout_row[x]);
     }
     sum = warp_sum(sum);
-    if (lane == 0) D[warp_id] = sum;  // warp_id is ((b * n_heads) + h) * seq + s
+    if (lane == 0) D[row] = sum;
 }
 
 // dq = scale dS K: one block per (query tile, head, sequence), key tiles ascending.

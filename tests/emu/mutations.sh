@@ -69,6 +69,7 @@ mutations=(
   "test_kernels_cuda_half_emu@kernels/cuda/embedding.cu@embedding_fwd_half: the 16-bit table's rows taken hidden apart, not ld@out[i] = half_widen<F>(table[(size_t)ids[t] * ld + c]);@out[i] = half_widen<F>(table[(size_t)ids[t] * hidden + c]);"
   "test_model_mixed@train/model.c@LoRA's frozen untied embedding table keeps fp32 (no copy of its own)@(!p->trainable && !strcmp(p->name, \"model.embed_tokens.weight\"))@(p->trainable && !strcmp(p->name, \"model.embed_tokens.weight\"))"
   "test_model_mixed@train/model_graph.c@the 16-bit embedding table widened as fp16 whatever the precision@m->k->embedding_fwd_half(model_half_format(m->precision), s->resid@m->k->embedding_fwd_half(KERNELS_FP16, s->resid"
+  "test_kernels_cuda_attention_emu@kernels/cuda/attention_dims.cuh@the backward's row dots: every row in sequence 0@*token = b * sh.seq + s;@*token = s;"
 )
 
 tests=$(printf '%s\n' "${mutations[@]}" | cut -d@ -f1 | sort -u)
