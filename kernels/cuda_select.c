@@ -92,6 +92,16 @@ int kernels_cuda_status(ct_error *err) {
     return 0;
 }
 
+int kernels_cuda_check(ct_error *err) {
+#ifdef CTUNE_HAVE_CUDA
+    char cuda_msg[1024] = "";
+    if (ctune_cuda_take_recorded(cuda_msg, sizeof cuda_msg) != 0) return ct_fail(err, "CUDA backend: %s", cuda_msg);
+#else
+    (void)err;
+#endif
+    return 0;
+}
+
 int kernels_cuda_bind_rank(int local_rank, char *bus_id, size_t bus_id_size, ct_error *err) {
     if (bus_id && bus_id_size) bus_id[0] = '\0';
 #ifdef CTUNE_HAVE_CUDA

@@ -456,6 +456,51 @@ static void test_determinism(void) {
     }
 }
 
+/* Micro-batches whose losses stay on the backend until the step's end (the trainer's way:
+ * one download a step): the same loss sums, token counts and gradients, bit for bit, as
+ * model_step's, for slots of different sizes; bad slots and oversized batches are refused. */
+static void test_queued_losses(void) {
+    model_config c;
+    small_config(&c);
+    ct_error err;
+    lora_settings lora = {.r = 3, .alpha = 6.0f, .dropout = 0.1f};
+    const char *targets[] = {"q_proj", "v_proj", "down_proj"};
+    CHECK(lora_parse_targets(&lora, targets, 3, &err) == 0);
+    model_batch b[2] = {{.input_ids = fd_ids, .targets = fd_targets, .batch = 2, .seq = 7},
+                        {.input_ids = fd_ids + 7, .targets = fd_targets + 7, .batch = 1, .seq = 7}};
+    model m;
+    CHECK(model_create(&m, &c, &lora, K, &err) == 0);
+    CHECK(model_reserve(&m, 4, 7, &err) == 0);
+    randomize_model(&m, 23);
+    float *want = malloc(m.grad_numel * sizeof(float)), *got = malloc(m.grad_numel * sizeof(float));
+    double loss[2] = {0, 0}, queued[2] = {-1, -1};
+    long count[2] = {0, 0}, queued_count[2] = {0, 0};
+    model_zero_grads(&m);
+    for (int a = 0; a < 2; a++) CHECK(model_step(&m, &b[a], true, 0.5f, 40 + a, &loss[a], &count[a], &err) == 0);
+    model_settle_grads(&m);
+    K->download(want, m.grad_arena, m.grad_numel * sizeof(float));
+    CHECK(model_step_queued(&m, &b[0], 0.5f, 40, 0, NULL, &err) == -1); /* no slots yet */
+    CHECK(model_reserve_loss_slots(&m, 2, 14, &err) == 0);
+    model_zero_grads(&m);
+    for (int a = 0; a < 2; a++)
+        CHECK_MSG(model_step_queued(&m, &b[a], 0.5f, 40 + a, a, &queued_count[a], &err) == 0, "%s", err.msg);
+    model_collect_losses(&m, 2, queued);
+    model_settle_grads(&m);
+    K->download(got, m.grad_arena, m.grad_numel * sizeof(float));
+    for (int a = 0; a < 2; a++)
+        CHECK_MSG(queued[a] == loss[a] && queued_count[a] == count[a], "slot %d: loss %.17g (%ld tokens), model_step %.17g (%ld)",
+                  a, queued[a], queued_count[a], loss[a], count[a]);
+    CHECK(loss[0] != loss[1]);
+    CHECK(memcmp(want, got, m.grad_numel * sizeof(float)) == 0);
+    CHECK(model_step_queued(&m, &b[0], 0.5f, 40, 2, NULL, &err) == -1 && strstr(err.msg, "slot 2"));
+    CHECK(model_reserve_loss_slots(&m, 1, 7, &err) == 0);
+    CHECK(model_step_queued(&m, &b[0], 0.5f, 40, 0, NULL, &err) == -1 && strstr(err.msg, "exceeds"));
+    CHECK(model_reserve_loss_slots(&m, 0, 7, &err) == -1);
+    free(want);
+    free(got);
+    model_free(&m);
+}
+
 /* ---------------------------------------------------------------- parameter lists, init */
 
 static void test_param_lists(void) {
@@ -686,6 +731,7 @@ int main(void) {
     test_lora_fixture();
     test_finite_differences();
     test_determinism();
+    test_queued_losses();
     test_activation_checkpointing();
 
     /* The same references on the CUDA backend, where there is one (CI has none). */
@@ -699,6 +745,7 @@ int main(void) {
         test_fixture("qwen3");
         test_lora_fixture();
         test_finite_differences();
+        test_queued_losses();
         test_activation_checkpointing();
     } else {
         printf("CUDA pass skipped: %s\n", err.msg);

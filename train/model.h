@@ -211,6 +211,19 @@ void model_settle_grads(model *m);
 int model_step(model *m, const model_batch *batch, bool backward, float grad_scale,
                uint64_t dropout_seed, double *loss_sum, long *n_loss_tokens, ct_error *err);
 
+/* Micro-batches whose losses the host reads once per step, not once per micro-batch: on a
+ * GPU every read waits for the device, and the step has others to wait for anyway (the
+ * gradient norm, the optimizer). model_reserve_loss_slots allocates n_slots device slots of
+ * tokens_per_slot losses (once; again only to change the sizes). model_step_queued is
+ * model_step with the backward pass, except that the per-token losses are copied to slot
+ * `slot` on the device, no wait; model_collect_losses fetches slots [0, n_slots) in one
+ * download (it waits for all the work queued so far) and returns each slot's loss sum,
+ * the same double sum in the same order as model_step's loss_sum (the same bits). */
+int model_reserve_loss_slots(model *m, int n_slots, int tokens_per_slot, ct_error *err);
+int model_step_queued(model *m, const model_batch *batch, float grad_scale, uint64_t dropout_seed, int slot,
+                      long *n_loss_tokens, ct_error *err);
+void model_collect_losses(model *m, int n_slots, double *sums);
+
 /* Logits (host memory, [vocab]) of the last token of one sequence ids[0..n-1] (positions
  * 0..n-1), no dropout. Used for generation and accuracy evaluation. Re-runs the whole
  * sequence (no KV cache); grows the reservation to 1 x n when it holds fewer tokens (an

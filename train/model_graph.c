@@ -628,8 +628,9 @@ static model_param *vocab_weight(model *m) {
     return m->cfg.tie_word_embeddings ? &m->params[0] : model_find_param(m, "lm_head.weight");
 }
 
-int model_step(model *m, const model_batch *batch, bool backward_pass, float grad_scale,
-               uint64_t dropout_seed, double *loss_sum, long *n_loss_tokens, ct_error *err) {
+/* model_step up to the per-token losses in s->loss (on the backend, not yet fetched). */
+static int run_step(model *m, const model_batch *batch, bool backward_pass, float grad_scale,
+                    uint64_t dropout_seed, long *n_loss_tokens, ct_error *err) {
     model_state *s = m->state;
     if (!batch || batch->batch <= 0 || batch->seq <= 0 || !batch->input_ids)
         return ct_fail(err, "model_step: empty batch");
@@ -675,12 +676,51 @@ int model_step(model *m, const model_batch *batch, bool backward_pass, float gra
      * the device, and waiting here, not between forward and backward, keeps it busy. */
     if (do_backward && count > 0) backward(m, batch->batch, batch->seq, use_doc_ids, dropout_seed);
     model_settle_grads(m); /* what the backward did not write: zeros, as if zeroed eagerly */
-    k->download(s->host_loss, s->loss, (size_t)T * sizeof(float));
-    double sum = 0.0;
-    for (int t = 0; t < T; t++) sum += s->host_loss[t];
-    if (loss_sum) *loss_sum = sum;
     if (n_loss_tokens) *n_loss_tokens = count;
     return 0;
+}
+
+/* The loss sum of n per-token losses: one double sum in token order, whichever way they
+ * were fetched. */
+static double sum_losses(const float *loss, int n) {
+    double sum = 0.0;
+    for (int t = 0; t < n; t++) sum += loss[t];
+    return sum;
+}
+
+int model_step(model *m, const model_batch *batch, bool backward_pass, float grad_scale,
+               uint64_t dropout_seed, double *loss_sum, long *n_loss_tokens, ct_error *err) {
+    if (run_step(m, batch, backward_pass, grad_scale, dropout_seed, n_loss_tokens, err)) return -1;
+    model_state *s = m->state;
+    const int T = batch->batch * batch->seq;
+    m->k->download(s->host_loss, s->loss, (size_t)T * sizeof(float));
+    if (loss_sum) *loss_sum = sum_losses(s->host_loss, T);
+    return 0;
+}
+
+int model_step_queued(model *m, const model_batch *batch, float grad_scale, uint64_t dropout_seed, int slot,
+                      long *n_loss_tokens, ct_error *err) {
+    model_state *s = m->state;
+    if (!s || slot < 0 || slot >= s->n_slots)
+        return ct_fail(err, "model_step_queued: slot %d outside the %d reserved by model_reserve_loss_slots", slot,
+                       s ? s->n_slots : 0);
+    if (batch && (int64_t)batch->batch * batch->seq > s->slot_stride)
+        return ct_fail(err, "model_step_queued: batch %d x %d exceeds a loss slot's %d tokens", batch->batch,
+                       batch->seq, s->slot_stride);
+    if (run_step(m, batch, true, grad_scale, dropout_seed, n_loss_tokens, err)) return -1;
+    const int T = batch->batch * batch->seq;
+    m->k->copy(s->loss_slots + (size_t)slot * s->slot_stride, s->loss, (size_t)T * sizeof(float));
+    s->slot_tokens[slot] = T;
+    return 0;
+}
+
+void model_collect_losses(model *m, int n_slots, double *sums) {
+    model_state *s = m->state;
+    if (n_slots > s->n_slots) n_slots = s->n_slots;
+    if (n_slots <= 0) return;
+    m->k->download(s->host_loss_slots, s->loss_slots, (size_t)n_slots * s->slot_stride * sizeof(float));
+    for (int a = 0; a < n_slots; a++)
+        sums[a] = sum_losses(s->host_loss_slots + (size_t)a * s->slot_stride, s->slot_tokens[a]);
 }
 
 int model_logits(model *m, const int32_t *ids, int n, int first, float *logits, ct_error *err) {

@@ -138,6 +138,7 @@ typedef struct run {
     int32_t *doc_ids;                   /* same shape; only with data.pack */
     int pack_docs_per_row;              /* data_pack_docs_per_row, when packing */
     double *micro_losses;               /* loss sum of each micro-batch of the global batch */
+    double *local_losses;               /* this rank's micro-batches' loss sums, in order */
     zero_optimizer opt;
     loss_scaler scaler;        /* fp16-mixed dynamic loss scale (identity otherwise) */
     int start_step;            /* first step to run (> 0 after a resume) */
@@ -466,7 +467,8 @@ static void format_duration(double seconds, char *out, size_t size) {
 }
 
 /* Forward and backward of this rank's a-th micro-batch of the step into the zeroed gradient
- * buffer; its loss sum goes to the slot of its global index. */
+ * buffer; its per-token losses stay in the model's loss slot a until the step's end
+ * (model_collect_losses). */
 static int micro_batch_step(run *x, int step, int a, float grad_scale, ct_error *err) {
     const recipe *r = x->r;
     const int micro = r->train.micro_batch_size, seq = r->data.seq_len;
@@ -480,7 +482,7 @@ static int micro_batch_step(run *x, int step, int a, float grad_scale, ct_error 
     uint64_t dropout_seed = (uint64_t)r->train.seed * 0x9E3779B97F4A7C15ull ^ (uint64_t)first;
     long count = 0;
     model_zero_grads(&x->m);
-    return model_step(&x->m, &batch, true, grad_scale, dropout_seed, &x->micro_losses[j], &count, err);
+    return model_step_queued(&x->m, &batch, grad_scale, dropout_seed, a, &count, err);
 }
 
 static int train_loop(run *x, run_summary *summary, ct_error *err) {
@@ -530,19 +532,25 @@ static int train_loop(run *x, run_summary *summary, ct_error *err) {
             if (!status && zero_accumulate(&x->opt, &x->m, err)) return -1;
         }
         if (x->opt.stage != 2 && dist_agree(d, status, err)) return -1;
-        /* One rank wrote each micro-batch's loss and the others add 0: exact in any order;
-         * then the sum runs in global micro-batch order, the same on any world size. */
-        if (dist_sum_doubles(d, x->micro_losses, (size_t)n_micro, err)) return -1;
         double loss_sum = 0, grad_norm = 0;
-        for (long long j = 0; j < n_micro; j++) loss_sum += x->micro_losses[j];
         double lr = lr_at_step(&schedule, step);
         bool skipped = false;
         if (zero_step(&x->opt, &x->m, &hp, lr, r->optim.grad_clip, loss_scale, &grad_norm, &skipped, err))
             return -1;
+        /* The losses, fetched once the optimizer is queued: the one download waits for the
+         * step's last work, as the next batch's upload would (the host waits twice a step:
+         * here and for the gradient norm, however many micro-batches). */
+        model_collect_losses(&x->m, x->accum_steps, x->local_losses);
+        for (int a = 0; a < x->accum_steps; a++) x->micro_losses[zero_micro_batch_index(&x->opt, a)] = x->local_losses[a];
+        /* One rank wrote each micro-batch's loss and the others add 0: exact in any order;
+         * then the sum runs in global micro-batch order, the same on any world size. */
+        if (dist_sum_doubles(d, x->micro_losses, (size_t)n_micro, err)) return -1;
+        for (long long j = 0; j < n_micro; j++) loss_sum += x->micro_losses[j];
         /* The CUDA table's functions cannot fail visibly: its first error is collected here,
-         * once per step, where the step's loss has synchronised with the device anyway, and
-         * before a NaN it may have caused is reported as divergence. */
-        if (!strcmp(x->k->name, "cuda") && dist_agree(d, kernels_cuda_status(err), err)) return -1;
+         * once per step, after the download above has synchronised with the device (a
+         * kernel's execution error surfaces there), and before a NaN it may have caused is
+         * reported as divergence. */
+        if (!strcmp(x->k->name, "cuda") && dist_agree(d, kernels_cuda_check(err), err)) return -1;
         /* Every rank has the same norm, so the same decision. */
         if (skipped && !x->scaler.enabled)
             return ct_fail(err, "step %d: the gradient norm is %g: a NaN or infinity in the gradients "
@@ -631,6 +639,7 @@ static int train_loop(run *x, run_summary *summary, ct_error *err) {
 static void close_run(run *x) {
     if (x->opt_ready) zero_free(&x->opt);
     free(x->micro_losses);
+    free(x->local_losses);
     if (x->model_ready) model_free(&x->m);
     if (x->train_open) dataset_close(&x->train);
     if (x->eval_open) dataset_close(&x->eval);
@@ -697,9 +706,12 @@ int trainer_run(const recipe *r, const dist *d, bool dry_run, run_summary *summa
     if (!x.ids || !x.targets || !x.positions || (r->data.pack && !x.doc_ids)) status = ct_fail(err, "out of memory for %zu batch tokens", batch_tokens);
     x.m.activation_checkpointing = r->train.activation_checkpointing;
     if (!status) status = model_reserve(&x.m, r->train.micro_batch_size, r->data.seq_len, err);
+    if (!status)
+        status = model_reserve_loss_slots(&x.m, x.accum_steps, r->train.micro_batch_size * r->data.seq_len, err);
     size_t n_micro = (size_t)x.accum_steps * (size_t)d->world_size;
     x.micro_losses = calloc(n_micro, sizeof *x.micro_losses);
-    if (!status && !x.micro_losses) status = ct_fail(err, "out of memory");
+    x.local_losses = calloc((size_t)x.accum_steps, sizeof *x.local_losses);
+    if (!status && (!x.micro_losses || !x.local_losses)) status = ct_fail(err, "out of memory");
     if (!status) status = zero_create(&x.opt, &x.m, d, r->distributed.zero_stage, x.accum_steps, err);
     x.opt_ready = status == 0;
     loss_scaler_init(&x.scaler, r->precision == PRECISION_FP16_MIXED, r->optim.loss_scale_init,

@@ -28,6 +28,8 @@ int ctune_cuda_init(char *msg, size_t msg_size);
 /* Waits for the device, then moves the first recorded failure (if any) into msg and
  * clears it. Returns 0 when nothing failed since the last call, -1 otherwise. */
 int ctune_cuda_take_error(char *msg, size_t msg_size);
+/* The same without waiting: only what has been recorded so far. */
+int ctune_cuda_take_recorded(char *msg, size_t msg_size);
 
 /* ---- the table's operations ---- */
 void *cuda_alloc(size_t bytes);

@@ -15,6 +15,10 @@
  * call failed since the last check, or -1 with the first failure in err (and clears it).
  * Without CUDA in the build it returns 0. */
 int kernels_cuda_status(ct_error *err);
+/* kernels_cuda_status without the wait: the failures recorded so far, for a caller that has
+ * just synchronised with the device anyway (a download), which a kernel's execution error
+ * surfaces in. */
+int kernels_cuda_check(ct_error *err);
 
 /* One GPU per rank: makes GPU (local_rank mod the GPUs this process sees) current, so that
  * ranks of a node spread over its GPUs (several ranks share one when there are more ranks

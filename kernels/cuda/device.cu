@@ -51,6 +51,10 @@ extern "C" int ctune_cuda_take_error(char *msg, size_t msg_size) {
     // Execution errors of earlier kernels surface here. Before the backend was handed out
     // there is nothing to wait for (and on a machine without a GPU the call would fail).
     if (backend_started()) CUDA_CHECK(cudaDeviceSynchronize());
+    return ctune_cuda_take_recorded(msg, msg_size);
+}
+
+extern "C" int ctune_cuda_take_recorded(char *msg, size_t msg_size) {
     pthread_mutex_lock(&error_lock);
     int rc = 0;
     if (error_held) {
