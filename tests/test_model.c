@@ -481,6 +481,7 @@ static void test_queued_losses(void) {
     K->download(want, m.grad_arena, m.grad_numel * sizeof(float));
     CHECK(model_step_queued(&m, &b[0], 0.5f, 40, 0, NULL, &err) == -1); /* no slots yet */
     CHECK(model_reserve_loss_slots(&m, 2, 14, &err) == 0);
+    CHECK(model_reserve(&m, 4, 7, &err) == 0); /* redoing the reservation keeps the slots */
     model_zero_grads(&m);
     for (int a = 0; a < 2; a++)
         CHECK_MSG(model_step_queued(&m, &b[a], 0.5f, 40 + a, a, &queued_count[a], &err) == 0, "%s", err.msg);

@@ -525,37 +525,37 @@ static void release_reservation(model *m) {
     free(s->host_id_keys);
     free(s->host_loss);
     float *inv_freq = s->inv_freq;
+    const struct model_loss_slots slots = s->slots;
     memset(s, 0, sizeof *s);
     s->inv_freq = inv_freq;
+    s->slots = slots;
 }
 
 static void release_loss_slots(model *m) {
     model_state *s = m->state;
-    if (s->loss_slots) m->k->release(s->loss_slots);
-    free(s->host_loss_slots);
-    free(s->slot_tokens);
-    s->loss_slots = s->host_loss_slots = NULL;
-    s->slot_tokens = NULL;
-    s->n_slots = s->slot_stride = 0;
+    if (s->slots.device) m->k->release(s->slots.device);
+    free(s->slots.host);
+    free(s->slots.tokens);
+    memset(&s->slots, 0, sizeof s->slots);
 }
 
 int model_reserve_loss_slots(model *m, int n_slots, int tokens_per_slot, ct_error *err) {
     model_state *s = m->state;
     if (n_slots <= 0 || tokens_per_slot <= 0)
         return ct_fail(err, "model_reserve_loss_slots: %d slots of %d tokens", n_slots, tokens_per_slot);
-    if (s->n_slots == n_slots && s->slot_stride == tokens_per_slot) return 0;
+    if (s->slots.n == n_slots && s->slots.stride == tokens_per_slot) return 0;
     release_loss_slots(m);
     const size_t n = (size_t)n_slots * (size_t)tokens_per_slot;
-    s->loss_slots = m->k->alloc(n * sizeof(float));
-    s->host_loss_slots = malloc(n * sizeof(float));
-    s->slot_tokens = calloc((size_t)n_slots, sizeof(int));
-    if (!s->loss_slots || !s->host_loss_slots || !s->slot_tokens) {
+    s->slots.device = m->k->alloc(n * sizeof(float));
+    s->slots.host = malloc(n * sizeof(float));
+    s->slots.tokens = calloc((size_t)n_slots, sizeof(int));
+    if (!s->slots.device || !s->slots.host || !s->slots.tokens) {
         release_loss_slots(m);
         return ct_fail(err, "model: cannot allocate %zu bytes of loss slots on the %s backend", n * sizeof(float),
                        m->k->name);
     }
-    s->n_slots = n_slots;
-    s->slot_stride = tokens_per_slot;
+    s->slots.n = n_slots;
+    s->slots.stride = tokens_per_slot;
     return 0;
 }
 

@@ -701,26 +701,25 @@ int model_step(model *m, const model_batch *batch, bool backward_pass, float gra
 int model_step_queued(model *m, const model_batch *batch, float grad_scale, uint64_t dropout_seed, int slot,
                       long *n_loss_tokens, ct_error *err) {
     model_state *s = m->state;
-    if (!s || slot < 0 || slot >= s->n_slots)
+    if (!s || slot < 0 || slot >= s->slots.n)
         return ct_fail(err, "model_step_queued: slot %d outside the %d reserved by model_reserve_loss_slots", slot,
-                       s ? s->n_slots : 0);
-    if (batch && (int64_t)batch->batch * batch->seq > s->slot_stride)
+                       s ? s->slots.n : 0);
+    if (batch && (int64_t)batch->batch * batch->seq > s->slots.stride)
         return ct_fail(err, "model_step_queued: batch %d x %d exceeds a loss slot's %d tokens", batch->batch,
-                       batch->seq, s->slot_stride);
+                       batch->seq, s->slots.stride);
     if (run_step(m, batch, true, grad_scale, dropout_seed, n_loss_tokens, err)) return -1;
     const int T = batch->batch * batch->seq;
-    m->k->copy(s->loss_slots + (size_t)slot * s->slot_stride, s->loss, (size_t)T * sizeof(float));
-    s->slot_tokens[slot] = T;
+    m->k->copy(s->slots.device + (size_t)slot * s->slots.stride, s->loss, (size_t)T * sizeof(float));
+    s->slots.tokens[slot] = T;
     return 0;
 }
 
 void model_collect_losses(model *m, int n_slots, double *sums) {
     model_state *s = m->state;
-    if (n_slots > s->n_slots) n_slots = s->n_slots;
+    if (n_slots > s->slots.n) n_slots = s->slots.n;
     if (n_slots <= 0) return;
-    m->k->download(s->host_loss_slots, s->loss_slots, (size_t)n_slots * s->slot_stride * sizeof(float));
-    for (int a = 0; a < n_slots; a++)
-        sums[a] = sum_losses(s->host_loss_slots + (size_t)a * s->slot_stride, s->slot_tokens[a]);
+    m->k->download(s->slots.host, s->slots.device, (size_t)n_slots * s->slots.stride * sizeof(float));
+    for (int a = 0; a < n_slots; a++) sums[a] = sum_losses(s->slots.host + (size_t)a * s->slots.stride, s->slots.tokens[a]);
 }
 
 int model_logits(model *m, const int32_t *ids, int n, int first, float *logits, ct_error *err) {

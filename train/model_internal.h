@@ -115,11 +115,14 @@ typedef struct model_state {
     uint64_t *host_id_keys;   /* host [T], the sort's (id << 32 | t) keys */
     int32_t *host_positions;  /* host [T], for batches without positions (and the id order) */
     float *host_loss;         /* host [T] */
-    /* model_step_queued's per-token losses, slot a at a * slot_stride, until
-     * model_collect_losses fetches them all at once (own allocations: model_reserve_loss_slots) */
-    float *loss_slots, *host_loss_slots;
-    int *slot_tokens; /* tokens written to each slot */
-    int n_slots, slot_stride;
+    /* model_step_queued's per-token losses, slot a at a * stride, until model_collect_losses
+     * fetches them all at once: allocated by model_reserve_loss_slots, kept when the
+     * reservation above is redone */
+    struct model_loss_slots {
+        float *device, *host;
+        int *tokens; /* tokens written to each slot */
+        int n, stride;
+    } slots;
 } model_state;
 
 /* Re-rounds the 16-bit weight copies marked stale (model_weights_changed) from fp32. */
