@@ -414,13 +414,21 @@ static void test_finite_differences(void) {
 
 /* ---------------------------------------------------------------- determinism, accumulation */
 
-static void test_determinism(void) {
-    model_config c;
-    small_config(&c);
+/* LoRA with dropout on three of the seven projections: the adapters of the accumulation
+ * tests. */
+static lora_settings dropout_lora(void) {
     ct_error err;
     lora_settings lora = {.r = 3, .alpha = 6.0f, .dropout = 0.1f};
     const char *targets[] = {"q_proj", "v_proj", "down_proj"};
     CHECK(lora_parse_targets(&lora, targets, 3, &err) == 0);
+    return lora;
+}
+
+static void test_determinism(void) {
+    model_config c;
+    small_config(&c);
+    ct_error err;
+    lora_settings lora = dropout_lora();
     model_batch b = {.input_ids = fd_ids, .targets = fd_targets, .batch = 2, .seq = 7};
     for (int variant = 0; variant < 2; variant++) {
         model m;
@@ -463,9 +471,7 @@ static void test_queued_losses(void) {
     model_config c;
     small_config(&c);
     ct_error err;
-    lora_settings lora = {.r = 3, .alpha = 6.0f, .dropout = 0.1f};
-    const char *targets[] = {"q_proj", "v_proj", "down_proj"};
-    CHECK(lora_parse_targets(&lora, targets, 3, &err) == 0);
+    lora_settings lora = dropout_lora();
     model_batch b[2] = {{.input_ids = fd_ids, .targets = fd_targets, .batch = 2, .seq = 7},
                         {.input_ids = fd_ids + 7, .targets = fd_targets + 7, .batch = 1, .seq = 7}};
     model m;
