@@ -5,6 +5,7 @@
  * then creates the cuBLAS handle so that a broken installation fails here, not in gemm.
  * The table is assembled here, in C, from the functions of kernels/cuda (cuda_ops.h).
  * It uses the device current at the first call (a rank calls cudaSetDevice before). */
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "kernels/cuda/cuda_status.h"
@@ -81,25 +82,26 @@ int kernels_cuda(const kernels **out, ct_error *err) {
 #endif
 }
 
-int kernels_cuda_status(ct_error *err) {
+/* The backend's first recorded failure as an error, after waiting for the device or not. */
+static int take_cuda_error(bool wait, ct_error *err) {
 #ifdef CTUNE_HAVE_CUDA
     char cuda_msg[1024] = "";
-    if (ctune_cuda_take_error(cuda_msg, sizeof cuda_msg) != 0)
-        return ct_fail(err, "CUDA backend: %s", cuda_msg);
+    int rc = wait ? ctune_cuda_take_error(cuda_msg, sizeof cuda_msg)
+                  : ctune_cuda_take_recorded(cuda_msg, sizeof cuda_msg);
+    if (rc != 0) return ct_fail(err, "CUDA backend: %s", cuda_msg);
 #else
+    (void)wait;
     (void)err;
 #endif
     return 0;
 }
 
+int kernels_cuda_status(ct_error *err) {
+    return take_cuda_error(true, err);
+}
+
 int kernels_cuda_check(ct_error *err) {
-#ifdef CTUNE_HAVE_CUDA
-    char cuda_msg[1024] = "";
-    if (ctune_cuda_take_recorded(cuda_msg, sizeof cuda_msg) != 0) return ct_fail(err, "CUDA backend: %s", cuda_msg);
-#else
-    (void)err;
-#endif
-    return 0;
+    return take_cuda_error(false, err);
 }
 
 int kernels_cuda_bind_rank(int local_rank, char *bus_id, size_t bus_id_size, ct_error *err) {
