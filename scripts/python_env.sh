@@ -2,19 +2,21 @@
 # Prints the path of a Python that has the Hugging Face stack the interop tests and
 # benchmarks compare against, creating it on first use:
 #   scripts/python_env.sh     -> .venv/bin/python (made with pip from PyPI, ~6 GB, ~5 min once)
-# $CTUNE_PYTHON, when set to a Python that already imports everything, is used as it is.
-# Versions are pinned so that CI compares against the same peers every run.
+# $CTUNE_PYTHON, when set to a Python that already imports the peers, is used as it is (without
+# tensorboard, tests/interop_tensorboard.sh then skips). Versions are pinned so that CI compares
+# against the same peers every run.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 packages=(torch==2.15.0 transformers==5.23.0 peft==0.21.2 safetensors==0.8.0
-          tokenizers==0.23.3 huggingface_hub==2.4.0 numpy pyyaml)
+          tokenizers==0.23.3 huggingface_hub==2.4.0 tensorboard==2.21.0 numpy pyyaml)
 probe='import torch, transformers, peft, safetensors, tokenizers, huggingface_hub, numpy, yaml'
+venv_probe="$probe, tensorboard" # the reader tests/interop_tensorboard.sh checks ctune's event files with
 if [ -n "${CTUNE_PYTHON:-}" ] && "$CTUNE_PYTHON" -c "$probe" 2>/dev/null; then
   echo "$CTUNE_PYTHON"
   exit 0
 fi
 venv="$root/.venv"
-if ! "$venv/bin/python" -c "$probe" 2>/dev/null; then
+if ! "$venv/bin/python" -c "$venv_probe" 2>/dev/null; then
   echo "python_env: creating $venv (pip: ${packages[*]})" >&2
   command -v python3 >/dev/null || { echo "python_env: python3 not found" >&2; exit 1; }
   if ! python3 -m venv "$venv" 2>/dev/null; then
@@ -36,6 +38,6 @@ if ! "$venv/bin/python" -c "$probe" 2>/dev/null; then
     fi
   done
   "$venv/bin/pip" install -q --no-cache-dir --disable-pip-version-check "${packages[@]}" >&2
-  "$venv/bin/python" -c "$probe"
+  "$venv/bin/python" -c "$venv_probe"
 fi
 echo "$venv/bin/python"

@@ -39,9 +39,33 @@ int metrics_open_resumed(metrics_log *log, const char *path, long last_step, ct_
     return 0;
 }
 
+int metrics_open_tensorboard(metrics_log *log, const char *dir, long first_step, ct_error *err) {
+    if (tfevents_open(&log->tensorboard, dir, err)) return -1;
+    if (first_step > 1 && tfevents_restart(&log->tensorboard, first_step, err)) {
+        tfevents_close(&log->tensorboard);
+        return -1;
+    }
+    return 0;
+}
+
 void metrics_close(metrics_log *log) {
     if (log->file) fclose(log->file);
     log->file = NULL;
+    tfevents_close(&log->tensorboard);
+}
+
+const char *metrics_take_warning(metrics_log *log) {
+    if (!log->warning_pending) return NULL;
+    log->warning_pending = false;
+    return log->warning.msg;
+}
+
+/* One TensorBoard event; the first failure closes the event file and leaves a warning. */
+static void tensorboard_event(metrics_log *log, int step, const tfevents_scalar *scalars, int n) {
+    if (!log->tensorboard.file) return;
+    if (tfevents_scalars(&log->tensorboard, step, scalars, n, &log->warning) == 0) return;
+    tfevents_close(&log->tensorboard);
+    log->warning_pending = true;
 }
 
 /* JSON has no NaN or Infinity; a diverged loss is logged as null so every line still parses. */
@@ -71,6 +95,17 @@ void metrics_step(metrics_log *log, int step, double loss, double lr, double gra
     if (skipped) fputs(",\"skipped\":true", f);
     fputs("}\n", f);
     fflush(f);
+    tfevents_scalar scalars[7] = {{"train/loss", loss},
+                                  {"train/lr", lr},
+                                  {"train/grad_norm", grad_norm},
+                                  {"train/tokens", (double)tokens},
+                                  {"train/tokens_per_second", tokens_per_second}};
+    int n = 5;
+    if (loss_scale > 0) {
+        scalars[n++] = (tfevents_scalar){"train/loss_scale", loss_scale};
+        scalars[n++] = (tfevents_scalar){"train/skipped", skipped ? 1.0 : 0.0};
+    }
+    tensorboard_event(log, step, scalars, n);
 }
 
 void metrics_eval(metrics_log *log, int step, double eval_loss, long long eval_tokens,
@@ -80,7 +115,10 @@ void metrics_eval(metrics_log *log, int step, double eval_loss, long long eval_t
     fprintf(f, "{\"step\":%d", step);
     write_number(f, "eval_loss", eval_loss);
     fprintf(f, ",\"eval_tokens\":%lld", eval_tokens);
-    if (!isnan(accuracy) && accuracy >= 0.0) write_number(f, "eval_accuracy", accuracy);
+    const bool has_accuracy = !isnan(accuracy) && accuracy >= 0.0;
+    if (has_accuracy) write_number(f, "eval_accuracy", accuracy);
     fputs("}\n", f);
     fflush(f);
+    const tfevents_scalar scalars[2] = {{"eval/loss", eval_loss}, {"eval/accuracy", accuracy}};
+    tensorboard_event(log, step, scalars, has_accuracy ? 2 : 1);
 }

@@ -3,7 +3,12 @@
  * (fp16-mixed adds the loss scale the step ran with, and "skipped": true on an overflow) and
  * evaluations
  * {"step","eval_loss","eval_tokens"[,"eval_accuracy"]}. Flushed per line, so a killed run
- * keeps what it logged. */
+ * keeps what it logged.
+ *
+ * Optionally (train.tensorboard) the same values as TensorBoard scalars (tfevents.h): train/loss,
+ * train/lr, train/grad_norm, train/tokens, train/tokens_per_second [, train/loss_scale,
+ * train/skipped] and eval/loss [, eval/accuracy]. A failed event write does not stop training:
+ * TensorBoard logging stops, and metrics_take_warning hands the reason over once. */
 #ifndef CTUNE_METRICS_H
 #define CTUNE_METRICS_H
 
@@ -11,16 +16,25 @@
 #include <stdio.h>
 
 #include "train/error.h"
+#include "train/tfevents.h"
 
 typedef struct metrics_log {
     FILE *file;
+    tfevents_writer tensorboard; /* .file NULL: not written */
+    bool warning_pending;
+    ct_error warning;
 } metrics_log;
 
 int metrics_open(metrics_log *log, const char *path, ct_error *err);
 /* For a resumed run: keeps the lines of steps <= last_step (those after it are redone) and
  * appends from there. A missing file starts empty. */
 int metrics_open_resumed(metrics_log *log, const char *path, long last_step, ct_error *err);
+/* Also writes TensorBoard events into dir (a new file). first_step > 1 (a resumed run) makes
+ * TensorBoard discard what earlier files logged from that step on. */
+int metrics_open_tensorboard(metrics_log *log, const char *dir, long first_step, ct_error *err);
 void metrics_close(metrics_log *log);
+/* The reason TensorBoard logging stopped, once; NULL otherwise. */
+const char *metrics_take_warning(metrics_log *log);
 /* loss_scale <= 0 leaves the key out. */
 void metrics_step(metrics_log *log, int step, double loss, double lr, double grad_norm,
                   long long tokens, double tokens_per_second, double elapsed_seconds,

@@ -67,6 +67,7 @@ typedef struct recipe {
         int eval_max_batches;   /* cap on eval batches per evaluation; 0 = whole set; default 0 */
         int log_every;          /* steps between progress lines on rank 0; default 10 */
         bool activation_checkpointing; /* default false */
+        bool tensorboard;       /* metrics also as TensorBoard events; default false */
     } train;
 
     struct {

@@ -485,6 +485,12 @@ static int micro_batch_step(run *x, int step, int a, float grad_scale, ct_error 
     return model_step_queued(&x->m, &batch, grad_scale, dropout_seed, a, &count, err);
 }
 
+/* Logging to TensorBoard is not worth a run: a failed event write stops it, said once. */
+static void warn_metrics(metrics_log *metrics) {
+    const char *why = metrics_take_warning(metrics);
+    if (why) fprintf(stderr, "ctune: warning: %s; TensorBoard logging stops (metrics.jsonl goes on)\n", why);
+}
+
 static int train_loop(run *x, run_summary *summary, ct_error *err) {
     const recipe *r = x->r;
     const dist *d = x->d;
@@ -567,9 +573,11 @@ static int train_loop(run *x, run_summary *summary, ct_error *err) {
         processed_since_log += (long long)micro_tokens * x->accum_steps * d->world_size;
         double now = ct_monotonic_seconds();
         double tok_s = processed_since_log / (now - last_log > 1e-9 ? now - last_log : 1e-9);
-        if (d->rank == 0)
+        if (d->rank == 0) {
             metrics_step(&x->metrics, step + 1, last_loss, lr, grad_norm, global_tokens, tok_s, now - start,
                          x->scaler.enabled ? loss_scale : 0.0, skipped);
+            warn_metrics(&x->metrics);
+        }
         bool log_now = (step + 1) % r->train.log_every == 0 || step == 0 || step + 1 == r->train.max_steps;
         if (d->rank == 0 && log_now) {
             char eta[32];
@@ -599,6 +607,7 @@ static int train_loop(run *x, run_summary *summary, ct_error *err) {
             if (d->rank == 0) {
                 printf("eval step %d | eval_loss %.4f\n", step + 1, eval_loss);
                 metrics_eval(&x->metrics, step + 1, eval_loss, eval_tokens, NAN);
+                warn_metrics(&x->metrics);
             }
         }
         steps_done = step + 1;
@@ -731,6 +740,10 @@ int trainer_run(const recipe *r, const dist *d, bool dry_run, run_summary *summa
         if (!status)
             status = x.resumed_from[0] ? metrics_open_resumed(&x.metrics, path, x.start_step, err)
                                        : metrics_open(&x.metrics, path, err);
+        if (!status && r->train.tensorboard) {
+            snprintf(path, sizeof path, "%s/tensorboard", r->checkpoint.output_dir);
+            status = metrics_open_tensorboard(&x.metrics, path, x.start_step + 1, err);
+        }
     }
     if (dist_agree(d, status, err)) {
         close_run(&x);
@@ -759,6 +772,7 @@ int trainer_run(const recipe *r, const dist *d, bool dry_run, run_summary *summa
             if (!isnan(s.eval_accuracy)) printf(" | answer accuracy %.1f%%", 100.0 * s.eval_accuracy);
             printf("\n");
             metrics_eval(&x.metrics, s.steps, s.eval_loss, eval_tokens, s.eval_accuracy);
+            warn_metrics(&x.metrics);
         }
     }
     /* The loop and the evaluations fail on every rank together, with the agreed message; only

@@ -70,6 +70,10 @@ mutations=(
   "test_model_mixed@train/model.c@LoRA's frozen untied embedding table keeps fp32 (no copy of its own)@(!p->trainable && !strcmp(p->name, \"model.embed_tokens.weight\"))@(p->trainable && !strcmp(p->name, \"model.embed_tokens.weight\"))"
   "test_model_mixed@train/model_graph.c@the 16-bit embedding table widened as fp16 whatever the precision@m->k->embedding_fwd_half(model_half_format(m->precision), s->resid@m->k->embedding_fwd_half(KERNELS_FP16, s->resid"
   "test_kernels_cuda_attention_emu@kernels/cuda/attention_dims.cuh@the backward's row dots: every row in sequence 0@*token = b * sh.seq + s;@*token = s;"
+  "test_tfevents@train/metrics.c@a resumed run's TensorBoard file without its restart marker@if (first_step > 1 && tfevents_restart(@if (first_step > 1 << 30 && tfevents_restart("
+  "test_tfevents@train/tfevents.c@the TFRecord CRC mask's constant off by one@+ 0xA282EAD8u;@+ 0xA282EAD9u;"
+  "test_tfevents@train/tfevents.c@a scalar's simple_value under the wrong field number@VALUE_SIMPLE_VALUE = 2@VALUE_SIMPLE_VALUE = 3"
+  "test_tfevents@train/tfevents.c@a step's varint cut to one byte@bytes[n++] = (char)((v & 0x7Fu) | (v >= 0x80u ? 0x80u : 0u));@bytes[n++] = (char)(v & 0x7Fu); v = 0;"
 )
 
 tests=$(printf '%s\n' "${mutations[@]}" | cut -d@ -f1 | sort -u)
