@@ -3,7 +3,8 @@
 For each run folder given: tensorboard's own EventAccumulator (with its purge of steps a resumed
 run redid) loads <run>/tensorboard; every scalar must equal the float32 rounding of the
 metrics.jsonl value at the same step, each step exactly once, no other tags or steps; the
-format version is 2 and wall times are real. --same A B: two runs' deterministic scalars
+format version is 2 and wall times are real; the text "recipe" (TensorBoard's text plugin) holds
+<run>/recipe.resolved.yaml, once per event file. --same A B: two runs' deterministic scalars
 (everything but throughput) are equal, step for step.
 """
 import argparse
@@ -15,6 +16,8 @@ import sys
 
 import numpy as np
 from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.plugins.text import text_plugin
+from tensorboard.util import tensor_util
 
 TRAIN_TAGS = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm", "tokens": "train/tokens",
               "tok_s": "train/tokens_per_second", "loss_scale": "train/loss_scale"}
@@ -49,10 +52,24 @@ def load_tensorboard(run):
     files = sorted(glob.glob(os.path.join(folder, "events.out.tfevents.*")))
     if not files:
         fail(f"{folder}: no event files")
-    acc = event_accumulator.EventAccumulator(folder, size_guidance={event_accumulator.SCALARS: 0})
+    acc = event_accumulator.EventAccumulator(folder, size_guidance={event_accumulator.SCALARS: 0,
+                                                                    event_accumulator.TENSORS: 0})
     acc.Reload()
     if acc.file_version != 2:
         fail(f"{folder}: file_version {acc.file_version}, expected 2")
+    texts = acc.Tensors("recipe") if "recipe" in acc.Tags()["tensors"] else []
+    if len(texts) != len(files):
+        fail(f"{folder}: {len(texts)} recipe texts for {len(files)} event files")
+    metadata = acc.SummaryMetadata("recipe")
+    if metadata.plugin_data.plugin_name != "text":
+        fail(f"{folder}: the recipe text's plugin is {metadata.plugin_data.plugin_name!r}")
+    recipe = open(os.path.join(run, "recipe.resolved.yaml")).read()
+    shown = tensor_util.make_ndarray(texts[-1].tensor_proto).item().decode()
+    if shown != f"```yaml\n{recipe}```\n":
+        fail(f"{folder}: the last recipe text is not recipe.resolved.yaml in a yaml block: {shown[:200]!r}")
+    html = text_plugin.text_array_to_html(tensor_util.make_ndarray(texts[-1].tensor_proto), True)
+    if not html.startswith("<pre><code") or "method:" not in html:
+        fail(f"{folder}: TensorBoard's Text tab would not show the recipe as a code block: {html[:200]!r}")
     got = {}
     for tag in acc.Tags()["scalars"]:
         events = acc.Scalars(tag)
@@ -86,7 +103,8 @@ def check_run(run):
             if not same_value(got[tag][step], value, ROUNDED.get(tag, 0.0)):
                 fail(f"{run}: {tag} step {step}: TensorBoard reads {got[tag][step]!r}, metrics.jsonl {value!r}")
     n_train = len(want["train/loss"])
-    print(f"ok   {run}: {len(want)} tags, {n_train} steps, {n_files} event file(s), every value as metrics.jsonl")
+    print(f"ok   {run}: {len(want)} tags, {n_train} steps, {n_files} event file(s), every value as metrics.jsonl, "
+          "the recipe as text")
     return got, n_files
 
 

@@ -39,13 +39,19 @@ int metrics_open_resumed(metrics_log *log, const char *path, long last_step, ct_
     return 0;
 }
 
-int metrics_open_tensorboard(metrics_log *log, const char *dir, long first_step, ct_error *err) {
+int metrics_open_tensorboard(metrics_log *log, const char *dir, long first_step, const char *recipe_yaml,
+                             ct_error *err) {
     if (tfevents_open(&log->tensorboard, dir, err)) return -1;
-    if (first_step > 1 && tfevents_restart(&log->tensorboard, first_step, err)) {
-        tfevents_close(&log->tensorboard);
-        return -1;
+    int status = first_step > 1 ? tfevents_restart(&log->tensorboard, first_step, err) : 0;
+    if (!status && recipe_yaml) {
+        textbuf text = {0};
+        textbuf_printf(&text, "```yaml\n%s```\n", recipe_yaml); /* Markdown: as written, monospaced */
+        status = text.failed ? ct_fail(err, "out of memory")
+                             : tfevents_text(&log->tensorboard, first_step - 1, "recipe", text.data, err);
+        textbuf_free(&text);
     }
-    return 0;
+    if (status) tfevents_close(&log->tensorboard);
+    return status;
 }
 
 void metrics_close(metrics_log *log) {

@@ -7,7 +7,7 @@
  *
  * Optionally (train.tensorboard) the same values as TensorBoard scalars (tfevents.h): train/loss,
  * train/lr, train/grad_norm, train/tokens, train/tokens_per_second [, train/loss_scale,
- * train/skipped] and eval/loss [, eval/accuracy]. A failed event write does not stop training:
+ * train/skipped] and eval/loss [, eval/accuracy], and the run's recipe as text. A failed event write does not stop training:
  * TensorBoard logging stops, and metrics_take_warning hands the reason over once. */
 #ifndef CTUNE_METRICS_H
 #define CTUNE_METRICS_H
@@ -30,8 +30,10 @@ int metrics_open(metrics_log *log, const char *path, ct_error *err);
  * appends from there. A missing file starts empty. */
 int metrics_open_resumed(metrics_log *log, const char *path, long last_step, ct_error *err);
 /* Also writes TensorBoard events into dir (a new file). first_step > 1 (a resumed run) makes
- * TensorBoard discard what earlier files logged from that step on. */
-int metrics_open_tensorboard(metrics_log *log, const char *dir, long first_step, ct_error *err);
+ * TensorBoard discard what earlier files logged from that step on. recipe_yaml (unless NULL)
+ * goes in first, as the text "recipe" at step first_step - 1 (TensorBoard's Text tab). */
+int metrics_open_tensorboard(metrics_log *log, const char *dir, long first_step, const char *recipe_yaml,
+                             ct_error *err);
 void metrics_close(metrics_log *log);
 /* The reason TensorBoard logging stopped, once; NULL otherwise. */
 const char *metrics_take_warning(metrics_log *log);

@@ -99,8 +99,8 @@ const recipe_key SCHEMA_KEYS[] = {
      .doc = "keep only each layer's input and recompute its activations in the backward pass: one layer's activations in memory instead of all, for about one extra forward pass; same gradients, bit for bit"},
     {.path = "train.tensorboard", .type = KEY_BOOL, AT(train.tensorboard), .def = "false",
      .doc = "also write the metrics as TensorBoard scalars (train/loss, train/lr, train/grad_norm, eval/loss, ...) "
-            "into <output_dir>/tensorboard: tensorboard --logdir <output_dir>, or a sweep's folder to compare its "
-            "points"},
+            "and the resolved recipe (Text tab) into <output_dir>/tensorboard: tensorboard --logdir <output_dir>, or a "
+            "sweep's folder to compare its points"},
     {.path = "optim.lr", .type = KEY_DOUBLE, AT(optim.lr), .def = "1e-3", DRANGE(0, INFINITY),
      .dmin_open = true, .doc = "peak learning rate"},
     {.path = "optim.weight_decay", .type = KEY_DOUBLE, AT(optim.weight_decay), .def = "0.0",

@@ -72,6 +72,9 @@ static void put_bytes(textbuf *b, int field, const char *data, size_t n) {
 /* Event fields (event.proto) */
 enum { EVENT_WALL_TIME = 1, EVENT_STEP = 2, EVENT_FILE_VERSION = 3, EVENT_SUMMARY = 5, EVENT_SESSION_LOG = 7 };
 enum { SUMMARY_VALUE = 1, VALUE_TAG = 1, VALUE_SIMPLE_VALUE = 2, SESSION_LOG_STATUS = 1, SESSION_START = 1 };
+/* Value.metadata and Value.tensor (summary.proto, tensor.proto) for text */
+enum { VALUE_TENSOR = 8, VALUE_METADATA = 9, METADATA_PLUGIN_DATA = 1, PLUGIN_NAME = 1 };
+enum { TENSOR_DTYPE = 1, TENSOR_SHAPE = 2, TENSOR_STRING_VAL = 8, DT_STRING = 7 };
 
 static double wall_seconds(void) {
     struct timespec ts;
@@ -160,6 +163,27 @@ int tfevents_scalars(tfevents_writer *w, long long step, const tfevents_scalar *
     textbuf_free(&summary);
     textbuf_free(&value);
     textbuf_free(&event);
+    return status;
+}
+
+int tfevents_text(tfevents_writer *w, long long step, const char *tag, const char *markdown, ct_error *err) {
+    textbuf plugin = {0}, metadata = {0}, tensor = {0}, value = {0}, summary = {0}, event = {0};
+    put_bytes(&plugin, PLUGIN_NAME, "text", 4);
+    put_bytes(&metadata, METADATA_PLUGIN_DATA, plugin.data, plugin.len);
+    put_key(&tensor, TENSOR_DTYPE, WIRE_VARINT);
+    put_varint(&tensor, DT_STRING);
+    put_bytes(&tensor, TENSOR_SHAPE, "", 0);
+    put_bytes(&tensor, TENSOR_STRING_VAL, markdown, strlen(markdown));
+    put_bytes(&value, VALUE_TAG, tag, strlen(tag));
+    put_bytes(&value, VALUE_METADATA, metadata.data, metadata.len);
+    put_bytes(&value, VALUE_TENSOR, tensor.data, tensor.len);
+    put_bytes(&summary, SUMMARY_VALUE, value.data, value.len);
+    put_event_head(&event, step);
+    put_bytes(&event, EVENT_SUMMARY, summary.data, summary.len);
+    const bool failed = plugin.failed || metadata.failed || tensor.failed || value.failed || summary.failed;
+    const int status = failed ? ct_fail(err, "%s: out of memory encoding an event", w->path) : write_record(w, &event, err);
+    textbuf *parts[] = {&plugin, &metadata, &tensor, &value, &summary, &event};
+    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++) textbuf_free(parts[i]);
     return status;
 }
 

@@ -7,6 +7,9 @@
  *               Summary summary = 5; SessionLog session_log = 7; } }
  *     Summary { repeated Value value = 1; }   Value { string tag = 1; float simple_value = 2; }
  *     SessionLog { SessionStatus status = 1; }   (START = 1)
+ * and for text (TensorBoard's text plugin renders it as Markdown) a Value holding
+ *     metadata = 9 { plugin_data = 1 { plugin_name = 1: "text" } }
+ *     tensor = 8 { dtype = 1: DT_STRING (7); tensor_shape = 2: {} (a scalar); string_val = 8 }
  * The first event names the format ("brain.Event:2"). TensorBoard finds every file whose
  * name contains "tfevents" under --logdir, a folder per run.
  *
@@ -42,6 +45,8 @@ int tfevents_restart(tfevents_writer *w, long long step, ct_error *err);
 /* One event holding n scalars at step, stamped with the current time. Flushed, so a live
  * TensorBoard (or a killed run) sees every event written. */
 int tfevents_scalars(tfevents_writer *w, long long step, const tfevents_scalar *scalars, int n, ct_error *err);
+/* One event holding a text (Markdown) under tag, shown by TensorBoard's Text tab. */
+int tfevents_text(tfevents_writer *w, long long step, const char *tag, const char *markdown, ct_error *err);
 void tfevents_close(tfevents_writer *w);
 
 /* CRC-32C (Castagnoli, reflected 0x82F63B78), and the TFRecord mask over it. */

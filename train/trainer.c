@@ -380,6 +380,19 @@ static int write_resolved_recipe(const run *x, ct_error *err) {
     return status;
 }
 
+/* TensorBoard's event file for this run's steps, the recipe (as recipe.resolved.yaml) its first event. */
+static int open_tensorboard(run *x, const char *dir, ct_error *err) {
+    char *yaml = NULL;
+    size_t size = 0;
+    FILE *f = open_memstream(&yaml, &size);
+    if (!f) return ct_fail(err, "out of memory");
+    int status = recipe_write(x->r, f, err);
+    if (fclose(f) != 0 && !status) status = ct_fail(err, "out of memory");
+    if (!status) status = metrics_open_tensorboard(&x->metrics, dir, x->start_step + 1, yaml, err);
+    free(yaml);
+    return status;
+}
+
 /* Pre-emption (SIGTERM, or SIGUSR1 that Slurm sends before a time limit) only sets this flag;
  * the step loop reads it between steps, on every rank together, then checkpoints and exits.
  * A signal handler can reach nothing else: this is the trainer's one process-wide variable. */
@@ -742,7 +755,7 @@ int trainer_run(const recipe *r, const dist *d, bool dry_run, run_summary *summa
                                        : metrics_open(&x.metrics, path, err);
         if (!status && r->train.tensorboard) {
             snprintf(path, sizeof path, "%s/tensorboard", r->checkpoint.output_dir);
-            status = metrics_open_tensorboard(&x.metrics, path, x.start_step + 1, err);
+            status = open_tensorboard(&x, path, err);
         }
     }
     if (dist_agree(d, status, err)) {

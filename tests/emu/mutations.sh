@@ -74,6 +74,7 @@ mutations=(
   "test_tfevents@train/tfevents.c@the TFRecord CRC mask's constant off by one@+ 0xA282EAD8u;@+ 0xA282EAD9u;"
   "test_tfevents@train/tfevents.c@a scalar's simple_value under the wrong field number@VALUE_SIMPLE_VALUE = 2@VALUE_SIMPLE_VALUE = 3"
   "test_tfevents@train/tfevents.c@a step's varint cut to one byte@bytes[n++] = (char)((v & 0x7Fu) | (v >= 0x80u ? 0x80u : 0u));@bytes[n++] = (char)(v & 0x7Fu); v = 0;"
+  "test_tfevents@train/tfevents.c@the recipe text filed under another plugin than TensorBoard's text@put_bytes(&plugin, PLUGIN_NAME, \"text\", 4);@put_bytes(&plugin, PLUGIN_NAME, \"txt\", 3);"
 )
 
 tests=$(printf '%s\n' "${mutations[@]}" | cut -d@ -f1 | sort -u)
