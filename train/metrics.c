@@ -11,12 +11,14 @@
 #include <string.h>
 
 int metrics_open(metrics_log *log, const char *path, ct_error *err) {
+    *log = (metrics_log){0}; /* no TensorBoard file until metrics_open_tensorboard */
     log->file = fopen(path, "w");
     if (!log->file) return ct_fail(err, "%s: cannot open for writing: %s", path, strerror(errno));
     return 0;
 }
 
 int metrics_open_resumed(metrics_log *log, const char *path, long last_step, ct_error *err) {
+    *log = (metrics_log){0};
     char *old = NULL;
     size_t size = 0;
     textbuf kept = {0};

@@ -25,6 +25,7 @@ typedef struct metrics_log {
     ct_error warning;
 } metrics_log;
 
+/* Both openers set every field of *log (its earlier contents are ignored). */
 int metrics_open(metrics_log *log, const char *path, ct_error *err);
 /* For a resumed run: keeps the lines of steps <= last_step (those after it are redone) and
  * appends from there. A missing file starts empty. */
