@@ -91,9 +91,10 @@ static void put_event_head(textbuf *b, long long step) {
     }
 }
 
-/* Frames one Event as a TFRecord, writes and flushes it. */
-static int write_record(tfevents_writer *w, const textbuf *event, ct_error *err) {
-    if (event->failed) return ct_fail(err, "%s: out of memory encoding an event", w->path);
+/* Frames one Event as a TFRecord, writes and flushes it; parts_failed: a buffer the event was
+ * built from ran out of memory (so the event is incomplete). */
+static int write_record(tfevents_writer *w, const textbuf *event, bool parts_failed, ct_error *err) {
+    if (parts_failed || event->failed) return ct_fail(err, "%s: out of memory encoding an event", w->path);
     unsigned char head[12];
     const uint64_t len = event->len;
     for (int i = 0; i < 8; i++) head[i] = (unsigned char)(len >> (8 * i));
@@ -129,7 +130,7 @@ int tfevents_open(tfevents_writer *w, const char *dir, ct_error *err) {
     put_event_head(&event, 0);
     static const char version[] = "brain.Event:2";
     put_bytes(&event, EVENT_FILE_VERSION, version, sizeof version - 1);
-    const int status = write_record(w, &event, err);
+    const int status = write_record(w, &event, false, err);
     textbuf_free(&event);
     if (status) tfevents_close(w);
     return status;
@@ -141,8 +142,7 @@ int tfevents_restart(tfevents_writer *w, long long step, ct_error *err) {
     put_varint(&log, SESSION_START);
     put_event_head(&event, step);
     put_bytes(&event, EVENT_SESSION_LOG, log.data, log.len);
-    const int status = log.failed ? ct_fail(err, "%s: out of memory encoding an event", w->path)
-                                  : write_record(w, &event, err);
+    const int status = write_record(w, &event, log.failed, err);
     textbuf_free(&log);
     textbuf_free(&event);
     return status;
@@ -158,8 +158,7 @@ int tfevents_scalars(tfevents_writer *w, long long step, const tfevents_scalar *
     }
     put_event_head(&event, step);
     put_bytes(&event, EVENT_SUMMARY, summary.data ? summary.data : "", summary.len);
-    const bool failed = summary.failed || value.failed;
-    const int status = failed ? ct_fail(err, "%s: out of memory encoding an event", w->path) : write_record(w, &event, err);
+    const int status = write_record(w, &event, summary.failed || value.failed, err);
     textbuf_free(&summary);
     textbuf_free(&value);
     textbuf_free(&event);
@@ -180,8 +179,8 @@ int tfevents_text(tfevents_writer *w, long long step, const char *tag, const cha
     put_bytes(&summary, SUMMARY_VALUE, value.data, value.len);
     put_event_head(&event, step);
     put_bytes(&event, EVENT_SUMMARY, summary.data, summary.len);
-    const bool failed = plugin.failed || metadata.failed || tensor.failed || value.failed || summary.failed;
-    const int status = failed ? ct_fail(err, "%s: out of memory encoding an event", w->path) : write_record(w, &event, err);
+    const bool parts_failed = plugin.failed || metadata.failed || tensor.failed || value.failed || summary.failed;
+    const int status = write_record(w, &event, parts_failed, err);
     textbuf *parts[] = {&plugin, &metadata, &tensor, &value, &summary, &event};
     for (size_t i = 0; i < sizeof parts / sizeof *parts; i++) textbuf_free(parts[i]);
     return status;
