@@ -43,7 +43,15 @@ typedef struct kernels_adamw_step {
      * in half_format (mixed precision's GEMM operands, without a separate cast pass). */
     uint16_t *half;
     kernels_half_format half_format;
+    /* NULL, or backend memory holding the factor to use instead of grad_scale (clip_factor
+     * wrote it, so the host never waited for the norm). A NaN factor, from either, means the
+     * step is skipped: the call writes nothing. */
+    const float *grad_scale_at;
 } kernels_adamw_step;
+
+/* Blocks of gradient sums of squares that kernels.clip_factor adds on their own before
+ * adding the groups' totals in order (so a GPU can add the groups side by side). */
+#define KERNELS_NORM_GROUP ((size_t)256)
 
 typedef struct kernels {
     const char *name; /* "cpu", "cuda" */
@@ -96,6 +104,18 @@ typedef struct kernels {
      * min(block, n - b*block)) for every b < ceil(n / block), bit for bit what sum_squares
      * gives on that block (gradient norms over millions of blocks without a sync each). */
     void (*sum_squares_blocks)(const float *x, size_t n, size_t block, double *host_sums);
+    /* The same sums left in backend memory (sums[ceil(n / block)]), without a wait. */
+    void (*sum_squares_blocks_to)(const float *x, size_t n, size_t block, double *sums);
+    /* Gradient clipping decided without the host: from the block sums (backend memory, which
+     * this call may overwrite), with group g's total t_g = sums[gG] + sums[gG+1] + ... in
+     * order (G = KERNELS_NORM_GROUP, the last group short), writes (backend memory)
+     *   *norm = sqrt(t_0 + t_1 + ...) / loss_scale   (added in order, double), and
+     *   *factor = (float)(c / loss_scale), c = max_norm / (*norm + 1e-6) when that is below 1
+     *   and max_norm > 0, else 1 — clip_coefficient's rule (optim/clip.h) — or NaN when *norm
+     *   is not finite (AdamW's grad_scale_at then skips the step).
+     * The same double arithmetic as the host's, so the same bits as optim/clip.c. */
+    void (*clip_factor)(double *sums, size_t n_blocks, double max_norm, double loss_scale, double *norm,
+                        float *factor);
 
     /* ---- embedding: out[t,:] = table[ids[t],:]; backward accumulates rows into dtable ----
      * Every element of dtable adds its tokens' contributions in token order. order is NULL or
@@ -280,7 +300,8 @@ typedef struct kernels {
      * m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
      * p -= lr * (wd * p + (m / bias1) / (sqrt(v / bias2) + eps)).
      * torch applies the decay first: p *= (1 - lr*wd), then the Adam step; implement it so.
-     * With st->half, the updated parameters' 16-bit copies are written too. */
+     * With st->half, the updated parameters' 16-bit copies are written too. With
+     * st->grad_scale_at, the factor is read from there, and a NaN writes nothing. */
     void (*adamw)(float *param, const float *grad, float *m, float *v, size_t n,
                   const kernels_adamw_step *st);
 } kernels;

@@ -131,6 +131,14 @@ static double p_sum_squares(const float *x, size_t n) {
 static void p_sum_squares_blocks(const float *x, size_t n, size_t block, double *sums) {
     TIMED(0, 4.0 * n, prof.inner->sum_squares_blocks(x, n, block, sums), "sum_squares_blocks");
 }
+static void p_sum_squares_blocks_to(const float *x, size_t n, size_t block, double *sums) {
+    TIMED(0, 4.0 * n, prof.inner->sum_squares_blocks_to(x, n, block, sums), "sum_squares_blocks_to");
+}
+static void p_clip_factor(double *sums, size_t n_blocks, double max_norm, double loss_scale, double *norm,
+                          float *factor) {
+    TIMED(0, 8.0 * n_blocks, prof.inner->clip_factor(sums, n_blocks, max_norm, loss_scale, norm, factor),
+          "clip_factor");
+}
 static void p_embedding_fwd(float *out, const float *table, const int32_t *ids, int n, int h) {
     TIMED(0, 8.0 * n * h, prof.inner->embedding_fwd(out, table, ids, n, h), "embedding_fwd");
 }
@@ -324,6 +332,8 @@ int kernels_profile_start(const kernels *inner, const kernels **out, ct_error *e
         .dropout_half = p_dropout_half,
         .sum_squares = p_sum_squares,
         .sum_squares_blocks = p_sum_squares_blocks,
+        .sum_squares_blocks_to = p_sum_squares_blocks_to,
+        .clip_factor = p_clip_factor,
         .embedding_fwd = p_embedding_fwd,
         .embedding_bwd = p_embedding_bwd,
         .rmsnorm_fwd = p_rmsnorm_fwd,

@@ -56,6 +56,13 @@ static double shadow_sum_squares(const float *x, size_t n) { return cpu_sum_squa
 static void shadow_sum_squares_blocks(const float *x, size_t n, size_t block, double *host_sums) {
     cpu_sum_squares_blocks(RCF(x), n, block, host_sums);
 }
+static void shadow_sum_squares_blocks_to(const float *x, size_t n, size_t block, double *sums) {
+    cpu_sum_squares_blocks(RCF(x), n, block, REAL(double *, sums));
+}
+static void shadow_clip_factor(double *sums, size_t n_blocks, double max_norm, double loss_scale, double *norm,
+                               float *factor) {
+    cpu_clip_factor(REAL(double *, sums), n_blocks, max_norm, loss_scale, REAL(double *, norm), RF(factor));
+}
 static void shadow_embedding_fwd(float *out, const float *table, const int32_t *ids, int n, int h) {
     cpu_embedding_fwd(RF(out), RCF(table), RCI(ids), n, h);
 }
@@ -190,6 +197,7 @@ static void shadow_adamw(float *param, const float *grad, float *m, float *v, si
                          const kernels_adamw_step *st) {
     kernels_adamw_step real = *st;
     real.half = RH(st->half);
+    real.grad_scale_at = RCF(st->grad_scale_at);
     cpu_adamw(RF(param), RCF(grad), RF(m), RF(v), n, &real);
 }
 
@@ -213,6 +221,8 @@ static const kernels shadow_backend = {
     .dropout_half = shadow_dropout_half,
     .sum_squares = shadow_sum_squares,
     .sum_squares_blocks = shadow_sum_squares_blocks,
+    .sum_squares_blocks_to = shadow_sum_squares_blocks_to,
+    .clip_factor = shadow_clip_factor,
     .embedding_fwd = shadow_embedding_fwd,
     .embedding_bwd = shadow_embedding_bwd,
     .rmsnorm_fwd = shadow_rmsnorm_fwd,

@@ -25,12 +25,14 @@ int adamw_create_range(adamw_state *s, const model *m, size_t begin, size_t end,
 /* The kernel's settings for parameter p at this step; its 16-bit copy (mixed precision) is
  * written by the update itself, from element `skip` of p on. */
 static kernels_adamw_step step_settings(const adamw_state *s, const model *m, const model_param *p,
-                                        const adamw_hparams *h, double lr, float grad_scale, size_t skip) {
+                                        const adamw_hparams *h, double lr, float grad_scale,
+                                        const float *grad_scale_at, size_t skip) {
     return (kernels_adamw_step){
         .lr = lr, .beta1 = h->beta1, .beta2 = h->beta2, .eps = h->eps,
         .weight_decay = p->decay ? h->weight_decay : 0.0,
         .bias1 = 1.0 - pow(h->beta1, (double)s->step), .bias2 = 1.0 - pow(h->beta2, (double)s->step),
         .grad_scale = grad_scale,
+        .grad_scale_at = grad_scale_at,
         .half = p->half && m->precision != MODEL_FP32 ? p->half + skip : NULL,
         .half_format = model_half_format(m->precision),
     };
@@ -46,15 +48,15 @@ typedef struct adamw_run {
 } adamw_run;
 
 static void update_run(adamw_state *s, const model *m, const adamw_hparams *h, double lr, const float *grad,
-                       float grad_scale, const adamw_run *run) {
-    kernels_adamw_step st = step_settings(s, m, run->first, h, lr, grad_scale, 0);
+                       float grad_scale, const float *grad_scale_at, const adamw_run *run) {
+    kernels_adamw_step st = step_settings(s, m, run->first, h, lr, grad_scale, grad_scale_at, 0);
     st.half = run->half;
     s->k->adamw(run->param, grad + (run->lo - s->begin), s->m + (run->lo - s->begin), s->v + (run->lo - s->begin),
                 run->hi - run->lo, &st);
 }
 
 void adamw_step_range(adamw_state *s, model *m, const adamw_hparams *h, double lr, const float *grad,
-                      float grad_scale) {
+                      float grad_scale, const float *grad_scale_at) {
     s->step++;
     const size_t begin = s->begin, end = s->begin + s->numel;
     /* The kernel is element-wise, so a parameter cut by the slice edge, or parameters joined
@@ -67,7 +69,7 @@ void adamw_step_range(adamw_state *s, model *m, const adamw_hparams *h, double l
         size_t lo = first > begin ? first : begin, hi = last < end ? last : end;
         if (lo >= hi) continue;
         float *param = p->data + (lo - first);
-        uint16_t *half = step_settings(s, m, p, h, lr, grad_scale, lo - first).half;
+        uint16_t *half = step_settings(s, m, p, h, lr, grad_scale, grad_scale_at, lo - first).half;
         const size_t len = run.hi - run.lo;
         const bool joins = run.first && lo == run.hi && param == run.param + len && p->decay == run.first->decay &&
                            (half ? run.half && half == run.half + len : !run.half);
@@ -75,10 +77,10 @@ void adamw_step_range(adamw_state *s, model *m, const adamw_hparams *h, double l
             run.hi = hi;
             continue;
         }
-        if (run.first) update_run(s, m, h, lr, grad, grad_scale, &run);
+        if (run.first) update_run(s, m, h, lr, grad, grad_scale, grad_scale_at, &run);
         run = (adamw_run){.first = p, .param = param, .half = half, .lo = lo, .hi = hi};
     }
-    if (run.first) update_run(s, m, h, lr, grad, grad_scale, &run);
+    if (run.first) update_run(s, m, h, lr, grad, grad_scale, grad_scale_at, &run);
 }
 
 int adamw_create(adamw_state *s, const model *m, ct_error *err) {
@@ -108,7 +110,7 @@ void adamw_step(adamw_state *s, model *m, const adamw_hparams *h, double lr) {
     for (int i = 0; i < m->n_params; i++) {
         model_param *p = &m->params[i];
         if (!p->trainable) continue;
-        kernels_adamw_step st = step_settings(s, m, p, h, lr, 1.0f, 0);
+        kernels_adamw_step st = step_settings(s, m, p, h, lr, 1.0f, NULL, 0);
         s->k->adamw(p->data, p->grad, s->m + offset, s->v + offset, p->numel, &st);
         offset += p->numel;
     }

@@ -38,10 +38,11 @@ void adamw_step(adamw_state *s, model *m, const adamw_hparams *h, double lr);
 int adamw_create_range(adamw_state *s, const model *m, size_t begin, size_t end, ct_error *err);
 /* One step on the slice of s: parameters from m, gradients from grad (backend memory,
  * grad[0] is flat index s->begin) multiplied by grad_scale (unscaling and clipping; 1: none)
- * as they are read. Each value is updated exactly as adamw_step would, so a sharded update
- * gives the same bits as a whole one; the slice's 16-bit copies are written too (mixed
- * precision). Increments s->step first. */
+ * as they are read, or by the factor at grad_scale_at (backend memory, kernels.clip_factor's;
+ * NULL: grad_scale), where a NaN leaves everything unchanged. Each value is updated exactly as
+ * adamw_step would, so a sharded update gives the same bits as a whole one; the slice's
+ * 16-bit copies are written too (mixed precision). Increments s->step first. */
 void adamw_step_range(adamw_state *s, model *m, const adamw_hparams *h, double lr, const float *grad,
-                      float grad_scale);
+                      float grad_scale, const float *grad_scale_at);
 
 #endif

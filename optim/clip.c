@@ -2,6 +2,8 @@
 
 #include <math.h>
 
+#include "kernels/clip_rule.h"
+
 double grad_global_norm(const model *m) {
     /* Per-parameter partial sums come back in double and are added in model order, so the
      * norm is the same on every backend and every run. */
@@ -14,11 +16,7 @@ double grad_global_norm(const model *m) {
 }
 
 double clip_coefficient(double norm, double max_norm) {
-    /* A non-finite norm means an overflow: scaling would turn every gradient into NaN or 0,
-     * so leave them for the caller, which skips the step (fp16 loss scaling) or stops. */
-    if (max_norm <= 0.0 || !isfinite(norm)) return 1.0;
-    double coef = max_norm / (norm + 1e-6);
-    return coef < 1.0 ? coef : 1.0;
+    return clip_rule_coefficient(norm, max_norm);
 }
 
 double grad_clip(model *m, double max_norm) {
@@ -42,7 +40,5 @@ void clip_block_sums(const kernels *k, const float *grad, size_t begin, size_t e
 }
 
 double clip_norm_from_blocks(const double *sums, size_t n_blocks) {
-    double total = 0.0;
-    for (size_t b = 0; b < n_blocks; b++) total += sums[b];
-    return sqrt(total);
+    return sqrt(clip_rule_grouped_total(sums, n_blocks));
 }

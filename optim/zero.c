@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/clip_rule.h"
 #include "optim/clip.h"
 
 void zero_shard_offsets(size_t numel, int world_size, size_t *offsets) {
@@ -47,6 +48,8 @@ void zero_memory_estimate(int stage, size_t total_numel, size_t trainable_numel,
      * partial sums. */
     if (stage == 2) out->grad_bytes = trainable_numel * f + (1 + levels) * shard * f;
     else out->grad_bytes = (1 + levels) * trainable_numel * f;
+    /* One rank keeps the norm's block sums and the clipping factor on the backend. */
+    if (world_size == 1) out->grad_bytes += (clip_block_count(trainable_numel) + 1) * sizeof(double);
     out->optim_bytes = 2 * out->shard_numel * f;
     out->comm_bytes = dist_scratch_bytes(world_size, max_shard);
 }
@@ -56,6 +59,7 @@ void zero_free(zero_optimizer *z) {
         for (int l = 0; l < z->n_levels && z->levels; l++)
             if (z->levels[l]) z->k->release(z->levels[l]);
         if (z->reduced) z->k->release(z->reduced);
+        if (z->sums_at) z->k->release(z->sums_at);
     }
     adamw_free(&z->adam);
     free(z->levels);
@@ -106,6 +110,12 @@ int zero_create(zero_optimizer *z, const model *m, const dist *d, int stage, int
     if (!status && stage == 2 && shard > 0 && !(z->reduced = z->k->alloc(shard * sizeof(float))))
         status = ct_fail(err, "zero: cannot allocate %zu bytes for the reduced gradient shard",
                          shard * sizeof(float));
+    /* One rank: the norm and clipping factor can stay on the backend (zero_step_queued). */
+    const size_t n_blocks = clip_block_count(z->numel);
+    if (!status && d->world_size == 1 && !(z->sums_at = z->k->alloc((n_blocks + 1) * sizeof(double))))
+        status = ct_fail(err, "zero: cannot allocate %zu bytes for the gradient norm's block sums",
+                         (n_blocks + 1) * sizeof(double));
+    if (z->sums_at) z->factor_at = (float *)(z->sums_at + n_blocks);
     for (int l = 0; !status && l < z->n_levels && z->level_numel > 0; l++)
         if (!(z->levels[l] = z->k->alloc(z->level_numel * sizeof(float))))
             status = ct_fail(err, "zero: cannot allocate %zu bytes for gradient partial sums",
@@ -156,46 +166,78 @@ int zero_accumulate(zero_optimizer *z, model *m, ct_error *err) {
     return 0;
 }
 
-int zero_step(zero_optimizer *z, model *m, const adamw_hparams *h, double lr, double max_norm,
-              double loss_scale, double *grad_norm, bool *skipped, ct_error *err) {
-    *skipped = false;
+/* The step's first half, shared by both steps: checks that every micro-batch came, then
+ * sums the gradient across ranks; *grad is this rank's reduced values, element 0 flat index
+ * *first, *count of them. */
+static int reduce_step(zero_optimizer *z, model *m, const dist *d, float **grad, size_t *first, size_t *count,
+                       ct_error *err) {
     if (z->leaves != z->accum_steps)
         return ct_fail(err, "zero: step after %d of %d micro-batches", z->leaves, z->accum_steps);
     z->leaves = 0;
-    const dist comm = on_backend(z), *d = &comm;
-    const size_t n_blocks = clip_block_count(z->numel);
-    /* The reduced gradient of this rank's values; element 0 is flat index `first`. */
-    float *grad;
-    size_t first, count;
     if (z->stage == 2) {
-        grad = z->reduced;
-        first = z->begin;
-        count = z->end - z->begin;
-    } else {
-        if (dist_reduce_scatter_floats(d, m->grad_arena, m->grad_arena + z->begin, z->offsets, err))
-            return -1;
-        if (z->stage == 0 && dist_all_gather_floats(d, m->grad_arena, z->offsets, err)) return -1;
-        first = z->stage == 0 ? 0 : z->begin;
-        count = z->stage == 0 ? z->numel : z->end - z->begin;
-        grad = m->grad_arena + first;
-    }
-    /* Every block is measured by exactly one rank (its owner; in stage 0 every rank measures
-     * all), and the others add +0: the all-reduce cannot change a bit. */
-    memset(z->block_sums, 0, n_blocks * sizeof *z->block_sums);
-    clip_block_sums(z->k, grad, first, first + count, z->block_sums);
-    if (z->stage != 0 && dist_sum_doubles(d, z->block_sums, n_blocks, err)) return -1;
-    *grad_norm = clip_norm_from_blocks(z->block_sums, n_blocks) / loss_scale;
-    if (!isfinite(*grad_norm)) {
-        *skipped = true;
+        *grad = z->reduced;
+        *first = z->begin;
+        *count = z->end - z->begin;
         return 0;
     }
-    /* Unscaling and clipping are one multiplication, made by AdamW as it reads each gradient;
-     * with a power-of-two scale and no clipping it is exact. */
-    double coef = clip_coefficient(*grad_norm, max_norm) / loss_scale;
-    adamw_step_range(&z->adam, m, h, lr, grad, (float)coef);
+    if (dist_reduce_scatter_floats(d, m->grad_arena, m->grad_arena + z->begin, z->offsets, err)) return -1;
+    if (z->stage == 0 && dist_all_gather_floats(d, m->grad_arena, z->offsets, err)) return -1;
+    *first = z->stage == 0 ? 0 : z->begin;
+    *count = z->stage == 0 ? z->numel : z->end - z->begin;
+    *grad = m->grad_arena + *first;
+    return 0;
+}
+
+/* The step's second half: AdamW on this rank's values with the factor (grad_scale, or the
+ * one at grad_scale_at), then the all-gather of the parameters. */
+static int update_step(zero_optimizer *z, model *m, const dist *d, const adamw_hparams *h, double lr,
+                       const float *grad, size_t first, size_t count, float grad_scale,
+                       const float *grad_scale_at, ct_error *err) {
+    adamw_step_range(&z->adam, m, h, lr, grad, grad_scale, grad_scale_at);
     if (z->stage != 0 && dist_all_gather_floats(d, m->weight_arena, z->offsets, err)) return -1;
     /* AdamW wrote the 16-bit copies of the values this rank updated; the gathered rest are
      * re-rounded before the next GEMM. */
     model_weights_changed_except(m, first, first + count);
     return 0;
+}
+
+int zero_step(zero_optimizer *z, model *m, const adamw_hparams *h, double lr, double max_norm,
+              double loss_scale, double *grad_norm, bool *skipped, ct_error *err) {
+    *skipped = false;
+    const dist comm = on_backend(z), *d = &comm;
+    const size_t n_blocks = clip_block_count(z->numel);
+    float *grad;
+    size_t first, count;
+    if (reduce_step(z, m, d, &grad, &first, &count, err)) return -1;
+    /* Every block is measured by exactly one rank (its owner; in stage 0 every rank measures
+     * all), and the others add +0: the all-reduce cannot change a bit. */
+    memset(z->block_sums, 0, n_blocks * sizeof *z->block_sums);
+    clip_block_sums(z->k, grad, first, first + count, z->block_sums);
+    if (z->stage != 0 && dist_sum_doubles(d, z->block_sums, n_blocks, err)) return -1;
+    /* Unscaling and clipping are one multiplication, made by AdamW as it reads each gradient;
+     * with a power-of-two scale and no clipping it is exact. The rule is kernels.clip_factor's
+     * (kernels/clip_rule.h), so a queued step gives the same bits. */
+    float coef;
+    clip_rule_apply(clip_rule_grouped_total(z->block_sums, n_blocks), max_norm, loss_scale, grad_norm, &coef);
+    if (!isfinite(*grad_norm)) {
+        *skipped = true;
+        return 0;
+    }
+    return update_step(z, m, d, h, lr, grad, first, count, coef, NULL, err);
+}
+
+int zero_step_queued(zero_optimizer *z, model *m, const adamw_hparams *h, double lr, double max_norm,
+                     double *norm_at, ct_error *err) {
+    if (!z->sums_at) return ct_fail(err, "zero: a queued step needs a single rank (%d here)", z->d->world_size);
+    const dist comm = on_backend(z), *d = &comm;
+    float *grad;
+    size_t first, count;
+    if (reduce_step(z, m, d, &grad, &first, &count, err)) return -1;
+    z->k->sum_squares_blocks_to(grad, count, CLIP_NORM_BLOCK, z->sums_at);
+    z->k->clip_factor(z->sums_at, clip_block_count(count), max_norm, 1.0, norm_at, z->factor_at);
+    return update_step(z, m, d, h, lr, grad, first, count, 1.0f, z->factor_at, err);
+}
+
+void zero_step_not_taken(zero_optimizer *z) {
+    if (z->adam.step > 0) z->adam.step--;
 }

@@ -66,6 +66,8 @@ typedef struct zero_optimizer {
     size_t level_numel;  /* numel (stages 0, 1) or the shard's size (stage 2) */
     int leaves;          /* micro-batches added in the current step */
     double *block_sums;  /* per-block sums of squares of the gradient */
+    double *sums_at;     /* one rank only: the block sums in backend memory (zero_step_queued) */
+    float *factor_at;    /* ... and the clipping factor, after them */
 } zero_optimizer;
 
 /* For model m (trainable values first in the weight arena, as model.h lays them out) on the
@@ -94,5 +96,17 @@ int zero_accumulate(zero_optimizer *z, model *m, ct_error *err);
  * every rank gets the same norm and the same decision. */
 int zero_step(zero_optimizer *z, model *m, const adamw_hparams *h, double lr, double max_norm,
               double loss_scale, double *grad_norm, bool *skipped, ct_error *err);
+
+/* zero_step on a single rank without loss scaling, with no wait for the device: the block
+ * sums, the norm and the clipping factor are computed on the backend (kernels.clip_factor)
+ * and AdamW reads the factor there. The norm is written to norm_at (backend memory; the
+ * trainer passes model_loss_slots_scalar, downloaded with the step's losses), the same bits
+ * as zero_step's *grad_norm. A non-finite norm changes no parameter and no moment (the
+ * factor is NaN, which AdamW skips on); the caller, once it reads the norm, calls
+ * zero_step_not_taken. Fails on more than one rank. */
+int zero_step_queued(zero_optimizer *z, model *m, const adamw_hparams *h, double lr, double max_norm,
+                     double *norm_at, ct_error *err);
+/* Takes back the optimizer step counter of a queued step whose norm was not finite. */
+void zero_step_not_taken(zero_optimizer *z);
 
 #endif

@@ -14,7 +14,8 @@
 #     resumed, the same adapter bytes and scales as straight through.
 #  3. Issue 4's "memory allocated once, no per-step host synchronisation beyond logging":
 #     cudaMalloc/cudaFree calls do not grow with the steps, and the host waits for the device
-#     twice a step at 2 and at 4 micro-batches (the emulator counts: CTUNE_EMU_COUNTS).
+#     once a step in bf16-mixed at 2 and at 4 micro-batches, twice in fp16-mixed (the emulator
+#     counts: CTUNE_EMU_COUNTS).
 # What the emulator cannot show (timing, the hardware's rounding inside mma, the real
 # libraries beyond their documentation) is left to scripts/gpu_session.sh on a GPU.
 set -uo pipefail
@@ -107,32 +108,36 @@ if [ $? -eq 0 ]; then ok "cuda fp16 loss scaling checks"; else bad "cuda fp16 lo
 # ---- 3. memory allocated once; the host waits only where it reads a result ----
 # The emulator counts cudaMalloc/cudaFree and the host's waits for the device (synchronous
 # copies to the host, cudaDeviceSynchronize); runs of 4 and 8 steps differ only in steps.
-# Per step the host waits twice, however many micro-batches: for the gradient norm (logged,
-# and the clipping factor and fp16's skip decision need it) and for the step's losses
-# (logged; fetched once, after the optimizer is queued, which the error check then relies
-# on). Runs with 2 and 4 micro-batches per step show that the count does not grow with them.
-for accum in 2 4; do
+# bf16 on one rank: the host waits once a step, however many micro-batches, for the step's
+# losses and the gradient norm, fetched together after the optimizer is queued (the device
+# decides the clipping: zero_step_queued); the error check then relies on that download.
+# Runs with 2 and 4 micro-batches per step show that the count does not grow with them.
+# fp16 waits twice: its loss scaler decides on the host, from the norm, whether to skip.
+for run in bf16-2 bf16-4 fp16-2; do
+  precision=${run%-*}-mixed accum=${run#*-}
   for n in 4 8; do
-    CTUNE_EMU_COUNTS="$work/counts-$accum-$n" "$ctune_emu" train "$src/configs/tiny/full.yaml" device=cuda \
-      precision=bf16-mixed model.path="$work/e2e-models/tiny" data.train="$work/train.h5" data.eval= \
+    CTUNE_EMU_COUNTS="$work/counts-$run-$n" "$ctune_emu" train "$src/configs/tiny/full.yaml" device=cuda \
+      precision=$precision model.path="$work/e2e-models/tiny" data.train="$work/train.h5" data.eval= \
       train.eval_every=0 train.max_steps=$n optim.warmup_steps=1 train.log_every=100 checkpoint.every=0 \
-      train.micro_batch_size=2 train.global_batch_size=$((2 * accum)) checkpoint.output_dir=runs/counts-$accum-$n \
-      > counts-$accum-$n.log 2>&1 || { tail -n 20 counts-$accum-$n.log; bad "the $n-step counting run ($accum micro-batches) failed"; }
+      train.micro_batch_size=2 train.global_batch_size=$((2 * accum)) checkpoint.output_dir=runs/counts-$run-$n \
+      > counts-$run-$n.log 2>&1 || { tail -n 20 counts-$run-$n.log; bad "the $n-step counting run ($run) failed"; }
   done
 done
 count() { sed -n "s/^$2 //p" "$work/counts-$1" 2>/dev/null; }
-for accum in 2 4; do
-  if [ -n "$(count $accum-4 cudaMalloc)" ] && [ "$(count $accum-4 cudaMalloc)" = "$(count $accum-8 cudaMalloc)" ] \
-     && [ "$(count $accum-4 cudaFree)" = "$(count $accum-8 cudaFree)" ]; then
-    ok "device memory allocated once ($accum micro-batches a step): $(count $accum-8 cudaMalloc) cudaMalloc calls for 4 steps and for 8"
+for run in bf16-2 bf16-4 fp16-2; do
+  if [ -n "$(count $run-4 cudaMalloc)" ] && [ "$(count $run-4 cudaMalloc)" = "$(count $run-8 cudaMalloc)" ] \
+     && [ "$(count $run-4 cudaFree)" = "$(count $run-8 cudaFree)" ]; then
+    ok "device memory allocated once ($run: precision, micro-batches a step): $(count $run-8 cudaMalloc) cudaMalloc calls for 4 steps and for 8"
   else
-    bad "cudaMalloc/cudaFree calls grow with the steps ($accum micro-batches): 4 steps $(count $accum-4 cudaMalloc)/$(count $accum-4 cudaFree), 8 steps $(count $accum-8 cudaMalloc)/$(count $accum-8 cudaFree)"
+    bad "cudaMalloc/cudaFree calls grow with the steps ($run): 4 steps $(count $run-4 cudaMalloc)/$(count $run-4 cudaFree), 8 steps $(count $run-8 cudaMalloc)/$(count $run-8 cudaFree)"
   fi
-  w4=$(count $accum-4 waits) w8=$(count $accum-8 waits)
-  if [ -n "$w4" ] && [ -n "$w8" ] && [ $(( w8 - w4 )) -eq 8 ]; then
-    ok "host waits per step ($accum micro-batches): 2 (the gradient norm, the step's losses)"
+  want=1
+  [ "${run%-*}" = fp16 ] && want=2
+  w4=$(count $run-4 waits) w8=$(count $run-8 waits)
+  if [ -n "$w4" ] && [ -n "$w8" ] && [ $(( w8 - w4 )) -eq $(( 4 * want )) ]; then
+    ok "host waits per step ($run): $want"
   else
-    bad "host waits ($accum micro-batches): ${w4:-?} for 4 steps, ${w8:-?} for 8: not 2 a step"
+    bad "host waits ($run): ${w4:-?} for 4 steps, ${w8:-?} for 8: not $want a step"
   fi
 done
 

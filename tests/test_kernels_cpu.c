@@ -812,7 +812,7 @@ static void test_adamw(void) {
         CHECK_MSG(got == 40, "%s: step %d has %d of 40 values", fx, step, got);
         for (int i = 0; i < 10; i++) grad[i] = (float)g[i];
         double bias1 = 1.0 - pow(b1, step), bias2 = 1.0 - pow(b2, step);
-        kernels_adamw_step st = {lr, b1, b2, eps, wd, bias1, bias2, 1.0f, NULL, KERNELS_BF16};
+        kernels_adamw_step st = {lr, b1, b2, eps, wd, bias1, bias2, 1.0f, NULL, KERNELS_BF16, NULL};
         K->adamw(param, grad, m, v, 10, &st);
         int bad = 0;
         for (int i = 0; i < 10; i++)
@@ -826,7 +826,8 @@ static void test_adamw(void) {
  * 16-bit rounding, in either format; the gradient buffer is left alone. */
 static void test_adamw_scale_and_half(void) {
     enum { N = 4099 };
-    static float p1[N], p2[N], m1[N], m2[N], v1[N], v2[N], g[N], g_scaled[N], g_copy[N], want_half[N];
+    static float p1[N], p2[N], p3[N], m1[N], m2[N], m3[N], v1[N], v2[N], v3[N], g[N], g_scaled[N], g_copy[N],
+        want_half[N];
     static uint16_t half[N];
     uint64_t state = 77;
     for (int i = 0; i < N; i++) {
@@ -842,7 +843,7 @@ static void test_adamw_scale_and_half(void) {
     K->scale(g_scaled, scale, N);
     const kernels_half_format formats[2] = {KERNELS_BF16, KERNELS_FP16};
     for (int f = 0; f < 2; f++) {
-        kernels_adamw_step plain = {1e-3, 0.9, 0.999, 1e-8, 0.1, 0.1, 0.001, 1.0f, NULL, formats[f]};
+        kernels_adamw_step plain = {1e-3, 0.9, 0.999, 1e-8, 0.1, 0.1, 0.001, 1.0f, NULL, formats[f], NULL};
         kernels_adamw_step fused = plain;
         fused.grad_scale = scale;
         fused.half = half;
@@ -854,7 +855,85 @@ static void test_adamw_scale_and_half(void) {
         uint16_t *want = (uint16_t *)want_half;
         K->to_half(want, p2, N, formats[f]);
         CHECK_MSG(memcmp(half, want, N * sizeof(uint16_t)) == 0, "adamw's 16-bit copy is not to_half of the update");
+        /* The factor read from memory (clip_factor's) instead: the same bits; grad_scale is
+         * then ignored. */
+        kernels_adamw_step at = fused;
+        at.grad_scale = 5.0f;
+        at.grad_scale_at = &scale;
+        memcpy(p3, p1, sizeof p3), memcpy(m3, m1, sizeof m3), memcpy(v3, v1, sizeof v3);
+        K->adamw(p1, g_scaled, m1, v1, N, &plain);
+        K->adamw(p3, g, m3, v3, N, &at);
+        CHECK_MSG(memcmp(p1, p3, sizeof p1) == 0 && memcmp(m1, m3, sizeof m1) == 0 && memcmp(v1, v3, sizeof v1) == 0,
+                  "adamw with grad_scale_at differs from scale then adamw (format %d)", f);
+        /* A NaN factor (a skipped step) writes nothing: parameters, moments, 16-bit copy. */
+        const float nan_factor = NAN;
+        at.grad_scale_at = &nan_factor;
+        memcpy(p2, p3, sizeof p2), memcpy(m2, m3, sizeof m2), memcpy(v2, v3, sizeof v2);
+        memset(half, 0xA5, sizeof half);
+        K->adamw(p3, g, m3, v3, N, &at);
+        bool half_kept = true;
+        for (int i = 0; i < N; i++) half_kept = half_kept && half[i] == 0xA5A5;
+        CHECK_MSG(memcmp(p2, p3, sizeof p2) == 0 && memcmp(m2, m3, sizeof m2) == 0 && memcmp(v2, v3, sizeof v2) == 0 &&
+                      half_kept,
+                  "adamw with a NaN factor changed its state (format %d)", f);
     }
+}
+
+/* clip_factor against the rule written out here: block sums added in order within groups of
+ * KERNELS_NORM_GROUP, the groups' totals in order, then clip_grad_norm_'s factor. The sums
+ * span 40 binades, so another order changes the norm's bits (checked: the test pins the
+ * order). */
+static void test_clip_factor(void) {
+    const size_t counts[] = {1, 255, 256, 257, 3 * 256 + 17};
+    double *sums = malloc(sizeof(double) * 800), *work = malloc(sizeof(double) * 800);
+    uint64_t state = 99;
+    for (size_t i = 0; i < 800; i++) {
+        state = state * 6364136223846793005ull + 1442695040888963407ull;
+        sums[i] = ldexp((double)(state >> 11) * 0x1p-53, (int)((state >> 3) % 40) - 20);
+    }
+    for (size_t c = 0; c < sizeof counts / sizeof counts[0]; c++) {
+        const size_t n = counts[c];
+        double total = 0.0, plain = 0.0;
+        for (size_t g = 0; g < n; g += 256) {
+            double group = 0.0;
+            for (size_t b = g; b < n && b < g + 256; b++) group += sums[b];
+            total += group;
+        }
+        for (size_t b = 0; b < n; b++) plain += sums[b];
+        if (n > 512) CHECK_MSG(plain != total, "%zu sums: the test data does not tell the orders apart", n);
+        const double want_norm = sqrt(total);
+        const double max_norm_ratios[] = {0.0, -1.0, 0.25, 4.0}; /* of the unscaled norm */
+        const double scales[] = {1.0, 8.0};
+        for (int mi = 0; mi < 4; mi++)
+            for (int si = 0; si < 2; si++) {
+                const double S = scales[si], unscaled = want_norm / S;
+                const double max_norm = max_norm_ratios[mi] * (mi >= 2 ? unscaled : 1.0);
+                double coef = max_norm > 0.0 ? max_norm / (unscaled + 1e-6) : 1.0;
+                if (coef > 1.0) coef = 1.0;
+                const float want_factor = (float)(coef / S);
+                memcpy(work, sums, n * sizeof *work);
+                double norm = -1.0;
+                float factor = -1.0f;
+                K->clip_factor(work, n, max_norm, S, &norm, &factor);
+                CHECK_MSG(norm == unscaled && factor == want_factor,
+                          "clip_factor %zu sums, max_norm %g, scale %g: norm %.17g factor %.9g, want %.17g %.9g", n,
+                          max_norm, S, norm, factor, unscaled, want_factor);
+                if (mi == 2) CHECK(factor < 1.0f / (float)S); /* it did clip */
+            }
+    }
+    /* An overflow: the norm is not finite and the factor NaN (AdamW's skip). */
+    const double bad[] = {INFINITY, NAN};
+    for (int i = 0; i < 2; i++) {
+        memcpy(work, sums, 300 * sizeof *work);
+        work[270] = bad[i];
+        double norm = 0.0;
+        float factor = 0.0f;
+        K->clip_factor(work, 300, 1.0, 1.0, &norm, &factor);
+        CHECK_MSG(!isfinite(norm) && isnan(factor), "clip_factor on a %g sum: norm %g factor %g", bad[i], norm,
+                  factor);
+    }
+    free(sums);
+    free(work);
 }
 
 /* ------------------------------------------------------------------ cuda selection */
@@ -901,6 +980,7 @@ int main(void) {
     test_cross_entropy();
     test_adamw();
     test_adamw_scale_and_half();
+    test_clip_factor();
     test_kernels_cuda();
     return check_summary("test_kernels_cpu");
 }

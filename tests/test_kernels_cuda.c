@@ -570,7 +570,7 @@ static void test_adamw(void) {
     for (int step = 1; step <= 3; step++) {
         float *g = host_rand(n, -1, 1), *dg = dev_from(G, g, bytes);
         kernels_adamw_step st = {lr, b1, b2, eps, wd, 1.0 - pow(b1, step), 1.0 - pow(b2, step),
-                                 step == 1 ? 1.0f : 0.37f, NULL, step == 2 ? KERNELS_BF16 : KERNELS_FP16};
+                                 step == 1 ? 1.0f : 0.37f, NULL, step == 2 ? KERNELS_BF16 : KERNELS_FP16, NULL};
         kernels_adamw_step st_gpu = st;
         if (step > 1) st.half = half, st_gpu.half = dhalf;
         C->adamw(p, g, m, v, n, &st);
@@ -588,6 +588,33 @@ static void test_adamw(void) {
         G->release(dg);
         free(g);
     }
+    /* The factor from device memory (clip_factor's): the CPU's bits with the same factor by
+     * value; a NaN there writes nothing (a skipped step). */
+    for (int nan_case = 0; nan_case <= 1; nan_case++) {
+        float *g = host_rand(n, -1, 1), *dg = dev_from(G, g, bytes);
+        const float factor = nan_case ? NAN : 0.61f;
+        float *dfactor = dev_from(G, &factor, sizeof factor);
+        kernels_adamw_step st = {lr, b1, b2, eps, wd, 1.0 - pow(b1, 4), 1.0 - pow(b2, 4), factor, half,
+                                 KERNELS_BF16, NULL};
+        kernels_adamw_step st_gpu = st;
+        st_gpu.grad_scale = 2.0f; /* ignored: the factor comes from memory */
+        st_gpu.half = dhalf;
+        st_gpu.grad_scale_at = dfactor;
+        if (!nan_case) C->adamw(p, g, m, v, n, &st);
+        else G->download(half, dhalf, n * sizeof *half);
+        G->adamw(dp, dg, dm, dv, n, &st_gpu);
+        const char *what = nan_case ? "adamw skipped (NaN factor)" : "adamw factor from memory";
+        compare_exact(G, what, dp, p, bytes);
+        compare_exact(G, what, dm, m, bytes);
+        compare_exact(G, what, dv, v, bytes);
+        G->download(half_gpu, dhalf, n * sizeof *dhalf);
+        size_t differ = 0;
+        for (size_t i = 0; i < n; i++) differ += half[i] != half_gpu[i];
+        CHECK_MSG(differ == 0, "%s: %zu of %zu 16-bit copies differ", what, differ, n);
+        G->release(dfactor);
+        G->release(dg);
+        free(g);
+    }
     G->release(dhalf);
     free(half);
     free(half_gpu);
@@ -597,6 +624,64 @@ static void test_adamw(void) {
     free(p);
     free(m);
     free(v);
+}
+
+/* ------------------------------------------------------------------ clip_factor */
+/* The norm and clipping factor decided on the device: the CPU's bits (the same grouped order
+ * and double arithmetic), from the device's own block sums; sums that overflowed give a
+ * non-finite norm and a NaN factor. */
+static void test_clip_factor(void) {
+    seed(12);
+    const size_t counts[] = {1, 255, 256, 257, 3 * 256 + 17, 5000};
+    for (size_t c = 0; c < sizeof counts / sizeof counts[0]; c++) {
+        const size_t n_blocks = counts[c], block = 64, n = n_blocks * block - 5;
+        float *x = host_rand(n, -3, 3), *dx = dev_from(G, x, n * sizeof(float));
+        for (size_t i = 0; i < n; i += 97) x[i] *= 1e6f; /* sums over many binades */
+        G->upload(dx, x, n * sizeof(float));
+        double *sums = malloc(n_blocks * sizeof(double)), *dsums = G->alloc((n_blocks + 1) * sizeof(double));
+        double *dnorm = G->alloc(sizeof(double));
+        float *dfactor = (float *)(dsums + n_blocks);
+        G->sum_squares_blocks(dx, n, block, sums);
+        const double max_norms[] = {0.0, 1.0, 1e12};
+        for (int mi = 0; mi < 3; mi++) {
+            /* the device's sums, the blocked op's bits (no wait), then the rule on each side */
+            G->sum_squares_blocks_to(dx, n, block, dsums);
+            double *check = malloc(n_blocks * sizeof(double));
+            G->download(check, dsums, n_blocks * sizeof(double));
+            CHECK_MSG(memcmp(check, sums, n_blocks * sizeof(double)) == 0,
+                      "sum_squares_blocks_to %zu blocks: not sum_squares_blocks' bits", n_blocks);
+            free(check);
+            const double S = mi == 1 ? 4.0 : 1.0;
+            double norm = 0.0, gpu_norm = -1.0;
+            float factor = 0.0f, gpu_factor = -1.0f;
+            double *cpu_sums = malloc(n_blocks * sizeof(double));
+            memcpy(cpu_sums, sums, n_blocks * sizeof(double));
+            C->clip_factor(cpu_sums, n_blocks, max_norms[mi], S, &norm, &factor);
+            G->clip_factor(dsums, n_blocks, max_norms[mi], S, dnorm, dfactor);
+            check_status("clip_factor");
+            G->download(&gpu_norm, dnorm, sizeof gpu_norm);
+            G->download(&gpu_factor, dfactor, sizeof gpu_factor);
+            CHECK_MSG(gpu_norm == norm && gpu_factor == factor,
+                      "clip_factor %zu blocks, max_norm %g: gpu %.17g %.9g, cpu %.17g %.9g", n_blocks, max_norms[mi],
+                      gpu_norm, gpu_factor, norm, factor);
+            if (mi == 1) CHECK(factor < 0.25f); /* it clipped */
+            free(cpu_sums);
+        }
+        const double inf = INFINITY;
+        G->upload(dsums + n_blocks / 2, &inf, sizeof inf);
+        G->clip_factor(dsums, n_blocks, 1.0, 1.0, dnorm, dfactor);
+        double gpu_norm = 0.0;
+        float gpu_factor = 0.0f;
+        G->download(&gpu_norm, dnorm, sizeof gpu_norm);
+        G->download(&gpu_factor, dfactor, sizeof gpu_factor);
+        CHECK_MSG(!isfinite(gpu_norm) && isnan(gpu_factor), "clip_factor with an infinite sum: %g %g", gpu_norm,
+                  gpu_factor);
+        G->release(dnorm);
+        G->release(dsums);
+        G->release(dx);
+        free(sums);
+        free(x);
+    }
 }
 
 /* ------------------------------------------------------------------ errors */
@@ -630,6 +715,7 @@ int main(void) {
     test_cross_entropy();
     test_cross_entropy_online();
     test_adamw();
+    test_clip_factor();
     test_error_state();
     check_status("end of tests");
     return check_summary("test_kernels_cuda");

@@ -491,7 +491,13 @@ static void test_queued_losses(void) {
     model_zero_grads(&m);
     for (int a = 0; a < 2; a++)
         CHECK_MSG(model_step_queued(&m, &b[a], 0.5f, 40 + a, a, &queued_count[a], &err) == 0, "%s", err.msg);
-    model_collect_losses(&m, 2, queued);
+    /* The double beside the slots (the optimizer's norm) comes back with them, untouched by
+     * the slots and touching none. */
+    const double mark = -1234.5678;
+    double scalar = 0.0;
+    K->upload(model_loss_slots_scalar(&m), &mark, sizeof mark);
+    model_collect_losses(&m, 2, queued, &scalar);
+    CHECK_MSG(scalar == mark, "model_loss_slots_scalar came back as %.17g", scalar);
     model_settle_grads(&m);
     K->download(got, m.grad_arena, m.grad_numel * sizeof(float));
     for (int a = 0; a < 2; a++)

@@ -211,7 +211,7 @@ static void test_adamw_shards(model *m) {
     adamw_calls = 0;
     for (int step = 1; step <= 3; step++) {
         fill_random(m->grad_arena, n, 100u + (uint64_t)step);
-        for (int i = 0; i < 3; i++) adamw_step_range(&part[i], m, &h, 1e-3 * step, m->grad_arena + cuts[i], 1.0f);
+        for (int i = 0; i < 3; i++) adamw_step_range(&part[i], m, &h, 1e-3 * step, m->grad_arena + cuts[i], 1.0f, NULL);
     }
     CHECK(memcmp(whole, m->weight_arena, n * sizeof(float)) == 0);
     /* fp32, trainable values contiguous: a call per run of equal decay, per slice */
@@ -250,7 +250,8 @@ static void test_memory_estimate(void) {
     zero_memory one;
     zero_memory_estimate(0, total, trainable, 1, 0, 4, &one);
     CHECK(one.optim_bytes == 2 * trainable * sizeof(float));
-    CHECK(one.grad_bytes == 3 * trainable * sizeof(float)); /* backward output + 2 levels */
+    /* backward output + 2 levels, and the queued step's 38 block sums and factor */
+    CHECK(one.grad_bytes == 3 * trainable * sizeof(float) + 39 * sizeof(double));
     for (int world = 2; world <= 4; world *= 2)
         for (int stage = 0; stage <= 2; stage++) {
             size_t sum = 0, largest = 0;
@@ -378,6 +379,91 @@ static void test_loss_scale_step(model *m) {
     free(g);
 }
 
+/* One step of two micro-batches (gradients g and g/3) by zero_step or zero_step_queued;
+ * returns the weights after it (restored in the model), the norm and the AdamW state. */
+static float *one_step(model *m, int stage, bool queued, const float *g, double clip, double *norm,
+                       float **moments, long *adam_steps) {
+    const size_t n = m->grad_numel;
+    dist d = {.rank = 0, .world_size = 1, .local_rank = 0, .local_size = 1};
+    zero_optimizer z;
+    ct_error err = {{0}};
+    CHECK_MSG(zero_create(&z, m, &d, stage, 2, &err) == 0, "%s", err.msg);
+    float *before = malloc(n * sizeof *before), *after = malloc(n * sizeof *after);
+    memcpy(before, m->weight_arena, n * sizeof *before);
+    for (int a = 0; a < 2; a++) {
+        for (size_t i = 0; i < n; i++) m->grad_arena[i] = a ? g[i] / 3.0f : g[i];
+        CHECK(zero_accumulate(&z, m, &err) == 0);
+    }
+    adamw_hparams h = {0.9, 0.999, 1e-8, 0.01};
+    if (queued) {
+        double *norm_at = m->k->alloc(sizeof(double));
+        CHECK_MSG(zero_step_queued(&z, m, &h, 1e-2, clip, norm_at, &err) == 0, "%s", err.msg);
+        m->k->download(norm, norm_at, sizeof *norm);
+        m->k->release(norm_at);
+        if (!isfinite(*norm)) zero_step_not_taken(&z);
+    } else {
+        bool skipped = false;
+        CHECK_MSG(zero_step(&z, m, &h, 1e-2, clip, 1.0, norm, &skipped, &err) == 0, "%s", err.msg);
+        CHECK(skipped == !isfinite(*norm));
+    }
+    *adam_steps = z.adam.step;
+    *moments = malloc(2 * n * sizeof(float));
+    m->k->download(*moments, z.adam.m, n * sizeof(float));
+    m->k->download(*moments + n, z.adam.v, n * sizeof(float));
+    memcpy(after, m->weight_arena, n * sizeof *after);
+    memcpy(m->weight_arena, before, n * sizeof *before);
+    free(before);
+    zero_free(&z);
+    return after;
+}
+
+/* The queued step (norm and clipping factor on the backend, no wait) gives zero_step's bits:
+ * norm, weights, moments, at every stage, clipped or not; a non-finite gradient changes
+ * nothing (weights, moments) and zero_step_not_taken takes the step count back; more than
+ * one rank is refused. */
+static void test_queued_step(model *m) {
+    const size_t n = m->grad_numel;
+    CHECK(clip_block_count(n) > 2); /* several blocks (groups of them: test_kernels_cpu, test_kernels_cuda) */
+    float *g = malloc(n * sizeof *g);
+    fill_random(g, n, 9191);
+    for (int stage = 0; stage <= 2; stage++)
+        for (int clipped = 0; clipped <= 1; clipped++) {
+            const double clip = clipped ? 1e-3 : 0.0;
+            double n1 = -1, n2 = -2;
+            float *mom1 = NULL, *mom2 = NULL;
+            long s1 = 0, s2 = 0;
+            float *host = one_step(m, stage, false, g, clip, &n1, &mom1, &s1);
+            float *queued = one_step(m, stage, true, g, clip, &n2, &mom2, &s2);
+            CHECK_MSG(n1 == n2 && isfinite(n1), "stage %d clip %g: norm %.17g host, %.17g queued", stage, clip, n1, n2);
+            CHECK_MSG(memcmp(host, queued, n * sizeof *host) == 0 && memcmp(mom1, mom2, 2 * n * sizeof *mom1) == 0,
+                      "stage %d clip %g: the queued step's weights or moments differ", stage, clip);
+            CHECK(s1 == 1 && s2 == 1);
+            CHECK(memcmp(host, m->weight_arena, n * sizeof *host) != 0);
+            free(host), free(queued), free(mom1), free(mom2);
+        }
+    g[n - 3] = NAN;
+    double norm = 0;
+    float *mom = NULL;
+    long steps = -1;
+    float *after = one_step(m, 1, true, g, 1.0, &norm, &mom, &steps);
+    bool zero_moments = true;
+    for (size_t i = 0; i < 2 * n; i++) zero_moments = zero_moments && mom[i] == 0.0f;
+    CHECK_MSG(!isfinite(norm) && steps == 0 && zero_moments && memcmp(after, m->weight_arena, n * sizeof *after) == 0,
+              "a queued step with a NaN gradient: norm %g, %ld steps, and it changed the state", norm, steps);
+    free(after), free(mom), free(g);
+    /* Two ranks need the host's norm (summed across them). */
+    dist two = {.rank = 0, .world_size = 2, .local_rank = 0, .local_size = 2};
+    zero_optimizer z;
+    ct_error err = {{0}};
+    CHECK(zero_create(&z, m, &two, 1, 1, &err) == 0);
+    z.leaves = 1;
+    adamw_hparams h = {0.9, 0.999, 1e-8, 0.0};
+    double sink = 0;
+    CHECK(zero_step_queued(&z, m, &h, 1e-2, 1.0, &sink, &err) == -1);
+    CHECK_CONTAINS(err.msg, "single rank");
+    zero_free(&z);
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "--mpi") == 0) return run_mpi(argc, argv);
     test_tree_sum_inplace();
@@ -391,6 +477,7 @@ int main(int argc, char **argv) {
             for (size_t i = 0; i < sizeof accums / sizeof accums[0]; i++) test_accumulation(&m, stage, accums[i]);
         test_adamw_shards(&m);
         test_loss_scale_step(&m);
+        test_queued_step(&m);
         model_free(&m);
     } else {
         CHECK(!"cannot build the tiny model");

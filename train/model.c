@@ -533,8 +533,8 @@ static void release_reservation(model *m) {
 
 static void release_loss_slots(model *m) {
     model_state *s = m->state;
-    if (s->slots.device) m->k->release(s->slots.device);
-    free(s->slots.host);
+    if (s->slots.block) m->k->release(s->slots.block);
+    free(s->slots.host_block);
     free(s->slots.tokens);
     memset(&s->slots, 0, sizeof s->slots);
 }
@@ -546,17 +546,24 @@ int model_reserve_loss_slots(model *m, int n_slots, int tokens_per_slot, ct_erro
     if (s->slots.n == n_slots && s->slots.stride == tokens_per_slot) return 0;
     release_loss_slots(m);
     const size_t n = (size_t)n_slots * (size_t)tokens_per_slot;
-    s->slots.device = m->k->alloc(n * sizeof(float));
-    s->slots.host = malloc(n * sizeof(float));
+    const size_t bytes = sizeof(double) + n * sizeof(float);
+    s->slots.block = m->k->alloc(bytes);
+    s->slots.host_block = malloc(bytes);
     s->slots.tokens = calloc((size_t)n_slots, sizeof(int));
-    if (!s->slots.device || !s->slots.host || !s->slots.tokens) {
+    if (!s->slots.block || !s->slots.host_block || !s->slots.tokens) {
         release_loss_slots(m);
-        return ct_fail(err, "model: cannot allocate %zu bytes of loss slots on the %s backend", n * sizeof(float),
-                       m->k->name);
+        return ct_fail(err, "model: cannot allocate %zu bytes of loss slots on the %s backend", bytes, m->k->name);
     }
+    s->slots.device = (float *)((char *)s->slots.block + sizeof(double));
+    s->slots.host = (float *)((char *)s->slots.host_block + sizeof(double));
     s->slots.n = n_slots;
     s->slots.stride = tokens_per_slot;
     return 0;
+}
+
+double *model_loss_slots_scalar(model *m) {
+    const model_state *s = m->state;
+    return s ? s->slots.block : NULL;
 }
 
 void model_free(model *m) {

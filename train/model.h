@@ -222,7 +222,13 @@ int model_step(model *m, const model_batch *batch, bool backward, float grad_sca
 int model_reserve_loss_slots(model *m, int n_slots, int tokens_per_slot, ct_error *err);
 int model_step_queued(model *m, const model_batch *batch, float grad_scale, uint64_t dropout_seed, int slot,
                       long *n_loss_tokens, ct_error *err);
-void model_collect_losses(model *m, int n_slots, double *sums);
+/* With scalar not NULL, the same download also fetches the double at model_loss_slots_scalar
+ * into *scalar: the optimizer leaves the step's gradient norm there (optim/zero.h:
+ * zero_step_queued), so one wait a step brings both. */
+void model_collect_losses(model *m, int n_slots, double *sums, double *scalar);
+/* One double of backend memory beside the loss slots (zero until written; NULL before
+ * model_reserve_loss_slots). */
+double *model_loss_slots_scalar(model *m);
 
 /* Logits (host memory, [vocab]) of the last token of one sequence ids[0..n-1] (positions
  * 0..n-1), no dropout. Used for generation and accuracy evaluation. Re-runs the whole

@@ -714,11 +714,14 @@ int model_step_queued(model *m, const model_batch *batch, float grad_scale, uint
     return 0;
 }
 
-void model_collect_losses(model *m, int n_slots, double *sums) {
+void model_collect_losses(model *m, int n_slots, double *sums, double *scalar) {
     model_state *s = m->state;
     if (n_slots > s->slots.n) n_slots = s->slots.n;
-    if (n_slots <= 0) return;
-    m->k->download(s->slots.host, s->slots.device, (size_t)n_slots * s->slots.stride * sizeof(float));
+    if (n_slots < 0) n_slots = 0;
+    if (!n_slots && !scalar) return;
+    m->k->download(s->slots.host_block, s->slots.block,
+                   sizeof(double) + (size_t)n_slots * s->slots.stride * sizeof(float));
+    if (scalar) memcpy(scalar, s->slots.host_block, sizeof *scalar);
     for (int a = 0; a < n_slots; a++) sums[a] = sum_losses(s->slots.host + (size_t)a * s->slots.stride, s->slots.tokens[a]);
 }
 

@@ -117,9 +117,11 @@ typedef struct model_state {
     float *host_loss;         /* host [T] */
     /* model_step_queued's per-token losses, slot a at a * stride, until model_collect_losses
      * fetches them all at once: allocated by model_reserve_loss_slots, kept when the
-     * reservation above is redone */
+     * reservation above is redone. One allocation (block, host_block) holds a double first
+     * (model_loss_slots_scalar) and the slots after it, so one download fetches both. */
     struct model_loss_slots {
-        float *device, *host;
+        void *block, *host_block;
+        float *device, *host; /* the slots inside block and host_block */
         int *tokens; /* tokens written to each slot */
         int n, stride;
     } slots;

@@ -554,12 +554,21 @@ static int train_loop(run *x, run_summary *summary, ct_error *err) {
         double loss_sum = 0, grad_norm = 0;
         double lr = lr_at_step(&schedule, step);
         bool skipped = false;
-        if (zero_step(&x->opt, &x->m, &hp, lr, r->optim.grad_clip, loss_scale, &grad_norm, &skipped, err))
+        /* One rank without a loss scaler: nothing needs the norm on the host before AdamW,
+         * so the device decides the clipping and the norm comes back with the losses. Else
+         * the norm is summed across ranks (or decides fp16's skip) on the host: one more wait. */
+        const bool queued = d->world_size == 1 && !x->scaler.enabled;
+        if (queued ? zero_step_queued(&x->opt, &x->m, &hp, lr, r->optim.grad_clip, model_loss_slots_scalar(&x->m), err)
+                   : zero_step(&x->opt, &x->m, &hp, lr, r->optim.grad_clip, loss_scale, &grad_norm, &skipped, err))
             return -1;
         /* The losses, fetched once the optimizer is queued: the one download waits for the
-         * step's last work, as the next batch's upload would (the host waits twice a step:
-         * here and for the gradient norm, however many micro-batches). */
-        model_collect_losses(&x->m, x->accum_steps, x->local_losses);
+         * step's last work, as the next batch's upload would (the host waits once a step, or
+         * twice where zero_step waited for the norm, however many micro-batches). */
+        model_collect_losses(&x->m, x->accum_steps, x->local_losses, queued ? &grad_norm : NULL);
+        if (queued && !isfinite(grad_norm)) {
+            skipped = true; /* AdamW changed nothing */
+            zero_step_not_taken(&x->opt);
+        }
         for (int a = 0; a < x->accum_steps; a++) x->micro_losses[zero_micro_batch_index(&x->opt, a)] = x->local_losses[a];
         /* One rank wrote each micro-batch's loss and the others add 0: exact in any order;
          * then the sum runs in global micro-batch order, the same on any world size. */

@@ -7,7 +7,8 @@
  *
  * torch forms the scalar factors (1 - b2, lr / bias1, ...) in double from the Python
  * floats the user wrote, then rounds each once to fp32; the table passes doubles so we can
- * do the same. With st->half the updated values are rounded to their 16-bit copy after. */
+ * do the same. With st->half the updated values are rounded to their 16-bit copy after.
+ * With st->grad_scale_at the factor is read there (a NaN: the step is skipped). */
 #include <math.h>
 
 #include "kernels/cpu/cpu_ops.h"
@@ -19,7 +20,8 @@ void cpu_adamw(float *param, const float *grad, float *m, float *v, size_t n, co
     const float beta2_f = (float)st->beta2, eps_f = (float)st->eps;
     const float step_size = (float)(st->lr / st->bias1);
     const float bias2_sqrt = (float)sqrt(st->bias2);
-    const float grad_scale = st->grad_scale;
+    const float grad_scale = st->grad_scale_at ? *st->grad_scale_at : st->grad_scale;
+    if (isnan(grad_scale)) return; /* the norm said to skip the step */
 #pragma omp parallel for if (n >= CPU_PARALLEL_MIN) schedule(static)
     for (size_t i = 0; i < n; i++) {
         float g = grad_scale == 1.0f ? grad[i] : grad[i] * grad_scale;

@@ -84,6 +84,8 @@ void cpu_dropout_half(kernels_half_format fmt, uint16_t *out_half, const float *
                       uint64_t offset, size_t n);
 double cpu_sum_squares(const float *x, size_t n);
 void cpu_sum_squares_blocks(const float *x, size_t n, size_t block, double *host_sums);
+void cpu_clip_factor(double *sums, size_t n_blocks, double max_norm, double loss_scale, double *norm,
+                     float *factor);
 
 /* embedding.c */
 void cpu_embedding_fwd(float *out, const float *table, const int32_t *ids, int n_tokens,

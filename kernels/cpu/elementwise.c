@@ -1,6 +1,7 @@
 /* Element-wise ops: add, axpy, scale, counter-based dropout, and the sum of squares used
  * for gradient norms. All are embarrassingly parallel except sum_squares, whose reduction
  * order is fixed (see below) so its result never depends on the thread count. */
+#include "kernels/clip_rule.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/half_round.h"
 
@@ -82,6 +83,11 @@ void cpu_sum_squares_blocks(const float *x, size_t n, size_t block, double *host
     size_t n_blocks = block ? (n + block - 1) / block : 0;
     for (size_t b = 0; b < n_blocks; b++)
         host_sums[b] = cpu_sum_squares(x + b * block, n - b * block < block ? n - b * block : block);
+}
+
+void cpu_clip_factor(double *sums, size_t n_blocks, double max_norm, double loss_scale, double *norm,
+                     float *factor) {
+    clip_rule_apply(clip_rule_grouped_total(sums, n_blocks), max_norm, loss_scale, norm, factor);
 }
 
 double cpu_sum_squares(const float *x, size_t n) {

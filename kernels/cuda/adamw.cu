@@ -1,5 +1,6 @@
 // AdamW, step for step as kernels/cpu/adamw.c (torch.optim.AdamW, single-tensor path), on
-// g = grad * grad_scale, optionally writing the updated values' 16-bit copy:
+// g = grad * grad_scale (or the factor at grad_scale_at; a NaN skips the step), optionally
+// writing the updated values' 16-bit copy:
 //   p *= 1 - lr*wd;  m += (1 - b1)(g - m);  v = b2 v + ((1 - b2) g) g;
 //   p -= ((lr / bias1) m) / (sqrt(v) / sqrt(bias2) + eps).
 // The scalar factors are formed on the host in double and rounded once to fp32, exactly
@@ -19,11 +20,14 @@ struct adamw_factors {
 
 // half: NULL, or the 16-bit copy to round the updated values into (bf16 when bf16, else
 // fp16), with the same conversions as half.cu's to_half.
+// scale_at: NULL, or where clip_factor left the factor (f.grad_scale otherwise); NaN skips.
 __global__ void adamw_kernel(float *param, const float *grad, float *m, float *v, size_t n,
-                             adamw_factors f, uint16_t *half, bool bf16) {
+                             adamw_factors f, const float *scale_at, uint16_t *half, bool bf16) {
+    const float scale = scale_at ? *scale_at : f.grad_scale;
+    if (isnan(scale)) return;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
-        float g = f.grad_scale == 1.0f ? grad[i] : __fmul_rn(grad[i], f.grad_scale);
+        float g = scale == 1.0f ? grad[i] : __fmul_rn(grad[i], scale);
         float p = __fmul_rn(param[i], f.decay);
         float mi = __fadd_rn(m[i], __fmul_rn(f.one_minus_b1, __fadd_rn(g, -m[i])));
         float vi = __fadd_rn(__fmul_rn(v[i], f.beta2), __fmul_rn(__fmul_rn(f.one_minus_b2, g), g));
@@ -49,7 +53,7 @@ extern "C" void cuda_adamw(float *param, const float *grad, float *m, float *v, 
     f.step_size = (float)(st->lr / st->bias1);
     f.bias2_sqrt = (float)sqrt(st->bias2);
     f.grad_scale = st->grad_scale;
-    CUDA_LAUNCH(cuda_grid_for(n), CUDA_THREADS, 0, adamw_kernel)(param, grad, m, v, n, f, st->half,
+    CUDA_LAUNCH(cuda_grid_for(n), CUDA_THREADS, 0, adamw_kernel)(param, grad, m, v, n, f, st->grad_scale_at, st->half,
                                                                 st->half_format == KERNELS_BF16);
     CUDA_CHECK_LAUNCH();
 }

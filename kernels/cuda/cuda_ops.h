@@ -52,6 +52,9 @@ void cuda_dropout_half(kernels_half_format fmt, uint16_t *out_half, const float 
                        uint64_t offset, size_t n);
 double cuda_sum_squares(const float *x, size_t n);
 void cuda_sum_squares_blocks(const float *x, size_t n, size_t block, double *host_sums);
+void cuda_sum_squares_blocks_to(const float *x, size_t n, size_t block, double *sums);
+void cuda_clip_factor(double *sums, size_t n_blocks, double max_norm, double loss_scale, double *norm,
+                      float *factor);
 
 void cuda_embedding_fwd(float *out, const float *table, const int32_t *ids, int n_tokens,
                         int hidden);

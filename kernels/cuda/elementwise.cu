@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "kernels/clip_rule.h"
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/half_bits.cuh"
 
@@ -128,16 +129,21 @@ __global__ void sum_partials_kernel(double *result, const double *partial, int c
     if (threadIdx.x == 0) *result = scratch[0];
 }
 
+// Launches cuda_sum_squares' two passes: partial[SUMSQ_BLOCKS] is scratch, *result its sum.
+static void sum_squares_launch(const float *x, size_t n, double *partial, double *result) {
+    CUDA_LAUNCH(SUMSQ_BLOCKS, CUDA_THREADS, 0, sum_squares_partial_kernel)(partial, x, n);
+    CUDA_CHECK_LAUNCH();
+    CUDA_LAUNCH(1, SUMSQ_BLOCKS, 0, sum_partials_kernel)(result, partial, SUMSQ_BLOCKS);
+    CUDA_CHECK_LAUNCH();
+}
+
 extern "C" double cuda_sum_squares(const float *x, size_t n) {
     if (!n) return 0.0;
     double *partial = NULL;
     // Stream-ordered allocation from the default pool: cheap after the first call.
     CUDA_CHECK(cudaMallocAsync((void **)&partial, (SUMSQ_BLOCKS + 1) * sizeof(double), 0));
     if (!partial) return NAN;
-    CUDA_LAUNCH(SUMSQ_BLOCKS, CUDA_THREADS, 0, sum_squares_partial_kernel)(partial, x, n);
-    CUDA_CHECK_LAUNCH();
-    CUDA_LAUNCH(1, SUMSQ_BLOCKS, 0, sum_partials_kernel)(partial + SUMSQ_BLOCKS, partial, SUMSQ_BLOCKS);
-    CUDA_CHECK_LAUNCH();
+    sum_squares_launch(x, n, partial, partial + SUMSQ_BLOCKS);
     double fetched = NAN;
     CUDA_CHECK(cudaMemcpy(&fetched, partial + SUMSQ_BLOCKS, sizeof(double), cudaMemcpyDeviceToHost));
     CUDA_CHECK(cudaFreeAsync(partial, 0));
@@ -205,23 +211,68 @@ __global__ void sum_squares_blocks_kernel(double *sums, const float *x, size_t n
     if (threadIdx.x == 0) sums[blockIdx.x] = partial[0];
 }
 
+// The block sums into sums (device memory), no wait. false where scratch could not be had.
+static bool sum_squares_blocks_launch(const float *x, size_t n, size_t block, double *sums) {
+    const size_t n_blocks = (n + block - 1) / block;
+    if (block <= (size_t)SUMSQ_BLOCKS * CUDA_THREADS && n_blocks <= 0x7fffffffu) {
+        CUDA_LAUNCH((unsigned int)n_blocks, CUDA_THREADS, 0, sum_squares_blocks_kernel)(sums, x, n, block);
+        CUDA_CHECK_LAUNCH();
+        return true;
+    }
+    // Blocks too long to reproduce in one CUDA block: one sum_squares each (slow, exact).
+    double *partial = NULL;
+    CUDA_CHECK(cudaMallocAsync((void **)&partial, SUMSQ_BLOCKS * sizeof(double), 0));
+    if (!partial) return false;
+    for (size_t b = 0; b < n_blocks; b++)
+        sum_squares_launch(x + b * block, n - b * block < block ? n - b * block : block, partial, sums + b);
+    CUDA_CHECK(cudaFreeAsync(partial, 0));
+    return true;
+}
+
 extern "C" void cuda_sum_squares_blocks(const float *x, size_t n, size_t block, double *host_sums) {
     if (!n || !block) return;
     const size_t n_blocks = (n + block - 1) / block;
-    if (block > (size_t)SUMSQ_BLOCKS * CUDA_THREADS || n_blocks > 0x7fffffffu) {
-        // Blocks too long to reproduce in one CUDA block: one sum_squares each (slow, exact).
-        for (size_t b = 0; b < n_blocks; b++)
-            host_sums[b] = cuda_sum_squares(x + b * block, n - b * block < block ? n - b * block : block);
-        return;
-    }
     double *sums = NULL;
     CUDA_CHECK(cudaMallocAsync((void **)&sums, n_blocks * sizeof(double), 0));
-    if (!sums) {
+    if (!sums || !sum_squares_blocks_launch(x, n, block, sums)) {
         for (size_t b = 0; b < n_blocks; b++) host_sums[b] = NAN;
+        if (sums) CUDA_CHECK(cudaFreeAsync(sums, 0));
         return;
     }
-    CUDA_LAUNCH((unsigned int)n_blocks, CUDA_THREADS, 0, sum_squares_blocks_kernel)(sums, x, n, block);
-    CUDA_CHECK_LAUNCH();
     CUDA_CHECK(cudaMemcpy(host_sums, sums, n_blocks * sizeof(double), cudaMemcpyDeviceToHost));
     CUDA_CHECK(cudaFreeAsync(sums, 0));
+}
+
+extern "C" void cuda_sum_squares_blocks_to(const float *x, size_t n, size_t block, double *sums) {
+    if (!n || !block) return;
+    (void)sum_squares_blocks_launch(x, n, block, sums); // a failed allocation is recorded by CUDA_CHECK
+}
+
+// clip_factor in two launches: one thread per group of KERNELS_NORM_GROUP block sums adds its
+// group in order (clip_rule_run_sum) and parks the total in the group's first slot, which no
+// other thread reads; then one thread adds the totals in order and applies the rule. The same
+// additions, in the same order, as clip_rule_grouped_total on the host.
+__global__ void norm_groups_kernel(double *sums, size_t n_blocks) {
+    const size_t first = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) * KERNELS_NORM_GROUP;
+    if (first >= n_blocks) return;
+    const size_t len = n_blocks - first < KERNELS_NORM_GROUP ? n_blocks - first : KERNELS_NORM_GROUP;
+    sums[first] = clip_rule_run_sum(sums, first, len);
+}
+
+__global__ void clip_factor_kernel(const double *sums, size_t n_blocks, double max_norm, double loss_scale,
+                                   double *norm, float *factor) {
+    double total = 0.0;
+    for (size_t g = 0; g < n_blocks; g += KERNELS_NORM_GROUP) total += sums[g];
+    clip_rule_apply(total, max_norm, loss_scale, norm, factor);
+}
+
+extern "C" void cuda_clip_factor(double *sums, size_t n_blocks, double max_norm, double loss_scale, double *norm,
+                                 float *factor) {
+    const size_t n_groups = (n_blocks + KERNELS_NORM_GROUP - 1) / KERNELS_NORM_GROUP;
+    if (n_groups) {
+        CUDA_LAUNCH(cuda_grid_for(n_groups), CUDA_THREADS, 0, norm_groups_kernel)(sums, n_blocks);
+        CUDA_CHECK_LAUNCH();
+    }
+    CUDA_LAUNCH(1, 1, 0, clip_factor_kernel)(sums, n_blocks, max_norm, loss_scale, norm, factor);
+    CUDA_CHECK_LAUNCH();
 }

@@ -75,6 +75,11 @@ mutations=(
   "test_tfevents@train/tfevents.c@a scalar's simple_value under the wrong field number@VALUE_SIMPLE_VALUE = 2@VALUE_SIMPLE_VALUE = 3"
   "test_tfevents@train/tfevents.c@a step's varint cut to one byte@bytes[n++] = (char)((v & 0x7Fu) | (v >= 0x80u ? 0x80u : 0u));@bytes[n++] = (char)(v & 0x7Fu); v = 0;"
   "test_tfevents@train/tfevents.c@the recipe text filed under another plugin than TensorBoard's text@put_bytes(&plugin, PLUGIN_NAME, \"text\", 4);@put_bytes(&plugin, PLUGIN_NAME, \"txt\", 3);"
+  "test_kernels_cuda_emu@kernels/cuda/adamw.cu@a NaN clipping factor (an overflow) not skipped@    if (isnan(scale)) return;\n@"
+  "test_kernels_cuda_emu@kernels/cuda/elementwise.cu@clip_factor adds every block sum in order, not the groups' totals@for (size_t g = 0; g < n_blocks; g += KERNELS_NORM_GROUP) total += sums[g];@for (size_t g = 0; g < n_blocks; g++) total += sums[g];"
+  "test_kernels_cpu@kernels/clip_rule.h@clipping's epsilon off by a factor of ten@double coef = max_norm / (norm + 1e-6);@double coef = max_norm / (norm + 1e-7);"
+  "test_zero@optim/zero.c@a queued step whose norm overflowed keeps its step count@    if (z->adam.step > 0) z->adam.step--;@"
+  "test_model@train/model_graph.c@the norm beside the loss slots not fetched with them@    if (scalar) memcpy(scalar, s->slots.host_block, sizeof *scalar);@"
 )
 
 tests=$(printf '%s\n' "${mutations[@]}" | cut -d@ -f1 | sort -u)
