@@ -325,22 +325,41 @@ static int run_mpi(int argc, char **argv) {
     return status;
 }
 
-/* One AdamW step from gradient g at loss scale S: fills the gradient with g * S, steps, and
- * returns the updated weights (and the norm and skip flag) with the weights restored. */
-static float *scaled_step(model *m, const float *g, double S, double clip, double *norm, bool *skipped,
-                          long *adam_steps) {
+/* One optimizer step of `accum` micro-batches (gradients g * S, then g * S / 3, ...) at ZeRO
+ * stage `stage` and loss scale S, by zero_step or (queued, S 1) zero_step_queued. Returns
+ * the updated weights (restored in the model), the norm, the skip flag, the AdamW step count
+ * and, unless moments is NULL, the moments m then v. */
+static float *one_step(model *m, int stage, int accum, bool queued, const float *g, double S, double clip,
+                       double *norm, bool *skipped, long *adam_steps, float **moments) {
     const size_t n = m->grad_numel;
     dist d = {.rank = 0, .world_size = 1, .local_rank = 0, .local_size = 1};
     zero_optimizer z;
     ct_error err = {{0}};
-    CHECK_MSG(zero_create(&z, m, &d, 1, 1, &err) == 0, "%s", err.msg);
+    CHECK_MSG(zero_create(&z, m, &d, stage, accum, &err) == 0, "%s", err.msg);
     float *before = malloc(n * sizeof *before), *after = malloc(n * sizeof *after);
     memcpy(before, m->weight_arena, n * sizeof *before);
-    for (size_t i = 0; i < n; i++) m->grad_arena[i] = (float)(g[i] * S);
-    CHECK(zero_accumulate(&z, m, &err) == 0);
+    for (int a = 0; a < accum; a++) {
+        for (size_t i = 0; i < n; i++) m->grad_arena[i] = (float)(g[i] * S / (a ? 3.0 : 1.0));
+        CHECK(zero_accumulate(&z, m, &err) == 0);
+    }
     adamw_hparams h = {0.9, 0.999, 1e-8, 0.01};
-    CHECK_MSG(zero_step(&z, m, &h, 1e-2, clip, S, norm, skipped, &err) == 0, "%s", err.msg);
+    if (queued) {
+        double *norm_at = m->k->alloc(sizeof(double));
+        CHECK_MSG(zero_step_queued(&z, m, &h, 1e-2, clip, norm_at, &err) == 0, "%s", err.msg);
+        m->k->download(norm, norm_at, sizeof *norm);
+        m->k->release(norm_at);
+        *skipped = !isfinite(*norm);
+        if (*skipped) zero_step_not_taken(&z);
+    } else {
+        CHECK_MSG(zero_step(&z, m, &h, 1e-2, clip, S, norm, skipped, &err) == 0, "%s", err.msg);
+        CHECK(*skipped == !isfinite(*norm));
+    }
     *adam_steps = z.adam.step;
+    if (moments) {
+        *moments = malloc(2 * n * sizeof(float));
+        m->k->download(*moments, z.adam.m, n * sizeof(float));
+        m->k->download(*moments + n, z.adam.v, n * sizeof(float));
+    }
     memcpy(after, m->weight_arena, n * sizeof *after);
     memcpy(m->weight_arena, before, n * sizeof *before);
     free(before);
@@ -359,8 +378,8 @@ static void test_loss_scale_step(model *m) {
         double clip = clipped ? 1e-3 : 0.0, n1 = 0, n2 = 0;
         bool s1 = true, s2 = true;
         long steps1 = 0, steps2 = 0;
-        float *plain = scaled_step(m, g, 1.0, clip, &n1, &s1, &steps1);
-        float *scaled = scaled_step(m, g, 65536.0, clip, &n2, &s2, &steps2);
+        float *plain = one_step(m, 1, 1, false, g, 1.0, clip, &n1, &s1, &steps1, NULL);
+        float *scaled = one_step(m, 1, 1, false, g, 65536.0, clip, &n2, &s2, &steps2, NULL);
         CHECK(!s1 && !s2 && steps1 == 1 && steps2 == 1);
         CHECK_MSG(n1 == n2, "norm %.17g unscaled, %.17g from the scaled gradient", n1, n2);
         CHECK_MSG(memcmp(plain, scaled, n * sizeof *plain) == 0, "clip %g: scaled step differs", clip);
@@ -372,49 +391,11 @@ static void test_loss_scale_step(model *m) {
     double norm = 0;
     bool skipped = false;
     long steps = -1;
-    float *after = scaled_step(m, g, 1024.0, 1.0, &norm, &skipped, &steps);
+    float *after = one_step(m, 1, 1, false, g, 1024.0, 1.0, &norm, &skipped, &steps, NULL);
     CHECK(skipped && !isfinite(norm) && steps == 0);
     CHECK(memcmp(after, m->weight_arena, n * sizeof *after) == 0);
     free(after);
     free(g);
-}
-
-/* One step of two micro-batches (gradients g and g/3) by zero_step or zero_step_queued;
- * returns the weights after it (restored in the model), the norm and the AdamW state. */
-static float *one_step(model *m, int stage, bool queued, const float *g, double clip, double *norm,
-                       float **moments, long *adam_steps) {
-    const size_t n = m->grad_numel;
-    dist d = {.rank = 0, .world_size = 1, .local_rank = 0, .local_size = 1};
-    zero_optimizer z;
-    ct_error err = {{0}};
-    CHECK_MSG(zero_create(&z, m, &d, stage, 2, &err) == 0, "%s", err.msg);
-    float *before = malloc(n * sizeof *before), *after = malloc(n * sizeof *after);
-    memcpy(before, m->weight_arena, n * sizeof *before);
-    for (int a = 0; a < 2; a++) {
-        for (size_t i = 0; i < n; i++) m->grad_arena[i] = a ? g[i] / 3.0f : g[i];
-        CHECK(zero_accumulate(&z, m, &err) == 0);
-    }
-    adamw_hparams h = {0.9, 0.999, 1e-8, 0.01};
-    if (queued) {
-        double *norm_at = m->k->alloc(sizeof(double));
-        CHECK_MSG(zero_step_queued(&z, m, &h, 1e-2, clip, norm_at, &err) == 0, "%s", err.msg);
-        m->k->download(norm, norm_at, sizeof *norm);
-        m->k->release(norm_at);
-        if (!isfinite(*norm)) zero_step_not_taken(&z);
-    } else {
-        bool skipped = false;
-        CHECK_MSG(zero_step(&z, m, &h, 1e-2, clip, 1.0, norm, &skipped, &err) == 0, "%s", err.msg);
-        CHECK(skipped == !isfinite(*norm));
-    }
-    *adam_steps = z.adam.step;
-    *moments = malloc(2 * n * sizeof(float));
-    m->k->download(*moments, z.adam.m, n * sizeof(float));
-    m->k->download(*moments + n, z.adam.v, n * sizeof(float));
-    memcpy(after, m->weight_arena, n * sizeof *after);
-    memcpy(m->weight_arena, before, n * sizeof *before);
-    free(before);
-    zero_free(&z);
-    return after;
 }
 
 /* The queued step (norm and clipping factor on the backend, no wait) gives zero_step's bits:
@@ -432,12 +413,13 @@ static void test_queued_step(model *m) {
             double n1 = -1, n2 = -2;
             float *mom1 = NULL, *mom2 = NULL;
             long s1 = 0, s2 = 0;
-            float *host = one_step(m, stage, false, g, clip, &n1, &mom1, &s1);
-            float *queued = one_step(m, stage, true, g, clip, &n2, &mom2, &s2);
+            bool skip1 = true, skip2 = true;
+            float *host = one_step(m, stage, 2, false, g, 1.0, clip, &n1, &skip1, &s1, &mom1);
+            float *queued = one_step(m, stage, 2, true, g, 1.0, clip, &n2, &skip2, &s2, &mom2);
             CHECK_MSG(n1 == n2 && isfinite(n1), "stage %d clip %g: norm %.17g host, %.17g queued", stage, clip, n1, n2);
             CHECK_MSG(memcmp(host, queued, n * sizeof *host) == 0 && memcmp(mom1, mom2, 2 * n * sizeof *mom1) == 0,
                       "stage %d clip %g: the queued step's weights or moments differ", stage, clip);
-            CHECK(s1 == 1 && s2 == 1);
+            CHECK(s1 == 1 && s2 == 1 && !skip1 && !skip2);
             CHECK(memcmp(host, m->weight_arena, n * sizeof *host) != 0);
             free(host), free(queued), free(mom1), free(mom2);
         }
@@ -445,10 +427,11 @@ static void test_queued_step(model *m) {
     double norm = 0;
     float *mom = NULL;
     long steps = -1;
-    float *after = one_step(m, 1, true, g, 1.0, &norm, &mom, &steps);
+    bool skipped = false;
+    float *after = one_step(m, 1, 2, true, g, 1.0, 1.0, &norm, &skipped, &steps, &mom);
     bool zero_moments = true;
     for (size_t i = 0; i < 2 * n; i++) zero_moments = zero_moments && mom[i] == 0.0f;
-    CHECK_MSG(!isfinite(norm) && steps == 0 && zero_moments && memcmp(after, m->weight_arena, n * sizeof *after) == 0,
+    CHECK_MSG(skipped && !isfinite(norm) && steps == 0 && zero_moments && memcmp(after, m->weight_arena, n * sizeof *after) == 0,
               "a queued step with a NaN gradient: norm %g, %ld steps, and it changed the state", norm, steps);
     free(after), free(mom), free(g);
     /* Two ranks need the host's norm (summed across them). */
