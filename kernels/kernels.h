@@ -111,9 +111,9 @@ typedef struct kernels {
      * order (G = KERNELS_NORM_GROUP, the last group short), writes (backend memory)
      *   *norm = sqrt(t_0 + t_1 + ...) / loss_scale   (added in order, double), and
      *   *factor = (float)(c / loss_scale), c = max_norm / (*norm + 1e-6) when that is below 1
-     *   and max_norm > 0, else 1 — clip_coefficient's rule (optim/clip.h) — or NaN when *norm
+     *   and max_norm > 0, else 1 — clip_rule_coefficient (kernels/clip_rule.h) — or NaN when *norm
      *   is not finite (AdamW's grad_scale_at then skips the step).
-     * The same double arithmetic as the host's, so the same bits as optim/clip.c. */
+     * The same double arithmetic as the host's, so the same bits as optim/zero.c's host path. */
     void (*clip_factor)(double *sums, size_t n_blocks, double max_norm, double loss_scale, double *norm,
                         float *factor);
 

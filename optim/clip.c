@@ -15,13 +15,9 @@ double grad_global_norm(const model *m) {
     return sqrt(sum);
 }
 
-double clip_coefficient(double norm, double max_norm) {
-    return clip_rule_coefficient(norm, max_norm);
-}
-
 double grad_clip(model *m, double max_norm) {
     double norm = grad_global_norm(m);
-    double coef = clip_coefficient(norm, max_norm);
+    double coef = clip_rule_coefficient(norm, max_norm);
     if (coef < 1.0) {
         for (int i = 0; i < m->n_params; i++) {
             model_param *p = &m->params[i];
@@ -37,8 +33,4 @@ size_t clip_block_count(size_t numel) {
 
 void clip_block_sums(const kernels *k, const float *grad, size_t begin, size_t end, double *sums) {
     if (end > begin) k->sum_squares_blocks(grad, end - begin, CLIP_NORM_BLOCK, sums + begin / CLIP_NORM_BLOCK);
-}
-
-double clip_norm_from_blocks(const double *sums, size_t n_blocks) {
-    return sqrt(clip_rule_grouped_total(sums, n_blocks));
 }

@@ -24,11 +24,5 @@ size_t clip_block_count(size_t numel);
  * (begin a multiple of CLIP_NORM_BLOCK; end one too, or the range's end). grad is backend
  * memory holding that slice (grad[0] is flat index begin); other entries of sums untouched. */
 void clip_block_sums(const kernels *k, const float *grad, size_t begin, size_t end, double *sums);
-/* sqrt of the block sums added in groups (kernels/clip_rule.h), the order a GPU can follow
- * without the host (kernels.clip_factor). */
-double clip_norm_from_blocks(const double *sums, size_t n_blocks);
-/* The factor clipping applies: max_norm / (norm + 1e-6) when that is below 1, else 1; also 1
- * when max_norm <= 0 (no clipping) or the norm is not finite (left to the caller). */
-double clip_coefficient(double norm, double max_norm);
 
 #endif
