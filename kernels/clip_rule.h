@@ -1,6 +1,7 @@
 /* clip_rule: the arithmetic of gradient-norm clipping, defined once for the host
- * (optim/clip.c), the CPU backend and the CUDA kernels, so that a clipping factor decided on
- * a GPU (kernels.clip_factor) is the bits the host decides from the same block sums.
+ * (optim/zero.c's zero_step, optim/clip.c), the CPU backend and the CUDA kernels, so that a
+ * clipping factor decided on a GPU (kernels.clip_factor) is the bits the host decides from
+ * the same block sums.
  *
  * The norm's order of additions: the block sums are cut into groups of KERNELS_NORM_GROUP,
  * each group is added in order from 0.0, and the groups' totals are added in order from 0.0
