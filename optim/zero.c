@@ -227,14 +227,14 @@ int zero_step(zero_optimizer *z, model *m, const adamw_hparams *h, double lr, do
 }
 
 int zero_step_queued(zero_optimizer *z, model *m, const adamw_hparams *h, double lr, double max_norm,
-                     double *norm_at, ct_error *err) {
+                     double loss_scale, double *norm_at, ct_error *err) {
     if (!z->sums_at) return ct_fail(err, "zero: a queued step needs a single rank (%d here)", z->d->world_size);
     const dist comm = on_backend(z), *d = &comm;
     float *grad;
     size_t first, count;
     if (reduce_step(z, m, d, &grad, &first, &count, err)) return -1;
     z->k->sum_squares_blocks_to(grad, count, CLIP_NORM_BLOCK, z->sums_at);
-    z->k->clip_factor(z->sums_at, clip_block_count(count), max_norm, 1.0, norm_at, z->factor_at);
+    z->k->clip_factor(z->sums_at, clip_block_count(count), max_norm, loss_scale, norm_at, z->factor_at);
     return update_step(z, m, d, h, lr, grad, first, count, 1.0f, z->factor_at, err);
 }
 

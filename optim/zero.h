@@ -97,15 +97,16 @@ int zero_accumulate(zero_optimizer *z, model *m, ct_error *err);
 int zero_step(zero_optimizer *z, model *m, const adamw_hparams *h, double lr, double max_norm,
               double loss_scale, double *grad_norm, bool *skipped, ct_error *err);
 
-/* zero_step on a single rank without loss scaling, with no wait for the device: the block
- * sums, the norm and the clipping factor are computed on the backend (kernels.clip_factor)
- * and AdamW reads the factor there. The norm is written to norm_at (backend memory; the
- * trainer passes model_loss_slots_scalar, downloaded with the step's losses), the same bits
- * as zero_step's *grad_norm. A non-finite norm changes no parameter and no moment (the
- * factor is NaN, which AdamW skips on); the caller, once it reads the norm, calls
- * zero_step_not_taken. Fails on more than one rank. */
+/* zero_step on a single rank, with no wait for the device: the block sums, the norm and the
+ * clipping factor (unscaling by loss_scale included) are computed on the backend
+ * (kernels.clip_factor) and AdamW reads the factor there. The norm is written to norm_at
+ * (backend memory; the trainer passes model_loss_slots_scalar, downloaded with the step's
+ * losses), the same bits as zero_step's *grad_norm. A non-finite norm (fp16's overflow)
+ * changes no parameter and no moment (the factor is NaN, which AdamW skips on); the caller,
+ * once it reads the norm, calls zero_step_not_taken and, under fp16, halves the scale before
+ * it queues the next step. Fails on more than one rank. */
 int zero_step_queued(zero_optimizer *z, model *m, const adamw_hparams *h, double lr, double max_norm,
-                     double *norm_at, ct_error *err);
+                     double loss_scale, double *norm_at, ct_error *err);
 /* Takes back the optimizer step counter of a queued step whose norm was not finite. */
 void zero_step_not_taken(zero_optimizer *z);
 

@@ -62,9 +62,9 @@ run full-bf16-mixed-2r-z1 2 full bf16-mixed distributed.zero_stage=1
 run full-fp16-mixed-2r-z2 2 full fp16-mixed distributed.zero_stage=2
 # ---- 3 and 4. overflow, skipped steps, the scale rule; stop at 10 and resume ----
 # 2^28 overflows fp16: the loss gradients are about scale / tokens (~2^23 with ~24 loss tokens a
-# step) > 65504. Measured here: steps 1-8 overflow (down to 2^21), steps 9-10 are good, so the
-# step-10 checkpoint holds a partial good-step count of 2; growth_interval 3 then doubles the
-# scale back into overflow now and then.
+# step) > 65504. Measured here: steps 1-9 overflow (2^28 down to 2^20), step 10 is good at 2^19,
+# so the step-10 checkpoint holds a partial good-step count of 1; growth_interval 3 then
+# doubles the scale back into overflow now and then.
 scaler=(optim.loss_scale_init=268435456 optim.loss_scale_growth_interval=3 checkpoint.every=10)
 run scaler 1 lora fp16-mixed "${scaler[@]}"
 # Stopped by the test hook before step 11 (after the step-10 checkpoint), then resumed.

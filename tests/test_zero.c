@@ -326,7 +326,7 @@ static int run_mpi(int argc, char **argv) {
 }
 
 /* One optimizer step of `accum` micro-batches (gradients g * S, then g * S / 3, ...) at ZeRO
- * stage `stage` and loss scale S, by zero_step or (queued, S 1) zero_step_queued. Returns
+ * stage `stage` and loss scale S, by zero_step or (queued) zero_step_queued. Returns
  * the updated weights (restored in the model), the norm, the skip flag, the AdamW step count
  * and, unless moments is NULL, the moments m then v. */
 static float *one_step(model *m, int stage, int accum, bool queued, const float *g, double S, double clip,
@@ -345,7 +345,7 @@ static float *one_step(model *m, int stage, int accum, bool queued, const float 
     adamw_hparams h = {0.9, 0.999, 1e-8, 0.01};
     if (queued) {
         double *norm_at = m->k->alloc(sizeof(double));
-        CHECK_MSG(zero_step_queued(&z, m, &h, 1e-2, clip, norm_at, &err) == 0, "%s", err.msg);
+        CHECK_MSG(zero_step_queued(&z, m, &h, 1e-2, clip, S, norm_at, &err) == 0, "%s", err.msg);
         m->k->download(norm, norm_at, sizeof *norm);
         m->k->release(norm_at);
         *skipped = !isfinite(*norm);
@@ -399,41 +399,50 @@ static void test_loss_scale_step(model *m) {
 }
 
 /* The queued step (norm and clipping factor on the backend, no wait) gives zero_step's bits:
- * norm, weights, moments, at every stage, clipped or not; a non-finite gradient changes
- * nothing (weights, moments) and zero_step_not_taken takes the step count back; more than
- * one rank is refused. */
+ * norm, weights, moments, at every stage, clipped or not, with and without fp16's loss scale;
+ * a non-finite gradient (fp16's overflow) changes nothing (weights, moments) and
+ * zero_step_not_taken takes the step count back; more than one rank is refused. */
 static void test_queued_step(model *m) {
     const size_t n = m->grad_numel;
     CHECK(clip_block_count(n) > 2); /* several blocks (groups of them: test_kernels_cpu, test_kernels_cuda) */
     float *g = malloc(n * sizeof *g);
     fill_random(g, n, 9191);
+    const double scales[] = {1.0, 65536.0, 3.0}; /* 3: unscaling is then inexact, and must still agree */
     for (int stage = 0; stage <= 2; stage++)
-        for (int clipped = 0; clipped <= 1; clipped++) {
-            const double clip = clipped ? 1e-3 : 0.0;
-            double n1 = -1, n2 = -2;
-            float *mom1 = NULL, *mom2 = NULL;
-            long s1 = 0, s2 = 0;
-            bool skip1 = true, skip2 = true;
-            float *host = one_step(m, stage, 2, false, g, 1.0, clip, &n1, &skip1, &s1, &mom1);
-            float *queued = one_step(m, stage, 2, true, g, 1.0, clip, &n2, &skip2, &s2, &mom2);
-            CHECK_MSG(n1 == n2 && isfinite(n1), "stage %d clip %g: norm %.17g host, %.17g queued", stage, clip, n1, n2);
-            CHECK_MSG(memcmp(host, queued, n * sizeof *host) == 0 && memcmp(mom1, mom2, 2 * n * sizeof *mom1) == 0,
-                      "stage %d clip %g: the queued step's weights or moments differ", stage, clip);
-            CHECK(s1 == 1 && s2 == 1 && !skip1 && !skip2);
-            CHECK(memcmp(host, m->weight_arena, n * sizeof *host) != 0);
-            free(host), free(queued), free(mom1), free(mom2);
-        }
-    g[n - 3] = NAN;
-    double norm = 0;
-    float *mom = NULL;
-    long steps = -1;
-    bool skipped = false;
-    float *after = one_step(m, 1, 2, true, g, 1.0, 1.0, &norm, &skipped, &steps, &mom);
-    bool zero_moments = true;
-    for (size_t i = 0; i < 2 * n; i++) zero_moments = zero_moments && mom[i] == 0.0f;
-    CHECK_MSG(skipped && !isfinite(norm) && steps == 0 && zero_moments && memcmp(after, m->weight_arena, n * sizeof *after) == 0,
-              "a queued step with a NaN gradient: norm %g, %ld steps, and it changed the state", norm, steps);
-    free(after), free(mom), free(g);
+        for (int clipped = 0; clipped <= 1; clipped++)
+            for (int si = 0; si < 3; si++) {
+                const double clip = clipped ? 1e-3 : 0.0, S = scales[si];
+                double n1 = -1, n2 = -2;
+                float *mom1 = NULL, *mom2 = NULL;
+                long s1 = 0, s2 = 0;
+                bool skip1 = true, skip2 = true;
+                float *host = one_step(m, stage, 2, false, g, S, clip, &n1, &skip1, &s1, &mom1);
+                float *queued = one_step(m, stage, 2, true, g, S, clip, &n2, &skip2, &s2, &mom2);
+                CHECK_MSG(n1 == n2 && isfinite(n1), "stage %d clip %g scale %g: norm %.17g host, %.17g queued", stage,
+                          clip, S, n1, n2);
+                CHECK_MSG(memcmp(host, queued, n * sizeof *host) == 0 && memcmp(mom1, mom2, 2 * n * sizeof *mom1) == 0,
+                          "stage %d clip %g scale %g: the queued step's weights or moments differ", stage, clip, S);
+                CHECK(s1 == 1 && s2 == 1 && !skip1 && !skip2);
+                CHECK(memcmp(host, m->weight_arena, n * sizeof *host) != 0);
+                free(host), free(queued), free(mom1), free(mom2);
+            }
+    /* A NaN, and fp16's overflow (an infinity in the scaled gradient). */
+    for (int overflow = 0; overflow <= 1; overflow++) {
+        g[n - 3] = overflow ? INFINITY : NAN;
+        double norm = 0;
+        float *mom = NULL;
+        long steps = -1;
+        bool skipped = false;
+        float *after = one_step(m, 1, 2, true, g, overflow ? 1024.0 : 1.0, 1.0, &norm, &skipped, &steps, &mom);
+        bool zero_moments = true;
+        for (size_t i = 0; i < 2 * n; i++) zero_moments = zero_moments && mom[i] == 0.0f;
+        CHECK_MSG(skipped && !isfinite(norm) && steps == 0 && zero_moments &&
+                      memcmp(after, m->weight_arena, n * sizeof *after) == 0,
+                  "a queued step with a %s gradient: norm %g, %ld steps, and it changed the state",
+                  overflow ? "infinite" : "NaN", norm, steps);
+        free(after), free(mom);
+    }
+    free(g);
     /* Two ranks need the host's norm (summed across them). */
     dist two = {.rank = 0, .world_size = 2, .local_rank = 0, .local_size = 2};
     zero_optimizer z;
@@ -442,7 +451,7 @@ static void test_queued_step(model *m) {
     z.leaves = 1;
     adamw_hparams h = {0.9, 0.999, 1e-8, 0.0};
     double sink = 0;
-    CHECK(zero_step_queued(&z, m, &h, 1e-2, 1.0, &sink, &err) == -1);
+    CHECK(zero_step_queued(&z, m, &h, 1e-2, 1.0, 1.0, &sink, &err) == -1);
     CHECK_CONTAINS(err.msg, "single rank");
     zero_free(&z);
 }

@@ -554,11 +554,13 @@ static int train_loop(run *x, run_summary *summary, ct_error *err) {
         double loss_sum = 0, grad_norm = 0;
         double lr = lr_at_step(&schedule, step);
         bool skipped = false;
-        /* One rank without a loss scaler: nothing needs the norm on the host before AdamW,
-         * so the device decides the clipping and the norm comes back with the losses. Else
-         * the norm is summed across ranks (or decides fp16's skip) on the host: one more wait. */
-        const bool queued = d->world_size == 1 && !x->scaler.enabled;
-        if (queued ? zero_step_queued(&x->opt, &x->m, &hp, lr, r->optim.grad_clip, model_loss_slots_scalar(&x->m), err)
+        /* One rank: nothing needs the norm on the host before AdamW, so the device decides
+         * the clipping (and fp16's skip: an overflow makes AdamW write nothing) and the norm
+         * comes back with the losses; the scale for the next step is updated from it below,
+         * before that step is queued. Several ranks sum the norm on the host: one more wait. */
+        const bool queued = d->world_size == 1;
+        if (queued ? zero_step_queued(&x->opt, &x->m, &hp, lr, r->optim.grad_clip, loss_scale,
+                                      model_loss_slots_scalar(&x->m), err)
                    : zero_step(&x->opt, &x->m, &hp, lr, r->optim.grad_clip, loss_scale, &grad_norm, &skipped, err))
             return -1;
         /* The losses, fetched once the optimizer is queued: the one download waits for the
@@ -566,7 +568,7 @@ static int train_loop(run *x, run_summary *summary, ct_error *err) {
          * twice where zero_step waited for the norm, however many micro-batches). */
         model_collect_losses(&x->m, x->accum_steps, x->local_losses, queued ? &grad_norm : NULL);
         if (queued && !isfinite(grad_norm)) {
-            skipped = true; /* AdamW changed nothing */
+            skipped = true; /* AdamW changed nothing (fp16: an overflow) */
             zero_step_not_taken(&x->opt);
         }
         for (int a = 0; a < x->accum_steps; a++) x->micro_losses[zero_micro_batch_index(&x->opt, a)] = x->local_losses[a];

@@ -80,6 +80,7 @@ mutations=(
   "test_kernels_cpu@kernels/clip_rule.h@clipping's epsilon off by a factor of ten@double coef = max_norm / (norm + 1e-6);@double coef = max_norm / (norm + 1e-7);"
   "test_zero@optim/zero.c@a queued step whose norm overflowed keeps its step count@    if (z->adam.step > 0) z->adam.step--;@"
   "test_model@train/model_graph.c@the norm beside the loss slots not fetched with them@    if (scalar) memcpy(scalar, s->slots.host_block, sizeof *scalar);@"
+  "test_zero@optim/zero.c@a queued step ignoring fp16's loss scale@max_norm, loss_scale, norm_at, z->factor_at);@max_norm, 1.0, norm_at, z->factor_at);"
 )
 
 tests=$(printf '%s\n' "${mutations[@]}" | cut -d@ -f1 | sort -u)
