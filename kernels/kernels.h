@@ -68,11 +68,21 @@ typedef struct kernels {
      * memory; for the CPU the host's available and total RAM, within the cgroup (v2) memory
      * limit when one is set. 0, or -1 where it cannot tell (the values are then 0). */
     int (*memory_info)(size_t *free_bytes, size_t *total_bytes);
+    /* Bytes of this backend's memory that the buffers alloc handed out hold now, and the most
+     * they held at once since the process started (a run's peak). A GPU adds what its
+     * kernels' own stream-ordered scratch holds now, and the most it held at once, as if that
+     * came at the same moment (so its peak is an upper bound); the CPU kernels' temporary
+     * host buffers are not counted. The counters are the backend's, process-wide. NULL where
+     * the backend cannot tell. */
+    void (*memory_held)(size_t *now, size_t *peak);
     /* The most memory one attention call allocates for itself and releases before it returns
      * (the backward is the larger: staged or widened copies, D, a GPU's stored dS), for the
      * given shape, fp32 (half false) or 16-bit operands: memory the run's estimate must leave
      * free beside its activations. NULL where it allocates none. */
     size_t (*attention_scratch_bytes)(bool half, int batch, int seq, int n_heads, int n_kv_heads, int head_dim);
+    /* Memory the backend allocates once for itself at its first 16-bit product and keeps (a
+     * GPU's cuBLASLt workspace): part of a mixed-precision run's kernel scratch. 0 where none. */
+    size_t half_workspace_bytes;
 
     /* ---- dense algebra ----
      * C[m,n] = alpha * op(A) op(B) + beta * C; op(A) is [m,k], op(B) is [k,n].

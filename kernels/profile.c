@@ -318,7 +318,9 @@ int kernels_profile_start(const kernels *inner, const kernels **out, ct_error *e
         .alloc = p_alloc,
         .release = p_release,
         .memory_info = inner->memory_info, /* a query, not an op: untimed */
+        .memory_held = inner->memory_held,
         .attention_scratch_bytes = inner->attention_scratch_bytes,
+        .half_workspace_bytes = inner->half_workspace_bytes,
         .zero = p_zero,
         .copy = p_copy,
         .upload = p_upload,

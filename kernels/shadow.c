@@ -207,6 +207,7 @@ static const kernels shadow_backend = {
     .alloc = shadow_alloc,
     .release = shadow_release,
     .memory_info = cpu_memory_info,
+    .memory_held = cpu_memory_held,
     .attention_scratch_bytes = cpu_attention_scratch_bytes,
     .zero = shadow_zero,
     .copy = shadow_copy,

@@ -294,6 +294,9 @@ def run_ctune(args, ctune, work, method, precision, ckpt, sampler):
     result["first_step_s"] = state["first"]
     result["loss"] = steps[-1]["loss"] if steps else None
     result["mem_mib"] = (peak - baseline) if sampler and peak is not None else (None if sampler else rss)
+    # ctune's own count of its backend memory (metrics.jsonl), beside HF's max_memory_allocated
+    counted = steps[-1].get("peak_memory_bytes") if steps else None
+    result["peak_alloc_mib"] = counted / 2**20 if counted else None
     return result
 
 
@@ -467,8 +470,9 @@ def main():
                 + (", H100/H200 SXM)" if not args.peak_tflops else ", --peak-tflops)")
                 + ("" if peak_known else " -- device not recognised, MFU against H100's peak"))
             say("# memory: max of nvidia-smi memory.used (sampled every 100 ms) minus the idle value "
-                "before launch, both sides (CUDA context and allocator cache included); HF also "
-                "torch.cuda.max_memory_allocated")
+                "before launch, both sides (CUDA context and allocator cache included); alloc MiB: "
+                "HF's torch.cuda.max_memory_allocated, ctune's own peak count of its buffers and pool "
+                "scratch (metrics.jsonl peak_memory_bytes)")
             say("# HF bf16 = autocast bf16, SDPA, fused AdamW; full: fp32 master weights; LoRA: base loaded "
                 "in bf16, adapters fp32 (peft default)")
             say("# ctune bf16-mixed: bf16 GEMM operands (cuBLASLt, fp32 accumulation), fp32 master weights "

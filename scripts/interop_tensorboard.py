@@ -44,6 +44,8 @@ def expected_scalars(run):
                 want.setdefault(tag, {})[step] = np.float32(math.nan if value is None else value)
         if "loss_scale" in rec:
             want.setdefault("train/skipped", {})[step] = np.float32(1.0 if rec.get("skipped") else 0.0)
+        if "peak_memory_bytes" in rec:
+            want.setdefault("train/peak_memory_gib", {})[step] = np.float32(rec["peak_memory_bytes"] / 2**30)
     return want
 
 

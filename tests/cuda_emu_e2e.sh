@@ -14,8 +14,10 @@
 #     resumed, the same adapter bytes and scales as straight through.
 #  3. Issue 4's "memory allocated once, no per-step host synchronisation beyond logging":
 #     cudaMalloc/cudaFree calls do not grow with the steps, and the host waits for the device
-#     once a step in bf16-mixed at 2 and at 4 micro-batches, twice in fp16-mixed (the emulator
-#     counts: CTUNE_EMU_COUNTS).
+#     once a step in bf16-mixed at 2 and at 4 micro-batches, and in fp16-mixed (the emulator
+#     counts: CTUNE_EMU_COUNTS). The peak memory the cuda backend reports (summary.json) is
+#     the emulator's peak of cudaMalloc's buffers plus that of the pool's scratch, and within
+#     0.5% + 64 KiB of the estimate the run printed (its buffers and kernel scratch).
 # What the emulator cannot show (timing, the hardware's rounding inside mma, the real
 # libraries beyond their documentation) is left to scripts/gpu_session.sh on a GPU.
 set -uo pipefail
@@ -137,6 +139,26 @@ for run in bf16-2 bf16-4 fp16-2; do
     ok "host waits per step ($run): $want"
   else
     bad "host waits ($run): ${w4:-?} for 4 steps, ${w8:-?} for 8: not $want a step"
+  fi
+done
+
+# The peak the backend reports: its buffers' and its pool's, as the emulator saw them, and
+# what the run's estimate said (on a GPU the kernels' scratch comes from the backend's memory).
+for run in bf16-2 bf16-4 fp16-2; do
+  reported=$(sed -n 's/^ *"peak_memory_bytes": \([0-9]*\),$/\1/p' runs/counts-$run-8/summary.json 2>/dev/null)
+  seen=$(( $(count $run-8 malloc_peak) + $(count $run-8 scratch_peak) ))
+  estimate=$(sed -n 's/^ *rank 0: parameters \([0-9]*\), gradients \([0-9]*\), optimizer state \([0-9]*\), activations \([0-9]*\), kernel scratch \([0-9]*\),.*/\1+\2+\3+\4+\5/p' \
+             counts-$run-8.log | head -n 1)
+  if [ -z "$reported" ] || [ -z "$estimate" ]; then
+    bad "peak memory ($run): summary.json says '${reported}', the plan '${estimate}'"
+    continue
+  fi
+  estimate=$(( estimate ))
+  off=$(( reported > estimate ? reported - estimate : estimate - reported ))
+  if [ "$reported" -eq "$seen" ] && [ "$off" -le $(( estimate / 200 + 65536 )) ]; then
+    ok "peak memory ($run): $reported bytes, the emulator's cudaMalloc + pool peaks; estimate $estimate"
+  else
+    bad "peak memory ($run): reported $reported, emulator $seen (cudaMalloc + pool peaks), estimate $estimate"
   fi
 done
 

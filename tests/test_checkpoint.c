@@ -477,16 +477,21 @@ static void test_metrics(void) {
     metrics_log log;
     ct_error err = {{0}};
     CHECK(metrics_open(&log, at(path, "metrics.jsonl"), &err) == 0);
-    metrics_step(&log, 1, 2.5, 1e-4, 0.75, 4096, 12345.678, 0.5, 0.0, false);
+    metrics_step(&log, &(metrics_step_values){.step = 1, .loss = 2.5, .lr = 1e-4, .grad_norm = 0.75, .tokens = 4096,
+                                              .tokens_per_second = 12345.678, .elapsed_seconds = 0.5,
+                                              .peak_memory_bytes = -1});
     /* Flushed per line: the line is on disk before the log is closed. */
     char *early = check_slurp(path, NULL);
     CHECK(early && strchr(early, '\n'));
     free(early);
-    metrics_step(&log, 2, NAN, 1e-4, INFINITY, 8192, 12000.0, 1.0, 32768.0, true);
+    metrics_step(&log, &(metrics_step_values){.step = 2, .loss = NAN, .lr = 1e-4, .grad_norm = INFINITY, .tokens = 8192,
+                                              .tokens_per_second = 12000.0, .elapsed_seconds = 1.0,
+                                              .loss_scale = 32768.0, .skipped = true,
+                                              .peak_memory_bytes = 5000000123LL});
     metrics_eval(&log, 2, 1.125, 640, NAN);
     metrics_eval(&log, 2, 1.125, 640, 0.5);
     metrics_close(&log);
-    metrics_step(&log, 3, 1.0, 1.0, 1.0, 1, 1.0, 1.0, 0.0, false); /* closed: ignored, no crash */
+    metrics_step(&log, &(metrics_step_values){.step = 3, .peak_memory_bytes = -1}); /* closed: ignored, no crash */
 
     char *text = check_slurp(path, NULL);
     CHECK(text != NULL);
@@ -508,6 +513,10 @@ static void test_metrics(void) {
         /* fp16 loss scaling: the scale and the skip flag only where given */
         CHECK(cJSON_GetObjectItem(lines[0], "loss_scale") == NULL);
         CHECK(cJSON_GetObjectItem(lines[0], "skipped") == NULL);
+        /* the backend's peak memory only where it could tell, as an exact integer */
+        CHECK(cJSON_GetObjectItem(lines[0], "peak_memory_bytes") == NULL);
+        CHECK(cJSON_GetObjectItem(lines[1], "peak_memory_bytes") &&
+              cJSON_GetObjectItem(lines[1], "peak_memory_bytes")->valuedouble == 5000000123.0);
         CHECK(cJSON_GetObjectItem(lines[1], "loss_scale")->valuedouble == 32768.0);
         CHECK(cJSON_IsTrue(cJSON_GetObjectItem(lines[1], "skipped")));
         CHECK(cJSON_GetObjectItem(lines[2], "eval_loss")->valuedouble == 1.125);

@@ -97,6 +97,33 @@ static void write_text(const char *dir, const char *name, const char *text) {
     fclose(f);
 }
 
+/* memory_held: each buffer counts its whole block (whole cache lines plus the 64-byte header)
+ * while it lives; the peak keeps the most held at once; blocks stay 64-byte aligned. */
+static void test_memory_held(void) {
+    size_t now0, peak0, now, peak;
+    cpu_memory_held(&now0, &peak0);
+    CHECK(peak0 >= now0);
+    float *a = cpu_alloc(1000), *b = cpu_alloc(0);
+    CHECK(a && b && ((uintptr_t)a % 64) == 0 && ((uintptr_t)b % 64) == 0);
+    CHECK(a[0] == 0.0f && a[249] == 0.0f);
+    cpu_memory_held(&now, &peak);
+    CHECK_MSG(now == now0 + (1024 + 64) + (64 + 64), "held %zu after 1000 + 0 bytes, %zu before", now, now0);
+    CHECK(peak >= now);
+    cpu_release(a);
+    cpu_memory_held(&now, &peak);
+    CHECK(now == now0 + 128 && peak >= now0 + 1088 + 128);
+    cpu_release(b);
+    cpu_release(NULL);
+    cpu_memory_held(&now, &peak);
+    CHECK(now == now0);
+    void *big = cpu_alloc(((size_t)1 << 20) + 1);
+    size_t before_release;
+    cpu_memory_held(&before_release, &peak);
+    cpu_release(big);
+    cpu_memory_held(&now, &peak);
+    CHECK(now == now0 && peak >= before_release && before_release == now0 + ((size_t)1 << 20) + 64 + 64);
+}
+
 /* memory_info: MemAvailable / MemTotal, bounded by the tightest cgroup on the way up from the
  * process's group (v2 memory.max - memory.current; v1 limit_in_bytes - usage_in_bytes, whose
  * "no limit" is a huge number); unreadable or malformed input: -1, zeros. */
@@ -966,6 +993,7 @@ int main(void) {
     omp_set_num_threads(2);
     test_memory();
     test_memory_info();
+    test_memory_held();
     test_gemm();
     test_gemm_threads();
     test_elementwise();

@@ -109,7 +109,8 @@ static void test_report_runs(void) {
     /* lr written differently but equal by value in a and c: only r and lr differ overall. */
     make_run("a,1", "1e-3", 4, "{\"step\":1,\"loss\":3.0}\n{\"step\":2,\"loss\":2.0}\n{\"step\":2,\"eval_loss\":2.5,\"eval_tokens\":9}\n",
              "{\"steps\": 2, \"train_loss\": 2.0, \"eval_loss\": 2.5, \"eval_accuracy\": 0.25, "
-             "\"tokens_per_second\": 1000, \"wall_seconds\": 75, \"world_size\": 2}\n");
+             "\"tokens_per_second\": 1000, \"wall_seconds\": 75, \"world_size\": 2, "
+             "\"peak_memory_bytes\": 1610612736, \"peak_memory_rank\": 1}\n");
     make_run("b", "3e-3", 4, "{\"step\":1,\"loss\":3.0}\n{\"step\":2,\"loss\":1.5}\n{\"step\":2,\"eval_loss\":1.9}\n",
              "{\"steps\": 2, \"train_loss\": 1.5, \"eval_loss\": 1.9, \"eval_accuracy\": null, "
              "\"tokens_per_second\": 900, \"wall_seconds\": 3.5, \"world_size\": 1}\n");
@@ -158,12 +159,13 @@ static void test_report_runs(void) {
     report_csv(&rep, &csv);
     char *row_b = strstr(md.data, "| 1 | b |"), *row_a = strstr(md.data, "| 2 | a,1 |");
     CHECK(row_b && row_a && strstr(md.data, "| 3 | c (unfinished) |"));
-    CHECK(row_a && strstr(row_a, "2.0000 | 2.5000 | 25.0% | 1000 | 1m15s |"));
-    CHECK(row_b && strstr(row_b, "1.5000 | 1.9000 | - | 900 | 3.5 s |"));
+    CHECK(row_a && strstr(row_a, "2.0000 | 2.5000 | 25.0% | 1000 | 1m15s | 1.50 GiB |"));
+    CHECK(row_b && strstr(row_b, "1.5000 | 1.9000 | - | 900 | 3.5 s | - |")); /* a summary from before the key */
     CHECK(strstr(csv.data, "rank,run,dir,") == csv.data);
     CHECK_CONTAINS(csv.data, "\n2,\"a,1\",");
-    CHECK_CONTAINS(csv.data, ",finished,2,2,2.5,0.25,1000,75,2\n");
-    CHECK_CONTAINS(csv.data, ",unfinished,1,2.9,,,,,\n");
+    CHECK_CONTAINS(csv.data, ",finished,2,2,2.5,0.25,1000,75,2,1610612736\n");
+    CHECK_CONTAINS(csv.data, ",finished,2,1.5,1.9,,900,3.5,1,\n");
+    CHECK_CONTAINS(csv.data, ",unfinished,1,2.9,,,,,,\n");
     int lines = 0;
     for (const char *p = csv.data; *p; p++) lines += *p == '\n';
     CHECK(lines == 4);

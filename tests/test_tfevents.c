@@ -267,10 +267,15 @@ static void test_metrics(const char *tmp) {
     snprintf(dir, sizeof dir, "%s/resumed/tensorboard", tmp);
     CHECK(metrics_open(&log, jsonl, &err) == 0);
     CHECK_MSG(metrics_open_tensorboard(&log, dir, 5, "name: resumed\n", &err) == 0, "%s", err.msg);
-    metrics_step(&log, 5, 2.5, 3e-4, 0.75, 4096, 1234.5, 10.0, 0.0, false);
+    metrics_step(&log, &(metrics_step_values){.step = 5, .loss = 2.5, .lr = 3e-4, .grad_norm = 0.75, .tokens = 4096,
+                                              .tokens_per_second = 1234.5, .elapsed_seconds = 10.0,
+                                              .peak_memory_bytes = -1});
     metrics_eval(&log, 5, 2.25, 512, NAN);
     metrics_eval(&log, 6, 2.0, 512, 0.5);
-    metrics_step(&log, 6, NAN, 2e-4, INFINITY, 100, 99.0, 11.0, 32768.0, true);
+    metrics_step(&log, &(metrics_step_values){.step = 6, .loss = NAN, .lr = 2e-4, .grad_norm = INFINITY, .tokens = 100,
+                                              .tokens_per_second = 99.0, .elapsed_seconds = 11.0,
+                                              .loss_scale = 32768.0, .skipped = true,
+                                              .peak_memory_bytes = 3LL << 29});
     CHECK(metrics_take_warning(&log) == NULL);
     metrics_close(&log);
 
@@ -283,8 +288,8 @@ static void test_metrics(const char *tmp) {
     CHECK(e[2].step == 4 && e[2].n_values == 1 && !strcmp(e[2].tags[0], "recipe") && !strcmp(e[2].plugin, "text"));
     CHECK(!strcmp(e[2].text, "```yaml\nname: resumed\n```\n"));
     memmove(&e[2], &e[3], 4 * sizeof *e); /* the scalars' events, e[3..6], to e[2..5] for the checks below */
-    const char *train_tags[7] = {"train/loss", "train/lr", "train/grad_norm", "train/tokens", "train/tokens_per_second",
-                                 "train/loss_scale", "train/skipped"};
+    const char *train_tags[8] = {"train/loss",       "train/lr",      "train/grad_norm",      "train/tokens",
+                                 "train/tokens_per_second", "train/loss_scale", "train/skipped", "train/peak_memory_gib"};
     const float first[5] = {2.5f, 3e-4f, 0.75f, 4096.0f, 1234.5f};
     CHECK(e[2].step == 5 && e[2].n_values == 5);
     for (int i = 0; i < 5 && i < e[2].n_values; i++)
@@ -292,16 +297,19 @@ static void test_metrics(const char *tmp) {
                   e[2].tags[i], (double)e[2].values[i]);
     CHECK(e[3].step == 5 && e[3].n_values == 1 && !strcmp(e[3].tags[0], "eval/loss") && e[3].values[0] == 2.25f);
     CHECK(e[4].step == 6 && e[4].n_values == 2 && !strcmp(e[4].tags[1], "eval/accuracy") && e[4].values[1] == 0.5f);
-    CHECK(e[5].step == 6 && e[5].n_values == 7);
-    if (e[5].n_values == 7) {
-        for (int i = 0; i < 7; i++) CHECK_MSG(!strcmp(e[5].tags[i], train_tags[i]), "tag %d: %s", i, e[5].tags[i]);
+    CHECK(e[5].step == 6 && e[5].n_values == 8);
+    if (e[5].n_values == 8) {
+        for (int i = 0; i < 8; i++) CHECK_MSG(!strcmp(e[5].tags[i], train_tags[i]), "tag %d: %s", i, e[5].tags[i]);
         CHECK(isnan(e[5].values[0]) && isinf(e[5].values[2]) && e[5].values[5] == 32768.0f && e[5].values[6] == 1.0f);
+        CHECK(e[5].values[7] == 1.5f); /* bytes in GiB */
     }
 
     /* a fresh run (first step 1) has no restart marker */
     snprintf(dir, sizeof dir, "%s/fresh/tensorboard", tmp);
     CHECK(metrics_open(&log, jsonl, &err) == 0 && metrics_open_tensorboard(&log, dir, 1, NULL, &err) == 0);
-    metrics_step(&log, 1, 3.0, 1e-3, 1.0, 10, 1.0, 1.0, 0.0, false);
+    metrics_step(&log, &(metrics_step_values){.step = 1, .loss = 3.0, .lr = 1e-3, .grad_norm = 1.0, .tokens = 10,
+                                              .tokens_per_second = 1.0, .elapsed_seconds = 1.0,
+                                              .peak_memory_bytes = -1});
     metrics_close(&log);
     const int fresh = read_events(dir, e, 8);
     CHECK(fresh == 2 && !e[1].has_session && e[1].step == 1);
@@ -330,12 +338,16 @@ static void test_failures(const char *tmp) {
     fclose(log.tensorboard.file);
     snprintf(log.tensorboard.path, sizeof log.tensorboard.path, "/dev/full");
     log.tensorboard.file = full;
-    metrics_step(&log, 1, 3.0, 1e-3, 1.0, 10, 1.0, 1.0, 0.0, false);
+    metrics_step(&log, &(metrics_step_values){.step = 1, .loss = 3.0, .lr = 1e-3, .grad_norm = 1.0, .tokens = 10,
+                                              .tokens_per_second = 1.0, .elapsed_seconds = 1.0,
+                                              .peak_memory_bytes = -1});
     const char *why = metrics_take_warning(&log);
     CHECK(why != NULL && strstr(why, "/dev/full") && strstr(why, "cannot write"));
     CHECK(log.tensorboard.file == NULL);
     CHECK(metrics_take_warning(&log) == NULL);
-    metrics_step(&log, 2, 3.0, 1e-3, 1.0, 10, 1.0, 1.0, 0.0, false);
+    metrics_step(&log, &(metrics_step_values){.step = 2, .loss = 3.0, .lr = 1e-3, .grad_norm = 1.0, .tokens = 10,
+                                              .tokens_per_second = 1.0, .elapsed_seconds = 1.0,
+                                              .peak_memory_bytes = -1});
     CHECK(metrics_take_warning(&log) == NULL);
     metrics_close(&log);
     char *lines = check_slurp(jsonl, NULL);

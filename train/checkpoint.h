@@ -26,6 +26,8 @@ typedef struct run_summary {
     double tokens_per_second;
     double wall_seconds;
     int world_size;
+    long long peak_memory_bytes; /* the most backend memory a rank held; < 0: not known */
+    int peak_memory_rank;        /* ... and that rank */
 } run_summary;
 
 /* Writes the final (or periodic) hub folder at dir. base_dir is the model folder the run

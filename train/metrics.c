@@ -87,33 +87,34 @@ static void write_number(FILE *f, const char *key, double value) {
         fprintf(f, ",\"%s\":null", key);
 }
 
-void metrics_step(metrics_log *log, int step, double loss, double lr, double grad_norm,
-                  long long tokens, double tokens_per_second, double elapsed_seconds,
-                  double loss_scale, bool skipped) {
+void metrics_step(metrics_log *log, const metrics_step_values *v) {
     if (!log || !log->file) return;
     FILE *f = log->file;
-    fprintf(f, "{\"step\":%d", step);
-    write_number(f, "loss", loss);
-    write_number(f, "lr", lr);
-    write_number(f, "grad_norm", grad_norm);
-    fprintf(f, ",\"tokens\":%lld", tokens);
-    write_number(f, "tok_s", tokens_per_second);
-    write_number(f, "elapsed_s", elapsed_seconds);
-    if (loss_scale > 0) write_number(f, "loss_scale", loss_scale);
-    if (skipped) fputs(",\"skipped\":true", f);
+    fprintf(f, "{\"step\":%d", v->step);
+    write_number(f, "loss", v->loss);
+    write_number(f, "lr", v->lr);
+    write_number(f, "grad_norm", v->grad_norm);
+    fprintf(f, ",\"tokens\":%lld", v->tokens);
+    write_number(f, "tok_s", v->tokens_per_second);
+    write_number(f, "elapsed_s", v->elapsed_seconds);
+    if (v->loss_scale > 0) write_number(f, "loss_scale", v->loss_scale);
+    if (v->skipped) fputs(",\"skipped\":true", f);
+    if (v->peak_memory_bytes >= 0) fprintf(f, ",\"peak_memory_bytes\":%lld", v->peak_memory_bytes);
     fputs("}\n", f);
     fflush(f);
-    tfevents_scalar scalars[7] = {{"train/loss", loss},
-                                  {"train/lr", lr},
-                                  {"train/grad_norm", grad_norm},
-                                  {"train/tokens", (double)tokens},
-                                  {"train/tokens_per_second", tokens_per_second}};
+    tfevents_scalar scalars[8] = {{"train/loss", v->loss},
+                                  {"train/lr", v->lr},
+                                  {"train/grad_norm", v->grad_norm},
+                                  {"train/tokens", (double)v->tokens},
+                                  {"train/tokens_per_second", v->tokens_per_second}};
     int n = 5;
-    if (loss_scale > 0) {
-        scalars[n++] = (tfevents_scalar){"train/loss_scale", loss_scale};
-        scalars[n++] = (tfevents_scalar){"train/skipped", skipped ? 1.0 : 0.0};
+    if (v->loss_scale > 0) {
+        scalars[n++] = (tfevents_scalar){"train/loss_scale", v->loss_scale};
+        scalars[n++] = (tfevents_scalar){"train/skipped", v->skipped ? 1.0 : 0.0};
     }
-    tensorboard_event(log, step, scalars, n);
+    if (v->peak_memory_bytes >= 0)
+        scalars[n++] = (tfevents_scalar){"train/peak_memory_gib", (double)v->peak_memory_bytes / (1024.0 * 1024.0 * 1024.0)};
+    tensorboard_event(log, v->step, scalars, n);
 }
 
 void metrics_eval(metrics_log *log, int step, double eval_loss, long long eval_tokens,

@@ -1,6 +1,8 @@
 /* metrics: metrics.jsonl, one JSON object per line: training steps
- * {"step","loss","lr","grad_norm","tokens","tok_s","elapsed_s"[,"loss_scale"][,"skipped"]}
- * (fp16-mixed adds the loss scale the step ran with, and "skipped": true on an overflow) and
+ * {"step","loss","lr","grad_norm","tokens","tok_s","elapsed_s"[,"loss_scale"][,"skipped"]
+ *  [,"peak_memory_bytes"]}
+ * (fp16-mixed adds the loss scale the step ran with, and "skipped": true on an overflow; a
+ * backend that counts its memory adds the most it has held so far) and
  * evaluations
  * {"step","eval_loss","eval_tokens"[,"eval_accuracy"]}. Flushed per line, so a killed run
  * keeps what it logged.
@@ -38,10 +40,17 @@ int metrics_open_tensorboard(metrics_log *log, const char *dir, long first_step,
 void metrics_close(metrics_log *log);
 /* The reason TensorBoard logging stopped, once; NULL otherwise. */
 const char *metrics_take_warning(metrics_log *log);
-/* loss_scale <= 0 leaves the key out. */
-void metrics_step(metrics_log *log, int step, double loss, double lr, double grad_norm,
-                  long long tokens, double tokens_per_second, double elapsed_seconds,
-                  double loss_scale, bool skipped);
+/* One training step's line. */
+typedef struct metrics_step_values {
+    int step;
+    double loss, lr, grad_norm;
+    long long tokens;
+    double tokens_per_second, elapsed_seconds;
+    double loss_scale;           /* <= 0: left out (not fp16-mixed); then skipped is too */
+    bool skipped;
+    long long peak_memory_bytes; /* < 0: left out (the backend cannot tell) */
+} metrics_step_values;
+void metrics_step(metrics_log *log, const metrics_step_values *v);
 /* accuracy < 0 (or NAN) is left out. */
 void metrics_eval(metrics_log *log, int step, double eval_loss, long long eval_tokens,
                   double accuracy);

@@ -75,6 +75,7 @@ static int read_summary(report_run *run, const char *path, ct_error *err) {
     run->eval_accuracy = json_number_or_nan(root, "eval_accuracy");
     run->tokens_per_second = json_number_or_nan(root, "tokens_per_second");
     run->wall_seconds = json_number_or_nan(root, "wall_seconds");
+    run->peak_memory_bytes = json_number_or_nan(root, "peak_memory_bytes");
     cJSON_Delete(root);
     run->complete = true;
     return 0;
@@ -134,7 +135,7 @@ int report_load_run(report_run *run, const char *dir, ct_error *err) {
     memset(run, 0, sizeof *run);
     run->steps = -1;
     run->train_loss = run->eval_loss = run->eval_accuracy = NAN;
-    run->tokens_per_second = run->wall_seconds = NAN;
+    run->tokens_per_second = run->wall_seconds = run->peak_memory_bytes = NAN;
     snprintf(run->dir, sizeof run->dir, "%s", dir);
     path_basename(dir, run->label, sizeof run->label);
     char path[sizeof run->dir + 32];
@@ -291,6 +292,13 @@ static void format_number(char *buf, size_t size, const char *fmt, double v) {
     else snprintf(buf, size, "-");
 }
 
+/* "1.50 GiB", or "27.8 MiB" below a GiB. */
+static void format_memory(char *buf, size_t size, double bytes) {
+    if (!isfinite(bytes)) snprintf(buf, size, "-");
+    else if (bytes >= 1073741824.0) snprintf(buf, size, "%.2f GiB", bytes / 1073741824.0);
+    else snprintf(buf, size, "%.1f MiB", bytes / 1048576.0);
+}
+
 static void format_wall(char *buf, size_t size, double seconds) {
     if (!isfinite(seconds)) snprintf(buf, size, "-");
     else if (seconds < 60) snprintf(buf, size, "%.1f s", seconds);
@@ -301,9 +309,9 @@ static void format_wall(char *buf, size_t size, double seconds) {
 void report_markdown(const report *rep, textbuf *out) {
     textbuf_puts(out, "| # | run |");
     for (int d = 0; d < rep->n_diff; d++) md_cell(out, rep->diff_keys[d]);
-    textbuf_puts(out, " steps | train loss | eval loss | accuracy | tok/s | wall |\n|---:|---|");
+    textbuf_puts(out, " steps | train loss | eval loss | accuracy | tok/s | wall | peak memory |\n|---:|---|");
     for (int d = 0; d < rep->n_diff; d++) textbuf_puts(out, "---|");
-    textbuf_puts(out, "---:|---:|---:|---:|---:|---:|\n");
+    textbuf_puts(out, "---:|---:|---:|---:|---:|---:|---:|\n");
     for (int i = 0; i < rep->n_runs; i++) {
         const report_run *r = &rep->runs[i];
         char cell[1100];
@@ -322,6 +330,7 @@ void report_markdown(const report *rep, textbuf *out) {
         format_number(cell, sizeof cell, "%.1f%%", r->eval_accuracy * 100.0), md_cell(out, cell);
         format_number(cell, sizeof cell, "%.0f", r->tokens_per_second), md_cell(out, cell);
         format_wall(cell, sizeof cell, r->wall_seconds), md_cell(out, cell);
+        format_memory(cell, sizeof cell, r->peak_memory_bytes), md_cell(out, cell);
         textbuf_puts(out, "\n");
     }
 }
@@ -354,7 +363,7 @@ void report_csv(const report *rep, textbuf *out) {
     csv_field(out, "dir", false);
     for (int d = 0; d < rep->n_diff; d++) csv_field(out, rep->diff_keys[d], false);
     static const char *const cols[] = {"status", "steps", "train_loss", "eval_loss", "eval_accuracy",
-                                       "tokens_per_second", "wall_seconds", "world_size"};
+                                       "tokens_per_second", "wall_seconds", "world_size", "peak_memory_bytes"};
     for (size_t c = 0; c < sizeof cols / sizeof cols[0]; c++) csv_field(out, cols[c], false);
     textbuf_puts(out, "\n");
     for (int i = 0; i < rep->n_runs; i++) {
@@ -374,6 +383,7 @@ void report_csv(const report *rep, textbuf *out) {
         csv_number(out, r->tokens_per_second);
         csv_number(out, r->wall_seconds);
         csv_number(out, r->world_size > 0 ? r->world_size : NAN);
+        csv_number(out, r->peak_memory_bytes);
         textbuf_puts(out, "\n");
     }
 }

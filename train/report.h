@@ -23,6 +23,7 @@ typedef struct report_run {
     bool complete;       /* summary.json was there */
     int steps;           /* NAN-like absent values: steps -1, doubles NAN */
     double train_loss, eval_loss, eval_accuracy, tokens_per_second, wall_seconds;
+    double peak_memory_bytes; /* the largest rank's (summary.json); NAN when not known */
     int world_size;
     int n_keys;          /* the resolved recipe, flattened: "optim.lr" -> "0.001" */
     char **keys, **values;

@@ -213,14 +213,17 @@ static size_t activation_bytes(const run *x, bool checkpointing) {
                                   x->r->data.seq_len, checkpointing, x->m.precision);
 }
 
-/* What the backend's kernels allocate for themselves within a step beyond the activations (the
- * attention backward's copies and, on a GPU, its stored dS), released after each call. */
+/* What the backend's kernels allocate for themselves beyond the activations: within a step,
+ * released after each call (the attention backward's copies and, on a GPU, its stored dS),
+ * and kept once allocated (a GPU's workspace for the 16-bit products). */
 static size_t kernel_scratch_bytes(const run *x) {
     const model_config *c = &x->m.cfg;
-    if (!x->k->attention_scratch_bytes) return 0;
-    return x->k->attention_scratch_bytes(x->m.precision != MODEL_FP32, x->r->train.micro_batch_size,
-                                         x->r->data.seq_len, c->num_attention_heads, c->num_key_value_heads,
-                                         c->head_dim);
+    const bool half = x->m.precision != MODEL_FP32;
+    size_t bytes = half ? x->k->half_workspace_bytes : 0;
+    if (x->k->attention_scratch_bytes)
+        bytes += x->k->attention_scratch_bytes(half, x->r->train.micro_batch_size, x->r->data.seq_len,
+                                               c->num_attention_heads, c->num_key_value_heads, c->head_dim);
+    return bytes;
 }
 
 static void rank_zero_memory(const run *x, size_t trainable, int rank, zero_memory *mem) {
@@ -228,9 +231,29 @@ static void rank_zero_memory(const run *x, size_t trainable, int rank, zero_memo
                          x->accum_steps, mem);
 }
 
+/* A rank's estimate by kind (print_memory's line); returns the total. */
+static size_t rank_estimate(const run *x, size_t trainable, size_t act_bytes, int rank, zero_memory *mem,
+                            size_t *params) {
+    rank_zero_memory(x, trainable, rank, mem);
+    /* fp32 values held (a mixed-precision LoRA base only in 16 bits) plus 16-bit copies */
+    *params = mem->param_bytes + x->m.half_numel * sizeof(uint16_t);
+    return *params + mem->grad_bytes + mem->optim_bytes + act_bytes + kernel_scratch_bytes(x) + mem->comm_bytes;
+}
+
+/* The part of a rank's estimate that its backend's memory_held counts: the buffers (parameters,
+ * gradients, optimizer state, activations) and, on a GPU, the kernels' scratch from its pool;
+ * a host backend's kernel scratch and the collectives' staging are plain host allocations. */
+static size_t rank_estimate_held(const run *x, int rank) {
+    const size_t trainable = model_count_params(&x->m, true);
+    zero_memory mem;
+    size_t params, total = rank_estimate(x, trainable, activation_bytes(x, x->r->train.activation_checkpointing),
+                                         rank, &mem, &params);
+    return total - mem.comm_bytes - (x->k->host_memory ? kernel_scratch_bytes(x) : 0);
+}
+
 /* One line per rank (the first and last few on big worlds): parse-friendly exact bytes. */
 static void print_memory(const run *x, size_t trainable, size_t act_bytes) {
-    const size_t half_bytes = x->m.half_numel * sizeof(uint16_t), scratch = kernel_scratch_bytes(x);
+    const size_t scratch = kernel_scratch_bytes(x);
     const recipe *r = x->r;
     const int world = x->d->world_size, stage = r->distributed.zero_stage;
     printf("  ZeRO stage %d: %s; micro-batches %s\n", stage,
@@ -243,10 +266,7 @@ static void print_memory(const run *x, size_t trainable, size_t act_bytes) {
         if (world > 8 && rank == 4) printf("    ...\n");
         if (world > 8 && rank >= 4 && rank < world - 4) continue;
         zero_memory mem;
-        /* fp32 values held (a mixed-precision LoRA base only in 16 bits) plus 16-bit copies */
-        rank_zero_memory(x, trainable, rank, &mem);
-        size_t params = mem.param_bytes + half_bytes;
-        size_t sum = params + mem.grad_bytes + mem.optim_bytes + act_bytes + scratch + mem.comm_bytes;
+        size_t params, sum = rank_estimate(x, trainable, act_bytes, rank, &mem, &params);
         printf("    rank %d: parameters %zu, gradients %zu, optimizer state %zu, activations %zu, "
                "kernel scratch %zu, communication %zu, total %zu (%.1f MiB); updates %zu of %zu trainable values\n",
                rank, params, mem.grad_bytes, mem.optim_bytes, act_bytes, scratch, mem.comm_bytes, sum,
@@ -293,6 +313,12 @@ static void print_plan(const run *x, bool dry_run) {
 }
 
 static double gib(size_t bytes) { return (double)bytes / (1024.0 * 1024.0 * 1024.0); }
+
+/* "1.23 GiB", or "27.8 MiB" below a GiB. */
+static void format_bytes(size_t bytes, char *out, size_t size) {
+    if (bytes >= ((size_t)1 << 30)) snprintf(out, size, "%.2f GiB", gib(bytes));
+    else snprintf(out, size, "%.1f MiB", (double)bytes / (1024.0 * 1024.0));
+}
 
 /* Before the step buffers are allocated (the weights and their gradients already are): the
  * rest of this rank's estimate (print_memory) against what its backend can still allocate,
@@ -353,6 +379,39 @@ static void json_number(char *out, size_t size, double value) {
     else snprintf(out, size, "null");
 }
 
+/* The most memory x's backend held so far; -1 where it cannot tell. */
+static long long backend_peak_bytes(const kernels *k) {
+    size_t now = 0, peak = 0;
+    if (!k->memory_held) return -1;
+    k->memory_held(&now, &peak);
+    return (long long)peak;
+}
+
+/* The run's peak: the largest of the ranks' (each fills its own slot, the others add 0), and
+ * rank 0 prints it beside that rank's estimate. Collective. */
+static int gather_peak_memory(const run *x, run_summary *s, ct_error *err) {
+    const int world = x->d->world_size;
+    long long *peaks = calloc((size_t)world, sizeof *peaks);
+    if (!peaks) return ct_fail(err, "out of memory");
+    peaks[x->d->rank] = backend_peak_bytes(x->k);
+    int status = dist_sum_longs(x->d, peaks, (size_t)world, err);
+    s->peak_memory_bytes = -1;
+    s->peak_memory_rank = 0;
+    for (int rank = 0; !status && rank < world; rank++)
+        if (peaks[rank] > s->peak_memory_bytes) {
+            s->peak_memory_bytes = peaks[rank];
+            s->peak_memory_rank = rank;
+        }
+    free(peaks);
+    if (status || x->d->rank != 0 || s->peak_memory_bytes < 0) return status;
+    char held[32], estimate[32];
+    format_bytes((size_t)s->peak_memory_bytes, held, sizeof held);
+    format_bytes(rank_estimate_held(x, s->peak_memory_rank), estimate, sizeof estimate);
+    printf("peak memory: %s held on rank %d's %s backend (estimate %s)\n", held, s->peak_memory_rank, x->k->name,
+           estimate);
+    return 0;
+}
+
 static int write_summary_json(const char *dir, const run_summary *s, ct_error *err) {
     char train_loss[32], eval_loss[32], accuracy[32], tok_s[32], wall[32], text[1024];
     json_number(train_loss, sizeof train_loss, s->train_loss);
@@ -360,11 +419,15 @@ static int write_summary_json(const char *dir, const run_summary *s, ct_error *e
     json_number(accuracy, sizeof accuracy, s->eval_accuracy);
     json_number(tok_s, sizeof tok_s, s->tokens_per_second);
     json_number(wall, sizeof wall, s->wall_seconds);
+    char peak[32] = "null";
+    if (s->peak_memory_bytes >= 0) snprintf(peak, sizeof peak, "%lld", s->peak_memory_bytes);
     int len = snprintf(text, sizeof text,
                        "{\n  \"steps\": %d,\n  \"train_loss\": %s,\n  \"eval_loss\": %s,\n"
                        "  \"eval_accuracy\": %s,\n  \"tokens_seen\": %lld,\n  \"tokens_per_second\": %s,\n"
-                       "  \"wall_seconds\": %s,\n  \"world_size\": %d\n}\n",
-                       s->steps, train_loss, eval_loss, accuracy, s->tokens_seen, tok_s, wall, s->world_size);
+                       "  \"wall_seconds\": %s,\n  \"world_size\": %d,\n  \"peak_memory_bytes\": %s,\n"
+                       "  \"peak_memory_rank\": %d\n}\n",
+                       s->steps, train_loss, eval_loss, accuracy, s->tokens_seen, tok_s, wall, s->world_size, peak,
+                       s->peak_memory_rank);
     char path[4096];
     snprintf(path, sizeof path, "%s/summary.json", dir);
     return write_file_atomic(path, text, (size_t)len, err);
@@ -598,8 +661,12 @@ static int train_loop(run *x, run_summary *summary, ct_error *err) {
         double now = ct_monotonic_seconds();
         double tok_s = processed_since_log / (now - last_log > 1e-9 ? now - last_log : 1e-9);
         if (d->rank == 0) {
-            metrics_step(&x->metrics, step + 1, last_loss, lr, grad_norm, global_tokens, tok_s, now - start,
-                         x->scaler.enabled ? loss_scale : 0.0, skipped);
+            metrics_step(&x->metrics, &(metrics_step_values){.step = step + 1, .loss = last_loss, .lr = lr,
+                                                             .grad_norm = grad_norm, .tokens = global_tokens,
+                                                             .tokens_per_second = tok_s, .elapsed_seconds = now - start,
+                                                             .loss_scale = x->scaler.enabled ? loss_scale : 0.0,
+                                                             .skipped = skipped,
+                                                             .peak_memory_bytes = backend_peak_bytes(x->k)});
             warn_metrics(&x->metrics);
         }
         bool log_now = (step + 1) % r->train.log_every == 0 || step == 0 || step + 1 == r->train.max_steps;
@@ -799,6 +866,7 @@ int trainer_run(const recipe *r, const dist *d, bool dry_run, run_summary *summa
             warn_metrics(&x.metrics);
         }
     }
+    if (!status) status = dist_agree(d, gather_peak_memory(&x, &s, err), err);
     /* The loop and the evaluations fail on every rank together, with the agreed message; only
      * the final write (rank 0) still needs an agreement. */
     if (!status) {

@@ -12,6 +12,7 @@ static const kernels cpu_backend = {
     .upload = cpu_copy,
     .download = cpu_copy,
     .memory_info = cpu_memory_info,
+    .memory_held = cpu_memory_held,
     .attention_scratch_bytes = cpu_attention_scratch_bytes,
     .gemm = cpu_gemm,
     .add = cpu_add,

@@ -58,6 +58,7 @@ void cpu_release(void *ptr);
 void cpu_zero(void *ptr, size_t bytes);
 void cpu_copy(void *dst, const void *src, size_t bytes);
 int cpu_memory_info(size_t *free_bytes, size_t *total_bytes);
+void cpu_memory_held(size_t *now, size_t *peak);
 /* One cgroup of the process: the hierarchy's mount point, the group's path below it ("" for
  * the root), and its version (v1: memory.limit_in_bytes / memory.usage_in_bytes; v2:
  * memory.max / memory.current). */

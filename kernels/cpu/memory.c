@@ -3,6 +3,7 @@
  * MemAvailable estimate, bounded by the process's cgroup v2 limit where there is one. */
 #include <errno.h>
 #include <stdbool.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,18 +13,43 @@
 
 #define CPU_ALIGNMENT 64
 
+/* What the buffers of cpu_alloc hold (cpu_memory_held). Each buffer starts one alignment unit
+ * into its block, after a header that records its size for cpu_release. Atomic: a kernel's
+ * OpenMP threads never allocate, but nothing here depends on that. */
+static _Atomic size_t held_now, held_peak;
+
+typedef struct cpu_block_header {
+    size_t bytes; /* of the block, header included */
+} cpu_block_header;
+
 void *cpu_alloc(size_t bytes) {
     /* Round up to whole cache lines; a zero-byte request still gets a unique pointer. */
-    if (bytes > SIZE_MAX - CPU_ALIGNMENT) return NULL;
+    if (bytes > SIZE_MAX - 2 * CPU_ALIGNMENT) return NULL;
     size_t rounded = (bytes + CPU_ALIGNMENT - 1) / CPU_ALIGNMENT * CPU_ALIGNMENT;
     if (rounded == 0) rounded = CPU_ALIGNMENT;
-    void *ptr = NULL;
-    if (posix_memalign(&ptr, CPU_ALIGNMENT, rounded) != 0) return NULL;
-    memset(ptr, 0, rounded);
-    return ptr;
+    rounded += CPU_ALIGNMENT;
+    void *block = NULL;
+    if (posix_memalign(&block, CPU_ALIGNMENT, rounded) != 0) return NULL;
+    memset(block, 0, rounded);
+    ((cpu_block_header *)block)->bytes = rounded;
+    size_t now = atomic_fetch_add(&held_now, rounded) + rounded;
+    size_t peak = atomic_load(&held_peak);
+    while (now > peak && !atomic_compare_exchange_weak(&held_peak, &peak, now)) {
+    }
+    return (char *)block + CPU_ALIGNMENT;
 }
 
-void cpu_release(void *ptr) { free(ptr); }
+void cpu_release(void *ptr) {
+    if (!ptr) return;
+    void *block = (char *)ptr - CPU_ALIGNMENT;
+    atomic_fetch_sub(&held_now, ((cpu_block_header *)block)->bytes);
+    free(block);
+}
+
+void cpu_memory_held(size_t *now, size_t *peak) {
+    *now = atomic_load(&held_now);
+    *peak = atomic_load(&held_peak);
+}
 
 void cpu_zero(void *ptr, size_t bytes) {
     if (bytes) memset(ptr, 0, bytes);

@@ -33,8 +33,13 @@ int ctune_cuda_take_recorded(char *msg, size_t msg_size);
 
 /* ---- the table's operations ---- */
 void *cuda_alloc(size_t bytes);
+/* cuBLASLt's workspace for the 16-bit products (half.cu), allocated at the first: 32 MiB,
+ * NVIDIA's recommendation on Hopper (4 MiB would do on Ampere), where split-K / stream-K
+ * algorithms need it. */
+#define CUDA_HALF_WORKSPACE_BYTES ((size_t)32 << 20)
 void cuda_release(void *ptr);
 int cuda_memory_info(size_t *free_bytes, size_t *total_bytes);
+void cuda_memory_held(size_t *now, size_t *peak);
 void cuda_zero(void *ptr, size_t bytes);
 void cuda_copy(void *dst, const void *src, size_t bytes);
 void cuda_upload(void *dst, const void *host_src, size_t bytes);

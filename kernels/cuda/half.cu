@@ -38,6 +38,7 @@
 #include <string.h>
 
 #include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/half_bits.cuh"
 
 // ------------------------------------------------------------------ casts
@@ -191,9 +192,8 @@ __global__ void gemm_half_zero16_kernel(uint16_t *c, int m, int n, int ldc) {
     GRID_STRIDE_LOOP(i, total) c[(i / n) * (size_t)ldc + i % n] = 0;
 }
 
-// 32 MiB: NVIDIA's recommended cuBLAS workspace on Hopper (4 MiB would do on Ampere), where
-// split-K / stream-K algorithms need it; allocated once, so nothing is allocated per call.
-#define LT_WORKSPACE_BYTES ((size_t)32 << 20)
+// The workspace (CUDA_HALF_WORKSPACE_BYTES, cuda_ops.h) is allocated once, so nothing is
+// allocated per call.
 #define LT_PLAN_SLOTS 64
 
 static pthread_once_t lt_once = PTHREAD_ONCE_INIT;
@@ -208,13 +208,10 @@ static void create_lt(void) {
     if (lt_status != CUBLAS_STATUS_SUCCESS) return;
     lt_handle = created;
     // Without a workspace cuBLASLt still works (fewer algorithms), so a failed allocation
-    // degrades instead of failing; its error is cleared so no later check reports it.
-    if (cudaMalloc(&lt_workspace, LT_WORKSPACE_BYTES) == cudaSuccess) {
-        lt_workspace_bytes = LT_WORKSPACE_BYTES;
-    } else {
-        lt_workspace = NULL;
-        cudaGetLastError();
-    }
+    // degrades instead of failing (cuda_alloc clears its error). Through cuda_alloc, so that
+    // the backend's memory count (cuda_memory_held) includes it.
+    lt_workspace = cuda_alloc(CUDA_HALF_WORKSPACE_BYTES);
+    if (lt_workspace) lt_workspace_bytes = CUDA_HALF_WORKSPACE_BYTES;
 }
 
 // Everything the heuristic's choice depends on; alpha and beta are not among them.

@@ -165,6 +165,7 @@ struct emulator {
     uint64_t rng = 0;
     std::map<uintptr_t, allocation> allocations;  // by start address
     size_t live_bytes = 0, scratch_live = 0, scratch_peak = 0;
+    size_t malloc_live = 0, malloc_peak = 0;  // cudaMalloc's buffers alone
     // What the host waits for or asks the driver for (CTUNE_EMU_COUNTS): a training step
     // should allocate nothing once running and wait only where it reads a result.
     size_t mallocs = 0, frees = 0, waits = 0;
@@ -182,13 +183,15 @@ void apply_options(emulator &e, const emu_options &options) {
 }
 
 // At exit, where CTUNE_EMU_COUNTS names a file: the process's cudaMalloc and cudaFree calls
-// and its waits for the device (synchronous copies to the host, cudaDeviceSynchronize), one
-// "name count" per line (tests/cuda_emu_e2e.sh compares runs of different lengths).
+// and its waits for the device (synchronous copies to the host, cudaDeviceSynchronize), and
+// the most bytes cudaMalloc's buffers and the pool's stream-ordered ones held at once, one
+// "name count" per line (tests/cuda_emu_e2e.sh compares runs of different lengths, and the
+// backend's own count of its memory with these).
 void write_counts() {
     FILE *f = fopen(getenv("CTUNE_EMU_COUNTS"), "w");
     if (!f) return;
-    fprintf(f, "cudaMalloc %zu\ncudaFree %zu\nwaits %zu\n", the_emulator->mallocs, the_emulator->frees,
-            the_emulator->waits);
+    fprintf(f, "cudaMalloc %zu\ncudaFree %zu\nwaits %zu\nmalloc_peak %zu\nscratch_peak %zu\n", the_emulator->mallocs,
+            the_emulator->frees, the_emulator->waits, the_emulator->malloc_peak, the_emulator->scratch_peak);
     fclose(f);
 }
 
@@ -571,6 +574,9 @@ void *allocate(size_t bytes, origin from) {
     if (from == origin::async) {
         E.scratch_live += bytes;
         if (E.scratch_live > E.scratch_peak) E.scratch_peak = E.scratch_live;
+    } else if (from == origin::malloc) {
+        E.malloc_live += bytes;
+        if (E.malloc_live > E.malloc_peak) E.malloc_peak = E.malloc_live;
     }
     return start;
 }
@@ -581,6 +587,7 @@ void release(void *p, origin from) {
         emu_fail("%s of %p, which is no %s allocation", from == origin::async ? "cudaFreeAsync" : "free", p,
                  origin_name(from));
     if (from == origin::async) E.scratch_live -= it->second.size;
+    if (from == origin::malloc) E.malloc_live -= it->second.size;
     E.live_bytes -= it->second.size;
     munmap(it->second.map, it->second.map_size);
     E.allocations.erase(it);
@@ -929,9 +936,12 @@ cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attr, vo
 
 cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attr, void *value) {
     if (!pool || !value) return cudaErrorInvalidValue;
-    *(uint64_t *)value = attr == cudaMemPoolAttrReservedMemCurrent || attr == cudaMemPoolAttrUsedMemCurrent
-                             ? (uint64_t)E.scratch_live
-                             : 0;
+    if (attr == cudaMemPoolAttrReservedMemCurrent || attr == cudaMemPoolAttrUsedMemCurrent)
+        *(uint64_t *)value = (uint64_t)E.scratch_live;
+    else if (attr == cudaMemPoolAttrUsedMemHigh)
+        *(uint64_t *)value = (uint64_t)E.scratch_peak;
+    else
+        return cudaErrorInvalidValue;
     return cudaSuccess;
 }
 

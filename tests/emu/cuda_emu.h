@@ -170,6 +170,7 @@ typedef enum {
     cudaMemPoolAttrReleaseThreshold = 4,
     cudaMemPoolAttrReservedMemCurrent = 5,
     cudaMemPoolAttrUsedMemCurrent = 7,
+    cudaMemPoolAttrUsedMemHigh = 8,
 } cudaMemPoolAttr;
 struct cudaFuncAttributes {
     size_t sharedSizeBytes;  // static shared memory: not known here, 0
