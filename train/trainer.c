@@ -387,23 +387,27 @@ static long long backend_peak_bytes(const kernels *k) {
     return (long long)peak;
 }
 
-/* The run's peak: the largest of the ranks' (each fills its own slot, the others add 0), and
- * rank 0 prints it beside that rank's estimate. Collective. */
+/* The run's peak: the largest of the ranks' (each fills its own slot of a block of ranks, the
+ * others add 0; blocks on the stack, so no rank can fail before the sums and leave the others
+ * waiting), and rank 0 prints it beside that rank's estimate. Collective. */
 static int gather_peak_memory(const run *x, run_summary *s, ct_error *err) {
+    enum { BLOCK = 64 };
     const int world = x->d->world_size;
-    long long *peaks = calloc((size_t)world, sizeof *peaks);
-    if (!peaks) return ct_fail(err, "out of memory");
-    peaks[x->d->rank] = backend_peak_bytes(x->k);
-    int status = dist_sum_longs(x->d, peaks, (size_t)world, err);
+    const long long mine = backend_peak_bytes(x->k);
     s->peak_memory_bytes = -1;
     s->peak_memory_rank = 0;
-    for (int rank = 0; !status && rank < world; rank++)
-        if (peaks[rank] > s->peak_memory_bytes) {
-            s->peak_memory_bytes = peaks[rank];
-            s->peak_memory_rank = rank;
-        }
-    free(peaks);
-    if (status || x->d->rank != 0 || s->peak_memory_bytes < 0) return status;
+    for (int first = 0; first < world; first += BLOCK) {
+        long long peaks[BLOCK] = {0};
+        const int n = world - first < BLOCK ? world - first : BLOCK;
+        if (x->d->rank >= first && x->d->rank < first + n) peaks[x->d->rank - first] = mine;
+        if (dist_sum_longs(x->d, peaks, (size_t)n, err)) return -1;
+        for (int i = 0; i < n; i++)
+            if (peaks[i] > s->peak_memory_bytes) {
+                s->peak_memory_bytes = peaks[i];
+                s->peak_memory_rank = first + i;
+            }
+    }
+    if (x->d->rank != 0 || s->peak_memory_bytes < 0) return 0;
     char held[32], estimate[32];
     format_bytes((size_t)s->peak_memory_bytes, held, sizeof held);
     format_bytes(rank_estimate_held(x, s->peak_memory_rank), estimate, sizeof estimate);
