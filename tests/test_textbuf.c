@@ -1,4 +1,5 @@
-/* textbuf (growth, printf, the JSON string escaper) and jsonfile (parse errors). Expected
+/* textbuf (growth, printf, the JSON string escaper), jsonfile (parse errors) and units (byte
+ * counts for people). Expected
  * escapes are Python's json.dumps(s, ensure_ascii=False), which serde_json matches. */
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -10,6 +11,7 @@
 #include "train/fsutil.h"
 #include "train/jsonfile.h"
 #include "train/textbuf.h"
+#include "train/units.h"
 
 static void check_growth(void) {
     textbuf b = {0};
@@ -93,7 +95,28 @@ static void check_jsonfile(void) {
     rmdir(dir);
 }
 
+/* The largest unit that keeps the value >= 1, two decimals; whole bytes below a KiB. */
+static void check_units(void) {
+    static const struct {
+        unsigned long long bytes;
+        const char *text;
+    } cases[] = {{0, "0 B"},
+                 {1023, "1023 B"},
+                 {1024, "1.00 KiB"},
+                 {1536, "1.50 KiB"},
+                 {28444672, "27.13 MiB"},
+                 {3ull << 29, "1.50 GiB"},
+                 {5ull << 40, "5.00 TiB"},
+                 {3ull << 50, "3072.00 TiB"}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char text[32];
+        units_format_bytes(cases[i].bytes, text, sizeof text);
+        CHECK_MSG(!strcmp(text, cases[i].text), "%llu bytes: '%s', expected '%s'", cases[i].bytes, text, cases[i].text);
+    }
+}
+
 int main(void) {
+    check_units();
     check_growth();
     check_json_string();
     check_jsonfile();

@@ -7,6 +7,7 @@
 #include "train/data.h"
 #include "train/fsutil.h"
 #include "train/safetensors.h"
+#include "train/units.h"
 
 static void inspect_usage(FILE *out) {
     fprintf(out,
@@ -26,21 +27,9 @@ typedef struct totals {
     unsigned long long parameters, bytes;
 } totals;
 
-static void human_bytes(unsigned long long bytes, char *buf, size_t size) {
-    static const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-    double v = (double)bytes;
-    int u = 0;
-    while (v >= 1024.0 && u < 4) {
-        v /= 1024.0;
-        u++;
-    }
-    if (u == 0) snprintf(buf, size, "%llu B", bytes);
-    else snprintf(buf, size, "%.2f %s", v, units[u]);
-}
-
 static void print_totals(const char *label, const totals *sum) {
     char human[32];
-    human_bytes(sum->bytes, human, sizeof human);
+    units_format_bytes(sum->bytes, human, sizeof human);
     printf("%s: %lld tensor%s, %llu parameters, %llu bytes (%s)\n", label, sum->tensors,
            sum->tensors == 1 ? "" : "s", sum->parameters, sum->bytes, human);
 }

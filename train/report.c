@@ -10,6 +10,7 @@
 #include "train/fsutil.h"
 #include "train/jsonfile.h"
 #include "train/recipe.h"
+#include "train/units.h"
 
 /* ---- one run ---- */
 
@@ -292,11 +293,9 @@ static void format_number(char *buf, size_t size, const char *fmt, double v) {
     else snprintf(buf, size, "-");
 }
 
-/* "1.50 GiB", or "27.8 MiB" below a GiB. */
 static void format_memory(char *buf, size_t size, double bytes) {
-    if (!isfinite(bytes)) snprintf(buf, size, "-");
-    else if (bytes >= 1073741824.0) snprintf(buf, size, "%.2f GiB", bytes / 1073741824.0);
-    else snprintf(buf, size, "%.1f MiB", bytes / 1048576.0);
+    if (!isfinite(bytes) || bytes < 0) snprintf(buf, size, "-");
+    else units_format_bytes((unsigned long long)bytes, buf, size);
 }
 
 static void format_wall(char *buf, size_t size, double seconds) {

@@ -21,6 +21,7 @@
 #include "train/metrics.h"
 #include "train/tokenizer.h"
 #include "train/train_state.h"
+#include "train/units.h"
 
 /* device auto takes the GPU when one can be used and falls back to the CPU; every precision
  * runs on both (mixed precision on the CPU rounds as the GPU does, to check, not to be fast). */
@@ -314,11 +315,6 @@ static void print_plan(const run *x, bool dry_run) {
 
 static double gib(size_t bytes) { return (double)bytes / (1024.0 * 1024.0 * 1024.0); }
 
-/* "1.23 GiB", or "27.8 MiB" below a GiB. */
-static void format_bytes(size_t bytes, char *out, size_t size) {
-    if (bytes >= ((size_t)1 << 30)) snprintf(out, size, "%.2f GiB", gib(bytes));
-    else snprintf(out, size, "%.1f MiB", (double)bytes / (1024.0 * 1024.0));
-}
 
 /* Before the step buffers are allocated (the weights and their gradients already are): the
  * rest of this rank's estimate (print_memory) against what its backend can still allocate,
@@ -409,8 +405,8 @@ static int gather_peak_memory(const run *x, run_summary *s, ct_error *err) {
     }
     if (x->d->rank != 0 || s->peak_memory_bytes < 0) return 0;
     char held[32], estimate[32];
-    format_bytes((size_t)s->peak_memory_bytes, held, sizeof held);
-    format_bytes(rank_estimate_held(x, s->peak_memory_rank), estimate, sizeof estimate);
+    units_format_bytes((unsigned long long)s->peak_memory_bytes, held, sizeof held);
+    units_format_bytes(rank_estimate_held(x, s->peak_memory_rank), estimate, sizeof estimate);
     printf("peak memory: %s held on rank %d's %s backend (estimate %s)\n", held, s->peak_memory_rank, x->k->name,
            estimate);
     return 0;

@@ -1,0 +1,11 @@
+/* units: quantities written for people to read (the exact numbers go into files beside them). */
+#ifndef CTUNE_UNITS_H
+#define CTUNE_UNITS_H
+
+#include <stddef.h>
+
+/* "512 B", "27.16 MiB", "1.50 GiB": the largest binary unit up to TiB that keeps the value at
+ * least 1, two decimals. */
+void units_format_bytes(unsigned long long bytes, char *out, size_t size);
+
+#endif
