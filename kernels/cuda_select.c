@@ -65,6 +65,9 @@ static const kernels cuda_backend = {
     .cross_entropy_half = cuda_cross_entropy_half,
     .attention_fwd_half = cuda_attention_fwd_half,
     .attention_bwd_half = cuda_attention_bwd_half,
+    .dora_norm_scale = cuda_dora_norm_scale,
+    .scale_cols = cuda_scale_cols,
+    .dora_magnitude_grad = cuda_dora_magnitude_grad,
     .adamw = cuda_adamw,
 };
 #endif

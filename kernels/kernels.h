@@ -49,6 +49,10 @@ typedef struct kernels_adamw_step {
     const float *grad_scale_at;
 } kernels_adamw_step;
 
+/* The most dora_magnitude_grad may allocate on a GPU: a double per column per chunk of at least
+ * 64 rows. */
+#define DORA_GRAD_SCRATCH_BYTES(rows, cols) ((((size_t)(rows) + 63) / 64) * (size_t)(cols) * sizeof(double))
+
 /* Blocks of gradient sums of squares that kernels.clip_factor adds on their own before
  * adding the groups' totals in order (so a GPU can add the groups side by side). */
 #define KERNELS_NORM_GROUP ((size_t)256)
@@ -305,6 +309,26 @@ typedef struct kernels {
                                const uint16_t *out_half, int ld_out, const float *lse, const int32_t *doc_ids,
                                int batch, int seq, int n_heads, int n_kv_heads, int head_dim, float scale);
 
+    /* ---- DoRA (weight-decomposed LoRA, peft's use_dora: train/model_graph.c) ----
+     * dora_norm_scale: for the combined weight [rows, cols] (W + scaling * B A, formed by the
+     * caller), norm[i] = ||combined[i, :]||_2, the squares summed in double and the root
+     * rounded to fp32 once, and scale[i] = magnitude[i] / norm[i] in fp32 (a zero row gives
+     * an infinite or NaN scale, as in peft). Every argument contiguous. */
+    void (*dora_norm_scale)(float *norm, float *scale, const float *combined, const float *magnitude, int rows,
+                            int cols);
+    /* scale_cols over [rows, cols], contiguous: y[t, j] = (s_j * x[t, j]) with s_j = scale[j] +
+     * offset (fp32), the product rounded to fp32, then, when add, y[t, j] + that product
+     * rounded again (no fused multiply-add, so every backend gives the same bits). y may be
+     * x itself only when add is false. */
+    void (*scale_cols)(float *y, const float *x, const float *scale, float offset, int rows, int cols, bool add);
+    /* dora_magnitude_grad: dmag[j] = (accumulate ? dmag[j] : 0) + (float)(sum_t dy[t, j] *
+     * z[t, j] / norm[j]), the products and their sum over t in double (the order of the sum
+     * is the backend's), over [rows, cols] contiguous dy and z: the gradient of the DoRA
+     * magnitude m in y = (m / norm) * z (norm treated as a constant, as peft detaches it).
+     * A GPU may allocate for itself up to DORA_GRAD_SCRATCH_BYTES(rows, cols), released before
+     * it returns (kernel scratch, which the trainer's estimate counts). */
+    void (*dora_magnitude_grad)(float *dmag, const float *dy, const float *z, const float *norm, int rows, int cols,
+                                bool accumulate);
     /* ---- AdamW (decoupled weight decay, as torch.optim.AdamW) on n elements, with
      * g = grad * st->grad_scale:
      * m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;

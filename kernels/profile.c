@@ -290,6 +290,21 @@ static void p_attention_bwd_half(kernels_half_format fmt, float *dq, float *dk, 
                                          scale),
           "attention_bwd %s b %d s %d h %d/%d d %d", fmt_name(fmt), b, s, nh, nkv, d);
 }
+/* ---- DoRA ---- */
+static void p_dora_norm_scale(float *norm, float *scale, const float *combined, const float *magnitude, int rows,
+                              int cols) {
+    TIMED(0, 4.0 * rows * cols + 12.0 * rows,
+          prof.inner->dora_norm_scale(norm, scale, combined, magnitude, rows, cols), "dora_norm_scale");
+}
+static void p_scale_cols(float *y, const float *x, const float *scale, float offset, int rows, int cols, bool add) {
+    TIMED(0, (add ? 12.0 : 8.0) * rows * cols, prof.inner->scale_cols(y, x, scale, offset, rows, cols, add),
+          "scale_cols%s", add ? " (adds)" : "");
+}
+static void p_dora_magnitude_grad(float *dmag, const float *dy, const float *z, const float *norm, int rows,
+                                  int cols, bool accumulate) {
+    TIMED(0, 8.0 * rows * cols, prof.inner->dora_magnitude_grad(dmag, dy, z, norm, rows, cols, accumulate),
+          "dora_magnitude_grad");
+}
 static void p_adamw(float *param, const float *grad, float *m, float *v, size_t n, const kernels_adamw_step *st) {
     TIMED(0, (st->half ? 30.0 : 28.0) * n, prof.inner->adamw(param, grad, m, v, n, st), "adamw%s",
           st->half ? " (+16-bit copy)" : "");
@@ -364,6 +379,9 @@ int kernels_profile_start(const kernels *inner, const kernels **out, ct_error *e
         .cross_entropy_half = p_cross_entropy_half,
         .attention_fwd_half = p_attention_fwd_half,
         .attention_bwd_half = p_attention_bwd_half,
+        .dora_norm_scale = p_dora_norm_scale,
+        .scale_cols = p_scale_cols,
+        .dora_magnitude_grad = p_dora_magnitude_grad,
         .adamw = p_adamw,
     };
     *out = &prof.table;

@@ -193,6 +193,18 @@ static void shadow_attention_bwd_half(kernels_half_format fmt, float *dq, float 
     cpu_attention_bwd_half(fmt, RF(dq), RF(dk), RF(dv), RCF(dout), RCH(q), RCH(k), RCH(v), RCH(out_half), ld_out,
                            RCF(lse), RCI(doc_ids), batch, seq, nh, nkv, d, scale);
 }
+static void shadow_dora_norm_scale(float *norm, float *scale, const float *combined, const float *magnitude,
+                                   int rows, int cols) {
+    cpu_dora_norm_scale(RF(norm), RF(scale), RCF(combined), RCF(magnitude), rows, cols);
+}
+static void shadow_scale_cols(float *y, const float *x, const float *scale, float offset, int rows, int cols,
+                              bool add) {
+    cpu_scale_cols(RF(y), RCF(x), RCF(scale), offset, rows, cols, add);
+}
+static void shadow_dora_magnitude_grad(float *dmag, const float *dy, const float *z, const float *norm, int rows,
+                                       int cols, bool accumulate) {
+    cpu_dora_magnitude_grad(RF(dmag), RCF(dy), RCF(z), RCF(norm), rows, cols, accumulate);
+}
 static void shadow_adamw(float *param, const float *grad, float *m, float *v, size_t n,
                          const kernels_adamw_step *st) {
     kernels_adamw_step real = *st;
@@ -252,6 +264,9 @@ static const kernels shadow_backend = {
     .cross_entropy_half = shadow_cross_entropy_half,
     .attention_fwd_half = shadow_attention_fwd_half,
     .attention_bwd_half = shadow_attention_bwd_half,
+    .dora_norm_scale = shadow_dora_norm_scale,
+    .scale_cols = shadow_scale_cols,
+    .dora_magnitude_grad = shadow_dora_magnitude_grad,
     .adamw = shadow_adamw,
 };
 

@@ -28,6 +28,12 @@ typedef struct lora_settings {
     float alpha;
     float dropout;
     bool use_rslora;
+    /* DoRA (peft's use_dora): y = (m / ||W + scaling B A||_row) (x W^T + scaling x A^T B^T)
+     * (+ b), the magnitude m [out] a trainable vector per adapted Linear, saved as peft's
+     * "<module>.lora_magnitude_vector"; the norm is a constant to the gradient (peft detaches
+     * it). Under dropout peft's form: x W^T + (m/n - 1) dropout(x) W^T + (m/n) scaling
+     * dropout(x) A^T B^T (+ b). */
+    bool use_dora;
     bool targets[LINEAR_KIND_COUNT];
 } lora_settings;
 
@@ -54,5 +60,10 @@ int lora_load_adapter(struct model *m, const char *dir, ct_error *err);
  * its base, as peft's merge_and_unload). */
 void lora_merge_weight(float *weight, const float *lora_a, const float *lora_b, int out, int in,
                        int r, float scaling);
+/* DoRA's merge, W' = (m / n) (W + scaling * B A) row by row in place, magnitude m [out] fp32,
+ * n[o] = ||W[o, :] + scaling * (B A)[o, :]||_2 (peft's DoraLinearVariant.merge_safe): each
+ * element and each row's norm computed in double, each element rounded to fp32 once. */
+void dora_merge_weight(float *weight, const float *lora_a, const float *lora_b,
+                       const float *magnitude, int out, int in, int r, float scaling);
 
 #endif

@@ -96,7 +96,7 @@ static int write_config(const char *path, const model *m, const char *base_model
     }
     textbuf_puts(&b, n ? "\n  ],\n" : "],\n");
     textbuf_puts(&b, "  \"task_type\": \"CAUSAL_LM\",\n");
-    textbuf_puts(&b, "  \"use_dora\": false,\n");
+    textbuf_printf(&b, "  \"use_dora\": %s,\n", s->use_dora ? "true" : "false");
     textbuf_printf(&b, "  \"use_rslora\": %s\n", s->use_rslora ? "true" : "false");
     textbuf_puts(&b, "}");
     int rc = b.failed ? ct_fail(err, "%s: out of memory building the JSON text", path)
@@ -165,9 +165,15 @@ static int parse_config(const cJSON *root, const char *path, lora_settings *s, c
         s->use_rslora = cJSON_IsTrue(item);
     }
 
+    s->use_dora = false;
+    item = cJSON_GetObjectItemCaseSensitive(root, "use_dora");
+    if (item && !cJSON_IsNull(item)) {
+        if (!cJSON_IsBool(item)) return ct_fail(err, "%s: key 'use_dora': expected true or false", path);
+        s->use_dora = cJSON_IsTrue(item);
+    }
+
     /* Features that change the adapter's math or layout: refuse rather than load wrongly. */
-    if (expect_false_or_absent(root, "use_dora", path, "DoRA is not supported", err) ||
-        expect_false_or_absent(root, "fan_in_fan_out", path, "only [out, in] Linear weights", err))
+    if (expect_false_or_absent(root, "fan_in_fan_out", path, "only [out, in] Linear weights", err))
         return -1;
     item = cJSON_GetObjectItemCaseSensitive(root, "bias");
     if (item && !cJSON_IsNull(item) && (!cJSON_IsString(item) || strcmp(item->valuestring, "none") != 0))
@@ -236,13 +242,15 @@ static const st_tensor *find_adapter_tensor(const st_file *file, const char *pat
     bool same_shape = t->ndim == p->ndim;
     for (int d = 0; same_shape && d < p->ndim; d++) same_shape = t->shape[d] == p->shape[d];
     if (!same_shape) {
-        char got[128] = "";
+        char got[128] = "", want[64] = "";
         for (int d = 0; d < t->ndim && strlen(got) < 100; d++)
             snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", d ? ", " : "",
                      (long long)t->shape[d]);
-        ct_fail(err, "%s: key '%s': expected shape [%lld, %lld], the file has [%s] "
-                "(was the adapter trained with another r or base model?)", path, key,
-                (long long)p->shape[0], (long long)(p->ndim > 1 ? p->shape[1] : 1), got);
+        for (int d = 0; d < p->ndim; d++)
+            snprintf(want + strlen(want), sizeof want - strlen(want), "%s%lld", d ? ", " : "",
+                     (long long)p->shape[d]);
+        ct_fail(err, "%s: key '%s': expected shape [%s], the file has [%s] "
+                "(was the adapter trained with another r or base model?)", path, key, want, got);
         return NULL;
     }
     if (t->dtype != ST_F32 && t->dtype != ST_BF16 && t->dtype != ST_F16) {

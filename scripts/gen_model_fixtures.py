@@ -8,7 +8,10 @@ reference.safetensors holding:
   loss [1] F32 (sum of token cross-entropies over valid targets),
   grad.<parameter name> F32: d loss / d parameter for every parameter (full fine-tuning).
 For llama_gqa also lora/ (peft adapter folder, B non-zero) with lora/reference.safetensors
-holding the same inputs and grad.<our adapter name> for every adapter tensor.
+holding the same inputs and grad.<our adapter name> for every adapter tensor, and dora/ the
+same for a DoRA adapter (use_dora; magnitudes away from the rows' norms), whose
+reference_dropout.safetensors is a training step under adapter dropout 0.25 with ctune's
+counter-based masks (kernels.h: dropout) put into peft's lora_dropout modules, seed 7.
 
 Weights are drawn larger than transformers' init (std 0.02) so every path carries signal,
 norm weights around 1, biases non-zero. qwen2 is saved in bfloat16 and qwen3 in float16 so
@@ -85,7 +88,10 @@ def loss_and_logits(model, ids, targets):
 
 
 def our_name(peft_name):
-    return peft_name.removeprefix("base_model.model.").replace(".base_layer", "").replace(".default", "")
+    name = peft_name.removeprefix("base_model.model.").replace(".base_layer", "").replace(".default", "")
+    # peft saves the DoRA magnitude without its module's ".weight" (save_and_load.py)
+    return name.removesuffix(".lora_magnitude_vector.weight") + ".lora_magnitude_vector" \
+        if name.endswith(".lora_magnitude_vector.weight") else name
 
 
 def order_metadata(model):
@@ -133,7 +139,8 @@ def main():
         print(f"{name}: loss {loss.item():.6f}, {len(ref) - 4} gradients")
 
         if name == "llama_gqa":
-            make_lora_fixture(model, out, ids, targets, gen)
+            make_lora_fixture(copy.deepcopy(model), out, ids, targets, gen)
+            make_dora_fixture(model, out, ids, targets, torch.Generator().manual_seed(4321))  # leaves gen as it was
 
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(ROOT) for f in fs)
     print(f"fixtures: {total} bytes")
@@ -164,6 +171,69 @@ def make_lora_fixture(model, out, ids, targets, gen):
     with open(os.path.join(lora_dir, "adapter_config.json")) as f:
         assert json.load(f)["r"] == 4
     print(f"llama_gqa/lora: loss {loss.item():.6f}, {len(ref) - 4} adapter gradients")
+
+
+MASK64 = (1 << 64) - 1
+
+
+def splitmix64(z):
+    z = (z + 0x9E3779B97F4A7C15) & MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
+class CounterDropout(torch.nn.Module):
+    """ctune's inverted dropout (kernels.h: dropout) over the flat [tokens, in] input."""
+
+    def __init__(self, p, seed, offset):
+        super().__init__()
+        self.p, self.seed, self.offset = p, seed, offset
+
+    def forward(self, x):
+        n = x.numel()
+        keep = torch.tensor([(splitmix64(self.seed ^ splitmix64(self.offset + i)) >> 40) * 2.0**-24 >= self.p
+                             for i in range(n)]).reshape(x.shape)
+        return torch.where(keep, x / (1 - self.p), torch.zeros_like(x))
+
+
+KINDS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def make_dora_fixture(model, out, ids, targets, gen):
+    from peft import LoraConfig, get_peft_model
+
+    dora_cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.25, bias="none", task_type="CAUSAL_LM", use_dora=True,
+                          target_modules=KINDS)
+    peft_model = get_peft_model(model, dora_cfg)
+    with torch.no_grad():  # B non-zero; each magnitude 0.5x..1.5x its row's norm
+        for pname, p in peft_model.named_parameters():
+            if "lora_magnitude_vector" in pname:
+                p.mul_(0.5 + torch.rand(p.shape, generator=gen))
+            elif "lora_" in pname:
+                p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+    dora_dir = os.path.join(out, "dora")
+    peft_model.save_pretrained(dora_dir)
+    os.remove(os.path.join(dora_dir, "README.md"))
+    for dropout in (False, True):
+        peft_model.train(dropout)  # peft's DoRA takes its dropout form only while training
+        for name, module in peft_model.named_modules():
+            if hasattr(module, "lora_dropout") and "default" in module.lora_dropout:
+                layer = int(name.split(".layers.")[1].split(".")[0])
+                offset = (layer * 8 + KINDS.index(name.rsplit(".", 1)[1])) << 40  # model_dropout_offset
+                module.lora_dropout["default"] = CounterDropout(0.25, 7, offset) if dropout else torch.nn.Identity()
+        loss, logits = loss_and_logits(peft_model, ids, targets)
+        peft_model.zero_grad()
+        loss.backward()
+        ref = reference_tensors(ids, targets, logits, loss)
+        for pname, p in peft_model.named_parameters():
+            if p.requires_grad:
+                ref["grad." + our_name(pname)] = p.grad.detach().float().contiguous()
+        file = "reference_dropout.safetensors" if dropout else "reference.safetensors"
+        save_file(ref, os.path.join(dora_dir, file), metadata=order_metadata(peft_model))
+        print(f"llama_gqa/dora{'+dropout' if dropout else ''}: loss {loss.item():.6f}, {len(ref) - 4} adapter gradients")
+    with open(os.path.join(dora_dir, "adapter_config.json")) as f:
+        assert json.load(f)["use_dora"] is True
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 #  1. Same numbers at any rank count: LoRA (with dropout) and full fine-tuning on 1, 2 and 4
 #     ranks x ZeRO stages 0, 1, 2, with the same global batch (accumulation makes up the
 #     difference), give the same loss and gradient norm at every step and byte-identical
-#     final weights. Shapes that are not powers of two agree to rounding (1e-6).
+#     final weights; DoRA too. Shapes that are not powers of two agree to rounding (1e-6).
 #  2. --dry-run reports optimizer-state bytes per rank that fall as 1/N with ZeRO 1 and 2.
 #  3. One rank failing stops the job with one message from rank 0; one rank hanging trips the
 #     collective timeout; a rank killed with SIGKILL ends the job. Never a hang.
@@ -65,6 +65,16 @@ for stage in 1 2; do
   cmp runs/small-1/final/adapter_model.safetensors "runs/small-4-z$stage/final/adapter_model.safetensors" \
     || fail "small-4-z$stage: adapter differs from 1 rank"
 done
+# DoRA: its magnitudes (1-D, decayed) sit between the adapters in the shards: the same bits
+# at 2 ranks (ZeRO 2) and 4 (ZeRO 1) as at 1.
+run dora-1 1 lora lora.use_dora=true
+for spec in 2:2 4:1; do
+  ranks=${spec%:*} stage=${spec#*:}
+  run "dora-$ranks-z$stage" "$ranks" lora lora.use_dora=true distributed.zero_stage="$stage"
+  cmp runs/dora-1/final/adapter_model.safetensors "runs/dora-$ranks-z$stage/final/adapter_model.safetensors" \
+    || fail "dora-$ranks-z$stage: adapter differs from 1 rank"
+done
+grep -q '"use_dora": true' runs/dora-1/final/adapter_config.json || fail "dora-1: adapter_config.json lacks use_dora"
 # Shapes that are not powers of two: 12 sequences = 6 micro-batches.
 run full-1-g12 1 full train.global_batch_size=12
 run full-3-g12-z0 3 full train.global_batch_size=12 distributed.zero_stage=0  # 2 per rank: exact

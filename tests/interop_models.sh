@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Integration: ctune's outputs load unchanged in the Hugging Face stack and compute the same.
 # Random Llama (GQA; untied and tied), Qwen2 (q/k/v biases) and Qwen3 (q/k norms) models made
-# by transformers are LoRA- and fully fine-tuned by ctune for a few steps, and the adapter is
-# merged; peft / transformers must load every result with no missing or unexpected keys, give
-# ctune's logits (`ctune eval --ids --logits-out`) to 1e-4, and peft's merge_and_unload must
-# equal ctune merge tensor by tensor. The checks are in scripts/interop_models.py.
+# by transformers are LoRA-, DoRA- and fully fine-tuned by ctune for a few steps, and both
+# adapters are merged; peft / transformers must load every result with no missing or unexpected
+# keys, give ctune's logits (`ctune eval --ids --logits-out`) to 1e-4, and peft's
+# merge_and_unload must equal ctune merge tensor by tensor. On Qwen2, ctune's DoRA gradients
+# (from its checkpoints' AdamW moments) must equal peft's to 1e-4. The checks are in
+# scripts/interop_models.py.
 set -euo pipefail
 src=${CTUNE_SOURCE_DIR:?}
 ctune=${CTUNE:?}

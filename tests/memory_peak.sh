@@ -33,6 +33,8 @@ runs=(
   "full-z0|2|full|distributed.zero_stage=0"
   "full-z1-bf16|2|full|distributed.zero_stage=1 precision=bf16-mixed"
   "lora-z2|2|lora|distributed.zero_stage=2"
+  "dora-bf16-dropout|1|lora|lora.use_dora=true precision=bf16-mixed lora.dropout=0.1"
+  "dora-fp32-ckpt|1|lora|lora.use_dora=true train.activation_checkpointing=true"
 )
 for spec in "${runs[@]}"; do
   IFS='|' read -r name ranks recipe overrides <<< "$spec"

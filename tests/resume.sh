@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Integration (issue 3): exact resume. 20 steps straight vs 10 + resume for 10 gives the same
 # bytes; resume on another world size and ZeRO stage (2 -> 4 -> 1 ranks) gives the same
-# result; a rank killed during a checkpoint write leaves the previous checkpoint in use; SIGTERM
+# result, for DoRA too; a rank killed during a checkpoint write leaves the previous checkpoint in use; SIGTERM
 # writes a checkpoint and exits 75, and the resumed run ends where an uninterrupted one does.
 set -uo pipefail
 src=${CTUNE_SOURCE_DIR:?}
@@ -63,6 +63,23 @@ grep -q '"world_size": 4' lora-moved/checkpoints/step-000014/state/meta.json 2>/
 same lora-straight/final/adapter_model.safetensors lora-moved/final/adapter_model.safetensors \
   "LoRA: 1 rank straight = 2 ranks ZeRO-1 -> 4 ranks ZeRO-2 -> 1 rank (adapter bytes)"
 same_losses lora-straight/metrics.jsonl lora-moved/metrics.jsonl 0 "LoRA: identical per-step losses"
+
+# --- DoRA: its magnitudes and their AdamW state resume too, on another world size --------------
+"$ctune" train "${lora[@]}" lora.use_dora=true checkpoint.output_dir="$work/dora-straight" > /dev/null \
+  || bad "straight DoRA run"
+CTUNE_TEST_FAIL_RANK=0 CTUNE_TEST_FAIL_STEP=11 "$ctune" train "${lora[@]}" lora.use_dora=true checkpoint.every=5 \
+  checkpoint.output_dir="$work/dora-resumed" > /dev/null 2>&1 && bad "the test hook did not stop the DoRA run"
+if "$ctune" train "${lora[@]}" checkpoint.every=5 checkpoint.resume=auto \
+  checkpoint.output_dir="$work/dora-resumed" > dora-plain.log 2>&1; then
+  bad "a DoRA checkpoint resumed as plain LoRA"
+else
+  grep -q "lora.use_dora: checkpoint 'true', recipe (absent)" dora-plain.log && ok "DoRA checkpoint refused without use_dora" \
+    || bad "DoRA checkpoint without use_dora: $(tail -1 dora-plain.log)"
+fi
+"$mpi" -np 2 "$ctune" train "${lora[@]}" lora.use_dora=true distributed.zero_stage=2 checkpoint.every=5 \
+  checkpoint.resume=auto checkpoint.output_dir="$work/dora-resumed" > /dev/null || bad "resumed DoRA run"
+same dora-straight/final/adapter_model.safetensors dora-resumed/final/adapter_model.safetensors \
+  "DoRA: 20 straight = 10 + 10 resumed on 2 ranks (adapter)"
 
 # --- SIGKILL while the checkpoint of step 10 is written: resume uses step 5 --------------------
 CTUNE_TEST_KILL_AT_CHECKPOINT=10 "$ctune" train "${full[@]}" checkpoint.every=5 \

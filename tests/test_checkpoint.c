@@ -361,8 +361,11 @@ static void test_lora(const kernels *k, bool keep) {
     CHECK(lora_read_config(other, &read, &err) == -1);
     CHECK_CONTAINS(err.msg, "target_modules");
     check_write_text(path, "{\"r\": 4, \"lora_alpha\": 8, \"target_modules\": [\"q_proj\"], \"use_dora\": true}");
+    lora_settings dora = {0};
+    CHECK_MSG(lora_read_config(other, &dora, &err) == 0 && dora.use_dora, "%s", err.msg);
+    check_write_text(path, "{\"r\": 4, \"lora_alpha\": 8, \"target_modules\": [\"q_proj\"], \"use_dora\": 1}");
     CHECK(lora_read_config(other, &read, &err) == -1);
-    CHECK_CONTAINS(err.msg, "use_dora");
+    CHECK_CONTAINS(err.msg, "'use_dora': expected true or false");
     check_write_text(path, "{\"r\": 4, \"lora_alpha\": 8, \"target_modules\": [\"qq_proj\"]}");
     CHECK(lora_read_config(other, &read, &err) == -1);
     CHECK_CONTAINS(err.msg, "qq_proj");
@@ -425,6 +428,94 @@ static void test_lora(const kernels *k, bool keep) {
 }
 
 /* ---- the card's base model: a Hub id from the config, else the folder's name ---- */
+
+/* A DoRA adapter: peft's magnitude key per adapted Linear ([out], starting at the norms of W's
+ * rows), use_dora in the config, a round trip into a fresh DoRA model; a DoRA file is refused
+ * by a plain LoRA model and a wrong magnitude shape is named. */
+static void test_dora(const kernels *k) {
+    char base[1500], dir[1500], path[2000], other[1500];
+    at(base, "tiny-full");
+    model_config cfg;
+    ct_error err = {{0}};
+    snprintf(path, sizeof path, "%s/config.json", base);
+    CHECK(model_config_load(&cfg, path, &err) == 0);
+    lora_settings lora = {.r = 4, .alpha = 8.0f, .use_dora = true};
+    const char *targets[] = {"q_proj", "down_proj"};
+    CHECK(lora_parse_targets(&lora, targets, 2, &err) == 0);
+    model m;
+    CHECK_MSG(model_create(&m, &cfg, &lora, k, &err) == 0, "%s", err.msg);
+    CHECK_MSG(model_load_weights(&m, base, &err) == 0, "%s", err.msg);
+    model_init_lora(&m, 3);
+    CHECK_MSG(model_init_dora(&m, &err) == 0, "%s", err.msg);
+    int magnitudes = 0;
+    for (int i = 0; i < m.n_params; i++) {
+        const model_param *p = &m.params[i];
+        if (!strstr(p->name, ".lora_magnitude_vector")) continue;
+        char wname[256];
+        snprintf(wname, sizeof wname, "%.*s.weight", (int)(strlen(p->name) - strlen(".lora_magnitude_vector")),
+                 p->name);
+        const model_param *w = model_find_param(&m, wname);
+        CHECK_MSG(w && p->ndim == 1 && p->shape[0] == w->shape[0] && p->trainable && p->is_lora, "%s", p->name);
+        if (!w) continue;
+        double worst = 0;
+        for (int64_t row = 0; row < w->shape[0]; row++) { /* B = 0: m = ||W's row|| */
+            double sum = 0;
+            for (int64_t col = 0; col < w->shape[1]; col++) {
+                double v = w->data[row * w->shape[1] + col];
+                sum += v * v;
+            }
+            worst = fmax(worst, fabs(p->data[row] - sqrt(sum)) / sqrt(sum));
+        }
+        CHECK_MSG(worst < 1e-6, "%s: relative error %.3g against the rows' norms", p->name, worst);
+        magnitudes++;
+    }
+    CHECK(magnitudes == 2 * cfg.num_hidden_layers);
+    randomize_lora_b(&m, 5);
+    recipe r;
+    recipe_for(&r, METHOD_LORA);
+    r.lora.use_dora = true;
+    run_summary s = {.steps = 2, .train_loss = 1.0, .world_size = 1};
+    CHECK_MSG(checkpoint_write_hub(at(dir, "tiny-dora"), &m, &r, base, &s, &err) == 0, "%s", err.msg);
+    st_file file;
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    CHECK_MSG(st_open(&file, path, &err) == 0, "%s", err.msg);
+    const st_tensor *t = st_find(&file, "base_model.model.model.layers.0.mlp.down_proj.lora_magnitude_vector");
+    CHECK(t && t->ndim == 1 && t->shape[0] == cfg.hidden_size && t->dtype == ST_F32);
+    CHECK(file.n_tensors == 3 * 2 * cfg.num_hidden_layers);
+    st_close(&file);
+    snprintf(path, sizeof path, "%s/README.md", dir);
+    char *card = check_slurp(path, NULL);
+    CHECK_CONTAINS(card ? card : "", "A DoRA (weight-decomposed LoRA) adapter for");
+    free(card);
+    lora_settings read = {0};
+    CHECK_MSG(lora_read_config(dir, &read, &err) == 0 && read.use_dora, "%s", err.msg);
+    model fresh;
+    CHECK(model_create(&fresh, &cfg, &read, k, &err) == 0);
+    CHECK_MSG(lora_load_adapter(&fresh, dir, &err) == 0, "%s", err.msg);
+    CHECK(lora_equal(&fresh, &m));
+    model_free(&fresh);
+
+    read.use_dora = false; /* the magnitudes are not parameters of a plain LoRA model */
+    CHECK(model_create(&fresh, &cfg, &read, k, &err) == 0);
+    CHECK(lora_load_adapter(&fresh, dir, &err) == -1);
+    CHECK_CONTAINS(err.msg, "unexpected adapter key");
+    CHECK_CONTAINS(err.msg, "lora_magnitude_vector");
+    model_free(&fresh);
+
+    const char *swapped = "base_model.model.model.layers.1.self_attn.q_proj.lora_magnitude_vector";
+    rewrite_adapter(dir, at(other, "dora-shape"), swapped, swapped); /* re-added as [2, 2] */
+    read.use_dora = true;
+    CHECK(model_create(&fresh, &cfg, &read, k, &err) == 0);
+    CHECK(lora_load_adapter(&fresh, other, &err) == -1);
+    CHECK_CONTAINS(err.msg, swapped);
+    char expected[64];
+    snprintf(expected, sizeof expected, "expected shape [%d], the file has [2, 2]",
+             cfg.num_attention_heads * cfg.head_dim);
+    CHECK_CONTAINS(err.msg, expected);
+    model_free(&fresh);
+    model_free(&m);
+    model_config_free(&cfg);
+}
 
 static void test_card_base_model(const kernels *k) {
     char base[1500], dir[1500], path[2000];
@@ -541,6 +632,7 @@ int main(void) {
     const kernels *k = kernels_cpu();
     test_full(k, keep);
     test_lora(k, keep);
+    test_dora(k);
     test_card_base_model(k);
     test_metrics();
     if (keep) {

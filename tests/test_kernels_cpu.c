@@ -963,6 +963,115 @@ static void test_clip_factor(void) {
     free(work);
 }
 
+/* ------------------------------------------------------------------ DoRA */
+/* dora_norm_scale against the spec written out (row sums of squares in double, the root
+ * rounded once, an fp32 division): the same bits on 1 and 2 threads; a zero row's scale is
+ * inf (or NaN with a zero magnitude), as peft's division gives. */
+static void test_dora_norm_scale(void) {
+    const int shapes[][2] = {{37, 19}, {1, 1}, {5, 1000}, {300, 257}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int rows = shapes[s][0], cols = shapes[s][1];
+        const size_t n = (size_t)rows * cols;
+        float *w = vec(n, -2, 2), *mag = vec(rows, 0.5f, 1.5f);
+        if (rows > 2) {
+            memset(w, 0, (size_t)2 * cols * sizeof(float)); /* rows 0 and 1: zero */
+            mag[1] = 0.0f;
+        }
+        float *norm[2], *scale[2];
+        for (int t = 0; t < 2; t++) {
+            norm[t] = malloc(rows * sizeof(float)), scale[t] = malloc(rows * sizeof(float));
+            for (int i = 0; i < rows; i++) norm[t][i] = scale[t][i] = NAN;
+            omp_set_num_threads(t + 1);
+            K->dora_norm_scale(norm[t], scale[t], w, mag, rows, cols);
+        }
+        omp_set_num_threads(2);
+        int bad = 0, first = -1;
+        for (int i = 0; i < rows; i++) {
+            double sum = 0.0;
+            for (int j = 0; j < cols; j++) sum += (double)w[(size_t)i * cols + j] * w[(size_t)i * cols + j];
+            const float want_norm = (float)sqrt(sum), want_scale = mag[i] / want_norm;
+            const bool ok = norm[0][i] == want_norm && (scale[0][i] == want_scale ||
+                                                        (isnan(want_scale) && isnan(scale[0][i])));
+            if (!ok && !bad++) first = i;
+        }
+        CHECK_MSG(bad == 0, "dora_norm_scale %d x %d: %d rows off, first %d", rows, cols, bad, first);
+        CHECK_MSG(!memcmp(norm[0], norm[1], rows * sizeof(float)) && !memcmp(scale[0], scale[1], rows * sizeof(float)),
+                  "dora_norm_scale %d x %d: other bits on 2 threads", rows, cols);
+        if (rows > 2) CHECK(norm[0][0] == 0.0f && isinf(scale[0][0]) && scale[0][0] > 0 && isnan(scale[0][1]));
+        free(w), free(mag), free(norm[0]), free(norm[1]), free(scale[0]), free(scale[1]);
+    }
+}
+
+/* scale_cols' bits are the spec's: s = scale + offset, s * x and y + s x each rounded to fp32
+ * on its own, reproduced here in double (a sum or product of two floats in double, rounded to
+ * fp32, is the correctly rounded fp32 result: 53 >= 2 * 24 + 2 bits), then compared byte for
+ * byte. An FMA would round otherwise about one time in six here. */
+static void test_scale_cols(void) {
+    const int shapes[][2] = {{37, 19}, {1, 1}, {300, 1000}};
+    const float offsets[] = {-1.0f, 0.0f, 0.375f};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int oi = 0; oi < 3; oi++)
+            for (int add = 0; add < 2; add++) {
+                const int rows = shapes[s][0], cols = shapes[s][1];
+                const size_t n = (size_t)rows * cols;
+                const float offset = offsets[oi];
+                float *x = vec(n, -2, 2), *scale = vec(cols, 0.5f, 1.5f), *y0 = vec(n, -2, 2);
+                float *y = malloc(n * sizeof(float)), *want = malloc(n * sizeof(float));
+                memcpy(y, y0, n * sizeof(float));
+                for (size_t i = 0; i < n; i++) {
+                    const float sj = (float)((double)scale[i % cols] + offset);
+                    const float product = (float)((double)sj * x[i]);
+                    want[i] = add ? (float)((double)y0[i] + product) : product;
+                }
+                K->scale_cols(y, x, scale, offset, rows, cols, add);
+                CHECK_MSG(!memcmp(y, want, n * sizeof(float)), "scale_cols %d x %d offset %g add %d: other bits", rows,
+                          cols, offset, add);
+                if (!add) { /* in place */
+                    K->scale_cols(x, x, scale, offset, rows, cols, false);
+                    CHECK_MSG(!memcmp(x, want, n * sizeof(float)), "scale_cols %d x %d offset %g in place", rows, cols,
+                              offset);
+                }
+                free(x), free(scale), free(y0), free(y), free(want);
+            }
+}
+
+/* dora_magnitude_grad against a naive per-column sum in double (to 1e-6 relative: the spec
+ * leaves the order of the sum free), written (over NaN) or added to in fp32; the same bits on
+ * 1 and 2 threads. Widths past one and two column blocks of 256, odd and ragged. */
+static void test_dora_magnitude_grad(void) {
+    const int shapes[][2] = {{37, 19}, {1, 1}, {3000, 300}, {50, 513}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int accumulate = 0; accumulate < 2; accumulate++) {
+            const int rows = shapes[s][0], cols = shapes[s][1];
+            const size_t n = (size_t)rows * cols;
+            float *dy = vec(n, -1, 1), *z = vec(n, -2, 2), *norm = vec(cols, 0.5f, 4.0f), *base = vec(cols, -1, 1);
+            float *got[2];
+            for (int t = 0; t < 2; t++) {
+                got[t] = malloc(cols * sizeof(float));
+                for (int j = 0; j < cols; j++) got[t][j] = accumulate ? base[j] : NAN;
+                omp_set_num_threads(t + 1);
+                K->dora_magnitude_grad(got[t], dy, z, norm, rows, cols, accumulate);
+            }
+            omp_set_num_threads(2);
+            int bad = 0, first = -1;
+            double first_got = 0.0, first_want = 0.0;
+            for (int j = 0; j < cols; j++) {
+                double sum = 0.0;
+                for (int t = 0; t < rows; t++) sum += (double)dy[(size_t)t * cols + j] * z[(size_t)t * cols + j];
+                /* the spec's fp32 addition; the tolerance scaled by its terms (they may cancel) */
+                const float term = (float)(sum / norm[j]), start = accumulate ? base[j] : 0.0f;
+                const float want = start + term;
+                if (!(fabs(got[0][j] - want) <= 1e-6 * (fabs(start) + fabs(term))) && !bad++)
+                    first = j, first_got = got[0][j], first_want = want;
+            }
+            CHECK_MSG(bad == 0, "dora_magnitude_grad %d x %d accumulate %d: %d columns off, first %d (%.9g vs %.9g)",
+                      rows, cols, accumulate, bad, first, first_got, first_want);
+            CHECK_MSG(!memcmp(got[0], got[1], cols * sizeof(float)),
+                      "dora_magnitude_grad %d x %d: other bits on 2 threads", rows, cols);
+            free(dy), free(z), free(norm), free(base), free(got[0]), free(got[1]);
+        }
+}
+
 /* ------------------------------------------------------------------ cuda selection */
 static void test_kernels_cuda(void) {
     const kernels *cuda = K;
@@ -1009,6 +1118,9 @@ int main(void) {
     test_adamw();
     test_adamw_scale_and_half();
     test_clip_factor();
+    test_dora_norm_scale();
+    test_scale_cols();
+    test_dora_magnitude_grad();
     test_kernels_cuda();
     return check_summary("test_kernels_cpu");
 }

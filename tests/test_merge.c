@@ -1,5 +1,5 @@
 /* test_merge: sharded full-model output (checkpoint.max_shard_bytes), the streaming
- * safetensors writer, and `ctune merge` (LoRA folded into its base). */
+ * safetensors writer, and `ctune merge` (LoRA and DoRA adapters folded into their base). */
 #include <fcntl.h>
 #include <math.h>
 #include <stdint.h>
@@ -223,6 +223,88 @@ static void test_stream_writer(void) {
     CHECK(access(b, F_OK) != 0);
 }
 
+/* ---- DoRA merge math ---- */
+
+/* The DoRA merge written out naively: the whole B A, then W + s B A, then each row's norm,
+ * all in double, and (m / n) v rounded to fp32 once. Returns a malloc'd [out, in]. */
+static float *dora_reference(const float *w, const float *a, const float *b, const float *mag,
+                             int out, int in, int r, double s) {
+    double *ba = calloc((size_t)out * in, sizeof *ba), *v = calloc((size_t)out * in, sizeof *v);
+    float *result = malloc((size_t)out * in * sizeof *result);
+    for (int o = 0; o < out; o++)
+        for (int i = 0; i < in; i++)
+            for (int k = 0; k < r; k++) ba[o * in + i] += (double)b[o * r + k] * a[k * in + i];
+    for (int j = 0; j < out * in; j++) v[j] = (double)w[j] + s * ba[j];
+    for (int o = 0; o < out; o++) {
+        double sum = 0;
+        for (int i = 0; i < in; i++) sum += v[o * in + i] * v[o * in + i];
+        double factor = (double)mag[o] / sqrt(sum);
+        for (int i = 0; i < in; i++) result[o * in + i] = (float)(factor * v[o * in + i]);
+    }
+    free(ba);
+    free(v);
+    return result;
+}
+
+static void test_dora_merge_weight(void) {
+    enum { OUT = 5, IN = 7, R = 3 };
+    const float scaling = 1.5f;
+    float w[OUT * IN], a[R * IN], b[OUT * R], mag[OUT];
+    uint64_t seed = 42;
+    for (int j = 0; j < OUT * IN; j++) w[j] = ((float)(lcg(&seed) % 2001) - 1000.0f) * 1e-3f;
+    for (int j = 0; j < R * IN; j++) a[j] = ((float)(lcg(&seed) % 2001) - 1000.0f) * 1e-3f;
+    for (int j = 0; j < OUT * R; j++) b[j] = ((float)(lcg(&seed) % 2001) - 1000.0f) * 1e-3f;
+    for (int o = 0; o < OUT; o++) mag[o] = 0.25f + (float)(lcg(&seed) % 1000) * 1e-3f;
+    for (int k = 0; k < R; k++) b[2 * R + k] = 0.0f; /* row 2: no LoRA update */
+    mag[4] = 0.0f;                                  /* row 4: a zero magnitude */
+    float *want = dora_reference(w, a, b, mag, OUT, IN, R, scaling);
+
+    float got[OUT * IN];
+    memcpy(got, w, sizeof got);
+    dora_merge_weight(got, a, b, mag, OUT, IN, R, scaling);
+    int exact = 0;
+    for (int j = 0; j < OUT * IN; j++) exact += got[j] == want[j];
+    CHECK_MSG(exact == OUT * IN, "%d of %d elements equal the double reference", exact, OUT * IN);
+    /* Each merged row has the norm of its magnitude (to fp32 rounding). */
+    for (int o = 0; o < OUT; o++) {
+        double sum = 0;
+        for (int i = 0; i < IN; i++) sum += (double)got[o * IN + i] * got[o * IN + i];
+        CHECK_MSG(fabs(sqrt(sum) - mag[o]) <= 1e-6 * (mag[o] + 1e-30), "row %d: norm %.9g, m %.9g",
+                  o, sqrt(sum), (double)mag[o]);
+    }
+    /* B = 0: m / ||W|| * W, whatever A holds. */
+    double norm = 0;
+    for (int i = 0; i < IN; i++) norm += (double)w[2 * IN + i] * w[2 * IN + i];
+    norm = sqrt(norm);
+    int same = 0;
+    for (int i = 0; i < IN; i++)
+        same += got[2 * IN + i] == (float)((double)mag[2] / norm * (double)w[2 * IN + i]);
+    CHECK_MSG(same == IN, "B = 0 row: %d of %d elements are m / ||W|| * W", same, IN);
+    for (int i = 0; i < IN; i++) CHECK(got[4 * IN + i] == 0.0f); /* m = 0: a zero row */
+    /* m = ||W + s B A||: the LoRA merge itself (to fp32 rounding). */
+    float lora[OUT * IN], unit_mag[OUT];
+    memcpy(lora, w, sizeof lora);
+    lora_merge_weight(lora, a, b, OUT, IN, R, scaling);
+    for (int o = 0; o < OUT; o++) {
+        double sum = 0;
+        for (int i = 0; i < IN; i++) {
+            double v = (double)w[o * IN + i];
+            for (int k = 0; k < R; k++) v += (double)scaling * b[o * R + k] * a[k * IN + i];
+            sum += v * v;
+        }
+        unit_mag[o] = (float)sqrt(sum);
+    }
+    memcpy(got, w, sizeof got);
+    dora_merge_weight(got, a, b, unit_mag, OUT, IN, R, scaling);
+    double worst = 0;
+    for (int j = 0; j < OUT * IN; j++) {
+        double rel = fabs((double)got[j] - lora[j]) / (fabs(lora[j]) + 1e-6);
+        if (rel > worst) worst = rel;
+    }
+    CHECK_MSG(worst < 1e-6, "m = row norm: differs from the LoRA merge by %g", worst);
+    free(want);
+}
+
 /* ---- ctune merge ---- */
 
 /* Runs cmd_merge with stderr captured into err_text; returns its exit status. */
@@ -262,6 +344,8 @@ static float merged_element(const float *w, const float *a, const float *b, int 
     for (int k = 0; k < r; k++) sum += (double)b[o * r + k] * (double)a[k * in + i];
     return (float)((double)w[o * in + i] + s * sum);
 }
+
+static void test_merge_dora(char *base, const char *lora_dir, model *lm);
 
 static void test_merge(const kernels *k) {
     char base[1500], adapter[1500], out[1500], out16[1500], path[2000], msg[4096];
@@ -438,10 +522,201 @@ static void test_merge(const kernels *k) {
     CHECK(access(bad_out, F_OK) != 0);
     CHECK(is_file(base, "config.json"));
 
+    test_merge_dora(base, adapter, &lm);
+
     st_model_close(&base_files);
     model_free(&merged);
     model_free(&lm);
     model_free(&m);
+}
+
+/* ---- ctune merge of a DoRA adapter ---- */
+
+#define DORA_ADAPTED 6 /* q_proj, v_proj, down_proj in each of 2 layers */
+
+/* dir: from_dir's adapter tensors plus extra, and its adapter_config.json with use_dora set as
+ * given (lora_write_adapter writes "use_dora": false). */
+static void write_adapter_variant(const char *dir, const char *from_dir,
+                                  const st_write_tensor *extra, int n_extra, bool use_dora) {
+    char path[2000];
+    ct_error err = {{0}};
+    make_dirs(dir, &err);
+    snprintf(path, sizeof path, "%s/adapter_config.json", from_dir);
+    char *config = check_slurp(path, NULL);
+    char *flag = config ? strstr(config, "\"use_dora\": false") : NULL;
+    CHECK(flag != NULL);
+    if (!flag) {
+        free(config);
+        return;
+    }
+    if (use_dora) {
+        memmove(flag + 16, flag + 17, strlen(flag + 17) + 1); /* "false" -> "true" */
+        memcpy(flag + 12, "true", 4);
+    }
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    check_write_text(path, config);
+    free(config);
+
+    st_file from;
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", from_dir);
+    CHECK_MSG(st_open(&from, path, &err) == 0, "%s", err.msg);
+    st_write_tensor tensors[32];
+    int n = 0;
+    for (int i = 0; i < from.n_tensors && n < 32; i++, n++) {
+        const st_tensor *t = &from.tensors[i];
+        tensors[n] = (st_write_tensor){.name = t->name, .dtype = t->dtype, .ndim = t->ndim,
+                                       .data = t->data};
+        for (int d = 0; d < t->ndim; d++) tensors[n].shape[d] = t->shape[d];
+    }
+    for (int i = 0; i < n_extra && n < 32; i++) tensors[n++] = extra[i];
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    CHECK_MSG(st_write(path, tensors, n, NULL, NULL, 0, &err) == 0, "%s", err.msg);
+    st_close(&from);
+}
+
+static void test_merge_dora(char *base, const char *lora_dir, model *lm) {
+    char dora[1500], out[1500], bad[1500], bad_out[1500], path[2000], msg[4096];
+    ct_error err = {{0}};
+    /* A magnitude per adapted weight, [out] fp32, random in [0.5, 1.5). */
+    char names[DORA_ADAPTED][256];
+    float mags[DORA_ADAPTED][64];
+    st_write_tensor magnitude[DORA_ADAPTED];
+    int n_mag = 0;
+    uint64_t seed = 99;
+    for (int i = 0; i < lm->n_params && n_mag < DORA_ADAPTED; i++) {
+        const model_param *p = &lm->params[i];
+        const char *at_b = strstr(p->name, ".lora_B.weight");
+        if (!p->is_lora || !at_b || p->shape[0] > 64) continue;
+        snprintf(names[n_mag], sizeof names[n_mag], "base_model.model.%.*s.lora_magnitude_vector",
+                 (int)(at_b - p->name), p->name);
+        for (int o = 0; o < p->shape[0]; o++)
+            mags[n_mag][o] = 0.5f + (float)(lcg(&seed) % 1000) * 1e-3f;
+        magnitude[n_mag] = (st_write_tensor){.name = names[n_mag], .dtype = ST_F32, .ndim = 1,
+                                             .shape = {p->shape[0]}, .data = mags[n_mag]};
+        n_mag++;
+    }
+    CHECK(n_mag == DORA_ADAPTED);
+
+    at(dora, "dora-adapter");
+    write_adapter_variant(dora, lora_dir, magnitude, n_mag, true);
+    at(out, "dora-merged");
+    char *argv[] = {"merge", dora, "--base", base, "-o", out};
+    int rc = run_merge(argv, 6, msg, sizeof msg);
+    CHECK_MSG(rc == 0, "%s", msg);
+
+    /* Adapted weights: exactly the naive DoRA merge; every row's norm its magnitude. Others:
+     * the base's bytes. */
+    st_model_files merged = {0}, base_files = {0};
+    if (rc == 0) CHECK_MSG(st_model_open(&merged, out, &err) == 0, "%s", err.msg);
+    CHECK_MSG(st_model_open(&base_files, base, &err) == 0, "%s", err.msg);
+    double scaling = 2.0; /* alpha 8 / r 4 */
+    int adapted = 0, same = 0, total = 0;
+    for (int f = 0; merged.n_files && f < base_files.n_files; f++)
+        for (int t = 0; t < base_files.files[f].n_tensors; t++) {
+            const st_tensor *bt = &base_files.files[f].tensors[t];
+            const st_tensor *mt = st_model_find(&merged, bt->name);
+            total++;
+            CHECK(mt && mt->dtype == ST_F32 && mt->nbytes == bt->nbytes);
+            if (!mt) continue;
+            char a_name[256], b_name[256], m_name[256];
+            int len = (int)(strlen(bt->name) - strlen(".weight"));
+            snprintf(a_name, sizeof a_name, "%.*s.lora_A.weight", len, bt->name);
+            snprintf(b_name, sizeof b_name, "%.*s.lora_B.weight", len, bt->name);
+            snprintf(m_name, sizeof m_name, "base_model.model.%.*s.lora_magnitude_vector", len,
+                     bt->name);
+            const model_param *pa = model_find_param(lm, a_name);
+            const model_param *pb = model_find_param(lm, b_name);
+            if (!pa) {
+                same += memcmp(mt->data, bt->data, bt->nbytes) == 0;
+                continue;
+            }
+            const float *mag = NULL;
+            for (int j = 0; j < n_mag; j++)
+                if (!strcmp(names[j], m_name)) mag = mags[j];
+            CHECK(mag != NULL && pb != NULL);
+            if (!mag || !pb) continue;
+            int out_dim = (int)bt->shape[0], in = (int)bt->shape[1], exact = 0, norms = 0;
+            float *want =
+                dora_reference(bt->data, pa->data, pb->data, mag, out_dim, in, 4, scaling);
+            const float *got = mt->data;
+            for (int j = 0; j < out_dim * in; j++) exact += got[j] == want[j];
+            for (int o = 0; o < out_dim; o++) {
+                double sum = 0;
+                for (int i = 0; i < in; i++) sum += (double)got[o * in + i] * got[o * in + i];
+                norms += fabs(sqrt(sum) - mag[o]) <= 1e-6 * mag[o];
+            }
+            CHECK_MSG(exact == out_dim * in, "%s: %d of %d elements exact", bt->name, exact,
+                      out_dim * in);
+            CHECK_MSG(norms == out_dim, "%s: %d of %d rows with the norm m", bt->name, norms,
+                      out_dim);
+            free(want);
+            adapted++;
+        }
+    CHECK_MSG(adapted == DORA_ADAPTED && same == total - DORA_ADAPTED,
+              "%d adapted, %d of %d unchanged", adapted, same, total);
+    st_model_close(&merged);
+    st_model_close(&base_files);
+    snprintf(path, sizeof path, "%s/README.md", out);
+    char *card = rc == 0 ? check_slurp(path, NULL) : NULL;
+    CHECK(card && strstr(card, "\n- dora\n") && strstr(card, "The DoRA adapter `") &&
+          strstr(card, "lora_magnitude") == NULL && strstr(card, "||W + scaling * B A||_row"));
+    free(card);
+
+    /* Errors name the file and the tensor; no output folder. */
+    at(bad, "dora-bad");
+    at(bad_out, "dora-never-written");
+    char *argv_bad[] = {"merge", bad, "--base", base, "-o", bad_out};
+    char adapter_file[1600];
+    snprintf(adapter_file, sizeof adapter_file, "%s/adapter_model.safetensors", bad);
+    /* the last magnitude missing */
+    write_adapter_variant(bad, lora_dir, magnitude, n_mag - 1, true);
+    CHECK(run_merge(argv_bad, 6, msg, sizeof msg) == 1);
+    CHECK_CONTAINS(msg, adapter_file);
+    char expected[2400];
+    snprintf(expected, sizeof expected, "missing DoRA magnitude '%s'", names[n_mag - 1]);
+    CHECK_CONTAINS(msg, expected);
+    /* one magnitude a row short, then one stored [1, out] */
+    st_write_tensor wrong[DORA_ADAPTED];
+    memcpy(wrong, magnitude, sizeof wrong);
+    wrong[0].shape[0] = magnitude[0].shape[0] - 1;
+    write_adapter_variant(bad, lora_dir, wrong, n_mag, true);
+    CHECK(run_merge(argv_bad, 6, msg, sizeof msg) == 1);
+    snprintf(expected, sizeof expected, "%s: DoRA magnitude '%s' has shape [%lld]; expected [%lld]",
+             adapter_file, names[0], (long long)wrong[0].shape[0],
+             (long long)magnitude[0].shape[0]);
+    CHECK_CONTAINS(msg, expected);
+    wrong[0] = magnitude[0];
+    wrong[0].ndim = 2;
+    wrong[0].shape[0] = 1;
+    wrong[0].shape[1] = magnitude[0].shape[0];
+    write_adapter_variant(bad, lora_dir, wrong, n_mag, true);
+    CHECK(run_merge(argv_bad, 6, msg, sizeof msg) == 1);
+    snprintf(expected, sizeof expected, "has shape [1, %lld]; expected [%lld]",
+             (long long)magnitude[0].shape[0], (long long)magnitude[0].shape[0]);
+    CHECK_CONTAINS(msg, expected);
+    /* an integer magnitude */
+    static const int32_t int_mag[64] = {0};
+    wrong[0] = magnitude[0];
+    wrong[0].dtype = ST_I32;
+    wrong[0].data = int_mag;
+    write_adapter_variant(bad, lora_dir, wrong, n_mag, true);
+    CHECK(run_merge(argv_bad, 6, msg, sizeof msg) == 1);
+    CHECK_CONTAINS(msg, "is stored as I32, expected F32, BF16 or F16");
+    /* magnitudes in an adapter whose config does not set use_dora */
+    write_adapter_variant(bad, lora_dir, magnitude, n_mag, false);
+    CHECK(run_merge(argv_bad, 6, msg, sizeof msg) == 1);
+    CHECK_CONTAINS(msg, "is a DoRA magnitude, but adapter_config.json does not set use_dora");
+    /* a leftover magnitude for an unadapted weight (k_proj) */
+    static const float k_mag[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+    st_write_tensor leftover[DORA_ADAPTED + 1];
+    memcpy(leftover, magnitude, sizeof magnitude);
+    leftover[DORA_ADAPTED] = (st_write_tensor){
+        .name = "base_model.model.model.layers.0.self_attn.k_proj.lora_magnitude_vector",
+        .dtype = ST_F32, .ndim = 1, .shape = {8}, .data = k_mag};
+    write_adapter_variant(bad, lora_dir, leftover, n_mag + 1, true);
+    CHECK(run_merge(argv_bad, 6, msg, sizeof msg) == 1);
+    CHECK_CONTAINS(msg, "layers.0.self_attn.k_proj.lora_magnitude_vector' has no lora_A / lora_B");
+    CHECK(access(bad_out, F_OK) != 0);
 }
 
 int main(void) {
@@ -454,6 +729,7 @@ int main(void) {
     const kernels *k = kernels_cpu();
     test_sharded(k);
     test_stream_writer();
+    test_dora_merge_weight();
     test_merge(k);
     if (getenv("CTUNE_KEEP_TEST_DIR")) {
         printf("kept %s\n", root);

@@ -106,15 +106,16 @@ static void reference_close(reference *r) {
     st_close(&r->file);
 }
 
-/* Loss and every trainable gradient of one step against the reference file. */
-static void compare_step(model *m, reference *r, const char *label) {
+/* Loss and every trainable gradient of one step (adapter dropout from seed) against the
+ * reference file. */
+static void compare_step(model *m, reference *r, const char *label, uint64_t seed) {
     const int batch = 2, seq = (int)r->n_tokens / 2;
     model_batch b = {.input_ids = r->ids, .targets = r->targets, .batch = batch, .seq = seq};
     ct_error err;
     double loss = 0;
     long count = 0;
     model_zero_grads(m);
-    CHECK_MSG(model_step(m, &b, true, 1.0f, 0, &loss, &count, &err) == 0, "%s: %s", label, err.msg);
+    CHECK_MSG(model_step(m, &b, true, 1.0f, seed, &loss, &count, &err) == 0, "%s: %s", label, err.msg);
     long expected_count = 0;
     for (size_t t = 0; t < r->n_tokens; t++) expected_count += r->targets[t] >= 0;
     CHECK(count == expected_count);
@@ -148,7 +149,8 @@ static void compare_step(model *m, reference *r, const char *label) {
     for (int i = 0; i < r->file.n_tensors; i++) in_file += strncmp(r->file.tensors[i].name, "grad.", 5) == 0;
     CHECK_MSG(compared == in_file, "%s: compared %d gradients, file has %d", label, compared, in_file);
 
-    /* Forward only: same loss, gradients untouched. */
+    /* Forward only: same loss (without dropout, which acts only in training), gradients
+     * untouched. */
     float probe_before = 0, probe_after = 0;
     model_param *first = NULL;
     for (int i = 0; i < m->n_params && !first; i++)
@@ -158,7 +160,8 @@ static void compare_step(model *m, reference *r, const char *label) {
     CHECK(model_step(m, &b, false, 1.0f, 0, &loss_eval, &count, &err) == 0);
     m->k->download(&probe_after, first->grad, sizeof(float));
     CHECK(probe_before == probe_after);
-    CHECK_MSG(fabs(loss_eval - loss) <= 1e-6 * fabs(loss), "%s: eval loss %.8f vs %.8f", label, loss_eval, loss);
+    CHECK_MSG(fabs(loss_eval - loss) <= 1e-6 * fabs(loss) || (m->has_lora && m->lora.dropout > 0.0f),
+              "%s: eval loss %.8f vs %.8f", label, loss_eval, loss);
 }
 
 /* Logits at every position through model_last_logits on each prefix. */
@@ -228,7 +231,7 @@ static void test_fixture(const char *name) {
     snprintf(path, sizeof path, "%s/reference.safetensors", dir);
     CHECK_MSG(reference_open(&r, path) == 0, "cannot read %s", path);
     compare_order(&m, &r, name);
-    compare_step(&m, &r, name);
+    compare_step(&m, &r, name, 0);
     compare_logits(&m, &r, name);
     reference_close(&r);
     model_free(&m);
@@ -276,12 +279,51 @@ static void test_lora_fixture(void) {
     snprintf(path, sizeof path, "%s/lora/reference.safetensors", dir);
     CHECK_MSG(reference_open(&r, path) == 0, "cannot read %s", path);
     compare_order(&m, &r, "llama_gqa/lora");
-    compare_step(&m, &r, "llama_gqa/lora");
+    compare_step(&m, &r, "llama_gqa/lora", 0);
     compare_logits(&m, &r, "llama_gqa/lora");
     reference_close(&r);
     CHECK(model_count_params(&m, true) == (size_t)cfg.num_hidden_layers *
           (4 * (32 + 32) + 4 * (32 + 16) * 2 + 4 * (32 + 32) + 4 * (32 + 48) * 3));
     model_free(&m);
+    model_config_free(&cfg);
+}
+
+/* peft's DoRA adapter of llama_gqa (use_dora, r 4, alpha 8, all linears, B non-zero, each
+ * magnitude away from its row's norm), read with lora_read_config and lora_load_adapter: one
+ * step without dropout (loss, every adapter gradient, logits) and one in training with
+ * dropout 0.25 under ctune's masks (seed 7), as peft computes them (gen_model_fixtures.py). */
+static void test_dora_fixture(void) {
+    char dir[1024], adapter[1100], path[1200];
+    check_source_path("tests/fixtures/model/llama_gqa", dir, sizeof dir);
+    snprintf(adapter, sizeof adapter, "%s/dora", dir);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    model_config cfg;
+    ct_error err;
+    CHECK(model_config_load(&cfg, path, &err) == 0);
+    lora_settings lora;
+    CHECK_MSG(lora_read_config(adapter, &lora, &err) == 0, "%s", err.msg);
+    CHECK(lora.use_dora && lora.r == 4 && lora.alpha == 8.0f && lora.dropout == 0.25f);
+    for (int dropout = 0; dropout < 2; dropout++) {
+        lora_settings ls = lora;
+        if (!dropout) ls.dropout = 0.0f;
+        model m;
+        CHECK_MSG(model_create(&m, &cfg, &ls, K, &err) == 0, "%s", err.msg);
+        CHECK(model_load_weights(&m, dir, &err) == 0);
+        CHECK_MSG(lora_load_adapter(&m, adapter, &err) == 0, "%s", err.msg);
+        CHECK(model_reserve(&m, 2, 12, &err) == 0);
+        CHECK(model_count_params(&m, true) ==
+              (size_t)cfg.num_hidden_layers * (4 * (32 + 32) + 4 * (32 + 16) * 2 + 4 * (32 + 32) +
+                                               4 * (32 + 48) * 3 + 32 + 16 + 16 + 32 + 48 + 48 + 32));
+        reference r;
+        snprintf(path, sizeof path, "%s/%s", adapter, dropout ? "reference_dropout.safetensors" : "reference.safetensors");
+        CHECK_MSG(reference_open(&r, path) == 0, "cannot read %s", path);
+        const char *label = dropout ? "llama_gqa/dora+dropout" : "llama_gqa/dora";
+        compare_order(&m, &r, label);
+        compare_step(&m, &r, label, dropout ? 7 : 0);
+        if (!dropout) compare_logits(&m, &r, label);
+        reference_close(&r);
+        model_free(&m);
+    }
     model_config_free(&cfg);
 }
 
@@ -686,7 +728,8 @@ static void test_errors(void) {
 
 /* Recomputing each layer in the backward gives the same loss and the same gradient bits as
  * keeping every layer's activations, for full fine-tuning and for LoRA with dropout (the
- * recomputed forward must redraw the same masks), on packed rows; and needs less memory. */
+ * recomputed forward must redraw the same masks), and DoRA with dropout, on packed rows; and needs
+ * less memory. */
 static void test_activation_checkpointing(void) {
     model_config c;
     small_config(&c);
@@ -697,8 +740,10 @@ static void test_activation_checkpointing(void) {
     CHECK(lora_parse_targets(&lora, all, 1, &err) == 0);
     model_batch b = {.input_ids = fd_ids, .targets = fd_targets, .positions = fd_positions,
                      .doc_ids = fd_docs, .batch = 2, .seq = 7};
-    for (int variant = 0; variant < 2; variant++) {
-        const lora_settings *ls = variant ? &lora : NULL;
+    lora_settings dora = lora;
+    dora.use_dora = true;
+    for (int variant = 0; variant < 3; variant++) { /* full, LoRA, DoRA; with dropout */
+        const lora_settings *ls = variant == 2 ? &dora : variant ? &lora : NULL;
         float *grads[2] = {NULL, NULL};
         double loss[2] = {0, 0};
         size_t numel = 0;
@@ -718,9 +763,9 @@ static void test_activation_checkpointing(void) {
             K->download(grads[ckpt], m.grad_arena, numel * sizeof(float));
             model_free(&m);
         }
-        CHECK_MSG(loss[0] == loss[1], "%s: loss %.17g vs %.17g", variant ? "lora" : "full", loss[0], loss[1]);
+        CHECK_MSG(loss[0] == loss[1], "%s: loss %.17g vs %.17g", variant == 2 ? "dora" : variant ? "lora" : "full", loss[0], loss[1]);
         CHECK_MSG(memcmp(grads[0], grads[1], numel * sizeof(float)) == 0,
-                  "%s: checkpointed gradients differ (rel %.3g)", variant ? "lora" : "full",
+                  "%s: checkpointed gradients differ (rel %.3g)", variant == 2 ? "dora" : variant ? "lora" : "full",
                   rel_error(grads[1], grads[0], numel));
         double norm = 0;
         for (size_t i = 0; i < numel; i++) norm += (double)grads[0][i] * grads[0][i];
@@ -742,6 +787,7 @@ int main(void) {
     test_fixture("qwen2");
     test_fixture("qwen3");
     test_lora_fixture();
+    test_dora_fixture();
     test_finite_differences();
     test_determinism();
     test_queued_losses();
@@ -757,6 +803,7 @@ int main(void) {
         test_fixture("qwen2");
         test_fixture("qwen3");
         test_lora_fixture();
+        test_dora_fixture();
         test_finite_differences();
         test_queued_losses();
         test_activation_checkpointing();

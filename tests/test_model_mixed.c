@@ -51,7 +51,8 @@ static void fill_weights(model *m, uint64_t seed) {
     uint64_t state = seed;
     for (int i = 0; i < m->n_params; i++) {
         model_param *p = &m->params[i];
-        bool norm = p->ndim == 1 && strstr(p->name, "norm");
+        /* norm weights and DoRA magnitudes around 1 */
+        bool norm = p->ndim == 1 && (strstr(p->name, "norm") || strstr(p->name, "magnitude"));
         float *host = malloc(p->numel * sizeof(float));
         for (size_t j = 0; j < p->numel; j++) {
             state = state * 6364136223846793005ull + 1442695040888963407ull;
@@ -80,9 +81,13 @@ typedef struct result {
 /* How a run's adapters are set up: none (full fine-tuning); with dropout (mixed precision:
  * inside the base GEMMs in the forward, their own products in the backward); without (inside
  * both, train/model_internal.h); or either kept separate (model.lora_unfused). */
-typedef enum { FULL, LORA_DROPOUT, LORA_FUSED, LORA_UNFUSED, LORA_DROPOUT_UNFUSED } run_mode;
+typedef enum { FULL, LORA_DROPOUT, LORA_FUSED, LORA_UNFUSED, LORA_DROPOUT_UNFUSED, DORA, DORA_DROPOUT } run_mode;
 static const char *const mode_names[] = {"full", "lora dropout", "lora fused", "lora unfused",
-                                         "lora dropout unfused"};
+                                         "lora dropout unfused", "dora", "dora dropout"};
+/* The modes compared with fp32 and with the CPU: full, both LoRA paths, DoRA (never fused)
+ * with and without dropout. */
+static const run_mode checked_modes[] = {FULL, LORA_DROPOUT, LORA_FUSED, DORA, DORA_DROPOUT};
+enum { N_CHECKED_MODES = sizeof checked_modes / sizeof checked_modes[0] };
 
 /* A model of the given precision and weights: the loss and gradients of two micro-batches
  * (different dropout seeds) accumulated. */
@@ -91,8 +96,8 @@ static result run(const kernels *k, run_mode mode, bool tied, model_precision pr
     model_config c;
     mixed_config(&c, tied, head_dim);
     const bool lora = mode != FULL;
-    const bool dropout = mode == LORA_DROPOUT || mode == LORA_DROPOUT_UNFUSED;
-    lora_settings ls = {.r = 4, .alpha = 8.0f, .dropout = dropout ? 0.2f : 0.0f};
+    const bool dropout = mode == LORA_DROPOUT || mode == LORA_DROPOUT_UNFUSED || mode == DORA_DROPOUT;
+    lora_settings ls = {.r = 4, .alpha = 8.0f, .dropout = dropout ? 0.2f : 0.0f, .use_dora = mode >= DORA};
     const char *all[] = {"all-linear"};
     ct_error err = {{0}};
     CHECK(lora_parse_targets(&ls, all, 1, &err) == 0);
@@ -129,8 +134,9 @@ static const char *precision_name(model_precision p) {
  * at least 3x further from fp32 than fp16 (the format, not some other error, dominates). */
 static void test_against_fp32(void) {
     const model_precision precisions[] = {MODEL_BF16_MIXED, MODEL_FP16_MIXED};
-    for (run_mode mode = FULL; mode <= LORA_FUSED; mode++)
+    for (int mode_index = 0; mode_index < N_CHECKED_MODES; mode_index++)
         for (int tied = 0; tied <= 1; tied++) {
+            const run_mode mode = checked_modes[mode_index];
             const char *what = mode_names[mode];
             result ref = run(kernels_cpu(), mode, tied, MODEL_FP32, false, 5, 8);
             double grad_rels[2] = {0, 0};
@@ -613,9 +619,9 @@ static void test_lazy_zeroing(const kernels *k) {
 static void test_cuda_against_cpu(const kernels *cuda) {
     const model_precision precisions[] = {MODEL_BF16_MIXED, MODEL_FP16_MIXED};
     const int head_dims[] = {8, 64}; /* WMMA and mma.sync attention */
-    for (int case_index = 0; case_index < 12; case_index++) {
-        const int head_dim = head_dims[case_index / 6];
-        const run_mode lora = (run_mode)(case_index / 2 % 3); /* full, lora dropout, lora fused */
+    for (int case_index = 0; case_index < 4 * N_CHECKED_MODES; case_index++) {
+        const int head_dim = head_dims[case_index / (2 * N_CHECKED_MODES)];
+        const run_mode lora = checked_modes[case_index / 2 % N_CHECKED_MODES];
         const model_precision precision = precisions[case_index % 2];
         result cpu = run(kernels_cpu(), lora, true, precision, false, 13, head_dim);
         result gpu = run(cuda, lora, true, precision, false, 13, head_dim);

@@ -1,10 +1,11 @@
-/* ctune merge ADAPTER --base MODEL -o OUT: folds a LoRA adapter into its base and writes a full
- * hub folder (weights, sharded beyond --max-shard-bytes; config.json; the base's tokenizer
- * and generation config; a model card).
+/* ctune merge ADAPTER --base MODEL -o OUT: folds a LoRA or DoRA adapter into its base and
+ * writes a full hub folder (weights, sharded beyond --max-shard-bytes; config.json; the base's
+ * tokenizer and generation config; a model card).
  *
  * Memory is bounded by the largest tensor, not the model: the base stays mmap'd and each
- * output tensor is converted (and merged, W' = W + scaling * B A) into one buffer and
- * streamed to its shard before the next is read. */
+ * output tensor is converted (and merged, W' = W + scaling * B A, or with DoRA
+ * W' = (m / ||W + scaling * B A||_row) (W + scaling * B A)) into one buffer and streamed to
+ * its shard before the next is read. */
 #include <ctype.h>
 #include <limits.h>
 #include <stdio.h>
@@ -26,8 +27,10 @@ static void merge_usage(FILE *out) {
             "usage: ctune merge ADAPTER_DIR --base MODEL_DIR -o OUT_DIR [options]\n"
             "\n"
             "Merges a LoRA adapter (adapter_model.safetensors + adapter_config.json) into its\n"
-            "base model: W' = W + scaling * B A for every adapted Linear, every other tensor\n"
-            "copied unchanged. OUT_DIR is a complete model folder that transformers loads.\n"
+            "base model: W' = W + scaling * B A for every adapted Linear (with use_dora, each\n"
+            "row then rescaled to its trained magnitude: W' = m / ||W + scaling * B A||_row *\n"
+            "(W + scaling * B A)), every other tensor copied unchanged. OUT_DIR is a complete\n"
+            "model folder that transformers loads.\n"
             "\n"
             "options:\n"
             "  --base DIR               the base model folder (model.safetensors or shards)\n"
@@ -37,10 +40,11 @@ static void merge_usage(FILE *out) {
             "  --max-shard-bytes N      shard the weights beyond N bytes (default 5000000000)\n");
 }
 
-/* One output tensor: where it comes from and, when adapted, its adapter pair. */
+/* One output tensor: where it comes from and, when adapted, its adapter tensors. */
 typedef struct merge_tensor {
     const st_tensor *base;
     const st_tensor *lora_a, *lora_b; /* NULL when not adapted */
+    const st_tensor *magnitude;       /* DoRA's lora_magnitude_vector [out]; NULL without DoRA */
     st_dtype out_dtype;
 } merge_tensor;
 
@@ -48,7 +52,8 @@ typedef struct merge_state {
     merge_tensor *tensors;
     int n_tensors;
     float scaling;
-    float *weight, *lora_a, *lora_b; /* fp32 scratch, each the size of the largest of its kind */
+    /* fp32 scratch, each the size of the largest of its kind (magnitude only with DoRA) */
+    float *weight, *lora_a, *lora_b, *magnitude;
 } merge_state;
 
 static bool is_float_dtype(st_dtype dtype) {
@@ -91,16 +96,27 @@ static int merge_tensor_compare(const void *x, const void *y) {
                            ((const merge_tensor *)y)->base->name);
 }
 
-/* The adapter tensor "base_model.model.<module>.lora_X.weight" for base weight
- * "<module>.weight", or NULL. */
-static const st_tensor *find_lora(const st_file *adapter, const char *base_name, char which) {
+#define MAGNITUDE_SUFFIX ".lora_magnitude_vector"
+
+/* The adapter's key "base_model.model.<module><suffix>" for base weight "<module>.weight"
+ * (suffix ".lora_A.weight", ".lora_B.weight" or MAGNITUDE_SUFFIX) into key; false when the
+ * base tensor is not a ".weight" or the key does not fit. */
+static bool adapter_key(const char *base_name, const char *suffix, char *key, size_t size) {
     size_t len = strlen(base_name);
-    if (len < 7 || strcmp(base_name + len - 7, ".weight") != 0) return NULL;
+    if (len < 7 || strcmp(base_name + len - 7, ".weight") != 0) return false;
+    return (size_t)snprintf(key, size, PEFT_PREFIX "%.*s%s", (int)(len - 7), base_name, suffix) <
+           size;
+}
+
+static const st_tensor *find_adapter(const st_file *adapter, const char *base_name,
+                                     const char *suffix) {
     char key[1024];
-    if ((size_t)snprintf(key, sizeof key, PEFT_PREFIX "%.*s.lora_%c.weight", (int)(len - 7),
-                         base_name, which) >= sizeof key)
-        return NULL;
-    return st_find(adapter, key);
+    return adapter_key(base_name, suffix, key, sizeof key) ? st_find(adapter, key) : NULL;
+}
+
+static bool ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
 }
 
 static int check_pair(const merge_tensor *t, const char *adapter_path, int r, ct_error *err) {
@@ -127,6 +143,30 @@ static int check_pair(const merge_tensor *t, const char *adapter_path, int r, ct
     return 0;
 }
 
+/* DoRA: the adapted weight's "<module>.lora_magnitude_vector", F32/BF16/F16 of shape [out]. */
+static int check_magnitude(merge_tensor *t, const st_file *adapter, ct_error *err) {
+    const st_tensor *w = t->base;
+    char key[1024];
+    if (!adapter_key(w->name, MAGNITUDE_SUFFIX, key, sizeof key))
+        return ct_fail(err, "%s: base tensor '%s' has a name too long for its adapter keys",
+                       adapter->path, w->name);
+    const st_tensor *m = t->magnitude = st_find(adapter, key);
+    if (!m)
+        return ct_fail(err, "%s: missing DoRA magnitude '%s' for '%s' (adapter_config.json sets "
+                            "use_dora)", adapter->path, key, w->name);
+    if (!is_float_dtype(m->dtype))
+        return ct_fail(err, "%s: DoRA magnitude '%s' is stored as %s, expected F32, BF16 or F16",
+                       adapter->path, key, st_dtype_name(m->dtype));
+    if (m->ndim != 1 || m->shape[0] != w->shape[0]) {
+        char shape[128];
+        st_shape_text(m, shape, sizeof shape);
+        return ct_fail(err, "%s: DoRA magnitude '%s' has shape %s; expected [%lld] (the rows "
+                            "of '%s')", adapter->path, key, shape, (long long)w->shape[0],
+                       w->name);
+    }
+    return 0;
+}
+
 static int fetch_merged(void *ctx, int index, void *out, ct_error *err) {
     merge_state *s = ctx;
     const merge_tensor *t = &s->tensors[index];
@@ -139,8 +179,14 @@ static int fetch_merged(void *ctx, int index, void *out, ct_error *err) {
     if (t->lora_a) {
         if (st_read_f32(t->lora_a, s->lora_a, err) || st_read_f32(t->lora_b, s->lora_b, err))
             return -1;
-        lora_merge_weight(s->weight, s->lora_a, s->lora_b, (int)w->shape[0], (int)w->shape[1],
-                          (int)t->lora_a->shape[0], s->scaling);
+        if (t->magnitude) {
+            if (st_read_f32(t->magnitude, s->magnitude, err)) return -1;
+            dora_merge_weight(s->weight, s->lora_a, s->lora_b, s->magnitude, (int)w->shape[0],
+                              (int)w->shape[1], (int)t->lora_a->shape[0], s->scaling);
+        } else {
+            lora_merge_weight(s->weight, s->lora_a, s->lora_b, (int)w->shape[0],
+                              (int)w->shape[1], (int)t->lora_a->shape[0], s->scaling);
+        }
     }
     size_t n = (size_t)w->numel;
     if (t->out_dtype == ST_F32) {
@@ -191,16 +237,27 @@ static int write_merge_card(const char *dir, const merge_job *job, ct_error *err
         yaml_quoted(f, base_id);
         fputc('\n', f);
     }
-    fputs("library_name: transformers\nlicense: other\ntags:\n- ctune\n- lora\n- merge\n"
-          "- text-generation\npipeline_tag: text-generation\n---\n\n",
-          f);
+    fprintf(f, "library_name: transformers\nlicense: other\ntags:\n- ctune\n- lora\n%s- merge\n"
+               "- text-generation\npipeline_tag: text-generation\n---\n\n",
+            job->lora.use_dora ? "- dora\n" : "");
     fprintf(f, "# %s\n\n", adapter_name);
-    fprintf(f, "The LoRA adapter `%s` merged into its base model `%s` by `ctune merge`: every "
-               "adapted Linear weight is W + scaling * B A (r = %d, alpha = %g, scaling = %g%s),"
-               " every other tensor is the base's. Weights are stored as %s.\n",
-            job->adapter_dir, job->base_dir, job->lora.r, (double)job->lora.alpha,
-            (double)job->state.scaling, job->lora.use_rslora ? ", rsLoRA" : "",
-            torch_from_dtype(job->config_dtype));
+    if (job->lora.use_dora)
+        fprintf(f, "The DoRA adapter `%s` merged into its base model `%s` by `ctune merge`: "
+                   "every adapted Linear weight is m / ||W + scaling * B A||_row * (W + scaling "
+                   "* B A), each row rescaled to its trained magnitude m (DoRA, r = %d, alpha = "
+                   "%g, scaling = %g%s), every other tensor is the base's. Weights are stored "
+                   "as %s.\n",
+                job->adapter_dir, job->base_dir, job->lora.r, (double)job->lora.alpha,
+                (double)job->state.scaling, job->lora.use_rslora ? ", rsLoRA" : "",
+                torch_from_dtype(job->config_dtype));
+    else
+        fprintf(f, "The LoRA adapter `%s` merged into its base model `%s` by `ctune merge`: "
+                   "every adapted Linear weight is W + scaling * B A (r = %d, alpha = %g, "
+                   "scaling = %g%s), every other tensor is the base's. Weights are stored as "
+                   "%s.\n",
+                job->adapter_dir, job->base_dir, job->lora.r, (double)job->lora.alpha,
+                (double)job->state.scaling, job->lora.use_rslora ? ", rsLoRA" : "",
+                torch_from_dtype(job->config_dtype));
     fputs("\nLoad it with `transformers.AutoModelForCausalLM.from_pretrained` like any model; "
           "no peft needed.\n",
           f);
@@ -240,17 +297,20 @@ static int plan_merge(merge_job *job, const st_model_files *base, const st_file 
     qsort(s->tensors, (size_t)total, sizeof *s->tensors, merge_tensor_compare);
 
     int adapted = 0;
-    uint64_t max_weight = 1, max_a = 1, max_b = 1;
+    uint64_t max_weight = 1, max_a = 1, max_b = 1, max_magnitude = 1;
     for (int i = 0; i < total; i++) {
         merge_tensor *t = &s->tensors[i];
         const st_tensor *w = t->base;
-        t->lora_a = find_lora(adapter, w->name, 'A');
-        t->lora_b = find_lora(adapter, w->name, 'B');
+        t->lora_a = find_adapter(adapter, w->name, ".lora_A.weight");
+        t->lora_b = find_adapter(adapter, w->name, ".lora_B.weight");
         if (t->lora_a || t->lora_b) {
             if (check_pair(t, adapter->path, job->lora.r, err)) return -1;
+            if (job->lora.use_dora && check_magnitude(t, adapter, err)) return -1;
             adapted++;
             if (t->lora_a->numel > max_a) max_a = t->lora_a->numel;
             if (t->lora_b->numel > max_b) max_b = t->lora_b->numel;
+            if (t->magnitude && t->magnitude->numel > max_magnitude)
+                max_magnitude = t->magnitude->numel;
         }
         t->out_dtype = job->dtype_given && is_float_dtype(w->dtype) ? job->dtype : w->dtype;
         if (w->numel > max_weight) max_weight = w->numel;
@@ -258,16 +318,23 @@ static int plan_merge(merge_job *job, const st_model_files *base, const st_file 
         *d = (st_write_tensor){.name = w->name, .dtype = t->out_dtype, .ndim = w->ndim};
         for (int k = 0; k < w->ndim; k++) d->shape[k] = w->shape[k];
     }
-    if (adapted * 2 != adapter->n_tensors) {
+    if (adapted * (job->lora.use_dora ? 3 : 2) != adapter->n_tensors) {
         for (int i = 0; i < adapter->n_tensors; i++) {
-            const char *name = adapter->tensors[i].name;
+            const st_tensor *a = &adapter->tensors[i];
             bool used = false;
             for (int j = 0; j < total && !used; j++)
-                used = s->tensors[j].lora_a == &adapter->tensors[i] ||
-                       s->tensors[j].lora_b == &adapter->tensors[i];
-            if (!used)
-                return ct_fail(err, "%s: tensor '%s' matches no weight of the base %s",
-                               adapter->path, name, job->base_dir);
+                used = s->tensors[j].lora_a == a || s->tensors[j].lora_b == a ||
+                       s->tensors[j].magnitude == a;
+            if (used) continue;
+            if (ends_with(a->name, MAGNITUDE_SUFFIX) && !job->lora.use_dora)
+                return ct_fail(err, "%s: tensor '%s' is a DoRA magnitude, but adapter_config.json "
+                                    "does not set use_dora", adapter->path, a->name);
+            if (ends_with(a->name, MAGNITUDE_SUFFIX))
+                return ct_fail(err, "%s: DoRA magnitude '%s' has no lora_A / lora_B for a "
+                                    "weight of the base %s", adapter->path, a->name,
+                               job->base_dir);
+            return ct_fail(err, "%s: tensor '%s' matches no weight of the base %s",
+                           adapter->path, a->name, job->base_dir);
         }
     }
     if (adapted == 0) return ct_fail(err, "%s: the adapter holds no LoRA tensors", adapter->path);
@@ -275,7 +342,8 @@ static int plan_merge(merge_job *job, const st_model_files *base, const st_file 
     s->weight = malloc((size_t)max_weight * sizeof(float));
     s->lora_a = malloc((size_t)max_a * sizeof(float));
     s->lora_b = malloc((size_t)max_b * sizeof(float));
-    if (!s->weight || !s->lora_a || !s->lora_b)
+    s->magnitude = malloc((size_t)max_magnitude * sizeof(float));
+    if (!s->weight || !s->lora_a || !s->lora_b || !s->magnitude)
         return ct_fail(err, "out of memory for a %llu-element tensor",
                        (unsigned long long)max_weight);
 
@@ -329,6 +397,7 @@ static void free_job(merge_job *job) {
     free(job->state.weight);
     free(job->state.lora_a);
     free(job->state.lora_b);
+    free(job->state.magnitude);
     free(job->descs);
     model_config_free(&job->cfg);
 }

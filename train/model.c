@@ -100,6 +100,10 @@ static void add_linear(model *m, int layer, linear_kind kind, bool has_bias) {
                                 "model.layers.%d.%s.%s.lora_A.weight", layer, block, name);
         lin->lora_b = add_param(m, 2, lin->out, m->lora.r, true, true, true,
                                 "model.layers.%d.%s.%s.lora_B.weight", layer, block, name);
+        /* decayed, as the Hugging Face Trainer does (its exclusions are biases and norms) */
+        if (m->lora.use_dora)
+            lin->magnitude = add_param(m, 1, lin->out, 0, true, true, true,
+                                       "model.layers.%d.%s.%s.lora_magnitude_vector", layer, block, name);
     }
 }
 
@@ -167,7 +171,7 @@ int model_create(model *m, const model_config *cfg, const lora_settings *lora, c
         if (!m->cfg.raw_json) return ct_fail(err, "model: out of memory copying config.json");
     }
     const int L = cfg->num_hidden_layers;
-    int capacity = 3 + L * (4 * LINEAR_KIND_COUNT + 4);
+    int capacity = 3 + L * (5 * LINEAR_KIND_COUNT + 4);
     m->params = calloc((size_t)capacity, sizeof *m->params);
     m->layers = calloc((size_t)L, sizeof *m->layers);
     m->state = calloc(1, sizeof(model_state));
@@ -297,9 +301,10 @@ static int relayout_weights(model *m, bool mixed, ct_error *err) {
     return 0;
 }
 
-/* Whether precision p runs m's adapters inside the base GEMMs (model_internal.h). */
+/* Whether precision p runs m's adapters inside the base GEMMs (model_internal.h). DoRA scales
+ * the sum of the base and adapter products per output column, so it keeps them apart. */
 static bool fuses_lora(const model *m, model_precision p) {
-    return m->has_lora && p != MODEL_FP32 && !m->lora_unfused;
+    return m->has_lora && p != MODEL_FP32 && !m->lora_unfused && !m->lora.use_dora;
 }
 
 /* Whether q gets a 16-bit copy of its own under precision p: has_half_copy, except fused
@@ -673,10 +678,60 @@ static bool ends_with(const char *s, const char *suffix) {
 }
 
 static void init_lora_param(const model *m, model_param *p, uint64_t seed) {
+    if (ends_with(p->name, ".lora_magnitude_vector")) return; /* init_dora_magnitudes */
     if (ends_with(p->name, ".lora_A.weight"))
         init_param(m, p, INIT_UNIFORM, 1.0 / sqrt((double)p->shape[1]), seed, -1);
     else
         init_param(m, p, INIT_ZERO, 0.0, seed, -1);
+}
+
+void model_dora_norms(const model *m, const model_linear *lin, float *combined, float *norm, float *scale) {
+    const kernels *k = m->k;
+    const size_t n = (size_t)lin->out * (size_t)lin->in;
+    if (lin->weight->data) {
+        k->copy(combined, lin->weight->data, n * sizeof(float));
+    } else { /* a frozen base kept only in 16 bits: its copy is contiguous (DoRA fuses nothing) */
+        for (int row = 0; row < lin->out; row++)
+            k->from_half(combined + (size_t)row * lin->in, lin->weight->half + (size_t)row * lin->weight->half_ld,
+                         (size_t)lin->in, model_half_format(m->precision));
+    }
+    k->gemm(false, false, lin->out, lin->in, m->lora.r, lora_scaling(&m->lora), lin->lora_b->data, m->lora.r,
+            lin->lora_a->data, lin->in, 1.0f, combined, lin->in);
+    k->dora_norm_scale(norm, scale, combined, lin->magnitude->data, lin->out, lin->in);
+}
+
+int model_init_dora(model *m, ct_error *err) {
+    if (!m->has_lora || !m->lora.use_dora) return 0;
+    size_t numel = 0;
+    int out = 0;
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++)
+        for (int kind = 0; kind < LINEAR_KIND_COUNT; kind++) {
+            const model_linear *lin = &m->layers[l].lin[kind];
+            if (!lin->magnitude) continue;
+            size_t n = (size_t)lin->out * (size_t)lin->in;
+            if (n > numel) numel = n;
+            if (lin->out > out) out = lin->out;
+        }
+    /* once per run, before the reservation exists: scratch of its own */
+    float *combined = m->k->alloc(numel * sizeof(float));
+    float *norm = m->k->alloc((size_t)out * sizeof(float)), *scale = m->k->alloc((size_t)out * sizeof(float));
+    int rc = 0;
+    if (!combined || !norm || !scale) {
+        rc = ct_fail(err, "model: cannot allocate %zu bytes to start the DoRA magnitudes on the %s backend",
+                     (numel + 2 * (size_t)out) * sizeof(float), m->k->name);
+    } else {
+        for (int l = 0; l < m->cfg.num_hidden_layers; l++)
+            for (int kind = 0; kind < LINEAR_KIND_COUNT; kind++) {
+                const model_linear *lin = &m->layers[l].lin[kind];
+                if (!lin->magnitude) continue;
+                model_dora_norms(m, lin, combined, norm, scale);
+                m->k->copy(lin->magnitude->data, norm, (size_t)lin->out * sizeof(float));
+            }
+    }
+    if (combined) m->k->release(combined);
+    if (norm) m->k->release(norm);
+    if (scale) m->k->release(scale);
+    return rc;
 }
 
 void model_init_weights(model *m, uint64_t seed) {
@@ -875,6 +930,8 @@ static size_t plan_activations(model_state *s, const model_config *c, const lora
      * gradients for du (model_internal.h). */
     model_lora_layout layout;
     model_lora_layout_of(c, fused ? lora : NULL, &layout);
+    int in_of[LINEAR_KIND_COUNT], out_of[LINEAR_KIND_COUNT];
+    for (int kind = 0; kind < LINEAR_KIND_COUNT; kind++) linear_dims(c, (linear_kind)kind, &in_of[kind], &out_of[kind]);
     const size_t r_room = fused ? (size_t)lora->r : 0;
     memcpy(s->ld_input, layout.ld_input, sizeof s->ld_input);
     s->ld_mlp_dy = layout.ld_mlp_dy;
@@ -921,13 +978,29 @@ static size_t plan_activations(model_state *s, const model_config *c, const lora
         a->up = mixed ? mlp_up : take(&cur, t * I);
         a->act = half_inputs ? NULL : take(&cur, t * I);
         for (int kind = 0; lora && kind < LINEAR_KIND_COUNT; kind++)
-            if (lora->targets[kind]) a->lora_u[kind] = take(&cur, t * (size_t)lora->r);
+            if (lora->targets[kind]) {
+                a->lora_u[kind] = take(&cur, t * (size_t)lora->r);
+                if (lora->use_dora) a->dora_z[kind] = take(&cur, t * (size_t)out_of[kind]);
+            }
     }
     s->x_norm_final = take(&cur, t * H);
     s->rstd_final = take(&cur, t);
     s->logits = take(&cur, (size_t)rows * (size_t)c->vocab_size);
     s->loss = take(&cur, t);
     s->ones = take(&cur, t);
+    if (lora && lora->use_dora) {
+        size_t outs = 0, combined = 0;
+        for (int kind = 0; kind < LINEAR_KIND_COUNT; kind++)
+            if (lora->targets[kind]) {
+                outs += (size_t)out_of[kind];
+                if ((size_t)out_of[kind] * (size_t)in_of[kind] > combined)
+                    combined = (size_t)out_of[kind] * (size_t)in_of[kind];
+            }
+        s->dora_norms = take(&cur, 2 * (size_t)L * outs); /* a norm and a scale per output row */
+        s->dora_combined = take(&cur, combined);
+        s->dora_g = take(&cur, t * wide);
+        s->dora_dy = take(&cur, t * wide);
+    }
     if (lora) {
         s->lora_du = take(&cur, t * (size_t)lora->r);
         /* [T, in] under dropout only: dropout(x) in fp32 and the masked input gradient's product */
@@ -956,7 +1029,7 @@ size_t model_activation_bytes(const model_config *cfg, const lora_settings *lora
                               bool activation_checkpointing, model_precision precision) {
     const bool mixed = precision != MODEL_FP32;
     size_t floats = plan_activations(NULL, cfg, lora, batch * seq, activation_checkpointing, mixed,
-                                     lora && mixed, NULL);
+                                     lora && mixed && !lora->use_dora, NULL);
     return (floats + 5 * (size_t)batch * (size_t)seq) * sizeof(float);
 }
 
@@ -987,6 +1060,15 @@ int model_reserve(model *m, int max_batch, int seq, ct_error *err) {
                        max_batch, seq, m->k->name);
     }
     plan_activations(s, c, lora, T, m->activation_checkpointing, mixed, fused, s->float_arena);
+    float *dora_at = s->dora_norms; /* each DoRA Linear's norm and scale, layer by layer */
+    for (int l = 0; dora_at && l < c->num_hidden_layers; l++)
+        for (int kind = 0; kind < LINEAR_KIND_COUNT; kind++) {
+            model_linear *lin = &m->layers[l].lin[kind];
+            if (!lin->magnitude) continue;
+            lin->dora_norm = dora_at;
+            lin->dora_scale = dora_at + lin->out;
+            dora_at += 2 * (size_t)lin->out;
+        }
     s->ids = s->int_arena;
     s->targets = s->int_arena + T;
     s->positions = s->int_arena + 2 * (size_t)T;

@@ -170,6 +170,10 @@ void model_free(model *m);
 void model_init_weights(model *m, uint64_t seed);
 /* Re-initialises only the LoRA adapters (peft's default), deterministic from seed. */
 void model_init_lora(model *m, uint64_t seed);
+/* DoRA (lora.use_dora): sets every magnitude to ||W + scaling B A|| per output row of the
+ * current weights, as peft starts it (call after the base is loaded and the adapters
+ * initialised: with B = 0 that is the norms of W's rows). No-op without DoRA. */
+int model_init_dora(model *m, ct_error *err);
 /* Loads every base weight from a folder (model.safetensors or shards), any of F32/BF16/F16;
  * a missing tensor or a shape mismatch is an error naming both. */
 int model_load_weights(model *m, const char *dir, ct_error *err);

@@ -134,9 +134,9 @@ static void body(FILE *f, const model *m, const recipe *r, bool lora, const char
     const char *shown_base = base[0] ? base : "an unnamed base model";
     size_t trainable = model_count_params(m, true), total = model_count_params(m, false);
     if (lora) {
-        fprintf(f, "A LoRA adapter for `%s` (%s, %d layers), trained with ctune. Rank r = %d, "
-                   "alpha = %g%s, dropout %g, on ", shown_base, m->cfg.model_type,
-                m->cfg.num_hidden_layers, m->lora.r, (double)m->lora.alpha,
+        fprintf(f, "A %s adapter for `%s` (%s, %d layers), trained with ctune. Rank r = %d, "
+                   "alpha = %g%s, dropout %g, on ", m->lora.use_dora ? "DoRA (weight-decomposed LoRA)" : "LoRA",
+                shown_base, m->cfg.model_type, m->cfg.num_hidden_layers, m->lora.r, (double)m->lora.alpha,
                 m->lora.use_rslora ? " (rsLoRA scaling alpha/sqrt(r))" : "", (double)m->lora.dropout);
         bool first = true;
         for (int kind = 0; kind < LINEAR_KIND_COUNT; kind++) {

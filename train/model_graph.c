@@ -115,7 +115,7 @@ static int linear_forward_k(const model *m, int layer, int kind, const float *x,
 /* Whether a Linear's forward is one 16-bit GEMM (mixed precision: hx given; no bias; its
  * adapter, if any, fused), so that its output can be written as 16-bit values alone. */
 static bool linear_one_gemm(const model_linear *lin, const uint16_t *hx) {
-    return hx && !lin->bias && (!lin->lora_a || lin->u_col);
+    return hx && !lin->bias && !lin->magnitude && (!lin->lora_a || lin->u_col);
 }
 
 /* linear_forward where linear_one_gemm holds and the output is read only as a 16-bit GEMM
@@ -131,6 +131,44 @@ static void linear_forward_half(const model *m, int layer, int kind, uint16_t *y
                             lin->weight->half_ld, y_half, lin->out);
 }
 
+/* A DoRA Linear's forward (lin->magnitude; peft's DoraLinearLayer with use_dora), into y
+ * [T,out] before its bias: with c = m / ||W + scaling B A|| per output column (dora_scale,
+ * written at the layer's start), z = x W^T + scaling u B^T is kept for the magnitude's
+ * gradient and y = c z. Under dropout, peft's form: z = dropout(x) W^T + scaling u B^T and
+ * y = x W^T - dropout(x) W^T + c z (its (c - 1) dropout(x) W^T + c scaling u B^T added to the
+ * base output). */
+static void dora_forward(const model *m, int layer, int kind, float *y, const float *x, uint16_t *hx, int ldx,
+                         int T, bool train, uint64_t seed) {
+    const kernels *k = m->k;
+    const model_state *s = m->state;
+    const model_linear *lin = &m->layers[layer].lin[kind];
+    float *z = s->acts[layer].dora_z[kind];
+    lora_half half;
+    lora_apply la = adapter_of(m, lin, layer, kind, seed, ldx, &half);
+    const bool dropout = train && m->lora.dropout > 0.0f;
+    if (!dropout) {
+        weight_gemm(m, false, true, T, lin->out, lin->in, x, hx, hx ? ldx : lin->in, lin->weight, 0.0f, z, lin->out);
+        lora_forward(&la, z, s->acts[layer].lora_u[kind], x, hx, T, train, s->lora_scratch);
+        k->scale_cols(y, z, lin->dora_scale, 0.0f, T, lin->out, false);
+        return;
+    }
+    weight_gemm(m, false, true, T, lin->out, lin->in, x, hx, hx ? ldx : lin->in, lin->weight, 0.0f, y, lin->out);
+    const size_t n_in = (size_t)T * lin->in;
+    if (m->precision == MODEL_FP32) {
+        k->dropout(s->lora_scratch, x, m->lora.dropout, seed, la.offset, n_in);
+        k->gemm(false, true, T, lin->out, lin->in, 1.0f, s->lora_scratch, lin->in, lin->weight->data, lin->in, 0.0f, z,
+                lin->out);
+    } else {
+        const kernels_half_format fmt = model_half_format(m->precision);
+        k->dropout_half(fmt, s->half_lora_in, x, m->lora.dropout, seed, la.offset, n_in);
+        k->gemm_half(fmt, false, true, T, lin->out, lin->in, 1.0f, s->half_lora_in, lin->in, lin->weight->half,
+                     lin->weight->half_ld, 0.0f, z, lin->out);
+    }
+    k->axpy(y, -1.0f, z, (size_t)T * lin->out);
+    lora_forward(&la, z, s->acts[layer].lora_u[kind], x, hx, T, train, s->lora_scratch);
+    k->scale_cols(y, z, lin->dora_scale, 0.0f, T, lin->out, true);
+}
+
 /* y [T,out] = x W^T (+ b) (+ LoRA) (+ residual [T,out], unless NULL); hx is x's 16-bit copy
  * in mixed precision (rows ldx apart; else NULL). A fused adapter (u_col) writes its u into
  * hx's columns u_col.. Where the output is one 16-bit GEMM (no bias, no separate adapter),
@@ -143,6 +181,13 @@ static void linear_forward(const model *m, int layer, int kind, float *y, const 
     lora_half half;
     lora_apply la;
     const bool fused = lin->u_col && hx;
+    if (lin->magnitude) {
+        dora_forward(m, layer, kind, y, x, hx, ldx, T, train, seed);
+        if (lin->bias)
+            k->gemm(false, false, T, lin->out, 1, 1.0f, s->ones, 1, lin->bias->data, lin->out, 1.0f, y, lin->out);
+        if (residual) k->add(y, y, residual, (size_t)T * lin->out);
+        return;
+    }
     const int K = linear_forward_k(m, layer, kind, x, hx, ldx, T, train, seed, &la, &half);
     if (residual && linear_one_gemm(lin, hx)) {
         k->gemm_half_add(model_half_format(m->precision), false, true, T, lin->out, K, hx, ldx, lin->weight->half,
@@ -183,6 +228,52 @@ static uint16_t *resid_norm_backward(const model *m, const model_linear *next, m
     return s->half_dy;
 }
 
+/* linear_backward of a DoRA Linear (its base frozen: LoRA): from dy (fp32, or only its 16-bit
+ * copy hdy, rows ldhy apart, widened here), db += ones^T dy, dm += colsum(dy z) / norm, and with
+ * g = c dy the adapter's backward (lora_backward) and dx = g W (+ the adapter's path). Under
+ * dropout dx = dy W + mask((c - 1) dy W) + mask(the adapter's du A): peft's form (dora_forward). */
+static void dora_backward(const model *m, int layer, int kind, float *dx, float dx_beta, const float *dy,
+                          uint16_t *hdy, int ldhy, const float *x, const uint16_t *hx, int ldx, int T, uint64_t seed) {
+    const kernels *k = m->k;
+    const model_state *s = m->state;
+    const model_linear *lin = &m->layers[layer].lin[kind];
+    const size_t n_out = (size_t)T * lin->out;
+    if (!dy) { /* only the 16-bit gradient exists (SwiGLU's, RoPE's): its exact fp32 values */
+        const kernels_half_format fmt = model_half_format(m->precision);
+        if (ldhy == lin->out) k->from_half(s->dora_dy, hdy, n_out, fmt);
+        else
+            for (int t = 0; t < T; t++)
+                k->from_half(s->dora_dy + (size_t)t * lin->out, hdy + (size_t)t * ldhy, (size_t)lin->out, fmt);
+        dy = s->dora_dy;
+    }
+    if (lin->bias && lin->bias->grad)
+        k->gemm(true, false, 1, lin->out, T, 1.0f, s->ones, 1, dy, lin->out, grad_beta(lin->bias), lin->bias->grad,
+                lin->out);
+    if (lin->magnitude->grad) {
+        const bool accumulate = grad_beta(lin->magnitude) != 0.0f;
+        k->dora_magnitude_grad(lin->magnitude->grad, dy, s->acts[layer].dora_z[kind], lin->dora_norm, T, lin->out,
+                               accumulate);
+    }
+    lora_half half;
+    lora_apply la = adapter_of(m, lin, layer, kind, seed, ldx, &half);
+    la.overwrite_da = la.da && grad_beta(lin->lora_a) == 0.0f;
+    la.overwrite_db = la.db && grad_beta(lin->lora_b) == 0.0f;
+    const bool dropout = m->lora.dropout > 0.0f;
+    float *g = s->dora_g;
+    if (dropout && dx) {
+        weight_gemm(m, false, false, T, lin->in, lin->out, dy, half_of(m, s->half_dy, lin->out, dy, T, lin->out),
+                    lin->out, lin->weight, dx_beta, dx, lin->in);
+        k->scale_cols(g, dy, lin->dora_scale, -1.0f, T, lin->out, false);
+        weight_gemm(m, false, false, T, lin->in, lin->out, g, half_of(m, s->half_dy, lin->out, g, T, lin->out),
+                    lin->out, lin->weight, 0.0f, s->lora_scratch, lin->in);
+        k->dropout_add(dx, s->lora_scratch, m->lora.dropout, seed, la.offset, (size_t)T * lin->in);
+    }
+    k->scale_cols(g, dy, lin->dora_scale, 0.0f, T, lin->out, false);
+    uint16_t *hg = half_of(m, s->half_dy, lin->out, g, T, lin->out);
+    if (!dropout && dx) weight_gemm(m, false, false, T, lin->in, lin->out, g, hg, lin->out, lin->weight, dx_beta, dx, lin->in);
+    lora_backward(&la, dx, g, hg, x, hx, s->acts[layer].lora_u[kind], T, true, s->lora_du, s->lora_scratch);
+}
+
 /* From dy [T,out]: dW += dy^T x, db += ones^T dy (skipped when frozen), adapter grads, and
  * dx = dy W (+ adapter path), written (dx_beta 0) or added (dx_beta 1); dx NULL skips it.
  * Mixed precision: hx is x's 16-bit copy (needed only when the weight trains, or an adapter
@@ -198,6 +289,10 @@ static void linear_backward(const model *m, int layer, int kind, float *dx, floa
     const kernels *k = m->k;
     const model_state *s = m->state;
     const model_linear *lin = &m->layers[layer].lin[kind];
+    if (lin->magnitude) {
+        dora_backward(m, layer, kind, dx, dx_beta, dy, hdy, ldhy, x, hx, ldx, T, seed);
+        return;
+    }
     /* Fused (concat_dy, mixed precision only): dy's copy has room for du beside it, and
      * dx = [dy | du] [W ; A]. */
     const bool fused = lin->lora_a && lin->concat_dy;
@@ -260,6 +355,12 @@ static void layer_forward(model *m, int l, int batch, int seq, const int32_t *do
     layer_acts *a = &s->acts[l];
     float *x = s->resid + (size_t)l * T * H, *out = x + (size_t)T * H;
     const int *ld = s->ld_input;
+    /* DoRA's column scales from this step's weights (again in a checkpointed recomputation:
+     * the same weights, the same values) */
+    for (int kind = 0; kind < LINEAR_KIND_COUNT; kind++)
+        if (layer->lin[kind].magnitude)
+            model_dora_norms(m, &layer->lin[kind], s->dora_combined, layer->lin[kind].dora_norm,
+                             layer->lin[kind].dora_scale);
     uint16_t *hx = norm_for_linears(m, a->h_norm1, ld[LINEAR_Q], a->x_norm1, a->rstd1, x, layer->input_norm->data,
                                     T, H, eps);
     linear_forward(m, l, LINEAR_Q, c->qk_norm ? a->q_pre : a->q, a->x_norm1, hx, ld[LINEAR_Q], T, train, seed, NULL);

@@ -44,6 +44,10 @@ typedef struct model_linear {
     model_param *bias;   /* NULL: no bias */
     model_param *lora_a; /* NULL: not adapted */
     model_param *lora_b;
+    model_param *magnitude; /* DoRA's m [out] (lora.use_dora), else NULL */
+    /* DoRA, for the current weights: ||W + scaling B A|| per output row and m / that (backend
+     * [out] each, in the reservation; written at the start of each forward of the layer). */
+    float *dora_norm, *dora_scale;
     int in, out;
     /* Fused LoRA (above); u_col 0 when the adapter is not fused (or there is none). */
     int u_col;
@@ -68,6 +72,9 @@ typedef struct layer_acts {
     float *x_norm2, *rstd2;
     float *gate, *up, *act;        /* [T,I]; act = silu(gate) * up (mixed: see below) */
     float *lora_u[LINEAR_KIND_COUNT]; /* dropout(x) A^T [T,r] of adapted linears */
+    /* DoRA: the output before its magnitude scale, x W^T + scaling u B^T [T,out] (under
+     * dropout dropout(x) W^T + ...): the magnitude's gradient reads it */
+    float *dora_z[LINEAR_KIND_COUNT];
     /* Mixed precision without adapter dropout: the backward reads x_norm1, x_norm2 and act
      * only as GEMM operands, so the layer keeps only their 16-bit roundings, written by
      * RMSNorm and SwiGLU themselves (x_norm1, x_norm2, act NULL). NULL otherwise. */
@@ -99,6 +106,10 @@ typedef struct model_state {
     float *d_w1, *d_w2, *d_w3, *d_w4;      /* [T, max(I, nh*d, H)] */
     float *lora_du;      /* [T,r] */
     float *lora_scratch; /* [T,max_in] under LoRA dropout only: dropout(x) in fp32, the masked dx product */
+    /* DoRA: every adapted Linear's norm and scale ([out] each, model_linear.dora_norm), the
+     * combined weight W + scaling B A [max out x in], the scaled output gradient and dy
+     * widened to fp32 [T, max width] */
+    float *dora_norms, *dora_combined, *dora_g, *dora_dy;
     uint16_t *half_x, *half_dy; /* mixed precision: 16-bit GEMM input [T, max width] and output
                                  * gradient [max(T x max width, logits rows x V)] */
     size_t half_dy_numel;       /* half_dy's capacity in values */
@@ -126,6 +137,10 @@ typedef struct model_state {
         int n, stride;
     } slots;
 } model_state;
+
+/* DoRA: lin's norm = ||W + scaling B A|| per output row and scale = m / norm (backend [out]
+ * each), from the current weights, with backend scratch combined [out x in]. */
+void model_dora_norms(const model *m, const model_linear *lin, float *combined, float *norm, float *scale);
 
 /* Re-rounds the 16-bit weight copies marked stale (model_weights_changed) from fp32. */
 void model_refresh_half(model *m);

@@ -41,6 +41,7 @@ typedef struct recipe {
         double alpha;          /* default 16 */
         double dropout;        /* default 0.0, in [0, 1) */
         bool use_rslora;       /* scaling alpha/sqrt(r) instead of alpha/r; default false */
+        bool use_dora;         /* weight-decomposed LoRA (peft's use_dora); default false */
         int n_targets;         /* target_modules: names from q_proj k_proj v_proj o_proj */
         char targets[RECIPE_MAX_TARGETS][32]; /* gate_proj up_proj down_proj, or "all-linear" */
     } lora;                    /* default targets: q_proj, v_proj (peft's default for Llama) */

@@ -55,6 +55,8 @@ const recipe_key SCHEMA_KEYS[] = {
      .dmax_open = true, .doc = "dropout on the adapter input while training (in bf16/fp16-mixed, 0 runs the adapters' backward inside the base GEMMs and keeps no fp32 norm/SwiGLU outputs: faster and smaller; docs/precision.md)"},
     {.path = "lora.use_rslora", .type = KEY_BOOL, AT(lora.use_rslora), .def = "false",
      .doc = "rank-stabilised scaling alpha/sqrt(r)"},
+    {.path = "lora.use_dora", .type = KEY_BOOL, AT(lora.use_dora), .def = "false",
+     .doc = "DoRA: a trained magnitude per output row of each adapted projection (peft's use_dora; docs/model.md)"},
     {.path = "lora.target_modules", .type = KEY_LIST, AT(lora.targets),
      .count_offset = offsetof(recipe, lora.n_targets), .def = "[q_proj, v_proj]",
      .choices = TARGETS,

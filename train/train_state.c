@@ -50,6 +50,8 @@ void train_state_set_recipe(train_state_meta *meta, const recipe *r) {
         add_key(meta, "lora.alpha", "%.17g", r->lora.alpha);
         add_key(meta, "lora.dropout", "%.17g", r->lora.dropout);
         add_key(meta, "lora.use_rslora", "%s", r->lora.use_rslora ? "true" : "false");
+        /* only when on, so that checkpoints from before the key resume unchanged */
+        if (r->lora.use_dora) add_key(meta, "lora.use_dora", "true");
         char targets[RECIPE_MAX_TARGETS * 33] = "";
         for (int i = 0; i < r->lora.n_targets; i++) {
             if (i) strcat(targets, ",");

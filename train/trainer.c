@@ -64,6 +64,7 @@ static int lora_from_recipe(const recipe *r, lora_settings *s, ct_error *err) {
     s->alpha = (float)r->lora.alpha;
     s->dropout = (float)r->lora.dropout;
     s->use_rslora = r->lora.use_rslora;
+    s->use_dora = r->lora.use_dora;
     const char *names[RECIPE_MAX_TARGETS];
     for (int i = 0; i < r->lora.n_targets; i++) names[i] = r->lora.targets[i];
     if (lora_parse_targets(s, names, r->lora.n_targets, err))
@@ -189,6 +190,7 @@ static int build_model(run *x, ct_error *err) {
     if (model_set_precision(&x->m, model_precision_of(r->precision), err)) return -1;
     if (model_load_weights(&x->m, r->model.path, err)) return -1;
     if (x->m.has_lora) model_init_lora(&x->m, (uint64_t)r->train.seed);
+    if (model_init_dora(&x->m, err)) return -1;
     return 0;
 }
 
@@ -221,10 +223,18 @@ static size_t kernel_scratch_bytes(const run *x) {
     const model_config *c = &x->m.cfg;
     const bool half = x->m.precision != MODEL_FP32;
     size_t bytes = half ? x->k->half_workspace_bytes : 0;
+    size_t transient = 0; /* one call's at a time: the largest */
     if (x->k->attention_scratch_bytes)
-        bytes += x->k->attention_scratch_bytes(half, x->r->train.micro_batch_size, x->r->data.seq_len,
-                                               c->num_attention_heads, c->num_key_value_heads, c->head_dim);
-    return bytes;
+        transient = x->k->attention_scratch_bytes(half, x->r->train.micro_batch_size, x->r->data.seq_len,
+                                                  c->num_attention_heads, c->num_key_value_heads, c->head_dim);
+    if (x->m.has_lora && x->m.lora.use_dora && !x->k->host_memory) {
+        const int T = x->r->train.micro_batch_size * x->r->data.seq_len;
+        const int widest = c->intermediate_size > c->hidden_size ? c->intermediate_size : c->hidden_size;
+        const size_t dora = DORA_GRAD_SCRATCH_BYTES(T, widest > c->num_attention_heads * c->head_dim
+                                                           ? widest : c->num_attention_heads * c->head_dim);
+        if (dora > transient) transient = dora;
+    }
+    return bytes + transient;
 }
 
 static void rank_zero_memory(const run *x, size_t trainable, int rank, zero_memory *mem) {

@@ -53,6 +53,9 @@ static const kernels cpu_backend = {
     .cross_entropy_half = cpu_cross_entropy_half,
     .attention_fwd_half = cpu_attention_fwd_half,
     .attention_bwd_half = cpu_attention_bwd_half,
+    .dora_norm_scale = cpu_dora_norm_scale,
+    .scale_cols = cpu_scale_cols,
+    .dora_magnitude_grad = cpu_dora_magnitude_grad,
     .adamw = cpu_adamw,
 };
 

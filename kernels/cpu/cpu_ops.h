@@ -169,6 +169,13 @@ void cpu_gemm_half_add(kernels_half_format fmt, bool trans_a, bool trans_b, int 
 void cpu_gemm_half_to_half(kernels_half_format fmt, bool trans_a, bool trans_b, int m, int n, int k,
                            const uint16_t *a, int lda, const uint16_t *b, int ldb, uint16_t *c_half, int ldc);
 
+/* dora.c */
+void cpu_dora_norm_scale(float *norm, float *scale, const float *combined, const float *magnitude, int rows,
+                         int cols);
+void cpu_scale_cols(float *y, const float *x, const float *scale, float offset, int rows, int cols, bool add);
+void cpu_dora_magnitude_grad(float *dmag, const float *dy, const float *z, const float *norm, int rows, int cols,
+                             bool accumulate);
+
 /* adamw.c */
 void cpu_adamw(float *param, const float *grad, float *m, float *v, size_t n, const kernels_adamw_step *st);
 

@@ -150,6 +150,13 @@ void cuda_gemm_half_add(kernels_half_format fmt, bool trans_a, bool trans_b, int
 void cuda_gemm_half_to_half(kernels_half_format fmt, bool trans_a, bool trans_b, int m, int n, int k,
                             const uint16_t *a, int lda, const uint16_t *b, int ldb, uint16_t *c_half, int ldc);
 
+/* dora.cu: DoRA's weight norm and magnitude gradient, and the column scaling between them */
+void cuda_dora_norm_scale(float *norm, float *scale, const float *combined, const float *magnitude, int rows,
+                          int cols);
+void cuda_scale_cols(float *y, const float *x, const float *scale, float offset, int rows, int cols, bool add);
+void cuda_dora_magnitude_grad(float *dmag, const float *dy, const float *z, const float *norm, int rows, int cols,
+                              bool accumulate);
+
 void cuda_adamw(float *param, const float *grad, float *m, float *v, size_t n, const kernels_adamw_step *st);
 
 #ifdef __cplusplus

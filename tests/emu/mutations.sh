@@ -81,6 +81,13 @@ mutations=(
   "test_zero@optim/zero.c@a queued step whose norm overflowed keeps its step count@    if (z->adam.step > 0) z->adam.step--;@"
   "test_model@train/model_graph.c@the norm beside the loss slots not fetched with them@    if (scalar) memcpy(scalar, s->slots.host_block, sizeof *scalar);@"
   "test_zero@optim/zero.c@a queued step ignoring fp16's loss scale@max_norm, loss_scale, norm_at, z->factor_at);@max_norm, 1.0, norm_at, z->factor_at);"
+  "test_kernels_cuda_dora_emu@kernels/cuda/dora.cu@scale_cols: the addition fused with the product (an FMA)@yr[j] = add ? __fadd_rn(yr[j], product) : product;@yr[j] = add ? fmaf(__fadd_rn(scale[j], offset), xr[j], yr[j]) : product;"
+  "test_kernels_cuda_dora_emu@kernels/cuda/dora.cu@dora_magnitude_grad: a chunk's last row dropped@rows - r0 < chunk_rows ? rows : r0 + chunk_rows;@rows - r0 < chunk_rows ? rows : r0 + chunk_rows - 1;"
+  "test_kernels_cuda_dora_emu@kernels/cuda/dora.cu@dora_magnitude_grad: the last chunk left out of a column's sum@for (int chunk = 0; chunk < n_chunks; chunk++) acc@for (int chunk = 0; chunk < n_chunks - 1; chunk++) acc"
+  "test_kernels_cuda_dora_emu@kernels/cuda/dora.cu@dora_magnitude_grad: accumulate ignored@const float base = accumulate ? dmag[c] : 0.0f;@const float base = 0.0f;"
+  "test_kernels_cuda_dora_emu@kernels/cuda/dora.cu@dora_norm_scale: thread 0's own sum taken for the row's@const double sum = block_sum(acc, scratch);@const double sum = acc;"
+  "test_kernels_cpu@kernels/cpu/dora.c@scale_cols (CPU): the addition fused with the product (an FMA)@yr[j] = yr[j] + product;@yr[j] = fmaf(scale[j] + offset, xr[j], yr[j]);"
+  "test_kernels_cpu@kernels/cpu/dora.c@dora_magnitude_grad (CPU): the last row of every column left out@for (int j = 0; j < width; j++) acc[j] +=@if (t + 1 < rows) for (int j = 0; j < width; j++) acc[j] +="
 )
 
 tests=$(printf '%s\n' "${mutations[@]}" | cut -d@ -f1 | sort -u)
