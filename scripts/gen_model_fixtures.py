@@ -27,6 +27,8 @@ import sys
 
 import torch
 from safetensors.torch import save_file
+
+from gen_dropout_fixture import splitmix64  # the mask's reference, beside this script
 from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
                           Qwen3ForCausalLM)
 
@@ -146,6 +148,18 @@ def main():
     print(f"fixtures: {total} bytes")
 
 
+def adapter_step(peft_model, ids, targets):
+    """One step's loss and reference tensors: the inputs, logits, loss and every trainable gradient."""
+    loss, logits = loss_and_logits(peft_model, ids, targets)
+    peft_model.zero_grad()
+    loss.backward()
+    ref = reference_tensors(ids, targets, logits, loss)
+    for pname, p in peft_model.named_parameters():
+        if p.requires_grad:
+            ref["grad." + our_name(pname)] = p.grad.detach().float().contiguous()
+    return loss, ref
+
+
 def make_lora_fixture(model, out, ids, targets, gen):
     from peft import LoraConfig, get_peft_model
 
@@ -160,27 +174,11 @@ def make_lora_fixture(model, out, ids, targets, gen):
     lora_dir = os.path.join(out, "lora")
     peft_model.save_pretrained(lora_dir)
     os.remove(os.path.join(lora_dir, "README.md"))  # peft's card template, not read by the tests
-    loss, logits = loss_and_logits(peft_model, ids, targets)
-    peft_model.zero_grad()
-    loss.backward()
-    ref = reference_tensors(ids, targets, logits, loss)
-    for pname, p in peft_model.named_parameters():
-        if p.requires_grad:
-            ref["grad." + our_name(pname)] = p.grad.detach().float().contiguous()
+    loss, ref = adapter_step(peft_model, ids, targets)
     save_file(ref, os.path.join(lora_dir, "reference.safetensors"), metadata=order_metadata(peft_model))
     with open(os.path.join(lora_dir, "adapter_config.json")) as f:
         assert json.load(f)["r"] == 4
     print(f"llama_gqa/lora: loss {loss.item():.6f}, {len(ref) - 4} adapter gradients")
-
-
-MASK64 = (1 << 64) - 1
-
-
-def splitmix64(z):
-    z = (z + 0x9E3779B97F4A7C15) & MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
-    return z ^ (z >> 31)
 
 
 class CounterDropout(torch.nn.Module):
@@ -222,13 +220,7 @@ def make_dora_fixture(model, out, ids, targets, gen):
                 layer = int(name.split(".layers.")[1].split(".")[0])
                 offset = (layer * 8 + KINDS.index(name.rsplit(".", 1)[1])) << 40  # model_dropout_offset
                 module.lora_dropout["default"] = CounterDropout(0.25, 7, offset) if dropout else torch.nn.Identity()
-        loss, logits = loss_and_logits(peft_model, ids, targets)
-        peft_model.zero_grad()
-        loss.backward()
-        ref = reference_tensors(ids, targets, logits, loss)
-        for pname, p in peft_model.named_parameters():
-            if p.requires_grad:
-                ref["grad." + our_name(pname)] = p.grad.detach().float().contiguous()
+        loss, ref = adapter_step(peft_model, ids, targets)
         file = "reference_dropout.safetensors" if dropout else "reference.safetensors"
         save_file(ref, os.path.join(dora_dir, file), metadata=order_metadata(peft_model))
         print(f"llama_gqa/dora{'+dropout' if dropout else ''}: loss {loss.item():.6f}, {len(ref) - 4} adapter gradients")
