@@ -690,10 +690,8 @@ void model_dora_norms(const model *m, const model_linear *lin, float *combined, 
     const size_t n = (size_t)lin->out * (size_t)lin->in;
     if (lin->weight->data) {
         k->copy(combined, lin->weight->data, n * sizeof(float));
-    } else { /* a frozen base kept only in 16 bits: its copy is contiguous (DoRA fuses nothing) */
-        for (int row = 0; row < lin->out; row++)
-            k->from_half(combined + (size_t)row * lin->in, lin->weight->half + (size_t)row * lin->weight->half_ld,
-                         (size_t)lin->in, model_half_format(m->precision));
+    } else { /* a frozen base kept only in 16 bits, contiguous: DoRA never fuses (fuses_lora) */
+        k->from_half(combined, lin->weight->half, n, model_half_format(m->precision));
     }
     k->gemm(false, false, lin->out, lin->in, m->lora.r, lora_scaling(&m->lora), lin->lora_b->data, m->lora.r,
             lin->lora_a->data, lin->in, 1.0f, combined, lin->in);

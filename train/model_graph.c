@@ -229,21 +229,18 @@ static uint16_t *resid_norm_backward(const model *m, const model_linear *next, m
 }
 
 /* linear_backward of a DoRA Linear (its base frozen: LoRA): from dy (fp32, or only its 16-bit
- * copy hdy, rows ldhy apart, widened here), db += ones^T dy, dm += colsum(dy z) / norm, and with
+ * copy hdy, widened here), db += ones^T dy, dm += colsum(dy z) / norm, and with
  * g = c dy the adapter's backward (lora_backward) and dx = g W (+ the adapter's path). Under
  * dropout dx = dy W + mask((c - 1) dy W) + mask(the adapter's du A): peft's form (dora_forward). */
 static void dora_backward(const model *m, int layer, int kind, float *dx, float dx_beta, const float *dy,
-                          uint16_t *hdy, int ldhy, const float *x, const uint16_t *hx, int ldx, int T, uint64_t seed) {
+                          const uint16_t *hdy, const float *x, const uint16_t *hx, int ldx, int T, uint64_t seed) {
     const kernels *k = m->k;
     const model_state *s = m->state;
     const model_linear *lin = &m->layers[layer].lin[kind];
     const size_t n_out = (size_t)T * lin->out;
-    if (!dy) { /* only the 16-bit gradient exists (SwiGLU's, RoPE's): its exact fp32 values */
-        const kernels_half_format fmt = model_half_format(m->precision);
-        if (ldhy == lin->out) k->from_half(s->dora_dy, hdy, n_out, fmt);
-        else
-            for (int t = 0; t < T; t++)
-                k->from_half(s->dora_dy + (size_t)t * lin->out, hdy + (size_t)t * ldhy, (size_t)lin->out, fmt);
+    if (!dy) { /* only the 16-bit gradient exists (SwiGLU's, RoPE's): its exact fp32 values. Its
+                * rows are contiguous: unfused, no room for du beside dy. */
+        k->from_half(s->dora_dy, hdy, n_out, model_half_format(m->precision));
         dy = s->dora_dy;
     }
     if (lin->bias && lin->bias->grad)
@@ -290,7 +287,7 @@ static void linear_backward(const model *m, int layer, int kind, float *dx, floa
     const model_state *s = m->state;
     const model_linear *lin = &m->layers[layer].lin[kind];
     if (lin->magnitude) {
-        dora_backward(m, layer, kind, dx, dx_beta, dy, hdy, ldhy, x, hx, ldx, T, seed);
+        dora_backward(m, layer, kind, dx, dx_beta, dy, hdy, x, hx, ldx, T, seed);
         return;
     }
     /* Fused (concat_dy, mixed precision only): dy's copy has room for du beside it, and
