@@ -329,6 +329,72 @@ static void test_table_half_only(const lora_settings *ls, bool tied) {
     model_free(&full);
 }
 
+/* model_create_in: the same model as model_create + model_set_precision (arenas, copies, which
+ * weights keep fp32, then the same loss and gradient bits), built without a transient: the
+ * backend's peak after it is what the model holds, not more. (And model_set_precision leaves a
+ * full fine-tune's fp32 arena in place.) Run first in the process, LoRA
+ * (smaller) before full fine-tuning, so that an earlier peak cannot hide a transient. */
+static void test_create_in(void) {
+    const kernels *k = kernels_cpu();
+    const run_mode modes[] = {LORA_FUSED, FULL, DORA_DROPOUT, LORA_DROPOUT};
+    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++)
+        for (int tied = 0; tied <= 1; tied++) {
+            const run_mode mode = modes[i];
+            model_config c;
+            mixed_config(&c, tied, 8);
+            lora_settings ls = {.r = 4, .alpha = 8.0f, .dropout = mode == FULL || mode == LORA_FUSED ? 0.0f : 0.2f,
+                                .use_dora = mode == DORA_DROPOUT};
+            const char *all[] = {"all-linear"};
+            ct_error err = {{0}};
+            CHECK(lora_parse_targets(&ls, all, 1, &err) == 0);
+            const lora_settings *lora = mode == FULL ? NULL : &ls;
+            size_t now0, peak0, now1, peak1;
+            k->memory_held(&now0, &peak0);
+            model direct, switched;
+            CHECK_MSG(model_create_in(&direct, &c, lora, k, MODEL_BF16_MIXED, &err) == 0, "%s", err.msg);
+            k->memory_held(&now1, &peak1);
+            if (i < 2 && !tied) /* the first two: nothing held before them hides a transient */
+                CHECK_MSG(peak1 <= (now1 > peak0 ? now1 : peak0), "%s: creating in bf16-mixed peaked at %zu bytes, "
+                          "holds %zu", mode_names[mode], peak1 - now0, now1 - now0);
+            CHECK_MSG(model_create(&switched, &c, lora, k, &err) == 0, "%s", err.msg);
+            const float *fp32_arena = switched.weight_arena;
+            CHECK_MSG(model_set_precision(&switched, MODEL_BF16_MIXED, &err) == 0, "%s", err.msg);
+            /* full fine-tuning keeps every fp32 value where it is: no copy of the arena */
+            if (mode == FULL) CHECK(switched.weight_arena == fp32_arena);
+            bool same = direct.weight_numel == switched.weight_numel && direct.half_numel == switched.half_numel &&
+                        direct.n_adapter_casts == switched.n_adapter_casts;
+            for (int j = 0; j < direct.n_params; j++) {
+                const model_param *a = &direct.params[j], *b = &switched.params[j];
+                same = same && !a->data == !b->data && !a->half == !b->half && a->half_ld == b->half_ld &&
+                       a->half_rows == b->half_rows &&
+                       (!a->data || a->data - direct.weight_arena == b->data - switched.weight_arena);
+            }
+            CHECK_MSG(same, "%s %s: created in bf16-mixed, the arenas differ from create + set_precision",
+                      mode_names[mode], tied ? "tied" : "untied");
+            double loss[2];
+            float *grads[2];
+            model *both[2] = {&direct, &switched};
+            for (int w = 0; w < 2; w++) {
+                CHECK_MSG(model_reserve(both[w], 2, 8, &err) == 0, "%s", err.msg);
+                fill_weights(both[w], 23);
+                model_zero_grads(both[w]);
+                long n = 0;
+                loss[w] = 0;
+                CHECK_MSG(model_step(both[w], &batch, true, 1.0f, 5, &loss[w], &n, &err) == 0, "%s", err.msg);
+                grads[w] = malloc(both[w]->grad_numel * sizeof(float));
+                k->download(grads[w], both[w]->grad_arena, both[w]->grad_numel * sizeof(float));
+            }
+            CHECK_MSG(loss[0] == loss[1] && direct.grad_numel == switched.grad_numel &&
+                          memcmp(grads[0], grads[1], direct.grad_numel * sizeof(float)) == 0,
+                      "%s %s: created in bf16-mixed, loss %.17g and gradients differ from create + set_precision's %.17g",
+                      mode_names[mode], tied ? "tied" : "untied", loss[0], loss[1]);
+            free(grads[0]);
+            free(grads[1]);
+            model_free(&direct);
+            model_free(&switched);
+        }
+}
+
 static void test_weight_copies(void) {
     model_config c;
     mixed_config(&c, false, 8);
@@ -637,6 +703,7 @@ static void test_cuda_against_cpu(const kernels *cuda) {
 }
 
 int main(void) {
+    test_create_in(); /* first: it reads the process's memory peak */
     for (int qk = 1; qk >= 0; qk--) {
         with_qk_norm = qk;
         printf("-- q/k norms %s\n", qk ? "on" : "off");

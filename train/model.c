@@ -154,8 +154,18 @@ static void build_params(model *m) {
         add_param(m, 2, c->vocab_size, c->hidden_size, full, true, false, "lm_head.weight");
 }
 
+static bool half_only(const model *m, const model_param *p);
+static int add_half_copies(model *m, model_precision p, ct_error *err);
+static void upload_adapter_casts(model *m);
+static void write_fused_adapters(model *m);
+
 int model_create(model *m, const model_config *cfg, const lora_settings *lora, const kernels *k,
                  ct_error *err) {
+    return model_create_in(m, cfg, lora, k, MODEL_FP32, err);
+}
+
+int model_create_in(model *m, const model_config *cfg, const lora_settings *lora, const kernels *k,
+                    model_precision precision, ct_error *err) {
     memset(m, 0, sizeof *m);
     if (validate_config(cfg, err)) return -1;
     if (lora && validate_lora(lora, err)) return -1;
@@ -181,8 +191,11 @@ int model_create(model *m, const model_config *cfg, const lora_settings *lora, c
     }
     build_params(m);
 
+    /* In mixed precision the weights read only through their 16-bit copy get no fp32 memory
+     * at all, not even for a moment (a LoRA base: 4 bytes a parameter). */
+    const bool mixed = precision != MODEL_FP32;
     for (int i = 0; i < m->n_params; i++) {
-        m->weight_numel += m->params[i].numel;
+        if (!(mixed && half_only(m, &m->params[i]))) m->weight_numel += m->params[i].numel;
         if (m->params[i].trainable) m->grad_numel += m->params[i].numel;
     }
     m->weight_arena = k->alloc(m->weight_numel * sizeof(float));
@@ -200,6 +213,8 @@ int model_create(model *m, const model_config *cfg, const lora_settings *lora, c
             p->data = m->weight_arena + trainable_at;
             p->grad = m->grad_arena + trainable_at;
             trainable_at += p->numel;
+        } else if (mixed && half_only(m, p)) {
+            p->data = NULL;
         } else {
             p->data = m->weight_arena + frozen_at;
             frozen_at += p->numel;
@@ -218,6 +233,14 @@ int model_create(model *m, const model_config *cfg, const lora_settings *lora, c
     model_rope_inv_freq(&m->cfg, inv_freq);
     k->upload(s->inv_freq, inv_freq, (size_t)half * sizeof(float));
     free(inv_freq);
+    if (mixed) {
+        if (add_half_copies(m, precision, err)) {
+            model_free(m);
+            return -1;
+        }
+        upload_adapter_casts(m);
+        write_fused_adapters(m);
+    }
     return 0;
 }
 
@@ -265,8 +288,15 @@ static void half_rows_of(const model_param *p, size_t *n_rows, size_t *row_len, 
  * gradients). Both arenas exist for a moment (the trainer switches before loading). */
 static int relayout_weights(model *m, bool mixed, ct_error *err) {
     size_t numel = 0;
-    for (int i = 0; i < m->n_params; i++)
-        if (!(mixed && half_only(m, &m->params[i]))) numel += m->params[i].numel;
+    bool moves = false;
+    for (int i = 0; i < m->n_params; i++) {
+        const bool drops = mixed && half_only(m, &m->params[i]);
+        if (!drops) numel += m->params[i].numel;
+        moves = moves || drops != !m->params[i].data;
+    }
+    /* Nothing leaves or comes back (full fine-tuning): the arena stays, rather than a copy of
+     * every weight existing beside it for a moment. */
+    if (!moves) return 0;
     float *arena = m->k->alloc((numel ? numel : 1) * sizeof(float));
     if (!arena)
         return ct_fail(err, "model: cannot allocate %zu bytes of parameters on the %s backend",
@@ -387,12 +417,11 @@ static void drop_half_copies(model *m) {
     plan_half_layout(m, MODEL_FP32);
 }
 
-int model_set_precision(model *m, model_precision p, ct_error *err) {
-    if (m->precision != MODEL_FP32 && relayout_weights(m, false, err)) return -1;
-    drop_half_copies(m);
-    m->precision = MODEL_FP32;
-    m->half_stale_frozen = m->half_stale_trainable = false;
-    if (p == MODEL_FP32) return 0;
+/* The 16-bit copies for precision p, rounded from the fp32 values where a parameter has them
+ * (zero otherwise: the arena starts zero-filled), and the fused adapters' casts; sets
+ * m->precision. The casts' pointers are uploaded by the caller, once the fp32 weights are
+ * where they stay. */
+static int add_half_copies(model *m, model_precision p, ct_error *err) {
     plan_half_layout(m, p);
     size_t total = 0;
     for (int i = 0; i < m->n_params; i++) {
@@ -411,12 +440,28 @@ int model_set_precision(model *m, model_precision p, ct_error *err) {
         q->half = m->half_arena + at;
         at += (size_t)q->half_rows * (size_t)q->half_ld;
         /* the padding starts at zero (alloc zero-fills): the zero columns of the layout */
-        m->k->to_half_2d(model_half_format(p), q->half, q->half_ld, q->data, (int)q->shape[1], (int)q->shape[0],
-                         (int)q->shape[1], 1.0f);
+        if (q->data)
+            m->k->to_half_2d(model_half_format(p), q->half, q->half_ld, q->data, (int)q->shape[1],
+                             (int)q->shape[0], (int)q->shape[1], 1.0f);
     }
     m->half_numel = total;
     m->precision = p;
-    if (alloc_adapter_casts(m, err) || relayout_weights(m, true, err)) { /* nothing moved: back to fp32 */
+    if (alloc_adapter_casts(m, err)) {
+        drop_half_copies(m);
+        m->precision = MODEL_FP32;
+        return -1;
+    }
+    return 0;
+}
+
+int model_set_precision(model *m, model_precision p, ct_error *err) {
+    if (m->precision != MODEL_FP32 && relayout_weights(m, false, err)) return -1;
+    drop_half_copies(m);
+    m->precision = MODEL_FP32;
+    m->half_stale_frozen = m->half_stale_trainable = false;
+    if (p == MODEL_FP32) return 0;
+    if (add_half_copies(m, p, err)) return -1;
+    if (relayout_weights(m, true, err)) { /* nothing moved: back to fp32 */
         drop_half_copies(m);
         m->precision = MODEL_FP32;
         return -1;

@@ -163,6 +163,12 @@ kernels_half_format model_half_format(model_precision p);
 int model_create(model *m, const model_config *cfg, const lora_settings *lora,
                  const kernels *k, ct_error *err);
 void model_free(model *m);
+/* model_create, then model_set_precision(p), except that the fp32 values precision p drops (a
+ * mixed-precision LoRA base, a frozen embedding table) are never allocated: start-up holds no
+ * more than the run does (an fp32 copy of an 8B base beside its 16-bit one is 48 GB, twice
+ * what the run needs). */
+int model_create_in(model *m, const model_config *cfg, const lora_settings *lora, const kernels *k,
+                    model_precision precision, ct_error *err);
 
 /* transformers' initialisation: Linear/Embedding ~ N(0, initializer_range), norms = 1,
  * biases = 0; LoRA A kaiming-uniform(a=sqrt(5)) i.e. U(-1/sqrt(in), 1/sqrt(in)), B = 0.

@@ -183,11 +183,12 @@ static int build_model(run *x, ct_error *err) {
     lora_settings lora;
     int status = 0;
     if (r->method == METHOD_LORA) status = lora_from_recipe(r, &lora, err);
-    if (!status) status = model_create(&x->m, &cfg, r->method == METHOD_LORA ? &lora : NULL, x->k, err);
+    if (!status)
+        status = model_create_in(&x->m, &cfg, r->method == METHOD_LORA ? &lora : NULL, x->k,
+                                 model_precision_of(r->precision), err);
     model_config_free(&cfg);
     if (status) return -1;
     x->model_ready = true;
-    if (model_set_precision(&x->m, model_precision_of(r->precision), err)) return -1;
     if (model_load_weights(&x->m, r->model.path, err)) return -1;
     if (x->m.has_lora) model_init_lora(&x->m, (uint64_t)r->train.seed);
     if (model_init_dora(&x->m, err)) return -1;
