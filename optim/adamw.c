@@ -68,7 +68,7 @@ void adamw_step_range(adamw_state *s, model *m, const adamw_hparams *h, double l
         size_t first = (size_t)(p->grad - m->grad_arena), last = first + p->numel;
         size_t lo = first > begin ? first : begin, hi = last < end ? last : end;
         if (lo >= hi) continue;
-        float *param = p->data + (lo - first);
+        float *param = model_param_fp32(p, lo - first); /* a sharded weight's slice holds [lo, hi) */
         uint16_t *half = step_settings(s, m, p, h, lr, grad_scale, grad_scale_at, lo - first).half;
         const size_t len = run.hi - run.lo;
         const bool joins = run.first && lo == run.hi && param == run.param + len && p->decay == run.first->decay &&

@@ -64,21 +64,43 @@ void zero_free(zero_optimizer *z) {
     adamw_free(&z->adam);
     free(z->levels);
     free(z->offsets);
+    free(z->run_offsets);
     free(z->block_sums);
     memset(z, 0, sizeof *z);
 }
 
 /* The step relies on the trainable weights lining up with the gradient arena (model.h). The
  * collectives take the model's backend memory (on_backend), so any backend works. */
-static int check_model(const model *m, const dist *d, ct_error *err) {
-    (void)d;
+static int check_model(const model *m, const size_t *offsets, const dist *d, ct_error *err) {
     if (m->grad_numel == 0 || !m->grad_arena) return ct_fail(err, "zero: the model has no trainable parameters");
+    const bool sharded = zero_model_sharded(m);
     for (int i = 0; i < m->n_params; i++) {
         const model_param *p = &m->params[i];
-        if (p->trainable && p->grad && p->data - m->weight_arena != p->grad - m->grad_arena)
+        if (!p->trainable || !p->grad) continue;
+        const size_t first = (size_t)(p->grad - m->grad_arena);
+        if (!sharded && p->data - m->weight_arena != p->grad - m->grad_arena)
             return ct_fail(err, "zero: trainable weight %s is not at the offset of its gradient", p->name);
+        if (!p->sharded) continue;
+        /* its fp32 slice must be exactly what this rank's shard updates */
+        size_t lo = offsets[d->rank] > first ? offsets[d->rank] - first : 0;
+        size_t hi = offsets[d->rank + 1] > first ? offsets[d->rank + 1] - first : 0;
+        if (hi > p->numel) hi = p->numel;
+        if (lo > hi) lo = hi;
+        if (lo < hi ? (p->master_lo != lo || p->master_hi != hi || !p->master) : p->master != NULL)
+            return ct_fail(err, "zero: %s keeps fp32 values [%zu, %zu), but rank %d's shard updates [%zu, %zu) of it",
+                           p->name, p->master_lo, p->master_hi, d->rank, lo, hi);
     }
     return 0;
+}
+
+bool zero_model_sharded(const model *m) {
+    for (int i = 0; i < m->n_params; i++)
+        if (m->params[i].sharded) return true;
+    return false;
+}
+
+bool zero_shards_weights(int stage, model_precision precision) {
+    return stage >= 1 && precision != MODEL_FP32;
 }
 
 int zero_create(zero_optimizer *z, const model *m, const dist *d, int stage, int accum_steps,
@@ -86,21 +108,26 @@ int zero_create(zero_optimizer *z, const model *m, const dist *d, int stage, int
     memset(z, 0, sizeof *z);
     if (stage < 0 || stage > 2) return ct_fail(err, "zero: stage %d is not 0, 1 or 2", stage);
     if (accum_steps < 1) return ct_fail(err, "zero: %d accumulation steps", accum_steps);
-    if (check_model(m, d, err)) return -1;
     z->stage = stage;
     z->d = d;
     z->k = m->k;
     z->accum_steps = accum_steps;
     z->numel = m->grad_numel;
     z->offsets = malloc(((size_t)d->world_size + 1) * sizeof *z->offsets);
+    z->run_offsets = malloc(((size_t)d->world_size + 1) * sizeof *z->run_offsets);
     z->block_sums = calloc(clip_block_count(z->numel), sizeof *z->block_sums);
     z->n_levels = zero_tree_levels(accum_steps);
     z->levels = calloc((size_t)z->n_levels + 1, sizeof *z->levels);
-    if (!z->offsets || !z->block_sums || !z->levels) {
+    if (!z->offsets || !z->run_offsets || !z->block_sums || !z->levels) {
         zero_free(z);
         return ct_fail(err, "zero: out of memory");
     }
     zero_shard_offsets(z->numel, d->world_size, z->offsets);
+    if (check_model(m, z->offsets, d, err) ||
+        (zero_model_sharded(m) && stage == 0 && ct_fail(err, "zero: sharded fp32 weights need ZeRO stage 1 or 2"))) {
+        zero_free(z);
+        return -1;
+    }
     z->begin = z->offsets[d->rank];
     z->end = z->offsets[d->rank + 1];
     size_t shard = z->end - z->begin;
@@ -190,11 +217,47 @@ static int reduce_step(zero_optimizer *z, model *m, const dist *d, float **grad,
 
 /* The step's second half: AdamW on this rank's values with the factor (grad_scale, or the
  * one at grad_scale_at), then the all-gather of the parameters. */
+/* All-gathers the trainable values [lo, hi) (flat), held from base on in elements of
+ * elem_bytes, each rank giving the part its shard updated. */
+static int gather_run(const zero_optimizer *z, const dist *d, void *base, size_t elem_bytes, size_t lo, size_t hi,
+                      ct_error *err) {
+    size_t *parts = z->run_offsets;
+    for (int r = 0; r <= d->world_size; r++) {
+        size_t at = z->offsets[r] < lo ? lo : z->offsets[r] > hi ? hi : z->offsets[r];
+        parts[r] = at - lo;
+    }
+    return dist_all_gather(d, base, elem_bytes, parts, err);
+}
+
+/* Every rank's updated values to every rank. With sharded fp32 weights (model_create_in) a
+ * sharded weight travels as the 16-bit copy AdamW wrote (what the other ranks read; the
+ * owner's rounding is the one each would make, and half the bytes), everything else in fp32:
+ * in runs of parameters whose buffers continue one another (a layer's seven matrices, its
+ * two norms), one all-gather each. */
+static int gather_updated(const zero_optimizer *z, model *m, const dist *d, ct_error *err) {
+    if (!zero_model_sharded(m)) return dist_all_gather_floats(d, m->weight_arena, z->offsets, err);
+    char *base = NULL;
+    size_t elem = 0, lo = 0, hi = 0;
+    for (int i = 0; i < m->n_params; i++) {
+        model_param *p = &m->params[i];
+        if (!p->trainable || !p->grad) continue;
+        const size_t first = (size_t)(p->grad - m->grad_arena), e = p->sharded ? sizeof(uint16_t) : sizeof(float);
+        char *at = p->sharded ? (char *)p->half : (char *)p->data;
+        if (base && e == elem && first == hi && at == base + (hi - lo) * elem) {
+            hi += p->numel;
+            continue;
+        }
+        if (base && gather_run(z, d, base, elem, lo, hi, err)) return -1;
+        base = at, elem = e, lo = first, hi = first + p->numel;
+    }
+    return base ? gather_run(z, d, base, elem, lo, hi, err) : 0;
+}
+
 static int update_step(zero_optimizer *z, model *m, const dist *d, const adamw_hparams *h, double lr,
                        const float *grad, size_t first, size_t count, float grad_scale,
                        const float *grad_scale_at, ct_error *err) {
     adamw_step_range(&z->adam, m, h, lr, grad, grad_scale, grad_scale_at);
-    if (z->stage != 0 && dist_all_gather_floats(d, m->weight_arena, z->offsets, err)) return -1;
+    if (z->stage != 0 && gather_updated(z, m, d, err)) return -1;
     /* AdamW wrote the 16-bit copies of the values this rank updated; the gathered rest are
      * re-rounded before the next GEMM. */
     model_weights_changed_except(m, first, first + count);
@@ -240,4 +303,49 @@ int zero_step_queued(zero_optimizer *z, model *m, const adamw_hparams *h, double
 
 void zero_step_not_taken(zero_optimizer *z) {
     if (z->adam.step > 0) z->adam.step--;
+}
+
+/* ---- checkpoints of sharded fp32 weights ---- */
+
+enum { FETCH_END = -1 };
+
+/* One collective gather of parameter `index`'s fp32 values to rank 0's host. */
+static int gather_param(const zero_optimizer *z, const model *m, int index, float *host, ct_error *err) {
+    const dist comm = *z->d, *d = &comm;
+    if (index < 0 || index >= m->n_params || !m->params[index].sharded)
+        return ct_fail(err, "zero: parameter %d is not a sharded weight", index);
+    const model_param *p = &m->params[index];
+    const size_t first = (size_t)(p->grad - m->grad_arena), n = p->master_hi - p->master_lo;
+    size_t *parts = z->run_offsets;
+    for (int r = 0; r <= d->world_size; r++) {
+        size_t at = z->offsets[r] < first ? first : z->offsets[r] > first + p->numel ? first + p->numel : z->offsets[r];
+        parts[r] = at - first;
+    }
+    float *mine = malloc((n ? n : 1) * sizeof(float));
+    if (!mine) return ct_fail(err, "zero: out of memory for %zu values of %s", n, p->name);
+    if (n) z->k->download(mine, p->master, n * sizeof(float));
+    int rc = dist_gather_floats(d, mine, host, parts, 0, err);
+    free(mine);
+    return rc;
+}
+
+int zero_fetch_param(const zero_optimizer *z, const model *m, int index, float *host, ct_error *err) {
+    if (z->d->rank != 0) return ct_fail(err, "zero: only rank 0 fetches a sharded weight");
+    int at = index;
+    if (dist_broadcast(z->d, &at, sizeof at, 0, err)) return -1;
+    return gather_param(z, m, index, host, err);
+}
+
+int zero_end_fetches(const zero_optimizer *z, ct_error *err) {
+    int at = FETCH_END;
+    return dist_broadcast(z->d, &at, sizeof at, 0, err);
+}
+
+int zero_serve_fetches(const zero_optimizer *z, const model *m, ct_error *err) {
+    for (;;) {
+        int index;
+        if (dist_broadcast(z->d, &index, sizeof index, 0, err)) return -1;
+        if (index == FETCH_END) return 0;
+        if (gather_param(z, m, index, NULL, err)) return -1;
+    }
 }

@@ -10,9 +10,11 @@
  *           updates its shard, the parameters are all-gathered.
  *  stage 2: also the reduced gradient and its partial sums exist only for the shard: every
  *           micro-batch's gradient is reduce-scattered as soon as it is computed.
- * On the CPU (fp32) the parameters are the master weights; every rank keeps all of them
- * because its forward pass needs them, so what shrinks with the rank count is the AdamW
- * state (and, in stage 2, the gradient sums).
+ * In fp32 the parameters are the master weights; every rank keeps all of them because its
+ * forward pass needs them, so what shrinks with the rank count is the AdamW state (and, in
+ * stage 2, the gradient sums). In mixed precision at stages 1 and 2 the fp32 values of the
+ * weight matrices are sharded too (zero_shards_weights): the forward reads their 16-bit
+ * copies, which the all-gather moves.
  *
  * Same bits at any rank count: the global batch is G/micro micro-batches j = 0, 1, ...;
  * their gradients are added in the DIST_TREE order over j (train/dist.h). Stages 0 and 1 give
@@ -57,6 +59,7 @@ typedef struct zero_optimizer {
     int accum_steps;
     size_t numel;        /* flat trainable values (model grad_numel) */
     size_t *offsets;     /* [world_size + 1] shard boundaries */
+    size_t *run_offsets; /* [world_size + 1] scratch: the boundaries within one all-gather */
     size_t begin, end;   /* this rank's shard */
     adamw_state adam;    /* m, v of [begin, end) (stages 1, 2) or of everything (stage 0) */
     float *reduced;      /* stage 2: the shard's reduced gradient; stages 0, 1 reduce into the
@@ -109,5 +112,20 @@ int zero_step_queued(zero_optimizer *z, model *m, const adamw_hparams *h, double
                      double loss_scale, double *norm_at, ct_error *err);
 /* Takes back the optimizer step counter of a queued step whose norm was not finite. */
 void zero_step_not_taken(zero_optimizer *z);
+
+/* Whether a run at this stage and precision shards its fp32 weights (model_create_in with the
+ * rank's shard, zero_shard_offsets): every mixed-precision run at stage 1 or 2. The 16-bit
+ * copies are then what the step's all-gather moves for them. */
+bool zero_shards_weights(int stage, model_precision precision);
+/* Whether m has sharded fp32 weights. */
+bool zero_model_sharded(const model *m);
+/* Checkpoints of such a model: rank 0 writes the hub folder, fetching each sharded weight's
+ * fp32 values [numel] into host with zero_fetch_param (a broadcast of the index, then a
+ * gather of the owners' slices: one tensor in memory at a time, whatever order the writer
+ * wants them in); the other ranks run zero_serve_fetches meanwhile, which returns once rank 0
+ * calls zero_end_fetches — which it must, whether its write succeeded or not. Collective. */
+int zero_fetch_param(const zero_optimizer *z, const model *m, int index, float *host, ct_error *err);
+int zero_end_fetches(const zero_optimizer *z, ct_error *err);
+int zero_serve_fetches(const zero_optimizer *z, const model *m, ct_error *err);
 
 #endif

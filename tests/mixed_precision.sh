@@ -6,7 +6,10 @@
 #     bound set by the 16-bit formats' rounding, yet are not the fp32 bits; bf16 (8 significand
 #     bits) strays further than fp16 (11); the final folders hold fp32 weights that ctune eval
 #     loads.
-#  2. 1 rank = 2 ranks (ZeRO 0, 1, 2) in mixed precision: same losses, same weight bytes.
+#  2. 1 rank = 2 ranks (ZeRO 0, 1, 2) in mixed precision: same losses, same weight bytes. At ZeRO
+#     1/2 the fp32 weights are sharded (each rank keeps its shard's): a checkpoint gathered
+#     from the ranks, and resumed between sharded and unsharded runs and world sizes, gives
+#     the same bytes; rank 0's parameter estimate shrinks.
 #  3. fp16-mixed with a first loss scale far too large and growth_interval 3: the leading steps
 #     overflow and are skipped, the scale follows GradScaler's rule at every step, training
 #     then proceeds; the checkpoint counts only the steps taken (optimizer_step).
@@ -60,6 +63,31 @@ done
 run lora-bf16-mixed-2r-z0 2 lora bf16-mixed distributed.zero_stage=0
 run full-bf16-mixed-2r-z1 2 full bf16-mixed distributed.zero_stage=1
 run full-fp16-mixed-2r-z2 2 full fp16-mixed distributed.zero_stage=2
+# ---- 2b. sharded fp32 weights (ZeRO 1/2 in mixed precision): each rank keeps fp32 only for its
+# shard; resume moves between sharded and unsharded and between world sizes, byte for byte ----
+run full-bf16-2r-z2-ckpt 2 full bf16-mixed distributed.zero_stage=2 checkpoint.every=10
+run full-bf16-1r-z0-ckpt 1 full bf16-mixed distributed.zero_stage=0 checkpoint.every=10
+resume_from() { # resume_from NAME SOURCE RANKS STAGE: continue SOURCE's step-10 checkpoint
+  mkdir -p "runs/$1/checkpoints" && cp -r "runs/$2/checkpoints/step-000010" "runs/$1/checkpoints/"
+  run "$1" "$3" full bf16-mixed distributed.zero_stage="$4" checkpoint.every=10 checkpoint.resume=auto
+  grep -q "resumed from .*step-000010 at step 10" "$1.log" || bad "$1 did not resume at step 10"
+  cmp -s runs/full-bf16-mixed/final/model.safetensors "runs/$1/final/model.safetensors" \
+    && ok "$1: $2's step 10 resumed on $3 rank(s), ZeRO $4 = 20 straight steps on 1 rank (model bytes)" \
+    || bad "$1: resumed weights differ from the straight 1-rank run's"
+}
+resume_from resume-sharded-to-1r-z0 full-bf16-2r-z2-ckpt 1 0
+resume_from resume-1r-to-sharded-2r-z1 full-bf16-1r-z0-ckpt 2 1
+resume_from resume-1r-to-1r-z1 full-bf16-1r-z0-ckpt 1 1
+cmp -s runs/full-bf16-1r-z0-ckpt/checkpoints/step-000010/model.safetensors \
+  runs/full-bf16-2r-z2-ckpt/checkpoints/step-000010/model.safetensors \
+  && cmp -s runs/full-bf16-mixed/final/model.safetensors runs/full-bf16-2r-z2-ckpt/final/model.safetensors \
+  && ok "the sharded run's step-10 checkpoint and final folder (gathered from both ranks) = the 1-rank run's" \
+  || bad "the sharded run's gathered checkpoint or final folder differs from the 1-rank run's"
+params_of() { sed -n "s/.*rank $2: parameters \([0-9]*\),.*/\1/p" "$1.log"; }
+p1=$(params_of full-bf16-1r-z0-ckpt 0) p2=$(params_of full-bf16-2r-z2-ckpt 0)
+[ -n "$p1" ] && [ -n "$p2" ] && [ "$p2" -lt "$p1" ] \
+  && ok "sharded fp32 weights: rank 0 of 2 holds $p2 bytes of parameters, 1 rank $p1" \
+  || bad "sharding did not shrink the parameters' estimate ($p2 on 2 ranks, $p1 on 1)"
 # ---- 3 and 4. overflow, skipped steps, the scale rule; stop at 10 and resume ----
 # 2^28 overflows fp16: the loss gradients are about scale / tokens (~2^23 with ~24 loss tokens a
 # step) > 65504. Measured here: steps 1-9 overflow (2^28 down to 2^20), step 10 is good at 2^19,

@@ -180,6 +180,63 @@ static void test_full(const kernels *k, bool keep) {
     model_config_free(&cfg);
 }
 
+/* Sharded fp32 weights (optim/zero.h): without a gather, a full folder is refused (never the
+ * 16-bit copies written as fp32) and nothing is left; with one, the folder is the unsharded
+ * model's, byte for byte. The "gather" here reads an unsharded twin with the same values. */
+typedef struct twin_fetch {
+    const model *twin;
+    int calls;
+} twin_fetch;
+
+static int fetch_from_twin(void *ctx, int index, float *host, ct_error *err) {
+    (void)err;
+    twin_fetch *t = ctx;
+    t->calls++;
+    model_param_download(t->twin, &t->twin->params[index], host);
+    return 0;
+}
+
+static void test_full_sharded(const kernels *k) {
+    char base[1500], dir[1500], path[2000], want[2000];
+    model_config cfg;
+    ct_error err = {{0}};
+    snprintf(path, sizeof path, "%s/config.json", at(base, "tiny-base"));
+    CHECK(model_config_load(&cfg, path, &err) == 0);
+    model plain, sharded;
+    const model_shard shard = {5000, 9000}; /* this "rank" keeps a slice of a few weights */
+    CHECK(model_create_in(&plain, &cfg, NULL, k, MODEL_BF16_MIXED, NULL, &err) == 0);
+    CHECK_MSG(model_create_in(&sharded, &cfg, NULL, k, MODEL_BF16_MIXED, &shard, &err) == 0, "%s", err.msg);
+    model_init_weights(&plain, 7);
+    int n_sharded = 0;
+    for (int i = 0; i < plain.n_params; i++) {
+        float *host = malloc(plain.params[i].numel * sizeof *host);
+        model_param_download(&plain, &plain.params[i], host);
+        model_param_upload(&sharded, &sharded.params[i], host);
+        n_sharded += sharded.params[i].sharded;
+        free(host);
+    }
+    CHECK(n_sharded > 0);
+    recipe r;
+    recipe_for(&r, METHOD_FULL);
+    run_summary s = {.steps = 10, .train_loss = 1.5, .eval_loss = NAN, .eval_accuracy = NAN, .world_size = 2};
+    CHECK(checkpoint_write_hub(at(dir, "tiny-sharded"), &sharded, &r, base, &s, &err) == -1);
+    CHECK_CONTAINS(err.msg, "sharded over the ranks");
+    CHECK(!path_exists(dir));
+    CHECK_MSG(checkpoint_write_hub(at(want, "tiny-plain"), &plain, &r, base, &s, &err) == 0, "%s", err.msg);
+    twin_fetch t = {&plain, 0};
+    const checkpoint_values values = {fetch_from_twin, &t};
+    CHECK_MSG(checkpoint_write_hub_from(dir, &sharded, &r, base, &s, &values, &err) == 0, "%s", err.msg);
+    CHECK_MSG(t.calls == n_sharded, "%d fetches for %d sharded weights", t.calls, n_sharded);
+    size_t n1 = 0, n2 = 0;
+    char *a = check_slurp(strcat(strcpy(path, want), "/model.safetensors"), &n1);
+    char *b = check_slurp(strcat(strcpy(path, dir), "/model.safetensors"), &n2);
+    CHECK(a && b && n1 == n2 && memcmp(a, b, n1) == 0);
+    free(a), free(b);
+    model_free(&plain);
+    model_free(&sharded);
+    model_config_free(&cfg);
+}
+
 /* ---- LoRA adapter folder ---- */
 
 static int make_lora_model(model *m, const model_config *cfg, int r, const kernels *k, ct_error *err) {
@@ -631,6 +688,7 @@ int main(void) {
     bool keep = getenv("CTUNE_KEEP_TEST_DIR") != NULL;
     const kernels *k = kernels_cpu();
     test_full(k, keep);
+    test_full_sharded(k);
     test_lora(k, keep);
     test_dora(k);
     test_card_base_model(k);

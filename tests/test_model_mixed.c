@@ -351,7 +351,7 @@ static void test_create_in(void) {
             size_t now0, peak0, now1, peak1;
             k->memory_held(&now0, &peak0);
             model direct, switched;
-            CHECK_MSG(model_create_in(&direct, &c, lora, k, MODEL_BF16_MIXED, &err) == 0, "%s", err.msg);
+            CHECK_MSG(model_create_in(&direct, &c, lora, k, MODEL_BF16_MIXED, NULL, &err) == 0, "%s", err.msg);
             k->memory_held(&now1, &peak1);
             if (i < 2 && !tied) /* the first two: nothing held before them hides a transient */
                 CHECK_MSG(peak1 <= (now1 > peak0 ? now1 : peak0), "%s: creating in bf16-mixed peaked at %zu bytes, "

@@ -4,8 +4,9 @@
  * norm, AdamW on shards against AdamW on everything, and memory estimates that fall as 1/N.
  *
  * Run plainly it tests one process. Run as `mpirun -np N test_zero --mpi` (tests/
- * dist_equivalence.sh does) it tests the reduce-scatter and all-gather of train/dist.c between
- * real ranks, with uneven and empty parts and parts large enough to take several rounds. */
+ * dist_equivalence.sh does) it tests the reduce-scatter, the all-gathers (fp32 and 16-bit) and
+ * the gather of train/dist.c between real ranks, with uneven and empty parts and parts large
+ * enough to take several rounds. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -299,6 +300,19 @@ static void test_collectives(const dist *d, size_t part_scale) {
     /* All-gather the reduced parts: everyone ends with the whole sum. */
     CHECK(dist_all_gather_floats(d, inplace, offsets, &err) == 0);
     CHECK_MSG(memcmp(inplace, want, n * sizeof *want) == 0, "rank %d: all-gather", d->rank);
+    /* 16-bit elements (sharded weights' copies): each rank's part, in place, everywhere. */
+    uint16_t *bits = malloc((n > 0 ? n : 1) * sizeof *bits), *own = malloc((n > 0 ? n : 1) * sizeof *own);
+    for (size_t i = 0; i < n; i++) bits[i] = (uint16_t)(splitmix64(i * 31 + 5) >> 48);
+    memset(own, 0xA5, n * sizeof *own);
+    memcpy(own + offsets[d->rank], bits + offsets[d->rank], mine * sizeof *own);
+    CHECK_MSG(dist_all_gather(d, own, sizeof *own, offsets, &err) == 0, "%s", err.msg);
+    CHECK_MSG(memcmp(own, bits, n * sizeof *own) == 0, "rank %d: 16-bit all-gather", d->rank);
+    /* A gather to the last rank (a checkpoint's tensor): its buffer gets every part. */
+    float *gathered = malloc((n > 0 ? n : 1) * sizeof *gathered);
+    memset(gathered, 0xFF, n * sizeof *gathered);
+    CHECK_MSG(dist_gather_floats(d, want + offsets[d->rank], gathered, offsets, world - 1, &err) == 0, "%s", err.msg);
+    if (d->rank == world - 1) CHECK_MSG(memcmp(gathered, want, n * sizeof *want) == 0, "gather to rank %d", world - 1);
+    free(bits), free(own), free(gathered);
     for (int r = 0; r < world; r++) free(inputs[r]);
     free(inputs);
     free(want);
@@ -456,8 +470,137 @@ static void test_queued_step(model *m) {
     zero_free(&z);
 }
 
+/* Sharded fp32 weights (model_create_in with a shard) in bf16-mixed: every rank keeps fp32
+ * only for its shard's values of the shardable weights (which ones; the slices; the kept
+ * values adding up over ranks to model_fp32_numel's), an upload keeps the owner's slice and
+ * rounds everything into the 16-bit copy; on one rank a ZeRO step gives the unsharded model's
+ * bits, fp32 and 16-bit; a shard other than the rank's, and a change of precision, are refused. */
+static void test_sharded_weights(bool tied) {
+    ct_error err = {{0}};
+    model_config cfg;
+    CHECK(model_config_preset(&cfg, "tiny", &err) == 0);
+    cfg.vocab_size = 96, cfg.hidden_size = 32, cfg.intermediate_size = 80, cfg.num_hidden_layers = 2;
+    cfg.num_attention_heads = 4, cfg.num_key_value_heads = 2, cfg.head_dim = 8;
+    cfg.tie_word_embeddings = tied;
+    const kernels *k = kernels_cpu();
+    model plain;
+    CHECK_MSG(model_create_in(&plain, &cfg, NULL, k, MODEL_BF16_MIXED, NULL, &err) == 0, "%s", err.msg);
+    const size_t n = plain.grad_numel;
+    float *values = malloc(n * sizeof *values);
+    fill_random(values, n, 77);
+    size_t shardable = 0, at = 0;
+    for (int i = 0; i < plain.n_params; i++) {
+        model_param *p = &plain.params[i];
+        if (model_param_shardable(&plain, p, MODEL_BF16_MIXED)) shardable += p->numel;
+        model_param_upload(&plain, p, values + at);
+        at += p->numel;
+    }
+    model_weights_changed(&plain, false);
+    CHECK(shardable > 0 && shardable < n);
+    CHECK(!model_param_shardable(&plain, &plain.params[0], MODEL_BF16_MIXED)); /* the embedding table */
+
+    enum { W = 3 };
+    size_t offsets[W + 1], kept_total = 0;
+    zero_shard_offsets(n, W, offsets);
+    uint16_t *bits = malloc(n * sizeof *bits), *half = malloc(n * sizeof *half);
+    for (int r = 0; r < W; r++) {
+        const model_shard shard = {offsets[r], offsets[r + 1]};
+        model part;
+        CHECK_MSG(model_create_in(&part, &cfg, NULL, k, MODEL_BF16_MIXED, &shard, &err) == 0, "%s", err.msg);
+        CHECK_MSG(part.weight_numel + part.master_numel == model_fp32_numel(&plain, &shard),
+                  "rank %d of %d: %zu + %zu fp32 values, model_fp32_numel says %zu", r, W, part.weight_numel,
+                  part.master_numel, model_fp32_numel(&plain, &shard));
+        kept_total += part.weight_numel + part.master_numel;
+        bool layout = true, slices = true, rounded = true;
+        size_t first = 0;
+        for (int i = 0; i < part.n_params; i++) {
+            model_param *p = &part.params[i];
+            model_param_upload(&part, p, values + first);
+            const size_t lo = shard.begin > first ? shard.begin - first : 0;
+            size_t hi = shard.end > first ? shard.end - first : 0;
+            hi = hi < p->numel ? hi : p->numel;
+            if (p->sharded != model_param_shardable(&part, p, MODEL_BF16_MIXED)) layout = false;
+            if (p->sharded) {
+                layout = layout && !p->data && p->half && p->grad;
+                if (lo < hi) {
+                    float *kept = malloc((hi - lo) * sizeof *kept);
+                    k->download(kept, p->master, (hi - lo) * sizeof *kept);
+                    slices = slices && p->master_lo == lo && p->master_hi == hi && model_param_fp32(p, lo) == p->master &&
+                             memcmp(kept, values + first + lo, (hi - lo) * sizeof *kept) == 0;
+                    free(kept);
+                } else {
+                    slices = slices && !p->master;
+                }
+                k->to_half(bits, values + first, p->numel, KERNELS_BF16);
+                k->download(half, p->half, p->numel * sizeof *half);
+                rounded = rounded && memcmp(bits, half, p->numel * sizeof *half) == 0;
+            } else {
+                layout = layout && p->data && !p->master;
+            }
+            first += p->numel;
+        }
+        CHECK_MSG(layout && slices && rounded, "rank %d of %d%s: layout %d, fp32 slices %d, 16-bit copies %d", r, W,
+                  tied ? " (tied)" : "", layout, slices, rounded);
+        CHECK(model_set_precision(&part, MODEL_FP32, &err) == -1);
+        CHECK_CONTAINS(err.msg, "sharded");
+        dist mismatch = {.rank = (r + 1) % W, .world_size = W, .local_rank = 0, .local_size = W};
+        zero_optimizer z;
+        CHECK(zero_create(&z, &part, &mismatch, 1, 1, &err) == -1);
+        CHECK_CONTAINS(err.msg, "keeps fp32 values");
+        model_free(&part);
+    }
+    CHECK_MSG(kept_total == W * (plain.weight_numel - shardable) + shardable,
+              "the ranks keep %zu fp32 values in all; want %zu", kept_total, W * (plain.weight_numel - shardable) + shardable);
+
+    /* One rank: the whole shard. The same step, the same bits. */
+    const model_shard all = {0, n};
+    model whole;
+    CHECK_MSG(model_create_in(&whole, &cfg, NULL, k, MODEL_BF16_MIXED, &all, &err) == 0, "%s", err.msg);
+    at = 0;
+    for (int i = 0; i < whole.n_params; i++) {
+        model_param_upload(&whole, &whole.params[i], values + at);
+        at += whole.params[i].numel;
+    }
+    model_weights_changed(&whole, false);
+    float *g = malloc(n * sizeof *g);
+    fill_random(g, n, 78);
+    model *both[2] = {&plain, &whole};
+    dist one = {.rank = 0, .world_size = 1, .local_rank = 0, .local_size = 1};
+    adamw_hparams h = {0.9, 0.999, 1e-8, 0.01};
+    for (int w = 0; w < 2; w++) {
+        zero_optimizer z;
+        CHECK_MSG(zero_create(&z, both[w], &one, 2, 1, &err) == 0, "%s", err.msg);
+        memcpy(both[w]->grad_arena, g, n * sizeof *g);
+        double norm = 0;
+        bool skipped = true;
+        CHECK(zero_accumulate(&z, both[w], &err) == 0);
+        CHECK_MSG(zero_step(&z, both[w], &h, 1e-2, 1.0, 1.0, &norm, &skipped, &err) == 0 && !skipped, "%s", err.msg);
+        zero_free(&z);
+    }
+    bool same_fp32 = true, moved = false;
+    for (int i = 0; i < plain.n_params; i++) {
+        const model_param *a = &plain.params[i], *b = &whole.params[i];
+        same_fp32 = same_fp32 && memcmp(model_param_fp32(a, 0), model_param_fp32(b, 0), a->numel * sizeof(float)) == 0;
+    }
+    at = 0;
+    for (int i = 0; i < plain.n_params && !moved; i++) {
+        moved = memcmp(model_param_fp32(&plain.params[i], 0), values + at, plain.params[i].numel * sizeof(float)) != 0;
+        at += plain.params[i].numel;
+    }
+    CHECK_MSG(moved && same_fp32 && plain.half_numel == whole.half_numel &&
+                  memcmp(plain.half_arena, whole.half_arena, plain.half_numel * sizeof(uint16_t)) == 0,
+              "%s: one ZeRO step with sharded fp32 weights differs from the unsharded model's (fp32 %d)",
+              tied ? "tied" : "untied", same_fp32);
+    free(g), free(bits), free(half), free(values);
+    model_free(&whole);
+    model_free(&plain);
+    model_config_free(&cfg);
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "--mpi") == 0) return run_mpi(argc, argv);
+    test_sharded_weights(false);
+    test_sharded_weights(true);
     test_tree_sum_inplace();
     test_shard_offsets();
     test_tree_levels();

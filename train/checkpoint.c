@@ -52,20 +52,26 @@ int checkpoint_copy_base_files(const char *dir, const char *base_dir, ct_error *
 typedef struct base_weights {
     const model *m;
     const int *param_of; /* tensor index -> parameter index */
+    const checkpoint_values *values;
 } base_weights;
 
 static int fetch_param(void *ctx, int index, void *out, ct_error *err) {
-    (void)err;
     const base_weights *w = ctx;
-    const model_param *p = &w->m->params[w->param_of[index]];
-    model_param_download(w->m, p, out);
-    return 0;
+    const int i = w->param_of[index];
+    const model_param *p = &w->m->params[i];
+    if (!p->sharded) {
+        model_param_download(w->m, p, out);
+        return 0;
+    }
+    /* its 16-bit copy is not the fp32 value the file promises: the ranks hold that */
+    if (!w->values) return ct_fail(err, "%s: its fp32 values are sharded over the ranks, and no gather was given", p->name);
+    return w->values->fetch(w->values->ctx, i, out, err);
 }
 
 /* The base weights in parameter (state-dict) order, fp32, one tensor in host memory at a
  * time, in one file or shards of at most max_shard_bytes. */
 static int write_weights(const char *dir, const model *m, long long max_shard_bytes,
-                         ct_error *err) {
+                         const checkpoint_values *values, ct_error *err) {
     st_write_tensor *tensors = calloc((size_t)m->n_params, sizeof *tensors);
     int *param_of = calloc((size_t)m->n_params, sizeof *param_of);
     int n = 0, rc = -1;
@@ -80,7 +86,7 @@ static int write_weights(const char *dir, const model *m, long long max_shard_by
         for (int d = 0; d < p->ndim; d++) tensors[n].shape[d] = p->shape[d];
         param_of[n++] = i;
     }
-    base_weights w = {m, param_of};
+    base_weights w = {m, param_of, values};
     rc = st_write_model(dir, tensors, n, max_shard_bytes, fetch_param, &w, err);
 done:
     free(param_of);
@@ -89,11 +95,11 @@ done:
 }
 
 static int write_full(const char *dir, model *m, const recipe *r, const char *base_dir,
-                      ct_error *err) {
+                      const checkpoint_values *values, ct_error *err) {
     char path[PATH_CAP];
     long long max_shard = r && r->checkpoint.max_shard_bytes > 0 ? r->checkpoint.max_shard_bytes
                                                                   : 5000000000LL;
-    if (write_weights(dir, m, max_shard, err)) return -1;
+    if (write_weights(dir, m, max_shard, values, err)) return -1;
 
     /* The weights are fp32 whatever the base was stored in; say so, or transformers would
      * load them into the base's dtype. */
@@ -110,6 +116,7 @@ typedef struct hub_content {
     const recipe *r;
     const char *base_dir;
     const run_summary *summary;
+    const checkpoint_values *values;
 } hub_content;
 
 static int fill_hub(const char *tmp, void *ctx, ct_error *err) {
@@ -120,7 +127,7 @@ static int fill_hub(const char *tmp, void *ctx, ct_error *err) {
         checkpoint_base_model_id(c->m, c->base_dir, true, base_id, sizeof base_id);
         rc = lora_write_adapter(tmp, c->m, base_id[0] ? base_id : NULL, err);
     } else {
-        rc = write_full(tmp, c->m, c->r, c->base_dir, err);
+        rc = write_full(tmp, c->m, c->r, c->base_dir, c->values, err);
     }
     if (rc == 0) rc = checkpoint_write_card(tmp, c->m, c->r, c->base_dir, c->summary, err);
     return rc;
@@ -128,7 +135,12 @@ static int fill_hub(const char *tmp, void *ctx, ct_error *err) {
 
 int checkpoint_write_hub(const char *dir, model *m, const recipe *r, const char *base_dir,
                          const run_summary *summary, ct_error *err) {
-    hub_content content = {m, r, base_dir, summary};
+    return checkpoint_write_hub_from(dir, m, r, base_dir, summary, NULL, err);
+}
+
+int checkpoint_write_hub_from(const char *dir, model *m, const recipe *r, const char *base_dir,
+                              const run_summary *summary, const checkpoint_values *values, ct_error *err) {
+    hub_content content = {m, r, base_dir, summary, values};
     return checkpoint_write_folder(dir, fill_hub, &content, err);
 }
 

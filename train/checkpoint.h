@@ -34,6 +34,16 @@ typedef struct run_summary {
  * started from (tokenizer files are copied from it; its name is the card's base_model). */
 int checkpoint_write_hub(const char *dir, model *m, const recipe *r, const char *base_dir,
                          const run_summary *summary, ct_error *err);
+/* Where the fp32 values of weights sharded over the ranks come from (model_create_in with a
+ * shard): fetch fills host[numel] with parameter `index`'s (optim/zero.h: zero_fetch_param). */
+typedef struct checkpoint_values {
+    int (*fetch)(void *ctx, int index, float *host, ct_error *err);
+    void *ctx;
+} checkpoint_values;
+/* checkpoint_write_hub for such a model (values NULL: it has none; a sharded weight is then
+ * an error, never its 16-bit copy written as if it were the fp32 value). */
+int checkpoint_write_hub_from(const char *dir, model *m, const recipe *r, const char *base_dir,
+                              const run_summary *summary, const checkpoint_values *values, ct_error *err);
 
 /* Builds a folder atomically: fill writes the content into a fresh temporary folder
  * ("<dir>.tmp-<pid>"), which is fsynced and then swapped in for dir. */

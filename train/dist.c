@@ -336,14 +336,14 @@ static int prepare_rounds(const dist *d, const size_t *offsets, size_t *round, s
 }
 
 /* Host scratch <-> the collective's buffers, which may be a backend's (GPU) memory. */
-static void floats_to_host(const dist *d, float *host, const float *src, size_t n) {
-    if (d->memory) d->memory->download(host, src, n * sizeof(float));
-    else memcpy(host, src, n * sizeof(float));
+static void bytes_to_host(const dist *d, void *host, const void *src, size_t n) {
+    if (d->memory) d->memory->download(host, src, n);
+    else memcpy(host, src, n);
 }
 
-static void floats_from_host(const dist *d, float *dst, const float *host, size_t n) {
-    if (d->memory) d->memory->upload(dst, host, n * sizeof(float));
-    else memcpy(dst, host, n * sizeof(float));
+static void bytes_from_host(const dist *d, void *dst, const void *host, size_t n) {
+    if (d->memory) d->memory->upload(dst, host, n);
+    else memcpy(dst, host, n);
 }
 
 int dist_reduce_scatter_floats(const dist *d, const float *in, float *out, const size_t *offsets,
@@ -365,7 +365,7 @@ int dist_reduce_scatter_floats(const dist *d, const float *in, float *out, const
     for (size_t done = 0; done < max_part; done += round) {
         for (int r = 0; r < world; r++) {
             size_t len = part_length(offsets, r, done, round);
-            if (len) floats_to_host(d, rt->send + (size_t)r * round, in + offsets[r] + done, len);
+            if (len) bytes_to_host(d, rt->send + (size_t)r * round, in + offsets[r] + done, len * sizeof(float));
             rt->counts[r] = (int)len;
             rt->displs[r] = (int)((size_t)r * round);
         }
@@ -382,35 +382,67 @@ int dist_reduce_scatter_floats(const dist *d, const float *in, float *out, const
         dist_tree_sum_inplace(rt->recv, world, round, mine);
         /* When out aliases in, this round's slice was packed above and later rounds read
          * only further slices. */
-        if (mine) floats_from_host(d, out + done, rt->recv, mine);
+        if (mine) bytes_from_host(d, out + done, rt->recv, mine * sizeof(float));
+    }
+    return 0;
+}
+
+int dist_all_gather(const dist *d, void *values, size_t elem_bytes, const size_t *offsets, ct_error *err) {
+    const int world = d->world_size, me = d->rank;
+    if (world == 1) return 0;
+    if (elem_bytes == 0 || elem_bytes > sizeof(float))
+        return ct_fail(err, "dist: all-gather of %zu-byte elements (1 to 4 supported)", elem_bytes);
+    /* Rounds of `round` elements per peer: at most the float scratch, in bytes. */
+    size_t round, max_part;
+    if (prepare_rounds(d, offsets, &round, &max_part, err)) return -1;
+    dist_runtime *rt = d->rt;
+    char *base = values, *send = (char *)rt->send, *recv = (char *)rt->recv;
+    const size_t slot = round * elem_bytes;
+    for (size_t done = 0; done < max_part; done += round) {
+        size_t mine = part_length(offsets, me, done, round);
+        if (mine) bytes_to_host(d, send, base + (offsets[me] + done) * elem_bytes, mine * elem_bytes);
+        for (int r = 0; r < world; r++) {
+            rt->recv_counts[r] = (int)(part_length(offsets, r, done, round) * elem_bytes);
+            rt->recv_displs[r] = (int)((size_t)r * slot);
+        }
+        watch_begin(d, "all-gather");
+        int rc = MPI_Allgatherv(send, (int)(mine * elem_bytes), MPI_BYTE, recv, rt->recv_counts, rt->recv_displs,
+                                MPI_BYTE, MPI_COMM_WORLD);
+        watch_end(d);
+        if (mpi_check(rc, "all-gather", err)) return -1;
+        for (int r = 0; r < world; r++)
+            if (rt->recv_counts[r])
+                bytes_from_host(d, base + (offsets[r] + done) * elem_bytes, recv + (size_t)r * slot,
+                                (size_t)rt->recv_counts[r]);
     }
     return 0;
 }
 
 int dist_all_gather_floats(const dist *d, float *values, const size_t *offsets, ct_error *err) {
+    return dist_all_gather(d, values, sizeof(float), offsets, err);
+}
+
+int dist_gather_floats(const dist *d, const float *part, float *out, const size_t *offsets, int root,
+                       ct_error *err) {
     const int world = d->world_size, me = d->rank;
-    if (world == 1) return 0;
-    size_t round, max_part;
-    if (prepare_rounds(d, offsets, &round, &max_part, err)) return -1;
-    dist_runtime *rt = d->rt;
-    for (size_t done = 0; done < max_part; done += round) {
-        size_t mine = part_length(offsets, me, done, round);
-        if (mine) floats_to_host(d, rt->send, values + offsets[me] + done, mine);
-        for (int r = 0; r < world; r++) {
-            rt->recv_counts[r] = (int)part_length(offsets, r, done, round);
-            rt->recv_displs[r] = (int)((size_t)r * round);
-        }
-        watch_begin(d, "all-gather");
-        int rc = MPI_Allgatherv(rt->send, (int)mine, MPI_FLOAT, rt->recv, rt->recv_counts, rt->recv_displs,
-                                MPI_FLOAT, MPI_COMM_WORLD);
-        watch_end(d);
-        if (mpi_check(rc, "all-gather", err)) return -1;
-        for (int r = 0; r < world; r++)
-            if (rt->recv_counts[r])
-                floats_from_host(d, values + offsets[r] + done, rt->recv + (size_t)r * round,
-                                 (size_t)rt->recv_counts[r]);
+    const size_t mine = offsets[me + 1] - offsets[me];
+    if (world == 1) {
+        if (mine) memcpy(out, part, mine * sizeof(float));
+        return 0;
     }
-    return 0;
+    dist_runtime *rt = d->rt;
+    if (!rt) return ct_fail(err, "dist: collectives between ranks need dist_init");
+    if (offsets[world] > (size_t)INT_MAX)
+        return ct_fail(err, "dist: a gather of %zu floats passes MPI's int counts", offsets[world]);
+    for (int r = 0; r < world; r++) {
+        rt->recv_counts[r] = (int)(offsets[r + 1] - offsets[r]);
+        rt->recv_displs[r] = (int)offsets[r];
+    }
+    watch_begin(d, "gather");
+    int rc = MPI_Gatherv(part, (int)mine, MPI_FLOAT, me == root ? out : NULL, rt->recv_counts, rt->recv_displs,
+                         MPI_FLOAT, root, MPI_COMM_WORLD);
+    watch_end(d);
+    return mpi_check(rc, "gather", err);
 }
 
 /* ---- agreement ---- */

@@ -82,6 +82,13 @@ int dist_reduce_scatter_floats(const dist *d, const float *in, float *out, const
 /* In place: rank r provides values[offsets[r] .. offsets[r+1]); afterwards every rank holds
  * every part. Memory of d->memory; collective. */
 int dist_all_gather_floats(const dist *d, float *values, const size_t *offsets, ct_error *err);
+/* The same for elements of elem_bytes (1 to 4) bytes: 16-bit weight copies. */
+int dist_all_gather(const dist *d, void *values, size_t elem_bytes, const size_t *offsets, ct_error *err);
+/* Rank r passes its part (host memory, offsets[r+1] - offsets[r] floats); root receives them
+ * all into out[0 .. offsets[world_size]) (host memory; ignored on the other ranks): one tensor
+ * of a checkpoint whose values are spread over the ranks. Collective. */
+int dist_gather_floats(const dist *d, const float *part, float *out, const size_t *offsets, int root,
+                       ct_error *err);
 
 /* Bytes of scratch the two calls above keep on a rank (for memory estimates), when the
  * largest part has max_part floats. */

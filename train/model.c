@@ -155,69 +155,146 @@ static void build_params(model *m) {
 }
 
 static bool half_only(const model *m, const model_param *p);
+static bool is_gemm_weight(const model *m, const model_param *p);
 static int add_half_copies(model *m, model_precision p, ct_error *err);
 static void upload_adapter_casts(model *m);
 static void write_fused_adapters(model *m);
 
 int model_create(model *m, const model_config *cfg, const lora_settings *lora, const kernels *k,
                  ct_error *err) {
-    return model_create_in(m, cfg, lora, k, MODEL_FP32, err);
+    return model_create_in(m, cfg, lora, k, MODEL_FP32, NULL, err);
 }
 
-int model_create_in(model *m, const model_config *cfg, const lora_settings *lora, const kernels *k,
-                    model_precision precision, ct_error *err) {
+/* The parameter list of cfg (+ lora), with no memory behind it yet. */
+static int create_param_list(model *m, const model_config *cfg, const lora_settings *lora, ct_error *err) {
     memset(m, 0, sizeof *m);
     if (validate_config(cfg, err)) return -1;
     if (lora && validate_lora(lora, err)) return -1;
     m->cfg = *cfg;
     m->cfg.raw_json = NULL;
-    m->k = k;
     if (lora) {
         m->has_lora = true;
         m->lora = *lora;
-    }
-    if (cfg->raw_json) {
-        m->cfg.raw_json = cJSON_Duplicate((const cJSON *)cfg->raw_json, true);
-        if (!m->cfg.raw_json) return ct_fail(err, "model: out of memory copying config.json");
     }
     const int L = cfg->num_hidden_layers;
     int capacity = 3 + L * (5 * LINEAR_KIND_COUNT + 4);
     m->params = calloc((size_t)capacity, sizeof *m->params);
     m->layers = calloc((size_t)L, sizeof *m->layers);
-    m->state = calloc(1, sizeof(model_state));
-    if (!m->params || !m->layers || !m->state) {
-        model_free(m);
+    if (!m->params || !m->layers) {
+        free(m->params);
+        free(m->layers);
         return ct_fail(err, "model: out of memory for the parameter list");
     }
     build_params(m);
+    return 0;
+}
+
+size_t model_trainable_numel(const model_config *cfg, const lora_settings *lora, ct_error *err) {
+    model m;
+    if (create_param_list(&m, cfg, lora, err)) return 0;
+    size_t n = model_count_params(&m, true);
+    free(m.params);
+    free(m.layers);
+    return n;
+}
+
+bool model_param_shardable(const model *m, const model_param *p, model_precision precision) {
+    return precision != MODEL_FP32 && p->trainable && !p->is_lora && is_gemm_weight(m, p) &&
+           strcmp(p->name, "model.embed_tokens.weight") != 0;
+}
+
+/* Overlap of p's flat trainable range with the shard, in p's indices. */
+static bool shard_slice(const model_param *p, size_t first, const model_shard *shard, size_t *lo, size_t *hi) {
+    size_t a = first > shard->begin ? first : shard->begin, b = first + p->numel;
+    if (b > shard->end) b = shard->end;
+    if (a >= b) return false;
+    *lo = a - first;
+    *hi = b - first;
+    return true;
+}
+
+/* fp32 values p keeps in precision `precision` with shard (NULL: none); *first advances over
+ * the trainable range. */
+static size_t fp32_values_of(const model *m, const model_param *p, model_precision precision,
+                             const model_shard *shard, size_t *first) {
+    size_t at = *first, lo, hi;
+    if (p->trainable) *first += p->numel;
+    if (precision != MODEL_FP32 && half_only(m, p)) return 0;
+    if (!shard || !model_param_shardable(m, p, precision)) return p->numel;
+    return shard_slice(p, at, shard, &lo, &hi) ? hi - lo : 0;
+}
+
+size_t model_fp32_numel(const model *m, const model_shard *shard) {
+    size_t n = 0, first = 0;
+    for (int i = 0; i < m->n_params; i++) n += fp32_values_of(m, &m->params[i], m->precision, shard, &first);
+    return n;
+}
+
+float *model_param_fp32(const model_param *p, size_t i) {
+    return p->data ? p->data + i : p->master + (i - p->master_lo);
+}
+
+int model_create_in(model *m, const model_config *cfg, const lora_settings *lora, const kernels *k,
+                    model_precision precision, const model_shard *shard, ct_error *err) {
+    if (create_param_list(m, cfg, lora, err)) return -1;
+    m->k = k;
+    if (shard && precision == MODEL_FP32)
+        return model_free(m), ct_fail(err, "model: fp32 weights are sharded only in mixed precision");
+    if (cfg->raw_json && !(m->cfg.raw_json = cJSON_Duplicate((const cJSON *)cfg->raw_json, true)))
+        return model_free(m), ct_fail(err, "model: out of memory copying config.json");
+    if (!(m->state = calloc(1, sizeof(model_state))))
+        return model_free(m), ct_fail(err, "model: out of memory for the parameter list");
 
     /* In mixed precision the weights read only through their 16-bit copy get no fp32 memory
-     * at all, not even for a moment (a LoRA base: 4 bytes a parameter). */
+     * at all, not even for a moment (a LoRA base: 4 bytes a parameter); with a shard, the
+     * shardable ones keep only the shard's values. */
     const bool mixed = precision != MODEL_FP32;
+    size_t first = 0;
     for (int i = 0; i < m->n_params; i++) {
-        if (!(mixed && half_only(m, &m->params[i]))) m->weight_numel += m->params[i].numel;
-        if (m->params[i].trainable) m->grad_numel += m->params[i].numel;
+        const model_param *p = &m->params[i];
+        const bool sharded = shard && model_param_shardable(m, p, precision);
+        const size_t kept = fp32_values_of(m, p, precision, shard, &first);
+        if (sharded) m->master_numel += kept;
+        else m->weight_numel += kept;
+        if (p->trainable) m->grad_numel += p->numel;
     }
-    m->weight_arena = k->alloc(m->weight_numel * sizeof(float));
+    m->weight_arena = k->alloc((m->weight_numel ? m->weight_numel : 1) * sizeof(float));
     if (m->grad_numel) m->grad_arena = k->alloc(m->grad_numel * sizeof(float));
-    if (!m->weight_arena || (m->grad_numel && !m->grad_arena)) {
-        size_t bytes = (m->weight_numel + m->grad_numel) * sizeof(float);
+    if (m->master_numel) m->master_arena = k->alloc(m->master_numel * sizeof(float));
+    if (!m->weight_arena || (m->grad_numel && !m->grad_arena) || (m->master_numel && !m->master_arena)) {
+        size_t bytes = (m->weight_numel + m->grad_numel + m->master_numel) * sizeof(float);
         model_free(m);
         return ct_fail(err, "model: cannot allocate %zu bytes of parameters and gradients on the %s backend",
                        bytes, k->name);
     }
-    size_t trainable_at = 0, frozen_at = m->grad_numel;
+    /* The trainable weights first (without a shard, in place of their gradients), then the
+     * frozen ones; sharded weights' slices in the master arena, in the same order. */
+    size_t trainable_at = 0, arena_at = 0, master_at = 0;
     for (int i = 0; i < m->n_params; i++) {
         model_param *p = &m->params[i];
-        if (p->trainable) {
-            p->data = m->weight_arena + trainable_at;
-            p->grad = m->grad_arena + trainable_at;
-            trainable_at += p->numel;
-        } else if (mixed && half_only(m, p)) {
+        if (!p->trainable) continue;
+        p->grad = m->grad_arena + trainable_at;
+        if (shard && model_param_shardable(m, p, precision)) {
+            p->sharded = true;
+            p->data = NULL;
+            if (shard_slice(p, trainable_at, shard, &p->master_lo, &p->master_hi)) {
+                p->master = m->master_arena + master_at;
+                master_at += p->master_hi - p->master_lo;
+            }
+        } else {
+            p->data = m->weight_arena + arena_at;
+            arena_at += p->numel;
+        }
+        trainable_at += p->numel;
+    }
+    for (int i = 0; i < m->n_params; i++) {
+        model_param *p = &m->params[i];
+        if (p->trainable) continue;
+        if (mixed && half_only(m, p)) {
             p->data = NULL;
         } else {
-            p->data = m->weight_arena + frozen_at;
-            frozen_at += p->numel;
+            p->data = m->weight_arena + arena_at;
+            arena_at += p->numel;
         }
     }
 
@@ -455,6 +532,10 @@ static int add_half_copies(model *m, model_precision p, ct_error *err) {
 }
 
 int model_set_precision(model *m, model_precision p, ct_error *err) {
+    bool sharded = false;
+    for (int i = 0; i < m->n_params; i++) sharded = sharded || m->params[i].sharded;
+    if (sharded)
+        return ct_fail(err, "model: a model whose fp32 weights are sharded cannot change precision");
     if (m->precision != MODEL_FP32 && relayout_weights(m, false, err)) return -1;
     drop_half_copies(m);
     m->precision = MODEL_FP32;
@@ -492,12 +573,15 @@ void model_param_download(const model *m, const model_param *p, float *host) {
         }
 }
 
-/* Host fp32 values [offset, offset + n) (flat, row-major) into a parameter: its fp32 data,
- * or (16-bit-only) its 16-bit copy. */
-static void param_upload(const model *m, model_param *p, size_t offset, const float *host, size_t n) {
+void model_param_upload_range(const model *m, model_param *p, size_t offset, const float *host, size_t n) {
     if (p->data) {
         m->k->upload(p->data + offset, host, n * sizeof(float));
         return;
+    }
+    if (p->master) { /* the slice of this rank's shard, then the 16-bit copy of them all */
+        const size_t lo = offset > p->master_lo ? offset : p->master_lo;
+        const size_t hi = offset + n < p->master_hi ? offset + n : p->master_hi;
+        if (lo < hi) m->k->upload(p->master + (lo - p->master_lo), host + (lo - offset), (hi - lo) * sizeof(float));
     }
     uint16_t bits[HOST_CHUNK];
     size_t n_rows, len, stride;
@@ -515,7 +599,7 @@ static void param_upload(const model *m, model_param *p, size_t offset, const fl
 }
 
 void model_param_upload(const model *m, model_param *p, const float *host) {
-    param_upload(m, p, 0, host, p->numel);
+    model_param_upload_range(m, p, 0, host, p->numel);
 }
 
 void model_weights_changed(model *m, bool trainable_only) {
@@ -625,6 +709,7 @@ void model_free(model *m) {
         free(s);
     }
     if (m->weight_arena) m->k->release(m->weight_arena);
+    if (m->master_arena) m->k->release(m->master_arena);
     if (m->grad_arena) m->k->release(m->grad_arena);
     if (m->half_arena) m->k->release(m->half_arena);
     if (m->adapter_casts) m->k->release(m->adapter_casts);
@@ -713,7 +798,7 @@ static void init_param(const model *m, model_param *p, init_kind kind, double sc
         }
         for (size_t i = 0; i < n; i++)
             if (zero_row >= 0 && (int64_t)((start + i) / row) == zero_row) host[i] = 0.0f;
-        param_upload(m, p, start, host, n);
+        model_param_upload_range(m, p, start, host, n);
     }
 }
 
@@ -848,7 +933,7 @@ int model_load_weights(model *m, const char *dir, ct_error *err) {
             status = ct_error_prefix(err, "%s: tensor '%s'", file_of(&files, t), p->name);
             break;
         }
-        param_upload(m, p, 0, host, p->numel);
+        model_param_upload_range(m, p, 0, host, p->numel);
     }
     free(host);
     st_model_close(&files);

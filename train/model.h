@@ -89,7 +89,19 @@ typedef struct model_param {
     int64_t half_rows;
     bool grad_stale;  /* grad holds old values that count as zero (model_zero_grads): its
                        * first writer in model_step overwrites instead of adding */
+    /* A weight whose fp32 values are sharded over the ranks (model_create_in with a shard):
+     * data is NULL, half holds every value on every rank, and this rank keeps fp32 only for
+     * the values [master_lo, master_hi) of p that its ZeRO shard updates, at master (NULL
+     * when that is empty). */
+    bool sharded;
+    float *master;
+    size_t master_lo, master_hi;
 } model_param;
+
+/* A ZeRO shard: the flat trainable values [begin, end) (the order of grad_arena) a rank updates. */
+typedef struct model_shard {
+    size_t begin, end;
+} model_shard;
 
 /* One micro-batch, host memory. targets[t] < 0 means "no loss here". positions restart at 0
  * per sequence (or per packed document); doc_ids may be NULL (one document per row). */
@@ -112,7 +124,8 @@ typedef struct model {
     int n_params;
     model_param *params;
     float *weight_arena;  /* all parameters, contiguous; the trainable ones first, in parameter
-                           * order, so weight_arena[i] and grad_arena[i] match for i < grad_numel */
+                           * order, so weight_arena[i] and grad_arena[i] match for i < grad_numel
+                           * (not with sharded weights, which are not in it) */
     float *grad_arena;    /* all trainable gradients, contiguous, in parameter order */
     size_t weight_numel, grad_numel;
     model_layer *layers;
@@ -134,6 +147,8 @@ typedef struct model {
     bool half_stale_trainable; /* the fp32 weights before the next GEMM (model_weights_changed) */
     size_t half_fresh_begin;   /* ... except the trainable values [begin, end) (flat index as */
     size_t half_fresh_end;     /* grad_arena), written by the optimizer itself */
+    float *master_arena;       /* backend: the sharded weights' fp32 slices, in flat order */
+    size_t master_numel;
 } model;
 
 /* Switches the GEMMs to precision p: allocates (or frees) the 16-bit weight copies, rounded
@@ -155,6 +170,9 @@ void model_param_download(const model *m, const model_param *p, float *host);
 /* Sets a parameter from fp32 host values [numel] (rounded to 16 bits where it has no fp32
  * data). Call model_weights_changed afterwards for weights that do have a 16-bit copy. */
 void model_param_upload(const model *m, model_param *p, const float *host);
+/* The same for the values [offset, offset + n) of p (row-major). A sharded weight's are
+ * rounded into its 16-bit copy, and those of this rank's slice kept in fp32 too. */
+void model_param_upload_range(const model *m, model_param *p, size_t offset, const float *host, size_t n);
 /* The 16-bit format of a mixed precision (KERNELS_BF16 for MODEL_FP32, where none is used). */
 kernels_half_format model_half_format(model_precision p);
 
@@ -166,9 +184,23 @@ void model_free(model *m);
 /* model_create, then model_set_precision(p), except that the fp32 values precision p drops (a
  * mixed-precision LoRA base, a frozen embedding table) are never allocated: start-up holds no
  * more than the run does (an fp32 copy of an 8B base beside its 16-bit one is 48 GB, twice
- * what the run needs). */
+ * what the run needs).
+ * With shard (mixed precision only; NULL: none), the fp32 values of the shardable weights
+ * (model_param_shardable) are kept only for the values of the shard: the rest of each lives
+ * in its 16-bit copy alone (docs/distributed.md). Such a model cannot change precision. */
 int model_create_in(model *m, const model_config *cfg, const lora_settings *lora, const kernels *k,
-                    model_precision precision, ct_error *err);
+                    model_precision precision, const model_shard *shard, ct_error *err);
+/* Whether p's fp32 values can be sharded in precision p: a trainable GEMM weight read only
+ * through its 16-bit copy (every Linear, an untied lm_head); not LoRA adapters (small, and
+ * fused into their base's copy) nor the embedding table (its lookup reads fp32 rows). */
+bool model_param_shardable(const model *m, const model_param *p, model_precision precision);
+/* Trainable values of the model cfg (+ lora) would have: for shard boundaries before it exists. */
+size_t model_trainable_numel(const model_config *cfg, const lora_settings *lora, ct_error *err);
+/* fp32 values the model would hold created in its precision with shard (NULL: none): the
+ * estimate of another rank's parameters. */
+size_t model_fp32_numel(const model *m, const model_shard *shard);
+/* Where p's fp32 value i is: in data, or (sharded) in this rank's slice, which must hold it. */
+float *model_param_fp32(const model_param *p, size_t i);
 
 /* transformers' initialisation: Linear/Embedding ~ N(0, initializer_range), norms = 1,
  * biases = 0; LoRA A kaiming-uniform(a=sqrt(5)) i.e. U(-1/sqrt(in), 1/sqrt(in)), B = 0.

@@ -430,7 +430,7 @@ int train_state_write_part(const char *checkpoint_dir, const model *m, const flo
         size_t lo = max_size(offset, shard_begin), hi = min_size(offset + p->numel, shard_end);
         if (lo < hi) {
             size_t a = lo - offset, n = hi - lo;
-            const float *sources[TS_KIND_COUNT] = {p->data + a, exp_avg + (lo - shard_begin),
+            const float *sources[TS_KIND_COUNT] = {model_param_fp32(p, a), exp_avg + (lo - shard_begin),
                                                    exp_avg_sq + (lo - shard_begin)};
             for (int kind = 0; kind < TS_KIND_COUNT; kind++, t++) {
                 float *stage = host + kind * count + (lo - shard_begin);

@@ -240,7 +240,7 @@ int train_state_load(const char *checkpoint_dir, train_state_meta *meta, model *
         const float *src = (const float *)p->tensor->data + (lo - p->a);
         size_t bytes = (hi - lo) * sizeof(float);
         if (p->kind == TS_KIND_PARAM) {
-            k->upload(m->params[p->param].data + lo, src, bytes);
+            model_param_upload_range(m, &m->params[p->param], lo, src, hi - lo);
         } else {
             float *moment = p->kind == TS_KIND_EXP_AVG ? exp_avg : exp_avg_sq;
             k->upload(moment + (flat_offset[p->param] + lo - shard_begin), src, bytes);

@@ -183,9 +183,24 @@ static int build_model(run *x, ct_error *err) {
     lora_settings lora;
     int status = 0;
     if (r->method == METHOD_LORA) status = lora_from_recipe(r, &lora, err);
-    if (!status)
-        status = model_create_in(&x->m, &cfg, r->method == METHOD_LORA ? &lora : NULL, x->k,
-                                 model_precision_of(r->precision), err);
+    /* At ZeRO 1 and 2 in mixed precision a rank keeps fp32 values only for the weights its
+     * shard updates (optim/zero.h), decided before anything is allocated. */
+    const lora_settings *adapters = r->method == METHOD_LORA ? &lora : NULL;
+    const model_precision precision = model_precision_of(r->precision);
+    model_shard shard, *sharding = NULL;
+    if (!status && zero_shards_weights(r->distributed.zero_stage, precision)) {
+        size_t trainable = model_trainable_numel(&cfg, adapters, err);
+        size_t *offsets = malloc(((size_t)x->d->world_size + 1) * sizeof *offsets);
+        if (!offsets) status = ct_fail(err, "out of memory");
+        if (!status && trainable == 0) status = -1; /* the config's error */
+        if (!status) {
+            zero_shard_offsets(trainable, x->d->world_size, offsets);
+            shard = (model_shard){offsets[x->d->rank], offsets[x->d->rank + 1]};
+            sharding = &shard;
+        }
+        free(offsets);
+    }
+    if (!status) status = model_create_in(&x->m, &cfg, adapters, x->k, precision, sharding, err);
     model_config_free(&cfg);
     if (status) return -1;
     x->model_ready = true;
@@ -239,8 +254,16 @@ static size_t kernel_scratch_bytes(const run *x) {
 }
 
 static void rank_zero_memory(const run *x, size_t trainable, int rank, zero_memory *mem) {
-    zero_memory_estimate(x->r->distributed.zero_stage, x->m.weight_numel, trainable, x->d->world_size, rank,
-                         x->accum_steps, mem);
+    const int stage = x->r->distributed.zero_stage, world = x->d->world_size;
+    zero_memory_estimate(stage, x->m.weight_numel, trainable, world, rank, x->accum_steps, mem);
+    /* sharded fp32 weights: the rank keeps the values of its shard (and every other weight) */
+    size_t *offsets = malloc(((size_t)world + 1) * sizeof *offsets);
+    if (offsets && zero_shards_weights(stage, x->m.precision)) {
+        zero_shard_offsets(trainable, world, offsets);
+        const model_shard shard = {offsets[rank], offsets[rank + 1]};
+        mem->param_bytes = model_fp32_numel(&x->m, &shard) * sizeof(float);
+    }
+    free(offsets);
 }
 
 /* A rank's estimate by kind (print_memory's line); returns the total. */
@@ -473,6 +496,27 @@ static int open_tensorboard(run *x, const char *dir, ct_error *err) {
 static volatile sig_atomic_t preempt_signal = 0;
 static void on_preempt(int sig) { preempt_signal = sig; }
 
+static int fetch_sharded(void *ctx, int index, float *host, ct_error *err) {
+    const run *x = ctx;
+    return zero_fetch_param(&x->opt, &x->m, index, host, err);
+}
+
+/* Rank 0 writes the hub folder; where the fp32 weights are sharded, the other ranks serve
+ * their slices of each tensor meanwhile. This rank's status, before any agreement. */
+static int write_hub(run *x, const char *dir, const run_summary *s, ct_error *err) {
+    const bool rank0 = x->d->rank == 0;
+    if (!zero_model_sharded(&x->m)) return rank0 ? checkpoint_write_hub(dir, &x->m, x->r, x->base_dir, s, err) : 0;
+    if (!rank0) return zero_serve_fetches(&x->opt, &x->m, err);
+    const checkpoint_values values = {fetch_sharded, x};
+    int status = checkpoint_write_hub_from(dir, &x->m, x->r, x->base_dir, s, &values, err);
+    ct_error ended = {{0}};
+    if (zero_end_fetches(&x->opt, &ended) && !status) {
+        *err = ended;
+        status = -1;
+    }
+    return status;
+}
+
 /* A checkpoint at step: the hub folder (rank 0), then the training state (every rank writes
  * its own part; complete only when rank 0 commits), then pruning to keep_last. */
 static int write_checkpoint(run *x, int step, const run_summary *s, ct_error *err) {
@@ -480,7 +524,7 @@ static int write_checkpoint(run *x, int step, const run_summary *s, ct_error *er
     const dist *d = x->d;
     char dir[4096];
     if (train_state_checkpoint_dir(r->checkpoint.output_dir, step, dir, sizeof dir, err)) return -1;
-    int status = d->rank == 0 ? checkpoint_write_hub(dir, &x->m, r, x->base_dir, s, err) : 0;
+    int status = write_hub(x, dir, s, err);
     if (dist_agree(d, status, err)) return -1;
     if (x->hook.kill_at_checkpoint == step && d->rank == 0) raise(SIGKILL);
     train_state_meta meta;
@@ -881,11 +925,10 @@ int trainer_run(const recipe *r, const dist *d, bool dry_run, run_summary *summa
     /* The loop and the evaluations fail on every rank together, with the agreed message; only
      * the final write (rank 0) still needs an agreement. */
     if (!status) {
-        int local = 0;
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s/final", r->checkpoint.output_dir);
+        int local = write_hub(&x, dir, &s, err);
         if (d->rank == 0) {
-            char dir[4096];
-            snprintf(dir, sizeof dir, "%s/final", r->checkpoint.output_dir);
-            local = checkpoint_write_hub(dir, &x.m, r, x.base_dir, &s, err);
             if (!local) local = write_summary_json(r->checkpoint.output_dir, &s, err);
             if (!local) {
                 char wall[32];
