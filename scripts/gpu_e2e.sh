@@ -17,8 +17,10 @@
 #   b. resume    on the GPU, full bf16-mixed and LoRA fp16-mixed (loss scale in the state):
 #                stopped after the checkpoint at steps/2 and resumed = straight, byte for byte.
 #   c. ranks     on the GPU, 1 rank vs 2 ranks sharing it (distributed.backend mpi: the
-#                collectives stage through host memory): full bf16-mixed ZeRO 0 and LoRA
-#                fp16-mixed ZeRO 1 write the same bytes.
+#                collectives stage through host memory): full bf16-mixed ZeRO 2 (its fp32
+#                weights sharded, their 16-bit copies all-gathered from device memory, the
+#                final folder gathered tensor by tensor) and LoRA fp16-mixed ZeRO 1 write the
+#                same bytes.
 #
 # Why these bounds (measured on the CPU, 200 steps; docs/benchmarks/gpu-notes.md): training
 # is chaotic, so no per-step bound holds for a whole run. Regrouping the same fp32 sums (micro
@@ -445,7 +447,7 @@ for pair in full:bf16-mixed lora:fp16-mixed; do
 done
 
 echo "== c. rank counts on $dev ($(elapsed))"
-for spec in full:bf16-mixed:0 lora:fp16-mixed:1; do
+for spec in full:bf16-mixed:2 lora:fp16-mixed:1; do
   IFS=: read -r method precision stage <<< "$spec"
   ref=$side-$method-$precision name=ranks2-$method-$precision
   [ -f "$work/runs/$ref/final/README.md" ] || { fail "$name: no 1-rank run $ref to compare with"; continue; }

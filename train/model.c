@@ -947,6 +947,8 @@ int model_write_weights(const model *m, const char *path, bool lora, const char 
     size_t total = 0;
     for (int i = 0; i < m->n_params; i++) {
         if (m->params[i].is_lora != lora) continue;
+        if (m->params[i].sharded) /* its fp32 values are spread over the ranks (checkpoint.h) */
+            return ct_fail(err, "%s: %s has its fp32 values sharded over the ranks", path, m->params[i].name);
         n++;
         total += m->params[i].numel;
     }

@@ -165,7 +165,8 @@ void model_weights_changed(model *m, bool trainable_only);
  * the rest is re-rounded. */
 void model_weights_changed_except(model *m, size_t begin, size_t end);
 /* A parameter's values as fp32 in host memory [numel] (widened from 16 bits where the
- * parameter has no fp32 data). Use it rather than p->data for frozen weights. */
+ * parameter has no fp32 data). Use it rather than p->data for frozen weights. A sharded
+ * weight's are its 16-bit copy widened, not its fp32 values (zero_fetch_param gathers those). */
 void model_param_download(const model *m, const model_param *p, float *host);
 /* Sets a parameter from fp32 host values [numel] (rounded to 16 bits where it has no fp32
  * data). Call model_weights_changed afterwards for weights that do have a 16-bit copy. */
