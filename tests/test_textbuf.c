@@ -1,7 +1,9 @@
 /* textbuf (growth, printf, the JSON string escaper), jsonfile (parse errors) and units (byte
- * counts for people). Expected
+ * counts and durations for people). Expected
  * escapes are Python's json.dumps(s, ensure_ascii=False), which serde_json matches. */
 #include <cjson/cJSON.h>
+#include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,8 +117,27 @@ static void check_units(void) {
     }
 }
 
+/* Durations: whole seconds (rounded), minutes, hours; tenths below a minute when asked. */
+static void check_durations(void) {
+    static const struct {
+        double seconds;
+        bool tenths;
+        const char *text;
+    } cases[] = {{0.0, false, "0s"},        {0.6, true, "0.6 s"},       {0.6, false, "1s"},
+                 {59.4, false, "59s"},      {59.6, false, "1m00s"},     {59.96, true, "1m00s"},
+                 {73.0, true, "1m13s"},     {3599.4, false, "59m59s"},  {7500.0, false, "2h05m"},
+                 {-1.0, false, "-"},        {NAN, true, "-"},           {INFINITY, false, "-"}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char text[32];
+        units_format_duration(cases[i].seconds, cases[i].tenths, text, sizeof text);
+        CHECK_MSG(!strcmp(text, cases[i].text), "%g s (tenths %d): '%s', expected '%s'", cases[i].seconds,
+                  cases[i].tenths, text, cases[i].text);
+    }
+}
+
 int main(void) {
     check_units();
+    check_durations();
     check_growth();
     check_json_string();
     check_jsonfile();

@@ -298,13 +298,6 @@ static void format_memory(char *buf, size_t size, double bytes) {
     else units_format_bytes((unsigned long long)bytes, buf, size);
 }
 
-static void format_wall(char *buf, size_t size, double seconds) {
-    if (!isfinite(seconds)) snprintf(buf, size, "-");
-    else if (seconds < 60) snprintf(buf, size, "%.1f s", seconds);
-    else if (seconds < 3600) snprintf(buf, size, "%dm%02ds", (int)seconds / 60, (int)seconds % 60);
-    else snprintf(buf, size, "%dh%02dm", (int)seconds / 3600, (int)seconds / 60 % 60);
-}
-
 void report_markdown(const report *rep, textbuf *out) {
     textbuf_puts(out, "| # | run |");
     for (int d = 0; d < rep->n_diff; d++) md_cell(out, rep->diff_keys[d]);
@@ -328,7 +321,7 @@ void report_markdown(const report *rep, textbuf *out) {
         format_number(cell, sizeof cell, "%.4f", r->eval_loss), md_cell(out, cell);
         format_number(cell, sizeof cell, "%.1f%%", r->eval_accuracy * 100.0), md_cell(out, cell);
         format_number(cell, sizeof cell, "%.0f", r->tokens_per_second), md_cell(out, cell);
-        format_wall(cell, sizeof cell, r->wall_seconds), md_cell(out, cell);
+        units_format_duration(r->wall_seconds, true, cell, sizeof cell), md_cell(out, cell);
         format_memory(cell, sizeof cell, r->peak_memory_bytes), md_cell(out, cell);
         textbuf_puts(out, "\n");
     }

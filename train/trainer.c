@@ -590,13 +590,6 @@ static int resume_run(run *x, ct_error *err) {
     return 0;
 }
 
-static void format_duration(double seconds, char *out, size_t size) {
-    long s = (long)(seconds + 0.5);
-    if (s >= 3600) snprintf(out, size, "%ldh%02ldm", s / 3600, (s / 60) % 60);
-    else if (s >= 60) snprintf(out, size, "%ldm%02lds", s / 60, s % 60);
-    else snprintf(out, size, "%lds", s);
-}
-
 /* Forward and backward of this rank's a-th micro-batch of the step into the zeroed gradient
  * buffer; its per-token losses stay in the model's loss slot a until the step's end
  * (model_collect_losses). */
@@ -727,7 +720,7 @@ static int train_loop(run *x, run_summary *summary, ct_error *err) {
         bool log_now = (step + 1) % r->train.log_every == 0 || step == 0 || step + 1 == r->train.max_steps;
         if (d->rank == 0 && log_now) {
             char eta[32];
-            format_duration((now - start) / (step + 1) * (r->train.max_steps - step - 1), eta, sizeof eta);
+            units_format_duration((now - start) / (step + 1) * (r->train.max_steps - step - 1), false, eta, sizeof eta);
             char scale[64] = "";
             if (x->scaler.enabled)
                 snprintf(scale, sizeof scale, " | loss scale %g%s", loss_scale, skipped ? " (overflow: step skipped)" : "");
@@ -932,7 +925,7 @@ int trainer_run(const recipe *r, const dist *d, bool dry_run, run_summary *summa
             if (!local) local = write_summary_json(r->checkpoint.output_dir, &s, err);
             if (!local) {
                 char wall[32];
-                format_duration(s.wall_seconds, wall, sizeof wall);
+                units_format_duration(s.wall_seconds, false, wall, sizeof wall);
                 printf("done: %d steps in %s (%.0f tok/s); final train loss %.4f; wrote %s\n", s.steps,
                        wall, s.tokens_per_second, s.train_loss, dir);
             }
