@@ -9,7 +9,8 @@
 #  2. 1 rank = 2 ranks (ZeRO 0, 1, 2) in mixed precision: same losses, same weight bytes. At ZeRO
 #     1/2 the fp32 weights are sharded (each rank keeps its shard's): a checkpoint gathered
 #     from the ranks, and resumed between sharded and unsharded runs and world sizes, gives
-#     the same bytes; rank 0's parameter estimate shrinks.
+#     the same bytes; rank 0's parameter estimate shrinks; rank 0 failing while it gathers a
+#     tensor stops both ranks with its message and leaves no folder.
 #  3. fp16-mixed with a first loss scale far too large and growth_interval 3: the leading steps
 #     overflow and are skipped, the scale follows GradScaler's rule at every step, training
 #     then proceeds; the checkpoint counts only the steps taken (optimizer_step).
@@ -83,6 +84,22 @@ cmp -s runs/full-bf16-1r-z0-ckpt/checkpoints/step-000010/model.safetensors \
   && cmp -s runs/full-bf16-mixed/final/model.safetensors runs/full-bf16-2r-z2-ckpt/final/model.safetensors \
   && ok "the sharded run's step-10 checkpoint and final folder (gathered from both ranks) = the 1-rank run's" \
   || bad "the sharded run's gathered checkpoint or final folder differs from the 1-rank run's"
+# rank 0's write fails while the other rank serves: every rank stops with its message, no
+# folder is left (not even the temporary one), the earlier checkpoint stays, no hang
+start=$(date +%s)
+if CTUNE_TEST_FAIL_FETCH=3 timeout 120 "$mpi" -np 2 -x CTUNE_TEST_FAIL_FETCH -x OMP_NUM_THREADS "$ctune" train \
+     "$src/configs/tiny/full.yaml" "${common[@]}" precision=bf16-mixed distributed.zero_stage=2 checkpoint.every=10 \
+     checkpoint.output_dir=runs/fetch-fails > fetch-fails.log 2>&1; then
+  bad "fetch-fails: the run succeeded although rank 0's fetch failed"
+else
+  took=$(( $(date +%s) - start ))
+  grep -q "rank 0: .*test hook CTUNE_TEST_FAIL_FETCH: simulated failure fetching model.layers" fetch-fails.log \
+    && ok "fetch-fails: the job stopped with rank 0's message (${took} s)" \
+    || bad "fetch-fails: no agreed message naming the failed fetch"
+  [ ! -e runs/fetch-fails/checkpoints/step-000010 ] && [ -z "$(ls -d runs/fetch-fails/checkpoints/*.tmp-* 2>/dev/null)" ] \
+    && ok "fetch-fails: neither the checkpoint nor its temporary folder is left" \
+    || bad "fetch-fails: a partial checkpoint was left: $(ls runs/fetch-fails/checkpoints)"
+fi
 params_of() { sed -n "s/.*rank $2: parameters \([0-9]*\),.*/\1/p" "$1.log"; }
 p1=$(params_of full-bf16-1r-z0-ckpt 0) p2=$(params_of full-bf16-2r-z2-ckpt 0)
 [ -n "$p1" ] && [ -n "$p2" ] && [ "$p2" -lt "$p1" ] \

@@ -98,12 +98,16 @@ typedef struct test_hook {
     double sleep_s;
     int kill_at_checkpoint; /* CTUNE_TEST_KILL_AT_CHECKPOINT=S: rank 0 SIGKILLs itself while
                              * writing the checkpoint of step S (hub folder written, state not) */
+    int fail_fetch;         /* CTUNE_TEST_FAIL_FETCH=N: rank 0's N-th fetch of a sharded weight
+                             * for a hub folder fails (the others are serving) */
 } test_hook;
 
 static test_hook test_hook_from_env(void) {
-    test_hook h = {-1, -1, 0, -1};
+    test_hook h = {-1, -1, 0, -1, -1};
     const char *kill_step = getenv("CTUNE_TEST_KILL_AT_CHECKPOINT");
     if (kill_step) h.kill_at_checkpoint = atoi(kill_step);
+    const char *fetch = getenv("CTUNE_TEST_FAIL_FETCH");
+    if (fetch) h.fail_fetch = atoi(fetch);
     const char *rank = getenv("CTUNE_TEST_FAIL_RANK"), *step = getenv("CTUNE_TEST_FAIL_STEP");
     const char *sleep_s = getenv("CTUNE_TEST_FAIL_SLEEP_S");
     if (rank && step) {
@@ -497,7 +501,9 @@ static volatile sig_atomic_t preempt_signal = 0;
 static void on_preempt(int sig) { preempt_signal = sig; }
 
 static int fetch_sharded(void *ctx, int index, float *host, ct_error *err) {
-    const run *x = ctx;
+    run *x = ctx;
+    if (--x->hook.fail_fetch == 0)
+        return ct_fail(err, "test hook CTUNE_TEST_FAIL_FETCH: simulated failure fetching %s", x->m.params[index].name);
     return zero_fetch_param(&x->opt, &x->m, index, host, err);
 }
 
