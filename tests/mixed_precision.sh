@@ -101,6 +101,8 @@ else
     || bad "fetch-fails: a partial checkpoint was left: $(ls runs/fetch-fails/checkpoints)"
 fi
 params_of() { sed -n "s/.*rank $2: parameters \([0-9]*\),.*/\1/p" "$1.log"; }
+grep -q "ZeRO stage 2: .*, fp32 weight matrices too" full-bf16-2r-z2-ckpt.log && ! grep -q "fp32 weight matrices" full-bf16-1r-z0-ckpt.log \
+  && ok "the plan says when the fp32 weights are sharded" || bad "the plan does not say whether the fp32 weights are sharded"
 p1=$(params_of full-bf16-1r-z0-ckpt 0) p2=$(params_of full-bf16-2r-z2-ckpt 0)
 [ -n "$p1" ] && [ -n "$p2" ] && [ "$p2" -lt "$p1" ] \
   && ok "sharded fp32 weights: rank 0 of 2 holds $p2 bytes of parameters, 1 rank $p1" \

@@ -295,10 +295,11 @@ static void print_memory(const run *x, size_t trainable, size_t act_bytes) {
     const size_t scratch = kernel_scratch_bytes(x);
     const recipe *r = x->r;
     const int world = x->d->world_size, stage = r->distributed.zero_stage;
-    printf("  ZeRO stage %d: %s; micro-batches %s\n", stage,
+    printf("  ZeRO stage %d: %s%s; micro-batches %s\n", stage,
            stage == 0 ? "AdamW state replicated on every rank"
            : stage == 1 ? "AdamW state sharded over ranks"
                         : "AdamW state and reduced gradients sharded over ranks",
+           zero_model_sharded(&x->m) ? ", fp32 weight matrices too (ranks exchange their 16-bit copies)" : "",
            stage == 2 ? "interleaved over ranks (j = a x ranks + rank)" : "in contiguous blocks per rank");
     printf("  memory per rank (estimate, bytes):\n");
     for (int rank = 0; rank < world; rank++) {
