@@ -7,14 +7,28 @@
 #include "kernels/clip_rule.h"
 #include "optim/clip.h"
 
+/* Where rank r's shard starts (r = world_size: the end). Rounded down: the extra blocks go to
+ * the high ranks, so the last rank, which gets the partial block, is never short by more
+ * than one block. */
+static size_t shard_start(size_t numel, int world_size, int r) {
+    size_t start = (size_t)r * clip_block_count(numel) / (size_t)world_size * CLIP_NORM_BLOCK;
+    return start < numel ? start : numel;
+}
+
 void zero_shard_offsets(size_t numel, int world_size, size_t *offsets) {
-    size_t n_blocks = clip_block_count(numel);
-    for (int r = 0; r <= world_size; r++) {
-        /* Rounded down: the extra blocks go to the high ranks, so the last rank, which gets
-         * the partial block, is never short by more than one block. */
-        size_t start = (size_t)r * n_blocks / (size_t)world_size * CLIP_NORM_BLOCK;
-        offsets[r] = start < numel ? start : numel;
-    }
+    for (int r = 0; r <= world_size; r++) offsets[r] = shard_start(numel, world_size, r);
+}
+
+model_shard zero_shard_of(size_t numel, int world_size, int rank) {
+    return (model_shard){shard_start(numel, world_size, rank), shard_start(numel, world_size, rank + 1)};
+}
+
+static size_t clamp(size_t x, size_t lo, size_t hi) { return x < lo ? lo : x > hi ? hi : x; }
+
+/* z->run_offsets: the shard boundaries clipped to the flat values [lo, hi), relative to lo. */
+static size_t *offsets_within(const zero_optimizer *z, size_t lo, size_t hi) {
+    for (int r = 0; r <= z->d->world_size; r++) z->run_offsets[r] = clamp(z->offsets[r], lo, hi) - lo;
+    return z->run_offsets;
 }
 
 /* Leaf i (0-based) merges its trailing one bits of i and parks the result at that level
@@ -73,7 +87,7 @@ void zero_free(zero_optimizer *z) {
  * collectives take the model's backend memory (on_backend), so any backend works. */
 static int check_model(const model *m, const size_t *offsets, const dist *d, ct_error *err) {
     if (m->grad_numel == 0 || !m->grad_arena) return ct_fail(err, "zero: the model has no trainable parameters");
-    const bool sharded = zero_model_sharded(m);
+    const bool sharded = model_weights_sharded(m);
     for (int i = 0; i < m->n_params; i++) {
         const model_param *p = &m->params[i];
         if (!p->trainable || !p->grad) continue;
@@ -82,21 +96,13 @@ static int check_model(const model *m, const size_t *offsets, const dist *d, ct_
             return ct_fail(err, "zero: trainable weight %s is not at the offset of its gradient", p->name);
         if (!p->sharded) continue;
         /* its fp32 slice must be exactly what this rank's shard updates */
-        size_t lo = offsets[d->rank] > first ? offsets[d->rank] - first : 0;
-        size_t hi = offsets[d->rank + 1] > first ? offsets[d->rank + 1] - first : 0;
-        if (hi > p->numel) hi = p->numel;
-        if (lo > hi) lo = hi;
+        const size_t lo = clamp(offsets[d->rank], first, first + p->numel) - first;
+        const size_t hi = clamp(offsets[d->rank + 1], first, first + p->numel) - first;
         if (lo < hi ? (p->master_lo != lo || p->master_hi != hi || !p->master) : p->master != NULL)
             return ct_fail(err, "zero: %s keeps fp32 values [%zu, %zu), but rank %d's shard updates [%zu, %zu) of it",
                            p->name, p->master_lo, p->master_hi, d->rank, lo, hi);
     }
     return 0;
-}
-
-bool zero_model_sharded(const model *m) {
-    for (int i = 0; i < m->n_params; i++)
-        if (m->params[i].sharded) return true;
-    return false;
 }
 
 bool zero_shards_weights(int stage, model_precision precision) {
@@ -124,7 +130,7 @@ int zero_create(zero_optimizer *z, const model *m, const dist *d, int stage, int
     }
     zero_shard_offsets(z->numel, d->world_size, z->offsets);
     if (check_model(m, z->offsets, d, err) ||
-        (zero_model_sharded(m) && stage == 0 && ct_fail(err, "zero: sharded fp32 weights need ZeRO stage 1 or 2"))) {
+        (model_weights_sharded(m) && stage == 0 && ct_fail(err, "zero: sharded fp32 weights need ZeRO stage 1 or 2"))) {
         zero_free(z);
         return -1;
     }
@@ -221,12 +227,7 @@ static int reduce_step(zero_optimizer *z, model *m, const dist *d, float **grad,
  * elem_bytes, each rank giving the part its shard updated. */
 static int gather_run(const zero_optimizer *z, const dist *d, void *base, size_t elem_bytes, size_t lo, size_t hi,
                       ct_error *err) {
-    size_t *parts = z->run_offsets;
-    for (int r = 0; r <= d->world_size; r++) {
-        size_t at = z->offsets[r] < lo ? lo : z->offsets[r] > hi ? hi : z->offsets[r];
-        parts[r] = at - lo;
-    }
-    return dist_all_gather(d, base, elem_bytes, parts, err);
+    return dist_all_gather(d, base, elem_bytes, offsets_within(z, lo, hi), err);
 }
 
 /* Every rank's updated values to every rank. With sharded fp32 weights (model_create_in) a
@@ -235,7 +236,7 @@ static int gather_run(const zero_optimizer *z, const dist *d, void *base, size_t
  * in runs of parameters whose buffers continue one another (a layer's seven matrices, its
  * two norms), one all-gather each. */
 static int gather_updated(const zero_optimizer *z, model *m, const dist *d, ct_error *err) {
-    if (!zero_model_sharded(m)) return dist_all_gather_floats(d, m->weight_arena, z->offsets, err);
+    if (!model_weights_sharded(m)) return dist_all_gather_floats(d, m->weight_arena, z->offsets, err);
     char *base = NULL;
     size_t elem = 0, lo = 0, hi = 0;
     for (int i = 0; i < m->n_params; i++) {
@@ -311,20 +312,15 @@ enum { FETCH_END = -1 };
 
 /* One collective gather of parameter `index`'s fp32 values to rank 0's host. */
 static int gather_param(const zero_optimizer *z, const model *m, int index, float *host, ct_error *err) {
-    const dist comm = *z->d, *d = &comm;
     if (index < 0 || index >= m->n_params || !m->params[index].sharded)
         return ct_fail(err, "zero: parameter %d is not a sharded weight", index);
     const model_param *p = &m->params[index];
     const size_t first = (size_t)(p->grad - m->grad_arena), n = p->master_hi - p->master_lo;
-    size_t *parts = z->run_offsets;
-    for (int r = 0; r <= d->world_size; r++) {
-        size_t at = z->offsets[r] < first ? first : z->offsets[r] > first + p->numel ? first + p->numel : z->offsets[r];
-        parts[r] = at - first;
-    }
+    const size_t *parts = offsets_within(z, first, first + p->numel);
     float *mine = malloc((n ? n : 1) * sizeof(float));
     if (!mine) return ct_fail(err, "zero: out of memory for %zu values of %s", n, p->name);
     if (n) z->k->download(mine, p->master, n * sizeof(float));
-    int rc = dist_gather_floats(d, mine, host, parts, 0, err);
+    int rc = dist_gather_floats(z->d, mine, host, parts, 0, err); /* host memory: z->d as it is */
     free(mine);
     return rc;
 }

@@ -47,6 +47,8 @@ typedef struct zero_memory {
  * CLIP_NORM_BLOCK blocks (the last may end short), as even as whole blocks allow; when there
  * are fewer blocks than ranks, the low ranks own nothing. */
 void zero_shard_offsets(size_t numel, int world_size, size_t *offsets);
+/* The same boundaries for one rank: [offsets[rank], offsets[rank + 1]). */
+model_shard zero_shard_of(size_t numel, int world_size, int rank);
 /* Partial-sum buffers the accumulation tree over n_leaves micro-batches keeps. */
 int zero_tree_levels(int n_leaves);
 void zero_memory_estimate(int stage, size_t total_numel, size_t trainable_numel, int world_size,
@@ -117,8 +119,6 @@ void zero_step_not_taken(zero_optimizer *z);
  * rank's shard, zero_shard_offsets): every mixed-precision run at stage 1 or 2. The 16-bit
  * copies are then what the step's all-gather moves for them. */
 bool zero_shards_weights(int stage, model_precision precision);
-/* Whether m has sharded fp32 weights. */
-bool zero_model_sharded(const model *m);
 /* Checkpoints of such a model: rank 0 writes the hub folder, fetching each sharded weight's
  * fp32 values [numel] into host with zero_fetch_param (a broadcast of the index, then a
  * gather of the owners' slices: one tensor in memory at a time, whatever order the writer

@@ -92,6 +92,8 @@ static void test_shard_offsets(void) {
                 size_t len = offsets[r + 1] - offsets[r];
                 ok = ok && offsets[r + 1] >= offsets[r];
                 ok = ok && (offsets[r] % B == 0 || offsets[r] == numel); /* whole blocks */
+                const model_shard one = zero_shard_of(numel, world, r); /* one rank's, alone */
+                ok = ok && one.begin == offsets[r] && one.end == offsets[r + 1];
                 if (len < smallest) smallest = len;
                 if (len > largest) largest = len;
             }

@@ -230,6 +230,12 @@ size_t model_fp32_numel(const model *m, const model_shard *shard) {
     return n;
 }
 
+bool model_weights_sharded(const model *m) {
+    for (int i = 0; i < m->n_params; i++)
+        if (m->params[i].sharded) return true;
+    return false;
+}
+
 float *model_param_fp32(const model_param *p, size_t i) {
     return p->data ? p->data + i : p->master + (i - p->master_lo);
 }
@@ -362,7 +368,7 @@ static void half_rows_of(const model_param *p, size_t *n_rows, size_t *row_len, 
 /* Moves the weights into a new arena laid out for the precision m->precision is about to
  * take (mixed: half_only weights leave the fp32 arena; fp32: they come back, widened from
  * their 16-bit values). The trainable range stays first and in place (it lines up with the
- * gradients). Both arenas exist for a moment (the trainer switches before loading). */
+ * gradients). Both arenas exist for a moment (model_create_in spares the trainer that). */
 static int relayout_weights(model *m, bool mixed, ct_error *err) {
     size_t numel = 0;
     bool moves = false;
@@ -532,9 +538,7 @@ static int add_half_copies(model *m, model_precision p, ct_error *err) {
 }
 
 int model_set_precision(model *m, model_precision p, ct_error *err) {
-    bool sharded = false;
-    for (int i = 0; i < m->n_params; i++) sharded = sharded || m->params[i].sharded;
-    if (sharded)
+    if (model_weights_sharded(m))
         return ct_fail(err, "model: a model whose fp32 weights are sharded cannot change precision");
     if (m->precision != MODEL_FP32 && relayout_weights(m, false, err)) return -1;
     drop_half_copies(m);

@@ -200,6 +200,8 @@ size_t model_trainable_numel(const model_config *cfg, const lora_settings *lora,
 /* fp32 values the model would hold created in its precision with shard (NULL: none): the
  * estimate of another rank's parameters. */
 size_t model_fp32_numel(const model *m, const model_shard *shard);
+/* Whether m has weights whose fp32 values are sharded (model_create_in with a shard). */
+bool model_weights_sharded(const model *m);
 /* Where p's fp32 value i is: in data, or (sharded) in this rank's slice, which must hold it. */
 float *model_param_fp32(const model_param *p, size_t i);
 

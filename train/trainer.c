@@ -193,16 +193,10 @@ static int build_model(run *x, ct_error *err) {
     const model_precision precision = model_precision_of(r->precision);
     model_shard shard, *sharding = NULL;
     if (!status && zero_shards_weights(r->distributed.zero_stage, precision)) {
-        size_t trainable = model_trainable_numel(&cfg, adapters, err);
-        size_t *offsets = malloc(((size_t)x->d->world_size + 1) * sizeof *offsets);
-        if (!offsets) status = ct_fail(err, "out of memory");
-        if (!status && trainable == 0) status = -1; /* the config's error */
-        if (!status) {
-            zero_shard_offsets(trainable, x->d->world_size, offsets);
-            shard = (model_shard){offsets[x->d->rank], offsets[x->d->rank + 1]};
-            sharding = &shard;
-        }
-        free(offsets);
+        const size_t trainable = model_trainable_numel(&cfg, adapters, err);
+        if (trainable == 0) status = -1; /* the config's error */
+        shard = zero_shard_of(trainable, x->d->world_size, x->d->rank);
+        sharding = &shard;
     }
     if (!status) status = model_create_in(&x->m, &cfg, adapters, x->k, precision, sharding, err);
     model_config_free(&cfg);
@@ -261,13 +255,10 @@ static void rank_zero_memory(const run *x, size_t trainable, int rank, zero_memo
     const int stage = x->r->distributed.zero_stage, world = x->d->world_size;
     zero_memory_estimate(stage, x->m.weight_numel, trainable, world, rank, x->accum_steps, mem);
     /* sharded fp32 weights: the rank keeps the values of its shard (and every other weight) */
-    size_t *offsets = malloc(((size_t)world + 1) * sizeof *offsets);
-    if (offsets && zero_shards_weights(stage, x->m.precision)) {
-        zero_shard_offsets(trainable, world, offsets);
-        const model_shard shard = {offsets[rank], offsets[rank + 1]};
+    if (zero_shards_weights(stage, x->m.precision)) {
+        const model_shard shard = zero_shard_of(trainable, world, rank);
         mem->param_bytes = model_fp32_numel(&x->m, &shard) * sizeof(float);
     }
-    free(offsets);
 }
 
 /* A rank's estimate by kind (print_memory's line); returns the total. */
@@ -299,7 +290,7 @@ static void print_memory(const run *x, size_t trainable, size_t act_bytes) {
            stage == 0 ? "AdamW state replicated on every rank"
            : stage == 1 ? "AdamW state sharded over ranks"
                         : "AdamW state and reduced gradients sharded over ranks",
-           zero_model_sharded(&x->m) ? ", fp32 weight matrices too (ranks exchange their 16-bit copies)" : "",
+           model_weights_sharded(&x->m) ? ", fp32 weight matrices too (ranks exchange their 16-bit copies)" : "",
            stage == 2 ? "interleaved over ranks (j = a x ranks + rank)" : "in contiguous blocks per rank");
     printf("  memory per rank (estimate, bytes):\n");
     for (int rank = 0; rank < world; rank++) {
@@ -512,7 +503,7 @@ static int fetch_sharded(void *ctx, int index, float *host, ct_error *err) {
  * their slices of each tensor meanwhile. This rank's status, before any agreement. */
 static int write_hub(run *x, const char *dir, const run_summary *s, ct_error *err) {
     const bool rank0 = x->d->rank == 0;
-    if (!zero_model_sharded(&x->m)) return rank0 ? checkpoint_write_hub(dir, &x->m, x->r, x->base_dir, s, err) : 0;
+    if (!model_weights_sharded(&x->m)) return rank0 ? checkpoint_write_hub(dir, &x->m, x->r, x->base_dir, s, err) : 0;
     if (!rank0) return zero_serve_fetches(&x->opt, &x->m, err);
     const checkpoint_values values = {fetch_sharded, x};
     int status = checkpoint_write_hub_from(dir, &x->m, x->r, x->base_dir, s, &values, err);
