@@ -241,23 +241,17 @@ static int write_merge_card(const char *dir, const merge_job *job, ct_error *err
                "- text-generation\npipeline_tag: text-generation\n---\n\n",
             job->lora.use_dora ? "- dora\n" : "");
     fprintf(f, "# %s\n\n", adapter_name);
-    if (job->lora.use_dora)
-        fprintf(f, "The DoRA adapter `%s` merged into its base model `%s` by `ctune merge`: "
-                   "every adapted Linear weight is m / ||W + scaling * B A||_row * (W + scaling "
-                   "* B A), each row rescaled to its trained magnitude m (DoRA, r = %d, alpha = "
-                   "%g, scaling = %g%s), every other tensor is the base's. Weights are stored "
-                   "as %s.\n",
-                job->adapter_dir, job->base_dir, job->lora.r, (double)job->lora.alpha,
-                (double)job->state.scaling, job->lora.use_rslora ? ", rsLoRA" : "",
-                torch_from_dtype(job->config_dtype));
-    else
-        fprintf(f, "The LoRA adapter `%s` merged into its base model `%s` by `ctune merge`: "
-                   "every adapted Linear weight is W + scaling * B A (r = %d, alpha = %g, "
-                   "scaling = %g%s), every other tensor is the base's. Weights are stored as "
-                   "%s.\n",
-                job->adapter_dir, job->base_dir, job->lora.r, (double)job->lora.alpha,
-                (double)job->state.scaling, job->lora.use_rslora ? ", rsLoRA" : "",
-                torch_from_dtype(job->config_dtype));
+    /* the one sentence, with DoRA's per-row rescaling where it applies */
+    const bool dora = job->lora.use_dora;
+    fprintf(f, "The %s adapter `%s` merged into its base model `%s` by `ctune merge`: every adapted Linear "
+               "weight is %s%sr = %d, alpha = %g, scaling = %g%s), every other tensor is the base's. Weights are "
+               "stored as %s.\n",
+            dora ? "DoRA" : "LoRA", job->adapter_dir, job->base_dir,
+            dora ? "m / ||W + scaling * B A||_row * (W + scaling * B A), each row rescaled to its trained "
+                   "magnitude m "
+                 : "W + scaling * B A ",
+            dora ? "(DoRA, " : "(", job->lora.r, (double)job->lora.alpha, (double)job->state.scaling,
+            job->lora.use_rslora ? ", rsLoRA" : "", torch_from_dtype(job->config_dtype));
     fputs("\nLoad it with `transformers.AutoModelForCausalLM.from_pretrained` like any model; "
           "no peft needed.\n",
           f);
