@@ -65,7 +65,7 @@ void adamw_step_range(adamw_state *s, model *m, const adamw_hparams *h, double l
     for (int i = 0; i < m->n_params && s->numel > 0; i++) {
         model_param *p = &m->params[i];
         if (!p->trainable || !p->grad) continue;
-        size_t first = (size_t)(p->grad - m->grad_arena), last = first + p->numel;
+        size_t first = p->flat, last = first + p->numel;
         size_t lo = first > begin ? first : begin, hi = last < end ? last : end;
         if (lo >= hi) continue;
         float *param = model_param_fp32(p, lo - first); /* a sharded weight's slice holds [lo, hi) */

@@ -86,13 +86,14 @@ void zero_free(zero_optimizer *z) {
 /* The step relies on the trainable weights lining up with the gradient arena (model.h). The
  * collectives take the model's backend memory (on_backend), so any backend works. */
 static int check_model(const model *m, const size_t *offsets, const dist *d, ct_error *err) {
-    if (m->grad_numel == 0 || !m->grad_arena) return ct_fail(err, "zero: the model has no trainable parameters");
+    if (m->grad_numel == 0 || (!m->grad_arena && !m->grad_held))
+        return ct_fail(err, "zero: the model has no trainable parameters");
     const bool sharded = model_weights_sharded(m);
     for (int i = 0; i < m->n_params; i++) {
         const model_param *p = &m->params[i];
         if (!p->trainable || !p->grad) continue;
-        const size_t first = (size_t)(p->grad - m->grad_arena);
-        if (!sharded && p->data - m->weight_arena != p->grad - m->grad_arena)
+        const size_t first = p->flat;
+        if (!sharded && (size_t)(p->data - m->weight_arena) != first)
             return ct_fail(err, "zero: trainable weight %s is not at the offset of its gradient", p->name);
         if (!p->sharded) continue;
         /* its fp32 slice must be exactly what this rank's shard updates */
@@ -130,7 +131,9 @@ int zero_create(zero_optimizer *z, const model *m, const dist *d, int stage, int
     }
     zero_shard_offsets(z->numel, d->world_size, z->offsets);
     if (check_model(m, z->offsets, d, err) ||
-        (model_weights_sharded(m) && stage == 0 && ct_fail(err, "zero: sharded fp32 weights need ZeRO stage 1 or 2"))) {
+        (model_weights_sharded(m) && stage == 0 && ct_fail(err, "zero: sharded fp32 weights need ZeRO stage 1 or 2")) ||
+        (m->grad_buckets && stage != 2 &&
+         ct_fail(err, "zero: gradient buckets need ZeRO stage 2 (stages 0 and 1 keep the whole gradient)"))) {
         zero_free(z);
         return -1;
     }
@@ -186,6 +189,50 @@ static dist on_backend(const zero_optimizer *z) {
     return d;
 }
 
+/* Stage 2: the sum over the ranks of the flat values [lo, hi), held from src on, into the
+ * part of the shard's reduced gradient they cover. The sum is per element, so a range's
+ * values get the bits the whole arena's reduce-scatter would give them. Collective. */
+static int reduce_range(zero_optimizer *z, const float *src, size_t lo, size_t hi, ct_error *err) {
+    const dist d = on_backend(z);
+    const size_t a = clamp(z->begin, lo, hi), b = clamp(z->end, lo, hi);
+    float *out = a < b ? z->reduced + (a - z->begin) : z->reduced;
+    return dist_reduce_scatter_floats(&d, src, out, offsets_within(z, lo, hi), err);
+}
+
+int zero_reduce_layer(zero_optimizer *z, model *m, int layer, size_t lo, size_t hi, const float *grads,
+                      ct_error *err) {
+    const int expected = m->cfg.num_hidden_layers - 1 - z->layers_reduced;
+    if (z->stage != 2 || !m->grad_buckets)
+        return ct_fail(err, "zero: layer gradients are reduced one by one only with buckets at stage 2");
+    if (layer != expected || hi < lo || hi > z->numel)
+        return ct_fail(err, "zero: gradients of layer %d (values [%zu, %zu)) where layer %d's were due", layer, lo,
+                       hi, expected);
+    z->layers_reduced++;
+    return lo == hi ? 0 : reduce_range(z, grads, lo, hi, err);
+}
+
+/* With buckets: the gradients outside the layers, in runs of neighbours (the embedding
+ * table; the final norm and lm_head), after the layers' own. */
+static int reduce_outside(zero_optimizer *z, model *m, ct_error *err) {
+    if (z->layers_reduced != m->cfg.num_hidden_layers)
+        return ct_fail(err, "zero: a micro-batch's gradients came from %d of %d layers", z->layers_reduced,
+                       m->cfg.num_hidden_layers);
+    z->layers_reduced = 0;
+    const float *base = NULL;
+    size_t lo = 0, hi = 0;
+    for (int i = 0; i <= m->n_params; i++) {
+        const model_param *p = i < m->n_params ? &m->params[i] : NULL;
+        if (p && (!p->trainable || !p->grad || p->layer >= 0)) continue;
+        if (p && base && p->flat == hi && p->grad == base + (hi - lo)) {
+            hi += p->numel;
+            continue;
+        }
+        if (base && reduce_range(z, base, lo, hi, err)) return -1;
+        if (p) base = p->grad, lo = p->flat, hi = p->flat + p->numel;
+    }
+    return 0;
+}
+
 int zero_accumulate(zero_optimizer *z, model *m, ct_error *err) {
     if (z->leaves >= z->accum_steps)
         return ct_fail(err, "zero: micro-batch %d of a step with %d", z->leaves + 1, z->accum_steps);
@@ -193,8 +240,12 @@ int zero_accumulate(zero_optimizer *z, model *m, ct_error *err) {
         tree_add_leaf(z, m->grad_arena, z->numel);
         return 0;
     }
-    const dist d = on_backend(z);
-    if (dist_reduce_scatter_floats(&d, m->grad_arena, z->reduced, z->offsets, err)) return -1;
+    if (m->grad_buckets) {
+        if (reduce_outside(z, m, err)) return -1;
+    } else {
+        const dist d = on_backend(z);
+        if (dist_reduce_scatter_floats(&d, m->grad_arena, z->reduced, z->offsets, err)) return -1;
+    }
     tree_add_leaf(z, z->reduced, z->end - z->begin);
     return 0;
 }
@@ -242,7 +293,7 @@ static int gather_updated(const zero_optimizer *z, model *m, const dist *d, ct_e
     for (int i = 0; i < m->n_params; i++) {
         model_param *p = &m->params[i];
         if (!p->trainable || !p->grad) continue;
-        const size_t first = (size_t)(p->grad - m->grad_arena), e = p->sharded ? sizeof(uint16_t) : sizeof(float);
+        const size_t first = p->flat, e = p->sharded ? sizeof(uint16_t) : sizeof(float);
         char *at = p->sharded ? (char *)p->half : (char *)p->data;
         if (base && e == elem && first == hi && at == base + (hi - lo) * elem) {
             hi += p->numel;
@@ -315,7 +366,7 @@ static int gather_param(const zero_optimizer *z, const model *m, int index, floa
     if (index < 0 || index >= m->n_params || !m->params[index].sharded)
         return ct_fail(err, "zero: parameter %d is not a sharded weight", index);
     const model_param *p = &m->params[index];
-    const size_t first = (size_t)(p->grad - m->grad_arena), n = p->master_hi - p->master_lo;
+    const size_t first = p->flat, n = p->master_hi - p->master_lo;
     const size_t *parts = offsets_within(z, first, first + p->numel);
     float *mine = malloc((n ? n : 1) * sizeof(float));
     if (!mine) return ct_fail(err, "zero: out of memory for %zu values of %s", n, p->name);

@@ -9,7 +9,9 @@
  *           reduce-scattered into the shard (in place in the full gradient buffer), the rank
  *           updates its shard, the parameters are all-gathered.
  *  stage 2: also the reduced gradient and its partial sums exist only for the shard: every
- *           micro-batch's gradient is reduce-scattered as soon as it is computed.
+ *           micro-batch's gradient is reduce-scattered as soon as it is computed, layer by
+ *           layer out of the model's gradient buckets (zero_reduce_layer), so not even the
+ *           backward holds a full-size gradient.
  * In fp32 the parameters are the master weights; every rank keeps all of them because its
  * forward pass needs them, so what shrinks with the rank count is the AdamW state (and, in
  * stage 2, the gradient sums). In mixed precision at stages 1 and 2 the fp32 values of the
@@ -70,6 +72,7 @@ typedef struct zero_optimizer {
     float **levels;
     size_t level_numel;  /* numel (stages 0, 1) or the shard's size (stage 2) */
     int leaves;          /* micro-batches added in the current step */
+    int layers_reduced;  /* gradient buckets: layers of the current micro-batch reduced so far */
     double *block_sums;  /* per-block sums of squares of the gradient */
     double *sums_at;     /* one rank only: the block sums in backend memory (zero_step_queued) */
     float *factor_at;    /* ... and the clipping factor, after them */
@@ -91,6 +94,13 @@ long long zero_micro_batch_index(const zero_optimizer *z, int a);
  * across ranks, so it is collective there: call it only after the ranks agreed that the
  * micro-batch succeeded. */
 int zero_accumulate(zero_optimizer *z, model *m, ct_error *err);
+/* Stage 2 with gradient buckets (model.grad_buckets): model_step's grads_ready callback for
+ * the current micro-batch; reduce-scatters the layer's gradients [lo, hi) (at grads) into
+ * the shard while the backward goes on below, so zero_accumulate then reduces only the
+ * gradients outside the layers. Same bits as one reduce-scatter of the whole gradient.
+ * Collective: the ranks must agree first that every one computed the micro-batch. */
+int zero_reduce_layer(zero_optimizer *z, model *m, int layer, size_t lo, size_t hi, const float *grads,
+                      ct_error *err);
 
 /* After the last micro-batch: sums the gradient across ranks, measures its norm, divides the
  * gradient by loss_scale (fp16 loss scaling; 1 otherwise) and clips it to max_norm (<= 0: no

@@ -188,6 +188,14 @@ for stage in (0, 1, 2):
         grads = [r[1] for r in rows]
         if stage == 2 and not max(grads) < base[0][1]:
             print(f"FAIL stage 2: gradient bytes per rank {grads} should fall below 1 rank's {base[0][1]}"); failures += 1
+# Stage 2's backward writes into two layer buckets plus the gradients outside the layers, not a
+# whole gradient: on 1 rank, stage 2's gradient bytes less stage 1's (the same sums otherwise)
+# are those of two of the tiny model's four layers and the embedding, about half the whole.
+backward = memory(2, 1)[0][0][1] - memory(1, 1)[0][0][1]
+whole = 4 * memory(1, 1)[1]
+ok = 0 < backward <= 0.6 * whole
+print(("ok   " if ok else "FAIL ") + f"stage 2: the backward holds {backward} gradient bytes, the whole gradient is {whole}")
+failures += 0 if ok else 1
 sys.exit(1 if failures else 0)
 PY
 t3=$(date +%s)

@@ -621,6 +621,11 @@ static void test_param_lists(void) {
         model_param *p = &lm.params[i];
         if (p->trainable != p->is_lora || (p->grad != NULL) != p->trainable) layout_ok = false;
         if (p->trainable && p->data - lm.weight_arena != p->grad - lm.grad_arena) layout_ok = false;
+        /* flat: the gradient's offset in the arena; layer: the number in the name, or -1 */
+        if (p->trainable && p->flat != (size_t)(p->grad - lm.grad_arena)) layout_ok = false;
+        int layer = -1;
+        if (sscanf(p->name, "model.layers.%d.", &layer) != 1) layer = -1;
+        if (p->layer != layer) layout_ok = false;
     }
     CHECK(layout_ok);
     model_init_weights(&lm, 42); /* base weights do not depend on the adapters beside them */

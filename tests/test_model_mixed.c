@@ -71,6 +71,10 @@ static const int32_t positions[16] = {0, 1, 2, 0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 
 static const int32_t docs[16] = {0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0};
 static const model_batch batch = {.input_ids = ids, .targets = targets, .positions = positions,
                                   .doc_ids = docs, .batch = 2, .seq = 8};
+/* The same tokens with nothing to score: a step that runs no backward. */
+static const int32_t no_targets[16] = {-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1};
+static const model_batch unscored = {.input_ids = ids, .targets = no_targets, .positions = positions,
+                                     .doc_ids = docs, .batch = 2, .seq = 8};
 
 typedef struct result {
     double loss;
@@ -623,9 +627,6 @@ static void test_partial_refresh(void) {
 static void test_lazy_zeroing(const kernels *k) {
     const model_precision precisions[] = {MODEL_FP32, MODEL_BF16_MIXED};
     const run_mode modes[] = {FULL, LORA_DROPOUT, LORA_FUSED, LORA_UNFUSED};
-    const int32_t no_targets[16] = {-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1};
-    model_batch unscored = batch;
-    unscored.targets = no_targets;
     for (int p = 0; p < 2; p++)
         for (int mi = 0; mi < 4; mi++)
             for (int tied = 0; tied < 2; tied++) {
@@ -682,6 +683,132 @@ static void test_lazy_zeroing(const kernels *k) {
             }
 }
 
+/* What grads_ready collects from a bucketed model: every layer's gradients at their flat
+ * index, the order of the calls, and an optional failure. */
+typedef struct bucket_log {
+    const kernels *k;
+    float *flat;     /* [grad_numel] host */
+    int order[8], n_calls;
+    size_t next_hi;  /* the calls' ranges must tile the layers' flat span downwards */
+    int fail_at;     /* this layer's call fails (-1: none) */
+} bucket_log;
+
+static int collect_layer(void *ctx, model *m, int layer, size_t lo, size_t hi, const float *grads, ct_error *err) {
+    bucket_log *log = ctx;
+    if (log->n_calls < 8) log->order[log->n_calls] = layer;
+    log->n_calls++;
+    CHECK_MSG(log->next_hi == 0 || hi == log->next_hi, "layer %d ends at %zu, the layer above began at %zu", layer, hi,
+              log->next_hi);
+    log->next_hi = lo;
+    if (layer == log->fail_at) return ct_fail(err, "simulated failure taking layer %d", layer);
+    if (hi > lo) log->k->download(log->flat + lo, grads, (hi - lo) * sizeof(float));
+    (void)m;
+    return 0;
+}
+
+/* model_layout.grad_buckets: the gradients every layer hands over (and those outside the
+ * layers, left in grad_held) are the bits of the whole-arena model's, for full fine-tuning,
+ * LoRA (fused and with dropout) and DoRA, in fp32 and bf16, tied and untied, with
+ * checkpointing; with a shard too. Layers come top down, once each, also when the step has
+ * no backward to run (a zero scale, no target): zeros then, over buckets poisoned with NaN.
+ * The backward holds the outside gradients and two buckets; a failing callback stops the
+ * step there; without a callback the step refuses to run. */
+static void test_grad_buckets(const kernels *k) {
+    const model_precision precisions[] = {MODEL_FP32, MODEL_BF16_MIXED};
+    const run_mode modes[] = {FULL, LORA_DROPOUT, LORA_FUSED, DORA};
+    for (int pi = 0; pi < 2; pi++)
+        for (int mi = 0; mi < 4; mi++)
+            for (int tied = 0; tied < 2; tied++) {
+                const run_mode mode = modes[mi];
+                const model_precision precision = precisions[pi];
+                model_config c;
+                mixed_config(&c, tied, 8);
+                c.num_hidden_layers = 3; /* two buckets hold less than three layers */
+                lora_settings ls = {.r = 4, .alpha = 8.0f, .dropout = mode == LORA_DROPOUT ? 0.2f : 0.0f,
+                                    .use_dora = mode == DORA};
+                const char *all[] = {"all-linear"};
+                ct_error err = {{0}};
+                CHECK(lora_parse_targets(&ls, all, 1, &err) == 0);
+                const lora_settings *lora = mode == FULL ? NULL : &ls;
+                /* a shard cutting through the middle layer (mixed precision only) */
+                const size_t trainable = model_trainable_numel(&c, lora, &err);
+                const model_shard shard = {trainable / 3, trainable / 2};
+                const bool sharded = precision != MODEL_FP32 && mode == FULL && tied;
+                const model_layout whole = {precision, sharded ? &shard : NULL, false};
+                const model_layout bucketed = {precision, sharded ? &shard : NULL, true};
+                model ref, m;
+                CHECK_MSG(model_create_as(&ref, &c, lora, k, &whole, &err) == 0, "%s", err.msg);
+                CHECK_MSG(model_create_as(&m, &c, lora, k, &bucketed, &err) == 0, "%s", err.msg);
+                const char *name = mode_names[mode];
+                CHECK(m.grad_buckets && !m.grad_arena && m.grad_held && !ref.grad_buckets && ref.grad_arena);
+                /* what the backward holds: outside gradients + 2 of the (equal) layers */
+                CHECK_MSG(m.grad_bucket_numel * 3 + (m.grad_held_numel - 2 * m.grad_bucket_numel) == m.grad_numel &&
+                              m.grad_held_numel < m.grad_numel,
+                          "%s: %zu gradient values held for %zu trainable, buckets of %zu", name, m.grad_held_numel,
+                          m.grad_numel, m.grad_bucket_numel);
+                model *both[2] = {&ref, &m};
+                for (int w = 0; w < 2; w++) {
+                    both[w]->activation_checkpointing = tied;
+                    CHECK_MSG(model_reserve(both[w], 2, 8, &err) == 0, "%s", err.msg);
+                    fill_weights(both[w], 31);
+                }
+                const size_t n = m.grad_numel;
+                float *want = malloc(n * sizeof(float)), *poison = malloc(m.grad_held_numel * sizeof(float));
+                for (size_t i = 0; i < m.grad_held_numel; i++) poison[i] = NAN;
+                bucket_log log = {k, malloc(n * sizeof(float)), {0}, 0, 0, -1};
+                double loss[2];
+                long count = 0;
+                /* no callback: the layers' gradients would be lost */
+                model_zero_grads(&m);
+                CHECK(model_step(&m, &batch, true, 0.5f, 7, &loss[1], &count, &err) != 0 &&
+                      strstr(err.msg, "grads_ready"));
+                m.grads_ready = collect_layer;
+                m.grads_ready_ctx = &log;
+                for (int way = 0; way < 3; way++) { /* a backward; grad_scale 0; no target to score */
+                    const model_batch *b = way == 2 ? &unscored : &batch;
+                    const float scale = way == 1 ? 0.0f : 0.5f;
+                    model_zero_grads(&ref);
+                    CHECK(model_step(&ref, b, true, scale, 7, &loss[0], &count, &err) == 0);
+                    k->download(want, ref.grad_arena, n * sizeof(float));
+                    k->upload(m.grad_held, poison, m.grad_held_numel * sizeof(float));
+                    for (size_t i = 0; i < n; i++) log.flat[i] = NAN;
+                    log.n_calls = 0;
+                    log.next_hi = 0;
+                    model_zero_grads(&m);
+                    CHECK_MSG(model_step(&m, b, true, scale, 7, &loss[1], &count, &err) == 0, "%s", err.msg);
+                    for (int i = 0; i < m.n_params; i++) { /* the rest stay where they are */
+                        const model_param *p = &m.params[i];
+                        if (p->trainable && p->layer < 0) k->download(log.flat + p->flat, p->grad, p->numel * sizeof(float));
+                    }
+                    size_t differ = 0, nonzero = 0;
+                    for (size_t i = 0; i < n; i++) {
+                        differ += memcmp(&want[i], &log.flat[i], sizeof(float)) != 0;
+                        nonzero += want[i] != 0.0f;
+                    }
+                    CHECK_MSG(loss[0] == loss[1] && differ == 0 && (way == 0 ? nonzero > n / 2 : nonzero == 0),
+                              "%s %s %s%s, way %d: %zu of %zu gradients differ from the whole arena's (%zu nonzero)",
+                              name, precision_name(precision), tied ? "tied" : "untied", sharded ? " sharded" : "", way,
+                              differ, n, nonzero);
+                    CHECK_MSG(log.n_calls == 3 && log.order[0] == 2 && log.order[1] == 1 && log.order[2] == 0 &&
+                                  log.next_hi == m.params[0].flat + (m.params[0].trainable ? m.params[0].numel : 0),
+                              "%s way %d: %d calls, layers %d %d %d", name, way, log.n_calls, log.order[0], log.order[1],
+                              log.order[2]);
+                }
+                /* a failing callback stops the backward: no call for the layers below */
+                log.fail_at = 1;
+                log.n_calls = 0;
+                log.next_hi = 0;
+                model_zero_grads(&m);
+                CHECK(model_step(&m, &batch, true, 0.5f, 7, &loss[1], &count, &err) != 0 &&
+                      strstr(err.msg, "simulated failure taking layer 1") && log.n_calls == 2);
+                free(want);
+                free(poison);
+                free(log.flat);
+                model_free(&ref);
+                model_free(&m);
+            }
+}
+
 static void test_cuda_against_cpu(const kernels *cuda) {
     const model_precision precisions[] = {MODEL_BF16_MIXED, MODEL_FP16_MIXED};
     const int head_dims[] = {8, 64}; /* WMMA and mma.sync attention */
@@ -711,6 +838,7 @@ int main(void) {
         test_fused_vs_unfused();
         test_fused_gemm_count();
         test_lazy_zeroing(kernels_cpu());
+        test_grad_buckets(kernels_cpu());
     }
     test_weight_copies();
     test_partial_refresh();
@@ -721,6 +849,7 @@ int main(void) {
         for (int qk = 1; qk >= 0; qk--) {
             with_qk_norm = qk;
             test_lazy_zeroing(cuda);
+            test_grad_buckets(cuda);
         }
     }
     else printf("CUDA pass skipped: %s\n", err.msg);

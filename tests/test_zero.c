@@ -472,6 +472,15 @@ static void test_queued_step(model *m) {
     zero_free(&z);
 }
 
+/* The tiny preset, smaller: a few CLIP_NORM_BLOCK blocks of trainable values. */
+static void small_config(model_config *cfg, int layers, bool tied) {
+    ct_error err = {{0}};
+    CHECK(model_config_preset(cfg, "tiny", &err) == 0);
+    cfg->vocab_size = 96, cfg->hidden_size = 32, cfg->intermediate_size = 80, cfg->num_hidden_layers = layers;
+    cfg->num_attention_heads = 4, cfg->num_key_value_heads = 2, cfg->head_dim = 8;
+    cfg->tie_word_embeddings = tied;
+}
+
 /* Sharded fp32 weights (model_create_in with a shard) in bf16-mixed: every rank keeps fp32
  * only for its shard's values of the shardable weights (which ones; the slices; the kept
  * values adding up over ranks to model_fp32_numel's), an upload keeps the owner's slice and
@@ -480,10 +489,7 @@ static void test_queued_step(model *m) {
 static void test_sharded_weights(bool tied) {
     ct_error err = {{0}};
     model_config cfg;
-    CHECK(model_config_preset(&cfg, "tiny", &err) == 0);
-    cfg.vocab_size = 96, cfg.hidden_size = 32, cfg.intermediate_size = 80, cfg.num_hidden_layers = 2;
-    cfg.num_attention_heads = 4, cfg.num_key_value_heads = 2, cfg.head_dim = 8;
-    cfg.tie_word_embeddings = tied;
+    small_config(&cfg, 2, tied);
     const kernels *k = kernels_cpu();
     model plain;
     CHECK_MSG(model_create_in(&plain, &cfg, NULL, k, MODEL_BF16_MIXED, NULL, &err) == 0, "%s", err.msg);
@@ -599,10 +605,99 @@ static void test_sharded_weights(bool tied) {
     model_config_free(&cfg);
 }
 
+/* grads_ready of a bucketed model: the layer's reduce-scatter (one rank: into the shard). */
+static int reduce_layer_hook(void *ctx, model *m, int layer, size_t lo, size_t hi, const float *grads,
+                             ct_error *err) {
+    return zero_reduce_layer(ctx, m, layer, lo, hi, grads, err);
+}
+
+/* Stage 2 with gradient buckets: three micro-batches through model_step, each layer's
+ * gradients reduced as the backward hands them over, give the whole-arena model's step to the
+ * bit (weights and AdamW moments), tied and untied, fp32 and bf16 with sharded weights. The
+ * pieces refuse misuse: buckets below stage 2, a layer out of order, a micro-batch whose
+ * layers did not all come. */
+static void test_bucketed_step(bool tied, model_precision precision) {
+    ct_error err = {{0}};
+    model_config cfg;
+    small_config(&cfg, 3, tied);
+    const kernels *k = kernels_cpu();
+    const size_t n = model_trainable_numel(&cfg, NULL, &err);
+    const model_shard all = {0, n};
+    const bool mixed = precision != MODEL_FP32;
+    const model_layout whole_layout = {precision, mixed ? &all : NULL, false};
+    const model_layout bucket_layout = {precision, mixed ? &all : NULL, true};
+    model whole, bucketed;
+    CHECK_MSG(model_create_as(&whole, &cfg, NULL, k, &whole_layout, &err) == 0, "%s", err.msg);
+    CHECK_MSG(model_create_as(&bucketed, &cfg, NULL, k, &bucket_layout, &err) == 0, "%s", err.msg);
+    float *values = malloc(n * sizeof *values);
+    fill_random(values, n, 91);
+    for (int i = 0; i < whole.n_params; i++) { /* small weights: the random values are wide */
+        const model_param *p = &whole.params[i];
+        for (size_t j = 0; j < p->numel; j++) values[p->flat + j] = 0.05f * tanhf(values[p->flat + j]);
+        model_param_upload(&whole, &whole.params[i], values + p->flat);
+        model_param_upload(&bucketed, &bucketed.params[i], values + p->flat);
+    }
+    model_weights_changed(&whole, false);
+    model_weights_changed(&bucketed, false);
+    dist one = {.rank = 0, .world_size = 1, .local_rank = 0, .local_size = 1};
+    zero_optimizer z[2];
+    CHECK(zero_create(&z[0], &bucketed, &one, 1, 3, &err) != 0 && strstr(err.msg, "need ZeRO stage 2"));
+    CHECK_MSG(zero_create(&z[0], &whole, &one, 2, 3, &err) == 0, "%s", err.msg);
+    CHECK_MSG(zero_create(&z[1], &bucketed, &one, 2, 3, &err) == 0, "%s", err.msg);
+    bucketed.grads_ready = reduce_layer_hook;
+    bucketed.grads_ready_ctx = &z[1];
+    /* out of order, or a micro-batch without its layers: refused */
+    CHECK(zero_reduce_layer(&z[1], &bucketed, 0, 0, 0, NULL, &err) != 0 && strstr(err.msg, "layer 2's were due"));
+    CHECK(zero_accumulate(&z[1], &bucketed, &err) != 0 && strstr(err.msg, "from 0 of 3 layers"));
+    int32_t ids[24], targets[24];
+    for (int t = 0; t < 24; t++) ids[t] = (7 * t + 3) % 96, targets[t] = t % 5 == 4 ? -1 : (11 * t + 1) % 96;
+    const model_batch b = {.input_ids = ids, .targets = targets, .batch = 2, .seq = 12};
+    model *both[2] = {&whole, &bucketed};
+    adamw_hparams h = {0.9, 0.999, 1e-8, 0.01};
+    for (int w = 0; w < 2; w++) {
+        CHECK_MSG(model_reserve(both[w], 2, 12, &err) == 0, "%s", err.msg);
+        for (int step = 0; step < 2; step++) {
+            for (int a = 0; a < 3; a++) {
+                double loss = 0;
+                long count = 0;
+                model_zero_grads(both[w]);
+                CHECK_MSG(model_step(both[w], &b, true, 0.01f, (uint64_t)(10 * step + a), &loss, &count, &err) == 0,
+                          "%s", err.msg);
+                CHECK_MSG(zero_accumulate(&z[w], both[w], &err) == 0, "%s", err.msg);
+            }
+            double norm = 0;
+            bool skipped = true;
+            CHECK_MSG(zero_step(&z[w], both[w], &h, 1e-2, 1.0, 1.0, &norm, &skipped, &err) == 0 && !skipped, "%s",
+                      err.msg);
+        }
+    }
+    bool same = memcmp(z[0].adam.m, z[1].adam.m, n * sizeof(float)) == 0 &&
+                memcmp(z[0].adam.v, z[1].adam.v, n * sizeof(float)) == 0;
+    bool moved = false;
+    for (int i = 0; i < whole.n_params; i++) {
+        const model_param *p = &whole.params[i];
+        same = same && memcmp(model_param_fp32(p, 0), model_param_fp32(&bucketed.params[i], 0),
+                              p->numel * sizeof(float)) == 0;
+        moved = moved || memcmp(model_param_fp32(p, 0), values + p->flat, p->numel * sizeof(float)) != 0;
+    }
+    CHECK_MSG(same && moved, "%s %s: two ZeRO 2 steps with gradient buckets differ from the whole gradient's",
+              tied ? "tied" : "untied", mixed ? "bf16-mixed" : "fp32");
+    zero_free(&z[0]);
+    zero_free(&z[1]);
+    free(values);
+    model_free(&whole);
+    model_free(&bucketed);
+    model_config_free(&cfg);
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "--mpi") == 0) return run_mpi(argc, argv);
     test_sharded_weights(false);
     test_sharded_weights(true);
+    for (int tied = 0; tied <= 1; tied++) {
+        test_bucketed_step(tied, MODEL_FP32);
+        test_bucketed_step(tied, MODEL_BF16_MIXED);
+    }
     test_tree_sum_inplace();
     test_shard_offsets();
     test_tree_levels();

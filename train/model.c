@@ -38,6 +38,7 @@ static model_param *add_param(model *m, int ndim, int64_t d0, int64_t d1, bool t
     p->trainable = trainable;
     p->decay = decay;
     p->is_lora = is_lora;
+    p->layer = -1;
     return p;
 }
 
@@ -135,6 +136,7 @@ static void build_params(model *m) {
     add_param(m, 2, c->vocab_size, c->hidden_size, full, true, false, "model.embed_tokens.weight");
     for (int l = 0; l < c->num_hidden_layers; l++) {
         model_layer *layer = &m->layers[l];
+        layer->param_begin = m->n_params;
         for (int kind = LINEAR_Q; kind <= LINEAR_O; kind++)
             add_linear(m, l, kind, kind == LINEAR_O ? c->o_proj_bias : c->attention_bias);
         if (c->qk_norm) {
@@ -148,10 +150,21 @@ static void build_params(model *m) {
                                       "model.layers.%d.input_layernorm.weight", l);
         layer->post_norm = add_param(m, 1, c->hidden_size, 0, full, false, false,
                                      "model.layers.%d.post_attention_layernorm.weight", l);
+        layer->param_end = m->n_params;
+        for (int i = layer->param_begin; i < layer->param_end; i++) m->params[i].layer = l;
     }
     add_param(m, 1, c->hidden_size, 0, full, false, false, "model.norm.weight");
     if (!c->tie_word_embeddings)
         add_param(m, 2, c->vocab_size, c->hidden_size, full, true, false, "lm_head.weight");
+    /* the flat trainable order is the parameter order; a layer's parameters are neighbours */
+    size_t flat = 0;
+    for (int i = 0; i < m->n_params; i++) {
+        model_param *p = &m->params[i];
+        if (p->layer >= 0 && i == m->layers[p->layer].param_begin) m->layers[p->layer].grad_lo = flat;
+        p->flat = flat;
+        if (p->trainable) flat += p->numel;
+        if (p->layer >= 0 && i + 1 == m->layers[p->layer].param_end) m->layers[p->layer].grad_hi = flat;
+    }
 }
 
 static bool half_only(const model *m, const model_param *p);
@@ -242,6 +255,47 @@ float *model_param_fp32(const model_param *p, size_t i) {
 
 int model_create_in(model *m, const model_config *cfg, const lora_settings *lora, const kernels *k,
                     model_precision precision, const model_shard *shard, ct_error *err) {
+    const model_layout layout = {precision, shard, false};
+    return model_create_as(m, cfg, lora, k, &layout, err);
+}
+
+/* Gradient buckets: the size of one (the largest layer's trainable values), and every
+ * gradient pointer — outside the layers in flat order from grad_held, layer l's in bucket
+ * l % 2 at its offset in the layer (so a layer's neighbours stay neighbours). */
+static size_t bucket_numel(const model *m) {
+    size_t most = 0;
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++)
+        if (m->layers[l].grad_hi - m->layers[l].grad_lo > most) most = m->layers[l].grad_hi - m->layers[l].grad_lo;
+    return most;
+}
+
+static void point_grads(model *m) {
+    size_t outside_at = 0;
+    const size_t outside = m->grad_buckets ? m->grad_held_numel - 2 * m->grad_bucket_numel : 0;
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++) {
+        model_layer *layer = &m->layers[l];
+        layer->grads = m->grad_buckets ? m->grad_held + outside + (size_t)(l % 2) * m->grad_bucket_numel
+                       : m->grad_arena ? m->grad_arena + layer->grad_lo : NULL;
+    }
+    for (int i = 0; i < m->n_params; i++) {
+        model_param *p = &m->params[i];
+        if (!p->trainable) continue;
+        if (!m->grad_buckets) {
+            p->grad = m->grad_arena + p->flat;
+        } else if (p->layer >= 0) {
+            const model_layer *layer = &m->layers[p->layer];
+            p->grad = layer->grads + (p->flat - layer->grad_lo);
+        } else {
+            p->grad = m->grad_held + outside_at;
+            outside_at += p->numel;
+        }
+    }
+}
+
+int model_create_as(model *m, const model_config *cfg, const lora_settings *lora, const kernels *k,
+                    const model_layout *layout, ct_error *err) {
+    const model_precision precision = layout->precision;
+    const model_shard *shard = layout->shard;
     if (create_param_list(m, cfg, lora, err)) return -1;
     m->k = k;
     if (shard && precision == MODEL_FP32)
@@ -264,11 +318,20 @@ int model_create_in(model *m, const model_config *cfg, const lora_settings *lora
         else m->weight_numel += kept;
         if (p->trainable) m->grad_numel += p->numel;
     }
+    size_t grad_values = m->grad_numel;
+    if (layout->grad_buckets && m->grad_numel) {
+        m->grad_buckets = true;
+        m->grad_bucket_numel = bucket_numel(m);
+        m->grad_held_numel = m->grad_numel + 2 * m->grad_bucket_numel;
+        for (int l = 0; l < cfg->num_hidden_layers; l++) m->grad_held_numel -= m->layers[l].grad_hi - m->layers[l].grad_lo;
+        grad_values = m->grad_held_numel;
+    }
+    float **grads = m->grad_buckets ? &m->grad_held : &m->grad_arena;
     m->weight_arena = k->alloc((m->weight_numel ? m->weight_numel : 1) * sizeof(float));
-    if (m->grad_numel) m->grad_arena = k->alloc(m->grad_numel * sizeof(float));
+    if (grad_values) *grads = k->alloc(grad_values * sizeof(float));
     if (m->master_numel) m->master_arena = k->alloc(m->master_numel * sizeof(float));
-    if (!m->weight_arena || (m->grad_numel && !m->grad_arena) || (m->master_numel && !m->master_arena)) {
-        size_t bytes = (m->weight_numel + m->grad_numel + m->master_numel) * sizeof(float);
+    if (!m->weight_arena || (grad_values && !*grads) || (m->master_numel && !m->master_arena)) {
+        size_t bytes = (m->weight_numel + grad_values + m->master_numel) * sizeof(float);
         model_free(m);
         return ct_fail(err, "model: cannot allocate %zu bytes of parameters and gradients on the %s backend",
                        bytes, k->name);
@@ -276,10 +339,10 @@ int model_create_in(model *m, const model_config *cfg, const lora_settings *lora
     /* The trainable weights first (without a shard, in place of their gradients), then the
      * frozen ones; sharded weights' slices in the master arena, in the same order. */
     size_t trainable_at = 0, arena_at = 0, master_at = 0;
+    point_grads(m);
     for (int i = 0; i < m->n_params; i++) {
         model_param *p = &m->params[i];
         if (!p->trainable) continue;
-        p->grad = m->grad_arena + trainable_at;
         if (shard && model_param_shardable(m, p, precision)) {
             p->sharded = true;
             p->data = NULL;
@@ -638,7 +701,7 @@ void model_refresh_half(model *m) {
             continue;
         }
         /* Skip the part the optimizer wrote: the values of [fresh_begin, fresh_end) in p. */
-        size_t first = (size_t)(p->grad - m->grad_arena), last = first + p->numel;
+        size_t first = p->flat, last = first + p->numel;
         size_t lo = m->half_fresh_begin > first ? m->half_fresh_begin : first;
         size_t hi = m->half_fresh_end < last ? m->half_fresh_end : last;
         if (lo >= hi) {
@@ -715,6 +778,7 @@ void model_free(model *m) {
     if (m->weight_arena) m->k->release(m->weight_arena);
     if (m->master_arena) m->k->release(m->master_arena);
     if (m->grad_arena) m->k->release(m->grad_arena);
+    if (m->grad_held) m->k->release(m->grad_held);
     if (m->half_arena) m->k->release(m->half_arena);
     if (m->adapter_casts) m->k->release(m->adapter_casts);
     free(m->params);
@@ -741,10 +805,14 @@ void model_zero_grads(model *m) {
 }
 
 void model_settle_grads(model *m) {
+    model_settle_param_grads(m, 0, m->n_params);
+}
+
+void model_settle_param_grads(model *m, int begin, int end) {
     float *run = NULL;
     size_t run_numel = 0;
-    for (int i = 0; i <= m->n_params; i++) {
-        model_param *p = i < m->n_params ? &m->params[i] : NULL;
+    for (int i = begin; i <= end; i++) {
+        model_param *p = i < end ? &m->params[i] : NULL;
         if (p && p->grad && p->grad_stale && run && run + run_numel == p->grad) {
             run_numel += p->numel;
         } else {

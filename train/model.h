@@ -3,7 +3,8 @@
  * LlamaForCausalLM (with Qwen2 q/k/v biases and Qwen3 q/k norms) on any kernels backend.
  *
  * Every parameter is a named view into one contiguous arena (weights) and, when trainable,
- * into one gradient arena, so an optimizer or collective covers all of them at once.
+ * into one gradient arena, so an optimizer or collective covers all of them at once (or, with
+ * gradient buckets, into two buffers the layers take turns with: model_layout).
  * LoRA adapters (peft/lora.h) are parameters too, named as transformers names the module
  * plus ".lora_A.weight" / ".lora_B.weight" (without peft's "base_model.model." prefix).
  * Activations and scratch are allocated once by model_reserve; nothing is allocated per step.
@@ -89,6 +90,9 @@ typedef struct model_param {
     int64_t half_rows;
     bool grad_stale;  /* grad holds old values that count as zero (model_zero_grads): its
                        * first writer in model_step overwrites instead of adding */
+    size_t flat;      /* trainable: the flat index of its first value (the order of the trainable
+                       * parameters: ZeRO's shards, AdamW's ranges, the training state) */
+    int layer;        /* the decoder layer it belongs to; -1 outside the layers */
     /* A weight whose fp32 values are sharded over the ranks (model_create_in with a shard):
      * data is NULL, half holds every value on every rank, and this rank keeps fp32 only for
      * the values [master_lo, master_hi) of p that its ZeRO shard updates, at master (NULL
@@ -115,8 +119,16 @@ typedef struct model_batch {
 } model_batch;
 
 typedef struct model_layer model_layer; /* internal pointers into the arenas */
+typedef struct model model;
 
-typedef struct model {
+/* Called by model_step's backward once decoder layer `layer`'s gradients are final, for every
+ * layer from the last down to 0, in every model_step with the backward pass (also when it
+ * computes nothing: zeros then), so every rank makes the same calls. grads holds the layer's
+ * flat trainable values [lo, hi) (lo == hi: it trains nothing). A failure stops the step. */
+typedef int (*model_grads_ready_fn)(void *ctx, model *m, int layer, size_t lo, size_t hi, const float *grads,
+                                    ct_error *err);
+
+struct model {
     model_config cfg;
     const kernels *k;
     bool has_lora;
@@ -126,8 +138,18 @@ typedef struct model {
     float *weight_arena;  /* all parameters, contiguous; the trainable ones first, in parameter
                            * order, so weight_arena[i] and grad_arena[i] match for i < grad_numel
                            * (not with sharded weights, which are not in it) */
-    float *grad_arena;    /* all trainable gradients, contiguous, in parameter order */
-    size_t weight_numel, grad_numel;
+    float *grad_arena;    /* all trainable gradients, contiguous, in parameter order (NULL with
+                           * gradient buckets) */
+    size_t weight_numel, grad_numel; /* grad_numel: every trainable value */
+    /* Gradient buckets (model_layout.grad_buckets): the gradients outside the decoder layers
+     * (in flat order), then two layer-sized buckets, layer l's gradients in bucket l % 2. A
+     * layer's gradients live only until grads_ready has taken them (ZeRO 2 reduce-scatters
+     * them into the shard), so the backward holds ~2/L of a full gradient arena. */
+    bool grad_buckets;
+    float *grad_held;     /* backend: the outside gradients, then the buckets */
+    size_t grad_held_numel, grad_bucket_numel;
+    model_grads_ready_fn grads_ready; /* NULL: not called (required with buckets) */
+    void *grads_ready_ctx;
     model_layer *layers;
     void *state;          /* activations, scratch, rope tables: owned by model.c */
     /* Keep only each layer's input and recompute the layer's activations in the backward
@@ -149,7 +171,7 @@ typedef struct model {
     size_t half_fresh_end;     /* grad_arena), written by the optimizer itself */
     float *master_arena;       /* backend: the sharded weights' fp32 slices, in flat order */
     size_t master_numel;
-} model;
+};
 
 /* Switches the GEMMs to precision p: allocates (or frees) the 16-bit weight copies, rounded
  * from the current weights. In mixed precision the frozen GEMM weights (a LoRA base) keep
@@ -191,6 +213,15 @@ void model_free(model *m);
  * in its 16-bit copy alone (docs/distributed.md). Such a model cannot change precision. */
 int model_create_in(model *m, const model_config *cfg, const lora_settings *lora, const kernels *k,
                     model_precision precision, const model_shard *shard, ct_error *err);
+/* model_create_in's choices, plus gradient buckets (model.grad_buckets): how
+ * model_create_as lays the model out. */
+typedef struct model_layout {
+    model_precision precision;
+    const model_shard *shard; /* as model_create_in's; NULL: none */
+    bool grad_buckets;        /* the backward's gradients in two layer buckets (model.grad_buckets) */
+} model_layout;
+int model_create_as(model *m, const model_config *cfg, const lora_settings *lora, const kernels *k,
+                    const model_layout *layout, ct_error *err);
 /* Whether p's fp32 values can be sharded in precision p: a trainable GEMM weight read only
  * through its 16-bit copy (every Linear, an untied lm_head); not LoRA adapters (small, and
  * fused into their base's copy) nor the embedding table (its lookup reads fp32 rows). */
@@ -252,7 +283,9 @@ void model_settle_grads(model *m);
  * tokens with targets >= 0 and their count. backward with grad_scale 0 runs the training
  * forward (dropout on) and leaves the gradients untouched. targets may be NULL (no loss),
  * positions NULL (0..seq-1 in every row). Fails if batch*seq exceeds the reservation or an
- * id is outside the vocabulary. */
+ * id is outside the vocabulary, or when grads_ready fails (the step stops there). With
+ * gradient buckets the layers' gradients are grads_ready's to take: they do not accumulate
+ * over model_steps (the outside ones do). */
 int model_step(model *m, const model_batch *batch, bool backward, float grad_scale,
                uint64_t dropout_seed, double *loss_sum, long *n_loss_tokens, ct_error *err);
 

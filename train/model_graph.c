@@ -556,8 +556,19 @@ static void qkv_backward_stacked(const model *m, int l, int k_total, const float
                      0.0f, dh, c->hidden_size);
 }
 
-/* Backward from s->d_h1 = d loss / d x_norm_final (already scaled by grad_scale). */
-static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t seed) {
+/* Layer l's gradients are final: what its backward did not write becomes zeros, and
+ * grads_ready takes them (with buckets, before the layer two below reuses the bucket). */
+static int layer_grads_done(model *m, int l, ct_error *err) {
+    const model_layer *layer = &m->layers[l];
+    model_settle_param_grads(m, layer->param_begin, layer->param_end);
+    if (!m->grads_ready) return 0;
+    return m->grads_ready(m->grads_ready_ctx, m, l, layer->grad_lo, layer->grad_hi, layer->grads, err);
+}
+
+/* Backward from s->d_h1 = d loss / d x_norm_final (already scaled by grad_scale). Layers
+ * from the top down to *next_done + 1 are done (layer_grads_done) when it returns; the
+ * caller finishes the rest, which trains nothing below a frozen bottom. */
+static int backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t seed, int *next_done, ct_error *err) {
     const kernels *k = m->k;
     const model_config *c = &m->cfg;
     model_state *s = m->state;
@@ -669,9 +680,12 @@ static void backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t se
             k->rmsnorm_bwd(s->d_h2, layer->input_norm->grad, s->d_h1, x, layer->input_norm->data, a->rstd1, T, H,
                            false);
         }
+        if (layer_grads_done(m, l, err)) return -1;
+        *next_done = l - 1;
     }
     grad_settle(m, embed);
     if (embed->trainable) k->embedding_bwd(embed->grad, s->d_resid, s->ids, s->id_order, T, H);
+    return 0;
 }
 
 static int compare_keys(const void *a, const void *b) {
@@ -733,6 +747,8 @@ static int run_step(model *m, const model_batch *batch, bool backward_pass, floa
     if (!batch || batch->batch <= 0 || batch->seq <= 0 || !batch->input_ids)
         return ct_fail(err, "model_step: empty batch");
     if (!s || !s->float_arena) return ct_fail(err, "model_step: call model_reserve first");
+    if (backward_pass && m->grad_buckets && !m->grads_ready)
+        return ct_fail(err, "model_step: gradient buckets need a grads_ready callback to take each layer's gradients");
     if ((int64_t)batch->batch * batch->seq > s->reserved_tokens)
         return ct_fail(err, "model_step: batch %d x %d exceeds the %d tokens reserved by model_reserve",
                        batch->batch, batch->seq, s->reserved_tokens);
@@ -772,7 +788,12 @@ static int run_step(model *m, const model_batch *batch, bool backward_pass, floa
     }
     /* The backward is queued before the losses are fetched: on a GPU the download waits for
      * the device, and waiting here, not between forward and backward, keeps it busy. */
-    if (do_backward && count > 0) backward(m, batch->batch, batch->seq, use_doc_ids, dropout_seed);
+    int next_done = m->cfg.num_hidden_layers - 1;
+    if (do_backward && count > 0 && backward(m, batch->batch, batch->seq, use_doc_ids, dropout_seed, &next_done, err))
+        return -1;
+    /* every layer's callback on every rank, whatever its batch held */
+    for (; backward_pass && next_done >= 0; next_done--)
+        if (layer_grads_done(m, next_done, err)) return -1;
     model_settle_grads(m); /* what the backward did not write: zeros, as if zeroed eagerly */
     if (n_loss_tokens) *n_loss_tokens = count;
     return 0;

@@ -55,6 +55,9 @@ typedef struct model_linear {
 } model_linear;
 
 struct model_layer {
+    int param_begin, param_end;   /* its parameters: params[param_begin, param_end) */
+    size_t grad_lo, grad_hi;      /* their flat trainable range */
+    float *grads;                 /* where the gradient of flat value grad_lo is */
     model_param *input_norm, *post_norm;
     model_param *q_norm, *k_norm; /* NULL unless qk_norm */
     model_linear lin[LINEAR_KIND_COUNT];
@@ -144,6 +147,8 @@ void model_dora_norms(const model *m, const model_linear *lin, float *combined, 
 
 /* Re-rounds the 16-bit weight copies marked stale (model_weights_changed) from fp32. */
 void model_refresh_half(model *m);
+/* model_settle_grads for the parameters [begin, end) only (a layer's, once its backward is done). */
+void model_settle_param_grads(model *m, int begin, int end);
 
 /* Dropout stream offset of one (layer, module): disjoint ranges of 2^40 elements. */
 static inline uint64_t model_dropout_offset(int layer, int kind) {

@@ -158,6 +158,7 @@ typedef struct run {
     test_hook hook;
     metrics_log metrics;
     char base_dir[4096];
+    bool micro_agreed;         /* ZeRO 2: the ranks agreed on the current micro-batch already */
 } run;
 
 static int prepare_inputs(run *x, ct_error *err) {
@@ -198,7 +199,10 @@ static int build_model(run *x, ct_error *err) {
         shard = zero_shard_of(trainable, x->d->world_size, x->d->rank);
         sharding = &shard;
     }
-    if (!status) status = model_create_in(&x->m, &cfg, adapters, x->k, precision, sharding, err);
+    /* At ZeRO 2 each layer's gradients go to the shard as soon as they are final: the
+     * backward holds two layers' worth, not the whole gradient (model_layout). */
+    const model_layout layout = {precision, sharding, r->distributed.zero_stage == 2};
+    if (!status) status = model_create_as(&x->m, &cfg, adapters, x->k, &layout, err);
     model_config_free(&cfg);
     if (status) return -1;
     x->model_ready = true;
@@ -251,9 +255,15 @@ static size_t kernel_scratch_bytes(const run *x) {
     return bytes + transient;
 }
 
+/* Gradient values the backward writes into: all, or with buckets two layers' and the rest's. */
+static size_t backward_grad_numel(const run *x, size_t trainable) {
+    return x->m.grad_buckets ? x->m.grad_held_numel : trainable;
+}
+
 static void rank_zero_memory(const run *x, size_t trainable, int rank, zero_memory *mem) {
     const int stage = x->r->distributed.zero_stage, world = x->d->world_size;
     zero_memory_estimate(stage, x->m.weight_numel, trainable, world, rank, x->accum_steps, mem);
+    mem->grad_bytes = mem->grad_bytes - trainable * sizeof(float) + backward_grad_numel(x, trainable) * sizeof(float);
     /* sharded fp32 weights: the rank keeps the values of its shard (and every other weight) */
     if (zero_shards_weights(stage, x->m.precision)) {
         const model_shard shard = zero_shard_of(trainable, world, rank);
@@ -369,8 +379,8 @@ static int check_memory(const run *x, bool dry_run, ct_error *err) {
     /* the collectives' scratch is host memory: it competes with a host backend's buffers */
     const bool host = x->k->host_memory;
     const size_t act = activation_bytes(x, r->train.activation_checkpointing), scratch = kernel_scratch_bytes(x);
-    /* the backward's own gradient output (grad_arena) exists already */
-    const size_t sums = mem.grad_bytes - trainable * sizeof(float);
+    /* the backward's own gradient output (grad_arena or the buckets) exists already */
+    const size_t sums = mem.grad_bytes - backward_grad_numel(x, trainable) * sizeof(float);
     const size_t need = sums + mem.optim_bytes + act + scratch + (host ? mem.comm_bytes : 0);
     const bool fits = need <= free_bytes / (size_t)sharers;
     char shared[96] = "";
@@ -607,6 +617,20 @@ static int micro_batch_step(run *x, int step, int a, float grad_scale, ct_error 
     return model_step_queued(&x->m, &batch, grad_scale, dropout_seed, a, &count, err);
 }
 
+/* model_step's callback at ZeRO 2 with gradient buckets: a layer's gradients are final.
+ * Its reduce-scatter is collective, so before the micro-batch's first one the ranks agree
+ * that each got this far; a rank that failed earlier in the micro-batch (a bad batch, a test
+ * hook) takes part in that agreement from train_loop instead. */
+static int layer_grads_ready(void *ctx, model *m, int layer, size_t lo, size_t hi, const float *grads,
+                             ct_error *err) {
+    run *x = ctx;
+    if (!x->micro_agreed) {
+        x->micro_agreed = true;
+        if (dist_agree(x->d, 0, err)) return -1;
+    }
+    return zero_reduce_layer(&x->opt, m, layer, lo, hi, grads, err);
+}
+
 /* Logging to TensorBoard is not worth a run: a failed event write stops it, said once. */
 static void warn_metrics(metrics_log *metrics) {
     const char *why = metrics_take_warning(metrics);
@@ -654,9 +678,12 @@ static int train_loop(run *x, run_summary *summary, ct_error *err) {
         memset(x->micro_losses, 0, (size_t)n_micro * sizeof *x->micro_losses);
         int status = 0;
         for (int a = 0; a < x->accum_steps; a++) {
+            x->micro_agreed = false;
             if (!status) status = micro_batch_step(x, step, a, grad_scale, err);
-            /* Stage 2 reduces every micro-batch across ranks, so the ranks agree on each. */
-            if (x->opt.stage == 2 && dist_agree(d, status, err)) return -1;
+            /* Stage 2 reduces every micro-batch across ranks, so the ranks agree on each: in
+             * the backward, before its first layer's reduction (layer_grads_ready), or here
+             * when this rank failed before it got there. */
+            if (x->opt.stage == 2 && (x->micro_agreed ? status != 0 : dist_agree(d, status, err) != 0)) return -1;
             if (!status && zero_accumulate(&x->opt, &x->m, err)) return -1;
         }
         if (x->opt.stage != 2 && dist_agree(d, status, err)) return -1;
@@ -860,6 +887,10 @@ int trainer_run(const recipe *r, const dist *d, bool dry_run, run_summary *summa
     if (!status && (!x.micro_losses || !x.local_losses)) status = ct_fail(err, "out of memory");
     if (!status) status = zero_create(&x.opt, &x.m, d, r->distributed.zero_stage, x.accum_steps, err);
     x.opt_ready = status == 0;
+    if (x.m.grad_buckets) {
+        x.m.grads_ready = layer_grads_ready;
+        x.m.grads_ready_ctx = &x;
+    }
     loss_scaler_init(&x.scaler, r->precision == PRECISION_FP16_MIXED, r->optim.loss_scale_init,
                      r->optim.loss_scale_growth_interval);
     if (!status) status = resume_run(&x, err);
