@@ -211,26 +211,18 @@ int zero_reduce_layer(zero_optimizer *z, model *m, int layer, size_t lo, size_t 
     return lo == hi ? 0 : reduce_range(z, grads, lo, hi, err);
 }
 
-/* With buckets: the gradients outside the layers, in runs of neighbours (the embedding
- * table; the final norm and lm_head), after the layers' own. */
+/* With buckets: the gradients outside the layers, after the layers' own. model.c keeps them
+ * in flat order from grad_held: those before the first layer (the embedding table), then
+ * those after the last (the final norm, lm_head). */
 static int reduce_outside(zero_optimizer *z, model *m, ct_error *err) {
-    if (z->layers_reduced != m->cfg.num_hidden_layers)
-        return ct_fail(err, "zero: a micro-batch's gradients came from %d of %d layers", z->layers_reduced,
-                       m->cfg.num_hidden_layers);
+    const int L = m->cfg.num_hidden_layers;
+    if (z->layers_reduced != L)
+        return ct_fail(err, "zero: a micro-batch's gradients came from %d of %d layers", z->layers_reduced, L);
     z->layers_reduced = 0;
-    const float *base = NULL;
-    size_t lo = 0, hi = 0;
-    for (int i = 0; i <= m->n_params; i++) {
-        const model_param *p = i < m->n_params ? &m->params[i] : NULL;
-        if (p && (!p->trainable || !p->grad || p->layer >= 0)) continue;
-        if (p && base && p->flat == hi && p->grad == base + (hi - lo)) {
-            hi += p->numel;
-            continue;
-        }
-        if (base && reduce_range(z, base, lo, hi, err)) return -1;
-        if (p) base = p->grad, lo = p->flat, hi = p->flat + p->numel;
-    }
-    return 0;
+    size_t before, after;
+    model_layers_flat_range(m, &before, &after);
+    if (before > 0 && reduce_range(z, m->grad_held, 0, before, err)) return -1;
+    return after < z->numel ? reduce_range(z, m->grad_held + before, after, z->numel, err) : 0;
 }
 
 int zero_accumulate(zero_optimizer *z, model *m, ct_error *err) {
@@ -240,12 +232,7 @@ int zero_accumulate(zero_optimizer *z, model *m, ct_error *err) {
         tree_add_leaf(z, m->grad_arena, z->numel);
         return 0;
     }
-    if (m->grad_buckets) {
-        if (reduce_outside(z, m, err)) return -1;
-    } else {
-        const dist d = on_backend(z);
-        if (dist_reduce_scatter_floats(&d, m->grad_arena, z->reduced, z->offsets, err)) return -1;
-    }
+    if (m->grad_buckets ? reduce_outside(z, m, err) : reduce_range(z, m->grad_arena, 0, z->numel, err)) return -1;
     tree_add_leaf(z, z->reduced, z->end - z->begin);
     return 0;
 }

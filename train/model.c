@@ -249,6 +249,11 @@ bool model_weights_sharded(const model *m) {
     return false;
 }
 
+void model_layers_flat_range(const model *m, size_t *lo, size_t *hi) {
+    *lo = m->layers[0].grad_lo;
+    *hi = m->layers[m->cfg.num_hidden_layers - 1].grad_hi;
+}
+
 float *model_param_fp32(const model_param *p, size_t i) {
     return p->data ? p->data + i : p->master + (i - p->master_lo);
 }

@@ -233,6 +233,9 @@ size_t model_trainable_numel(const model_config *cfg, const lora_settings *lora,
 size_t model_fp32_numel(const model *m, const model_shard *shard);
 /* Whether m has weights whose fp32 values are sharded (model_create_in with a shard). */
 bool model_weights_sharded(const model *m);
+/* The decoder layers' flat trainable range [*lo, *hi): the values before it (the embedding
+ * table) and after it (the final norm, lm_head) lie outside the layers. */
+void model_layers_flat_range(const model *m, size_t *lo, size_t *hi);
 /* Where p's fp32 value i is: in data, or (sharded) in this rank's slice, which must hold it. */
 float *model_param_fp32(const model_param *p, size_t i);
 
