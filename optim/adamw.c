@@ -33,7 +33,8 @@ static kernels_adamw_step step_settings(const adamw_state *s, const model *m, co
         .bias1 = 1.0 - pow(h->beta1, (double)s->step), .bias2 = 1.0 - pow(h->beta2, (double)s->step),
         .grad_scale = grad_scale,
         .grad_scale_at = grad_scale_at,
-        .half = p->half && m->precision != MODEL_FP32 ? p->half + skip : NULL,
+        /* (a gathered weight's copy is made from the shards when its layer is next read) */
+        .half = p->half && m->precision != MODEL_FP32 && !p->gathered ? p->half + skip : NULL,
         .half_format = model_half_format(m->precision),
     };
 }

@@ -60,7 +60,7 @@ void zero_memory_estimate(int stage, size_t total_numel, size_t trainable_numel,
     /* Stages 0, 1: the backward output, its parked partial sums (full size), and the reduced
      * gradient in place. Stage 2: the backward output, plus shard-sized reduced gradient and
      * partial sums. */
-    if (stage == 2) out->grad_bytes = trainable_numel * f + (1 + levels) * shard * f;
+    if (stage >= 2) out->grad_bytes = trainable_numel * f + (1 + levels) * shard * f;
     else out->grad_bytes = (1 + levels) * trainable_numel * f;
     /* One rank keeps the norm's block sums and the clipping factor on the backend. */
     if (world_size == 1) out->grad_bytes += (clip_block_count(trainable_numel) + 1) * sizeof(double);
@@ -113,7 +113,7 @@ bool zero_shards_weights(int stage, model_precision precision) {
 int zero_create(zero_optimizer *z, const model *m, const dist *d, int stage, int accum_steps,
                 ct_error *err) {
     memset(z, 0, sizeof *z);
-    if (stage < 0 || stage > 2) return ct_fail(err, "zero: stage %d is not 0, 1 or 2", stage);
+    if (stage < 0 || stage > 3) return ct_fail(err, "zero: stage %d is not 0, 1, 2 or 3", stage);
     if (accum_steps < 1) return ct_fail(err, "zero: %d accumulation steps", accum_steps);
     z->stage = stage;
     z->d = d;
@@ -131,19 +131,24 @@ int zero_create(zero_optimizer *z, const model *m, const dist *d, int stage, int
     }
     zero_shard_offsets(z->numel, d->world_size, z->offsets);
     if (check_model(m, z->offsets, d, err) ||
-        (model_weights_sharded(m) && stage == 0 && ct_fail(err, "zero: sharded fp32 weights need ZeRO stage 1 or 2")) ||
-        (m->grad_buckets && stage != 2 &&
-         ct_fail(err, "zero: gradient buckets need ZeRO stage 2 (stages 0 and 1 keep the whole gradient)"))) {
+        (model_weights_sharded(m) && stage == 0 &&
+         ct_fail(err, "zero: sharded fp32 weights need ZeRO stage 1, 2 or 3")) ||
+        (m->grad_buckets && stage < 2 &&
+         ct_fail(err, "zero: gradient buckets need ZeRO stage 2 or 3 (stages 0 and 1 keep the whole gradient)")) ||
+        (m->gather_layers && stage != 3 &&
+         ct_fail(err, "zero: layer-by-layer weights are ZeRO stage 3's, not stage %d's", stage)) ||
+        (stage == 3 && !m->gather_layers &&
+         ct_fail(err, "zero: stage 3 needs a model that gathers its layers' weights (model_layout)"))) {
         zero_free(z);
         return -1;
     }
     z->begin = z->offsets[d->rank];
     z->end = z->offsets[d->rank + 1];
     size_t shard = z->end - z->begin;
-    z->level_numel = stage == 2 ? shard : z->numel;
+    z->level_numel = stage >= 2 ? shard : z->numel;
     int status = stage == 0 ? adamw_create_range(&z->adam, m, 0, z->numel, err)
                             : adamw_create_range(&z->adam, m, z->begin, z->end, err);
-    if (!status && stage == 2 && shard > 0 && !(z->reduced = z->k->alloc(shard * sizeof(float))))
+    if (!status && stage >= 2 && shard > 0 && !(z->reduced = z->k->alloc(shard * sizeof(float))))
         status = ct_fail(err, "zero: cannot allocate %zu bytes for the reduced gradient shard",
                          shard * sizeof(float));
     /* One rank: the norm and clipping factor can stay on the backend (zero_step_queued). */
@@ -161,7 +166,7 @@ int zero_create(zero_optimizer *z, const model *m, const dist *d, int stage, int
 }
 
 long long zero_micro_batch_index(const zero_optimizer *z, int a) {
-    if (z->stage == 2) return (long long)a * z->d->world_size + z->d->rank;
+    if (z->stage >= 2) return (long long)a * z->d->world_size + z->d->rank;
     return (long long)z->d->rank * z->accum_steps + a;
 }
 
@@ -202,8 +207,8 @@ static int reduce_range(zero_optimizer *z, const float *src, size_t lo, size_t h
 int zero_reduce_layer(zero_optimizer *z, model *m, int layer, size_t lo, size_t hi, const float *grads,
                       ct_error *err) {
     const int expected = m->cfg.num_hidden_layers - 1 - z->layers_reduced;
-    if (z->stage != 2 || !m->grad_buckets)
-        return ct_fail(err, "zero: layer gradients are reduced one by one only with buckets at stage 2");
+    if (z->stage < 2 || !m->grad_buckets)
+        return ct_fail(err, "zero: layer gradients are reduced one by one only with buckets at stage 2 or 3");
     if (layer != expected || hi < lo || hi > z->numel)
         return ct_fail(err, "zero: gradients of layer %d (values [%zu, %zu)) where layer %d's were due", layer, lo,
                        hi, expected);
@@ -228,7 +233,7 @@ static int reduce_outside(zero_optimizer *z, model *m, ct_error *err) {
 int zero_accumulate(zero_optimizer *z, model *m, ct_error *err) {
     if (z->leaves >= z->accum_steps)
         return ct_fail(err, "zero: micro-batch %d of a step with %d", z->leaves + 1, z->accum_steps);
-    if (z->stage != 2) {
+    if (z->stage < 2) {
         tree_add_leaf(z, m->grad_arena, z->numel);
         return 0;
     }
@@ -245,7 +250,7 @@ static int reduce_step(zero_optimizer *z, model *m, const dist *d, float **grad,
     if (z->leaves != z->accum_steps)
         return ct_fail(err, "zero: step after %d of %d micro-batches", z->leaves, z->accum_steps);
     z->leaves = 0;
-    if (z->stage == 2) {
+    if (z->stage >= 2) {
         *grad = z->reduced;
         *first = z->begin;
         *count = z->end - z->begin;
@@ -268,18 +273,19 @@ static int gather_run(const zero_optimizer *z, const dist *d, void *base, size_t
     return dist_all_gather(d, base, elem_bytes, offsets_within(z, lo, hi), err);
 }
 
-/* Every rank's updated values to every rank. With sharded fp32 weights (model_create_in) a
- * sharded weight travels as the 16-bit copy AdamW wrote (what the other ranks read; the
- * owner's rounding is the one each would make, and half the bytes), everything else in fp32:
- * in runs of parameters whose buffers continue one another (a layer's seven matrices, its
- * two norms), one all-gather each. */
-static int gather_updated(const zero_optimizer *z, model *m, const dist *d, ct_error *err) {
-    if (!model_weights_sharded(m)) return dist_all_gather_floats(d, m->weight_arena, z->offsets, err);
+/* All-gathers the trainable parameters of `layer` (ALL_LAYERS: every one) whose gathered flag
+ * is `gathered`, each rank giving the part its shard updated. A sharded weight travels as its
+ * 16-bit copy (what the other ranks read; the owner's rounding is the one each would make,
+ * and half the bytes), everything else in fp32: in runs of parameters whose buffers continue
+ * one another (a layer's seven matrices, its two norms), one all-gather each. */
+enum { ALL_LAYERS = -2 };
+static int gather_params(const zero_optimizer *z, model *m, const dist *d, int layer, bool gathered, ct_error *err) {
     char *base = NULL;
     size_t elem = 0, lo = 0, hi = 0;
     for (int i = 0; i < m->n_params; i++) {
         model_param *p = &m->params[i];
-        if (!p->trainable || !p->grad) continue;
+        if (!p->trainable || !p->grad || p->gathered != gathered || (layer != ALL_LAYERS && p->layer != layer))
+            continue;
         const size_t first = p->flat, e = p->sharded ? sizeof(uint16_t) : sizeof(float);
         char *at = p->sharded ? (char *)p->half : (char *)p->data;
         if (base && e == elem && first == hi && at == base + (hi - lo) * elem) {
@@ -290,6 +296,26 @@ static int gather_updated(const zero_optimizer *z, model *m, const dist *d, ct_e
         base = at, elem = e, lo = first, hi = first + p->numel;
     }
     return base ? gather_run(z, d, base, elem, lo, hi, err) : 0;
+}
+
+/* Every rank's updated values to every rank; at stage 3 all but the layers' gathered weights,
+ * whose copies are made from the shards when a pass next reads them (zero_gather_layer). */
+static int gather_updated(const zero_optimizer *z, model *m, const dist *d, ct_error *err) {
+    if (!model_weights_sharded(m)) return dist_all_gather_floats(d, m->weight_arena, z->offsets, err);
+    return gather_params(z, m, d, ALL_LAYERS, false, err);
+}
+
+int zero_gather_layer(const zero_optimizer *z, model *m, int layer, ct_error *err) {
+    if (z->stage != 3 || !m->gather_layers)
+        return ct_fail(err, "zero: layer weights are gathered only at stage 3 (stage %d)", z->stage);
+    const dist d = on_backend(z);
+    for (int i = 0; i < m->n_params; i++) {
+        const model_param *p = &m->params[i];
+        if (p->gathered && p->layer == layer && p->master)
+            z->k->to_half(p->half + p->master_lo, p->master, p->master_hi - p->master_lo,
+                          model_half_format(m->precision));
+    }
+    return gather_params(z, m, &d, layer, true, err);
 }
 
 static int update_step(zero_optimizer *z, model *m, const dist *d, const adamw_hparams *h, double lr,

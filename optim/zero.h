@@ -1,6 +1,6 @@
 /* zero: the data-parallel optimizer step — how the gradients of a global batch are summed
  * (one fixed tree over micro-batches and ranks), the gradient norm and clipping, and AdamW
- * with its state replicated (ZeRO stage 0) or sharded over the ranks (stages 1 and 2),
+ * with its state replicated (ZeRO stage 0) or sharded over the ranks (stages 1 to 3),
  * followed by the all-gather of the updated parameters.
  *
  *  stage 0: every rank holds the whole reduced gradient and the whole AdamW state and updates
@@ -12,6 +12,11 @@
  *           micro-batch's gradient is reduce-scattered as soon as it is computed, layer by
  *           layer out of the model's gradient buckets (zero_reduce_layer), so not even the
  *           backward holds a full-size gradient.
+ *  stage 3: stage 2, and the 16-bit weight copies of the decoder layers (mixed precision,
+ *           full fine-tuning) exist only for the layer a pass is at: before the forward or
+ *           backward reads layer l, its copies are all-gathered from the ranks' fp32 shards
+ *           into one of two layer buffers (zero_gather_layer, model.layer_weights). The
+ *           embedding, the final norm and lm_head stay whole. The same bits as stage 2.
  * In fp32 the parameters are the master weights; every rank keeps all of them because its
  * forward pass needs them, so what shrinks with the rank count is the AdamW state (and, in
  * stage 2, the gradient sums). In mixed precision at stages 1 and 2 the fp32 values of the
@@ -21,8 +26,8 @@
  * Same bits at any rank count: the global batch is G/micro micro-batches j = 0, 1, ...;
  * their gradients are added in the DIST_TREE order over j (train/dist.h). Stages 0 and 1 give
  * rank r the contiguous micro-batches j = r*accum + a and reduce the local sum across ranks;
- * stage 2 gives it j = a*world + r and reduces each micro-batch across ranks first. Both
- * build the same tree when the accumulation count (stages 0, 1) or the world size (stage 2)
+ * stages 2 and 3 give it j = a*world + r and reduce each micro-batch across ranks first.
+ * Both build the same tree when the accumulation count (stages 0, 1) or the world size (2, 3)
  * is a power of two; otherwise the results agree to rounding. Shards are whole
  * CLIP_NORM_BLOCK blocks, so the blocked gradient norm (optim/clip.h) is the same bits too.
  * Does not own: the forward/backward (model.h), the communicator (train/dist.h). */
@@ -94,6 +99,11 @@ long long zero_micro_batch_index(const zero_optimizer *z, int a);
  * across ranks, so it is collective there: call it only after the ranks agreed that the
  * micro-batch succeeded. */
 int zero_accumulate(zero_optimizer *z, model *m, ct_error *err);
+/* Stage 3: model.layer_weights, called before a pass reads decoder layer `layer`: the rank
+ * rounds the fp32 values its shard holds of the layer's gathered weights into their 16-bit
+ * copies (the rounding AdamW would write) and all-gathers the copies, in runs of neighbours.
+ * Collective: every rank must ask for the same layers in the same order (model.h). */
+int zero_gather_layer(const zero_optimizer *z, model *m, int layer, ct_error *err);
 /* Stage 2 with gradient buckets (model.grad_buckets): model_step's grads_ready callback for
  * the current micro-batch; reduce-scatters the layer's gradients [lo, hi) (at grads) into
  * the shard while the backward goes on below, so zero_accumulate then reduces only the
@@ -126,7 +136,7 @@ int zero_step_queued(zero_optimizer *z, model *m, const adamw_hparams *h, double
 void zero_step_not_taken(zero_optimizer *z);
 
 /* Whether a run at this stage and precision shards its fp32 weights (model_create_in with the
- * rank's shard, zero_shard_offsets): every mixed-precision run at stage 1 or 2. The 16-bit
+ * rank's shard, zero_shard_offsets): every mixed-precision run at stage 1, 2 or 3. The 16-bit
  * copies are then what the step's all-gather moves for them. */
 bool zero_shards_weights(int stage, model_precision precision);
 /* Checkpoints of such a model: rank 0 writes the hub folder, fetching each sharded weight's

@@ -19,7 +19,8 @@
 #   c. ranks     on the GPU, 1 rank vs 2 ranks sharing it (distributed.backend mpi: the
 #                collectives stage through host memory): full bf16-mixed ZeRO 2 (its fp32
 #                weights sharded, their 16-bit copies all-gathered from device memory, the
-#                final folder gathered tensor by tensor) and LoRA fp16-mixed ZeRO 1 write the
+#                final folder gathered tensor by tensor), the same at ZeRO 3 (the layers'
+#                16-bit copies gathered layer by layer) and LoRA fp16-mixed ZeRO 1 write the
 #                same bytes.
 #
 # Why these bounds (measured on the CPU, 200 steps; docs/benchmarks/gpu-notes.md): training
@@ -447,9 +448,9 @@ for pair in full:bf16-mixed lora:fp16-mixed; do
 done
 
 echo "== c. rank counts on $dev ($(elapsed))"
-for spec in full:bf16-mixed:2 lora:fp16-mixed:1; do
+for spec in full:bf16-mixed:2 full:bf16-mixed:3 lora:fp16-mixed:1; do
   IFS=: read -r method precision stage <<< "$spec"
-  ref=$side-$method-$precision name=ranks2-$method-$precision
+  ref=$side-$method-$precision name=ranks2-$method-$precision-z$stage
   [ -f "$work/runs/$ref/final/README.md" ] || { fail "$name: no 1-rank run $ref to compare with"; continue; }
   RANKS=2 OMP_NUM_THREADS=1 train "$name" "$dev" "$method" "$precision" distributed.backend=mpi \
     distributed.zero_stage="$stage" || { fail "$name: the 2-rank run failed (log: $logs/$name.log)"; continue; }

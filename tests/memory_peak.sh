@@ -5,7 +5,7 @@
 #  - that peak is the estimate's parameters + gradients + optimizer state + activations of the
 #    same rank, within 0.5% + 64 KiB (block headers and the few small buffers no estimate names),
 #    for full fine-tuning and LoRA, fp32, bf16- and fp16-mixed, activation checkpointing on and
-#    off, packing, accumulation, and 2 ranks at ZeRO stages 0, 1 and 2. A buffer added without
+#    off, packing, accumulation, and 2 ranks at ZeRO stages 0, 1, 2 and 3. A buffer added without
 #    its share of the estimate (pain point 10: out of memory with no warning) fails here.
 #  - start-up holds no more than the run: with one-sequence micro-batches the weights dominate,
 #    so an fp32 copy of a LoRA base beside its 16-bit one (+14% here), or a second fp32 arena
@@ -40,6 +40,7 @@ runs=(
   "dora-fp32-ckpt|1|lora|lora.use_dora=true train.activation_checkpointing=true"
   "lora-bf16-micro1|1|lora|precision=bf16-mixed train.micro_batch_size=1 train.global_batch_size=4"
   "full-z2-bf16-micro1|4|full|precision=bf16-mixed distributed.zero_stage=2 train.micro_batch_size=1 train.global_batch_size=4"
+  "full-z3-bf16-ckpt|2|full|precision=bf16-mixed distributed.zero_stage=3 train.activation_checkpointing=true"
 )
 for spec in "${runs[@]}"; do
   IFS='|' read -r name ranks recipe overrides <<< "$spec"

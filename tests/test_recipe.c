@@ -294,6 +294,12 @@ static void test_load_errors(void) {
                  "optim.loss_scale_growth_interval");
     EXPECT_ERROR("cpu_nccl.yaml", MINIMAL "device: cpu\ndistributed:\n  backend: nccl\n",
                  "cpu_nccl.yaml: distributed.backend nccl needs device cuda");
+    EXPECT_ERROR("z3_fp32.yaml", MINIMAL "method: full\ndistributed:\n  zero_stage: 3\n",
+                 "z3_fp32.yaml: distributed.zero_stage 3 gathers the layers' 16-bit weight copies, so it needs "
+                 "precision bf16-mixed or fp16-mixed");
+    EXPECT_ERROR("z3_lora.yaml", MINIMAL "method: lora\nprecision: bf16-mixed\ndistributed:\n  zero_stage: 3\n",
+                 "z3_lora.yaml: distributed.zero_stage 3 shards trained weights, and LoRA trains only its adapters");
+    EXPECT_ERROR("z4.yaml", MINIMAL "distributed:\n  zero_stage: 4\n", "distributed.zero_stage");
 
     recipe r;
     ct_error err = {{0}};

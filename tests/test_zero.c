@@ -611,11 +611,27 @@ static int reduce_layer_hook(void *ctx, model *m, int layer, size_t lo, size_t h
     return zero_reduce_layer(ctx, m, layer, lo, hi, grads, err);
 }
 
+/* layer_weights of a stage-3 model: the layer's gather (one rank: rounding its shard), counted. */
+typedef struct gather_log {
+    zero_optimizer *z;
+    int calls, order[64];
+} gather_log;
+
+static int gather_layer_hook(void *ctx, model *m, int layer, ct_error *err) {
+    gather_log *g = ctx;
+    if (g->calls < 64) g->order[g->calls] = layer;
+    g->calls++;
+    return zero_gather_layer(g->z, m, layer, err);
+}
+
 /* Stage 2 with gradient buckets: three micro-batches through model_step, each layer's
  * gradients reduced as the backward hands them over, give the whole-arena model's step to the
- * bit (weights and AdamW moments), tied and untied, fp32 and bf16 with sharded weights. The
- * pieces refuse misuse: buckets below stage 2, a layer out of order, a micro-batch whose
- * layers did not all come. */
+ * bit (weights and AdamW moments), tied and untied, fp32 and bf16 with sharded weights. In
+ * bf16, stage 3 (the layers' 16-bit weights gathered from the shard before each pass reads
+ * them, two layer buffers) gives the same bits too, asking for each layer only when its
+ * buffer holds another. The pieces refuse misuse: buckets below stage 2, a layer out of
+ * order, a micro-batch whose layers did not all come, gathered layers at another stage or
+ * without their callback. */
 static void test_bucketed_step(bool tied, model_precision precision) {
     ct_error err = {{0}};
     model_config cfg;
@@ -624,69 +640,108 @@ static void test_bucketed_step(bool tied, model_precision precision) {
     const size_t n = model_trainable_numel(&cfg, NULL, &err);
     const model_shard all = {0, n};
     const bool mixed = precision != MODEL_FP32;
-    const model_layout whole_layout = {precision, mixed ? &all : NULL, false};
-    const model_layout bucket_layout = {precision, mixed ? &all : NULL, true};
-    model whole, bucketed;
-    CHECK_MSG(model_create_as(&whole, &cfg, NULL, k, &whole_layout, &err) == 0, "%s", err.msg);
-    CHECK_MSG(model_create_as(&bucketed, &cfg, NULL, k, &bucket_layout, &err) == 0, "%s", err.msg);
+    const model_layout layouts[3] = {{precision, mixed ? &all : NULL, false, false},
+                                     {precision, mixed ? &all : NULL, true, false},
+                                     {precision, &all, true, true}};
+    const int n_models = mixed ? 3 : 2;
+    model models[3];
+    for (int w = 0; w < n_models; w++)
+        CHECK_MSG(model_create_as(&models[w], &cfg, NULL, k, &layouts[w], &err) == 0, "%s", err.msg);
+    model *whole = &models[0], *bucketed = &models[1], *gathered = &models[2];
     float *values = malloc(n * sizeof *values);
     fill_random(values, n, 91);
-    for (int i = 0; i < whole.n_params; i++) { /* small weights: the random values are wide */
-        const model_param *p = &whole.params[i];
+    for (int i = 0; i < whole->n_params; i++) { /* small weights: the random values are wide */
+        const model_param *p = &whole->params[i];
         for (size_t j = 0; j < p->numel; j++) values[p->flat + j] = 0.05f * tanhf(values[p->flat + j]);
-        model_param_upload(&whole, &whole.params[i], values + p->flat);
-        model_param_upload(&bucketed, &bucketed.params[i], values + p->flat);
+        for (int w = 0; w < n_models; w++) model_param_upload(&models[w], &models[w].params[i], values + p->flat);
     }
-    model_weights_changed(&whole, false);
-    model_weights_changed(&bucketed, false);
+    for (int w = 0; w < n_models; w++) model_weights_changed(&models[w], false);
     dist one = {.rank = 0, .world_size = 1, .local_rank = 0, .local_size = 1};
-    zero_optimizer z[2];
-    CHECK(zero_create(&z[0], &bucketed, &one, 1, 3, &err) != 0 && strstr(err.msg, "need ZeRO stage 2"));
-    CHECK_MSG(zero_create(&z[0], &whole, &one, 2, 3, &err) == 0, "%s", err.msg);
-    CHECK_MSG(zero_create(&z[1], &bucketed, &one, 2, 3, &err) == 0, "%s", err.msg);
-    bucketed.grads_ready = reduce_layer_hook;
-    bucketed.grads_ready_ctx = &z[1];
+    zero_optimizer z[3];
+    CHECK(zero_create(&z[0], bucketed, &one, 1, 3, &err) != 0 && strstr(err.msg, "need ZeRO stage 2"));
+    for (int w = 0; w < n_models; w++)
+        CHECK_MSG(zero_create(&z[w], &models[w], &one, w == 2 ? 3 : 2, 3, &err) == 0, "%s", err.msg);
+    gather_log log = {.z = &z[2]};
+    if (mixed) {
+        zero_optimizer wrong;
+        CHECK(zero_create(&wrong, gathered, &one, 2, 3, &err) != 0 && strstr(err.msg, "stage 3's, not stage 2's"));
+        CHECK(zero_create(&wrong, bucketed, &one, 3, 3, &err) != 0 && strstr(err.msg, "gathers its layers"));
+        CHECK(zero_gather_layer(&z[1], bucketed, 0, &err) != 0 && strstr(err.msg, "only at stage 3"));
+        /* two layer buffers instead of three layers' copies */
+        CHECK_MSG(whole->half_numel - gathered->half_numel == gathered->layer_half_numel,
+                  "16-bit copies: %zu whole, %zu gathered (a layer: %zu)", whole->half_numel, gathered->half_numel,
+                  gathered->layer_half_numel);
+        int32_t one_id[4] = {1, 2, 3, 4};
+        float logits[96];
+        CHECK_MSG(model_reserve(gathered, 2, 12, &err) == 0, "%s", err.msg);
+        CHECK(model_last_logits(gathered, one_id, 4, logits, &err) != 0 && strstr(err.msg, "layer_weights callback"));
+        gathered->layer_weights = gather_layer_hook;
+        gathered->layer_weights_ctx = &log;
+    }
+    for (int w = 1; w < n_models; w++) {
+        models[w].grads_ready = reduce_layer_hook;
+        models[w].grads_ready_ctx = &z[w];
+    }
     /* out of order, or a micro-batch without its layers: refused */
-    CHECK(zero_reduce_layer(&z[1], &bucketed, 0, 0, 0, NULL, &err) != 0 && strstr(err.msg, "layer 2's were due"));
-    CHECK(zero_accumulate(&z[1], &bucketed, &err) != 0 && strstr(err.msg, "from 0 of 3 layers"));
-    int32_t ids[24], targets[24];
-    for (int t = 0; t < 24; t++) ids[t] = (7 * t + 3) % 96, targets[t] = t % 5 == 4 ? -1 : (11 * t + 1) % 96;
+    CHECK(zero_reduce_layer(&z[1], bucketed, 0, 0, 0, NULL, &err) != 0 && strstr(err.msg, "layer 2's were due"));
+    CHECK(zero_accumulate(&z[1], bucketed, &err) != 0 && strstr(err.msg, "from 0 of 3 layers"));
+    int32_t ids[24], targets[24], none[24];
+    for (int t = 0; t < 24; t++)
+        ids[t] = (7 * t + 3) % 96, targets[t] = t % 5 == 4 ? -1 : (11 * t + 1) % 96, none[t] = -1;
     const model_batch b = {.input_ids = ids, .targets = targets, .batch = 2, .seq = 12};
-    model *both[2] = {&whole, &bucketed};
+    const model_batch unscored = {.input_ids = ids, .targets = none, .batch = 2, .seq = 12};
     adamw_hparams h = {0.9, 0.999, 1e-8, 0.01};
-    for (int w = 0; w < 2; w++) {
-        CHECK_MSG(model_reserve(both[w], 2, 12, &err) == 0, "%s", err.msg);
+    double losses[3][6] = {{0}};
+    for (int w = 0; w < n_models; w++) {
+        CHECK_MSG(model_reserve(&models[w], 2, 12, &err) == 0, "%s", err.msg);
         for (int step = 0; step < 2; step++) {
             for (int a = 0; a < 3; a++) {
-                double loss = 0;
                 long count = 0;
-                model_zero_grads(both[w]);
-                CHECK_MSG(model_step(both[w], &b, true, 0.01f, (uint64_t)(10 * step + a), &loss, &count, &err) == 0,
+                model_zero_grads(&models[w]);
+                /* the second step's middle micro-batch scores nothing: no backward to run, yet
+                 * the same calls */
+                const model_batch *batch = step == 1 && a == 1 ? &unscored : &b;
+                CHECK_MSG(model_step(&models[w], batch, true, 0.01f, (uint64_t)(10 * step + a), &losses[w][3 * step + a],
+                                     &count, &err) == 0,
                           "%s", err.msg);
-                CHECK_MSG(zero_accumulate(&z[w], both[w], &err) == 0, "%s", err.msg);
+                CHECK_MSG(zero_accumulate(&z[w], &models[w], &err) == 0, "%s", err.msg);
             }
             double norm = 0;
             bool skipped = true;
-            CHECK_MSG(zero_step(&z[w], both[w], &h, 1e-2, 1.0, 1.0, &norm, &skipped, &err) == 0 && !skipped, "%s",
+            CHECK_MSG(zero_step(&z[w], &models[w], &h, 1e-2, 1.0, 1.0, &norm, &skipped, &err) == 0 && !skipped, "%s",
                       err.msg);
         }
     }
-    bool same = memcmp(z[0].adam.m, z[1].adam.m, n * sizeof(float)) == 0 &&
-                memcmp(z[0].adam.v, z[1].adam.v, n * sizeof(float)) == 0;
-    bool moved = false;
-    for (int i = 0; i < whole.n_params; i++) {
-        const model_param *p = &whole.params[i];
-        same = same && memcmp(model_param_fp32(p, 0), model_param_fp32(&bucketed.params[i], 0),
-                              p->numel * sizeof(float)) == 0;
-        moved = moved || memcmp(model_param_fp32(p, 0), values + p->flat, p->numel * sizeof(float)) != 0;
+    for (int w = 1; w < n_models; w++) {
+        bool same = memcmp(z[0].adam.m, z[w].adam.m, n * sizeof(float)) == 0 &&
+                    memcmp(z[0].adam.v, z[w].adam.v, n * sizeof(float)) == 0 &&
+                    memcmp(losses[0], losses[w], sizeof losses[0]) == 0;
+        bool moved = false;
+        for (int i = 0; i < whole->n_params; i++) {
+            const model_param *p = &whole->params[i];
+            same = same && memcmp(model_param_fp32(p, 0), model_param_fp32(&models[w].params[i], 0),
+                                  p->numel * sizeof(float)) == 0;
+            moved = moved || memcmp(model_param_fp32(p, 0), values + p->flat, p->numel * sizeof(float)) != 0;
+        }
+        CHECK_MSG(same && moved, "%s %s: two ZeRO %d steps with gradient buckets differ from the whole gradient's",
+                  tied ? "tied" : "untied", mixed ? "bf16-mixed" : "fp32", w == 2 ? 3 : 2);
     }
-    CHECK_MSG(same && moved, "%s %s: two ZeRO 2 steps with gradient buckets differ from the whole gradient's",
-              tied ? "tied" : "untied", mixed ? "bf16-mixed" : "fp32");
-    zero_free(&z[0]);
-    zero_free(&z[1]);
+    if (mixed) {
+        /* A gather only where the layer's buffer holds another: micro-batch 0 of a step
+         * (both stale after the update) forward 0 1 2, backward 2 and 1 held, 0; the next
+         * micro-batches find 0 and 1 where the backward left them: forward 2, backward 0
+         * (also the unscored one, whose backward computes nothing but asks the same). */
+        const int want[] = {0, 1, 2, 0, 2, 0, 2, 0, 0, 1, 2, 0, 2, 0, 2, 0};
+        const int n_want = (int)(sizeof want / sizeof want[0]);
+        bool order = log.calls == n_want;
+        for (int i = 0; i < n_want && order; i++) order = log.order[i] == want[i];
+        CHECK_MSG(order, "stage 3: %d layer gathers, expected %d in the order of the passes", log.calls, n_want);
+    }
+    for (int w = 0; w < n_models; w++) {
+        zero_free(&z[w]);
+        model_free(&models[w]);
+    }
     free(values);
-    model_free(&whole);
-    model_free(&bucketed);
     model_config_free(&cfg);
 }
 

@@ -260,7 +260,7 @@ float *model_param_fp32(const model_param *p, size_t i) {
 
 int model_create_in(model *m, const model_config *cfg, const lora_settings *lora, const kernels *k,
                     model_precision precision, const model_shard *shard, ct_error *err) {
-    const model_layout layout = {precision, shard, false};
+    const model_layout layout = {precision, shard, false, false};
     return model_create_as(m, cfg, lora, k, &layout, err);
 }
 
@@ -305,6 +305,10 @@ int model_create_as(model *m, const model_config *cfg, const lora_settings *lora
     m->k = k;
     if (shard && precision == MODEL_FP32)
         return model_free(m), ct_fail(err, "model: fp32 weights are sharded only in mixed precision");
+    if (layout->gather_layers && !shard)
+        return model_free(m), ct_fail(err, "model: layer-by-layer weights (ZeRO 3) need sharded fp32 weights");
+    m->gather_layers = layout->gather_layers;
+    m->layer_held[0] = m->layer_held[1] = -1;
     if (cfg->raw_json && !(m->cfg.raw_json = cJSON_Duplicate((const cJSON *)cfg->raw_json, true)))
         return model_free(m), ct_fail(err, "model: out of memory copying config.json");
     if (!(m->state = calloc(1, sizeof(model_state))))
@@ -350,6 +354,7 @@ int model_create_as(model *m, const model_config *cfg, const lora_settings *lora
         if (!p->trainable) continue;
         if (shard && model_param_shardable(m, p, precision)) {
             p->sharded = true;
+            p->gathered = m->gather_layers && p->layer >= 0;
             p->data = NULL;
             if (shard_slice(p, trainable_at, shard, &p->master_lo, &p->master_hi)) {
                 p->master = m->master_arena + master_at;
@@ -564,6 +569,9 @@ static void drop_half_copies(model *m) {
     if (m->half_arena) m->k->release(m->half_arena);
     m->half_arena = NULL;
     m->half_numel = 0;
+    m->layer_halves[0] = m->layer_halves[1] = NULL;
+    m->layer_half_numel = 0;
+    m->layer_held[0] = m->layer_held[1] = -1;
     for (int i = 0; i < m->n_params; i++) m->params[i].half = NULL;
     plan_half_layout(m, MODEL_FP32);
 }
@@ -574,27 +582,49 @@ static void drop_half_copies(model *m) {
  * where they stay. */
 static int add_half_copies(model *m, model_precision p, ct_error *err) {
     plan_half_layout(m, p);
-    size_t total = 0;
+    /* ZeRO 3: the gathered weights' copies go to the layer buffers, at the offsets the
+     * layer's own arena would give them (every layer has the same shapes) */
+    size_t total = 0, *in_layer = calloc((size_t)m->cfg.num_hidden_layers, sizeof *in_layer);
+    if (!in_layer) return ct_fail(err, "model: out of memory");
+    m->layer_half_numel = 0;
     for (int i = 0; i < m->n_params; i++) {
         const model_param *q = &m->params[i];
-        if (has_own_half(m, q, p)) total += (size_t)q->half_rows * (size_t)q->half_ld;
+        if (!has_own_half(m, q, p)) continue;
+        const size_t n = (size_t)q->half_rows * (size_t)q->half_ld;
+        if (!q->gathered) {
+            total += n;
+        } else if ((in_layer[q->layer] += n) > m->layer_half_numel) {
+            m->layer_half_numel = in_layer[q->layer];
+        }
     }
+    total += 2 * m->layer_half_numel;
     if (!(m->half_arena = m->k->alloc((total ? total : 1) * sizeof(uint16_t)))) {
+        free(in_layer);
         drop_half_copies(m);
         return ct_fail(err, "model: cannot allocate %zu bytes of 16-bit weight copies on the %s backend",
                        total * sizeof(uint16_t), m->k->name);
     }
+    m->layer_halves[0] = m->half_arena + (total - 2 * m->layer_half_numel);
+    m->layer_halves[1] = m->layer_halves[0] + m->layer_half_numel;
+    memset(in_layer, 0, (size_t)m->cfg.num_hidden_layers * sizeof *in_layer);
     size_t at = 0;
     for (int i = 0; i < m->n_params; i++) {
         model_param *q = &m->params[i];
         if (!has_own_half(m, q, p)) continue;
+        const size_t n = (size_t)q->half_rows * (size_t)q->half_ld;
+        if (q->gathered) {
+            q->half = m->layer_halves[q->layer % 2] + in_layer[q->layer];
+            in_layer[q->layer] += n;
+            continue;
+        }
         q->half = m->half_arena + at;
-        at += (size_t)q->half_rows * (size_t)q->half_ld;
+        at += n;
         /* the padding starts at zero (alloc zero-fills): the zero columns of the layout */
         if (q->data)
             m->k->to_half_2d(model_half_format(p), q->half, q->half_ld, q->data, (int)q->shape[1],
                              (int)q->shape[0], (int)q->shape[1], 1.0f);
     }
+    free(in_layer);
     m->half_numel = total;
     m->precision = p;
     if (alloc_adapter_casts(m, err)) {
@@ -655,6 +685,8 @@ void model_param_upload_range(const model *m, model_param *p, size_t offset, con
         const size_t hi = offset + n < p->master_hi ? offset + n : p->master_hi;
         if (lo < hi) m->k->upload(p->master + (lo - p->master_lo), host + (lo - offset), (hi - lo) * sizeof(float));
     }
+    if (p->gathered) return; /* rounded from the shards when its layer is next gathered
+                              * (the caller's model_weights_changed makes the buffers stale) */
     uint16_t bits[HOST_CHUNK];
     size_t n_rows, len, stride;
     half_rows_of(p, &n_rows, &len, &stride);
@@ -676,6 +708,7 @@ void model_param_upload(const model *m, model_param *p, const float *host) {
 
 void model_weights_changed(model *m, bool trainable_only) {
     if (m->precision == MODEL_FP32) return;
+    m->layer_held[0] = m->layer_held[1] = -1;
     m->half_stale_trainable = true;
     m->half_fresh_begin = m->half_fresh_end = 0;
     if (!trainable_only) m->half_stale_frozen = true;
@@ -683,11 +716,32 @@ void model_weights_changed(model *m, bool trainable_only) {
 
 void model_weights_changed_except(model *m, size_t begin, size_t end) {
     if (m->precision == MODEL_FP32) return;
+    m->layer_held[0] = m->layer_held[1] = -1; /* AdamW writes no gathered copy */
     /* Two updates before a refresh: the first one's fresh range is stale again. */
     if (m->half_stale_trainable && m->half_fresh_begin < m->half_fresh_end) begin = end = 0;
     m->half_stale_trainable = true;
     m->half_fresh_begin = begin;
     m->half_fresh_end = end > begin ? end : begin;
+}
+
+int model_layer_weights(model *m, int layer, ct_error *err) {
+    if (!m->gather_layers) return 0;
+    if (layer < 0 || layer >= m->cfg.num_hidden_layers)
+        return ct_fail(err, "model: layer %d of %d", layer, m->cfg.num_hidden_layers);
+    int *held = &m->layer_held[layer % 2];
+    if (*held == layer) return 0;
+    if (!m->layer_weights)
+        return ct_fail(err, "model: layer-by-layer weights (ZeRO 3) need a layer_weights callback to gather them");
+    *held = -1; /* until the callback succeeds */
+    if (m->layer_weights(m->layer_weights_ctx, m, layer, err)) return -1;
+    *held = layer;
+    return 0;
+}
+
+int model_pass_weights(model *m, ct_error *err) {
+    for (int l = 0; m->gather_layers && l < m->cfg.num_hidden_layers; l++)
+        if (model_layer_weights(m, l, err)) return -1;
+    return 0;
 }
 
 /* Rounds p's values [lo, hi) (indices into p) to its 16-bit copy. */

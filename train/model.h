@@ -100,6 +100,10 @@ typedef struct model_param {
     bool sharded;
     float *master;
     size_t master_lo, master_hi;
+    /* ZeRO 3 (model_layout.gather_layers): a sharded weight of a decoder layer whose 16-bit
+     * copy is not kept either: half points into the layer weight buffer its layer takes
+     * turns with (model.layer_halves), valid only while model_layer_weights put it there. */
+    bool gathered;
 } model_param;
 
 /* A ZeRO shard: the flat trainable values [begin, end) (the order of grad_arena) a rank updates. */
@@ -127,6 +131,13 @@ typedef struct model model;
  * flat trainable values [lo, hi) (lo == hi: it trains nothing). A failure stops the step. */
 typedef int (*model_grads_ready_fn)(void *ctx, model *m, int layer, size_t lo, size_t hi, const float *grads,
                                     ct_error *err);
+
+/* ZeRO 3: called before a pass reads decoder layer `layer`'s gathered weights (model_param.
+ * gathered) when their buffer does not hold them: the callback fills the layer's 16-bit
+ * copies (zero_gather_layer all-gathers them from the ranks' shards). The calls depend only
+ * on the sequence of passes (each forward asks for layers 0 .. L-1, each backward for L-1 ..
+ * 0, whatever the batch holds), so ranks that make the same passes make the same calls. */
+typedef int (*model_layer_weights_fn)(void *ctx, model *m, int layer, ct_error *err);
 
 struct model {
     model_config cfg;
@@ -171,6 +182,17 @@ struct model {
     size_t half_fresh_end;     /* grad_arena), written by the optimizer itself */
     float *master_arena;       /* backend: the sharded weights' fp32 slices, in flat order */
     size_t master_numel;
+    /* ZeRO 3 (model_layout.gather_layers): the decoder layers' weights have no 16-bit copy of
+     * their own; the half arena holds the rest's copies, then two buffers of one layer's
+     * (layer_halves[0], [1]: layer l's in l % 2, at their offsets in the layer), filled by
+     * layer_weights before a pass reads them. layer_held[b]: the layer buffer b holds, -1
+     * for none (a step's update makes both stale). */
+    bool gather_layers;
+    uint16_t *layer_halves[2];
+    size_t layer_half_numel;
+    int layer_held[2];
+    model_layer_weights_fn layer_weights; /* required with gather_layers */
+    void *layer_weights_ctx;
 };
 
 /* Switches the GEMMs to precision p: allocates (or frees) the 16-bit weight copies, rounded
@@ -188,7 +210,8 @@ void model_weights_changed(model *m, bool trainable_only);
 void model_weights_changed_except(model *m, size_t begin, size_t end);
 /* A parameter's values as fp32 in host memory [numel] (widened from 16 bits where the
  * parameter has no fp32 data). Use it rather than p->data for frozen weights. A sharded
- * weight's are its 16-bit copy widened, not its fp32 values (zero_fetch_param gathers those). */
+ * weight's are its 16-bit copy widened, not its fp32 values (zero_fetch_param gathers those);
+ * a gathered one (ZeRO 3) has no copy to widen outside its layer's turn: fetch it. */
 void model_param_download(const model *m, const model_param *p, float *host);
 /* Sets a parameter from fp32 host values [numel] (rounded to 16 bits where it has no fp32
  * data). Call model_weights_changed afterwards for weights that do have a 16-bit copy. */
@@ -219,6 +242,8 @@ typedef struct model_layout {
     model_precision precision;
     const model_shard *shard; /* as model_create_in's; NULL: none */
     bool grad_buckets;        /* the backward's gradients in two layer buckets (model.grad_buckets) */
+    bool gather_layers;       /* ZeRO 3: the layers' 16-bit weights gathered layer by layer
+                               * (model.gather_layers); needs a shard and mixed precision */
 } model_layout;
 int model_create_as(model *m, const model_config *cfg, const lora_settings *lora, const kernels *k,
                     const model_layout *layout, ct_error *err);
@@ -236,6 +261,13 @@ bool model_weights_sharded(const model *m);
 /* The decoder layers' flat trainable range [*lo, *hi): the values before it (the embedding
  * table) and after it (the final norm, lm_head) lie outside the layers. */
 void model_layers_flat_range(const model *m, size_t *lo, size_t *hi);
+/* ZeRO 3: makes layer's gathered weights present (model.layer_weights when their buffer
+ * holds another layer). model_step and model_logits call it; so does model_pass_weights. */
+int model_layer_weights(model *m, int layer, ct_error *err);
+/* ZeRO 3: the calls of one forward pass (layers 0 .. L-1) without computing anything, for a
+ * rank that has no batch while the others run a forward (evaluation: every rank must make
+ * the same collective calls). No-op without gather_layers. */
+int model_pass_weights(model *m, ct_error *err);
 /* Where p's fp32 value i is: in data, or (sharded) in this rank's slice, which must hold it. */
 float *model_param_fp32(const model_param *p, size_t i);
 

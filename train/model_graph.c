@@ -412,9 +412,11 @@ static void layer_forward(model *m, int l, int batch, int seq, const int32_t *do
     linear_forward(m, l, LINEAR_DOWN, out, a->act, hx, ld[LINEAR_DOWN], T, train, seed, a->x_mid);
 }
 
-/* Returns the final norm's 16-bit copy [T,H] for the vocabulary projection (mixed precision;
- * in scratch that nothing else writes before the logits chunks), else NULL. */
-static const uint16_t *forward(model *m, int batch, int seq, bool use_doc_ids, bool train, uint64_t seed) {
+/* Sets *h_final to the final norm's 16-bit copy [T,H] for the vocabulary projection (mixed
+ * precision; in scratch that nothing else writes before the logits chunks), else NULL. Fails
+ * only where ZeRO 3's gathering of a layer's weights fails. */
+static int forward(model *m, int batch, int seq, bool use_doc_ids, bool train, uint64_t seed,
+                   const uint16_t **h_final, ct_error *err) {
     const model_config *c = &m->cfg;
     model_state *s = m->state;
     const int T = batch * seq, H = c->hidden_size;
@@ -424,12 +426,15 @@ static const uint16_t *forward(model *m, int batch, int seq, bool use_doc_ids, b
         m->k->embedding_fwd(s->resid, embed->data, s->ids, T, H);
     else /* a frozen table kept only in 16 bits (model.c: half_only) */
         m->k->embedding_fwd_half(model_half_format(m->precision), s->resid, embed->half, embed->half_ld, s->ids, T, H);
-    for (int l = 0; l < c->num_hidden_layers; l++)
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        if (model_layer_weights(m, l, err)) return -1;
         layer_forward(m, l, batch, seq, use_doc_ids ? s->doc_ids : NULL, train, seed);
+    }
     const model_param *final_norm = model_find_param(m, "model.norm.weight");
-    return norm_for_linears(m, NULL, H, s->x_norm_final, s->rstd_final,
-                            s->resid + (size_t)c->num_hidden_layers * T * H, final_norm->data, T, H,
-                            (float)c->rms_norm_eps);
+    *h_final = norm_for_linears(m, NULL, H, s->x_norm_final, s->rstd_final,
+                                s->resid + (size_t)c->num_hidden_layers * T * H, final_norm->data, T, H,
+                                (float)c->rms_norm_eps);
+    return 0;
 }
 
 /* Whether a base weight of linears first..last (in linear_kind order) trains: only then does
@@ -595,6 +600,7 @@ static int backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t see
         const float *x = s->resid + (size_t)l * TH;
         const bool need_input_grad = embed->trainable || l > first_trainable;
         if (!need_input_grad && l < first_trainable) break;
+        if (model_layer_weights(m, l, err)) return -1;
         /* Checkpointed: the shared buffers hold the top layer's activations from the forward;
          * every other layer is recomputed from its saved input, with the same dropout masks. */
         if (m->activation_checkpointing && l < L - 1) layer_forward(m, l, batch, seq, doc_ids, true, seed);
@@ -756,7 +762,8 @@ static int run_step(model *m, const model_batch *batch, bool backward_pass, floa
     const kernels *k = m->k;
     const int T = batch->batch * batch->seq, H = m->cfg.hidden_size, V = m->cfg.vocab_size;
     const bool use_doc_ids = batch->doc_ids != NULL;
-    const uint16_t *h_final = forward(m, batch->batch, batch->seq, use_doc_ids, backward_pass, dropout_seed);
+    const uint16_t *h_final;
+    if (forward(m, batch->batch, batch->seq, use_doc_ids, backward_pass, dropout_seed, &h_final, err)) return -1;
 
     /* A zero scale contributes nothing: skip the backward rather than add zeros. */
     const bool do_backward = backward_pass && grad_scale != 0.0f;
@@ -791,9 +798,10 @@ static int run_step(model *m, const model_batch *batch, bool backward_pass, floa
     int next_done = m->cfg.num_hidden_layers - 1;
     if (do_backward && count > 0 && backward(m, batch->batch, batch->seq, use_doc_ids, dropout_seed, &next_done, err))
         return -1;
-    /* every layer's callback on every rank, whatever its batch held */
+    /* every layer's callbacks on every rank, whatever its batch held (ZeRO 3's gathering of
+     * the layer's weights too, as the backward would have asked for them) */
     for (; backward_pass && next_done >= 0; next_done--)
-        if (layer_grads_done(m, next_done, err)) return -1;
+        if (model_layer_weights(m, next_done, err) || layer_grads_done(m, next_done, err)) return -1;
     model_settle_grads(m); /* what the backward did not write: zeros, as if zeroed eagerly */
     if (n_loss_tokens) *n_loss_tokens = count;
     return 0;
@@ -855,7 +863,8 @@ int model_logits(model *m, const int32_t *ids, int n, int first, float *logits, 
     model_batch b = {.input_ids = ids, .targets = NULL, .positions = NULL, .doc_ids = NULL,
                      .batch = 1, .seq = n};
     if (upload_batch(m, &b, err)) return -1;
-    const uint16_t *h_final = forward(m, 1, n, false, false, 0);
+    const uint16_t *h_final;
+    if (forward(m, 1, n, false, false, 0, &h_final, err)) return -1;
     const int H = m->cfg.hidden_size, V = m->cfg.vocab_size;
     for (int r0 = first; r0 < n; r0 += s->logits_rows) {
         const int rows = n - r0 < s->logits_rows ? n - r0 : s->logits_rows;

@@ -342,6 +342,19 @@ int recipe_validate(const recipe *r, ct_error *err) {
                        src, r->train.eval_every);
     if (r->device == DEVICE_CPU && r->distributed.backend == DIST_BACKEND_NCCL)
         return ct_fail(err, "%s: distributed.backend nccl needs device cuda or auto", src);
+    /* Stage 3 shards the layers' 16-bit weight copies: in fp32 there are none, and a LoRA run
+     * trains adapters only (its frozen base is not sharded): stage 2 holds the same there. */
+    if (r->distributed.zero_stage == 3 && r->precision == PRECISION_FP32)
+        return ct_fail(err,
+                       "%s: distributed.zero_stage 3 gathers the layers' 16-bit weight copies, so it needs "
+                       "precision bf16-mixed or fp16-mixed (fp32 runs shard up to stage 2)",
+                       src);
+    if (r->distributed.zero_stage == 3 && r->method == METHOD_LORA)
+        return ct_fail(err,
+                       "%s: distributed.zero_stage 3 shards trained weights, and LoRA trains only its adapters "
+                       "(the frozen base stays whole on every rank): use distributed.zero_stage 2, which holds "
+                       "the same memory for LoRA",
+                       src);
     return 0;
 }
 

@@ -88,7 +88,7 @@ typedef struct recipe {
     recipe_device device;       /* auto (default) | cpu | cuda */
 
     struct {
-        int zero_stage;                /* 0 (default) | 1 | 2 */
+        int zero_stage;                /* 0 (default) | 1 | 2 | 3 */
         recipe_dist_backend backend;   /* auto (default) | mpi | nccl */
         double timeout_s;              /* a collective taking longer aborts the job; default 1800 */
     } distributed;

@@ -135,7 +135,9 @@ const recipe_key SCHEMA_KEYS[] = {
     {.path = "device", .type = KEY_ENUM, AT(device), .def = "auto", .choices = DEVICES,
      .doc = "auto: cuda when a GPU is visible, else cpu"},
     {.path = "distributed.zero_stage", .type = KEY_INT, AT(distributed.zero_stage), .def = "0",
-     IRANGE(0, 2), .doc = "0: replicate; 1: shard optimizer state; 2: also shard gradients"},
+     IRANGE(0, 3), .doc = "0: replicate; 1: shard optimizer state; 2: also shard gradients; 3: also "
+                          "gather the layers' 16-bit weights layer by layer (mixed precision, full "
+                          "fine-tuning)"},
     {.path = "distributed.backend", .type = KEY_ENUM, AT(distributed.backend), .def = "auto",
      .choices = BACKENDS, .doc = "collectives: auto picks nccl on cuda, mpi on cpu"},
     {.path = "distributed.timeout_s", .type = KEY_DOUBLE, AT(distributed.timeout_s), .def = "1800.0",

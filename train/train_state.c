@@ -262,7 +262,7 @@ static int parse_meta(const cJSON *root, const char *path, train_state_meta *met
         get_int(root, "tokens_seen", 0, big, &v[4], path, err) ||
         get_int(root, "loss_scale_good_steps", 0, big, &v[5], path, err) ||
         get_int(root, "world_size", 1, 1 << 24, &v[6], path, err) ||
-        get_int(root, "zero_stage", 0, 2, &v[7], path, err) ||
+        get_int(root, "zero_stage", 0, 3, &v[7], path, err) ||
         get_int(root, "trainable_numel", 0, big, &v[8], path, err) ||
         get_double(root, "loss_scale", &meta->loss_scale, path, err) ||
         get_double(root, "wall_seconds", &meta->wall_seconds, path, err))

@@ -158,7 +158,8 @@ typedef struct run {
     test_hook hook;
     metrics_log metrics;
     char base_dir[4096];
-    bool micro_agreed;         /* ZeRO 2: the ranks agreed on the current micro-batch already */
+    bool micro_agreed;         /* ZeRO 2, 3: the ranks agreed on the current micro-batch already
+                                * (true outside the micro-batches) */
 } run;
 
 static int prepare_inputs(run *x, ct_error *err) {
@@ -200,8 +201,10 @@ static int build_model(run *x, ct_error *err) {
         sharding = &shard;
     }
     /* At ZeRO 2 each layer's gradients go to the shard as soon as they are final: the
-     * backward holds two layers' worth, not the whole gradient (model_layout). */
-    const model_layout layout = {precision, sharding, r->distributed.zero_stage == 2};
+     * backward holds two layers' worth, not the whole gradient (model_layout); at ZeRO 3 the
+     * layers' 16-bit weights are gathered from the shards likewise, two layers at a time. */
+    const int stage = r->distributed.zero_stage;
+    const model_layout layout = {precision, sharding, stage >= 2, stage == 3};
     if (!status) status = model_create_as(&x->m, &cfg, adapters, x->k, &layout, err);
     model_config_free(&cfg);
     if (status) return -1;
@@ -300,8 +303,9 @@ static void print_memory(const run *x, size_t trainable, size_t act_bytes) {
            stage == 0 ? "AdamW state replicated on every rank"
            : stage == 1 ? "AdamW state sharded over ranks"
                         : "AdamW state and reduced gradients sharded over ranks",
-           model_weights_sharded(&x->m) ? ", fp32 weight matrices too (ranks exchange their 16-bit copies)" : "",
-           stage == 2 ? "interleaved over ranks (j = a x ranks + rank)" : "in contiguous blocks per rank");
+           x->m.gather_layers ? ", fp32 weight matrices too; the layers' 16-bit copies gathered layer by layer"
+           : model_weights_sharded(&x->m) ? ", fp32 weight matrices too (ranks exchange their 16-bit copies)" : "",
+           stage >= 2 ? "interleaved over ranks (j = a x ranks + rank)" : "in contiguous blocks per rank");
     printf("  memory per rank (estimate, bytes):\n");
     for (int rank = 0; rank < world; rank++) {
         if (world > 8 && rank == 4) printf("    ...\n");
@@ -401,7 +405,7 @@ static int check_memory(const run *x, bool dry_run, ct_error *err) {
     return ct_fail(err, "%s: not enough memory on rank %d's %s backend: the run needs %.2f GiB more (gradient sums "
                         "%.2f, optimizer state %.2f, activations %.2f%s%s) and %.2f GiB of %.2f are free%s. Try %sa "
                         "smaller train.micro_batch_size or data.seq_len, %sor more ranks with distributed.zero_stage "
-                        "1 or 2",
+                        "1, 2 or 3",
                    r->source, x->d->rank, x->k->name, gib(need), gib(sums), gib(mem.optim_bytes), gib(act),
                    scratch_part, host && mem.comm_bytes ? ", communication scratch" : "", gib(free_bytes),
                    gib(total_bytes),
@@ -617,18 +621,29 @@ static int micro_batch_step(run *x, int step, int a, float grad_scale, ct_error 
     return model_step_queued(&x->m, &batch, grad_scale, dropout_seed, a, &count, err);
 }
 
-/* model_step's callback at ZeRO 2 with gradient buckets: a layer's gradients are final.
- * Its reduce-scatter is collective, so before the micro-batch's first one the ranks agree
- * that each got this far; a rank that failed earlier in the micro-batch (a bad batch, a test
- * hook) takes part in that agreement from train_loop instead. */
+/* model_step's callbacks at ZeRO 2 and 3 make collective calls, so before a micro-batch's
+ * first one the ranks agree that each got this far; a rank that failed earlier in the
+ * micro-batch (a bad batch, a test hook) takes part in that agreement from train_loop
+ * instead. */
+static int agree_on_micro_batch(run *x, ct_error *err) {
+    if (x->micro_agreed) return 0;
+    x->micro_agreed = true;
+    return dist_agree(x->d, 0, err);
+}
+
+/* With gradient buckets (ZeRO 2, 3): a layer's gradients are final. */
 static int layer_grads_ready(void *ctx, model *m, int layer, size_t lo, size_t hi, const float *grads,
                              ct_error *err) {
     run *x = ctx;
-    if (!x->micro_agreed) {
-        x->micro_agreed = true;
-        if (dist_agree(x->d, 0, err)) return -1;
-    }
+    if (agree_on_micro_batch(x, err)) return -1;
     return zero_reduce_layer(&x->opt, m, layer, lo, hi, grads, err);
+}
+
+/* ZeRO 3: a pass is about to read a layer whose 16-bit weights are not here. */
+static int layer_weights_needed(void *ctx, model *m, int layer, ct_error *err) {
+    run *x = ctx;
+    if (agree_on_micro_batch(x, err)) return -1;
+    return zero_gather_layer(&x->opt, m, layer, err);
 }
 
 /* Logging to TensorBoard is not worth a run: a failed event write stops it, said once. */
@@ -680,13 +695,14 @@ static int train_loop(run *x, run_summary *summary, ct_error *err) {
         for (int a = 0; a < x->accum_steps; a++) {
             x->micro_agreed = false;
             if (!status) status = micro_batch_step(x, step, a, grad_scale, err);
-            /* Stage 2 reduces every micro-batch across ranks, so the ranks agree on each: in
-             * the backward, before its first layer's reduction (layer_grads_ready), or here
-             * when this rank failed before it got there. */
-            if (x->opt.stage == 2 && (x->micro_agreed ? status != 0 : dist_agree(d, status, err) != 0)) return -1;
+            /* Stages 2 and 3 make collective calls within every micro-batch, so the ranks
+             * agree on each: before its first collective (agree_on_micro_batch), or here when
+             * this rank failed before it got there. */
+            if (x->opt.stage >= 2 && (x->micro_agreed ? status != 0 : dist_agree(d, status, err) != 0)) return -1;
             if (!status && zero_accumulate(&x->opt, &x->m, err)) return -1;
         }
-        if (x->opt.stage != 2 && dist_agree(d, status, err)) return -1;
+        x->micro_agreed = true; /* an evaluation's collectives need no micro-batch agreement */
+        if (x->opt.stage < 2 && dist_agree(d, status, err)) return -1;
         double loss_sum = 0, grad_norm = 0;
         double lr = lr_at_step(&schedule, step);
         bool skipped = false;
@@ -891,6 +907,11 @@ int trainer_run(const recipe *r, const dist *d, bool dry_run, run_summary *summa
         x.m.grads_ready = layer_grads_ready;
         x.m.grads_ready_ctx = &x;
     }
+    if (x.m.gather_layers) {
+        x.m.layer_weights = layer_weights_needed;
+        x.m.layer_weights_ctx = &x;
+    }
+    x.micro_agreed = true;
     loss_scaler_init(&x.scaler, r->precision == PRECISION_FP16_MIXED, r->optim.loss_scale_init,
                      r->optim.loss_scale_growth_interval);
     if (!status) status = resume_run(&x, err);

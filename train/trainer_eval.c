@@ -35,10 +35,17 @@ int load_model_for_inference(model *m, const char *model_dir, const char *adapte
     return 0;
 }
 
+/* At ZeRO 3 every forward pass gathers the layers' weights from all ranks, so the ranks go
+ * through an evaluation in rounds of one forward each, a rank with nothing left joining the
+ * others' gathers (model_pass_weights). Each round starts with the agreement that every rank
+ * got through the last one, so a failure stops them all in the same round. */
+static bool forwards_are_collective(const model *m) { return m->gather_layers; }
+
 int evaluate_loss(model *m, const dataset *ds, const dist *d, int micro_batch, int seq_len,
                   int max_batches, double *mean_loss, long long *tokens, ct_error *err) {
     long long n_batches = (ds->n_docs + micro_batch - 1) / micro_batch;
     if (max_batches > 0 && n_batches > max_batches) n_batches = max_batches;
+    const bool synced = forwards_are_collective(m);
     size_t n = (size_t)micro_batch * (size_t)seq_len;
     int32_t *ids = malloc(n * sizeof *ids), *targets = malloc(n * sizeof *targets),
             *positions = malloc(n * sizeof *positions);
@@ -46,7 +53,18 @@ int evaluate_loss(model *m, const dataset *ds, const dist *d, int micro_batch, i
      * bits on any number of ranks. */
     double *sums = calloc(2 * (size_t)n_batches + 2, sizeof *sums);
     int status = (ids && targets && positions && sums) ? 0 : ct_fail(err, "out of memory for evaluation");
-    for (long long b = d->rank; status == 0 && b < n_batches; b += d->world_size) {
+    bool stopped = false; /* every rank learnt of a failure in a round's agreement */
+    for (long long round = 0; round * d->world_size < n_batches; round++) {
+        if (synced && dist_agree(d, status, err)) {
+            stopped = true;
+            break;
+        }
+        if (status) break;
+        const long long b = round * d->world_size + d->rank;
+        if (b >= n_batches) { /* only the last round leaves ranks without a batch */
+            if (synced) status = model_pass_weights(m, err);
+            continue;
+        }
         int rows = micro_batch;
         if ((b + 1) * micro_batch > ds->n_docs) rows = (int)(ds->n_docs - b * micro_batch);
         data_fill_batch(ds, 0, false, b * micro_batch, rows, seq_len, ids, targets, positions);
@@ -58,7 +76,7 @@ int evaluate_loss(model *m, const dataset *ds, const dist *d, int micro_batch, i
     free(ids);
     free(targets);
     free(positions);
-    if (dist_agree(d, status, err) || dist_sum_doubles(d, sums, 2 * (size_t)n_batches, err)) {
+    if (stopped || dist_agree(d, status, err) || dist_sum_doubles(d, sums, 2 * (size_t)n_batches, err)) {
         free(sums);
         return -1;
     }
@@ -73,48 +91,77 @@ int evaluate_loss(model *m, const dataset *ds, const dist *d, int micro_batch, i
     return 0;
 }
 
+/* One rank's way through its share of the answers (documents rank, rank + world, ...): the
+ * document it is generating, and how far. */
+typedef struct answer_walk {
+    const dataset *ds;
+    long long doc, n_docs;
+    int stride;
+    bool in_doc;          /* a forward is due: the answer's token t */
+    int64_t begin, length, t;
+    int32_t *seq;         /* the prompt and what was generated so far */
+    size_t seq_cap;
+} answer_walk;
+
+/* Moves to the next document with a prompt/answer split (none left: in_doc stays false). */
+static int walk_next_doc(answer_walk *w, ct_error *err) {
+    for (; !w->in_doc && w->doc < w->n_docs; w->doc += w->stride) {
+        const dataset *ds = w->ds;
+        int64_t begin = ds->doc_offsets[w->doc], end = ds->doc_offsets[w->doc + 1];
+        int64_t prompt_len = 0;
+        while (begin + prompt_len < end && !ds->loss_mask[begin + prompt_len]) prompt_len++;
+        if (prompt_len == 0 || prompt_len == end - begin) continue; /* no prompt/answer split */
+        if ((size_t)(end - begin) > w->seq_cap) {
+            int32_t *grown = realloc(w->seq, (size_t)(end - begin) * sizeof *grown);
+            if (!grown) return ct_fail(err, "out of memory");
+            w->seq = grown;
+            w->seq_cap = (size_t)(end - begin);
+        }
+        memcpy(w->seq, ds->tokens + begin, (size_t)prompt_len * sizeof *w->seq);
+        w->begin = begin, w->length = end - begin, w->t = prompt_len;
+        w->in_doc = true;
+        return 0;
+    }
+    return 0;
+}
+
 int evaluate_accuracy(model *m, const dataset *ds, const dist *d, int max_examples,
                       double *accuracy, ct_error *err) {
     long long n_docs = ds->n_docs;
     if (max_examples > 0 && n_docs > max_examples) n_docs = max_examples;
-    int vocab = m->cfg.vocab_size;
+    const int vocab = m->cfg.vocab_size;
+    const bool synced = forwards_are_collective(m);
     float *logits = malloc((size_t)vocab * sizeof *logits);
-    int32_t *seq = NULL;
-    size_t seq_cap = 0;
+    answer_walk w = {.ds = ds, .doc = d->rank, .n_docs = n_docs, .stride = d->world_size};
     double counts[2] = {0, 0}; /* correct, total */
     int status = logits ? 0 : ct_fail(err, "out of memory for logits");
-    for (long long doc = d->rank; status == 0 && doc < n_docs; doc += d->world_size) {
-        int64_t begin = ds->doc_offsets[doc], end = ds->doc_offsets[doc + 1];
-        int64_t prompt_len = 0;
-        while (begin + prompt_len < end && !ds->loss_mask[begin + prompt_len]) prompt_len++;
-        int64_t length = end - begin;
-        if (prompt_len == 0 || prompt_len == length) continue; /* no prompt/answer split */
-        if ((size_t)length > seq_cap) {
-            seq_cap = (size_t)length;
-            int32_t *grown = realloc(seq, seq_cap * sizeof *seq);
-            if (!grown) {
-                status = ct_fail(err, "out of memory");
-                break;
-            }
-            seq = grown;
+    bool stopped = false;
+    for (;;) { /* one forward per round: greedy decoding until the first wrong token */
+        if (!status) status = walk_next_doc(&w, err);
+        long long active = w.in_doc && !status;
+        if (synced && (dist_agree(d, status, err) || dist_sum_longs(d, &active, 1, err))) {
+            stopped = true;
+            break;
         }
-        memcpy(seq, ds->tokens + begin, (size_t)prompt_len * sizeof *seq);
-        bool correct = true;
-        for (int64_t t = prompt_len; t < length && status == 0; t++) {
-            status = model_last_logits(m, seq, (int)t, logits, err);
-            int next = argmax_logits(logits, vocab);
-            if (next != ds->tokens[begin + t]) {
-                correct = false;
-                break;
-            }
-            seq[t] = next;
+        if (!active) break;
+        if (!w.in_doc) {
+            status = model_pass_weights(m, err);
+            continue;
         }
-        counts[0] += correct ? 1 : 0;
-        counts[1] += 1;
+        if ((status = model_last_logits(m, w.seq, (int)w.t, logits, err))) continue;
+        const int next = argmax_logits(logits, vocab);
+        const bool right = next == ds->tokens[w.begin + w.t];
+        w.seq[w.t++] = next;
+        if (!right || w.t == w.length) {
+            counts[0] += right ? 1 : 0;
+            counts[1] += 1;
+            w.in_doc = false;
+            w.doc += w.stride;
+        }
     }
     free(logits);
-    free(seq);
-    if (dist_agree(d, status, err)) return -1;
+    free(w.seq);
+    if (stopped || dist_agree(d, status, err)) return -1;
     if (dist_sum_doubles(d, counts, 2, err)) return -1;
     *accuracy = counts[1] > 0 ? counts[0] / counts[1] : NAN;
     return 0;
