@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# ZeRO 2's gradient buckets on the CPU: per-rank gradient bytes (the run's estimate), the peak
-# the backend held and tokens/s at ZeRO 2 (the backward writes two layer buckets, each
-# layer's gradients reduce-scattered as it ends) against ZeRO 1 (the peer: the backward
-# writes the whole gradient) on the same ranks, same model, same batch; the final weights must
-# be the same bytes. The model is a random 16-layer untied Llama (11.7M parameters, hidden
-# 256) saved by transformers, bf16-mixed, the tiny addition data, micro 4 x global 16.
+# ZeRO 2's gradient buckets and ZeRO 3's layer-by-layer weights on the CPU: per-rank
+# gradient and parameter bytes (the run's estimate), the peak the backend held and tokens/s
+# at ZeRO 2 (the backward writes two layer buckets, each layer's gradients reduce-scattered
+# as it ends) against ZeRO 1 (the peer: the backward writes the whole gradient), and at ZeRO 3
+# (the layers' 16-bit weight copies gathered from the shards, two layers at a time) against
+# ZeRO 2, on the same ranks, same model, same batch; the final weights must be the same bytes.
+# The model is a random 16-layer untied Llama (11.7M parameters, hidden 256) saved by
+# transformers, bf16-mixed, the tiny addition data, micro 4 x global 16.
 # Raw output: docs/benchmarks/zero-memory-YYYYMMDD.txt
 #   PYTHON=/path/to/python-with-transformers scripts/bench_zero_memory.sh [RANKS]
 set -euo pipefail
@@ -38,6 +40,7 @@ run() { # stage
 }
 run 1
 run 2
+run 3
 {
   echo "# ZeRO memory benchmark $(date '+%Y-%m-%d %H:%M'), $(nproc) cpus, $ranks ranks, load average $(cut -d' ' -f1 /proc/loadavg) at the end"
   echo "# 16-layer untied Llama, 11.7M parameters, bf16-mixed, micro 4 x global 16, 6 steps; tok/s = mean of steps 2-6"
@@ -45,20 +48,26 @@ run 2
 import json, re, sys
 ranks = int(sys.argv[1])
 rows = {}
-for stage in (1, 2):
+for stage in (1, 2, 3):
     log = open(f"z{stage}.log").read()
-    grads = [int(g) for g in re.findall(r"rank \d+: parameters \d+, gradients (\d+),", log)]
+    mem = [(int(p), int(g)) for p, g in re.findall(r"rank \d+: parameters (\d+), gradients (\d+),", log)]
+    params, grads = max(m[0] for m in mem), max(m[1] for m in mem)
     peak = json.load(open(f"runs/z{stage}/summary.json"))["peak_memory_bytes"]
     steps = [json.loads(l) for l in open(f"runs/z{stage}/metrics.jsonl") if '"loss"' in l]
     tok_s = sum(s["tok_s"] for s in steps[1:]) / len(steps[1:])
-    rows[stage] = (max(grads), peak, tok_s, [s["loss"] for s in steps])
-    print(f"ZeRO {stage}: gradient bytes (largest rank, estimate) {max(grads):>11,}  peak held {peak / 2**20:8.2f} MiB  {tok_s:8.1f} tok/s")
-(g1, p1, t1, l1), (g2, p2, t2, l2) = rows[1], rows[2]
-print(f"ZeRO 2 / ZeRO 1: gradient bytes x{g2 / g1:.3f}, peak x{p2 / p1:.3f}, tok/s x{t2 / t1:.3f}; losses {'identical' if l1 == l2 else 'DIFFER'}")
+    rows[stage] = (grads, params, peak, tok_s, [s["loss"] for s in steps])
+    print(f"ZeRO {stage}: gradient bytes {grads:>11,}  parameter bytes {params:>11,} (largest rank, estimate)"
+          f"  peak held {peak / 2**20:8.2f} MiB  {tok_s:8.1f} tok/s")
+for a, b in ((1, 2), (2, 3)):
+    (ga, pa, qa, ta, la), (gb, pb, qb, tb, lb) = rows[a], rows[b]
+    print(f"ZeRO {b} / ZeRO {a}: gradient bytes x{gb / ga:.3f}, parameter bytes x{pb / pa:.3f}, peak x{qb / qa:.3f}, "
+          f"tok/s x{tb / ta:.3f}; losses {'identical' if la == lb else 'DIFFER'}")
 PY
-  if cmp -s runs/z1/final/model.safetensors runs/z2/final/model.safetensors; then
-    echo "final/model.safetensors: the same bytes at ZeRO 1 and 2"
-  else
-    echo "final/model.safetensors: DIFFERENT at ZeRO 1 and 2"
-  fi
+  for stage in 2 3; do
+    if cmp -s runs/z1/final/model.safetensors "runs/z$stage/final/model.safetensors"; then
+      echo "final/model.safetensors: the same bytes at ZeRO 1 and $stage"
+    else
+      echo "final/model.safetensors: DIFFERENT at ZeRO 1 and $stage"
+    fi
+  done
 } | tee "$root/$out"
