@@ -583,9 +583,10 @@ static void drop_half_copies(model *m) {
 static int add_half_copies(model *m, model_precision p, ct_error *err) {
     plan_half_layout(m, p);
     /* ZeRO 3: the gathered weights' copies go to the layer buffers, at the offsets the
-     * layer's own arena would give them (every layer has the same shapes) */
-    size_t total = 0, *in_layer = calloc((size_t)m->cfg.num_hidden_layers, sizeof *in_layer);
-    if (!in_layer) return ct_fail(err, "model: out of memory");
+     * layer's own arena would give them (every layer has the same shapes; a layer's
+     * parameters are neighbours, so one running offset restarts at each layer) */
+    size_t total = 0, in_layer = 0;
+    int layer = -1;
     m->layer_half_numel = 0;
     for (int i = 0; i < m->n_params; i++) {
         const model_param *q = &m->params[i];
@@ -593,28 +594,31 @@ static int add_half_copies(model *m, model_precision p, ct_error *err) {
         const size_t n = (size_t)q->half_rows * (size_t)q->half_ld;
         if (!q->gathered) {
             total += n;
-        } else if ((in_layer[q->layer] += n) > m->layer_half_numel) {
-            m->layer_half_numel = in_layer[q->layer];
+            continue;
         }
+        in_layer = q->layer == layer ? in_layer + n : n;
+        layer = q->layer;
+        if (in_layer > m->layer_half_numel) m->layer_half_numel = in_layer;
     }
     total += 2 * m->layer_half_numel;
     if (!(m->half_arena = m->k->alloc((total ? total : 1) * sizeof(uint16_t)))) {
-        free(in_layer);
         drop_half_copies(m);
         return ct_fail(err, "model: cannot allocate %zu bytes of 16-bit weight copies on the %s backend",
                        total * sizeof(uint16_t), m->k->name);
     }
     m->layer_halves[0] = m->half_arena + (total - 2 * m->layer_half_numel);
     m->layer_halves[1] = m->layer_halves[0] + m->layer_half_numel;
-    memset(in_layer, 0, (size_t)m->cfg.num_hidden_layers * sizeof *in_layer);
     size_t at = 0;
+    layer = -1;
     for (int i = 0; i < m->n_params; i++) {
         model_param *q = &m->params[i];
         if (!has_own_half(m, q, p)) continue;
         const size_t n = (size_t)q->half_rows * (size_t)q->half_ld;
         if (q->gathered) {
-            q->half = m->layer_halves[q->layer % 2] + in_layer[q->layer];
-            in_layer[q->layer] += n;
+            in_layer = q->layer == layer ? in_layer : 0;
+            layer = q->layer;
+            q->half = m->layer_halves[q->layer % 2] + in_layer;
+            in_layer += n;
             continue;
         }
         q->half = m->half_arena + at;
@@ -624,7 +628,6 @@ static int add_half_copies(model *m, model_precision p, ct_error *err) {
             m->k->to_half_2d(model_half_format(p), q->half, q->half_ld, q->data, (int)q->shape[1],
                              (int)q->shape[0], (int)q->shape[1], 1.0f);
     }
-    free(in_layer);
     m->half_numel = total;
     m->precision = p;
     if (alloc_adapter_casts(m, err)) {
