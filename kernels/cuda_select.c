@@ -53,6 +53,7 @@ static const kernels cuda_backend = {
     .embedding_fwd_half = cuda_embedding_fwd_half,
     .to_half_2d = cuda_to_half_2d,
     .to_half_2d_many = cuda_to_half_2d_many,
+    .nf4_to_half_2d = cuda_nf4_to_half_2d,
     .gemm_half = cuda_gemm_half,
     .gemm_half_add = cuda_gemm_half_add,
     .gemm_half_to_half = cuda_gemm_half_to_half,

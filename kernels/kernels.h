@@ -217,6 +217,14 @@ typedef struct kernels {
      * step's refresh (every LoRA adapter's A and scaling * B inside its base weight's copy,
      * 2 x 7 per layer) cost one launch instead of hundreds. */
     void (*to_half_2d_many)(kernels_half_format fmt, const kernels_half_block *blocks, int n);
+    /* Reads back an NF4-quantized [rows, cols] weight (kernels/nf4.h: codes packed two to a
+     * byte in bitsandbytes' order, absmax per NF4_BLOCK values of the flattened weight) into a
+     * 16-bit matrix with row stride ld_out (>= cols): for e = i*cols + j,
+     * out[i*ld_out + j] = to_half(NF4_VALUES[code e] * absmax[e / NF4_BLOCK]), one fp32
+     * multiply then to_half's rounding; out's other elements are untouched. How a 4-bit
+     * LoRA base (QLoRA) reaches the GEMMs, one layer at a time (train/model.c). */
+    void (*nf4_to_half_2d)(kernels_half_format fmt, uint16_t *out, int ld_out, const uint8_t *codes,
+                           const float *absmax, int rows, int cols);
     /* gemm (same layout, transposes, leading dimensions and beta == 0 rule) with A and B in
      * 16-bit format fmt and C in fp32. A product of two 16-bit values is exact in fp32 and the
      * sums are fp32 (tensor cores on a GPU), so backends differ only in summation order. */

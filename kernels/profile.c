@@ -226,6 +226,12 @@ static void p_to_half_2d(kernels_half_format fmt, uint16_t *out, int ld_out, con
 static void p_to_half_2d_many(kernels_half_format fmt, const kernels_half_block *blocks, int n) {
     TIMED(0, 0, prof.inner->to_half_2d_many(fmt, blocks, n), "to_half_2d_many %s (%d blocks)", fmt_name(fmt), n);
 }
+/* Half a byte of code, 2 bytes out, and a 4-byte absmax per 64 values. */
+static void p_nf4_to_half_2d(kernels_half_format fmt, uint16_t *out, int ld_out, const uint8_t *codes,
+                             const float *absmax, int rows, int cols) {
+    TIMED(0, 2.5625 * rows * cols, prof.inner->nf4_to_half_2d(fmt, out, ld_out, codes, absmax, rows, cols),
+          "nf4_to_half_2d %s", fmt_name(fmt));
+}
 static void p_gemm_half(kernels_half_format fmt, bool ta, bool tb, int m, int n, int k, float alpha,
                         const uint16_t *a, int lda, const uint16_t *b, int ldb, float beta, float *c, int ldc) {
     TIMED(2.0 * m * n * k, 0, prof.inner->gemm_half(fmt, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc),
@@ -369,6 +375,7 @@ int kernels_profile_start(const kernels *inner, const kernels **out, ct_error *e
         .embedding_fwd_half = p_embedding_fwd_half,
         .to_half_2d = p_to_half_2d,
         .to_half_2d_many = p_to_half_2d_many,
+        .nf4_to_half_2d = p_nf4_to_half_2d,
         .gemm_half = p_gemm_half,
         .gemm_half_add = p_gemm_half_add,
         .gemm_half_to_half = p_gemm_half_to_half,

@@ -137,6 +137,10 @@ static void shadow_to_half_2d_many(kernels_half_format fmt, const kernels_half_b
         cpu_to_half_2d(fmt, RH(b->out), b->ld_out, RCF(b->x), b->ld_x, b->rows, b->cols, b->scale);
     }
 }
+static void shadow_nf4_to_half_2d(kernels_half_format fmt, uint16_t *out, int ld_out, const uint8_t *codes,
+                                  const float *absmax, int rows, int cols) {
+    cpu_nf4_to_half_2d(fmt, RH(out), ld_out, REAL(const uint8_t *, codes), RCF(absmax), rows, cols);
+}
 static void shadow_gemm_half(kernels_half_format fmt, bool ta, bool tb, int m, int n, int k, float alpha,
                              const uint16_t *a, int lda, const uint16_t *b, int ldb, float beta, float *c,
                              int ldc) {
@@ -254,6 +258,7 @@ static const kernels shadow_backend = {
     .embedding_fwd_half = shadow_embedding_fwd_half,
     .to_half_2d = shadow_to_half_2d,
     .to_half_2d_many = shadow_to_half_2d_many,
+    .nf4_to_half_2d = shadow_nf4_to_half_2d,
     .gemm_half = shadow_gemm_half,
     .gemm_half_add = shadow_gemm_half_add,
     .gemm_half_to_half = shadow_gemm_half_to_half,

@@ -3,14 +3,16 @@
 # benchmarks compare against, creating it on first use:
 #   scripts/python_env.sh     -> .venv/bin/python (made with pip from PyPI, ~6 GB, ~5 min once)
 # $CTUNE_PYTHON, when set to a Python that already imports the peers, is used as it is (without
-# tensorboard, tests/interop_tensorboard.sh then skips). Versions are pinned so that CI compares
-# against the same peers every run.
+# tensorboard or bitsandbytes, tests/interop_tensorboard.sh or interop_nf4.sh then skips).
+# Versions are pinned so that CI compares against the same peers every run.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 packages=(torch==2.15.0 transformers==5.23.0 peft==0.21.2 safetensors==0.8.0
-          tokenizers==0.23.3 huggingface_hub==2.4.0 tensorboard==2.21.0 numpy pyyaml)
+          tokenizers==0.23.3 huggingface_hub==2.4.0 tensorboard==2.21.0 bitsandbytes==0.50.2 numpy pyyaml)
 probe='import torch, transformers, peft, safetensors, tokenizers, huggingface_hub, numpy, yaml'
-venv_probe="$probe, tensorboard" # the reader tests/interop_tensorboard.sh checks ctune's event files with
+# the reader tests/interop_tensorboard.sh checks ctune's event files with, and the NF4 quantizer
+# tests/interop_nf4.sh checks ctune's against
+venv_probe="$probe, tensorboard, bitsandbytes"
 if [ -n "${CTUNE_PYTHON:-}" ] && "$CTUNE_PYTHON" -c "$probe" 2>/dev/null; then
   echo "$CTUNE_PYTHON"
   exit 0

@@ -41,6 +41,8 @@ runs=(
   "lora-bf16-micro1|1|lora|precision=bf16-mixed train.micro_batch_size=1 train.global_batch_size=4"
   "full-z2-bf16-micro1|4|full|precision=bf16-mixed distributed.zero_stage=2 train.micro_batch_size=1 train.global_batch_size=4"
   "full-z3-bf16-ckpt|2|full|precision=bf16-mixed distributed.zero_stage=3 train.activation_checkpointing=true"
+  "qlora-bf16|1|lora|precision=bf16-mixed lora.quantize_base=nf4"
+  "qdora-fp16-z2|2|lora|precision=fp16-mixed lora.quantize_base=nf4 lora.use_dora=true distributed.zero_stage=2"
 )
 for spec in "${runs[@]}"; do
   IFS='|' read -r name ranks recipe overrides <<< "$spec"

@@ -5,7 +5,8 @@
 # run takes: LoRA with dropout and full fine-tuning, 1 and 2 ranks, ZeRO 0/1/2, packing,
 # activation checkpointing, periodic checkpoints, resume, evaluation with answer accuracy, and
 # bf16-mixed at ZeRO 2 (sharded fp32 weights: their 16-bit all-gather and the checkpoint gather)
-# and ZeRO 3 (the layers' 16-bit weights gathered layer by layer, evaluation in rounds).
+# and ZeRO 3 (the layers' 16-bit weights gathered layer by layer, evaluation in rounds), and
+# QLoRA (the 4-bit base quantized on the host at load, read back a layer at a time).
 # Each run must write the same bytes as the same run on the plain CPU backend.
 set -euo pipefail
 src=${CTUNE_SOURCE_DIR:?}
@@ -25,6 +26,7 @@ cases=(
   "full-z1-ckpt|2|full|distributed.zero_stage=1 train.activation_checkpointing=true"
   "full-z2-bf16-sharded|2|full|distributed.zero_stage=2 precision=bf16-mixed"
   "full-z3-bf16-gathered|2|full|distributed.zero_stage=3 precision=bf16-mixed"
+  "qlora-bf16-dropout|1|lora|lora.quantize_base=nf4 precision=bf16-mixed lora.dropout=0.1"
 )
 for case in "${cases[@]}"; do
   IFS='|' read -r name ranks recipe extra <<< "$case"

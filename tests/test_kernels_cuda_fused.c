@@ -1,6 +1,7 @@
 /* The CUDA backend's producers of 16-bit GEMM operands (kernels.h: rmsnorm_fwd_half,
  * rmsnorm_bwd_half, rope_fwd_half, rope_bwd_half, swiglu_fwd_half, swiglu_bwd_half,
- * cross_entropy_half, and the strided casts to_half_2d, to_half_2d_many), label gpu, exit 77 = skipped where no GPU is usable. Every
+ * cross_entropy_half, the strided casts to_half_2d, to_half_2d_many and QLoRA's read-back
+ * nf4_to_half_2d), label gpu, exit 77 = skipped where no GPU is usable. Every
  * case runs in both formats with every output poisoned first (all bytes 0xFF: a NaN in fp32,
  * bf16 and fp16), and checks three things:
  *  (a) against the CPU reference: fp32 outputs to the relative tolerance of
@@ -25,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/nf4.h"
 #include "tests/kernel_compare.h"
 
 static const kernels *C; /* the CPU reference */
@@ -480,6 +482,50 @@ static void test_to_half_2d_many(void) {
     free(a), free(b), free(x_long);
 }
 
+/* ------------------------------------------------------------------ nf4_to_half_2d */
+/* A QLoRA weight's read-back (kernels/nf4.h) into a strided 16-bit matrix: the CPU's bits
+ * exactly, the columns between the rows and the margins untouched. Codes from nf4_quantize of
+ * random values (zero blocks and a short last block included); shapes take the 8-wide path
+ * (cols and ld multiples of 8, aligned views) and the scalar one (odd cols, an odd count,
+ * views off alignment, ld not a multiple of 8). */
+static void nf4_case(kernels_half_format fmt, int rows, int cols, int ld, size_t code_off, size_t out_off) {
+    const size_t n = (size_t)rows * cols, n_out = rows ? (size_t)(rows - 1) * ld + cols : 0;
+    const size_t code_bytes = nf4_code_bytes(n), blocks = nf4_block_count(n);
+    char what[128];
+    snprintf(what, sizeof what, "nf4_to_half_2d %s rows %d cols %d ld %d offsets %zu/%zu", fmt_name(fmt), rows, cols,
+             ld, code_off, out_off);
+    float *x = host_rand(n ? n : 1, -2, 2);
+    for (size_t i = 0; i < n && i < NF4_BLOCK; i++) x[i] = 0.0f; /* a zero block */
+    uint8_t *codes = malloc(code_bytes + 1);
+    float *absmax = malloc((blocks + 1) * sizeof(float));
+    nf4_quantize(x, n, codes, absmax);
+    uint16_t *want = host_poison16(n_out ? n_out : 1);
+    C->nf4_to_half_2d(fmt, want, ld, codes, absmax, rows, cols);
+    dbuf dcodes = db_input(codes, code_bytes, 1, code_off), dabs = db_input(absmax, blocks, 4, 0);
+    dbuf dout = db_poison(n_out, 2, out_off);
+    G->nf4_to_half_2d(fmt, at(dout), ld, at(dcodes), at(dabs), rows, cols);
+    compare_exact(G, what, at(dout), want, n_out * 2);
+    db_check_margins(what, dout);
+    db_free(dcodes), db_free(dabs), db_free(dout);
+    free(x), free(codes), free(absmax), free(want);
+}
+
+static void test_nf4_to_half_2d(void) {
+    seed(26);
+    for (int f = 0; f < 2; f++) {
+        const kernels_half_format fmt = formats[f];
+        nf4_case(fmt, 48, 128, 128, 0, 0);      /* contiguous, 8-wide */
+        nf4_case(fmt, 48, 128, 168, 0, 0);      /* a fused copy's wider rows, 8-wide */
+        nf4_case(fmt, 33, 96, 100, 0, 0);       /* ld not a multiple of 8: scalar */
+        nf4_case(fmt, 33, 96, 104, 1, 0);       /* codes off alignment: scalar */
+        nf4_case(fmt, 33, 96, 104, 0, 2);       /* output off alignment: scalar */
+        nf4_case(fmt, 7, 37, 41, 0, 0);         /* odd cols and count, a short last block */
+        nf4_case(fmt, 1, 1, 1, 0, 0);
+        nf4_case(fmt, 0, 8, 8, 0, 0);           /* nothing to write */
+        nf4_case(fmt, 600, 2048, 2048 + 32, 0, 0); /* more units than the grid: the loop strides */
+    }
+}
+
 /* ------------------------------------------------------------------ swiglu_fwd_half */
 /* [rows, cols], the 16-bit outputs (out_half here, dgate_half and dup_half below) ld apart
  * (ld == cols: contiguous), every other tensor contiguous. in_off / out_off: where the input
@@ -772,7 +818,7 @@ int main(void) {
                       both[b]->rope_fwd_half &&
                       both[b]->rope_bwd_half && both[b]->swiglu_fwd_half &&
                       both[b]->swiglu_bwd_half && both[b]->cross_entropy_half &&
-                      both[b]->to_half_2d,
+                      both[b]->to_half_2d && both[b]->nf4_to_half_2d,
                   "the %s backend lacks one of the 16-bit producers", both[b]->name);
     if (check_failed_count) return check_summary("test_kernels_cuda_fused");
     test_rmsnorm_fwd_half();
@@ -782,6 +828,7 @@ int main(void) {
     test_cross_entropy_half();
     test_to_half_2d();
     test_to_half_2d_many();
+    test_nf4_to_half_2d();
     test_fused_errors();
     check_status("end of tests");
     return check_summary("test_kernels_cuda_fused");

@@ -734,8 +734,9 @@ static void test_grad_buckets(const kernels *k, bool mixed_only) {
                 const size_t trainable = model_trainable_numel(&c, lora, &err);
                 const model_shard shard = {trainable / 3, trainable / 2};
                 const bool sharded = precision != MODEL_FP32 && mode == FULL && tied;
-                const model_layout whole = {precision, sharded ? &shard : NULL, false};
-                const model_layout bucketed = {precision, sharded ? &shard : NULL, true};
+                const model_layout whole = {.precision = precision, .shard = sharded ? &shard : NULL};
+                const model_layout bucketed = {.precision = precision, .shard = sharded ? &shard : NULL,
+                                               .grad_buckets = true};
                 model ref, m;
                 CHECK_MSG(model_create_as(&ref, &c, lora, k, &whole, &err) == 0, "%s", err.msg);
                 CHECK_MSG(model_create_as(&m, &c, lora, k, &bucketed, &err) == 0, "%s", err.msg);

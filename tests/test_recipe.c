@@ -300,6 +300,13 @@ static void test_load_errors(void) {
     EXPECT_ERROR("z3_lora.yaml", MINIMAL "method: lora\nprecision: bf16-mixed\ndistributed:\n  zero_stage: 3\n",
                  "z3_lora.yaml: distributed.zero_stage 3 shards trained weights, and LoRA trains only its adapters");
     EXPECT_ERROR("z4.yaml", MINIMAL "distributed:\n  zero_stage: 4\n", "distributed.zero_stage");
+    EXPECT_ERROR("nf4_fp32.yaml", MINIMAL "lora:\n  quantize_base: nf4\n",
+                 "nf4_fp32.yaml: lora.quantize_base nf4 reads the 4-bit base back into the 16-bit copies mixed "
+                 "precision multiplies with, so it needs precision bf16-mixed or fp16-mixed");
+    EXPECT_ERROR("nf4_full.yaml", MINIMAL "method: full\nprecision: bf16-mixed\nlora:\n  quantize_base: nf4\n",
+                 "nf4_full.yaml: lora.quantize_base nf4 holds a frozen base in 4 bits, so it needs method lora");
+    EXPECT_ERROR("nf8.yaml", MINIMAL "lora:\n  quantize_base: nf8\n",
+                 "nf8.yaml:6: lora.quantize_base: 'nf8' is not one of none, nf4");
 
     recipe r;
     ct_error err = {{0}};

@@ -640,9 +640,9 @@ static void test_bucketed_step(bool tied, model_precision precision) {
     const size_t n = model_trainable_numel(&cfg, NULL, &err);
     const model_shard all = {0, n};
     const bool mixed = precision != MODEL_FP32;
-    const model_layout layouts[3] = {{precision, mixed ? &all : NULL, false, false},
-                                     {precision, mixed ? &all : NULL, true, false},
-                                     {precision, &all, true, true}};
+    const model_layout layouts[3] = {{.precision = precision, .shard = mixed ? &all : NULL},
+                                     {.precision = precision, .shard = mixed ? &all : NULL, .grad_buckets = true},
+                                     {.precision = precision, .shard = &all, .grad_buckets = true, .gather_layers = true}};
     const int n_models = mixed ? 3 : 2;
     model models[3];
     for (int w = 0; w < n_models; w++)

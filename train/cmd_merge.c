@@ -8,10 +8,12 @@
  * its shard before the next is read. */
 #include <ctype.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/nf4.h"
 #include "peft/lora.h"
 #include "train/checkpoint.h"
 #include "train/cli.h"
@@ -37,7 +39,11 @@ static void merge_usage(FILE *out) {
             "  -o, --output DIR         the output folder (replaced atomically)\n"
             "  --dtype float32|bfloat16|float16\n"
             "                           output dtype (default: the base's stored dtype)\n"
-            "  --max-shard-bytes N      shard the weights beyond N bytes (default 5000000000)\n");
+            "  --max-shard-bytes N      shard the weights beyond N bytes (default 5000000000)\n"
+            "  --quantize-base nf4      merge into the base a QLoRA run (lora.quantize_base: nf4)\n"
+            "                           trained on: the decoder layers' Linear weights NF4-quantized\n"
+            "                           and read back, so the merged model computes what the adapter\n"
+            "                           was trained with (without it, the full-precision base)\n");
 }
 
 /* One output tensor: where it comes from and, when adapted, its adapter tensors. */
@@ -54,6 +60,10 @@ typedef struct merge_state {
     float scaling;
     /* fp32 scratch, each the size of the largest of its kind (magnitude only with DoRA) */
     float *weight, *lora_a, *lora_b, *magnitude;
+    /* --quantize-base nf4: scratch for the largest weight's codes and absmaxes */
+    bool nf4_base;
+    uint8_t *nf4_codes;
+    float *nf4_absmax;
 } merge_state;
 
 static bool is_float_dtype(st_dtype dtype) {
@@ -171,11 +181,20 @@ static int fetch_merged(void *ctx, int index, void *out, ct_error *err) {
     merge_state *s = ctx;
     const merge_tensor *t = &s->tensors[index];
     const st_tensor *w = t->base;
-    if (!t->lora_a && t->out_dtype == w->dtype) { /* unadapted, same dtype: the bytes as stored */
+    const bool quantized = s->nf4_base && model_nf4_quantizes(w->name, w->ndim);
+    if (!t->lora_a && !quantized && t->out_dtype == w->dtype) { /* the bytes as stored */
         if (w->nbytes) memcpy(out, w->data, (size_t)w->nbytes);
         return 0;
     }
     if (st_read_f32(w, s->weight, err)) return -1;
+    if (quantized) { /* what the QLoRA run multiplied with: the weight's NF4 read-back */
+        for (uint64_t i = 0; i < w->numel; i++)
+            if (!isfinite(s->weight[i]))
+                return ct_fail(err, "base tensor '%s' holds %g at index %llu; NF4 needs finite weights", w->name,
+                               (double)s->weight[i], (unsigned long long)i);
+        nf4_quantize(s->weight, (size_t)w->numel, s->nf4_codes, s->nf4_absmax);
+        nf4_dequantize(s->nf4_codes, s->nf4_absmax, (size_t)w->numel, s->weight);
+    }
     if (t->lora_a) {
         if (st_read_f32(t->lora_a, s->lora_a, err) || st_read_f32(t->lora_b, s->lora_b, err))
             return -1;
@@ -252,6 +271,10 @@ static int write_merge_card(const char *dir, const merge_job *job, ct_error *err
                  : "W + scaling * B A ",
             dora ? "(DoRA, " : "(", job->lora.r, (double)job->lora.alpha, (double)job->state.scaling,
             job->lora.use_rslora ? ", rsLoRA" : "", torch_from_dtype(job->config_dtype));
+    if (job->state.nf4_base)
+        fputs("\nThe base's decoder-layer Linear weights were first quantized to NF4 (blocks of 64) and read "
+              "back (`--quantize-base nf4`): the weights the QLoRA run that trained the adapter multiplied with.\n",
+              f);
     fputs("\nLoad it with `transformers.AutoModelForCausalLM.from_pretrained` like any model; "
           "no peft needed.\n",
           f);
@@ -337,7 +360,12 @@ static int plan_merge(merge_job *job, const st_model_files *base, const st_file 
     s->lora_a = malloc((size_t)max_a * sizeof(float));
     s->lora_b = malloc((size_t)max_b * sizeof(float));
     s->magnitude = malloc((size_t)max_magnitude * sizeof(float));
-    if (!s->weight || !s->lora_a || !s->lora_b || !s->magnitude)
+    if (s->nf4_base) {
+        s->nf4_codes = malloc(nf4_code_bytes((size_t)max_weight));
+        s->nf4_absmax = malloc(nf4_block_count((size_t)max_weight) * sizeof(float));
+    }
+    if (!s->weight || !s->lora_a || !s->lora_b || !s->magnitude ||
+        (s->nf4_base && (!s->nf4_codes || !s->nf4_absmax)))
         return ct_fail(err, "out of memory for a %llu-element tensor",
                        (unsigned long long)max_weight);
 
@@ -392,6 +420,8 @@ static void free_job(merge_job *job) {
     free(job->state.lora_a);
     free(job->state.lora_b);
     free(job->state.magnitude);
+    free(job->state.nf4_codes);
+    free(job->state.nf4_absmax);
     free(job->descs);
     model_config_free(&job->cfg);
 }
@@ -424,6 +454,12 @@ int cmd_merge(int argc, char **argv) {
                                 "integer\n", argv[i]);
                 return 2;
             }
+        } else if (!strcmp(arg, "--quantize-base") && has_value) {
+            if (strcmp(argv[++i], "nf4") != 0) {
+                fprintf(stderr, "ctune merge: --quantize-base '%s': expected nf4\n", argv[i]);
+                return 2;
+            }
+            job.state.nf4_base = true;
         } else if (arg[0] == '-') {
             fprintf(stderr, "ctune merge: unknown option '%s'%s\n\n", arg,
                     has_value ? "" : " (or missing value)");

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/nf4.h"
 #include "train/model_internal.h"
 #include "train/safetensors.h"
 #include "train/splitmix.h"
@@ -170,6 +171,7 @@ static void build_params(model *m) {
 static bool half_only(const model *m, const model_param *p);
 static bool is_gemm_weight(const model *m, const model_param *p);
 static int add_half_copies(model *m, model_precision p, ct_error *err);
+static int add_nf4_codes(model *m, ct_error *err);
 static void upload_adapter_casts(model *m);
 static void write_fused_adapters(model *m);
 
@@ -260,7 +262,7 @@ float *model_param_fp32(const model_param *p, size_t i) {
 
 int model_create_in(model *m, const model_config *cfg, const lora_settings *lora, const kernels *k,
                     model_precision precision, const model_shard *shard, ct_error *err) {
-    const model_layout layout = {precision, shard, false, false};
+    const model_layout layout = {.precision = precision, .shard = shard};
     return model_create_as(m, cfg, lora, k, &layout, err);
 }
 
@@ -307,7 +309,11 @@ int model_create_as(model *m, const model_config *cfg, const lora_settings *lora
         return model_free(m), ct_fail(err, "model: fp32 weights are sharded only in mixed precision");
     if (layout->gather_layers && !shard)
         return model_free(m), ct_fail(err, "model: layer-by-layer weights (ZeRO 3) need sharded fp32 weights");
+    if (layout->nf4_base && (!m->has_lora || precision == MODEL_FP32 || layout->gather_layers))
+        return model_free(m), ct_fail(err, "model: a 4-bit (NF4) base needs LoRA adapters and mixed precision "
+                                           "(its weights are read back into 16-bit copies), without ZeRO 3");
     m->gather_layers = layout->gather_layers;
+    m->nf4_base = layout->nf4_base;
     m->layer_held[0] = m->layer_held[1] = -1;
     if (cfg->raw_json && !(m->cfg.raw_json = cJSON_Duplicate((const cJSON *)cfg->raw_json, true)))
         return model_free(m), ct_fail(err, "model: out of memory copying config.json");
@@ -389,6 +395,10 @@ int model_create_as(model *m, const model_config *cfg, const lora_settings *lora
     model_rope_inv_freq(&m->cfg, inv_freq);
     k->upload(s->inv_freq, inv_freq, (size_t)half * sizeof(float));
     free(inv_freq);
+    if (m->nf4_base && add_nf4_codes(m, err)) {
+        model_free(m);
+        return -1;
+    }
     if (mixed) {
         if (add_half_copies(m, precision, err)) {
             model_free(m);
@@ -558,7 +568,8 @@ static void upload_adapter_casts(model *m) {
 
 /* Rounds A and scaling * B of every fused adapter into its base weight's padded copy. */
 static void write_fused_adapters(model *m) {
-    if (m->n_adapter_casts > 0)
+    /* QLoRA: the casts point into the layer buffers; each layer's turn writes its own */
+    if (m->n_adapter_casts > 0 && !m->nf4_base)
         m->k->to_half_2d_many(model_half_format(m->precision), m->adapter_casts, m->n_adapter_casts);
 }
 
@@ -576,14 +587,18 @@ static void drop_half_copies(model *m) {
     plan_half_layout(m, MODEL_FP32);
 }
 
+/* Whether q's 16-bit copy lives in its layer's buffer (ZeRO 3's gathered weights, QLoRA's
+ * quantized ones) rather than in a place of its own. */
+static bool in_layer_buffer(const model_param *q) { return q->gathered || q->quantized; }
+
 /* The 16-bit copies for precision p, rounded from the fp32 values where a parameter has them
  * (zero otherwise: the arena starts zero-filled), and the fused adapters' casts; sets
  * m->precision. The casts' pointers are uploaded by the caller, once the fp32 weights are
  * where they stay. */
 static int add_half_copies(model *m, model_precision p, ct_error *err) {
     plan_half_layout(m, p);
-    /* ZeRO 3: the gathered weights' copies go to the layer buffers, at the offsets the
-     * layer's own arena would give them (every layer has the same shapes; a layer's
+    /* ZeRO 3 and QLoRA: the gathered or quantized weights' copies go to the layer buffers,
+     * at the offsets the layer's own arena would give them (every layer has the same shapes; a layer's
      * parameters are neighbours, so one running offset restarts at each layer) */
     size_t total = 0, in_layer = 0;
     int layer = -1;
@@ -592,7 +607,7 @@ static int add_half_copies(model *m, model_precision p, ct_error *err) {
         const model_param *q = &m->params[i];
         if (!has_own_half(m, q, p)) continue;
         const size_t n = (size_t)q->half_rows * (size_t)q->half_ld;
-        if (!q->gathered) {
+        if (!in_layer_buffer(q)) {
             total += n;
             continue;
         }
@@ -614,7 +629,7 @@ static int add_half_copies(model *m, model_precision p, ct_error *err) {
         model_param *q = &m->params[i];
         if (!has_own_half(m, q, p)) continue;
         const size_t n = (size_t)q->half_rows * (size_t)q->half_ld;
-        if (q->gathered) {
+        if (in_layer_buffer(q)) {
             in_layer = q->layer == layer ? in_layer : 0;
             layer = q->layer;
             q->half = m->layer_halves[q->layer % 2] + in_layer;
@@ -638,9 +653,49 @@ static int add_half_copies(model *m, model_precision p, ct_error *err) {
     return 0;
 }
 
+bool model_nf4_quantizes(const char *name, int ndim) {
+    return ndim == 2 && !strncmp(name, "model.layers.", 13) && !strstr(name, ".lora_");
+}
+
+/* QLoRA: the weights held in 4 bits, the layers' frozen Linear weights. */
+static bool quantizable(const model_param *p) {
+    return !p->trainable && model_nf4_quantizes(p->name, p->ndim);
+}
+
+static size_t round_up_16(size_t n) { return (n + 15) / 16 * 16; }
+
+/* Marks them quantized and places them in one backend allocation: every weight's codes (each
+ * 16-byte aligned, for wide loads), then every weight's absmaxes. Zero until loaded. */
+static int add_nf4_codes(model *m, ct_error *err) {
+    size_t code_bytes = 0, blocks = 0;
+    for (int i = 0; i < m->n_params; i++) {
+        model_param *p = &m->params[i];
+        if (!(p->quantized = quantizable(p))) continue;
+        code_bytes += round_up_16(nf4_code_bytes(p->numel));
+        blocks += nf4_block_count(p->numel);
+    }
+    const size_t bytes = code_bytes + blocks * sizeof(float);
+    if (!(m->nf4_arena = m->k->alloc(bytes ? bytes : 1)))
+        return ct_fail(err, "model: cannot allocate %zu bytes of 4-bit (NF4) weights on the %s backend", bytes,
+                       m->k->name);
+    size_t codes_at = 0, absmax_at = code_bytes;
+    for (int i = 0; i < m->n_params; i++) {
+        model_param *p = &m->params[i];
+        if (!p->quantized) continue;
+        p->nf4_codes = m->nf4_arena + codes_at;
+        p->nf4_absmax = (float *)(void *)(m->nf4_arena + absmax_at);
+        codes_at += round_up_16(nf4_code_bytes(p->numel));
+        absmax_at += nf4_block_count(p->numel) * sizeof(float);
+    }
+    m->nf4_bytes = bytes;
+    return 0;
+}
+
 int model_set_precision(model *m, model_precision p, ct_error *err) {
     if (model_weights_sharded(m))
         return ct_fail(err, "model: a model whose fp32 weights are sharded cannot change precision");
+    if (m->nf4_base)
+        return ct_fail(err, "model: a model with a 4-bit (NF4) base cannot change precision");
     if (m->precision != MODEL_FP32 && relayout_weights(m, false, err)) return -1;
     drop_half_copies(m);
     m->precision = MODEL_FP32;
@@ -662,9 +717,51 @@ int model_set_precision(model *m, model_precision p, ct_error *err) {
  * contract), in chunks of HOST_CHUNK through a fixed buffer. */
 enum { HOST_CHUNK = 4096 };
 
+/* A quantized weight's values [offset, offset + n) (offset a multiple of NF4_BLOCK; n whole
+ * blocks or the rest of the weight) as NF4 codes and absmaxes: quantized on the host and
+ * uploaded in one piece each, or through fixed buffers a chunk at a time when the host has no
+ * room for the piece (an upload per chunk is slow on a GPU). */
+static void upload_nf4(const model *m, model_param *p, size_t offset, const float *host, size_t n) {
+    const size_t code_bytes = nf4_code_bytes(n), blocks = nf4_block_count(n);
+    uint8_t *codes = malloc(code_bytes);
+    float *absmax = malloc(blocks * sizeof(float));
+    if (codes && absmax) {
+        nf4_quantize(host, n, codes, absmax);
+        m->k->upload(p->nf4_codes + offset / 2, codes, code_bytes);
+        m->k->upload(p->nf4_absmax + offset / NF4_BLOCK, absmax, blocks * sizeof(float));
+    } else {
+        uint8_t chunk_codes[HOST_CHUNK / 2];
+        float chunk_absmax[HOST_CHUNK / NF4_BLOCK];
+        for (size_t done = 0; done < n; done += HOST_CHUNK) {
+            const size_t piece = n - done < HOST_CHUNK ? n - done : HOST_CHUNK, at = offset + done;
+            nf4_quantize(host + done, piece, chunk_codes, chunk_absmax);
+            m->k->upload(p->nf4_codes + at / 2, chunk_codes, nf4_code_bytes(piece));
+            m->k->upload(p->nf4_absmax + at / NF4_BLOCK, chunk_absmax, nf4_block_count(piece) * sizeof(float));
+        }
+    }
+    free(codes);
+    free(absmax);
+}
+
+/* A quantized weight's values as fp32: its codes read back on the host. */
+static void download_nf4(const model *m, const model_param *p, float *host) {
+    uint8_t codes[HOST_CHUNK / 2];
+    float absmax[HOST_CHUNK / NF4_BLOCK];
+    for (size_t at = 0; at < p->numel; at += HOST_CHUNK) {
+        const size_t piece = p->numel - at < HOST_CHUNK ? p->numel - at : HOST_CHUNK;
+        m->k->download(codes, p->nf4_codes + at / 2, nf4_code_bytes(piece));
+        m->k->download(absmax, p->nf4_absmax + at / NF4_BLOCK, nf4_block_count(piece) * sizeof(float));
+        nf4_dequantize(codes, absmax, piece, host + at);
+    }
+}
+
 void model_param_download(const model *m, const model_param *p, float *host) {
     if (p->data) {
         m->k->download(host, p->data, p->numel * sizeof(float));
+        return;
+    }
+    if (p->quantized) {
+        download_nf4(m, p, host);
         return;
     }
     uint16_t bits[HOST_CHUNK];
@@ -681,6 +778,10 @@ void model_param_download(const model *m, const model_param *p, float *host) {
 void model_param_upload_range(const model *m, model_param *p, size_t offset, const float *host, size_t n) {
     if (p->data) {
         m->k->upload(p->data + offset, host, n * sizeof(float));
+        return;
+    }
+    if (p->quantized) {
+        upload_nf4(m, p, offset, host, n);
         return;
     }
     if (p->master) { /* the slice of this rank's shard, then the 16-bit copy of them all */
@@ -727,12 +828,33 @@ void model_weights_changed_except(model *m, size_t begin, size_t end) {
     m->half_fresh_end = end > begin ? end : begin;
 }
 
+/* QLoRA: layer's quantized weights read back into its buffer, then its fused adapters' A and
+ * scaling * B cast beside them (their casts point into the buffer: every layer has the same
+ * number, in layer order). */
+static void read_back_layer(model *m, int layer) {
+    const model_layer *ly = &m->layers[layer];
+    const kernels_half_format fmt = model_half_format(m->precision);
+    for (int i = ly->param_begin; i < ly->param_end; i++) {
+        const model_param *p = &m->params[i];
+        if (p->quantized)
+            m->k->nf4_to_half_2d(fmt, p->half, p->half_ld, p->nf4_codes, p->nf4_absmax, (int)p->shape[0],
+                                 (int)p->shape[1]);
+    }
+    const int per_layer = m->n_adapter_casts / m->cfg.num_hidden_layers;
+    if (per_layer > 0) m->k->to_half_2d_many(fmt, m->adapter_casts + (size_t)layer * (size_t)per_layer, per_layer);
+}
+
 int model_layer_weights(model *m, int layer, ct_error *err) {
-    if (!m->gather_layers) return 0;
+    if (!m->gather_layers && !m->nf4_base) return 0;
     if (layer < 0 || layer >= m->cfg.num_hidden_layers)
         return ct_fail(err, "model: layer %d of %d", layer, m->cfg.num_hidden_layers);
     int *held = &m->layer_held[layer % 2];
     if (*held == layer) return 0;
+    if (m->nf4_base) {
+        read_back_layer(m, layer);
+        *held = layer;
+        return 0;
+    }
     if (!m->layer_weights)
         return ct_fail(err, "model: layer-by-layer weights (ZeRO 3) need a layer_weights callback to gather them");
     *held = -1; /* until the callback succeeds */
@@ -843,6 +965,7 @@ void model_free(model *m) {
     if (m->grad_held) m->k->release(m->grad_held);
     if (m->half_arena) m->k->release(m->half_arena);
     if (m->adapter_casts) m->k->release(m->adapter_casts);
+    if (m->nf4_arena) m->k->release(m->nf4_arena);
     free(m->params);
     free(m->layers);
     model_config_free(&m->cfg);
@@ -982,10 +1105,11 @@ int model_init_dora(model *m, ct_error *err) {
         rc = ct_fail(err, "model: cannot allocate %zu bytes to start the DoRA magnitudes on the %s backend",
                      (numel + 2 * (size_t)out) * sizeof(float), m->k->name);
     } else {
-        for (int l = 0; l < m->cfg.num_hidden_layers; l++)
-            for (int kind = 0; kind < LINEAR_KIND_COUNT; kind++) {
+        for (int l = 0; l < m->cfg.num_hidden_layers && rc == 0; l++)
+            for (int kind = 0; kind < LINEAR_KIND_COUNT && rc == 0; kind++) {
                 const model_linear *lin = &m->layers[l].lin[kind];
                 if (!lin->magnitude) continue;
+                if ((rc = model_layer_weights(m, l, err))) break; /* QLoRA: the base's 16-bit values */
                 model_dora_norms(m, lin, combined, norm, scale);
                 m->k->copy(lin->magnitude->data, norm, (size_t)lin->out * sizeof(float));
             }
@@ -1067,6 +1191,12 @@ int model_load_weights(model *m, const char *dir, ct_error *err) {
             status = ct_error_prefix(err, "%s: tensor '%s'", file_of(&files, t), p->name);
             break;
         }
+        /* a block's absmax would carry a NaN or infinity into every value of the block */
+        for (size_t j = 0; p->quantized && j < p->numel && status == 0; j++)
+            if (!isfinite(host[j]))
+                status = ct_fail(err, "%s: tensor '%s' holds %g at index %zu; a 4-bit (NF4) base needs finite weights",
+                                 file_of(&files, t), p->name, (double)host[j], j);
+        if (status) break;
         model_param_upload_range(m, p, 0, host, p->numel);
     }
     free(host);

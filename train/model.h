@@ -104,6 +104,13 @@ typedef struct model_param {
      * copy is not kept either: half points into the layer weight buffer its layer takes
      * turns with (model.layer_halves), valid only while model_layer_weights put it there. */
     bool gathered;
+    /* QLoRA (model_layout.nf4_base): a frozen Linear weight of a decoder layer kept only as
+     * NF4 codes and block absmaxes (kernels/nf4.h; backend memory in model.nf4_arena). Like a
+     * gathered weight its half points into its layer's buffer, which model_layer_weights
+     * fills by reading the codes back (kernels.nf4_to_half_2d) before a pass reads the layer. */
+    bool quantized;
+    uint8_t *nf4_codes;
+    float *nf4_absmax;
 } model_param;
 
 /* A ZeRO shard: the flat trainable values [begin, end) (the order of grad_arena) a rank updates. */
@@ -193,6 +200,12 @@ struct model {
     int layer_held[2];
     model_layer_weights_fn layer_weights; /* required with gather_layers */
     void *layer_weights_ctx;
+    /* QLoRA (model_layout.nf4_base): the decoder layers' frozen Linear weights are held as
+     * NF4 (model_param.quantized): codes then absmaxes, nf4_bytes of backend memory, read
+     * back into the layer buffers above (layer_halves, layer_held) one layer at a time. */
+    bool nf4_base;
+    uint8_t *nf4_arena;
+    size_t nf4_bytes;
 };
 
 /* Switches the GEMMs to precision p: allocates (or frees) the 16-bit weight copies, rounded
@@ -244,6 +257,9 @@ typedef struct model_layout {
     bool grad_buckets;        /* the backward's gradients in two layer buckets (model.grad_buckets) */
     bool gather_layers;       /* ZeRO 3: the layers' 16-bit weights gathered layer by layer
                                * (model.gather_layers); needs a shard and mixed precision */
+    bool nf4_base;            /* QLoRA: the layers' frozen Linear weights held in 4 bits (NF4)
+                               * and read back layer by layer (model.nf4_base); needs LoRA and
+                               * mixed precision, not gather_layers */
 } model_layout;
 int model_create_as(model *m, const model_config *cfg, const lora_settings *lora, const kernels *k,
                     const model_layout *layout, ct_error *err);
@@ -251,6 +267,11 @@ int model_create_as(model *m, const model_config *cfg, const lora_settings *lora
  * through its 16-bit copy (every Linear, an untied lm_head); not LoRA adapters (small, and
  * fused into their base's copy) nor the embedding table (its lookup reads fp32 rows). */
 bool model_param_shardable(const model *m, const model_param *p, model_precision precision);
+/* Whether a tensor of a Hugging Face Llama-family checkpoint is one QLoRA holds in 4 bits: a
+ * decoder layer's Linear weight (2-D, under "model.layers.", not a LoRA adapter), as
+ * bitsandbytes quantizes every Linear of the layers (the embedding and lm_head stay 16-bit).
+ * The model, ctune merge --quantize-base and the tests pick the same tensors by it. */
+bool model_nf4_quantizes(const char *name, int ndim);
 /* Trainable values of the model cfg (+ lora) would have: for shard boundaries before it exists. */
 size_t model_trainable_numel(const model_config *cfg, const lora_settings *lora, ct_error *err);
 /* fp32 values the model would hold created in its precision with shard (NULL: none): the
@@ -261,8 +282,10 @@ bool model_weights_sharded(const model *m);
 /* The decoder layers' flat trainable range [*lo, *hi): the values before it (the embedding
  * table) and after it (the final norm, lm_head) lie outside the layers. */
 void model_layers_flat_range(const model *m, size_t *lo, size_t *hi);
-/* ZeRO 3: makes layer's gathered weights present (model.layer_weights when their buffer
- * holds another layer). model_step and model_logits call it; so does model_pass_weights. */
+/* ZeRO 3 and QLoRA: makes layer's gathered or quantized weights present in its layer buffer
+ * (model.layer_weights, or reading back the NF4 codes and casting the layer's fused adapters,
+ * when the buffer holds another layer). model_step and model_logits call it; so does
+ * model_pass_weights. No-op for other models. */
 int model_layer_weights(model *m, int layer, ct_error *err);
 /* ZeRO 3: the calls of one forward pass (layers 0 .. L-1) without computing anything, for a
  * rank that has no batch while the others run a forward (evaluation: every rank must make

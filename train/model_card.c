@@ -146,6 +146,12 @@ static void body(FILE *f, const model *m, const recipe *r, bool lora, const char
         }
         fprintf(f, ": %zu trainable parameters beside %zu frozen ones.\n\n", trainable,
                 total - trainable);
+        if (m->nf4_base)
+            fputs("QLoRA: the base's decoder-layer Linear weights were held in 4 bits during training "
+                  "(NF4, blocks of 64, as bitsandbytes' `load_in_4bit` with `bnb_4bit_quant_type=\"nf4\"`). "
+                  "Load the base that way, or merge with `ctune merge --quantize-base nf4`, to use the weights "
+                  "the adapter was trained with.\n\n",
+                  f);
     } else {
         fprintf(f, "A full fine-tune of `%s` (%s, %d layers, %zu parameters, all trained), "
                    "made with ctune. Weights are stored in float32.\n\n",

@@ -342,6 +342,16 @@ int recipe_validate(const recipe *r, ct_error *err) {
                        src, r->train.eval_every);
     if (r->device == DEVICE_CPU && r->distributed.backend == DIST_BACKEND_NCCL)
         return ct_fail(err, "%s: distributed.backend nccl needs device cuda or auto", src);
+    if (r->lora.quantize_base != BASE_QUANT_NONE && r->method != METHOD_LORA)
+        return ct_fail(err,
+                       "%s: lora.quantize_base nf4 holds a frozen base in 4 bits, so it needs method lora "
+                       "(full fine-tuning trains every weight)",
+                       src);
+    if (r->lora.quantize_base != BASE_QUANT_NONE && r->precision == PRECISION_FP32)
+        return ct_fail(err,
+                       "%s: lora.quantize_base nf4 reads the 4-bit base back into the 16-bit copies mixed "
+                       "precision multiplies with, so it needs precision bf16-mixed or fp16-mixed",
+                       src);
     /* Stage 3 shards the layers' 16-bit weight copies: in fp32 there are none, and a LoRA run
      * trains adapters only (its frozen base is not sharded): stage 2 holds the same there. */
     if (r->distributed.zero_stage == 3 && r->precision == PRECISION_FP32)

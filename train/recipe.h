@@ -23,6 +23,7 @@ typedef enum { SCHEDULE_CONSTANT, SCHEDULE_LINEAR, SCHEDULE_COSINE } recipe_sche
 typedef enum { PRECISION_FP32, PRECISION_BF16_MIXED, PRECISION_FP16_MIXED } recipe_precision;
 typedef enum { DEVICE_AUTO, DEVICE_CPU, DEVICE_CUDA } recipe_device;
 typedef enum { DIST_BACKEND_AUTO, DIST_BACKEND_MPI, DIST_BACKEND_NCCL } recipe_dist_backend;
+typedef enum { BASE_QUANT_NONE, BASE_QUANT_NF4 } recipe_base_quant;
 
 typedef struct recipe {
     char source[RECIPE_PATH_MAX]; /* file it came from, for messages */
@@ -42,6 +43,7 @@ typedef struct recipe {
         double dropout;        /* default 0.0, in [0, 1) */
         bool use_rslora;       /* scaling alpha/sqrt(r) instead of alpha/r; default false */
         bool use_dora;         /* weight-decomposed LoRA (peft's use_dora); default false */
+        recipe_base_quant quantize_base; /* none (default) | nf4: QLoRA's 4-bit frozen base */
         int n_targets;         /* target_modules: names from q_proj k_proj v_proj o_proj */
         char targets[RECIPE_MAX_TARGETS][32]; /* gate_proj up_proj down_proj, or "all-linear" */
     } lora;                    /* default targets: q_proj, v_proj (peft's default for Llama) */

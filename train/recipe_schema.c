@@ -15,7 +15,8 @@
 _Static_assert(sizeof(recipe_method) == sizeof(int) && sizeof(recipe_schedule) == sizeof(int) &&
                    sizeof(recipe_precision) == sizeof(int) &&
                    sizeof(recipe_device) == sizeof(int) &&
-                   sizeof(recipe_dist_backend) == sizeof(int),
+                   sizeof(recipe_dist_backend) == sizeof(int) &&
+                   sizeof(recipe_base_quant) == sizeof(int),
                "enums are stored as int");
 
 /* clang-format off */
@@ -24,6 +25,7 @@ static const char *const SCHEDULES[] = {"constant", "linear", "cosine", NULL};
 static const char *const PRECISIONS[] = {"fp32", "bf16-mixed", "fp16-mixed", NULL};
 static const char *const DEVICES[] = {"auto", "cpu", "cuda", NULL};
 static const char *const BACKENDS[] = {"auto", "mpi", "nccl", NULL};
+static const char *const BASE_QUANTS[] = {"none", "nf4", NULL};
 static const char *const TASKS[] = {"addition", "reversal", NULL};
 static const char *const TARGETS[] = {"q_proj",    "k_proj",  "v_proj",    "o_proj",    "gate_proj",
                                       "up_proj",   "down_proj", "all-linear", NULL};
@@ -57,6 +59,9 @@ const recipe_key SCHEMA_KEYS[] = {
      .doc = "rank-stabilised scaling alpha/sqrt(r)"},
     {.path = "lora.use_dora", .type = KEY_BOOL, AT(lora.use_dora), .def = "false",
      .doc = "DoRA: a trained magnitude per output row of each adapted projection (peft's use_dora; docs/model.md)"},
+    {.path = "lora.quantize_base", .type = KEY_ENUM, AT(lora.quantize_base), .def = "none", .choices = BASE_QUANTS,
+     .doc = "nf4: QLoRA, the decoder layers' frozen Linear weights held in 4 bits (bitsandbytes' NF4, blocks of 64) "
+            "and read back into 16 bits one layer at a time; needs bf16-mixed or fp16-mixed (docs/model.md)"},
     {.path = "lora.target_modules", .type = KEY_LIST, AT(lora.targets),
      .count_offset = offsetof(recipe, lora.n_targets), .def = "[q_proj, v_proj]",
      .choices = TARGETS,

@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "kernels/cuda/cuda_status.h"
+#include "kernels/nf4.h"
 #include "kernels/profile.h"
 #include "optim/adamw.h"
 #include "optim/loss_scale.h"
@@ -204,7 +205,11 @@ static int build_model(run *x, ct_error *err) {
      * backward holds two layers' worth, not the whole gradient (model_layout); at ZeRO 3 the
      * layers' 16-bit weights are gathered from the shards likewise, two layers at a time. */
     const int stage = r->distributed.zero_stage;
-    const model_layout layout = {precision, sharding, stage >= 2, stage == 3};
+    const model_layout layout = {.precision = precision,
+                                 .shard = sharding,
+                                 .grad_buckets = stage >= 2,
+                                 .gather_layers = stage == 3,
+                                 .nf4_base = r->method == METHOD_LORA && r->lora.quantize_base == BASE_QUANT_NF4};
     if (!status) status = model_create_as(&x->m, &cfg, adapters, x->k, &layout, err);
     model_config_free(&cfg);
     if (status) return -1;
@@ -278,8 +283,9 @@ static void rank_zero_memory(const run *x, size_t trainable, int rank, zero_memo
 static size_t rank_estimate(const run *x, size_t trainable, size_t act_bytes, int rank, zero_memory *mem,
                             size_t *params) {
     rank_zero_memory(x, trainable, rank, mem);
-    /* fp32 values held (a mixed-precision LoRA base only in 16 bits) plus 16-bit copies */
-    *params = mem->param_bytes + x->m.half_numel * sizeof(uint16_t);
+    /* fp32 values held (a mixed-precision LoRA base only in 16 bits) plus 16-bit copies, and
+     * a 4-bit base's codes */
+    *params = mem->param_bytes + x->m.half_numel * sizeof(uint16_t) + x->m.nf4_bytes;
     return *params + mem->grad_bytes + mem->optim_bytes + act_bytes + kernel_scratch_bytes(x) + mem->comm_bytes;
 }
 
@@ -344,6 +350,13 @@ static void print_plan(const run *x, bool dry_run) {
                    r->optim.loss_scale_growth_interval);
         if (!strcmp(x->k->name, "cpu")) printf(" (emulated on the CPU: slower than fp32)");
         printf("\n");
+    }
+    if (x->m.nf4_base) {
+        size_t quantized = 0;
+        for (int i = 0; i < x->m.n_params; i++) quantized += x->m.params[i].quantized ? x->m.params[i].numel : 0;
+        printf("  base: the layers' %zu Linear weights in 4 bits (NF4, absmax per %d: %zu bytes), read back into "
+               "16 bits one layer at a time\n",
+               quantized, NF4_BLOCK, x->m.nf4_bytes);
     }
     printf("  batch: global %d = micro %d x ranks %d x accumulation %d; seq_len %d\n",
            r->train.global_batch_size, r->train.micro_batch_size, x->d->world_size, x->accum_steps,

@@ -43,6 +43,7 @@ static const kernels cpu_backend = {
     .from_half = cpu_from_half,
     .to_half_2d = cpu_to_half_2d,
     .to_half_2d_many = cpu_to_half_2d_many,
+    .nf4_to_half_2d = cpu_nf4_to_half_2d,
     .gemm_half = cpu_gemm_half,
     .gemm_half_add = cpu_gemm_half_add,
     .gemm_half_to_half = cpu_gemm_half_to_half,

@@ -142,6 +142,8 @@ void cuda_embedding_fwd_half(kernels_half_format fmt, float *out, const uint16_t
 void cuda_to_half_2d(kernels_half_format fmt, uint16_t *out, int ld_out, const float *x, int ld_x,
                      int rows, int cols, float scale);
 void cuda_to_half_2d_many(kernels_half_format fmt, const kernels_half_block *blocks, int n);
+void cuda_nf4_to_half_2d(kernels_half_format fmt, uint16_t *out, int ld_out, const uint8_t *codes,
+                         const float *absmax, int rows, int cols);
 void cuda_gemm_half(kernels_half_format fmt, bool trans_a, bool trans_b, int m, int n, int k,
                     float alpha, const uint16_t *a, int lda, const uint16_t *b, int ldb,
                     float beta, float *c, int ldc);

@@ -40,6 +40,7 @@
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/half_bits.cuh"
+#include "kernels/nf4.h"
 
 // ------------------------------------------------------------------ casts
 
@@ -172,6 +173,68 @@ extern "C" void cuda_to_half_2d_many(kernels_half_format fmt, const kernels_half
             CUDA_LAUNCH(grid, CUDA_THREADS, 0, to_half_2d_many_kernel<KERNELS_FP16>)(blocks + first);
         CUDA_CHECK_LAUNCH();
     }
+}
+
+// ------------------------------------------------------------------ nf4_to_half_2d
+
+__constant__ float nf4_values[16] = NF4_VALUES_INIT;
+
+// A grid-stride loop over units of W elements of the flattened weight. W = 8 where a row holds
+// whole units and every store lands aligned (cols, ld_out multiples of 8, out 16-byte and
+// codes 4-byte aligned): four code bytes in, one 16-byte store out, and a unit never crosses
+// a row or an absmax block (64 is a multiple of 8). W = 1 otherwise. Each value is one
+// __fmul_rn of the table value and its block's absmax, then half_bits: the CPU's bits.
+template <kernels_half_format F, int W>
+__global__ void nf4_to_half_2d_kernel(uint16_t *out, int ld_out, const uint8_t *codes, const float *absmax,
+                                      int cols, size_t units) {
+    for (size_t u = blockIdx.x * (size_t)blockDim.x + threadIdx.x; u < units; u += (size_t)gridDim.x * blockDim.x) {
+        const size_t e = u * W, row = e / (size_t)cols, col = e % (size_t)cols;
+        const float scale = absmax[e / NF4_BLOCK];
+        if constexpr (W == 8) {
+            const uint32_t packed = *reinterpret_cast<const uint32_t *>(codes + e / 2);
+            uint16_t h[8];
+#pragma unroll
+            for (int b = 0; b < 4; b++) {
+                const uint32_t byte = (packed >> (8 * b)) & 0xFF;
+                h[2 * b] = half_bits<F>(__fmul_rn(nf4_values[byte >> 4], scale));
+                h[2 * b + 1] = half_bits<F>(__fmul_rn(nf4_values[byte & 15], scale));
+            }
+            uint4 v;
+            v.x = h[0] | (uint32_t)h[1] << 16;
+            v.y = h[2] | (uint32_t)h[3] << 16;
+            v.z = h[4] | (uint32_t)h[5] << 16;
+            v.w = h[6] | (uint32_t)h[7] << 16;
+            *reinterpret_cast<uint4 *>(out + row * ld_out + col) = v;
+        } else {
+            const uint8_t byte = codes[e / 2];
+            const int code = e % 2 == 0 ? byte >> 4 : byte & 15;
+            out[row * ld_out + col] = half_bits<F>(__fmul_rn(nf4_values[code], scale));
+        }
+    }
+}
+
+template <kernels_half_format F>
+static void launch_nf4_to_half_2d(uint16_t *out, int ld_out, const uint8_t *codes, const float *absmax, int rows,
+                                  int cols) {
+    const size_t n = (size_t)rows * (size_t)cols;
+    const bool vec8 = cols % 8 == 0 && ld_out % 8 == 0 && (uintptr_t)out % 16 == 0 && (uintptr_t)codes % 4 == 0;
+    const size_t units = vec8 ? n / 8 : n;
+    if (vec8)
+        CUDA_LAUNCH(cuda_grid_for(units), CUDA_THREADS, 0, nf4_to_half_2d_kernel<F, 8>)(out, ld_out, codes, absmax,
+                                                                                         cols, units);
+    else
+        CUDA_LAUNCH(cuda_grid_for(units), CUDA_THREADS, 0, nf4_to_half_2d_kernel<F, 1>)(out, ld_out, codes, absmax,
+                                                                                         cols, units);
+}
+
+extern "C" void cuda_nf4_to_half_2d(kernels_half_format fmt, uint16_t *out, int ld_out, const uint8_t *codes,
+                                    const float *absmax, int rows, int cols) {
+    if (!known_format(fmt, "nf4_to_half_2d", __LINE__) || rows <= 0 || cols <= 0) return;
+    if (fmt == KERNELS_BF16)
+        launch_nf4_to_half_2d<KERNELS_BF16>(out, ld_out, codes, absmax, rows, cols);
+    else
+        launch_nf4_to_half_2d<KERNELS_FP16>(out, ld_out, codes, absmax, rows, cols);
+    CUDA_CHECK_LAUNCH();
 }
 
 // ------------------------------------------------------------------ gemm_half

@@ -50,6 +50,7 @@
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
 #define __shared__ thread_local
+#define __constant__
 #define __restrict__ __restrict
 
 struct dim3 {
@@ -92,6 +93,7 @@ void emu_check_aligned(const void *p, size_t align, const char *type);
 EMU_VECTOR_TYPE(float2, 8, float, x, y);
 EMU_VECTOR_TYPE(float4, 16, float, x, y, z, w);
 EMU_VECTOR_TYPE(uint2, 8, unsigned, x, y);
+EMU_VECTOR_TYPE(uint4, 16, unsigned, x, y, z, w);
 static inline float2 make_float2(float x, float y) {
     float2 v;
     v.x = x, v.y = y;

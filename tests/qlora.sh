@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# Integration: QLoRA, lora.quantize_base: nf4 (docs/model.md, "4-bit base"): the decoder
+# layers' frozen Linear weights held as NF4 codes and read back into 16 bits a layer at a time.
+#  1. A QLoRA run on base B is, byte for byte, plain LoRA on B' = B with those weights replaced
+#     by their NF4 read-back (tests/tools/nf4_tool base): every step's loss and gradient norm,
+#     the evaluations, the final adapter. In bf16-mixed with all-linear adapters (fused into
+#     the base GEMMs); in fp16-mixed with adapter dropout (unfused), activation checkpointing
+#     and 2 ranks at ZeRO 2; with DoRA.
+#  2. Resume: stopped at step 13 and resumed from its step-10 checkpoint = the straight run.
+#  3. ctune merge --quantize-base nf4 of the adapter into B = the plain merge into B' (bytes);
+#     the plain merge into B differs; the adapter's and the merge's cards name the 4-bit base.
+#  4. The plan: a "base:" line with the codes' bytes (9/16 of a byte per value here: 4 bits
+#     and a 4-byte absmax per 64); parameter bytes fall by the 16-bit copies no longer held
+#     less those bytes.
+#  5. Refused before anything runs: nf4 in fp32, nf4 with full fine-tuning, a base holding a
+#     NaN (naming the tensor and index).
+set -uo pipefail
+src=${CTUNE_SOURCE_DIR:?}
+ctune=${CTUNE:?}
+tools=${CTUNE_TOOLS_DIR:?}
+if ! command -v python3 > /dev/null; then
+  echo "SKIPPED: python3 is needed to read metrics.jsonl"
+  exit 0
+fi
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work" || exit 1
+mpi="$src/scripts/mpirun.sh"
+passed=0
+failed=0
+ok() { passed=$((passed + 1)); echo "ok   $*"; }
+bad() { failed=$((failed + 1)); echo "FAIL $*"; }
+t0=$(date +%s)
+export OMP_NUM_THREADS=1
+
+common=(data.train="$work/data/train.h5" data.eval="$work/data/eval.h5" data.synthetic_train_examples=2000
+        data.synthetic_eval_examples=40 train.max_steps=30 optim.warmup_steps=3 optim.lr=3e-3 train.log_every=1
+        train.micro_batch_size=8 train.global_batch_size=16 train.eval_every=15 checkpoint.every=0 device=cpu
+        precision=bf16-mixed)
+# run NAME BASE RANKS [key=value...]: a LoRA run on models/BASE into runs/NAME, log in NAME.log
+run() {
+  local name=$1 base=$2 ranks=$3
+  shift 3
+  local launch=("$ctune")
+  [ "$ranks" -gt 1 ] && launch=(timeout 300 "$mpi" -np "$ranks" -x OMP_NUM_THREADS "$ctune")
+  "${launch[@]}" train "$src/configs/tiny/lora.yaml" "${common[@]}" model.path="$work/models/$base" \
+    checkpoint.output_dir="runs/$name" "$@" > "$name.log" 2>&1 || { tail -n 20 "$name.log"; bad "$name did not finish"; return 1; }
+}
+# same NAME REF: NAME's steps, evaluations and final adapter are REF's, byte for byte
+same() {
+  python3 - "$1" "$2" << 'PY' && ok "$1 = $2 (losses, grad norms, evals, adapter bytes)" || bad "$1 differs from $2"
+import json, sys
+def lines(name):
+    rows = [json.loads(l) for l in open(f"runs/{name}/metrics.jsonl")]
+    return [{k: v for k, v in r.items() if k not in ("tok_s", "elapsed_s", "peak_memory_bytes")} for r in rows]
+a, b = lines(sys.argv[1]), lines(sys.argv[2])
+if a != b:
+    for x, y in zip(a, b):
+        if x != y: print("  first difference:", x, "vs", y); break
+    sys.exit(1)
+if not any("eval_loss" in r for r in a): print("  no eval lines"); sys.exit(1)
+adapter = "final/adapter_model.safetensors"
+if open(f"runs/{sys.argv[1]}/{adapter}", "rb").read() != open(f"runs/{sys.argv[2]}/{adapter}", "rb").read():
+    print("  final adapters differ"); sys.exit(1)
+PY
+}
+
+# ---- 1. QLoRA on B = LoRA on B's NF4 read-back ----
+run q-bf16 tiny 1 lora.quantize_base=nf4 || exit 1 # (creates models/tiny)
+cp -r models/tiny models/tiny-nf4
+"$tools/nf4_tool" base models/tiny models/tiny-nf4/model.safetensors || bad "nf4_tool base"
+run l-bf16 tiny-nf4 1
+same q-bf16 l-bf16
+cmp -s models/tiny/model.safetensors models/tiny-nf4/model.safetensors && bad "the read-back base equals the base"
+variant=(precision=fp16-mixed lora.dropout=0.1 train.activation_checkpointing=true distributed.zero_stage=2)
+run q-fp16-2r tiny 2 "${variant[@]}" lora.quantize_base=nf4
+run l-fp16-2r tiny-nf4 2 "${variant[@]}"
+same q-fp16-2r l-fp16-2r
+run q-dora tiny 1 lora.use_dora=true 'lora.target_modules=[q_proj,v_proj,down_proj]' lora.quantize_base=nf4
+run l-dora tiny-nf4 1 lora.use_dora=true 'lora.target_modules=[q_proj,v_proj,down_proj]'
+same q-dora l-dora
+grep -q "base: the layers' [0-9]* Linear weights in 4 bits" q-bf16.log && ok "the plan describes the 4-bit base" \
+  || bad "q-bf16's plan has no 'base:' line"
+
+# ---- 2. resume ----
+CTUNE_TEST_FAIL_RANK=0 CTUNE_TEST_FAIL_STEP=13 "$ctune" train "$src/configs/tiny/lora.yaml" "${common[@]}" \
+  model.path="$work/models/tiny" lora.quantize_base=nf4 checkpoint.every=5 checkpoint.output_dir=runs/q-resumed \
+  > stopped.log 2>&1 && bad "the test hook did not stop the run"
+run q-resumed tiny 1 lora.quantize_base=nf4 checkpoint.every=5 checkpoint.resume=auto
+grep -q "resumed from .*step-000010 at step 10" q-resumed.log || bad "q-resumed did not resume at step 10"
+python3 - << 'PY' && ok "resumed at step 10 = the straight run (steps 11-30, adapter bytes)" || bad "the resumed run differs"
+import json, sys
+def rows(name):
+    return {r["step"]: {k: v for k, v in r.items() if k not in ("tok_s", "elapsed_s", "peak_memory_bytes")}
+            for r in map(json.loads, open(f"runs/{name}/metrics.jsonl")) if "step" in r}
+a, b = rows("q-resumed"), rows("q-bf16")
+late = [s for s in b if s > 10]
+if not late or any(a.get(s) != b[s] for s in late): sys.exit(1)
+f = "final/adapter_model.safetensors"
+sys.exit(open(f"runs/q-resumed/{f}", "rb").read() != open(f"runs/q-bf16/{f}", "rb").read())
+PY
+
+# ---- 3. merge ----
+"$ctune" merge runs/q-bf16/final --base models/tiny --quantize-base nf4 -o merged-q --dtype float32 > merge.log 2>&1 \
+  || { cat merge.log; bad "merge --quantize-base nf4"; }
+"$ctune" merge runs/q-bf16/final --base models/tiny-nf4 -o merged-l --dtype float32 >> merge.log 2>&1 \
+  || { cat merge.log; bad "merge into the read-back base"; }
+"$ctune" merge runs/q-bf16/final --base models/tiny -o merged-full --dtype float32 >> merge.log 2>&1 \
+  || { cat merge.log; bad "merge into the base"; }
+cmp -s merged-q/model.safetensors merged-l/model.safetensors \
+  && ! cmp -s merged-q/model.safetensors merged-full/model.safetensors \
+  && grep -q "quantize-base nf4" merged-q/README.md \
+  && grep -q "QLoRA: the base" runs/q-bf16/final/README.md \
+  && ok "merge --quantize-base nf4 = the merge into the read-back base (bytes), unlike the plain merge; the cards say so" \
+  || bad "merge --quantize-base nf4"
+"$ctune" merge runs/q-bf16/final --base models/tiny --quantize-base nf8 -o merged-x > merge-bad.log 2>&1
+[ $? -eq 2 ] && grep -q "expected nf4" merge-bad.log && ok "merge refuses --quantize-base nf8" \
+  || bad "merge --quantize-base nf8 was not refused"
+
+# ---- 4. the plan's bytes ----
+for q in none nf4; do
+  "$ctune" train "$src/configs/tiny/lora.yaml" "${common[@]}" model.path="$work/models/tiny" lora.quantize_base=$q \
+    checkpoint.output_dir=runs/dry --dry-run > "dry-$q.log" 2>&1 || { cat "dry-$q.log"; bad "dry run ($q)"; }
+done
+python3 - << 'PY' && ok "plan: NF4 bytes = 9/16 per quantized value; parameters = plain LoRA's less the copies not held, plus those bytes" \
+  || bad "plan: parameter bytes with nf4"
+import re, sys
+def read(q):
+    text = open(f"dry-{q}.log").read()
+    copies = int(re.search(r"on bf16 copies \((\d+) weights\)", text).group(1))
+    params = int(re.search(r"rank 0: parameters (\d+),", text).group(1))
+    base = re.search(r"base: the layers' (\d+) Linear weights in 4 bits \(NF4, absmax per 64: (\d+) bytes\)", text)
+    return copies, params, base
+c0, p0, b0 = read("none")
+c4, p4, b4 = read("nf4")
+values, nf4_bytes = int(b4.group(1)), int(b4.group(2))
+print(f"  16-bit copies {c0} -> {c4}; parameters {p0} -> {p4}; {values} values in {nf4_bytes} bytes")
+sys.exit(0 if b0 is None and nf4_bytes * 16 == values * 9 and c4 < c0 and p0 - p4 == 2 * (c0 - c4) - nf4_bytes else 1)
+PY
+
+# ---- 5. refusals ----
+refused() { # refused WHAT PATTERN RECIPE [key=value...]
+  local what=$1 pattern=$2 recipe=$3
+  shift 3
+  "$ctune" train "$src/configs/tiny/$recipe.yaml" "${common[@]}" model.path="$work/models/${base_dir:-tiny}" \
+    checkpoint.output_dir="runs/refused" "$@" > refused.log 2>&1
+  local rc=$?
+  [ "$rc" -ne 0 ] && grep -q "$pattern" refused.log && [ ! -e runs/refused/final ] && ok "refused: $what" \
+    || { cat refused.log; bad "$what: exit $rc, expected a refusal matching '$pattern' and no final folder"; }
+}
+refused "nf4 in fp32" "quantize_base nf4 .*needs precision bf16-mixed or fp16-mixed" lora lora.quantize_base=nf4 \
+  precision=fp32
+refused "nf4 with full fine-tuning" "quantize_base nf4 .*needs method lora" full lora.quantize_base=nf4
+cp -r models/tiny-nf4 models/tiny-nan
+python3 - models/tiny-nan/model.safetensors << 'PY' || bad "could not plant a NaN"
+import json, struct, sys
+path = sys.argv[1]
+data = bytearray(open(path, "rb").read())
+n = struct.unpack("<Q", data[:8])[0]
+header = json.loads(data[8:8 + n])
+begin = header["model.layers.1.mlp.up_proj.weight"]["data_offsets"][0]
+data[8 + n + begin + 4 * 77: 8 + n + begin + 4 * 78] = struct.pack("<f", float("nan"))
+open(path, "wb").write(data)
+PY
+base_dir=tiny-nan refused "a NaN in the base" "model.layers.1.mlp.up_proj.weight' holds nan at index 77" lora \
+  lora.quantize_base=nf4
+
+echo "qlora: $passed passed, $failed failed in $(( $(date +%s) - t0 )) s"
+[ "$failed" -eq 0 ]
