@@ -830,6 +830,107 @@ static void test_cuda_against_cpu(const kernels *cuda) {
     }
 }
 
+/* QLoRA (model_layout.nf4_base): a model whose layers' Linear weights are uploaded as fp32 and
+ * held in NF4 gives, bit for bit, the losses and gradients of the plain LoRA model holding
+ * those weights' read-back (model_param_download of the NF4 model), for the fused adapters,
+ * adapter dropout (unfused backward) and DoRA, with and without checkpointing, in both
+ * formats, and again after the adapters change (the layer buffers' adapter casts follow).
+ * Refused: no adapters, fp32, with ZeRO 3's gathering; changing precision afterwards. */
+static void test_nf4_base(void) {
+    const model_precision precisions[] = {MODEL_BF16_MIXED, MODEL_FP16_MIXED};
+    const run_mode modes[] = {LORA_FUSED, LORA_DROPOUT, DORA};
+    for (int ci = 0; ci < 12; ci++) {
+        const model_precision p = precisions[ci % 2];
+        const run_mode mode = modes[ci / 2 % 3];
+        const bool checkpointing = ci / 6;
+        model_config c;
+        mixed_config(&c, false, 8);
+        lora_settings ls = {.r = 4, .alpha = 8.0f, .dropout = mode == LORA_DROPOUT ? 0.2f : 0.0f,
+                            .use_dora = mode == DORA};
+        const char *all[] = {"all-linear"};
+        ct_error err = {{0}};
+        CHECK(lora_parse_targets(&ls, all, 1, &err) == 0);
+        const model_layout nf4 = {.precision = p, .nf4_base = true}, plain = {.precision = p};
+        model q, r;
+        if (model_create_as(&q, &c, &ls, kernels_cpu(), &nf4, &err) ||
+            model_create_as(&r, &c, &ls, kernels_cpu(), &plain, &err)) {
+            CHECK_MSG(false, "%s", err.msg);
+            return;
+        }
+        q.activation_checkpointing = r.activation_checkpointing = checkpointing;
+        CHECK(model_reserve(&q, 2, 8, &err) == 0 && model_reserve(&r, 2, 8, &err) == 0);
+        fill_weights(&q, 11);
+        fill_weights(&r, 11);
+        size_t quantized = 0;
+        int differs = 0;
+        for (int i = 0; i < q.n_params; i++) {
+            model_param *pq = &q.params[i], *pr = &r.params[i];
+            if (!pq->quantized) continue;
+            quantized += pq->numel;
+            float *back = malloc(pq->numel * sizeof(float)), *orig = malloc(pq->numel * sizeof(float));
+            model_param_download(&q, pq, back);
+            model_param_download(&r, pr, orig);
+            differs += memcmp(back, orig, pq->numel * sizeof(float)) != 0;
+            model_param_upload(&r, pr, back);
+            free(back), free(orig);
+        }
+        model_weights_changed(&r, false);
+        /* every Linear of both layers (7680 values each); 4 bits and an fp32 absmax per 64 */
+        CHECK_MSG(quantized == 2 * 7680 && differs == 14 && q.nf4_bytes == quantized * 9 / 16,
+                  "%zu values quantized, %d weights changed by it, %zu bytes", quantized, differs, q.nf4_bytes);
+        CHECK(q.half_numel == r.half_numel); /* two layers: the two buffers hold what r's copies do */
+        for (int round = 0; round < 2; round++) {
+            if (round == 1) { /* the adapters change, as after an optimizer step */
+                for (int i = 0; i < q.n_params; i++) {
+                    if (!q.params[i].is_lora) continue;
+                    float *host = malloc(q.params[i].numel * sizeof(float));
+                    for (size_t j = 0; j < q.params[i].numel; j++) host[j] = 0.01f * (float)((j * 7 + i) % 13) - 0.06f;
+                    model_param_upload(&q, &q.params[i], host);
+                    model_param_upload(&r, &r.params[i], host);
+                    free(host);
+                }
+                model_weights_changed(&q, true);
+                model_weights_changed(&r, true);
+            }
+            double loss[2][2];
+            long n = 0;
+            model *both[2] = {&q, &r};
+            for (int w = 0; w < 2; w++) {
+                model_zero_grads(both[w]);
+                CHECK(model_step(both[w], &batch, true, 0.5f, 7, &loss[w][0], &n, &err) == 0);
+                CHECK(model_step(both[w], &batch, true, 0.5f, 8, &loss[w][1], &n, &err) == 0);
+            }
+            float *gq = malloc(q.grad_numel * sizeof(float)), *gr = malloc(r.grad_numel * sizeof(float));
+            q.k->download(gq, q.grad_arena, q.grad_numel * sizeof(float));
+            r.k->download(gr, r.grad_arena, r.grad_numel * sizeof(float));
+            CHECK_MSG(q.grad_numel == r.grad_numel && !memcmp(gq, gr, q.grad_numel * sizeof(float)) &&
+                          !memcmp(loss[0], loss[1], sizeof loss[0]),
+                      "nf4 %s %s%s round %d: losses %.9g %.9g vs %.9g %.9g, gradients %s", precision_name(p),
+                      mode_names[mode], checkpointing ? " checkpointed" : "", round, loss[0][0], loss[0][1],
+                      loss[1][0], loss[1][1],
+                      q.grad_numel == r.grad_numel && !memcmp(gq, gr, q.grad_numel * sizeof(float)) ? "equal" : "differ");
+            free(gq), free(gr);
+        }
+        CHECK(model_set_precision(&q, MODEL_FP32, &err) == -1 && strstr(err.msg, "4-bit"));
+        model_free(&q);
+        model_free(&r);
+    }
+    model_config c;
+    mixed_config(&c, false, 8);
+    lora_settings ls = {.r = 4, .alpha = 8.0f};
+    const char *all[] = {"all-linear"};
+    ct_error err = {{0}};
+    CHECK(lora_parse_targets(&ls, all, 1, &err) == 0);
+    const model_shard shard = {0, 10};
+    const model_layout no_mixed = {.precision = MODEL_FP32, .nf4_base = true},
+                       gathered = {.precision = MODEL_BF16_MIXED, .shard = &shard, .gather_layers = true, .nf4_base = true},
+                       fine = {.precision = MODEL_BF16_MIXED, .nf4_base = true};
+    model m;
+    CHECK(model_create_as(&m, &c, &ls, kernels_cpu(), &no_mixed, &err) == -1 && strstr(err.msg, "4-bit"));
+    CHECK(model_create_as(&m, &c, NULL, kernels_cpu(), &fine, &err) == -1 && strstr(err.msg, "4-bit"));
+    CHECK(model_create_as(&m, &c, &ls, kernels_cpu(), &gathered, &err) == -1 && strstr(err.msg, "4-bit"));
+}
+
 int main(void) {
     test_create_in(); /* first: it reads the process's memory peak */
     for (int qk = 1; qk >= 0; qk--) {
@@ -843,6 +944,7 @@ int main(void) {
     }
     test_weight_copies();
     test_partial_refresh();
+    test_nf4_base();
     ct_error err;
     const kernels *cuda = NULL;
     if (kernels_cuda(&cuda, &err) == 0) {
