@@ -33,14 +33,7 @@ if ! command -v python3 > /dev/null; then
   echo "SKIPPED: python3 is needed to read metrics.jsonl"
   exit 0
 fi
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cd "$work" || exit 1
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); echo "ok   $*"; }
-bad() { failed=$((failed + 1)); echo "FAIL $*"; }
-t0=$(date +%s)
+source "$src/tests/tools/checks.sh"
 export OMP_NUM_THREADS=1
 
 # ---- 1. the GPU session's checks on the emulator ----
@@ -187,5 +180,4 @@ else
   bad "cuda QLoRA peak memory: reported '${reported}', estimate '${estimate}'"
 fi
 
-echo "cuda_emu_e2e: $passed passed, $failed failed in $(( $(date +%s) - t0 )) s"
-[ "$failed" -eq 0 ]
+checks_summary cuda_emu_e2e

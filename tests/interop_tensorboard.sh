@@ -12,13 +12,7 @@ src=${CTUNE_SOURCE_DIR:?}
 ctune=${CTUNE:?}
 source "$src/tests/tools/python.sh"
 require_python tensorboard numpy
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cd "$work"
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); echo "ok   $*"; }
-bad() { failed=$((failed + 1)); echo "FAIL $*"; }
+source "$src/tests/tools/checks.sh"
 
 common=(model.path="$work/models/tiny" data.train="$work/data/train.h5" data.eval="$work/data/eval.h5"
         data.synthetic_train_examples=2000 data.synthetic_eval_examples=64 train.max_steps=20
@@ -60,5 +54,4 @@ else
   bad "the refusal does not name the folder, or came after training started: $(cat blocked.log)"
 fi
 
-echo "interop_tensorboard: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+checks_summary interop_tensorboard

@@ -26,14 +26,8 @@ if ! command -v python3 > /dev/null; then
   echo "SKIPPED: python3 is needed to read metrics.jsonl and safetensors headers"
   exit 0
 fi
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cd "$work" || exit 1
+source "$src/tests/tools/checks.sh"
 mpi="$src/scripts/mpirun.sh"
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); echo "ok   $*"; }
-bad() { failed=$((failed + 1)); echo "FAIL $*"; }
 t0=$(date +%s)
 
 common=(model.path="$work/models/tiny" data.train="$work/data/train.h5" data.eval= train.eval_every=0

@@ -22,15 +22,8 @@ if ! command -v python3 > /dev/null; then
   echo "SKIPPED: python3 is needed to read metrics.jsonl"
   exit 0
 fi
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cd "$work" || exit 1
+source "$src/tests/tools/checks.sh"
 mpi="$src/scripts/mpirun.sh"
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); echo "ok   $*"; }
-bad() { failed=$((failed + 1)); echo "FAIL $*"; }
-t0=$(date +%s)
 export OMP_NUM_THREADS=1
 
 common=(data.train="$work/data/train.h5" data.eval="$work/data/eval.h5" data.synthetic_train_examples=2000
@@ -165,5 +158,4 @@ PY
 base_dir=tiny-nan refused "a NaN in the base" "model.layers.1.mlp.up_proj.weight' holds nan at index 77" lora \
   lora.quantize_base=nf4
 
-echo "qlora: $passed passed, $failed failed in $(( $(date +%s) - t0 )) s"
-[ "$failed" -eq 0 ]
+checks_summary qlora

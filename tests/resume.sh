@@ -6,14 +6,8 @@
 set -uo pipefail
 src=${CTUNE_SOURCE_DIR:?}
 ctune=${CTUNE:?}
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cd "$work"
+source "$src/tests/tools/checks.sh"
 mpi="$src/scripts/mpirun.sh"
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); echo "ok   $*"; }
-bad() { failed=$((failed + 1)); echo "FAIL $*"; }
 same() { if cmp -s "$1" "$2"; then ok "$3"; else bad "$3 ($1 vs $2 differ)"; fi; }
 # Per-step losses of steps > $3 in two metrics files are identical.
 same_losses() {
@@ -117,5 +111,4 @@ same pre-straight/final/model.safetensors pre/final/model.safetensors "pre-empte
   || { grep -q "train.seed" seed.log && ok "resume with another seed refused naming train.seed" \
        || bad "refusal does not name train.seed"; }
 
-echo "resume: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+checks_summary resume

@@ -22,15 +22,8 @@ if ! command -v python3 > /dev/null; then
   echo "SKIPPED: python3 is needed to read metrics.jsonl"
   exit 0
 fi
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cd "$work" || exit 1
+source "$src/tests/tools/checks.sh"
 mpi="$src/scripts/mpirun.sh"
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); echo "ok   $*"; }
-bad() { failed=$((failed + 1)); echo "FAIL $*"; }
-t0=$(date +%s)
 export OMP_NUM_THREADS=1 # tiny products; bytes do not depend on it
 
 common=(model.path="$work/models/tiny" data.train="$work/data/train.h5" data.eval="$work/data/eval.h5"
@@ -160,5 +153,4 @@ else
   bad "failing rank at stage 3: exit $rc (124 = hung)"
 fi
 
-echo "zero3: $passed passed, $failed failed in $(( $(date +%s) - t0 )) s"
-[ "$failed" -eq 0 ]
+checks_summary zero3

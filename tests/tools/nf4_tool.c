@@ -13,6 +13,7 @@
  *       blocks) and prints "name values best_seconds" per tensor; writes t.codes and t.absmax
  *       of each to OUT so scripts/bench_nf4.py can check them against its peer. */
 #include <omp.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,83 +27,49 @@ static int fail(const char *what, const ct_error *err) {
     return 1;
 }
 
-static int codes_of(const char *in, const char *out) {
+/* codes and time: every tensor of IN quantized (repeats times, timed, when timed), its codes,
+ * absmax and (codes only) read-back written to OUT as "<name>.codes", ".absmax", ".values". */
+static int quantize_file(const char *in, const char *out, int repeats, bool timed) {
     ct_error err = {{0}};
     st_file f;
     if (st_open(&f, in, &err)) return fail("open", &err);
-    const int n = f.n_tensors;
-    st_write_tensor *w = calloc((size_t)n * 3, sizeof *w);
-    char (*names)[300] = calloc((size_t)n * 3, sizeof *names);
-    void **bufs = calloc((size_t)n * 3, sizeof *bufs);
-    int rc = 0;
-    for (int i = 0; i < n && w && names && bufs && rc == 0; i++) {
-        const st_tensor *t = &f.tensors[i];
-        const size_t numel = t->numel;
-        float *x = malloc((numel ? numel : 1) * sizeof *x);
-        uint8_t *codes = malloc(nf4_code_bytes(numel) + 1);
-        float *absmax = malloc((nf4_block_count(numel) + 1) * sizeof *absmax);
-        float *values = malloc((numel ? numel : 1) * sizeof *values);
-        bufs[3 * i] = codes, bufs[3 * i + 1] = absmax, bufs[3 * i + 2] = values;
-        if (!x || !codes || !absmax || !values) rc = fail("out of memory", NULL);
-        else if (st_read_f32(t, x, &err)) rc = fail(t->name, &err);
-        if (rc == 0) {
-            nf4_quantize(x, numel, codes, absmax);
-            nf4_dequantize(codes, absmax, numel, values);
-            const char *suffix[3] = {"codes", "absmax", "values"};
-            const int64_t len[3] = {(int64_t)nf4_code_bytes(numel), (int64_t)nf4_block_count(numel), (int64_t)numel};
-            for (int j = 0; j < 3; j++) {
-                snprintf(names[3 * i + j], sizeof names[0], "%s.%s", t->name, suffix[j]);
-                w[3 * i + j] = (st_write_tensor){.name = names[3 * i + j], .dtype = j == 0 ? ST_U8 : ST_F32,
-                                                 .ndim = 1, .shape = {len[j]}, .data = bufs[3 * i + j]};
-            }
-        }
-        free(x);
-    }
-    if (!w || !names || !bufs) rc = fail("out of memory", NULL);
-    if (rc == 0 && st_write(out, w, 3 * n, NULL, NULL, 0, &err)) rc = fail("write", &err);
-    for (int i = 0; bufs && i < 3 * n; i++) free(bufs[i]);
-    free(bufs);
-    free(names);
-    free(w);
-    st_close(&f);
-    return rc;
-}
-
-static int time_quantize(const char *in, const char *out, int repeats) {
-    ct_error err = {{0}};
-    st_file f;
-    if (st_open(&f, in, &err)) return fail("open", &err);
-    const int n = f.n_tensors;
-    st_write_tensor *w = calloc((size_t)n * 2, sizeof *w);
-    char (*names)[300] = calloc((size_t)n * 2, sizeof *names);
-    void **bufs = calloc((size_t)n * 2, sizeof *bufs);
+    const int n = f.n_tensors, per = timed ? 2 : 3;
+    st_write_tensor *w = calloc((size_t)n * per, sizeof *w);
+    char (*names)[300] = calloc((size_t)n * per, sizeof *names);
+    void **bufs = calloc((size_t)n * per, sizeof *bufs);
     int rc = w && names && bufs ? 0 : fail("out of memory", NULL);
     for (int i = 0; i < n && rc == 0; i++) {
         const st_tensor *t = &f.tensors[i];
-        float *x = malloc((t->numel ? t->numel : 1) * sizeof *x);
-        uint8_t *codes = bufs[2 * i] = malloc(nf4_code_bytes(t->numel) + 1);
-        float *absmax = bufs[2 * i + 1] = malloc((nf4_block_count(t->numel) + 1) * sizeof *absmax);
-        if (!x || !codes || !absmax) rc = fail("out of memory", NULL);
+        const size_t numel = t->numel;
+        float *x = malloc((numel ? numel : 1) * sizeof *x);
+        void **mine = bufs + (size_t)i * per;
+        uint8_t *codes = mine[0] = malloc(nf4_code_bytes(numel) + 1);
+        float *absmax = mine[1] = malloc((nf4_block_count(numel) + 1) * sizeof *absmax);
+        float *values = timed ? NULL : (mine[2] = malloc((numel ? numel : 1) * sizeof *values));
+        if (!x || !codes || !absmax || (!timed && !values)) rc = fail("out of memory", NULL);
         else if (st_read_f32(t, x, &err)) rc = fail(t->name, &err);
         double best = 1e30;
         for (int r = 0; r < repeats && rc == 0; r++) {
             const double start = omp_get_wtime();
-            nf4_quantize(x, t->numel, codes, absmax);
+            nf4_quantize(x, numel, codes, absmax);
             const double took = omp_get_wtime() - start;
             if (took < best) best = took;
         }
         free(x);
         if (rc) break;
-        printf("%s %llu %.6f\n", t->name, (unsigned long long)t->numel, best);
-        const int64_t len[2] = {(int64_t)nf4_code_bytes(t->numel), (int64_t)nf4_block_count(t->numel)};
-        for (int j = 0; j < 2; j++) {
-            snprintf(names[2 * i + j], sizeof names[0], "%s.%s", t->name, j ? "absmax" : "codes");
-            w[2 * i + j] = (st_write_tensor){.name = names[2 * i + j], .dtype = j ? ST_F32 : ST_U8, .ndim = 1,
-                                             .shape = {len[j]}, .data = bufs[2 * i + j]};
+        if (timed) printf("%s %llu %.6f\n", t->name, (unsigned long long)numel, best);
+        else nf4_dequantize(codes, absmax, numel, values);
+        const char *suffix[3] = {"codes", "absmax", "values"};
+        const int64_t len[3] = {(int64_t)nf4_code_bytes(numel), (int64_t)nf4_block_count(numel), (int64_t)numel};
+        for (int j = 0; j < per; j++) {
+            const size_t at = (size_t)i * per + (size_t)j;
+            snprintf(names[at], sizeof names[0], "%s.%s", t->name, suffix[j]);
+            w[at] = (st_write_tensor){.name = names[at], .dtype = j == 0 ? ST_U8 : ST_F32, .ndim = 1,
+                                      .shape = {len[j]}, .data = mine[j]};
         }
     }
-    if (rc == 0 && st_write(out, w, 2 * n, NULL, NULL, 0, &err)) rc = fail("write", &err);
-    for (int i = 0; bufs && i < 2 * n; i++) free(bufs[i]);
+    if (rc == 0 && st_write(out, w, per * n, NULL, NULL, 0, &err)) rc = fail("write", &err);
+    for (int i = 0; bufs && i < per * n; i++) free(bufs[i]);
     free(bufs);
     free(names);
     free(w);
@@ -151,9 +118,9 @@ static int quantized_base(const char *dir, const char *out) {
 }
 
 int main(int argc, char **argv) {
-    if (argc == 4 && !strcmp(argv[1], "codes")) return codes_of(argv[2], argv[3]);
+    if (argc == 4 && !strcmp(argv[1], "codes")) return quantize_file(argv[2], argv[3], 1, false);
     if (argc == 4 && !strcmp(argv[1], "base")) return quantized_base(argv[2], argv[3]);
-    if (argc == 5 && !strcmp(argv[1], "time") && atoi(argv[4]) > 0) return time_quantize(argv[2], argv[3], atoi(argv[4]));
+    if (argc == 5 && !strcmp(argv[1], "time") && atoi(argv[4]) > 0) return quantize_file(argv[2], argv[3], atoi(argv[4]), true);
     fprintf(stderr, "usage: nf4_tool codes IN.safetensors OUT.safetensors | nf4_tool base MODEL_DIR OUT.safetensors"
                     " | nf4_tool time IN.safetensors OUT.safetensors REPEATS\n");
     return 2;
