@@ -22,6 +22,8 @@
 #                final folder gathered tensor by tensor), the same at ZeRO 3 (the layers'
 #                16-bit copies gathered layer by layer) and LoRA fp16-mixed ZeRO 1 write the
 #                same bytes.
+#   d. QLoRA     on the GPU, LoRA bf16-mixed with lora.quantize_base: nf4 = plain LoRA on the
+#                base's NF4 read-back (the tests' nf4_tool beside ctune), byte for byte.
 #
 # Why these bounds (measured on the CPU, 200 steps; docs/benchmarks/gpu-notes.md): training
 # is chaotic, so no per-step bound holds for a whole run. Regrouping the same fp32 sums (micro
@@ -458,6 +460,22 @@ for spec in full:bf16-mixed:2 full:bf16-mixed:3 lora:fp16-mixed:1; do
     { fail "$name: summary.json does not say world_size 2"; continue; }
   same_weights "$ref" "$name" 0 "$method $precision on $dev: 1 rank = 2 ranks (ZeRO $stage, MPI through the host)"
 done
+
+echo "== d. QLoRA on $dev ($(elapsed))"
+# lora.quantize_base: nf4 reads the 4-bit base back on the device (nf4_to_half_2d) with the
+# fused adapters cast beside it: the bytes of plain LoRA on the base's NF4 read-back.
+nf4_tool=$(dirname "$ctune")/tools/nf4_tool
+if [ ! -x "$nf4_tool" ]; then
+  skip "QLoRA on $dev: no $nf4_tool (it is built with the tests)"
+elif ! { rm -rf "$work/models/tiny-nf4" && cp -r "$work/models/tiny" "$work/models/tiny-nf4" &&
+         "$nf4_tool" base "$work/models/tiny" "$work/models/tiny-nf4/model.safetensors"; } > "$logs/nf4-base.log" 2>&1; then
+  fail "QLoRA on $dev: writing the read-back base failed (log: $logs/nf4-base.log)"
+elif OMP_NUM_THREADS=2 train "qlora-$side" "$dev" lora bf16-mixed lora.quantize_base=nf4 &&
+     OMP_NUM_THREADS=2 train "qlora-ref-$side" "$dev" lora bf16-mixed model.path="$work/models/tiny-nf4"; then
+  same_weights "qlora-ref-$side" "qlora-$side" 0 "lora bf16-mixed on $dev: QLoRA (nf4) = LoRA on the base's NF4 read-back"
+else
+  fail "QLoRA on $dev: a run failed (logs: $logs/qlora-$side.log, $logs/qlora-ref-$side.log)"
+fi
 
 echo "== gpu_e2e: $passed passed, $failed failed, $skipped skipped in $(elapsed); logs in $logs"
 [ "$failed" -eq 0 ]

@@ -19,7 +19,7 @@
 #     the emulator's peak of cudaMalloc's buffers plus that of the pool's scratch, and within
 #     0.5% + 64 KiB of the estimate the run printed (its buffers and kernel scratch).
 #  4. QLoRA (lora.quantize_base: nf4) on cuda: the bits of plain LoRA on the base's NF4
-#     read-back, and a peak within the estimate's bound.
+#     read-back (gpu_e2e.sh's check d, in 1.), and a peak within the estimate's bound.
 # What the emulator cannot show (timing, the hardware's rounding inside mma, the real
 # libraries beyond their documentation) is left to scripts/gpu_session.sh on a GPU.
 set -uo pipefail
@@ -157,23 +157,12 @@ for run in bf16-2 bf16-4 fp16-2; do
   fi
 done
 
-# ---- 4. QLoRA on the device ----
-# The 4-bit base read back by the cuda kernel into the layer buffers, with the fused adapters
-# cast beside it: the same bits as plain LoRA on the base's NF4 read-back (tests/qlora.sh
-# shows the same on the CPU), and a peak within the estimate's bound.
-tools=${CTUNE_TOOLS_DIR:?}
-cp -r e2e-models/tiny e2e-models/tiny-nf4
-"$tools/nf4_tool" base e2e-models/tiny e2e-models/tiny-nf4/model.safetensors || bad "nf4_tool base"
-qlora=(data.train="$work/train.h5" data.eval= train.eval_every=0 data.synthetic_train_examples=1000
-       train.max_steps=6 optim.warmup_steps=1 train.log_every=1 checkpoint.every=0 train.micro_batch_size=4
-       train.global_batch_size=8 device=cuda precision=bf16-mixed)
-"$ctune_emu" train "$src/configs/tiny/lora.yaml" "${qlora[@]}" model.path="$work/e2e-models/tiny"   lora.quantize_base=nf4 checkpoint.output_dir=runs/qlora > qlora.log 2>&1 || { tail -n 20 qlora.log; bad "cuda QLoRA run"; }
-"$ctune_emu" train "$src/configs/tiny/lora.yaml" "${qlora[@]}" model.path="$work/e2e-models/tiny-nf4"   checkpoint.output_dir=runs/qlora-ref > qlora-ref.log 2>&1 || { tail -n 20 qlora-ref.log; bad "cuda LoRA on the read-back"; }
-losses() { grep -o '"loss": *[^,]*' "runs/$1/metrics.jsonl"; }
-[ -n "$(losses qlora)" ] && [ "$(losses qlora)" = "$(losses qlora-ref)" ]   && cmp -s runs/qlora/final/adapter_model.safetensors runs/qlora-ref/final/adapter_model.safetensors   && ok "cuda QLoRA = cuda LoRA on the base's NF4 read-back (losses, adapter bytes)"   || bad "cuda QLoRA differs from cuda LoRA on the base's NF4 read-back"
-reported=$(sed -n 's/^ *"peak_memory_bytes": \([0-9]*\),$/\1/p' runs/qlora/summary.json 2>/dev/null)
+# ---- 4. QLoRA's peak on the device ----
+# gpu_e2e.sh's check d ran QLoRA on the emulated cuda backend (the same bytes as LoRA on the
+# base's NF4 read-back); its peak is within the estimate's bound too.
+reported=$(sed -n 's/^ *"peak_memory_bytes": \([0-9]*\),$/\1/p' e2e-out/e2e/qlora-gpu/summary.json 2>/dev/null)
 estimate=$(sed -n 's/^ *rank 0: parameters \([0-9]*\), gradients \([0-9]*\), optimizer state \([0-9]*\), activations \([0-9]*\), kernel scratch \([0-9]*\),.*/\1+\2+\3+\4+\5/p' \
-           qlora.log | head -n 1)
+           e2e-out/e2e/qlora-gpu.log 2>/dev/null | head -n 1)
 if [ -n "$reported" ] && [ -n "$estimate" ] && off=$(( reported - (estimate) )) && [ "${off#-}" -le $(( (estimate) / 200 + 65536 )) ]; then
   ok "cuda QLoRA peak memory $reported bytes, estimate $(( estimate ))"
 else
