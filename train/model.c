@@ -598,8 +598,8 @@ static bool in_layer_buffer(const model_param *q) { return q->gathered || q->qua
 static int add_half_copies(model *m, model_precision p, ct_error *err) {
     plan_half_layout(m, p);
     /* ZeRO 3 and QLoRA: the gathered or quantized weights' copies go to the layer buffers,
-     * at the offsets the layer's own arena would give them (every layer has the same shapes; a layer's
-     * parameters are neighbours, so one running offset restarts at each layer) */
+     * at the offsets the layer's own arena would give them (every layer has the same shapes;
+     * a layer's parameters are neighbours, so one running offset restarts at each layer) */
     size_t total = 0, in_layer = 0;
     int layer = -1;
     m->layer_half_numel = 0;

@@ -224,13 +224,16 @@ void model_weights_changed_except(model *m, size_t begin, size_t end);
 /* A parameter's values as fp32 in host memory [numel] (widened from 16 bits where the
  * parameter has no fp32 data). Use it rather than p->data for frozen weights. A sharded
  * weight's are its 16-bit copy widened, not its fp32 values (zero_fetch_param gathers those);
- * a gathered one (ZeRO 3) has no copy to widen outside its layer's turn: fetch it. */
+ * a gathered one (ZeRO 3) has no copy to widen outside its layer's turn: fetch it. A
+ * quantized one's (QLoRA) are its NF4 read-back in fp32 (kernels/nf4.h: nf4_dequantize). */
 void model_param_download(const model *m, const model_param *p, float *host);
 /* Sets a parameter from fp32 host values [numel] (rounded to 16 bits where it has no fp32
  * data). Call model_weights_changed afterwards for weights that do have a 16-bit copy. */
 void model_param_upload(const model *m, model_param *p, const float *host);
 /* The same for the values [offset, offset + n) of p (row-major). A sharded weight's are
- * rounded into its 16-bit copy, and those of this rank's slice kept in fp32 too. */
+ * rounded into its 16-bit copy, and those of this rank's slice kept in fp32 too. A quantized
+ * weight's (QLoRA) are quantized to NF4: offset a multiple of NF4_BLOCK (64), and n whole
+ * blocks or the rest of the weight (kernels/nf4.h). */
 void model_param_upload_range(const model *m, model_param *p, size_t offset, const float *host, size_t n);
 /* The 16-bit format of a mixed precision (KERNELS_BF16 for MODEL_FP32, where none is used). */
 kernels_half_format model_half_format(model_precision p);
