@@ -13,29 +13,12 @@ static void midpoints(float mids[15]) {
     for (int i = 0; i < 15; i++) mids[i] = (NF4_VALUES[i] + NF4_VALUES[i + 1]) / 2.0f;
 }
 
-/* The number of midpoints strictly below v (torch.bucketize, right=False): a value on a
- * midpoint takes the lower code. Binary search over the 15. */
-static int code_in(const float mids[15], float v) {
-    int lo = 0, hi = 15;
-    while (lo < hi) {
-        const int mid = (lo + hi) / 2;
-        if (mids[mid] < v) lo = mid + 1;
-        else hi = mid;
-    }
-    return lo;
-}
-
-int nf4_code_of(float scaled) {
-    float mids[15];
-    midpoints(mids);
-    return code_in(mids, scaled);
-}
-
 static float clamp_unit(float v) { return v < -1.0f ? -1.0f : v > 1.0f ? 1.0f : v; }
 
 /* One block: its absmax, then every value's code as the count of midpoints below its scaled
- * value (the bucketize of code_in, written as 15 passes of compares over the block so that
- * they vectorise: no data-dependent branch per value). */
+ * value (torch.bucketize, right=False: a value on a midpoint takes the lower code),
+ * written as 15 passes of compares over the block so that they vectorise: no data-dependent
+ * branch per value. */
 static void quantize_block(const float *x, size_t len, bool last_of_odd, const float mids[15], uint8_t *codes,
                            float *absmax) {
     float most = 0.0f;
@@ -74,8 +57,11 @@ void nf4_quantize(const float *x, size_t n, uint8_t *codes, float *absmax) {
 }
 
 void nf4_dequantize(const uint8_t *codes, const float *absmax, size_t n, float *out) {
-    for (size_t e = 0; e < n; e++) {
-        const int code = e % 2 == 0 ? codes[e / 2] >> 4 : codes[e / 2] & 15;
-        out[e] = NF4_VALUES[code] * absmax[e / NF4_BLOCK];
-    }
+    for (size_t e = 0; e < n; e++) out[e] = nf4_value_at(codes, absmax, e);
+}
+
+size_t nf4_first_non_finite(const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return i;
+    return n;
 }

@@ -42,10 +42,19 @@ static inline size_t nf4_block_count(size_t n) { return (n + NF4_BLOCK - 1) / NF
  * whole. (NaN or infinite values give unspecified codes; the caller refuses them first.) */
 void nf4_quantize(const float *x, size_t n, uint8_t *codes, float *absmax);
 
-/* out[i] = NF4_VALUES[code i] * absmax[i / NF4_BLOCK], fp32, for i in [0, n). */
+/* Value e of a quantized tensor read back: NF4_VALUES[code e] * absmax[e / NF4_BLOCK], one
+ * fp32 multiply (inline: the CPU kernel calls it per value). */
+static inline float nf4_value_at(const uint8_t *codes, const float *absmax, size_t e) {
+    static const float values[16] = NF4_VALUES_INIT;
+    const int code = e % 2 == 0 ? codes[e / 2] >> 4 : codes[e / 2] & 15;
+    return values[code] * absmax[e / NF4_BLOCK];
+}
+
+/* out[i] = nf4_value_at(codes, absmax, i) for i in [0, n). */
 void nf4_dequantize(const uint8_t *codes, const float *absmax, size_t n, float *out);
 
-/* The code of one value already scaled into [-1, 1] (a NaN gives 0). */
-int nf4_code_of(float scaled);
+/* The index of the first NaN or infinity in x[0, n) (it would poison its whole block), or n:
+ * what the loader and ctune merge --quantize-base refuse, naming it. */
+size_t nf4_first_non_finite(const float *x, size_t n);
 
 #endif

@@ -8,7 +8,6 @@
  * its shard before the next is read. */
 #include <ctype.h>
 #include <limits.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -188,10 +187,10 @@ static int fetch_merged(void *ctx, int index, void *out, ct_error *err) {
     }
     if (st_read_f32(w, s->weight, err)) return -1;
     if (quantized) { /* what the QLoRA run multiplied with: the weight's NF4 read-back */
-        for (uint64_t i = 0; i < w->numel; i++)
-            if (!isfinite(s->weight[i]))
-                return ct_fail(err, "base tensor '%s' holds %g at index %llu; NF4 needs finite weights", w->name,
-                               (double)s->weight[i], (unsigned long long)i);
+        const size_t bad = nf4_first_non_finite(s->weight, (size_t)w->numel);
+        if (bad < (size_t)w->numel)
+            return ct_fail(err, "base tensor '%s' holds %g at index %zu; NF4 needs finite weights", w->name,
+                           (double)s->weight[bad], bad);
         nf4_quantize(s->weight, (size_t)w->numel, s->nf4_codes, s->nf4_absmax);
         nf4_dequantize(s->nf4_codes, s->nf4_absmax, (size_t)w->numel, s->weight);
     }

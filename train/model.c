@@ -1191,12 +1191,12 @@ int model_load_weights(model *m, const char *dir, ct_error *err) {
             status = ct_error_prefix(err, "%s: tensor '%s'", file_of(&files, t), p->name);
             break;
         }
-        /* a block's absmax would carry a NaN or infinity into every value of the block */
-        for (size_t j = 0; p->quantized && j < p->numel && status == 0; j++)
-            if (!isfinite(host[j]))
-                status = ct_fail(err, "%s: tensor '%s' holds %g at index %zu; a 4-bit (NF4) base needs finite weights",
-                                 file_of(&files, t), p->name, (double)host[j], j);
-        if (status) break;
+        const size_t bad = p->quantized ? nf4_first_non_finite(host, p->numel) : p->numel;
+        if (bad < p->numel) {
+            status = ct_fail(err, "%s: tensor '%s' holds %g at index %zu; a 4-bit (NF4) base needs finite weights",
+                             file_of(&files, t), p->name, (double)host[bad], bad);
+            break;
+        }
         model_param_upload_range(m, p, 0, host, p->numel);
     }
     free(host);

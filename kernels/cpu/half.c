@@ -51,16 +51,12 @@ void cpu_to_half_2d_many(kernels_half_format fmt, const kernels_half_block *bloc
 
 void cpu_nf4_to_half_2d(kernels_half_format fmt, uint16_t *out, int ld_out, const uint8_t *codes,
                         const float *absmax, int rows, int cols) {
-    static const float values[16] = NF4_VALUES_INIT;
     if (rows <= 0 || cols <= 0) return;
 #pragma omp parallel for if ((size_t)rows * cols >= CPU_PARALLEL_MIN) schedule(static)
     for (int i = 0; i < rows; i++) {
         uint16_t *hr = out + (size_t)i * ld_out;
-        for (int j = 0; j < cols; j++) {
-            const size_t e = (size_t)i * cols + j;
-            const int code = e % 2 == 0 ? codes[e / 2] >> 4 : codes[e / 2] & 15;
-            hr[j] = cpu_half_from_float(values[code] * absmax[e / NF4_BLOCK], fmt);
-        }
+        for (int j = 0; j < cols; j++)
+            hr[j] = cpu_half_from_float(nf4_value_at(codes, absmax, (size_t)i * cols + j), fmt);
     }
 }
 
