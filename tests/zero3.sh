@@ -41,21 +41,8 @@ run() {
 }
 # same NAME REF: NAME's steps, evaluations and final weights are REF's, byte for byte
 same() {
-  python3 - "$1" "$2" << 'PY' && ok "$1 = $2 (losses, grad norms, evals, accuracy, weight bytes)" || bad "$1 differs from $2"
-import json, sys
-def lines(name):
-    rows = [json.loads(l) for l in open(f"runs/{name}/metrics.jsonl")]
-    return [{k: v for k, v in r.items() if k not in ("tok_s", "elapsed_s", "peak_memory_bytes")}
-            for r in rows]
-a, b = lines(sys.argv[1]), lines(sys.argv[2])
-if a != b:
-    for x, y in zip(a, b):
-        if x != y: print("  first difference:", x, "vs", y); break
-    sys.exit(1)
-if not any("eval_loss" in r for r in a): print("  no eval lines"); sys.exit(1)
-if open(f"runs/{sys.argv[1]}/final/model.safetensors", "rb").read() != open(f"runs/{sys.argv[2]}/final/model.safetensors", "rb").read():
-    print("  final weights differ"); sys.exit(1)
-PY
+  python3 "$src/tests/tools/same_runs.py" "$1" "$2" model.safetensors \
+    && ok "$1 = $2 (losses, grad norms, evals, accuracy, weight bytes)" || bad "$1 differs from $2"
 }
 accuracy() { grep -o "answer accuracy [0-9.]*%" "$1.log" | head -n 1; }
 
