@@ -65,3 +65,11 @@ size_t nf4_first_non_finite(const float *x, size_t n) {
         if (!isfinite(x[i])) return i;
     return n;
 }
+
+size_t nf4_read_back(float *x, size_t n, uint8_t *codes, float *absmax) {
+    const size_t bad = nf4_first_non_finite(x, n);
+    if (bad < n) return bad;
+    nf4_quantize(x, n, codes, absmax);
+    nf4_dequantize(codes, absmax, n, x);
+    return n;
+}

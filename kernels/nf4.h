@@ -57,4 +57,10 @@ void nf4_dequantize(const uint8_t *codes, const float *absmax, size_t n, float *
  * what the loader and ctune merge --quantize-base refuse, naming it. */
 size_t nf4_first_non_finite(const float *x, size_t n);
 
+/* Replaces x[0, n) by its NF4 read-back (quantize into the scratch codes[nf4_code_bytes(n)]
+ * and absmax[nf4_block_count(n)], then dequantize): the fp32 weight a QLoRA base stands for,
+ * for ctune merge / eval / generate --quantize-base. Returns n, or the index of the first NaN
+ * or infinity, leaving x unchanged. */
+size_t nf4_read_back(float *x, size_t n, uint8_t *codes, float *absmax);
+
 #endif

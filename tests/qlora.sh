@@ -9,11 +9,12 @@
 #  2. Resume: stopped at step 13 and resumed from its step-10 checkpoint = the straight run.
 #  3. ctune merge --quantize-base nf4 of the adapter into B = the plain merge into B' (bytes);
 #     the plain merge into B differs; the adapter's and the merge's cards name the 4-bit base.
+#     ctune eval / generate --quantize-base nf4 on B = on B' (loss, logits, completion).
 #  4. The plan: a "base:" line with the codes' bytes (9/16 of a byte per value here: 4 bits
 #     and a 4-byte absmax per 64); parameter bytes fall by the 16-bit copies no longer held
 #     less those bytes.
 #  5. Refused before anything runs: nf4 in fp32, nf4 with full fine-tuning, a base holding a
-#     NaN (naming the tensor and index).
+#     NaN (naming the tensor and index; also by eval --quantize-base nf4).
 set -uo pipefail
 src=${CTUNE_SOURCE_DIR:?}
 ctune=${CTUNE:?}
@@ -97,6 +98,30 @@ cmp -s merged-q/model.safetensors merged-l/model.safetensors \
 [ $? -eq 2 ] && grep -q "expected nf4" merge-bad.log && ok "merge refuses --quantize-base nf8" \
   || bad "merge --quantize-base nf8 was not refused"
 
+# ---- 3b. eval and generate on the base as QLoRA held it ----
+# ev OUT RUN MODEL [flags...]: RUN's adapter's eval loss, one sequence's logits, a greedy completion
+ev() {
+  local out=$1 run=$2 base=$3
+  shift 3
+  local with=(--model "models/$base" --adapter "runs/$run/final" "$@")
+  "$ctune" eval "${with[@]}" --data "$work/data/eval.h5" --seq-len 16 > "$out.eval" 2>> ev.log \
+    && "$ctune" eval "${with[@]}" --ids 1,5,9,12,7,3 --logits-out "$out.logits" 2>> ev.log \
+    && "$ctune" generate "${with[@]}" --prompt "12+34=" --max-new-tokens 4 > "$out.gen" 2>> ev.log \
+    || { cat ev.log; bad "eval/generate $out"; }
+}
+for run in q-bf16 q-dora; do
+  ev q $run tiny --quantize-base nf4
+  ev l $run tiny-nf4
+  ev full $run tiny
+  cmp -s q.eval l.eval && cmp -s q.logits l.logits && cmp -s q.gen l.gen && ! cmp -s q.eval full.eval \
+    && ! cmp -s q.logits full.logits \
+    && ok "$run: eval/generate --quantize-base nf4 = on the read-back base (loss, logits, completion), unlike the base" \
+    || bad "$run: eval/generate --quantize-base nf4: $(cat q.eval l.eval full.eval)"
+done
+"$ctune" eval --model models/tiny --quantize-base fp4 --ids 1 --logits-out - > ev-bad.log 2>&1
+[ $? -eq 2 ] && grep -q "expected nf4" ev-bad.log && ok "eval refuses --quantize-base fp4" \
+  || bad "eval --quantize-base fp4 was not refused"
+
 # ---- 4. the plan's bytes ----
 for q in none nf4; do
   "$ctune" train "$src/configs/tiny/lora.yaml" "${common[@]}" model.path="$work/models/tiny" lora.quantize_base=$q \
@@ -144,5 +169,8 @@ open(path, "wb").write(data)
 PY
 base_dir=tiny-nan refused "a NaN in the base" "model.layers.1.mlp.up_proj.weight' holds nan at index 77" lora \
   lora.quantize_base=nf4
+"$ctune" eval --model models/tiny-nan --quantize-base nf4 --ids 1,2 --logits-out nan.json > ev-nan.log 2>&1
+[ $? -eq 1 ] && grep -q "model.layers.1.mlp.up_proj.weight' holds nan at index 77" ev-nan.log && [ ! -e nan.json ] \
+  && ok "refused: eval --quantize-base nf4 on a base holding a NaN" || { cat ev-nan.log; bad "eval on a NaN base"; }
 
 checks_summary qlora

@@ -27,6 +27,9 @@ static void eval_usage(FILE *out) {
             "  --micro-batch N   sequences per forward pass (default 8)\n"
             "  --max-batches N   evaluate at most N micro-batches (default all)\n"
             "  --accuracy        also measure answer accuracy (prompt = tokens before the loss)\n"
+            "  --quantize-base nf4  read the base as a QLoRA run (lora.quantize_base: nf4) held\n"
+            "                    it: the layers' Linear weights replaced by their NF4 read-back,\n"
+            "                    the weights its adapter was trained on\n"
             "Prints one JSON object: {\"eval_loss\", \"eval_tokens\"[, \"eval_accuracy\"]}.\n"
             "\n"
             "  --ids I,J,...      instead of a dataset: one sequence of token ids (no BOS added)\n"
@@ -120,15 +123,14 @@ static int write_sequence_logits(model *m, const int32_t *ids, int n, const char
 }
 
 /* --ids mode: one sequence's logits, on one process (no dataset, nothing to split). */
-static int eval_logits(const char *model_dir, const char *adapter_dir, const char *ids_text,
-                       const char *out_path) {
+static int eval_logits(const inference_source *source, const char *ids_text, const char *out_path) {
     ct_error err = {{0}};
     int32_t *ids = NULL;
     int n = 0;
     model m;
     bool have_model = false;
     int status = parse_ids(ids_text, &ids, &n, &err);
-    if (!status) status = load_model_for_inference(&m, model_dir, adapter_dir, kernels_cpu(), &err);
+    if (!status) status = load_model_for_inference(&m, source, kernels_cpu(), &err);
     have_model = !status;
     if (!status) status = write_sequence_logits(&m, ids, n, out_path, &err);
     if (status) fprintf(stderr, "ctune eval: %s\n", err.msg);
@@ -138,7 +140,8 @@ static int eval_logits(const char *model_dir, const char *adapter_dir, const cha
 }
 
 int cmd_eval(int argc, char **argv) {
-    const char *model_dir = NULL, *adapter_dir = NULL, *data_path = NULL;
+    inference_source source = {0};
+    const char *data_path = NULL;
     const char *ids_text = NULL, *logits_out = NULL;
     int seq_len = 256, micro = 8, max_batches = 0;
     bool accuracy = false;
@@ -148,8 +151,15 @@ int cmd_eval(int argc, char **argv) {
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             eval_usage(stdout);
             return 0;
-        } else if (!strcmp(a, "--model") && has_value) model_dir = argv[++i];
-        else if (!strcmp(a, "--adapter") && has_value) adapter_dir = argv[++i];
+        } else if (!strcmp(a, "--model") && has_value) source.model_dir = argv[++i];
+        else if (!strcmp(a, "--adapter") && has_value) source.adapter_dir = argv[++i];
+        else if (!strcmp(a, "--quantize-base") && has_value) {
+            if (strcmp(argv[++i], "nf4") != 0) {
+                fprintf(stderr, "ctune eval: --quantize-base '%s': expected nf4\n", argv[i]);
+                return 2;
+            }
+            source.nf4_base = true;
+        }
         else if (!strcmp(a, "--data") && has_value) data_path = argv[++i];
         else if (!strcmp(a, "--ids") && has_value) ids_text = argv[++i];
         else if (!strcmp(a, "--logits-out") && has_value) logits_out = argv[++i];
@@ -175,13 +185,13 @@ int cmd_eval(int argc, char **argv) {
             fprintf(stderr, "ctune eval: --ids computes logits; it does not take --data or --accuracy\n");
             return 2;
         }
-        if (!model_dir) {
+        if (!source.model_dir) {
             eval_usage(stderr);
             return 2;
         }
-        return eval_logits(model_dir, adapter_dir, ids_text, logits_out);
+        return eval_logits(&source, ids_text, logits_out);
     }
-    if (!model_dir || !data_path) {
+    if (!source.model_dir || !data_path) {
         eval_usage(stderr);
         return 2;
     }
@@ -194,7 +204,7 @@ int cmd_eval(int argc, char **argv) {
     model m;
     dataset ds;
     bool have_model = false, have_data = false;
-    int status = load_model_for_inference(&m, model_dir, adapter_dir, kernels_cpu(), &err);
+    int status = load_model_for_inference(&m, &source, kernels_cpu(), &err);
     have_model = status == 0;
     if (!status) status = dataset_open(&ds, data_path, &err);
     have_data = have_model && status == 0;

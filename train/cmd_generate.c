@@ -20,7 +20,9 @@ static void generate_usage(FILE *out) {
             "  --max-new-tokens N   tokens to generate at most (default 32); stops at EOS\n"
             "  --temperature T      0 = greedy (default); > 0 samples from softmax(logits / T)\n"
             "  --seed N             sampling seed (default 0)\n"
-            "  --no-special         do not add the tokenizer's special tokens (BOS) to the prompt\n");
+            "  --no-special         do not add the tokenizer's special tokens (BOS) to the prompt\n"
+            "  --quantize-base nf4  read the base as a QLoRA run (lora.quantize_base: nf4) held it:\n"
+            "                       the layers' Linear weights replaced by their NF4 read-back\n");
 }
 
 static int sample_logits(const float *logits, int vocab, double temperature, uint64_t *rng) {
@@ -47,7 +49,8 @@ static int parse_number(const char *flag, const char *text, double min, double *
 }
 
 int cmd_generate(int argc, char **argv) {
-    const char *model_dir = NULL, *adapter_dir = NULL, *prompt = NULL;
+    inference_source source = {0};
+    const char *prompt = NULL;
     double max_new = 32, temperature = 0, seed = 0;
     bool add_special = true;
     for (int i = 1; i < argc; i++) {
@@ -56,8 +59,15 @@ int cmd_generate(int argc, char **argv) {
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             generate_usage(stdout);
             return 0;
-        } else if (!strcmp(a, "--model") && has_value) model_dir = argv[++i];
-        else if (!strcmp(a, "--adapter") && has_value) adapter_dir = argv[++i];
+        } else if (!strcmp(a, "--model") && has_value) source.model_dir = argv[++i];
+        else if (!strcmp(a, "--adapter") && has_value) source.adapter_dir = argv[++i];
+        else if (!strcmp(a, "--quantize-base") && has_value) {
+            if (strcmp(argv[++i], "nf4") != 0) {
+                fprintf(stderr, "ctune generate: --quantize-base '%s': expected nf4\n", argv[i]);
+                return 2;
+            }
+            source.nf4_base = true;
+        }
         else if (!strcmp(a, "--prompt") && has_value) prompt = argv[++i];
         else if (!strcmp(a, "--max-new-tokens") && has_value) {
             if (parse_number(a, argv[++i], 1, &max_new)) return 2;
@@ -72,13 +82,13 @@ int cmd_generate(int argc, char **argv) {
             return 2;
         }
     }
-    if (!model_dir || !prompt) {
+    if (!source.model_dir || !prompt) {
         generate_usage(stderr);
         return 2;
     }
     ct_error err = {{0}};
     char path[4096];
-    snprintf(path, sizeof path, "%s/tokenizer.json", model_dir);
+    snprintf(path, sizeof path, "%s/tokenizer.json", source.model_dir);
     tokenizer *tok = NULL;
     model m;
     bool model_ready = false;
@@ -87,7 +97,7 @@ int cmd_generate(int argc, char **argv) {
     char *text = NULL;
     size_t n_ids = 0, text_len = 0;
     int status = tokenizer_load(&tok, path, &err);
-    if (!status) status = load_model_for_inference(&m, model_dir, adapter_dir, kernels_cpu(), &err);
+    if (!status) status = load_model_for_inference(&m, &source, kernels_cpu(), &err);
     model_ready = status == 0;
     if (!status) status = tokenizer_encode(tok, prompt, strlen(prompt), add_special, &ids, &n_ids, &err);
     if (!status && n_ids == 0) status = ct_fail(&err, "the prompt encodes to no tokens");

@@ -187,12 +187,10 @@ static int fetch_merged(void *ctx, int index, void *out, ct_error *err) {
     }
     if (st_read_f32(w, s->weight, err)) return -1;
     if (quantized) { /* what the QLoRA run multiplied with: the weight's NF4 read-back */
-        const size_t bad = nf4_first_non_finite(s->weight, (size_t)w->numel);
+        const size_t bad = nf4_read_back(s->weight, (size_t)w->numel, s->nf4_codes, s->nf4_absmax);
         if (bad < (size_t)w->numel)
             return ct_fail(err, "base tensor '%s' holds %g at index %zu; NF4 needs finite weights", w->name,
                            (double)s->weight[bad], bad);
-        nf4_quantize(s->weight, (size_t)w->numel, s->nf4_codes, s->nf4_absmax);
-        nf4_dequantize(s->nf4_codes, s->nf4_absmax, (size_t)w->numel, s->weight);
     }
     if (t->lora_a) {
         if (st_read_f32(t->lora_a, s->lora_a, err) || st_read_f32(t->lora_b, s->lora_b, err))

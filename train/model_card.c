@@ -149,8 +149,8 @@ static void body(FILE *f, const model *m, const recipe *r, bool lora, const char
         if (m->nf4_base)
             fputs("QLoRA: the base's decoder-layer Linear weights were held in 4 bits during training "
                   "(NF4, blocks of 64, as bitsandbytes' `load_in_4bit` with `bnb_4bit_quant_type=\"nf4\"`). "
-                  "Load the base that way, or merge with `ctune merge --quantize-base nf4`, to use the weights "
-                  "the adapter was trained with.\n\n",
+                  "Load the base that way, or pass `--quantize-base nf4` to `ctune merge`, `ctune eval` or "
+                  "`ctune generate`, to use the weights the adapter was trained with.\n\n",
                   f);
     } else {
         fprintf(f, "A full fine-tune of `%s` (%s, %d layers, %zu parameters, all trained), "

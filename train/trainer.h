@@ -35,9 +35,18 @@ int evaluate_loss(model *m, const dataset *ds, const dist *d, int micro_batch, i
 int evaluate_accuracy(model *m, const dataset *ds, const dist *d, int max_examples,
                       double *accuracy, ct_error *err);
 
-/* Loads a model folder (and optionally a PEFT adapter folder) for inference on backend k. */
-int load_model_for_inference(model *m, const char *model_dir, const char *adapter_dir,
-                             const kernels *k, ct_error *err);
+/* What ctune eval / generate load: a model folder, optionally a PEFT adapter folder, and
+ * whether the base is read as QLoRA held it (nf4_base: the decoder layers' Linear weights
+ * replaced by their NF4 read-back, kernels/nf4.h), as a lora.quantize_base: nf4 run trained
+ * its adapter on. */
+typedef struct inference_source {
+    const char *model_dir;
+    const char *adapter_dir; /* NULL: none */
+    bool nf4_base;
+} inference_source;
+
+/* Loads src for inference on backend k (fp32). */
+int load_model_for_inference(model *m, const inference_source *src, const kernels *k, ct_error *err);
 
 /* Index of the highest logit. */
 int argmax_logits(const float *logits, int vocab);

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/nf4.h"
 #include "train/trainer.h"
 
 int argmax_logits(const float *logits, int vocab) {
@@ -14,21 +15,50 @@ int argmax_logits(const float *logits, int vocab) {
     return best;
 }
 
-int load_model_for_inference(model *m, const char *model_dir, const char *adapter_dir,
-                             const kernels *k, ct_error *err) {
+/* --quantize-base nf4: every weight QLoRA holds in 4 bits (model_nf4_quantizes) replaced by
+ * its NF4 read-back in fp32, the weights a QLoRA run's adapter was trained on (as ctune merge
+ * --quantize-base nf4 merges into). */
+static int read_back_nf4_base(model *m, ct_error *err) {
+    size_t largest = 0;
+    for (int i = 0; i < m->n_params; i++)
+        if (model_nf4_quantizes(m->params[i].name, m->params[i].ndim) && m->params[i].numel > largest)
+            largest = m->params[i].numel;
+    float *host = malloc(largest * sizeof *host + 1);
+    uint8_t *codes = malloc(nf4_code_bytes(largest) + 1);
+    float *absmax = malloc(nf4_block_count(largest) * sizeof *absmax + 1);
+    int status = host && codes && absmax ? 0 : ct_fail(err, "out of memory reading the base back from NF4");
+    for (int i = 0; !status && i < m->n_params; i++) {
+        model_param *p = &m->params[i];
+        if (!model_nf4_quantizes(p->name, p->ndim)) continue;
+        model_param_download(m, p, host);
+        const size_t bad = nf4_read_back(host, p->numel, codes, absmax);
+        if (bad < p->numel)
+            status = ct_fail(err, "base tensor '%s' holds %g at index %zu; NF4 needs finite weights", p->name,
+                             (double)host[bad], bad);
+        else model_param_upload(m, p, host);
+    }
+    free(host);
+    free(codes);
+    free(absmax);
+    if (!status) model_weights_changed(m, false);
+    return status;
+}
+
+int load_model_for_inference(model *m, const inference_source *src, const kernels *k, ct_error *err) {
     char path[4096];
-    snprintf(path, sizeof path, "%s/config.json", model_dir);
+    snprintf(path, sizeof path, "%s/config.json", src->model_dir);
     model_config cfg;
     if (model_config_load(&cfg, path, err)) return -1;
     lora_settings lora;
-    if (adapter_dir && lora_read_config(adapter_dir, &lora, err)) {
+    if (src->adapter_dir && lora_read_config(src->adapter_dir, &lora, err)) {
         model_config_free(&cfg);
         return -1;
     }
-    int status = model_create(m, &cfg, adapter_dir ? &lora : NULL, k, err);
+    int status = model_create(m, &cfg, src->adapter_dir ? &lora : NULL, k, err);
     model_config_free(&cfg);
     if (status) return -1;
-    if (model_load_weights(m, model_dir, err) || (adapter_dir && lora_load_adapter(m, adapter_dir, err))) {
+    if (model_load_weights(m, src->model_dir, err) || (src->nf4_base && read_back_nf4_base(m, err)) ||
+        (src->adapter_dir && lora_load_adapter(m, src->adapter_dir, err))) {
         model_free(m);
         return -1;
     }
