@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # gpu_e2e.sh: end-to-end checks of the CUDA backend on the tiny preset (issue 4), for the GPU
 # machine; scripts/gpu_session.sh run calls it after the kernel tests. Every run is the tiny
-# default job (configs/tiny/{lora,full}.yaml) shortened to --steps steps, eval off. The model
+# default job (configs/tiny/{lora,full}.yaml) shortened to --steps steps, eval off (but d's final one). The model
 # is the preset's with its attention regrouped (--head-dim, default 64): 2 query heads of 64
 # sharing 1 key/value head, the same weight shapes as the preset's 4 heads of 32 sharing 2,
 # so that the 16-bit runs take the tensor-core (mma) attention of real models' head sizes
@@ -24,6 +24,8 @@
 #                same bytes.
 #   d. QLoRA     on the GPU, LoRA bf16-mixed with lora.quantize_base: nf4 = plain LoRA on the
 #                base's NF4 read-back (the tests' nf4_tool beside ctune), byte for byte.
+#   e. eval      ctune eval --device --precision bf16-mixed --quantize-base nf4 on d's
+#                QLoRA adapter = that run's final eval_loss, bit for bit.
 #
 # Why these bounds (measured on the CPU, 200 steps; docs/benchmarks/gpu-notes.md): training
 # is chaotic, so no per-step bound holds for a whole run. Regrouping the same fp32 sums (micro
@@ -152,6 +154,9 @@ common=(model.path="$work/models/tiny" data.train="$work/data/train.h5" data.eva
         checkpoint.every="$half" checkpoint.keep_last=1
         train.global_batch_size="$global_batch" train.micro_batch_size=$((global_batch / 2))
         optim.warmup_steps=$((steps / 4 < 30 ? steps / 4 : 30)))
+
+# A final evaluation on 64 held-out examples (check d's runs, for e).
+final_eval=(data.eval="$work/data/eval.h5" data.synthetic_eval_examples=64)
 
 # train NAME DEVICE METHOD PRECISION [key=value...]: one run, its log and metrics into $logs.
 # RANKS (default 1) and the environment of the caller pass through.
@@ -470,11 +475,31 @@ if [ ! -x "$nf4_tool" ]; then
 elif ! { rm -rf "$work/models/tiny-nf4" && cp -r "$work/models/tiny" "$work/models/tiny-nf4" &&
          "$nf4_tool" base "$work/models/tiny" "$work/models/tiny-nf4/model.safetensors"; } > "$logs/nf4-base.log" 2>&1; then
   fail "QLoRA on $dev: writing the read-back base failed (log: $logs/nf4-base.log)"
-elif OMP_NUM_THREADS=2 train "qlora-$side" "$dev" lora bf16-mixed lora.quantize_base=nf4 &&
-     OMP_NUM_THREADS=2 train "qlora-ref-$side" "$dev" lora bf16-mixed model.path="$work/models/tiny-nf4"; then
+elif OMP_NUM_THREADS=2 train "qlora-$side" "$dev" lora bf16-mixed lora.quantize_base=nf4 "${final_eval[@]}" &&
+     OMP_NUM_THREADS=2 train "qlora-ref-$side" "$dev" lora bf16-mixed model.path="$work/models/tiny-nf4" \
+       "${final_eval[@]}"; then
   same_weights "qlora-ref-$side" "qlora-$side" 0 "lora bf16-mixed on $dev: QLoRA (nf4) = LoRA on the base's NF4 read-back"
+  qlora_ran=1
 else
   fail "QLoRA on $dev: a run failed (logs: $logs/qlora-$side.log, $logs/qlora-ref-$side.log)"
+fi
+
+echo "== e. ctune eval on $dev ($(elapsed))"
+# ctune eval --device --precision --quantize-base nf4 of the QLoRA run's adapter: the run's
+# own final eval_loss, bit for bit (the same forward on the same device).
+if [ "${qlora_ran:-0}" = 1 ]; then
+  want=$(sed -n 's/.*"eval_loss": *\([^,}]*\).*/\1/p' "$work/runs/qlora-$side/summary.json")
+  got=$(timeout -k 5 "$run_timeout" "$ctune" eval --device "$dev" --precision bf16-mixed --quantize-base nf4 \
+          --model "$work/models/tiny" --adapter "$work/runs/qlora-$side/final" --data "$work/data/eval.h5" \
+          --seq-len 16 --micro-batch $((global_batch / 2)) 2> "$logs/eval-$side.log" |
+        sed -n 's/.*"eval_loss": *\([^,}]*\).*/\1/p')
+  if [ -n "$want" ] && [ "$got" = "$want" ]; then
+    pass "ctune eval --device $dev --precision bf16-mixed --quantize-base nf4 = the QLoRA run's eval_loss ($got)"
+  else
+    fail "ctune eval on $dev gave '$got', the QLoRA run '$want' (log: $logs/eval-$side.log)"
+  fi
+else
+  skip "ctune eval on $dev: the QLoRA run of d did not run"
 fi
 
 echo "== gpu_e2e: $passed passed, $failed failed, $skipped skipped in $(elapsed); logs in $logs"

@@ -63,6 +63,20 @@ printf 'garbage' > bad.safetensors
 expect 1 "bad.safetensors" -- "$ctune" inspect bad.safetensors
 expect 0 "model.embed_tokens.weight" -- "$ctune" inspect tiny/model.safetensors
 expect 0 "\+" -- "$ctune" generate --model tiny --prompt "1+1=" --max-new-tokens 3
+expect 2 "--device 'gpu': expected auto, cpu or cuda" -- "$ctune" eval --model tiny --device gpu --ids 1 --logits-out -
+expect 2 "--precision 'bf16': expected fp32, bf16-mixed or fp16-mixed" -- "$ctune" generate --model tiny \
+  --precision bf16 --prompt hi
+expect 2 "--quantize-base 'int8': expected nf4" -- "$ctune" generate --model tiny --quantize-base int8 --prompt hi
+# --device cuda without a usable GPU says so, and runs where there is one
+if command -v nvidia-smi > /dev/null && nvidia-smi -L > /dev/null 2>&1; then
+  expect 0 '"logits"' -- "$ctune" eval --model tiny --device cuda --precision bf16-mixed --ids 1,2 --logits-out -
+else
+  expect 1 "--device cuda asks for a GPU but none can be used" -- "$ctune" eval --model tiny --device cuda \
+    --ids 1,2 --logits-out -
+  expect 1 "--device cuda asks for a GPU but none can be used" -- "$ctune" generate --model tiny --device cuda \
+    --prompt "1+1="
+fi
+expect 0 "\+" -- "$ctune" generate --model tiny --device cpu --precision fp16-mixed --prompt "1+1=" --max-new-tokens 3
 
 # The default dry run resolves the recipe and prints the plan.
 expect 0 "parameters: [0-9]+ total" -- "$ctune" train "$src/configs/tiny/lora.yaml" model.path="$work/tiny" \

@@ -19,7 +19,8 @@
 #     the emulator's peak of cudaMalloc's buffers plus that of the pool's scratch, and within
 #     0.5% + 64 KiB of the estimate the run printed (its buffers and kernel scratch).
 #  4. QLoRA (lora.quantize_base: nf4) on cuda: the bits of plain LoRA on the base's NF4
-#     read-back (gpu_e2e.sh's check d, in 1.), and a peak within the estimate's bound.
+#     read-back (gpu_e2e.sh's check d, in 1.), and a peak within the estimate's bound; ctune
+#     eval --device cuda reproduces its final eval_loss (check e, in 1.).
 # What the emulator cannot show (timing, the hardware's rounding inside mma, the real
 # libraries beyond their documentation) is left to scripts/gpu_session.sh on a GPU.
 set -uo pipefail

@@ -5,7 +5,7 @@
 #  1. bf16-mixed and fp16-mixed, LoRA and full: per-step losses follow the fp32 run within a
 #     bound set by the 16-bit formats' rounding, yet are not the fp32 bits; bf16 (8 significand
 #     bits) strays further than fp16 (11); the final folders hold fp32 weights that ctune eval
-#     loads.
+#     loads, and ctune eval --precision bf16-mixed reproduces a run's final eval_loss from them.
 #  2. 1 rank = 2 ranks (ZeRO 0, 1, 2) in mixed precision: same losses, same weight bytes. At ZeRO
 #     1/2 the fp32 weights are sharded (each rank keeps its shard's): a checkpoint gathered
 #     from the ranks, and resumed between sharded and unsharded runs and world sizes, gives
@@ -163,6 +163,21 @@ for run_name in lora-bf16-mixed lora-fp16-mixed; do
   "$ctune" eval --model models/tiny --adapter "runs/$run_name/final" --data data/train.h5 --seq-len 16 \
     --micro-batch 8 --max-batches 2 > "$run_name-eval.json" 2> "$run_name-eval.err" || bad "ctune eval of $run_name/final failed"
 done
+# ctune eval --precision reproduces a mixed-precision run's own final evaluation from its
+# saved fp32 weights, bit for bit; the fp32 forward does not.
+run full-bf16-eval 1 full bf16-mixed data.eval="$work/data/eval.h5" data.synthetic_eval_examples=32
+for how in bf16-mixed fp32; do
+  "$ctune" eval --model runs/full-bf16-eval/final --precision $how --data data/eval.h5 --seq-len 16 --micro-batch 4 \
+    2>> full-bf16-eval.err || echo '{}'
+done > full-bf16-evals.json
+python3 - << 'PY' && ok "ctune eval --precision bf16-mixed = a full bf16-mixed run's final eval_loss (bits); fp32 differs" \
+  || bad "ctune eval --precision bf16-mixed does not reproduce the run's eval_loss"
+import json, sys
+want = json.load(open("runs/full-bf16-eval/summary.json"))["eval_loss"]
+same, fp32 = (json.loads(line).get("eval_loss") for line in open("full-bf16-evals.json"))
+print(f"  run {want!r}; eval --precision bf16-mixed {same!r}; fp32 {fp32!r}")
+sys.exit(0 if same == want and fp32 is not None and fp32 != want else 1)
+PY
 t1=$(date +%s)
 
 python3 - "$work" "$src/tests" <<'PY' || failed=$((failed + 1))

@@ -9,7 +9,8 @@
 #  2. Resume: stopped at step 13 and resumed from its step-10 checkpoint = the straight run.
 #  3. ctune merge --quantize-base nf4 of the adapter into B = the plain merge into B' (bytes);
 #     the plain merge into B differs; the adapter's and the merge's cards name the 4-bit base.
-#     ctune eval / generate --quantize-base nf4 on B = on B' (loss, logits, completion).
+#     ctune eval / generate --quantize-base nf4 on B = on B' (loss, logits, completion), and
+#     with --precision of the run it reproduces the run's final eval_loss bit for bit.
 #  4. The plan: a "base:" line with the codes' bytes (9/16 of a byte per value here: 4 bits
 #     and a 4-byte absmax per 64); parameter bytes fall by the 16-bit copies no longer held
 #     less those bytes.
@@ -117,6 +118,25 @@ for run in q-bf16 q-dora; do
     && ! cmp -s q.logits full.logits \
     && ok "$run: eval/generate --quantize-base nf4 = on the read-back base (loss, logits, completion), unlike the base" \
     || bad "$run: eval/generate --quantize-base nf4: $(cat q.eval l.eval full.eval)"
+done
+# A run's own final evaluation, reproduced from its adapter: ctune eval in the run's precision
+# on the base as the run held it gives the same bits; fp32, or the base as stored, do not.
+for run in q-bf16:bf16-mixed q-fp16-2r:fp16-mixed q-dora:bf16-mixed; do
+  name=${run%%:*} precision=${run#*:}
+  for how in "--precision $precision --quantize-base nf4" "--quantize-base nf4" "--precision $precision"; do
+    # shellcheck disable=SC2086 # the words of $how are separate flags
+    "$ctune" eval --model models/tiny --adapter "runs/$name/final" $how --data "$work/data/eval.h5" --seq-len 16 \
+      --micro-batch 8 || echo '{}'
+  done > "$name-evals.json" 2>> ev.log
+  python3 - "$name" << 'PY' && ok "$name: ctune eval --precision P --quantize-base nf4 = the run's final eval_loss (bits)" \
+    || bad "$name: ctune eval does not reproduce the run's eval_loss"
+import json, sys
+name = sys.argv[1]
+want = json.load(open(f"runs/{name}/summary.json"))["eval_loss"]
+same, fp32, stored = (json.loads(line).get("eval_loss") for line in open(f"{name}-evals.json"))
+print(f"  {name}: run {want!r}; eval {same!r}; in fp32 {fp32!r}; on the stored base {stored!r}")
+sys.exit(0 if same == want and fp32 is not None and fp32 != want and stored is not None and stored != want else 1)
+PY
 done
 "$ctune" eval --model models/tiny --quantize-base fp4 --ids 1 --logits-out - > ev-bad.log 2>&1
 [ $? -eq 2 ] && grep -q "expected nf4" ev-bad.log && ok "eval refuses --quantize-base fp4" \

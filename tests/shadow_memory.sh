@@ -6,8 +6,8 @@
 # activation checkpointing, periodic checkpoints, resume, evaluation with answer accuracy, and
 # bf16-mixed at ZeRO 2 (sharded fp32 weights: their 16-bit all-gather and the checkpoint gather)
 # and ZeRO 3 (the layers' 16-bit weights gathered layer by layer, evaluation in rounds), and
-# QLoRA (the 4-bit base quantized on the host at load, read back a layer at a time).
-# Each run must write the same bytes as the same run on the plain CPU backend.
+# QLoRA (the 4-bit base quantized on the host at load, read back a layer at a time); then ctune
+# eval and generate. Each must write the same bytes as on the plain CPU backend.
 set -euo pipefail
 src=${CTUNE_SOURCE_DIR:?}
 ctune=${CTUNE:?}
@@ -53,4 +53,21 @@ for case in "${cases[@]}"; do
   done
   echo "$name: $ranks rank(s), shadow backend = cpu backend, bit for bit (also resumed)"
 done
+# ctune eval (a dataset on 2 ranks, one sequence's logits) and ctune generate, in bf16-mixed
+# with the QLoRA adapter on the base's NF4 read-back: the shadow backend's output = the CPU's.
+infer=(--model "$work/models/tiny" --adapter "$work/qlora-bf16-dropout-cpu/final" --precision bf16-mixed
+       --quantize-base nf4)
+for backend in cpu shadow; do
+  shadow=0
+  [ "$backend" = shadow ] && shadow=1
+  {
+    CTUNE_TEST_SHADOW_MEMORY=$shadow "${mpirun[@]}" -np 2 -x CTUNE_TEST_SHADOW_MEMORY "$ctune" eval "${infer[@]}" \
+      --data "$work/data/eval.h5" --seq-len 16 --micro-batch 4 --accuracy
+    CTUNE_TEST_SHADOW_MEMORY=$shadow "$ctune" eval "${infer[@]}" --ids 1,5,9,12,7 --logits-out -
+    CTUNE_TEST_SHADOW_MEMORY=$shadow "$ctune" generate "${infer[@]}" --prompt "12+34=" --max-new-tokens 4
+  } > "infer-$backend.txt" 2> "infer-$backend.err" || { cat "infer-$backend.err"; echo "FAIL: eval/generate on $backend"; exit 1; }
+done
+cmp infer-cpu.txt infer-shadow.txt || { echo "FAIL: eval/generate differ on the shadow backend"; exit 1; }
+grep -q '"eval_accuracy"' infer-cpu.txt || { echo "FAIL: no eval output"; exit 1; }
+echo "eval (2 ranks) and generate in bf16-mixed with --quantize-base nf4: shadow backend = cpu backend, bit for bit"
 echo "shadow_memory: ok"

@@ -21,21 +21,20 @@ static void eval_usage(FILE *out) {
             "Mean token loss of a model (plus an optional PEFT LoRA adapter) on a ctune dataset,\n"
             "in dataset order, and the exact-match accuracy of greedy answers with --accuracy.\n"
             "The loss is the same bits on any number of ranks and equals a run's final eval_loss\n"
-            "for the same --seq-len and --micro-batch.\n"
-            "\n"
-            "  --seq-len N       sequence length (default 256)\n"
-            "  --micro-batch N   sequences per forward pass (default 8)\n"
-            "  --max-batches N   evaluate at most N micro-batches (default all)\n"
-            "  --accuracy        also measure answer accuracy (prompt = tokens before the loss)\n"
-            "  --quantize-base nf4  read the base as a QLoRA run (lora.quantize_base: nf4) held\n"
-            "                    it: the layers' Linear weights replaced by their NF4 read-back,\n"
-            "                    the weights its adapter was trained on\n"
+            "for the same --seq-len, --micro-batch, --precision and device.\n"
+            "\n");
+    inference_options_usage(out);
+    fprintf(out,
+            "  --seq-len N          sequence length (default 256)\n"
+            "  --micro-batch N      sequences per forward pass (default 8)\n"
+            "  --max-batches N      evaluate at most N micro-batches (default all)\n"
+            "  --accuracy           also measure answer accuracy (prompt = tokens before the loss)\n"
             "Prints one JSON object: {\"eval_loss\", \"eval_tokens\"[, \"eval_accuracy\"]}.\n"
             "\n"
-            "  --ids I,J,...      instead of a dataset: one sequence of token ids (no BOS added)\n"
-            "  --logits-out FILE  with --ids: write {\"ids\": [...], \"logits\": [[vocab floats]\n"
-            "                     per position]} (fp32 CPU forward, no dropout; '-' = stdout),\n"
-            "                     to compare with another implementation's logits\n");
+            "  --ids I,J,...        instead of a dataset: one sequence of token ids (no BOS added)\n"
+            "  --logits-out FILE    with --ids: write {\"ids\": [...], \"logits\": [[vocab floats]\n"
+            "                       per position]} (no dropout; '-' = stdout), to compare with\n"
+            "                       another implementation's logits\n");
 }
 
 static int parse_count(const char *flag, const char *text, int min, int *out) {
@@ -91,6 +90,7 @@ static int write_sequence_logits(model *m, const int32_t *ids, int n, const char
     float *logits = malloc((size_t)n * (size_t)vocab * sizeof *logits);
     if (!logits) return ct_fail(err, "out of memory for %d x %d logits", n, vocab);
     int status = model_logits(m, ids, n, 0, logits, err);
+    if (!status) status = inference_check(m->k, err);
     textbuf json = {0};
     textbuf_puts(&json, "{\"ids\": [");
     for (int t = 0; t < n; t++) textbuf_printf(&json, "%s%d", t ? ", " : "", (int)ids[t]);
@@ -130,7 +130,9 @@ static int eval_logits(const inference_source *source, const char *ids_text, con
     model m;
     bool have_model = false;
     int status = parse_ids(ids_text, &ids, &n, &err);
-    if (!status) status = load_model_for_inference(&m, source, kernels_cpu(), &err);
+    const kernels *k = NULL;
+    if (!status) status = inference_backend(source, 0, &k, &err);
+    if (!status) status = load_model_for_inference(&m, source, k, &err);
     have_model = !status;
     if (!status) status = write_sequence_logits(&m, ids, n, out_path, &err);
     if (status) fprintf(stderr, "ctune eval: %s\n", err.msg);
@@ -151,16 +153,11 @@ int cmd_eval(int argc, char **argv) {
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             eval_usage(stdout);
             return 0;
-        } else if (!strcmp(a, "--model") && has_value) source.model_dir = argv[++i];
-        else if (!strcmp(a, "--adapter") && has_value) source.adapter_dir = argv[++i];
-        else if (!strcmp(a, "--quantize-base") && has_value) {
-            if (strcmp(argv[++i], "nf4") != 0) {
-                fprintf(stderr, "ctune eval: --quantize-base '%s': expected nf4\n", argv[i]);
-                return 2;
-            }
-            source.nf4_base = true;
         }
-        else if (!strcmp(a, "--data") && has_value) data_path = argv[++i];
+        const int shared = inference_option("eval", argc, argv, &i, &source);
+        if (shared < 0) return 2;
+        if (shared) continue;
+        if (!strcmp(a, "--data") && has_value) data_path = argv[++i];
         else if (!strcmp(a, "--ids") && has_value) ids_text = argv[++i];
         else if (!strcmp(a, "--logits-out") && has_value) logits_out = argv[++i];
         else if (!strcmp(a, "--seq-len") && has_value) {
@@ -204,7 +201,9 @@ int cmd_eval(int argc, char **argv) {
     model m;
     dataset ds;
     bool have_model = false, have_data = false;
-    int status = load_model_for_inference(&m, &source, kernels_cpu(), &err);
+    const kernels *k = NULL;
+    int status = inference_backend(&source, d.local_rank, &k, &err);
+    if (!status) status = load_model_for_inference(&m, &source, k, &err);
     have_model = status == 0;
     if (!status) status = dataset_open(&ds, data_path, &err);
     have_data = have_model && status == 0;
@@ -214,6 +213,7 @@ int cmd_eval(int argc, char **argv) {
     long long tokens = 0;
     if (!status) status = evaluate_loss(&m, &ds, &d, micro, seq_len, max_batches, &loss, &tokens, &err);
     if (!status && accuracy) status = evaluate_accuracy(&m, &ds, &d, 0, &acc, &err);
+    if (have_model) status = dist_agree(&d, status ? status : inference_check(k, &err), &err);
     if (d.rank == 0) {
         if (status) fprintf(stderr, "ctune eval: %s\n", err.msg);
         else if (accuracy)

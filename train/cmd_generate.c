@@ -15,14 +15,14 @@ static void generate_usage(FILE *out) {
             "usage: ctune generate --model DIR [--adapter DIR] --prompt TEXT [options]\n"
             "\n"
             "Continues the prompt with the model (plus a PEFT LoRA adapter folder, e.g. a run's\n"
-            "final/) on the CPU and prints the completion.\n"
-            "\n"
+            "final/) and prints the completion.\n"
+            "\n");
+    inference_options_usage(out);
+    fprintf(out,
             "  --max-new-tokens N   tokens to generate at most (default 32); stops at EOS\n"
             "  --temperature T      0 = greedy (default); > 0 samples from softmax(logits / T)\n"
             "  --seed N             sampling seed (default 0)\n"
-            "  --no-special         do not add the tokenizer's special tokens (BOS) to the prompt\n"
-            "  --quantize-base nf4  read the base as a QLoRA run (lora.quantize_base: nf4) held it:\n"
-            "                       the layers' Linear weights replaced by their NF4 read-back\n");
+            "  --no-special         do not add the tokenizer's special tokens (BOS) to the prompt\n");
 }
 
 static int sample_logits(const float *logits, int vocab, double temperature, uint64_t *rng) {
@@ -59,16 +59,11 @@ int cmd_generate(int argc, char **argv) {
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             generate_usage(stdout);
             return 0;
-        } else if (!strcmp(a, "--model") && has_value) source.model_dir = argv[++i];
-        else if (!strcmp(a, "--adapter") && has_value) source.adapter_dir = argv[++i];
-        else if (!strcmp(a, "--quantize-base") && has_value) {
-            if (strcmp(argv[++i], "nf4") != 0) {
-                fprintf(stderr, "ctune generate: --quantize-base '%s': expected nf4\n", argv[i]);
-                return 2;
-            }
-            source.nf4_base = true;
         }
-        else if (!strcmp(a, "--prompt") && has_value) prompt = argv[++i];
+        const int shared = inference_option("generate", argc, argv, &i, &source);
+        if (shared < 0) return 2;
+        if (shared) continue;
+        if (!strcmp(a, "--prompt") && has_value) prompt = argv[++i];
         else if (!strcmp(a, "--max-new-tokens") && has_value) {
             if (parse_number(a, argv[++i], 1, &max_new)) return 2;
         } else if (!strcmp(a, "--temperature") && has_value) {
@@ -97,7 +92,9 @@ int cmd_generate(int argc, char **argv) {
     char *text = NULL;
     size_t n_ids = 0, text_len = 0;
     int status = tokenizer_load(&tok, path, &err);
-    if (!status) status = load_model_for_inference(&m, &source, kernels_cpu(), &err);
+    const kernels *k = NULL;
+    if (!status) status = inference_backend(&source, 0, &k, &err);
+    if (!status) status = load_model_for_inference(&m, &source, k, &err);
     model_ready = status == 0;
     if (!status) status = tokenizer_encode(tok, prompt, strlen(prompt), add_special, &ids, &n_ids, &err);
     if (!status && n_ids == 0) status = ct_fail(&err, "the prompt encodes to no tokens");
@@ -113,6 +110,7 @@ int cmd_generate(int argc, char **argv) {
     uint64_t rng = (uint64_t)seed;
     while (!status && n_ids < capacity) {
         status = model_last_logits(&m, ids, (int)n_ids, logits, &err);
+        if (!status) status = inference_check(k, &err);
         if (status) break;
         int next = sample_logits(logits, m.cfg.vocab_size, temperature, &rng);
         bool eos = false;

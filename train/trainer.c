@@ -24,39 +24,17 @@
 #include "train/train_state.h"
 #include "train/units.h"
 
-/* device auto takes the GPU when one can be used and falls back to the CPU; every precision
- * runs on both (mixed precision on the CPU rounds as the GPU does, to check, not to be fast). */
-/* The backend, and which memory it allocates from (memory_key: "host", or "cuda:" and the
- * GPU's PCI bus id), to count the node's ranks that share it (check_memory). */
+/* The backend the recipe's device names, and which memory it allocates from (memory_key:
+ * "host", or "cuda:" and the GPU's PCI bus id), to count the node's ranks that share it
+ * (check_memory). */
 static int select_backend(const recipe *r, const dist *d, const kernels **k, char *memory_key, size_t key_size,
                           ct_error *err) {
-    const char *shadow = getenv("CTUNE_TEST_SHADOW_MEMORY");
-    snprintf(memory_key, key_size, "host");
-    if (shadow && !strcmp(shadow, "1")) { /* test hook: GPU-like memory on the CPU */
-        *k = kernels_shadow();
-        return 0;
-    }
-    if (r->device == DEVICE_CPU) {
-        *k = kernels_cpu();
-        return 0;
-    }
-    ct_error cuda_err;
-    char bus_id[64];
-    if (kernels_cuda_bind_rank(d->local_rank, bus_id, sizeof bus_id, &cuda_err) == 0 &&
-        kernels_cuda(k, &cuda_err) == 0) {
-        snprintf(memory_key, key_size, "cuda:%s", bus_id);
-        return 0;
-    }
-    if (r->device == DEVICE_CUDA)
+    ct_error why;
+    if (backend_for_device(r->device, d->local_rank, k, memory_key, key_size, &why))
         return ct_fail(err, "%s: the recipe asks for a GPU (device: cuda) but none can be used: %s "
                             "(device: auto falls back to the CPU)",
-                       r->source, cuda_err.msg);
-    *k = kernels_cpu();
+                       r->source, why.msg);
     return 0;
-}
-
-static model_precision model_precision_of(recipe_precision p) {
-    return p == PRECISION_BF16_MIXED ? MODEL_BF16_MIXED : p == PRECISION_FP16_MIXED ? MODEL_FP16_MIXED : MODEL_FP32;
 }
 
 static int lora_from_recipe(const recipe *r, lora_settings *s, ct_error *err) {

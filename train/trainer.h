@@ -7,6 +7,7 @@
 #define CTUNE_TRAINER_H
 
 #include <stdbool.h>
+#include <stdio.h>
 
 #include "train/checkpoint.h"
 #include "train/data.h"
@@ -35,18 +36,47 @@ int evaluate_loss(model *m, const dataset *ds, const dist *d, int micro_batch, i
 int evaluate_accuracy(model *m, const dataset *ds, const dist *d, int max_examples,
                       double *accuracy, ct_error *err);
 
-/* What ctune eval / generate load: a model folder, optionally a PEFT adapter folder, and
+/* The model precision a recipe's precision names. */
+model_precision model_precision_of(recipe_precision p);
+
+/* The backend for device on this node-local rank: the CPU's, or the GPU the rank is bound to
+ * (device auto falls back to the CPU when none can be used). memory_key[key_size] names the
+ * memory it allocates from ("host", or "cuda:" and the GPU's PCI bus id). Fails only for
+ * DEVICE_CUDA without a usable GPU, with the reason in *why. Test hook: CTUNE_TEST_SHADOW_MEMORY=1
+ * gives kernels_shadow(). */
+int backend_for_device(recipe_device device, int local_rank, const kernels **k, char *memory_key, size_t key_size,
+                       ct_error *why);
+
+/* What ctune eval / generate load and run: a model folder, optionally a PEFT adapter folder,
  * whether the base is read as QLoRA held it (nf4_base: the decoder layers' Linear weights
- * replaced by their NF4 read-back, kernels/nf4.h), as a lora.quantize_base: nf4 run trained
- * its adapter on. */
+ * replaced by their NF4 read-back, kernels/nf4.h, as a lora.quantize_base: nf4 run trained its
+ * adapter on), the precision of the GEMMs and the device. Zero-initialised: fp32, device auto. */
 typedef struct inference_source {
     const char *model_dir;
     const char *adapter_dir; /* NULL: none */
     bool nf4_base;
+    model_precision precision;
+    recipe_device device;
 } inference_source;
 
-/* Loads src for inference on backend k (fp32). */
+/* The options the commands that load an inference_source share: --model, --adapter,
+ * --quantize-base nf4, --precision fp32|bf16-mixed|fp16-mixed, --device auto|cpu|cuda. If
+ * argv[*i] is one of them with a value, stores it, steps *i past the value and returns 1;
+ * returns 0 for anything else, and -1 (said on stderr, "ctune COMMAND: ...") for a bad value. */
+int inference_option(const char *command, int argc, char **argv, int *i, inference_source *src);
+/* Their --help lines. */
+void inference_options_usage(FILE *out);
+
+/* The backend src->device names for this node-local rank (a clear error for --device cuda
+ * without a usable GPU). */
+int inference_backend(const inference_source *src, int local_rank, const kernels **k, ct_error *err);
+
+/* Loads src for inference on backend k, in src->precision. */
 int load_model_for_inference(model *m, const inference_source *src, const kernels *k, ct_error *err);
+
+/* Waits for a GPU backend and returns its first error since the last check (kernels are
+ * asynchronous; kernels_cuda_status); 0 on the CPU. Call before trusting results. */
+int inference_check(const kernels *k, ct_error *err);
 
 /* Index of the highest logit. */
 int argmax_logits(const float *logits, int vocab);

@@ -1,10 +1,12 @@
 /* The evaluation and inference helpers of trainer.h (loss and answer accuracy over a
- * dataset, split over ranks; loading a model for inference), apart from the step loop. */
+ * dataset, split over ranks; choosing a backend; loading a model for inference), apart from
+ * the step loop. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/cuda/cuda_status.h"
 #include "kernels/nf4.h"
 #include "train/trainer.h"
 
@@ -13,6 +15,93 @@ int argmax_logits(const float *logits, int vocab) {
     for (int i = 1; i < vocab; i++)
         if (logits[i] > logits[best]) best = i;
     return best;
+}
+
+model_precision model_precision_of(recipe_precision p) {
+    return p == PRECISION_BF16_MIXED ? MODEL_BF16_MIXED : p == PRECISION_FP16_MIXED ? MODEL_FP16_MIXED : MODEL_FP32;
+}
+
+/* device auto takes the GPU when one can be used and falls back to the CPU; every precision
+ * runs on both (mixed precision on the CPU rounds as the GPU does, to check, not to be fast). */
+int backend_for_device(recipe_device device, int local_rank, const kernels **k, char *memory_key, size_t key_size,
+                       ct_error *why) {
+    const char *shadow = getenv("CTUNE_TEST_SHADOW_MEMORY");
+    snprintf(memory_key, key_size, "host");
+    if (shadow && !strcmp(shadow, "1")) { /* test hook: GPU-like memory on the CPU */
+        *k = kernels_shadow();
+        return 0;
+    }
+    if (device == DEVICE_CPU) {
+        *k = kernels_cpu();
+        return 0;
+    }
+    char bus_id[64];
+    if (kernels_cuda_bind_rank(local_rank, bus_id, sizeof bus_id, why) == 0 && kernels_cuda(k, why) == 0) {
+        snprintf(memory_key, key_size, "cuda:%s", bus_id);
+        return 0;
+    }
+    if (device == DEVICE_CUDA) return -1;
+    *k = kernels_cpu();
+    return 0;
+}
+
+static const char *const precision_names[] = {"fp32", "bf16-mixed", "fp16-mixed"};
+static const char *const device_names[] = {"auto", "cpu", "cuda"};
+
+/* The index of text in names[n], or -1 after saying on stderr what was expected. */
+static int choice_of(const char *command, const char *flag, const char *text, const char *const *names, int n) {
+    for (int i = 0; i < n; i++)
+        if (!strcmp(text, names[i])) return i;
+    fprintf(stderr, "ctune %s: %s '%s': expected ", command, flag, text);
+    for (int i = 0; i < n; i++) fprintf(stderr, "%s%s", names[i], i + 2 < n ? ", " : i + 1 < n ? " or " : "\n");
+    return -1;
+}
+
+void inference_options_usage(FILE *out) {
+    fputs("  --model DIR          a Hugging Face model folder\n"
+          "  --adapter DIR        plus a PEFT LoRA/DoRA adapter folder (e.g. a run's final/)\n"
+          "  --precision P        fp32 (default), bf16-mixed or fp16-mixed: 16-bit GEMMs as a run in\n"
+          "                       that precision computes them, so its own evaluations come out the same\n"
+          "  --device D           auto (default: the GPU when one can be used), cpu or cuda\n"
+          "  --quantize-base nf4  read the base as a QLoRA run (lora.quantize_base: nf4) held it: the\n"
+          "                       layers' Linear weights replaced by their NF4 read-back, the weights\n"
+          "                       its adapter was trained on\n",
+          out);
+}
+
+int inference_option(const char *command, int argc, char **argv, int *i, inference_source *src) {
+    const char *flag = argv[*i];
+    if (*i + 1 >= argc) return 0;
+    const char *value = argv[*i + 1];
+    int choice = 0;
+    if (!strcmp(flag, "--model")) src->model_dir = value;
+    else if (!strcmp(flag, "--adapter")) src->adapter_dir = value;
+    else if (!strcmp(flag, "--quantize-base")) {
+        static const char *const nf4[] = {"nf4"};
+        if (choice_of(command, flag, value, nf4, 1) < 0) return -1;
+        src->nf4_base = true;
+    } else if (!strcmp(flag, "--precision")) {
+        if ((choice = choice_of(command, flag, value, precision_names, 3)) < 0) return -1;
+        src->precision = model_precision_of((recipe_precision)choice);
+    } else if (!strcmp(flag, "--device")) {
+        if ((choice = choice_of(command, flag, value, device_names, 3)) < 0) return -1;
+        src->device = (recipe_device)choice;
+    } else return 0;
+    *i += 1;
+    return 1;
+}
+
+int inference_backend(const inference_source *src, int local_rank, const kernels **k, ct_error *err) {
+    char memory_key[80];
+    ct_error why;
+    if (backend_for_device(src->device, local_rank, k, memory_key, sizeof memory_key, &why))
+        return ct_fail(err, "--device cuda asks for a GPU but none can be used: %s (--device auto falls back "
+                            "to the CPU)", why.msg);
+    return 0;
+}
+
+int inference_check(const kernels *k, ct_error *err) {
+    return strcmp(k->name, "cuda") ? 0 : kernels_cuda_status(err);
 }
 
 /* --quantize-base nf4: every weight QLoRA holds in 4 bits (model_nf4_quantizes) replaced by
@@ -57,8 +146,11 @@ int load_model_for_inference(model *m, const inference_source *src, const kernel
     int status = model_create(m, &cfg, src->adapter_dir ? &lora : NULL, k, err);
     model_config_free(&cfg);
     if (status) return -1;
+    /* Mixed precision rounds its 16-bit copies from the weights as loaded, as a run does from
+     * its fp32 weights, so a run's own evaluations are reproduced bit for bit. */
     if (model_load_weights(m, src->model_dir, err) || (src->nf4_base && read_back_nf4_base(m, err)) ||
-        (src->adapter_dir && lora_load_adapter(m, src->adapter_dir, err))) {
+        (src->adapter_dir && lora_load_adapter(m, src->adapter_dir, err)) ||
+        (src->precision != MODEL_FP32 && model_set_precision(m, src->precision, err))) {
         model_free(m);
         return -1;
     }
