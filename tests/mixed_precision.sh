@@ -166,17 +166,20 @@ done
 # ctune eval --precision reproduces a mixed-precision run's own final evaluation from its
 # saved fp32 weights, bit for bit; the fp32 forward does not.
 run full-bf16-eval 1 full bf16-mixed data.eval="$work/data/eval.h5" data.synthetic_eval_examples=32
-for how in bf16-mixed fp32; do
-  "$ctune" eval --model runs/full-bf16-eval/final --precision $how --data data/eval.h5 --seq-len 16 --micro-batch 4 \
-    2>> full-bf16-eval.err || echo '{}'
-done > full-bf16-evals.json
-python3 - << 'PY' && ok "ctune eval --precision bf16-mixed = a full bf16-mixed run's final eval_loss (bits); fp32 differs" \
+{
+  for how in bf16-mixed fp32; do
+    "$ctune" eval --model runs/full-bf16-eval/final --precision $how --data data/eval.h5 --seq-len 16 --micro-batch 4 \
+      || echo '{}'
+  done
+  "$ctune" eval --run runs/full-bf16-eval || echo '{}'
+} > full-bf16-evals.json 2>> full-bf16-eval.err
+python3 - << 'PY' && ok "ctune eval --precision bf16-mixed, and --run, = a full bf16-mixed run's final eval_loss (bits); fp32 differs" \
   || bad "ctune eval --precision bf16-mixed does not reproduce the run's eval_loss"
 import json, sys
 want = json.load(open("runs/full-bf16-eval/summary.json"))["eval_loss"]
-same, fp32 = (json.loads(line).get("eval_loss") for line in open("full-bf16-evals.json"))
-print(f"  run {want!r}; eval --precision bf16-mixed {same!r}; fp32 {fp32!r}")
-sys.exit(0 if same == want and fp32 is not None and fp32 != want else 1)
+same, fp32, run = (json.loads(line).get("eval_loss") for line in open("full-bf16-evals.json"))
+print(f"  run {want!r}; eval --precision bf16-mixed {same!r}; --run {run!r}; fp32 {fp32!r}")
+sys.exit(0 if same == want and run == want and fp32 is not None and fp32 != want else 1)
 PY
 t1=$(date +%s)
 

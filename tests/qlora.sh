@@ -10,7 +10,8 @@
 #  3. ctune merge --quantize-base nf4 of the adapter into B = the plain merge into B' (bytes);
 #     the plain merge into B differs; the adapter's and the merge's cards name the 4-bit base.
 #     ctune eval / generate --quantize-base nf4 on B = on B' (loss, logits, completion), and
-#     with --precision of the run it reproduces the run's final eval_loss bit for bit.
+#     with --precision of the run it reproduces the run's final eval_loss bit for bit; so does
+#     ctune eval --run RUN_DIR from the run's folder alone.
 #  4. The plan: a "base:" line with the codes' bytes (9/16 of a byte per value here: 4 bits
 #     and a 4-byte absmax per 64); parameter bytes fall by the 16-bit copies no longer held
 #     less those bytes.
@@ -68,6 +69,9 @@ grep -q "base: the layers' [0-9]* Linear weights in 4 bits" q-bf16.log && ok "th
 CTUNE_TEST_FAIL_RANK=0 CTUNE_TEST_FAIL_STEP=13 "$ctune" train "$src/configs/tiny/lora.yaml" "${common[@]}" \
   model.path="$work/models/tiny" lora.quantize_base=nf4 checkpoint.every=5 checkpoint.output_dir=runs/q-resumed \
   > stopped.log 2>&1 && bad "the test hook did not stop the run"
+"$ctune" eval --run runs/q-resumed > unfinished.log 2>&1
+[ $? -eq 1 ] && grep -q "no final/ folder (the run has not finished); name a checkpoint with --adapter" unfinished.log \
+  && ok "eval --run of an unfinished run names the way to a checkpoint" || { cat unfinished.log; bad "eval --run unfinished"; }
 run q-resumed tiny 1 lora.quantize_base=nf4 checkpoint.every=5 checkpoint.resume=auto
 grep -q "resumed from .*step-000010 at step 10" q-resumed.log || bad "q-resumed did not resume at step 10"
 python3 - << 'PY' && ok "resumed at step 10 = the straight run (steps 11-30, adapter bytes)" || bad "the resumed run differs"
@@ -138,6 +142,25 @@ print(f"  {name}: run {want!r}; eval {same!r}; in fp32 {fp32!r}; on the stored b
 sys.exit(0 if same == want and fp32 is not None and fp32 != want and stored is not None and stored != want else 1)
 PY
 done
+# --run RUN: the same from the run's folder alone (its recipe gives base, adapter, precision,
+# the 4-bit base, and the final evaluation's data and shape, answer accuracy included).
+for name in q-bf16 q-fp16-2r q-dora; do
+  "$ctune" eval --run "runs/$name" > "$name-run.json" 2>> ev.log
+  python3 - "$name" << 'PY' && ok "$name: ctune eval --run = the run's final eval_loss and accuracy (bits)" \
+    || bad "$name: ctune eval --run does not reproduce the run's final evaluation"
+import json, sys
+name = sys.argv[1]
+want = json.load(open(f"runs/{name}/summary.json"))
+got = json.load(open(f"{name}-run.json"))
+print(f"  {name}: run {want['eval_loss']!r} / {want['eval_accuracy']!r}; --run {got}")
+sys.exit(0 if got["eval_loss"] == want["eval_loss"] and got["eval_accuracy"] == want["eval_accuracy"] else 1)
+PY
+done
+"$ctune" generate --run runs/q-bf16 --prompt "12+34=" --max-new-tokens 4 > run.gen 2>> ev.log
+"$ctune" generate --model models/tiny --adapter runs/q-bf16/final --quantize-base nf4 --precision bf16-mixed \
+  --prompt "12+34=" --max-new-tokens 4 > flags.gen 2>> ev.log
+[ -s run.gen ] && cmp -s run.gen flags.gen && ok "generate --run = generate with the run's flags" \
+  || bad "generate --run differs from the flags it stands for"
 "$ctune" eval --model models/tiny --quantize-base fp4 --ids 1 --logits-out - > ev-bad.log 2>&1
 [ $? -eq 2 ] && grep -q "expected nf4" ev-bad.log && ok "eval refuses --quantize-base fp4" \
   || bad "eval --quantize-base fp4 was not refused"

@@ -43,6 +43,9 @@ grep -q "world_size.*2" runs/lora/summary.json || { echo "FAIL: LoRA run did not
 "$ctune" eval --model models/tiny --adapter runs/lora/final --data data/eval.h5 --seq-len 16 \
   --micro-batch 32 > lora_eval.json
 "$ctune" eval --model runs/full/final --data data/eval.h5 --seq-len 16 --micro-batch 32 > full_eval.json
+# --run: the run's folder alone gives the model, the adapter and the final evaluation's settings.
+"$ctune" eval --run runs/lora > lora_run_eval.json
+"$ctune" eval --run runs/full > full_run_eval.json
 # The same eval on 2 ranks must give the same bits.
 "$src/scripts/mpirun.sh" -np 2 "$ctune" eval --model runs/full/final --data data/eval.h5 --seq-len 16 \
   --micro-batch 32 > full_eval_2ranks.json
@@ -68,6 +71,10 @@ for run in ("lora", "full"):
     evaluated = json.load(open(f"{run}_eval.json"))
     check(summary["eval_loss"] == evaluated["eval_loss"],
           f"{run}: saved model reproduces the final eval loss exactly ({summary['eval_loss']!r} vs {evaluated['eval_loss']!r})")
+    from_run = json.load(open(f"{run}_run_eval.json"))
+    check(from_run["eval_loss"] == summary["eval_loss"] and from_run["eval_accuracy"] == summary["eval_accuracy"],
+          f"{run}: ctune eval --run reproduces the final eval loss and accuracy "
+          f"({from_run['eval_loss']!r}, {from_run['eval_accuracy']!r} vs {summary['eval_accuracy']!r})")
 two = json.load(open("full_eval_2ranks.json"))
 one = json.load(open("full_eval.json"))
 check(one["eval_loss"] == two["eval_loss"], "eval loss is the same bits on 1 and 2 ranks")

@@ -15,6 +15,7 @@
 static void eval_usage(FILE *out) {
     fprintf(out,
             "usage: ctune eval --model DIR [--adapter DIR] --data FILE.h5 [options]\n"
+            "       ctune eval --run RUN_DIR [options]\n"
             "       ctune eval --model DIR [--adapter DIR] --ids 1,2,3 --logits-out FILE.json\n"
             "       mpirun -np N ctune eval ...\n"
             "\n"
@@ -25,10 +26,11 @@ static void eval_usage(FILE *out) {
             "\n");
     inference_options_usage(out);
     fprintf(out,
-            "  --seq-len N          sequence length (default 256)\n"
-            "  --micro-batch N      sequences per forward pass (default 8)\n"
-            "  --max-batches N      evaluate at most N micro-batches (default all)\n"
-            "  --accuracy           also measure answer accuracy (prompt = tokens before the loss)\n"
+            "  --seq-len N          sequence length (default 256, or the run's)\n"
+            "  --micro-batch N      sequences per forward pass (default 8, or the run's)\n"
+            "  --max-batches N      evaluate at most N micro-batches (default all, or the run's)\n"
+            "  --accuracy           also measure answer accuracy (prompt = tokens before the loss;\n"
+            "                       on with --run for a synthetic task's evaluation data, as the run did)\n"
             "Prints one JSON object: {\"eval_loss\", \"eval_tokens\"[, \"eval_accuracy\"]}.\n"
             "\n"
             "  --ids I,J,...        instead of a dataset: one sequence of token ids (no BOS added)\n"
@@ -145,7 +147,7 @@ int cmd_eval(int argc, char **argv) {
     inference_source source = {0};
     const char *data_path = NULL;
     const char *ids_text = NULL, *logits_out = NULL;
-    int seq_len = 256, micro = 8, max_batches = 0;
+    int seq_len = -1, micro = -1, max_batches = -1; /* -1: not given */
     bool accuracy = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -173,6 +175,15 @@ int cmd_eval(int argc, char **argv) {
             return 2;
         }
     }
+    ct_error err = {{0}};
+    run_eval_settings from_run = {.seq_len = 256, .micro_batch = 8, .max_batches = 0};
+    if (inference_apply_run(&source, &from_run, &err)) {
+        fprintf(stderr, "ctune eval: %s\n", err.msg);
+        return 1;
+    }
+    if (seq_len < 0) seq_len = from_run.seq_len;
+    if (micro < 0) micro = from_run.micro_batch;
+    if (max_batches < 0) max_batches = from_run.max_batches;
     if (ids_text || logits_out) {
         if (!ids_text || !logits_out) {
             fprintf(stderr, "ctune eval: --ids and --logits-out go together\n");
@@ -188,11 +199,16 @@ int cmd_eval(int argc, char **argv) {
         }
         return eval_logits(&source, ids_text, logits_out);
     }
+    if (!data_path && from_run.data[0]) {
+        data_path = from_run.data;
+        accuracy |= from_run.accuracy;
+    }
     if (!source.model_dir || !data_path) {
-        eval_usage(stderr);
+        if (source.run_dir && !data_path)
+            fprintf(stderr, "ctune eval: --run %s had no evaluation data; pass --data\n", source.run_dir);
+        else eval_usage(stderr);
         return 2;
     }
-    ct_error err = {{0}};
     dist d;
     if (dist_init(&d, &argc, &argv, &err)) {
         fprintf(stderr, "ctune eval: %s\n", err.msg);

@@ -13,6 +13,7 @@
 static void generate_usage(FILE *out) {
     fprintf(out,
             "usage: ctune generate --model DIR [--adapter DIR] --prompt TEXT [options]\n"
+            "       ctune generate --run RUN_DIR --prompt TEXT [options]\n"
             "\n"
             "Continues the prompt with the model (plus a PEFT LoRA adapter folder, e.g. a run's\n"
             "final/) and prints the completion.\n"
@@ -77,11 +78,15 @@ int cmd_generate(int argc, char **argv) {
             return 2;
         }
     }
+    ct_error err = {{0}};
+    if (inference_apply_run(&source, NULL, &err)) {
+        fprintf(stderr, "ctune generate: %s\n", err.msg);
+        return 1;
+    }
     if (!source.model_dir || !prompt) {
         generate_usage(stderr);
         return 2;
     }
-    ct_error err = {{0}};
     char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer.json", source.model_dir);
     tokenizer *tok = NULL;

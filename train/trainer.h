@@ -57,7 +57,19 @@ typedef struct inference_source {
     bool nf4_base;
     model_precision precision;
     recipe_device device;
+    /* --run DIR: a training run's folder, whose recipe.resolved.yaml supplies what the flags
+     * did not give (inference_apply_run); the given ones say which flags were passed. */
+    const char *run_dir;
+    bool precision_given, device_given;
+    char run_base[RECIPE_PATH_MAX], run_final[RECIPE_PATH_MAX + 8]; /* storage for the paths */
 } inference_source;
+
+/* What a run's own final evaluation used (--run), for ctune eval to default to. */
+typedef struct run_eval_settings {
+    char data[RECIPE_PATH_MAX]; /* data.eval; "" when the run had none */
+    int seq_len, micro_batch, max_batches;
+    bool accuracy;              /* a synthetic task: the run measured answer accuracy too */
+} run_eval_settings;
 
 /* The options the commands that load an inference_source share: --model, --adapter,
  * --quantize-base nf4, --precision fp32|bf16-mixed|fp16-mixed, --device auto|cpu|cuda. If
@@ -66,6 +78,12 @@ typedef struct inference_source {
 int inference_option(const char *command, int argc, char **argv, int *i, inference_source *src);
 /* Their --help lines. */
 void inference_options_usage(FILE *out);
+
+/* With src->run_dir: reads the run's recipe.resolved.yaml and fills in what was not given:
+ * the base (model.path) and the adapter (the run's final/), or for full fine-tuning the
+ * model (final/); --quantize-base nf4 for a QLoRA run; the precision and device; and in
+ * *eval (may be NULL) the evaluation the run ended with. No-op without run_dir. */
+int inference_apply_run(inference_source *src, run_eval_settings *eval, ct_error *err);
 
 /* The backend src->device names for this node-local rank (a clear error for --device cuda
  * without a usable GPU). */

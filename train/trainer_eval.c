@@ -8,6 +8,7 @@
 
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/nf4.h"
+#include "train/fsutil.h"
 #include "train/trainer.h"
 
 int argmax_logits(const float *logits, int vocab) {
@@ -58,7 +59,11 @@ static int choice_of(const char *command, const char *flag, const char *text, co
 }
 
 void inference_options_usage(FILE *out) {
-    fputs("  --model DIR          a Hugging Face model folder\n"
+    fputs("  --run DIR            a training run's folder: its recipe.resolved.yaml gives the model,\n"
+          "                       adapter (DIR/final), precision, device, --quantize-base and, for\n"
+          "                       eval, the data and batch shape of the run's final evaluation;\n"
+          "                       flags given as well take precedence\n"
+          "  --model DIR          a Hugging Face model folder\n"
           "  --adapter DIR        plus a PEFT LoRA/DoRA adapter folder (e.g. a run's final/)\n"
           "  --precision P        fp32 (default), bf16-mixed or fp16-mixed: 16-bit GEMMs as a run in\n"
           "                       that precision computes them, so its own evaluations come out the same\n"
@@ -75,6 +80,7 @@ int inference_option(const char *command, int argc, char **argv, int *i, inferen
     const char *value = argv[*i + 1];
     int choice = 0;
     if (!strcmp(flag, "--model")) src->model_dir = value;
+    else if (!strcmp(flag, "--run")) src->run_dir = value;
     else if (!strcmp(flag, "--adapter")) src->adapter_dir = value;
     else if (!strcmp(flag, "--quantize-base")) {
         static const char *const nf4[] = {"nf4"};
@@ -83,12 +89,56 @@ int inference_option(const char *command, int argc, char **argv, int *i, inferen
     } else if (!strcmp(flag, "--precision")) {
         if ((choice = choice_of(command, flag, value, precision_names, 3)) < 0) return -1;
         src->precision = model_precision_of((recipe_precision)choice);
+        src->precision_given = true;
     } else if (!strcmp(flag, "--device")) {
         if ((choice = choice_of(command, flag, value, device_names, 3)) < 0) return -1;
         src->device = (recipe_device)choice;
+        src->device_given = true;
     } else return 0;
     *i += 1;
     return 1;
+}
+
+int inference_apply_run(inference_source *src, run_eval_settings *eval, ct_error *err) {
+    if (!src->run_dir) return 0;
+    char path[RECIPE_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/recipe.resolved.yaml", src->run_dir);
+    if (!path_exists(path))
+        return ct_fail(err, "--run %s: no recipe.resolved.yaml (not a run folder, or the run never started)",
+                       src->run_dir);
+    recipe *r = malloc(sizeof *r);
+    if (!r) return ct_fail(err, "out of memory for a recipe");
+    if (recipe_load(r, path, err)) {
+        free(r);
+        return ct_error_prefix(err, "--run %s", src->run_dir);
+    }
+    snprintf(src->run_final, sizeof src->run_final, "%s/final", src->run_dir);
+    snprintf(src->run_base, sizeof src->run_base, "%s", r->model.path);
+    const bool lora = r->method == METHOD_LORA;
+    int status = path_is_dir(src->run_final) ? 0
+                 : ct_fail(err, "--run %s: no final/ folder (the run has not finished); name a checkpoint "
+                                "with --%s %s/checkpoints/step-N",
+                           src->run_dir, lora ? "adapter" : "model", src->run_dir);
+    if (!status) {
+        if (lora) {
+            if (!src->model_dir) src->model_dir = src->run_base;
+            if (!src->adapter_dir) src->adapter_dir = src->run_final;
+            src->nf4_base |= r->lora.quantize_base == BASE_QUANT_NF4;
+        } else if (!src->model_dir) {
+            src->model_dir = src->run_final;
+        }
+        if (!src->precision_given) src->precision = model_precision_of(r->precision);
+        if (!src->device_given) src->device = r->device;
+        if (eval) {
+            snprintf(eval->data, sizeof eval->data, "%s", r->data.eval);
+            eval->seq_len = r->data.seq_len;
+            eval->micro_batch = r->train.micro_batch_size;
+            eval->max_batches = r->train.eval_max_batches;
+            eval->accuracy = r->data.synthetic_task[0] != 0;
+        }
+    }
+    free(r);
+    return status;
 }
 
 int inference_backend(const inference_source *src, int local_rank, const kernels **k, ct_error *err) {
