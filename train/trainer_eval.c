@@ -193,14 +193,21 @@ int load_model_for_inference(model *m, const inference_source *src, const kernel
         model_config_free(&cfg);
         return -1;
     }
-    int status = model_create(m, &cfg, src->adapter_dir ? &lora : NULL, k, err);
+    /* Built as a run builds it: in mixed precision a LoRA base is held only in 16 bits, and a
+     * QLoRA base only as its NF4 codes, read back a layer at a time (model.nf4_base), so the
+     * memory is the run's and its evaluations come out the same bits. In fp32 the base is
+     * read back to fp32 once (read_back_nf4_base); so is a 4-bit base with no adapter, which
+     * the 4-bit layout has nothing to train for. */
+    const bool mixed = src->precision != MODEL_FP32;
+    const bool nf4_layout = src->nf4_base && mixed && src->adapter_dir;
+    const model_layout layout = {.precision = src->nf4_base && !nf4_layout ? MODEL_FP32 : src->precision,
+                                 .nf4_base = nf4_layout};
+    int status = model_create_as(m, &cfg, src->adapter_dir ? &lora : NULL, k, &layout, err);
     model_config_free(&cfg);
     if (status) return -1;
-    /* Mixed precision rounds its 16-bit copies from the weights as loaded, as a run does from
-     * its fp32 weights, so a run's own evaluations are reproduced bit for bit. */
-    if (model_load_weights(m, src->model_dir, err) || (src->nf4_base && read_back_nf4_base(m, err)) ||
+    if (model_load_weights(m, src->model_dir, err) || (src->nf4_base && !nf4_layout && read_back_nf4_base(m, err)) ||
         (src->adapter_dir && lora_load_adapter(m, src->adapter_dir, err)) ||
-        (src->precision != MODEL_FP32 && model_set_precision(m, src->precision, err))) {
+        (m->precision != src->precision && model_set_precision(m, src->precision, err))) {
         model_free(m);
         return -1;
     }
