@@ -77,6 +77,24 @@ else
     --prompt "1+1="
 fi
 expect 0 "\+" -- "$ctune" generate --model tiny --device cpu --precision fp16-mixed --prompt "1+1=" --max-new-tokens 3
+# --chat: the tiny tokenizer has no chat markers. Renamed into chatml's (<|pad|> 258 becomes
+# <|im_start|>, <|end_of_text|> 257 <|im_end|>), the reply is the continuation of the rendered
+# prompt (BOS, the turns, then the assistant's header) and stops at <|im_end|>.
+expect 1 "tokenizer_config.json names no built-in chat template" -- "$ctune" generate --model tiny --chat hi
+expect 1 "--template.*<\|im_start\|>" -- "$ctune" generate --model tiny --chat hi --template chatml
+expect 2 "one of them" -- "$ctune" generate --model tiny --chat hi --prompt hi
+expect 2 "go with --chat" -- "$ctune" generate --model tiny --prompt hi --system terse
+cp -r tiny chat
+sed -i 's/<|end_of_text|>/<|im_end|>/g; s/<|pad|>/<|im_start|>/g' chat/tokenizer.json
+# As ctune prep renders a chatml document, the tokenizer's BOS goes in front.
+rendered=$'<|begin_of_text|><|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n1+1=<|im_end|>\n<|im_start|>assistant\n'
+if reply=$("$ctune" generate --model chat --template chatml --system "Be brief." --chat "1+1=" --max-new-tokens 6) &&
+   whole=$("$ctune" generate --model chat --no-special --max-new-tokens 6 --prompt "$rendered") &&
+   [ -n "$reply" ] && [ "$whole" = "$rendered$reply" ]; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1)); echo "FAIL: generate --chat '${reply:-}' is not the continuation of the rendered prompt: '${whole:-}'"
+fi
 
 # The default dry run resolves the recipe and prints the plan.
 expect 0 "parameters: [0-9]+ total" -- "$ctune" train "$src/configs/tiny/lora.yaml" model.path="$work/tiny" \

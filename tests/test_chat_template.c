@@ -136,6 +136,61 @@ static void test_templates(const tokenizer *tok) {
     CHECK(chat_template_detect("[INST] {{ m }} [/INST]", &kind) == -1);
 }
 
+/* The prompt a chat model answers: the conversation, then the assistant's header, as
+ * transformers' apply_chat_template(..., add_generation_prompt=True) renders the chatml and
+ * llama3 templates. */
+static void test_generation_prompt(const tokenizer *tok) {
+    const struct {
+        chat_template_kind kind;
+        const char *rendered;
+    } cases[2] = {
+        {CHAT_TEMPLATE_CHATML, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n"
+                               "<|im_start|>assistant\n"},
+        {CHAT_TEMPLATE_LLAMA3, "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+                               "<|start_header_id|>user<|end_header_id|>\n\n2+2?<|eot_id|>"
+                               "<|start_header_id|>assistant<|end_header_id|>\n\n"},
+    };
+    for (int c = 0; c < 2; c++) {
+        chat_template t;
+        ct_error err = {{0}};
+        CHECK_MSG(chat_template_init(&t, cases[c].kind, tok, &err) == 0, "%s", err.msg);
+        int32_t *ids = NULL, *whole = NULL;
+        size_t n = 0, n_whole = 0;
+        CHECK_MSG(chat_template_prompt(&t, tok, CHAT, 2, &ids, &n, &err) == 0, "%s", err.msg);
+        CHECK(tokenizer_encode(tok, cases[c].rendered, strlen(cases[c].rendered), false, &whole, &n_whole, &err) == 0);
+        CHECK_MSG(n == n_whole && n > 0 && memcmp(ids, whole, n * sizeof *ids) == 0, "%s generation prompt: %zu ids, "
+                  "the rendered string %zu", chat_template_name(cases[c].kind), n, n_whole);
+        free(ids);
+        free(whole);
+        CHECK(chat_template_prompt(&t, tok, CHAT, 0, &ids, &n, &err) == -1);
+        CHECK_CONTAINS(err.msg, "empty");
+    }
+}
+
+/* chat_template_resolve: a name, else what tokenizer_config.json's chat_template uses. */
+static void test_resolve(const tokenizer *tok) {
+    char dir[1100], path[1200];
+    snprintf(dir, sizeof dir, "%s/resolve", tmpdir);
+    CHECK(mkdir(dir, 0755) == 0);
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    chat_template t;
+    bool have = true;
+    ct_error err = {{0}};
+    CHECK(chat_template_resolve(NULL, dir, tok, &t, &have, &err) == 0 && !have); /* no file: none */
+    FILE *f = fopen(path, "w");
+    fputs("{\"chat_template\": \"{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m.role }}"
+          "<|end_header_id|>\\n\\n{{ m.content }}<|eot_id|>{% endfor %}\"}", f);
+    fclose(f);
+    CHECK(chat_template_resolve(NULL, dir, tok, &t, &have, &err) == 0 && have && t.kind == CHAT_TEMPLATE_LLAMA3);
+    CHECK(chat_template_resolve("chatml", dir, tok, &t, &have, &err) == 0 && have && t.kind == CHAT_TEMPLATE_CHATML);
+    CHECK(chat_template_resolve("zephyr", dir, tok, &t, &have, &err) == -1);
+    CHECK_CONTAINS(err.msg, "--template");
+    f = fopen(path, "w");
+    fputs("{\"chat_template\": \"[INST] {{ m }} [/INST]\"}", f);
+    fclose(f);
+    CHECK(chat_template_resolve(NULL, dir, tok, &t, &have, &err) == 0 && !have);
+}
+
 static void test_missing_markers(void) {
     char dir[1100];
     snprintf(dir, sizeof dir, "%s/plain", tmpdir);
@@ -200,7 +255,11 @@ static void test_prep_chat(void) {
 int main(void) {
     CHECK(mkdtemp(tmpdir) != NULL);
     tokenizer *tok = make_tokenizer(tmpdir, true);
-    if (tok) test_templates(tok);
+    if (tok) {
+        test_templates(tok);
+        test_generation_prompt(tok);
+        test_resolve(tok);
+    }
     tokenizer_free(tok);
     test_missing_markers();
     test_prep_chat();

@@ -1,8 +1,12 @@
 /* chat_template: chatml and llama3 rendered to ids + loss mask (see chat_template.h). */
 #include "train/chat_template.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <cjson/cJSON.h>
+#include "train/jsonfile.h"
 
 static const char *const MARKERS[2][4] = {
     /* begin_text, turn_start, turn_end, header_end */
@@ -90,9 +94,10 @@ static int push_text(token_buf *b, const tokenizer *tok, const char *text, uint8
     return rc;
 }
 
-int chat_template_encode(const chat_template *t, const tokenizer *tok, const chat_message *msgs,
-                         int n_msgs, bool train_on_inputs, int32_t **ids, uint8_t **mask,
-                         size_t *n_ids, ct_error *err) {
+/* Renders msgs (and, with generation_prompt, the header of an assistant turn to come). */
+static int encode(const chat_template *t, const tokenizer *tok, const chat_message *msgs, int n_msgs,
+                  bool train_on_inputs, bool generation_prompt, int32_t **ids, uint8_t **mask, size_t *n_ids,
+                  ct_error *err) {
     *ids = NULL;
     *mask = NULL;
     *n_ids = 0;
@@ -101,25 +106,29 @@ int chat_template_encode(const chat_template *t, const tokenizer *tok, const cha
     int rc = 0;
     const bool llama3 = t->kind == CHAT_TEMPLATE_LLAMA3;
     if (llama3) rc = push_id(&b, t->begin_text, 0, err);
-    for (int i = 0; !rc && i < n_msgs; i++) {
-        uint8_t loss = train_on_inputs || !strcmp(msgs[i].role, "assistant");
+    for (int i = 0; !rc && i <= n_msgs; i++) {
+        const bool prompt = i == n_msgs;
+        if (prompt && !generation_prompt) break;
+        const char *role = prompt ? "assistant" : msgs[i].role;
+        uint8_t loss = !prompt && (train_on_inputs || !strcmp(role, "assistant"));
         uint8_t header_loss = train_on_inputs;
         rc = push_id(&b, t->turn_start, header_loss, err);
         if (!rc && llama3) {
-            rc = push_text(&b, tok, msgs[i].role, header_loss, err);
+            rc = push_text(&b, tok, role, header_loss, err);
             if (!rc) rc = push_id(&b, t->header_end, header_loss, err);
             if (!rc) rc = push_text(&b, tok, "\n\n", header_loss, err);
         } else if (!rc) {
-            size_t len = strlen(msgs[i].role);
+            size_t len = strlen(role);
             char *header = malloc(len + 2);
             if (!header) rc = ct_fail(err, "out of memory");
             else {
-                memcpy(header, msgs[i].role, len);
+                memcpy(header, role, len);
                 memcpy(header + len, "\n", 2);
                 rc = push_text(&b, tok, header, header_loss, err);
                 free(header);
             }
         }
+        if (prompt) break;
         if (!rc) rc = push_text(&b, tok, msgs[i].content, loss, err);
         if (!rc) rc = push_id(&b, t->turn_end, loss, err);
         if (!rc && !llama3) rc = push_text(&b, tok, "\n", header_loss, err);
@@ -134,5 +143,42 @@ int chat_template_encode(const chat_template *t, const tokenizer *tok, const cha
     *ids = b.ids;
     *mask = b.mask;
     *n_ids = b.n;
+    return 0;
+}
+
+int chat_template_encode(const chat_template *t, const tokenizer *tok, const chat_message *msgs,
+                         int n_msgs, bool train_on_inputs, int32_t **ids, uint8_t **mask,
+                         size_t *n_ids, ct_error *err) {
+    return encode(t, tok, msgs, n_msgs, train_on_inputs, false, ids, mask, n_ids, err);
+}
+
+int chat_template_prompt(const chat_template *t, const tokenizer *tok, const chat_message *msgs, int n_msgs,
+                         int32_t **ids, size_t *n_ids, ct_error *err) {
+    uint8_t *mask = NULL;
+    int rc = encode(t, tok, msgs, n_msgs, false, true, ids, &mask, n_ids, err);
+    free(mask);
+    return rc;
+}
+
+int chat_template_resolve(const char *name, const char *model_dir, const tokenizer *tok, chat_template *t,
+                          bool *have, ct_error *err) {
+    chat_template_kind kind = CHAT_TEMPLATE_CHATML;
+    *have = false;
+    if (name) {
+        if (chat_template_parse(name, &kind, err) || chat_template_init(t, kind, tok, err))
+            return ct_error_prefix(err, "--template");
+        *have = true;
+        return 0;
+    }
+    char path[4200];
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", model_dir);
+    cJSON *tcfg = NULL;
+    ct_error ignored; /* an absent or unreadable file: no template from it */
+    if (jsonfile_read(path, &tcfg, &ignored)) tcfg = NULL;
+    const cJSON *jinja = cJSON_GetObjectItemCaseSensitive(tcfg, "chat_template");
+    if (cJSON_IsString(jinja) && chat_template_detect(jinja->valuestring, &kind) == 0 &&
+        chat_template_init(t, kind, tok, &ignored) == 0)
+        *have = true;
+    cJSON_Delete(tcfg);
     return 0;
 }

@@ -50,4 +50,15 @@ int chat_template_encode(const chat_template *t, const tokenizer *tok, const cha
                          int n_msgs, bool train_on_inputs, int32_t **ids, uint8_t **mask,
                          size_t *n_ids, ct_error *err);
 
+/* The prompt a chat model answers: msgs rendered as chat_template_encode does, then the
+ * header of the assistant's turn (transformers' add_generation_prompt=True). *ids malloc'd. */
+int chat_template_prompt(const chat_template *t, const tokenizer *tok, const chat_message *msgs, int n_msgs,
+                         int32_t **ids, size_t *n_ids, ct_error *err);
+
+/* The template named (name: chatml | llama3, errors prefixed "--template"), else the built-in
+ * one model_dir/tokenizer_config.json's chat_template uses, when its markers are tokens of
+ * tok; *have false when there is none (not an error). */
+int chat_template_resolve(const char *name, const char *model_dir, const tokenizer *tok, chat_template *t,
+                          bool *have, ct_error *err);
+
 #endif

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "train/chat_template.h"
 #include "train/cli.h"
 #include "train/splitmix.h"
 #include "train/tokenizer.h"
@@ -13,17 +14,23 @@
 static void generate_usage(FILE *out) {
     fprintf(out,
             "usage: ctune generate --model DIR [--adapter DIR] --prompt TEXT [options]\n"
-            "       ctune generate --run RUN_DIR --prompt TEXT [options]\n"
+            "       ctune generate --model DIR [--adapter DIR] --chat MESSAGE [--system TEXT] [options]\n"
+            "       ctune generate --run RUN_DIR (--prompt TEXT | --chat MESSAGE) [options]\n"
             "\n"
             "Continues the prompt with the model (plus a PEFT LoRA adapter folder, e.g. a run's\n"
-            "final/) and prints the completion.\n"
+            "final/) and prints the prompt and completion. With --chat, answers MESSAGE as a chat\n"
+            "model: the user turn (after an optional system turn) rendered with the chat template\n"
+            "ctune prep trains with, then the assistant's header; prints the reply, which ends at the\n"
+            "turn's end marker or EOS.\n"
             "\n");
     inference_options_usage(out);
     fprintf(out,
             "  --max-new-tokens N   tokens to generate at most (default 32); stops at EOS\n"
             "  --temperature T      0 = greedy (default); > 0 samples from softmax(logits / T)\n"
             "  --seed N             sampling seed (default 0)\n"
-            "  --no-special         do not add the tokenizer's special tokens (BOS) to the prompt\n");
+            "  --no-special         do not add the tokenizer's special tokens (BOS) to the prompt\n"
+            "  --template T         with --chat: chatml or llama3 (default: the one the model's\n"
+            "                       tokenizer_config.json chat_template uses, if built in)\n");
 }
 
 static int sample_logits(const float *logits, int vocab, double temperature, uint64_t *rng) {
@@ -49,9 +56,34 @@ static int parse_number(const char *flag, const char *text, double min, double *
     return 0;
 }
 
+/* --chat: [system,] user rendered with the chat template, then the assistant's header. As
+ * ctune prep renders a chat document, chatml gets the BOS the tokenizer's post-processor adds
+ * in front (llama3's template has its own); --no-special leaves it out. */
+static int chat_prompt(const char *model_dir, const tokenizer *tok, const char *template_name, const char *system,
+                       const char *user, bool add_special, chat_template *t, int32_t **ids, size_t *n_ids,
+                       ct_error *err) {
+    bool have = false;
+    if (chat_template_resolve(template_name, model_dir, tok, t, &have, err)) return -1;
+    if (!have)
+        return ct_fail(err, "--chat: %s/tokenizer_config.json names no built-in chat template (chatml, llama3) whose "
+                            "markers this tokenizer has; pass --template",
+                       model_dir);
+    chat_message msgs[2] = {{"system", system}, {"user", user}};
+    if (chat_template_prompt(t, tok, system ? msgs : msgs + 1, system ? 2 : 1, ids, n_ids, err)) return -1;
+    const int bos = tokenizer_bos_id(tok);
+    if (t->kind != CHAT_TEMPLATE_CHATML || !add_special || bos < 0) return 0;
+    int32_t *with_bos = realloc(*ids, (*n_ids + 1) * sizeof **ids);
+    if (!with_bos) return ct_fail(err, "out of memory");
+    memmove(with_bos + 1, with_bos, *n_ids * sizeof *with_bos);
+    with_bos[0] = bos;
+    *ids = with_bos;
+    *n_ids += 1;
+    return 0;
+}
+
 int cmd_generate(int argc, char **argv) {
     inference_source source = {0};
-    const char *prompt = NULL;
+    const char *prompt = NULL, *chat = NULL, *system = NULL, *template_name = NULL;
     double max_new = 32, temperature = 0, seed = 0;
     bool add_special = true;
     for (int i = 1; i < argc; i++) {
@@ -65,6 +97,9 @@ int cmd_generate(int argc, char **argv) {
         if (shared < 0) return 2;
         if (shared) continue;
         if (!strcmp(a, "--prompt") && has_value) prompt = argv[++i];
+        else if (!strcmp(a, "--chat") && has_value) chat = argv[++i];
+        else if (!strcmp(a, "--system") && has_value) system = argv[++i];
+        else if (!strcmp(a, "--template") && has_value) template_name = argv[++i];
         else if (!strcmp(a, "--max-new-tokens") && has_value) {
             if (parse_number(a, argv[++i], 1, &max_new)) return 2;
         } else if (!strcmp(a, "--temperature") && has_value) {
@@ -83,8 +118,13 @@ int cmd_generate(int argc, char **argv) {
         fprintf(stderr, "ctune generate: %s\n", err.msg);
         return 1;
     }
-    if (!source.model_dir || !prompt) {
-        generate_usage(stderr);
+    if (!source.model_dir || !prompt == !chat) {
+        if (prompt && chat) fprintf(stderr, "ctune generate: --prompt continues a text, --chat answers a message: one of them\n");
+        else generate_usage(stderr);
+        return 2;
+    }
+    if (!chat && (system || template_name)) {
+        fprintf(stderr, "ctune generate: --system and --template go with --chat\n");
         return 2;
     }
     char path[4096];
@@ -101,7 +141,10 @@ int cmd_generate(int argc, char **argv) {
     if (!status) status = inference_backend(&source, 0, &k, &err);
     if (!status) status = load_model_for_inference(&m, &source, k, &err);
     model_ready = status == 0;
-    if (!status) status = tokenizer_encode(tok, prompt, strlen(prompt), add_special, &ids, &n_ids, &err);
+    chat_template tmpl = {0};
+    if (!status && chat) status = chat_prompt(source.model_dir, tok, template_name, system, chat, add_special, &tmpl, &ids, &n_ids,
+                             &err);
+    else if (!status) status = tokenizer_encode(tok, prompt, strlen(prompt), add_special, &ids, &n_ids, &err);
     if (!status && n_ids == 0) status = ct_fail(&err, "the prompt encodes to no tokens");
     size_t capacity = n_ids + (size_t)max_new;
     if (!status) {
@@ -120,12 +163,13 @@ int cmd_generate(int argc, char **argv) {
         int next = sample_logits(logits, m.cfg.vocab_size, temperature, &rng);
         bool eos = false;
         for (int e = 0; e < m.cfg.n_eos; e++) eos |= next == m.cfg.eos_token_ids[e];
+        eos |= chat && next == tmpl.turn_end; /* the assistant's turn is over */
         if (eos) break;
         ids[n_ids++] = next;
     }
     if (!status)
         status = tokenizer_decode(tok, ids + prompt_len, n_ids - prompt_len, true, &text, &text_len, &err);
-    if (!status) printf("%s%s\n", prompt, text);
+    if (!status) printf("%s%s\n", chat ? "" : prompt, text);
     else fprintf(stderr, "ctune generate: %s\n", err.msg);
     free(text);
     free(ids);

@@ -226,30 +226,6 @@ static int resolve_special_ids(const prep_options *o, const char *model_dir, con
     return 0;
 }
 
-/* --template, else the built-in template that tokenizer_config.json's chat_template uses (when
- * its markers are tokens of this tokenizer); *have false when there is none. */
-static int resolve_template(const prep_options *o, const char *model_dir, const tokenizer *tok,
-                            chat_template *t, bool *have, ct_error *err) {
-    chat_template_kind kind;
-    *have = false;
-    if (o->template_name) {
-        if (chat_template_parse(o->template_name, &kind, err) || chat_template_init(t, kind, tok, err))
-            return ct_error_prefix(err, "--template");
-        *have = true;
-        return 0;
-    }
-    char path[4200];
-    snprintf(path, sizeof path, "%s/tokenizer_config.json", model_dir);
-    cJSON *tcfg = load_json_file(path);
-    const cJSON *jinja = cJSON_GetObjectItemCaseSensitive(tcfg, "chat_template");
-    ct_error ignored;
-    if (cJSON_IsString(jinja) && chat_template_detect(jinja->valuestring, &kind) == 0 &&
-        chat_template_init(t, kind, tok, &ignored) == 0)
-        *have = true;
-    cJSON_Delete(tcfg);
-    return 0;
-}
-
 /* ---------------------------------------------------------------- entry point */
 
 /* PATH may be tokenizer.json or a model folder; the folder is where the config files are. */
@@ -298,7 +274,7 @@ static int prep_main(const prep_options *o, const dist *d, prep_run *run, ct_err
     chat_template tmpl;
     bool have_template = false;
     int status = tokenizer_load(&tok, file, err) || resolve_special_ids(o, dir, tok, &sp, err) ||
-                 resolve_template(o, dir, tok, &tmpl, &have_template, err) ? -1 : 0;
+                 chat_template_resolve(o->template_name, dir, tok, &tmpl, &have_template, err) ? -1 : 0;
     status = prep_agree(d, status, err);
     if (!status && o->synthetic && d->rank == 0) {
         synth_split split = strcmp(o->split, "eval") == 0 ? SYNTH_EVAL : SYNTH_TRAIN;
