@@ -7,6 +7,8 @@
 #    for full fine-tuning and LoRA, fp32, bf16- and fp16-mixed, activation checkpointing on and
 #    off, packing, accumulation, and 2 ranks at ZeRO stages 0, 1, 2 and 3. A buffer added without
 #    its share of the estimate (pain point 10: out of memory with no warning) fails here.
+#  - a run that creates its model (model.init_preset, here bench-20m, whose fp32 weights are
+#    3x this QLoRA run's peak) reports its own peak, not the creation's;
 #  - start-up holds no more than the run: with one-sequence micro-batches the weights dominate,
 #    so an fp32 copy of a LoRA base beside its 16-bit one (+14% here), or a second fp32 arena
 #    while a full fine-tune switches precision (4 ranks, ZeRO 2: +3%), passes the estimate.
@@ -43,6 +45,7 @@ runs=(
   "full-z3-bf16-ckpt|2|full|precision=bf16-mixed distributed.zero_stage=3 train.activation_checkpointing=true"
   "qlora-bf16|1|lora|precision=bf16-mixed lora.quantize_base=nf4"
   "qdora-fp16-z2|2|lora|precision=fp16-mixed lora.quantize_base=nf4 lora.use_dora=true distributed.zero_stage=2"
+  "created-qlora|1|lora|model.path=$work/models/bench model.init_preset=bench-20m data.train=$work/data/bench.h5 data.eval= precision=bf16-mixed lora.quantize_base=nf4 train.micro_batch_size=2 train.global_batch_size=2"
 )
 for spec in "${runs[@]}"; do
   IFS='|' read -r name ranks recipe overrides <<< "$spec"
