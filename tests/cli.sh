@@ -77,6 +77,16 @@ else
     --prompt "1+1="
 fi
 expect 0 "\+" -- "$ctune" generate --model tiny --device cpu --precision fp16-mixed --prompt "1+1=" --max-new-tokens 3
+# Sampling: top-k 1 at any temperature is greedy; --top-p outside (0, 1] is refused.
+if greedy=$("$ctune" generate --model tiny --prompt "1+1=" --max-new-tokens 6) &&
+   top1=$("$ctune" generate --model tiny --prompt "1+1=" --max-new-tokens 6 --temperature 3 --top-k 1 --seed 5) &&
+   hot=$("$ctune" generate --model tiny --prompt "1+1=" --max-new-tokens 6 --temperature 3 --seed 5) &&
+   [ "$top1" = "$greedy" ] && [ "$hot" != "$greedy" ]; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1)); echo "FAIL: --top-k 1 at temperature 3 '${top1:-}' is not greedy '${greedy:-}' (or sampling is: '${hot:-}')"
+fi
+expect 2 "--top-p: '0' is not in \(0, 1\]" -- "$ctune" generate --model tiny --prompt hi --top-p 0
 # --chat: the tiny tokenizer has no chat markers. Renamed into chatml's (<|pad|> 258 becomes
 # <|im_start|>, <|end_of_text|> 257 <|im_end|>), the reply is the continuation of the rendered
 # prompt (BOS, the turns, then the assistant's header) and stops at <|im_end|>.

@@ -1,4 +1,5 @@
 /* ctune generate --model DIR [--adapter DIR] --prompt TEXT [options] */
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -7,7 +8,6 @@
 
 #include "train/chat_template.h"
 #include "train/cli.h"
-#include "train/splitmix.h"
 #include "train/tokenizer.h"
 #include "train/trainer.h"
 
@@ -28,22 +28,12 @@ static void generate_usage(FILE *out) {
             "  --max-new-tokens N   tokens to generate at most (default 32); stops at EOS\n"
             "  --temperature T      0 = greedy (default); > 0 samples from softmax(logits / T)\n"
             "  --seed N             sampling seed (default 0)\n"
+            "  --top-k K            sample among the K most likely tokens only (default 0: all)\n"
+            "  --top-p P            ... and among the fewest most likely whose probabilities reach P,\n"
+            "                       in (0, 1] (default 1: all); both as transformers applies them\n"
             "  --no-special         do not add the tokenizer's special tokens (BOS) to the prompt\n"
             "  --template T         with --chat: chatml or llama3 (default: the one the model's\n"
             "                       tokenizer_config.json chat_template uses, if built in)\n");
-}
-
-static int sample_logits(const float *logits, int vocab, double temperature, uint64_t *rng) {
-    if (temperature <= 0) return argmax_logits(logits, vocab);
-    int best = argmax_logits(logits, vocab);
-    double total = 0;
-    for (int i = 0; i < vocab; i++) total += exp((logits[i] - logits[best]) / temperature);
-    double u = (double)(splitmix64_next(rng) >> 11) * 0x1.0p-53 * total, acc = 0;
-    for (int i = 0; i < vocab; i++) {
-        acc += exp((logits[i] - logits[best]) / temperature);
-        if (u < acc) return i;
-    }
-    return best;
 }
 
 static int parse_number(const char *flag, const char *text, double min, double *out) {
@@ -84,7 +74,7 @@ static int chat_prompt(const char *model_dir, const tokenizer *tok, const char *
 int cmd_generate(int argc, char **argv) {
     inference_source source = {0};
     const char *prompt = NULL, *chat = NULL, *system = NULL, *template_name = NULL;
-    double max_new = 32, temperature = 0, seed = 0;
+    double max_new = 32, temperature = 0, seed = 0, top_k = 0, top_p = 1;
     bool add_special = true;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -106,6 +96,14 @@ int cmd_generate(int argc, char **argv) {
             if (parse_number(a, argv[++i], 0, &temperature)) return 2;
         } else if (!strcmp(a, "--seed") && has_value) {
             if (parse_number(a, argv[++i], 0, &seed)) return 2;
+        } else if (!strcmp(a, "--top-k") && has_value) {
+            if (parse_number(a, argv[++i], 0, &top_k)) return 2;
+        } else if (!strcmp(a, "--top-p") && has_value) {
+            if (parse_number(a, argv[++i], 0, &top_p)) return 2;
+            if (!(top_p > 0 && top_p <= 1)) {
+                fprintf(stderr, "ctune generate: --top-p: '%s' is not in (0, 1]\n", argv[i]);
+                return 2;
+            }
         } else if (!strcmp(a, "--no-special")) add_special = false;
         else {
             fprintf(stderr, "ctune generate: unexpected argument '%s'\n\n", a);
@@ -134,6 +132,8 @@ int cmd_generate(int argc, char **argv) {
     bool model_ready = false;
     int32_t *ids = NULL;
     float *logits = NULL;
+    scored_token *scratch = NULL;
+    const sampling how = {.temperature = temperature, .top_k = top_k > INT_MAX ? INT_MAX : (int)top_k, .top_p = top_p};
     char *text = NULL;
     size_t n_ids = 0, text_len = 0;
     int status = tokenizer_load(&tok, path, &err);
@@ -150,8 +150,9 @@ int cmd_generate(int argc, char **argv) {
     if (!status) {
         int32_t *grown = realloc(ids, capacity * sizeof *ids);
         logits = malloc((size_t)m.cfg.vocab_size * sizeof *logits);
+        scratch = malloc((size_t)m.cfg.vocab_size * sizeof *scratch);
         if (grown) ids = grown;
-        if (!grown || !logits) status = ct_fail(&err, "out of memory");
+        if (!grown || !logits || !scratch) status = ct_fail(&err, "out of memory");
     }
     if (!status) status = model_reserve(&m, 1, (int)capacity, &err);
     size_t prompt_len = n_ids;
@@ -160,7 +161,7 @@ int cmd_generate(int argc, char **argv) {
         status = model_last_logits(&m, ids, (int)n_ids, logits, &err);
         if (!status) status = inference_check(k, &err);
         if (status) break;
-        int next = sample_logits(logits, m.cfg.vocab_size, temperature, &rng);
+        int next = sample_token(logits, m.cfg.vocab_size, &how, &rng, scratch);
         bool eos = false;
         for (int e = 0; e < m.cfg.n_eos; e++) eos |= next == m.cfg.eos_token_ids[e];
         eos |= chat && next == tmpl.turn_end; /* the assistant's turn is over */
@@ -174,6 +175,7 @@ int cmd_generate(int argc, char **argv) {
     free(text);
     free(ids);
     free(logits);
+    free(scratch);
     if (model_ready) model_free(&m);
     tokenizer_free(tok);
     return status ? 1 : 0;

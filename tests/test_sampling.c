@@ -1,0 +1,89 @@
+/* sample_token (train/trainer.h), ctune generate's choice of the next token: greedy at
+ * temperature 0, and otherwise draws whose support and frequencies follow transformers'
+ * temperature, top-k (ties with the k-th kept) and top-p (a token goes when it and every less
+ * likely one hold no more than 1 - top_p) rules, on logits chosen so the kept sets are known
+ * (each set below is what transformers 5.23's TopKLogitsWarper / TopPLogitsWarper keep). */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "tests/check.h"
+#include "train/trainer.h"
+
+#define DRAWS 20000
+
+/* Frequencies of sample_token over DRAWS draws from one seed. */
+static void frequencies(const float *logits, int vocab, sampling s, uint64_t seed, double *freq) {
+    scored_token scratch[16];
+    uint64_t rng = seed;
+    for (int i = 0; i < vocab; i++) freq[i] = 0;
+    for (int d = 0; d < DRAWS; d++) freq[sample_token(logits, vocab, &s, &rng, scratch)] += 1.0 / DRAWS;
+}
+
+/* freq matches want (probabilities, 0 = never drawn) within 0.02, and exactly where want is 0. */
+static void check_frequencies(const char *what, const double *freq, const double *want, int vocab) {
+    for (int i = 0; i < vocab; i++) {
+        if (want[i] == 0) CHECK_MSG(freq[i] == 0, "%s: token %d drawn (%.4f) though outside the kept set", what, i, freq[i]);
+        else CHECK_MSG(fabs(freq[i] - want[i]) < 0.02, "%s: token %d drawn %.4f of the time, expected %.4f", what, i,
+                       freq[i], want[i]);
+    }
+}
+
+int main(void) {
+    /* probabilities 0.05, 0.5, 0.15, 0.3 at temperature 1 (the order is not the tokens') */
+    const double p[4] = {0.05, 0.5, 0.15, 0.3};
+    float logits[4];
+    for (int i = 0; i < 4; i++) logits[i] = (float)log(p[i]);
+    double freq[4];
+    scored_token scratch[16];
+    uint64_t rng = 7;
+
+    /* temperature 0: the argmax, whatever top-k / top-p say; ties to the lower id */
+    CHECK(sample_token(logits, 4, &(sampling){0, 0, 1}, &rng, scratch) == 1);
+    CHECK(sample_token(logits, 4, &(sampling){0, 3, 0.2}, &rng, scratch) == 1);
+    const float tied[3] = {2, 5, 5};
+    CHECK(sample_token(tied, 3, &(sampling){0, 0, 1}, &rng, scratch) == 1);
+
+    frequencies(logits, 4, (sampling){1, 0, 1}, 1, freq);
+    check_frequencies("plain", freq, p, 4);
+    /* temperature 2 flattens: softmax(log p / 2) = sqrt(p) normalised */
+    double flat[4], norm = 0;
+    for (int i = 0; i < 4; i++) norm += sqrt(p[i]);
+    for (int i = 0; i < 4; i++) flat[i] = sqrt(p[i]) / norm;
+    frequencies(logits, 4, (sampling){2, 0, 1}, 2, freq);
+    check_frequencies("temperature 2", freq, flat, 4);
+
+    /* top-k 2: tokens 1 and 3 renormalised; top-k 1 at any temperature: the argmax */
+    frequencies(logits, 4, (sampling){1, 2, 1}, 3, freq);
+    check_frequencies("top-k 2", freq, (double[4]){0, 0.5 / 0.8, 0, 0.3 / 0.8}, 4);
+    frequencies(logits, 4, (sampling){5, 1, 1}, 4, freq);
+    check_frequencies("top-k 1", freq, (double[4]){0, 1, 0, 0}, 4);
+    /* ties with the k-th are kept: top-k 2 of {5, 4, 4, 1} keeps three */
+    const float ties[4] = {5, 4, 4, 1};
+    frequencies(ties, 4, (sampling){1, 2, 1}, 5, freq);
+    const double e1 = exp(-1.0), z = 1 + 2 * e1;
+    check_frequencies("top-k ties", freq, (double[4]){1 / z, e1 / z, e1 / z, 0}, 4);
+
+    /* top-p, from the least likely up: 0.05, 0.15, 0.3, 0.5 cumulate to 0.05, 0.2, 0.5, 1.
+     * top-p 0.75 drops those at <= 0.25 (0.05, 0.15); 0.9 drops only 0.05; 0.01 keeps the top */
+    frequencies(logits, 4, (sampling){1, 0, 0.75}, 6, freq);
+    check_frequencies("top-p 0.75", freq, (double[4]){0, 0.5 / 0.8, 0, 0.3 / 0.8}, 4);
+    frequencies(logits, 4, (sampling){1, 0, 0.9}, 7, freq);
+    check_frequencies("top-p 0.9", freq, (double[4]){0, 0.5 / 0.95, 0.15 / 0.95, 0.3 / 0.95}, 4);
+    frequencies(logits, 4, (sampling){1, 0, 0.01}, 8, freq);
+    check_frequencies("top-p 0.01", freq, (double[4]){0, 1, 0, 0}, 4);
+    /* top-k first, then top-p on what is left: top-k 3 keeps 0.5, 0.3, 0.15 (renormalised
+     * 0.526, 0.316, 0.158); top-p 0.8 then drops 0.158 (cumulated from below: 0.158 <= 0.2) */
+    frequencies(logits, 4, (sampling){1, 3, 0.8}, 9, freq);
+    check_frequencies("top-k 3 then top-p 0.8", freq, (double[4]){0, 0.5 / 0.8, 0, 0.3 / 0.8}, 4);
+
+    /* the same seed draws the same tokens */
+    uint64_t a = 42, b = 42;
+    int same = 1;
+    for (int d = 0; d < 100; d++)
+        same &= sample_token(logits, 4, &(sampling){1, 0, 1}, &a, scratch) ==
+                sample_token(logits, 4, &(sampling){1, 0, 1}, &b, scratch);
+    CHECK(same);
+    return check_summary("test_sampling");
+}
