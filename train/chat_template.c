@@ -94,6 +94,26 @@ static int push_text(token_buf *b, const tokenizer *tok, const char *text, uint8
     return rc;
 }
 
+/* A turn's opening: the start marker and the role's header ("{role}\n" / "{role}<|end_header_id|>\n\n"). */
+static int push_header(token_buf *b, const chat_template *t, const tokenizer *tok, const char *role, uint8_t loss,
+                       ct_error *err) {
+    int rc = push_id(b, t->turn_start, loss, err);
+    if (!rc && t->kind == CHAT_TEMPLATE_LLAMA3) {
+        rc = push_text(b, tok, role, loss, err);
+        if (!rc) rc = push_id(b, t->header_end, loss, err);
+        if (!rc) rc = push_text(b, tok, "\n\n", loss, err);
+    } else if (!rc) {
+        size_t len = strlen(role);
+        char *header = malloc(len + 2);
+        if (!header) return ct_fail(err, "out of memory");
+        memcpy(header, role, len);
+        memcpy(header + len, "\n", 2);
+        rc = push_text(b, tok, header, loss, err);
+        free(header);
+    }
+    return rc;
+}
+
 /* Renders msgs (and, with generation_prompt, the header of an assistant turn to come). */
 static int encode(const chat_template *t, const tokenizer *tok, const chat_message *msgs, int n_msgs,
                   bool train_on_inputs, bool generation_prompt, int32_t **ids, uint8_t **mask, size_t *n_ids,
@@ -105,35 +125,17 @@ static int encode(const chat_template *t, const tokenizer *tok, const chat_messa
     token_buf b = {0};
     int rc = 0;
     const bool llama3 = t->kind == CHAT_TEMPLATE_LLAMA3;
+    const uint8_t header_loss = train_on_inputs;
     if (llama3) rc = push_id(&b, t->begin_text, 0, err);
-    for (int i = 0; !rc && i <= n_msgs; i++) {
-        const bool prompt = i == n_msgs;
-        if (prompt && !generation_prompt) break;
-        const char *role = prompt ? "assistant" : msgs[i].role;
-        uint8_t loss = !prompt && (train_on_inputs || !strcmp(role, "assistant"));
-        uint8_t header_loss = train_on_inputs;
-        rc = push_id(&b, t->turn_start, header_loss, err);
-        if (!rc && llama3) {
-            rc = push_text(&b, tok, role, header_loss, err);
-            if (!rc) rc = push_id(&b, t->header_end, header_loss, err);
-            if (!rc) rc = push_text(&b, tok, "\n\n", header_loss, err);
-        } else if (!rc) {
-            size_t len = strlen(role);
-            char *header = malloc(len + 2);
-            if (!header) rc = ct_fail(err, "out of memory");
-            else {
-                memcpy(header, role, len);
-                memcpy(header + len, "\n", 2);
-                rc = push_text(&b, tok, header, header_loss, err);
-                free(header);
-            }
-        }
-        if (prompt) break;
+    for (int i = 0; !rc && i < n_msgs; i++) {
+        uint8_t loss = train_on_inputs || !strcmp(msgs[i].role, "assistant");
+        rc = push_header(&b, t, tok, msgs[i].role, header_loss, err);
         if (!rc) rc = push_text(&b, tok, msgs[i].content, loss, err);
         if (!rc) rc = push_id(&b, t->turn_end, loss, err);
         if (!rc && !llama3) rc = push_text(&b, tok, "\n", header_loss, err);
         if (rc) ct_error_prefix(err, "messages[%d]", i);
     }
+    if (!rc && generation_prompt) rc = push_header(&b, t, tok, "assistant", 0, err);
     if (!rc && b.n) b.mask[0] = 0; /* nothing predicts the first token */
     if (rc) {
         free(b.ids);

@@ -110,10 +110,12 @@ typedef struct sampling {
     double top_p;
 } sampling;
 
-/* A logit and its token, for sample_token's ordering. */
+/* A logit and its token, for sample_token's ordering, and the token's unnormalised
+ * probability exp((logit - highest) / temperature). */
 typedef struct scored_token {
     float logit;
     int token;
+    double weight;
 } scored_token;
 
 /* The next token under s, drawing from *rng (splitmix64) when sampling. scratch[vocab]. */

@@ -28,34 +28,36 @@ static int by_logit_descending(const void *a, const void *b) {
 
 int sample_token(const float *logits, int vocab, const sampling *s, uint64_t *rng, scored_token *scratch) {
     if (s->temperature <= 0) return argmax_logits(logits, vocab);
-    for (int i = 0; i < vocab; i++) scratch[i] = (scored_token){logits[i], i};
+    for (int i = 0; i < vocab; i++) scratch[i] = (scored_token){logits[i], i, 0};
     qsort(scratch, (size_t)vocab, sizeof *scratch, by_logit_descending);
     int kept = vocab;
     if (s->top_k > 0 && s->top_k < vocab) {
         kept = s->top_k;
         while (kept < vocab && scratch[kept].logit == scratch[s->top_k - 1].logit) kept++;
     }
-    /* Unnormalised probabilities, highest first, summed from the lowest kept one up: the
-     * tail sums top-p compares (a token goes when it and everything below it hold no more
-     * than 1 - top_p of the probability). */
     double total = 0;
-    for (int i = 0; i < kept; i++) total += exp((scratch[i].logit - scratch[0].logit) / s->temperature);
+    for (int i = 0; i < kept; i++) {
+        scratch[i].weight = exp((scratch[i].logit - scratch[0].logit) / s->temperature);
+        total += scratch[i].weight;
+    }
+    /* top-p: the tail sums from the lowest kept token up; a token goes when it and everything
+     * below it hold no more than 1 - top_p of the probability (the top one always stays). */
     if (s->top_p < 1) {
         double tail = 0;
         int cut = kept;
         for (int i = kept - 1; i > 0; i--) {
-            tail += exp((scratch[i].logit - scratch[0].logit) / s->temperature);
+            tail += scratch[i].weight;
             if (tail > (1 - s->top_p) * total) break;
             cut = i;
         }
         kept = cut;
         total = 0;
-        for (int i = 0; i < kept; i++) total += exp((scratch[i].logit - scratch[0].logit) / s->temperature);
+        for (int i = 0; i < kept; i++) total += scratch[i].weight;
     }
     const double u = (double)(splitmix64_next(rng) >> 11) * 0x1.0p-53 * total;
     double acc = 0;
     for (int i = 0; i < kept; i++) {
-        acc += exp((scratch[i].logit - scratch[0].logit) / s->temperature);
+        acc += scratch[i].weight;
         if (u < acc) return scratch[i].token;
     }
     return scratch[kept - 1].token; /* u within rounding of the total */
