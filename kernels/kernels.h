@@ -180,6 +180,15 @@ typedef struct kernels {
                           const float *k, const float *v, const float *out, const float *lse,
                           const int32_t *doc_ids, int batch, int seq, int n_heads, int n_kv_heads,
                           int head_dim, float scale);
+    /* ---- attention of new tokens against a KV cache (generation) ----
+     * One sequence: q [n_new, n_heads*head_dim] holds the queries of the tokens at positions
+     * n_past .. n_past+n_new-1; k, v [n_past+n_new, n_kv_heads*head_dim] every key and value
+     * up to the last of them (the cache, the new tokens' rows last). Query i sees the keys
+     * j <= n_past + i; heads and scale as attention_fwd. Writes out [n_new, n_heads*head_dim];
+     * no lse (no backward). Scores, softmax and sums are fp32 on every backend, so a token's
+     * output agrees with attention_fwd's over the whole sequence to rounding. */
+    void (*attention_cached)(float *out, const float *q, const float *k, const float *v, int n_new, int n_past,
+                             int n_heads, int n_kv_heads, int head_dim, float scale);
 
     /* ---- cross-entropy over a chunk of rows, fused forward + backward ----
      * logits [n_rows, vocab]; for each row r with targets[r] >= 0:
@@ -316,6 +325,12 @@ typedef struct kernels {
                                const uint16_t *q, const uint16_t *k, const uint16_t *v,
                                const uint16_t *out_half, int ld_out, const float *lse, const int32_t *doc_ids,
                                int batch, int seq, int n_heads, int n_kv_heads, int head_dim, float scale);
+    /* attention_cached on 16-bit q, k, v of fmt (a mixed-precision model's cache), widened
+     * exactly, every product and P in fp32: out_half = to_half(the fp32 output), rows ld_out
+     * (>= n_heads*head_dim) apart; the fp32 output also in out (contiguous) unless NULL. */
+    void (*attention_cached_half)(kernels_half_format fmt, uint16_t *out_half, int ld_out, float *out,
+                                  const uint16_t *q, const uint16_t *k, const uint16_t *v, int n_new, int n_past,
+                                  int n_heads, int n_kv_heads, int head_dim, float scale);
 
     /* ---- DoRA (weight-decomposed LoRA, peft's use_dora: train/model_graph.c) ----
      * dora_norm_scale: for the combined weight [rows, cols] (W + scaling * B A, formed by the

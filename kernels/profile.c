@@ -197,6 +197,16 @@ static void p_attention_bwd(float *dq, float *dk, float *dv, const float *dout, 
           prof.inner->attention_bwd(dq, dk, dv, dout, q, k, v, out, lse, doc, b, s, nh, nkv, d, scale),
           "attention_bwd fp32 b %d s %d h %d/%d d %d", b, s, nh, nkv, d);
 }
+/* a cache's attention: every query against every key up to its own (n_new x (n_past + its index)) */
+static double attention_cached_flops(int n_new, int n_past, int heads, int d) {
+    return 4.0 * heads * d * n_new * ((double)n_past + (n_new + 1) / 2.0);
+}
+static void p_attention_cached(float *out, const float *q, const float *k, const float *v, int n_new, int n_past,
+                               int nh, int nkv, int d, float scale) {
+    TIMED(attention_cached_flops(n_new, n_past, nh, d), 0,
+          prof.inner->attention_cached(out, q, k, v, n_new, n_past, nh, nkv, d, scale),
+          "attention_cached fp32 new %d past %d h %d/%d d %d", n_new, n_past, nh, nkv, d);
+}
 static void p_cross_entropy(float *logits, float *loss, const int32_t *targets, int rows, int vocab,
                             float grad_scale) {
     TIMED(0, (grad_scale != 0 ? 8.0 : 4.0) * rows * vocab,
@@ -287,6 +297,13 @@ static void p_attention_fwd_half(kernels_half_format fmt, uint16_t *oh, int ld_o
           prof.inner->attention_fwd_half(fmt, oh, ld_out, out, lse, q, k, v, doc, b, s, nh, nkv, d, scale),
           "attention_fwd %s b %d s %d h %d/%d d %d%s", fmt_name(fmt), b, s, nh, nkv, d, out ? " +fp32" : "");
 }
+static void p_attention_cached_half(kernels_half_format fmt, uint16_t *oh, int ld_out, float *out, const uint16_t *q,
+                                    const uint16_t *k, const uint16_t *v, int n_new, int n_past, int nh, int nkv, int d,
+                                    float scale) {
+    TIMED(attention_cached_flops(n_new, n_past, nh, d), 0,
+          prof.inner->attention_cached_half(fmt, oh, ld_out, out, q, k, v, n_new, n_past, nh, nkv, d, scale),
+          "attention_cached %s new %d past %d h %d/%d d %d", fmt_name(fmt), n_new, n_past, nh, nkv, d);
+}
 static void p_attention_bwd_half(kernels_half_format fmt, float *dq, float *dk, float *dv, const float *dout,
                                  const uint16_t *q, const uint16_t *k, const uint16_t *v, const uint16_t *oh,
                                  int ld_out, const float *lse, const int32_t *doc, int b, int s, int nh, int nkv,
@@ -369,6 +386,7 @@ int kernels_profile_start(const kernels *inner, const kernels **out, ct_error *e
         .swiglu_bwd = p_swiglu_bwd,
         .attention_fwd = p_attention_fwd,
         .attention_bwd = p_attention_bwd,
+        .attention_cached = p_attention_cached,
         .cross_entropy = p_cross_entropy,
         .to_half = p_to_half,
         .from_half = p_from_half,
@@ -386,6 +404,7 @@ int kernels_profile_start(const kernels *inner, const kernels **out, ct_error *e
         .cross_entropy_half = p_cross_entropy_half,
         .attention_fwd_half = p_attention_fwd_half,
         .attention_bwd_half = p_attention_bwd_half,
+        .attention_cached_half = p_attention_cached_half,
         .dora_norm_scale = p_dora_norm_scale,
         .scale_cols = p_scale_cols,
         .dora_magnitude_grad = p_dora_magnitude_grad,

@@ -197,6 +197,16 @@ static void shadow_attention_bwd_half(kernels_half_format fmt, float *dq, float 
     cpu_attention_bwd_half(fmt, RF(dq), RF(dk), RF(dv), RCF(dout), RCH(q), RCH(k), RCH(v), RCH(out_half), ld_out,
                            RCF(lse), RCI(doc_ids), batch, seq, nh, nkv, d, scale);
 }
+static void shadow_attention_cached(float *out, const float *q, const float *k, const float *v, int n_new,
+                                    int n_past, int nh, int nkv, int d, float scale) {
+    cpu_attention_cached(RF(out), RCF(q), RCF(k), RCF(v), n_new, n_past, nh, nkv, d, scale);
+}
+static void shadow_attention_cached_half(kernels_half_format fmt, uint16_t *out_half, int ld_out, float *out,
+                                         const uint16_t *q, const uint16_t *k, const uint16_t *v, int n_new,
+                                         int n_past, int nh, int nkv, int d, float scale) {
+    cpu_attention_cached_half(fmt, RH(out_half), ld_out, RF(out), RCH(q), RCH(k), RCH(v), n_new, n_past, nh, nkv, d,
+                              scale);
+}
 static void shadow_dora_norm_scale(float *norm, float *scale, const float *combined, const float *magnitude,
                                    int rows, int cols) {
     cpu_dora_norm_scale(RF(norm), RF(scale), RCF(combined), RCF(magnitude), rows, cols);
@@ -252,6 +262,7 @@ static const kernels shadow_backend = {
     .swiglu_bwd = shadow_swiglu_bwd,
     .attention_fwd = shadow_attention_fwd,
     .attention_bwd = shadow_attention_bwd,
+    .attention_cached = shadow_attention_cached,
     .cross_entropy = shadow_cross_entropy,
     .to_half = shadow_to_half,
     .from_half = shadow_from_half,
@@ -269,6 +280,7 @@ static const kernels shadow_backend = {
     .cross_entropy_half = shadow_cross_entropy_half,
     .attention_fwd_half = shadow_attention_fwd_half,
     .attention_bwd_half = shadow_attention_bwd_half,
+    .attention_cached_half = shadow_attention_cached_half,
     .dora_norm_scale = shadow_dora_norm_scale,
     .scale_cols = shadow_scale_cols,
     .dora_magnitude_grad = shadow_dora_magnitude_grad,

@@ -734,6 +734,61 @@ static void test_attention(void) {
     run_attention_case("attention blocks doc-masked", 2, 200, 6, 2, 64, many_docs, 1999);
 }
 
+/* attention_cached: the last n_new queries of a sequence against all its keys must give the
+ * rows attention_fwd gives over the whole sequence (to rounding: one pass per row instead of
+ * tiles), for a prompt in one call (n_past 0) and for later tokens one or several at a time;
+ * attention_cached_half is that on the widened 16-bit inputs, rounded once. */
+static void cached_case(int seq, int n_new, int nh, int nkv, int d) {
+    const size_t width = (size_t)nh * d, kv_width = (size_t)nkv * d;
+    float *q = vec(seq * width, -1, 1), *k = vec(seq * kv_width, -1, 1), *v = vec(seq * kv_width, -1, 1);
+    float *full = malloc(seq * width * sizeof(float)), *lse = malloc((size_t)nh * seq * sizeof(float));
+    float *out = malloc((size_t)n_new * width * sizeof(float));
+    const float scale = 1.0f / sqrtf((float)d);
+    K->attention_fwd(full, lse, q, k, v, NULL, 1, seq, nh, nkv, d, scale);
+    const int n_past = seq - n_new;
+    K->attention_cached(out, q + (size_t)n_past * width, k, v, n_new, n_past, nh, nkv, d, scale);
+    double worst = 0;
+    for (size_t e = 0; e < (size_t)n_new * width; e++) {
+        const double diff = fabs(out[e] - full[(size_t)n_past * width + e]);
+        if (diff > worst) worst = diff;
+    }
+    CHECK_MSG(worst < 2e-6, "attention_cached seq %d new %d heads %d/%d d %d: max difference %.3g", seq, n_new, nh,
+              nkv, d, worst);
+    /* 16-bit: the fp32 result on the rounded inputs, rounded; out_half rows ld apart */
+    const int ld = (int)width + 3;
+    uint16_t *hq = malloc(seq * width * 2), *hk = malloc(seq * kv_width * 2), *hv = malloc(seq * kv_width * 2);
+    uint16_t *h_out = malloc((size_t)n_new * ld * 2), *expect = malloc(width * 2);
+    float *wq = malloc(seq * width * sizeof(float)), *wk = malloc(seq * kv_width * sizeof(float));
+    float *wv = malloc(seq * kv_width * sizeof(float)), *out2 = malloc((size_t)n_new * width * sizeof(float));
+    K->to_half(hq, q, seq * width, KERNELS_BF16);
+    K->to_half(hk, k, seq * kv_width, KERNELS_BF16);
+    K->to_half(hv, v, seq * kv_width, KERNELS_BF16);
+    K->from_half(wq, hq, seq * width, KERNELS_BF16);
+    K->from_half(wk, hk, seq * kv_width, KERNELS_BF16);
+    K->from_half(wv, hv, seq * kv_width, KERNELS_BF16);
+    K->attention_cached(out, wq + (size_t)n_past * width, wk, wv, n_new, n_past, nh, nkv, d, scale);
+    for (size_t e = 0; e < (size_t)n_new * ld; e++) h_out[e] = 0x1234;
+    K->attention_cached_half(KERNELS_BF16, h_out, ld, out2, hq + (size_t)n_past * width, hk, hv, n_new, n_past, nh,
+                             nkv, d, scale);
+    CHECK(memcmp(out, out2, (size_t)n_new * width * sizeof(float)) == 0);
+    bool same = true, untouched = true;
+    for (int i = 0; i < n_new; i++) {
+        K->to_half(expect, out + (size_t)i * width, width, KERNELS_BF16);
+        same &= memcmp(expect, h_out + (size_t)i * ld, width * 2) == 0;
+        for (int c = (int)width; c < ld; c++) untouched &= h_out[(size_t)i * ld + c] == 0x1234;
+    }
+    CHECK_MSG(same && untouched, "attention_cached_half seq %d new %d: rounded output rows", seq, n_new);
+    free(q), free(k), free(v), free(full), free(lse), free(out);
+    free(hq), free(hk), free(hv), free(h_out), free(expect), free(wq), free(wk), free(wv), free(out2);
+}
+
+static void test_attention_cached(void) {
+    cached_case(9, 9, 4, 2, 8);   /* a prompt: nothing cached yet */
+    cached_case(9, 1, 4, 2, 8);   /* one new token */
+    cached_case(70, 3, 6, 1, 16); /* several, MQA */
+    cached_case(130, 1, 4, 4, 64);
+}
+
 /* ------------------------------------------------------------------ cross-entropy */
 typedef struct ce_ctx {
     float *logits, *work, *loss;
@@ -1114,6 +1169,7 @@ int main(void) {
     test_swiglu();
     test_cpu_expf();
     test_attention();
+    test_attention_cached();
     test_cross_entropy();
     test_adamw();
     test_adamw_scale_and_half();

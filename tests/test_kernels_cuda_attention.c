@@ -273,6 +273,71 @@ static void test_shapes(void) {
 
 /* A shape no attention kernel takes, an unknown format, and out_half rows closer than
  * n_heads * head_dim are recorded, not run. */
+/* attention_cached(_half) against the CPU on fresh random inputs: a cache of n_past tokens
+ * and n_new queries; outputs poisoned first, so an unwritten element fails. Both backends
+ * keep P in fp32, so the fp32 outputs agree to rounding (1e-5) and the 16-bit ones within an
+ * ulp, with out_half's rows ld apart and the gap between them untouched. */
+static void cached_case(int n_past, int n_new, int nh, int nkv, int d, kernels_half_format fmt) {
+    const size_t width = (size_t)nh * d, kv_width = (size_t)nkv * d, kv_rows = (size_t)(n_past + n_new);
+    const size_t q_n = (size_t)n_new * width, kv_n = kv_rows * kv_width;
+    const int ld = (int)width + 5;
+    const float scale = 1.0f / sqrtf((float)d);
+    float *q = host_rand(q_n, -1, 1), *k = host_rand(kv_n, -1, 1), *v = host_rand(kv_n, -1, 1);
+    float *ref = malloc(q_n * sizeof(float));
+    C->attention_cached(ref, q, k, v, n_new, n_past, nh, nkv, d, scale);
+    float *d_q = dev_from(G, q, q_n * sizeof(float)), *d_k = dev_from(G, k, kv_n * sizeof(float));
+    float *d_v = dev_from(G, v, kv_n * sizeof(float)), *d_out = dev_nan(G, q_n);
+    G->attention_cached(d_out, d_q, d_k, d_v, n_new, n_past, nh, nkv, d, scale);
+    char what[96];
+    snprintf(what, sizeof what, "attention_cached past %d new %d heads %d/%d d %d", n_past, n_new, nh, nkv, d);
+    compare(G, what, d_out, ref, q_n, 1e-5);
+
+    uint16_t *hq = malloc(q_n * 2), *hk = malloc(kv_n * 2), *hv = malloc(kv_n * 2);
+    C->to_half(hq, q, q_n, fmt);
+    C->to_half(hk, k, kv_n, fmt);
+    C->to_half(hv, v, kv_n, fmt);
+    uint16_t *ref_half = malloc((size_t)n_new * ld * 2), *init = malloc((size_t)n_new * ld * 2);
+    for (size_t e = 0; e < (size_t)n_new * ld; e++) init[e] = (int)(e % ld) < (int)width ? half_poison(fmt) : GAP_SENTINEL;
+    memcpy(ref_half, init, (size_t)n_new * ld * 2);
+    C->attention_cached_half(fmt, ref_half, ld, ref, hq, hk, hv, n_new, n_past, nh, nkv, d, scale);
+    uint16_t *d_hq = dev_from(G, hq, q_n * 2), *d_hk = dev_from(G, hk, kv_n * 2), *d_hv = dev_from(G, hv, kv_n * 2);
+    uint16_t *d_out_half = dev_from(G, init, (size_t)n_new * ld * 2);
+    G->release(d_out);
+    d_out = dev_nan(G, q_n);
+    G->attention_cached_half(fmt, d_out_half, ld, d_out, d_hq, d_hk, d_hv, n_new, n_past, nh, nkv, d, scale);
+    snprintf(what, sizeof what, "attention_cached_half %s past %d new %d heads %d/%d d %d", fmt_name(fmt), n_past,
+             n_new, nh, nkv, d);
+    compare(G, what, d_out, ref, q_n, 1e-5);
+    compare_half(G, what, d_out_half, ref_half, (size_t)n_new * ld, fmt); /* the gap's sentinels are equal bits */
+    check_status(what);
+    free(q), free(k), free(v), free(ref), free(hq), free(hk), free(hv), free(ref_half), free(init);
+    G->release(d_q), G->release(d_k), G->release(d_v), G->release(d_out);
+    G->release(d_hq), G->release(d_hk), G->release(d_hv), G->release(d_out_half);
+}
+
+static void test_cached(void) {
+    seed(41);
+    cached_case(0, 5, 4, 2, 64, KERNELS_BF16);   /* a prompt */
+    cached_case(37, 1, 4, 2, 64, KERNELS_FP16);  /* one token, keys not a multiple of the warps */
+    cached_case(20, 3, 6, 1, 40, KERNELS_BF16);  /* several, MQA, head_dim not a multiple of 32 */
+    cached_case(130, 1, 2, 2, 128, KERNELS_FP16);
+    cached_case(9, 2, 2, 1, 256, KERNELS_BF16);  /* the widest head */
+    /* what no cached kernel takes: head_dim above 256, out_half rows too close */
+    float *x = dev_nan(G, 600);
+    uint16_t *h = G->alloc(600 * sizeof(uint16_t));
+    G->attention_cached(x, x, x, x, 1, 0, 1, 1, 300, 1.0f);
+    ct_error err = {{0}};
+    CHECK(kernels_cuda_status(&err) == -1);
+    CHECK_CONTAINS(err.msg, "head_dim <= 256");
+    G->attention_cached_half(KERNELS_BF16, h, 63, x, h, h, h, 1, 0, 1, 1, 64, 1.0f);
+    ct_error err2 = {{0}};
+    CHECK(kernels_cuda_status(&err2) == -1);
+    CHECK_CONTAINS(err2.msg, "ld_out");
+    check_status("cleared after the cached reports");
+    G->release(x);
+    G->release(h);
+}
+
 static void test_errors(void) {
     const size_t n = 2 * 300;
     float *x = dev_nan(G, n), *lse = dev_nan(G, 2);
@@ -374,6 +439,7 @@ int main(void) {
     test_ds_budgets();
 #endif
     test_errors();
+    test_cached();
     check_status("end of tests");
     return check_summary("test_kernels_cuda_attention");
 }

@@ -193,6 +193,38 @@ static void compare_logits(model *m, reference *r, const char *label) {
     free(logits);
 }
 
+/* The same logits through the KV cache: a prompt of `prompt` tokens, then one token at a
+ * time. The prompt's forward is model_last_logits' (the same bits); the later tokens read
+ * the cache and must match transformers as closely as the full forward does. */
+static void compare_cached_logits(model *m, reference *r, const char *label) {
+    const int seq = (int)r->n_tokens / 2, V = m->cfg.vocab_size;
+    float *logits = malloc((size_t)V * sizeof(float)), *full = malloc((size_t)V * sizeof(float));
+    ct_error err;
+    double worst = 0;
+    CHECK_MSG(model_cache_reserve(m, seq, &err) == 0, "%s", err.msg);
+    for (int b = 0; b < 2; b++) {
+        const int32_t *ids = r->ids + (size_t)b * seq;
+        const int prompt = b ? seq / 3 : 1;
+        model_cache_reset(m);
+        CHECK_MSG(model_cache_append(m, ids, prompt, logits, &err) == 0, "%s", err.msg);
+        CHECK(model_last_logits(m, ids, prompt, full, &err) == 0);
+        CHECK_MSG(memcmp(logits, full, (size_t)V * sizeof(float)) == 0, "%s: cached prompt of %d differs", label,
+                  prompt);
+        for (int n = prompt + 1; n <= seq; n++) {
+            CHECK_MSG(model_cache_append(m, ids + n - 1, 1, logits, &err) == 0, "%s", err.msg);
+            double e = rel_error(logits, r->logits + ((size_t)b * seq + n - 1) * V, (size_t)V);
+            if (e > worst) worst = e;
+        }
+        /* full: nothing more fits */
+        CHECK(model_cache_append(m, ids, 1, logits, &err) == -1);
+        CHECK_CONTAINS(err.msg, "do not fit the KV cache");
+    }
+    CHECK_MSG(worst < 1e-4, "%s: cached logits relative error %.3g", label, worst);
+    model_cache_release(m);
+    free(full);
+    free(logits);
+}
+
 /* Parameter order = transformers' named_parameters order (recorded by the generator). */
 static void compare_order(model *m, reference *r, const char *label) {
     const char *order = st_metadata(&r->file, "param_order");
@@ -233,6 +265,7 @@ static void test_fixture(const char *name) {
     compare_order(&m, &r, name);
     compare_step(&m, &r, name, 0);
     compare_logits(&m, &r, name);
+    compare_cached_logits(&m, &r, name);
     reference_close(&r);
     model_free(&m);
     model_config_free(&cfg);
@@ -281,6 +314,7 @@ static void test_lora_fixture(void) {
     compare_order(&m, &r, "llama_gqa/lora");
     compare_step(&m, &r, "llama_gqa/lora", 0);
     compare_logits(&m, &r, "llama_gqa/lora");
+    compare_cached_logits(&m, &r, "llama_gqa/lora");
     reference_close(&r);
     CHECK(model_count_params(&m, true) == (size_t)cfg.num_hidden_layers *
           (4 * (32 + 32) + 4 * (32 + 16) * 2 + 4 * (32 + 32) + 4 * (32 + 48) * 3));
@@ -321,6 +355,7 @@ static void test_dora_fixture(void) {
         compare_order(&m, &r, label);
         compare_step(&m, &r, label, dropout ? 7 : 0);
         if (!dropout) compare_logits(&m, &r, label);
+        if (!dropout) compare_cached_logits(&m, &r, label);
         reference_close(&r);
         model_free(&m);
     }
@@ -689,6 +724,24 @@ static void test_errors(void) {
     ids[2] = c.vocab_size;
     CHECK(model_last_logits(&m, ids, 5, logits, &err) == -1);
     CHECK_CONTAINS(err.msg, "input_ids[2]");
+    /* The KV cache: none before model_cache_reserve; a refused token leaves it as it was. */
+    CHECK(model_cache_append(&m, ids, 1, logits, &err) == -1);
+    CHECK_CONTAINS(err.msg, "model_cache_reserve first");
+    CHECK(model_cache_reserve(&m, 0, &err) == -1);
+    CHECK_MSG(model_cache_reserve(&m, 4, &err) == 0, "%s", err.msg);
+    CHECK(model_cache_append(&m, ids, 0, logits, &err) == -1);
+    CHECK_MSG(model_cache_append(&m, ids, 2, logits, &err) == 0, "%s", err.msg);
+    CHECK(model_cache_append(&m, ids + 2, 1, logits, &err) == -1); /* outside the vocabulary */
+    CHECK_CONTAINS(err.msg, "input_ids[0]");
+    CHECK(model_cache_append(&m, ids + 3, 3, logits, &err) == -1); /* 2 + 3 > 4 */
+    CHECK_CONTAINS(err.msg, "2 of 4 held");
+    ids[2] = 3;
+    float *full = malloc((size_t)c.vocab_size * sizeof(float));
+    CHECK_MSG(model_cache_append(&m, ids + 2, 2, logits, &err) == 0, "%s", err.msg);
+    CHECK(model_last_logits(&m, ids, 4, full, &err) == 0);
+    CHECK_MSG(rel_error(logits, full, (size_t)c.vocab_size) < 1e-5, "cache after refusals: relative error %.3g",
+              rel_error(logits, full, (size_t)c.vocab_size));
+    free(full);
     free(logits);
 
     CHECK(model_reserve(&m, 2, 7, &err) == 0);

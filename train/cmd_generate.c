@@ -154,11 +154,13 @@ int cmd_generate(int argc, char **argv) {
         if (grown) ids = grown;
         if (!grown || !logits || !scratch) status = ct_fail(&err, "out of memory");
     }
-    if (!status) status = model_reserve(&m, 1, (int)capacity, &err);
+    if (!status) status = model_reserve(&m, 1, (int)n_ids, &err);
+    if (!status) status = model_cache_reserve(&m, (int)capacity, &err);
     size_t prompt_len = n_ids;
     uint64_t rng = (uint64_t)seed;
-    while (!status && n_ids < capacity) {
-        status = model_last_logits(&m, ids, (int)n_ids, logits, &err);
+    while (!status && n_ids < capacity) { /* the prompt once, then each new token on the cache */
+        const size_t fed = n_ids == prompt_len ? 0 : n_ids - 1;
+        status = model_cache_append(&m, ids + fed, (int)(n_ids - fed), logits, &err);
         if (!status) status = inference_check(k, &err);
         if (status) break;
         int next = sample_token(logits, m.cfg.vocab_size, &how, &rng, scratch);

@@ -911,9 +911,40 @@ static void release_reservation(model *m) {
     free(s->host_loss);
     float *inv_freq = s->inv_freq;
     const struct model_loss_slots slots = s->slots;
+    const struct model_kv_cache cache = s->cache;
     memset(s, 0, sizeof *s);
     s->inv_freq = inv_freq;
     s->slots = slots;
+    s->cache = cache;
+}
+
+void model_cache_release(model *m) {
+    model_state *s = m->state;
+    if (s && s->cache.block) m->k->release(s->cache.block);
+    if (s) memset(&s->cache, 0, sizeof s->cache);
+}
+
+int model_cache_reserve(model *m, int capacity, ct_error *err) {
+    model_state *s = m->state;
+    if (capacity <= 0) return ct_fail(err, "model_cache_reserve: capacity %d must be positive", capacity);
+    s->cache.len = 0;
+    if (s->cache.block && s->cache.capacity >= capacity) return 0;
+    model_cache_release(m);
+    const model_config *c = &m->cfg;
+    const size_t elem = m->precision == MODEL_FP32 ? sizeof(float) : sizeof(uint16_t);
+    const size_t bytes = 2 * (size_t)c->num_hidden_layers * (size_t)capacity * (size_t)c->num_key_value_heads *
+                         (size_t)c->head_dim * elem;
+    if (!(s->cache.block = m->k->alloc(bytes)))
+        return ct_fail(err, "model_cache_reserve: cannot allocate %zu bytes of KV cache for %d tokens on the %s backend",
+                       bytes, capacity, m->k->name);
+    s->cache.elem_bytes = elem;
+    s->cache.capacity = capacity;
+    return 0;
+}
+
+void model_cache_reset(model *m) {
+    model_state *s = m->state;
+    s->cache.len = 0;
 }
 
 static void release_loss_slots(model *m) {
@@ -955,6 +986,7 @@ void model_free(model *m) {
     if (m->state) {
         release_reservation(m);
         release_loss_slots(m);
+        model_cache_release(m);
         model_state *s = m->state;
         if (s->inv_freq) m->k->release(s->inv_freq);
         free(s);

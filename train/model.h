@@ -370,12 +370,26 @@ void model_collect_losses(model *m, int n_slots, double *sums, double *scalar);
 double *model_loss_slots_scalar(model *m);
 
 /* Logits (host memory, [vocab]) of the last token of one sequence ids[0..n-1] (positions
- * 0..n-1), no dropout. Used for generation and accuracy evaluation. Re-runs the whole
- * sequence (no KV cache); grows the reservation to 1 x n when it holds fewer tokens (an
+ * 0..n-1), no dropout. Re-runs the whole sequence (generation uses model_cache_append); grows the reservation to 1 x n when it holds fewer tokens (an
  * allocation, so keep it out of the training step loop, or reserve enough up front). */
 int model_last_logits(model *m, const int32_t *ids, int n, float *logits, ct_error *err);
 /* The same for every position from first to n-1 (one forward pass): logits is host memory
  * [n - first, vocab]. */
 int model_logits(model *m, const int32_t *ids, int n, int first, float *logits, ct_error *err);
+
+/* Generation with a KV cache: each layer's keys and values (after RoPE; fp32, or the 16-bit
+ * values attention reads in mixed precision) are kept for the tokens seen so far, so a new
+ * token costs one token's forward instead of the whole sequence's.
+ * model_cache_reserve allocates room for a sequence of up to capacity tokens (backend memory:
+ * 2 x layers x capacity x kv heads x head_dim values; kept when it is large enough) and empties
+ * it; model_cache_reset empties it for a new sequence; model_cache_append runs ids[0..n) at
+ * the positions after the cached ones, caches their keys and values, and writes the logits of
+ * the last of them (host memory [vocab]). The first tokens of a sequence run exactly as
+ * model_last_logits does (the same bits); later ones agree with it to rounding
+ * (kernels.h: attention_cached). model_cache_release frees the cache (model_free does too). */
+int model_cache_reserve(model *m, int capacity, ct_error *err);
+void model_cache_reset(model *m);
+int model_cache_append(model *m, const int32_t *ids, int n, float *logits, ct_error *err);
+void model_cache_release(model *m);
 
 #endif

@@ -339,9 +339,21 @@ static uint16_t *norm_for_linears(const model *m, uint16_t *saved, int ld, float
     return h;
 }
 
-/* Decoder layer l: reads resid slice l, writes slice l + 1 and the layer's saved activations. */
+/* Layer l's keys (which 0) or values (1) in the KV cache: [capacity, n_kv*head_dim]. */
+static void *cache_rows(const model *m, int l, int which) {
+    const model_state *s = m->state;
+    const struct model_kv_cache *cache = &s->cache;
+    const size_t layer_bytes = (size_t)cache->capacity * (size_t)m->cfg.num_key_value_heads *
+                               (size_t)m->cfg.head_dim * cache->elem_bytes;
+    return (char *)cache->block + (2 * (size_t)l + (size_t)which) * layer_bytes;
+}
+
+/* Decoder layer l: reads resid slice l, writes slice l + 1 and the layer's saved activations.
+ * With cached (generation: batch 1, no training), the seq new tokens' keys and values go into
+ * the KV cache after its cache.len tokens, and attention reads the cache (the first tokens
+ * of a sequence, with nothing cached yet, run the plain attention: the same bits). */
 static void layer_forward(model *m, int l, int batch, int seq, const int32_t *doc_ids, bool train,
-                          uint64_t seed) {
+                          uint64_t seed, bool cached) {
     const kernels *k = m->k;
     const model_config *c = &m->cfg;
     model_state *s = m->state;
@@ -373,10 +385,21 @@ static void layer_forward(model *m, int l, int batch, int seq, const int32_t *do
         k->rmsnorm_fwd(a->q, a->rstd_q, a->q_pre, layer->q_norm->data, T * nh, d, eps);
         k->rmsnorm_fwd(a->k, a->rstd_k, a->k_pre, layer->k_norm->data, T * nkv, d, eps);
     }
+    const int n_past = cached ? s->cache.len : 0;
+    const size_t kv_row_bytes = (size_t)nkv * d * (m->precision == MODEL_FP32 ? sizeof(float) : sizeof(uint16_t));
+    char *cache_k = cached ? cache_rows(m, l, 0) : NULL, *cache_v = cached ? cache_rows(m, l, 1) : NULL;
     if (m->precision == MODEL_FP32) {
         k->rope_fwd(a->q, s->positions, s->inv_freq, T, nh, d);
         k->rope_fwd(a->k, s->positions, s->inv_freq, T, nkv, d);
-        k->attention_fwd(a->att, a->lse, a->q, a->k, a->v, doc_ids, batch, seq, nh, nkv, d, scale);
+        if (cached) {
+            k->copy(cache_k + n_past * kv_row_bytes, a->k, T * kv_row_bytes);
+            k->copy(cache_v + n_past * kv_row_bytes, a->v, T * kv_row_bytes);
+        }
+        if (n_past > 0)
+            k->attention_cached(a->att, a->q, (const float *)(void *)cache_k, (const float *)(void *)cache_v, T,
+                                n_past, nh, nkv, d, scale);
+        else
+            k->attention_fwd(a->att, a->lse, a->q, a->k, a->v, doc_ids, batch, seq, nh, nkv, d, scale);
     } else { /* 16-bit products as flash attention in bf16/fp16 (tensor cores on a GPU), on q, k,
               * v rounded once (by RoPE itself for q and k) and kept so; the output only in 16
               * bits unless dropout */
@@ -384,8 +407,16 @@ static void layer_forward(model *m, int l, int batch, int seq, const int32_t *do
         k->rope_fwd_half(fmt, a->h_q, nh * d, a->q, s->positions, s->inv_freq, T, nh, d);
         k->rope_fwd_half(fmt, a->h_k, nkv * d, a->k, s->positions, s->inv_freq, T, nkv, d);
         if (!v_half) k->to_half(a->h_v, a->v, (size_t)T * nkv * d, fmt);
-        k->attention_fwd_half(fmt, a->h_att, ld[LINEAR_O], a->att, a->lse, a->h_q, a->h_k, a->h_v, doc_ids, batch,
-                              seq, nh, nkv, d, scale);
+        if (cached) {
+            k->copy(cache_k + n_past * kv_row_bytes, a->h_k, T * kv_row_bytes);
+            k->copy(cache_v + n_past * kv_row_bytes, a->h_v, T * kv_row_bytes);
+        }
+        if (n_past > 0)
+            k->attention_cached_half(fmt, a->h_att, ld[LINEAR_O], a->att, a->h_q, (const uint16_t *)(void *)cache_k,
+                                     (const uint16_t *)(void *)cache_v, T, n_past, nh, nkv, d, scale);
+        else
+            k->attention_fwd_half(fmt, a->h_att, ld[LINEAR_O], a->att, a->lse, a->h_q, a->h_k, a->h_v, doc_ids,
+                                  batch, seq, nh, nkv, d, scale);
     }
     hx = a->h_att;
     linear_forward(m, l, LINEAR_O, a->x_mid, a->att, hx, ld[LINEAR_O], T, train, seed, x); /* x_mid = x + o(att) */
@@ -415,7 +446,7 @@ static void layer_forward(model *m, int l, int batch, int seq, const int32_t *do
 /* Sets *h_final to the final norm's 16-bit copy [T,H] for the vocabulary projection (mixed
  * precision; in scratch that nothing else writes before the logits chunks), else NULL. Fails
  * only where ZeRO 3's gathering of a layer's weights fails. */
-static int forward(model *m, int batch, int seq, bool use_doc_ids, bool train, uint64_t seed,
+static int forward(model *m, int batch, int seq, bool use_doc_ids, bool train, uint64_t seed, bool cached,
                    const uint16_t **h_final, ct_error *err) {
     const model_config *c = &m->cfg;
     model_state *s = m->state;
@@ -428,7 +459,7 @@ static int forward(model *m, int batch, int seq, bool use_doc_ids, bool train, u
         m->k->embedding_fwd_half(model_half_format(m->precision), s->resid, embed->half, embed->half_ld, s->ids, T, H);
     for (int l = 0; l < c->num_hidden_layers; l++) {
         if (model_layer_weights(m, l, err)) return -1;
-        layer_forward(m, l, batch, seq, use_doc_ids ? s->doc_ids : NULL, train, seed);
+        layer_forward(m, l, batch, seq, use_doc_ids ? s->doc_ids : NULL, train, seed, cached);
     }
     const model_param *final_norm = model_find_param(m, "model.norm.weight");
     *h_final = norm_for_linears(m, NULL, H, s->x_norm_final, s->rstd_final,
@@ -603,7 +634,7 @@ static int backward(model *m, int batch, int seq, bool use_doc_ids, uint64_t see
         if (model_layer_weights(m, l, err)) return -1;
         /* Checkpointed: the shared buffers hold the top layer's activations from the forward;
          * every other layer is recomputed from its saved input, with the same dropout masks. */
-        if (m->activation_checkpointing && l < L - 1) layer_forward(m, l, batch, seq, doc_ids, true, seed);
+        if (m->activation_checkpointing && l < L - 1) layer_forward(m, l, batch, seq, doc_ids, true, seed, false);
 
         /* MLP: d_resid holds d out; out = x_mid + down(act). */
         float *d_act = s->d_w1, *d_gate = s->d_w2, *d_up = s->d_w3;
@@ -763,7 +794,8 @@ static int run_step(model *m, const model_batch *batch, bool backward_pass, floa
     const int T = batch->batch * batch->seq, H = m->cfg.hidden_size, V = m->cfg.vocab_size;
     const bool use_doc_ids = batch->doc_ids != NULL;
     const uint16_t *h_final;
-    if (forward(m, batch->batch, batch->seq, use_doc_ids, backward_pass, dropout_seed, &h_final, err)) return -1;
+    if (forward(m, batch->batch, batch->seq, use_doc_ids, backward_pass, dropout_seed, false, &h_final, err))
+        return -1;
 
     /* A zero scale contributes nothing: skip the backward rather than add zeros. */
     const bool do_backward = backward_pass && grad_scale != 0.0f;
@@ -852,6 +884,20 @@ void model_collect_losses(model *m, int n_slots, double *sums, double *scalar) {
     for (int a = 0; a < n_slots; a++) sums[a] = sum_losses(s->slots.host + (size_t)a * s->slots.stride, s->slots.tokens[a]);
 }
 
+/* The logits of rows [first, n) of the forward just run into host logits [n - first, V], a
+ * chunk of logits_rows at a time. */
+static void project_logits(model *m, const uint16_t *h_final, int first, int n, float *logits) {
+    const model_state *s = m->state;
+    const int H = m->cfg.hidden_size, V = m->cfg.vocab_size;
+    for (int r0 = first; r0 < n; r0 += s->logits_rows) {
+        const int rows = n - r0 < s->logits_rows ? n - r0 : s->logits_rows;
+        const float *xn = s->x_norm_final + (size_t)r0 * H;
+        weight_gemm(m, false, true, rows, V, H, xn, h_final ? h_final + (size_t)r0 * H : NULL, H,
+                    vocab_weight(m), 0.0f, s->logits, V);
+        m->k->download(logits + (size_t)(r0 - first) * V, s->logits, (size_t)rows * V * sizeof(float));
+    }
+}
+
 int model_logits(model *m, const int32_t *ids, int n, int first, float *logits, ct_error *err) {
     if (n <= 0 || !ids) return ct_fail(err, "model_logits: empty sequence");
     if (first < 0 || first >= n) return ct_fail(err, "model_logits: first position %d outside [0, %d)", first, n);
@@ -864,15 +910,33 @@ int model_logits(model *m, const int32_t *ids, int n, int first, float *logits, 
                      .batch = 1, .seq = n};
     if (upload_batch(m, &b, err)) return -1;
     const uint16_t *h_final;
-    if (forward(m, 1, n, false, false, 0, &h_final, err)) return -1;
-    const int H = m->cfg.hidden_size, V = m->cfg.vocab_size;
-    for (int r0 = first; r0 < n; r0 += s->logits_rows) {
-        const int rows = n - r0 < s->logits_rows ? n - r0 : s->logits_rows;
-        const float *xn = s->x_norm_final + (size_t)r0 * H;
-        weight_gemm(m, false, true, rows, V, H, xn, h_final ? h_final + (size_t)r0 * H : NULL, H,
-                    vocab_weight(m), 0.0f, s->logits, V);
-        m->k->download(logits + (size_t)(r0 - first) * V, s->logits, (size_t)rows * V * sizeof(float));
+    if (forward(m, 1, n, false, false, 0, false, &h_final, err)) return -1;
+    project_logits(m, h_final, first, n, logits);
+    return 0;
+}
+
+int model_cache_append(model *m, const int32_t *ids, int n, float *logits, ct_error *err) {
+    model_state *s = m->state;
+    struct model_kv_cache *cache = &s->cache;
+    if (!cache->block) return ct_fail(err, "model_cache_append: no KV cache (model_cache_reserve first)");
+    if (n <= 0 || !ids) return ct_fail(err, "model_cache_append: no tokens");
+    if (n > cache->capacity - cache->len)
+        return ct_fail(err, "model_cache_append: %d more tokens do not fit the KV cache (%d of %d held)", n,
+                       cache->len, cache->capacity);
+    if (!s->float_arena || s->reserved_tokens < n) {
+        if (model_reserve(m, 1, n, err)) return -1;
     }
+    int32_t *positions = malloc((size_t)n * sizeof *positions);
+    if (!positions) return ct_fail(err, "out of memory");
+    for (int t = 0; t < n; t++) positions[t] = cache->len + t;
+    model_batch b = {.input_ids = ids, .targets = NULL, .positions = positions, .doc_ids = NULL, .batch = 1, .seq = n};
+    const int uploaded = upload_batch(m, &b, err);
+    free(positions);
+    if (uploaded) return -1;
+    const uint16_t *h_final;
+    if (forward(m, 1, n, false, false, 0, true, &h_final, err)) return -1;
+    cache->len += n;
+    project_logits(m, h_final, n - 1, n, logits);
     return 0;
 }
 

@@ -139,6 +139,15 @@ typedef struct model_state {
         int *tokens; /* tokens written to each slot */
         int n, stride;
     } slots;
+    /* Generation's KV cache (model_cache_*): every layer's keys, then its values, each
+     * [capacity, n_kv_heads*head_dim] after RoPE, fp32 or (mixed precision) the 16-bit values
+     * attention reads, in one allocation of backend memory; len tokens held. Kept when the
+     * reservation above is redone. */
+    struct model_kv_cache {
+        void *block;
+        size_t elem_bytes;
+        int capacity, len;
+    } cache;
 } model_state;
 
 /* DoRA: lin's norm = ||W + scaling B A|| per output row and scale = m / norm (backend [out]

@@ -322,7 +322,7 @@ typedef struct answer_walk {
     long long doc, n_docs;
     int stride;
     bool in_doc;          /* a forward is due: the answer's token t */
-    int64_t begin, length, t;
+    int64_t begin, length, t, prompt_len;
     int32_t *seq;         /* the prompt and what was generated so far */
     size_t seq_cap;
 } answer_walk;
@@ -342,7 +342,7 @@ static int walk_next_doc(answer_walk *w, ct_error *err) {
             w->seq_cap = (size_t)(end - begin);
         }
         memcpy(w->seq, ds->tokens + begin, (size_t)prompt_len * sizeof *w->seq);
-        w->begin = begin, w->length = end - begin, w->t = prompt_len;
+        w->begin = begin, w->length = end - begin, w->t = w->prompt_len = prompt_len;
         w->in_doc = true;
         return 0;
     }
@@ -372,7 +372,11 @@ int evaluate_accuracy(model *m, const dataset *ds, const dist *d, int max_exampl
             status = model_pass_weights(m, err);
             continue;
         }
-        if ((status = model_last_logits(m, w.seq, (int)w.t, logits, err))) continue;
+        /* the prompt once, then each predicted token on the KV cache */
+        const bool fresh = w.t == w.prompt_len;
+        if (fresh) status = model_cache_reserve(m, (int)w.length, err);
+        if (!status) status = model_cache_append(m, w.seq + (fresh ? 0 : w.t - 1), fresh ? (int)w.t : 1, logits, err);
+        if (status) continue;
         const int next = argmax_logits(logits, vocab);
         const bool right = next == ds->tokens[w.begin + w.t];
         w.seq[w.t++] = next;

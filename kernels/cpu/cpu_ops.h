@@ -146,6 +146,13 @@ void cpu_attention_bwd_half(kernels_half_format fmt, float *dq, float *dk, float
                             int n_kv_heads, int head_dim, float scale);
 size_t cpu_attention_scratch_bytes(bool half, int batch, int seq, int n_heads, int n_kv_heads, int head_dim);
 
+/* attention_cached.c: attention against a KV cache (generation) */
+void cpu_attention_cached(float *out, const float *q, const float *k, const float *v, int n_new, int n_past,
+                          int n_heads, int n_kv_heads, int head_dim, float scale);
+void cpu_attention_cached_half(kernels_half_format fmt, uint16_t *out_half, int ld_out, float *out, const uint16_t *q,
+                               const uint16_t *k, const uint16_t *v, int n_new, int n_past, int n_heads,
+                               int n_kv_heads, int head_dim, float scale);
+
 /* cross_entropy.c */
 void cpu_cross_entropy(float *logits, float *loss, const int32_t *targets, int n_rows, int vocab,
                        float grad_scale);

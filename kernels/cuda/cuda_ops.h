@@ -125,6 +125,12 @@ void cuda_attention_bwd_half_budget(size_t ds_budget, kernels_half_format fmt, f
                                     const float *dout, const uint16_t *q, const uint16_t *k, const uint16_t *v,
                                     const uint16_t *out_half, int ld_out, const float *lse, const int32_t *doc_ids,
                                     int batch, int seq, int n_heads, int n_kv_heads, int head_dim, float scale);
+/* attention_cached.cu: attention against a KV cache (generation) */
+void cuda_attention_cached(float *out, const float *q, const float *k, const float *v, int n_new, int n_past,
+                           int n_heads, int n_kv_heads, int head_dim, float scale);
+void cuda_attention_cached_half(kernels_half_format fmt, uint16_t *out_half, int ld_out, float *out,
+                                const uint16_t *q, const uint16_t *k, const uint16_t *v, int n_new, int n_past,
+                                int n_heads, int n_kv_heads, int head_dim, float scale);
 /* The most one attention call allocates for itself (kernels.h: attention_scratch_bytes). */
 size_t cuda_attention_scratch_bytes(bool half, int batch, int seq, int n_heads, int n_kv_heads, int head_dim);
 
