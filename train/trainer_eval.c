@@ -389,6 +389,7 @@ int evaluate_accuracy(model *m, const dataset *ds, const dist *d, int max_exampl
     }
     free(logits);
     free(w.seq);
+    model_cache_release(m); /* not held through the training steps that follow */
     if (stopped || dist_agree(d, status, err)) return -1;
     if (dist_sum_doubles(d, counts, 2, err)) return -1;
     *accuracy = counts[1] > 0 ? counts[0] / counts[1] : NAN;
