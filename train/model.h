@@ -370,8 +370,9 @@ void model_collect_losses(model *m, int n_slots, double *sums, double *scalar);
 double *model_loss_slots_scalar(model *m);
 
 /* Logits (host memory, [vocab]) of the last token of one sequence ids[0..n-1] (positions
- * 0..n-1), no dropout. Re-runs the whole sequence (generation uses model_cache_append); grows the reservation to 1 x n when it holds fewer tokens (an
- * allocation, so keep it out of the training step loop, or reserve enough up front). */
+ * 0..n-1), no dropout. Re-runs the whole sequence (generation uses model_cache_append);
+ * grows the reservation to 1 x n when it holds fewer tokens (an allocation, so keep it out of
+ * the training step loop, or reserve enough up front). */
 int model_last_logits(model *m, const int32_t *ids, int n, float *logits, ct_error *err);
 /* The same for every position from first to n-1 (one forward pass): logits is host memory
  * [n - first, vocab]. */

@@ -386,7 +386,7 @@ static void layer_forward(model *m, int l, int batch, int seq, const int32_t *do
         k->rmsnorm_fwd(a->k, a->rstd_k, a->k_pre, layer->k_norm->data, T * nkv, d, eps);
     }
     const int n_past = cached ? s->cache.len : 0;
-    const size_t kv_row_bytes = (size_t)nkv * d * (m->precision == MODEL_FP32 ? sizeof(float) : sizeof(uint16_t));
+    const size_t kv_row_bytes = (size_t)nkv * d * s->cache.elem_bytes;
     char *cache_k = cached ? cache_rows(m, l, 0) : NULL, *cache_v = cached ? cache_rows(m, l, 1) : NULL;
     if (m->precision == MODEL_FP32) {
         k->rope_fwd(a->q, s->positions, s->inv_freq, T, nh, d);
@@ -740,7 +740,8 @@ static void upload_id_order(model *m, const int32_t *ids, int T) {
     m->k->upload(s->id_order, s->host_positions, (size_t)T * sizeof(int32_t));
 }
 
-/* Host-side checks and upload of one batch's integer inputs. */
+/* Host-side checks and upload of one batch's integer inputs. b->positions may be
+ * s->host_positions: they are uploaded before that scratch is reused. */
 static int upload_batch(model *m, const model_batch *b, ct_error *err) {
     model_state *s = m->state;
     const int T = b->batch * b->seq, V = m->cfg.vocab_size;
@@ -926,13 +927,10 @@ int model_cache_append(model *m, const int32_t *ids, int n, float *logits, ct_er
     if (!s->float_arena || s->reserved_tokens < n) {
         if (model_reserve(m, 1, n, err)) return -1;
     }
-    int32_t *positions = malloc((size_t)n * sizeof *positions);
-    if (!positions) return ct_fail(err, "out of memory");
-    for (int t = 0; t < n; t++) positions[t] = cache->len + t;
-    model_batch b = {.input_ids = ids, .targets = NULL, .positions = positions, .doc_ids = NULL, .batch = 1, .seq = n};
-    const int uploaded = upload_batch(m, &b, err);
-    free(positions);
-    if (uploaded) return -1;
+    for (int t = 0; t < n; t++) s->host_positions[t] = cache->len + t;
+    model_batch b = {.input_ids = ids, .targets = NULL, .positions = s->host_positions, .doc_ids = NULL, .batch = 1,
+                     .seq = n};
+    if (upload_batch(m, &b, err)) return -1;
     const uint16_t *h_final;
     if (forward(m, 1, n, false, false, 0, true, &h_final, err)) return -1;
     cache->len += n;

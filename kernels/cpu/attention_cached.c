@@ -10,8 +10,8 @@
  * accumulator.
  *
  * The 16-bit form widens q, k and v into fp32 copies (the cache is read once per call
- * anyway) and rounds the output as attention_fwd_half does; where malloc fails the outputs
- * are filled with NaN (the table's functions cannot report a failure). */
+ * anyway) and writes its output as attention_fwd_half does (cpu_attention_half_output: the
+ * rounding, or NaN where malloc failed). */
 #include <math.h>
 #include <stdlib.h>
 
@@ -55,32 +55,20 @@ void cpu_attention_cached(float *out, const float *q, const float *k, const floa
     }
 }
 
-static float *widened(const uint16_t *x, size_t n, kernels_half_format fmt) {
-    float *copy = malloc((n ? n : 1) * sizeof(float));
-    if (copy) cpu_from_half(copy, x, n, fmt);
-    return copy;
-}
-
 void cpu_attention_cached_half(kernels_half_format fmt, uint16_t *out_half, int ld_out, float *out, const uint16_t *q,
                                const uint16_t *k, const uint16_t *v, int n_new, int n_past, int n_heads,
                                int n_kv_heads, int head_dim, float scale) {
     if (!cached_shape_valid(n_new, n_past, n_heads, n_kv_heads, head_dim)) return;
-    const size_t width = (size_t)n_heads * head_dim, out_n = (size_t)n_new * width;
-    const size_t kv_n = (size_t)(n_past + n_new) * n_kv_heads * head_dim;
-    float *wq = widened(q, out_n, fmt), *wk = widened(k, kv_n, fmt), *wv = widened(v, kv_n, fmt);
-    float *result = out ? out : malloc(out_n * sizeof(float));
-    if (wq && wk && wv && result) {
-        cpu_attention_cached(result, wq, wk, wv, n_new, n_past, n_heads, n_kv_heads, head_dim, scale);
-    } else {
-        if (result)
-            for (size_t e = 0; e < out_n; e++) result[e] = NAN;
-        const uint16_t nan_bits = fmt == KERNELS_BF16 ? 0x7fc0 : 0x7e00;
-        for (int i = 0; i < n_new; i++)
-            for (size_t c = 0; c < width; c++) out_half[(size_t)i * ld_out + c] = nan_bits;
-    }
-    if (wq && wk && wv && result)
-        for (int i = 0; i < n_new; i++) cpu_to_half(out_half + (size_t)i * ld_out, result + (size_t)i * width, width, fmt);
-    if (result != out) free(result);
+    const size_t width = (size_t)n_heads * head_dim, kv_width = (size_t)n_kv_heads * head_dim;
+    const size_t kv_rows = (size_t)(n_past + n_new), out_n = (size_t)n_new * width;
+    float *wq = cpu_widened_copy(q, (size_t)n_new, width, width, fmt);
+    float *wk = cpu_widened_copy(k, kv_rows, kv_width, kv_width, fmt);
+    float *wv = cpu_widened_copy(v, kv_rows, kv_width, kv_width, fmt);
+    float *o = out ? out : malloc(out_n * sizeof(float));
+    const bool computed = wq && wk && wv && o;
+    if (computed) cpu_attention_cached(o, wq, wk, wv, n_new, n_past, n_heads, n_kv_heads, head_dim, scale);
+    cpu_attention_half_output(fmt, out_half, ld_out, o, computed, (size_t)n_new, width);
+    if (o != out) free(o);
     free(wq);
     free(wk);
     free(wv);

@@ -35,9 +35,7 @@ static float *rounded_copy(const float *x, size_t n, kernels_half_format fmt) {
     return copy;
 }
 
-/* The widened values of a [rows, cols] 16-bit block with rows ld apart (contiguous copy),
- * or NULL when malloc fails. */
-static float *widened_copy(const uint16_t *x, size_t rows, size_t cols, size_t ld, kernels_half_format fmt) {
+float *cpu_widened_copy(const uint16_t *x, size_t rows, size_t cols, size_t ld, kernels_half_format fmt) {
     float *copy = malloc((rows * cols > 0 ? rows * cols : 1) * sizeof(float));
     if (!copy) return NULL;
     if (ld == cols) cpu_from_half(copy, x, rows * cols, fmt);
@@ -50,28 +48,31 @@ static void fill_nan(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = NAN;
 }
 
+void cpu_attention_half_output(kernels_half_format fmt, uint16_t *out_half, int ld_out, float *o, bool computed,
+                               size_t rows, size_t width) {
+    if (!computed && o) fill_nan(o, rows * width);
+    if (o) {
+        cpu_to_half_2d(fmt, out_half, ld_out, o, (int)width, (int)rows, (int)width, 1.0f);
+    } else { /* the format's quiet NaN, so the GEMM reading it sees the failure */
+        const uint16_t nan_bits = fmt == KERNELS_BF16 ? 0x7FC0u : 0x7E00u;
+        for (size_t t = 0; t < rows; t++)
+            for (size_t j = 0; j < width; j++) out_half[t * (size_t)ld_out + j] = nan_bits;
+    }
+}
+
 void cpu_attention_fwd_half(kernels_half_format fmt, uint16_t *out_half, int ld_out, float *out, float *lse,
                             const uint16_t *q, const uint16_t *k, const uint16_t *v, const int32_t *doc_ids,
                             int batch, int seq, int n_heads, int n_kv_heads, int head_dim, float scale) {
     const size_t tokens = (size_t)batch * seq, width = (size_t)n_heads * head_dim;
     const size_t kv_width = (size_t)n_kv_heads * head_dim, q_n = tokens * width;
-    float *wq = widened_copy(q, tokens, width, width, fmt);
-    float *wk = widened_copy(k, tokens, kv_width, kv_width, fmt);
-    float *wv = widened_copy(v, tokens, kv_width, kv_width, fmt);
+    float *wq = cpu_widened_copy(q, tokens, width, width, fmt);
+    float *wk = cpu_widened_copy(k, tokens, kv_width, kv_width, fmt);
+    float *wv = cpu_widened_copy(v, tokens, kv_width, kv_width, fmt);
     float *o = out ? out : malloc((q_n ? q_n : 1) * sizeof(float));
-    if (wq && wk && wv && o) {
-        cpu_attention_fwd(o, lse, wq, wk, wv, doc_ids, batch, seq, n_heads, n_kv_heads, head_dim, scale);
-    } else {
-        if (out) fill_nan(out, q_n);
-        fill_nan(lse, tokens * n_heads);
-    }
-    if (o) {
-        cpu_to_half_2d(fmt, out_half, ld_out, o, (int)width, (int)tokens, (int)width, 1.0f);
-    } else { /* the format's quiet NaN, so the GEMM reading it sees the failure */
-        const uint16_t nan_bits = fmt == KERNELS_BF16 ? 0x7FC0u : 0x7E00u;
-        for (size_t t = 0; t < tokens; t++)
-            for (size_t j = 0; j < width; j++) out_half[t * (size_t)ld_out + j] = nan_bits;
-    }
+    const bool computed = wq && wk && wv && o;
+    if (computed) cpu_attention_fwd(o, lse, wq, wk, wv, doc_ids, batch, seq, n_heads, n_kv_heads, head_dim, scale);
+    else fill_nan(lse, tokens * n_heads);
+    cpu_attention_half_output(fmt, out_half, ld_out, o, computed, tokens, width);
     if (o != out) free(o);
     free(wq);
     free(wk);
@@ -84,10 +85,10 @@ void cpu_attention_bwd_half(kernels_half_format fmt, float *dq, float *dk, float
                             int n_kv_heads, int head_dim, float scale) {
     const size_t tokens = (size_t)batch * seq, width = (size_t)n_heads * head_dim;
     const size_t kv_width = (size_t)n_kv_heads * head_dim, q_n = tokens * width, kv_n = tokens * kv_width;
-    float *rdout = rounded_copy(dout, q_n, fmt), *wq = widened_copy(q, tokens, width, width, fmt);
-    float *wk = widened_copy(k, tokens, kv_width, kv_width, fmt);
-    float *wv = widened_copy(v, tokens, kv_width, kv_width, fmt);
-    float *wout = widened_copy(out_half, tokens, width, (size_t)ld_out, fmt);
+    float *rdout = rounded_copy(dout, q_n, fmt), *wq = cpu_widened_copy(q, tokens, width, width, fmt);
+    float *wk = cpu_widened_copy(k, tokens, kv_width, kv_width, fmt);
+    float *wv = cpu_widened_copy(v, tokens, kv_width, kv_width, fmt);
+    float *wout = cpu_widened_copy(out_half, tokens, width, (size_t)ld_out, fmt);
     if (rdout && wq && wk && wv && wout) {
         cpu_attention_bwd(dq, dk, dv, rdout, wq, wk, wv, wout, lse, doc_ids, batch, seq, n_heads, n_kv_heads,
                           head_dim, scale);

@@ -145,6 +145,14 @@ void cpu_attention_bwd_half(kernels_half_format fmt, float *dq, float *dk, float
                             int ld_out, const float *lse, const int32_t *doc_ids, int batch, int seq, int n_heads,
                             int n_kv_heads, int head_dim, float scale);
 size_t cpu_attention_scratch_bytes(bool half, int batch, int seq, int n_heads, int n_kv_heads, int head_dim);
+/* The widened values of a [rows, cols] 16-bit block with rows ld apart (a contiguous fp32
+ * copy to free), or NULL when malloc fails. */
+float *cpu_widened_copy(const uint16_t *x, size_t rows, size_t cols, size_t ld, kernels_half_format fmt);
+/* A 16-bit attention forward's output: out_half = to_half(o) (rows ld_out apart) when o was
+ * computed; otherwise o (if any) is filled with NaN and out_half with the format's NaN, which
+ * the loss and grad-norm checks see at once (the table's functions cannot report failures). */
+void cpu_attention_half_output(kernels_half_format fmt, uint16_t *out_half, int ld_out, float *o, bool computed,
+                               size_t rows, size_t width);
 
 /* attention_cached.c: attention against a KV cache (generation) */
 void cpu_attention_cached(float *out, const float *q, const float *k, const float *v, int n_new, int n_past,
