@@ -6,10 +6,12 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "tests/check.h"
-#include "train/trainer.h"
+#include "train/sampling.h"
+#include "train/splitmix.h"
 
 #define DRAWS 20000
 
@@ -28,6 +30,69 @@ static void check_frequencies(const char *what, const double *freq, const double
         else CHECK_MSG(fabs(freq[i] - want[i]) < 0.02, "%s: token %d drawn %.4f of the time, expected %.4f", what, i,
                        freq[i], want[i]);
     }
+}
+
+static int by_rank(const void *a, const void *b) {
+    const scored_token *x = a, *y = b;
+    if (x->logit != y->logit) return x->logit > y->logit ? -1 : 1;
+    return (x->token > y->token) - (x->token < y->token);
+}
+
+/* The kept set by the rules' plain reading: sort the whole vocabulary, keep the top k and
+ * their ties, then drop from the bottom while the tail holds <= 1 - top_p. */
+static int reference_kept(const float *logits, int vocab, sampling s, scored_token *sorted) {
+    for (int i = 0; i < vocab; i++) sorted[i] = (scored_token){logits[i], i, 0};
+    qsort(sorted, (size_t)vocab, sizeof *sorted, by_rank);
+    int kept = vocab;
+    if (s.top_k > 0 && s.top_k < vocab) {
+        kept = s.top_k;
+        while (kept < vocab && sorted[kept].logit == sorted[s.top_k - 1].logit) kept++;
+    }
+    double total = 0;
+    for (int i = 0; i < kept; i++) total += exp((sorted[i].logit - sorted[0].logit) / s.temperature);
+    double tail = 0;
+    int cut = kept;
+    for (int i = kept - 1; i > 0 && s.top_p < 1; i--) {
+        tail += exp((sorted[i].logit - sorted[0].logit) / s.temperature);
+        if (tail > (1 - s.top_p) * total) break;
+        cut = i;
+    }
+    return cut;
+}
+
+/* On a large vocabulary with many tied logits, sampling_candidates (a bounded heap, no full
+ * sort) keeps exactly the reference's tokens in the reference's order. */
+static void check_candidates_large(void) {
+    const int vocab = 50000;
+    float *logits = malloc(vocab * sizeof *logits);
+    scored_token *got = malloc(vocab * sizeof *got), *want = malloc(vocab * sizeof *want);
+    uint64_t rng = 11;
+    for (int i = 0; i < vocab; i++) /* steps of 1/16 in [-12, 4): every value ~200 times */
+        logits[i] = (float)((int)(splitmix64_next(&rng) % 256) - 192) / 16.0f;
+    logits[31337] = 9; /* one clear favourite, as a trained model has */
+    const sampling cases[] = {{1, 1, 1}, {1, 40, 1}, {0.7, 50, 1}, {1, 0, 0.9}, {1, 0, 0.5}, {2, 0, 0.95},
+                              {0.3, 0, 0.99}, {1, 0, 0.001}, {1, 300, 0.8}, {1.5, 20000, 0.97}, {5, 0, 0.999}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const sampling s = cases[c];
+        const int n = sampling_candidates(logits, vocab, &s, got), n_want = reference_kept(logits, vocab, s, want);
+        CHECK_MSG(n == n_want, "case %zu (T %g, k %d, p %g): %d candidates, expected %d", c, s.temperature, s.top_k,
+                  s.top_p, n, n_want);
+        int same = n == n_want;
+        for (int i = 0; same && i < n; i++) same = got[i].token == want[i].token;
+        CHECK_MSG(same, "case %zu: the candidates differ from the reference's", c);
+        for (int d = 0; d < 50 && n > 0; d++) { /* draws stay within them */
+            const int t = sample_token(logits, vocab, &s, &rng, got);
+            int inside = 0;
+            for (int i = 0; i < n_want && !inside; i++) inside = want[i].token == t;
+            CHECK_MSG(inside, "case %zu: drew token %d, outside the kept set", c, t);
+        }
+    }
+    /* no restriction: no candidates listed, and every draw is a real token */
+    CHECK(sampling_candidates(logits, vocab, &(sampling){1, 0, 1}, got) == 0);
+    CHECK(sampling_candidates(logits, vocab, &(sampling){1, vocab, 1}, got) == 0);
+    free(logits);
+    free(got);
+    free(want);
 }
 
 int main(void) {
@@ -85,5 +150,6 @@ int main(void) {
         same &= sample_token(logits, 4, &(sampling){1, 0, 1}, &a, scratch) ==
                 sample_token(logits, 4, &(sampling){1, 0, 1}, &b, scratch);
     CHECK(same);
+    check_candidates_large();
     return check_summary("test_sampling");
 }

@@ -8,6 +8,7 @@
 
 #include "train/chat_template.h"
 #include "train/cli.h"
+#include "train/sampling.h"
 #include "train/tokenizer.h"
 #include "train/trainer.h"
 

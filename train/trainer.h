@@ -96,29 +96,4 @@ int load_model_for_inference(model *m, const inference_source *src, const kernel
  * asynchronous; kernels_cuda_status); 0 on the CPU. Call before trusting results. */
 int inference_check(const kernels *k, ct_error *err);
 
-/* Index of the highest logit. */
-int argmax_logits(const float *logits, int vocab);
-
-/* How ctune generate picks the next token: greedy at temperature 0; otherwise a draw from
- * softmax(logits / temperature), restricted first to the top_k highest logits (0: all; ties
- * with the k-th kept) and then to the fewest highest whose probabilities reach top_p (1: all;
- * at least one kept): transformers' TemperatureLogitsWarper, TopKLogitsWarper and
- * TopPLogitsWarper, in that order. */
-typedef struct sampling {
-    double temperature;
-    int top_k;
-    double top_p;
-} sampling;
-
-/* A logit and its token, for sample_token's ordering, and the token's unnormalised
- * probability exp((logit - highest) / temperature). */
-typedef struct scored_token {
-    float logit;
-    int token;
-    double weight;
-} scored_token;
-
-/* The next token under s, drawing from *rng (splitmix64) when sampling. scratch[vocab]. */
-int sample_token(const float *logits, int vocab, const sampling *s, uint64_t *rng, scored_token *scratch);
-
 #endif

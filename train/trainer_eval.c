@@ -9,59 +9,8 @@
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/nf4.h"
 #include "train/fsutil.h"
-#include "train/splitmix.h"
+#include "train/sampling.h"
 #include "train/trainer.h"
-
-int argmax_logits(const float *logits, int vocab) {
-    int best = 0;
-    for (int i = 1; i < vocab; i++)
-        if (logits[i] > logits[best]) best = i;
-    return best;
-}
-
-/* Highest logit first; equal logits by token id, so the order is the same on every run. */
-static int by_logit_descending(const void *a, const void *b) {
-    const scored_token *x = a, *y = b;
-    if (x->logit != y->logit) return x->logit > y->logit ? -1 : 1;
-    return (x->token > y->token) - (x->token < y->token);
-}
-
-int sample_token(const float *logits, int vocab, const sampling *s, uint64_t *rng, scored_token *scratch) {
-    if (s->temperature <= 0) return argmax_logits(logits, vocab);
-    for (int i = 0; i < vocab; i++) scratch[i] = (scored_token){logits[i], i, 0};
-    qsort(scratch, (size_t)vocab, sizeof *scratch, by_logit_descending);
-    int kept = vocab;
-    if (s->top_k > 0 && s->top_k < vocab) {
-        kept = s->top_k;
-        while (kept < vocab && scratch[kept].logit == scratch[s->top_k - 1].logit) kept++;
-    }
-    double total = 0;
-    for (int i = 0; i < kept; i++) {
-        scratch[i].weight = exp((scratch[i].logit - scratch[0].logit) / s->temperature);
-        total += scratch[i].weight;
-    }
-    /* top-p: the tail sums from the lowest kept token up; a token goes when it and everything
-     * below it hold no more than 1 - top_p of the probability (the top one always stays). */
-    if (s->top_p < 1) {
-        double tail = 0;
-        int cut = kept;
-        for (int i = kept - 1; i > 0; i--) {
-            tail += scratch[i].weight;
-            if (tail > (1 - s->top_p) * total) break;
-            cut = i;
-        }
-        kept = cut;
-        total = 0;
-        for (int i = 0; i < kept; i++) total += scratch[i].weight;
-    }
-    const double u = (double)(splitmix64_next(rng) >> 11) * 0x1.0p-53 * total;
-    double acc = 0;
-    for (int i = 0; i < kept; i++) {
-        acc += scratch[i].weight;
-        if (u < acc) return scratch[i].token;
-    }
-    return scratch[kept - 1].token; /* u within rounding of the total */
-}
 
 model_precision model_precision_of(recipe_precision p) {
     return p == PRECISION_BF16_MIXED ? MODEL_BF16_MIXED : p == PRECISION_FP16_MIXED ? MODEL_FP16_MIXED : MODEL_FP32;
