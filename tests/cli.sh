@@ -93,7 +93,7 @@ expect 2 "--top-p: '0' is not in \(0, 1\]" -- "$ctune" generate --model tiny --p
 expect 1 "tokenizer_config.json names no built-in chat template" -- "$ctune" generate --model tiny --chat hi
 expect 1 "--template.*<\|im_start\|>" -- "$ctune" generate --model tiny --chat hi --template chatml
 expect 2 "one of them" -- "$ctune" generate --model tiny --chat hi --prompt hi
-expect 2 "go with --chat" -- "$ctune" generate --model tiny --prompt hi --system terse
+expect 2 "--system goes with --chat" -- "$ctune" generate --model tiny --prompt hi --system terse
 cp -r tiny chat
 sed -i 's/<|end_of_text|>/<|im_end|>/g; s/<|pad|>/<|im_start|>/g' chat/tokenizer.json
 # As ctune prep renders a chatml document, the tokenizer's BOS goes in front.
@@ -105,6 +105,46 @@ if reply=$("$ctune" generate --model chat --template chatml --system "Be brief."
 else
   failed=$((failed + 1)); echo "FAIL: generate --chat '${reply:-}' is not the continuation of the rendered prompt: '${whole:-}'"
 fi
+# --messages: a whole conversation from a JSON file (an array, or a prep chat line's object),
+# rendered the same way; the reply continues the rendered prompt.
+cat > talk.json <<'JSON'
+[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+1="},
+ {"role": "assistant", "content": "2"}, {"role": "user", "content": "2+2="}]
+JSON
+printf '{"messages": %s}\n' "$(cat talk.json)" > talk_line.json
+rendered=$'<|begin_of_text|><|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n1+1=<|im_end|>\n<|im_start|>assistant\n2<|im_end|>\n<|im_start|>user\n2+2=<|im_end|>\n<|im_start|>assistant\n'
+if reply=$("$ctune" generate --model chat --template chatml --messages talk.json --max-new-tokens 6) &&
+   same=$("$ctune" generate --model chat --template chatml --messages talk_line.json --max-new-tokens 6) &&
+   whole=$("$ctune" generate --model chat --no-special --max-new-tokens 6 --prompt "$rendered") &&
+   [ -n "$reply" ] && [ "$whole" = "$rendered$reply" ] && [ "$same" = "$reply" ]; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1)); echo "FAIL: generate --messages '${reply:-}' / '${same:-}' is not the continuation of '${whole:-}'"
+fi
+printf '[{"role": "user", "content": "hi"}, {"role": "assistant"}]' > no_content.json
+expect 1 "--messages no_content.json: messages\[1\]: expected \{\"role\": string, \"content\": string\}" -- \
+  "$ctune" generate --model chat --template chatml --messages no_content.json
+printf '{"messages": [}' > broken.json
+expect 1 "--messages: broken.json: byte 14 \(line 1, column 15\): invalid JSON" -- "$ctune" generate --model chat --template chatml --messages broken.json
+printf '{"turns": []}' > no_messages.json
+expect 1 "missing \"messages\"" -- "$ctune" generate --model chat --template chatml --messages no_messages.json
+expect 1 "cannot open|No such file" -- "$ctune" generate --model chat --template chatml --messages absent.json
+expect 2 "one of them" -- "$ctune" generate --model chat --messages talk.json --chat hi
+expect 2 "put it in the file" -- "$ctune" generate --model chat --messages talk.json --system terse
+expect 2 "--template goes with --chat or --messages" -- "$ctune" generate --model tiny --prompt hi --template chatml
+# --ids prints the completion's ids; --ignore-eos makes it exactly --max-new-tokens long with
+# the same greedy tokens first; --stats adds timings on stderr and leaves stdout alone.
+if ids=$("$ctune" generate --model tiny --prompt "1+1=" --max-new-tokens 5 --ids) &&
+   long=$("$ctune" generate --model tiny --prompt "1+1=" --max-new-tokens 40 --ids --ignore-eos) &&
+   quiet=$("$ctune" generate --model tiny --prompt "1+1=" --max-new-tokens 40 --ids --ignore-eos --stats 2>/dev/null) &&
+   [[ "$ids" =~ ^[0-9]+( [0-9]+)*$ ]] && [ "$(wc -w <<<"$long")" -eq 40 ] && [[ "$long" == "$ids"* ]] &&
+   [ "$quiet" = "$long" ]; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1)); echo "FAIL: generate --ids '${ids:-}' / --ignore-eos '${long:-}' / --stats '${quiet:-}'"
+fi
+expect 0 "prompt 5 tokens [0-9.]+ ms .*; 7 new tokens [0-9.]+ ms after it \([0-9.]+ tokens/s\)" -- \
+  "$ctune" generate --model tiny --prompt "1+1=" --max-new-tokens 7 --ignore-eos --stats
 
 # The default dry run resolves the recipe and prints the plan.
 expect 0 "parameters: [0-9]+ total" -- "$ctune" train "$src/configs/tiny/lora.yaml" model.path="$work/tiny" \

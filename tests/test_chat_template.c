@@ -252,6 +252,39 @@ static void test_prep_chat(void) {
     CHECK(access(output, F_OK) != 0);
 }
 
+/* chat_messages_parse: the shapes it takes and refuses, and what a refusal leaves to free. */
+static void test_messages_parse(void) {
+    struct {
+        const char *json, *error; /* error NULL: parses */
+        int copied;
+    } cases[] = {
+        {"[{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"\"}]", NULL, 2},
+        {"{\"role\": \"user\"}", "\"messages\" must be a non-empty array", 0},
+        {"[]", "\"messages\" must be a non-empty array", 0},
+        {"[{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"x\", \"content\": \"b\"}, 3]",
+         "messages[2]: expected {\"role\": string, \"content\": string}", 2},
+        {"[{\"role\": \"user\", \"content\": 1}]", "messages[0]: expected", 0},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        cJSON *root = cJSON_Parse(cases[c].json);
+        chat_message *msgs = NULL;
+        int n = -1;
+        ct_error err = {{0}};
+        const int rc = chat_messages_parse(root, &msgs, &n, &err);
+        CHECK_MSG(cases[c].error ? rc != 0 && strstr(err.msg, cases[c].error) != NULL : rc == 0,
+                  "case %zu: status %d, error '%s'", c, rc, err.msg);
+        CHECK_MSG(n == cases[c].copied, "case %zu: %d messages copied, expected %d", c, n, cases[c].copied);
+        if (rc == 0 && n == 2)
+            CHECK(!strcmp(msgs[0].role, "user") && !strcmp(msgs[0].content, "hi") && !strcmp(msgs[1].content, ""));
+        chat_messages_free(msgs, n);
+        cJSON_Delete(root);
+    }
+    chat_message *msgs = NULL;
+    int n = -1;
+    ct_error err = {{0}};
+    CHECK(chat_messages_parse(NULL, &msgs, &n, &err) != 0 && strstr(err.msg, "missing \"messages\"") && n == 0);
+}
+
 int main(void) {
     CHECK(mkdtemp(tmpdir) != NULL);
     tokenizer *tok = make_tokenizer(tmpdir, true);
@@ -263,6 +296,7 @@ int main(void) {
     tokenizer_free(tok);
     test_missing_markers();
     test_prep_chat();
+    test_messages_parse();
     char cmd[1200];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);

@@ -162,6 +162,35 @@ int chat_template_prompt(const chat_template *t, const tokenizer *tok, const cha
     return rc;
 }
 
+int chat_messages_parse(const cJSON *messages, chat_message **msgs, int *n_msgs, ct_error *err) {
+    *msgs = NULL;
+    *n_msgs = 0;
+    if (!messages) return ct_fail(err, "missing \"messages\"");
+    if (!cJSON_IsArray(messages) || !messages->child) return ct_fail(err, "\"messages\" must be a non-empty array");
+    *msgs = calloc((size_t)cJSON_GetArraySize(messages), sizeof **msgs);
+    if (!*msgs) return ct_fail(err, "out of memory");
+    int i = 0;
+    for (const cJSON *m = messages->child; m; m = m->next, i++) {
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+        if (!cJSON_IsObject(m) || !cJSON_IsString(role) || !cJSON_IsString(content))
+            return ct_fail(err, "messages[%d]: expected {\"role\": string, \"content\": string}", i);
+        (*msgs)[i].role = strdup(role->valuestring);
+        (*msgs)[i].content = strdup(content->valuestring);
+        *n_msgs = i + 1;
+        if (!(*msgs)[i].role || !(*msgs)[i].content) return ct_fail(err, "out of memory");
+    }
+    return 0;
+}
+
+void chat_messages_free(chat_message *msgs, int n_msgs) {
+    for (int i = 0; i < n_msgs; i++) {
+        free((char *)msgs[i].role);
+        free((char *)msgs[i].content);
+    }
+    free(msgs);
+}
+
 int chat_template_resolve(const char *name, const char *model_dir, const tokenizer *tok, chat_template *t,
                           bool *have, ct_error *err) {
     chat_template_kind kind = CHAT_TEMPLATE_CHATML;

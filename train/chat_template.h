@@ -7,7 +7,8 @@
  * The markers must be single tokens of the tokenizer (chat_template_init checks). The text
  * between markers is tokenized in two pieces — the header ("{role}\n" / "\n\n") and the
  * content — so the loss mask can start exactly at the content.
- * Does not own: JSON parsing (cmd_prep.c), the tokenizer (tokenizer.h). */
+ * Does not own: reading JSON files and lines (prep_jobs.c, cmd_generate.c; only the
+ * "messages" array's shape is checked here), the tokenizer (tokenizer.h). */
 #ifndef CTUNE_CHAT_TEMPLATE_H
 #define CTUNE_CHAT_TEMPLATE_H
 
@@ -31,6 +32,13 @@ typedef struct chat_message {
     const char *role;
     const char *content;
 } chat_message;
+
+/* A cJSON "messages" array ([{"role": R, "content": C}, ...], non-empty) as malloc'd
+ * messages with copied strings (chat_messages_free them, also after a failure: *n_msgs says
+ * how many were copied). Errors name the offending index. */
+struct cJSON;
+int chat_messages_parse(const struct cJSON *messages, chat_message **msgs, int *n_msgs, ct_error *err);
+void chat_messages_free(chat_message *msgs, int n_msgs);
 
 /* "chatml" or "llama3"; anything else fails naming the choices. */
 int chat_template_parse(const char *name, chat_template_kind *kind, ct_error *err);

@@ -1,4 +1,5 @@
-/* ctune generate --model DIR [--adapter DIR] --prompt TEXT [options] */
+/* ctune generate --model DIR [--adapter DIR] (--prompt TEXT | --chat MESSAGE | --messages FILE) [options] */
+#include <cjson/cJSON.h>
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
@@ -8,6 +9,8 @@
 
 #include "train/chat_template.h"
 #include "train/cli.h"
+#include "train/clock.h"
+#include "train/jsonfile.h"
 #include "train/sampling.h"
 #include "train/tokenizer.h"
 #include "train/trainer.h"
@@ -16,13 +19,16 @@ static void generate_usage(FILE *out) {
     fprintf(out,
             "usage: ctune generate --model DIR [--adapter DIR] --prompt TEXT [options]\n"
             "       ctune generate --model DIR [--adapter DIR] --chat MESSAGE [--system TEXT] [options]\n"
-            "       ctune generate --run RUN_DIR (--prompt TEXT | --chat MESSAGE) [options]\n"
+            "       ctune generate --model DIR [--adapter DIR] --messages FILE [options]\n"
+            "       ctune generate --run RUN_DIR (--prompt TEXT | --chat MESSAGE | --messages FILE) [options]\n"
             "\n"
             "Continues the prompt with the model (plus a PEFT LoRA adapter folder, e.g. a run's\n"
             "final/) and prints the prompt and completion. With --chat, answers MESSAGE as a chat\n"
             "model: the user turn (after an optional system turn) rendered with the chat template\n"
             "ctune prep trains with, then the assistant's header; prints the reply, which ends at the\n"
-            "turn's end marker or EOS.\n"
+            "turn's end marker or EOS. --messages FILE answers a whole conversation instead: a JSON\n"
+            "array [{\"role\": ..., \"content\": ...}, ...] or an object with that \"messages\" array\n"
+            "(a chat line of ctune prep's input), rendered the same way.\n"
             "\n");
     inference_options_usage(out);
     fprintf(out,
@@ -33,8 +39,11 @@ static void generate_usage(FILE *out) {
             "  --top-p P            ... and among the fewest most likely whose probabilities reach P,\n"
             "                       in (0, 1] (default 1: all); both as transformers applies them\n"
             "  --no-special         do not add the tokenizer's special tokens (BOS) to the prompt\n"
-            "  --template T         with --chat: chatml or llama3 (default: the one the model's\n"
-            "                       tokenizer_config.json chat_template uses, if built in)\n");
+            "  --template T         with --chat or --messages: chatml or llama3 (default: the one the model's\n"
+            "                       tokenizer_config.json chat_template uses, if built in)\n"
+            "  --ignore-eos         generate all --max-new-tokens tokens, past EOS (benchmarks)\n"
+            "  --ids                print the completion's token ids (space-separated) instead of text\n"
+            "  --stats              print load, prompt and generation times and tokens/s on stderr\n");
 }
 
 static int parse_number(const char *flag, const char *text, double min, double *out) {
@@ -47,20 +56,29 @@ static int parse_number(const char *flag, const char *text, double min, double *
     return 0;
 }
 
-/* --chat: [system,] user rendered with the chat template, then the assistant's header. As
- * ctune prep renders a chat document, chatml gets the BOS the tokenizer's post-processor adds
- * in front (llama3's template has its own); --no-special leaves it out. */
-static int chat_prompt(const char *model_dir, const tokenizer *tok, const char *template_name, const char *system,
-                       const char *user, bool add_special, chat_template *t, int32_t **ids, size_t *n_ids,
-                       ct_error *err) {
+/* --messages FILE: the conversation it holds (a messages array, or an object with one). */
+static int read_messages(const char *path, chat_message **msgs, int *n_msgs, ct_error *err) {
+    cJSON *root = NULL;
+    if (jsonfile_read(path, &root, err)) return ct_error_prefix(err, "--messages");
+    const cJSON *list = cJSON_IsObject(root) ? cJSON_GetObjectItemCaseSensitive(root, "messages") : root;
+    int status = chat_messages_parse(list, msgs, n_msgs, err);
+    cJSON_Delete(root);
+    if (status) return ct_error_prefix(err, "--messages %s", path);
+    return 0;
+}
+
+/* --chat / --messages: the conversation rendered with the chat template, then the assistant's
+ * header. As ctune prep renders a chat document, chatml gets the BOS the tokenizer's
+ * post-processor adds in front (llama3's template has its own); --no-special leaves it out. */
+static int chat_prompt(const char *model_dir, const tokenizer *tok, const char *template_name, const chat_message *msgs,
+                       int n_msgs, bool add_special, chat_template *t, int32_t **ids, size_t *n_ids, ct_error *err) {
     bool have = false;
     if (chat_template_resolve(template_name, model_dir, tok, t, &have, err)) return -1;
     if (!have)
         return ct_fail(err, "--chat: %s/tokenizer_config.json names no built-in chat template (chatml, llama3) whose "
                             "markers this tokenizer has; pass --template",
                        model_dir);
-    chat_message msgs[2] = {{"system", system}, {"user", user}};
-    if (chat_template_prompt(t, tok, system ? msgs : msgs + 1, system ? 2 : 1, ids, n_ids, err)) return -1;
+    if (chat_template_prompt(t, tok, msgs, n_msgs, ids, n_ids, err)) return -1;
     const int bos = tokenizer_bos_id(tok);
     if (t->kind != CHAT_TEMPLATE_CHATML || !add_special || bos < 0) return 0;
     int32_t *with_bos = realloc(*ids, (*n_ids + 1) * sizeof **ids);
@@ -72,11 +90,18 @@ static int chat_prompt(const char *model_dir, const tokenizer *tok, const char *
     return 0;
 }
 
+/* --ids: the completion as decimal ids, one line. */
+static void print_ids(const int32_t *ids, size_t n) {
+    for (size_t i = 0; i < n; i++) printf("%s%d", i ? " " : "", (int)ids[i]);
+    putchar('\n');
+}
+
 int cmd_generate(int argc, char **argv) {
+    const double started = ct_monotonic_seconds();
     inference_source source = {0};
-    const char *prompt = NULL, *chat = NULL, *system = NULL, *template_name = NULL;
+    const char *prompt = NULL, *chat = NULL, *system = NULL, *template_name = NULL, *messages_path = NULL;
     double max_new = 32, temperature = 0, seed = 0, top_k = 0, top_p = 1;
-    bool add_special = true;
+    bool add_special = true, ignore_eos = false, want_ids = false, want_stats = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         bool has_value = i + 1 < argc;
@@ -89,6 +114,7 @@ int cmd_generate(int argc, char **argv) {
         if (shared) continue;
         if (!strcmp(a, "--prompt") && has_value) prompt = argv[++i];
         else if (!strcmp(a, "--chat") && has_value) chat = argv[++i];
+        else if (!strcmp(a, "--messages") && has_value) messages_path = argv[++i];
         else if (!strcmp(a, "--system") && has_value) system = argv[++i];
         else if (!strcmp(a, "--template") && has_value) template_name = argv[++i];
         else if (!strcmp(a, "--max-new-tokens") && has_value) {
@@ -106,6 +132,9 @@ int cmd_generate(int argc, char **argv) {
                 return 2;
             }
         } else if (!strcmp(a, "--no-special")) add_special = false;
+        else if (!strcmp(a, "--ignore-eos")) ignore_eos = true;
+        else if (!strcmp(a, "--ids")) want_ids = true;
+        else if (!strcmp(a, "--stats")) want_stats = true;
         else {
             fprintf(stderr, "ctune generate: unexpected argument '%s'\n\n", a);
             generate_usage(stderr);
@@ -117,15 +146,23 @@ int cmd_generate(int argc, char **argv) {
         fprintf(stderr, "ctune generate: %s\n", err.msg);
         return 1;
     }
-    if (!source.model_dir || !prompt == !chat) {
-        if (prompt && chat) fprintf(stderr, "ctune generate: --prompt continues a text, --chat answers a message: one of them\n");
+    const int inputs = (prompt != NULL) + (chat != NULL) + (messages_path != NULL);
+    if (!source.model_dir || inputs != 1) {
+        if (inputs > 1)
+            fprintf(stderr, "ctune generate: --prompt continues a text, --chat answers a message, --messages a "
+                            "conversation: one of them\n");
         else generate_usage(stderr);
         return 2;
     }
-    if (!chat && (system || template_name)) {
-        fprintf(stderr, "ctune generate: --system and --template go with --chat\n");
+    if (!chat && system) {
+        fprintf(stderr, "ctune generate: --system goes with --chat (with --messages, put it in the file)\n");
         return 2;
     }
+    if (prompt && template_name) {
+        fprintf(stderr, "ctune generate: --template goes with --chat or --messages\n");
+        return 2;
+    }
+    const bool as_chat = chat || messages_path;
     char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer.json", source.model_dir);
     tokenizer *tok = NULL;
@@ -143,9 +180,14 @@ int cmd_generate(int argc, char **argv) {
     if (!status) status = load_model_for_inference(&m, &source, k, &err);
     model_ready = status == 0;
     chat_template tmpl = {0};
-    if (!status && chat) status = chat_prompt(source.model_dir, tok, template_name, system, chat, add_special, &tmpl, &ids, &n_ids,
-                             &err);
-    else if (!status) status = tokenizer_encode(tok, prompt, strlen(prompt), add_special, &ids, &n_ids, &err);
+    chat_message one_turn[2] = {{"system", system}, {"user", chat}}, *conversation = NULL;
+    int n_turns = 0;
+    if (!status && messages_path) status = read_messages(messages_path, &conversation, &n_turns, &err);
+    if (!status && as_chat) {
+        const chat_message *turns = messages_path ? conversation : system ? one_turn : one_turn + 1;
+        const int n = messages_path ? n_turns : system ? 2 : 1;
+        status = chat_prompt(source.model_dir, tok, template_name, turns, n, add_special, &tmpl, &ids, &n_ids, &err);
+    } else if (!status) status = tokenizer_encode(tok, prompt, strlen(prompt), add_special, &ids, &n_ids, &err);
     if (!status && n_ids == 0) status = ct_fail(&err, "the prompt encodes to no tokens");
     size_t capacity = n_ids + (size_t)max_new;
     if (!status) {
@@ -159,22 +201,38 @@ int cmd_generate(int argc, char **argv) {
     if (!status) status = model_cache_reserve(&m, (int)capacity, &err);
     size_t prompt_len = n_ids;
     uint64_t rng = (uint64_t)seed;
+    const double loaded = ct_monotonic_seconds();
+    double prompt_done = loaded;
     while (!status && n_ids < capacity) { /* the prompt once, then each new token on the cache */
         const size_t fed = n_ids == prompt_len ? 0 : n_ids - 1;
         status = model_cache_append(&m, ids + fed, (int)(n_ids - fed), logits, &err);
         if (!status) status = inference_check(k, &err);
         if (status) break;
+        if (fed == 0) prompt_done = ct_monotonic_seconds();
         int next = sample_token(logits, m.cfg.vocab_size, &how, &rng, scratch);
         bool eos = false;
         for (int e = 0; e < m.cfg.n_eos; e++) eos |= next == m.cfg.eos_token_ids[e];
-        eos |= chat && next == tmpl.turn_end; /* the assistant's turn is over */
-        if (eos) break;
+        eos |= as_chat && next == tmpl.turn_end; /* the assistant's turn is over */
+        if (eos && !ignore_eos) break;
         ids[n_ids++] = next;
     }
-    if (!status)
+    const double finished = ct_monotonic_seconds();
+    if (!status && want_ids) print_ids(ids + prompt_len, n_ids - prompt_len);
+    else if (!status)
         status = tokenizer_decode(tok, ids + prompt_len, n_ids - prompt_len, true, &text, &text_len, &err);
-    if (!status) printf("%s%s\n", chat ? "" : prompt, text);
-    else fprintf(stderr, "ctune generate: %s\n", err.msg);
+    if (!status && !want_ids) printf("%s%s\n", as_chat ? "" : prompt, text);
+    if (!status && want_stats) {
+        /* the prompt's forward gives the first token; each later token costs one forward */
+        const size_t made = n_ids - prompt_len;
+        fflush(stdout);
+        fprintf(stderr,
+                "ctune generate: load %.3f s; prompt %zu tokens %.1f ms (%.0f tokens/s); %zu new tokens %.1f ms "
+                "after it (%.1f tokens/s)\n",
+                loaded - started, prompt_len, 1e3 * (prompt_done - loaded), prompt_len / fmax(prompt_done - loaded, 1e-9),
+                made, 1e3 * (finished - prompt_done), made / fmax(finished - prompt_done, 1e-9));
+    }
+    if (status) fprintf(stderr, "ctune generate: %s\n", err.msg);
+    chat_messages_free(conversation, n_turns);
     free(text);
     free(ids);
     free(logits);

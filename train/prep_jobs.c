@@ -8,38 +8,12 @@
 #include "train/prep_internal.h"
 
 void prep_job_clear(prep_job *j) {
-    for (int i = 0; i < j->n_messages; i++) {
-        free((char *)j->messages[i].role);
-        free((char *)j->messages[i].content);
-    }
-    free(j->messages);
+    chat_messages_free(j->messages, j->n_messages);
     free(j->first);
     free(j->second);
     free(j->ids);
     free(j->mask);
     memset(j, 0, sizeof *j);
-}
-
-/* {"messages": [{"role": R, "content": C}, ...]} into job->messages. */
-static int parse_messages(const cJSON *messages, prep_job *job) {
-    if (!messages) return ct_fail(&job->err, "missing \"messages\"");
-    if (!cJSON_IsArray(messages) || !messages->child)
-        return ct_fail(&job->err, "\"messages\" must be a non-empty array");
-    int n = cJSON_GetArraySize(messages);
-    job->messages = calloc((size_t)n, sizeof *job->messages);
-    if (!job->messages) return ct_fail(&job->err, "out of memory");
-    int i = 0;
-    for (const cJSON *m = messages->child; m; m = m->next, i++) {
-        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
-        const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
-        if (!cJSON_IsObject(m) || !cJSON_IsString(role) || !cJSON_IsString(content))
-            return ct_fail(&job->err, "messages[%d]: expected {\"role\": string, \"content\": string}", i);
-        job->messages[i].role = strdup(role->valuestring);
-        job->messages[i].content = strdup(content->valuestring);
-        job->n_messages = i + 1;
-        if (!job->messages[i].role || !job->messages[i].content) return ct_fail(&job->err, "out of memory");
-    }
-    return 0;
 }
 
 /* Parses one line into the job; 1 = blank line, -1 = malformed (job->err says why). */
@@ -77,7 +51,7 @@ int prep_parse_line(char *line, size_t len, prep_format format, prep_job *job) {
     if (!cJSON_IsObject(root)) {
         rc = ct_fail(&job->err, "expected a JSON object");
     } else if (as_chat) {
-        rc = parse_messages(messages, job);
+        rc = chat_messages_parse(messages, &job->messages, &job->n_messages, &job->err);
     } else if (as_text) {
         if (!cJSON_IsString(text))
             rc = ct_fail(&job->err, text ? "\"text\" must be a string" : "missing \"text\"");
