@@ -66,6 +66,11 @@ size_t nf4_first_non_finite(const float *x, size_t n) {
     return n;
 }
 
+int nf4_non_finite_error(ct_error *err, const char *tensor, double value, size_t index) {
+    return ct_fail(err, "tensor '%s' holds %g at index %zu; a 4-bit (NF4) base needs finite weights", tensor, value,
+                   index);
+}
+
 size_t nf4_read_back(float *x, size_t n, uint8_t *codes, float *absmax) {
     const size_t bad = nf4_first_non_finite(x, n);
     if (bad < n) return bad;

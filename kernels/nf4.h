@@ -22,6 +22,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "train/error.h"
+
 #define NF4_BLOCK 64
 
 /* The 16 NF4 values (bitsandbytes' table, fp32), ascending; index 7 is 0. */
@@ -56,6 +58,10 @@ void nf4_dequantize(const uint8_t *codes, const float *absmax, size_t n, float *
 /* The index of the first NaN or infinity in x[0, n) (it would poison its whole block), or n:
  * what the loader and ctune merge --quantize-base refuse, naming it. */
 size_t nf4_first_non_finite(const float *x, size_t n);
+
+/* The one error for a weight NF4 cannot take (training's loader, merge and eval/generate
+ * --quantize-base say the same): "tensor 'NAME' holds VALUE at index I; ...". Returns -1. */
+int nf4_non_finite_error(ct_error *err, const char *tensor, double value, size_t index);
 
 /* Replaces x[0, n) by its NF4 read-back (quantize into the scratch codes[nf4_code_bytes(n)]
  * and absmax[nf4_block_count(n)], then dequantize): the fp32 weight a QLoRA base stands for,

@@ -189,8 +189,7 @@ static int fetch_merged(void *ctx, int index, void *out, ct_error *err) {
     if (quantized) { /* what the QLoRA run multiplied with: the weight's NF4 read-back */
         const size_t bad = nf4_read_back(s->weight, (size_t)w->numel, s->nf4_codes, s->nf4_absmax);
         if (bad < (size_t)w->numel)
-            return ct_fail(err, "base tensor '%s' holds %g at index %zu; NF4 needs finite weights", w->name,
-                           (double)s->weight[bad], bad);
+            return nf4_non_finite_error(err, w->name, (double)s->weight[bad], bad);
     }
     if (t->lora_a) {
         if (st_read_f32(t->lora_a, s->lora_a, err) || st_read_f32(t->lora_b, s->lora_b, err))

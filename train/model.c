@@ -1225,8 +1225,8 @@ int model_load_weights(model *m, const char *dir, ct_error *err) {
         }
         const size_t bad = p->quantized ? nf4_first_non_finite(host, p->numel) : p->numel;
         if (bad < p->numel) {
-            status = ct_fail(err, "%s: tensor '%s' holds %g at index %zu; a 4-bit (NF4) base needs finite weights",
-                             file_of(&files, t), p->name, (double)host[bad], bad);
+            nf4_non_finite_error(err, p->name, (double)host[bad], bad);
+            status = ct_error_prefix(err, "%s", file_of(&files, t));
             break;
         }
         model_param_upload_range(m, p, 0, host, p->numel);

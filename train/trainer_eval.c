@@ -166,8 +166,7 @@ static int read_back_nf4_base(model *m, ct_error *err) {
         model_param_download(m, p, host);
         const size_t bad = nf4_read_back(host, p->numel, codes, absmax);
         if (bad < p->numel)
-            status = ct_fail(err, "base tensor '%s' holds %g at index %zu; NF4 needs finite weights", p->name,
-                             (double)host[bad], bad);
+            status = nf4_non_finite_error(err, p->name, (double)host[bad], bad);
         else model_param_upload(m, p, host);
     }
     free(host);
