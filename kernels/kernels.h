@@ -366,6 +366,12 @@ typedef struct kernels {
 /* The CPU reference backend (OpenMP + BLAS). Always available. */
 const kernels *kernels_cpu(void);
 
+/* Call first thing in a process, before any BLAS call or thread: where OpenBLAS did not know
+ * this CPU and fell back to its SSE3 (Prescott) kernels, switches it to the widest kernels
+ * the CPU runs (SkylakeX, Haswell; openblas_get_corename() tells which). An
+ * OPENBLAS_CORETYPE set by the user is left alone. kernels/cpu/blas_core.c. */
+void kernels_cpu_tune_blas(void);
+
 /* Test backend: the CPU kernels behind pointers the host cannot dereference (kernels/shadow.c),
  * so a run on it proves that nothing above the table touches backend memory directly. */
 const kernels *kernels_shadow(void);

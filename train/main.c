@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "kernels/kernels.h"
 #include "train/cli.h"
 
 static void print_usage(FILE *out) {
@@ -27,6 +28,7 @@ static void print_usage(FILE *out) {
 }
 
 int main(int argc, char **argv) {
+    kernels_cpu_tune_blas(); /* the run's banner names the kernels in use */
     if (argc < 2) {
         print_usage(stderr);
         return 2;

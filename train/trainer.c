@@ -313,8 +313,10 @@ static void print_plan(const run *x, bool dry_run) {
         recipe_write(r, stdout, &err);
         printf("\n");
     }
-    printf("ctune: %s on %d rank(s), backend %s, %d thread(s) per rank\n",
-           r->method == METHOD_LORA ? "LoRA" : "full fine-tuning", x->d->world_size, x->k->name,
+    char blas[64] = ""; /* which OpenBLAS kernels (kernels_cpu_tune_blas) the CPU runs */
+    if (x->k->host_memory) snprintf(blas, sizeof blas, " (OpenBLAS %s kernels)", openblas_get_corename());
+    printf("ctune: %s on %d rank(s), backend %s%s, %d thread(s) per rank\n",
+           r->method == METHOD_LORA ? "LoRA" : "full fine-tuning", x->d->world_size, x->k->name, blas,
            dist_threads_per_rank(x->d));
     printf("  parameters: %zu total, %zu trainable (%.3f%%)\n", total, trainable,
            total ? 100.0 * (double)trainable / (double)total : 0.0);

@@ -17,7 +17,28 @@
 
 #include "kernels/cpu/cpu_ops.h"
 
-enum { K_SLICE = 256, TILE_ROWS = 128, TILE_COLS = 512 };
+enum { K_SLICE = 256, TILE_ROWS = 128, TILE_COLS = 512, GEMV_COLS = 256 };
+
+/* m == 1 (a generated token's forward on the KV cache): C's one row is a matrix-vector
+ * product. sgemm would pack the whole of B for it each call (OpenBLAS 0.3.21 does not turn
+ * such products into gemv itself), doubling the memory traffic of a step that is all memory
+ * traffic; sgemv reads B once. Same partition rules: GEMV_COLS columns of C per tile, k in
+ * K_SLICE slices, fixed by the shape. */
+static void gemv_tile(bool trans_a, bool trans_b, int n, int k, float alpha, const float *a, int lda, const float *b,
+                      int ldb, float beta, float *c) {
+    const int inc_x = trans_a ? lda : 1; /* op(A)'s one row: a column of A when transposed */
+    if (beta == 0.0f) /* BLAS leaves C unread at beta 0; so do we (the kernels' scal may not) */
+        for (int j = 0; j < n; j++) c[j] = 0.0f;
+    for (int k0 = 0; k0 < k; k0 += K_SLICE) {
+        const int kk = k - k0 < K_SLICE ? k - k0 : K_SLICE;
+        const float *x = a + (size_t)k0 * inc_x;
+        const float slice_beta = k0 || beta == 0.0f ? 1.0f : beta;
+        if (trans_b) /* B is [n,k]: C = B[:, slice] x */
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, n, kk, alpha, b + k0, ldb, x, inc_x, slice_beta, c, 1);
+        else /* B is [k,n]: C = B[slice, :]^T x */
+            cblas_sgemv(CblasRowMajor, CblasTrans, kk, n, alpha, b + (size_t)k0 * ldb, ldb, x, inc_x, slice_beta, c, 1);
+    }
+}
 
 /* One tile: C[m,n] (pointers already at the tile) over every slice of k, on this thread. */
 static void gemm_tile(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
@@ -43,6 +64,16 @@ void cpu_gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, cons
                 float *cij = &c[(size_t)i * ldc + j];
                 *cij = beta == 0.0f ? 0.0f : beta * *cij;
             }
+        return;
+    }
+    if (m == 1) {
+        const int tiles = (n + GEMV_COLS - 1) / GEMV_COLS;
+#pragma omp parallel for schedule(static)
+        for (int t = 0; t < tiles; t++) {
+            const int j0 = t * GEMV_COLS, cols = n - j0 < GEMV_COLS ? n - j0 : GEMV_COLS;
+            gemv_tile(trans_a, trans_b, cols, k, alpha, a, lda, trans_b ? b + (size_t)j0 * ldb : b + j0, ldb, beta,
+                      c + j0);
+        }
         return;
     }
     const int tiles_m = (m + TILE_ROWS - 1) / TILE_ROWS, tiles_n = (n + TILE_COLS - 1) / TILE_COLS;
