@@ -980,6 +980,21 @@ static void test_cached_generation(const kernels *k) {
                    mode_names[modes[mi]], k->name, worst);
             CHECK_MSG(worst < bound, "%s %s (%s): cached logits relative error %.3g", precision_name(precisions[pi]),
                       mode_names[modes[mi]], k->name, worst);
+            /* New weights after model_cache_reset: the next sequence follows them (DoRA's
+             * column scales, kept through a sequence, are recomputed at its first append). */
+            fill_weights(&m, 29 + (uint64_t)mi);
+            fill_weights(&ref, 29 + (uint64_t)mi);
+            model_cache_reset(&m);
+            CHECK_MSG(model_cache_append(&m, ids, prompt, cached, &err) == 0, "%s", err.msg);
+            worst = 0;
+            for (int n = prompt + 1; n <= seq; n++) {
+                CHECK_MSG(model_cache_append(&m, ids + n - 1, 1, cached, &err) == 0, "%s", err.msg);
+                CHECK_MSG(model_last_logits(&ref, ids, n, full, &err) == 0, "%s", err.msg);
+                const double e = rel_error(cached, full, 37);
+                if (e > worst) worst = e;
+            }
+            CHECK_MSG(worst < bound, "%s %s (%s): after new weights and a reset, cached logits relative error %.3g",
+                      precision_name(precisions[pi]), mode_names[modes[mi]], k->name, worst);
             model_free(&m);
             model_free(&ref);
         }

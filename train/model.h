@@ -387,7 +387,10 @@ int model_logits(model *m, const int32_t *ids, int n, int first, float *logits, 
  * the positions after the cached ones, caches their keys and values, and writes the logits of
  * the last of them (host memory [vocab]). The first tokens of a sequence run exactly as
  * model_last_logits does (the same bits); later ones agree with it to rounding
- * (kernels.h: attention_cached). model_cache_release frees the cache (model_free does too). */
+ * (kernels.h: attention_cached). model_cache_release frees the cache (model_free does too).
+ * The weights must not change while the cache holds a sequence: its keys and values, and
+ * DoRA's column scales (computed once, by the sequence's first append), come from them;
+ * model_cache_reset before using changed weights. */
 int model_cache_reserve(model *m, int capacity, ct_error *err);
 void model_cache_reset(model *m);
 int model_cache_append(model *m, const int32_t *ids, int n, float *logits, ct_error *err);

@@ -365,8 +365,12 @@ static void layer_forward(model *m, int l, int batch, int seq, const int32_t *do
     float *x = s->resid + (size_t)l * T * H, *out = x + (size_t)T * H;
     const int *ld = s->ld_input;
     /* DoRA's column scales from this step's weights (again in a checkpointed recomputation:
-     * the same weights, the same values) */
-    for (int kind = 0; kind < LINEAR_KIND_COUNT; kind++)
+     * the same weights, the same values). A token appended to a KV cache that already holds
+     * its sequence keeps the ones its first forward computed: the weights are frozen while a
+     * cache holds a sequence, and recomputing (W + scaling B A per Linear) cost r times the
+     * token's own forward. */
+    const bool dora_scales_held = cached && s->cache.len > 0;
+    for (int kind = 0; kind < LINEAR_KIND_COUNT && !dora_scales_held; kind++)
         if (layer->lin[kind].magnitude)
             model_dora_norms(m, &layer->lin[kind], s->dora_combined, layer->lin[kind].dora_norm,
                              layer->lin[kind].dora_scale);
