@@ -51,7 +51,9 @@ def run_ctune(ctune, model, prompt, new_tokens, threads, device, precision):
 def hf_once(model_dir, prompt_ids, new_tokens, threads, device, precision):
     """One user-level generation in a fresh process: imports, load, generate."""
     import torch
+    import transformers
     from transformers import AutoModelForCausalLM
+    transformers.utils.logging.disable_progress_bar()
     torch.set_num_threads(threads)
     dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa").to(device)
@@ -82,6 +84,7 @@ def main():
     from tokenizers import Tokenizer
     from transformers import AutoModelForCausalLM
 
+    transformers.utils.logging.disable_progress_bar()
     torch.set_num_threads(args.threads)
     work = tempfile.mkdtemp(prefix="bench_generate_")
     model_dir = os.path.join(work, "bench-20m")
