@@ -130,8 +130,40 @@ printf '{"turns": []}' > no_messages.json
 expect 1 "missing \"messages\"" -- "$ctune" generate --model chat --template chatml --messages no_messages.json
 expect 1 "cannot open|No such file" -- "$ctune" generate --model chat --template chatml --messages absent.json
 expect 2 "one of them" -- "$ctune" generate --model chat --messages talk.json --chat hi
-expect 2 "put it in the file" -- "$ctune" generate --model chat --messages talk.json --system terse
-expect 2 "--template goes with --chat or --messages" -- "$ctune" generate --model tiny --prompt hi --template chatml
+expect 2 "with --messages, put it in the file" -- "$ctune" generate --model chat --messages talk.json --system terse
+expect 2 "--template goes with --chat, --messages or --interactive" -- "$ctune" generate --model tiny --prompt hi --template chatml
+# --interactive: a user turn per stdin line (blank lines skipped), a reply per line; the first
+# reply is --chat's, the second --messages' for the conversation so far (replies as printed),
+# though the cache carried the conversation from one turn to the next.
+"$ctune" generate --model chat --template chatml --system "Be brief." --chat "1+1=" --max-new-tokens 6 > chat1.out
+python3 - chat1.out > talk2.json <<'PY'
+import json, sys
+reply = open(sys.argv[1], "rb").read()[:-1].decode()
+print(json.dumps([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+1="},
+                  {"role": "assistant", "content": reply}, {"role": "user", "content": "2+2="}]))
+PY
+"$ctune" generate --model chat --template chatml --messages talk2.json --max-new-tokens 6 --stats > chat2.out \
+  2> chat2.err
+if printf '1+1=\n\n2+2=\n' | "$ctune" generate --model chat --template chatml --system "Be brief." --interactive \
+     --max-new-tokens 6 --stats > both.out 2> both.err && cat chat1.out chat2.out | cmp -s - both.out; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1)); echo "FAIL: generate --interactive:"; od -c both.out | head -5; echo "expected:"
+  cat chat1.out chat2.out | od -c | head -5
+fi
+# ... and its second turn ran fewer tokens than the whole conversation's prompt
+whole=$(sed -nE 's/.*prompt ([0-9]+) tokens.*/\1/p' chat2.err)
+fed=$(sed -nE 's/.*turn 2: ([0-9]+) tokens fed.*/\1/p' both.err)
+if [ -n "$whole" ] && [ -n "$fed" ] && [ "$fed" -lt "$whole" ]; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1)); echo "FAIL: --interactive's second turn fed ${fed:-?} tokens of a ${whole:-?}-token prompt"
+fi
+expect 1 "the conversation \([0-9]+ tokens\) and a reply do not fit the 24-token context" -- bash -c \
+  "printf '1+1=\n2+2=\n' | '$ctune' generate --model chat --template chatml --interactive --context 24"
+expect 2 "one of them" -- "$ctune" generate --model chat --interactive --prompt hi
+expect 2 "do not go with --interactive" -- "$ctune" generate --model chat --interactive --ids
+expect 2 "--context goes with --interactive" -- "$ctune" generate --model tiny --prompt hi --context 64
 # --ids prints the completion's ids; --ignore-eos makes it exactly --max-new-tokens long with
 # the same greedy tokens first; --stats adds timings on stderr and leaves stdout alone.
 if ids=$("$ctune" generate --model tiny --prompt "1+1=" --max-new-tokens 5 --ids) &&

@@ -980,6 +980,14 @@ static void test_cached_generation(const kernels *k) {
                    mode_names[modes[mi]], k->name, worst);
             CHECK_MSG(worst < bound, "%s %s (%s): cached logits relative error %.3g", precision_name(precisions[pi]),
                       mode_names[modes[mi]], k->name, worst);
+            /* Truncated to a prefix, the cache continues from there: the last 8 tokens again,
+             * fed in one append of several rows after the kept ones. */
+            model_cache_truncate(&m, seq + 5); /* more than it holds: nothing changes */
+            model_cache_truncate(&m, seq - 8);
+            CHECK_MSG(model_cache_append(&m, ids + seq - 8, 8, cached, &err) == 0, "%s", err.msg);
+            CHECK_MSG(model_last_logits(&ref, ids, seq, full, &err) == 0, "%s", err.msg);
+            CHECK_MSG(rel_error(cached, full, 37) < bound, "%s %s (%s): after truncation, relative error %.3g",
+                      precision_name(precisions[pi]), mode_names[modes[mi]], k->name, rel_error(cached, full, 37));
             /* New weights after model_cache_reset: the next sequence follows them (DoRA's
              * column scales, kept through a sequence, are recomputed at its first append). */
             fill_weights(&m, 29 + (uint64_t)mi);

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "train/chat_template.h"
 #include "train/cli.h"
@@ -20,7 +21,9 @@ static void generate_usage(FILE *out) {
             "usage: ctune generate --model DIR [--adapter DIR] --prompt TEXT [options]\n"
             "       ctune generate --model DIR [--adapter DIR] --chat MESSAGE [--system TEXT] [options]\n"
             "       ctune generate --model DIR [--adapter DIR] --messages FILE [options]\n"
-            "       ctune generate --run RUN_DIR (--prompt TEXT | --chat MESSAGE | --messages FILE) [options]\n"
+            "       ctune generate --model DIR [--adapter DIR] --interactive [--system TEXT] [options]\n"
+            "       ctune generate --run RUN_DIR (--prompt TEXT | --chat MESSAGE | --messages FILE |\n"
+            "                      --interactive) [options]\n"
             "\n"
             "Continues the prompt with the model (plus a PEFT LoRA adapter folder, e.g. a run's\n"
             "final/) and prints the prompt and completion. With --chat, answers MESSAGE as a chat\n"
@@ -28,7 +31,9 @@ static void generate_usage(FILE *out) {
             "ctune prep trains with, then the assistant's header; prints the reply, which ends at the\n"
             "turn's end marker or EOS. --messages FILE answers a whole conversation instead: a JSON\n"
             "array [{\"role\": ..., \"content\": ...}, ...] or an object with that \"messages\" array\n"
-            "(a chat line of ctune prep's input), rendered the same way.\n"
+            "(a chat line of ctune prep's input), rendered the same way. --interactive holds a\n"
+            "conversation: each line read from stdin is a user turn, answered on one output line;\n"
+            "the KV cache keeps the conversation, so a turn costs only its own tokens. Ends at EOF.\n"
             "\n");
     inference_options_usage(out);
     fprintf(out,
@@ -43,7 +48,9 @@ static void generate_usage(FILE *out) {
             "                       tokenizer_config.json chat_template uses, if built in)\n"
             "  --ignore-eos         generate all --max-new-tokens tokens, past EOS (benchmarks)\n"
             "  --ids                print the completion's token ids (space-separated) instead of text\n"
-            "  --stats              print load, prompt and generation times and tokens/s on stderr\n");
+            "  --stats              print load, prompt and generation times and tokens/s on stderr\n"
+            "  --context N          with --interactive: tokens the conversation may hold (default:\n"
+            "                       the model's max_position_embeddings, at most 4096)\n");
 }
 
 static int parse_number(const char *flag, const char *text, double min, double *out) {
@@ -90,18 +97,171 @@ static int chat_prompt(const char *model_dir, const tokenizer *tok, const char *
     return 0;
 }
 
+/* The generation loop's state: ids[0, n) is the sequence so far, of which the KV cache holds
+ * the first `held`; tokens are sampled into ids up to `capacity`. */
+typedef struct decoder {
+    model *m;
+    const kernels *k;
+    sampling how;
+    uint64_t rng;
+    float *logits;
+    scored_token *scratch;
+    int32_t *ids;
+    size_t n, held, capacity;
+    int32_t turn_end; /* a chat reply also ends here; -1 without a chat template */
+    bool ignore_eos;
+    double first_forward_done; /* when the first append of decode_reply came back */
+} decoder;
+
+/* Feeds what the cache does not hold yet (a prompt, a new turn), then samples up to max_new
+ * tokens into ids, one forward each, stopping before EOS or the turn's end. */
+static int decode_reply(decoder *d, size_t max_new, ct_error *err) {
+    const size_t limit = d->n + max_new < d->capacity ? d->n + max_new : d->capacity;
+    bool first = true;
+    while (d->n < limit) {
+        if (model_cache_append(d->m, d->ids + d->held, (int)(d->n - d->held), d->logits, err) ||
+            inference_check(d->k, err))
+            return -1;
+        d->held = d->n;
+        if (first) d->first_forward_done = ct_monotonic_seconds();
+        first = false;
+        const int next = sample_token(d->logits, d->m->cfg.vocab_size, &d->how, &d->rng, d->scratch);
+        bool stop = next == d->turn_end;
+        for (int e = 0; e < d->m->cfg.n_eos; e++) stop |= next == d->m->cfg.eos_token_ids[e];
+        if (stop && !d->ignore_eos) break;
+        d->ids[d->n++] = next;
+    }
+    return 0;
+}
+
 /* --ids: the completion as decimal ids, one line. */
 static void print_ids(const int32_t *ids, size_t n) {
     for (size_t i = 0; i < n; i++) printf("%s%d", i ? " " : "", (int)ids[i]);
     putchar('\n');
 }
 
+/* --stats: the prompt's forward gives the first token; each later token costs one forward. */
+static void print_stats(double load_s, size_t prompt_tokens, double prompt_s, size_t made, double made_s) {
+    fprintf(stderr,
+            "ctune generate: load %.3f s; prompt %zu tokens %.1f ms (%.0f tokens/s); %zu new tokens %.1f ms after it "
+            "(%.1f tokens/s)\n",
+            load_s, prompt_tokens, 1e3 * prompt_s, prompt_tokens / fmax(prompt_s, 1e-9), made, 1e3 * made_s,
+            made / fmax(made_s, 1e-9));
+}
+
+/* ids grown to the decoder's capacity, logits and the sampler's scratch. */
+static int decoder_buffers(decoder *d, ct_error *err) {
+    int32_t *grown = realloc(d->ids, d->capacity * sizeof *d->ids);
+    if (grown) d->ids = grown;
+    if (!d->logits) d->logits = malloc((size_t)d->m->cfg.vocab_size * sizeof *d->logits);
+    if (!d->scratch) d->scratch = malloc((size_t)d->m->cfg.vocab_size * sizeof *d->scratch);
+    return grown && d->logits && d->scratch ? 0 : ct_fail(err, "out of memory");
+}
+
+/* --interactive: a conversation read from stdin, a user turn per line, each reply printed on
+ * one line. Every turn renders the whole conversation (replies as the text printed) with the
+ * chat template, as --messages would; the KV cache keeps what the rendering shares with the
+ * tokens it holds, so a turn runs only its own tokens (and, where a reply's text tokenizes
+ * otherwise than it was sampled, from there on). */
+static int interactive_chat(decoder *d, const tokenizer *tok, const char *model_dir, const char *template_name,
+                            const char *system, bool add_special, size_t max_new, size_t context, bool want_stats,
+                            ct_error *err) {
+    const model_config *c = &d->m->cfg;
+    if (!context) context = c->max_position_embeddings > 0 && c->max_position_embeddings < 4096
+                                ? (size_t)c->max_position_embeddings : 4096;
+    d->capacity = context;
+    if (decoder_buffers(d, err) || model_cache_reserve(d->m, (int)context, err)) return -1;
+    chat_message *turns = calloc(2, sizeof *turns);
+    int n_turns = 0, cap_turns = 2, status = 0, asked = 0;
+    if (!turns) return ct_fail(err, "out of memory");
+    if (system) {
+        turns[0] = (chat_message){strdup("system"), strdup(system)};
+        n_turns = 1;
+        if (!turns[0].role || !turns[0].content) status = ct_fail(err, "out of memory");
+    }
+    const bool tty = isatty(STDIN_FILENO);
+    char *line = NULL;
+    size_t line_cap = 0;
+    while (!status) {
+        if (tty) fputs("> ", stderr);
+        ssize_t got = getline(&line, &line_cap, stdin);
+        if (got < 0) break; /* EOF */
+        while (got > 0 && (line[got - 1] == '\n' || line[got - 1] == '\r')) line[--got] = '\0';
+        if (got == 0) continue;
+        if (n_turns + 2 > cap_turns) {
+            chat_message *more = realloc(turns, 2 * (size_t)cap_turns * sizeof *turns);
+            if (!more) {
+                status = ct_fail(err, "out of memory");
+                break;
+            }
+            turns = more;
+            cap_turns *= 2;
+        }
+        asked++;
+        turns[n_turns].role = strdup("user");
+        turns[n_turns].content = strdup(line);
+        n_turns++;
+        if (!turns[n_turns - 1].role || !turns[n_turns - 1].content) {
+            status = ct_fail(err, "out of memory");
+            break;
+        }
+        chat_template tmpl;
+        int32_t *rendered = NULL;
+        size_t n_rendered = 0;
+        status = chat_prompt(model_dir, tok, template_name, turns, n_turns, add_special, &tmpl, &rendered, &n_rendered,
+                             err);
+        if (!status && n_rendered + 1 > context)
+            status = ct_fail(err, "the conversation (%zu tokens) and a reply do not fit the %zu-token context (--context)",
+                             n_rendered, context);
+        if (status) {
+            free(rendered);
+            break;
+        }
+        size_t same = 0; /* the cache keeps what it holds of the new rendering */
+        while (same < d->held && same < n_rendered && d->ids[same] == rendered[same]) same++;
+        if (same == n_rendered) same--; /* the last token's logits are needed: run it again */
+        model_cache_truncate(d->m, (int)same);
+        d->held = same;
+        memcpy(d->ids, rendered, n_rendered * sizeof *rendered);
+        free(rendered);
+        d->n = n_rendered;
+        d->turn_end = tmpl.turn_end;
+        const double start = ct_monotonic_seconds();
+        const size_t fed = d->n - d->held;
+        if (decode_reply(d, max_new, err)) {
+            status = -1;
+            break;
+        }
+        const double done = ct_monotonic_seconds();
+        char *reply = NULL;
+        size_t reply_len = 0;
+        if (tokenizer_decode(tok, d->ids + n_rendered, d->n - n_rendered, true, &reply, &reply_len, err)) {
+            status = -1;
+            break;
+        }
+        printf("%s\n", reply);
+        fflush(stdout);
+        if (want_stats)
+            fprintf(stderr, "ctune generate: turn %d: %zu tokens fed %.1f ms; %zu new tokens %.1f ms after them "
+                            "(%.1f tokens/s)\n",
+                    asked, fed, 1e3 * (d->first_forward_done - start), d->n - n_rendered,
+                    1e3 * (done - d->first_forward_done), (d->n - n_rendered) / fmax(done - d->first_forward_done, 1e-9));
+        turns[n_turns].role = strdup("assistant");
+        turns[n_turns].content = reply; /* owned by the conversation now */
+        n_turns++;
+        if (!turns[n_turns - 1].role) status = ct_fail(err, "out of memory");
+    }
+    free(line);
+    chat_messages_free(turns, n_turns);
+    return status;
+}
+
 int cmd_generate(int argc, char **argv) {
     const double started = ct_monotonic_seconds();
     inference_source source = {0};
     const char *prompt = NULL, *chat = NULL, *system = NULL, *template_name = NULL, *messages_path = NULL;
-    double max_new = 32, temperature = 0, seed = 0, top_k = 0, top_p = 1;
-    bool add_special = true, ignore_eos = false, want_ids = false, want_stats = false;
+    double max_new = 32, temperature = 0, seed = 0, top_k = 0, top_p = 1, context = 0;
+    bool add_special = true, ignore_eos = false, want_ids = false, want_stats = false, interactive = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         bool has_value = i + 1 < argc;
@@ -135,6 +295,10 @@ int cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--ignore-eos")) ignore_eos = true;
         else if (!strcmp(a, "--ids")) want_ids = true;
         else if (!strcmp(a, "--stats")) want_stats = true;
+        else if (!strcmp(a, "--interactive")) interactive = true;
+        else if (!strcmp(a, "--context") && has_value) {
+            if (parse_number(a, argv[++i], 2, &context)) return 2;
+        }
         else {
             fprintf(stderr, "ctune generate: unexpected argument '%s'\n\n", a);
             generate_usage(stderr);
@@ -146,97 +310,86 @@ int cmd_generate(int argc, char **argv) {
         fprintf(stderr, "ctune generate: %s\n", err.msg);
         return 1;
     }
-    const int inputs = (prompt != NULL) + (chat != NULL) + (messages_path != NULL);
+    const int inputs = (prompt != NULL) + (chat != NULL) + (messages_path != NULL) + interactive;
     if (!source.model_dir || inputs != 1) {
         if (inputs > 1)
             fprintf(stderr, "ctune generate: --prompt continues a text, --chat answers a message, --messages a "
-                            "conversation: one of them\n");
+                            "conversation, --interactive holds one: one of them\n");
         else generate_usage(stderr);
         return 2;
     }
-    if (!chat && system) {
-        fprintf(stderr, "ctune generate: --system goes with --chat (with --messages, put it in the file)\n");
+    if (system && !chat && !interactive) {
+        fprintf(stderr, "ctune generate: --system goes with --chat or --interactive (with --messages, put it in "
+                        "the file)\n");
         return 2;
     }
     if (prompt && template_name) {
-        fprintf(stderr, "ctune generate: --template goes with --chat or --messages\n");
+        fprintf(stderr, "ctune generate: --template goes with --chat, --messages or --interactive\n");
         return 2;
     }
-    const bool as_chat = chat || messages_path;
+    if (interactive && (want_ids || ignore_eos)) {
+        fprintf(stderr, "ctune generate: --ids and --ignore-eos do not go with --interactive\n");
+        return 2;
+    }
+    if (context && !interactive) {
+        fprintf(stderr, "ctune generate: --context goes with --interactive\n");
+        return 2;
+    }
+    const bool as_chat = chat || messages_path || interactive;
     char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer.json", source.model_dir);
     tokenizer *tok = NULL;
     model m;
     bool model_ready = false;
-    int32_t *ids = NULL;
-    float *logits = NULL;
-    scored_token *scratch = NULL;
-    const sampling how = {.temperature = temperature, .top_k = top_k > INT_MAX ? INT_MAX : (int)top_k, .top_p = top_p};
+    decoder d = {.how = {.temperature = temperature, .top_k = top_k > INT_MAX ? INT_MAX : (int)top_k, .top_p = top_p},
+                 .rng = (uint64_t)seed, .turn_end = -1, .ignore_eos = ignore_eos};
     char *text = NULL;
-    size_t n_ids = 0, text_len = 0;
+    size_t text_len = 0;
     int status = tokenizer_load(&tok, path, &err);
     const kernels *k = NULL;
     if (!status) status = inference_backend(&source, 0, &k, &err);
     if (!status) status = load_model_for_inference(&m, &source, k, &err);
     model_ready = status == 0;
+    d.m = &m;
+    d.k = k;
     chat_template tmpl = {0};
     chat_message one_turn[2] = {{"system", system}, {"user", chat}}, *conversation = NULL;
     int n_turns = 0;
     if (!status && messages_path) status = read_messages(messages_path, &conversation, &n_turns, &err);
-    if (!status && as_chat) {
+    if (!status && interactive) {
+        status = interactive_chat(&d, tok, source.model_dir, template_name, system, add_special, (size_t)max_new,
+                                  (size_t)context, want_stats, &err);
+    } else if (!status && as_chat) {
         const chat_message *turns = messages_path ? conversation : system ? one_turn : one_turn + 1;
         const int n = messages_path ? n_turns : system ? 2 : 1;
-        status = chat_prompt(source.model_dir, tok, template_name, turns, n, add_special, &tmpl, &ids, &n_ids, &err);
-    } else if (!status) status = tokenizer_encode(tok, prompt, strlen(prompt), add_special, &ids, &n_ids, &err);
-    if (!status && n_ids == 0) status = ct_fail(&err, "the prompt encodes to no tokens");
-    size_t capacity = n_ids + (size_t)max_new;
-    if (!status) {
-        int32_t *grown = realloc(ids, capacity * sizeof *ids);
-        logits = malloc((size_t)m.cfg.vocab_size * sizeof *logits);
-        scratch = malloc((size_t)m.cfg.vocab_size * sizeof *scratch);
-        if (grown) ids = grown;
-        if (!grown || !logits || !scratch) status = ct_fail(&err, "out of memory");
-    }
-    if (!status) status = model_reserve(&m, 1, (int)n_ids, &err);
-    if (!status) status = model_cache_reserve(&m, (int)capacity, &err);
-    size_t prompt_len = n_ids;
-    uint64_t rng = (uint64_t)seed;
+        status = chat_prompt(source.model_dir, tok, template_name, turns, n, add_special, &tmpl, &d.ids, &d.n, &err);
+        d.turn_end = tmpl.turn_end;
+    } else if (!status) status = tokenizer_encode(tok, prompt, strlen(prompt), add_special, &d.ids, &d.n, &err);
+    if (!status && !interactive && d.n == 0) status = ct_fail(&err, "the prompt encodes to no tokens");
+    const size_t prompt_len = d.n;
+    d.capacity = d.n + (size_t)max_new;
+    if (!status && !interactive) status = decoder_buffers(&d, &err);
+    if (!status && !interactive) status = model_reserve(&m, 1, (int)d.n, &err);
+    if (!status && !interactive) status = model_cache_reserve(&m, (int)d.capacity, &err);
     const double loaded = ct_monotonic_seconds();
-    double prompt_done = loaded;
-    while (!status && n_ids < capacity) { /* the prompt once, then each new token on the cache */
-        const size_t fed = n_ids == prompt_len ? 0 : n_ids - 1;
-        status = model_cache_append(&m, ids + fed, (int)(n_ids - fed), logits, &err);
-        if (!status) status = inference_check(k, &err);
-        if (status) break;
-        if (fed == 0) prompt_done = ct_monotonic_seconds();
-        int next = sample_token(logits, m.cfg.vocab_size, &how, &rng, scratch);
-        bool eos = false;
-        for (int e = 0; e < m.cfg.n_eos; e++) eos |= next == m.cfg.eos_token_ids[e];
-        eos |= as_chat && next == tmpl.turn_end; /* the assistant's turn is over */
-        if (eos && !ignore_eos) break;
-        ids[n_ids++] = next;
-    }
+    d.first_forward_done = loaded;
+    if (!status && !interactive) status = decode_reply(&d, (size_t)max_new, &err);
     const double finished = ct_monotonic_seconds();
-    if (!status && want_ids) print_ids(ids + prompt_len, n_ids - prompt_len);
-    else if (!status)
-        status = tokenizer_decode(tok, ids + prompt_len, n_ids - prompt_len, true, &text, &text_len, &err);
-    if (!status && !want_ids) printf("%s%s\n", as_chat ? "" : prompt, text);
-    if (!status && want_stats) {
-        /* the prompt's forward gives the first token; each later token costs one forward */
-        const size_t made = n_ids - prompt_len;
+    if (!status && !interactive && want_ids) print_ids(d.ids + prompt_len, d.n - prompt_len);
+    else if (!status && !interactive)
+        status = tokenizer_decode(tok, d.ids + prompt_len, d.n - prompt_len, true, &text, &text_len, &err);
+    if (!status && !interactive && !want_ids) printf("%s%s\n", as_chat ? "" : prompt, text);
+    if (!status && !interactive && want_stats) {
         fflush(stdout);
-        fprintf(stderr,
-                "ctune generate: load %.3f s; prompt %zu tokens %.1f ms (%.0f tokens/s); %zu new tokens %.1f ms "
-                "after it (%.1f tokens/s)\n",
-                loaded - started, prompt_len, 1e3 * (prompt_done - loaded), prompt_len / fmax(prompt_done - loaded, 1e-9),
-                made, 1e3 * (finished - prompt_done), made / fmax(finished - prompt_done, 1e-9));
+        print_stats(loaded - started, prompt_len, d.first_forward_done - loaded, d.n - prompt_len,
+                    finished - d.first_forward_done);
     }
     if (status) fprintf(stderr, "ctune generate: %s\n", err.msg);
     chat_messages_free(conversation, n_turns);
     free(text);
-    free(ids);
-    free(logits);
-    free(scratch);
+    free(d.ids);
+    free(d.logits);
+    free(d.scratch);
     if (model_ready) model_free(&m);
     tokenizer_free(tok);
     return status ? 1 : 0;

@@ -916,6 +916,7 @@ static void release_reservation(model *m) {
     s->inv_freq = inv_freq;
     s->slots = slots;
     s->cache = cache;
+    s->cache.dora_scales_held = false; /* they lived in the released arena */
 }
 
 void model_cache_release(model *m) {
@@ -928,6 +929,7 @@ int model_cache_reserve(model *m, int capacity, ct_error *err) {
     model_state *s = m->state;
     if (capacity <= 0) return ct_fail(err, "model_cache_reserve: capacity %d must be positive", capacity);
     s->cache.len = 0;
+    s->cache.dora_scales_held = false;
     if (s->cache.block && s->cache.capacity >= capacity) return 0;
     model_cache_release(m);
     const model_config *c = &m->cfg;
@@ -945,6 +947,13 @@ int model_cache_reserve(model *m, int capacity, ct_error *err) {
 void model_cache_reset(model *m) {
     model_state *s = m->state;
     s->cache.len = 0;
+    s->cache.dora_scales_held = false;
+}
+
+void model_cache_truncate(model *m, int len) {
+    model_state *s = m->state;
+    if (len >= 0 && len < s->cache.len) s->cache.len = len;
+    if (s->cache.len == 0) s->cache.dora_scales_held = false;
 }
 
 static void release_loss_slots(model *m) {

@@ -393,6 +393,9 @@ int model_logits(model *m, const int32_t *ids, int n, int first, float *logits, 
  * model_cache_reset before using changed weights. */
 int model_cache_reserve(model *m, int capacity, ct_error *err);
 void model_cache_reset(model *m);
+/* Keeps the first len cached tokens (fewer than it holds; else nothing changes): a sequence
+ * that shares only a prefix with the cached one continues from there. */
+void model_cache_truncate(model *m, int len);
 int model_cache_append(model *m, const int32_t *ids, int n, float *logits, ct_error *err);
 void model_cache_release(model *m);
 

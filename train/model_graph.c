@@ -365,11 +365,11 @@ static void layer_forward(model *m, int l, int batch, int seq, const int32_t *do
     float *x = s->resid + (size_t)l * T * H, *out = x + (size_t)T * H;
     const int *ld = s->ld_input;
     /* DoRA's column scales from this step's weights (again in a checkpointed recomputation:
-     * the same weights, the same values). A token appended to a KV cache that already holds
-     * its sequence keeps the ones its first forward computed: the weights are frozen while a
-     * cache holds a sequence, and recomputing (W + scaling B A per Linear) cost r times the
-     * token's own forward. */
-    const bool dora_scales_held = cached && s->cache.len > 0;
+     * the same weights, the same values). Tokens appended to a KV cache keep the ones an
+     * earlier append computed (cache.dora_scales_held): the weights are frozen while a cache
+     * holds a sequence, and recomputing (W + scaling B A per Linear) cost r times a token's
+     * own forward. */
+    const bool dora_scales_held = cached && s->cache.dora_scales_held;
     for (int kind = 0; kind < LINEAR_KIND_COUNT && !dora_scales_held; kind++)
         if (layer->lin[kind].magnitude)
             model_dora_norms(m, &layer->lin[kind], s->dora_combined, layer->lin[kind].dora_norm,
@@ -938,6 +938,7 @@ int model_cache_append(model *m, const int32_t *ids, int n, float *logits, ct_er
     const uint16_t *h_final;
     if (forward(m, 1, n, false, false, 0, true, &h_final, err)) return -1;
     cache->len += n;
+    cache->dora_scales_held = true;
     project_logits(m, h_final, n - 1, n, logits);
     return 0;
 }

@@ -147,6 +147,10 @@ typedef struct model_state {
         void *block;
         size_t elem_bytes;
         int capacity, len;
+        /* DoRA's column scales (model_linear.dora_scale) are those of the weights the
+         * cached sequence runs on: set by an append, cleared by reset, reserve and a new
+         * activation arena (where the scales live) */
+        bool dora_scales_held;
     } cache;
 } model_state;
 
