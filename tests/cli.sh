@@ -90,7 +90,7 @@ expect 2 "--top-p: '0' is not in \(0, 1\]" -- "$ctune" generate --model tiny --p
 # --chat: the tiny tokenizer has no chat markers. Renamed into chatml's (<|pad|> 258 becomes
 # <|im_start|>, <|end_of_text|> 257 <|im_end|>), the reply is the continuation of the rendered
 # prompt (BOS, the turns, then the assistant's header) and stops at <|im_end|>.
-expect 1 "tokenizer_config.json names no built-in chat template" -- "$ctune" generate --model tiny --chat hi
+expect 1 "a chat needs a template, and tiny/tokenizer_config.json names no built-in one" -- "$ctune" generate --model tiny --chat hi
 expect 1 "--template.*<\|im_start\|>" -- "$ctune" generate --model tiny --chat hi --template chatml
 expect 2 "one of them" -- "$ctune" generate --model tiny --chat hi --prompt hi
 expect 2 "--system goes with --chat" -- "$ctune" generate --model tiny --prompt hi --system terse
@@ -164,6 +164,44 @@ expect 1 "the conversation \([0-9]+ tokens\) and a reply do not fit the 24-token
 expect 2 "one of them" -- "$ctune" generate --model chat --interactive --prompt hi
 expect 2 "do not go with --interactive" -- "$ctune" generate --model chat --interactive --ids
 expect 2 "--context goes with --interactive" -- "$ctune" generate --model tiny --prompt hi --context 64
+# --prompts: a JSONL file answered line by line (blank lines skipped), each completion the
+# one-shot command's; -o writes the same lines, whole; a bad line stops it, named, writing nothing.
+cat > batch.jsonl <<'JSON'
+{"prompt": "1+1=", "completion": "2"}
+
+{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+1="}, {"role": "assistant", "content": "2"}]}
+{"prompt": "3+4="}
+JSON
+"$ctune" generate --model chat --prompt "1+1=" --max-new-tokens 6 > one1.out
+"$ctune" generate --model chat --prompt "3+4=" --max-new-tokens 6 > one4.out
+if "$ctune" generate --model chat --template chatml --prompts batch.jsonl --max-new-tokens 6 > batch.out &&
+   "$ctune" generate --model chat --template chatml --prompts batch.jsonl --max-new-tokens 6 -o batch.jsonl.out \
+     2> batch.err && cmp -s batch.out batch.jsonl.out && grep -q "3 completions written to batch.jsonl.out" batch.err &&
+   python3 - batch.out one1.out chat1.out one4.out <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1], encoding="utf-8")]
+one = [open(p, "rb").read()[:-1].decode() for p in sys.argv[2:]]
+want = [(1, one[0][len("1+1="):], "2"), (3, one[1], "2"), (4, one[2][len("3+4="):], None)]
+got = [(r["line"], r["completion"], r.get("label")) for r in rows]
+sys.exit(0 if got == want and rows[0]["prompt_tokens"] == 5 else f"{got} != {want}")
+PY
+then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1)); echo "FAIL: generate --prompts"; cat batch.out batch.err 2>/dev/null | head -5
+fi
+printf '{"prompt": "ok"}\n{"prompt": 3}\n' > bad_batch.jsonl
+expect 1 "--prompts bad_batch.jsonl:2: \"prompt\" must be a string" -- "$ctune" generate --model chat \
+  --prompts bad_batch.jsonl -o never.jsonl
+[ ! -e never.jsonl ] && passed=$((passed + 1)) || { failed=$((failed + 1)); echo "FAIL: a bad --prompts line left never.jsonl"; }
+printf '{"prompt": "a", "messages": []}\n' > both_batch.jsonl
+expect 1 "--prompts both_batch.jsonl:1: expected \"prompt\" or \"messages\" \(one of them\)" -- "$ctune" generate \
+  --model chat --prompts both_batch.jsonl
+expect 1 "--prompts absent.jsonl: cannot open" -- "$ctune" generate --model chat --prompts absent.jsonl
+printf '{"prompt": "ok"}\n{"prompt": \n' > broken_batch.jsonl
+expect 1 "--prompts broken_batch.jsonl:2: column 11: invalid JSON" -- "$ctune" generate --model chat \
+  --prompts broken_batch.jsonl
+expect 2 "-o goes with --prompts" -- "$ctune" generate --model tiny --prompt hi -o x.jsonl
 # --ids prints the completion's ids; --ignore-eos makes it exactly --max-new-tokens long with
 # the same greedy tokens first; --stats adds timings on stderr and leaves stdout alone.
 if ids=$("$ctune" generate --model tiny --prompt "1+1=" --max-new-tokens 5 --ids) &&

@@ -1,5 +1,6 @@
 /* ctune generate --model DIR [--adapter DIR] (--prompt TEXT | --chat MESSAGE | --messages FILE) [options] */
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
@@ -13,6 +14,8 @@
 #include "train/clock.h"
 #include "train/jsonfile.h"
 #include "train/sampling.h"
+#include "train/textbuf.h"
+#include "train/fsutil.h"
 #include "train/tokenizer.h"
 #include "train/trainer.h"
 
@@ -22,8 +25,9 @@ static void generate_usage(FILE *out) {
             "       ctune generate --model DIR [--adapter DIR] --chat MESSAGE [--system TEXT] [options]\n"
             "       ctune generate --model DIR [--adapter DIR] --messages FILE [options]\n"
             "       ctune generate --model DIR [--adapter DIR] --interactive [--system TEXT] [options]\n"
+            "       ctune generate --model DIR [--adapter DIR] --prompts FILE.jsonl [-o OUT.jsonl] [options]\n"
             "       ctune generate --run RUN_DIR (--prompt TEXT | --chat MESSAGE | --messages FILE |\n"
-            "                      --interactive) [options]\n"
+            "                      --interactive | --prompts FILE.jsonl) [options]\n"
             "\n"
             "Continues the prompt with the model (plus a PEFT LoRA adapter folder, e.g. a run's\n"
             "final/) and prints the prompt and completion. With --chat, answers MESSAGE as a chat\n"
@@ -34,6 +38,9 @@ static void generate_usage(FILE *out) {
             "(a chat line of ctune prep's input), rendered the same way. --interactive holds a\n"
             "conversation: each line read from stdin is a user turn, answered on one output line;\n"
             "the KV cache keeps the conversation, so a turn costs only its own tokens. Ends at EOF.\n"
+            "--prompts answers every line of a JSONL file ({\"prompt\": ...} continued as text, or\n"
+            "{\"messages\": [...]} answered as a chat; a \"completion\", or a final assistant message,\n"
+            "is the reference) with one JSON line each: {\"line\", \"completion\"[, \"label\"]}.\n"
             "\n");
     inference_options_usage(out);
     fprintf(out,
@@ -49,6 +56,8 @@ static void generate_usage(FILE *out) {
             "  --ignore-eos         generate all --max-new-tokens tokens, past EOS (benchmarks)\n"
             "  --ids                print the completion's token ids (space-separated) instead of text\n"
             "  --stats              print load, prompt and generation times and tokens/s on stderr\n"
+            "  -o FILE              with --prompts: write the JSON lines there (whole, once all are\n"
+            "                       done) instead of stdout (as each is done)\n"
             "  --context N          with --interactive: tokens the conversation may hold (default:\n"
             "                       the model's max_position_embeddings, at most 4096)\n");
 }
@@ -82,8 +91,9 @@ static int chat_prompt(const char *model_dir, const tokenizer *tok, const char *
     bool have = false;
     if (chat_template_resolve(template_name, model_dir, tok, t, &have, err)) return -1;
     if (!have)
-        return ct_fail(err, "--chat: %s/tokenizer_config.json names no built-in chat template (chatml, llama3) whose "
-                            "markers this tokenizer has; pass --template",
+        return ct_fail(err,
+                       "a chat needs a template, and %s/tokenizer_config.json names no built-in one (chatml, "
+                       "llama3) whose markers this tokenizer has; pass --template",
                        model_dir);
     if (chat_template_prompt(t, tok, msgs, n_msgs, ids, n_ids, err)) return -1;
     const int bos = tokenizer_bos_id(tok);
@@ -256,10 +266,120 @@ static int interactive_chat(decoder *d, const tokenizer *tok, const char *model_
     return status;
 }
 
+/* One line of --prompts: its prompt ids and its reference, if it has one (malloc'd). */
+static int prompts_line(char *line, size_t len, const tokenizer *tok, const char *model_dir, const char *template_name,
+                        bool add_special, chat_template *tmpl, int32_t **ids, size_t *n_ids, char **label,
+                        ct_error *err) {
+    *label = NULL;
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(line, len, &end, false);
+    if (!root) return ct_fail(err, "column %zu: invalid JSON", (size_t)(end ? end - line : 0) + 1);
+    char dup[256];
+    int status = 0;
+    const cJSON *prompt = cJSON_GetObjectItemCaseSensitive(root, "prompt");
+    const cJSON *completion = cJSON_GetObjectItemCaseSensitive(root, "completion");
+    const cJSON *messages = cJSON_GetObjectItemCaseSensitive(root, "messages");
+    if (!cJSON_IsObject(root)) status = ct_fail(err, "expected a JSON object");
+    else if (jsonfile_duplicate_key(root, dup, sizeof dup))
+        status = ct_fail(err, "duplicate key '%s' (JSON readers disagree on which value wins)", dup);
+    else if (!prompt == !messages) status = ct_fail(err, "expected \"prompt\" or \"messages\" (one of them)");
+    else if (prompt && !cJSON_IsString(prompt)) status = ct_fail(err, "\"prompt\" must be a string");
+    else if (completion && !cJSON_IsString(completion)) status = ct_fail(err, "\"completion\" must be a string");
+    else if (prompt) {
+        status = tokenizer_encode(tok, prompt->valuestring, strlen(prompt->valuestring), add_special, ids, n_ids, err);
+        tmpl->turn_end = -1;
+        if (!status && completion && !(*label = strdup(completion->valuestring))) status = ct_fail(err, "out of memory");
+    } else {
+        chat_message *turns = NULL;
+        int n = 0;
+        status = chat_messages_parse(messages, &turns, &n, err);
+        if (!status && n > 1 && !strcmp(turns[n - 1].role, "assistant")) { /* the reference answer */
+            *label = (char *)turns[n - 1].content;
+            turns[n - 1].content = NULL;
+            free((char *)turns[n - 1].role);
+            n--;
+        }
+        if (!status) status = chat_prompt(model_dir, tok, template_name, turns, n, add_special, tmpl, ids, n_ids, err);
+        chat_messages_free(turns, n);
+    }
+    if (!status && *n_ids == 0) status = ct_fail(err, "the prompt encodes to no tokens");
+    cJSON_Delete(root);
+    return status;
+}
+
+/* --prompts: every line of in_path answered, one JSON line each, to stdout as they come or
+ * into out_path once all are (never a partial file). A malformed line stops it, named. */
+static int batch_generate(decoder *d, const tokenizer *tok, const char *model_dir, const char *template_name,
+                          bool add_special, size_t max_new, const char *in_path, const char *out_path,
+                          ct_error *err) {
+    FILE *in = fopen(in_path, "r");
+    if (!in) return ct_fail(err, "--prompts %s: cannot open: %s", in_path, strerror(errno));
+    textbuf all = {0};
+    char *line = NULL;
+    size_t line_cap = 0, line_no = 0, answered = 0;
+    int status = 0;
+    ssize_t got;
+    while (!status && (got = getline(&line, &line_cap, in)) >= 0) {
+        line_no++;
+        size_t len = (size_t)got, start = 0;
+        while (len && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = '\0';
+        if (line_no == 1 && len >= 3 && !memcmp(line, "\xef\xbb\xbf", 3)) start = 3; /* UTF-8 BOM */
+        size_t blank = start;
+        while (blank < len && (line[blank] == ' ' || line[blank] == '\t')) blank++;
+        if (blank == len) continue;
+        chat_template tmpl = {0};
+        char *label = NULL, *text = NULL;
+        size_t n_prompt = 0, text_len = 0;
+        free(d->ids);
+        d->ids = NULL;
+        status = prompts_line(line + start, len - start, tok, model_dir, template_name, add_special, &tmpl, &d->ids,
+                              &n_prompt, &label, err);
+        if (status) ct_error_prefix(err, "--prompts %s:%zu", in_path, line_no);
+        d->n = n_prompt;
+        d->held = 0;
+        d->capacity = n_prompt + max_new;
+        d->turn_end = tmpl.turn_end;
+        if (!status) status = decoder_buffers(d, err);
+        if (!status) status = model_cache_reserve(d->m, (int)d->capacity, err); /* also empties it */
+        if (!status) status = decode_reply(d, max_new, err);
+        if (!status)
+            status = tokenizer_decode(tok, d->ids + n_prompt, d->n - n_prompt, true, &text, &text_len, err);
+        if (!status) {
+            textbuf one = {0};
+            textbuf_printf(&one, "{\"line\": %zu, \"completion\": ", line_no);
+            textbuf_json_string(&one, text);
+            if (label) {
+                textbuf_puts(&one, ", \"label\": ");
+                textbuf_json_string(&one, label);
+            }
+            textbuf_printf(&one, ", \"prompt_tokens\": %zu, \"new_tokens\": %zu}\n", n_prompt, d->n - n_prompt);
+            if (one.failed) status = ct_fail(err, "out of memory");
+            else if (out_path) textbuf_put(&all, one.data, one.len);
+            else {
+                fputs(one.data, stdout);
+                fflush(stdout);
+            }
+            textbuf_free(&one);
+            answered++;
+        }
+        free(label);
+        free(text);
+    }
+    if (!status && ferror(in)) status = ct_fail(err, "--prompts %s: read error after line %zu", in_path, line_no);
+    fclose(in);
+    free(line);
+    if (!status && all.failed) status = ct_fail(err, "out of memory");
+    if (!status && out_path) status = write_file_atomic(out_path, all.data ? all.data : "", all.len, err);
+    if (!status && out_path) fprintf(stderr, "ctune generate: %zu completions written to %s\n", answered, out_path);
+    textbuf_free(&all);
+    return status;
+}
+
 int cmd_generate(int argc, char **argv) {
     const double started = ct_monotonic_seconds();
     inference_source source = {0};
     const char *prompt = NULL, *chat = NULL, *system = NULL, *template_name = NULL, *messages_path = NULL;
+    const char *prompts_path = NULL, *out_path = NULL;
     double max_new = 32, temperature = 0, seed = 0, top_k = 0, top_p = 1, context = 0;
     bool add_special = true, ignore_eos = false, want_ids = false, want_stats = false, interactive = false;
     for (int i = 1; i < argc; i++) {
@@ -275,6 +395,8 @@ int cmd_generate(int argc, char **argv) {
         if (!strcmp(a, "--prompt") && has_value) prompt = argv[++i];
         else if (!strcmp(a, "--chat") && has_value) chat = argv[++i];
         else if (!strcmp(a, "--messages") && has_value) messages_path = argv[++i];
+        else if (!strcmp(a, "--prompts") && has_value) prompts_path = argv[++i];
+        else if (!strcmp(a, "-o") && has_value) out_path = argv[++i];
         else if (!strcmp(a, "--system") && has_value) system = argv[++i];
         else if (!strcmp(a, "--template") && has_value) template_name = argv[++i];
         else if (!strcmp(a, "--max-new-tokens") && has_value) {
@@ -310,11 +432,11 @@ int cmd_generate(int argc, char **argv) {
         fprintf(stderr, "ctune generate: %s\n", err.msg);
         return 1;
     }
-    const int inputs = (prompt != NULL) + (chat != NULL) + (messages_path != NULL) + interactive;
+    const int inputs = (prompt != NULL) + (chat != NULL) + (messages_path != NULL) + interactive + (prompts_path != NULL);
     if (!source.model_dir || inputs != 1) {
         if (inputs > 1)
             fprintf(stderr, "ctune generate: --prompt continues a text, --chat answers a message, --messages a "
-                            "conversation, --interactive holds one: one of them\n");
+                            "conversation, --interactive holds one, --prompts answers a file: one of them\n");
         else generate_usage(stderr);
         return 2;
     }
@@ -335,6 +457,15 @@ int cmd_generate(int argc, char **argv) {
         fprintf(stderr, "ctune generate: --context goes with --interactive\n");
         return 2;
     }
+    if (out_path && !prompts_path) {
+        fprintf(stderr, "ctune generate: -o goes with --prompts\n");
+        return 2;
+    }
+    if (prompts_path && (want_ids || want_stats || system)) {
+        fprintf(stderr, "ctune generate: --ids, --stats and --system do not go with --prompts\n");
+        return 2;
+    }
+    const bool one_shot = !interactive && !prompts_path; /* one prompt, one completion */
     const bool as_chat = chat || messages_path || interactive;
     char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer.json", source.model_dir);
@@ -359,27 +490,30 @@ int cmd_generate(int argc, char **argv) {
     if (!status && interactive) {
         status = interactive_chat(&d, tok, source.model_dir, template_name, system, add_special, (size_t)max_new,
                                   (size_t)context, want_stats, &err);
+    } else if (!status && prompts_path) {
+        status = batch_generate(&d, tok, source.model_dir, template_name, add_special, (size_t)max_new, prompts_path,
+                                out_path, &err);
     } else if (!status && as_chat) {
         const chat_message *turns = messages_path ? conversation : system ? one_turn : one_turn + 1;
         const int n = messages_path ? n_turns : system ? 2 : 1;
         status = chat_prompt(source.model_dir, tok, template_name, turns, n, add_special, &tmpl, &d.ids, &d.n, &err);
         d.turn_end = tmpl.turn_end;
     } else if (!status) status = tokenizer_encode(tok, prompt, strlen(prompt), add_special, &d.ids, &d.n, &err);
-    if (!status && !interactive && d.n == 0) status = ct_fail(&err, "the prompt encodes to no tokens");
+    if (!status && one_shot && d.n == 0) status = ct_fail(&err, "the prompt encodes to no tokens");
     const size_t prompt_len = d.n;
     d.capacity = d.n + (size_t)max_new;
-    if (!status && !interactive) status = decoder_buffers(&d, &err);
-    if (!status && !interactive) status = model_reserve(&m, 1, (int)d.n, &err);
-    if (!status && !interactive) status = model_cache_reserve(&m, (int)d.capacity, &err);
+    if (!status && one_shot) status = decoder_buffers(&d, &err);
+    if (!status && one_shot) status = model_reserve(&m, 1, (int)d.n, &err);
+    if (!status && one_shot) status = model_cache_reserve(&m, (int)d.capacity, &err);
     const double loaded = ct_monotonic_seconds();
     d.first_forward_done = loaded;
-    if (!status && !interactive) status = decode_reply(&d, (size_t)max_new, &err);
+    if (!status && one_shot) status = decode_reply(&d, (size_t)max_new, &err);
     const double finished = ct_monotonic_seconds();
-    if (!status && !interactive && want_ids) print_ids(d.ids + prompt_len, d.n - prompt_len);
-    else if (!status && !interactive)
+    if (!status && one_shot && want_ids) print_ids(d.ids + prompt_len, d.n - prompt_len);
+    else if (!status && one_shot)
         status = tokenizer_decode(tok, d.ids + prompt_len, d.n - prompt_len, true, &text, &text_len, &err);
-    if (!status && !interactive && !want_ids) printf("%s%s\n", as_chat ? "" : prompt, text);
-    if (!status && !interactive && want_stats) {
+    if (!status && one_shot && !want_ids) printf("%s%s\n", as_chat ? "" : prompt, text);
+    if (!status && one_shot && want_stats) {
         fflush(stdout);
         print_stats(loaded - started, prompt_len, d.first_forward_done - loaded, d.n - prompt_len,
                     finished - d.first_forward_done);
