@@ -229,7 +229,7 @@ static int interactive_chat(decoder *d, const tokenizer *tok, const char *model_
         }
         size_t same = 0; /* the cache keeps what it holds of the new rendering */
         while (same < d->held && same < n_rendered && d->ids[same] == rendered[same]) same++;
-        if (same == n_rendered) same--; /* the last token's logits are needed: run it again */
+        if (same == n_rendered && same > 0) same--; /* the last token's logits are needed: run it again */
         model_cache_truncate(d->m, (int)same);
         d->held = same;
         memcpy(d->ids, rendered, n_rendered * sizeof *rendered);
