@@ -87,6 +87,8 @@ else
   failed=$((failed + 1)); echo "FAIL: --top-k 1 at temperature 3 '${top1:-}' is not greedy '${greedy:-}' (or sampling is: '${hot:-}')"
 fi
 expect 2 "--top-p: '0' is not in \(0, 1\]" -- "$ctune" generate --model tiny --prompt hi --top-p 0
+expect 2 "--repetition-penalty: '0' is not a number > 0" -- "$ctune" generate --model tiny --prompt hi \
+  --repetition-penalty 0
 # --chat: the tiny tokenizer has no chat markers. Renamed into chatml's (<|pad|> 258 becomes
 # <|im_start|>, <|end_of_text|> 257 <|im_end|>), the reply is the continuation of the rendered
 # prompt (BOS, the turns, then the assistant's header) and stops at <|im_end|>.

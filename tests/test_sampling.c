@@ -151,5 +151,17 @@ int main(void) {
                 sample_token(logits, 4, &(sampling){1, 0, 1}, &b, scratch);
     CHECK(same);
     check_candidates_large();
+
+    /* repetition penalty: each id of the sequence once, however often it occurs; positive
+     * logits divided, negative multiplied, zero unchanged; ids outside the vocabulary skipped */
+    float pen[6] = {2.0f, -1.0f, 3.0f, 0.0f, -0.5f, 1.5f};
+    const int32_t seq[7] = {0, 1, 0, 0, 3, 4, 99};
+    uint8_t seen[6];
+    sampling_penalize_repeats(pen, 6, seq, 7, 2.0f, seen);
+    CHECK(pen[0] == 1.0f && pen[1] == -2.0f && pen[2] == 3.0f && pen[3] == 0.0f && pen[4] == -1.0f && pen[5] == 1.5f);
+    const float before[6] = {2.0f, -1.0f, 3.0f, 0.0f, -0.5f, 1.5f};
+    memcpy(pen, before, sizeof pen);
+    sampling_penalize_repeats(pen, 6, seq, 7, 1.0f, seen);
+    CHECK(!memcmp(pen, before, sizeof pen));
     return check_summary("test_sampling");
 }

@@ -50,6 +50,9 @@ static void generate_usage(FILE *out) {
             "  --top-k K            sample among the K most likely tokens only (default 0: all)\n"
             "  --top-p P            ... and among the fewest most likely whose probabilities reach P,\n"
             "                       in (0, 1] (default 1: all); both as transformers applies them\n"
+            "  --repetition-penalty R  > 0 (default 1: none): logits of tokens already in the prompt or\n"
+            "                       the completion divided by R where positive, multiplied where\n"
+            "                       negative, before sampling or greedy (transformers' repetition_penalty)\n"
             "  --no-special         do not add the tokenizer's special tokens (BOS) to the prompt\n"
             "  --template T         with --chat or --messages: chatml or llama3 (default: the one the model's\n"
             "                       tokenizer_config.json chat_template uses, if built in)\n"
@@ -120,6 +123,8 @@ typedef struct decoder {
     size_t n, held, capacity;
     int32_t turn_end; /* a chat reply also ends here; -1 without a chat template */
     bool ignore_eos;
+    float repetition_penalty; /* 1: none */
+    uint8_t *seen;            /* its scratch [vocab] */
     double first_forward_done; /* when the first append of decode_reply came back */
 } decoder;
 
@@ -135,6 +140,7 @@ static int decode_reply(decoder *d, size_t max_new, ct_error *err) {
         d->held = d->n;
         if (first) d->first_forward_done = ct_monotonic_seconds();
         first = false;
+        sampling_penalize_repeats(d->logits, d->m->cfg.vocab_size, d->ids, d->n, d->repetition_penalty, d->seen);
         const int next = sample_token(d->logits, d->m->cfg.vocab_size, &d->how, &d->rng, d->scratch);
         bool stop = next == d->turn_end;
         for (int e = 0; e < d->m->cfg.n_eos; e++) stop |= next == d->m->cfg.eos_token_ids[e];
@@ -165,7 +171,8 @@ static int decoder_buffers(decoder *d, ct_error *err) {
     if (grown) d->ids = grown;
     if (!d->logits) d->logits = malloc((size_t)d->m->cfg.vocab_size * sizeof *d->logits);
     if (!d->scratch) d->scratch = malloc((size_t)d->m->cfg.vocab_size * sizeof *d->scratch);
-    return grown && d->logits && d->scratch ? 0 : ct_fail(err, "out of memory");
+    if (!d->seen) d->seen = malloc((size_t)d->m->cfg.vocab_size);
+    return grown && d->logits && d->scratch && d->seen ? 0 : ct_fail(err, "out of memory");
 }
 
 /* --interactive: a conversation read from stdin, a user turn per line, each reply printed on
@@ -380,7 +387,7 @@ int cmd_generate(int argc, char **argv) {
     inference_source source = {0};
     const char *prompt = NULL, *chat = NULL, *system = NULL, *template_name = NULL, *messages_path = NULL;
     const char *prompts_path = NULL, *out_path = NULL;
-    double max_new = 32, temperature = 0, seed = 0, top_k = 0, top_p = 1, context = 0;
+    double max_new = 32, temperature = 0, seed = 0, top_k = 0, top_p = 1, context = 0, penalty = 1;
     bool add_special = true, ignore_eos = false, want_ids = false, want_stats = false, interactive = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -411,6 +418,12 @@ int cmd_generate(int argc, char **argv) {
             if (parse_number(a, argv[++i], 0, &top_p)) return 2;
             if (!(top_p > 0 && top_p <= 1)) {
                 fprintf(stderr, "ctune generate: --top-p: '%s' is not in (0, 1]\n", argv[i]);
+                return 2;
+            }
+        } else if (!strcmp(a, "--repetition-penalty") && has_value) {
+            if (parse_number(a, argv[++i], 0, &penalty)) return 2;
+            if (!(penalty > 0) || !isfinite(penalty) || (float)penalty == 0.0f) {
+                fprintf(stderr, "ctune generate: --repetition-penalty: '%s' is not a number > 0\n", argv[i]);
                 return 2;
             }
         } else if (!strcmp(a, "--no-special")) add_special = false;
@@ -473,7 +486,8 @@ int cmd_generate(int argc, char **argv) {
     model m;
     bool model_ready = false;
     decoder d = {.how = {.temperature = temperature, .top_k = top_k > INT_MAX ? INT_MAX : (int)top_k, .top_p = top_p},
-                 .rng = (uint64_t)seed, .turn_end = -1, .ignore_eos = ignore_eos};
+                 .rng = (uint64_t)seed, .turn_end = -1, .ignore_eos = ignore_eos,
+                 .repetition_penalty = (float)penalty};
     char *text = NULL;
     size_t text_len = 0;
     int status = tokenizer_load(&tok, path, &err);
@@ -524,6 +538,7 @@ int cmd_generate(int argc, char **argv) {
     free(d.ids);
     free(d.logits);
     free(d.scratch);
+    free(d.seen);
     if (model_ready) model_free(&m);
     tokenizer_free(tok);
     return status ? 1 : 0;

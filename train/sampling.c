@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "train/sampling.h"
 #include "train/splitmix.h"
@@ -133,6 +134,17 @@ int sampling_candidates(const float *logits, int vocab, const sampling *s, score
         return by_p ? top_p_cut(scratch, kept, 0, total, s->top_p) : kept;
     }
     return top_p_alone(logits, vocab, s, scratch);
+}
+
+void sampling_penalize_repeats(float *logits, int vocab, const int32_t *ids, size_t n, float penalty, uint8_t *seen) {
+    if (penalty == 1.0f) return;
+    memset(seen, 0, (size_t)vocab);
+    for (size_t i = 0; i < n; i++) {
+        const int32_t t = ids[i];
+        if (t < 0 || t >= vocab || seen[t]) continue;
+        seen[t] = 1;
+        logits[t] = logits[t] < 0 ? logits[t] * penalty : logits[t] / penalty; /* fp32, as torch computes it */
+    }
 }
 
 int sample_token(const float *logits, int vocab, const sampling *s, uint64_t *rng, scored_token *scratch) {

@@ -3,6 +3,7 @@
 #ifndef CTUNE_SAMPLING_H
 #define CTUNE_SAMPLING_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* Index of the highest logit (the lowest such index on ties). */
@@ -32,6 +33,12 @@ typedef struct scored_token {
  * the vocabulary plus a sort of about as many tokens as are kept, not a sort of the whole
  * vocabulary. Returns 0 when nothing restricts (every token can be drawn; scratch unused). */
 int sampling_candidates(const float *logits, int vocab, const sampling *s, scored_token *scratch);
+
+/* transformers' RepetitionPenaltyLogitsProcessor (repetition_penalty): every token id that
+ * occurs in ids[0, n) (the prompt and what was generated), once however often it occurs, has
+ * its logit divided by penalty where positive and multiplied by it where negative. Applied
+ * before sampling, greedy included; penalty 1 changes nothing. seen[vocab] is scratch. */
+void sampling_penalize_repeats(float *logits, int vocab, const int32_t *ids, size_t n, float penalty, uint8_t *seen);
 
 /* The next token under s, drawing from *rng (splitmix64) when sampling. scratch[vocab]. */
 int sample_token(const float *logits, int vocab, const sampling *s, uint64_t *rng, scored_token *scratch);
