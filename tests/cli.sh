@@ -204,6 +204,27 @@ printf '{"prompt": "ok"}\n{"prompt": \n' > broken_batch.jsonl
 expect 1 "--prompts broken_batch.jsonl:2: column 11: invalid JSON" -- "$ctune" generate --model chat \
   --prompts broken_batch.jsonl
 expect 2 "-o goes with --prompts" -- "$ctune" generate --model tiny --prompt hi -o x.jsonl
+# --stop: the reply ends where its text first holds the stop string, left out: the greedy
+# text up to there (the stop: an ASCII character of the 20-token reply first seen after its
+# start).
+"$ctune" generate --model tiny --prompt "1+1=" --max-new-tokens 20 > full.out
+if stop=$(python3 -c '
+import sys
+reply = open("full.out", "rb").read()[len(b"1+1="):-1]
+picks = [chr(b) for i, b in enumerate(reply) if i > 0 and 33 <= b < 127 and reply.index(b) == i and chr(b) not in "\\\"'\''$`"]
+print(picks[0]) if picks else sys.exit("no ASCII character in the reply")') &&
+   cut=$("$ctune" generate --model tiny --prompt "1+1=" --max-new-tokens 20 --stop "$stop") &&
+   want=$(python3 -c '
+import sys
+reply = open("full.out", "rb").read()[len(b"1+1="):-1].decode()
+print("1+1=" + reply[: reply.index(sys.argv[1])])' "$stop") &&
+   [ "$cut" = "$want" ] && [ "$cut" != "1+1=" ]; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1)); echo "FAIL: generate --stop '${stop:-}': '${cut:-}' vs '${want:-}'"
+fi
+expect 2 "--stop: an empty stop string would stop at once" -- "$ctune" generate --model tiny --prompt hi --stop ""
+expect 2 "--stop cuts the text; it does not go with --ids" -- "$ctune" generate --model tiny --prompt hi --stop x --ids
 # --ids prints the completion's ids; --ignore-eos makes it exactly --max-new-tokens long with
 # the same greedy tokens first; --stats adds timings on stderr and leaves stdout alone.
 if ids=$("$ctune" generate --model tiny --prompt "1+1=" --max-new-tokens 5 --ids) &&

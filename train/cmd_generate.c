@@ -56,6 +56,8 @@ static void generate_usage(FILE *out) {
             "  --no-special         do not add the tokenizer's special tokens (BOS) to the prompt\n"
             "  --template T         with --chat or --messages: chatml or llama3 (default: the one the model's\n"
             "                       tokenizer_config.json chat_template uses, if built in)\n"
+            "  --stop TEXT          end the reply where its text first holds TEXT, which is left out\n"
+            "                       (up to 8; every mode but --ids)\n"
             "  --ignore-eos         generate all --max-new-tokens tokens, past EOS (benchmarks)\n"
             "  --ids                print the completion's token ids (space-separated) instead of text\n"
             "  --stats              print load, prompt and generation times and tokens/s on stderr\n"
@@ -110,6 +112,8 @@ static int chat_prompt(const char *model_dir, const tokenizer *tok, const char *
     return 0;
 }
 
+enum { MAX_STOPS = 8 };
+
 /* The generation loop's state: ids[0, n) is the sequence so far, of which the KV cache holds
  * the first `held`; tokens are sampled into ids up to `capacity`. */
 typedef struct decoder {
@@ -125,14 +129,35 @@ typedef struct decoder {
     bool ignore_eos;
     float repetition_penalty; /* 1: none */
     uint8_t *seen;            /* its scratch [vocab] */
+    const tokenizer *tok;     /* decodes the reply for the stop strings */
+    const char *stops[MAX_STOPS];
+    int n_stops;
+    size_t stop_at; /* where the reply's text ends before the stop string found, or SIZE_MAX */
     double first_forward_done; /* when the first append of decode_reply came back */
 } decoder;
 
+/* The first stop string in the text of ids[from, n): its byte offset into that text, or
+ * SIZE_MAX (also when the text cannot be decoded: the reply goes on). */
+static size_t find_stop(const decoder *d, size_t from) {
+    char *text = NULL;
+    size_t len = 0, at = SIZE_MAX;
+    ct_error ignored;
+    if (tokenizer_decode(d->tok, d->ids + from, d->n - from, true, &text, &len, &ignored)) return SIZE_MAX;
+    for (int i = 0; i < d->n_stops; i++) {
+        const char *hit = strstr(text, d->stops[i]);
+        if (hit && (size_t)(hit - text) < at) at = (size_t)(hit - text);
+    }
+    free(text);
+    return at;
+}
+
 /* Feeds what the cache does not hold yet (a prompt, a new turn), then samples up to max_new
- * tokens into ids, one forward each, stopping before EOS or the turn's end. */
+ * tokens into ids, one forward each, stopping before EOS or the turn's end, or once the reply's
+ * text holds a stop string (stop_at says where its text ends; the reply's tokens run past it). */
 static int decode_reply(decoder *d, size_t max_new, ct_error *err) {
-    const size_t limit = d->n + max_new < d->capacity ? d->n + max_new : d->capacity;
+    const size_t limit = d->n + max_new < d->capacity ? d->n + max_new : d->capacity, reply = d->n;
     bool first = true;
+    d->stop_at = SIZE_MAX;
     while (d->n < limit) {
         if (model_cache_append(d->m, d->ids + d->held, (int)(d->n - d->held), d->logits, err) ||
             inference_check(d->k, err))
@@ -146,8 +171,14 @@ static int decode_reply(decoder *d, size_t max_new, ct_error *err) {
         for (int e = 0; e < d->m->cfg.n_eos; e++) stop |= next == d->m->cfg.eos_token_ids[e];
         if (stop && !d->ignore_eos) break;
         d->ids[d->n++] = next;
+        if (d->n_stops && (d->stop_at = find_stop(d, reply)) != SIZE_MAX) break;
     }
     return 0;
+}
+
+/* A reply's text cut where decode_reply found a stop string. */
+static void cut_at_stop(const decoder *d, char *text) {
+    if (text && d->stop_at != SIZE_MAX && d->stop_at <= strlen(text)) text[d->stop_at] = '\0';
 }
 
 /* --ids: the completion as decimal ids, one line. */
@@ -256,6 +287,7 @@ static int interactive_chat(decoder *d, const tokenizer *tok, const char *model_
             status = -1;
             break;
         }
+        cut_at_stop(d, reply);
         printf("%s\n", reply);
         fflush(stdout);
         if (want_stats)
@@ -351,6 +383,7 @@ static int batch_generate(decoder *d, const tokenizer *tok, const char *model_di
         if (!status) status = decode_reply(d, max_new, err);
         if (!status)
             status = tokenizer_decode(tok, d->ids + n_prompt, d->n - n_prompt, true, &text, &text_len, err);
+        if (!status) cut_at_stop(d, text);
         if (!status) {
             textbuf one = {0};
             textbuf_printf(&one, "{\"line\": %zu, \"completion\": ", line_no);
@@ -389,6 +422,8 @@ int cmd_generate(int argc, char **argv) {
     const char *prompts_path = NULL, *out_path = NULL;
     double max_new = 32, temperature = 0, seed = 0, top_k = 0, top_p = 1, context = 0, penalty = 1;
     bool add_special = true, ignore_eos = false, want_ids = false, want_stats = false, interactive = false;
+    const char *stops[MAX_STOPS];
+    int n_stops = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         bool has_value = i + 1 < argc;
@@ -428,6 +463,14 @@ int cmd_generate(int argc, char **argv) {
             }
         } else if (!strcmp(a, "--no-special")) add_special = false;
         else if (!strcmp(a, "--ignore-eos")) ignore_eos = true;
+        else if (!strcmp(a, "--stop") && has_value) {
+            if (n_stops == MAX_STOPS || !argv[i + 1][0]) {
+                fprintf(stderr, "ctune generate: --stop: %s\n",
+                        argv[i + 1][0] ? "at most 8 stop strings" : "an empty stop string would stop at once");
+                return 2;
+            }
+            stops[n_stops++] = argv[++i];
+        }
         else if (!strcmp(a, "--ids")) want_ids = true;
         else if (!strcmp(a, "--stats")) want_stats = true;
         else if (!strcmp(a, "--interactive")) interactive = true;
@@ -470,6 +513,10 @@ int cmd_generate(int argc, char **argv) {
         fprintf(stderr, "ctune generate: --context goes with --interactive\n");
         return 2;
     }
+    if (n_stops && want_ids) {
+        fprintf(stderr, "ctune generate: --stop cuts the text; it does not go with --ids\n");
+        return 2;
+    }
     if (out_path && !prompts_path) {
         fprintf(stderr, "ctune generate: -o goes with --prompts\n");
         return 2;
@@ -497,6 +544,9 @@ int cmd_generate(int argc, char **argv) {
     model_ready = status == 0;
     d.m = &m;
     d.k = k;
+    d.tok = tok;
+    d.n_stops = n_stops;
+    memcpy(d.stops, stops, sizeof stops);
     chat_template tmpl = {0};
     chat_message one_turn[2] = {{"system", system}, {"user", chat}}, *conversation = NULL;
     int n_turns = 0;
@@ -526,7 +576,10 @@ int cmd_generate(int argc, char **argv) {
     if (!status && one_shot && want_ids) print_ids(d.ids + prompt_len, d.n - prompt_len);
     else if (!status && one_shot)
         status = tokenizer_decode(tok, d.ids + prompt_len, d.n - prompt_len, true, &text, &text_len, &err);
-    if (!status && one_shot && !want_ids) printf("%s%s\n", as_chat ? "" : prompt, text);
+    if (!status && one_shot && !want_ids) {
+        cut_at_stop(&d, text);
+        printf("%s%s\n", as_chat ? "" : prompt, text);
+    }
     if (!status && one_shot && want_stats) {
         fflush(stdout);
         print_stats(loaded - started, prompt_len, d.first_forward_done - loaded, d.n - prompt_len,
