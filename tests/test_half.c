@@ -267,6 +267,11 @@ static void test_gemm(const kernels *K) {
         {9, 300, 17, false, true, 0, 9, 0, 1.0f, 0.0f},
         {5, 6, 0, false, false, 2, 2, 1, 1.0f, 0.5f},    /* k = 0: C = beta C */
         {5, 6, 0, true, true, 0, 0, 1, 1.0f, 0.0f},      /* k = 0, beta = 0: C = 0 even from NaN */
+        /* one row (a generated token): B widened per 256-column tile, the same bits */
+        {1, 600, 700, false, true, 0, 3, 0, 1.0f, 0.0f},
+        {1, 520, 300, false, false, 2, 5, 1, 0.5f, 1.0f},
+        {1, 300, 517, true, false, 3, 0, 2, -1.5f, 0.25f},
+        {1, 17, 40, true, true, 1, 2, 3, 1.0f, 0.0f},
     };
     for (int f = 0; f < 2; f++)
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)

@@ -74,6 +74,12 @@ int cpu_memory_info_from(const char *meminfo_path, const cpu_cgroup *groups, int
 /* gemm.c */
 void cpu_gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a,
               int lda, const float *b, int ldb, float beta, float *c, int ldc);
+/* cpu_gemm's one-row path, tile by tile: C[0, n) of a row op(A) (k values, stride inc_x)
+ * times op(B), whose first column is at b. gemm_half's one-row path widens B per tile and
+ * calls it on the same tiles, so its bits are those of widening all of B first. */
+enum { CPU_GEMV_COLS = 256 };
+void cpu_gemv_tile(bool trans_b, int n, int k, float alpha, const float *x, int inc_x, const float *b, int ldb,
+                   float beta, float *c);
 
 /* elementwise.c */
 void cpu_add(float *out, const float *a, const float *b, size_t n);

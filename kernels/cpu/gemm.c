@@ -17,16 +17,15 @@
 
 #include "kernels/cpu/cpu_ops.h"
 
-enum { K_SLICE = 256, TILE_ROWS = 128, TILE_COLS = 512, GEMV_COLS = 256 };
+enum { K_SLICE = 256, TILE_ROWS = 128, TILE_COLS = 512, GEMV_COLS = CPU_GEMV_COLS };
 
 /* m == 1 (a generated token's forward on the KV cache): C's one row is a matrix-vector
  * product. sgemm would pack the whole of B for it each call (OpenBLAS 0.3.21 does not turn
  * such products into gemv itself), doubling the memory traffic of a step that is all memory
  * traffic; sgemv reads B once. Same partition rules: GEMV_COLS columns of C per tile, k in
  * K_SLICE slices, fixed by the shape. */
-static void gemv_tile(bool trans_a, bool trans_b, int n, int k, float alpha, const float *a, int lda, const float *b,
-                      int ldb, float beta, float *c) {
-    const int inc_x = trans_a ? lda : 1; /* op(A)'s one row: a column of A when transposed */
+void cpu_gemv_tile(bool trans_b, int n, int k, float alpha, const float *a, int inc_x, const float *b, int ldb,
+                   float beta, float *c) {
     if (beta == 0.0f) /* BLAS leaves C unread at beta 0; so do we (the kernels' scal may not) */
         for (int j = 0; j < n; j++) c[j] = 0.0f;
     for (int k0 = 0; k0 < k; k0 += K_SLICE) {
@@ -71,8 +70,9 @@ void cpu_gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, cons
 #pragma omp parallel for schedule(static)
         for (int t = 0; t < tiles; t++) {
             const int j0 = t * GEMV_COLS, cols = n - j0 < GEMV_COLS ? n - j0 : GEMV_COLS;
-            gemv_tile(trans_a, trans_b, cols, k, alpha, a, lda, trans_b ? b + (size_t)j0 * ldb : b + j0, ldb, beta,
-                      c + j0);
+            /* op(A)'s one row: a column of A when transposed */
+            cpu_gemv_tile(trans_b, cols, k, alpha, a, trans_a ? lda : 1, trans_b ? b + (size_t)j0 * ldb : b + j0, ldb,
+                          beta, c + j0);
         }
         return;
     }

@@ -68,6 +68,31 @@ static void widen_block(float *dst, const uint16_t *src, int rows, int cols, int
         cpu_from_half(dst + (size_t)r * cols, src + (size_t)r * ld, (size_t)cols, fmt);
 }
 
+/* cpu_gemm_half with one row: A's row widened once, and each CPU_GEMV_COLS-column tile of C
+ * widening its own slice of B (as [cols, k] or [k, cols], the layouts widening all of B
+ * gives) before cpu_gemm's gemv on it: the same sgemv calls on the same values. A tile whose
+ * scratch cannot be had is NaN, as cpu_gemm_half's whole result would be. */
+static void gemv_half(kernels_half_format fmt, bool trans_a, bool trans_b, int n, int k, float alpha,
+                      const uint16_t *a, int lda, const uint16_t *b, int ldb, float beta, float *c) {
+    float *x = malloc((size_t)k * sizeof *x);
+    if (x) widen_block(x, a, trans_a ? k : 1, trans_a ? 1 : k, lda, fmt);
+    const int tiles = (n + CPU_GEMV_COLS - 1) / CPU_GEMV_COLS;
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < tiles; t++) {
+        const int j0 = t * CPU_GEMV_COLS, cols = n - j0 < CPU_GEMV_COLS ? n - j0 : CPU_GEMV_COLS;
+        float *bt = x ? malloc((size_t)cols * (size_t)k * sizeof *bt) : NULL;
+        if (!bt) {
+            for (int j = 0; j < cols; j++) c[j0 + j] = NAN;
+            continue;
+        }
+        if (trans_b) widen_block(bt, b + (size_t)j0 * ldb, cols, k, ldb, fmt);
+        else widen_block(bt, b + j0, k, cols, ldb, fmt);
+        cpu_gemv_tile(trans_b, cols, k, alpha, x, 1, bt, trans_b ? k : cols, beta, c + j0);
+        free(bt);
+    }
+    free(x);
+}
+
 /* The CPU has no 16-bit matrix unit worth using here: A and B are widened to fp32 (exact)
  * and the fp32 gemm runs on them, so C is what cpu_gemm gives on the widened matrices. The
  * scratch is allocated per call; the CPU backend is the reference, not the fast path. */
@@ -78,6 +103,10 @@ void cpu_gemm_half(kernels_half_format fmt, bool trans_a, bool trans_b, int m, i
     if (k <= 0) {
         /* An empty product never reads A or B. */
         cpu_gemm(trans_a, trans_b, m, n, k, alpha, NULL, 1, NULL, 1, beta, c, ldc);
+        return;
+    }
+    if (m == 1) { /* a generated token: B widened a tile at a time, not whole each call */
+        gemv_half(fmt, trans_a, trans_b, n, k, alpha, a, lda, b, ldb, beta, c);
         return;
     }
     /* Stored shapes: A is [m,k] or, transposed, [k,m]; B is [k,n] or [n,k]. */
