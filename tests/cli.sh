@@ -199,6 +199,9 @@ expect 1 "--prompts bad_batch.jsonl:2: \"prompt\" must be a string" -- "$ctune" 
 printf '{"prompt": "a", "messages": []}\n' > both_batch.jsonl
 expect 1 "--prompts both_batch.jsonl:1: expected \"prompt\" or \"messages\" \(one of them\)" -- "$ctune" generate \
   --model chat --prompts both_batch.jsonl
+printf '{"prompt": "a"} x\n' > trailing_batch.jsonl
+expect 1 "--prompts trailing_batch.jsonl:1: column 17: unexpected text after the JSON value" -- "$ctune" generate \
+  --model chat --prompts trailing_batch.jsonl
 expect 1 "--prompts absent.jsonl: cannot open" -- "$ctune" generate --model chat --prompts absent.jsonl
 printf '{"prompt": "ok"}\n{"prompt": \n' > broken_batch.jsonl
 expect 1 "--prompts broken_batch.jsonl:2: column 11: invalid JSON" -- "$ctune" generate --model chat \

@@ -88,11 +88,10 @@ static int read_messages(const char *path, chat_message **msgs, int *n_msgs, ct_
     return 0;
 }
 
-/* --chat / --messages: the conversation rendered with the chat template, then the assistant's
- * header. As ctune prep renders a chat document, chatml gets the BOS the tokenizer's
- * post-processor adds in front (llama3's template has its own); --no-special leaves it out. */
-static int chat_prompt(const char *model_dir, const tokenizer *tok, const char *template_name, const chat_message *msgs,
-                       int n_msgs, bool add_special, chat_template *t, int32_t **ids, size_t *n_ids, ct_error *err) {
+/* The chat template: the one --template names, else the built-in one the model's
+ * tokenizer_config.json uses; an error without either. */
+static int resolve_template(const char *model_dir, const tokenizer *tok, const char *template_name, chat_template *t,
+                            ct_error *err) {
     bool have = false;
     if (chat_template_resolve(template_name, model_dir, tok, t, &have, err)) return -1;
     if (!have)
@@ -100,6 +99,15 @@ static int chat_prompt(const char *model_dir, const tokenizer *tok, const char *
                        "a chat needs a template, and %s/tokenizer_config.json names no built-in one (chatml, "
                        "llama3) whose markers this tokenizer has; pass --template",
                        model_dir);
+    return 0;
+}
+
+/* --chat / --messages / --interactive / --prompts: the conversation rendered with the chat
+ * template, then the assistant's header. As ctune prep renders a chat document, chatml gets
+ * the BOS the tokenizer's post-processor adds in front (llama3's template has its own);
+ * --no-special leaves it out. */
+static int chat_prompt(const chat_template *t, const tokenizer *tok, const chat_message *msgs, int n_msgs,
+                       bool add_special, int32_t **ids, size_t *n_ids, ct_error *err) {
     if (chat_template_prompt(t, tok, msgs, n_msgs, ids, n_ids, err)) return -1;
     const int bos = tokenizer_bos_id(tok);
     if (t->kind != CHAT_TEMPLATE_CHATML || !add_special || bos < 0) return 0;
@@ -218,7 +226,11 @@ static int interactive_chat(decoder *d, const tokenizer *tok, const char *model_
     if (!context) context = c->max_position_embeddings > 0 && c->max_position_embeddings < 4096
                                 ? (size_t)c->max_position_embeddings : 4096;
     d->capacity = context;
-    if (decoder_buffers(d, err) || model_cache_reserve(d->m, (int)context, err)) return -1;
+    chat_template tmpl;
+    if (resolve_template(model_dir, tok, template_name, &tmpl, err) || decoder_buffers(d, err) ||
+        model_cache_reserve(d->m, (int)context, err))
+        return -1;
+    d->turn_end = tmpl.turn_end;
     chat_message *turns = calloc(2, sizeof *turns);
     int n_turns = 0, cap_turns = 2, status = 0, asked = 0;
     if (!turns) return ct_fail(err, "out of memory");
@@ -253,11 +265,9 @@ static int interactive_chat(decoder *d, const tokenizer *tok, const char *model_
             status = ct_fail(err, "out of memory");
             break;
         }
-        chat_template tmpl;
         int32_t *rendered = NULL;
         size_t n_rendered = 0;
-        status = chat_prompt(model_dir, tok, template_name, turns, n_turns, add_special, &tmpl, &rendered, &n_rendered,
-                             err);
+        status = chat_prompt(&tmpl, tok, turns, n_turns, add_special, &rendered, &n_rendered, err);
         if (!status && n_rendered + 1 > context)
             status = ct_fail(err, "the conversation (%zu tokens) and a reply do not fit the %zu-token context (--context)",
                              n_rendered, context);
@@ -273,7 +283,6 @@ static int interactive_chat(decoder *d, const tokenizer *tok, const char *model_
         memcpy(d->ids, rendered, n_rendered * sizeof *rendered);
         free(rendered);
         d->n = n_rendered;
-        d->turn_end = tmpl.turn_end;
         const double start = ct_monotonic_seconds();
         const size_t fed = d->n - d->held;
         if (decode_reply(d, max_new, err)) {
@@ -305,28 +314,29 @@ static int interactive_chat(decoder *d, const tokenizer *tok, const char *model_
     return status;
 }
 
-/* One line of --prompts: its prompt ids and its reference, if it has one (malloc'd). */
-static int prompts_line(char *line, size_t len, const tokenizer *tok, const char *model_dir, const char *template_name,
-                        bool add_special, chat_template *tmpl, int32_t **ids, size_t *n_ids, char **label,
-                        ct_error *err) {
+/* The chat template of --prompts, resolved once, when its first chat line needs it. */
+typedef struct lazy_template {
+    const char *model_dir, *name;
+    bool resolved;
+    chat_template t;
+} lazy_template;
+
+/* One parsed line of --prompts: its prompt ids, where a reply to it ends (the chat turn's end
+ * marker, or -1) and its reference, if it has one (malloc'd). */
+static int prompts_line(const cJSON *root, const tokenizer *tok, lazy_template *tmpl, bool add_special, int32_t **ids,
+                        size_t *n_ids, int32_t *turn_end, char **label, ct_error *err) {
     *label = NULL;
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(line, len, &end, false);
-    if (!root) return ct_fail(err, "column %zu: invalid JSON", (size_t)(end ? end - line : 0) + 1);
-    char dup[256];
+    *turn_end = -1;
     int status = 0;
     const cJSON *prompt = cJSON_GetObjectItemCaseSensitive(root, "prompt");
     const cJSON *completion = cJSON_GetObjectItemCaseSensitive(root, "completion");
     const cJSON *messages = cJSON_GetObjectItemCaseSensitive(root, "messages");
     if (!cJSON_IsObject(root)) status = ct_fail(err, "expected a JSON object");
-    else if (jsonfile_duplicate_key(root, dup, sizeof dup))
-        status = ct_fail(err, "duplicate key '%s' (JSON readers disagree on which value wins)", dup);
     else if (!prompt == !messages) status = ct_fail(err, "expected \"prompt\" or \"messages\" (one of them)");
     else if (prompt && !cJSON_IsString(prompt)) status = ct_fail(err, "\"prompt\" must be a string");
     else if (completion && !cJSON_IsString(completion)) status = ct_fail(err, "\"completion\" must be a string");
     else if (prompt) {
         status = tokenizer_encode(tok, prompt->valuestring, strlen(prompt->valuestring), add_special, ids, n_ids, err);
-        tmpl->turn_end = -1;
         if (!status && completion && !(*label = strdup(completion->valuestring))) status = ct_fail(err, "out of memory");
     } else {
         chat_message *turns = NULL;
@@ -338,11 +348,15 @@ static int prompts_line(char *line, size_t len, const tokenizer *tok, const char
             free((char *)turns[n - 1].role);
             n--;
         }
-        if (!status) status = chat_prompt(model_dir, tok, template_name, turns, n, add_special, tmpl, ids, n_ids, err);
+        if (!status && !tmpl->resolved) {
+            status = resolve_template(tmpl->model_dir, tok, tmpl->name, &tmpl->t, err);
+            tmpl->resolved = status == 0;
+        }
+        if (!status) status = chat_prompt(&tmpl->t, tok, turns, n, add_special, ids, n_ids, err);
+        if (!status) *turn_end = tmpl->t.turn_end;
         chat_messages_free(turns, n);
     }
     if (!status && *n_ids == 0) status = ct_fail(err, "the prompt encodes to no tokens");
-    cJSON_Delete(root);
     return status;
 }
 
@@ -358,26 +372,23 @@ static int batch_generate(decoder *d, const tokenizer *tok, const char *model_di
     size_t line_cap = 0, line_no = 0, answered = 0;
     int status = 0;
     ssize_t got;
+    lazy_template tmpl = {.model_dir = model_dir, .name = template_name};
     while (!status && (got = getline(&line, &line_cap, in)) >= 0) {
         line_no++;
-        size_t len = (size_t)got, start = 0;
-        while (len && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = '\0';
-        if (line_no == 1 && len >= 3 && !memcmp(line, "\xef\xbb\xbf", 3)) start = 3; /* UTF-8 BOM */
-        size_t blank = start;
-        while (blank < len && (line[blank] == ' ' || line[blank] == '\t')) blank++;
-        if (blank == len) continue;
-        chat_template tmpl = {0};
+        cJSON *root = NULL;
+        const int parsed = jsonfile_parse_line(line, (size_t)got, line_no == 1, &root, err);
+        if (parsed == 1) continue; /* a blank line */
         char *label = NULL, *text = NULL;
         size_t n_prompt = 0, text_len = 0;
         free(d->ids);
         d->ids = NULL;
-        status = prompts_line(line + start, len - start, tok, model_dir, template_name, add_special, &tmpl, &d->ids,
-                              &n_prompt, &label, err);
+        status = parsed ? -1
+                        : prompts_line(root, tok, &tmpl, add_special, &d->ids, &n_prompt, &d->turn_end, &label, err);
+        cJSON_Delete(root);
         if (status) ct_error_prefix(err, "--prompts %s:%zu", in_path, line_no);
         d->n = n_prompt;
         d->held = 0;
         d->capacity = n_prompt + max_new;
-        d->turn_end = tmpl.turn_end;
         if (!status) status = decoder_buffers(d, err);
         if (!status) status = model_cache_reserve(d->m, (int)d->capacity, err); /* also empties it */
         if (!status) status = decode_reply(d, max_new, err);
@@ -560,7 +571,8 @@ int cmd_generate(int argc, char **argv) {
     } else if (!status && as_chat) {
         const chat_message *turns = messages_path ? conversation : system ? one_turn : one_turn + 1;
         const int n = messages_path ? n_turns : system ? 2 : 1;
-        status = chat_prompt(source.model_dir, tok, template_name, turns, n, add_special, &tmpl, &d.ids, &d.n, &err);
+        status = resolve_template(source.model_dir, tok, template_name, &tmpl, &err);
+        if (!status) status = chat_prompt(&tmpl, tok, turns, n, add_special, &d.ids, &d.n, &err);
         d.turn_end = tmpl.turn_end;
     } else if (!status) status = tokenizer_encode(tok, prompt, strlen(prompt), add_special, &d.ids, &d.n, &err);
     if (!status && one_shot && d.n == 0) status = ct_fail(&err, "the prompt encodes to no tokens");

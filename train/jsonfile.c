@@ -99,3 +99,30 @@ int jsonfile_read(const char *path, cJSON **root, ct_error *err) {
     return ct_fail(err, "%s: byte %zu (line %zu, column %zu): invalid JSON", path, offset, line,
                    column);
 }
+
+int jsonfile_parse_line(char *line, size_t len, bool first_line, cJSON **root, ct_error *err) {
+    *root = NULL;
+    while (len && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = '\0';
+    size_t start = 0;
+    if (first_line && len >= 3 && !memcmp(line, "\xef\xbb\xbf", 3)) start = 3; /* UTF-8 BOM */
+    size_t k = start;
+    while (k < len && (line[k] == ' ' || line[k] == '\t')) k++;
+    if (k == len) return 1;
+    const char *end = NULL;
+    cJSON *parsed = cJSON_ParseWithLengthOpts(line + start, len - start, &end, false);
+    if (!parsed)
+        return ct_fail(err, "column %zu: invalid JSON", (size_t)(end ? end - (line + start) : 0) + 1 + start);
+    size_t rest = end ? (size_t)(end - line) : len;
+    while (rest < len && (line[rest] == ' ' || line[rest] == '\t')) rest++;
+    if (rest < len) {
+        cJSON_Delete(parsed);
+        return ct_fail(err, "column %zu: unexpected text after the JSON value (one object per line)", rest + 1);
+    }
+    char dup[256];
+    if (jsonfile_duplicate_key(parsed, dup, sizeof dup)) {
+        cJSON_Delete(parsed);
+        return ct_fail(err, "duplicate key '%s' (JSON readers disagree on which value wins)", dup);
+    }
+    *root = parsed;
+    return 0;
+}

@@ -18,29 +18,9 @@ void prep_job_clear(prep_job *j) {
 
 /* Parses one line into the job; 1 = blank line, -1 = malformed (job->err says why). */
 int prep_parse_line(char *line, size_t len, prep_format format, prep_job *job) {
-    while (len && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = '\0';
-    size_t start = 0;
-    if (job->line == 1 && len >= 3 && !memcmp(line, "\xef\xbb\xbf", 3)) start = 3; /* UTF-8 BOM */
-    size_t k = start;
-    while (k < len && (line[k] == ' ' || line[k] == '\t')) k++;
-    if (k == len) return 1;
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(line + start, len - start, &end, false);
-    if (!root)
-        return ct_fail(&job->err, "column %zu: invalid JSON",
-                       (size_t)(end ? end - (line + start) : 0) + 1 + start);
-    size_t rest = end ? (size_t)(end - line) : len;
-    while (rest < len && (line[rest] == ' ' || line[rest] == '\t')) rest++;
-    if (rest < len) {
-        cJSON_Delete(root);
-        return ct_fail(&job->err, "column %zu: unexpected text after the JSON value (one object per line)",
-                       rest + 1);
-    }
-    char dup[256];
-    if (jsonfile_duplicate_key(root, dup, sizeof dup)) {
-        cJSON_Delete(root);
-        return ct_fail(&job->err, "duplicate key '%s' (JSON readers disagree on which value wins)", dup);
-    }
+    cJSON *root = NULL;
+    const int parsed = jsonfile_parse_line(line, len, job->line == 1, &root, &job->err);
+    if (parsed) return parsed;
     const cJSON *text = cJSON_GetObjectItemCaseSensitive(root, "text");
     const cJSON *prompt = cJSON_GetObjectItemCaseSensitive(root, "prompt");
     const cJSON *completion = cJSON_GetObjectItemCaseSensitive(root, "completion");
